@@ -1,0 +1,92 @@
+"""Moving frames between host and device, and into/out of the model's RGB form.
+
+- `batch_to_rgb(items, ...)`: a list of decoded frames (host YUV planes, host rgb24,
+  or device NV12/P010 tensors) -> one `(N, 3, H, W)` float tensor on the worker's
+  device. Host planes are stacked, pinned and copied with one non-blocking copy per
+  plane; device tensors from another GPU are copied peer to peer (non-blocking).
+- `rgb_to_host_yuv420(rgb, ...)`: model output -> yuv420p uint8 planes in host memory,
+  converted on the device (never rgb24 to a CPU encoder) and copied through pinned
+  memory. Odd sizes are padded to even by repeating the last row/column, because
+  4:2:0 encoders need even sizes (the output is then at most one pixel larger).
+- `rgb_to_device_nv12(rgb, ...)`: the same for NVENC: NV12 stays on the device.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hw.color import ColorInfo, nv12_to_rgb, rgb_to_nv12, rgb_to_yuv420, yuv_to_rgb
+
+__all__ = ["batch_to_rgb", "rgb_to_host_yuv420", "rgb_to_device_nv12", "pad_to_even", "to_8bit_rgb"]
+
+
+def _host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(array)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+def batch_to_rgb(items: Sequence, color: ColorInfo, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Decoded frames (each with .fmt, .planes, .bit_depth) -> RGB `(N, 3, H, W)` on `device`."""
+    fmt = items[0].fmt
+    if any(it.fmt != fmt for it in items):
+        raise ValueError("a batch mixes frame formats")
+    bit_depth = items[0].bit_depth
+    if fmt == "yuv":
+        planes = []
+        for i in range(3):
+            stacked = np.stack([it.planes[i] for it in items])
+            if stacked.dtype == np.uint16:
+                stacked = stacked.astype(np.int32)  # torch has no uint16 arithmetic on every device
+            planes.append(_host_to_device(stacked, device))
+        return yuv_to_rgb(planes[0], planes[1], planes[2], color, bit_depth=bit_depth, dtype=dtype)
+    if fmt == "rgb24":
+        stacked = _host_to_device(np.stack([it.planes[0] for it in items]), device)
+        return (stacked.permute(0, 3, 1, 2).float() / 255.0).to(dtype)
+    if fmt == "nv12":
+        frames = [it.planes[0].to(device, non_blocking=True) for it in items]
+        height = frames[0].shape[0] * 2 // 3
+        width = frames[0].shape[1]
+        out = [nv12_to_rgb(f, color, height=height, width=width, bit_depth=bit_depth, dtype=dtype) for f in frames]
+        return torch.cat(out, dim=0)
+    raise ValueError(f"unknown frame format {fmt!r}")
+
+
+def pad_to_even(rgb: torch.Tensor) -> torch.Tensor:
+    """Repeat the last row/column so height and width are even (4:2:0 needs it)."""
+    height, width = rgb.shape[-2:]
+    pad_h, pad_w = height % 2, width % 2
+    if not (pad_h or pad_w):
+        return rgb
+    return F.pad(rgb, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def to_8bit_rgb(rgb: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1] and round to the nearest of 256 levels (not truncate), back in [0, 1]."""
+    return rgb.float().clamp(0.0, 1.0).mul(255.0).round_().div_(255.0)
+
+
+def rgb_to_host_yuv420(rgb: torch.Tensor, color: ColorInfo) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Model output `(N, 3, H, W)` -> per frame (Y, U, V) uint8 numpy planes (sizes made even)."""
+    y, u, v = rgb_to_yuv420(pad_to_even(to_8bit_rgb(rgb)), color)
+    if y.device.type == "cuda":
+        host = []
+        for plane in (y, u, v):
+            buf = torch.empty(plane.shape, dtype=plane.dtype, pin_memory=True)
+            buf.copy_(plane, non_blocking=True)
+            host.append(buf)
+        torch.cuda.current_stream(y.device).synchronize()
+        y, u, v = host
+    yn, un, vn = y.numpy(), u.numpy(), v.numpy()
+    return [(yn[i], un[i], vn[i]) for i in range(yn.shape[0])]
+
+
+def rgb_to_device_nv12(rgb: torch.Tensor, color: ColorInfo) -> list[torch.Tensor]:
+    """Model output `(N, 3, H, W)` -> per frame NV12 `(H*3/2, W)` uint8 device tensors."""
+    nv12 = rgb_to_nv12(pad_to_even(to_8bit_rgb(rgb)), color)
+    return list(nv12.unbind(0))

@@ -1,0 +1,152 @@
+"""Device memory helpers: OOM detection, device-fault detection, batch-size probing.
+
+`choose_batch_size(measure, ...)` is the probe's logic, free of CUDA so CI tests it:
+it grows the batch 1, 2, 4, ... while it fits (no OOM, peak memory under the
+headroom) and throughput still improves, then picks the smallest batch within
+`plateau` (5%) of the best measured frames/s: past the plateau bigger batches only
+cost memory and latency. `cuda_measure(...)` builds the `measure` for one device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+__all__ = [
+    "ProbeResult",
+    "choose_batch_size",
+    "cuda_measure",
+    "is_oom",
+    "is_device_fault",
+    "DeviceFault",
+    "free_cached_memory",
+]
+
+log = logging.getLogger(__name__)
+
+
+class DeviceFault(RuntimeError):
+    """A device stopped working (CUDA error, lost device). Raised by fault injection too."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower() and "cuda" in str(exc).lower()
+    )
+
+
+_FAULT_MARKERS = ("cuda error", "device-side assert", "illegal memory access", "ecc error", "device lost", "launch failure", "cudaerror", "nvml")
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """True for errors that mean "this device is broken", not "the program is wrong"."""
+    if isinstance(exc, DeviceFault):
+        return True
+    accel = getattr(torch, "AcceleratorError", None)
+    if accel is not None and isinstance(exc, accel):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _FAULT_MARKERS)
+
+
+def free_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class ProbeResult:
+    batch_size: int
+    seconds: float
+    fps_by_batch: dict[int, float] = field(default_factory=dict)
+    largest_fitting: int = 0
+    note: str = ""
+
+
+def choose_batch_size(
+    measure: Callable[[int], float | None],
+    *,
+    max_batch_size: int,
+    plateau: float = 0.05,
+    patience: int = 2,
+    time_budget_seconds: float = 30.0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ProbeResult:
+    """Probe batch sizes 1, 2, 4, ... up to `max_batch_size`.
+
+    `measure(b)` runs a batch of `b` and returns seconds per batch, or None when `b`
+    does not fit (OOM or over the memory headroom). The probe stops at the first size
+    that does not fit, after `patience` doublings without a gain above `plateau`, or
+    when it has used `time_budget_seconds`.
+    """
+    t0 = clock()
+    fps: dict[int, float] = {}
+    best = 0.0
+    stale = 0
+    b = 1
+    note = ""
+    while b <= max_batch_size:
+        seconds = measure(b)
+        if seconds is None:
+            note = f"batch {b} does not fit"
+            break
+        fps[b] = b / max(seconds, 1e-9)
+        if fps[b] > best * (1.0 + plateau):
+            stale = 0
+        else:
+            stale += 1
+        best = max(best, fps[b])
+        if stale >= patience:
+            note = f"throughput flat from batch {b // (2 ** patience)}"
+            break
+        if clock() - t0 > time_budget_seconds:
+            note = "probe time budget used"
+            break
+        if b == max_batch_size:
+            note = f"reached --max-batch-size {max_batch_size}"
+            break
+        b = min(b * 2, max_batch_size)
+    if not fps:
+        return ProbeResult(batch_size=1, seconds=clock() - t0, note=note or "nothing fitted; using 1")
+    best = max(fps.values())
+    chosen = min(size for size, f in fps.items() if f >= best * (1.0 - plateau))
+    return ProbeResult(
+        batch_size=chosen, seconds=clock() - t0, fps_by_batch=fps, largest_fitting=max(fps), note=note
+    )
+
+
+def cuda_measure(
+    run: Callable[[int], None], device: torch.device, *, headroom_fraction: float = 0.15, repeats: int = 2
+) -> Callable[[int], float | None]:
+    """Wrap `run(b)` (one batch of b frames, end to end on `device`) as a probe measurement."""
+
+    total = torch.cuda.get_device_properties(device).total_memory
+
+    def measure(b: int) -> float | None:
+        try:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            run(b)  # warm-up: allocator growth, cuDNN algorithm choice
+            torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                run(b)
+            torch.cuda.synchronize(device)
+            seconds = (time.perf_counter() - t0) / repeats
+        except BaseException as exc:
+            if is_oom(exc):
+                free_cached_memory(device)
+                return None
+            raise
+        peak = torch.cuda.max_memory_reserved(device)
+        if peak > total * (1.0 - headroom_fraction):
+            log.debug("batch %d peaks at %.1f GiB of %.1f: over the headroom", b, peak / 2**30, total / 2**30)
+            free_cached_memory(device)
+            return None
+        return seconds
+
+    return measure

@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""framepipe command line: run a PyTorch model over every frame of a video.
+
+    python main.py --source v.mp4 --parallel --multi-gpu --nvdec --nvenc
+
+Owns the console alone: flags, the rich progress bar and live GPU panel, the
+end-of-run summary, `--stats-json`, and exit codes (0 done, 1 run failed,
+2 bad input, 130 interrupted). Pipeline logic lives in `pipeline/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="framepipe",
+        description="Run a PyTorch image model (default: Real-ESRGAN realesr-animevideov3, x4) over every frame "
+        "of a video: NVDEC decode, per-GPU FP16 workers, ordered output, NVENC or CPU encode, audio kept.",
+        epilog="Without --source, a short built-in sample clip is processed. Examples:\n"
+        "  python main.py --source in.mp4 --parallel\n"
+        "  python main.py --source in.mp4 --parallel --multi-gpu --nvdec --nvenc\n"
+        "  python main.py --source in.mp4 --model realesrgan-x4plus --gpus 0,2 --parallel",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io = p.add_argument_group("input / output")
+    io.add_argument("--source", type=Path, help="input video file (default: the built-in sample clip)")
+    io.add_argument("--output", type=Path,
+                    help="output file, .mp4/.mkv/.mov (default: <source>.<model>-x<scale>.mp4 beside the source)")
+    io.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    io.add_argument("--max-frames", type=int, metavar="N", help="process only the first N frames")
+    io.add_argument("--no-audio", action="store_true", help="do not copy audio/subtitle streams")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model", default=None,
+                       help="built-in model name (see --list-models) or a .pth/.safetensors (spandrel) or .pt/.ts "
+                       "(TorchScript) file; default realesr-animevideov3")
+    model.add_argument("--scale", type=int, help="output scale (default: the model's own; realesr-animevideov3: 2, 3 or 4)")
+    model.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+                       help="auto = fp16 on compute capability 7.0+, fp32 on Pascal (sm_61) and the CPU")
+    model.add_argument("--list-models", action="store_true", help="list the built-in models and exit")
+
+    run = p.add_argument_group("execution")
+    run.add_argument("--parallel", action="store_true",
+                     help="threaded pipeline (reader, workers, collector, writer); without it a plain sequential loop")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    run.add_argument("--multi-gpu", action="store_true", help="one worker per visible GPU")
+    run.add_argument("--gpus", metavar="LIST", help='GPUs to use, e.g. "0,2" (implies multi-GPU)')
+    run.add_argument("--cpu-workers", type=int, default=1, metavar="N", help="worker threads on the CPU (default 1)")
+    run.add_argument("--batch-size", type=int, default=0, metavar="N", help="frames per batch; 0 = probe per GPU (default)")
+    run.add_argument("--max-batch-size", type=int, default=256, metavar="N", help="cap for the probe (default 256)")
+    run.add_argument("--queue-size", type=int, default=50, metavar="N", help="frames per queue between stages (default 50)")
+
+    codec = p.add_argument_group("codecs")
+    codec.add_argument("--nvdec", action="store_true", help="decode on the GPU with NVDEC (falls back to the CPU with a warning)")
+    codec.add_argument("--nvenc", action="store_true", help="encode on the GPU with NVENC (falls back to the CPU with a warning)")
+    codec.add_argument("--codec", choices=("h264", "hevc", "av1"), default="h264", help="output codec (default h264)")
+    codec.add_argument("--quality", type=int, metavar="CRF",
+                       help="constant quality, lower is better (x264/x265 0-51, default 18/20; SVT-AV1 0-63, default 28)")
+    codec.add_argument("--preset", help="encoder preset (x264/x265: ultrafast..veryslow, default medium; SVT-AV1: 0-13, default 8)")
+
+    out = p.add_argument_group("reporting")
+    out.add_argument("--stats-json", type=Path, metavar="PATH", help="write the run's figures as JSON")
+    out.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    out.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv for debug)")
+    return p
+
+
+def _setup_logging(console, *, quiet: bool, verbose: int) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.ERROR if quiet else logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING
+    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False, rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _list_models(console) -> int:
+    from rich.table import Table
+
+    from models import list_models
+
+    table = Table(title="Built-in models")
+    for col in ("name", "architecture", "scale", "parameters", "source", "cached"):
+        table.add_column(col)
+    for m in list_models():
+        params = f"{m.num_params:,}" if m.num_params else "-"
+        table.add_row(m.name, m.arch, str(m.scale), params, m.source, "yes" if m.cached else "no")
+    console.print(table)
+    console.print("User models: --model file.pth|.safetensors (any spandrel architecture) or file.pt|.ts (TorchScript).")
+    return EXIT_OK
+
+
+def _config_from_args(args, *, sample: bool):
+    from pipeline import RunConfig, default_output_path
+
+    model = args.model or "realesr-animevideov3"
+    source = args.source
+    if source is None:
+        from hw.clips import sample_clip
+
+        source = sample_clip()
+    output = args.output
+    if output is None:
+        if sample:
+            output = Path("out") / default_output_path(Path(source), model_name=Path(model).stem, scale=args.scale or 4).name
+            output.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            output = default_output_path(Path(source), model_name=Path(model).stem, scale=args.scale or _native_scale(model))
+    return RunConfig(
+        source=Path(source),
+        output=Path(output),
+        model=model,
+        scale=args.scale,
+        parallel=args.parallel,
+        device=args.device,
+        multi_gpu=args.multi_gpu,
+        gpus=args.gpus,
+        cpu_workers=args.cpu_workers,
+        nvdec=args.nvdec,
+        nvenc=args.nvenc,
+        batch_size=args.batch_size,
+        max_batch_size=args.max_batch_size,
+        queue_size=args.queue_size,
+        precision=args.precision,
+        codec=args.codec,
+        crf=args.quality,
+        preset=args.preset,
+        max_frames=args.max_frames,
+        overwrite=args.overwrite or (sample and args.output is None),
+        stats_json=args.stats_json,
+        copy_audio=not args.no_audio,
+    )
+
+
+def _native_scale(model: str) -> int:
+    """The scale used in the default output name (the model decides the real one)."""
+    try:
+        from models import load_model
+
+        return load_model(model).scale
+    except Exception:  # the run itself reports a bad model with a proper message
+        return 4
+
+
+class RunDisplay:
+    """Live progress bar and per-device panel while a run goes; nothing when not a terminal.
+
+    `start` prints the plan's notes (fallbacks, precision) as plain lines first, so they
+    stay in the scroll-back and in logs whether or not the live display is on.
+    """
+
+    def __init__(self, console, *, enabled: bool, quiet: bool = False) -> None:
+        self.console = console
+        self.enabled = enabled
+        self.quiet = quiet
+        self.stats = None
+        self._live = None
+        self._progress = None
+        self._task = None
+        self._last_panel = 0.0
+        self._nvml = None
+
+    def start(self, plan, stats) -> None:
+        import time
+
+        self.stats = stats
+        for note in plan.notes:
+            self.console.print(f"[yellow]warning:[/] {note}", highlight=False)
+        if not self.quiet:
+            for dev, (_, why) in plan.dtypes.items():
+                self.console.print(f"precision on {dev}: {why}", highlight=False)
+        if not self.enabled:
+            return
+        from rich.live import Live
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]framepipe"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+            TextColumn("{task.fields[fps]:>7.1f} fps"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.console, auto_refresh=False,
+        )
+        self._task = self._progress.add_task("run", total=stats.num_frames_expected or None, fps=0.0)
+        self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        self._live.start()
+        self._last_panel = time.perf_counter()
+
+    def update(self, stats) -> None:
+        import time
+
+        self.stats = stats
+        if self._live is None:
+            return
+        total = max(stats.num_frames_expected, stats.num_frames_decoded) or None
+        self._progress.update(self._task, completed=stats.num_frames_written, total=total, fps=stats.fps)
+        now = time.perf_counter()
+        if now - self._last_panel >= 1.0:
+            self._last_panel = now
+            self._live.update(self._render())
+
+    def _render(self):
+        from rich.console import Group
+
+        parts = [self._progress] if self._progress is not None else []
+        if self.stats is not None and self.stats.workers:
+            parts.append(device_table(self.stats, nvml=self._get_nvml()))
+        return Group(*parts)
+
+    def _get_nvml(self):
+        if self._nvml is None:
+            try:
+                from hw.gpus import Nvml
+
+                self._nvml = Nvml()
+            except Exception:  # NVML is optional: the panel just shows less
+                self._nvml = False
+        return self._nvml or None
+
+    def stop(self) -> None:
+        if self._live is not None:
+            try:
+                self._live.update(self._render())
+            finally:
+                self._live.stop()
+                self._live = None
+
+
+def _bar(fraction: float, width: int = 12) -> str:
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "█" * filled + "░" * (width - filled)
+
+
+def device_table(stats, *, nvml=None):
+    """One row per worker: memory bar, utilisation, batch, fps, frames, health, queue depths."""
+    from rich.table import Table
+
+    depths = stats.depths()
+    title = "devices  (queues: " + ", ".join(f"{k} {v}" for k, v in depths.items()) + ")" if depths else "devices"
+    table = Table(title=title, title_justify="left", expand=False)
+    for col in ("worker", "memory", "util", "batch", "fps", "frames", "health"):
+        table.add_column(col)
+    for w in stats.workers.values():
+        mem, util = "-", "-"
+        if w.device.startswith("cuda") and nvml is not None:
+            index = int(w.device.split(":")[1]) if ":" in w.device else 0
+            used_total = nvml.memory(index)
+            if used_total:
+                used, total = used_total
+                mem = f"{_bar(used / total)} {used / 2**30:.1f}/{total / 2**30:.0f} GiB"
+            u = nvml.utilization(index)
+            util = f"{u}%" if u is not None else "-"
+        colour = {"ok": "green", "done": "green", "backoff": "yellow", "probing": "cyan", "failed": "red"}.get(w.health, "white")
+        table.add_row(w.name, mem, util, str(w.batch_size), f"{w.recent_fps():.1f}", str(w.num_frames),
+                      f"[{colour}]{w.health}[/]")
+    return table
+
+
+def render_summary(console, stats) -> None:
+    """End-of-run summary: totals, each stage busy vs waiting, each device's share."""
+    from rich.table import Table
+
+    d = stats.to_dict()
+    console.print(
+        f"[bold green]done[/]: {d['frames_written']} frame(s) in {d['wall_seconds']:.2f} s = {d['fps']:.2f} fps"
+        f"  ({d.get('mode', '')}, {d.get('decoder', '')} -> {d.get('model', '')} x{d.get('scale', '')} -> {d.get('encoder', '')})",
+        highlight=False,
+    )
+    table = Table(title="stages", title_justify="left")
+    for col in ("stage", "busy s", "waiting s"):
+        table.add_column(col)
+    for name, c in d["stages"].items():
+        table.add_row(name, f"{c['busy_seconds']:.2f}", f"{c['wait_seconds']:.2f}")
+    for w in d["workers"]:
+        table.add_row(w["name"], f"{w['busy_seconds']:.2f}", f"{w['wait_seconds']:.2f}")
+    console.print(table)
+    table = Table(title="devices", title_justify="left")
+    for col in ("worker", "device", "frames", "batches", "batch sizes", "OOM retries", "faults", "health", "probe"):
+        table.add_column(col)
+    for w in d["workers"]:
+        sizes = ", ".join(f"{k}x{v}" for k, v in w["batch_sizes"].items()) or "-"
+        probe = f"{w['probe_seconds']:.1f} s: {w['probe_note']}" if w["probe_seconds"] else w["probe_note"] or "-"
+        table.add_row(w["name"], w["device"], str(w["frames"]), str(w["batches"]), sizes, str(w["oom_retries"]),
+                      str(w["failures"]), w["health"], probe)
+    console.print(table)
+    for warning in d["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    _setup_logging(console, quiet=args.quiet, verbose=args.verbose)
+    if args.list_models:
+        return _list_models(Console())
+
+    from pipeline import FramepipeError, HardwareUnavailable, RunInterrupted, StageError, run
+
+    sample = args.source is None
+    display = RunDisplay(console, enabled=console.is_terminal and not args.quiet, quiet=args.quiet)
+    stats = None
+    try:
+        config = _config_from_args(args, sample=sample)
+        if sample and not args.quiet:
+            console.print(f"No --source given: processing the built-in sample clip {config.source}")
+        stats = run(config, on_progress=display.update, on_start=display.start)
+    except RunInterrupted as exc:
+        display.stop()
+        console.print(f"[yellow]interrupted:[/] {exc}")
+        _write_stats(args.stats_json, display.stats, status="interrupted", error=str(exc))
+        return EXIT_INTERRUPTED
+    except (StageError, HardwareUnavailable) as exc:
+        display.stop()
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        _write_stats(args.stats_json, display.stats, status="failed", error=str(exc))
+        return EXIT_FAILED
+    except FramepipeError as exc:
+        display.stop()
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        display.stop()
+        console.print("[yellow]interrupted[/] before the run started")
+        return EXIT_INTERRUPTED
+    display.stop()
+    if not args.quiet:
+        render_summary(console, stats)
+    _write_stats(args.stats_json, stats, status="ok")
+    if not args.quiet:
+        console.print(f"Output: [bold]{config.output}[/]", highlight=False)
+    return EXIT_OK
+
+
+def _write_stats(path: Path | None, stats, *, status: str, error: str | None = None) -> None:
+    if path is None or stats is None:
+        return
+    data = {"status": status, **stats.to_dict()}
+    if error:
+        data["error"] = error
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    # A second Ctrl-C during finalization must not kill the writer mid-file: the runner handles it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.exit(main())

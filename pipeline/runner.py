@@ -1,0 +1,476 @@
+"""Runner: wires the stages of one run together and owns their lifetime.
+
+`run(config)` checks everything a user can get wrong before any thread starts
+(source, output, model, scale, devices), then either
+
+- `--parallel`: reader -> WorkQueue -> workers (one per device) -> results queue ->
+  collector -> writer queue -> writer, each stage in its own named thread; or
+- the sequential baseline: the same stage code called in one plain loop.
+
+Failures: each stage posts `StageFailed` on the one error channel and the runner
+re-raises the first as `StageError` (its cause attached). Ctrl-C sets the stop event.
+Either way every thread is joined, the writer finalizes a playable file holding every
+frame finished so far, and the figures stay in `RunStats`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from hw.avio import PyAVDecoder, PyAVWriter, SourceInfo, check_output_path, probe_source
+from hw.color import ColorInfo
+from pipeline.collector import Collector
+from pipeline.config import RunConfig
+from pipeline.errors import (
+    FramepipeError,
+    HardwareUnavailable,
+    InvalidOption,
+    NoVideoStream,
+    RunInterrupted,
+    StageError,
+)
+from pipeline.messages import ResultItem, StageFailed
+from pipeline.reader import Reader
+from pipeline.scheduling import WorkQueue
+from pipeline.stats import RunStats
+from pipeline.worker import Worker, WorkerFaults
+from pipeline.writer import Writer
+
+__all__ = ["run", "plan_devices", "DevicePlan", "RunPlan", "prepare"]
+
+log = logging.getLogger("runner")
+
+ProgressFn = Callable[[RunStats], None]
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    devices: tuple[torch.device, ...]
+    note: str = ""  # one line for the user when the request was adjusted (fallbacks)
+
+
+def plan_devices(config: RunConfig) -> DevicePlan:
+    """Turn --device / --multi-gpu / --gpus / --cpu-workers into worker devices."""
+    from hw.gpus import list_gpus, parse_gpu_list
+
+    gpus = list_gpus()
+    num_gpus = len(gpus)
+    device = (config.device or "auto").lower()
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise InvalidOption(f"Invalid --device ({config.device!r}): allowed are auto, cpu, cuda, cuda:N.")
+    if config.gpus is not None:
+        if device == "cpu":
+            raise InvalidOption("--gpus was given with --device cpu. Drop one of them.")
+        indices = parse_gpu_list(config.gpus, num_gpus)
+        return DevicePlan(tuple(torch.device("cuda", i) for i in indices))
+    if device == "cpu" or (device == "auto" and num_gpus == 0):
+        note = ""
+        if config.multi_gpu:
+            note = "--multi-gpu: no CUDA GPU is visible; running on the CPU."
+        return DevicePlan(tuple(torch.device("cpu") for _ in range(config.cpu_workers)), note)
+    if num_gpus == 0:
+        raise InvalidOption(
+            f"--device {config.device}: no CUDA GPU is visible to torch {torch.__version__}"
+            f" ({'CUDA build' if torch.version.cuda else 'CPU-only build'}). Use --device cpu, or install a CUDA build of torch."
+        )
+    if device.startswith("cuda:"):
+        index = int(device[5:])
+        if index >= num_gpus:
+            raise InvalidOption(
+                f"Invalid --device ({config.device}): this machine has GPUs 0-{num_gpus - 1}. Use e.g. --device cuda:0."
+            )
+        if not config.multi_gpu:
+            return DevicePlan((torch.device("cuda", index),))
+    if config.multi_gpu:
+        if num_gpus == 1:
+            return DevicePlan((torch.device("cuda", 0),), "--multi-gpu: only 1 GPU is visible; running single-GPU.")
+        return DevicePlan(tuple(torch.device("cuda", i) for i in range(num_gpus)))
+    return DevicePlan((torch.device("cuda", 0),))
+
+
+@dataclass
+class RunPlan:
+    """Everything decided before the first frame: what runs where, and what it makes."""
+
+    config: RunConfig
+    source: SourceInfo
+    model: object  # models.LoadedModel
+    devices: DevicePlan
+    dtypes: dict[str, tuple[torch.dtype, str]]
+    output_width: int
+    output_height: int
+    use_nvdec: bool
+    use_nvenc: bool
+    notes: list[str]
+
+
+def prepare(config: RunConfig) -> RunPlan:
+    """Check every input and decide the run; raises a FramepipeError (one line) on bad input."""
+    from models import choose_precision, load_model
+
+    config.validate()
+    source = probe_source(config.source)
+    check_output_path(config.output, overwrite=config.overwrite)
+    model = load_model(config.model, scale=config.scale)
+    devices = plan_devices(config)
+    notes = [devices.note] if devices.note else []
+    dtypes: dict[str, tuple[torch.dtype, str]] = {}
+    for dev in devices.devices:
+        if str(dev) not in dtypes:
+            dtype, why = choose_precision(config.precision, dev)
+            if not model.supports_dtype(dtype):
+                dtype, why = torch.float32, f"fp32: model {model.name} supports only fp32"
+            dtypes[str(dev)] = (dtype, why)
+    out_w, out_h = source.width * model.scale, source.height * model.scale
+    out_w, out_h = out_w + out_w % 2, out_h + out_h % 2
+    use_nvdec, use_nvenc = _plan_codecs(config, source, devices, notes)
+    return RunPlan(config, source, model, devices, dtypes, out_w, out_h, use_nvdec, use_nvenc, notes)
+
+
+def _plan_codecs(config: RunConfig, source: SourceInfo, devices: DevicePlan, notes: list[str]) -> tuple[bool, bool]:
+    """Decide NVDEC/NVENC; where requested but absent, one line says what is used instead."""
+    first = devices.devices[0]
+    use_nvdec = use_nvenc = False
+    if config.nvdec:
+        if first.type != "cuda":
+            notes.append("--nvdec: no NVIDIA GPU in use; decoding on the CPU with PyAV instead.")
+        else:
+            ok, why = _probe("probe_nvdec", codec=source.codec, bit_depth=source.bit_depth,
+                             chroma_format=source.chroma_format or "420", width=source.width,
+                             height=source.height, gpu=first.index or 0)
+            use_nvdec = ok
+            if not ok:
+                notes.append(f"--nvdec: {why}; decoding on the CPU with PyAV instead.")
+    if config.nvenc:
+        if first.type != "cuda":
+            notes.append("--nvenc: no NVIDIA GPU in use; encoding on the CPU (libx264/x265/SVT-AV1) instead.")
+        else:
+            ok, why = _probe("probe_nvenc", codec=config.codec, gpu=first.index or 0)
+            use_nvenc = ok
+            if not ok:
+                notes.append(f"--nvenc: {why}; encoding on the CPU from GPU-converted yuv420p instead.")
+    return use_nvdec, use_nvenc
+
+
+def _probe(name: str, **kwargs) -> tuple[bool, str]:
+    try:
+        from hw import nvcodec
+
+        return getattr(nvcodec, name)(**kwargs)
+    except HardwareUnavailable as exc:
+        return False, str(exc)
+
+
+class _PyAVEncoder:
+    """Adapts `PyAVWriter` to the writer's `Encoder` protocol (yuv420p host planes)."""
+
+    def __init__(self, writer: PyAVWriter) -> None:
+        self.writer = writer
+
+    def write_result(self, item: ResultItem) -> None:
+        y, u, v = item.planes
+        self.writer.write(y, u, v, pts=item.pts)
+
+    def close(self, *, complete: bool) -> None:
+        self.writer.close(complete=complete)
+
+
+def _open_source(plan: RunPlan):
+    if plan.use_nvdec:
+        from hw.nvcodec import NvDecoderSource
+
+        return NvDecoderSource(plan.config.source, gpu=plan.devices.devices[0].index or 0)
+    return PyAVDecoder(plan.config.source)
+
+
+def _open_encoder(plan: RunPlan, warn: Callable[[str], None]):
+    cfg = plan.config
+    src = plan.source
+    if plan.use_nvenc:
+        from hw.nvcodec import NvencFileWriter
+
+        return NvencFileWriter(
+            cfg.output, gpu=plan.devices.devices[0].index or 0, codec=cfg.codec, width=plan.output_width,
+            height=plan.output_height, time_base=src.time_base, frame_rate=src.average_rate, color=src.color,
+            source_path=cfg.source if cfg.copy_audio else None,
+        )
+    writer = PyAVWriter(
+        cfg.output,
+        width=plan.output_width,
+        height=plan.output_height,
+        time_base=src.time_base,
+        frame_rate=src.average_rate,
+        color=src.color,
+        codec=cfg.codec,
+        crf=cfg.crf_or_default,
+        preset=cfg.preset_or_default,
+        source_path=cfg.source,
+        copy_audio=cfg.copy_audio,
+        warn=warn,
+    )
+    return _PyAVEncoder(writer)
+
+
+def _worker_names(devices: tuple[torch.device, ...]) -> list[str]:
+    names, counts = [], {}
+    for dev in devices:
+        if dev.type == "cuda":
+            names.append(f"worker-gpu{dev.index}")
+        else:
+            n = counts.get("cpu", 0)
+            counts["cpu"] = n + 1
+            names.append(f"worker-cpu{n}")
+    return names
+
+
+def _make_workers(plan: RunPlan, work_queue, results, stats, errors, stop, *, num_workers: int | None = None) -> list[Worker]:
+    cfg = plan.config
+    faults_by_worker = cfg.faults.get("workers", {})
+    devices = plan.devices.devices[:num_workers]
+    workers = []
+    for name, dev in zip(_worker_names(devices), devices):
+        dtype = plan.dtypes[str(dev)][0]
+        batch = cfg.batch_size
+        if batch == 0 and dev.type == "cpu":
+            batch = 1
+        workers.append(
+            Worker(
+                name,
+                dev,
+                plan.model.build,
+                work_queue,
+                results,
+                stats=stats,
+                errors=errors,
+                stop=stop,
+                color=plan.source.color,
+                dtype=dtype,
+                output_format="nv12" if plan.use_nvenc else "yuv420p",
+                batch_size=batch,
+                max_batch_size=cfg.max_batch_size,
+                frame_size=(plan.source.height, plan.source.width),
+                backoff_seconds=float(cfg.faults.get("backoff_seconds", 2.0)),
+                faults=faults_by_worker.get(name),
+            )
+        )
+    return workers
+
+
+def _describe(plan: RunPlan, stats: RunStats) -> None:
+    cfg, src = plan.config, plan.source
+    stats.notes.update(
+        source=str(cfg.source),
+        output=str(cfg.output),
+        source_video=f"{src.width}x{src.height} {src.codec} {src.pix_fmt} {float(src.average_rate or 0):.3f} fps",
+        output_video=f"{plan.output_width}x{plan.output_height} {cfg.codec}",
+        model=plan.model.name,
+        arch=plan.model.arch,
+        scale=plan.model.scale,
+        precision={dev: why for dev, (_, why) in plan.dtypes.items()},
+        devices=[str(d) for d in plan.devices.devices],
+        decoder="NVDEC" if plan.use_nvdec else "PyAV (CPU)",
+        encoder="NVENC" if plan.use_nvenc else f"PyAV {cfg.codec} (CPU, fed yuv420p)",
+        mode="parallel" if cfg.parallel else "sequential",
+    )
+    stats.notes["fallbacks"] = list(plan.notes)
+    if src.color.matrix_guessed:
+        stats.notes["color_matrix"] = f"{src.color.matrix} (source untagged; chosen by height, and tagged in the output)"
+    expected = src.num_frames_from_header
+    if cfg.max_frames is not None:
+        expected = min(expected, cfg.max_frames) if expected else cfg.max_frames
+    stats.num_frames_expected = expected
+
+
+def run(
+    config: RunConfig,
+    *,
+    on_progress: ProgressFn | None = None,
+    on_start: Callable[[RunPlan, RunStats], None] | None = None,
+    progress_seconds: float = 0.1,
+) -> RunStats:
+    """Run one job end to end. Raises FramepipeError (bad input, stage failure, Ctrl-C)."""
+    plan = prepare(config)
+    stats = RunStats()
+    _describe(plan, stats)
+    if on_start is not None:
+        on_start(plan, stats)
+    try:
+        if config.parallel:
+            _run_parallel(plan, stats, on_progress, progress_seconds)
+        else:
+            _run_sequential(plan, stats, on_progress)
+    finally:
+        stats.finished_at = time.perf_counter()
+    if stats.num_frames_decoded == 0:
+        _remove_empty_output(config.output)
+        raise NoVideoStream(f"Source {str(config.source)!r} has no decodable video frames. Is the file damaged?")
+    if stats.num_corrupt_packets:
+        stats.warn(f"source: {stats.num_corrupt_packets} corrupt packet(s) skipped; every decodable frame was processed")
+    return stats
+
+
+def _remove_empty_output(path: Path) -> None:
+    try:
+        if path.exists() and path.stat().st_size < 4096:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def _fault(config: RunConfig, stage: str) -> int | None:
+    return config.faults.get(stage, {}).get("fail_at_frame")
+
+
+def _run_sequential(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None) -> None:
+    """The in-tree baseline: decode, infer, encode one batch at a time in one thread."""
+    cfg = plan.config
+    stop = threading.Event()
+    errors: queue.Queue = queue.Queue()
+    source = _open_source(plan)
+    encoder = _open_encoder(plan, stats.warn)
+    dummy_queue = WorkQueue(1)
+    reader = Reader(source, dummy_queue, stats=stats, errors=errors, stop=stop, max_frames=cfg.max_frames,
+                    fail_at_frame=_fault(cfg, "reader"))
+    worker = _make_workers(plan, dummy_queue, None, stats, errors, stop, num_workers=1)[0]
+    writer = Writer(encoder, queue.Queue(), stats=stats, errors=errors, stop=stop, fail_at_frame=_fault(cfg, "writer"))
+    try:
+        worker.setup()
+        batch: list = []
+
+        def flush() -> None:
+            with worker.ws.clock.busy():
+                results = worker.process_all(batch)
+            for r in results:
+                writer.write(r)
+            batch.clear()
+            if on_progress is not None:
+                on_progress(stats)
+
+        for item in reader.frames():
+            batch.append(item)
+            if len(batch) >= worker.batch_size:
+                flush()
+        if batch:
+            flush()
+        writer.complete = True
+    except KeyboardInterrupt as exc:
+        stop.set()
+        raise RunInterrupted(f"Interrupted: {stats.num_frames_written} frame(s) written to {cfg.output} (playable).") from exc
+    except FramepipeError:
+        stop.set()
+        raise
+    except BaseException as exc:
+        stop.set()
+        raise StageError("sequential", f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        try:
+            source.close()
+        finally:
+            writer.finish()
+
+
+def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None, progress_seconds: float) -> None:
+    cfg = plan.config
+    stop = threading.Event()
+    errors: queue.Queue[StageFailed] = queue.Queue()
+    num_workers = len(plan.devices.devices)
+    window = cfg.queue_size + num_workers * max(cfg.max_batch_size if cfg.batch_size == 0 else cfg.batch_size, 1) * 2
+    work_queue = WorkQueue(cfg.queue_size, window=window)
+    results: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
+    to_writer: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
+    source = _open_source(plan)
+    try:
+        encoder = _open_encoder(plan, stats.warn)
+    except BaseException:
+        source.close()
+        raise
+    reader = Reader(source, work_queue, stats=stats, errors=errors, stop=stop, max_frames=cfg.max_frames,
+                    fail_at_frame=_fault(cfg, "reader"))
+    workers = _make_workers(plan, work_queue, results, stats, errors, stop)
+    collector = Collector(results, to_writer, work_queue, num_workers=num_workers, stats=stats, errors=errors, stop=stop)
+    writer = Writer(encoder, to_writer, stats=stats, errors=errors, stop=stop, fail_at_frame=_fault(cfg, "writer"))
+    stats.queue_depths.update(work=work_queue.qsize, results=results.qsize, writer=to_writer.qsize)
+
+    threads = [threading.Thread(target=reader.run, name="reader", daemon=True)]
+    threads += [threading.Thread(target=w.run, name=w.name, daemon=True) for w in workers]
+    threads.append(threading.Thread(target=collector.run, name="collector", daemon=True))
+    writer_thread = threading.Thread(target=writer.run, name="writer", daemon=False)
+    for t in threads:
+        t.start()
+    writer_thread.start()
+
+    interrupted = False
+    first_failure: StageFailed | None = None
+    try:
+        while writer_thread.is_alive():
+            writer_thread.join(progress_seconds)
+            if first_failure is None:
+                first_failure = _first_error(errors)
+                if first_failure is not None:
+                    stop.set()
+                    work_queue.abort()
+                elif _all_workers_failed(workers):
+                    first_failure = StageFailed("workers", HardwareUnavailable(
+                        "every device failed: " + "; ".join(f"{w.name}: {w.ws.num_failures} fault(s)" for w in workers)))
+                    stop.set()
+                    work_queue.abort()
+            if on_progress is not None:
+                on_progress(stats)
+    except KeyboardInterrupt:
+        interrupted = True
+        stop.set()
+        work_queue.abort()
+        _join_quietly(writer_thread)
+    finally:
+        stop.set()
+        work_queue.abort()
+        for t in threads:
+            t.join(timeout=5.0)
+        still = [t.name for t in threads if t.is_alive()]
+        if still:
+            log.warning("threads still finishing their current batch at exit: %s", ", ".join(still))
+        if on_progress is not None:
+            on_progress(stats)
+    if first_failure is None:
+        first_failure = _first_error(errors)
+    if interrupted:
+        raise RunInterrupted(
+            f"Interrupted: {stats.num_frames_written} frame(s) written to {cfg.output} (finalized, playable)."
+        )
+    if first_failure is not None:
+        exc = first_failure.exc
+        if isinstance(exc, FramepipeError):
+            raise exc
+        raise StageError(
+            first_failure.stage,
+            f"{type(exc).__name__}: {exc}. {stats.num_frames_written} frame(s) were written to {cfg.output} (finalized, playable).",
+        ) from exc
+
+
+def _first_error(errors: queue.Queue) -> StageFailed | None:
+    try:
+        return errors.get_nowait()
+    except queue.Empty:
+        return None
+
+
+def _all_workers_failed(workers: list[Worker]) -> bool:
+    return bool(workers) and all(w.ws.health == "failed" for w in workers)
+
+
+def _join_quietly(thread: threading.Thread) -> None:
+    """Join the writer even if Ctrl-C is pressed again: it is finalizing the file."""
+    while thread.is_alive():
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            log.warning("still finalizing the output file; please wait")

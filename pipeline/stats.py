@@ -1,0 +1,159 @@
+"""Run statistics: what each stage did and how long it was busy or waiting.
+
+Each counter has one writer (the stage that owns it); the console and `--stats-json`
+only read. `RunStats.to_dict()` is the one source for the end-of-run summary and the
+JSON file, so the two always agree.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+__all__ = ["StageClock", "WorkerStats", "RunStats"]
+
+
+@dataclass
+class StageClock:
+    """Seconds a stage spent working vs blocked on a queue."""
+
+    busy_seconds: float = 0.0
+    wait_seconds: float = 0.0
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.busy_seconds += time.perf_counter() - t0
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.wait_seconds += time.perf_counter() - t0
+
+
+@dataclass
+class WorkerStats:
+    """One worker thread (one device)."""
+
+    name: str
+    device: str
+    num_frames: int = 0
+    num_batches: int = 0
+    batch_size: int = 0  # the size in use now
+    batch_sizes: Counter = field(default_factory=Counter)  # size -> batches run at that size
+    num_oom: int = 0
+    num_failures: int = 0
+    num_frames_given_back: int = 0
+    health: str = "starting"  # starting, probing, ok, backoff, failed, done
+    probe_seconds: float = 0.0
+    probe_note: str = ""
+    clock: StageClock = field(default_factory=StageClock)
+    _recent: deque = field(default_factory=lambda: deque(maxlen=64), repr=False)
+
+    def record_batch(self, num_frames: int) -> None:
+        self.num_frames += num_frames
+        self.num_batches += 1
+        self.batch_sizes[num_frames] += 1
+        self._recent.append((time.perf_counter(), num_frames))
+
+    def recent_fps(self, window_seconds: float = 3.0) -> float:
+        now = time.perf_counter()
+        recent = [(t, n) for t, n in list(self._recent) if now - t <= window_seconds]
+        if not recent:
+            return 0.0
+        span = max(now - recent[0][0], 1e-3)
+        return sum(n for _, n in recent) / span
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "device": self.device,
+            "frames": self.num_frames,
+            "batches": self.num_batches,
+            "batch_size_now": self.batch_size,
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+            "oom_retries": self.num_oom,
+            "failures": self.num_failures,
+            "frames_given_back": self.num_frames_given_back,
+            "health": self.health,
+            "probe_seconds": round(self.probe_seconds, 3),
+            "probe_note": self.probe_note,
+            "busy_seconds": round(self.clock.busy_seconds, 3),
+            "wait_seconds": round(self.clock.wait_seconds, 3),
+        }
+
+
+@dataclass
+class RunStats:
+    """Figures of one run, filled in by the stages as they go."""
+
+    num_frames_expected: int = 0  # from the header (or --max-frames); 0 = unknown
+    num_frames_decoded: int = 0
+    num_frames_written: int = 0
+    num_corrupt_packets: int = 0
+    stages: dict[str, StageClock] = field(default_factory=dict)
+    workers: dict[str, WorkerStats] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    notes: dict[str, object] = field(default_factory=dict)  # model, precision, devices, paths ...
+    queue_depths: dict[str, Callable[[], int]] = field(default_factory=dict, repr=False)
+    started_at: float = field(default_factory=time.perf_counter)
+    finished_at: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def clock(self, stage: str) -> StageClock:
+        with self._lock:
+            return self.stages.setdefault(stage, StageClock())
+
+    def add_worker(self, name: str, device: str) -> WorkerStats:
+        with self._lock:
+            ws = self.workers[name] = WorkerStats(name=name, device=device)
+            return ws
+
+    def warn(self, message: str) -> None:
+        with self._lock:
+            self.warnings.append(message)
+
+    @property
+    def wall_seconds(self) -> float:
+        end = self.finished_at if self.finished_at is not None else time.perf_counter()
+        return end - self.started_at
+
+    @property
+    def fps(self) -> float:
+        return self.num_frames_written / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def depths(self) -> dict[str, int]:
+        out = {}
+        for name, fn in list(self.queue_depths.items()):
+            try:
+                out[name] = int(fn())
+            except Exception:  # a queue torn down at the end of a run
+                out[name] = 0
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "frames_expected": self.num_frames_expected,
+            "frames_decoded": self.num_frames_decoded,
+            "frames_written": self.num_frames_written,
+            "corrupt_packets": self.num_corrupt_packets,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "fps": round(self.fps, 3),
+            "stages": {
+                name: {"busy_seconds": round(c.busy_seconds, 3), "wait_seconds": round(c.wait_seconds, 3)}
+                for name, c in self.stages.items()
+            },
+            "workers": [w.to_dict() for w in self.workers.values()],
+            "warnings": list(self.warnings),
+            **{k: v for k, v in self.notes.items()},
+        }

@@ -1,0 +1,58 @@
+"""Shared fixtures: generated clips, the `needs_cuda` skip, a thread-leak check."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+STAGE_THREAD_PREFIXES = ("reader", "worker-", "collector", "writer")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs_cuda: no CUDA GPU on this machine")
+    for item in items:
+        if "needs_cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep model conversions and sample clips out of the user's home; share them per session."""
+    if "FRAMEPIPE_CACHE" not in os.environ or not os.environ["FRAMEPIPE_CACHE"].startswith(str(tmp_path_factory.getbasetemp())):
+        monkeypatch.setenv("FRAMEPIPE_CACHE", str(tmp_path_factory.getbasetemp() / "framepipe-cache"))
+
+
+@pytest.fixture
+def no_stage_threads_left():
+    """After the test: no pipeline thread may still be alive (every thread joined)."""
+    yield
+    alive = [t.name for t in threading.enumerate() if t.name.startswith(STAGE_THREAD_PREFIXES) and t.is_alive()]
+    assert alive == [], f"pipeline threads still alive: {alive}"
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory):
+    """Lazily made clips, shared by the whole session: clips('name', **make_clip kwargs)."""
+    from hw.clips import make_clip
+
+    folder = tmp_path_factory.mktemp("clips")
+    made: dict[str, Path] = {}
+
+    def get(name: str, **kwargs) -> Path:
+        if name not in made:
+            made[name] = make_clip(folder / name, **kwargs)
+        return made[name]
+
+    return get
