@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -175,10 +176,10 @@ class RunDisplay:
 
         self.stats = stats
         for note in plan.notes:
-            self.console.print(f"[yellow]warning:[/] {note}", highlight=False)
+            self.console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
         if not self.quiet:
             for dev, (_, why) in plan.dtypes.items():
-                self.console.print(f"precision on {dev}: {why}", highlight=False)
+                self.console.print(f"precision on {dev}: {why}", highlight=False, soft_wrap=True)
         if not self.enabled:
             return
         from rich.live import Live
@@ -292,13 +293,17 @@ def render_summary(console, stats) -> None:
                       str(w["failures"]), w["health"], probe)
     console.print(table)
     for warning in d["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C must reach the runner (which finalizes the output), even where the
+        # parent shell started us with SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     console = Console(stderr=True)
     _setup_logging(console, quiet=args.quiet, verbose=args.verbose)
     if args.list_models:
@@ -312,21 +317,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _config_from_args(args, sample=sample)
         if sample and not args.quiet:
-            console.print(f"No --source given: processing the built-in sample clip {config.source}")
+            console.print(f"No --source given: processing the built-in sample clip {config.source}", highlight=False, soft_wrap=True)
         stats = run(config, on_progress=display.update, on_start=display.start)
     except RunInterrupted as exc:
         display.stop()
-        console.print(f"[yellow]interrupted:[/] {exc}")
+        console.print(f"[yellow]interrupted:[/] {exc}", highlight=False, soft_wrap=True)
         _write_stats(args.stats_json, display.stats, status="interrupted", error=str(exc))
         return EXIT_INTERRUPTED
     except (StageError, HardwareUnavailable) as exc:
         display.stop()
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         _write_stats(args.stats_json, display.stats, status="failed", error=str(exc))
         return EXIT_FAILED
     except FramepipeError as exc:
         display.stop()
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         display.stop()
@@ -337,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         render_summary(console, stats)
     _write_stats(args.stats_json, stats, status="ok")
     if not args.quiet:
-        console.print(f"Output: [bold]{config.output}[/]", highlight=False)
+        console.print(f"Output: [bold]{config.output}[/]", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
@@ -353,6 +358,4 @@ def _write_stats(path: Path | None, stats, *, status: str, error: str | None = N
 
 
 if __name__ == "__main__":
-    # A second Ctrl-C during finalization must not kill the writer mid-file: the runner handles it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())

@@ -364,7 +364,7 @@ def _run_sequential(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | No
         writer.complete = True
     except KeyboardInterrupt as exc:
         stop.set()
-        raise RunInterrupted(f"Interrupted: {stats.num_frames_written} frame(s) written to {cfg.output} (playable).") from exc
+        raise RunInterrupted(f"{stats.num_frames_written} frame(s) written to {cfg.output} (playable).") from exc
     except FramepipeError:
         stop.set()
         raise
@@ -403,7 +403,17 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
     threads = [threading.Thread(target=reader.run, name="reader", daemon=True)]
     threads += [threading.Thread(target=w.run, name=w.name, daemon=True) for w in workers]
     threads.append(threading.Thread(target=collector.run, name="collector", daemon=True))
-    writer_thread = threading.Thread(target=writer.run, name="writer", daemon=False)
+    # Waiting uses an Event, not Thread.join: a Ctrl-C that interrupts join() can leave
+    # CPython believing the thread has ended (is_alive() False) while it still runs.
+    writer_done = threading.Event()
+
+    def writer_body() -> None:
+        try:
+            writer.run()
+        finally:
+            writer_done.set()
+
+    writer_thread = threading.Thread(target=writer_body, name="writer", daemon=False)
     for t in threads:
         t.start()
     writer_thread.start()
@@ -411,8 +421,7 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
     interrupted = False
     first_failure: StageFailed | None = None
     try:
-        while writer_thread.is_alive():
-            writer_thread.join(progress_seconds)
+        while not writer_done.wait(progress_seconds):
             if first_failure is None:
                 first_failure = _first_error(errors)
                 if first_failure is not None:
@@ -429,10 +438,12 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
         interrupted = True
         stop.set()
         work_queue.abort()
-        _join_quietly(writer_thread)
+        _wait_quietly(writer_done)
     finally:
         stop.set()
         work_queue.abort()
+        _wait_quietly(writer_done)
+        writer_thread.join()
         for t in threads:
             t.join(timeout=5.0)
         still = [t.name for t in threads if t.is_alive()]
@@ -444,7 +455,7 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
         first_failure = _first_error(errors)
     if interrupted:
         raise RunInterrupted(
-            f"Interrupted: {stats.num_frames_written} frame(s) written to {cfg.output} (finalized, playable)."
+            f"{stats.num_frames_written} frame(s) written to {cfg.output} (finalized, playable)."
         )
     if first_failure is not None:
         exc = first_failure.exc
@@ -467,10 +478,10 @@ def _all_workers_failed(workers: list[Worker]) -> bool:
     return bool(workers) and all(w.ws.health == "failed" for w in workers)
 
 
-def _join_quietly(thread: threading.Thread) -> None:
-    """Join the writer even if Ctrl-C is pressed again: it is finalizing the file."""
-    while thread.is_alive():
+def _wait_quietly(done: threading.Event) -> None:
+    """Wait for the writer even if Ctrl-C is pressed again: it is finalizing the file."""
+    while not done.is_set():
         try:
-            thread.join()
+            done.wait(0.1)
         except KeyboardInterrupt:
             log.warning("still finalizing the output file; please wait")

@@ -51,8 +51,10 @@ def clips(tmp_path_factory):
     made: dict[str, Path] = {}
 
     def get(name: str, **kwargs) -> Path:
-        if name not in made:
-            made[name] = make_clip(folder / name, **kwargs)
-        return made[name]
+        key = f"{name}|{sorted(kwargs.items())}"
+        if key not in made:
+            stem, dot, ext = name.rpartition(".")
+            made[key] = make_clip(folder / f"{stem}-{len(made)}{dot}{ext}", **kwargs)
+        return made[key]
 
     return get

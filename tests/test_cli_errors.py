@@ -1,0 +1,200 @@
+"""Bad input (issue 2): one clear line, a non-zero exit, no traceback, no hang, nothing lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+import main as cli
+from hw.gpus import GpuInfo
+from tests import probe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    code = cli.main([*map(str, argv), "--model", "bicubic", "--scale", "2"] if "--model" not in argv else list(map(str, argv)))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in err
+    return errors[0]
+
+
+def test_missing_file(capsys, tmp_path):
+    code, err = _cli(capsys, "--source", tmp_path / "nope.mp4", "--output", tmp_path / "o.mp4")
+    assert code == 2
+    assert "Source not found" in _error_line(err)
+
+
+def test_directory(capsys, tmp_path):
+    code, err = _cli(capsys, "--source", tmp_path, "--output", tmp_path / "o.mp4")
+    assert code == 2
+    assert "is a directory" in _error_line(err)
+
+
+def test_text_file_named_mp4(capsys, tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n" * 20)
+    code, err = _cli(capsys, "--source", fake, "--output", tmp_path / "o.mp4")
+    assert code == 2
+    assert "not a video FFmpeg can read" in _error_line(err)
+
+
+def test_audio_only_file(capsys, tmp_path):
+    src = tmp_path / "tone.m4a"
+    with av.open(str(src), "w") as out:
+        s = out.add_stream("aac", rate=48000)
+        import numpy as np
+
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 48000
+        frame.pts = 0
+        for p in s.encode(frame):
+            out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+    code, err = _cli(capsys, "--source", src, "--output", tmp_path / "o.mp4")
+    assert code == 2
+    assert "has no video stream" in _error_line(err)
+
+
+def test_zero_video_frames(capsys, clips, tmp_path):
+    """An MP4 whose index (moov, moved to the front) is intact but whose frame data is gone."""
+    src_full = clips("plain.mp4", num_frames=10)
+    faststart = tmp_path / "fast.mp4"
+    with av.open(str(src_full)) as inp, av.open(str(faststart), "w", options={"movflags": "faststart"}) as out:
+        ost = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = ost
+                out.mux(packet)
+    data = faststart.read_bytes()
+    mdat = data.index(b"mdat")
+    assert data.index(b"moov") < mdat
+    src = tmp_path / "empty.mp4"
+    src.write_bytes(data[: mdat + 4])
+    code, err = _cli(capsys, "--source", src, "--output", tmp_path / "o.mp4")
+    assert code == 2
+    assert "no decodable video frames" in _error_line(err)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_truncated_stream_keeps_what_decodes(capsys, clips, tmp_path):
+    good = clips("long.mkv", num_frames=60)
+    data = good.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "o.mp4"
+    code, err = _cli(capsys, "--source", cut, "--output", out)
+    assert code == 0, err
+    got = probe.indices(out)
+    assert 20 < len(got) < 60 and got == list(range(len(got)))
+
+
+def test_corrupted_packets_skipped(capsys, clips, tmp_path):
+    good = clips("long.mkv", num_frames=60)
+    data = bytearray(good.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 400] = bytes(400)  # zero a run of bytes inside the frame data
+    bad = tmp_path / "bad.mkv"
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "o.mp4"
+    code, err = _cli(capsys, "--source", bad, "--output", out, "--parallel")
+    assert code == 0, err
+    assert len(probe.frames_rgb(out)) >= 40
+
+
+def test_unwritable_output(capsys, clips, tmp_path):
+    src = clips("plain.mp4", num_frames=10)
+    code, err = _cli(capsys, "--source", src, "--output", tmp_path / "no" / "such" / "dir" / "o.mp4")
+    assert code == 2
+    assert "does not exist" in _error_line(err)
+    (tmp_path / "folder.mp4").mkdir()
+    code, err = _cli(capsys, "--source", src, "--output", tmp_path / "folder.mp4")
+    assert code == 2
+    assert "is a directory" in _error_line(err)
+    code, err = _cli(capsys, "--source", src, "--output", tmp_path / "o.avi")
+    assert code == 2
+    assert "must end in .mp4, .mkv or .mov" in _error_line(err)
+
+
+def test_existing_output_needs_overwrite(capsys, clips, tmp_path):
+    src = clips("plain.mp4", num_frames=10)
+    out = tmp_path / "o.mp4"
+    out.write_bytes(b"precious")
+    code, err = _cli(capsys, "--source", src, "--output", out)
+    assert code == 2
+    assert "--overwrite" in _error_line(err)
+    assert out.read_bytes() == b"precious"
+    code, err = _cli(capsys, "--source", src, "--output", out, "--overwrite")
+    assert code == 0, err
+    assert len(probe.frames_rgb(out)) == 10
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "-1"], "Invalid --batch-size (-1)"),
+        (["--queue-size", "0"], "Invalid --queue-size (0)"),
+        (["--max-batch-size", "0"], "Invalid --max-batch-size (0)"),
+        (["--max-frames", "0"], "Invalid --max-frames (0)"),
+        (["--quality", "70"], "Invalid --quality (70) for h264: allowed is 0-51"),
+        (["--preset", "warp"], "Invalid --preset ('warp') for h264"),
+        (["--device", "tpu"], "Invalid --device ('tpu')"),
+        (["--device", "cuda"], "no CUDA GPU is visible"),
+        (["--gpus", "9"], "Invalid --gpus"),
+    ],
+)
+def test_invalid_values(capsys, clips, tmp_path, args, message):
+    src = clips("plain.mp4", num_frames=10)
+    code, err = _cli(capsys, "--source", src, "--output", tmp_path / "o.mp4", *args)
+    assert code == 2
+    assert message in _error_line(err)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_gpus_out_of_range_on_two_gpu_machine(capsys, clips, tmp_path, monkeypatch):
+    fake = [GpuInfo(i, "Fake GPU", 16 << 30, (8, 6), True, 80) for i in range(2)]
+    monkeypatch.setattr("hw.gpus.list_gpus", lambda: fake)
+    src = clips("plain.mp4", num_frames=10)
+    code, err = _cli(capsys, "--source", src, "--output", tmp_path / "o.mp4", "--gpus", "9")
+    assert code == 2
+    assert "Invalid --gpus ('9'): this machine has GPUs 0-1" in _error_line(err)
+
+
+def test_scale_the_model_cannot_do(capsys, clips, tmp_path):
+    src = clips("plain.mp4", num_frames=10)
+    code, err = _cli(capsys, "--source", src, "--output", tmp_path / "o.mp4", "--model", "realesr-animevideov3",
+                     "--scale", "5")
+    assert code == 2
+    assert "scale" in _error_line(err).lower()
+
+
+def test_unknown_model(capsys, clips, tmp_path):
+    src = clips("plain.mp4", num_frames=10)
+    code, err = _cli(capsys, "--source", src, "--output", tmp_path / "o.mp4", "--model", "realesr-animevideo")
+    assert code == 2
+    assert "realesr-animevideov3" in _error_line(err)  # suggests the close name
+
+
+def test_bad_input_from_a_real_process(clips, tmp_path):
+    """The whole program as a user runs it: exit code and one line, no traceback."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--source", str(tmp_path / "missing.mp4")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
+        f"error: Source not found: '{tmp_path / 'missing.mp4'}'. Check the path, or run without --source for the built-in sample."
+    ]

