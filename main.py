@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     codec.add_argument("--nvenc", action="store_true", help="encode on the GPU with NVENC (falls back to the CPU with a warning)")
     codec.add_argument("--codec", choices=("h264", "hevc", "av1"), default="h264", help="output codec (default h264)")
     codec.add_argument("--quality", type=int, metavar="CRF",
-                       help="constant quality, lower is better (x264/x265 0-51, default 18/20; SVT-AV1 0-63, default 28)")
-    codec.add_argument("--preset", help="encoder preset (x264/x265: ultrafast..veryslow, default medium; SVT-AV1: 0-13, default 8)")
+                       help="constant quality, lower is better (x264/x265 0-51, default 18/20; SVT-AV1 0-63, default 28; NVENC: constant QP)")
+    codec.add_argument("--preset", help="encoder preset (x264/x265: ultrafast..veryslow, default medium; SVT-AV1: 0-13, default 8; NVENC: p1-p7, default p4)")
 
     out = p.add_argument_group("reporting")
     out.add_argument("--stats-json", type=Path, metavar="PATH", help="write the run's figures as JSON")

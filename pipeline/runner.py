@@ -28,8 +28,8 @@ import torch
 
 from hw.avio import PyAVDecoder, PyAVWriter, SourceInfo, check_output_path, probe_source
 from hw.color import ColorInfo
-from pipeline.collector import Collector
-from pipeline.config import RunConfig
+from pipeline.collector import Collector, FramesLost
+from pipeline.config import NVENC_PRESETS, RunConfig
 from pipeline.errors import (
     FramepipeError,
     HardwareUnavailable,
@@ -186,9 +186,9 @@ class _PyAVEncoder:
 
 def _open_source(plan: RunPlan):
     if plan.use_nvdec:
-        from hw.nvcodec import NvDecoderSource
+        from hw.gpu_io import NvdecSource
 
-        return NvDecoderSource(plan.config.source, gpu=plan.devices.devices[0].index or 0)
+        return NvdecSource(plan.config.source, gpu=plan.devices.devices[0].index or 0)
     return PyAVDecoder(plan.config.source)
 
 
@@ -196,12 +196,13 @@ def _open_encoder(plan: RunPlan, warn: Callable[[str], None]):
     cfg = plan.config
     src = plan.source
     if plan.use_nvenc:
-        from hw.nvcodec import NvencFileWriter
+        from hw.gpu_io import NvencFileWriter
 
         return NvencFileWriter(
             cfg.output, gpu=plan.devices.devices[0].index or 0, codec=cfg.codec, width=plan.output_width,
             height=plan.output_height, time_base=src.time_base, frame_rate=src.average_rate, color=src.color,
-            source_path=cfg.source if cfg.copy_audio else None,
+            source_path=cfg.source if cfg.copy_audio else None, warn=warn, qp=cfg.crf,
+            preset=cfg.preset if cfg.preset in NVENC_PRESETS else "p4",
         )
     writer = PyAVWriter(
         cfg.output,
@@ -428,8 +429,7 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
                     stop.set()
                     work_queue.abort()
                 elif _all_workers_failed(workers):
-                    first_failure = StageFailed("workers", HardwareUnavailable(
-                        "every device failed: " + "; ".join(f"{w.name}: {w.ws.num_failures} fault(s)" for w in workers)))
+                    first_failure = _every_device_failed(workers)
                     stop.set()
                     work_queue.abort()
             if on_progress is not None:
@@ -453,6 +453,11 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
             on_progress(stats)
     if first_failure is None:
         first_failure = _first_error(errors)
+    if first_failure is None and _all_workers_failed(workers):
+        first_failure = _every_device_failed(workers)
+    if first_failure is None and not interrupted and stats.num_frames_written != stats.num_frames_decoded:
+        first_failure = StageFailed("collector", FramesLost(
+            f"{stats.num_frames_decoded} frame(s) decoded but {stats.num_frames_written} written"))
     if interrupted:
         raise RunInterrupted(
             f"{stats.num_frames_written} frame(s) written to {cfg.output} (finalized, playable)."
@@ -472,6 +477,11 @@ def _first_error(errors: queue.Queue) -> StageFailed | None:
         return errors.get_nowait()
     except queue.Empty:
         return None
+
+
+def _every_device_failed(workers: list[Worker]) -> StageFailed:
+    detail = "; ".join(f"{w.name}: {w.ws.num_failures} fault(s)" for w in workers)
+    return StageFailed("workers", HardwareUnavailable(f"every device failed: {detail}"))
 
 
 def _all_workers_failed(workers: list[Worker]) -> bool:

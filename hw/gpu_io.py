@@ -1,0 +1,171 @@
+"""The GPU ends of a run: an NVDEC frame source and an NVENC file writer.
+
+- `NvdecSource` adapts `NvDecoder` to the reader's frame-source interface: frames are
+  NV12 (P016 for 10-bit) CUDA tensors with the source PTS; they never touch host memory.
+- `NvencFileWriter` is the writer's encoder when the GPU has NVENC: NV12 device frames
+  in, H.264/HEVC/AV1 access units out, muxed by PyAV with the source timestamps, the
+  colour tags, and the source's audio/subtitles (`StreamCopier`, shared with the CPU
+  writer). NVENC runs without B-frames, so access unit k belongs to input frame k.
+
+NVENC was NOT run on real hardware while building this (the H100/H200 hosts used have no
+NVENC engine); it is built on PyNvVideoCodec's documented API and tested with a fake
+encoder. See README, "What has run where".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+from hw.avio import StreamCopier, open_output
+from hw.color import ColorInfo
+
+__all__ = ["NvdecSource", "NvencFileWriter", "NvdecFrame"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NvdecFrame:
+    pts: int | None
+    planes: tuple
+    bit_depth: int
+    fmt: str = "nv12"
+
+
+class NvdecSource:
+    """Iterate a file's frames decoded by NVDEC on `gpu` (reader frame-source interface)."""
+
+    def __init__(self, path: str | os.PathLike, *, gpu: int, decoder_factory=None) -> None:
+        from hw.nvcodec import NvDecoder
+
+        self._decoder = (decoder_factory or NvDecoder)(path, gpu=gpu)
+        self.num_corrupt_packets = 0
+        self.stopped_early_reason: str | None = None
+        self._last_pts: int | None = None
+        rate = getattr(self._decoder, "average_rate", None) or Fraction(25)
+        tb = getattr(self._decoder, "time_base", None) or Fraction(1, 90000)
+        self._pts_step = max(1, round(1 / (rate * tb)))
+
+    def __iter__(self) -> Iterator[NvdecFrame]:
+        bit_depth = self._decoder.bit_depth
+        for frame, pts in self._decoder:
+            if pts is None:  # raw streams: number frames like the CPU reader does
+                pts = 0 if self._last_pts is None else self._last_pts + self._pts_step
+            self._last_pts = pts
+            yield NvdecFrame(pts=pts, planes=(frame,), bit_depth=bit_depth)
+
+    def close(self) -> None:
+        self._decoder.close()
+
+
+class NvencFileWriter:
+    """Writer encoder on NVENC: `write_result(ResultItem nv12)`, `close(complete=)`."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        gpu: int,
+        codec: Literal["h264", "hevc", "av1"],
+        width: int,
+        height: int,
+        time_base: Fraction,
+        frame_rate: Fraction | None,
+        color: ColorInfo,
+        source_path: str | os.PathLike | None,
+        warn: Callable[[str], None],
+        qp: int | None = None,
+        preset: str = "p4",
+        encoder_factory=None,
+    ) -> None:
+        from hw.nvcodec import NvEncoder
+
+        self.path = Path(path)
+        self.codec = codec
+        self.gpu = gpu
+        self._time_base = time_base
+        self._encoder = (encoder_factory or NvEncoder)(
+            gpu=gpu, codec=codec, width=width, height=height, frame_rate=frame_rate or Fraction(25),
+            preset=preset, qp=qp,
+        )
+        self._out = open_output(self.path)
+        try:
+            stream = self._out.add_stream(codec, rate=frame_rate or Fraction(25))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.time_base = time_base
+            cc = stream.codec_context
+            cc.time_base = time_base
+            cc.colorspace = color.output_matrix_tag
+            cc.color_range = color.output_range_tag
+            cc.color_primaries = color.primaries_tag
+            cc.color_trc = color.transfer_tag
+            self._stream = stream
+            self._copier = StreamCopier(self._out, Path(source_path), warn=warn) if source_path else None
+        except BaseException:
+            self._out.close()
+            raise
+        self._pending_pts: deque[int] = deque()
+        self._header_ready = False
+        self._closed = False
+        self.num_frames_written = 0
+
+    def _set_extradata(self, first_au: bytes) -> None:
+        from hw.nvcodec import annexb_parameter_sets
+
+        extradata = getattr(self._encoder, "extradata", b"") or b""
+        if not extradata and self.codec in ("h264", "hevc"):
+            extradata = annexb_parameter_sets(first_au, codec=self.codec)
+        if extradata:
+            self._stream.codec_context.extradata = extradata
+        self._header_ready = True
+
+    def _mux_units(self, units: list[bytes]) -> None:
+        import av
+
+        from hw.nvcodec import annexb_is_keyframe
+
+        for au in units:
+            if not self._header_ready:
+                self._set_extradata(au)
+            pts = self._pending_pts.popleft()
+            packet = av.Packet(au)
+            packet.pts = packet.dts = pts
+            packet.time_base = self._time_base
+            packet.stream = self._stream
+            if self.codec in ("h264", "hevc"):
+                packet.is_keyframe = annexb_is_keyframe(au, codec=self.codec)
+            self._out.mux(packet)
+            self.num_frames_written += 1
+
+    def write_result(self, item) -> None:
+        seconds = float(item.pts * self._time_base)
+        if self._copier is not None and self._header_ready:
+            self._copier.mux_until(seconds)
+            self._copier.last_video_seconds = seconds
+        frame = item.planes[0]
+        if frame.is_cuda and frame.device.index != self.gpu:  # made by a worker on another GPU
+            frame = frame.to(f"cuda:{self.gpu}")
+        self._pending_pts.append(item.pts)
+        self._mux_units(self._encoder.encode(frame))
+
+    def close(self, *, complete: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._mux_units(self._encoder.flush())
+            if self._pending_pts:
+                log.warning("NVENC returned %d access unit(s) fewer than frames given", len(self._pending_pts))
+            if self._copier is not None:
+                self._copier.finish(complete=complete)
+        finally:
+            self._encoder.close()
+            self._out.close()
+            if self._copier is not None:
+                self._copier.close()
