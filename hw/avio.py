@@ -527,8 +527,13 @@ class PyAVWriter:
         import av
 
         height, width = y.shape
-        flat = np.concatenate((y.reshape(-1), u.reshape(-1), v.reshape(-1)))
-        frame = av.VideoFrame.from_ndarray(flat.reshape(height * 3 // 2, width), format="yuv420p")
+        frame = av.VideoFrame(width, height, "yuv420p")
+        for plane, data in zip(frame.planes, (y, u, v)):
+            if plane.line_size == data.shape[1]:
+                plane.update(np.ascontiguousarray(data))  # one copy, no repacking
+            else:  # the frame's rows are padded: copy row by row through a view
+                rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+                rows[:, : data.shape[1]] = data
         frame.pts = pts
         frame.time_base = self._time_base
         cc = self._video.codec_context

