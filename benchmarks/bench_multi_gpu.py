@@ -6,7 +6,9 @@ photographs (1920x1080 output), so neither decoding nor the CPU encoder bounds i
   1 GPU  vs  2 GPUs                      -> scaling factor (target >= 1.9x)
   2 GPUs, GPU 1 deliberately slowed      -> the other takes the larger share, neither idles
   2 GPUs with --nvdec (decode on GPU 0, frames copied to GPU 1) vs CPU decode
-Batch sizes come from the per-GPU probe (--batch-size 0); its choice and cost are reported.
+The timed runs use a fixed batch (default 4, what the probe picks for this job) so the
+comparison holds the same work; one more 2-GPU run probes (--batch-size 0) to report
+each GPU's choice and the probe's cost.
 
     python benchmarks/bench_multi_gpu.py --frames 600 --out $OUT
 """
@@ -59,6 +61,7 @@ def main() -> None:
     p.add_argument("--model", default="realesrgan-x4plus")
     p.add_argument("--preset", default="veryfast")
     p.add_argument("--slow-seconds", type=float, default=0.15, help="sleep added to each batch of the slowed GPU")
+    p.add_argument("--batch-size", type=int, default=4, help="fixed batch for the timed runs (the probe gets its own run)")
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -77,18 +80,24 @@ def main() -> None:
         print(f"[{time.perf_counter() - t0:6.1f}s] {name}: {json.dumps(results[name])[:600]}", flush=True)
         (args.out / "bench_multi_gpu.json").write_text(json.dumps(results, indent=2, default=str))
 
-    step("one_gpu", lambda: one_run(src, Path("/tmp/mg1.mp4"), gpus="0", model=args.model, preset=args.preset))
+    b = args.batch_size
+    step("one_gpu", lambda: one_run(src, Path("/tmp/mg1.mp4"), gpus="0", model=args.model, preset=args.preset,
+                                    batch_size=b))
     if n >= 2:
-        step("two_gpus", lambda: one_run(src, Path("/tmp/mg2.mp4"), gpus="0,1", model=args.model, preset=args.preset))
+        step("two_gpus", lambda: one_run(src, Path("/tmp/mg2.mp4"), gpus="0,1", model=args.model, preset=args.preset,
+                                         batch_size=b))
         if "fps" in results.get("one_gpu", {}) and "fps" in results.get("two_gpus", {}):
             results["scaling"] = round(results["two_gpus"]["fps"] / results["one_gpu"]["fps"], 3)
             print(f"scaling 2 GPUs / 1 GPU: {results['scaling']}x", flush=True)
         step("two_gpus_gpu1_slowed", lambda: one_run(src, Path("/tmp/mg3.mp4"), gpus="0,1", model=args.model,
-                                                     preset=args.preset, slow_gpu=1, slow_seconds=args.slow_seconds))
+                                                     preset=args.preset, slow_gpu=1, slow_seconds=args.slow_seconds,
+                                                     batch_size=b))
         step("two_gpus_nvdec", lambda: one_run(src, Path("/tmp/mg4.mp4"), gpus="0,1", model=args.model,
-                                               preset=args.preset, nvdec=True))
-        step("outputs_identical_frame_count", lambda: _check_outputs(["/tmp/mg1.mp4", "/tmp/mg2.mp4", "/tmp/mg3.mp4",
-                                                                      "/tmp/mg4.mp4"], src))
+                                               preset=args.preset, nvdec=True, batch_size=b))
+        step("two_gpus_probe", lambda: one_run(src, Path("/tmp/mg5.mp4"), gpus="0,1", model=args.model,
+                                               preset=args.preset, batch_size=0))
+        step("outputs_identical_frame_count", lambda: _check_outputs(
+            [f"/tmp/mg{i}.mp4" for i in range(1, 6)], src))
     (args.out / "bench_multi_gpu.json").write_text(json.dumps(results, indent=2, default=str))
 
 
