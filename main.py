@@ -305,9 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         # parent shell started us with SIGINT ignored.
         signal.signal(signal.SIGINT, signal.default_int_handler)
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=160)  # logs and CI: no summary truncated to 80 columns
     _setup_logging(console, quiet=args.quiet, verbose=args.verbose)
     if args.list_models:
-        return _list_models(Console())
+        out = Console()
+        return _list_models(out if out.is_terminal else Console(width=200))  # piped: no truncated names
 
     from pipeline import FramepipeError, HardwareUnavailable, RunInterrupted, StageError, run
 

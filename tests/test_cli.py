@@ -1,0 +1,117 @@
+"""The console side of main.py: device panel, summary, --stats-json, --list-models, fallbacks."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+
+import main as cli
+from pipeline.stats import RunStats
+from tests import probe
+
+
+class FakeNvml:
+    def memory(self, gpu):
+        return (20 * 2**30, 80 * 2**30) if gpu == 0 else None
+
+    def utilization(self, gpu):
+        return 97 if gpu == 0 else None
+
+
+def _stats() -> RunStats:
+    stats = RunStats(num_frames_expected=100, num_frames_decoded=60, num_frames_written=50)
+    w0 = stats.add_worker("worker-gpu0", "cuda:0")
+    w0.batch_size, w0.health = 8, "ok"
+    w0.record_batch(8)
+    w1 = stats.add_worker("worker-gpu1", "cuda:1")
+    w1.batch_size, w1.health, w1.num_failures = 4, "failed", 3
+    stats.queue_depths.update(work=lambda: 12, results=lambda: 3)
+    return stats
+
+
+def test_device_panel_shows_memory_util_batch_health_and_queues():
+    console = Console(record=True, width=140)
+    console.print(cli.device_table(_stats(), nvml=FakeNvml()))
+    text = console.export_text()
+    assert "queues: work 12, results 3" in text
+    row0 = next(line for line in text.splitlines() if "worker-gpu0" in line)
+    assert "███" in row0 and "20.0/80 GiB" in row0 and "97%" in row0 and " 8 " in row0 and "ok" in row0
+    row1 = next(line for line in text.splitlines() if "worker-gpu1" in line)
+    assert "failed" in row1 and " - " in row1  # no NVML figures for it: shown as "-"
+
+
+def test_summary_lists_stages_devices_and_warnings():
+    stats = _stats()
+    stats.clock("reader").busy_seconds = 1.5
+    stats.warn("audio stream 1 (wavpack) cannot be stored in .mp4: re-encoded to aac")
+    stats.finished_at = stats.started_at + 2.0
+    console = Console(record=True, width=160)
+    cli.render_summary(console, stats)
+    text = console.export_text()
+    assert "done: 50 frame(s) in 2.00 s = 25.00 fps" in text
+    assert "reader" in text and "1.50" in text
+    assert "worker-gpu1" in text and "failed" in text
+    assert "warning: audio stream 1 (wavpack)" in text
+
+
+def test_stats_json_has_the_summary_figures(clips, tmp_path, capsys):
+    src = clips("cli.mp4", num_frames=20, audio=True)
+    out, js = tmp_path / "o.mp4", tmp_path / "s.json"
+    code = cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2",
+                     "--parallel", "--stats-json", str(js)])
+    assert code == 0
+    data = json.loads(js.read_text())
+    assert data["status"] == "ok" and data["frames_written"] == data["frames_decoded"] == 20
+    assert set(data["stages"]) == {"reader", "collector", "writer"}
+    assert data["workers"][0]["name"] == "worker-cpu0" and data["workers"][0]["frames"] == 20
+    assert data["model"] == "bicubic" and data["scale"] == 2 and data["mode"] == "parallel"
+    err = capsys.readouterr().err
+    assert f"Output: {out}" in err and "done: 20 frame(s)" in err
+
+
+def test_failed_run_still_writes_stats_json(clips, tmp_path, capsys, monkeypatch):
+    from pipeline.worker import Worker
+
+    def boom(self, items):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(Worker, "process", boom)
+    src = clips("cli.mp4", num_frames=20, audio=True)
+    js = tmp_path / "s.json"
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", "bicubic", "--parallel",
+                     "--stats-json", str(js)])
+    assert code == 1
+    data = json.loads(js.read_text())
+    assert data["status"] == "failed" and "kaboom" in data["error"]
+    err = capsys.readouterr().err
+    assert "error: worker-cpu0: RuntimeError: kaboom" in err and "Traceback" not in err
+
+
+def test_hardware_flags_fall_back_with_one_line_each(clips, tmp_path, capsys):
+    src = clips("cli.mp4", num_frames=20, audio=True)
+    out = tmp_path / "o.mp4"
+    code = cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--parallel",
+                     "--nvdec", "--nvenc", "--multi-gpu"])
+    assert code == 0
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 3
+    assert any("--nvdec" in w and "PyAV" in w for w in warnings)
+    assert any("--nvenc" in w and "CPU" in w for w in warnings)
+    assert any("--multi-gpu" in w and "CPU" in w for w in warnings)
+    assert probe.indices(out) == list(range(20))
+
+
+def test_quiet_prints_nothing_on_success(clips, tmp_path, capsys):
+    src = clips("cli.mp4", num_frames=20, audio=True)
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", "bicubic", "-q"])
+    assert code == 0
+    assert capsys.readouterr().err.strip() == ""
+
+
+def test_list_models(capsys):
+    assert cli.main(["--list-models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("realesr-animevideov3", "realesrgan-x4plus", "realesrgan-x4plus-anime", "bicubic"):
+        assert name in out
+    assert "SRVGGNetCompact" in out and "RRDBNet" in out and "16,697,987" in out
