@@ -59,8 +59,8 @@ def main() -> None:
         for n in (args.frames, args.frames * 10):
             src = make_clip(tmp / f"clip{n}.mp4", width=width, height=height, num_frames=n)
             rows.append((n, measure(src, tmp / f"out{n}.mp4", args.queue_size)))
-    print(f"| frames | output | peak RSS (MiB) | fps | wall s |")
-    print(f"|---|---|---|---|---|")
+    print("| frames | output | peak RSS (MiB) | fps | wall s |")
+    print("|---|---|---|---|---|")
     for n, r in rows:
         print(f"| {n} | {width * 2}x{height * 2} | {r['peak_rss_mib']} | {r['fps']:.1f} | {r['wall_s']} |")
     growth = rows[1][1]["peak_rss_mib"] / rows[0][1]["peak_rss_mib"]

@@ -37,6 +37,8 @@ __all__ = [
     "check_output_path",
     "StreamCopier",
     "open_output",
+    "add_video_stream",
+    "PtsFiller",
 ]
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,20 @@ def _plane_array(plane, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(rows[:, : plane.width])
 
 
+class PtsFiller:
+    """Frames without a timestamp (raw streams) get the previous one plus one frame duration."""
+
+    def __init__(self, rate: Fraction | None, time_base: Fraction | None) -> None:
+        self._step = max(1, round(1 / ((rate or Fraction(25)) * (time_base or Fraction(1, 90000)))))
+        self._last: int | None = None
+
+    def fill(self, pts: int | None) -> int:
+        if pts is None:
+            pts = 0 if self._last is None else self._last + self._step
+        self._last = pts
+        return pts
+
+
 class PyAVDecoder:
     """Decode the first video stream of a file on the CPU, in presentation order.
 
@@ -186,10 +202,7 @@ class PyAVDecoder:
             self._stream.codec_context.thread_count = threads
         self.num_corrupt_packets = 0
         self.stopped_early_reason: str | None = None
-        self._last_pts: int | None = None
-        rate = self._stream.average_rate or self._stream.guessed_rate or Fraction(25)
-        tb = self._stream.time_base or Fraction(1, 90000)
-        self._pts_step = max(1, round(1 / (rate * tb)))
+        self._pts = PtsFiller(self._stream.average_rate or self._stream.guessed_rate, self._stream.time_base)
 
     def __iter__(self) -> Iterator[DecodedFrame]:
         import av
@@ -229,10 +242,7 @@ class PyAVDecoder:
             log.warning("source %s: skipped a corrupt packet (%s)", self.path.name, exc)
 
     def _convert(self, frame) -> DecodedFrame:
-        pts = frame.pts
-        if pts is None:
-            pts = 0 if self._last_pts is None else self._last_pts + self._pts_step
-        self._last_pts = pts
+        pts = self._pts.fill(frame.pts)
         name = frame.format.name
         depth = _PLANAR_YUV.get(name)
         if depth is not None:
@@ -417,6 +427,21 @@ class StreamCopier:
             self._src = None
 
 
+def add_video_stream(out, codec: str, *, width: int, height: int, time_base: Fraction, frame_rate: Fraction | None,
+                     color: ColorInfo):
+    """A yuv420p video stream on `out` in the source's time base, with its colour tags."""
+    stream = out.add_stream(codec, rate=frame_rate or Fraction(25))
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.time_base = time_base
+    cc = stream.codec_context
+    cc.time_base = time_base
+    cc.colorspace = color.output_matrix_tag
+    cc.color_range = color.output_range_tag
+    cc.color_primaries = color.primaries_tag
+    cc.color_trc = color.transfer_tag
+    return stream
+
+
 def open_output(path: Path):
     """Open `path` for writing with PyAV; OutputNotWritable (one line) when it cannot be."""
     import av
@@ -501,15 +526,9 @@ class PyAVWriter:
             raise InvalidOption(
                 f"--codec {codec} cannot be stored in a {self.path.suffix or 'this'} file. Use .mp4 or .mkv."
             )
-        stream = self._out.add_stream(encoder, rate=frame_rate or Fraction(25))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.time_base = time_base
+        stream = add_video_stream(self._out, encoder, width=width, height=height, time_base=time_base,
+                                  frame_rate=frame_rate, color=color)
         cc = stream.codec_context
-        cc.time_base = time_base
-        cc.colorspace = color.output_matrix_tag
-        cc.color_range = color.output_range_tag
-        cc.color_primaries = color.primaries_tag
-        cc.color_trc = color.transfer_tag
         if threads:
             cc.thread_count = threads
         options: dict[str, str] = {}

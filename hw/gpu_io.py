@@ -22,7 +22,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
-from hw.avio import StreamCopier, open_output
+from hw.avio import PtsFiller, StreamCopier, add_video_stream, open_output
 from hw.color import ColorInfo
 
 __all__ = ["NvdecSource", "NvencFileWriter", "NvdecFrame"]
@@ -47,18 +47,13 @@ class NvdecSource:
         self._decoder = (decoder_factory or NvDecoder)(path, gpu=gpu)
         self.num_corrupt_packets = 0
         self.stopped_early_reason: str | None = None
-        self._last_pts: int | None = None
-        rate = getattr(self._decoder, "average_rate", None) or Fraction(25)
-        tb = getattr(self._decoder, "time_base", None) or Fraction(1, 90000)
-        self._pts_step = max(1, round(1 / (rate * tb)))
+        self._pts = PtsFiller(getattr(self._decoder, "average_rate", None), getattr(self._decoder, "time_base", None))
 
     def __iter__(self) -> Iterator[NvdecFrame]:
         bit_depth = self._decoder.bit_depth
         for frame, pts in self._decoder:
-            if pts is None:  # raw streams: number frames like the CPU reader does
-                pts = 0 if self._last_pts is None else self._last_pts + self._pts_step
-            self._last_pts = pts
-            yield NvdecFrame(pts=pts, planes=(frame,), bit_depth=bit_depth)
+            # raw streams have no timestamps: number frames as the CPU reader does
+            yield NvdecFrame(pts=self._pts.fill(pts), planes=(frame,), bit_depth=bit_depth)
 
     def close(self) -> None:
         self._decoder.close()
@@ -96,16 +91,8 @@ class NvencFileWriter:
         )
         self._out = open_output(self.path)
         try:
-            stream = self._out.add_stream(codec, rate=frame_rate or Fraction(25))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.time_base = time_base
-            cc = stream.codec_context
-            cc.time_base = time_base
-            cc.colorspace = color.output_matrix_tag
-            cc.color_range = color.output_range_tag
-            cc.color_primaries = color.primaries_tag
-            cc.color_trc = color.transfer_tag
-            self._stream = stream
+            self._stream = add_video_stream(self._out, codec, width=width, height=height, time_base=time_base,
+                                            frame_rate=frame_rate, color=color)
             self._copier = StreamCopier(self._out, Path(source_path), warn=warn) if source_path else None
         except BaseException:
             self._out.close()

@@ -20,14 +20,12 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from hw.avio import PyAVDecoder, PyAVWriter, SourceInfo, check_output_path, probe_source
-from hw.color import ColorInfo
 from pipeline.collector import Collector, FramesLost
 from pipeline.config import NVENC_PRESETS, RunConfig
 from pipeline.errors import (
@@ -42,7 +40,7 @@ from pipeline.messages import ResultItem, StageFailed
 from pipeline.reader import Reader
 from pipeline.scheduling import WorkQueue
 from pipeline.stats import RunStats
-from pipeline.worker import Worker, WorkerFaults
+from pipeline.worker import Worker
 from pipeline.writer import Writer
 
 __all__ = ["run", "plan_devices", "DevicePlan", "RunPlan", "prepare"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import heapq
 import threading
-import time
 from collections import deque
 from typing import Sequence
 
@@ -95,14 +94,8 @@ class WorkQueue:
             while True:
                 if stop.is_set() or self._aborted:
                     return None
-                batch: list[FrameItem] = []
-                while self._returned and len(batch) < max_items:
-                    batch.append(heapq.heappop(self._returned)[1])
-                while self._items and len(batch) < max_items and self._allowed(self._items[0].index):
-                    batch.append(self._items.popleft())
+                batch = self._gather(max_items)
                 if batch:
-                    self.num_in_flight += len(batch)
-                    self._cond.notify_all()  # room for the reader
                     return batch
                 if self._closed and not self._items and self.num_in_flight == 0:
                     return None
@@ -111,15 +104,19 @@ class WorkQueue:
     def take_more(self, max_items: int) -> list[FrameItem]:
         """Non-blocking: up to `max_items` more frames for a batch being filled."""
         with self._cond:
-            batch: list[FrameItem] = []
-            while self._returned and len(batch) < max_items:
-                batch.append(heapq.heappop(self._returned)[1])
-            while self._items and len(batch) < max_items and self._allowed(self._items[0].index):
-                batch.append(self._items.popleft())
-            if batch:
-                self.num_in_flight += len(batch)
-                self._cond.notify_all()
-            return batch
+            return self._gather(max_items)
+
+    def _gather(self, max_items: int) -> list[FrameItem]:
+        """Under the lock: returned frames first, then queued ones inside the window."""
+        batch: list[FrameItem] = []
+        while self._returned and len(batch) < max_items:
+            batch.append(heapq.heappop(self._returned)[1])
+        while self._items and len(batch) < max_items and self._allowed(self._items[0].index):
+            batch.append(self._items.popleft())
+        if batch:
+            self.num_in_flight += len(batch)
+            self._cond.notify_all()  # room for the reader
+        return batch
 
     def wait_for_items(self, timeout: float) -> None:
         """Block up to `timeout` seconds or until something is put or closed."""

@@ -140,7 +140,7 @@ class Worker:
                 cuda_measure(run, self.device, repeats=1), max_batch_size=self.max_batch_size,
                 patience=1, time_budget_seconds=4.0,
             )
-        del sample
+        sample = None  # the closure's cell: frees the probe input before emptying the cache
         free_cached_memory(self.device)
         self.ws.probe_seconds = result.seconds
         fps = ", ".join(f"{b}:{f:.1f}" for b, f in sorted(result.fps_by_batch.items()))

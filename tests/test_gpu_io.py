@@ -12,11 +12,9 @@ from fractions import Fraction
 
 import av
 import numpy as np
-import pytest
 import torch
 
 from hw.avio import probe_source
-from hw.color import ColorInfo
 from hw.gpu_io import NvdecSource, NvencFileWriter
 from pipeline.messages import ResultItem
 from tests import probe

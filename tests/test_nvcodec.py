@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import heapq
-import sys
 import types
 from fractions import Fraction
 
@@ -242,7 +241,7 @@ def test_encoder_create_failure(monkeypatch):
 
 
 def test_encoder_encode_flush_close(monkeypatch):
-    m = use(monkeypatch, fake_module())
+    use(monkeypatch, fake_module())
     enc = NvEncoder(gpu=0, codec="h264", width=64, height=32, frame_rate=Fraction(25), cq=23)
     assert enc.extradata == b"\x00\x00\x00\x01\x67sps"
     frame = torch.zeros((48, 64), dtype=torch.uint8)
