@@ -102,24 +102,21 @@ def _list_models(console) -> int:
 
 
 def _config_from_args(args, *, sample: bool):
-    from pipeline import RunConfig, default_output_path
+    from pipeline import RunConfig
 
     model = args.model or "realesr-animevideov3"
     source = args.source
+    output_dir = None
     if source is None:
         from hw.clips import sample_clip
 
         source = sample_clip()
-    output = args.output
-    if output is None:
-        if sample:
-            output = Path("out") / default_output_path(Path(source), model_name=Path(model).stem, scale=args.scale or 4).name
-            output.parent.mkdir(parents=True, exist_ok=True)
-        else:
-            output = default_output_path(Path(source), model_name=Path(model).stem, scale=args.scale or _native_scale(model))
+        output_dir = Path("out")  # the sample's result goes to ./out/, named after the model and scale
+        output_dir.mkdir(parents=True, exist_ok=True)
     return RunConfig(
         source=Path(source),
-        output=Path(output),
+        output=args.output,
+        output_dir=output_dir,
         model=model,
         scale=args.scale,
         parallel=args.parallel,
@@ -141,16 +138,6 @@ def _config_from_args(args, *, sample: bool):
         stats_json=args.stats_json,
         copy_audio=not args.no_audio,
     )
-
-
-def _native_scale(model: str) -> int:
-    """The scale used in the default output name (the model decides the real one)."""
-    try:
-        from models import load_model
-
-        return load_model(model).scale
-    except Exception:  # the run itself reports a bad model with a proper message
-        return 4
 
 
 class RunDisplay:
@@ -175,9 +162,9 @@ class RunDisplay:
         import time
 
         self.stats = stats
-        for note in plan.notes:
-            self.console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
         if not self.quiet:
+            for note in plan.notes:
+                self.console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
             for dev, (_, why) in plan.dtypes.items():
                 self.console.print(f"precision on {dev}: {why}", highlight=False, soft_wrap=True)
         if not self.enabled:
@@ -312,11 +299,14 @@ def main(argv: list[str] | None = None) -> int:
         out = Console()
         return _list_models(out if out.is_terminal else Console(width=200))  # piped: no truncated names
 
-    from pipeline import FramepipeError, HardwareUnavailable, RunInterrupted, StageError, run
-
     sample = args.source is None
     display = RunDisplay(console, enabled=console.is_terminal and not args.quiet, quiet=args.quiet)
-    stats = None
+    try:
+        # Inside the try: importing the pipeline loads torch (seconds), Ctrl-C may come then.
+        from pipeline import FramepipeError, HardwareUnavailable, RunInterrupted, StageError, run
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/] before the run started")
+        return EXIT_INTERRUPTED
     try:
         config = _config_from_args(args, sample=sample)
         if sample and not args.quiet:
@@ -356,8 +346,12 @@ def _write_stats(path: Path | None, stats, *, status: str, error: str | None = N
     if error:
         data["error"] = error
     tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    except OSError as exc:  # the run's output is safe; only the report is lost
+        logging.getLogger("framepipe").warning("could not write --stats-json %s: %s", path, exc)
+        tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

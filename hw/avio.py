@@ -492,6 +492,7 @@ class PyAVWriter:
         self.totals = WriterTotals()
         self._warn_fn = warn
         self._time_base = time_base
+        self._frame_seconds = float(1 / frame_rate) if frame_rate else 0.04
         self._closed = False
         self._out = open_output(self.path)
         try:
@@ -503,9 +504,22 @@ class PyAVWriter:
                 if source_path is not None and copy_audio
                 else None
             )
+            self._start()
         except BaseException:
             self._out.close()
             raise
+
+    def _start(self) -> None:
+        """Open the encoder and write the header now: a codec the container refuses is
+        bad input, reported before any frame is processed."""
+        import av
+
+        try:
+            self._out.start_encoding()
+        except av.error.FFmpegError as exc:
+            raise InvalidOption(
+                f"Cannot write {self.path.suffix} with these streams ({exc.strerror or exc}). Try --output with .mkv."
+            ) from exc
 
     def _warn(self, message: str) -> None:
         """One line for the user: to the run's warnings if given, else the log."""
@@ -538,6 +552,8 @@ class PyAVWriter:
             options["preset"] = str(preset)
         if encoder == "libx265":
             options["x265-params"] = "log-level=error"
+        if encoder == "libsvtav1":
+            os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints ~20 info lines to stderr otherwise
         stream.options = options
         return stream
 
@@ -561,7 +577,7 @@ class PyAVWriter:
         seconds = float(pts * self._time_base)
         if self._copier is not None:
             self._copier.mux_until(seconds)
-            self._copier.last_video_seconds = seconds
+            self._copier.last_video_seconds = seconds + self._frame_seconds  # the end of this frame
         for packet in self._video.encode(frame):
             self._out.mux(packet)
         self.totals.num_video_frames += 1

@@ -85,17 +85,23 @@ class NvencFileWriter:
         self.codec = codec
         self.gpu = gpu
         self._time_base = time_base
+        self._frame_seconds = float(1 / frame_rate) if frame_rate else 0.04
         self._encoder = (encoder_factory or NvEncoder)(
             gpu=gpu, codec=codec, width=width, height=height, frame_rate=frame_rate or Fraction(25),
             preset=preset, qp=qp,
         )
-        self._out = open_output(self.path)
+        try:
+            self._out = open_output(self.path)
+        except BaseException:
+            self._encoder.close()
+            raise
         try:
             self._stream = add_video_stream(self._out, codec, width=width, height=height, time_base=time_base,
                                             frame_rate=frame_rate, color=color)
             self._copier = StreamCopier(self._out, Path(source_path), warn=warn) if source_path else None
         except BaseException:
             self._out.close()
+            self._encoder.close()
             raise
         self._pending_pts: deque[int] = deque()
         self._header_ready = False
@@ -134,7 +140,7 @@ class NvencFileWriter:
         seconds = float(item.pts * self._time_base)
         if self._copier is not None and self._header_ready:
             self._copier.mux_until(seconds)
-            self._copier.last_video_seconds = seconds
+            self._copier.last_video_seconds = seconds + self._frame_seconds  # the end of this frame
         frame = item.planes[0]
         if frame.is_cuda and frame.device.index != self.gpu:  # made by a worker on another GPU
             frame = frame.to(f"cuda:{self.gpu}")

@@ -41,7 +41,9 @@ class Collector:
         stats: RunStats,
         errors: "queue.Queue[StageFailed]",
         stop: threading.Event,
+        writer_done: threading.Event | None = None,
     ) -> None:
+        self.writer_done = writer_done or threading.Event()
         self.results = results
         self.to_writer = to_writer
         self.work_queue = work_queue
@@ -62,9 +64,11 @@ class Collector:
                 self.to_writer.put(item, timeout=0.1)
                 return True
             except queue.Full:
+                if self.writer_done.is_set():
+                    return False  # the writer has ended (failed): nobody will read this
                 if self.stop.is_set():
                     tries_after_stop += 1
-                    # The writer drains its queue before finalizing; 30 s covers a slow encoder.
+                    # A stopping writer drops what is queued within ~1 s; 30 s is a safety net.
                     if item is not END or tries_after_stop > 300:
                         return False
 

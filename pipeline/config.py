@@ -42,7 +42,7 @@ class RunConfig:
     """Every option of one run. Paths are `Path`s; `None` means "choose for me"."""
 
     source: Path
-    output: Path
+    output: Path | None = None  # None: <source>.<model>-x<scale>.mp4, beside the source or in output_dir
     model: str = "realesr-animevideov3"
     scale: int | None = None
     parallel: bool = True
@@ -63,6 +63,7 @@ class RunConfig:
     overwrite: bool = False
     stats_json: Path | None = None
     copy_audio: bool = True
+    output_dir: Path | None = None
     # Fault injection for tests: {"stage": "worker", "at_frame": k} etc. Never set by the CLI.
     faults: dict = field(default_factory=dict)
 
@@ -98,12 +99,23 @@ class RunConfig:
             raise InvalidOption(
                 f"Invalid --preset ({self.preset!r}) for {self.codec}: allowed are {', '.join(allowed)}."
             )
-        if self.output.suffix.lower() not in (".mp4", ".mkv", ".mov"):
-            raise InvalidOption(
-                f"Invalid --output ({str(self.output)!r}): the file must end in .mp4, .mkv or .mov."
-            )
-        if self.source.resolve() == self.output.resolve():
-            raise InvalidOption(f"--output is the same file as --source ({str(self.source)!r}). Choose another output name.")
+        if self.output is not None:
+            if self.output.suffix.lower() not in (".mp4", ".mkv", ".mov"):
+                raise InvalidOption(
+                    f"Invalid --output ({str(self.output)!r}): the file must end in .mp4, .mkv or .mov."
+                )
+            if self.codec == "av1" and self.output.suffix.lower() == ".mov":
+                raise InvalidOption("--codec av1 cannot be stored in a .mov file. Use .mp4 or .mkv.")
+            if self.source.resolve() == self.output.resolve():
+                raise InvalidOption(f"--output is the same file as --source ({str(self.source)!r}). Choose another output name.")
+        if self.stats_json is not None:
+            folder = self.stats_json.parent if str(self.stats_json.parent) else Path(".")
+            if self.stats_json.is_dir() or not folder.is_dir():
+                raise InvalidOption(
+                    f"Invalid --stats-json ({str(self.stats_json)!r}): "
+                    + ("it is a directory." if self.stats_json.is_dir() else f"folder {str(folder)!r} does not exist.")
+                    + " Give a file path, e.g. --stats-json run.json."
+                )
         return self
 
     @property

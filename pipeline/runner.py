@@ -27,7 +27,7 @@ import torch
 
 from hw.avio import PyAVDecoder, PyAVWriter, SourceInfo, check_output_path, probe_source
 from pipeline.collector import Collector, FramesLost
-from pipeline.config import NVENC_PRESETS, RunConfig
+from pipeline.config import DEFAULT_PRESET, NVENC_PRESETS, RunConfig, default_output_path
 from pipeline.errors import (
     FramepipeError,
     HardwareUnavailable,
@@ -117,10 +117,17 @@ def prepare(config: RunConfig) -> RunPlan:
 
     config.validate()
     source = probe_source(config.source)
-    check_output_path(config.output, overwrite=config.overwrite)
     model = load_model(config.model, scale=config.scale)
+    if config.output is None:  # named after the model's real scale, beside the source or in output_dir
+        name = default_output_path(config.source, model_name=Path(config.model).stem, scale=model.scale)
+        config.output = (config.output_dir / name.name) if config.output_dir is not None else name
+        config.validate()
+    check_output_path(config.output, overwrite=config.overwrite)
     devices = plan_devices(config)
     notes = [devices.note] if devices.note else []
+    if not config.parallel and len(devices.devices) > 1:
+        notes.append(f"{len(devices.devices)} workers need --parallel; the sequential loop runs one, on {devices.devices[0]}.")
+        devices = DevicePlan(devices.devices[:1], devices.note)
     dtypes: dict[str, tuple[torch.dtype, str]] = {}
     for dev in devices.devices:
         if str(dev) not in dtypes:
@@ -156,6 +163,10 @@ def _plan_codecs(config: RunConfig, source: SourceInfo, devices: DevicePlan, not
             use_nvenc = ok
             if not ok:
                 notes.append(f"--nvenc: {why}; encoding on the CPU from GPU-converted yuv420p instead.")
+    if config.preset in NVENC_PRESETS and not use_nvenc:
+        notes.append(f"--preset {config.preset} is an NVENC preset; the CPU encoder uses its default "
+                     f"({DEFAULT_PRESET[config.codec]}).")
+        config.preset = None
     return use_nvdec, use_nvenc
 
 
@@ -340,7 +351,8 @@ def _run_sequential(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | No
     reader = Reader(source, dummy_queue, stats=stats, errors=errors, stop=stop, max_frames=cfg.max_frames,
                     fail_at_frame=_fault(cfg, "reader"))
     worker = _make_workers(plan, dummy_queue, None, stats, errors, stop, num_workers=1)[0]
-    writer = Writer(encoder, queue.Queue(), stats=stats, errors=errors, stop=stop, fail_at_frame=_fault(cfg, "writer"))
+    writer = Writer(encoder, queue.Queue(), stats=stats, errors=errors, stop=stop, fail_at_frame=_fault(cfg, "writer"),
+                    max_frames=cfg.max_frames)
     try:
         worker.setup()
         batch: list = []
@@ -361,20 +373,40 @@ def _run_sequential(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | No
         if batch:
             flush()
         writer.complete = True
+        source.close()
+        writer.finish()
     except KeyboardInterrupt as exc:
         stop.set()
-        raise RunInterrupted(f"{stats.num_frames_written} frame(s) written to {cfg.output} (playable).") from exc
+        _finish_quietly(source, writer)
+        raise RunInterrupted(_partial_output(cfg.output, stats, writer)) from exc
     except FramepipeError:
         stop.set()
+        _finish_quietly(source, writer)
         raise
     except BaseException as exc:
         stop.set()
-        raise StageError("sequential", f"{type(exc).__name__}: {exc}") from exc
-    finally:
+        _finish_quietly(source, writer)
+        raise StageError("sequential", f"{type(exc).__name__}: {exc}. {_partial_output(cfg.output, stats, writer)}") from exc
+
+
+def _finish_quietly(source, writer: Writer) -> None:
+    """Close both ends after a failure; a second error here is logged, never raised over the first."""
+    for close in (source.close, writer.finish):
         try:
-            source.close()
-        finally:
-            writer.finish()
+            close()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("while stopping: %s", exc)
+
+
+def _partial_output(path: Path, stats: RunStats, writer: Writer) -> str:
+    """What is left on disk after a stop, said plainly."""
+    if stats.num_frames_written == 0:
+        _remove_empty_output(path)
+        return "No frame was written."
+    if not writer.finished_cleanly:
+        return f"{stats.num_frames_written} frame(s) were given to the encoder, but finalizing {path} failed: it may not play."
+    dropped = f" ({writer.num_frames_dropped_at_stop} queued frame(s) dropped to stop quickly)" if writer.num_frames_dropped_at_stop else ""
+    return f"{stats.num_frames_written} frame(s) written to {path} (finalized, playable){dropped}."
 
 
 def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None, progress_seconds: float) -> None:
@@ -395,16 +427,18 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
     reader = Reader(source, work_queue, stats=stats, errors=errors, stop=stop, max_frames=cfg.max_frames,
                     fail_at_frame=_fault(cfg, "reader"))
     workers = _make_workers(plan, work_queue, results, stats, errors, stop)
-    collector = Collector(results, to_writer, work_queue, num_workers=num_workers, stats=stats, errors=errors, stop=stop)
-    writer = Writer(encoder, to_writer, stats=stats, errors=errors, stop=stop, fail_at_frame=_fault(cfg, "writer"))
+    # Waiting uses an Event, not Thread.join: a Ctrl-C that interrupts join() can leave
+    # CPython believing the thread has ended (is_alive() False) while it still runs.
+    writer_done = threading.Event()
+    collector = Collector(results, to_writer, work_queue, num_workers=num_workers, stats=stats, errors=errors, stop=stop,
+                          writer_done=writer_done)
+    writer = Writer(encoder, to_writer, stats=stats, errors=errors, stop=stop, fail_at_frame=_fault(cfg, "writer"),
+                    max_frames=cfg.max_frames)
     stats.queue_depths.update(work=work_queue.qsize, results=results.qsize, writer=to_writer.qsize)
 
     threads = [threading.Thread(target=reader.run, name="reader", daemon=True)]
     threads += [threading.Thread(target=w.run, name=w.name, daemon=True) for w in workers]
     threads.append(threading.Thread(target=collector.run, name="collector", daemon=True))
-    # Waiting uses an Event, not Thread.join: a Ctrl-C that interrupts join() can leave
-    # CPython believing the thread has ended (is_alive() False) while it still runs.
-    writer_done = threading.Event()
 
     def writer_body() -> None:
         try:
@@ -441,9 +475,8 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
         stop.set()
         work_queue.abort()
         _wait_quietly(writer_done)
-        writer_thread.join()
-        for t in threads:
-            t.join(timeout=5.0)
+        for t in [writer_thread, *threads]:
+            _join_quietly(t, timeout=None if t is writer_thread else 5.0)
         still = [t.name for t in threads if t.is_alive()]
         if still:
             log.warning("threads still finishing their current batch at exit: %s", ", ".join(still))
@@ -457,17 +490,15 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
         first_failure = StageFailed("collector", FramesLost(
             f"{stats.num_frames_decoded} frame(s) decoded but {stats.num_frames_written} written"))
     if interrupted:
-        raise RunInterrupted(
-            f"{stats.num_frames_written} frame(s) written to {cfg.output} (finalized, playable)."
-        )
+        raise RunInterrupted(_partial_output(cfg.output, stats, writer))
     if first_failure is not None:
         exc = first_failure.exc
-        if isinstance(exc, FramepipeError):
+        if isinstance(exc, InvalidOption):  # bad input found late (e.g. by the encoder)
+            _remove_empty_output(cfg.output)
             raise exc
-        raise StageError(
-            first_failure.stage,
-            f"{type(exc).__name__}: {exc}. {stats.num_frames_written} frame(s) were written to {cfg.output} (finalized, playable).",
-        ) from exc
+        if isinstance(exc, FramepipeError):
+            raise type(exc)(f"{exc}. {_partial_output(cfg.output, stats, writer)}") from exc
+        raise StageError(first_failure.stage, f"{type(exc).__name__}: {exc}. {_partial_output(cfg.output, stats, writer)}") from exc
 
 
 def _first_error(errors: queue.Queue) -> StageFailed | None:
@@ -484,6 +515,16 @@ def _every_device_failed(workers: list[Worker]) -> StageFailed:
 
 def _all_workers_failed(workers: list[Worker]) -> bool:
     return bool(workers) and all(w.ws.health == "failed" for w in workers)
+
+
+def _join_quietly(thread: threading.Thread, *, timeout: float | None) -> None:
+    """Join, even through further Ctrl-C presses (the process must not leave threads behind)."""
+    deadline = None if timeout is None else time.perf_counter() + timeout
+    while thread.is_alive() and (deadline is None or time.perf_counter() < deadline):
+        try:
+            thread.join(0.1)
+        except KeyboardInterrupt:
+            log.warning("still stopping; please wait")
 
 
 def _wait_quietly(done: threading.Event) -> None:

@@ -186,6 +186,7 @@ class Worker:
     def process_all(self, items: Sequence[FrameItem]) -> list[ResultItem]:
         """`process` in chunks of the current batch size, halving it on OOM. Never drops a frame."""
         done: list[ResultItem] = []
+        chunk_sizes: list[int] = []
         pos = 0
         while pos < len(items):
             chunk = items[pos : pos + self.batch_size]
@@ -205,8 +206,10 @@ class Worker:
                 self.log.warning("out of memory at batch %d: retrying the same frames at batch %d", len(chunk), self.batch_size)
                 continue
             pos += len(chunk)
-            self.ws.record_batch(len(chunk))
+            chunk_sizes.append(len(chunk))
             self._maybe_grow()
+        for size in chunk_sizes:  # counted only once the whole batch is done (a fault hands it all back)
+            self.ws.record_batch(size)
         return done
 
     def _maybe_grow(self) -> None:
@@ -244,8 +247,17 @@ class Worker:
 
     def run(self) -> None:
         try:
-            with self.ws.clock.busy():
-                self.setup()
+            try:
+                with self.ws.clock.busy():
+                    self.setup()
+            except BaseException as exc:
+                if not is_device_fault(exc):
+                    raise
+                self.ws.num_failures += 1
+                self.ws.health = "failed"
+                self.log.error("%s could not start on %s (%s): left out of the run", self.name, self.device, exc)
+                self.stats.warn(f"{self.name} ({self.device}) failed to start and was left out of the run: {exc}")
+                return
             ctx = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
             with ctx:
                 self._loop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Protocol
 
 from pipeline.messages import END, ResultItem, StageFailed
@@ -43,8 +44,14 @@ class Writer:
         errors: "queue.Queue[StageFailed]",
         stop: threading.Event,
         fail_at_frame: int | None = None,
+        max_frames: int | None = None,
+        stop_budget_seconds: float = 1.0,
     ) -> None:
         self.encoder = encoder
+        self.max_frames = max_frames
+        self.stop_budget_seconds = stop_budget_seconds
+        self.num_frames_dropped_at_stop = 0
+        self.finished_cleanly = False
         self.inbox = from_collector
         self.stats = stats
         self.errors = errors
@@ -65,18 +72,32 @@ class Writer:
         self.stats.num_frames_written = expected + 1
 
     def finish(self) -> None:
-        """Finalize the file (complete only when END arrived and nothing failed)."""
+        """Finalize the file. Audio is copied whole only for a complete run: after a stop,
+        a failure or --max-frames it ends with the last video frame."""
+        truncated = self.max_frames is not None and self.stats.num_frames_written >= self.max_frames
         with self.clock.busy():
-            self.encoder.close(complete=self.complete and not self.stop.is_set())
+            self.encoder.close(complete=self.complete and not self.stop.is_set() and not truncated)
+        self.finished_cleanly = True
 
     def run(self) -> None:
+        stopped_at: float | None = None
         try:
             while True:
                 with self.clock.waiting():
-                    item = self.inbox.get()
+                    try:
+                        item = self.inbox.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
                 if item is END:
                     self.complete = True
                     return
+                if self.stop.is_set():
+                    # Stopping: finish what fits in ~1 s, drop the rest (not yet encoded), so
+                    # Ctrl-C is quick even behind a slow encoder; the file still gets finalized.
+                    stopped_at = stopped_at if stopped_at is not None else time.perf_counter()
+                    if time.perf_counter() - stopped_at > self.stop_budget_seconds:
+                        self.num_frames_dropped_at_stop += 1
+                        continue
                 self.write(item)
         except BaseException as exc:  # noqa: BLE001
             self.errors.put(StageFailed(self.name, exc))

@@ -115,3 +115,38 @@ def test_list_models(capsys):
     for name in ("realesr-animevideov3", "realesrgan-x4plus", "realesrgan-x4plus-anime", "bicubic"):
         assert name in out
     assert "SRVGGNetCompact" in out and "RRDBNet" in out and "16,697,987" in out
+
+
+def test_nvenc_preset_on_cpu_encoder_falls_back(clips, tmp_path, capsys):
+    """Regression (review): an NVENC preset was handed to libx264 when NVENC was absent."""
+    src = clips("cli.mp4", num_frames=20, audio=True)
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", "bicubic", "--parallel",
+                     "--nvenc", "--preset", "p5"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "warning: --preset p5 is an NVENC preset; the CPU encoder uses its default (medium)." in err
+
+
+def test_bad_stats_json_path_is_bad_input(clips, tmp_path, capsys):
+    src = clips("cli.mp4", num_frames=20, audio=True)
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", "bicubic",
+                     "--stats-json", str(tmp_path / "nope" / "s.json")])
+    assert code == 2
+    assert "Invalid --stats-json" in capsys.readouterr().err
+
+
+def test_av1_in_mov_is_bad_input(clips, tmp_path, capsys):
+    src = clips("cli.mp4", num_frames=20, audio=True)
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mov"), "--model", "bicubic", "--codec", "av1"])
+    assert code == 2
+    assert "error: --codec av1 cannot be stored in a .mov file" in capsys.readouterr().err
+    assert not (tmp_path / "o.mov").exists()
+
+
+def test_default_output_is_named_after_the_models_scale(clips, tmp_path, capsys):
+    import shutil
+
+    src = tmp_path / "clip.mp4"
+    shutil.copy(clips("cli.mp4", num_frames=20, audio=True), src)
+    assert cli.main(["--source", str(src), "--model", "bicubic", "--scale", "3", "-q"]) == 0
+    assert (tmp_path / "clip.bicubic-x3.mp4").exists()

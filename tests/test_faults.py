@@ -34,7 +34,7 @@ def test_stage_failure_stops_run_and_keeps_partial_output(clips, tmp_path, stage
     assert time.perf_counter() - t0 < 30
     got = probe.indices(out)  # playable: it decodes
     assert got == list(range(len(got)))
-    assert len(got) <= 25
+    assert 0 < len(got) <= 25
     if stage == "writer":
         assert len(got) == 25  # every frame before the failing one was written
 
@@ -45,7 +45,7 @@ def test_worker_failure_stops_run_and_keeps_partial_output(clips, tmp_path, no_s
     with pytest.raises(StageError, match=r"^worker-cpu0: InjectedFault: injected worker failure at frame 30"):
         run(_cfg(src, out, faults={"workers": {"worker-cpu0": WorkerFaults(fail_at_frame=30)}}))
     got = probe.indices(out)
-    assert got == list(range(len(got))) and len(got) <= 30
+    assert got == list(range(len(got))) and 0 < len(got) <= 30
 
 
 def test_sequential_failure_keeps_partial_output(clips, tmp_path):
@@ -81,7 +81,10 @@ def test_ctrl_c_mid_run(clips, tmp_path, mode):
     args = [sys.executable, "-c", _SIGINT_SCRIPT.format(root=str(ROOT)), "--source", str(src), "--output", str(out),
             "--model", "bicubic", "--scale", "2"] + ([mode] if mode else [])
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)  # torch import + some frames
+    deadline = time.perf_counter() + 60
+    while not out.exists() and proc.poll() is None and time.perf_counter() < deadline:
+        time.sleep(0.1)  # the writer opens the file once imports and set-up are done
+    time.sleep(1.5)  # some frames
     assert proc.poll() is None, proc.communicate()
     t0 = time.perf_counter()
     proc.send_signal(signal.SIGINT)
@@ -94,3 +97,80 @@ def test_ctrl_c_mid_run(clips, tmp_path, mode):
     got = probe.indices(out)
     assert 0 < len(got) < 400
     assert got == list(range(len(got)))
+
+
+_SLOW_WRITER_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {root!r})
+    import main
+    from hw.avio import PyAVWriter
+    original = PyAVWriter.write
+    def slow(self, *a, **k):
+        time.sleep(0.5)
+        return original(self, *a, **k)
+    PyAVWriter.write = slow
+    sys.exit(main.main(sys.argv[1:]))
+    """
+)
+
+
+def test_ctrl_c_behind_a_slow_encoder_is_still_quick(clips, tmp_path):
+    """Regression (review of issue 2): a full writer queue used to be encoded before stopping."""
+    src = clips("long-sigint.mp4", num_frames=400)
+    out = tmp_path / "out.mp4"
+    args = [sys.executable, "-c", _SLOW_WRITER_SCRIPT.format(root=str(ROOT)), "--source", str(src), "--output",
+            str(out), "--model", "bicubic", "--scale", "2", "--parallel", "--queue-size", "50"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.perf_counter() + 60
+    while not out.exists() and proc.poll() is None and time.perf_counter() < deadline:
+        time.sleep(0.1)
+    time.sleep(3.0)  # the queues fill up behind the slow encoder
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 130, err
+    assert elapsed < 5.0, f"took {elapsed:.1f} s to stop"
+    assert "dropped to stop quickly" in err
+    got = probe.indices(out)
+    assert 0 < len(got) and got == list(range(len(got)))
+
+
+def test_writer_failure_behind_full_queues_does_not_hang(clips, tmp_path, monkeypatch, no_stage_threads_left):
+    """Regression (review): the collector kept offering END to a dead writer for 30 s."""
+    from hw.avio import PyAVWriter
+
+    original = PyAVWriter.write
+
+    def slow(self, *a, **k):
+        time.sleep(0.05)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(PyAVWriter, "write", slow)
+    src = clips("fault.mp4", num_frames=60)
+    t0 = time.perf_counter()
+    with pytest.raises(StageError, match="injected writer failure at frame 10"):
+        run(_cfg(src, tmp_path / "out.mp4", faults={"writer": {"fail_at_frame": 10}}))
+    assert time.perf_counter() - t0 < 8.0
+    assert probe.indices(tmp_path / "out.mp4") == list(range(10))
+
+
+def test_device_fault_while_starting_leaves_that_worker_out(clips, tmp_path, monkeypatch):
+    from hw.memory import DeviceFault
+    from pipeline.worker import Worker
+
+    original = Worker.setup
+
+    def setup(self):
+        if self.name == "worker-cpu1":
+            raise DeviceFault("injected: device lost while loading the model")
+        original(self)
+
+    monkeypatch.setattr(Worker, "setup", setup)
+    src = clips("fault.mp4", num_frames=60)
+    stats = run(_cfg(src, tmp_path / "out.mp4", cpu_workers=2))
+    assert stats.workers["worker-cpu1"].health == "failed"
+    assert stats.workers["worker-cpu0"].num_frames == 60
+    assert any("worker-cpu1" in w and "failed to start" in w for w in stats.warnings)
+    assert probe.indices(tmp_path / "out.mp4") == list(range(60))

@@ -136,3 +136,15 @@ def test_max_frames(clips, tmp_path):
     stats = _run(src, tmp_path / "out.mp4", max_frames=7)
     assert probe.indices(tmp_path / "out.mp4") == list(range(7))
     assert stats.num_frames_expected == 7
+
+
+def test_max_frames_cuts_the_audio_too(clips, tmp_path):
+    """Regression (review): --max-frames kept the whole source's audio."""
+    import av
+
+    src = clips("audio.mp4", num_frames=48, audio=True)
+    _run(src, tmp_path / "out.mp4", max_frames=12)
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        audio_seconds = sum(f.samples for f in c.decode(audio=0)) / 48000
+    video_seconds = 12 / 24
+    assert abs(audio_seconds - video_seconds) <= 1 / 24 + 0.05  # one frame + one AAC packet of slack
