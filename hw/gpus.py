@@ -197,7 +197,8 @@ def _torch_bus_id(gpu: int) -> str | None:
         return None
 
 
-def _dist_version(*names: str) -> str | None:
+def dist_version(*names: str) -> str | None:
+    """The first installed distribution's version among `names` (metadata only, no import)."""
     for name in names:
         try:
             return importlib.metadata.version(name)
@@ -219,8 +220,8 @@ def versions(nvml: Nvml | None = None) -> dict[str, str | None]:
         "driver": (nvml or Nvml()).driver_version(),
         "cuda": cuda_version,
         "torch": torch_version,
-        "PyNvVideoCodec": _dist_version("PyNvVideoCodec", "pynvvideocodec"),
-        "PyAV": _dist_version("av"),
+        "PyNvVideoCodec": dist_version("PyNvVideoCodec", "pynvvideocodec"),
+        "PyAV": dist_version("av"),
     }
 
 

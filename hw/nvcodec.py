@@ -148,12 +148,9 @@ def nvcodec_import() -> ModuleType:
 
 def nvcodec_version() -> str | None:
     """The installed PyNvVideoCodec version (from package metadata, no import), or None."""
-    for name in ("PyNvVideoCodec", "pynvvideocodec"):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    from hw.gpus import dist_version
+
+    return dist_version("PyNvVideoCodec", "pynvvideocodec")
 
 
 # ----------------------------------------------------------------------------- probes

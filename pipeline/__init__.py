@@ -5,20 +5,8 @@
 `run(RunConfig(...))` is the one entry point; `main.py` builds the config from flags.
 """
 
-from pipeline.errors import (
-    FramepipeError,
-    HardwareUnavailable,
-    InvalidOption,
-    InvalidSource,
-    ModelError,
-    NoVideoStream,
-    OutputExists,
-    OutputNotWritable,
-    RunInterrupted,
-    SourceNotFound,
-    StageError,
-    UnsafeModelFile,
-)
+from pipeline import errors
+from pipeline.errors import *  # noqa: F401,F403 - the error classes, listed in errors.__all__
 from pipeline.config import RunConfig, default_output_path
 from pipeline.messages import END, FrameItem, ResultItem, StageFailed
 from pipeline.stats import RunStats, WorkerStats
@@ -35,6 +23,7 @@ def __getattr__(name: str):
         return getattr(runner, name)
     raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
 
+
 __all__ = [
     "run",
     "prepare",
@@ -48,16 +37,5 @@ __all__ = [
     "ResultItem",
     "END",
     "StageFailed",
-    "FramepipeError",
-    "SourceNotFound",
-    "InvalidSource",
-    "NoVideoStream",
-    "OutputExists",
-    "OutputNotWritable",
-    "InvalidOption",
-    "ModelError",
-    "UnsafeModelFile",
-    "HardwareUnavailable",
-    "StageError",
-    "RunInterrupted",
+    *errors.__all__,
 ]
