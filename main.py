@@ -156,7 +156,6 @@ class RunDisplay:
         self._progress = None
         self._task = None
         self._last_panel = 0.0
-        self._nvml = None
 
     def start(self, plan, stats) -> None:
         import time
@@ -200,18 +199,8 @@ class RunDisplay:
 
         parts = [self._progress] if self._progress is not None else []
         if self.stats is not None and self.stats.workers:
-            parts.append(device_table(self.stats, nvml=self._get_nvml()))
+            parts.append(device_table(self.stats))
         return Group(*parts)
-
-    def _get_nvml(self):
-        if self._nvml is None:
-            try:
-                from hw.gpus import Nvml
-
-                self._nvml = Nvml()
-            except Exception:  # NVML is optional: the panel just shows less
-                self._nvml = False
-        return self._nvml or None
 
     def stop(self) -> None:
         if self._live is not None:
@@ -227,8 +216,8 @@ def _bar(fraction: float, width: int = 12) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def device_table(stats, *, nvml=None):
-    """One row per worker: memory bar, utilisation, batch, fps, frames, health, queue depths."""
+def device_table(stats):
+    """One row per worker: memory bar, utilisation, batch, fps, frames, health; queue depths on top."""
     from rich.table import Table
 
     depths = stats.depths()
@@ -237,15 +226,11 @@ def device_table(stats, *, nvml=None):
     for col in ("worker", "memory", "util", "batch", "fps", "frames", "health"):
         table.add_column(col)
     for w in stats.workers.values():
-        mem, util = "-", "-"
-        if w.device.startswith("cuda") and nvml is not None:
-            index = int(w.device.split(":")[1]) if ":" in w.device else 0
-            used_total = nvml.memory(index)
-            if used_total:
-                used, total = used_total
-                mem = f"{_bar(used / total)} {used / 2**30:.1f}/{total / 2**30:.0f} GiB"
-            u = nvml.utilization(index)
-            util = f"{u}%" if u is not None else "-"
+        mem = "-"
+        if w.memory_used_bytes is not None and w.memory_total_bytes:
+            used, total = w.memory_used_bytes, w.memory_total_bytes
+            mem = f"{_bar(used / total)} {used / 2**30:.1f}/{total / 2**30:.0f} GiB"
+        util = f"{w.utilization_percent}%" if w.utilization_percent is not None else "-"
         colour = {"ok": "green", "done": "green", "backoff": "yellow", "probing": "cyan", "failed": "red"}.get(w.health, "white")
         table.add_row(w.name, mem, util, str(w.batch_size), f"{w.recent_fps():.1f}", str(w.num_frames),
                       f"[{colour}]{w.health}[/]")

@@ -171,12 +171,29 @@ def _plan_codecs(config: RunConfig, source: SourceInfo, devices: DevicePlan, not
 
 
 def _probe(name: str, **kwargs) -> tuple[bool, str]:
-    try:
-        from hw import nvcodec
+    """Run a PyNvVideoCodec probe in a thread of its own.
 
-        return getattr(nvcodec, name)(**kwargs)
-    except HardwareUnavailable as exc:
-        return False, str(exc)
+    A failed `CreateEncoder` can leave a CUDA context of its own current on the calling
+    thread; the NVDEC decoder created next on that thread then ran in it, and the worker's
+    convolutions failed with CUDNN_STATUS_BAD_PARAM_STREAM_MISMATCH (seen on an H100 with
+    --nvdec --nvenc). A short-lived thread takes whatever it leaves behind with it.
+    """
+    result: list[tuple[bool, str]] = []
+
+    def body() -> None:
+        try:
+            from hw import nvcodec
+
+            result.append(getattr(nvcodec, name)(**kwargs))
+        except HardwareUnavailable as exc:
+            result.append((False, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a probe that breaks means "not available"
+            result.append((False, f"{name} failed: {exc}"))
+
+    thread = threading.Thread(target=body, name=f"probe-{name}", daemon=True)
+    thread.start()
+    thread.join()
+    return result[0] if result else (False, f"{name} did not finish")
 
 
 class _PyAVEncoder:
@@ -453,8 +470,10 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
 
     interrupted = False
     first_failure: StageFailed | None = None
+    sampler = _DeviceSampler(stats)
     try:
         while not writer_done.wait(progress_seconds):
+            sampler.maybe_sample()
             if first_failure is None:
                 first_failure = _first_error(errors)
                 if first_failure is not None:
@@ -499,6 +518,30 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
         if isinstance(exc, FramepipeError):
             raise type(exc)(f"{exc}. {_partial_output(cfg.output, stats, writer)}") from exc
         raise StageError(first_failure.stage, f"{type(exc).__name__}: {exc}. {_partial_output(cfg.output, stats, writer)}") from exc
+
+
+class _DeviceSampler:
+    """Reads each GPU worker's memory and utilisation from NVML about once a second."""
+
+    def __init__(self, stats: RunStats, *, every_seconds: float = 1.0) -> None:
+        self.stats = stats
+        self.every_seconds = every_seconds
+        self._last = 0.0
+        self._nvml = None
+        if any(w.device.startswith("cuda") for w in stats.workers.values()):
+            from hw.gpus import Nvml
+
+            self._nvml = Nvml()
+
+    def maybe_sample(self) -> None:
+        now = time.perf_counter()
+        if self._nvml is None or now - self._last < self.every_seconds:
+            return
+        self._last = now
+        for w in list(self.stats.workers.values()):
+            if w.device.startswith("cuda"):
+                index = int(w.device.split(":")[1]) if ":" in w.device else 0
+                w.record_device_sample(self._nvml.memory(index), self._nvml.utilization(index))
 
 
 def _first_error(errors: queue.Queue) -> StageFailed | None:

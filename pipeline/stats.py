@@ -58,7 +58,21 @@ class WorkerStats:
     probe_seconds: float = 0.0
     probe_note: str = ""
     clock: StageClock = field(default_factory=StageClock)
+    # Sampled about once a second from NVML by the runner (GPUs only; None = unknown).
+    memory_used_bytes: int | None = None
+    memory_total_bytes: int | None = None
+    utilization_percent: int | None = None
+    peak_memory_used_bytes: int | None = None
+    _utilization_samples: list = field(default_factory=list, repr=False)
     _recent: deque = field(default_factory=lambda: deque(maxlen=64), repr=False)
+
+    def record_device_sample(self, memory: tuple[int, int] | None, utilization: int | None) -> None:
+        if memory is not None:
+            self.memory_used_bytes, self.memory_total_bytes = memory
+            self.peak_memory_used_bytes = max(self.peak_memory_used_bytes or 0, memory[0])
+        if utilization is not None:
+            self.utilization_percent = utilization
+            self._utilization_samples.append(utilization)
 
     def record_batch(self, num_frames: int) -> None:
         self.num_frames += num_frames
@@ -90,6 +104,14 @@ class WorkerStats:
             "probe_note": self.probe_note,
             "busy_seconds": round(self.clock.busy_seconds, 3),
             "wait_seconds": round(self.clock.wait_seconds, 3),
+            "memory_used_bytes": self.memory_used_bytes,
+            "memory_total_bytes": self.memory_total_bytes,
+            "peak_memory_used_bytes": self.peak_memory_used_bytes,
+            "utilization_percent": self.utilization_percent,
+            "mean_utilization_percent": (
+                round(sum(self._utilization_samples) / len(self._utilization_samples), 1)
+                if self._utilization_samples else None
+            ),
         }
 
 

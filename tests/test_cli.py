@@ -11,19 +11,12 @@ from pipeline.stats import RunStats
 from tests import probe
 
 
-class FakeNvml:
-    def memory(self, gpu):
-        return (20 * 2**30, 80 * 2**30) if gpu == 0 else None
-
-    def utilization(self, gpu):
-        return 97 if gpu == 0 else None
-
-
 def _stats() -> RunStats:
     stats = RunStats(num_frames_expected=100, num_frames_decoded=60, num_frames_written=50)
     w0 = stats.add_worker("worker-gpu0", "cuda:0")
     w0.batch_size, w0.health = 8, "ok"
     w0.record_batch(8)
+    w0.record_device_sample((20 * 2**30, 80 * 2**30), 97)
     w1 = stats.add_worker("worker-gpu1", "cuda:1")
     w1.batch_size, w1.health, w1.num_failures = 4, "failed", 3
     stats.queue_depths.update(work=lambda: 12, results=lambda: 3)
@@ -32,13 +25,35 @@ def _stats() -> RunStats:
 
 def test_device_panel_shows_memory_util_batch_health_and_queues():
     console = Console(record=True, width=140)
-    console.print(cli.device_table(_stats(), nvml=FakeNvml()))
+    console.print(cli.device_table(_stats()))
     text = console.export_text()
     assert "queues: work 12, results 3" in text
     row0 = next(line for line in text.splitlines() if "worker-gpu0" in line)
     assert "███" in row0 and "20.0/80 GiB" in row0 and "97%" in row0 and " 8 " in row0 and "ok" in row0
     row1 = next(line for line in text.splitlines() if "worker-gpu1" in line)
     assert "failed" in row1 and " - " in row1  # no NVML figures for it: shown as "-"
+
+
+def test_device_figures_reach_stats_json():
+    w = _stats().workers["worker-gpu0"]
+    w.record_device_sample((30 * 2**30, 80 * 2**30), 50)
+    d = w.to_dict()
+    assert d["memory_used_bytes"] == 30 * 2**30 and d["peak_memory_used_bytes"] == 30 * 2**30
+    assert d["utilization_percent"] == 50 and d["mean_utilization_percent"] == 73.5
+
+
+def test_nvcodec_probes_run_in_a_thread_of_their_own(monkeypatch):
+    """Regression: a failed NVENC probe left a CUDA context current on the main thread, and
+    --nvdec --nvenc then failed with CUDNN_STATUS_BAD_PARAM_STREAM_MISMATCH (H100)."""
+    import threading
+
+    from hw import nvcodec
+    from pipeline import runner
+
+    seen = []
+    monkeypatch.setattr(nvcodec, "probe_nvenc", lambda **kw: (seen.append(threading.current_thread()), (False, "no"))[1])
+    assert runner._probe("probe_nvenc", codec="h264", gpu=0) == (False, "no")
+    assert seen and seen[0] is not threading.main_thread()
 
 
 def test_summary_lists_stages_devices_and_warnings():
