@@ -15,7 +15,6 @@ timestamps, PSNR of every frame) and, on the first frames, against the CPU path 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -27,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from benchmarks._steps import Steps  # noqa: E402
 
 
 def make_source(path: Path, *, width: int, height: int, num_frames: int) -> Path:
@@ -185,13 +186,7 @@ def main() -> None:
     results["pyav"] = av.__version__
     src = make_source(Path("/tmp/bench_src_1080p.mp4"), width=width, height=height, num_frames=args.frames)
 
-    def step(name, fn):
-        t0 = time.perf_counter()
-        try:
-            results[name] = fn()
-        except Exception as exc:  # noqa: BLE001 - a benchmark reports what failed and goes on
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-        print(f"[{time.perf_counter() - t0:6.1f}s] {name}: {json.dumps(results[name])[:400]}", flush=True)
+    step = Steps(results, args.out / "bench_gpu_path.json", preview_chars=400)
 
     step("decode_pyav", lambda: decode_alone(src, nvdec=False))
     step("decode_nvdec", lambda: decode_alone(src, nvdec=True))
@@ -217,7 +212,7 @@ def main() -> None:
                                                              parallel=True, nvdec=True, preset=args.preset))
     step("encode_alone_1080p", lambda: encode_alone(Path("/tmp/enc_alone2.mp4"), width=width, height=height,
                                                     num_frames=min(args.frames, 300), preset=args.preset))
-    (args.out / "bench_gpu_path.json").write_text(json.dumps(results, indent=2, default=str))
+    step.save()
 
 
 if __name__ == "__main__":

@@ -16,15 +16,15 @@ each GPU's choice and the probe's cost.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from benchmarks._steps import Steps  # noqa: E402
 
 
 def make_source(path: Path, *, width: int, height: int, num_frames: int) -> Path:
@@ -71,14 +71,7 @@ def main() -> None:
                      "args": vars(args) | {"out": str(args.out)}}
     src = make_source(Path("/tmp/bench_src_270p.mp4"), width=width, height=height, num_frames=args.frames)
 
-    def step(name, fn):
-        t0 = time.perf_counter()
-        try:
-            results[name] = fn()
-        except Exception as exc:  # noqa: BLE001 - a benchmark reports what failed and goes on
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-        print(f"[{time.perf_counter() - t0:6.1f}s] {name}: {json.dumps(results[name])[:600]}", flush=True)
-        (args.out / "bench_multi_gpu.json").write_text(json.dumps(results, indent=2, default=str))
+    step = Steps(results, args.out / "bench_multi_gpu.json")
 
     b = args.batch_size
     step("one_gpu", lambda: one_run(src, Path("/tmp/mg1.mp4"), gpus="0", model=args.model, preset=args.preset,
@@ -98,7 +91,7 @@ def main() -> None:
                                                preset=args.preset, batch_size=0))
         step("outputs_identical_frame_count", lambda: _check_outputs(
             [f"/tmp/mg{i}.mp4" for i in range(1, 6)], src))
-    (args.out / "bench_multi_gpu.json").write_text(json.dumps(results, indent=2, default=str))
+    step.save()
 
 
 def _check_outputs(paths: list[str], src: Path) -> dict:

@@ -58,6 +58,23 @@ def test_sequential_failure_keeps_partial_output(clips, tmp_path):
     assert probe.indices(out) == list(range(30))
 
 
+def _interrupt_once_running(args: list[str], out: Path, *, settle_seconds: float) -> tuple[str, float]:
+    """Start the CLI, wait until its writer has opened `out`, let it run a little, send
+    SIGINT; return (stderr, seconds from the signal to exit). The exit status must be 130."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.perf_counter() + 60
+    while not out.exists() and proc.poll() is None and time.perf_counter() < deadline:
+        time.sleep(0.1)  # imports and set-up done once the writer has opened the file
+    time.sleep(settle_seconds)
+    assert proc.poll() is None, proc.communicate()
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 130, err
+    return err, elapsed
+
+
 _SIGINT_SCRIPT = textwrap.dedent(
     """
     import sys, time
@@ -80,17 +97,7 @@ def test_ctrl_c_mid_run(clips, tmp_path, mode):
     out = tmp_path / "out.mp4"
     args = [sys.executable, "-c", _SIGINT_SCRIPT.format(root=str(ROOT)), "--source", str(src), "--output", str(out),
             "--model", "bicubic", "--scale", "2"] + ([mode] if mode else [])
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.perf_counter() + 60
-    while not out.exists() and proc.poll() is None and time.perf_counter() < deadline:
-        time.sleep(0.1)  # the writer opens the file once imports and set-up are done
-    time.sleep(1.5)  # some frames
-    assert proc.poll() is None, proc.communicate()
-    t0 = time.perf_counter()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    elapsed = time.perf_counter() - t0
-    assert proc.returncode == 130, err
+    err, elapsed = _interrupt_once_running(args, out, settle_seconds=1.5)
     assert elapsed < 3.0, f"took {elapsed:.1f} s to stop"
     assert "Traceback" not in err
     assert "interrupted:" in err and "playable" in err
@@ -121,16 +128,7 @@ def test_ctrl_c_behind_a_slow_encoder_is_still_quick(clips, tmp_path):
     out = tmp_path / "out.mp4"
     args = [sys.executable, "-c", _SLOW_WRITER_SCRIPT.format(root=str(ROOT)), "--source", str(src), "--output",
             str(out), "--model", "bicubic", "--scale", "2", "--parallel", "--queue-size", "50"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.perf_counter() + 60
-    while not out.exists() and proc.poll() is None and time.perf_counter() < deadline:
-        time.sleep(0.1)
-    time.sleep(3.0)  # the queues fill up behind the slow encoder
-    t0 = time.perf_counter()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    elapsed = time.perf_counter() - t0
-    assert proc.returncode == 130, err
+    err, elapsed = _interrupt_once_running(args, out, settle_seconds=3.0)  # queues fill behind the slow encoder
     assert elapsed < 5.0, f"took {elapsed:.1f} s to stop"
     assert "dropped to stop quickly" in err
     got = probe.indices(out)

@@ -188,5 +188,10 @@ def test_device_fault_is_a_runtime_error():
     assert issubclass(DeviceFault, RuntimeError)
 
 
-def test_free_cached_memory_is_a_noop_on_cpu():
+def test_free_cached_memory_is_a_noop_on_cpu(monkeypatch):
+    def touched(*args, **kwargs):
+        raise AssertionError("CUDA was called for a CPU device")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", touched)
+    monkeypatch.setattr(torch.cuda, "empty_cache", touched)
     free_cached_memory(torch.device("cpu"))  # must not touch CUDA on a CPU-only host
