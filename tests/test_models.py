@@ -457,30 +457,22 @@ def test_param_array_with_wrong_count(tmp_path):
         parse_param(folder / "realesrgan-x4plus-anime.param")
 
 
-def test_param_with_float_where_int_needed(tmp_path):
+@pytest.mark.parametrize(
+    "find, replace, message",
+    [
+        ("0=64 1=3 4=1 5=1 6=1728", "0=64 1=3.5 4=1 5=1 6=1728", "parameter 1=3.5 should be an integer"),
+        ("6=1728", "6=1727", "weight_data_size 1727, not a multiple of 64x3x3"),
+        ("PReLU                    PRelu_31", "Deconvolution            PRelu_31",
+         "has type Deconvolution, which this converter does not read"),
+    ],
+    ids=["float-where-int", "bad-weight-size", "unknown-weighted-layer"],
+)
+def test_param_that_cannot_be_read(tmp_path, find, replace, message):
     text = (NCNN_DIR / "realesr-animevideov3-x4.param").read_text()
-    text = text.replace("0=64 1=3 4=1 5=1 6=1728", "0=64 1=3.5 4=1 5=1 6=1728", 1)
-    folder = _copy_ncnn(tmp_path, "realesr-animevideov3-x4", param_text=text)
+    assert find in text
+    folder = _copy_ncnn(tmp_path, "realesr-animevideov3-x4", param_text=text.replace(find, replace, 1))
     graph = parse_param(folder / "realesr-animevideov3-x4.param")
-    with pytest.raises(ModelError, match="parameter 1=3.5 should be an integer"):
-        read_weights(graph, folder / "realesr-animevideov3-x4.bin")
-
-
-def test_param_with_bad_weight_size(tmp_path):
-    text = (NCNN_DIR / "realesr-animevideov3-x4.param").read_text()
-    text = text.replace("6=1728", "6=1727", 1)
-    folder = _copy_ncnn(tmp_path, "realesr-animevideov3-x4", param_text=text)
-    graph = parse_param(folder / "realesr-animevideov3-x4.param")
-    with pytest.raises(ModelError, match="weight_data_size 1727, not a multiple of 64x3x3"):
-        read_weights(graph, folder / "realesr-animevideov3-x4.bin")
-
-
-def test_param_with_unknown_weighted_layer(tmp_path):
-    text = (NCNN_DIR / "realesr-animevideov3-x4.param").read_text()
-    text = text.replace("PReLU                    PRelu_31", "Deconvolution            PRelu_31", 1)
-    folder = _copy_ncnn(tmp_path, "realesr-animevideov3-x4", param_text=text)
-    graph = parse_param(folder / "realesr-animevideov3-x4.param")
-    with pytest.raises(ModelError, match="has type Deconvolution, which this converter does not read"):
+    with pytest.raises(ModelError, match=message):
         read_weights(graph, folder / "realesr-animevideov3-x4.bin")
 
 
