@@ -83,11 +83,12 @@ class SourceInfo:
 
 @dataclass(frozen=True)
 class DecodedFrame:
-    """One decoded picture: planes (Y, U, V integer arrays) or one (H, W, 3) rgb24 array."""
+    """One decoded picture: planes (Y, U, V integer arrays), one (H, W, 3) rgb24 array, or
+    one NV12/P016 device tensor (from NVDEC, `hw.gpu_io`)."""
 
     pts: int | None
-    fmt: Literal["yuv", "rgb24"]
-    planes: tuple[np.ndarray, ...]
+    fmt: Literal["yuv", "rgb24", "nv12"]
+    planes: tuple
     bit_depth: int = 8
 
     def __repr__(self) -> str:

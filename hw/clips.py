@@ -27,13 +27,6 @@ INDEX_BITS = 12  # up to 4095 frames
 _SAMPLE_VERSION = 2
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("FRAMEPIPE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "framepipe"
-    )
-    return Path(base)
-
-
 def render_photo_frames(width: int, height: int, num_frames: int) -> list[np.ndarray]:
     """Pan and zoom across scikit-image's sample photographs: (H, W, 3) uint8 frames."""
     import torch
@@ -66,7 +59,9 @@ def _tone(num_seconds: float, rate: int = 48000, freq: float = 440.0) -> np.ndar
 
 def sample_clip(*, width: int = 192, height: int = 108, num_frames: int = 48, fps: int = 24) -> Path:
     """The built-in sample clip (rendered once into the cache directory)."""
-    path = _cache_dir() / f"sample-v{_SAMPLE_VERSION}-{width}x{height}-{num_frames}.mp4"
+    from models import default_cache_dir  # the one cache folder, shared with the model weights
+
+    path = default_cache_dir() / f"sample-v{_SAMPLE_VERSION}-{width}x{height}-{num_frames}.mp4"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)

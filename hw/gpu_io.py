@@ -17,25 +17,16 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
-from hw.avio import PtsFiller, StreamCopier, add_video_stream, open_output
+from hw.avio import DecodedFrame, PtsFiller, StreamCopier, add_video_stream, open_output
 from hw.color import ColorInfo
 
-__all__ = ["NvdecSource", "NvencFileWriter", "NvdecFrame"]
+__all__ = ["NvdecSource", "NvencFileWriter"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NvdecFrame:
-    pts: int | None
-    planes: tuple
-    bit_depth: int
-    fmt: str = "nv12"
 
 
 class NvdecSource:
@@ -49,11 +40,11 @@ class NvdecSource:
         self.stopped_early_reason: str | None = None
         self._pts = PtsFiller(getattr(self._decoder, "average_rate", None), getattr(self._decoder, "time_base", None))
 
-    def __iter__(self) -> Iterator[NvdecFrame]:
+    def __iter__(self) -> Iterator[DecodedFrame]:
         bit_depth = self._decoder.bit_depth
         for frame, pts in self._decoder:
             # raw streams have no timestamps: number frames as the CPU reader does
-            yield NvdecFrame(pts=self._pts.fill(pts), planes=(frame,), bit_depth=bit_depth)
+            yield DecodedFrame(pts=self._pts.fill(pts), fmt="nv12", planes=(frame,), bit_depth=bit_depth)
 
     def close(self) -> None:
         self._decoder.close()
