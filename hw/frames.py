@@ -9,11 +9,15 @@
   memory. Odd sizes are padded to even by repeating the last row/column, because
   4:2:0 encoders need even sizes (the output is then at most one pixel larger).
 - `rgb_to_device_nv12(rgb, ...)`: the same for NVENC: NV12 stays on the device.
+- `rgb_to_nv12_frames(rgb, ...)`: those NV12 tensors as `CudaFrame`s, each with the CUDA
+  event recorded after the conversion, so a consumer on another stream (the NVENC writer)
+  can wait for exactly that work instead of reading a half-written frame.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +25,8 @@ import torch.nn.functional as F
 
 from hw.color import ColorInfo, nv12_to_rgb, rgb_to_nv12, rgb_to_yuv420, yuv_to_rgb
 
-__all__ = ["batch_to_rgb", "rgb_to_host_yuv420", "rgb_to_device_nv12", "pad_to_even", "to_8bit_rgb"]
+__all__ = ["batch_to_rgb", "rgb_to_host_yuv420", "rgb_to_device_nv12", "rgb_to_nv12_frames", "CudaFrame",
+           "pad_to_even", "to_8bit_rgb"]
 
 
 def _host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -90,3 +95,52 @@ def rgb_to_device_nv12(rgb: torch.Tensor, color: ColorInfo) -> list[torch.Tensor
     """Model output `(N, 3, H, W)` -> per frame NV12 `(H*3/2, W)` uint8 device tensors."""
     nv12 = rgb_to_nv12(pad_to_even(to_8bit_rgb(rgb)), color)
     return list(nv12.unbind(0))
+
+
+@dataclass(frozen=True, eq=False)
+class CudaFrame:
+    """A device tensor and the CUDA event after which its contents are complete.
+
+    The producer records `ready` on the stream that wrote `tensor`; a consumer on any other
+    stream waits on it (`stream.wait_event(ready)`) before reading. `ready` is None for a
+    CPU tensor, or when the producer has already synchronized. The consumer also keeps the
+    frame alive until its own reads are done (the caching allocator may otherwise give the
+    memory to the producer's next batch).
+    """
+
+    tensor: torch.Tensor
+    ready: Any = None  # torch.cuda.Event | None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tensor, torch.Tensor):
+            raise TypeError(f"CudaFrame.tensor must be a torch.Tensor, got {type(self.tensor).__name__}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.tensor.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensor.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tensor.dtype
+
+    def __repr__(self) -> str:
+        return f"CudaFrame({tuple(self.tensor.shape)} {self.tensor.dtype} on {self.tensor.device}, " \
+               f"{'with' if self.ready is not None else 'no'} ready event)"
+
+
+def rgb_to_nv12_frames(rgb: torch.Tensor, color: ColorInfo) -> list[CudaFrame]:
+    """`rgb_to_device_nv12`, each frame with the event recorded after its conversion.
+
+    The event is recorded on the current stream of `rgb`'s device (the worker's stream), right
+    after the conversion was queued there; one event serves the whole batch.
+    """
+    frames = rgb_to_device_nv12(rgb, color)
+    ready = None
+    if rgb.is_cuda:
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(rgb.device))
+    return [CudaFrame(f, ready) for f in frames]

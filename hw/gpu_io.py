@@ -3,13 +3,16 @@
 - `NvdecSource` adapts `NvDecoder` to the reader's frame-source interface: frames are
   NV12 (P016 for 10-bit) CUDA tensors with the source PTS; they never touch host memory.
 - `NvencFileWriter` is the writer's encoder when the GPU has NVENC: NV12 device frames
-  in, H.264/HEVC/AV1 access units out, muxed by PyAV with the source timestamps, the
-  colour tags, and the source's audio/subtitles (`StreamCopier`, shared with the CPU
+  in (with the CUDA event that marks each complete), H.264/HEVC/AV1 access units out,
+  muxed by PyAV with the source timestamps, the colour description written into the
+  bitstream, and the source's audio/subtitles (`StreamCopier`, shared with the CPU
   writer). NVENC runs without B-frames, so access unit k belongs to input frame k.
 
 NVENC was NOT run on real hardware while building this (the H100/H200 hosts used have no
-NVENC engine); it is built on PyNvVideoCodec's documented API and tested with a fake
-encoder. See README, "What has run where".
+NVENC engine); it is built on PyNvVideoCodec 2.2.4's signatures, sources and samples, and
+tested with stand-ins that behave like it: parameter sets only where NVENC puts them, a
+profile libx264 would not pick, its own CUDA stream for the input copy. See README, "What
+has run where".
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
-from hw.avio import DecodedFrame, PtsFiller, StreamCopier, add_video_stream, open_output
+from hw.avio import DecodedFrame, PtsFiller, StreamCopier, open_output
 from hw.color import ColorInfo
 
-__all__ = ["NvdecSource", "NvencFileWriter"]
+__all__ = ["NvdecSource", "NvencFileWriter", "nvenc_metadata_filter"]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,49 @@ class NvdecSource:
         self._decoder.close()
 
 
+def nvenc_metadata_filter(codec: str, color: ColorInfo) -> str:
+    """The FFmpeg bitstream filter that writes `color` into the SPS VUI / sequence header.
+
+    NVENC leaves the colour description unset (PyNvVideoCodec's SetupVuiConfig writes
+    "unspecified" unless its `colorspace` option is given, and that option also forces the
+    full-range flag, so it is not used). FFmpeg's h264_metadata / hevc_metadata rewrite the
+    VUI of every SPS they see (in-band and, through the muxer's extradata extraction, the
+    header); av1_metadata does the same for the sequence header OBU. Codes are H.273's, which
+    are FFmpeg's enum values (the same the CPU writer puts on its encoder).
+    """
+    full = 1 if color.output_range_tag == 2 else 0
+    codes = {"primaries": color.primaries_tag, "transfer": color.transfer_tag,
+             "matrix": color.output_matrix_tag}
+    codes = {k: int(v) for k, v in codes.items() if v is not None and 0 < int(v) < 256}
+    if codec in ("h264", "hevc"):
+        parts = [f"video_full_range_flag={full}"]
+        names = {"primaries": "colour_primaries", "transfer": "transfer_characteristics",
+                 "matrix": "matrix_coefficients"}
+    elif codec == "av1":
+        parts = [f"color_range={'pc' if full else 'tv'}"]
+        names = {"primaries": "color_primaries", "transfer": "transfer_characteristics",
+                 "matrix": "matrix_coefficients"}
+    else:
+        raise ValueError(f"no metadata bitstream filter for codec {codec!r} (NVENC encodes h264, hevc, av1)")
+    parts += [f"{names[k]}={v}" for k, v in codes.items()]
+    return f"{codec}_metadata=" + ":".join(parts)
+
+
 class NvencFileWriter:
-    """Writer encoder on NVENC: `write_result(ResultItem nv12)`, `close(complete=)`."""
+    """Writer encoder on NVENC: `write_result(ResultItem nv12)`, `close(complete=)`.
+
+    The video stream is one PyAV opens no encoder for (`add_mux_stream`), so its header
+    carries NVENC's own parameter sets (taken from the first access unit, which starts with
+    them), never libx264's or libx265's. Each access unit goes through the colour metadata
+    filter (`nvenc_metadata_filter`) on its way to the muxer, and IDRs are flagged as
+    keyframes, so the file can be entered at any keyframe.
+
+    Frames from the workers arrive as `hw.frames.CudaFrame`s (tensor + ready event). A frame
+    made on another GPU is copied to the encoder's GPU on a stream of ours that first waits
+    for the frame's event; the copy lands on the encoder's stream, so the encoder's own copy
+    of the frame is ordered after it. The encoder keeps every frame (and a cross-GPU copy's
+    source) alive until its access unit is out.
+    """
 
     def __init__(
         self,
@@ -70,6 +114,8 @@ class NvencFileWriter:
         preset: str = "p4",
         encoder_factory=None,
     ) -> None:
+        import av
+
         from hw.nvcodec import NvEncoder
 
         self.path = Path(path)
@@ -77,6 +123,7 @@ class NvencFileWriter:
         self.gpu = gpu
         self._time_base = time_base
         self._frame_seconds = float(1 / frame_rate) if frame_rate else 0.04
+        self._vui_filter = av.bitstream.BitStreamFilterContext(nvenc_metadata_filter(codec, color), in_stream=codec)
         self._encoder = (encoder_factory or NvEncoder)(
             gpu=gpu, codec=codec, width=width, height=height, frame_rate=frame_rate or Fraction(25),
             preset=preset, qp=qp,
@@ -87,56 +134,106 @@ class NvencFileWriter:
             self._encoder.close()
             raise
         try:
-            self._stream = add_video_stream(self._out, codec, width=width, height=height, time_base=time_base,
-                                            frame_rate=frame_rate, color=color)
+            self._stream = self._out.add_mux_stream(codec, rate=frame_rate or Fraction(25), width=width,
+                                                    height=height)
+            self._stream.time_base = time_base
             self._copier = StreamCopier(self._out, Path(source_path), warn=warn) if source_path else None
         except BaseException:
             self._out.close()
             self._encoder.close()
             raise
         self._pending_pts: deque[int] = deque()
+        self._peer_streams: dict[int, object] = {}
         self._header_ready = False
         self._closed = False
         self.num_frames_written = 0
 
-    def _set_extradata(self, first_au: bytes) -> None:
+    # -- access units in -------------------------------------------------------------
+
+    def _first_unit(self, data: bytes) -> bytes:
+        """The first AU, led by NVENC's parameter sets (`GetSequenceParams`) if it lacks them."""
         from hw.nvcodec import annexb_parameter_sets
 
         extradata = getattr(self._encoder, "extradata", b"") or b""
-        if not extradata and self.codec in ("h264", "hevc"):
-            extradata = annexb_parameter_sets(first_au, codec=self.codec)
-        if extradata:
-            self._stream.codec_context.extradata = extradata
-        self._header_ready = True
+        if self.codec in ("h264", "hevc") and extradata and not annexb_parameter_sets(data, codec=self.codec):
+            return extradata + data
+        return data
 
-    def _mux_units(self, units: list[bytes]) -> None:
+    def _is_keyframe(self, data: bytes, picture_type: int | None) -> bool:
+        from hw.nvcodec import PICTURE_TYPE_IDR, annexb_is_keyframe
+
+        if self.codec in ("h264", "hevc"):
+            return annexb_is_keyframe(data, codec=self.codec)
+        if picture_type is not None:
+            return picture_type == PICTURE_TYPE_IDR
+        return not self._header_ready  # AV1 from a binding without picture types: the first only
+
+    def _mux_units(self, units: list) -> None:
         import av
 
-        from hw.nvcodec import annexb_is_keyframe
+        from hw.nvcodec import EncodedUnit
 
-        for au in units:
+        for unit in units:
+            data, picture_type = (unit.data, unit.picture_type) if isinstance(unit, EncodedUnit) else (bytes(unit), None)
             if not self._header_ready:
-                self._set_extradata(au)
+                data = self._first_unit(data)
+            if not self._pending_pts:
+                log.warning("NVENC returned an access unit with no frame waiting for it; dropped")
+                continue
             pts = self._pending_pts.popleft()
-            packet = av.Packet(au)
-            packet.pts = packet.dts = pts
-            packet.time_base = self._time_base
-            packet.stream = self._stream
-            if self.codec in ("h264", "hevc"):
-                packet.is_keyframe = annexb_is_keyframe(au, codec=self.codec)
-            self._out.mux(packet)
+            key = self._is_keyframe(data, picture_type)
+            for packet in self._vui_filter.filter(av.Packet(data)):
+                packet.pts = packet.dts = pts
+                packet.time_base = self._time_base
+                packet.stream = self._stream
+                packet.is_keyframe = key
+                self._out.mux(packet)
+            self._header_ready = True
             self.num_frames_written += 1
 
+    # -- frames in -------------------------------------------------------------------
+
+    def _peer_stream(self, device):
+        import torch
+
+        index = device.index
+        if index not in self._peer_streams:
+            with torch.cuda.device(index):
+                self._peer_streams[index] = torch.cuda.Stream(device=index)
+        return self._peer_streams[index]
+
+    def _to_encoder_gpu(self, tensor, ready):
+        """Copy a frame made on another GPU to ours, ordered after `ready`; (copy, its event)."""
+        import torch
+
+        src_stream = self._peer_stream(tensor.device)
+        if ready is not None:
+            src_stream.wait_event(ready)
+        else:
+            src_stream.wait_stream(torch.cuda.current_stream(tensor.device))
+        dst_stream = getattr(self._encoder, "stream", None) or torch.cuda.current_stream(self.gpu)
+        # A cross-device copy_ runs on the source device's current stream, after the
+        # destination's current stream, and makes the destination's stream wait for it
+        # (aten/src/ATen/native/cuda/Copy.cu, copy_device_to_device).
+        with torch.cuda.stream(src_stream), torch.cuda.stream(dst_stream):
+            copy = tensor.to(f"cuda:{self.gpu}", non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(dst_stream)
+        return copy, done
+
     def write_result(self, item) -> None:
+        from hw.frames import CudaFrame
+
         seconds = float(item.pts * self._time_base)
         if self._copier is not None and self._header_ready:
             self._copier.mux_until(seconds)
             self._copier.last_video_seconds = seconds + self._frame_seconds  # the end of this frame
-        frame = item.planes[0]
-        if frame.is_cuda and frame.device.index != self.gpu:  # made by a worker on another GPU
-            frame = frame.to(f"cuda:{self.gpu}")
+        plane = item.planes[0]
+        tensor, ready = (plane.tensor, plane.ready) if isinstance(plane, CudaFrame) else (plane, None)
+        if tensor.is_cuda and tensor.device.index != self.gpu:  # made by a worker on another GPU
+            tensor, ready = self._to_encoder_gpu(tensor, ready)
         self._pending_pts.append(item.pts)
-        self._mux_units(self._encoder.encode(frame))
+        self._mux_units(self._encoder.encode(tensor, ready=ready, hold=(plane,)))
 
     def close(self, *, complete: bool) -> None:
         if self._closed:

@@ -42,28 +42,35 @@ the next frame, and the consumer is another thread on another stream.
 Muxing NVENC output with PyAV
 -----------------------------
 `NvEncoder` is configured without B-frames (`bf=0`), so access units come out in input
-order: the writer gives AU *k* the PTS of input frame *k* and dts = pts. Create the output
-stream with `container.add_stream(codec, rate=frame_rate)`, set its `width`, `height`,
-`pix_fmt="yuv420p"`, `time_base`, and `codec_context.extradata = encoder.extradata`
-(Annex-B VPS/SPS/PPS; `annexb_parameter_sets(first_au, codec=...)` recovers them from the
-first AU if `GetSequenceParams` is missing). Then mux each AU as
-`pkt = av.Packet(au); pkt.pts = pkt.dts = pts; pkt.time_base = tb; pkt.stream = stream;
-pkt.is_keyframe = annexb_is_keyframe(au, codec=...); container.mux(pkt)`. The MP4 and
-Matroska muxers convert Annex-B extradata and packets to avcC/hvcC themselves.
+order: the writer gives AU *k* the PTS of input frame *k* and dts = pts. It also asks for
+SPS/PPS (VPS) before every IDR (`repeatspspps=1`), so each keyframe can start decoding on
+its own. The output stream must be one PyAV opens NO encoder for
+(`container.add_mux_stream(codec, ...)`): a stream made with `add_stream("h264")` gets
+libx264 (or libx265) opened when the header is written, and its SPS/PPS replace NVENC's in
+the avcC/hvcC header; NVENC's own P-frames then decode from the start (where its in-band
+parameter sets come first) but not from a later keyframe, i.e. seeking fails. With a
+codec-less stream PyAV takes the header's parameter sets from the first access unit
+(FFmpeg's extract_extradata), which are NVENC's own (`GetSequenceParams`, put in front of
+the first AU if it lacks them). `hw.gpu_io.NvencFileWriter` does all of this, plus the
+colour description (see `nvenc_options`) and the CUDA ordering (see `NvEncoder`).
 
 PyNvVideoCodec API used (version 2.2.4; checked against the wheel's Python files, the
-strings of its extension module and the samples it ships; NVIDIA's "PyNvVideoCodec API
+strings and disassembly of PyNvVideoCodec_130.so, the samples it ships, and the binding's
+C++ sources (PyNvEncoder.cpp, NvEncoderClInterface.cpp); NVIDIA's "PyNvVideoCodec API
 Programming Guide"): `GetDecoderCaps(gpuid=, codec=, chromaformat=, bitdepth=)` -> dict with
 `supported`, `width_min/max`, `height_min/max`, `mb_num_max`, `num_decoder_engines`;
 `CreateDecoder(gpuid=, codec=, cudacontext=, cudastream=, usedevicememory=)`;
 `PacketData()` with `bsl_data` (pointer), `bsl` (size), `pts`, `decode_flag`;
 `decoder.Decode(packet) -> list[DecodedFrame]` (an empty packet flushes);
 `DecodedFrame.getPTS()`, `__dlpack__`, `cuda()` (per-plane `__cuda_array_interface__`);
-`CreateEncoder(width, height, fmt, usecpuinputbuffer, **options)` with string options
-`codec, gpu_id, preset (P1..P7), tuning_info, rc (constqp|vbr|cbr), constqp, cq, bitrate,
-maxbitrate, fps, gop, bf, use_ivf_container`; `encoder.Encode(frame)` / `EndEncode()` ->
-list of dicts `{'data': bytes, 'timestamp': int, 'picture_type': int}` (1.x returned bytes;
-both are accepted); `encoder.GetSequenceParams() -> bytes`.
+`CreateEncoder(width, height, fmt, usecpuinputbuffer, cudacontext=, cudastream=, **options)`
+(`cudacontext`/`cudastream` are taken out by `PyNvVideoCodec/__init__.py` and passed to
+`PyNvEncoder`; with no stream it makes a non-blocking one of its own) with string options
+listed at `nvenc_fps_option`; `encoder.Encode(frame)` (frame.cuda() -> planes; the input
+is copied on the encoder's stream) / `EndEncode()` -> list of dicts
+`{'data': bytes, 'timestamp': int, 'picture_type': int}` (1.x returned bytes; both are
+accepted); `encoder.GetSequenceParams() -> bytes`; `GetEncoderCaps(gpuid=, codec=)` -> dict
+of NV_ENC_CAPS values (`width_max`, `height_max`, `mb_num_max`, ...).
 """
 
 from __future__ import annotations
@@ -75,7 +82,9 @@ import itertools
 import logging
 import os
 import re
+from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from types import ModuleType
 from typing import Any, Literal
@@ -89,6 +98,11 @@ __all__ = [
     "probe_nvenc",
     "NvDecoder",
     "NvEncoder",
+    "EncodedUnit",
+    "PICTURE_TYPE_IDR",
+    "nvenc_options",
+    "nvenc_fps_option",
+    "nvenc_size_problem",
     "split_annexb",
     "annexb_parameter_sets",
     "annexb_is_keyframe",
@@ -121,7 +135,7 @@ _NO_NVENC_HINT = "this GPU may have no NVENC engine (A100, H100 and H200 have no
 
 _module: ModuleType | None = None
 _import_error: str | None = None
-_nvenc_cache: dict[tuple[int, str], tuple[bool, str]] = {}
+_nvenc_cache: dict[tuple[int, str, int, int], tuple[bool, str]] = {}
 
 
 # ----------------------------------------------------------------------------- import
@@ -237,12 +251,120 @@ def probe_nvdec(
     return True, f"NVDEC on {label} decodes {what} up to {max_w}x{max_h}{extra}"
 
 
-def probe_nvenc(*, codec: str, gpu: int) -> tuple[bool, str]:
-    """Can NVENC on `gpu` encode `codec`? Really creates (and drops) a small encoder.
+# NVENC limits by codec when the caps query is unavailable (NVENC Video Encoder API
+# Programming Guide, "Encoder capabilities" / NVIDIA's Video Encode and Decode GPU Support
+# Matrix): H.264 4096x4096 on every generation with NVENC; HEVC 8192x8192 from Pascal on
+# (4096x4096 on Maxwell gen 2); AV1 8192x8192 (Ada Lovelace and later only).
+_NVENC_SIZE_FALLBACK: dict[str, tuple[int, int]] = {"h264": (4096, 4096), "hevc": (8192, 8192),
+                                                    "av1": (8192, 8192)}
+_PROBE_SIZE = (256, 256)  # the existence probe (no output size known yet)
 
-    The answer is cached per (gpu, codec). On H100/H200/A100 CreateEncoder fails: False.
+
+def nvenc_size_problem(caps: dict[str, Any] | None, *, codec: str, width: int,
+                       height: int) -> str | None:
+    """Why NVENC's `caps` (GetEncoderCaps) rule out `width`x`height`, or None when they don't.
+
+    Checks `width_max`/`height_max`, `width_min`/`height_min` and `mb_num_max` (the frame's
+    16x16 macroblock budget). Without caps, the documented per-codec maxima are used.
     """
-    key = (gpu, codec)
+    caps = dict(caps or {})
+    max_w = int(caps.get("width_max", 0) or 0)
+    max_h = int(caps.get("height_max", 0) or 0)
+    if not (max_w and max_h):
+        max_w, max_h = _NVENC_SIZE_FALLBACK.get(codec, (4096, 4096))
+    min_w = int(caps.get("width_min", 0) or 0)
+    min_h = int(caps.get("height_min", 0) or 0)
+    if width > max_w or height > max_h:
+        return f"largest is {max_w}x{max_h}"
+    if width < min_w or height < min_h:
+        return f"smallest is {min_w}x{min_h}"
+    macroblocks = ((width + 15) // 16) * ((height + 15) // 16)
+    mb_max = int(caps.get("mb_num_max", 0) or 0)
+    if mb_max and macroblocks > mb_max:
+        return f"{macroblocks} macroblocks, more than its {mb_max}"
+    return None
+
+
+def _encoder_caps(nvc: Any, *, codec: str, gpu: int) -> dict[str, Any] | None:
+    """GetEncoderCaps(gpuid=, codec=) as a dict, or None where the query is missing or fails.
+
+    The function and its keys (`width_max`, `height_max`, `mb_num_max`, `width_min`,
+    `height_min`, `num_encoder_engines`, ...: NV_ENC_CAPS names in lower case) are in the
+    strings of PyNvVideoCodec_130.so (2.2.4) and in PyNvEncoder.cpp's `getCapName`. Caution,
+    from that source: the 2.x binding answers for GPU 0 whatever `gpuid` says, so on a mixed
+    machine the real-size CreateEncoder below has the last word.
+    """
+    query = getattr(nvc, "GetEncoderCaps", None)
+    if query is None:
+        return None
+    try:
+        return dict(query(gpuid=gpu, codec=codec))
+    except Exception:
+        logger.debug("GetEncoderCaps(%d, %s) failed", gpu, codec, exc_info=True)
+        return None
+
+
+def _try_create(nvc: Any, *, codec: str, gpu: int, width: int, height: int) -> str | None:
+    """Create (and drop) an encoder; the first line of the error, or None when it worked."""
+    options = {"codec": codec, "gpu_id": str(gpu), "preset": "P1"}
+    if codec == "av1":
+        options["use_ivf_container"] = "0"
+    try:
+        encoder = nvc.CreateEncoder(width, height, "NV12", False, **options)
+        del encoder
+        return None
+    except Exception as exc:
+        logger.debug("CreateEncoder(%s %dx%d on GPU %d) failed", codec, width, height, gpu,
+                      exc_info=True)
+        return _first_line(exc)
+
+
+def _failure_hint(nvc: Any, *, codec: str, gpu: int) -> str:
+    """Why CreateEncoder failed: no NVENC at all, or no encoder for this codec."""
+    if codec != "h264" and _try_create(nvc, codec="h264", gpu=gpu, width=_PROBE_SIZE[0],
+                                       height=_PROBE_SIZE[1]) is None:
+        if codec == "av1":
+            return ("this GPU's NVENC encodes h264 but has no AV1 encoder: NVENC encodes AV1 "
+                    "from Ada Lovelace on (RTX 40, L4, L40; compute capability 8.9+). Use "
+                    "--codec hevc or --codec h264")
+        return f"this GPU's NVENC encodes h264 but not {codec}. Use --codec h264"
+    return _NO_NVENC_HINT
+
+
+def _pyav_can_mux_encoded() -> str | None:
+    """None when PyAV can mux NVENC's access units (a stream with no encoder), else why not."""
+    try:
+        import av
+    except Exception as exc:  # PyAV is a hard requirement elsewhere; say so anyway
+        return f"PyAV is not usable ({_first_line(exc)})"
+    version = getattr(av, "__version__", "0")
+    major = int(re.match(r"\d*", version).group() or 0)
+    # PyAV 18 has both halves: OutputContainer.add_mux_stream (a stream with no encoder)
+    # and the header's parameter sets taken from the first packet (extract_extradata).
+    if major < 18 or not hasattr(av.container.OutputContainer, "add_mux_stream"):
+        return (f"PyAV {version} cannot mux encoded video without an encoder of its own "
+                "(needs PyAV 18 or newer: OutputContainer.add_mux_stream). Run "
+                "'pip install -U av'")
+    return None
+
+
+def probe_nvenc(*, codec: str, gpu: int, width: int | None = None,
+                height: int | None = None) -> tuple[bool, str]:
+    """Can NVENC on `gpu` encode `codec` at `width`x`height`? Returns (ok, reason).
+
+    Without a size it asks whether the GPU has the encoder at all (a 256x256 encoder). With
+    the run's real output size it first checks the encoder caps (`GetEncoderCaps`: largest
+    size, macroblock budget), then really creates an encoder of that size: H.264 NVENC tops
+    out at 4096x4096, so a 1080p source upscaled x4 (7680x4320) passes a small probe and then
+    fails. When h264 is too large but hevc would fit, the reason says so. A failure says
+    whether the GPU has no NVENC engine (A100, H100, H200) or lacks this codec (AV1 before
+    Ada Lovelace). Answers are cached per (gpu, codec, size).
+    """
+    if (width is None) != (height is None):
+        raise ValueError(f"probe_nvenc: give both width and height or neither, got "
+                         f"width={width!r}, height={height!r}")
+    w, h = (width, height) if width is not None and height is not None else _PROBE_SIZE
+    key = (gpu, codec, w, h)
     if key in _nvenc_cache:
         return _nvenc_cache[key]
     if codec not in NVENC_CODECS:
@@ -252,19 +374,32 @@ def probe_nvenc(*, codec: str, gpu: int) -> tuple[bool, str]:
     except HardwareUnavailable as exc:
         return False, str(exc)  # not cached: the reason is already cached by the import
     label = _gpu_label(gpu)
-    options = {"codec": codec, "gpu_id": str(gpu), "preset": "P1"}
-    if codec == "av1":
-        options["use_ivf_container"] = "0"
-    try:
-        encoder = nvc.CreateEncoder(256, 256, "NV12", True, **options)
-        del encoder
-        result = (True, f"NVENC on {label} encodes {codec}")
-    except Exception as exc:
-        logger.debug("CreateEncoder failed", exc_info=True)
-        result = (False, f"NVENC on {label} cannot encode {codec}: {_first_line(exc)} "
-                         f"({_NO_NVENC_HINT})")
+    at = f" at {w}x{h}" if width is not None else ""
+    problem = nvenc_size_problem(_encoder_caps(nvc, codec=codec, gpu=gpu), codec=codec,
+                                 width=w, height=h)
+    if problem is not None:
+        result = (False, f"NVENC on {label} cannot encode {codec}{at}: {problem}"
+                         f"{_other_codec_hint(codec=codec, gpu=gpu, width=w, height=h)}")
+    else:
+        error = _try_create(nvc, codec=codec, gpu=gpu, width=w, height=h)
+        if error is None:
+            pyav_problem = _pyav_can_mux_encoded()
+            result = ((True, f"NVENC on {label} encodes {codec}{at}") if pyav_problem is None
+                      else (False, f"NVENC on {label} encodes {codec}, but {pyav_problem}"))
+        else:
+            result = (False, f"NVENC on {label} cannot encode {codec}{at}: {error} "
+                             f"({_failure_hint(nvc, codec=codec, gpu=gpu)})")
     _nvenc_cache[key] = result
     return result
+
+
+def _other_codec_hint(*, codec: str, gpu: int, width: int, height: int) -> str:
+    """For an h264 output too large for NVENC: whether NVENC's hevc encoder takes it."""
+    if codec != "h264":
+        return ""
+    ok, _ = probe_nvenc(codec="hevc", gpu=gpu, width=width, height=height)
+    return ("; NVENC's hevc encoder takes this size: add --codec hevc to keep encoding on "
+            "the GPU" if ok else "")
 
 
 # ----------------------------------------------------------------------------- decoder
@@ -602,18 +737,42 @@ class _Nv12Planes:
         return self._planes
 
 
-def _packets_to_bytes(result: Any) -> list[bytes]:
+# NV_ENC_PIC_TYPE_IDR (nvEncodeAPI.h: P=0, B=1, I=2, IDR=3), the `picture_type` of an access
+# unit in Encode's result; PyNvVideoCodec's FFmpegMuxer maps the same value to a keyframe.
+PICTURE_TYPE_IDR = 3
+
+
+@dataclass(frozen=True)
+class EncodedUnit:
+    """One access unit out of NVENC: Annex-B H.264/HEVC or AV1 OBUs, and its picture type
+    (`PICTURE_TYPE_IDR` for an IDR; None where the binding does not say)."""
+
+    data: bytes
+    picture_type: int | None = None
+
+    @property
+    def is_idr(self) -> bool:
+        return self.picture_type == PICTURE_TYPE_IDR
+
+    def __repr__(self) -> str:
+        return f"EncodedUnit({len(self.data)} bytes, picture_type={self.picture_type})"
+
+
+def _encoded_units(result: Any) -> list[EncodedUnit]:
     """Normalize Encode/EndEncode output (list of dicts in 2.x, bytes-like in 1.x)."""
     if result is None:
         return []
     if isinstance(result, (bytes, bytearray, memoryview)):
         data = bytes(result)
-        return [data] if data else []
+        return [EncodedUnit(data)] if data else []
     out = []
     for item in result:
-        data = bytes(item["data"]) if isinstance(item, dict) else bytes(item)
+        if isinstance(item, dict):
+            data, kind = bytes(item["data"]), item.get("picture_type")
+        else:
+            data, kind = bytes(item), None
         if data:
-            out.append(data)
+            out.append(EncodedUnit(data, None if kind is None else int(kind)))
     return out
 
 
@@ -621,8 +780,20 @@ class NvEncoder:
     """NVENC encoder of device NV12 frames into H.264 / HEVC / AV1 access units.
 
     Quality: give at most one of `qp` (constant QP), `cq` (VBR with a target quality, no
-    bitrate cap) or `bitrate` (VBR, bits/s); none means NVENC's preset default. No B-frames,
-    so AUs come out in input order (see the module docstring for muxing).
+    bitrate cap) or `bitrate` (VBR, bits/s). None of them: constant QP 25 for I, 28 for P
+    frames — PyNvVideoCodec's own default (NvEncoderClInterface.cpp, SetupRateControl:
+    constQP = {28, 31, 25} for P, B, I), written out here so it does not depend on the
+    binding. No B-frames, so access units come out in input order (see the module
+    docstring for muxing), and SPS/PPS (VPS) repeat at every IDR, so a player can start at
+    any keyframe.
+
+    CUDA ordering (the encoder reads frames written on other streams, by other threads):
+    the encoder runs on `self.stream`, a stream of ours handed to CreateEncoder as
+    `cudastream`: PyNvVideoCodec copies each input frame on that stream and ignores the
+    `stream` key of the CUDA array interface. `encode(frame, ready=event)` makes that stream
+    wait on the producer's event before the copy is queued, and every frame (plus anything
+    in `hold`) is kept alive until its access unit has come out, so the caching allocator
+    cannot hand its memory to someone else while the copy may still be pending.
     """
 
     def __init__(self, *, gpu: int, codec: Literal["h264", "hevc", "av1"], width: int,
@@ -636,14 +807,27 @@ class NvEncoder:
         self.frame_rate = Fraction(frame_rate)
         self._closed = False
         self.num_frames_in = 0
+        self._in_flight: deque[tuple[Any, ...]] = deque()  # frames whose AU is not out yet
         nvc = nvcodec_import()
+        import torch
+
+        with torch.cuda.device(gpu):
+            self.stream: Any = torch.cuda.Stream(device=gpu)
         try:
-            self._encoder = nvc.CreateEncoder(width, height, "NV12", False, **self.options)
+            self._encoder = nvc.CreateEncoder(width, height, "NV12", False,
+                                              cudastream=int(self.stream.cuda_stream),
+                                              **self.options)
         except Exception as exc:
-            raise HardwareUnavailable(
-                f"NVENC on {_gpu_label(gpu)} cannot encode {codec} {width}x{height}: "
-                f"{_first_line(exc)} ({_NO_NVENC_HINT}). Run without --nvenc to encode "
-                "on the CPU.") from exc
+            logger.debug("CreateEncoder with our CUDA stream failed (%s); trying its own",
+                         _first_line(exc))
+            self.stream = None  # encode() then waits on the host for each frame instead
+            try:
+                self._encoder = nvc.CreateEncoder(width, height, "NV12", False, **self.options)
+            except Exception as exc2:
+                raise HardwareUnavailable(
+                    f"NVENC on {_gpu_label(gpu)} cannot encode {codec} {width}x{height}: "
+                    f"{_first_line(exc2)} ({_NO_NVENC_HINT}). Run without --nvenc to "
+                    "encode on the CPU.") from exc2
         self.extradata: bytes = b""
         getter = getattr(self._encoder, "GetSequenceParams", None)
         if getter is not None:
@@ -654,8 +838,14 @@ class NvEncoder:
         logger.info("NVENC on GPU %d: %s %dx%d, options %s", gpu, codec, width, height,
                     self.options)
 
-    def encode(self, nv12: Any) -> list[bytes]:
-        """Encode one frame: device NV12 `(H*3//2, W)` uint8 on this encoder's GPU."""
+    def encode(self, nv12: Any, *, ready: Any = None, hold: tuple[Any, ...] = ()
+               ) -> list[EncodedUnit]:
+        """Encode one frame: device NV12 `(H*3//2, W)` uint8 on this encoder's GPU.
+
+        `ready`: the CUDA event recorded after the frame was written (None: the frame is
+        complete on the caller's current stream). `hold`: objects to keep alive with the
+        frame until its access unit is out (e.g. the source of a cross-GPU copy).
+        """
         self._check_open()
         import torch
 
@@ -665,23 +855,61 @@ class NvEncoder:
                 or nv12.device.index != self.gpu):
             described = (f"{type(nv12).__name__}" if not isinstance(nv12, torch.Tensor) else
                          f"{nv12.dtype} {tuple(nv12.shape)} on {nv12.device}")
-            raise InvalidOption(
+            raise TypeError(  # the writer's contract, not the user's input
                 f"NvEncoder.encode got {described}; it takes a uint8 NV12 tensor of shape "
                 f"{expected} on cuda:{self.gpu}. Convert with hw.color first.")
-        frame = nv12.contiguous()
-        result = self._encoder.Encode(_Nv12Planes(frame, self.width, self.height))
+        self._wait_ready(nv12, ready, torch)
+        if self.stream is not None and not nv12.is_contiguous():
+            with torch.cuda.stream(self.stream):  # a packing copy must also come after `ready`
+                frame = nv12.contiguous()
+        else:
+            frame = nv12.contiguous()
+        self._hold((frame, nv12, ready, *hold))
+        units = _encoded_units(self._encoder.Encode(_Nv12Planes(frame, self.width, self.height)))
         self.num_frames_in += 1
-        return _packets_to_bytes(result)
+        self._release(len(units))
+        return units
 
-    def flush(self) -> list[bytes]:
+    def _wait_ready(self, frame: Any, ready: Any, torch: Any) -> None:
+        """Order the encoder's copy of `frame` after the work that wrote it."""
+        if self.stream is not None:
+            if ready is not None:
+                self.stream.wait_event(ready)
+            else:
+                self.stream.wait_stream(torch.cuda.current_stream(frame.device))
+        elif ready is not None:
+            ready.synchronize()  # no stream of ours inside the encoder: wait on the host
+        else:
+            torch.cuda.current_stream(frame.device).synchronize()
+
+    def _hold(self, entry: tuple[Any, ...]) -> None:
+        """Keep a frame (and what came with it) alive until its access unit is out."""
+        self._in_flight.append(entry)
+
+    def _release(self, num_units: int) -> None:
+        """Access units come out in input order: the oldest `num_units` frames are done."""
+        for _ in range(min(num_units, len(self._in_flight))):
+            self._in_flight.popleft()
+
+    def flush(self) -> list[EncodedUnit]:
         """Drain the encoder: the remaining access units, in order."""
         self._check_open()
-        return _packets_to_bytes(self._encoder.EndEncode())
+        units = _encoded_units(self._encoder.EndEncode())
+        self._in_flight.clear()  # EndEncode returns after the last picture is encoded
+        return units
 
     def close(self) -> None:
         """Release the encoder; safe to call twice. Call `flush()` first to keep the tail."""
+        if self._closed:
+            return
         self._closed = True
+        if self._in_flight and self.stream is not None:
+            try:  # copies still queued read these frames and write the encoder's buffers
+                self.stream.synchronize()
+            except Exception:
+                logger.debug("synchronizing the NVENC stream at close failed", exc_info=True)
         self._encoder = None
+        self._in_flight.clear()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -694,11 +922,34 @@ class NvEncoder:
         self.close()
 
 
+def nvenc_fps_option(frame_rate: Fraction) -> str:
+    """The frame rate as PyNvVideoCodec's `fps` option: a decimal with at most 2 places.
+
+    The binding parses `fps` itself (NvEncoderClInterface.cpp, FpsToNumDen): "29.97" ->
+    frameRateNum/Den 2997/100; it keeps 2 decimals and truncates the rest, so round here.
+    There is no option for an exact numerator/denominator (2.2.4's option keys, from the
+    strings of PyNvVideoCodec_130.so: codec, preset, tuning_info, rc, constqp, cq, bitrate,
+    maxbitrate, vbvbufsize, vbvinit, initqp, qmin, qmax, aq, temporalaq, lookahead,
+    multipass, ldkfs, fps, gop, bf, idrperiod, numrefl0/1, level, tier, repeatspspps,
+    num_unit_in_ticks, timescale, colorspace, max_res, global_header, use_ivf_container,
+    source_av_format_context). 30000/1001 -> "29.97" (was "30": 0.1 % off for rate control).
+    """
+    text = f"{float(Fraction(frame_rate)):.2f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "0") else "0.01"
+
+
 def nvenc_options(*, codec: str, gpu: int, width: int, height: int, frame_rate: Fraction,
                   preset: str = "p4", tuning: str = "high_quality", qp: int | None = None,
                   cq: int | None = None, bitrate: int | None = None,
                   gop: int | None = None) -> dict[str, str]:
-    """Validate encoder settings and build PyNvVideoCodec's CreateEncoder options."""
+    """Validate encoder settings and build PyNvVideoCodec's CreateEncoder options.
+
+    Every key is one the 2.2.4 binding reads (see `nvenc_fps_option` for where the list
+    comes from). Not used on purpose: `colorspace`, which also forces the full-range flag
+    (SetupVuiConfig sets videoFullRangeFlag = true); the writer puts the colour description
+    into the bitstream with FFmpeg's h264_metadata/hevc_metadata/av1_metadata filters
+    instead (`hw.gpu_io`).
+    """
     if codec not in NVENC_CODECS:
         raise InvalidOption(f"Invalid NVENC codec ({codec!r}): allowed are "
                             f"{', '.join(NVENC_CODECS)}. Use e.g. --codec hevc.")
@@ -734,19 +985,30 @@ def nvenc_options(*, codec: str, gpu: int, width: int, height: int, frame_rate: 
         "gpu_id": str(gpu),
         "preset": preset.upper(),
         "tuning_info": tuning,
-        "fps": str(max(1, round(rate))),
+        "fps": nvenc_fps_option(rate),
         "bf": "0",
+        # The IDR period follows gop (SetupH264Config/SetupHEVCConfig: idrPeriod = gopLength).
         "gop": str(gop if gop is not None else max(1, round(rate * 10))),
     }
+    if codec in ("h264", "hevc"):
+        # SPS/PPS (and VPS) before every IDR, not only the first (NvEncoderClInterface.cpp,
+        # SetupH264Config/SetupHEVCConfig: "repeatspspps" -> config.repeatSPSPPS).
+        options["repeatspspps"] = "1"
     if qp is not None:
         options.update(rc="constqp", constqp=str(qp))
     elif cq is not None:
         options.update(rc="vbr", cq=str(cq), bitrate="0")
     elif bitrate is not None:
         options.update(rc="vbr", bitrate=str(bitrate), maxbitrate=str(bitrate * 2))
+    else:
+        # The binding's default, explicit: constant QP P 28, B 31, I 25 ("qp_P,qp_B,qp_I").
+        options.update(rc="constqp", constqp=NVENC_DEFAULT_CONSTQP)
     if codec == "av1":
         options["use_ivf_container"] = "0"  # raw OBUs (the default wraps them in IVF)
     return options
+
+
+NVENC_DEFAULT_CONSTQP = "28,31,25"
 
 
 # ----------------------------------------------------------------------------- Annex-B

@@ -9,6 +9,13 @@ the exact offline install commands.
     python scripts/build_offline_bundle.py --out bundle --python-version 3.12 --skip-torch \
         --slim-pynvvideocodec --tar
 
+`--gpu-arch sm_61` bundles the torch build that has kernels for those GPUs (the same choice
+`make setup` makes from nvidia-smi, `hw/cuda_compat.py`): for Pascal (Tesla P40/P4, GTX 10xx)
+that is torch 2.14 + torchvision 0.29 from PyTorch's CUDA 12.6 index, because PyPI's default
+torch has no sm_6x kernels. For the GPU machine, from one with internet:
+
+    python scripts/build_offline_bundle.py --out bundle --python-version 3.12 --gpu-arch sm_61 --tar
+
 `--slim-pynvvideocodec` repacks the PyNvVideoCodec wheel without what is never loaded at
 run time: the FFmpeg source tarball (`*.data/data/external/ffmpeg/src/*`), samples,
 benchmarks, and the duplicate unversioned/fully-versioned copies of the bundled FFmpeg
@@ -32,6 +39,10 @@ import sys
 import tarfile
 import zipfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hw.cuda_compat import TorchChoice, choose_torch_build, parse_sm  # noqa: E402
 
 logger = logging.getLogger("build_offline_bundle")
 
@@ -107,11 +118,18 @@ def pip_download_command(requirements: list[str], *, dest: Path, python_version:
     return cmd + list(requirements)
 
 
-def install_text(bundle_name: str, *, skip_torch: bool, python_version: str) -> str:
+def install_text(bundle_name: str, *, skip_torch: bool, python_version: str,
+                 torch_choice: TorchChoice | None = None) -> str:
     """INSTALL.txt: the exact offline install commands for this bundle."""
     torch_note = ("torch/torchvision are NOT in this bundle (--skip-torch): install them "
                   "first (the server's CUDA build), then run the commands below.\n\n"
                   if skip_torch else "")
+    if torch_choice is not None and not skip_torch:
+        build = torch_choice.build
+        torch_note = (f"torch in this bundle: {build.name} ({' '.join(build.requirements) or 'PyPI default'}), "
+                      f"kernels for {', '.join(build.archs)}; it needs NVIDIA driver >= {build.min_driver} "
+                      "(Pascal: the R580 branch). Chosen because: "
+                      f"{torch_choice.reason}.\n\n")
     return (
         f"framepipe offline bundle for CPython {python_version} (linux x86_64)\n\n"
         f"{torch_note}"
@@ -218,11 +236,16 @@ def _name(requirement: str) -> str:
     return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
 
 
-def download_plan(reqs: list[str], *, skip_torch: bool,
-                  torch_index_url: str | None) -> list[tuple[list[str], bool, str | None]]:
-    """The pip downloads to run, as (requirements, no_deps, index_url)."""
+def download_plan(reqs: list[str], *, skip_torch: bool, torch_index_url: str | None,
+                  torch_pins: tuple[str, ...] = ()) -> list[tuple[list[str], bool, str | None]]:
+    """The pip downloads to run, as (requirements, no_deps, index_url).
+
+    `torch_pins` replace requirements.txt's torch/torchvision lines (a `--gpu-arch` build).
+    """
     torch_reqs = [r for r in reqs if _name(r) in TORCH_NAMES]
     other = [r for r in reqs if r not in torch_reqs] + list(EXTRA_REQUIREMENTS)
+    if torch_pins and torch_reqs:
+        torch_reqs = list(torch_pins)
     plan: list[tuple[list[str], bool, str | None]] = []
     if torch_reqs and torch_index_url:
         plan.append((torch_reqs, False, torch_index_url))
@@ -240,19 +263,49 @@ def download_plan(reqs: list[str], *, skip_torch: bool,
     return plan
 
 
+def torch_choice_for(gpu_arch: str | None, *, skip_torch: bool,
+                     torch_index_url: str | None) -> TorchChoice | None:
+    """The torch build `--gpu-arch` asks for (None without the option)."""
+    if not gpu_arch:
+        return None
+    if skip_torch:
+        raise BundleError("--gpu-arch chooses the torch build to bundle, and --skip-torch leaves torch "
+                          "out: give one of them.")
+    if torch_index_url:
+        raise BundleError("--gpu-arch chooses the torch index itself: drop --torch-index-url, or drop "
+                          "--gpu-arch to use your index.")
+    items = [t for t in gpu_arch.replace(",", " ").split() if t]
+    try:
+        if not items:
+            raise ValueError("it is empty")
+        caps = [parse_sm(t) for t in items]
+    except ValueError as exc:
+        raise BundleError(f"Invalid --gpu-arch ({gpu_arch!r}): {exc}. Use e.g. --gpu-arch sm_61 "
+                          "(Tesla P40) or --gpu-arch sm_61,sm_86.") from None
+    choice = choose_torch_build([(cap, None) for cap in caps])
+    for warning in choice.warnings:
+        logger.warning("torch: %s", warning)
+    return choice
+
+
 def build_bundle(args: argparse.Namespace) -> Path:
     out = Path(args.out)
+    choice = torch_choice_for(args.gpu_arch, skip_torch=args.skip_torch, torch_index_url=args.torch_index_url)
     out.mkdir(parents=True, exist_ok=True)
     reqs = read_requirements(Path(args.requirements), skip_torch=args.skip_torch)
     platforms = tuple(args.platform) if args.platform else DEFAULT_PLATFORMS
     common = dict(dest=out, python_version=args.python_version, platforms=platforms)
-    for requirements, no_deps, index_url in download_plan(reqs, skip_torch=args.skip_torch,
-                                                          torch_index_url=args.torch_index_url):
-        _run(pip_download_command(requirements, no_deps=no_deps, index_url=index_url, **common))
+    index_url = choice.build.index_url if choice is not None else args.torch_index_url
+    pins = choice.build.requirements if choice is not None else ()
+    if choice is not None:
+        logger.info("torch: %s", choice.reason)
+    for requirements, no_deps, url in download_plan(reqs, skip_torch=args.skip_torch, torch_index_url=index_url,
+                                                    torch_pins=pins):
+        _run(pip_download_command(requirements, no_deps=no_deps, index_url=url, **common))
     if args.slim_pynvvideocodec:
         slim_pynvvideocodec(out)
     (out / "INSTALL.txt").write_text(install_text(out.name, skip_torch=args.skip_torch,
-                                                  python_version=args.python_version))
+                                                  python_version=args.python_version, torch_choice=choice))
     if args.tar:
         tar_path = out.with_suffix(".tar")
         with tarfile.open(tar_path, "w") as tar:
@@ -273,6 +326,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="leave torch/torchvision out (GPU servers usually have them)")
     parser.add_argument("--torch-index-url", default=None,
                         help="index for torch wheels, e.g. https://download.pytorch.org/whl/cu128")
+    parser.add_argument("--gpu-arch", default=None,
+                        help="bundle the torch build with kernels for these GPUs, e.g. sm_61 (Tesla P40) "
+                             "or sm_61,sm_86")
     parser.add_argument("--slim-pynvvideocodec", action="store_true",
                         help="repack PyNvVideoCodec without sources, samples, duplicates")
     parser.add_argument("--tar", action="store_true", help="also write <out>.tar")

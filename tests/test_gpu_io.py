@@ -1,9 +1,12 @@
 """The GPU ends of a run, exercised on the CPU: NvdecSource numbering and NvencFileWriter
-muxing (timestamps, extradata, keyframes, audio), with stand-ins for the hardware.
+muxing (timestamps, parameter sets, keyframes, seeking, colour, audio), with stand-ins for
+the hardware.
 
-The NVENC stand-in is real: libx264 through PyAV, configured like NVENC here (no
-B-frames, Annex-B access units, no extradata of its own), so the muxing code is checked
-against a real H.264 stream. What it cannot check is PyNvVideoCodec's encoder itself.
+The NVENC stand-in (`tests/nvenc_standin.py`) is libx264/libx265 shaped like NVENC's
+bitstream: parameter sets only where NVENC puts them (the first IDR, unless the production
+options ask for more), a profile libx264 would not choose, no B-frames, output one call
+late. What it cannot check is PyNvVideoCodec's encoder itself (see the needs_cuda tests in
+tests/test_nvenc_cuda.py for the CUDA side).
 """
 
 from __future__ import annotations
@@ -12,42 +15,15 @@ from fractions import Fraction
 
 import av
 import numpy as np
+import pytest
 import torch
 
 from hw.avio import probe_source
-from hw.gpu_io import NvdecSource, NvencFileWriter
+from hw.color import ColorInfo
+from hw.gpu_io import NvdecSource, NvencFileWriter, nvenc_metadata_filter
 from pipeline.messages import ResultItem
 from tests import probe
-
-
-class X264AsNvenc:
-    """Takes NV12 (H*3/2, W) uint8 tensors like NvEncoder and returns Annex-B access units."""
-
-    extradata = b""
-
-    def __init__(self, *, gpu, codec, width, height, frame_rate, preset, qp):
-        assert codec == "h264"
-        self.ctx = av.CodecContext.create("libx264", "w")
-        self.ctx.width, self.ctx.height, self.ctx.pix_fmt = width, height, "yuv420p"
-        self.ctx.time_base = Fraction(1, 25)
-        self.ctx.options = {"bf": "0", "preset": "ultrafast", "crf": "10"}
-        self.n = 0
-        self.closed = False
-
-    def _units(self, packets):
-        return [bytes(p) for p in packets]
-
-    def encode(self, nv12):
-        frame = av.VideoFrame.from_ndarray(nv12.numpy(), format="nv12").reformat(format="yuv420p")
-        frame.pts = self.n
-        self.n += 1
-        return self._units(self.ctx.encode(frame))
-
-    def flush(self):
-        return self._units(self.ctx.encode(None))
-
-    def close(self):
-        self.closed = True
+from tests.nvenc_standin import GOP, NvencLikeEncoder, keyframe_entry_problems
 
 
 def _nv12_frames(src):
@@ -55,19 +31,23 @@ def _nv12_frames(src):
         return [(torch.from_numpy(f.reformat(format="nv12").to_ndarray()), f.pts) for f in c.decode(video=0)]
 
 
-def test_nvenc_writer_muxes_timestamps_audio_and_tags(clips, tmp_path):
-    src = clips("nvenc-src.mp4", num_frames=30, vfr=True, audio=True, color=(1, 1, 1, 1))
+def _write(src, out, *, codec="h264", num_frames=None, encoder_factory=NvencLikeEncoder, audio=True):
     info = probe_source(src)
-    out = tmp_path / "out.mp4"
     warnings = []
     writer = NvencFileWriter(
-        out, gpu=0, codec="h264", width=info.width, height=info.height, time_base=info.time_base,
-        frame_rate=info.average_rate, color=info.color, source_path=src, warn=warnings.append,
-        encoder_factory=X264AsNvenc,
+        out, gpu=0, codec=codec, width=info.width, height=info.height, time_base=info.time_base,
+        frame_rate=info.average_rate, color=info.color, source_path=src if audio else None,
+        warn=warnings.append, encoder_factory=encoder_factory,
     )
-    frames = _nv12_frames(src)
-    for i, (nv12, pts) in enumerate(frames):
+    for i, (nv12, pts) in enumerate(_nv12_frames(src)[:num_frames]):
         writer.write_result(ResultItem(index=i, pts=pts, fmt="nv12", planes=(nv12,)))
+    return writer, warnings
+
+
+def test_nvenc_writer_muxes_timestamps_audio_and_tags(clips, tmp_path):
+    src = clips("nvenc-src.mp4", num_frames=30, vfr=True, audio=True, color=(1, 1, 1, 1), width=128, height=96)
+    out = tmp_path / "out.mp4"
+    writer, warnings = _write(src, out)
     writer.close(complete=True)
     writer.close(complete=True)  # idempotent
     assert writer._encoder.closed
@@ -77,22 +57,104 @@ def test_nvenc_writer_muxes_timestamps_audio_and_tags(clips, tmp_path):
     assert probe.color_tags(out) == (1, 1, 1, 1)
     with av.open(str(out)) as c:
         keys = [p.is_keyframe for p in c.demux(video=0) if p.size]
-    assert keys[0] and sum(keys) >= 1
+    assert keys == [i % GOP == 0 for i in range(30)]
     assert warnings == []
 
 
 def test_nvenc_writer_partial_close_is_playable(clips, tmp_path):
-    src = clips("nvenc-src2.mp4", num_frames=30, audio=True)
-    info = probe_source(src)
+    src = clips("nvenc-src2.mp4", num_frames=30, audio=True, width=128, height=96)
     out = tmp_path / "out.mkv"
-    writer = NvencFileWriter(
-        out, gpu=0, codec="h264", width=info.width, height=info.height, time_base=info.time_base,
-        frame_rate=info.average_rate, color=info.color, source_path=src, warn=print, encoder_factory=X264AsNvenc,
-    )
-    for i, (nv12, pts) in enumerate(_nv12_frames(src)[:12]):
-        writer.write_result(ResultItem(index=i, pts=pts, fmt="nv12", planes=(nv12,)))
+    writer, _ = _write(src, out, num_frames=12)
     writer.close(complete=False)
     assert probe.indices(out) == list(range(12))
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_nvenc_output_can_be_entered_at_every_keyframe(clips, tmp_path, codec, suffix):
+    """Regression, issue 9: the header carried libx264's/libx265's parameter sets (PyAV
+    opened a software encoder for the stream), and NVENC sent its own only with the first
+    IDR, so a player seeking to any later keyframe could not decode it."""
+    src = clips("nvenc-seek.mp4", num_frames=30, width=128, height=96)
+    out = tmp_path / f"seek-{codec}{suffix}"
+    writer, _ = _write(src, out, codec=codec, audio=False)
+    writer.close(complete=True)
+    keys, problems = keyframe_entry_problems(out)
+    assert keys == list(range(0, 30, GOP))
+    assert problems == []
+    assert writer._encoder.repeat_parameter_sets  # the production options ask NVENC to repeat them
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_nvenc_header_is_nvencs_even_without_repeated_parameter_sets(clips, tmp_path, codec):
+    """Issue 9, first half alone: with parameter sets only at the first IDR (NVENC's
+    default), the container header must still be NVENC's own, so every keyframe decodes."""
+
+    class FirstIdrOnly(NvencLikeEncoder):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.repeat_parameter_sets = False
+
+    src = clips("nvenc-seek.mp4", num_frames=30, width=128, height=96)
+    out = tmp_path / f"first-only-{codec}.mp4"
+    writer, _ = _write(src, out, codec=codec, audio=False, encoder_factory=FirstIdrOnly)
+    writer.close(complete=True)
+    assert keyframe_entry_problems(out)[1] == []
+    with av.open(str(out)) as c:
+        if codec == "h264":  # avcC: version, profile_idc: Constrained Baseline (66), NVENC-like, not x264's High
+            assert c.streams.video[0].codec_context.extradata[1] == 66
+
+
+def test_nvenc_writer_puts_the_colour_description_in_the_bitstream(clips, tmp_path):
+    """Issue 9: NVENC leaves the VUI colour description unset; the writer fills it in from
+    the source's tags (limited range), so a decoder reading only the bitstream sees it."""
+    src = clips("nvenc-bt601.mp4", num_frames=12, color=(6, 6, 6, 1), width=128, height=96)
+    out = tmp_path / "colour.h264.mkv"
+    writer, _ = _write(src, out, audio=False)
+    writer.close(complete=True)
+    with av.open(str(out)) as c:
+        packets = [bytes(p) for p in c.demux(video=0) if p.size]
+        extradata = c.streams.video[0].codec_context.extradata
+    decoder = av.CodecContext.create("h264", "r")  # no container tags: the bitstream only
+    decoder.extradata = extradata
+    frame = next(f for p in packets for f in decoder.decode(av.Packet(p)))
+    assert (frame.colorspace, frame.color_range) == (6, 1)
+    assert (decoder.color_primaries, decoder.color_trc) == (6, 6)
+
+
+def test_metadata_filter_strings():
+    bt709 = ColorInfo(matrix="bt709", primaries_tag=1, transfer_tag=1, matrix_tag=1, range_tag=1)
+    assert nvenc_metadata_filter("h264", bt709) == (
+        "h264_metadata=video_full_range_flag=0:colour_primaries=1:transfer_characteristics=1:matrix_coefficients=1")
+    untagged = ColorInfo(matrix="bt601", matrix_guessed=True)  # primaries/transfer unspecified (2)
+    assert nvenc_metadata_filter("hevc", untagged) == (
+        "hevc_metadata=video_full_range_flag=0:colour_primaries=2:transfer_characteristics=2:matrix_coefficients=6")
+    full = ColorInfo(full_range=True, primaries_tag=9, transfer_tag=16, matrix_tag=9, matrix="bt2020")
+    assert nvenc_metadata_filter("av1", full) == (
+        "av1_metadata=color_range=pc:color_primaries=9:transfer_characteristics=16:matrix_coefficients=9")
+    with pytest.raises(ValueError, match=r"no metadata bitstream filter for codec 'vp9'"):
+        nvenc_metadata_filter("vp9", bt709)
+    for codec in ("h264", "hevc", "av1"):  # FFmpeg accepts each
+        av.bitstream.BitStreamFilterContext(nvenc_metadata_filter(codec, full), in_stream=codec)
+
+
+def test_nvenc_writer_holds_frames_and_passes_ready_events(clips, tmp_path):
+    """The writer hands the encoder the frame's ready event and the frame itself to hold."""
+    from hw.frames import CudaFrame
+
+    src = clips("nvenc-src2.mp4", num_frames=30, audio=True, width=128, height=96)
+    info = probe_source(src)
+    writer = NvencFileWriter(tmp_path / "e.mp4", gpu=0, codec="h264", width=info.width, height=info.height,
+                             time_base=info.time_base, frame_rate=info.average_rate, color=info.color,
+                             source_path=None, warn=print, encoder_factory=NvencLikeEncoder)
+    marker = object()
+    frames = _nv12_frames(src)[:3]
+    for i, (nv12, pts) in enumerate(frames):
+        writer.write_result(ResultItem(index=i, pts=pts, fmt="nv12", planes=(CudaFrame(nv12, marker),)))
+    writer.close(complete=True)
+    held = writer._encoder.held
+    assert [ready for _, ready, _ in held] == [marker] * 3
+    assert all(isinstance(hold[0], CudaFrame) and hold[0].tensor is nv12 for (nv12, _, hold) in held)
 
 
 class FakeNvDecoder:
@@ -118,3 +180,62 @@ def test_nvdec_source_numbers_frames_without_pts():
     assert all(f.fmt == "nv12" and f.planes[0].shape == (6, 4) for f in frames)
     source.close()
     assert source._decoder.closed
+
+
+class SvtAv1AsNvenc:
+    """AV1 access units (SVT-AV1), with NVENC's picture types: IDR = 3."""
+
+    extradata = b""
+
+    def __init__(self, *, gpu, codec, width, height, frame_rate, preset, qp):
+        self.ctx = av.CodecContext.create("libsvtav1", "w")
+        self.ctx.width, self.ctx.height, self.ctx.pix_fmt = width, height, "yuv420p"
+        self.ctx.time_base = Fraction(1, 25)
+        self.ctx.options = {"preset": "12", "g": str(GOP)}
+        self.n = 0
+
+    def _units(self, packets):
+        from hw.nvcodec import EncodedUnit
+
+        return [EncodedUnit(bytes(p), 3 if p.is_keyframe else 0) for p in packets]
+
+    def encode(self, nv12, *, ready=None, hold=()):
+        frame = av.VideoFrame.from_ndarray(nv12.numpy(), format="nv12").reformat(format="yuv420p")
+        frame.pts = self.n
+        self.n += 1
+        return self._units(self.ctx.encode(frame))
+
+    def flush(self):
+        return self._units(self.ctx.encode(None))
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_nvenc_writer_av1_keyframes_from_picture_types_and_colour(clips, tmp_path, monkeypatch, suffix):
+    monkeypatch.setenv("SVT_LOG", "1")
+    src = clips("nvenc-bt601.mp4", num_frames=12, color=(6, 6, 6, 1), width=128, height=96)
+    out = tmp_path / f"av1{suffix}"
+    writer, _ = _write(src, out, codec="av1", audio=False, encoder_factory=SvtAv1AsNvenc)
+    writer.close(complete=True)
+    assert probe.indices(out) == list(range(12))
+    with av.open(str(out)) as c:
+        assert [p.is_keyframe for p in c.demux(video=0) if p.size] == [i % GOP == 0 for i in range(12)]
+    assert probe.color_tags(out) == (6, 6, 6, 1)
+
+
+def test_nv12_frames_carry_their_ready_event():
+    """The worker's NVENC output (issue 9): NV12 frames that carry the event recorded after
+    their conversion (None on the CPU, where there is no stream to wait for)."""
+    from hw.color import rgb_to_nv12
+    from hw.frames import CudaFrame, rgb_to_nv12_frames, to_8bit_rgb
+
+    rgb = torch.rand(2, 3, 8, 6)
+    frames = rgb_to_nv12_frames(rgb, ColorInfo())
+    assert [type(f) for f in frames] == [CudaFrame, CudaFrame] and frames[0].ready is None
+    assert torch.equal(torch.stack([f.tensor for f in frames]), rgb_to_nv12(to_8bit_rgb(rgb), ColorInfo()))
+    assert frames[0].shape == (12, 6) and "no ready event" in repr(frames[0])
+    assert repr(ResultItem(index=0, pts=0, fmt="nv12", planes=(frames[0],))).startswith("ResultItem(#0, pts=0, nv12 [(12, 6)]")
+    with pytest.raises(TypeError, match=r"CudaFrame.tensor must be a torch.Tensor, got ndarray"):
+        CudaFrame(np.zeros((12, 6), np.uint8))

@@ -124,3 +124,87 @@ def test_real_report():
     r = selftest.collect_report()
     text, code = selftest.verdict(r)
     assert code == 0 and r.gpus
+
+
+# ----------------------------------------------------------------------------- compatibility (issue 9)
+
+DEFAULT_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # PyPI's torch 2.14 (CUDA 13)
+LEGACY_ARCHS = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]  # torch 2.14 + cu126
+P40_VERSIONS = {**VERSIONS, "driver": "580.95.05", "torch": "2.14.1+cu130"}
+
+
+def p40(i):
+    return gpu(i, "Tesla P40", (6, 1))
+
+
+def pascal_report(archs, *, versions=P40_VERSIONS, smi=None, gpus=None):
+    return selftest.collect_report(
+        gpus=[p40(0), p40(1)] if gpus is None else gpus, nvdec_probe=nvdec_yes, nvenc_probe=nvenc_yes,
+        peer_matrix=lambda idx: [[True for _ in idx] for _ in idx], version_info=lambda: dict(versions),
+        arch_list=lambda: list(archs), smi=smi)
+
+
+def _levels(report):
+    return [(c.level, c.text) for c in selftest.compatibility_checks(report)]
+
+
+def test_p40_with_pypis_default_torch_is_a_failure_with_its_fix():
+    """Issue 9: on a P40 the default install fails at the first kernel; the self-test says so
+    and prints the torch build that has sm_6x kernels."""
+    r = pascal_report(DEFAULT_ARCHS)
+    checks = selftest.compatibility_checks(r)
+    kernels = [c for c in checks if "kernels" in c.text]
+    assert [c.level for c in kernels] == ["error", "error"]
+    assert kernels[0].text.startswith("GPU 0 (Tesla P40, sm_61): torch 2.14.1+cu130 has no kernels for it")
+    assert kernels[0].fix.startswith(
+        "pip install --index-url https://download.pytorch.org/whl/cu126 'torch==2.14.*' 'torchvision==0.29.*'")
+    text, code = selftest.verdict(r)
+    assert code == 1 and "2 compatibility problem(s)" in text
+    lines = "\n".join(selftest.render(r))
+    assert "FAIL GPU 1 (Tesla P40, sm_61): torch" in lines and "fix: pip install --index-url" in lines
+
+
+def test_p40_with_the_legacy_build_passes_and_pynvvideocodec_is_a_caveat():
+    r = pascal_report(LEGACY_ARCHS, versions={**P40_VERSIONS, "torch": "2.14.1+cu126", "cuda": "12.6"})
+    levels = _levels(r)
+    assert ("ok", "driver 580.95.05 (enough for torch's CUDA 12.6)") in levels
+    assert ("ok", "GPU 0 (Tesla P40, sm_61): torch 2.14.1+cu126 has kernels for it") in levels
+    caveat = [c for c in selftest.compatibility_checks(r) if "PyNvVideoCodec" in c.text]
+    assert [c.level for c in caveat] == ["warn", "warn"]
+    assert "not in NVIDIA's supported list for PyNvVideoCodec (Turing and newer), may work" in caveat[0].text
+    text, code = selftest.verdict(r)
+    assert code == 0 and text.startswith("Multi-GPU setup detected! 2 GPUs available.")
+
+
+def test_driver_too_old_for_pynvvideocodec_and_for_torch():
+    r = pascal_report(LEGACY_ARCHS, versions={**P40_VERSIONS, "driver": "470.256.02", "cuda": "12.6"})
+    errors = [c for c in selftest.compatibility_checks(r) if c.level == "error"]
+    assert [c.text for c in errors] == [
+        "driver 470.256.02 is older than torch's CUDA 12.6 needs (the 525 branch or newer)",
+        "PyNvVideoCodec needs driver >= 530 (NVENC API 12.1); this one is 470.256.02: --nvdec/--nvenc fall back "
+        "to the CPU"]
+    assert all("R580" in c.fix for c in errors)
+    assert selftest.verdict(r)[1] == 1
+
+
+def test_gpus_nvidia_smi_sees_but_torch_does_not():
+    r = pascal_report(DEFAULT_ARCHS, gpus=[], smi=lambda: "6.1, 580.95.05\n6.1, 580.95.05\n")
+    (check,) = [c for c in selftest.compatibility_checks(r) if c.level == "error"]
+    assert check.text == ("nvidia-smi sees 2 GPU(s) (sm_61) but torch sees none: torch 2.14.1+cu130 (CUDA 13.0) "
+                          "cannot use them")
+    assert "cu126" in check.fix
+    text, code = selftest.verdict(r)
+    assert code == 1 and text.startswith("NVIDIA GPU(s) present but unusable by torch")
+
+
+def test_hopper_with_default_torch_is_all_ok():
+    r = selftest.collect_report(gpus=[gpu(0)], nvdec_probe=nvdec_yes, nvenc_probe=nvenc_no,
+                                peer_matrix=lambda idx: [[True]], version_info=lambda: dict(VERSIONS),
+                                arch_list=lambda: list(DEFAULT_ARCHS))
+    assert {c.level for c in selftest.compatibility_checks(r)} == {"ok"}
+    assert selftest.verdict(r)[1] == 0
+
+
+def test_unknown_arch_list_skips_the_kernel_check():
+    r = report([p40(0)])  # no arch list injected: unknown, not a failure
+    assert not [c for c in selftest.compatibility_checks(r) if "kernels" in c.text]

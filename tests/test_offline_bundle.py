@@ -31,7 +31,7 @@ def test_read_requirements_skips_comments_and_torch(tmp_path):
 
 def test_read_requirements_of_repo():
     reqs = bob.read_requirements(ROOT / "requirements.txt", skip_torch=True)
-    assert "av>=14" in reqs and not any(r.startswith("torch") for r in reqs)
+    assert any(r.startswith("av>=") for r in reqs) and not any(r.startswith("torch") for r in reqs)
 
 
 def test_read_requirements_missing(tmp_path):
@@ -193,3 +193,47 @@ def test_with_torch_everything_resolves_together():
     assert plan[0][2] == "https://example.invalid/whl/cu128"
     assert {bob._name(r) for r in plan[0][0]} == {"torch", "torchvision"}
     assert any(bob._name(r) == "spandrel" for r in plan[1][0])
+
+
+def test_gpu_arch_bundles_the_pascal_torch_build(tmp_path, monkeypatch):
+    """Issue 9: `--gpu-arch sm_61` downloads torch 2.14 + torchvision 0.29 from PyTorch's
+    CUDA 12.6 index (PyPI's default torch has no Pascal kernels), and INSTALL.txt says so."""
+    req = tmp_path / "requirements.txt"
+    req.write_text("torch>=2.4\ntorchvision\nav>=14\n")
+    calls = []
+    monkeypatch.setattr(bob, "_run", lambda cmd: calls.append(cmd))
+    out = bob.build_bundle(bob.parse_args(["--out", str(tmp_path / "b"), "--requirements", str(req),
+                                           "--gpu-arch", "sm_61"]))
+    assert calls[0][-2:] == ["torch==2.14.*", "torchvision==0.29.*"]
+    assert calls[0][calls[0].index("--index-url") + 1] == "https://download.pytorch.org/whl/cu126"
+    assert calls[1][-2:] == ["av>=14", "PyNvVideoCodec"] and "--index-url" not in calls[1]
+    text = (out / "INSTALL.txt").read_text()
+    assert "CUDA 12.6 legacy build (torch==2.14.* torchvision==0.29.*)" in text and "R580" in text
+
+
+def test_gpu_arch_for_a_turing_or_newer_server_keeps_the_default(tmp_path, monkeypatch):
+    req = tmp_path / "requirements.txt"
+    req.write_text("torch>=2.4\ntorchvision\nav>=14\n")
+    calls = []
+    monkeypatch.setattr(bob, "_run", lambda cmd: calls.append(cmd))
+    bob.build_bundle(bob.parse_args(["--out", str(tmp_path / "b"), "--requirements", str(req),
+                                     "--gpu-arch", "sm_86"]))
+    assert calls[0][-4:] == ["torch>=2.4", "torchvision", "av>=14", "PyNvVideoCodec"]
+    assert "--index-url" not in calls[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--skip-torch"], r"--gpu-arch chooses the torch build to bundle, and --skip-torch leaves torch out"),
+    (["--torch-index-url", "https://t"], r"--gpu-arch chooses the torch index itself"),
+])
+def test_gpu_arch_conflicts(tmp_path, extra, message):
+    args = bob.parse_args(["--out", str(tmp_path / "b"), "--gpu-arch", "sm_61", *extra])
+    with pytest.raises(bob.BundleError, match=message):
+        bob.build_bundle(args)
+
+
+def test_gpu_arch_invalid(tmp_path):
+    args = bob.parse_args(["--out", str(tmp_path / "b"), "--gpu-arch", "pascal"])
+    with pytest.raises(bob.BundleError, match=r"Invalid --gpu-arch \('pascal'\): .* Use e.g. --gpu-arch sm_61"):
+        bob.build_bundle(args)
+    assert not (tmp_path / "b").exists()  # checked before anything is made

@@ -1,0 +1,79 @@
+"""Planning --nvenc at the run's real output size (issue 9, finding 3), with a
+PyNvVideoCodec stand-in that answers like a Tesla P40: H.264 NVENC up to 4096x4096, HEVC up
+to 8192x8192, no AV1. A 720p or 1080p source upscaled x4 passed the old 256x256 probe and
+then aborted the run in CreateEncoder; now the plan falls back with one line saying why."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from hw import nvcodec
+from pipeline import runner
+from pipeline.config import RunConfig
+
+CAPS = {"h264": {"width_max": 4096, "height_max": 4096, "mb_num_max": 65536},
+        "hevc": {"width_max": 8192, "height_max": 8192, "mb_num_max": 262144}}
+
+
+@pytest.fixture
+def p40(monkeypatch):
+    module = types.ModuleType("PyNvVideoCodec")
+    module.created = []
+
+    def caps(*, gpuid, codec):
+        if codec not in CAPS:
+            raise RuntimeError("NV_ENC_ERR_UNSUPPORTED_PARAM")
+        return CAPS[codec]
+
+    def create_encoder(width, height, fmt, cpu, **options):
+        limit = CAPS.get(options["codec"])
+        if limit is None or width > limit["width_max"] or height > limit["height_max"]:
+            raise RuntimeError("PyNvVideoCodec: NV_ENC_ERR_INVALID_PARAM")
+        module.created.append((options["codec"], width, height))
+        return object()
+
+    module.GetEncoderCaps = caps
+    module.CreateEncoder = create_encoder
+    monkeypatch.setattr(nvcodec, "nvcodec_import", lambda: module)
+    monkeypatch.setattr(nvcodec, "_gpu_label", lambda gpu: f"GPU {gpu} (Tesla P40)")
+    nvcodec._reset_caches_for_tests()
+    yield module
+    nvcodec._reset_caches_for_tests()
+
+
+def plan(codec, output_size):
+    config = RunConfig(source=Path("v.mp4"), nvenc=True, codec=codec)
+    devices = runner.DevicePlan((torch.device("cuda", 0),))
+    notes: list[str] = []
+    _, use_nvenc = runner._plan_codecs(config, source=None, devices=devices, notes=notes, output_size=output_size)
+    return use_nvenc, notes
+
+
+@pytest.mark.parametrize("output_size", [(5120, 2880), (7680, 4320)])  # 720p and 1080p, x4
+def test_h264_over_nvencs_limit_falls_back_with_one_line(p40, output_size):
+    use_nvenc, notes = plan("h264", output_size)
+    w, h = output_size
+    assert not use_nvenc
+    assert notes == [f"--nvenc: NVENC on GPU 0 (Tesla P40) cannot encode h264 at {w}x{h}: largest is 4096x4096; "
+                     "NVENC's hevc encoder takes this size: add --codec hevc to keep encoding on the GPU; "
+                     "encoding on the CPU from GPU-converted yuv420p instead."]
+
+
+def test_hevc_at_the_same_size_stays_on_nvenc(p40):
+    use_nvenc, notes = plan("hevc", (7680, 4320))
+    assert use_nvenc and notes == []
+    assert ("hevc", 7680, 4320) in p40.created  # probed at the real size, not 256x256
+
+
+def test_h264_within_the_limit_stays_on_nvenc(p40):
+    assert plan("h264", (3840, 2160)) == (True, [])
+
+
+def test_av1_on_pascal_says_the_codec_is_missing_not_the_engine(p40):
+    use_nvenc, (note,) = plan("av1", (1920, 1080))
+    assert not use_nvenc
+    assert "has no AV1 encoder" in note and "no NVENC engine" not in note
