@@ -4,8 +4,9 @@
     python main.py --source v.mp4 --parallel --multi-gpu --nvdec --nvenc
 
 Owns the console alone: flags, the rich progress bar and live GPU panel, the
-end-of-run summary, `--stats-json`, and exit codes (0 done, 1 run failed,
-2 bad input, 130 interrupted). Pipeline logic lives in `pipeline/`.
+end-of-run summary, `--stats-json`, signal handling, and exit codes: 0 done, 1 the run
+failed, 2 bad input, 128 + the signal number when stopped by a signal (130 SIGINT/Ctrl-C,
+143 SIGTERM, 129 SIGHUP). Pipeline logic lives in `pipeline/`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+# Signals that stop a run the way Ctrl-C does: `timeout`/`kill`/`docker stop`/systemd send
+# SIGTERM, a dropped ssh session SIGHUP. Each finalizes the output; exit status 128 + number.
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,18 +104,35 @@ def _list_models(console) -> int:
     return EXIT_OK
 
 
+def _sample_output_dir() -> Path:
+    """./out/, where the built-in sample's result goes; one clear error when it cannot be made."""
+    from core.errors import OutputNotWritable
+
+    folder = Path("out")
+    if folder.exists() and not folder.is_dir():
+        raise OutputNotWritable(
+            f"Cannot write the sample's result to {str(folder.resolve())!r}: a file of that name is in the way. "
+            "Move it, or pass --output."
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritable(f"Cannot create the folder {str(folder.resolve())!r}: {exc.strerror or exc}. Pass --output.") from None
+    return folder
+
+
 def _config_from_args(args, *, sample: bool):
+    from models import DEFAULT_MODEL
     from pipeline import RunConfig
 
-    model = args.model or "realesr-animevideov3"
+    model = args.model or DEFAULT_MODEL
     source = args.source
     output_dir = None
     if source is None:
         from hw.clips import sample_clip
 
-        source = sample_clip()
-        output_dir = Path("out")  # the sample's result goes to ./out/, named after the model and scale
-        output_dir.mkdir(parents=True, exist_ok=True)
+        output_dir = _sample_output_dir() if args.output is None else None
+        source = sample_clip()  # the sample's result goes to ./out/, named after the model and scale
     return RunConfig(
         source=Path(source),
         output=args.output,
@@ -134,7 +154,8 @@ def _config_from_args(args, *, sample: bool):
         crf=args.quality,
         preset=args.preset,
         max_frames=args.max_frames,
-        overwrite=args.overwrite or (sample and args.output is None),
+        overwrite=args.overwrite,
+        replace_default_output=sample and args.output is None,
         stats_json=args.stats_json,
         copy_audio=not args.no_audio,
     )
@@ -268,18 +289,62 @@ def render_summary(console, stats) -> None:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
+class _StopSignal:
+    """Turns SIGTERM/SIGHUP (and SIGINT) into `RunInterrupted` raised in the main thread, the
+    same path Ctrl-C takes: every thread joined, the output finalized, one line, exit 128+N."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self._done = False
+
+    def finished(self) -> None:
+        """The run has ended: later signals are only recorded (nothing is left to stop)."""
+        self._done = True
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                # Installed even where the parent started us with the signal ignored (nohup,
+                # some CI shells): a stop must reach the runner, which finalizes the output.
+                signal.signal(number, self._handle)
+
+    def _handle(self, number: int, frame) -> None:
+        from core.errors import RunInterrupted
+
+        name = signal.Signals(number).name
+        self.received.append(name)
+        if self._done or len(self.received) > 1:
+            return  # already stopping: the runner is finalizing the output; let it finish
+        raise RunInterrupted("", signal_name=name, signal_number=number)
+
+
+class _SafeConsole:
+    """Console output that never fails the run: after SIGHUP the terminal may be gone (EIO)."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+
+    def print(self, *args, **kwargs) -> None:
+        try:
+            self.console.print(*args, **kwargs)
+        except (OSError, ValueError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():
-        # Ctrl-C must reach the runner (which finalizes the output), even where the
-        # parent shell started us with SIGINT ignored.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    stopper = _StopSignal()
+    stopper.install()
     console = Console(stderr=True)
     if not console.is_terminal:
         console = Console(stderr=True, width=160)  # logs and CI: no summary truncated to 80 columns
     _setup_logging(console, quiet=args.quiet, verbose=args.verbose)
+    say = _SafeConsole(console)
     if args.list_models:
         out = Console()
         return _list_models(out if out.is_terminal else Console(width=200))  # piped: no truncated names
@@ -287,56 +352,73 @@ def main(argv: list[str] | None = None) -> int:
     sample = args.source is None
     display = RunDisplay(console, enabled=console.is_terminal and not args.quiet, quiet=args.quiet)
     try:
-        # Inside the try: importing the pipeline loads torch (seconds), Ctrl-C may come then.
-        from pipeline import FramepipeError, HardwareUnavailable, RunInterrupted, StageError, run
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/] before the run started")
-        return EXIT_INTERRUPTED
+        # Inside the try: importing the pipeline loads torch (seconds), a stop may come then.
+        from core.errors import FramepipeError, RunInterrupted
+        from pipeline import run
+    except KeyboardInterrupt as exc:
+        say.print("[yellow]interrupted[/] before the run started")
+        return 128 + getattr(exc, "signal_number", 2)
+    stats = None
     try:
         config = _config_from_args(args, sample=sample)
         if sample and not args.quiet:
-            console.print(f"No --source given: processing the built-in sample clip {config.source}", highlight=False, soft_wrap=True)
+            say.print(f"No --source given: processing the built-in sample clip {config.source}", highlight=False, soft_wrap=True)
         stats = run(config, on_progress=display.update, on_start=display.start)
+        stopper.finished()  # the output is in place: a signal from here on changes nothing
     except RunInterrupted as exc:
-        display.stop()
-        console.print(f"[yellow]interrupted:[/] {exc}", highlight=False, soft_wrap=True)
-        _write_stats(args.stats_json, display.stats, status="interrupted", error=str(exc))
-        return EXIT_INTERRUPTED
-    except (StageError, HardwareUnavailable) as exc:
-        display.stop()
-        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        _write_stats(args.stats_json, display.stats, status="failed", error=str(exc))
-        return EXIT_FAILED
+        stopper.finished()
+        _stop_display(display)
+        what = f"stopped by {exc.signal_name}" if exc.signal_name and exc.signal_name != "SIGINT" else "interrupted"
+        detail = str(exc) or "before the run started."
+        say.print(f"[yellow]{what}:[/] {detail}", highlight=False, soft_wrap=True)
+        _write_stats(args, display.stats, status="interrupted", error=f"{what}: {detail}", say=say)
+        return exc.exit_code
     except FramepipeError as exc:
-        display.stop()
-        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        display.stop()
-        console.print("[yellow]interrupted[/] before the run started")
-        return EXIT_INTERRUPTED
-    display.stop()
+        stopper.finished()
+        _stop_display(display)
+        say.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if exc.exit_code != EXIT_BAD_INPUT:
+            _write_stats(args, display.stats, status="failed", error=str(exc), say=say)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:
+        _stop_display(display)
+        say.print("[yellow]interrupted[/] before the run started")
+        return 128 + getattr(exc, "signal_number", 2)
+    _stop_display(display)
     if not args.quiet:
-        render_summary(console, stats)
-    _write_stats(args.stats_json, stats, status="ok")
+        try:
+            render_summary(console, stats)
+        except (OSError, ValueError):
+            pass
+    _write_stats(args, stats, status="ok", say=say)
     if not args.quiet:
-        console.print(f"Output: [bold]{config.output}[/]", highlight=False, soft_wrap=True)
+        say.print(f"Output: [bold]{stats.notes.get('output', config.output)}[/]", highlight=False, soft_wrap=True)
     return EXIT_OK
 
 
-def _write_stats(path: Path | None, stats, *, status: str, error: str | None = None) -> None:
-    if path is None or stats is None:
+def _stop_display(display) -> None:
+    try:
+        display.stop()
+    except (OSError, ValueError):
+        pass
+
+
+def _write_stats(args, stats, *, status: str, say, error: str | None = None) -> None:
+    """--stats-json, written like every output: checked up front, temporary file, rename."""
+    from core.errors import FramepipeError
+    from core.files import write_file_atomically
+
+    if args.stats_json is None or stats is None:
         return
     data = {"status": status, **stats.to_dict()}
     if error:
         data["error"] = error
-    tmp = Path(str(path) + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
-    except OSError as exc:  # the run's output is safe; only the report is lost
-        logging.getLogger("framepipe").warning("could not write --stats-json %s: %s", path, exc)
-        tmp.unlink(missing_ok=True)
+        write_file_atomically(args.stats_json, json.dumps(data, indent=2, default=str).encode(),
+                              overwrite=args.overwrite, flag="--stats-json")
+    except (OSError, FramepipeError) as exc:  # the run's output is safe; only the report is lost
+        say.print(f"[yellow]warning:[/] could not write --stats-json {args.stats_json}: {exc}", highlight=False,
+                  soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on a GPU host with no network (see benchmarks/RESULTS.md for what it produced):
-#   bash benchmarks/gpu_host.sh install   # wheels from .whl/ into .site/ (kept between calls)
+#   bash benchmarks/gpu_host.sh install   # wheels from .devcarry/whl/ into .site/ (kept between calls)
 #   bash benchmarks/gpu_host.sh tests     # needs_cuda tests + the GPU self-test
 #   bash benchmarks/gpu_host.sh user      # the default run and a --multi-gpu --nvdec --nvenc run, as a user would
 #   bash benchmarks/gpu_host.sh issue4    # bench_gpu_path.py (decode/model/encode/end to end)
@@ -15,7 +15,7 @@ for c in .devcarry/cache .devcarry2/cache; do [ -d "$c" ] && export FRAMEPIPE_CA
 for step in "$@"; do
   case "$step" in
     install)
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site .whl/*.whl ;;
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .site ${WHL:-.devcarry/whl}/*.whl ;;
     tests)
       nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
       python3 -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'av', av.__version__)" | tee "$OUT/versions.txt"

@@ -7,6 +7,8 @@ The CLI prints `str(exc)` as one line and exits non-zero; a traceback means a bu
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "FramepipeError",
     "SourceNotFound",
@@ -14,17 +16,27 @@ __all__ = [
     "NoVideoStream",
     "OutputExists",
     "OutputNotWritable",
+    "OutputBusy",
+    "UnsafeOutput",
+    "DiskFull",
     "InvalidOption",
     "ModelError",
     "UnsafeModelFile",
     "HardwareUnavailable",
+    "ModelOutputError",
     "StageError",
     "RunInterrupted",
+    "one_line",
 ]
 
 
 class FramepipeError(Exception):
-    """Base class of every error framepipe raises on purpose."""
+    """Base class of every error framepipe raises on purpose.
+
+    `exit_code` is the CLI's exit status for it: 2 for bad input (the default), 1 for a run
+    that started and failed, 128 + the signal number for a run stopped by a signal."""
+
+    exit_code = 2
 
 
 class SourceNotFound(FramepipeError, FileNotFoundError):
@@ -47,6 +59,21 @@ class OutputNotWritable(FramepipeError, PermissionError):
     """The --output cannot be created or written."""
 
 
+class OutputBusy(FramepipeError, FileExistsError):
+    """Another framepipe run is writing the same output file right now."""
+
+
+class UnsafeOutput(FramepipeError, PermissionError):
+    """A path the run would write is the source (or another file of the run) under
+    another name: a hard link, a symlink, the same path spelled differently."""
+
+
+class DiskFull(FramepipeError, OSError):
+    """The output's file system is (nearly) full, or refused a write: the run stopped."""
+
+    exit_code = 1
+
+
 class InvalidOption(FramepipeError, ValueError):
     """A command-line option has a value that is not allowed."""
 
@@ -62,9 +89,20 @@ class UnsafeModelFile(ModelError):
 class HardwareUnavailable(FramepipeError, RuntimeError):
     """Requested hardware (GPU, NVDEC, NVENC) is not present or not usable."""
 
+    exit_code = 1
+
+
+class ModelOutputError(FramepipeError, RuntimeError):
+    """The model returned something that is not a picture batch of the expected shape
+    (wrong size, fewer frames, an integer tensor, NaN/Inf)."""
+
+    exit_code = 1
+
 
 class StageError(FramepipeError, RuntimeError):
     """A pipeline stage failed; `stage` names it and `__cause__` holds the original error."""
+
+    exit_code = 1
 
     def __init__(self, stage: str, message: str) -> None:
         super().__init__(f"{stage}: {message}")
@@ -72,4 +110,35 @@ class StageError(FramepipeError, RuntimeError):
 
 
 class RunInterrupted(FramepipeError, KeyboardInterrupt):
-    """The run was stopped by Ctrl-C (SIGINT) or a stop request."""
+    """The run was stopped by a signal (SIGINT/Ctrl-C, SIGTERM, SIGHUP) or a stop request.
+
+    `signal_name` names the signal ("SIGTERM"), or is "" for Ctrl-C and library stops."""
+
+    def __init__(self, message: str = "", *, signal_name: str = "", signal_number: int = 2) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+        self.signal_number = signal_number
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return 128 + self.signal_number  # the shell's convention: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
+
+
+_ERROR_LINE = re.compile(r"^\s*[A-Za-z_.]*(Error|Exception|Interrupt)\b:?\s*(?P<text>.+)$")
+
+
+def one_line(exc: BaseException, *, limit: int = 300) -> str:
+    """One line that says what went wrong in `exc`, for a user.
+
+    Multi-line messages (TorchScript's interpreter trace, FFmpeg's, torch's advice) are
+    reduced to their most telling line: the last `SomethingError: text` line when there
+    is one (TorchScript puts the real error last), else the first non-empty line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if len(lines) > 1:
+        for line in reversed(lines):
+            match = _ERROR_LINE.match(line)
+            if match:
+                return match.group("text")[:limit]
+    return lines[0][:limit]

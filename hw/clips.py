@@ -58,18 +58,37 @@ def _tone(num_seconds: float, rate: int = 48000, freq: float = 440.0) -> np.ndar
 
 
 def sample_clip(*, width: int = 192, height: int = 108, num_frames: int = 48, fps: int = 24) -> Path:
-    """The built-in sample clip (rendered once into the cache directory)."""
+    """The built-in sample clip (rendered once into the cache directory).
+
+    Where the cache folder cannot be used ($FRAMEPIPE_CACHE names a file, a read-only
+    folder ...) the clip is rendered into a fresh temporary folder instead, with one log
+    line: the default command must work on any machine."""
+    import tempfile
+
+    from core.files import create_exclusive
     from models import default_cache_dir  # the one cache folder, shared with the model weights
 
-    path = default_cache_dir() / f"sample-v{_SAMPLE_VERSION}-{width}x{height}-{num_frames}.mp4"
-    if path.exists():
+    name = f"sample-v{_SAMPLE_VERSION}-{width}x{height}-{num_frames}.mp4"
+    folder = default_cache_dir()
+    path = folder / name
+    if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.mp4")
-    frames = render_photo_frames(width, height, num_frames)
-    _write(tmp, frames, rate=Fraction(fps), pts=None, time_base=Fraction(1, fps * 512), audio_seconds=num_frames / fps,
-           color=(1, 1, 1, 1), pix_fmt="yuv420p", codec="libx264", subtitles=None)
-    os.replace(tmp, path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = create_exclusive(folder, prefix=name, suffix=".part.mp4")
+    except OSError as exc:
+        log.warning("cache folder %s is not usable (%s); rendering the sample clip in a temporary folder. "
+                    "Set FRAMEPIPE_CACHE to a writable folder.", folder, exc.strerror or exc)
+        folder = Path(tempfile.mkdtemp(prefix="framepipe-sample-"))
+        path = folder / name
+        tmp = create_exclusive(folder, prefix=name, suffix=".part.mp4")
+    try:
+        frames = render_photo_frames(width, height, num_frames)
+        _write(tmp, frames, rate=Fraction(fps), pts=None, time_base=Fraction(1, fps * 512),
+               audio_seconds=num_frames / fps, color=(1, 1, 1, 1), pix_fmt="yuv420p", codec="libx264", subtitles=None)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     log.info("rendered the sample clip %s", path)
     return path
 

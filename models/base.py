@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pipeline.errors import ModelError
+from core.errors import ModelError, ModelOutputError
 
-__all__ = ["ModelInfo", "LoadedModel", "dtype_name"]
+__all__ = ["ModelInfo", "LoadedModel", "dtype_name", "check_model_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,3 +90,38 @@ class LoadedModel:
             parameter.requires_grad_(False)
         logger.debug("built %s on %s in %s", self.name, device, dtype_name(dtype))
         return module
+
+
+def check_model_output(name: str, x: torch.Tensor, y: object, *, scale: int, check_values: bool = True) -> torch.Tensor:
+    """`y`, the model's output for input `x` (N, 3, H, W), checked against the contract:
+    a floating tensor (N, 3, H*scale, W*scale) of finite values. Anything else raises
+    `ModelOutputError` naming what came back: never resized, padded or written as garbage.
+    `check_values=False` skips the NaN/Inf scan (it reads the whole tensor)."""
+    n, _, height, width = x.shape
+    expected = (n, 3, height * scale, width * scale)
+    if not isinstance(y, torch.Tensor):
+        raise ModelOutputError(
+            f"model {name} returned a {type(y).__name__}, not a tensor: framepipe needs forward(x) -> "
+            f"a float tensor of shape {expected}"
+        )
+    if not (y.is_floating_point()):
+        raise ModelOutputError(
+            f"model {name} returned {str(y.dtype).removeprefix('torch.')} values: framepipe needs floating RGB in "
+            "[0, 1]. Make the model return float (divide integer output by 255)"
+        )
+    if tuple(y.shape) != expected:
+        got = tuple(y.shape)
+        if len(got) == 4 and got[0] != n:
+            detail = f"{got[0]} frame(s) for a batch of {n}"
+        else:
+            detail = f"shape {got} for input {tuple(x.shape)}, expected {expected} (scale {scale})"
+        raise ModelOutputError(
+            f"model {name} returned {detail}: framepipe never resizes or pads a model's output. Check the model's "
+            "scale (--scale) and that it maps every input frame to one output frame"
+        )
+    if check_values and not bool(torch.isfinite(y).all()):
+        raise ModelOutputError(
+            f"model {name} produced NaN or infinite values: in fp16 this is usually an overflow; try "
+            "--precision fp32 (or bf16)"
+        )
+    return y

@@ -16,7 +16,8 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import pickle
+import re
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import ModelError, UnsafeModelFile
+from core.errors import ModelError, UnsafeModelFile, one_line
 
 from .base import LoadedModel
 
@@ -81,36 +82,92 @@ def _load_safetensors(path: Path) -> Mapping:
 
 
 def _load_pickle_weights_only(path: Path) -> Mapping:
+    """`torch.load(weights_only=True)`, with errors that say what the file is.
+
+    When torch refuses a file, its pickle is read as opcodes (`pickletools`, which parses
+    and never executes) to tell the cases apart: a pickle that asks for code (a global
+    outside torch's and the standard containers') is refused as unsafe, naming that
+    global; a file whose bytes are not a pickle at all is damaged or truncated. torch's
+    own text is never shown: it advises `weights_only=False`, which is exactly what must
+    not be done with a file from an unknown source.
+    """
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+        with warnings.catch_warnings():  # torch warns about pickle protocols: not the user's concern
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - classified below, never re-raised with torch's advice
+        pass
+    unsafe, damaged = _scan_pickle(path)
+    if unsafe:
         raise UnsafeModelFile(
-            f"Refusing to load {path.name!r}: torch.load(weights_only=True) found pickled "
-            f"objects beyond plain tensors ({_unpickle_reason(exc)}), which could run code. "
-            "framepipe never unpickles such files; if you trust it, convert it to "
-            ".safetensors (safetensors.torch.save_file(state_dict, ...)) and pass that."
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError/EOFError/KeyError...
-        raise ModelError(
-            f"Model file {path.name!r} cannot be read as PyTorch weights "
-            f"({type(exc).__name__}: {_first_line(exc)}): it is corrupt or truncated. "
-            "Download or export it again."
-        ) from exc
+            f"Refusing to load {path.name!r}: torch.load(weights_only=True) refuses it because it asks for code "
+            f"({', '.join(unsafe[:3])}), which could run on loading. framepipe never unpickles such files; if you "
+            "trust it, convert it to .safetensors (safetensors.torch.save_file(state_dict, ...)) and pass that."
+        )
+    what = "is not a pickle at all" if damaged else "is in a form torch.load(weights_only=True) does not read"
+    raise ModelError(
+        f"Model file {path.name!r} cannot be read as PyTorch weights: it is corrupt or truncated, or another kind of "
+        f"file (its data {what}). Download or export it again, or convert it to .safetensors."
+    )
+
+
+# Globals a weights file may name: torch's own rebuild functions and storages, and the
+# containers state dicts are made of. Anything else is code the pickle wants to run.
+_SAFE_GLOBAL_MODULES = ("torch", "collections", "_codecs", "numpy.core.multiarray", "numpy", "builtins")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,100}$")
+_UNSAFE_BUILTINS = {"eval", "exec", "compile", "open", "getattr", "setattr", "__import__", "input", "breakpoint"}
+
+
+def _scan_pickle(path: Path) -> tuple[list[str], bool]:
+    """(globals a pickle in `path` asks for that are not plain data, whether its bytes are damaged).
+
+    Reads `data.pkl` of a torch.save archive, else the file itself; parses its opcodes
+    with `pickletools.genops` (nothing is executed)."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                if not names:
+                    return [], True
+                data = archive.read(names[0])
+        else:
+            with open(path, "rb") as f:
+                data = f.read(64 << 20)  # a pickle's opcodes that matter come first; never read GBs
+    except (OSError, zipfile.BadZipFile):
+        return [], True
+    unsafe: list[str] = []
+    strings: list[str] = []
+    try:
+        for opcode, arg, _pos in pickletools.genops(data):
+            name = opcode.name
+            if isinstance(arg, str) and name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                strings = (strings + [arg])[-2:]
+            if name in ("GLOBAL", "INST"):
+                module, _, attr = str(arg).partition(" ")
+            elif name == "STACK_GLOBAL" and len(strings) == 2:
+                module, attr = strings
+            elif name == "STACK_GLOBAL":
+                module, attr = "?", "?"
+            else:
+                continue
+            if not _safe_global(module, attr) and _IDENTIFIER.match(module) and _IDENTIFIER.match(attr):
+                unsafe.append(f"{module}.{attr}")  # (random bytes can look like a GLOBAL opcode, not like names)
+    except Exception:  # noqa: BLE001 - any parse failure: not a (complete) pickle
+        return unsafe, not unsafe
+    return unsafe, False
+
+
+def _safe_global(module: str, attr: str) -> bool:
+    if module == "builtins" or module == "__builtin__":
+        return attr not in _UNSAFE_BUILTINS and attr in {"set", "frozenset", "slice", "tuple", "list", "dict",
+                                                         "bytearray", "complex", "int", "float", "bool", "str"}
+    return any(module == m or module.startswith(m + ".") for m in _SAFE_GLOBAL_MODULES if m != "builtins")
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def _unpickle_reason(exc: BaseException) -> str:
-    """The informative line of torch's weights_only error (e.g. 'unsupported GLOBAL
-    posix.system ...'), not its boilerplate."""
-    for line in str(exc).splitlines():
-        lowered = line.lower()
-        if "global" in lowered or "unsupported" in lowered or "weightsunpickler" in lowered:
-            return line.strip()[:200]
-    return _first_line(exc)
+    return one_line(exc, limit=200)
 
 
 def _load_spandrel(path: Path, state: object, *, scale: int | None) -> LoadedModel:
@@ -245,7 +302,9 @@ def _load_torchscript(path: Path, *, scale: int | None) -> LoadedModel:
     data = path.read_bytes()
 
     def make_module() -> nn.Module:
-        return torch.jit.load(io.BytesIO(data), map_location="cpu")
+        with warnings.catch_warnings():  # torch 2.10+ calls torch.jit deprecated: not the user's problem
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(io.BytesIO(data), map_location="cpu")
 
     try:
         module = make_module()

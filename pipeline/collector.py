@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
-from pipeline.messages import END, ResultItem, StageFailed
+from pipeline.messages import END, ErrorChannel, ResultItem
 from pipeline.scheduling import WorkQueue
 from pipeline.stats import RunStats
 
@@ -39,7 +40,7 @@ class Collector:
         *,
         num_workers: int,
         stats: RunStats,
-        errors: "queue.Queue[StageFailed]",
+        errors: ErrorChannel,
         stop: threading.Event,
         writer_done: threading.Event | None = None,
     ) -> None:
@@ -57,8 +58,9 @@ class Collector:
         self.max_pending_seen = 0
 
     def _forward(self, item) -> bool:
-        """Put on the writer queue; on stop give up (frames) or retry for a while (END)."""
-        tries_after_stop = 0
+        """Put on the writer queue. After a stop, keep offering for a while: the writer
+        still takes what it can write within its stop budget (frames) and must get END."""
+        stopped_at: float | None = None
         while True:
             try:
                 self.to_writer.put(item, timeout=0.1)
@@ -67,10 +69,37 @@ class Collector:
                 if self.writer_done.is_set():
                     return False  # the writer has ended (failed): nobody will read this
                 if self.stop.is_set():
-                    tries_after_stop += 1
-                    # A stopping writer drops what is queued within ~1 s; 30 s is a safety net.
-                    if item is not END or tries_after_stop > 300:
+                    stopped_at = stopped_at if stopped_at is not None else time.perf_counter()
+                    # The writer drops what it cannot write within ~1 s of the stop; 30 s is a safety net.
+                    limit = 30.0 if item is END else 2.0
+                    if time.perf_counter() - stopped_at > limit:
                         return False
+
+    def _drain_after_stop(self) -> None:
+        """Stopping: hand the writer every finished frame already here that continues the
+        sequence, so nothing produced before the stop is lost (the writer's stop budget
+        bounds how long that takes)."""
+        while True:
+            try:
+                item = self.results.get_nowait()
+            except queue.Empty:
+                break
+            if item is END or item.index < self.next_index or item.index in self._pending:
+                continue
+            self._pending[item.index] = item
+        self._release_ready()
+
+    def _check_not_lost(self) -> None:
+        """Fail fast when the frame the writer waits for has left every worker but never came:
+        a lost frame would otherwise stall the run forever (workers wait behind the reorder
+        window, the reader behind the full queue). Order matters: a worker puts results
+        before `done()`, so `delivered` first, then an empty results queue, means lost."""
+        index = self.next_index
+        if index in self._pending or not self.work_queue.delivered(index):
+            return
+        if self.results.empty() and index not in self._pending:
+            raise FramesLost(f"frame {index} left its worker but never arrived ({len(self._pending)} later frame(s) "
+                             "held): a worker lost it")
 
     def _release_ready(self) -> bool:
         while self.next_index in self._pending:
@@ -91,7 +120,9 @@ class Collector:
                         item = self.results.get(timeout=0.1)
                     except queue.Empty:
                         if self.stop.is_set():
+                            self._drain_after_stop()
                             return
+                        self._check_not_lost()
                         continue
                 if item is END:
                     num_ended += 1
@@ -104,6 +135,7 @@ class Collector:
                 if not self._release_ready():
                     return
                 if self.stop.is_set():
+                    self._drain_after_stop()
                     return
             if self._pending and not self.stop.is_set():
                 missing = self.next_index
@@ -111,6 +143,6 @@ class Collector:
                     f"workers ended but frame {missing} never arrived ({len(self._pending)} later frame(s) held)"
                 )
         except BaseException as exc:  # noqa: BLE001
-            self.errors.put(StageFailed(self.name, exc))
+            self.errors.post(self.name, exc)
         finally:
             self._forward(END)

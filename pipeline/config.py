@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipeline.errors import InvalidOption
+from core.errors import InvalidOption
 
 __all__ = ["RunConfig", "Precision", "Codec", "CRF_RANGE", "PRESETS", "default_output_path"]
 
@@ -64,6 +64,8 @@ class RunConfig:
     stats_json: Path | None = None
     copy_audio: bool = True
     output_dir: Path | None = None
+    # The built-in sample's default output (./out/...) is framepipe's own file: re-runs replace it.
+    replace_default_output: bool = False
     # Fault injection for tests: {"stage": "worker", "at_frame": k} etc. Never set by the CLI.
     faults: dict = field(default_factory=dict)
 
@@ -106,8 +108,6 @@ class RunConfig:
                 )
             if self.codec == "av1" and self.output.suffix.lower() == ".mov":
                 raise InvalidOption("--codec av1 cannot be stored in a .mov file. Use .mp4 or .mkv.")
-            if self.source.resolve() == self.output.resolve():
-                raise InvalidOption(f"--output is the same file as --source ({str(self.source)!r}). Choose another output name.")
         if self.stats_json is not None:
             folder = self.stats_json.parent if str(self.stats_json.parent) else Path(".")
             if self.stats_json.is_dir() or not folder.is_dir():

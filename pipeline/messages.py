@@ -7,10 +7,11 @@ queues: a stage posts `StageFailed` on the runner's error channel instead.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-__all__ = ["FrameItem", "ResultItem", "EndOfStream", "END", "StageFailed", "InputFormat", "OutputFormat"]
+__all__ = ["FrameItem", "ResultItem", "EndOfStream", "END", "StageFailed", "ErrorChannel", "InputFormat", "OutputFormat"]
 
 InputFormat = Literal["yuv", "rgb24", "nv12"]
 OutputFormat = Literal["yuv420p", "nv12"]
@@ -59,7 +60,9 @@ class FrameItem:
 
 @dataclass(frozen=True)
 class ResultItem:
-    """One processed frame, ready to encode: yuv420p host planes or an NV12 device tensor."""
+    """One processed frame, ready to encode: yuv420p host planes, or one NV12 device frame
+    (`hw.frames.CudaFrame`: the tensor and the CUDA event after which it is complete; the
+    consumer waits on that event before reading it on another stream)."""
 
     index: int
     pts: int
@@ -106,3 +109,23 @@ class StageFailed:
 
     def __repr__(self) -> str:
         return f"StageFailed({self.stage!r}, {type(self.exc).__name__}: {self.exc})"
+
+
+class ErrorChannel:
+    """The run's one error channel. Posting a failure sets the stop event at once, so
+    every stage (the writer deciding whether the run was complete included) sees a failed
+    run as stopped before any end-of-stream that follows the failure reaches it."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self._lock = threading.Lock()
+        self._failures: list[StageFailed] = []
+
+    def post(self, stage: str, exc: BaseException) -> None:
+        with self._lock:
+            self._failures.append(StageFailed(stage, exc))
+        self.stop.set()
+
+    def first(self) -> StageFailed | None:
+        with self._lock:
+            return self._failures[0] if self._failures else None

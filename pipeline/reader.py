@@ -13,7 +13,7 @@ import queue
 import threading
 from typing import Iterable, Protocol
 
-from pipeline.messages import FrameItem, StageFailed
+from pipeline.messages import ErrorChannel, FrameItem
 from pipeline.scheduling import WorkQueue
 from pipeline.stats import RunStats
 
@@ -47,7 +47,7 @@ class Reader:
         work_queue: WorkQueue,
         *,
         stats: RunStats,
-        errors: "queue.Queue[StageFailed]",
+        errors: ErrorChannel,
         stop: threading.Event,
         max_frames: int | None = None,
         fail_at_frame: int | None = None,
@@ -72,6 +72,7 @@ class Reader:
                 try:
                     decoded = next(iterator)
                 except StopIteration:
+                    self.stats.source_exhausted = True  # every frame of the source was read
                     break
                 if self.fail_at_frame is not None and index == self.fail_at_frame:
                     raise InjectedFault(f"injected reader failure at frame {index}")
@@ -94,7 +95,7 @@ class Reader:
                     if not self.work_queue.put(item, stop=self.stop):
                         return
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the error channel
-            self.errors.put(StageFailed(self.name, exc))
+            self.errors.post(self.name, exc)
         finally:
             self.work_queue.close()
             try:

@@ -25,7 +25,9 @@ from typing import Callable
 
 import torch
 
-from hw.avio import PyAVDecoder, PyAVWriter, SourceInfo, check_output_path, probe_source
+from core.errors import one_line
+from core.files import OutputFile, check_output_paths
+from hw.avio import PyAVDecoder, PyAVWriter, SourceInfo, probe_source
 from pipeline.collector import Collector, FramesLost
 from pipeline.config import DEFAULT_PRESET, NVENC_PRESETS, RunConfig, default_output_path
 from pipeline.errors import (
@@ -36,7 +38,7 @@ from pipeline.errors import (
     RunInterrupted,
     StageError,
 )
-from pipeline.messages import ResultItem, StageFailed
+from pipeline.messages import ErrorChannel, ResultItem, StageFailed
 from pipeline.reader import Reader
 from pipeline.scheduling import WorkQueue
 from pipeline.stats import RunStats
@@ -117,14 +119,19 @@ def prepare(config: RunConfig) -> RunPlan:
 
     config.validate()
     source = probe_source(config.source)
+    if config.output is not None:  # cheap checks first: before a model is loaded or converted
+        _check_paths(config)
     model = load_model(config.model, scale=config.scale)
     if config.output is None:  # named after the model's real scale, beside the source or in output_dir
         name = default_output_path(config.source, model_name=Path(config.model).stem, scale=model.scale)
         config.output = (config.output_dir / name.name) if config.output_dir is not None else name
         config.validate()
-    check_output_path(config.output, overwrite=config.overwrite)
+        _check_paths(config)
     devices = plan_devices(config)
     notes = [devices.note] if devices.note else []
+    if config.codec == "h264" and config.crf == 0:
+        notes.append("--quality 0 is lossless: x264 then writes the High 4:4:4 Predictive profile, which many "
+                     "players (browsers, phones, QuickTime) cannot play. Use --quality 1 or more for a widely playable file.")
     if not config.parallel and len(devices.devices) > 1:
         notes.append(f"{len(devices.devices)} workers need --parallel; the sequential loop runs one, on {devices.devices[0]}.")
         devices = DevicePlan(devices.devices[:1], devices.note)
@@ -137,11 +144,23 @@ def prepare(config: RunConfig) -> RunPlan:
             dtypes[str(dev)] = (dtype, why)
     out_w, out_h = source.width * model.scale, source.height * model.scale
     out_w, out_h = out_w + out_w % 2, out_h + out_h % 2
-    use_nvdec, use_nvenc = _plan_codecs(config, source, devices, notes)
+    use_nvdec, use_nvenc = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h))
     return RunPlan(config, source, model, devices, dtypes, out_w, out_h, use_nvdec, use_nvenc, notes)
 
 
-def _plan_codecs(config: RunConfig, source: SourceInfo, devices: DevicePlan, notes: list[str]) -> tuple[bool, bool]:
+def _check_paths(config: RunConfig) -> None:
+    """Every file the run writes against every file it reads (core.files has the rules)."""
+    outputs = [("--output", config.output)]
+    if config.stats_json is not None:
+        outputs.append(("--stats-json", config.stats_json))
+    inputs = [("--source", config.source)]
+    if Path(config.model).suffix and Path(config.model).exists():
+        inputs.append(("--model", Path(config.model)))
+    check_output_paths(outputs, inputs=inputs, overwrite=config.overwrite or config.replace_default_output)
+
+
+def _plan_codecs(config: RunConfig, source: SourceInfo, devices: DevicePlan, notes: list[str], *,
+                 output_size: tuple[int, int] | None = None) -> tuple[bool, bool]:
     """Decide NVDEC/NVENC; where requested but absent, one line says what is used instead."""
     first = devices.devices[0]
     use_nvdec = use_nvenc = False
@@ -159,7 +178,8 @@ def _plan_codecs(config: RunConfig, source: SourceInfo, devices: DevicePlan, not
         if first.type != "cuda":
             notes.append("--nvenc: no NVIDIA GPU in use; encoding on the CPU (libx264/x265/SVT-AV1) instead.")
         else:
-            ok, why = _probe("probe_nvenc", codec=config.codec, gpu=first.index or 0)
+            size = dict(zip(("width", "height"), output_size)) if output_size else {}  # NVENC checks the real size
+            ok, why = _probe("probe_nvenc", codec=config.codec, gpu=first.index or 0, **size)
             use_nvenc = ok
             if not ok:
                 notes.append(f"--nvenc: {why}; encoding on the CPU from GPU-converted yuv420p instead.")
@@ -210,28 +230,29 @@ class _PyAVEncoder:
         self.writer.close(complete=complete)
 
 
-def _open_source(plan: RunPlan):
+def _open_source(plan: RunPlan, warn: Callable[[str], None]):
     if plan.use_nvdec:
         from hw.gpu_io import NvdecSource
 
         return NvdecSource(plan.config.source, gpu=plan.devices.devices[0].index or 0)
-    return PyAVDecoder(plan.config.source)
+    return PyAVDecoder(plan.config.source, warn=warn)
 
 
-def _open_encoder(plan: RunPlan, warn: Callable[[str], None]):
+def _open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None]):
+    """The encoder writing `path` (the output's temporary file; renamed into place at the end)."""
     cfg = plan.config
     src = plan.source
     if plan.use_nvenc:
         from hw.gpu_io import NvencFileWriter
 
         return NvencFileWriter(
-            cfg.output, gpu=plan.devices.devices[0].index or 0, codec=cfg.codec, width=plan.output_width,
+            path, gpu=plan.devices.devices[0].index or 0, codec=cfg.codec, width=plan.output_width,
             height=plan.output_height, time_base=src.time_base, frame_rate=src.average_rate, color=src.color,
             source_path=cfg.source if cfg.copy_audio else None, warn=warn, qp=cfg.crf,
             preset=cfg.preset if cfg.preset in NVENC_PRESETS else "p4",
         )
     writer = PyAVWriter(
-        cfg.output,
+        path,
         width=plan.output_width,
         height=plan.output_height,
         time_base=src.time_base,
@@ -243,6 +264,8 @@ def _open_encoder(plan: RunPlan, warn: Callable[[str], None]):
         source_path=cfg.source,
         copy_audio=cfg.copy_audio,
         warn=warn,
+        sample_aspect_ratio=src.sample_aspect_ratio,
+        display_matrix=src.display_matrix,
     )
     return _PyAVEncoder(writer)
 
@@ -287,6 +310,8 @@ def _make_workers(plan: RunPlan, work_queue, results, stats, errors, stop, *, nu
                 frame_size=(plan.source.height, plan.source.width),
                 backoff_seconds=float(cfg.faults.get("backoff_seconds", 2.0)),
                 faults=faults_by_worker.get(name),
+                model_name=plan.model.name,
+                scale=plan.model.scale,
             )
         )
     return workers
@@ -317,6 +342,19 @@ def _describe(plan: RunPlan, stats: RunStats) -> None:
     stats.num_frames_expected = expected
 
 
+@dataclass
+class _Outcome:
+    """How the stages ended: stopped by a signal, failed (first failure), or complete."""
+
+    interrupted: KeyboardInterrupt | None = None
+    failure: StageFailed | None = None
+    writer: Writer | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.interrupted is None and self.failure is None
+
+
 def run(
     config: RunConfig,
     *,
@@ -324,52 +362,121 @@ def run(
     on_start: Callable[[RunPlan, RunStats], None] | None = None,
     progress_seconds: float = 0.1,
 ) -> RunStats:
-    """Run one job end to end. Raises FramepipeError (bad input, stage failure, Ctrl-C)."""
+    """Run one job end to end. Raises FramepipeError (bad input, stage failure, a signal).
+
+    The output is written to a hidden temporary file beside it (the output name locked
+    against a second run) and renamed into place at the end: a complete run replaces an
+    existing output only with --overwrite; a stopped run's finalized partial file takes
+    the output name only where there was no file, else `<stem>.partial<suffix>`; a run
+    that wrote no frame leaves nothing behind.
+    """
     plan = prepare(config)
     stats = RunStats()
     _describe(plan, stats)
-    if on_start is not None:
-        on_start(plan, stats)
+    output = OutputFile(config.output, overwrite=config.overwrite or config.replace_default_output)
+    temp = output.begin()
     try:
+        if on_start is not None:
+            on_start(plan, stats)
         if config.parallel:
-            _run_parallel(plan, stats, on_progress, progress_seconds)
+            outcome = _run_parallel(plan, stats, temp, on_progress, progress_seconds)
         else:
-            _run_sequential(plan, stats, on_progress)
+            outcome = _run_sequential(plan, stats, temp, on_progress)
+    except BaseException as exc:  # nothing was started (bad settings found by the encoder, a signal)
+        output.discard()
+        if isinstance(exc, KeyboardInterrupt):
+            raise RunInterrupted("before the first frame; no output file was left behind.",
+                                 signal_name=getattr(exc, "signal_name", ""),
+                                 signal_number=getattr(exc, "signal_number", 2)) from exc
+        raise
     finally:
         stats.finished_at = time.perf_counter()
+    where = _settle_output(output, temp, stats, outcome)
+    _raise_for(outcome, where, stats)
     if stats.num_frames_decoded == 0:
-        _remove_empty_output(config.output)
         raise NoVideoStream(f"Source {str(config.source)!r} has no decodable video frames. Is the file damaged?")
     if stats.num_corrupt_packets:
         stats.warn(f"source: {stats.num_corrupt_packets} corrupt packet(s) skipped; every decodable frame was processed")
     return stats
 
 
-def _remove_empty_output(path: Path) -> None:
+def _settle_output(output: OutputFile, temp: Path, stats: RunStats, outcome: _Outcome) -> str:
+    """Put the temporary file where it belongs; returns one sentence saying where that is."""
+    written = stats.num_frames_written
+    if written == 0:
+        output.discard()
+        return "No frame was written, and no output file was left behind."
+    writer = outcome.writer
+    if writer is not None and not writer.finished_cleanly:
+        playable = _count_decodable_frames(temp)
+        if playable == 0:
+            output.discard()
+            return (f"{written} frame(s) were given to the encoder, but the file could not be finalized and nothing in "
+                    "it plays: it was removed.")
+        final = output.commit(complete=False)
+        stats.notes["output"] = str(final)
+        return f"Finalizing failed; {playable} of {written} frame(s) decode from {final}."
+    final = output.commit(complete=outcome.complete)
+    stats.notes["output"] = str(final)
+    if outcome.complete:
+        return ""
+    dropped = writer.num_frames_dropped_at_stop if writer is not None else 0
+    dropped_text = f" ({dropped} queued frame(s) dropped to stop quickly)" if dropped else ""
+    kept = f" The existing {output.path} was left unchanged." if final != output.path else ""
+    return f"{written} frame(s) written to {final} (finalized, playable){dropped_text}.{kept}"
+
+
+def _count_decodable_frames(path: Path) -> int:
+    """How many video frames of `path` decode (0 when the file does not open)."""
+    import av
+
+    from core.files import ffmpeg_path
+
     try:
-        if path.exists() and path.stat().st_size < 4096:
-            path.unlink()
-    except OSError:
-        pass
+        with av.open(ffmpeg_path(path)) as container:
+            return sum(1 for _ in container.decode(video=0))
+    except (av.error.FFmpegError, OSError, ValueError, IndexError):
+        return 0
+
+
+def _raise_for(outcome: _Outcome, where: str, stats: RunStats) -> None:
+    """Raise the run's one error (with where its output is), if it did not complete."""
+    if outcome.interrupted is not None:
+        exc = outcome.interrupted
+        name = getattr(exc, "signal_name", "")
+        raise RunInterrupted(where, signal_name=name, signal_number=getattr(exc, "signal_number", 2)) from exc
+    if outcome.failure is None:
+        return
+    exc = outcome.failure.exc
+    if isinstance(exc, InvalidOption) and stats.num_frames_written == 0:  # bad input found late (the encoder)
+        raise exc
+    if isinstance(exc, FramepipeError):
+        raise type(exc)(f"{one_line(exc).rstrip('.')}. {where}") from exc
+    raise StageError(outcome.failure.stage, f"{type(exc).__name__}: {one_line(exc)}. {where}") from exc
 
 
 def _fault(config: RunConfig, stage: str) -> int | None:
     return config.faults.get(stage, {}).get("fail_at_frame")
 
 
-def _run_sequential(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None) -> None:
+def _run_sequential(plan: RunPlan, stats: RunStats, path: Path, on_progress: ProgressFn | None) -> _Outcome:
     """The in-tree baseline: decode, infer, encode one batch at a time in one thread."""
     cfg = plan.config
     stop = threading.Event()
-    errors: queue.Queue = queue.Queue()
-    source = _open_source(plan)
-    encoder = _open_encoder(plan, stats.warn)
+    errors = ErrorChannel(stop)
+    source = _open_source(plan, stats.warn)
+    try:
+        encoder = _open_encoder(plan, path, stats.warn)
+    except BaseException:
+        source.close()
+        raise
     dummy_queue = WorkQueue(1)
     reader = Reader(source, dummy_queue, stats=stats, errors=errors, stop=stop, max_frames=cfg.max_frames,
                     fail_at_frame=_fault(cfg, "reader"))
     worker = _make_workers(plan, dummy_queue, None, stats, errors, stop, num_workers=1)[0]
     writer = Writer(encoder, queue.Queue(), stats=stats, errors=errors, stop=stop, fail_at_frame=_fault(cfg, "writer"),
                     max_frames=cfg.max_frames)
+    outcome = _Outcome(writer=writer)
     try:
         worker.setup()
         batch: list = []
@@ -390,54 +497,43 @@ def _run_sequential(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | No
         if batch:
             flush()
         writer.complete = True
-        source.close()
-        writer.finish()
     except KeyboardInterrupt as exc:
         stop.set()
-        _finish_quietly(source, writer)
-        raise RunInterrupted(_partial_output(cfg.output, stats, writer)) from exc
-    except FramepipeError:
+        outcome.interrupted = exc
+    except BaseException as exc:  # noqa: BLE001 - reported by run() with where the output is
         stop.set()
-        _finish_quietly(source, writer)
-        raise
-    except BaseException as exc:
-        stop.set()
-        _finish_quietly(source, writer)
-        raise StageError("sequential", f"{type(exc).__name__}: {exc}. {_partial_output(cfg.output, stats, writer)}") from exc
+        outcome.failure = StageFailed("sequential", exc)
+    _finish_quietly(source, writer)
+    return outcome
 
 
 def _finish_quietly(source, writer: Writer) -> None:
-    """Close both ends after a failure; a second error here is logged, never raised over the first."""
+    """Close both ends; a second error here is logged, never raised over the first."""
     for close in (source.close, writer.finish):
-        try:
-            close()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("while stopping: %s", exc)
+        while True:
+            try:
+                close()
+                break
+            except KeyboardInterrupt:
+                log.warning("still finalizing the output file; please wait")
+            except Exception as exc:  # noqa: BLE001
+                log.warning("while stopping: %s", exc)
+                break
 
 
-def _partial_output(path: Path, stats: RunStats, writer: Writer) -> str:
-    """What is left on disk after a stop, said plainly."""
-    if stats.num_frames_written == 0:
-        _remove_empty_output(path)
-        return "No frame was written."
-    if not writer.finished_cleanly:
-        return f"{stats.num_frames_written} frame(s) were given to the encoder, but finalizing {path} failed: it may not play."
-    dropped = f" ({writer.num_frames_dropped_at_stop} queued frame(s) dropped to stop quickly)" if writer.num_frames_dropped_at_stop else ""
-    return f"{stats.num_frames_written} frame(s) written to {path} (finalized, playable){dropped}."
-
-
-def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None, progress_seconds: float) -> None:
+def _run_parallel(plan: RunPlan, stats: RunStats, path: Path, on_progress: ProgressFn | None,
+                  progress_seconds: float) -> _Outcome:
     cfg = plan.config
     stop = threading.Event()
-    errors: queue.Queue[StageFailed] = queue.Queue()
+    errors = ErrorChannel(stop)
     num_workers = len(plan.devices.devices)
     window = cfg.queue_size + num_workers * max(cfg.max_batch_size if cfg.batch_size == 0 else cfg.batch_size, 1) * 2
     work_queue = WorkQueue(cfg.queue_size, window=window)
     results: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
     to_writer: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
-    source = _open_source(plan)
+    source = _open_source(plan, stats.warn)
     try:
-        encoder = _open_encoder(plan, stats.warn)
+        encoder = _open_encoder(plan, path, stats.warn)
     except BaseException:
         source.close()
         raise
@@ -452,6 +548,7 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
     writer = Writer(encoder, to_writer, stats=stats, errors=errors, stop=stop, fail_at_frame=_fault(cfg, "writer"),
                     max_frames=cfg.max_frames)
     stats.queue_depths.update(work=work_queue.qsize, results=results.qsize, writer=to_writer.qsize)
+    outcome = _Outcome(writer=writer)
 
     threads = [threading.Thread(target=reader.run, name="reader", daemon=True)]
     threads += [threading.Thread(target=w.run, name=w.name, daemon=True) for w in workers]
@@ -468,28 +565,21 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
         t.start()
     writer_thread.start()
 
-    interrupted = False
-    first_failure: StageFailed | None = None
     sampler = _DeviceSampler(stats)
     try:
         while not writer_done.wait(progress_seconds):
             sampler.maybe_sample()
-            if first_failure is None:
-                first_failure = _first_error(errors)
-                if first_failure is not None:
-                    stop.set()
-                    work_queue.abort()
-                elif _all_workers_failed(workers):
-                    first_failure = _every_device_failed(workers)
-                    stop.set()
+            if outcome.failure is None:
+                outcome.failure = errors.first()
+                if outcome.failure is None and _all_workers_failed(workers):
+                    errors.post("workers", _every_device_failed(workers))
+                    outcome.failure = errors.first()
+                if outcome.failure is not None:
                     work_queue.abort()
             if on_progress is not None:
-                on_progress(stats)
-    except KeyboardInterrupt:
-        interrupted = True
-        stop.set()
-        work_queue.abort()
-        _wait_quietly(writer_done)
+                _report_progress(on_progress, stats)
+    except KeyboardInterrupt as exc:
+        outcome.interrupted = exc
     finally:
         stop.set()
         work_queue.abort()
@@ -500,24 +590,23 @@ def _run_parallel(plan: RunPlan, stats: RunStats, on_progress: ProgressFn | None
         if still:
             log.warning("threads still finishing their current batch at exit: %s", ", ".join(still))
         if on_progress is not None:
-            on_progress(stats)
-    if first_failure is None:
-        first_failure = _first_error(errors)
-    if first_failure is None and _all_workers_failed(workers):
-        first_failure = _every_device_failed(workers)
-    if first_failure is None and not interrupted and stats.num_frames_written != stats.num_frames_decoded:
-        first_failure = StageFailed("collector", FramesLost(
+            _report_progress(on_progress, stats)
+    if outcome.failure is None:
+        outcome.failure = errors.first()
+    if outcome.failure is None and _all_workers_failed(workers):
+        outcome.failure = StageFailed("workers", _every_device_failed(workers))
+    if outcome.failure is None and outcome.interrupted is None and stats.num_frames_written != stats.num_frames_decoded:
+        outcome.failure = StageFailed("collector", FramesLost(
             f"{stats.num_frames_decoded} frame(s) decoded but {stats.num_frames_written} written"))
-    if interrupted:
-        raise RunInterrupted(_partial_output(cfg.output, stats, writer))
-    if first_failure is not None:
-        exc = first_failure.exc
-        if isinstance(exc, InvalidOption):  # bad input found late (e.g. by the encoder)
-            _remove_empty_output(cfg.output)
-            raise exc
-        if isinstance(exc, FramepipeError):
-            raise type(exc)(f"{exc}. {_partial_output(cfg.output, stats, writer)}") from exc
-        raise StageError(first_failure.stage, f"{type(exc).__name__}: {exc}. {_partial_output(cfg.output, stats, writer)}") from exc
+    return outcome
+
+
+def _report_progress(on_progress: ProgressFn, stats: RunStats) -> None:
+    """The display must never take the run down (e.g. a terminal gone after SIGHUP)."""
+    try:
+        on_progress(stats)
+    except (OSError, ValueError) as exc:
+        log.debug("progress display failed: %s", exc)
 
 
 class _DeviceSampler:
@@ -544,16 +633,9 @@ class _DeviceSampler:
                 w.record_device_sample(self._nvml.memory(index), self._nvml.utilization(index))
 
 
-def _first_error(errors: queue.Queue) -> StageFailed | None:
-    try:
-        return errors.get_nowait()
-    except queue.Empty:
-        return None
-
-
-def _every_device_failed(workers: list[Worker]) -> StageFailed:
+def _every_device_failed(workers: list[Worker]) -> HardwareUnavailable:
     detail = "; ".join(f"{w.name}: {w.ws.num_failures} fault(s)" for w in workers)
-    return StageFailed("workers", HardwareUnavailable(f"every device failed: {detail}"))
+    return HardwareUnavailable(f"every device failed: {detail}")
 
 
 def _all_workers_failed(workers: list[Worker]) -> bool:

@@ -14,7 +14,11 @@ device simply takes fewer batches. It adds three things `queue.Queue` lacks:
   is held by a worker (a held batch may still come back).
 
 Invariant: every index the reader put is, at any moment, in exactly one place: this
-queue, the returned heap, a worker's hands (`num_in_flight`), or downstream.
+queue, the returned heap, a worker's hands (`in flight`), or downstream. A worker puts a
+batch's results downstream *before* calling `done(items)`, so `delivered(index)` — put,
+and now in none of the first three places — means its result has left the worker:
+the collector uses it to tell a lost frame (a bug) from a slow one, instead of waiting
+on the gap forever.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ class WorkQueue:
         self._closed = False
         self._aborted = False
         self._released = 0
-        self.num_in_flight = 0
+        self._in_flight: set[int] = set()
+        self._num_put = 0
 
     # -- reader side --------------------------------------------------------------
     def put(self, item: FrameItem, *, stop: threading.Event, poll_seconds: float = 0.1) -> bool:
@@ -56,6 +61,7 @@ class WorkQueue:
             if stop.is_set() or self._aborted:
                 return False
             self._items.append(item)
+            self._num_put = max(self._num_put, item.index + 1)
             self._cond.notify_all()
             return True
 
@@ -88,7 +94,7 @@ class WorkQueue:
         """Wait for work and take up to `max_items` frames (returned ones first).
 
         Returns None when there is no more work (end of stream, or the run stopped).
-        The caller must later call `done(n)` or `give_back(items)` for what it took.
+        The caller must later call `done(items)` or `give_back(items)` for what it took.
         """
         with self._cond:
             while True:
@@ -114,7 +120,7 @@ class WorkQueue:
         while self._items and len(batch) < max_items and self._allowed(self._items[0].index):
             batch.append(self._items.popleft())
         if batch:
-            self.num_in_flight += len(batch)
+            self._in_flight.update(it.index for it in batch)
             self._cond.notify_all()  # room for the reader
         return batch
 
@@ -128,18 +134,30 @@ class WorkQueue:
     def reader_done(self) -> bool:
         return self._closed
 
-    def done(self, num_items: int) -> None:
-        """A worker finished `num_items` frames it took (their results are downstream)."""
+    @property
+    def num_in_flight(self) -> int:
+        """Frames taken by workers and neither done nor given back."""
+        return len(self._in_flight)
+
+    def done(self, items: Sequence[FrameItem]) -> None:
+        """A worker finished `items` (frames it took); their results are already downstream."""
         with self._cond:
-            self.num_in_flight -= num_items
+            self._in_flight.difference_update(it.index for it in items)
             self._cond.notify_all()
+
+    def delivered(self, index: int) -> bool:
+        """Frame `index` was put and has left this queue and every worker: done (see the invariant)."""
+        with self._cond:
+            if index >= self._num_put or index in self._in_flight:
+                return False
+            return not any(it.index == index for it in self._items) and not any(i == index for i, _ in self._returned)
 
     def give_back(self, items: Sequence[FrameItem]) -> None:
         """A worker returns frames it took but could not finish; they go out again first."""
         with self._cond:
             for item in items:
                 heapq.heappush(self._returned, (item.index, item))
-            self.num_in_flight -= len(items)
+            self._in_flight.difference_update(it.index for it in items)
             self._cond.notify_all()
 
     def qsize(self) -> int:

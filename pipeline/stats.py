@@ -123,6 +123,7 @@ class RunStats:
     num_frames_decoded: int = 0
     num_frames_written: int = 0
     num_corrupt_packets: int = 0
+    source_exhausted: bool = False  # the reader reached the end of the source (not a stop or --max-frames)
     stages: dict[str, StageClock] = field(default_factory=dict)
     workers: dict[str, WorkerStats] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)

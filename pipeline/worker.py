@@ -29,9 +29,10 @@ from typing import Callable, Sequence
 import torch
 
 from hw.color import ColorInfo
-from hw.frames import batch_to_rgb, rgb_to_device_nv12, rgb_to_host_yuv420
+from hw.frames import batch_to_rgb, rgb_to_host_yuv420, rgb_to_nv12_frames
 from hw.memory import DeviceFault, choose_batch_size, cuda_measure, free_cached_memory, is_device_fault, is_oom
-from pipeline.messages import END, FrameItem, OutputFormat, ResultItem, StageFailed
+from models.base import check_model_output
+from pipeline.messages import END, ErrorChannel, FrameItem, OutputFormat, ResultItem
 from pipeline.reader import InjectedFault
 from pipeline.scheduling import WorkQueue
 from pipeline.stats import RunStats, WorkerStats
@@ -63,7 +64,7 @@ class Worker:
         results: "queue.Queue",
         *,
         stats: RunStats,
-        errors: "queue.Queue[StageFailed]",
+        errors: ErrorChannel,
         stop: threading.Event,
         color: ColorInfo,
         dtype: torch.dtype,
@@ -75,8 +76,12 @@ class Worker:
         backoff_seconds: float = 2.0,
         fill_seconds: float = 0.05,
         faults: WorkerFaults | None = None,
+        model_name: str = "model",
+        scale: int = 1,
     ) -> None:
         self.name = name
+        self.model_name = model_name
+        self.scale = scale
         self.device = device
         self.build_model = build_model
         self.work_queue = work_queue
@@ -167,8 +172,8 @@ class Worker:
             raise DeviceFault(f"injected device fault on {self.name} at model call {self._num_model_calls}")
 
     def _to_output(self, rgb: torch.Tensor) -> list:
-        if self.output_format == "nv12":
-            return [(t,) for t in rgb_to_device_nv12(rgb, self.color)]
+        if self.output_format == "nv12":  # each frame carries the event the NVENC writer waits on (issue 9)
+            return [(f,) for f in rgb_to_nv12_frames(rgb, self.color)]
         return rgb_to_host_yuv420(rgb, self.color)
 
     def process(self, items: Sequence[FrameItem]) -> list[ResultItem]:
@@ -176,7 +181,7 @@ class Worker:
         self._inject(items)
         with torch.inference_mode():
             rgb = batch_to_rgb(items, self.color, device=self.device, dtype=self.dtype)
-            out = self.module(rgb)
+            out = check_model_output(self.model_name, rgb, self.module(rgb), scale=self.scale)
             planes = self._to_output(out)
         return [
             ResultItem(index=it.index, pts=it.pts, fmt=self.output_format, planes=p, worker=self.name)
@@ -234,15 +239,19 @@ class Worker:
         return items
 
     def _put_results(self, results: list[ResultItem]) -> bool:
+        """Hand results downstream; after a stop only while there is room (the collector
+        drains what is there, so finished frames are not lost, but nobody waits)."""
         for r in results:
             while True:
-                if self.stop.is_set():
-                    return False
                 try:
-                    self.results.put(r, timeout=0.1)
+                    if self.stop.is_set():
+                        self.results.put_nowait(r)
+                    else:
+                        self.results.put(r, timeout=0.1)
                     break
                 except queue.Full:
-                    continue
+                    if self.stop.is_set():
+                        return False
         return True
 
     def run(self) -> None:
@@ -263,7 +272,7 @@ class Worker:
                 self._loop()
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the error channel
             self.ws.health = "failed"
-            self.errors.put(StageFailed(self.name, exc))
+            self.errors.post(self.name, exc)
         finally:
             if self.ws.health not in ("failed",):
                 self.ws.health = "done"
@@ -280,14 +289,14 @@ class Worker:
                     results = self.process_all(items)
             except BaseException as exc:
                 if not is_device_fault(exc):
-                    self.work_queue.done(len(items))
+                    self.work_queue.done(items)
                     raise
                 self._device_failed(items, exc)
                 if self.ws.health == "failed":
                     return
                 continue
             delivered = self._put_results(results)
-            self.work_queue.done(len(items))
+            self.work_queue.done(items)
             if not delivered:
                 return
 

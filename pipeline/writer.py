@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Protocol
 
-from pipeline.messages import END, ResultItem, StageFailed
+from pipeline.messages import END, ErrorChannel, ResultItem
 from pipeline.reader import InjectedFault
 from pipeline.stats import RunStats
 
@@ -41,7 +41,7 @@ class Writer:
         from_collector: "queue.Queue",
         *,
         stats: RunStats,
-        errors: "queue.Queue[StageFailed]",
+        errors: ErrorChannel,
         stop: threading.Event,
         fail_at_frame: int | None = None,
         max_frames: int | None = None,
@@ -71,12 +71,20 @@ class Writer:
             self.encoder.write_result(item)
         self.stats.num_frames_written = expected + 1
 
+    @property
+    def run_complete(self) -> bool:
+        """Every frame of the source went through: end of stream reached this stage, nothing
+        stopped the run (a failure posted on the error channel sets stop at once), the reader
+        read the source to its end (not --max-frames), and every decoded frame was written."""
+        stats = self.stats
+        return (self.complete and not self.stop.is_set() and stats.source_exhausted
+                and stats.num_frames_written == stats.num_frames_decoded)
+
     def finish(self) -> None:
         """Finalize the file. Audio is copied whole only for a complete run: after a stop,
         a failure or --max-frames it ends with the last video frame."""
-        truncated = self.max_frames is not None and self.stats.num_frames_written >= self.max_frames
         with self.clock.busy():
-            self.encoder.close(complete=self.complete and not self.stop.is_set() and not truncated)
+            self.encoder.close(complete=self.run_complete)
         self.finished_cleanly = True
 
     def run(self) -> None:
@@ -100,10 +108,9 @@ class Writer:
                         continue
                 self.write(item)
         except BaseException as exc:  # noqa: BLE001
-            self.errors.put(StageFailed(self.name, exc))
-            self.stop.set()
+            self.errors.post(self.name, exc)
         finally:
             try:
                 self.finish()
             except BaseException as exc:  # noqa: BLE001
-                self.errors.put(StageFailed(self.name, exc))
+                self.errors.post(self.name, exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -29,6 +30,47 @@ def pts_seconds(path: Path) -> list[float]:
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         return [float(f.pts * s.time_base) for f in c.decode(s)]
+
+
+def pts_exact(path: Path) -> list[Fraction]:
+    """Each decoded video frame's timestamp in seconds, exactly (no float rounding)."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return [f.pts * Fraction(s.time_base) for f in c.decode(s)]
+
+
+def planes_yuv420(path: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The decoded (Y, U, V) planes of each frame of a yuv420p video, as stored (no conversion)."""
+    out = []
+    with av.open(str(path)) as c:
+        for f in c.decode(video=0):
+            assert f.format.name in ("yuv420p", "yuvj420p"), f.format.name
+            width, height = f.width, f.height
+            shapes = [(height, width), ((height + 1) // 2, (width + 1) // 2), ((height + 1) // 2, (width + 1) // 2)]
+            planes = []
+            for plane, (h, w) in zip(f.planes, shapes):
+                rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+                planes.append(rows[:h, :w].copy())
+            out.append(tuple(planes))
+    return out
+
+
+def packet_times(path: Path, kind: str) -> list[tuple[Fraction | None, Fraction | None, Fraction, bytes]]:
+    """Each packet of the `kind` streams: (pts, dts, duration) in seconds, exactly, and its bytes."""
+    def seconds(ts, tb):
+        return None if ts is None else ts * Fraction(tb)
+
+    with av.open(str(path)) as c:
+        chosen = [s for s in c.streams if s.type == kind]
+        return [(seconds(p.pts, p.time_base), seconds(p.dts, p.time_base), seconds(p.duration or 0, p.time_base), bytes(p))
+                for p in c.demux(*chosen) if p.size]
+
+
+def video_start(path: Path) -> Fraction:
+    """The first video timestamp in seconds (a muxer may shift every stream by one constant)."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return min(p.pts for p in c.demux(s) if p.size and p.pts is not None) * Fraction(s.time_base)
 
 
 def streams(path: Path) -> list[tuple[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -89,6 +90,10 @@ def test_zero_video_frames(capsys, clips, tmp_path):
     assert not (tmp_path / "o.mp4").exists()
 
 
+def _warning_lines(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith("warning:")]
+
+
 def test_truncated_stream_keeps_what_decodes(capsys, clips, tmp_path):
     good = clips("long.mkv", num_frames=60)
     data = good.read_bytes()
@@ -101,17 +106,63 @@ def test_truncated_stream_keeps_what_decodes(capsys, clips, tmp_path):
     assert 20 < len(got) < 60 and got == list(range(len(got)))
 
 
-def test_corrupted_packets_skipped(capsys, clips, tmp_path):
+@pytest.mark.parametrize("fraction", [0.6, 0.9])
+def test_truncated_stream_says_so(capsys, clips, tmp_path, fraction):
+    """README: "A damaged source is decoded as far as it can be, with a warning" (issue 8: a
+    truncated file lost its tail without one)."""
     good = clips("long.mkv", num_frames=60)
-    data = bytearray(good.read_bytes())
-    mid = len(data) // 2
-    data[mid : mid + 400] = bytes(400)  # zero a run of bytes inside the frame data
-    bad = tmp_path / "bad.mkv"
-    bad.write_bytes(bytes(data))
-    out = tmp_path / "o.mp4"
-    code, err = _cli(capsys, "--source", bad, "--output", out, "--parallel")
+    data = good.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    code, err = _cli(capsys, "--source", cut, "--output", tmp_path / "o.mp4")
     assert code == 0, err
-    assert len(probe.frames_rgb(out)) >= 40
+    assert len(probe.frames_rgb(tmp_path / "o.mp4")) < 60
+    assert any("damaged" in ln or "truncated" in ln for ln in _warning_lines(err)), err
+
+
+def _with_broken_packets(source: Path, dest: Path, broken: set[int]) -> tuple[Path, list]:
+    """Remux `source` with the video packets numbered in `broken` (decode order) cut to 8
+    bytes: the container is intact, and FFmpeg's decoder refuses exactly those packets.
+    Returns the file and the timestamps (seconds) of the frames a decoder that skips
+    them yields, in order."""
+    with av.open(str(source)) as inp, av.open(str(dest), "w") as out:
+        ost = out.add_stream_from_template(inp.streams.video[0])
+        k = 0
+        for packet in inp.demux(inp.streams.video[0]):
+            if not packet.size:
+                continue
+            data = bytes(packet)[:8] if k in broken else bytes(packet)
+            copy = av.Packet(data)
+            copy.pts, copy.dts, copy.time_base, copy.is_keyframe = packet.pts, packet.dts, packet.time_base, packet.is_keyframe
+            copy.stream = ost
+            out.mux(copy)
+            k += 1
+    decodable, refused = [], 0
+    with av.open(str(dest)) as c:
+        stream = c.streams.video[0]
+        for packet in c.demux(stream):
+            try:
+                decodable += [f.pts * Fraction(stream.time_base) for f in packet.decode()]
+            except av.error.InvalidDataError:
+                refused += 1
+    assert refused == len(broken)  # the fixture really reaches the decoder's error path
+    return dest, decodable
+
+
+@pytest.mark.parametrize("mode", ["--parallel", None])
+def test_corrupted_packets_skipped(capsys, clips, tmp_path, mode):
+    """Two packets FFmpeg refuses: each is skipped, decoding goes on to the end of the file,
+    and one warning line says so (issue 8: the old fixture never reached the skip path)."""
+    bad, decodable = _with_broken_packets(clips("long.mkv", num_frames=60), tmp_path / "bad.mkv", {20, 40})
+    assert len(decodable) == 58
+    out = tmp_path / "o.mp4"
+    code, err = _cli(capsys, "--source", bad, "--output", out, *([mode] if mode else []))
+    assert code == 0, err
+    assert probe.pts_exact(out) == decodable  # every decodable frame to the end of the file, at its own time
+    assert probe.indices(out)[:18] == list(range(18))  # (after a lost reference, pictures are concealed)
+    warnings = _warning_lines(err)
+    assert len(warnings) == 1 and "2 corrupt packet(s) skipped" in warnings[0], err
+    assert "Traceback" not in err
 
 
 def test_unwritable_output(capsys, clips, tmp_path):

@@ -380,3 +380,32 @@ def test_other_tags_are_carried():
 def test_bad_matrix_raises():
     with pytest.raises(ValueError, match=r"matrix 'bt2100' is not one of \['bt2020', 'bt601', 'bt709'\]"):
         ColorInfo(matrix="bt2100")  # type: ignore[arg-type]
+
+
+# -- what the probe makes of real files (issue 8) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tags,height,matrix,full_range,guessed,output_tag",
+    [
+        ((1, 1, 1, 1), 48, "bt709", False, False, 1),  # tagged: height must not matter
+        ((6, 6, 6, 1), 48, "bt601", False, False, 6),
+        ((9, 9, 16, 1), 48, "bt2020", False, False, 9),
+        ((5, 5, 6, 2), 48, "bt601", True, False, 5),
+        (None, 48, "bt601", False, True, 6),  # untagged: chosen by height, written explicitly
+        (None, 720, "bt709", False, True, 1),
+    ],
+    ids=["bt709", "bt601", "bt2020", "bt470bg-full", "untagged-48", "untagged-720"],
+)
+def test_probe_reads_the_colour_of_a_real_file(clips, tags, height, matrix, full_range, guessed, output_tag):
+    """probe_source -> ColorInfo on files written with these tags: the arithmetic (matrix,
+    range) follows the tags, and the tags to write are the source's or the chosen matrix."""
+    from hw.avio import probe_source
+
+    src = clips(f"probe-color-{height}.mkv", num_frames=2, width=32, height=height, color=tags)
+    info = probe_source(src).color
+    assert (info.matrix, info.full_range, info.matrix_guessed) == (matrix, full_range, guessed)
+    assert info.output_matrix_tag == output_tag
+    assert info.output_range_tag == (2 if full_range else 1)
+    if tags is not None:
+        assert (info.matrix_tag, info.primaries_tag, info.transfer_tag, info.range_tag) == tags

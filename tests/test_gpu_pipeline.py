@@ -46,15 +46,83 @@ def stats_worker(stats):
     return worker
 
 
-def test_nvdec_run_is_frame_exact_with_pyav_decode(clips, tmp_path):
+def _assert_textured(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+    """Content on which a wrong pitch, chroma offset or a U/V swap cannot go unseen."""
+    assert y.std() > 20 and u.std() > 3 and v.std() > 3, (y.std(), u.std(), v.std())
+    assert np.abs(u.astype(int) - v.astype(int)).mean() > 3  # U and V differ: a swap shows
+    assert np.abs(np.diff(y.astype(int), axis=1)).mean() > 2  # detail along rows: a pitch error shows
+
+
+# Sizes whose pitch (a multiple of 256 on NVDEC surfaces) and coded height (a multiple of 16)
+# differ from the picture: 200x120 is coded 208x128, 130x98 is coded 144x112.
+NVDEC_SIZES = [(200, 120), (130, 98)]
+
+
+@pytest.mark.parametrize("width,height", NVDEC_SIZES)
+@pytest.mark.parametrize("codec,pix_fmt", [("libx264", "yuv420p"), ("libx265", "yuv420p10le")], ids=["h264", "hevc10"])
+def test_nvdec_frames_equal_pyav_planes_exactly(clips, width, height, codec, pix_fmt):
+    """Real NVDEC against FFmpeg's decoder on textured photos with B-frames: the same frames,
+    in the same order, at the same timestamps, every Y, U and V sample equal (issue 8: flat
+    grey frames and a mean tolerance let pitch, chroma offset and U/V swaps pass).
+    H.264 and HEVC are exact-decode standards: any difference is our bug."""
+    from hw.gpu_io import NvdecSource
+    from pipeline import HardwareUnavailable
+
+    src = clips(f"nvdec-{codec}.mp4", num_frames=30, width=width, height=height, photo=True, codec=codec,
+                pix_fmt=pix_fmt)
+    try:
+        source = NvdecSource(src, gpu=0)
+    except HardwareUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        got = [(f.pts, f.bit_depth, f.planes[0]) for f in source]
+    finally:
+        source.close()
+    import av
+
+    with av.open(str(src)) as c:
+        ref = [(f.pts, [np.asarray(f.planes[i]) for i in range(3)], f) for f in c.decode(video=0)]
+    assert [pts for pts, _, _ in got] == [pts for pts, _, _ in ref] and len(got) == 30
+    bit_depth = 10 if pix_fmt.endswith("10le") else 8
+    ch, cw = (height + 1) // 2, (width + 1) // 2
+    for k, ((_, depth, nv12), (_, _, frame)) in enumerate(zip(got, ref)):
+        assert depth == bit_depth
+        assert nv12.is_cuda and tuple(nv12.shape) == (height + ch, width)
+        assert nv12.dtype == (torch.uint8 if bit_depth == 8 else torch.uint16)
+        codes = nv12.to(torch.int32).cpu().numpy()
+        if bit_depth > 8:
+            assert not (codes & 0x3F).any(), f"frame {k}: P016 samples must sit in the high bits"
+            codes = codes >> 6
+        y, u, v = codes[:height], codes[height:, 0 : 2 * cw : 2], codes[height:, 1 : 2 * cw : 2]
+        dtype = np.uint8 if bit_depth == 8 else np.uint16
+        ref_planes = []
+        for i, (h, w) in enumerate([(height, width), (ch, cw), (ch, cw)]):
+            plane = frame.planes[i]
+            rows = np.frombuffer(plane, dtype).reshape(-1, plane.line_size // np.dtype(dtype).itemsize)
+            ref_planes.append(rows[:h, :w].astype(np.int32))
+        if k == 0:
+            _assert_textured(*ref_planes)
+        for name, ours, theirs in zip("YUV", (y, u, v), ref_planes):
+            assert ours.shape == theirs.shape, (k, name)
+            assert np.array_equal(ours, theirs), (
+                f"frame {k} {name}: {int(np.count_nonzero(ours != theirs))} samples differ")
+
+
+@pytest.mark.parametrize("width,height", NVDEC_SIZES)
+def test_nvdec_run_is_frame_exact_with_pyav_decode(clips, tmp_path, width, height):
+    """The whole run: --nvdec gives the very same output file content as PyAV decoding."""
     pytest.importorskip("PyNvVideoCodec")
-    src = clips("gpu-bframes.mp4", num_frames=60, width=128, height=96)
+    src = clips("gpu-photo.mp4", num_frames=40, width=width, height=height, photo=True)
     nv = run(_cfg(src, tmp_path / "nv.mp4", device="cuda", nvdec=True, batch_size=4))
     assert nv.notes["decoder"] == "NVDEC"
     run(_cfg(src, tmp_path / "av.mp4", device="cuda", nvdec=False, batch_size=4))
-    assert probe.pts_seconds(tmp_path / "nv.mp4") == probe.pts_seconds(tmp_path / "av.mp4")
-    for x, y in zip(probe.frames_yuv(tmp_path / "nv.mp4"), probe.frames_yuv(tmp_path / "av.mp4")):
-        np.testing.assert_array_equal(x, y)
+    assert probe.pts_exact(tmp_path / "nv.mp4") == probe.pts_exact(tmp_path / "av.mp4") == probe.pts_exact(src)
+    nv_planes, av_planes = probe.planes_yuv420(tmp_path / "nv.mp4"), probe.planes_yuv420(tmp_path / "av.mp4")
+    assert len(nv_planes) == len(av_planes) == 40
+    _assert_textured(*av_planes[0])
+    for k, (x, y) in enumerate(zip(nv_planes, av_planes)):
+        for name, a, b in zip("YUV", x, y):
+            assert np.array_equal(a, b), f"frame {k} {name}: {int(np.count_nonzero(a != b))} samples differ"
 
 
 def test_injected_oom_on_gpu_recovers(clips, tmp_path):

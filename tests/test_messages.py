@@ -230,12 +230,17 @@ def test_output_suffix_allowed(paths, name):
 
 
 def test_output_same_as_source(paths, monkeypatch):
+    """Moved to core.files (issue 8): files are compared as files, with or without --overwrite."""
+    from core.errors import UnsafeOutput
+    from core.files import check_output_paths
+
     source, _ = paths
-    with pytest.raises(InvalidOption, match=r"--output is the same file as --source"):
-        _config(paths, output=source).validate()
+    with pytest.raises(UnsafeOutput, match=r"--output .* is the same file as --source"):
+        check_output_paths([("--output", source)], inputs=[("--source", source)], overwrite=True)
     monkeypatch.chdir(source.parent)  # a relative spelling of the same file
-    with pytest.raises(InvalidOption, match=r"--output is the same file as --source"):
-        _config(paths, output=Path("sub/../clip.mp4")).validate()
+    (source.parent / "sub").mkdir(exist_ok=True)
+    with pytest.raises(UnsafeOutput, match=r"--output .* is the same file as --source"):
+        check_output_paths([("--output", Path("sub/../clip.mp4"))], inputs=[("--source", source)], overwrite=True)
 
 
 def test_defaults_for_crf_and_preset(paths):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import HardwareUnavailable, RunConfig, run
+from pipeline import HardwareUnavailable, RunConfig, StageError, run
 from pipeline.worker import WorkerFaults
 from tests import probe
 
@@ -112,3 +112,26 @@ def test_reorder_buffer_stays_bounded(clips, tmp_path):
         runner.Collector.run = original
     window = 8 + 2 * 1 * 2  # queue_size + workers * batch * 2 (runner's window)
     assert 0 < seen["max_pending"] <= window
+
+
+@pytest.mark.parametrize("lost_frame", [40, 89], ids=["middle", "last"])
+def test_a_lost_batch_fails_the_run_fast(clips, tmp_path, monkeypatch, lost_frame, no_stage_threads_left):
+    """A worker that silently drops a batch (a bug) must fail the run with FramesLost, not
+    succeed short of frames and not hang (issue 8: a gap mid-stream stalled the run forever,
+    the collector waiting on it and the workers behind the reorder window). The frames
+    before the gap are kept."""
+    from pipeline.worker import Worker
+
+    original = Worker.process_all
+
+    def lossy(self, items):
+        results = original(self, items)
+        return [] if any(it.index == lost_frame for it in items) else results
+
+    monkeypatch.setattr(Worker, "process_all", lossy)
+    src = clips("sched.mp4", num_frames=90)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(StageError, match=r"^collector: FramesLost: .*"):
+        run(_cfg(src, out, workers=2, batch=3))
+    got = probe.indices(out)
+    assert got == list(range(len(got))) and len(got) <= lost_frame

@@ -158,13 +158,14 @@ def test_take_returns_none_only_when_closed_empty_and_nothing_in_flight():
     _fill(q, range(3))
     q.close()
     assert q.reader_done
-    assert _indices(q.take(5, stop=stop)) == [0, 1, 2]  # closed but not empty: work first
+    held = q.take(5, stop=stop)
+    assert _indices(held) == [0, 1, 2]  # closed but not empty: work first
     # closed and empty, but 3 frames are held by a worker: must wait
     waiter = _Runner(lambda: q.take(5, stop=stop, poll_seconds=POLL))
     waiter.start()
     time.sleep(0.1)
     assert waiter.is_alive()
-    q.done(3)
+    q.done(held)
     assert waiter.finish() is None
     assert q.take(5, stop=stop) is None
 
@@ -183,7 +184,7 @@ def test_a_blocked_worker_receives_a_batch_given_back_after_close():
     q.give_back(held[::-1])  # order of the give-back does not matter
     got = worker_b.finish()
     assert got is not None and _indices(got) == [0, 1, 2, 3]
-    q.done(4)
+    q.done(got)
     assert q.take(1, stop=stop) is None and q.num_in_flight == 0
 
 
@@ -240,11 +241,11 @@ def test_done_and_give_back_accounting():
     c = q.take_more(5)
     assert _indices(c) == [4, 5]
     assert q.num_in_flight == 6 and q.qsize() == 0
-    q.done(len(a))
+    q.done(a)
     assert q.num_in_flight == 4
     q.give_back(b)
     assert q.num_in_flight == 2 and q.qsize() == 2
-    q.done(len(c))
+    q.done(c)
     assert q.num_in_flight == 0
 
 
@@ -289,7 +290,7 @@ def test_many_workers_take_every_index_exactly_once():
             with lock:
                 taken.extend(_indices(batch))
                 q.release_upto(_contiguous_prefix(taken))
-            q.done(len(batch))
+            q.done(batch)
 
     def reader():
         for i in range(num_frames):
@@ -311,3 +312,18 @@ def _contiguous_prefix(indices: list[int]) -> int:
     while n in seen:
         n += 1
     return n
+
+
+def test_delivered_means_put_and_out_of_every_hand():
+    """Issue 8: the collector tells a lost frame from a slow one by `delivered`."""
+    q = WorkQueue(10)
+    stop = threading.Event()
+    assert not q.delivered(0)  # never put
+    _fill(q, range(4))
+    assert not q.delivered(0)  # queued
+    batch = q.take(2, stop=stop)
+    assert not q.delivered(0) and not q.delivered(1)  # in a worker's hands
+    q.give_back(batch[1:])
+    assert not q.delivered(1)  # returned, will go out again
+    q.done(batch[:1])
+    assert q.delivered(0) and not q.delivered(1) and not q.delivered(2) and not q.delivered(4)

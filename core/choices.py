@@ -1,0 +1,54 @@
+"""Every list of names framepipe accepts, defined once and imported everywhere else.
+
+The CLI's `choices=`, `RunConfig.validate`, the encoders, the NVENC layer, the model
+loader and the self-test all read these; a new codec or preset is added here only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Precision",
+    "PRECISIONS",
+    "Codec",
+    "CODECS",
+    "CPU_ENCODERS",
+    "CRF_RANGE",
+    "DEFAULT_CRF",
+    "X26X_PRESETS",
+    "CPU_PRESETS",
+    "DEFAULT_CPU_PRESET",
+    "NVENC_PRESETS",
+    "DEFAULT_NVENC_PRESET",
+    "CONTAINER_SUFFIXES",
+    "MODEL_FILE_SUFFIXES",
+]
+
+DEFAULT_MODEL = "realesr-animevideov3"
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+# Output codecs: the CPU encoders (PyAV/FFmpeg) and NVENC take the same three.
+Codec = Literal["h264", "hevc", "av1"]
+CODECS: tuple[str, ...] = get_args(Codec)
+CPU_ENCODERS: dict[str, str] = {"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1"}
+
+# --quality: the CPU encoders' constant rate factor (range, default); with --nvenc a constant QP.
+CRF_RANGE: dict[str, tuple[int, int]] = {"h264": (0, 51), "hevc": (0, 51), "av1": (0, 63)}
+DEFAULT_CRF: dict[str, int] = {"h264": 18, "hevc": 20, "av1": 28}
+
+X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+CPU_PRESETS: dict[str, tuple[str, ...]] = {
+    "h264": X26X_PRESETS,
+    "hevc": X26X_PRESETS,
+    "av1": tuple(str(i) for i in range(14)),  # SVT-AV1 presets 0 (slowest) .. 13 (fastest)
+}
+DEFAULT_CPU_PRESET: dict[str, str] = {"h264": "medium", "hevc": "medium", "av1": "8"}
+NVENC_PRESETS: tuple[str, ...] = tuple(f"p{i}" for i in range(1, 8))  # p1 (fastest) .. p7 (best)
+DEFAULT_NVENC_PRESET = "p4"
+
+CONTAINER_SUFFIXES: tuple[str, ...] = (".mp4", ".mkv", ".mov")  # the first is the default
+MODEL_FILE_SUFFIXES: tuple[str, ...] = (".pth", ".ckpt", ".safetensors", ".pt", ".ts")

@@ -1,0 +1,393 @@
+"""Every file a run writes, and the rules it follows (README, "Your files are safe").
+
+1. **A path is a plain file.** FFmpeg is given absolute paths (`ffmpeg_path`), so
+   `file:clip.mp4`, `pipe:1` or `concat:a|b` are file names in the current folder, never
+   FFmpeg protocols that would reach another file.
+2. **A file the run did not create is never opened for writing unless `--overwrite`
+   names it**, and even then it is replaced only by renaming a finished temporary file
+   over it (`OutputFile`): until the new output is finalized the old one is untouched.
+3. **The source is never written through any alias.** Paths are compared as files
+   (device and inode), not as strings: a hard link, a symlink or another spelling of the
+   source (or of another file of the same run) is refused, with or without
+   `--overwrite` (`check_output_paths`).
+4. **Temporary files are created exclusively** (`O_CREAT | O_EXCL`) under hidden names
+   in the target folder, so a temporary name can never clobber an existing file.
+5. **One run per output at a time**: an advisory `flock` on a hidden lock file beside the
+   output. The kernel releases it when the process dies (even by `kill -9`), so a crashed
+   run never leaves a lock that blocks the next one.
+
+No threads, no queues, nothing from `pipeline/`, `hw/` or `models/`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from core.errors import DiskFull, OutputBusy, OutputExists, OutputNotWritable, UnsafeOutput
+
+__all__ = [
+    "ffmpeg_path",
+    "same_file",
+    "check_output_paths",
+    "OutputFile",
+    "write_file_atomically",
+    "create_exclusive",
+    "describe_file_kind",
+    "FreeSpaceGuard",
+    "disk_full_error",
+]
+
+log = logging.getLogger(__name__)
+
+try:  # POSIX advisory locks; on other systems outputs are not locked (said in the log)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+_LOCK_SUFFIX = ".framepipe-lock"
+
+
+def ffmpeg_path(path: str | os.PathLike) -> str:
+    """`path` as FFmpeg must see it: absolute, so no prefix is ever read as a protocol."""
+    return os.path.abspath(os.fspath(path))
+
+
+def _canonical(path: Path) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when `a` and `b` are one file: same inode where both exist (hard links,
+    symlinks), else the same resolved path (two spellings of a file yet to be made)."""
+    a, b = Path(a), Path(b)
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return _canonical(a) == _canonical(b)
+
+
+def describe_file_kind(mode: int) -> str:
+    """'a directory', 'a FIFO (named pipe)', ... for an `os.stat` mode that is not a regular file."""
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    for test, text in kinds:
+        if test(mode):
+            return text
+    return "not a regular file"
+
+
+def _check_one(flag: str, path: Path, *, overwrite: bool) -> None:
+    shown = str(path)
+    if os.path.isdir(path):
+        raise OutputNotWritable(f"{flag} {shown!r} is a directory. Give a file name, e.g. {flag} {path / 'out'}.")
+    if os.path.lexists(path):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:  # a dangling symlink: replacing it writes nothing through it
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise OutputNotWritable(
+                f"{flag} {shown!r} is {describe_file_kind(mode)}, not a regular file: framepipe never writes to it. "
+                "Give the path of a new file."
+            )
+        if not overwrite:
+            raise OutputExists(f"{flag} {shown!r} already exists. Pass --overwrite to replace it, or choose another name.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputNotWritable(f"Cannot write {flag} {shown!r}: folder {str(parent)!r} does not exist.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputNotWritable(f"Cannot write {flag} {shown!r}: folder {str(parent)!r} is not writable (permission denied).")
+
+
+def check_output_paths(
+    outputs: Sequence[tuple[str, Path]],
+    *,
+    inputs: Sequence[tuple[str, Path]] = (),
+    overwrite: bool,
+    owned: Iterable[Path] = (),
+) -> None:
+    """Refuse, before any work, every path the run must not write.
+
+    `outputs`: (flag, path) the run will write, e.g. ("--output", out), ("--stats-json", p).
+    `inputs`: (flag, path) the run reads and must never write (the source, a model file).
+    `owned`: outputs that are framepipe's own files (caches): replaced without
+    `--overwrite`, but still never an alias of an input or of another output.
+    Raises `OutputExists`, `OutputNotWritable` or `UnsafeOutput` with one line.
+    """
+    owned_set = {_canonical(Path(p)) for p in owned}
+    for flag, path in outputs:
+        path = Path(path)
+        for in_flag, in_path in inputs:
+            if same_file(path, in_path):
+                raise UnsafeOutput(
+                    f"{flag} {str(path)!r} is the same file as {in_flag} {str(in_path)!r}"
+                    f"{_alias_kind(path, Path(in_path))}: framepipe never writes its input, with or without "
+                    "--overwrite. Choose another name."
+                )
+    for i, (flag_a, path_a) in enumerate(outputs):
+        for flag_b, path_b in outputs[i + 1 :]:
+            if same_file(path_a, path_b):
+                raise UnsafeOutput(
+                    f"{flag_a} {str(path_a)!r} and {flag_b} {str(path_b)!r} are the same file: one would overwrite "
+                    "the other. Choose different names."
+                )
+    for flag, path in outputs:
+        _check_one(flag, Path(path), overwrite=overwrite or _canonical(Path(path)) in owned_set)
+
+
+def _alias_kind(path: Path, other: Path) -> str:
+    if os.path.islink(path):
+        return " (a symbolic link to it)"
+    try:
+        if os.path.samefile(path, other) and _canonical(path) != _canonical(other):
+            return " (a hard link to it)"
+    except OSError:
+        pass
+    return ""
+
+
+def create_exclusive(folder: Path, *, prefix: str, suffix: str, mode: int = 0o666) -> Path:
+    """Create a new empty file in `folder` under a fresh hidden name; never an existing one."""
+    for _ in range(100):
+        path = folder / f".{prefix}.{secrets.token_hex(4)}{suffix}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+    raise OutputNotWritable(f"Cannot create a temporary file in {str(folder)!r}: too many name collisions.")
+
+
+class _OutputLock:
+    """An exclusive `flock` on `.<name>.framepipe-lock` beside the output.
+
+    The lock file is opened read-only (`flock` does not need write access), so an
+    existing file of that name is never written; it is removed at release only when this
+    run created it or it is an empty leftover of a crashed run.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.path = target.parent / f".{target.name}{_LOCK_SUFFIX}"
+        self.target = target
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if fcntl is None:  # pragma: no cover
+            log.info("no file locking on this system: %s is not protected against a second run", self.target)
+            return
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise OutputBusy(
+                        f"{str(self.target)!r} is being written by another framepipe run right now (lock "
+                        f"{self.path.name}). Wait for it to finish, or choose another --output."
+                    ) from None
+                raise
+            try:  # the file we locked must still be the one at that name (a releasing run unlinks it)
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    self._fd = fd
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        raise OutputBusy(f"Could not lock {str(self.target)!r}: its lock file keeps changing. Is another run starting?")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            st = os.stat(self.path)
+            if stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_ino == os.fstat(self._fd).st_ino:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+class OutputFile:
+    """One output file written as a transaction: lock, temporary file, then rename.
+
+        out = OutputFile(Path("clip.x4.mp4"), overwrite=False)
+        tmp = out.begin()          # locks the name, creates a hidden temporary file beside it
+        ... write tmp ...
+        final = out.commit(complete=True)   # or out.discard() when nothing worth keeping was made
+
+    `commit(complete=True)` puts the result at the output name (replacing an existing
+    file only when `overwrite` was given, by `os.replace`). `commit(complete=False)` — a
+    stopped or failed run's finalized partial file — goes to the output name when there
+    was no file there, else beside it as `<stem>.partial<suffix>`, so a previous output
+    is never replaced by a partial one.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool, flag: str = "--output") -> None:
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.flag = flag
+        self.temp: Path | None = None
+        self._lock = _OutputLock(self.path)
+        self._existed = False
+        self._mode: int | None = None
+
+    def begin(self) -> Path:
+        """Lock the output name and create the temporary file; returns its path."""
+        self._lock.acquire()
+        try:
+            self._existed = os.path.lexists(self.path)
+            if self._existed and not self.overwrite:
+                raise OutputExists(
+                    f"{self.flag} {str(self.path)!r} already exists. Pass --overwrite to replace it, or choose another name."
+                )
+            if self._existed and os.path.isfile(self.path):
+                self._mode = stat.S_IMODE(os.stat(self.path).st_mode)
+            parent = self.path.parent if str(self.path.parent) else Path(".")
+            try:
+                self.temp = create_exclusive(parent, prefix=self.path.stem, suffix=f".part{self.path.suffix}")
+            except OSError as exc:
+                raise OutputNotWritable(f"Cannot write {self.flag} {str(self.path)!r}: {exc.strerror or exc}.") from exc
+        except BaseException:
+            self._lock.release()
+            raise
+        return self.temp
+
+    def commit(self, *, complete: bool) -> Path:
+        """Move the finished temporary file into place; returns where the result is."""
+        if self.temp is None:
+            raise ValueError("OutputFile.commit() before begin()")
+        temp, self.temp = self.temp, None
+        try:
+            if self._mode is not None:
+                try:
+                    os.chmod(temp, self._mode)
+                except OSError:
+                    pass
+            if self._existed and self.overwrite and complete:
+                os.replace(temp, self.path)
+                return self.path
+            if not self._existed and _link_exclusive(temp, self.path):
+                return self.path
+            return self._keep_as_partial(temp)
+        finally:
+            self._lock.release()
+
+    def _keep_as_partial(self, temp: Path) -> Path:
+        for n in range(1000):
+            name = f"{self.path.stem}.partial{'' if n == 0 else f'-{n}'}{self.path.suffix}"
+            if _link_exclusive(temp, self.path.with_name(name)):
+                return self.path.with_name(name)
+        return temp  # pragma: no cover - a thousand partial files: keep the temporary name
+
+    def discard(self) -> None:
+        """Remove the temporary file (nothing worth keeping was made) and unlock."""
+        temp, self.temp = self.temp, None
+        try:
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+        finally:
+            self._lock.release()
+
+
+def _link_exclusive(src: Path, dst: Path) -> bool:
+    """Rename `src` to `dst` only if `dst` does not exist (never replaces a file)."""
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links on this file system (FAT, some network mounts)
+        if os.path.lexists(dst):
+            return False
+        os.rename(src, dst)
+        return True
+    os.unlink(src)
+    return True
+
+
+def write_file_atomically(path: str | os.PathLike, data: bytes, *, overwrite: bool, flag: str) -> None:
+    """Write `data` to `path` through an exclusive temporary file and a rename."""
+    out = OutputFile(path, overwrite=overwrite, flag=flag)
+    temp = out.begin()
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        out.discard()
+        raise
+    out.commit(complete=True)
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+class FreeSpaceGuard:
+    """Stops a writer while its file system still has room to finish the file.
+
+    A full disk found by a failed write is found too late for an MP4: its index (the
+    `moov` box) is written last, so a file that cannot be finalized does not play. The
+    writer asks `check()` after every frame; it raises `DiskFull` once free space drops
+    below what finishing needs: a fixed 8 MiB, plus twice the average encoded frame for
+    every frame still inside the encoder (its look-ahead is flushed at the end), plus 64
+    bytes per frame for the index. The run then stops and finalizes normally.
+    """
+
+    MIN_RESERVE_BYTES = 8 << 20
+
+    def __init__(self, path: Path, *, free_bytes=None) -> None:
+        self.folder = Path(path).parent if str(Path(path).parent) else Path(".")
+        self._free = free_bytes or (lambda: _free_bytes(self.folder))
+
+    def reserve_bytes(self, *, bytes_written: int, frames_written: int, frames_pending: int,
+                      frames_buffered: int = 0) -> int:
+        """Bytes that finishing needs. `frames_buffered`: frames a muxer may hold in memory
+        (a Matroska cluster), written out later."""
+        average = bytes_written / frames_written if frames_written else 0.0
+        held = frames_pending + frames_buffered + 2
+        return self.MIN_RESERVE_BYTES + int(2 * average * held) + 64 * frames_written
+
+    def check(self, *, bytes_written: int, frames_written: int, frames_pending: int, frames_buffered: int = 0) -> None:
+        free = self._free()
+        if free is None:
+            return
+        need = self.reserve_bytes(bytes_written=bytes_written, frames_written=frames_written,
+                                  frames_pending=frames_pending, frames_buffered=frames_buffered)
+        if free < need:
+            raise DiskFull(
+                f"Disk almost full: {free / 2**20:.1f} MiB left on the file system of {str(self.folder)!r}, and "
+                f"finishing the output safely needs about {need / 2**20:.1f} MiB; stopped after "
+                f"{frames_written} frame(s). Free some space and run again"
+            )
+
+
+def disk_full_error(exc: OSError, path: Path, *, frames_written: int) -> DiskFull | None:
+    """A `DiskFull` for a write that failed because the disk or a size limit is full, else None."""
+    if getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return None
+    reason = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file is too large for this file "
+              "system or a size limit", errno.EDQUOT: "the disk quota is used up"}[exc.errno]
+    return DiskFull(f"Writing the output in {str(Path(path).parent)!r} failed after {frames_written} frame(s): "
+                    f"{reason}. Free some space and run again")

@@ -1,0 +1,59 @@
+"""`Frame`: one decoded source frame, the one type from the decoders to the workers.
+
+Both decoders (PyAV on the CPU, NVDEC on a GPU) yield `Frame`s; the reader passes them
+on, the workers batch them. A small frozen dataclass that checks itself, with a
+`__repr__` that shows shapes, not pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["Frame", "FrameFormat"]
+
+FrameFormat = Literal["yuv", "rgb24", "nv12"]
+_NUM_PLANES = {"yuv": 3, "rgb24": 1, "nv12": 1}
+
+
+def describe_planes(planes: tuple[Any, ...]) -> str:
+    """'(48, 64)@cuda:0, (24, 32)': shapes (and a device other than the CPU), never values."""
+    parts = []
+    for p in planes:
+        p = getattr(p, "tensor", p)  # a CudaFrame shows its tensor
+        shape = tuple(getattr(p, "shape", ()))
+        device = getattr(p, "device", None)
+        parts.append(f"{shape}" + (f"@{device}" if device is not None and str(device) != "cpu" else ""))
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded source frame.
+
+    `index` counts decoded frames from 0 in presentation order; `pts` is the source
+    timestamp in the video stream's time base. `planes` is (Y, U, V) integer arrays for
+    "yuv" (subsampling read from the shapes; codes in the low bits), one (H, W, 3) uint8
+    array for "rgb24", or one (H*3/2, W) device tensor for "nv12" (uint16 P016 with the
+    codes in the high bits when `bit_depth` > 8).
+    """
+
+    index: int
+    pts: int
+    fmt: FrameFormat
+    planes: tuple[Any, ...]
+    bit_depth: int = 8
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"Frame.index must be >= 0, got {self.index}")
+        expected = _NUM_PLANES.get(self.fmt)
+        if expected is None:
+            raise ValueError(f"Frame.fmt must be yuv, rgb24 or nv12, got {self.fmt!r}")
+        if len(self.planes) != expected:
+            raise ValueError(f"Frame {self.fmt} needs {expected} plane(s), got {len(self.planes)}")
+        if self.bit_depth not in (8, 10, 12, 16):
+            raise ValueError(f"Frame.bit_depth must be 8, 10, 12 or 16, got {self.bit_depth}")
+
+    def __repr__(self) -> str:
+        return f"Frame(#{self.index}, pts={self.pts}, {self.fmt}{self.bit_depth} [{describe_planes(self.planes)}])"

@@ -1,0 +1,367 @@
+"""Valid video that used to fail or come out wrong (issue 8, part 2): audio without a channel
+layout (camera PCM, ADPCM, mu-law, WMA), timestamps out of order or repeated, rotation and
+pixel aspect ratio, resolution changes mid-stream, models that return the wrong thing,
+truncated and interlaced sources, HEVC's MP4 tag, lossless H.264.
+
+Every source is generated here with PyAV; every run is the real pipeline."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import main as cli
+from core.errors import ModelOutputError
+from hw.clips import make_clip, read_index
+from pipeline import RunConfig, run
+from tests import probe
+
+
+def _frames(num: int, width: int = 64, height: int = 48, *, start: int = 0) -> list[np.ndarray]:
+    """Frames whose index (from `start`) is drawn in, as make_clip draws it."""
+    from hw.clips import _index_blocks
+
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(num):
+        f = rng.integers(40, 200, (height, width, 3), dtype=np.uint8)
+        _index_blocks(f, start + i)
+        out.append(f)
+    return out
+
+
+def _write(path: Path, frames, *, vcodec="libx264", pix_fmt="yuv420p", rate=24, audio=None, options=None,
+           packet_pts=None, stream_setup=None) -> Path:
+    """A clip with the given frames; `audio` = (codec, sample_rate, channels, layout or None).
+    `packet_pts(k, packet)` may rewrite each video packet's pts before muxing."""
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream(vcodec, rate=rate)
+        vs.width, vs.height, vs.pix_fmt = frames[0].shape[1], frames[0].shape[0], pix_fmt
+        vs.time_base = Fraction(1, rate)
+        if options:
+            vs.options = options
+        if stream_setup:
+            stream_setup(vs)
+        aus = None
+        if audio:
+            acodec, arate, channels, layout = audio
+            aus = out.add_stream(acodec, rate=arate)
+            aus.codec_context.layout = layout or {1: "mono", 2: "stereo"}[channels]
+            if acodec.startswith("wma"):
+                aus.codec_context.bit_rate = 128000
+        k = 0
+        packets = []
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
+            frame.pts = i
+            frame.time_base = Fraction(1, rate)
+            packets += list(vs.encode(frame))
+        packets += list(vs.encode(None))
+        for packet in packets:
+            if packet_pts is not None:
+                packet.pts = packet_pts(k, packet)
+            out.mux(packet)
+            k += 1
+        if aus is not None:
+            cc = aus.codec_context
+            seconds = len(frames) / rate
+            fmt = cc.codec.audio_formats[0].name if cc.codec.audio_formats else "s16"
+            resampler = av.AudioResampler(format=fmt, layout=cc.layout.name, rate=cc.sample_rate)
+            n = int(seconds * cc.sample_rate)
+            tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / cc.sample_rate)).astype(np.float32)
+            step = cc.frame_size or 1024
+            for s in range(0, n, step):
+                chunk = np.tile(tone[s:s + step], (len(cc.layout.channels), 1))
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=cc.layout.name)
+                af.sample_rate = cc.sample_rate
+                af.pts = s
+                af.time_base = Fraction(1, cc.sample_rate)
+                for rf in resampler.resample(af):
+                    for p in aus.encode(rf):
+                        out.mux(p)
+            for p in aus.encode(None):
+                out.mux(p)
+    return path
+
+
+def _cfg(src, out, **kw) -> RunConfig:
+    base = dict(source=src, output=out, model="bicubic", scale=2, parallel=True, queue_size=8)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _audio_seconds(path: Path) -> float:
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        return sum(f.samples for f in c.decode(stream)) / stream.codec_context.sample_rate
+
+
+# -- audio without a channel layout, and codecs MP4 cannot hold -----------------------------
+
+
+def test_camera_avi_with_default_output_name(capsys, tmp_path):
+    """MJPEG + PCM (no channel layout in AVI): the default output is .mp4, where that PCM fails at
+    the trailer. It is re-encoded up front, with one warning, and lasts as long as the video."""
+    src = _write(tmp_path / "CAMERA01.AVI", _frames(24, 64, 48), vcodec="mjpeg", pix_fmt="yuvj420p",
+                 audio=("pcm_s16le", 48000, 2, None))
+    with av.open(str(src)) as c:
+        assert c.streams.audio[0].codec_context.layout.name == "2 channels"  # unspecified, as cameras write it
+    code = cli.main(["--source", str(src), "--model", "bicubic", "--scale", "2"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    out = tmp_path / "CAMERA01.bicubic-x2.mp4"
+    assert probe.indices(out) == list(range(24))
+    assert ("audio", "aac") in probe.streams(out)
+    assert _audio_seconds(out) == pytest.approx(1.0, abs=0.06)
+    assert sum("re-encoded to aac" in ln for ln in err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("container, audio", [
+    ("avi", ("adpcm_ima_wav", 22050, 1, None)),
+    ("avi", ("pcm_mulaw", 8000, 1, None)),
+    ("asf", ("wmav2", 44100, 2, "stereo")),
+    ("avi", ("pcm_u8", 11025, 2, None)),
+], ids=["adpcm", "mulaw", "wma", "pcm_u8"])
+def test_audio_that_mp4_cannot_hold_is_reencoded(tmp_path, container, audio):
+    src = _write(tmp_path / f"src.{container}", _frames(24), audio=audio)
+    stats = run(_cfg(src, tmp_path / "out.mp4"))
+    assert probe.indices(tmp_path / "out.mp4") == list(range(24))
+    assert ("audio", "aac") in probe.streams(tmp_path / "out.mp4")
+    # AAC adds its encoder delay (1024 samples) and pads the last frame: up to 2048 samples more
+    assert _audio_seconds(tmp_path / "out.mp4") == pytest.approx(1.0 + 1024 / audio[1], abs=1024 / audio[1] + 0.03)
+    assert [w for w in stats.warnings if "re-encoded to aac" in w]
+
+
+def test_pcm_into_mkv_is_copied(tmp_path):
+    src = _write(tmp_path / "src.avi", _frames(24), audio=("pcm_s16le", 48000, 2, None))
+    stats = run(_cfg(src, tmp_path / "out.mkv"))
+    assert ("audio", "pcm_s16le") in probe.streams(tmp_path / "out.mkv")
+    assert probe.packets(tmp_path / "out.mkv", "audio") == probe.packets(src, "audio")
+    assert not [w for w in stats.warnings if "audio" in w]
+
+
+# -- timestamps --------------------------------------------------------------------------
+
+
+def test_decode_order_timestamps_are_put_back_in_order(tmp_path):
+    """H.264 with B-frames whose packets carry decode-order timestamps as PTS (as AVI muxers write
+    them): frames stay in presentation order, timestamps come out ascending and evenly spaced."""
+    src = _write(tmp_path / "bframes.mkv", _frames(30), options={"bf": "3", "b_strategy": "0"},
+                 packet_pts=lambda k, p: p.dts)
+    with av.open(str(src)) as c:
+        raw = [f.pts for f in c.decode(video=0)]
+    assert raw != sorted(raw)  # the source really is out of order
+    stats = run(_cfg(src, tmp_path / "out.mkv"))
+    assert probe.indices(tmp_path / "out.mkv") == list(range(30))
+    pts = probe.pts_seconds(tmp_path / "out.mkv")
+    assert pts == sorted(pts) and len(set(pts)) == 30
+    np.testing.assert_allclose(np.diff(pts), 1 / 24, atol=2e-3)
+    assert sum("out of order or repeated" in w for w in stats.warnings) == 1
+
+
+def test_repeated_timestamps_are_made_ascending(tmp_path):
+    src = _write(tmp_path / "dups.mkv", _frames(20), packet_pts=lambda k, p: (k // 2) * 2)
+    stats = run(_cfg(src, tmp_path / "out.mkv", parallel=False))
+    assert probe.indices(tmp_path / "out.mkv") == list(range(20))
+    pts = probe.pts_seconds(tmp_path / "out.mkv")
+    assert all(b > a for a, b in zip(pts, pts[1:]))
+    assert any("out of order or repeated" in w for w in stats.warnings)
+
+
+def test_good_timestamps_are_untouched(clips, tmp_path):
+    src = clips("vfr-inputs.mp4", num_frames=21, vfr=True)
+    stats = run(_cfg(src, tmp_path / "out.mp4"))
+    np.testing.assert_allclose(probe.pts_seconds(tmp_path / "out.mp4"), probe.pts_seconds(src), atol=1e-3)
+    assert not [w for w in stats.warnings if "timestamp" in w]
+
+
+# -- rotation and pixel aspect ratio -------------------------------------------------------
+
+
+@pytest.mark.parametrize("rotation", [90, 180, -90])
+def test_rotation_is_carried(tmp_path, rotation):
+    src = _write(tmp_path / "phone.mp4", _frames(12), stream_setup=lambda s: s.set_display_rotation(rotation))
+    run(_cfg(src, tmp_path / "out.mp4"))
+    with av.open(str(src)) as a, av.open(str(tmp_path / "out.mp4")) as b:
+        want, got = next(a.decode(video=0)).rotation, next(b.decode(video=0)).rotation
+    assert want == got and got != 0
+
+
+@pytest.mark.parametrize("sar", [Fraction(4, 3), Fraction(32, 27)])
+def test_sample_aspect_ratio_is_carried(tmp_path, sar):
+    def setup(stream):
+        stream.codec_context.sample_aspect_ratio = sar
+
+    src = _write(tmp_path / "anamorphic.mkv", _frames(12, 72, 48), stream_setup=setup)
+    run(_cfg(src, tmp_path / "out.mkv"))
+    with av.open(str(src)) as a, av.open(str(tmp_path / "out.mkv")) as b:
+        assert Fraction(b.streams.video[0].sample_aspect_ratio) == sar
+        assert b.streams.video[0].display_aspect_ratio == a.streams.video[0].display_aspect_ratio
+
+
+# -- size changes mid-stream ------------------------------------------------------------------
+
+
+def _size_changing_h264(path: Path) -> Path:
+    """An Annex-B H.264 stream whose second half is coded at another size (a new SPS)."""
+    data = b""
+    for frames in (_frames(10, 64, 48), _frames(10, 96, 64, start=10)):
+        ctx = av.CodecContext.create("libx264", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        ctx.time_base = Fraction(1, 24)
+        ctx.options = {"bf": "0"}
+        for i, rgb in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            f.pts = i
+            data += b"".join(bytes(p) for p in ctx.encode(f))
+        data += b"".join(bytes(p) for p in ctx.encode(None))
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("parallel, batch", [(False, 1), (True, 3)])
+def test_resolution_change_is_converted_and_said(tmp_path, parallel, batch):
+    src = _size_changing_h264(tmp_path / "switch.h264")
+    stats = run(_cfg(src, tmp_path / "out.mp4", parallel=parallel, batch_size=batch))
+    assert probe.video_size(tmp_path / "out.mp4") == (128, 96)  # the first frame's size, x2
+    assert probe.indices(tmp_path / "out.mp4") == list(range(20))
+    assert sum("changes mid-stream; 10 frame(s) were converted" in w for w in stats.warnings) == 1
+
+
+# -- models that return the wrong thing ------------------------------------------------------
+
+
+def _script(tmp_path: Path, name: str, body: str) -> Path:
+    """A TorchScript model whose forward is `body` (scripted from a module file: TorchScript reads source)."""
+    import importlib.util
+
+    source = tmp_path / f"model_{name}.py"
+    source.write_text(f"""
+import torch
+import torch.nn.functional as F
+class M(torch.nn.Module):
+    def forward(self, x):
+        {body}
+""")
+    spec = importlib.util.spec_from_file_location(f"model_{name}", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = tmp_path / f"{name}.ts"
+    torch.jit.script(module.M()).save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("name, body, message", [
+    ("nan", "return x * float('nan')", "NaN or infinite values.*--precision fp32"),
+    ("integer", "return (x * 255).to(torch.uint8)", "returned uint8 values"),
+    ("fewer", "return x[:1]", r"returned 1 frame\(s\) for a batch of 4"),
+    ("squashed", "return F.interpolate(x, size=(x.shape[2] * 2, x.shape[2] * 2))", r"returned shape \(4, 3, 96, 96\)"),
+])
+def test_bad_model_output_fails_with_one_line(capsys, clips, tmp_path, name, body, message):
+    src = clips("plain.mp4", num_frames=12)
+    model = _script(tmp_path, name, body)
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", str(model),
+                     "--batch-size", "4", "--parallel"])
+    err = capsys.readouterr().err
+    assert code == 1
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    import re
+
+    assert re.search(message, errors[0]), errors[0]
+    assert "No frame was written" in errors[0]
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_model_error_message_is_one_line(capsys, clips, tmp_path):
+    """A TorchScript failure inside a run: one line, the real error (not the interpreter's trace)."""
+    src = clips("plain.mp4", num_frames=6)
+    model = _script(tmp_path, "raises", "if x.shape[2] > 40:\n            raise RuntimeError('tile too big')\n        return x")
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert [ln for ln in err.splitlines() if ln.strip()][-1].startswith("error:")
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert "tile too big" in line and "Traceback" not in err
+
+
+# -- damaged and interlaced sources -----------------------------------------------------------
+
+
+def test_truncated_mp4_says_so_in_stats_json(capsys, tmp_path):
+    """Regression (issue 8): a truncated MP4 gave 60 of 120 frames with `status ok, warnings []`."""
+    full = tmp_path / "full.mp4"
+    with av.open(str(_write(tmp_path / "a.mkv", _frames(120)))) as inp, \
+            av.open(str(full), "w", options={"movflags": "faststart"}) as out:
+        ost = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                packet.stream = ost
+                out.mux(packet)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.5)])
+    stats_path = tmp_path / "run.json"
+    code = cli.main(["--source", str(cut), "--output", str(tmp_path / "o.mp4"), "--model", "bicubic", "--scale", "1",
+                     "--stats-json", str(stats_path)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    data = json.loads(stats_path.read_text())
+    assert data["status"] == "ok" and data["frames_written"] < 120
+    assert any("truncated" in w for w in data["warnings"]), data["warnings"]
+    assert any("truncated" in ln for ln in err.splitlines() if ln.startswith("warning:"))
+
+
+def test_interlaced_source_is_warned_about(tmp_path):
+    def setup(stream):
+        stream.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
+
+    src = _write(tmp_path / "tv.mkv", _frames(12, 64, 48), options={"x264-params": "tff=1"}, stream_setup=setup)
+    with av.open(str(src)) as c:
+        assert next(c.decode(video=0)).interlaced_frame
+    stats = run(_cfg(src, tmp_path / "out.mkv"))
+    assert sum("interlaced" in w for w in stats.warnings) == 1
+    assert probe.indices(tmp_path / "out.mkv") == list(range(12))
+
+
+def test_progressive_source_is_not_warned_about(clips, tmp_path):
+    stats = run(_cfg(clips("plain.mp4", num_frames=6), tmp_path / "out.mp4"))
+    assert stats.warnings == []
+
+
+# -- output codec details -----------------------------------------------------------------------
+
+
+def test_hevc_in_mp4_is_tagged_hvc1(clips, tmp_path):
+    src = clips("plain-hevc.mp4", num_frames=6, width=128, height=96)
+    run(_cfg(src, tmp_path / "out.mp4", codec="hevc"))
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert c.streams.video[0].codec_context.codec_tag == "hvc1"
+    assert probe.indices(tmp_path / "out.mp4") == list(range(6))
+
+
+def test_lossless_h264_is_said(capsys, clips, tmp_path):
+    src = clips("plain.mp4", num_frames=4)
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", "bicubic", "--quality", "0"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert sum("High 4:4:4" in ln for ln in err.splitlines() if ln.startswith("warning:")) == 1
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        assert "4:4:4" in (c.streams.video[0].codec_context.profile or "")
+
+
+def test_encoder_refusing_the_size_names_the_encoder(capsys, clips, tmp_path):
+    """Regression (issue 8): every failure to open the output was 'Try --output with .mkv'."""
+    src = clips("tiny.mp4", num_frames=3, width=8, height=8)
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", "bicubic", "--scale", "1",
+                     "--codec", "hevc"])
+    err = capsys.readouterr().err
+    assert code == 2
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert "libx265 encoder refused to start for 8x8" in line and ".mkv" not in line
+    assert not (tmp_path / "o.mp4").exists()

@@ -1,0 +1,98 @@
+"""SIGTERM and SIGHUP stop a run exactly as Ctrl-C does (issue 8): every thread joined, a
+playable partial output, one line, exit status 128 + the signal number; with --overwrite the
+previous output stays until a new one is complete. `timeout`, `kill`, `docker stop` and
+systemd send SIGTERM; a dropped ssh session sends SIGHUP."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import probe
+from tests.cli_runs import ROOT, SLOW_WORKER, signal_mid_run, slow_cli
+
+@pytest.mark.parametrize("mode", ["--parallel", "sequential"])
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                                (signal.SIGHUP, 129, "stopped by SIGHUP"),
+                                                (signal.SIGINT, 130, "interrupted")])
+def test_signal_finalizes_a_playable_partial_output(clips, tmp_path, signum, code, word, mode):
+    src = clips("long-signal.mp4", num_frames=400, audio=True)
+    out = tmp_path / "out.mp4"
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2"]
+    if mode != "sequential":
+        args.append(mode)
+    rc, err, seconds = signal_mid_run(slow_cli(SLOW_WORKER, *args), out, signum, settle_seconds=1.0)
+    assert rc == code, err
+    assert seconds < 10, f"took {seconds:.1f} s to stop"
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith(word)]
+    assert len(lines) == 1 and "(finalized, playable)" in lines[0], err
+    got = probe.indices(out)
+    assert 0 < len(got) < 400 and got == list(range(len(got)))
+    with __import__("av").open(str(out)) as c:  # the audio was cut with the video, not copied whole
+        audio = sum(f.samples for f in c.decode(audio=0)) / 48000
+    assert audio <= len(got) / 24 + 0.2
+    assert not any(tmp_path.glob(".*")), list(tmp_path.iterdir())  # no temporary file, no lock left
+
+
+def test_sigterm_with_overwrite_keeps_the_previous_output(clips, tmp_path):
+    src = clips("long-signal.mp4", num_frames=400, audio=True)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"yesterday's finished output")
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2", "--parallel",
+            "--overwrite"]
+    rc, err, _ = signal_mid_run(slow_cli(SLOW_WORKER, *args), out, signal.SIGTERM, settle_seconds=1.0)
+    assert rc == 143, err
+    assert out.read_bytes() == b"yesterday's finished output"
+    partial = tmp_path / "out.partial.mp4"
+    assert f"written to {partial}" in err and "left unchanged" in err
+    got = probe.indices(partial)
+    assert got == list(range(len(got))) and got
+
+
+def test_sigterm_before_the_first_frame_leaves_nothing(clips, tmp_path):
+    """A stop while the model loads: one line, 143, no file."""
+    script = textwrap.dedent(
+        """
+        import sys, time, os, signal
+        sys.path.insert(0, {root!r})
+        import main
+        import models
+        original = models.load_model
+        def slow_load(*a, **k):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+            return original(*a, **k)
+        import pipeline.runner  # noqa
+        models.load_model = slow_load
+        sys.exit(main.main(sys.argv[1:]))
+        """
+    ).format(root=str(ROOT))
+    src = clips("plain.mp4", num_frames=10)
+    out = tmp_path / "out.mp4"
+    proc = subprocess.run([sys.executable, "-c", script, "--source", str(src), "--output", str(out), "--model",
+                           "bicubic"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("stopped by SIGTERM")], proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stats_json_records_the_signal(clips, tmp_path):
+    src = clips("long-signal.mp4", num_frames=400, audio=True)
+    out, stats = tmp_path / "out.mp4", tmp_path / "run.json"
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2", "--parallel",
+            "--stats-json", str(stats)]
+    rc, err, _ = signal_mid_run(slow_cli(SLOW_WORKER, *args), out, signal.SIGTERM, settle_seconds=1.0)
+    assert rc == 143, err
+    import json
+
+    data = json.loads(stats.read_text())
+    assert data["status"] == "interrupted" and "SIGTERM" in data["error"]
+    assert data["frames_written"] == len(probe.indices(out))

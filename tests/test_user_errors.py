@@ -1,0 +1,122 @@
+"""Lines a user reads when something is wrong (issue 8, part 3): each says what actually went
+wrong — never torch's advice to unpickle, never a blanket "try .mkv" — and a failed run
+cuts its audio with its video."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import av
+import pytest
+
+import main as cli
+from core.errors import InvalidOption, ModelError, OutputNotWritable, UnsafeModelFile, one_line
+from hw.avio import _open_error
+from models.user import load_user_model
+from pipeline import RunConfig, StageError, run
+from tests import probe
+
+
+@pytest.mark.parametrize("kind", [*(f"random{seed}" for seed in range(40)), "zeros", "text", "truncated-zip"])
+def test_damaged_model_files_are_called_damaged_not_unsafe(tmp_path, kind):
+    import random
+
+    path = tmp_path / "model.pth"
+    if kind.startswith("random"):
+        path.write_bytes(random.Random(int(kind[6:])).randbytes(1 << 14))
+    elif kind == "zeros":
+        with open(path, "wb") as f:  # a sparse 2 GB file of zeros, as a failed download leaves
+            f.truncate(2 << 30)
+    elif kind == "text":
+        path.write_text("<html>404 Not Found</html>")
+    else:
+        import torch
+
+        good = tmp_path / "good.pth"
+        torch.save({"w": torch.zeros(1000)}, good)
+        path.write_bytes(good.read_bytes()[:1500])
+    with pytest.raises(ModelError) as info:
+        load_user_model(path)
+    assert not isinstance(info.value, UnsafeModelFile)
+    text = str(info.value)
+    assert "corrupt or truncated" in text
+    assert "weights_only=False" not in text and "weights_only` set to `False" not in text
+    assert "\n" not in text
+
+
+def test_pickle_asking_for_code_is_unsafe_and_names_it(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "ran"),))
+
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"w": Evil()}, protocol=4))
+    with pytest.raises(UnsafeModelFile, match=r"asks for code \(posix\.system\)"):
+        load_user_model(path)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_one_line_picks_the_real_error_of_a_torchscript_trace():
+    trace = RuntimeError(
+        "The following operation failed in the TorchScript interpreter.\n"
+        "Traceback of TorchScript (most recent call last):\n"
+        '  File "<string>", line 3, in forward\n'
+        "RuntimeError: The size of tensor a (4) must match the size of tensor b (5)\n")
+    assert one_line(trace) == "The size of tensor a (4) must match the size of tensor b (5)"
+    assert one_line(ValueError("plain")) == "plain"
+    assert one_line(ValueError("")) == "ValueError"
+
+
+@pytest.mark.parametrize("number, words", [
+    (errno.EACCES, "permission denied"),
+    (errno.ENOSPC, "no space left"),
+    (errno.EROFS, "read-only"),
+    (errno.EIO, "input/output error"),
+])
+def test_output_open_errors_say_what_went_wrong(number, words):
+    err = _open_error(OSError(number, os.strerror(number)), what="writing the file header")
+    assert isinstance(err, OutputNotWritable)
+    assert words in str(err) and ".mkv" not in str(err)
+
+
+def test_a_container_refusing_streams_suggests_mkv():
+    err = _open_error(av.error.FFmpegError(22, "Invalid argument"), what="writing the file header")
+    assert isinstance(err, InvalidOption) and ".mkv" in str(err)
+
+
+def test_worker_failure_in_parallel_cuts_the_audio(clips, tmp_path, monkeypatch):
+    """Regression (issue 8): the writer saw END before the stop flag and copied all 4.8 s of audio
+    behind 4 video frames."""
+    from pipeline.worker import Worker
+
+    original = Worker.process
+
+    def fail_at_8(self, items):
+        if any(it.index >= 8 for it in items):
+            raise RuntimeError("boom")
+        return original(self, items)
+
+    monkeypatch.setattr(Worker, "process", fail_at_8)
+    src = clips("audio-long.mp4", num_frames=96, audio=True)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(StageError, match="boom"):
+        run(RunConfig(source=src, output=out, model="bicubic", scale=2, parallel=True, batch_size=4, queue_size=4))
+    frames = probe.indices(out)
+    assert frames == list(range(8))
+    with av.open(str(out)) as c:
+        audio = sum(f.samples for f in c.decode(audio=0)) / 48000
+    assert audio <= 8 / 24 + 0.1
+
+
+def test_every_line_of_a_bad_model_run_is_one_line(capsys, clips, tmp_path):
+    path = tmp_path / "m.pth"
+    path.write_bytes(os.urandom(4096))
+    code = cli.main(["--source", str(clips("plain.mp4", num_frames=4)), "--output", str(tmp_path / "o.mp4"),
+                     "--model", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: Model file 'm.pth' cannot be read"), err
