@@ -2,6 +2,7 @@
 # Runs on a GPU host with no network (see benchmarks/RESULTS.md for what it produced):
 #   bash benchmarks/gpu_host.sh install   # wheels from .devcarry/whl/ into .site/ (kept between calls)
 #   bash benchmarks/gpu_host.sh tests     # needs_cuda tests + the GPU self-test
+#   bash benchmarks/gpu_host.sh suite     # the whole suite on the GPU host (device auto = the GPU there)
 #   bash benchmarks/gpu_host.sh user      # the default run and a --multi-gpu --nvdec --nvenc run, as a user would
 #   bash benchmarks/gpu_host.sh issue4    # bench_gpu_path.py (decode/model/encode/end to end)
 #   bash benchmarks/gpu_host.sh issue5    # bench_multi_gpu.py (1 vs 2 GPUs, slowed GPU, NVDEC)
@@ -21,6 +22,8 @@ for step in "$@"; do
       python3 -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'av', av.__version__)" | tee "$OUT/versions.txt"
       python3 test_multi_gpu.py 2>&1 | tee "$OUT/selftest.txt"
       python3 -m pytest -m needs_cuda -q -rs -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_needs_cuda.txt" ;;
+    suite)
+      python3 -m pytest -q -rs -p no:cacheprovider tests 2>&1 | tail -40 | tee "$OUT/pytest_all.txt" ;;
     user)  # what a new user runs: the default sample job, then a real clip with every GPU flag
       ( time python3 main.py --parallel ) 2>&1 | tee "$OUT/default_run.txt"
       python3 -c "from hw.clips import make_clip; make_clip('/tmp/user.mp4', width=640, height=360, num_frames=240, fps=24, photo=True, audio=True)"
