@@ -134,10 +134,17 @@ def _open_input(path: Path):
 
 
 def _display_matrix(frame) -> tuple[int, ...] | None:
-    """The frame's display matrix side data (9 ints), or None."""
-    for sd in getattr(frame, "side_data", ()) or ():
-        if getattr(sd.type, "name", "") == "DISPLAYMATRIX" and sd.buffer_size == 36:
-            return struct.unpack("<9i", bytes(sd))
+    """The frame's display matrix side data (9 ints), or None.
+
+    PyAV 18 iterates a frame's side data as `SideData` objects; PyAV 19 made the container a
+    mapping that iterates its `Type` keys (seen on the GPU host: 'Type' object has no
+    attribute 'type'). Both are read here."""
+    side = getattr(frame, "side_data", None) or ()
+    for entry in side:
+        data = entry if hasattr(entry, "buffer_size") else side[entry]
+        kind = getattr(data, "type", entry)
+        if getattr(kind, "name", "") == "DISPLAYMATRIX" and data.buffer_size == 36:
+            return struct.unpack("<9i", bytes(data))
     return None
 
 

@@ -195,6 +195,71 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+_libcuda: Any = None
+
+
+def _driver() -> Any:
+    """libcuda through ctypes (no extra package), or None where there is no NVIDIA driver."""
+    global _libcuda
+    if _libcuda is None:
+        try:
+            import ctypes
+
+            _libcuda = ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            _libcuda = False
+    return _libcuda or None
+
+
+def _current_context() -> int:
+    import ctypes
+
+    lib = _driver()
+    ctx = ctypes.c_void_p()
+    if lib is None or lib.cuCtxGetCurrent(ctypes.byref(ctx)) != 0:
+        return 0
+    return int(ctx.value or 0)
+
+
+def torch_context(gpu: int) -> int:
+    """The CUDA context torch works in on `gpu` (the device's primary context), 0 if unknown.
+
+    PyNvVideoCodec given `cudacontext=0` creates a context of its own (`cuCtxCreate`, in the
+    strings of PyNvVideoCodec_130.so) and leaves it current on the calling thread; torch's
+    streams do not exist in that context, so the next torch call on that thread fails with
+    "invalid resource handle" (seen on an H100: a test after the NVDEC tests, and earlier the
+    --nvdec --nvenc run). Given torch's context, the decoder and encoder work in it, as
+    NVIDIA's decode_with_cuda_control.py sample does with the primary context."""
+    try:
+        import torch
+
+        with torch.cuda.device(gpu):
+            torch.empty(1, device=f"cuda:{gpu}")  # the primary context exists and is current here
+            return _current_context()
+    except Exception:  # no CUDA: the fakes in tests, or a broken driver
+        return 0
+
+
+class keep_current_context:
+    """Restore this thread's current CUDA context after a PyNvVideoCodec call that may change it."""
+
+    def __enter__(self) -> "keep_current_context":
+        self._before = _current_context() if _driver() is not None else 0
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        lib = _driver()
+        if lib is not None and _current_context() != self._before:
+            import ctypes
+
+            lib.cuCtxSetCurrent(ctypes.c_void_p(self._before or None))
+
+
+def _context_args(gpu: int) -> dict[str, int]:
+    ctx = torch_context(gpu)
+    return {"cudacontext": ctx} if ctx else {}
+
+
 def probe_nvdec(
     *, codec: str, bit_depth: int, chroma_format: str, width: int, height: int, gpu: int
 ) -> tuple[bool, str]:
@@ -224,8 +289,9 @@ def probe_nvdec(
     try:
         nv_codec = _enum_member(nvc.cudaVideoCodec, (NVDEC_CODECS[codec],))
         nv_chroma = _enum_member(nvc.cudaVideoChromaFormat, _CHROMA_MEMBER[chroma_format])
-        caps = dict(nvc.GetDecoderCaps(gpuid=gpu, codec=nv_codec,
-                                       chromaformat=nv_chroma, bitdepth=bit_depth))
+        with keep_current_context():
+            caps = dict(nvc.GetDecoderCaps(gpuid=gpu, codec=nv_codec,
+                                           chromaformat=nv_chroma, bitdepth=bit_depth))
     except Exception as exc:
         logger.debug("GetDecoderCaps failed", exc_info=True)
         return False, f"NVDEC on {label}: capability query for {what} failed: {_first_line(exc)}"
@@ -298,7 +364,8 @@ def _encoder_caps(nvc: Any, *, codec: str, gpu: int) -> dict[str, Any] | None:
     if query is None:
         return None
     try:
-        return dict(query(gpuid=gpu, codec=codec))
+        with keep_current_context():
+            return dict(query(gpuid=gpu, codec=codec))
     except Exception:
         logger.debug("GetEncoderCaps(%d, %s) failed", gpu, codec, exc_info=True)
         return None
@@ -310,8 +377,9 @@ def _try_create(nvc: Any, *, codec: str, gpu: int, width: int, height: int) -> s
     if codec == "av1":
         options["use_ivf_container"] = "0"
     try:
-        encoder = nvc.CreateEncoder(width, height, "NV12", False, **options)
-        del encoder
+        with keep_current_context():
+            encoder = nvc.CreateEncoder(width, height, "NV12", False, **_context_args(gpu), **options)
+            del encoder
         return None
     except Exception as exc:
         logger.debug("CreateEncoder(%s %dx%d on GPU %d) failed", codec, width, height, gpu,
@@ -549,16 +617,20 @@ class NvDecoder:
 
     def _create_decoder(self, nvc: Any, torch: Any) -> Any:
         codec = _enum_member(nvc.cudaVideoCodec, (NVDEC_CODECS[self.codec],))
+        context = torch_context(self.gpu)
         try:
-            # Decoding on our copy stream orders the decoder's writes before our copies.
-            return nvc.CreateDecoder(gpuid=self.gpu, codec=codec, cudacontext=0,
-                                     cudastream=int(self._copy_stream.cuda_stream),
-                                     usedevicememory=True)
+            # Decoding on our copy stream orders the decoder's writes before our copies; in
+            # torch's own context (see `torch_context`), restoring the thread's context after.
+            with keep_current_context():
+                return nvc.CreateDecoder(gpuid=self.gpu, codec=codec, cudacontext=context,
+                                         cudastream=int(self._copy_stream.cuda_stream),
+                                         usedevicememory=True)
         except Exception as exc:
             logger.debug("CreateDecoder with our CUDA stream failed (%s); using its own",
                          _first_line(exc))
         try:
-            return nvc.CreateDecoder(gpuid=self.gpu, codec=codec, usedevicememory=True)
+            with keep_current_context():
+                return nvc.CreateDecoder(gpuid=self.gpu, codec=codec, usedevicememory=True)
         except Exception as exc:
             raise HardwareUnavailable(
                 f"NVDEC on {_gpu_label(self.gpu)}: CreateDecoder for {self.codec} failed: "
@@ -813,16 +885,20 @@ class NvEncoder:
 
         with torch.cuda.device(gpu):
             self.stream: Any = torch.cuda.Stream(device=gpu)
+        context = _context_args(gpu)  # torch's context on this GPU (see `torch_context`)
         try:
-            self._encoder = nvc.CreateEncoder(width, height, "NV12", False,
-                                              cudastream=int(self.stream.cuda_stream),
-                                              **self.options)
+            with keep_current_context():
+                self._encoder = nvc.CreateEncoder(width, height, "NV12", False,
+                                                  cudastream=int(self.stream.cuda_stream),
+                                                  **context, **self.options)
         except Exception as exc:
             logger.debug("CreateEncoder with our CUDA stream failed (%s); trying its own",
                          _first_line(exc))
             self.stream = None  # encode() then waits on the host for each frame instead
             try:
-                self._encoder = nvc.CreateEncoder(width, height, "NV12", False, **self.options)
+                with keep_current_context():
+                    self._encoder = nvc.CreateEncoder(width, height, "NV12", False, **context,
+                                                      **self.options)
             except Exception as exc2:
                 raise HardwareUnavailable(
                     f"NVENC on {_gpu_label(gpu)} cannot encode {codec} {width}x{height}: "
