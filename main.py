@@ -19,6 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
+from core.choices import CODECS, DEFAULT_MODEL, PRECISIONS
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Signals that stop a run the way Ctrl-C does: `timeout`/`kill`/`docker stop`/systemd send
 # SIGTERM, a dropped ssh session SIGHUP. Each finalizes the output; exit status 128 + number.
@@ -47,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument("--model", default=None,
                        help="built-in model name (see --list-models) or a .pth/.safetensors (spandrel) or .pt/.ts "
-                       "(TorchScript) file; default realesr-animevideov3")
+                       f"(TorchScript) file; default {DEFAULT_MODEL}")
     model.add_argument("--scale", type=int, help="output scale (default: the model's own; realesr-animevideov3: 2, 3 or 4)")
-    model.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
+    model.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto = fp16 on compute capability 7.0+, fp32 on Pascal (sm_61) and the CPU")
     model.add_argument("--list-models", action="store_true", help="list the built-in models and exit")
 
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     codec = p.add_argument_group("codecs")
     codec.add_argument("--nvdec", action="store_true", help="decode on the GPU with NVDEC (falls back to the CPU with a warning)")
     codec.add_argument("--nvenc", action="store_true", help="encode on the GPU with NVENC (falls back to the CPU with a warning)")
-    codec.add_argument("--codec", choices=("h264", "hevc", "av1"), default="h264", help="output codec (default h264)")
+    codec.add_argument("--codec", choices=CODECS, default=CODECS[0], help=f"output codec (default {CODECS[0]})")
     codec.add_argument("--quality", type=int, metavar="CRF",
                        help="constant quality, lower is better (x264/x265 0-51, default 18/20; SVT-AV1 0-63, default 28; NVENC: constant QP)")
     codec.add_argument("--preset", help="encoder preset (x264/x265: ultrafast..veryslow, default medium; SVT-AV1: 0-13, default 8; NVENC: p1-p7, default p4)")
@@ -94,11 +96,11 @@ def _list_models(console) -> int:
     from models import list_models
 
     table = Table(title="Built-in models")
-    for col in ("name", "architecture", "scale", "parameters", "source", "cached"):
+    for col in ("name", "architecture", "scale", "parameters", "source", "cached", "use"):
         table.add_column(col)
     for m in list_models():
         params = f"{m.num_params:,}" if m.num_params else "-"
-        table.add_row(m.name, m.arch, str(m.scale), params, m.source, "yes" if m.cached else "no")
+        table.add_row(m.name, m.arch, str(m.scale), params, m.source, "yes" if m.cached else "no", m.description)
     console.print(table)
     console.print("User models: --model file.pth|.safetensors (any spandrel architecture) or file.pt|.ts (TorchScript).")
     return EXIT_OK
@@ -122,7 +124,6 @@ def _sample_output_dir() -> Path:
 
 
 def _config_from_args(args, *, sample: bool):
-    from models import DEFAULT_MODEL
     from pipeline import RunConfig
 
     model = args.model or DEFAULT_MODEL
@@ -349,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Console()
         return _list_models(out if out.is_terminal else Console(width=200))  # piped: no truncated names
 
+    _process_settings()
     sample = args.source is None
     display = RunDisplay(console, enabled=console.is_terminal and not args.quiet, quiet=args.quiet)
     try:
@@ -394,6 +396,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         say.print(f"Output: [bold]{stats.notes.get('output', config.output)}[/]", highlight=False, soft_wrap=True)
     return EXIT_OK
+
+
+def _process_settings() -> None:
+    """Switches that belong to the whole process, set by the program (a run never flips them)."""
+    import os
+
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints ~20 info lines to stderr otherwise
+    try:
+        import torch
+
+        # Frame sizes are fixed within a run: let cuDNN pick its fastest kernels once per shape.
+        torch.backends.cudnn.benchmark = True
+    except ImportError:
+        pass
 
 
 def _stop_display(display) -> None:

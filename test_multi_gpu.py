@@ -33,9 +33,10 @@ from typing import Literal
 from hw.cuda_compat import (PYNVVIDEOCODEC_MIN_CC, PYNVVIDEOCODEC_MIN_DRIVER, arch_covers, choose_torch_build,
                             driver_major, parse_nvidia_smi, query_nvidia_smi)
 from hw.gpus import GpuInfo, Nvml, list_gpus, peer_access_matrix, versions
-from hw.nvcodec import nvcodec_version, probe_nvdec, probe_nvenc
+from hw.nv_probe import probe_nvdec, probe_nvenc
+from hw.nv_runtime import nvcodec_version
 
-CODECS = ("h264", "hevc", "av1")
+from core.choices import CODECS
 
 Probe = tuple[bool, str]
 

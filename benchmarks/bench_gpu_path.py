@@ -65,11 +65,11 @@ def timed(fn) -> tuple[float, object]:
 
 
 def decode_alone(src: Path, *, nvdec: bool) -> dict:
-    from hw.avio import PyAVDecoder
-    from hw.gpu_io import NvdecSource
+    from hw.av_decode import PyAVDecoder
+    from hw.nvdec import NvDecoder
 
     def go():
-        source = NvdecSource(src, gpu=0) if nvdec else PyAVDecoder(src)
+        source = NvDecoder(src, gpu=0) if nvdec else PyAVDecoder(src)
         n = sum(1 for _ in source)
         source.close()
         return n
@@ -82,7 +82,7 @@ def model_alone(model_name: str, scale: int | None, *, width: int, height: int, 
     from models import choose_precision, load_model
 
     dev = torch.device("cuda", 0)
-    torch.backends.cudnn.benchmark = True  # as the worker does
+    torch.backends.cudnn.benchmark = True  # as main.py does
     dtype, why = choose_precision("auto", dev)
     module = load_model(model_name, scale=scale).build(dev, dtype)
     x = torch.rand(batch, 3, height, width, device=dev, dtype=dtype)
@@ -102,7 +102,7 @@ def model_alone(model_name: str, scale: int | None, *, width: int, height: int, 
 def encode_alone(out: Path, *, width: int, height: int, num_frames: int, preset: str) -> dict:
     """CPU encoder fed yuv420p planes converted on the GPU (what the writer does)."""
     from hw.color import ColorInfo
-    from hw.avio import PyAVWriter
+    from hw.av_encode import PyAVWriter
     from hw.frames import rgb_to_host_yuv420
 
     info = ColorInfo(matrix="bt709", matrix_tag=1, primaries_tag=1, transfer_tag=1, range_tag=1)
@@ -113,9 +113,8 @@ def encode_alone(out: Path, *, width: int, height: int, num_frames: int, preset:
                         color=info, codec="h264", crf=18, preset=preset)
     t0 = time.perf_counter()
     for i in range(num_frames):
-        y, u, v = planes[i % len(planes)]
-        writer.write(y, u, v, pts=i)
-    writer.close()
+        writer.write(planes[i % len(planes)], i)
+    writer.close(complete=True)
     seconds = time.perf_counter() - t0
     return {"frames": num_frames, "size": f"{width}x{height}", "preset": preset, "fps": round(num_frames / seconds, 1)}
 
@@ -173,10 +172,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    torch.backends.cudnn.benchmark = True  # as main.py sets it for the program (a run never flips it)
     width, height = map(int, args.size.split("x"))
     results: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "args": vars(args) | {"out": str(args.out)}}
     try:
-        from hw.nvcodec import nvcodec_version
+        from hw.nv_runtime import nvcodec_version
 
         results["pynvvideocodec"] = nvcodec_version()
     except Exception as exc:  # noqa: BLE001

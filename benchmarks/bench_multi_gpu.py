@@ -36,14 +36,12 @@ def make_source(path: Path, *, width: int, height: int, num_frames: int) -> Path
 def one_run(src: Path, out: Path, *, gpus: str, model: str, preset: str, nvdec: bool = False,
             slow_gpu: int | None = None, slow_seconds: float = 0.0, batch_size: int = 0) -> dict:
     from pipeline import RunConfig, run
-    from pipeline.worker import WorkerFaults
+    from tests.faults import WorkerFaults, inject
 
-    faults = {}
-    if slow_gpu is not None:
-        faults = {"workers": {f"worker-gpu{slow_gpu}": WorkerFaults(seconds_per_batch=slow_seconds)}}
+    slowed = {f"worker-gpu{slow_gpu}": WorkerFaults(seconds_per_batch=slow_seconds)} if slow_gpu is not None else {}
     cfg = RunConfig(source=src, output=out, model=model, parallel=True, gpus=gpus, batch_size=batch_size,
-                    nvdec=nvdec, preset=preset, overwrite=True, faults=faults)
-    stats = run(cfg)
+                    nvdec=nvdec, preset=preset, overwrite=True)
+    stats = run(cfg, wrap=inject(workers=slowed, backoff_seconds=None))
     d = stats.to_dict()
     return {
         "gpus": gpus, "nvdec": nvdec, "slowed": slow_gpu, "frames": d["frames_written"], "seconds": d["wall_seconds"],

@@ -26,7 +26,8 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import DiskFull, OutputBusy, OutputExists, OutputNotWritable, UnsafeOutput
@@ -41,6 +42,7 @@ __all__ = [
     "describe_file_kind",
     "FreeSpaceGuard",
     "disk_full_error",
+    "disk_errors",
 ]
 
 log = logging.getLogger(__name__)
@@ -391,3 +393,15 @@ def disk_full_error(exc: OSError, path: Path, *, frames_written: int) -> DiskFul
               "system or a size limit", errno.EDQUOT: "the disk quota is used up"}[exc.errno]
     return DiskFull(f"Writing the output in {str(Path(path).parent)!r} failed after {frames_written} frame(s): "
                     f"{reason}. Free some space and run again")
+
+
+@contextmanager
+def disk_errors(path: Path, *, frames_written: Callable[[], int]) -> Iterator[None]:
+    """Turn a write the file system refuses (no space, a size limit, a quota) into `DiskFull`."""
+    try:
+        yield
+    except OSError as exc:
+        full = disk_full_error(exc, path, frames_written=frames_written())
+        if full is not None:
+            raise full from exc
+        raise

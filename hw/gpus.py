@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from pipeline.errors import InvalidOption
+from core.errors import InvalidOption
 
 __all__ = [
     "GpuInfo",

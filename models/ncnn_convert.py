@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.errors import ModelError
+from core.errors import ModelError
 
 __all__ = [
     "NcnnLayer",

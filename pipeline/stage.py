@@ -29,14 +29,12 @@ run is stopped is a policy (`on_stop`), written next to each stage's wiring:
   `stop_budget_seconds` and dropping (counting) the rest (the writer: a stop is quick even
   behind a slow encoder, and the file is always finalized).
 
-Queues between stages implement `Inbox` / `Outbox`; `FifoInbox` / `FifoOutbox` adapt a
-bounded `queue.Queue` (backpressure: a full queue blocks the producer).
+Queues between stages implement `Inbox` / `Outbox` (`pipeline.queues`).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -52,8 +50,6 @@ __all__ = [
     "Retry",
     "Retire",
     "StageRunner",
-    "FifoInbox",
-    "FifoOutbox",
     "OnStop",
 ]
 
@@ -103,80 +99,7 @@ class Outbox(Protocol):
 
     def put(self, item: Any, *, stop: threading.Event) -> bool: ...
 
-    def end(self) -> None: ...
-
-
-class FifoInbox:
-    """A bounded `queue.Queue` as an inbox, fed by `num_producers` stages: `END` is
-    returned once, after every producer has sent its own."""
-
-    def __init__(self, q: queue.Queue, *, num_producers: int = 1) -> None:
-        self.queue = q
-        self.num_producers = num_producers
-        self._num_ended = 0
-
-    def _count(self, item: Any) -> Any:
-        if item is END:
-            self._num_ended += 1
-            return END if self._num_ended >= self.num_producers else None
-        return item
-
-    def get(self, *, stop: threading.Event, timeout: float, want: int = 1) -> Any:
-        try:
-            return self._count(self.queue.get(timeout=timeout))
-        except queue.Empty:
-            return None
-
-    def get_nowait(self) -> Any:
-        try:
-            return self._count(self.queue.get_nowait())
-        except queue.Empty:
-            return None
-
-    def task_done(self, item: Any) -> None:
-        pass
-
-    def give_back(self, item: Any) -> None:
-        raise ValueError("a FIFO inbox cannot take an item back: only the work queue hands work out again")
-
-    def empty(self) -> bool:
-        return self.queue.empty()
-
-
-class FifoOutbox:
-    """A bounded `queue.Queue` as an outbox. Blocks while full (backpressure). Once the run
-    is stopped an item is delivered only if there is room at once (the next stage drains
-    what is there; nobody waits), and END is offered for up to `end_patience_seconds`
-    (a stopping consumer takes everything within about a second; this is a safety net)."""
-
-    def __init__(self, q: queue.Queue, *, poll_seconds: float = 0.1, end_patience_seconds: float = 30.0,
-                 consumer_gone: threading.Event | None = None) -> None:
-        self.queue = q
-        self.poll_seconds = poll_seconds
-        self.end_patience_seconds = end_patience_seconds
-        self.consumer_gone = consumer_gone or threading.Event()
-
-    def put(self, item: Any, *, stop: threading.Event) -> bool:
-        stopped_at: float | None = None
-        while not self.consumer_gone.is_set():
-            try:
-                self.queue.put(item, timeout=self.poll_seconds)
-                return True
-            except queue.Full:
-                if stop.is_set():
-                    stopped_at = stopped_at if stopped_at is not None else time.perf_counter()
-                    if time.perf_counter() - stopped_at > 2.0:  # the writer drops what it cannot write in ~1 s
-                        return False
-        return False
-
-    def end(self) -> None:
-        deadline = time.perf_counter() + self.end_patience_seconds
-        while not self.consumer_gone.is_set() and time.perf_counter() < deadline:
-            try:
-                self.queue.put(END, timeout=self.poll_seconds)
-                return
-            except queue.Full:
-                continue
+    def end(self, *, stop: threading.Event) -> None: ...
 
 
 class StageRunner:
@@ -235,7 +158,7 @@ class StageRunner:
                 self.errors.post(self.name, exc)
             finally:
                 if self.outbox is not None:
-                    self.outbox.end()
+                    self.outbox.end(stop=self.stop)
 
     def _retire(self, exc: BaseException) -> None:
         log.debug("%s retired: %s", self.name, exc)

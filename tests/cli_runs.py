@@ -28,7 +28,7 @@ sys.exit(main.main(sys.argv[1:]))
 """
 
 SLOW_WORKER = ("pipeline.worker", "Worker", "process", 0.05)
-SLOW_ENCODER = ("hw.avio", "PyAVWriter", "write", 0.5)
+SLOW_ENCODER = ("hw.av_encode", "PyAVWriter", "write", 0.5)
 
 
 def slow_cli(slow: tuple[str, str, str, float], *args: str) -> list[str]:

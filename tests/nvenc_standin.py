@@ -1,6 +1,6 @@
 """A stand-in for NVENC that behaves like it where muxing can go wrong (issue 9).
 
-`NvencLikeEncoder` has `hw.nvcodec.NvEncoder`'s interface (`extradata`, `options`,
+`NvencLikeEncoder` has `hw.nvenc.NvEncoder`'s interface (`extradata`, `options`,
 `encode(nv12, ready=, hold=)`, `flush()`, `close()`) and encodes with libx264/libx265
 through PyAV, but the bitstream is shaped the way NVENC shapes it, not the way libx264
 does when a muxer opens it:
@@ -24,7 +24,8 @@ from fractions import Fraction
 
 import av
 
-from hw.nvcodec import annexb_is_keyframe, annexb_parameter_sets, nvenc_options, split_annexb
+from hw.annexb import annexb_is_keyframe, annexb_parameter_sets, split_annexb
+from hw.nvenc import nvenc_options
 
 GOP = 6
 _PARAMETER_SET_TYPES = {"h264": {7, 8}, "hevc": {32, 33, 34}}

@@ -47,12 +47,12 @@ def test_nvcodec_probes_run_in_a_thread_of_their_own(monkeypatch):
     --nvdec --nvenc then failed with CUDNN_STATUS_BAD_PARAM_STREAM_MISMATCH (H100)."""
     import threading
 
-    from hw import nvcodec
-    from pipeline import runner
+    from hw import nv_probe
+    from pipeline import plan as planning
 
     seen = []
-    monkeypatch.setattr(nvcodec, "probe_nvenc", lambda **kw: (seen.append(threading.current_thread()), (False, "no"))[1])
-    assert runner._probe("probe_nvenc", codec="h264", gpu=0) == (False, "no")
+    monkeypatch.setattr(nv_probe, "probe_nvenc", lambda **kw: (seen.append(threading.current_thread()), (False, "no"))[1])
+    assert planning._probe("probe_nvenc", codec="h264", gpu=0) == (False, "no")
     assert seen and seen[0] is not threading.main_thread()
 
 

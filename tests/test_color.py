@@ -400,7 +400,7 @@ def test_bad_matrix_raises():
 def test_probe_reads_the_colour_of_a_real_file(clips, tags, height, matrix, full_range, guessed, output_tag):
     """probe_source -> ColorInfo on files written with these tags: the arithmetic (matrix,
     range) follows the tags, and the tags to write are the source's or the chosen matrix."""
-    from hw.avio import probe_source
+    from hw.av_source import probe_source
 
     src = clips(f"probe-color-{height}.mkv", num_frames=2, width=32, height=height, color=tags)
     info = probe_source(src).color

@@ -8,9 +8,7 @@ tmpfs, where this machine allows mounting one)."""
 from __future__ import annotations
 
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 import uuid

@@ -5,17 +5,13 @@ finished so far, contiguous from 0."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 from pipeline import RunConfig, StageError, run
-from pipeline.reader import InjectedFault
-from pipeline.worker import WorkerFaults
+from tests.faults import InjectedFault, WorkerFaults, inject
 from tests import probe
 from tests.cli_runs import SLOW_ENCODER, SLOW_WORKER, signal_mid_run, slow_cli
 
@@ -51,7 +47,7 @@ def test_stage_failure_stops_run_and_keeps_partial_output(clips, tmp_path, stage
     src = clips("fault.mp4", num_frames=60)
     out = tmp_path / "out.mp4"
     with pytest.raises(StageError, match=rf"^{stage}: InjectedFault: injected {stage} failure at frame 25"):
-        run(_cfg(src, out, faults={stage: {"fail_at_frame": 25}}))
+        run(_cfg(src, out), wrap=inject(**{f"{stage}_fails_at": 25}))
     reaction = time.perf_counter() - failure_clock[0]
     assert reaction < REACTION_BOUND_SECONDS, f"run() raised {reaction:.1f} s after the {stage} failed"
     got = probe.indices(out)  # playable: it decodes
@@ -65,7 +61,7 @@ def test_worker_failure_stops_run_and_keeps_partial_output(clips, tmp_path, fail
     src = clips("fault.mp4", num_frames=60)
     out = tmp_path / "out.mp4"
     with pytest.raises(StageError, match=r"^worker-cpu0: InjectedFault: injected worker failure at frame 30"):
-        run(_cfg(src, out, faults={"workers": {"worker-cpu0": WorkerFaults(fail_at_frame=30)}}))
+        run(_cfg(src, out), wrap=inject(workers={"worker-cpu0": WorkerFaults(fail_at_frame=30)}))
     assert time.perf_counter() - failure_clock[0] < REACTION_BOUND_SECONDS
     got = probe.indices(out)
     assert got == list(range(len(got))) and 0 < len(got) <= 30
@@ -80,7 +76,7 @@ def test_only_the_runner_can_stop_a_stalled_run_and_does_so_promptly(clips, tmp_
     out = tmp_path / "out.mp4"
     faults = {f"worker-cpu{i}": WorkerFaults(fail_at_frame=30, seconds_per_batch=0.01) for i in range(2)}
     with pytest.raises(StageError, match=r"^worker-cpu[01]: InjectedFault: injected worker failure at frame 30"):
-        run(_cfg(src, out, cpu_workers=2, batch_size=2, faults={"workers": faults}))
+        run(_cfg(src, out, cpu_workers=2, batch_size=2), wrap=inject(workers=faults))
     reaction = time.perf_counter() - failure_clock[0]
     assert reaction < REACTION_BOUND_SECONDS, f"run() raised {reaction:.1f} s after the worker failed"
     got = probe.indices(out)
@@ -92,12 +88,11 @@ def test_a_failure_does_not_wait_for_queued_work(clips, tmp_path, failure_clock,
     work): the run must stop within the bound, not process the queue first."""
     src = clips("long-stall.mp4", num_frames=300)
     out = tmp_path / "out.mp4"
-    faults = {"reader": {"fail_at_frame": 60},
-              "workers": {f"worker-cpu{i}": WorkerFaults(seconds_per_batch=0.15) for i in range(2)}}
+    wrap = inject(reader_fails_at=60, workers={f"worker-cpu{i}": WorkerFaults(seconds_per_batch=0.15) for i in range(2)})
     cfg = RunConfig(source=src, output=out, model="bicubic", scale=2, parallel=True, queue_size=40, batch_size=1,
-                    max_batch_size=1, cpu_workers=2, faults=faults)
+                    max_batch_size=1, cpu_workers=2)
     with pytest.raises(StageError, match=r"^reader: InjectedFault: injected reader failure at frame 60"):
-        run(cfg)
+        run(cfg, wrap=wrap)
     reaction = time.perf_counter() - failure_clock[0]
     assert reaction < REACTION_BOUND_SECONDS, f"run() raised {reaction:.1f} s after the reader failed"
     got = probe.indices(out)
@@ -113,7 +108,7 @@ def test_partial_output_audio_ends_with_its_video(clips, tmp_path, stage):
     src = clips("fault-audio.mp4", num_frames=72, audio=True)
     out = tmp_path / "out.mp4"
     with pytest.raises(StageError, match=rf"^{stage}: InjectedFault"):
-        run(_cfg(src, out, faults={stage: {"fail_at_frame": 25}}))
+        run(_cfg(src, out), wrap=inject(**{f"{stage}_fails_at": 25}))
     with av.open(str(out)) as c:
         video_seconds = len([f for f in c.decode(video=0)]) / 24
     with av.open(str(out)) as c:
@@ -125,10 +120,10 @@ def test_partial_output_audio_ends_with_its_video(clips, tmp_path, stage):
 def test_sequential_failure_keeps_partial_output(clips, tmp_path):
     src = clips("fault.mp4", num_frames=60)
     out = tmp_path / "out.mp4"
-    cfg = _cfg(src, out, faults={"workers": {"worker-cpu0": WorkerFaults(fail_at_frame=30)}})
+    cfg = _cfg(src, out)
     cfg.parallel = False
     with pytest.raises(StageError, match="injected worker failure at frame 30"):
-        run(cfg)
+        run(cfg, wrap=inject(workers={"worker-cpu0": WorkerFaults(fail_at_frame=30)}))
     assert probe.indices(out) == list(range(30))
 
 
@@ -169,7 +164,7 @@ def test_ctrl_c_behind_a_slow_encoder_is_still_quick(clips, tmp_path):
 
 def test_writer_failure_behind_full_queues_does_not_hang(clips, tmp_path, monkeypatch, no_stage_threads_left):
     """Regression (review): the collector kept offering END to a dead writer for 30 s."""
-    from hw.avio import PyAVWriter
+    from hw.av_encode import PyAVWriter
 
     original = PyAVWriter.write
 
@@ -181,25 +176,24 @@ def test_writer_failure_behind_full_queues_does_not_hang(clips, tmp_path, monkey
     src = clips("fault.mp4", num_frames=60)
     t0 = time.perf_counter()
     with pytest.raises(StageError, match="injected writer failure at frame 10"):
-        run(_cfg(src, tmp_path / "out.mp4", faults={"writer": {"fail_at_frame": 10}}))
+        run(_cfg(src, tmp_path / "out.mp4"), wrap=inject(writer_fails_at=10))
     assert time.perf_counter() - t0 < 8.0
     assert probe.indices(tmp_path / "out.mp4") == list(range(10))
 
 
 def test_device_fault_while_starting_leaves_that_worker_out(clips, tmp_path, monkeypatch):
     from hw.memory import DeviceFault
-    from pipeline.worker import Worker
 
-    original = Worker.setup
+    def lost_device(device, dtype):
+        raise DeviceFault("injected: device lost while loading the model")
 
-    def setup(self):
-        if self.name == "worker-cpu1":
-            raise DeviceFault("injected: device lost while loading the model")
-        original(self)
+    def wrap(name, stage):
+        if name == "worker-cpu1":
+            stage.build_model = lost_device
+        return stage
 
-    monkeypatch.setattr(Worker, "setup", setup)
     src = clips("fault.mp4", num_frames=60)
-    stats = run(_cfg(src, tmp_path / "out.mp4", cpu_workers=2))
+    stats = run(_cfg(src, tmp_path / "out.mp4", cpu_workers=2), wrap=wrap)
     assert stats.workers["worker-cpu1"].health == "failed"
     assert stats.workers["worker-cpu0"].num_frames == 60
     assert any("worker-cpu1" in w and "failed to start" in w for w in stats.warnings)

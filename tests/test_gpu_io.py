@@ -1,4 +1,4 @@
-"""The GPU ends of a run, exercised on the CPU: NvdecSource numbering and NvencFileWriter
+"""The NVENC end of a run, exercised on the CPU: NvencFileWriter
 muxing (timestamps, parameter sets, keyframes, seeking, colour, audio), with stand-ins for
 the hardware.
 
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from hw.avio import probe_source
+from hw.av_source import probe_source
 from hw.color import ColorInfo
-from hw.gpu_io import NvdecSource, NvencFileWriter, nvenc_metadata_filter
+from hw.nvenc_writer import NvencFileWriter, nvenc_metadata_filter
 from pipeline.messages import ResultItem
 from tests import probe
 from tests.nvenc_standin import GOP, NvencLikeEncoder, keyframe_entry_problems
@@ -40,7 +40,7 @@ def _write(src, out, *, codec="h264", num_frames=None, encoder_factory=NvencLike
         warn=warnings.append, encoder_factory=encoder_factory,
     )
     for i, (nv12, pts) in enumerate(_nv12_frames(src)[:num_frames]):
-        writer.write_result(ResultItem(index=i, pts=pts, fmt="nv12", planes=(nv12,)))
+        writer.write((nv12,), pts)
     return writer, warnings
 
 
@@ -150,36 +150,11 @@ def test_nvenc_writer_holds_frames_and_passes_ready_events(clips, tmp_path):
     marker = object()
     frames = _nv12_frames(src)[:3]
     for i, (nv12, pts) in enumerate(frames):
-        writer.write_result(ResultItem(index=i, pts=pts, fmt="nv12", planes=(CudaFrame(nv12, marker),)))
+        writer.write((CudaFrame(nv12, marker),), pts)
     writer.close(complete=True)
     held = writer._encoder.held
     assert [ready for _, ready, _ in held] == [marker] * 3
     assert all(isinstance(hold[0], CudaFrame) and hold[0].tensor is nv12 for (nv12, _, hold) in held)
-
-
-class FakeNvDecoder:
-    bit_depth = 8
-    average_rate = Fraction(25)
-    time_base = Fraction(1, 25)
-
-    def __init__(self, path, *, gpu):
-        self.closed = False
-
-    def __iter__(self):
-        for pts in (None, None, None):
-            yield torch.zeros(6, 4, dtype=torch.uint8), pts
-
-    def close(self):
-        self.closed = True
-
-
-def test_nvdec_source_numbers_frames_without_pts():
-    source = NvdecSource("x.mp4", gpu=0, decoder_factory=FakeNvDecoder)
-    frames = list(source)
-    assert [f.pts for f in frames] == [0, 1, 2]
-    assert all(f.fmt == "nv12" and f.planes[0].shape == (6, 4) for f in frames)
-    source.close()
-    assert source._decoder.closed
 
 
 class SvtAv1AsNvenc:
@@ -195,7 +170,7 @@ class SvtAv1AsNvenc:
         self.n = 0
 
     def _units(self, packets):
-        from hw.nvcodec import EncodedUnit
+        from hw.nvenc import EncodedUnit
 
         return [EncodedUnit(bytes(p), 3 if p.is_keyframe else 0) for p in packets]
 

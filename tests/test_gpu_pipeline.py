@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pipeline import RunConfig, run
-from pipeline.worker import WorkerFaults
+from tests.faults import WorkerFaults, inject
 from tests import probe
 
 pytestmark = pytest.mark.needs_cuda
@@ -65,13 +65,13 @@ def test_nvdec_frames_equal_pyav_planes_exactly(clips, width, height, codec, pix
     in the same order, at the same timestamps, every Y, U and V sample equal (issue 8: flat
     grey frames and a mean tolerance let pitch, chroma offset and U/V swaps pass).
     H.264 and HEVC are exact-decode standards: any difference is our bug."""
-    from hw.gpu_io import NvdecSource
+    from hw.nvdec import NvDecoder
     from pipeline import HardwareUnavailable
 
     src = clips(f"nvdec-{codec}.mp4", num_frames=30, width=width, height=height, photo=True, codec=codec,
                 pix_fmt=pix_fmt)
     try:
-        source = NvdecSource(src, gpu=0)
+        source = NvDecoder(src, gpu=0)
     except HardwareUnavailable as exc:
         pytest.skip(str(exc))
     try:
@@ -127,8 +127,8 @@ def test_nvdec_run_is_frame_exact_with_pyav_decode(clips, tmp_path, width, heigh
 
 def test_injected_oom_on_gpu_recovers(clips, tmp_path):
     src = clips("gpu.mp4", num_frames=40, width=128, height=96)
-    stats = run(_cfg(src, tmp_path / "o.mp4", device="cuda", batch_size=8, max_batch_size=8,
-                     faults={"workers": {"worker-gpu0": WorkerFaults(oom_when_batch_over=2)}}))
+    stats = run(_cfg(src, tmp_path / "o.mp4", device="cuda", batch_size=8, max_batch_size=8),
+                wrap=inject(workers={"worker-gpu0": WorkerFaults(oom_when_batch_over=2)}))
     w = stats_worker(stats)
     assert w.num_oom >= 2 and max(w.batch_sizes) <= 2
     assert probe.indices(tmp_path / "o.mp4") == list(range(40))

@@ -10,7 +10,7 @@ import pytest
 
 from hw import gpus
 from hw.gpus import GpuInfo, Nvml, fast_fp16, list_gpus, parse_gpu_list, peer_access_matrix
-from pipeline.errors import InvalidOption
+from core.errors import InvalidOption
 
 
 @pytest.mark.parametrize("cc, fast", [((6, 1), False), ((6, 0), True), ((5, 2), False),

@@ -17,8 +17,6 @@ import pytest
 import torch
 
 import main as cli
-from core.errors import ModelOutputError
-from hw.clips import make_clip, read_index
 from pipeline import RunConfig, run
 from tests import probe
 

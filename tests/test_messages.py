@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import CRF_RANGE, RunConfig, default_output_path
-from pipeline.errors import FramepipeError, InvalidOption
-from pipeline.messages import END, EndOfStream, FrameItem, ResultItem, StageFailed
+from core.errors import FramepipeError, InvalidOption
+from core.frame import Frame
+from pipeline.messages import END, EndOfStream, ResultItem, StageFailed
 
 
 def _yuv_planes(height=1080, width=1920):
@@ -21,7 +22,7 @@ def _yuv_planes(height=1080, width=1920):
     )
 
 
-# -- FrameItem ------------------------------------------------------------------------
+# -- Frame ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -35,41 +36,41 @@ def _yuv_planes(height=1080, width=1920):
     ],
 )
 def test_frame_item_accepts_valid(fmt, planes, bit_depth):
-    item = FrameItem(index=0, pts=0, fmt=fmt, planes=planes, bit_depth=bit_depth)
+    item = Frame(index=0, pts=0, fmt=fmt, planes=planes, bit_depth=bit_depth)
     assert item.planes is planes
 
 
 def test_frame_item_negative_index_raises():
-    with pytest.raises(ValueError, match=r"FrameItem\.index must be >= 0, got -1"):
-        FrameItem(index=-1, pts=0, fmt="yuv", planes=_yuv_planes(8, 8))
+    with pytest.raises(ValueError, match=r"Frame\.index must be >= 0, got -1"):
+        Frame(index=-1, pts=0, fmt="yuv", planes=_yuv_planes(8, 8))
 
 
 def test_frame_item_bad_fmt_raises():
-    with pytest.raises(ValueError, match=r"FrameItem\.fmt must be yuv, rgb24 or nv12, got 'yuv420p'"):
-        FrameItem(index=0, pts=0, fmt="yuv420p", planes=_yuv_planes(8, 8))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"Frame\.fmt must be yuv, rgb24 or nv12, got 'yuv420p'"):
+        Frame(index=0, pts=0, fmt="yuv420p", planes=_yuv_planes(8, 8))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     "fmt,planes,message",
     [
-        ("yuv", _yuv_planes(8, 8)[:2], r"FrameItem yuv needs 3 plane\(s\), got 2"),
-        ("rgb24", _yuv_planes(8, 8), r"FrameItem rgb24 needs 1 plane\(s\), got 3"),
-        ("nv12", (), r"FrameItem nv12 needs 1 plane\(s\), got 0"),
+        ("yuv", _yuv_planes(8, 8)[:2], r"Frame yuv needs 3 plane\(s\), got 2"),
+        ("rgb24", _yuv_planes(8, 8), r"Frame rgb24 needs 1 plane\(s\), got 3"),
+        ("nv12", (), r"Frame nv12 needs 1 plane\(s\), got 0"),
     ],
 )
 def test_frame_item_wrong_plane_count_raises(fmt, planes, message):
     with pytest.raises(ValueError, match=message):
-        FrameItem(index=0, pts=0, fmt=fmt, planes=planes)
+        Frame(index=0, pts=0, fmt=fmt, planes=planes)
 
 
 @pytest.mark.parametrize("bit_depth", [0, 7, 9, 14, 32])
 def test_frame_item_bad_bit_depth_raises(bit_depth):
-    with pytest.raises(ValueError, match=rf"FrameItem\.bit_depth must be 8, 10, 12 or 16, got {bit_depth}"):
-        FrameItem(index=0, pts=0, fmt="yuv", planes=_yuv_planes(8, 8), bit_depth=bit_depth)
+    with pytest.raises(ValueError, match=rf"Frame\.bit_depth must be 8, 10, 12 or 16, got {bit_depth}"):
+        Frame(index=0, pts=0, fmt="yuv", planes=_yuv_planes(8, 8), bit_depth=bit_depth)
 
 
 def test_frame_item_is_frozen():
-    item = FrameItem(index=3, pts=3003, fmt="yuv", planes=_yuv_planes(8, 8))
+    item = Frame(index=3, pts=3003, fmt="yuv", planes=_yuv_planes(8, 8))
     with pytest.raises(dataclasses.FrozenInstanceError):
         item.index = 4  # type: ignore[misc]
 
@@ -77,14 +78,14 @@ def test_frame_item_is_frozen():
 def test_frame_item_repr_shows_shapes_not_data():
     planes = _yuv_planes()
     planes[0][:] = 7  # data that must not show up
-    text = repr(FrameItem(index=12, pts=6006, fmt="yuv", planes=planes, bit_depth=10))
-    assert text == "FrameItem(#12, pts=6006, yuv10 [(1080, 1920), (540, 960), (540, 960)])"
+    text = repr(Frame(index=12, pts=6006, fmt="yuv", planes=planes, bit_depth=10))
+    assert text == "Frame(#12, pts=6006, yuv10 [(1080, 1920), (540, 960), (540, 960)])"
     assert len(text) < 120
 
 
 def test_frame_item_repr_of_a_torch_tensor():
     torch = pytest.importorskip("torch")
-    text = repr(FrameItem(index=0, pts=0, fmt="nv12", planes=(torch.zeros(1620, 1920, dtype=torch.uint8),)))
+    text = repr(Frame(index=0, pts=0, fmt="nv12", planes=(torch.zeros(1620, 1920, dtype=torch.uint8),)))
     assert "(1620, 1920)" in text and "tensor" not in text and "@" not in text  # no "@cpu"
 
 

@@ -37,7 +37,7 @@ from models import (
 )
 from models import ncnn_convert, registry
 from models.ncnn_convert import parse_param, read_weights, rrdb_state_dict, srvgg_state_dict
-from pipeline.errors import InvalidOption, ModelError, UnsafeModelFile
+from core.errors import InvalidOption, ModelError, UnsafeModelFile
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:FutureWarning"),

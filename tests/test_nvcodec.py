@@ -1,4 +1,5 @@
-"""Tests of hw/nvcodec.py with a fake PyNvVideoCodec module (real NVDEC: needs_cuda)."""
+"""Tests of hw/nv_runtime.py, nv_probe.py, nvdec.py, nvenc.py and annexb.py with a fake
+PyNvVideoCodec module (real NVDEC: needs_cuda)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,22 @@ import numpy as np
 import pytest
 import torch
 
-from hw import nvcodec
-from hw.nvcodec import (NvDecoder, NvEncoder, annexb_is_keyframe, annexb_parameter_sets,
-                        nvcodec_import, nvenc_options, nvenc_size_problem, probe_nvdec, probe_nvenc,
-                        split_annexb)
-from pipeline.errors import HardwareUnavailable, InvalidOption
+from core.errors import HardwareUnavailable
+from hw import nv_runtime, nvdec, nvenc
+from hw.annexb import annexb_is_keyframe, annexb_parameter_sets, split_annexb
+from hw.nv_probe import nvenc_size_problem, probe_nvdec, probe_nvenc
+from hw.nv_runtime import nvcodec_import
+from hw.nvdec import NvDecoder
+from hw.nvenc import NvEncoder, nvenc_options
 
 
 @pytest.fixture(autouse=True)
 def _fresh_caches(request, monkeypatch):
     if "needs_cuda" not in request.keywords:  # same labels with or without a real GPU
-        monkeypatch.setattr(nvcodec, "_gpu_label", lambda gpu: f"GPU {gpu}")
-    nvcodec._reset_caches_for_tests()
+        monkeypatch.setattr(nv_runtime, "gpu_label", lambda gpu: f"GPU {gpu}")
+    nv_runtime.reset_caches_for_tests()
     yield
-    nvcodec._reset_caches_for_tests()
+    nv_runtime.reset_caches_for_tests()
 
 
 class _Enum:
@@ -103,7 +106,7 @@ def fake_module(*, caps=None, encoder_error=None, decoder_factory=None, encoder_
 
 
 def use(monkeypatch, module):
-    monkeypatch.setattr(nvcodec, "nvcodec_import", lambda: module)
+    monkeypatch.setattr(nv_runtime, "nvcodec_import", lambda: module)
     return module
 
 
@@ -112,29 +115,29 @@ def use(monkeypatch, module):
 def test_import_failure_is_hardware_unavailable(monkeypatch):
     def fail(name):
         raise RuntimeError("libnvidia-encode.so.1: cannot open shared object file\nmore")
-    monkeypatch.setattr(nvcodec.importlib, "import_module", fail)
+    monkeypatch.setattr(nv_runtime.importlib, "import_module", fail)
     with pytest.raises(HardwareUnavailable,
                        match=r"PyNvVideoCodec is not usable: RuntimeError: libnvidia-encode"):
         nvcodec_import()
     # the failure is remembered: no second import attempt
-    monkeypatch.setattr(nvcodec.importlib, "import_module", lambda n: pytest.fail("retried"))
+    monkeypatch.setattr(nv_runtime.importlib, "import_module", lambda n: pytest.fail("retried"))
     with pytest.raises(HardwareUnavailable, match="not usable"):
         nvcodec_import()
 
 
 def test_import_success_is_cached(monkeypatch):
     mod = types.ModuleType("PyNvVideoCodec")
-    monkeypatch.setattr(nvcodec.importlib, "import_module", lambda n: mod)
+    monkeypatch.setattr(nv_runtime.importlib, "import_module", lambda n: mod)
     assert nvcodec_import() is mod
-    monkeypatch.setattr(nvcodec.importlib, "import_module", lambda n: pytest.fail("again"))
+    monkeypatch.setattr(nv_runtime.importlib, "import_module", lambda n: pytest.fail("again"))
     assert nvcodec_import() is mod
 
 
 def test_version_without_package(monkeypatch):
     def missing(name):
-        raise nvcodec.importlib.metadata.PackageNotFoundError(name)
-    monkeypatch.setattr(nvcodec.importlib.metadata, "version", missing)
-    assert nvcodec.nvcodec_version() is None
+        raise nv_runtime.importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(nv_runtime.importlib.metadata, "version", missing)
+    assert nv_runtime.nvcodec_version() is None
 
 
 # ----------------------------------------------------------------------------- probes
@@ -192,18 +195,18 @@ def test_probe_nvdec_query_error(monkeypatch):
 def test_probe_nvdec_without_pynvvideocodec(monkeypatch):
     def fail():
         raise HardwareUnavailable("PyNvVideoCodec is not usable: ImportError: x")
-    monkeypatch.setattr(nvcodec, "nvcodec_import", fail)
+    monkeypatch.setattr(nv_runtime, "nvcodec_import", fail)
     assert probe_nvdec(codec="h264", bit_depth=8, chroma_format="420", width=64, height=64,
                        gpu=0) == (False, "PyNvVideoCodec is not usable: ImportError: x")
 
 
 def test_probe_nvdec_bad_chroma():
-    with pytest.raises(InvalidOption, match=r"Invalid chroma_format \('4:2:0'\)"):
+    with pytest.raises(ValueError, match=r"Invalid chroma_format \('4:2:0'\)"):
         probe_nvdec(codec="h264", bit_depth=8, chroma_format="4:2:0", width=64, height=64, gpu=0)
 
 
 def test_probe_nvdec_bad_bit_depth():
-    with pytest.raises(InvalidOption, match=r"Invalid bit_depth \(9\): allowed are 8, 10, 12"):
+    with pytest.raises(ValueError, match=r"Invalid bit_depth \(9\): allowed are 8, 10, 12"):
         probe_nvdec(codec="h264", bit_depth=9, chroma_format="420", width=64, height=64, gpu=0)
 
 
@@ -350,7 +353,7 @@ def test_nvenc_options_default_quality_is_explicit_constant_qp():
 def test_nvenc_fps_is_not_rounded_to_an_integer(rate, text):
     """Issue 9: `fps` was round(rate): 29.97 -> 30. The binding parses 2 decimals."""
     options = nvenc_options(codec="h264", gpu=0, width=64, height=64, frame_rate=rate)
-    assert options["fps"] == text == nvcodec.nvenc_fps_option(rate)
+    assert options["fps"] == text == nvenc.nvenc_fps_option(rate)
 
 
 @pytest.mark.parametrize("codec, repeat", [("h264", "1"), ("hevc", "1"), ("av1", None)])
@@ -374,7 +377,7 @@ def test_nvenc_options_repeat_parameter_sets_and_no_colorspace(codec, repeat):
 ])
 def test_nvenc_options_rejects(change, message):
     args = dict(codec="h264", gpu=0, width=1920, height=1080, frame_rate=Fraction(25))
-    with pytest.raises(InvalidOption, match=message):
+    with pytest.raises(ValueError, match=message):
         nvenc_options(**{**args, **change})
 
 
@@ -426,11 +429,11 @@ def test_encoder_encode_flush_close(monkeypatch, fake_cuda):
     assert enc.extradata == b"\x00\x00\x00\x01\x67sps"
     frame = torch.zeros((48, 64), dtype=torch.uint8)
     units = enc.encode(frame)
-    assert units == [nvcodec.EncodedUnit(b"\x00\x00\x00\x01\x65au1", 3)] and units[0].is_idr
+    assert units == [nvenc.EncodedUnit(b"\x00\x00\x00\x01\x65au1", 3)] and units[0].is_idr
     y, uv = m.encoders[0].frames[0]
     assert y["shape"] == (32, 64, 1) and uv["shape"] == (16, 32, 2) and uv["strides"] == (64, 2, 1)
     assert uv["data"][0] - y["data"][0] == 64 * 32
-    assert enc.flush() == [nvcodec.EncodedUnit(b"tail", 0)]
+    assert enc.flush() == [nvenc.EncodedUnit(b"tail", 0)]
     enc.close()
     enc.close()
     with pytest.raises(HardwareUnavailable, match="NvEncoder is closed"):
@@ -487,10 +490,10 @@ def test_encoder_without_our_stream_waits_on_the_host(monkeypatch, fake_cuda):
 
 
 def test_encoded_units_accept_1x_bytes():
-    assert nvcodec._encoded_units(bytearray(b"ab")) == [nvcodec.EncodedUnit(b"ab")]
-    assert nvcodec._encoded_units(None) == [] and nvcodec._encoded_units(b"") == []
-    assert nvcodec._encoded_units([{"data": b"x", "picture_type": 3}, {"data": b""}]) == [
-        nvcodec.EncodedUnit(b"x", 3)]
+    assert nvenc._encoded_units(bytearray(b"ab")) == [nvenc.EncodedUnit(b"ab")]
+    assert nvenc._encoded_units(None) == [] and nvenc._encoded_units(b"") == []
+    assert nvenc._encoded_units([{"data": b"x", "picture_type": 3}, {"data": b""}]) == [
+        nvenc.EncodedUnit(b"x", 3)]
 
 
 # ----------------------------------------------------------------------------- Annex-B
@@ -516,9 +519,9 @@ def test_parameter_sets_and_keyframe():
 
 
 def test_annexb_helpers_reject_av1():
-    with pytest.raises(InvalidOption, match=r"Annex-B parameter sets \('av1'\)"):
+    with pytest.raises(ValueError, match=r"Annex-B parameter sets \('av1'\)"):
         annexb_parameter_sets(b"", codec="av1")
-    with pytest.raises(InvalidOption, match=r"Annex-B keyframe test \('av1'\)"):
+    with pytest.raises(ValueError, match=r"Annex-B keyframe test \('av1'\)"):
         annexb_is_keyframe(b"", codec="av1")
 
 
@@ -594,15 +597,16 @@ def test_decoder_matches_pyav_count_and_pts(tmp_path, monkeypatch, fake_gpu, suf
         assert dec.time_base is not None
         got = list(dec)
     expected = pyav_pts(clip)
-    assert [pts for _, pts in got] == expected
-    assert [marker for marker, _ in got] == expected  # each frame got its own PTS
+    assert [f.pts for f in got] == expected
+    assert [f.planes[0] for f in got] == expected  # each frame got its own PTS
+    assert [f.index for f in got] == list(range(len(expected)))
     assert all(h in (b"\x00\x00\x00\x01",) or h[:3] == b"\x00\x00\x01"
                for h in fake.payload_heads)  # Annex-B after the mp4toannexb filter
     assert m.calls[0][0] == "caps"
 
 
 def test_decoder_drops_discarded_frames(monkeypatch, fake_gpu):
-    book = nvcodec._PtsBook()
+    book = nvdec._PtsBook()
     for pts, discard in [(-2, True), (4, False), (0, False), (2, False)]:
         book.add(pts, discard)
     assert [book.take() for _ in range(4)] == [(-2, True), (0, False), (2, False), (4, False)]
@@ -653,7 +657,7 @@ def test_decoder_no_video_stream(tmp_path, monkeypatch, fake_gpu):
 def test_decoder_bad_stream_index(tmp_path, monkeypatch, fake_gpu):
     clip = make_clip(tmp_path / "a.mp4")
     use(monkeypatch, fake_module(caps=CAPS_OK))
-    with pytest.raises(InvalidOption, match=r"Invalid stream_index \(5\): video streams .* \[0\]"):
+    with pytest.raises(ValueError, match=r"Invalid stream_index \(5\): video streams .* \[0\]"):
         NvDecoder(clip, gpu=0, stream_index=5)
 
 

@@ -33,10 +33,10 @@ import numpy as np
 import pytest
 import torch
 
-from hw import gpu_io, nvcodec
+from hw import nv_runtime, nvenc, nvenc_writer
 from hw.color import ColorInfo, rgb_to_nv12
 from hw.frames import rgb_to_device_nv12, rgb_to_nv12_frames, to_8bit_rgb
-from hw.gpu_io import NvencFileWriter
+from hw.nvenc_writer import NvencFileWriter
 from pipeline.messages import ResultItem
 
 pytestmark = pytest.mark.needs_cuda
@@ -138,7 +138,7 @@ def _decoded_nv12(path):
 
 
 def _run(tmp_path, monkeypatch, *, producer_gpu, encoder_gpu, slow_producer, busy_cycles, overwrite_after):
-    monkeypatch.setattr(nvcodec, "nvcodec_import", lambda: cuda_nvenc_module(busy_cycles=busy_cycles))
+    monkeypatch.setattr(nv_runtime, "nvcodec_import", lambda: cuda_nvenc_module(busy_cycles=busy_cycles))
     out = tmp_path / "out.mkv"
     writer = NvencFileWriter(out, gpu=encoder_gpu, codec="h264", width=WIDTH, height=HEIGHT,
                              time_base=Fraction(1, 25), frame_rate=Fraction(25), color=COLOR,
@@ -153,7 +153,7 @@ def _run(tmp_path, monkeypatch, *, producer_gpu, encoder_gpu, slow_producer, bus
                 torch.cuda._sleep(SLOW_CYCLES)
             frame = rgb_to_nv12_frames(rgb, COLOR)[0]
         item = ResultItem(index=i, pts=i, fmt="nv12", planes=(frame,))
-        writer.write_result(item)  # the writer thread's part: no stream of the worker's is current
+        writer.write(item.planes, item.pts)  # the writer thread's part: no stream of the worker's is current
         del item, frame
         if overwrite_after:  # the worker's next batch lands in the memory it just let go of
             with torch.cuda.device(device), torch.cuda.stream(worker_stream):
@@ -167,9 +167,9 @@ def _run(tmp_path, monkeypatch, *, producer_gpu, encoder_gpu, slow_producer, bus
 
 def _no_handoff(monkeypatch):
     """Today's code before issue 9: no wait on the producer's event, nothing held, a plain .to()."""
-    monkeypatch.setattr(nvcodec.NvEncoder, "_wait_ready", lambda self, frame, ready, torch: None)
-    monkeypatch.setattr(nvcodec.NvEncoder, "_hold", lambda self, entry: None)
-    monkeypatch.setattr(gpu_io.NvencFileWriter, "_to_encoder_gpu",
+    monkeypatch.setattr(nvenc.NvEncoder, "_wait_ready", lambda self, frame, ready, torch: None)
+    monkeypatch.setattr(nvenc.NvEncoder, "_hold", lambda self, entry: None)
+    monkeypatch.setattr(nvenc_writer.NvencFileWriter, "_to_encoder_gpu",
                         lambda self, tensor, ready: (tensor.to(f"cuda:{self.gpu}"), None))
 
 

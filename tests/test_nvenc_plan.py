@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hw import nvcodec
-from pipeline import runner
+from hw import nv_runtime
+from pipeline import plan as planning
 from pipeline.config import RunConfig
 
 CAPS = {"h264": {"width_max": 4096, "height_max": 4096, "mb_num_max": 65536},
@@ -38,18 +38,18 @@ def p40(monkeypatch):
 
     module.GetEncoderCaps = caps
     module.CreateEncoder = create_encoder
-    monkeypatch.setattr(nvcodec, "nvcodec_import", lambda: module)
-    monkeypatch.setattr(nvcodec, "_gpu_label", lambda gpu: f"GPU {gpu} (Tesla P40)")
-    nvcodec._reset_caches_for_tests()
+    monkeypatch.setattr(nv_runtime, "nvcodec_import", lambda: module)
+    monkeypatch.setattr(nv_runtime, "gpu_label", lambda gpu: f"GPU {gpu} (Tesla P40)")
+    nv_runtime.reset_caches_for_tests()
     yield module
-    nvcodec._reset_caches_for_tests()
+    nv_runtime.reset_caches_for_tests()
 
 
 def plan(codec, output_size):
     config = RunConfig(source=Path("v.mp4"), nvenc=True, codec=codec)
-    devices = runner.DevicePlan((torch.device("cuda", 0),))
+    devices = (torch.device("cuda", 0),)
     notes: list[str] = []
-    _, use_nvenc = runner._plan_codecs(config, source=None, devices=devices, notes=notes, output_size=output_size)
+    _, use_nvenc = planning._plan_codecs(config, source=None, devices=devices, notes=notes, output_size=output_size)
     return use_nvenc, notes
 
 

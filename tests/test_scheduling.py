@@ -7,14 +7,15 @@ from __future__ import annotations
 import pytest
 
 from pipeline import HardwareUnavailable, RunConfig, StageError, run
-from pipeline.worker import WorkerFaults
 from tests import probe
+from tests.faults import WorkerFaults, inject
 
 
-def _cfg(src, out, *, workers: int, batch: int, faults=None, **kw) -> RunConfig:
-    return RunConfig(source=src, output=out, model="bicubic", scale=2, parallel=True, cpu_workers=workers,
-                     batch_size=batch, max_batch_size=max(batch, 1), queue_size=8,
-                     faults={"backoff_seconds": 0.05, "workers": faults or {}}, **kw)
+def _run(src, out, *, workers: int, batch: int, faults=None, **kw):
+    """A run with `workers` CPU workers at batch `batch`, faults injected from outside (tests.faults)."""
+    cfg = RunConfig(source=src, output=out, model="bicubic", scale=2, parallel=True, cpu_workers=workers,
+                    batch_size=batch, max_batch_size=max(batch, 1), queue_size=8, **kw)
+    return run(cfg, wrap=inject(workers=faults or {}, backoff_seconds=0.05))
 
 
 def _frames_by_worker(stats) -> dict[str, int]:
@@ -24,10 +25,10 @@ def _frames_by_worker(stats) -> dict[str, int]:
 def test_slow_worker_takes_fewer_batches(clips, tmp_path, no_stage_threads_left):
     src = clips("sched.mp4", num_frames=90)
     out = tmp_path / "out.mp4"
-    stats = run(_cfg(src, out, workers=3, batch=2,
+    stats = _run(src, out, workers=3, batch=2,
                      faults={"worker-cpu0": WorkerFaults(seconds_per_batch=0.12),
                              "worker-cpu1": WorkerFaults(seconds_per_batch=0.02),
-                             "worker-cpu2": WorkerFaults(seconds_per_batch=0.02)}))
+                             "worker-cpu2": WorkerFaults(seconds_per_batch=0.02)})
     share = _frames_by_worker(stats)
     assert sum(share.values()) == 90
     assert share["worker-cpu0"] * 2 < min(share["worker-cpu1"], share["worker-cpu2"]), share
@@ -38,9 +39,9 @@ def test_slow_worker_takes_fewer_batches(clips, tmp_path, no_stage_threads_left)
 def test_oom_halves_batch_and_retries_same_frames(clips, tmp_path):
     src = clips("sched.mp4", num_frames=90)
     out = tmp_path / "out.mp4"
-    stats = run(_cfg(src, out, workers=2, batch=8,
+    stats = _run(src, out, workers=2, batch=8,
                      faults={"worker-cpu0": WorkerFaults(oom_when_batch_over=2),
-                             "worker-cpu1": WorkerFaults(oom_at_batch=3)}))
+                             "worker-cpu1": WorkerFaults(oom_at_batch=3)})
     w0, w1 = stats.workers["worker-cpu0"], stats.workers["worker-cpu1"]
     assert w0.num_oom >= 2 and max(w0.batch_sizes) <= 2  # 8 -> 4 -> 2, never above again
     assert w1.num_oom == 1
@@ -51,7 +52,7 @@ def test_oom_halves_batch_and_retries_same_frames(clips, tmp_path):
 def test_batch_grows_back_after_oom(clips, tmp_path):
     src = clips("sched-long.mp4", num_frames=200)
     out = tmp_path / "out.mp4"
-    stats = run(_cfg(src, out, workers=1, batch=4, faults={"worker-cpu0": WorkerFaults(oom_at_batch=1)}))
+    stats = _run(src, out, workers=1, batch=4, faults={"worker-cpu0": WorkerFaults(oom_at_batch=1)})
     w = stats.workers["worker-cpu0"]
     assert w.num_oom == 1
     assert 2 in w.batch_sizes and 4 in w.batch_sizes  # shrank, then grew back to the target
@@ -61,10 +62,10 @@ def test_batch_grows_back_after_oom(clips, tmp_path):
 def test_device_failure_hands_frames_back(clips, tmp_path, no_stage_threads_left):
     src = clips("sched-long.mp4", num_frames=200)
     out = tmp_path / "out.mp4"
-    stats = run(_cfg(src, out, workers=3, batch=3,
+    stats = _run(src, out, workers=3, batch=3,
                      faults={"worker-cpu0": WorkerFaults(seconds_per_batch=0.02),
                              "worker-cpu1": WorkerFaults(device_fault_at_batch=2, device_fault_permanent=True),
-                             "worker-cpu2": WorkerFaults(seconds_per_batch=0.02)}))
+                             "worker-cpu2": WorkerFaults(seconds_per_batch=0.02)})
     bad = stats.workers["worker-cpu1"]
     assert bad.health == "failed"
     assert bad.num_failures == 3 and bad.num_frames_given_back >= 9
@@ -76,7 +77,7 @@ def test_device_failure_hands_frames_back(clips, tmp_path, no_stage_threads_left
 def test_transient_device_fault_recovers(clips, tmp_path):
     src = clips("sched.mp4", num_frames=90)
     out = tmp_path / "out.mp4"
-    stats = run(_cfg(src, out, workers=2, batch=3, faults={"worker-cpu0": WorkerFaults(device_fault_at_batch=2)}))
+    stats = _run(src, out, workers=2, batch=3, faults={"worker-cpu0": WorkerFaults(device_fault_at_batch=2)})
     w = stats.workers["worker-cpu0"]
     assert w.num_failures == 1 and w.health == "done" and w.num_frames > 0
     assert probe.indices(out) == list(range(90))
@@ -87,29 +88,29 @@ def test_every_device_failing_is_one_clear_error(clips, tmp_path, no_stage_threa
     out = tmp_path / "out.mp4"
     faults = {f"worker-cpu{i}": WorkerFaults(device_fault_at_batch=4, device_fault_permanent=True) for i in range(2)}
     with pytest.raises(HardwareUnavailable, match=r"every device failed: worker-cpu0: 3 fault\(s\); worker-cpu1: 3"):
-        run(_cfg(src, out, workers=2, batch=2, faults=faults))
+        _run(src, out, workers=2, batch=2, faults=faults)
     got = probe.indices(out)  # partial output finalized
     assert 0 < len(got) < 90 and got == list(range(len(got)))
 
 
 def test_reorder_buffer_stays_bounded(clips, tmp_path):
     """A very slow worker must not let the others run ahead without bound."""
-    from pipeline import runner
+    from pipeline.collector import Collector
 
     seen = {}
-    original = runner.Collector.run
+    original = Collector.close
 
-    def spy(self):
-        original(self)
+    def spy(self, *, complete):
         seen["max_pending"] = self.max_pending_seen
+        original(self, complete=complete)
 
-    runner.Collector.run = spy
+    Collector.close = spy
     try:
         src = clips("sched-long.mp4", num_frames=200)
-        run(_cfg(src, tmp_path / "out.mp4", workers=2, batch=1,
-                 faults={"worker-cpu0": WorkerFaults(seconds_per_batch=0.3)}))
+        _run(src, tmp_path / "out.mp4", workers=2, batch=1,
+             faults={"worker-cpu0": WorkerFaults(seconds_per_batch=0.3)})
     finally:
-        runner.Collector.run = original
+        Collector.close = original
     window = 8 + 2 * 1 * 2  # queue_size + workers * batch * 2 (runner's window)
     assert 0 < seen["max_pending"] <= window
 
@@ -122,16 +123,16 @@ def test_a_lost_batch_fails_the_run_fast(clips, tmp_path, monkeypatch, lost_fram
     before the gap are kept."""
     from pipeline.worker import Worker
 
-    original = Worker.process_all
+    original = Worker.process
 
     def lossy(self, items):
         results = original(self, items)
         return [] if any(it.index == lost_frame for it in items) else results
 
-    monkeypatch.setattr(Worker, "process_all", lossy)
+    monkeypatch.setattr(Worker, "process", lossy)
     src = clips("sched.mp4", num_frames=90)
     out = tmp_path / "out.mp4"
     with pytest.raises(StageError, match=r"^collector: FramesLost: .*"):
-        run(_cfg(src, out, workers=2, batch=3))
+        _run(src, out, workers=2, batch=3)
     got = probe.indices(out)
     assert got == list(range(len(got))) and len(got) <= lost_frame

@@ -1,4 +1,4 @@
-"""pipeline/scheduling.py: `WorkQueue` on its own, with real threads where blocking matters.
+"""pipeline/queues.py: `WorkQueue` on its own, with real threads where blocking matters.
 
 Threads are always joined with a timeout and checked dead; no sleep is longer than 0.2 s.
 """
@@ -11,15 +11,15 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.messages import FrameItem
-from pipeline.scheduling import WorkQueue
+from core.frame import Frame
+from pipeline.queues import WorkQueue
 
 JOIN_SECONDS = 5.0
 POLL = 0.01
 
 
-def _item(index: int) -> FrameItem:
-    return FrameItem(index=index, pts=index * 1001, fmt="rgb24", planes=(np.zeros((2, 2, 3), np.uint8),))
+def _item(index: int) -> Frame:
+    return Frame(index=index, pts=index * 1001, fmt="rgb24", planes=(np.zeros((2, 2, 3), np.uint8),))
 
 
 def _indices(items) -> list[int]:

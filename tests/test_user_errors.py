@@ -12,7 +12,7 @@ import pytest
 
 import main as cli
 from core.errors import InvalidOption, ModelError, OutputNotWritable, UnsafeModelFile, one_line
-from hw.avio import _open_error
+from hw.av_encode import _open_error
 from models.user import load_user_model
 from pipeline import RunConfig, StageError, run
 from tests import probe
@@ -90,20 +90,13 @@ def test_a_container_refusing_streams_suggests_mkv():
 def test_worker_failure_in_parallel_cuts_the_audio(clips, tmp_path, monkeypatch):
     """Regression (issue 8): the writer saw END before the stop flag and copied all 4.8 s of audio
     behind 4 video frames."""
-    from pipeline.worker import Worker
+    from tests.faults import WorkerFaults, inject
 
-    original = Worker.process
-
-    def fail_at_8(self, items):
-        if any(it.index >= 8 for it in items):
-            raise RuntimeError("boom")
-        return original(self, items)
-
-    monkeypatch.setattr(Worker, "process", fail_at_8)
     src = clips("audio-long.mp4", num_frames=96, audio=True)
     out = tmp_path / "out.mp4"
-    with pytest.raises(StageError, match="boom"):
-        run(RunConfig(source=src, output=out, model="bicubic", scale=2, parallel=True, batch_size=4, queue_size=4))
+    with pytest.raises(StageError, match="injected worker failure at frame 8"):
+        run(RunConfig(source=src, output=out, model="bicubic", scale=2, parallel=True, batch_size=4, queue_size=4),
+            wrap=inject(workers={"worker-cpu0": WorkerFaults(fail_at_frame=8)}))
     frames = probe.indices(out)
     assert frames == list(range(8))
     with av.open(str(out)) as c:

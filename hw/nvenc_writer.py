@@ -1,12 +1,10 @@
-"""The GPU ends of a run: an NVDEC frame source and an NVENC file writer.
+"""The NVENC file writer: NV12 device frames in, H.264/HEVC/AV1 access units muxed by PyAV.
 
-- `NvdecSource` adapts `NvDecoder` to the reader's frame-source interface: frames are
-  NV12 (P016 for 10-bit) CUDA tensors with the source PTS; they never touch host memory.
-- `NvencFileWriter` is the writer's encoder when the GPU has NVENC: NV12 device frames
-  in (with the CUDA event that marks each complete), H.264/HEVC/AV1 access units out,
-  muxed by PyAV with the source timestamps, the colour description written into the
-  bitstream, and the source's audio/subtitles (`StreamCopier`, shared with the CPU
-  writer). NVENC runs without B-frames, so access unit k belongs to input frame k.
+`NvencFileWriter` is the writer's `hw.encoding.Encoder` when the GPU has NVENC: frames in
+(each with the CUDA event that marks it complete), access units out of `hw.nvenc.NvEncoder`,
+muxed with the source timestamps, the colour description written into the bitstream, and
+the source's audio/subtitles (`StreamCopier`, shared with the CPU writer). NVENC runs
+without B-frames, so access unit k belongs to input frame k.
 
 NVENC was NOT run on real hardware while building this (the H100/H200 hosts used have no
 NVENC engine); it is built on PyNvVideoCodec 2.2.4's signatures, sources and samples, and
@@ -22,38 +20,20 @@ import os
 from collections import deque
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Literal
 
-from hw.avio import DecodedFrame, PtsFiller, StreamCopier, open_output
+from core.choices import DEFAULT_NVENC_PRESET
+from core.files import disk_errors
+from hw.av_encode import open_output
+from hw.av_streams import StreamCopier
 from hw.color import ColorInfo
 
-__all__ = ["NvdecSource", "NvencFileWriter", "nvenc_metadata_filter"]
+__all__ = ["NvencFileWriter", "nvenc_metadata_filter"]
 
 log = logging.getLogger(__name__)
 
 
-class NvdecSource:
-    """Iterate a file's frames decoded by NVDEC on `gpu` (reader frame-source interface)."""
-
-    def __init__(self, path: str | os.PathLike, *, gpu: int, decoder_factory=None) -> None:
-        from hw.nvcodec import NvDecoder
-
-        self._decoder = (decoder_factory or NvDecoder)(path, gpu=gpu)
-        self.num_corrupt_packets = 0
-        self.stopped_early_reason: str | None = None
-        self._pts = PtsFiller(getattr(self._decoder, "average_rate", None), getattr(self._decoder, "time_base", None))
-
-    def __iter__(self) -> Iterator[DecodedFrame]:
-        bit_depth = self._decoder.bit_depth
-        for frame, pts in self._decoder:
-            # raw streams have no timestamps: number frames as the CPU reader does
-            yield DecodedFrame(pts=self._pts.fill(pts), fmt="nv12", planes=(frame,), bit_depth=bit_depth)
-
-    def close(self) -> None:
-        self._decoder.close()
-
-
-def nvenc_metadata_filter(codec: str, color: ColorInfo) -> str:
+def nvenc_metadata_filter(codec: str, color: ColorInfo, *, sample_aspect_ratio: Fraction | None = None) -> str:
     """The FFmpeg bitstream filter that writes `color` into the SPS VUI / sequence header.
 
     NVENC leaves the colour description unset (PyNvVideoCodec's SetupVuiConfig writes
@@ -78,11 +58,13 @@ def nvenc_metadata_filter(codec: str, color: ColorInfo) -> str:
     else:
         raise ValueError(f"no metadata bitstream filter for codec {codec!r} (NVENC encodes h264, hevc, av1)")
     parts += [f"{names[k]}={v}" for k, v in codes.items()]
+    if sample_aspect_ratio is not None and codec in ("h264", "hevc"):  # the VUI's aspect_ratio_idc/sar
+        parts.append(f"sample_aspect_ratio={sample_aspect_ratio.numerator}/{sample_aspect_ratio.denominator}")
     return f"{codec}_metadata=" + ":".join(parts)
 
 
 class NvencFileWriter:
-    """Writer encoder on NVENC: `write_result(ResultItem nv12)`, `close(complete=)`.
+    """The `hw.encoding.Encoder` on NVENC: `write((nv12,), pts)`, `close(complete=)`.
 
     The video stream is one PyAV opens no encoder for (`add_mux_stream`), so its header
     carries NVENC's own parameter sets (taken from the first access unit, which starts with
@@ -95,6 +77,10 @@ class NvencFileWriter:
     for the frame's event; the copy lands on the encoder's stream, so the encoder's own copy
     of the frame is ordered after it. The encoder keeps every frame (and a cross-GPU copy's
     source) alive until its access unit is out.
+
+    The pixel aspect ratio goes into the bitstream's VUI (the metadata filter). Not carried
+    (PyAV has no codec context on a stream it opens no encoder for): the display matrix
+    (rotation) and the `hvc1` tag; the plan says so in one line when a run would need them.
     """
 
     def __init__(
@@ -111,19 +97,22 @@ class NvencFileWriter:
         source_path: str | os.PathLike | None,
         warn: Callable[[str], None],
         qp: int | None = None,
-        preset: str = "p4",
+        preset: str = DEFAULT_NVENC_PRESET,
+        sample_aspect_ratio: Fraction | None = None,
+        display_matrix: tuple[int, ...] | None = None,
         encoder_factory=None,
     ) -> None:
         import av
 
-        from hw.nvcodec import NvEncoder
+        from hw.nvenc import NvEncoder
 
         self.path = Path(path)
         self.codec = codec
         self.gpu = gpu
         self._time_base = time_base
         self._frame_seconds = float(1 / frame_rate) if frame_rate else 0.04
-        self._vui_filter = av.bitstream.BitStreamFilterContext(nvenc_metadata_filter(codec, color), in_stream=codec)
+        self._vui_filter = av.bitstream.BitStreamFilterContext(
+            nvenc_metadata_filter(codec, color, sample_aspect_ratio=sample_aspect_ratio), in_stream=codec)
         self._encoder = (encoder_factory or NvEncoder)(
             gpu=gpu, codec=codec, width=width, height=height, frame_rate=frame_rate or Fraction(25),
             preset=preset, qp=qp,
@@ -152,7 +141,7 @@ class NvencFileWriter:
 
     def _first_unit(self, data: bytes) -> bytes:
         """The first AU, led by NVENC's parameter sets (`GetSequenceParams`) if it lacks them."""
-        from hw.nvcodec import annexb_parameter_sets
+        from hw.annexb import annexb_parameter_sets
 
         extradata = getattr(self._encoder, "extradata", b"") or b""
         if self.codec in ("h264", "hevc") and extradata and not annexb_parameter_sets(data, codec=self.codec):
@@ -160,7 +149,8 @@ class NvencFileWriter:
         return data
 
     def _is_keyframe(self, data: bytes, picture_type: int | None) -> bool:
-        from hw.nvcodec import PICTURE_TYPE_IDR, annexb_is_keyframe
+        from hw.annexb import annexb_is_keyframe
+        from hw.nvenc import PICTURE_TYPE_IDR
 
         if self.codec in ("h264", "hevc"):
             return annexb_is_keyframe(data, codec=self.codec)
@@ -171,7 +161,7 @@ class NvencFileWriter:
     def _mux_units(self, units: list) -> None:
         import av
 
-        from hw.nvcodec import EncodedUnit
+        from hw.nvenc import EncodedUnit
 
         for unit in units:
             data, picture_type = (unit.data, unit.picture_type) if isinstance(unit, EncodedUnit) else (bytes(unit), None)
@@ -221,32 +211,38 @@ class NvencFileWriter:
             done.record(dst_stream)
         return copy, done
 
-    def write_result(self, item) -> None:
+    def write(self, planes: tuple, pts: int) -> None:
+        """Encode one NV12 frame (a `CudaFrame` or a device tensor) at source timestamp `pts`."""
         from hw.frames import CudaFrame
 
-        seconds = float(item.pts * self._time_base)
-        if self._copier is not None and self._header_ready:
-            self._copier.mux_until(seconds)
-            self._copier.last_video_seconds = seconds + self._frame_seconds  # the end of this frame
-        plane = item.planes[0]
+        seconds = float(pts * self._time_base)
+        (plane,) = planes
         tensor, ready = (plane.tensor, plane.ready) if isinstance(plane, CudaFrame) else (plane, None)
         if tensor.is_cuda and tensor.device.index != self.gpu:  # made by a worker on another GPU
             tensor, ready = self._to_encoder_gpu(tensor, ready)
-        self._pending_pts.append(item.pts)
-        self._mux_units(self._encoder.encode(tensor, ready=ready, hold=(plane,)))
+        with disk_errors(self.path, frames_written=lambda: self.num_frames_written):
+            if self._copier is not None and self._header_ready:
+                self._copier.mux_until(seconds)
+                self._copier.last_video_seconds = seconds + self._frame_seconds  # the end of this frame
+            self._pending_pts.append(pts)
+            self._mux_units(self._encoder.encode(tensor, ready=ready, hold=(plane,)))
 
     def close(self, *, complete: bool) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self._mux_units(self._encoder.flush())
-            if self._pending_pts:
-                log.warning("NVENC returned %d access unit(s) fewer than frames given", len(self._pending_pts))
-            if self._copier is not None:
-                self._copier.finish(complete=complete)
+            with disk_errors(self.path, frames_written=lambda: self.num_frames_written):
+                self._mux_units(self._encoder.flush())
+                if self._pending_pts:
+                    log.warning("NVENC returned %d access unit(s) fewer than frames given", len(self._pending_pts))
+                if self._copier is not None:
+                    self._copier.finish(complete=complete)
         finally:
             self._encoder.close()
-            self._out.close()
-            if self._copier is not None:
-                self._copier.close()
+            try:
+                with disk_errors(self.path, frames_written=lambda: self.num_frames_written):
+                    self._out.close()
+            finally:
+                if self._copier is not None:
+                    self._copier.close()

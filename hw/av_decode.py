@@ -1,0 +1,266 @@
+"""The CPU decoder: a file's video frames in presentation order, through PyAV (FFmpeg).
+
+`PyAVDecoder` yields `Frame`s numbered from 0 with their source timestamps. Planar YUV is
+passed through as integer planes (the worker converts to RGB on its device); anything else
+goes through swscale to rgb24. What can be decoded is decoded: a corrupt packet is counted,
+logged and skipped; timestamps that do not ascend are repaired (`TimestampRepair`); a
+stream that changes size or pixel format mid-way is converted to the first frame's; a
+stream shorter than its header says is reported (`stopped_early_reason`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from core.errors import NoVideoStream
+from core.frame import Frame
+from hw.av_source import PLANAR_YUV, open_input
+
+__all__ = ["PyAVDecoder", "PtsFiller", "TimestampRepair"]
+
+log = logging.getLogger(__name__)
+
+
+def _plane_array(plane, dtype: np.dtype) -> np.ndarray:
+    """Copy one plane out of an AVFrame (dropping line padding)."""
+    itemsize = np.dtype(dtype).itemsize
+    buf = np.frombuffer(plane, dtype=dtype)
+    rows = buf.reshape(plane.height, plane.line_size // itemsize)
+    return np.ascontiguousarray(rows[:, : plane.width])
+
+
+class PtsFiller:
+    """Frames without a timestamp (raw streams) get the previous one plus one frame duration."""
+
+    def __init__(self, rate: Fraction | None, time_base: Fraction | None) -> None:
+        self._step = max(1, round(1 / ((rate or Fraction(25)) * (time_base or Fraction(1, 90000)))))
+        self._last: int | None = None
+
+    def fill(self, pts: int | None) -> int:
+        if pts is None:
+            pts = 0 if self._last is None else self._last + self._step
+        self._last = pts
+        return pts
+
+
+class TimestampRepair:
+    """Makes presentation timestamps strictly ascending, without touching good ones.
+
+    The decoder returns frames in presentation order, so their timestamps should ascend.
+    Some sources break that: H.264 with B-frames in AVI (decode-order timestamps),
+    muxers that wrote DTS as PTS, duplicated timestamps at splices. Frames pass through a
+    window of `window` frames, and the frame leaving it takes the smallest timestamp in
+    the window — for a good source that is its own timestamp (nothing changes); for
+    decode-order timestamps it sorts them back into presentation order. Then every
+    timestamp is at least the previous one plus one tick, and a missing one is the
+    previous plus one frame duration. `num_repaired` counts the frames whose timestamp
+    changed (the reader warns once when it is not 0).
+    """
+
+    def __init__(self, *, step: int, window: int = 8) -> None:
+        if step < 1 or window < 1:
+            raise ValueError(f"TimestampRepair needs step >= 1 and window >= 1, got {step}, {window}")
+        self.step = step
+        self.window = window
+        self.num_repaired = 0
+        self._held: list[tuple[object, int | None]] = []  # (frame, original pts), FIFO
+        self._known: list[int] = []  # min-heap of the held frames' known timestamps
+        self._last: int | None = None
+
+    def push(self, frame: object, pts: int | None) -> list[tuple[object, int]]:
+        """Add one frame; returns the frames that leave the window, with their timestamps."""
+        self._held.append((frame, pts))
+        if pts is not None:
+            heapq.heappush(self._known, pts)
+        out = []
+        while len(self._held) > self.window:
+            out.append(self._pop())
+        return out
+
+    def flush(self) -> list[tuple[object, int]]:
+        out = []
+        while self._held:
+            out.append(self._pop())
+        return out
+
+    def _pop(self) -> tuple[object, int]:
+        frame, original = self._held.pop(0)
+        if original is None:
+            pts = 0 if self._last is None else self._last + self.step
+        else:
+            pts = heapq.heappop(self._known)
+            if self._last is not None and pts <= self._last:
+                pts = self._last + 1
+        if original is not None and pts != original:
+            self.num_repaired += 1
+        self._last = pts
+        return frame, pts
+
+
+class PyAVDecoder:
+    """Decode the first video stream of a file on the CPU, in presentation order.
+
+    Every frame comes out with the first frame's size and pixel format (a stream that
+    changes either mid-way is converted to the first, with one warning), a timestamp that
+    ascends (`TimestampRepair`, one warning when any was changed), and a corrupt packet is
+    counted and skipped (`num_corrupt_packets`). At the end, a stream that held fewer
+    frames than its header announced is reported (`warn`).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, threads: int = 0, warn: Callable[[str], None] | None = None) -> None:
+        self.path = Path(path)
+        self._warn = warn or (lambda message: log.warning("%s", message))
+        self._container = open_input(self.path)
+        if not self._container.streams.video:
+            self._container.close()
+            raise NoVideoStream(f"Source {str(self.path)!r} has no video stream.")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        if threads:
+            self._stream.codec_context.thread_count = threads
+        self.num_corrupt_packets = 0
+        self.num_damaged_frames = 0
+        self.num_packets = 0
+        self.num_frames_decoded = 0
+        self.num_frames_resized = 0
+        self.num_frames_from_header = int(self._stream.frames or 0)
+        self.stopped_early_reason: str | None = None
+        self._shape: tuple[int, int, str] | None = None  # (width, height, pix_fmt) of the first frame
+        self._last_pts: int | None = None
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        filler = PtsFiller(rate, self._stream.time_base)
+        self._repair = TimestampRepair(step=filler._step)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for frame in self._decoded_frames():
+            for ready, pts in self._repair.push(frame, frame.pts):
+                yield self._convert(ready, pts)
+        for ready, pts in self._repair.flush():
+            yield self._convert(ready, pts)
+        self._report_end()
+
+    def _decoded_frames(self) -> Iterator:
+        import av
+
+        packets = self._container.demux(self._stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as exc:
+                # A broken container: stop here, keep what was decoded.
+                self.stopped_early_reason = f"demuxing stopped: {exc}"
+                log.warning("source %s: %s; keeping the frames decoded so far", self.path.name, self.stopped_early_reason)
+                yield from self._flush()
+                return
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as exc:
+                self._corrupt(exc)
+                continue
+            if packet.size:
+                self.num_packets += 1
+            for frame in frames:
+                if getattr(frame, "is_corrupt", False):
+                    self.num_damaged_frames += 1
+                yield frame
+
+    def _flush(self) -> Iterator:
+        import av
+
+        try:
+            yield from self._stream.codec_context.decode(None)
+        except av.error.FFmpegError as exc:
+            self._corrupt(exc)
+
+    def _corrupt(self, exc: Exception) -> None:
+        self.num_corrupt_packets += 1
+        if self.num_corrupt_packets <= 3:
+            log.warning("source %s: skipped a corrupt packet (%s)", self.path.name, exc)
+
+    def _report_end(self) -> None:
+        if self._repair.num_repaired:
+            self._warn(
+                f"source: {self._repair.num_repaired} frame timestamp(s) were out of order or repeated; they were made "
+                "ascending (frames kept in presentation order)"
+            )
+        if self.num_frames_resized:
+            w, h, fmt = self._shape or (0, 0, "")
+            self._warn(
+                f"source: the picture size or format changes mid-stream; {self.num_frames_resized} frame(s) were "
+                f"converted to the first frame's {w}x{h} {fmt} (bicubic) before the model"
+            )
+        if self.num_damaged_frames:
+            self._warn(f"source: {self.num_damaged_frames} damaged frame(s) were decoded as well as they could be")
+        if self.stopped_early_reason is None:
+            self.stopped_early_reason = self._truncation()
+
+    def _truncation(self) -> str | None:
+        """Why the source looks cut short (fewer frames or less time than its header says), or None."""
+        announced = self.num_frames_from_header
+        # Packets, not frames: an edit list may hide frames on purpose (their packets are still there).
+        if announced and self.num_packets + self.num_corrupt_packets < announced:
+            return (f"the stream ended after {self.num_packets} of the {announced} frames its header announces "
+                    "(the file is likely truncated)")
+        if self._last_pts is None or not self._stream.time_base:
+            return None
+        step = self._repair.step * self._stream.time_base
+        end = float((self._last_pts + self._repair.step) * self._stream.time_base)
+        start = float((self._stream.start_time or 0) * self._stream.time_base)
+        if self._stream.duration:
+            announced_end, slack = start + float(self._stream.duration * self._stream.time_base), 2 * float(step)
+        elif self._container.duration:  # the container's: may include audio that runs a little longer
+            announced_end, slack = self._container.duration / 1_000_000, max(3 * float(step), 0.25)
+        else:
+            return None
+        if announced_end - end > slack:
+            return (f"the video ends at {end:.2f} s, but the file announces {announced_end:.2f} s "
+                    "(the file is likely truncated)")
+        return None
+
+    def _normalized(self, frame):
+        shape = (frame.width, frame.height, frame.format.name)
+        if self._shape is None:
+            self._shape = shape
+            if getattr(frame, "interlaced_frame", False):
+                self._warn(
+                    "source: the video is interlaced; frames are processed as progressive pictures (fields stay "
+                    "woven). For best results deinterlace first, e.g. ffmpeg -i in -vf bwdif out"
+                )
+        if shape == self._shape:
+            return frame
+        self.num_frames_resized += 1
+        width, height, fmt = self._shape
+        return frame.reformat(width=width, height=height, format=fmt, interpolation="BICUBIC")
+
+    def _convert(self, frame, pts: int) -> Frame:
+        frame = self._normalized(frame)
+        index = self.num_frames_decoded
+        self.num_frames_decoded += 1
+        self._last_pts = pts
+        name = frame.format.name
+        depth = PLANAR_YUV.get(name)
+        if depth is not None:
+            dtype = np.uint8 if depth == 8 else np.uint16
+            planes = tuple(_plane_array(frame.planes[i], dtype) for i in range(3))
+            return Frame(index=index, pts=pts, fmt="yuv", planes=planes, bit_depth=depth)
+        return Frame(index=index, pts=pts, fmt="rgb24", planes=(frame.to_ndarray(format="rgb24"),))
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> "PyAVDecoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+

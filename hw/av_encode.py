@@ -1,0 +1,252 @@
+"""The CPU encoder: yuv420p planes to an H.264/HEVC/AV1 file through PyAV (FFmpeg).
+
+`PyAVWriter` implements `hw.encoding.Encoder`: `write(planes, pts)` encodes yuv420p planes
+(never rgb24: CPU colour conversion is the bottleneck avoided) with libx264/libx265/libsvtav1
+at the source's timestamps (VFR stays VFR), with the source's colour tags, pixel aspect
+ratio and rotation, and the source's audio/subtitles beside it (`StreamCopier`).
+`close(complete=)` always leaves a playable file holding every frame written so far.
+`add_video_stream` and `open_output` are shared with the NVENC writer.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from core.choices import CPU_ENCODERS, Codec
+from core.errors import InvalidOption, OutputNotWritable, one_line
+from core.files import FreeSpaceGuard, disk_errors, ffmpeg_path
+from hw.av_streams import StreamCopier
+from hw.color import ColorInfo
+
+__all__ = ["PyAVWriter", "add_video_stream", "open_output"]
+
+log = logging.getLogger(__name__)
+
+
+def add_video_stream(out, codec: str, *, width: int, height: int, time_base: Fraction, frame_rate: Fraction | None,
+                     color: ColorInfo, sample_aspect_ratio: Fraction | None = None,
+                     display_matrix: tuple[int, ...] | None = None):
+    """A yuv420p video stream on `out` in the source's time base, with the source's colour
+    tags, pixel aspect ratio and display matrix (rotation), so the output plays as the
+    source does. HEVC in MP4/MOV is tagged `hvc1` (Apple players refuse `hev1`)."""
+    stream = out.add_stream(codec, rate=frame_rate or Fraction(25))
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.time_base = time_base
+    cc = stream.codec_context
+    cc.time_base = time_base
+    cc.colorspace = color.output_matrix_tag
+    cc.color_range = color.output_range_tag
+    cc.color_primaries = color.primaries_tag
+    cc.color_trc = color.transfer_tag
+    if sample_aspect_ratio is not None:
+        cc.sample_aspect_ratio = sample_aspect_ratio
+    if display_matrix is not None:
+        stream.set_display_matrix(list(display_matrix))
+    if codec in ("hevc", "libx265", "hevc_nvenc") and out.format.name.split(",")[0] in ("mp4", "mov"):
+        cc.codec_tag = "hvc1"
+    return stream
+
+
+def open_output(path: Path):
+    """Open `path` for writing with PyAV; OutputNotWritable (one line) when it cannot be."""
+    import av
+
+    # Matroska buffers a whole cluster (5 s by default) in memory: a write the disk refuses, and
+    # what a killed run loses, would show up only seconds of video later. One second instead.
+    options = {"cluster_time_limit": "1000"} if Path(path).suffix.lower() in (".mkv", ".webm") else {}
+    try:
+        return av.open(ffmpeg_path(path), "w", options=options)
+    except (av.error.FFmpegError, OSError) as exc:
+        raise OutputNotWritable(f"Cannot write output {str(path)!r}: {getattr(exc, 'strerror', None) or exc}.") from exc
+
+
+def _open_error(exc: BaseException, *, what: str) -> Exception:
+    """A one-line error for a failure to start writing, naming what really went wrong."""
+    number = getattr(exc, "errno", None)
+    if number in (errno.EACCES, errno.EPERM):
+        return OutputNotWritable(f"Cannot write the output: permission denied ({what}).")
+    if number in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return OutputNotWritable(f"Cannot write the output: no space left on the device ({what}).")
+    if number == errno.EROFS:
+        return OutputNotWritable(f"Cannot write the output: the file system is read-only ({what}).")
+    if number == errno.EIO:
+        return OutputNotWritable(f"Cannot write the output: input/output error on the device ({what}).")
+    return InvalidOption(f"The output container refused these streams ({one_line(exc, limit=160)}). Try --output with .mkv.")
+
+
+class PyAVWriter:
+    """Encode yuv420p frames to `path` and mux the source's audio/subtitles beside them.
+
+    Video timestamps are the source's (`pts` in `time_base`). Audio and subtitle
+    packets are read from the source by a second demuxer and interleaved by time as
+    video is written; `close(complete=True)` copies the rest, `close(complete=False)`
+    (a run that stopped early) copies only up to the last video frame.
+
+    Writing stops with `DiskFull` at the first write the file system refuses (no space,
+    a size limit) and, before that happens, once free space runs below what finishing
+    the file needs (`FreeSpaceGuard`): the run then finalizes a playable file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        width: int,
+        height: int,
+        time_base: Fraction,
+        frame_rate: Fraction | None,
+        color: ColorInfo,
+        codec: Codec = "h264",
+        crf: int | None = None,
+        preset: str | None = None,
+        source_path: str | os.PathLike | None = None,
+        threads: int = 0,
+        warn: Callable[[str], None] | None = None,
+        sample_aspect_ratio: Fraction | None = None,
+        display_matrix: tuple[int, ...] | None = None,
+        free_space: FreeSpaceGuard | None = None,
+    ) -> None:
+        if codec not in CPU_ENCODERS:
+            raise InvalidOption(f"Invalid --codec {codec!r}: allowed are {', '.join(CPU_ENCODERS)}.")
+        if width % 2 or height % 2:
+            raise ValueError(f"yuv420p output needs even sizes, got {width}x{height}")
+        self.path = Path(path)
+        self.num_frames_written = 0
+        self._warn_fn = warn
+        self._time_base = time_base
+        self._frame_seconds = float(1 / frame_rate) if frame_rate else 0.04
+        self._closed = False
+        self._space = free_space if free_space is not None else FreeSpaceGuard(self.path)
+        # Matroska holds a cluster (about a second, see open_output) in memory before writing it.
+        self._frames_per_cluster = (int(float(frame_rate or 25)) + 1) if self.path.suffix.lower() == ".mkv" else 0
+        self.num_bytes_written = 0
+        self.num_packets_written = 0
+        self._out = open_output(self.path)
+        try:
+            self._video = self._add_video(
+                codec, width, height, time_base, frame_rate, color, crf, preset, threads,
+                sample_aspect_ratio, display_matrix,
+            )
+            self._copier = StreamCopier(self._out, Path(source_path), warn=self._warn) if source_path else None
+            self._start()
+        except BaseException:
+            self._out.close()
+            raise
+
+    def _start(self) -> None:
+        """Open the encoder and write the header now: settings the encoder or the container
+        refuse are bad input, reported before any frame is processed, each with its cause."""
+        import av
+
+        cc = self._video.codec_context
+        try:
+            cc.open()
+        except av.error.FFmpegError as exc:
+            raise InvalidOption(
+                f"The {cc.name} encoder refused to start for {cc.width}x{cc.height} yuv420p with these settings "
+                f"({one_line(exc, limit=160)}). Try another --codec, --scale, --quality or --preset."
+            ) from exc
+        try:
+            self._out.start_encoding()
+        except (av.error.FFmpegError, OSError) as exc:
+            raise _open_error(exc, what="writing the file header") from exc
+
+    def _warn(self, message: str) -> None:
+        """One line for the user: to the run's warnings if given, else the log."""
+        if self._warn_fn is not None:
+            self._warn_fn(message)
+        else:
+            log.warning("%s", message)
+
+    # -- video ------------------------------------------------------------------
+    def _add_video(self, codec, width, height, time_base, frame_rate, color, crf, preset, threads,
+                   sample_aspect_ratio, display_matrix):
+        import av
+
+        encoder = CPU_ENCODERS[codec]
+        if encoder not in av.codecs_available:
+            raise InvalidOption(f"--codec {codec}: this FFmpeg build has no {encoder} encoder.")
+        if codec not in self._out.supported_codecs and encoder not in self._out.supported_codecs:
+            raise InvalidOption(
+                f"--codec {codec} cannot be stored in a {self.path.suffix or 'this'} file. Use .mp4 or .mkv."
+            )
+        stream = add_video_stream(self._out, encoder, width=width, height=height, time_base=time_base,
+                                  frame_rate=frame_rate, color=color, sample_aspect_ratio=sample_aspect_ratio,
+                                  display_matrix=display_matrix)
+        cc = stream.codec_context
+        if threads:
+            cc.thread_count = threads
+        options: dict[str, str] = {}
+        if crf is not None:
+            options["crf"] = str(crf)
+        if preset is not None:
+            options["preset"] = str(preset)
+        if encoder == "libx265":
+            options["x265-params"] = "log-level=error"
+        stream.options = options
+        return stream
+
+    def write(self, planes: tuple[np.ndarray, np.ndarray, np.ndarray], pts: int) -> None:
+        """Encode one yuv420p picture (Y, U, V uint8 planes) at source timestamp `pts`."""
+        import av
+
+        y, u, v = planes
+        height, width = y.shape
+        frame = av.VideoFrame(width, height, "yuv420p")
+        for plane, data in zip(frame.planes, (y, u, v)):
+            if plane.line_size == data.shape[1]:
+                plane.update(np.ascontiguousarray(data))  # one copy, no repacking
+            else:  # the frame's rows are padded: copy row by row through a view
+                rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+                rows[:, : data.shape[1]] = data
+        frame.pts = pts
+        frame.time_base = self._time_base
+        cc = self._video.codec_context
+        frame.colorspace = cc.colorspace
+        frame.color_range = cc.color_range
+        num_frames = self.num_frames_written
+        self._space.check(bytes_written=self.num_bytes_written, frames_written=num_frames,
+                          frames_pending=num_frames - self.num_packets_written,
+                          frames_buffered=self._frames_per_cluster)
+        seconds = float(pts * self._time_base)
+        with self._disk_errors():
+            if self._copier is not None:
+                self._copier.mux_until(seconds)
+                self._copier.last_video_seconds = seconds + self._frame_seconds  # the end of this frame
+            self._mux_video(self._video.encode(frame))
+        self.num_frames_written += 1
+
+    def _disk_errors(self):
+        return disk_errors(self.path, frames_written=lambda: self.num_frames_written)
+
+    def _mux_video(self, packets) -> None:
+        for packet in packets:
+            self.num_bytes_written += packet.size
+            self.num_packets_written += 1
+            self._out.mux(packet)
+
+    # -- end ---------------------------------------------------------------------
+    def close(self, *, complete: bool = True) -> None:
+        """Flush the encoder, copy the remaining audio, and finalize the file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with self._disk_errors():
+                self._mux_video(self._video.encode(None))
+                if self._copier is not None:
+                    self._copier.finish(complete=complete)
+        finally:
+            try:
+                with self._disk_errors():
+                    self._out.close()
+            finally:
+                if self._copier is not None:
+                    self._copier.close()

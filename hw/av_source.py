@@ -1,0 +1,172 @@
+"""The source: what a video file holds, checked before anything runs (PyAV / FFmpeg).
+
+`probe_source(path)` opens a file, describes its first video stream (`SourceInfo`: size,
+codec, pixel format, timing, colour, pixel aspect ratio, rotation, interlacing) and closes
+it again, or raises one of the user-facing errors (missing, a directory, a FIFO or device,
+unreadable, not a video, no video). `open_input` is the one way framepipe opens a source.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from core.errors import InvalidSource, NoVideoStream, SourceNotFound
+from core.files import describe_file_kind, ffmpeg_path
+from hw.color import ColorInfo, color_info_from_tags
+
+__all__ = ["SourceInfo", "probe_source", "open_input", "PLANAR_YUV"]
+
+# Planar YUV formats passed through as integer planes: name -> bit depth.
+PLANAR_YUV: dict[str, int] = {
+    "yuv420p": 8, "yuvj420p": 8, "yuv422p": 8, "yuvj422p": 8, "yuv444p": 8, "yuvj444p": 8,
+    "yuv420p10le": 10, "yuv422p10le": 10, "yuv444p10le": 10,
+    "yuv420p12le": 12, "yuv422p12le": 12, "yuv444p12le": 12,
+}
+
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the reader learned about the source's video stream before decoding."""
+
+    path: Path
+    width: int
+    height: int
+    codec: str
+    pix_fmt: str
+    bit_depth: int
+    chroma_format: str  # "420", "422", "444", or "" for non-YUV
+    time_base: Fraction
+    average_rate: Fraction | None
+    num_frames_from_header: int  # 0 when the container does not say
+    color: ColorInfo
+    num_audio_streams: int = 0
+    num_subtitle_streams: int = 0
+    sample_aspect_ratio: Fraction | None = None  # None: square pixels / unspecified
+    display_matrix: tuple[int, ...] | None = None  # 9 ints (FFmpeg AV_PKT_DATA_DISPLAYMATRIX), None: none
+    rotation: int = 0  # degrees counter-clockwise a player applies (from display_matrix)
+    interlaced: bool = False  # the first frame is flagged interlaced
+
+    def __repr__(self) -> str:
+        return (
+            f"SourceInfo({self.path.name!r}, {self.width}x{self.height} {self.codec} {self.pix_fmt}, "
+            f"{float(self.average_rate or 0):.3f} fps, {self.num_frames_from_header} frames, "
+            f"{self.num_audio_streams} audio)"
+        )
+
+
+
+
+def open_input(path: Path):
+    """Open a source for reading: a regular file, never a pipe, device or FFmpeg URL."""
+    import av
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SourceNotFound(f"Source not found: {str(path)!r}. Check the path, or run without --source for the built-in sample.") from None
+    except OSError as exc:
+        raise InvalidSource(f"Source {str(path)!r} cannot be read: {exc.strerror or exc}.") from None
+    if stat.S_ISDIR(mode):
+        raise InvalidSource(f"Source {str(path)!r} is a directory, not a video file. Pass one file, e.g. --source {path}/clip.mp4.")
+    if not stat.S_ISREG(mode):
+        raise InvalidSource(
+            f"Source {str(path)!r} is {describe_file_kind(mode)}, not a regular file: framepipe reads the source more "
+            "than once (probe, decode, audio copy). Save the stream to a file first and pass that."
+        )
+    if not os.access(path, os.R_OK):
+        raise InvalidSource(f"Source {str(path)!r} cannot be read: permission denied.")
+    try:
+        return av.open(ffmpeg_path(path), "r")
+    except av.error.FFmpegError as exc:
+        raise InvalidSource(
+            f"Source {str(path)!r} is not a video FFmpeg can read ({exc.strerror or type(exc).__name__}). Is it a video file?"
+        ) from exc
+
+
+def _display_matrix(frame) -> tuple[int, ...] | None:
+    """The frame's display matrix side data (9 ints), or None.
+
+    PyAV 18 iterates a frame's side data as `SideData` objects; PyAV 19 made the container a
+    mapping that iterates its `Type` keys (seen on the GPU host: 'Type' object has no
+    attribute 'type'). Both are read here."""
+    side = getattr(frame, "side_data", None) or ()
+    for entry in side:
+        data = entry if hasattr(entry, "buffer_size") else side[entry]
+        kind = getattr(data, "type", entry)
+        if getattr(kind, "name", "") == "DISPLAYMATRIX" and data.buffer_size == 36:
+            return struct.unpack("<9i", bytes(data))
+    return None
+
+
+def _first_frame(container, stream):
+    """Decode the first frame (rotation and interlacing are frame properties); None if none decodes."""
+    import av
+
+    try:
+        for packet in container.demux(stream):
+            for frame in packet.decode():
+                return frame
+    except (av.error.FFmpegError, ValueError):
+        return None
+    return None
+
+
+def probe_source(path: str | os.PathLike) -> SourceInfo:
+    """Open `path`, describe its first video stream, and close it again."""
+    path = Path(path)
+    container = open_input(path)
+    try:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["nothing"]
+            raise NoVideoStream(
+                f"Source {str(path)!r} has no video stream (it holds {', '.join(kinds)}). framepipe needs a video."
+            )
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        if not cc.width or not cc.height:
+            raise NoVideoStream(f"Source {str(path)!r}: the video stream has no picture size; the file is likely damaged.")
+        pix_fmt = cc.format.name if cc.format is not None else ""
+        bit_depth = PLANAR_YUV.get(pix_fmt, 8)
+        chroma = ""
+        if pix_fmt in PLANAR_YUV:
+            chroma = "444" if "444" in pix_fmt else "422" if "422" in pix_fmt else "420"
+        sar = cc.sample_aspect_ratio
+        sar = Fraction(sar) if sar and sar.numerator > 0 and Fraction(sar) != 1 else None
+        first = _first_frame(container, stream)
+        matrix = _display_matrix(first) if first is not None else None
+        return SourceInfo(
+            path=path,
+            width=cc.width,
+            height=cc.height,
+            codec=cc.name,
+            pix_fmt=pix_fmt,
+            bit_depth=bit_depth,
+            chroma_format=chroma,
+            time_base=stream.time_base or Fraction(1, 90000),
+            average_rate=stream.average_rate or stream.guessed_rate,
+            num_frames_from_header=int(stream.frames or 0),
+            color=color_info_from_tags(
+                colorspace=cc.colorspace,
+                color_range=cc.color_range,
+                color_primaries=cc.color_primaries,
+                color_trc=cc.color_trc,
+                height=cc.height,
+                pix_fmt=pix_fmt,
+            ),
+            num_audio_streams=len(container.streams.audio),
+            num_subtitle_streams=len(container.streams.subtitles),
+            sample_aspect_ratio=sar,
+            display_matrix=matrix,
+            rotation=int(getattr(first, "rotation", 0) or 0) if first is not None else 0,
+            interlaced=bool(getattr(first, "interlaced_frame", False)) if first is not None else False,
+        )
+    finally:
+        container.close()
+
+

@@ -1,0 +1,221 @@
+"""Audio and subtitles beside the video: copied bit for bit, or re-encoded where they must be.
+
+`StreamCopier` adds a source's audio and subtitle streams to an output container and muxes
+their packets by time as the video is written. `copy_problem` finds out, by trying, whether
+a stream can be copied into a container format at all.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from core.errors import one_line
+from core.files import ffmpeg_path
+
+__all__ = ["StreamCopier", "copy_problem"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _CopiedStream:
+    out_stream: object
+    reencode: bool = False
+    resampler: object = None
+
+
+_DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
+def copy_problem(fmt: str, source: Path, stream_index: int, *, num_packets: int = 8) -> str | None:
+    """Why stream `stream_index` of `source` cannot be stream-copied into a `fmt` file, or None.
+
+    Found by doing it, in memory: header, the first packets and trailer. Asking the muxer
+    is not enough: MP4 accepts PCM without a channel layout at the header and refuses it
+    at the trailer — after every frame of a long run was processed.
+    """
+    import av
+
+    try:
+        with av.open(ffmpeg_path(source)) as src:
+            stream = src.streams[stream_index]
+            test = av.open(io.BytesIO(), "w", format=fmt)
+            try:
+                out_stream = test.add_stream_from_template(stream)
+                test.start_encoding()
+                muxed = 0
+                for packet in src.demux(stream):
+                    if packet.size == 0 or (packet.pts is None and packet.dts is None):
+                        continue
+                    packet.stream = out_stream
+                    test.mux(packet)
+                    muxed += 1
+                    if muxed >= num_packets:
+                        break
+            finally:
+                test.close()
+    except (av.error.FFmpegError, ValueError, OSError, TypeError) as exc:
+        return f"the {fmt} muxer refuses it: {getattr(exc, 'strerror', None) or one_line(exc, limit=160)}"
+    return None
+
+
+def _audio_layout(cc) -> str:
+    """The source's channel layout, or the standard one for its channel count where it has none."""
+    layout = cc.layout
+    name = getattr(layout, "name", "") or ""
+    channels = int(getattr(cc, "channels", 0) or getattr(layout, "nb_channels", 0) or 2)
+    if name and not name.endswith("channels") and channels <= 8:
+        return name
+    return _DEFAULT_LAYOUTS.get(channels, "stereo")
+
+
+class StreamCopier:
+    """Copies a source's audio and subtitle streams into an output container.
+
+    Streams are added to `out` at construction (before its header is written). Each is
+    copied bit for bit where a trial copy into the same container format works
+    (`copy_problem`); audio that cannot be copied (a codec the container refuses, PCM
+    from a camera without a channel layout, ADPCM, WMA, mu-law ...) is re-encoded to AAC
+    with the standard layout for its channel count, with one warning; such subtitles are
+    left out, with one warning. Packets are demuxed from a second opening of the source
+    and muxed by time as the caller writes video (`mux_until(seconds)`);
+    `finish(complete=...)` copies the rest (or, for a run that stopped early, only up to
+    the last video time).
+    """
+
+    def __init__(self, out, source: Path, *, warn: Callable[[str], None]) -> None:
+        import av
+
+        self._out = out
+        self._warn = warn
+        self._src = None
+        self._copied: dict[int, _CopiedStream] = {}
+        self._pending = None  # next source packet not yet muxed
+        self._packets = None
+        self.last_video_seconds = 0.0
+        try:
+            self._src = av.open(ffmpeg_path(source), "r")
+        except av.error.FFmpegError as exc:
+            warn(f"audio not copied: cannot reopen source ({exc})")
+            return
+        fmt = out.format.name.split(",")[0]
+        suffix = Path(out.name).suffix
+        chosen = []
+        for stream in list(self._src.streams.audio) + list(self._src.streams.subtitles):
+            name = stream.codec_context.name
+            problem = copy_problem(fmt, Path(source), stream.index)
+            if problem is None:
+                self._copied[stream.index] = _CopiedStream(out.add_stream_from_template(stream))
+            elif stream.type == "audio":
+                try:
+                    self._copied[stream.index] = self._reencoder(stream, why=problem)
+                except (av.error.FFmpegError, ValueError) as exc:
+                    warn(f"audio stream {stream.index} ({name}) can neither be copied into {suffix} ({problem}) nor "
+                         f"re-encoded ({one_line(exc, limit=160)}): left out. Try --output with .mkv")
+                    continue
+            else:
+                warn(f"subtitle stream {stream.index} ({name}) cannot be stored in {suffix}: not copied")
+                continue
+            chosen.append(stream)
+        if chosen:
+            self._packets = self._src.demux(*chosen)
+
+    def _reencoder(self, stream, *, why: str) -> _CopiedStream:
+        import av
+
+        target = "aac"
+        cc = stream.codec_context
+        layout = _audio_layout(cc)
+        source_layout = getattr(cc.layout, "name", "") or "?"
+        rate = cc.sample_rate or 48000
+        out = self._out.add_stream(target, rate=rate)
+        out.codec_context.layout = layout
+        fmt = out.codec_context.codec.audio_formats[0].name
+        self._warn(
+            f"audio stream {stream.index} ({cc.name}, {source_layout}) cannot be copied into "
+            f"{Path(self._out.name).suffix} ({why}): re-encoded to {target} ({layout})"
+        )
+        return _CopiedStream(out, reencode=True, resampler=av.AudioResampler(format=fmt, layout=layout, rate=rate))
+
+    def _next_packet(self):
+        import av
+
+        while self._packets is not None:
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                self._packets = None
+                return None
+            except av.error.FFmpegError as exc:
+                log.warning("audio copy stopped at a damaged packet (%s)", exc)
+                self._packets = None
+                return None
+            if packet.size == 0 and not self._copied[packet.stream.index].reencode:
+                continue  # the demuxer's flush packet
+            if packet.pts is None and packet.dts is None and packet.size:
+                continue
+            return packet
+        return None
+
+    @staticmethod
+    def _packet_seconds(packet) -> float:
+        ts = packet.dts if packet.dts is not None else packet.pts
+        if ts is None or packet.time_base is None:
+            return float("inf")  # flush packets sort last
+        return float(ts * packet.time_base)
+
+    def mux_until(self, seconds: float) -> None:
+        """Mux every source packet up to `seconds` (interleaving with the video)."""
+        while True:
+            if self._pending is None:
+                self._pending = self._next_packet()
+                if self._pending is None:
+                    return
+            if self._packet_seconds(self._pending) > seconds:
+                return
+            self._mux(self._pending)
+            self._pending = None
+
+    def _mux(self, packet) -> None:
+        import av
+
+        copied = self._copied[packet.stream.index]
+        if copied.reencode:
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as exc:
+                log.warning("skipped a damaged audio packet (%s)", exc)
+                return
+            for frame in frames:
+                frame.pts = None
+                for rf in copied.resampler.resample(frame):
+                    for p in copied.out_stream.encode(rf):
+                        self._out.mux(p)
+            return
+        if packet.size == 0:
+            return
+        packet.stream = copied.out_stream
+        self._out.mux(packet)
+
+    def finish(self, *, complete: bool) -> None:
+        """Copy what is left (all of it when complete, else up to the last video time)."""
+        self.mux_until(float("inf") if complete else self.last_video_seconds)
+        for copied in self._copied.values():
+            if copied.reencode:
+                if complete:
+                    for rf in copied.resampler.resample(None):
+                        for p in copied.out_stream.encode(rf):
+                            self._out.mux(p)
+                for p in copied.out_stream.encode(None):
+                    self._out.mux(p)
+
+    def close(self) -> None:
+        if self._src is not None:
+            self._src.close()
+            self._src = None
+
+

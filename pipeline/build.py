@@ -1,0 +1,101 @@
+"""Building: the stages of one run, made from its `RunPlan`.
+
+`build(plan, stats, output_path)` opens the source (PyAV or NVDEC) and the encoder (PyAV
+or NVENC) and makes the stages (reader, one worker per device, collector, writer). The
+runner decides how they run (threads or one loop). `wrap(name, stage)` lets a caller
+(tests) replace or wrap any stage by name; production passes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hw.encoding import Encoder
+from pipeline.plan import RunPlan
+from pipeline.reader import FrameSource, Reader
+from pipeline.stats import RunStats
+from pipeline.worker import Worker
+from pipeline.writer import Writer
+
+__all__ = ["Stages", "build", "open_source", "open_encoder", "worker_names", "Wrap"]
+
+Wrap = Callable[[str, Any], Any]
+
+
+@dataclass
+class Stages:
+    """The stages of one run (possibly wrapped), ready to run."""
+
+    reader: Any
+    workers: list[Any]
+    writer: Any
+    source: FrameSource
+    encoder: Encoder
+
+
+def open_source(plan: RunPlan, warn: Callable[[str], None]) -> FrameSource:
+    if plan.use_nvdec:
+        from hw.nvdec import NvDecoder
+
+        return NvDecoder(plan.config.source, gpu=plan.first_gpu)
+    from hw.av_decode import PyAVDecoder
+
+    return PyAVDecoder(plan.config.source, warn=warn)
+
+
+def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None]) -> Encoder:
+    """The encoder writing `path` (the output's temporary file; renamed into place at the end)."""
+    cfg, src = plan.config, plan.source
+    common = dict(width=plan.output_width, height=plan.output_height, time_base=src.time_base,
+                  frame_rate=src.average_rate, color=src.color, warn=warn,
+                  sample_aspect_ratio=src.sample_aspect_ratio, display_matrix=src.display_matrix,
+                  source_path=cfg.source if cfg.copy_audio else None)
+    if plan.use_nvenc:
+        from hw.nvenc_writer import NvencFileWriter
+
+        return NvencFileWriter(path, gpu=plan.first_gpu, codec=cfg.codec, qp=cfg.crf, preset=plan.preset, **common)
+    from hw.av_encode import PyAVWriter
+
+    return PyAVWriter(path, codec=cfg.codec, crf=cfg.crf_or_default, preset=plan.preset, **common)
+
+
+def worker_names(devices: tuple[torch.device, ...]) -> list[str]:
+    names, num_cpu = [], 0
+    for dev in devices:
+        if dev.type == "cuda":
+            names.append(f"worker-gpu{dev.index}")
+        else:
+            names.append(f"worker-cpu{num_cpu}")
+            num_cpu += 1
+    return names
+
+
+def build(plan: RunPlan, stats: RunStats, output_path: Path, *, wrap: Wrap | None = None) -> Stages:
+    """Open both ends and make every stage. The caller closes the source and the encoder
+    through the stages (`Reader.close`, `Writer.close`)."""
+    wrap = wrap or (lambda name, stage: stage)
+    cfg = plan.config
+    source = open_source(plan, stats.warn)
+    try:
+        encoder = open_encoder(plan, output_path, stats.warn)
+    except BaseException:
+        source.close()
+        raise
+    workers = []
+    for name, dev in zip(worker_names(plan.devices), plan.devices):
+        batch = cfg.batch_size if not (cfg.batch_size == 0 and dev.type == "cpu") else 1
+        worker = Worker(
+            name, dev, plan.model.build, stats=stats.add_worker(name, str(dev)), warn=stats.warn,
+            color=plan.source.color, dtype=plan.dtypes[str(dev)][0], model_name=plan.model.name,
+            scale=plan.model.scale, output_format="nv12" if plan.use_nvenc else "yuv420p", batch_size=batch,
+            max_batch_size=cfg.max_batch_size, frame_size=(plan.source.height, plan.source.width),
+        )
+        workers.append(wrap(name, worker))
+    reader = wrap("reader", Reader(source, stats=stats, max_frames=cfg.max_frames))
+    writer = wrap("writer", Writer(encoder, stats=stats))
+    return Stages(reader=reader, workers=workers, writer=writer, source=source, encoder=encoder)

@@ -1,0 +1,210 @@
+"""Planning: everything a run decides before the first frame, as a frozen `RunPlan`.
+
+`plan_run(config)` checks every input a user can get wrong (the source, every path the run
+writes, the model, the scale, the devices, the codecs) and resolves what the config leaves
+open (the output path, the preset, the precision per device, NVDEC/NVENC after probing),
+without changing the config. Each adjustment a user should know of (a fallback, a
+precision, a lossless profile) is one line in `notes`. Raises a `FramepipeError` with one
+line on bad input. No threads, no stages.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+import torch
+
+from core.choices import DEFAULT_CPU_PRESET, DEFAULT_NVENC_PRESET, NVENC_PRESETS
+from core.errors import HardwareUnavailable, InvalidOption
+from core.files import check_output_paths
+from hw.av_source import SourceInfo, probe_source
+from models import LoadedModel
+from pipeline.config import RunConfig, default_output_path
+
+__all__ = ["RunPlan", "plan_run", "plan_devices", "DevicePlan"]
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    devices: tuple[torch.device, ...]
+    note: str = ""  # one line for the user when the request was adjusted (fallbacks)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What runs where and what it makes; nothing changes it once made."""
+
+    config: RunConfig
+    source: SourceInfo
+    model: LoadedModel
+    output: Path  # resolved: --output, or named after the source, model and scale
+    overwrite_output: bool  # --overwrite, or the built-in sample's own default output
+    devices: tuple[torch.device, ...]
+    dtypes: Mapping[str, tuple[torch.dtype, str]]  # per device: (dtype, why)
+    output_width: int
+    output_height: int
+    use_nvdec: bool
+    use_nvenc: bool
+    preset: str  # for the encoder in use (CPU or NVENC)
+    notes: tuple[str, ...]
+
+    @property
+    def first_gpu(self) -> int:
+        first = self.devices[0]
+        return first.index or 0 if first.type == "cuda" else 0
+
+
+def plan_run(config: RunConfig) -> RunPlan:
+    """Check every input and decide the run; one-line `FramepipeError` on bad input."""
+    from models import choose_precision, load_model
+
+    config.validate()
+    source = probe_source(config.source)
+    overwrite = config.overwrite or config.replace_default_output
+    if config.output is not None:  # cheap checks first: before a model is loaded or converted
+        _check_paths(config, config.output, overwrite=overwrite)
+    model = load_model(config.model, scale=config.scale)
+    output = config.output
+    if output is None:  # named after the model's real scale, beside the source or in output_dir
+        name = default_output_path(config.source, model_name=Path(config.model).stem, scale=model.scale)
+        output = (config.output_dir / name.name) if config.output_dir is not None else name
+        _check_paths(config, output, overwrite=overwrite)
+    device_plan = plan_devices(config)
+    devices = device_plan.devices
+    notes = [device_plan.note] if device_plan.note else []
+    if config.codec == "h264" and config.crf == 0:
+        notes.append("--quality 0 is lossless: x264 then writes the High 4:4:4 Predictive profile, which many "
+                     "players (browsers, phones, QuickTime) cannot play. Use --quality 1 or more for a widely playable file.")
+    if not config.parallel and len(devices) > 1:
+        notes.append(f"{len(devices)} workers need --parallel; the sequential loop runs one, on {devices[0]}.")
+        devices = devices[:1]
+    dtypes: dict[str, tuple[torch.dtype, str]] = {}
+    for dev in devices:
+        if str(dev) not in dtypes:
+            dtype, why = choose_precision(config.precision, dev)
+            if not model.supports_dtype(dtype):
+                dtype, why = torch.float32, f"fp32: model {model.name} supports only fp32"
+            dtypes[str(dev)] = (dtype, why)
+    out_w, out_h = source.width * model.scale, source.height * model.scale
+    out_w, out_h = out_w + out_w % 2, out_h + out_h % 2
+    use_nvdec, use_nvenc = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h))
+    if use_nvenc:
+        preset = config.preset if config.preset in NVENC_PRESETS else DEFAULT_NVENC_PRESET
+    elif config.preset in NVENC_PRESETS:
+        preset = DEFAULT_CPU_PRESET[config.codec]
+        notes.append(f"--preset {config.preset} is an NVENC preset; the CPU encoder uses its default ({preset}).")
+    else:
+        preset = config.preset_or_default
+    return RunPlan(
+        config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite,
+        devices=tuple(devices), dtypes=MappingProxyType(dtypes), output_width=out_w, output_height=out_h,
+        use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
+    )
+
+
+def _check_paths(config: RunConfig, output: Path, *, overwrite: bool) -> None:
+    """Every file the run writes against every file it reads (core.files has the rules)."""
+    config.check_output_name(output)
+    outputs = [("--output", output)]
+    if config.stats_json is not None:
+        outputs.append(("--stats-json", config.stats_json))
+    inputs = [("--source", config.source)]
+    if Path(config.model).suffix and Path(config.model).exists():
+        inputs.append(("--model", Path(config.model)))
+    check_output_paths(outputs, inputs=inputs, overwrite=overwrite)
+
+
+def plan_devices(config: RunConfig) -> DevicePlan:
+    """Turn --device / --multi-gpu / --gpus / --cpu-workers into worker devices."""
+    from hw.gpus import list_gpus, parse_gpu_list
+
+    gpus = list_gpus()
+    num_gpus = len(gpus)
+    device = (config.device or "auto").lower()
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise InvalidOption(f"Invalid --device ({config.device!r}): allowed are auto, cpu, cuda, cuda:N.")
+    if config.gpus is not None:
+        if device == "cpu":
+            raise InvalidOption("--gpus was given with --device cpu. Drop one of them.")
+        indices = parse_gpu_list(config.gpus, num_gpus)
+        return DevicePlan(tuple(torch.device("cuda", i) for i in indices))
+    if device == "cpu" or (device == "auto" and num_gpus == 0):
+        note = ""
+        if config.multi_gpu:
+            note = "--multi-gpu: no CUDA GPU is visible; running on the CPU."
+        return DevicePlan(tuple(torch.device("cpu") for _ in range(config.cpu_workers)), note)
+    if num_gpus == 0:
+        raise InvalidOption(
+            f"--device {config.device}: no CUDA GPU is visible to torch {torch.__version__}"
+            f" ({'CUDA build' if torch.version.cuda else 'CPU-only build'}). Use --device cpu, or install a CUDA build of torch."
+        )
+    if device.startswith("cuda:"):
+        index = int(device[5:])
+        if index >= num_gpus:
+            raise InvalidOption(
+                f"Invalid --device ({config.device}): this machine has GPUs 0-{num_gpus - 1}. Use e.g. --device cuda:0."
+            )
+        if not config.multi_gpu:
+            return DevicePlan((torch.device("cuda", index),))
+    if config.multi_gpu:
+        if num_gpus == 1:
+            return DevicePlan((torch.device("cuda", 0),), "--multi-gpu: only 1 GPU is visible; running single-GPU.")
+        return DevicePlan(tuple(torch.device("cuda", i) for i in range(num_gpus)))
+    return DevicePlan((torch.device("cuda", 0),))
+
+
+def _plan_codecs(config: RunConfig, source: SourceInfo, devices: tuple[torch.device, ...], notes: list[str], *,
+                 output_size: tuple[int, int]) -> tuple[bool, bool]:
+    """Decide NVDEC/NVENC; where requested but absent, one line says what is used instead."""
+    first = devices[0]
+    use_nvdec = use_nvenc = False
+    if config.nvdec:
+        if first.type != "cuda":
+            notes.append("--nvdec: no NVIDIA GPU in use; decoding on the CPU with PyAV instead.")
+        else:
+            ok, why = _probe("probe_nvdec", codec=source.codec, bit_depth=source.bit_depth,
+                             chroma_format=source.chroma_format or "420", width=source.width,
+                             height=source.height, gpu=first.index or 0)
+            use_nvdec = ok
+            if not ok:
+                notes.append(f"--nvdec: {why}; decoding on the CPU with PyAV instead.")
+    if config.nvenc:
+        if first.type != "cuda":
+            notes.append("--nvenc: no NVIDIA GPU in use; encoding on the CPU (libx264/x265/SVT-AV1) instead.")
+        else:
+            width, height = output_size  # NVENC is checked at the real output size (issue 9)
+            ok, why = _probe("probe_nvenc", codec=config.codec, gpu=first.index or 0, width=width, height=height)
+            use_nvenc = ok
+            if not ok:
+                notes.append(f"--nvenc: {why}; encoding on the CPU from GPU-converted yuv420p instead.")
+    return use_nvdec, use_nvenc
+
+
+def _probe(name: str, **kwargs) -> tuple[bool, str]:
+    """Run a PyNvVideoCodec probe in a thread of its own.
+
+    A failed `CreateEncoder` can leave a CUDA context of its own current on the calling
+    thread; the NVDEC decoder created next on that thread then ran in it, and the worker's
+    convolutions failed with CUDNN_STATUS_BAD_PARAM_STREAM_MISMATCH (seen on an H100 with
+    --nvdec --nvenc). A short-lived thread takes whatever it leaves behind with it.
+    """
+    result: list[tuple[bool, str]] = []
+
+    def body() -> None:
+        try:
+            from hw import nv_probe
+
+            result.append(getattr(nv_probe, name)(**kwargs))
+        except HardwareUnavailable as exc:
+            result.append((False, str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a probe that breaks means "not available"
+            result.append((False, f"{name} failed: {exc}"))
+
+    thread = threading.Thread(target=body, name=f"probe-{name}", daemon=True)
+    thread.start()
+    thread.join()
+    return result[0] if result else (False, f"{name} did not finish")

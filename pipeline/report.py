@@ -1,0 +1,111 @@
+"""The end of a run: its description, where its output goes, and its one error.
+
+`describe` writes what the run is (source, model, devices, codecs, fallbacks) into the
+run's notes (the summary and `--stats-json` read them). After the stages have stopped,
+`settle_output` moves the output's temporary file where it belongs (`core.files.OutputFile`)
+and says where that is in one sentence; `raise_for` raises the run's one error, if any.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import FramepipeError, InvalidOption, RunInterrupted, StageError, one_line
+from core.files import OutputFile, ffmpeg_path
+from pipeline.messages import StageFailed
+from pipeline.plan import RunPlan
+from pipeline.stats import RunStats
+
+__all__ = ["Outcome", "describe", "settle_output", "raise_for"]
+
+
+@dataclass
+class Outcome:
+    """How the stages ended: stopped by a signal, failed (first failure), or complete."""
+
+    interrupted: KeyboardInterrupt | None = None
+    failure: StageFailed | None = None
+    writer_closed_cleanly: bool = False
+    num_dropped_at_stop: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.interrupted is None and self.failure is None
+
+
+def settle_output(output: OutputFile, temp: Path, stats: RunStats, outcome: Outcome) -> str:
+    """Put the temporary file where it belongs; returns one sentence saying where that is."""
+    written = stats.num_frames_written
+    if written == 0:
+        output.discard()
+        return "No frame was written, and no output file was left behind."
+    if not outcome.writer_closed_cleanly:
+        playable = _count_decodable_frames(temp)
+        if playable == 0:
+            output.discard()
+            return (f"{written} frame(s) were given to the encoder, but the file could not be finalized and nothing in "
+                    "it plays: it was removed.")
+        final = output.commit(complete=False)
+        stats.notes["output"] = str(final)
+        return f"Finalizing failed; {playable} of {written} frame(s) decode from {final}."
+    final = output.commit(complete=outcome.complete)
+    stats.notes["output"] = str(final)
+    if outcome.complete:
+        return ""
+    dropped = outcome.num_dropped_at_stop
+    dropped_text = f" ({dropped} queued frame(s) dropped to stop quickly)" if dropped else ""
+    kept = f" The existing {output.path} was left unchanged." if final != output.path else ""
+    return f"{written} frame(s) written to {final} (finalized, playable){dropped_text}.{kept}"
+
+
+def _count_decodable_frames(path: Path) -> int:
+    """How many video frames of `path` decode (0 when the file does not open)."""
+    import av
+
+    try:
+        with av.open(ffmpeg_path(path)) as container:
+            return sum(1 for _ in container.decode(video=0))
+    except (av.error.FFmpegError, OSError, ValueError, IndexError):
+        return 0
+
+
+def raise_for(outcome: Outcome, where: str, stats: RunStats) -> None:
+    """Raise the run's one error (with where its output is), if it did not complete."""
+    if outcome.interrupted is not None:
+        exc = outcome.interrupted
+        raise RunInterrupted(where, signal_name=getattr(exc, "signal_name", ""),
+                             signal_number=getattr(exc, "signal_number", 2)) from exc
+    if outcome.failure is None:
+        return
+    exc = outcome.failure.exc
+    if isinstance(exc, InvalidOption) and stats.num_frames_written == 0:  # bad input found late (the encoder)
+        raise exc
+    if isinstance(exc, FramepipeError):
+        raise type(exc)(f"{one_line(exc).rstrip('.')}. {where}") from exc
+    raise StageError(outcome.failure.stage, f"{type(exc).__name__}: {one_line(exc)}. {where}") from exc
+
+
+def describe(plan: RunPlan, stats: RunStats) -> None:
+    cfg, src = plan.config, plan.source
+    stats.notes.update(
+        source=str(cfg.source),
+        output=str(plan.output),
+        source_video=f"{src.width}x{src.height} {src.codec} {src.pix_fmt} {float(src.average_rate or 0):.3f} fps",
+        output_video=f"{plan.output_width}x{plan.output_height} {cfg.codec}",
+        model=plan.model.name,
+        arch=plan.model.arch,
+        scale=plan.model.scale,
+        precision={dev: why for dev, (_, why) in plan.dtypes.items()},
+        devices=[str(d) for d in plan.devices],
+        decoder="NVDEC" if plan.use_nvdec else "PyAV (CPU)",
+        encoder="NVENC" if plan.use_nvenc else f"PyAV {cfg.codec} (CPU, fed yuv420p)",
+        mode="parallel" if cfg.parallel else "sequential",
+    )
+    stats.notes["fallbacks"] = list(plan.notes)
+    if src.color.matrix_guessed:
+        stats.notes["color_matrix"] = f"{src.color.matrix} (source untagged; chosen by height, and tagged in the output)"
+    expected = src.num_frames_from_header
+    if cfg.max_frames is not None:
+        expected = min(expected, cfg.max_frames) if expected else cfg.max_frames
+    stats.num_frames_expected = expected

@@ -1,0 +1,119 @@
+"""Fault injection from outside the product (tests and benchmarks only).
+
+`run(config, wrap=inject(...))` wraps stages by name as the runner builds them: production
+constructors carry no test hooks. What can be injected:
+- a reader, writer or worker raising `InjectedFault` (a bug) at frame k;
+- a worker's model call (`Worker.infer`, one call per chunk) running slowly, running out of
+  memory above a batch size or once at its n-th call, or failing as a device at its n-th call
+  (once, or for good), with a short back-off so the tests stay quick.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hw.memory import DeviceFault
+
+__all__ = ["InjectedFault", "WorkerFaults", "inject"]
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by fault injection."""
+
+
+@dataclass
+class WorkerFaults:
+    fail_at_frame: int | None = None  # InjectedFault (a bug) when this frame is in a batch
+    oom_when_batch_over: int | None = None  # OOM for any model call on more frames than this
+    oom_at_batch: int | None = None  # OOM once, on the n-th model call (1-based), if it has 2+ frames
+    device_fault_at_batch: int | None = None  # DeviceFault on the n-th model call
+    device_fault_permanent: bool = False  # ... and on every call after it
+    seconds_per_batch: float = 0.0  # sleep before each model call (a slow device)
+
+
+class _FailingReader:
+    """The reader, raising at frame `at` instead of yielding it."""
+
+    def __init__(self, inner: Any, at: int) -> None:
+        self.inner, self.at = inner, at
+
+    def process(self, item: Any) -> Any:
+        return self.inner.process(item)
+
+    def finish(self):
+        for frame in self.inner.finish():
+            if frame.index == self.at:
+                raise InjectedFault(f"injected reader failure at frame {self.at}")
+            yield frame
+
+    def close(self, *, complete: bool) -> None:
+        self.inner.close(complete=complete)
+
+
+class _FailingWriter:
+    """The writer, raising when frame `at` reaches it."""
+
+    def __init__(self, inner: Any, at: int) -> None:
+        self.inner, self.at = inner, at
+
+    def process(self, item: Any) -> Any:
+        if item.index == self.at:
+            raise InjectedFault(f"injected writer failure at frame {self.at}")
+        return self.inner.process(item)
+
+    def finish(self) -> Any:
+        return self.inner.finish()
+
+    def close(self, *, complete: bool) -> None:
+        self.inner.close(complete=complete)
+
+
+def _faulty_worker(worker: Any, faults: WorkerFaults) -> Any:
+    """The same worker, its model call (`infer`) replaced by one that misbehaves as told."""
+    infer = worker.infer
+    calls = [0]
+
+    def faulty_infer(frames):
+        calls[0] += 1
+        n = calls[0]
+        if faults.seconds_per_batch:
+            time.sleep(faults.seconds_per_batch)
+        if faults.fail_at_frame is not None and any(f.index == faults.fail_at_frame for f in frames):
+            raise InjectedFault(f"injected worker failure at frame {faults.fail_at_frame}")
+        if faults.oom_when_batch_over is not None and len(frames) > faults.oom_when_batch_over:
+            raise torch.OutOfMemoryError(f"injected OOM: batch {len(frames)} > {faults.oom_when_batch_over}")
+        if faults.oom_at_batch is not None and n == faults.oom_at_batch and len(frames) > 1:
+            raise torch.OutOfMemoryError(f"injected OOM at model call {n}")
+        if faults.device_fault_at_batch is not None and (
+            n == faults.device_fault_at_batch or (faults.device_fault_permanent and n > faults.device_fault_at_batch)
+        ):
+            raise DeviceFault(f"injected device fault on {worker.name} at model call {n}")
+        return infer(frames)
+
+    worker.infer = faulty_infer
+    return worker
+
+
+def inject(*, reader_fails_at: int | None = None, writer_fails_at: int | None = None,
+           workers: dict[str, WorkerFaults] | None = None, backoff_seconds: float | None = 0.05):
+    """A `wrap` for `pipeline.run`: faults by stage name. Workers back off `backoff_seconds`
+    after a device fault (production: 2 s) so that fault tests stay quick."""
+    workers = workers or {}
+
+    def wrap(name: str, stage: Any) -> Any:
+        if name == "reader" and reader_fails_at is not None:
+            return _FailingReader(stage, reader_fails_at)
+        if name == "writer" and writer_fails_at is not None:
+            return _FailingWriter(stage, writer_fails_at)
+        if name.startswith("worker-"):
+            if backoff_seconds is not None:
+                stage.backoff_seconds = backoff_seconds
+            if name in workers:
+                return _faulty_worker(stage, workers[name])
+        return stage
+
+    return wrap
