@@ -358,10 +358,14 @@ class FreeSpaceGuard:
     """
 
     MIN_RESERVE_BYTES = 8 << 20
+    CHECK_EVERY_BYTES = 1 << 20  # statvfs can be slow on network file systems: ask at most per MiB
+    CHECK_EVERY_SECONDS = 0.5  # ... or per half second
 
     def __init__(self, path: Path, *, free_bytes=None) -> None:
         self.folder = Path(path).parent if str(Path(path).parent) else Path(".")
         self._free = free_bytes or (lambda: _free_bytes(self.folder))
+        self._last_bytes: int | None = None
+        self._last_time = 0.0
 
     def reserve_bytes(self, *, bytes_written: int, frames_written: int, frames_pending: int,
                       frames_buffered: int = 0) -> int:
@@ -372,6 +376,13 @@ class FreeSpaceGuard:
         return self.MIN_RESERVE_BYTES + int(2 * average * held) + 64 * frames_written
 
     def check(self, *, bytes_written: int, frames_written: int, frames_pending: int, frames_buffered: int = 0) -> None:
+        import time
+
+        now = time.monotonic()
+        if (self._last_bytes is not None and bytes_written - self._last_bytes < self.CHECK_EVERY_BYTES
+                and now - self._last_time < self.CHECK_EVERY_SECONDS):
+            return
+        self._last_bytes, self._last_time = bytes_written, now
         free = self._free()
         if free is None:
             return

@@ -139,11 +139,13 @@ class PyAVDecoder:
         self._repair = TimestampRepair(step=filler._step)
 
     def __iter__(self) -> Iterator[Frame]:
+        # Planes are copied out of each FFmpeg frame at once, so the timestamp window holds our
+        # copies, never FFmpeg's frame buffers (holding those made the decoder allocate anew).
         for frame in self._decoded_frames():
-            for ready, pts in self._repair.push(frame, frame.pts):
-                yield self._convert(ready, pts)
+            for ready, pts in self._repair.push(self._planes(frame), frame.pts):
+                yield self._numbered(ready, pts)
         for ready, pts in self._repair.flush():
-            yield self._convert(ready, pts)
+            yield self._numbered(ready, pts)
         self._report_end()
 
     def _decoded_frames(self) -> Iterator:
@@ -241,18 +243,21 @@ class PyAVDecoder:
         width, height, fmt = self._shape
         return frame.reformat(width=width, height=height, format=fmt, interpolation="BICUBIC")
 
-    def _convert(self, frame, pts: int) -> Frame:
+    def _planes(self, frame) -> tuple[str, tuple, int]:
+        """(fmt, planes, bit_depth) copied out of a decoded frame, at the first frame's size."""
         frame = self._normalized(frame)
+        depth = PLANAR_YUV.get(frame.format.name)
+        if depth is not None:
+            dtype = np.uint8 if depth == 8 else np.uint16
+            return "yuv", tuple(_plane_array(frame.planes[i], dtype) for i in range(3)), depth
+        return "rgb24", (frame.to_ndarray(format="rgb24"),), 8
+
+    def _numbered(self, data: tuple[str, tuple, int], pts: int) -> Frame:
+        fmt, planes, depth = data
         index = self.num_frames_decoded
         self.num_frames_decoded += 1
         self._last_pts = pts
-        name = frame.format.name
-        depth = PLANAR_YUV.get(name)
-        if depth is not None:
-            dtype = np.uint8 if depth == 8 else np.uint16
-            planes = tuple(_plane_array(frame.planes[i], dtype) for i in range(3))
-            return Frame(index=index, pts=pts, fmt="yuv", planes=planes, bit_depth=depth)
-        return Frame(index=index, pts=pts, fmt="rgb24", planes=(frame.to_ndarray(format="rgb24"),))
+        return Frame(index=index, pts=pts, fmt=fmt, planes=planes, bit_depth=depth)
 
     def close(self) -> None:
         self._container.close()

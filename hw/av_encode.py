@@ -81,6 +81,24 @@ def _open_error(exc: BaseException, *, what: str) -> Exception:
     return InvalidOption(f"The output container refused these streams ({one_line(exc, limit=160)}). Try --output with .mkv.")
 
 
+def _check_encoder_opens(encoder: str, width: int, height: int, time_base: Fraction, options: dict[str, str]) -> None:
+    """Settings the encoder refuses (libx265 below its smallest size, a bad preset ...) are bad
+    input, found on a throwaway encoder before the output file is touched: a stream whose
+    encoder failed to open crashed PyAV 19 when its container was closed (seen on the GPU host)."""
+    import av
+
+    ctx = av.CodecContext.create(encoder, "w")
+    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, "yuv420p", time_base
+    ctx.options = dict(options)
+    try:
+        ctx.open()
+    except av.error.FFmpegError as exc:
+        raise InvalidOption(
+            f"The {encoder} encoder refused to start for {width}x{height} yuv420p with these settings "
+            f"({one_line(exc, limit=160)}). Try another --codec, --scale, --quality or --preset."
+        ) from exc
+
+
 class PyAVWriter:
     """Encode yuv420p frames to `path` and mux the source's audio/subtitles beside them.
 
@@ -145,14 +163,6 @@ class PyAVWriter:
         refuse are bad input, reported before any frame is processed, each with its cause."""
         import av
 
-        cc = self._video.codec_context
-        try:
-            cc.open()
-        except av.error.FFmpegError as exc:
-            raise InvalidOption(
-                f"The {cc.name} encoder refused to start for {cc.width}x{cc.height} yuv420p with these settings "
-                f"({one_line(exc, limit=160)}). Try another --codec, --scale, --quality or --preset."
-            ) from exc
         try:
             self._out.start_encoding()
         except (av.error.FFmpegError, OSError) as exc:
@@ -173,6 +183,14 @@ class PyAVWriter:
         encoder = CPU_ENCODERS[codec]
         if encoder not in av.codecs_available:
             raise InvalidOption(f"--codec {codec}: this FFmpeg build has no {encoder} encoder.")
+        options: dict[str, str] = {}
+        if crf is not None:
+            options["crf"] = str(crf)
+        if preset is not None:
+            options["preset"] = str(preset)
+        if encoder == "libx265":
+            options["x265-params"] = "log-level=error"
+        _check_encoder_opens(encoder, width, height, time_base, options)
         if codec not in self._out.supported_codecs and encoder not in self._out.supported_codecs:
             raise InvalidOption(
                 f"--codec {codec} cannot be stored in a {self.path.suffix or 'this'} file. Use .mp4 or .mkv."
@@ -183,13 +201,6 @@ class PyAVWriter:
         cc = stream.codec_context
         if threads:
             cc.thread_count = threads
-        options: dict[str, str] = {}
-        if crf is not None:
-            options["crf"] = str(crf)
-        if preset is not None:
-            options["preset"] = str(preset)
-        if encoder == "libx265":
-            options["x265-params"] = "log-level=error"
         stream.options = options
         return stream
 

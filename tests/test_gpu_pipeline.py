@@ -113,9 +113,11 @@ def test_nvdec_run_is_frame_exact_with_pyav_decode(clips, tmp_path, width, heigh
     """The whole run: --nvdec gives the very same output file content as PyAV decoding."""
     pytest.importorskip("PyNvVideoCodec")
     src = clips("gpu-photo.mp4", num_frames=40, width=width, height=height, photo=True)
-    nv = run(_cfg(src, tmp_path / "nv.mp4", device="cuda", nvdec=True, batch_size=4))
+    # Lossless x264: at its default (mbtree on) this FFmpeg build's x264 does not give the same
+    # bytes twice for the same frames (seen on the CPU and the GPU host), so only crf 0 compares.
+    nv = run(_cfg(src, tmp_path / "nv.mp4", device="cuda", nvdec=True, batch_size=4, crf=0, preset="ultrafast"))
     assert nv.notes["decoder"] == "NVDEC"
-    run(_cfg(src, tmp_path / "av.mp4", device="cuda", nvdec=False, batch_size=4))
+    run(_cfg(src, tmp_path / "av.mp4", device="cuda", nvdec=False, batch_size=4, crf=0, preset="ultrafast"))
     assert probe.pts_exact(tmp_path / "nv.mp4") == probe.pts_exact(tmp_path / "av.mp4") == probe.pts_exact(src)
     nv_planes, av_planes = probe.planes_yuv420(tmp_path / "nv.mp4"), probe.planes_yuv420(tmp_path / "av.mp4")
     assert len(nv_planes) == len(av_planes) == 40

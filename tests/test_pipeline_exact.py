@@ -97,8 +97,10 @@ def test_frame_count_and_order_kept(clips, tmp_path, no_stage_threads_left):
 
 def test_sequential_and_parallel_identical(clips, tmp_path):
     src = clips("plain.mp4", num_frames=40)
-    _run(src, tmp_path / "seq.mp4", parallel=False)
-    _run(src, tmp_path / "par.mp4", parallel=True, batch_size=4, cpu_workers=2)
+    # Lossless x264: at its default (mbtree on) this x264 build does not give the same bytes twice
+    # for the same frames on some content (benchmarks/RESULTS.md), so only crf 0 compares pixels.
+    _run(src, tmp_path / "seq.mp4", parallel=False, crf=0, preset="ultrafast")
+    _run(src, tmp_path / "par.mp4", parallel=True, batch_size=4, cpu_workers=2, crf=0, preset="ultrafast")
     seq, par = probe.frames_yuv(tmp_path / "seq.mp4"), probe.frames_yuv(tmp_path / "par.mp4")
     assert len(seq) == len(par) == 40
     for a, b in zip(seq, par):
