@@ -23,7 +23,8 @@ for step in "$@"; do
       python3 test_multi_gpu.py 2>&1 | tee "$OUT/selftest.txt"
       python3 -m pytest -m needs_cuda -q -rs -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_needs_cuda.txt" ;;
     suite)
-      python3 -m pytest -q -rs -p no:cacheprovider tests 2>&1 | tail -40 | tee "$OUT/pytest_all.txt" ;;
+      python3 -m pytest -q -rfEs -p no:cacheprovider tests > "$OUT/pytest_all.txt" 2>&1
+      grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_all.txt" | tail -40 ;;
     user)  # what a new user runs: the default sample job, then a real clip with every GPU flag
       ( time python3 main.py --parallel ) 2>&1 | tee "$OUT/default_run.txt"
       python3 -c "from hw.clips import make_clip; make_clip('/tmp/user.mp4', width=640, height=360, num_frames=240, fps=24, photo=True, audio=True)"

@@ -94,6 +94,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     use_nvdec, use_nvenc = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h))
     if use_nvenc:
         preset = config.preset if config.preset in NVENC_PRESETS else DEFAULT_NVENC_PRESET
+        notes += _nvenc_limits(config, source, output)
     elif config.preset in NVENC_PRESETS:
         preset = DEFAULT_CPU_PRESET[config.codec]
         notes.append(f"--preset {config.preset} is an NVENC preset; the CPU encoder uses its default ({preset}).")
@@ -104,6 +105,19 @@ def plan_run(config: RunConfig) -> RunPlan:
         devices=tuple(devices), dtypes=MappingProxyType(dtypes), output_width=out_w, output_height=out_h,
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
     )
+
+
+def _nvenc_limits(config: RunConfig, source: SourceInfo, output: Path) -> list[str]:
+    """What the NVENC writer cannot carry (PyAV gives a stream it opens no encoder for no codec
+    context: no display matrix, no codec tag), said before the run rather than discovered after."""
+    notes = []
+    if source.display_matrix is not None:
+        notes.append(f"--nvenc: the source's rotation ({source.rotation} degrees) is not carried by the NVENC writer; "
+                     "the output plays unrotated. Run without --nvenc to keep it.")
+    if config.codec == "hevc" and output.suffix.lower() in (".mp4", ".mov"):
+        notes.append("--nvenc: HEVC from NVENC in MP4/MOV is tagged hev1, which Apple players refuse; use .mkv, or run "
+                     "without --nvenc (the CPU encoder writes hvc1), for Apple devices.")
+    return notes
 
 
 def _check_paths(config: RunConfig, output: Path, *, overwrite: bool) -> None:

@@ -77,3 +77,20 @@ def test_av1_on_pascal_says_the_codec_is_missing_not_the_engine(p40):
     use_nvenc, (note,) = plan("av1", (1920, 1080))
     assert not use_nvenc
     assert "has no AV1 encoder" in note and "no NVENC engine" not in note
+
+
+def test_what_the_nvenc_writer_cannot_carry_is_said_up_front(tmp_path):
+    """Issue 8 carries rotation and tags hvc1; the NVENC writer's stream has no codec context
+    in PyAV, so a run that would lose either says so before it starts."""
+    from fractions import Fraction
+
+    from hw.av_source import SourceInfo
+    from hw.color import ColorInfo
+
+    src = SourceInfo(path=Path("v.mp4"), width=64, height=48, codec="h264", pix_fmt="yuv420p", bit_depth=8,
+                     chroma_format="420", time_base=Fraction(1, 25), average_rate=Fraction(25), num_frames_from_header=0,
+                     color=ColorInfo(), display_matrix=(0, -65536, 0, 65536, 0, 0, 0, 0, 1 << 30), rotation=90)
+    notes = planning._nvenc_limits(RunConfig(source=Path("v.mp4"), codec="hevc"), src, Path("o.mp4"))
+    assert len(notes) == 2 and "rotation (90 degrees)" in notes[0] and "hev1" in notes[1]
+    plain = SourceInfo(**{**src.__dict__, "display_matrix": None, "rotation": 0})
+    assert planning._nvenc_limits(RunConfig(source=Path("v.mp4"), codec="hevc"), plain, Path("o.mkv")) == []
