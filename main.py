@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     io.add_argument("--max-frames", type=int, metavar="N", help="process only the first N frames")
     io.add_argument("--no-audio", action="store_true", help="do not copy audio/subtitle streams")
+    io.add_argument("--resume", action="store_true",
+                    help="finish an earlier run of this output from its finished segments (<output>.parts/)")
+    io.add_argument("--keep-parts", action="store_true", help="keep the work folder <output>.parts/ after a successful run")
 
     model = p.add_argument_group("model")
     model.add_argument("--model", default=None,
@@ -72,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     codec.add_argument("--codec", choices=CODECS, default=CODECS[0], help=f"output codec (default {CODECS[0]})")
     codec.add_argument("--quality", type=int, metavar="CRF",
                        help="constant quality, lower is better (x264/x265 0-51, default 18/20; SVT-AV1 0-63, default 28; NVENC: constant QP)")
+    codec.add_argument("--encoders", type=int, default=0, metavar="N",
+                       help="encoders working at once on consecutive segments; 0 = from cores and memory (default)")
+    codec.add_argument("--segment-frames", type=int, metavar="N", help="frames per segment (default: about 6 seconds)")
+    codec.add_argument("--segment-seconds", type=float, metavar="S", help="seconds per segment, a whole number of frames (default 6)")
     codec.add_argument("--preset", help="encoder preset (x264/x265: ultrafast..veryslow, default medium; SVT-AV1: 0-13, default 8; NVENC: p1-p7, default p4)")
 
     out = p.add_argument_group("reporting")
@@ -157,6 +164,11 @@ def _config_from_args(args, *, sample: bool):
         max_frames=args.max_frames,
         overwrite=args.overwrite,
         replace_default_output=sample and args.output is None,
+        encoders=args.encoders,
+        segment_frames=args.segment_frames,
+        segment_seconds=args.segment_seconds,
+        resume=args.resume,
+        keep_parts=args.keep_parts,
         stats_json=args.stats_json,
         copy_audio=not args.no_audio,
     )

@@ -81,7 +81,8 @@ def _open_error(exc: BaseException, *, what: str) -> Exception:
     return InvalidOption(f"The output container refused these streams ({one_line(exc, limit=160)}). Try --output with .mkv.")
 
 
-def _check_encoder_opens(encoder: str, width: int, height: int, time_base: Fraction, options: dict[str, str]) -> None:
+def _check_encoder_opens(encoder: str, width: int, height: int, time_base: Fraction, frame_rate: Fraction | None,
+                         options: dict[str, str]) -> None:
     """Settings the encoder refuses (libx265 below its smallest size, a bad preset ...) are bad
     input, found on a throwaway encoder before the output file is touched: a stream whose
     encoder failed to open crashed PyAV 19 when its container was closed (seen on the GPU host)."""
@@ -89,6 +90,7 @@ def _check_encoder_opens(encoder: str, width: int, height: int, time_base: Fract
 
     ctx = av.CodecContext.create(encoder, "w")
     ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, "yuv420p", time_base
+    ctx.framerate = frame_rate or Fraction(25)  # as add_stream(rate=) sets it (SVT-AV1 refuses 1/time_base fps)
     ctx.options = dict(options)
     try:
         ctx.open()
@@ -190,7 +192,7 @@ class PyAVWriter:
             options["preset"] = str(preset)
         if encoder == "libx265":
             options["x265-params"] = "log-level=error"
-        _check_encoder_opens(encoder, width, height, time_base, options)
+        _check_encoder_opens(encoder, width, height, time_base, frame_rate, options)
         if codec not in self._out.supported_codecs and encoder not in self._out.supported_codecs:
             raise InvalidOption(
                 f"--codec {codec} cannot be stored in a {self.path.suffix or 'this'} file. Use .mp4 or .mkv."

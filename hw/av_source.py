@@ -44,6 +44,7 @@ class SourceInfo:
     time_base: Fraction
     average_rate: Fraction | None
     num_frames_from_header: int  # 0 when the container does not say
+    num_frames_estimate: int  # the header's count, else duration x frame rate; 0 when neither is known
     color: ColorInfo
     num_audio_streams: int = 0
     num_subtitle_streams: int = 0
@@ -117,6 +118,17 @@ def _first_frame(container, stream):
     return None
 
 
+def _estimate_frames(stream, container) -> int:
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.duration and stream.time_base and rate:
+        return int(round(float(stream.duration * stream.time_base * rate)))
+    if container.duration and rate:
+        return int(round(container.duration / 1_000_000 * float(rate)))
+    return 0
+
+
 def probe_source(path: str | os.PathLike) -> SourceInfo:
     """Open `path`, describe its first video stream, and close it again."""
     path = Path(path)
@@ -151,6 +163,7 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
             time_base=stream.time_base or Fraction(1, 90000),
             average_rate=stream.average_rate or stream.guessed_rate,
             num_frames_from_header=int(stream.frames or 0),
+            num_frames_estimate=_estimate_frames(stream, container),
             color=color_info_from_tags(
                 colorspace=cc.colorspace,
                 color_range=cc.color_range,

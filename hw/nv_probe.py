@@ -252,3 +252,31 @@ def _other_codec_hint(*, codec: str, gpu: int, width: int, height: int) -> str:
             "the GPU" if ok else "")
 
 
+
+
+def nvenc_sessions(*, codec: str, gpu: int, width: int, height: int, wanted: int) -> tuple[bool, int]:
+    """How many NVENC encoders of this size can be open at once on `gpu`, up to `wanted`.
+
+    Consumer GeForce drivers cap concurrent NVENC sessions (the cap has changed between driver
+    releases), data-centre GPUs do not: so the segmented writer asks the GPU by opening them
+    and keeping them open, instead of assuming a number. (True, n); (False, 0) without NVENC."""
+    try:
+        nvc = rt.nvcodec_import()
+    except HardwareUnavailable:
+        return False, 0
+    options = {"codec": codec, "gpu_id": str(gpu), "preset": "P1"}
+    if codec == "av1":
+        options["use_ivf_container"] = "0"
+    opened = []
+    try:
+        with rt.keep_current_context():
+            for _ in range(wanted):
+                try:
+                    opened.append(nvc.CreateEncoder(width, height, "NV12", False, **rt.context_args(gpu), **options))
+                except Exception as exc:  # the cap (or memory) is reached
+                    logger.debug("NVENC session %d on GPU %d refused: %s", len(opened) + 1, gpu, rt.first_line(exc))
+                    break
+        count = len(opened)
+    finally:
+        opened.clear()  # every session is released before the run opens its own
+    return count > 0, count

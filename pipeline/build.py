@@ -16,8 +16,11 @@ from typing import Any
 import torch
 
 from hw.encoding import Encoder
+from pipeline.messages import ErrorChannel
 from pipeline.plan import RunPlan
 from pipeline.reader import FrameSource, Reader
+from pipeline.segment_writer import EncoderPool, SegmentWriter
+from pipeline.segments import PartsFolder
 from pipeline.stats import RunStats
 from pipeline.worker import Worker
 from pipeline.writer import Writer
@@ -35,7 +38,8 @@ class Stages:
     workers: list[Any]
     writer: Any
     source: FrameSource
-    encoder: Encoder
+    encoder: Encoder | None  # None: segmented output (an encoder per segment)
+    skip: Callable[[int], bool] | None = None  # frames of finished segments (--resume)
 
 
 def open_source(plan: RunPlan, warn: Callable[[str], None]) -> FrameSource:
@@ -48,13 +52,14 @@ def open_source(plan: RunPlan, warn: Callable[[str], None]) -> FrameSource:
     return PyAVDecoder(plan.config.source, warn=warn)
 
 
-def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None]) -> Encoder:
-    """The encoder writing `path` (the output's temporary file; renamed into place at the end)."""
+def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None], *, with_audio: bool = True) -> Encoder:
+    """The encoder writing `path` (the output's temporary file, or a segment's: segments carry
+    no audio, the join copies it)."""
     cfg, src = plan.config, plan.source
     common = dict(width=plan.output_width, height=plan.output_height, time_base=src.time_base,
                   frame_rate=src.average_rate, color=src.color, warn=warn,
                   sample_aspect_ratio=src.sample_aspect_ratio, display_matrix=src.display_matrix,
-                  source_path=cfg.source if cfg.copy_audio else None)
+                  source_path=cfg.source if cfg.copy_audio and with_audio else None)
     if plan.use_nvenc:
         from hw.nvenc_writer import NvencFileWriter
 
@@ -75,14 +80,21 @@ def worker_names(devices: tuple[torch.device, ...]) -> list[str]:
     return names
 
 
-def build(plan: RunPlan, stats: RunStats, output_path: Path, *, wrap: Wrap | None = None) -> Stages:
-    """Open both ends and make every stage. The caller closes the source and the encoder
-    through the stages (`Reader.close`, `Writer.close`)."""
+def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorChannel, parts: PartsFolder | None = None,
+          wrap: Wrap | None = None) -> Stages:
+    """Open both ends and make every stage. The caller closes the source and the encoder(s)
+    through the stages (`Reader.close`, `Writer.close` / `SegmentWriter.close`)."""
     wrap = wrap or (lambda name, stage: stage)
     cfg = plan.config
     source = open_source(plan, stats.warn)
     try:
-        encoder = open_encoder(plan, output_path, stats.warn)
+        if parts is None:
+            encoder = open_encoder(plan, output_path, stats.warn)
+        else:  # settings the encoder or container refuse: found now, before any frame
+            probe = parts.path / ".probe.mp4"
+            open_encoder(plan, probe, stats.warn, with_audio=False).close(complete=False)
+            probe.unlink(missing_ok=True)
+            encoder = None
     except BaseException:
         source.close()
         raise
@@ -96,6 +108,22 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, wrap: Wrap | Non
             max_batch_size=cfg.max_batch_size, frame_size=(plan.source.height, plan.source.width),
         )
         workers.append(wrap(name, worker))
-    reader = wrap("reader", Reader(source, stats=stats, max_frames=cfg.max_frames))
-    writer = wrap("writer", Writer(encoder, stats=stats))
-    return Stages(reader=reader, workers=workers, writer=writer, source=source, encoder=encoder)
+    skip = None
+    if parts is not None:
+        layout, done = plan.segments, parts.finished()
+        finished = set(done)
+        stops = {k: int(entry["stop"]) for k, entry in done.items()}
+
+        def skip(index: int) -> bool:  # in a finished segment's recorded range
+            k = layout.segment_of(index)
+            return k in stops and index < stops[k]
+
+        skip = skip if finished else None
+        pool = EncoderPool(plan.num_encoders, queue_frames=layout.segment_frames, parts=parts, layout=layout,
+                           open_encoder=lambda path: open_encoder(plan, path, stats.warn, with_audio=False),
+                           errors=errors, stats=stats, threaded=cfg.parallel)
+        writer = wrap("writer", SegmentWriter(layout, pool, stats=stats, is_finished=lambda k: k in finished))
+    else:
+        writer = wrap("writer", Writer(encoder, stats=stats))
+    reader = wrap("reader", Reader(source, stats=stats, max_frames=cfg.max_frames, skip=skip))
+    return Stages(reader=reader, workers=workers, writer=writer, source=source, encoder=encoder, skip=skip)

@@ -29,15 +29,24 @@ class Collector:
     """Stage: results in any order in, the same results in index order out."""
 
     def __init__(self, *, on_release: Callable[[int], None], is_delivered: Callable[[int], bool],
-                 num_frames_in: Callable[[], int]) -> None:
+                 num_frames_in: Callable[[], int], is_skipped: Callable[[int], bool] = lambda index: False) -> None:
         self.on_release = on_release
+        self.is_skipped = is_skipped  # frames of finished segments (--resume): never sent, passed over
         self.is_delivered = is_delivered
         self.num_frames_in = num_frames_in
         self.next_index = 0
         self._pending: dict[int, ResultItem] = {}
         self.max_pending_seen = 0
 
+    def _skip_ahead(self) -> None:
+        start = self.next_index
+        while self.is_skipped(self.next_index):
+            self.next_index += 1
+        if self.next_index != start:
+            self.on_release(self.next_index)
+
     def process(self, item: ResultItem) -> list[ResultItem]:
+        self._skip_ahead()
         if item.index < self.next_index or item.index in self._pending:
             raise FramesLost(f"frame {item.index} arrived twice")
         self._pending[item.index] = item
@@ -46,6 +55,8 @@ class Collector:
         while self.next_index in self._pending:
             ready.append(self._pending.pop(self.next_index))
             self.next_index += 1
+            while self.is_skipped(self.next_index):
+                self.next_index += 1
         if ready:
             self.on_release(self.next_index)
         return ready
@@ -54,6 +65,7 @@ class Collector:
         """Nothing arrived for a while: is the frame the writer waits for lost? A worker puts a
         result before it reports the frame done, so `delivered` first, then an empty inbox,
         means the result was never sent."""
+        self._skip_ahead()
         index = self.next_index
         if index in self._pending or not self.is_delivered(index):
             return
@@ -62,6 +74,7 @@ class Collector:
                              "held): a worker lost it")
 
     def finish(self) -> list[ResultItem]:
+        self._skip_ahead()
         if self._pending:
             raise FramesLost(f"workers ended but frame {self.next_index} never arrived ({len(self._pending)} later "
                              "frame(s) held)")

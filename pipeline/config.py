@@ -53,6 +53,12 @@ class RunConfig:
     output_dir: Path | None = None
     # The built-in sample's default output (./out/...) is framepipe's own file: re-runs replace it.
     replace_default_output: bool = False
+    # Segmented output (pipeline/segments.py): parallel encoders, segment length, resume.
+    encoders: int = 0  # 0 = auto (cores, frame size, memory)
+    segment_frames: int | None = None
+    segment_seconds: float | None = None
+    resume: bool = False
+    keep_parts: bool = False
 
     def validate(self) -> "RunConfig":
         if self.batch_size < 0:
@@ -72,6 +78,14 @@ class RunConfig:
             raise InvalidOption(f"Invalid --cpu-workers ({self.cpu_workers}): it must be at least 1.")
         if self.max_frames is not None and self.max_frames < 1:
             raise InvalidOption(f"Invalid --max-frames ({self.max_frames}): it must be at least 1, or left out for all frames.")
+        if self.encoders < 0:
+            raise InvalidOption(f"Invalid --encoders ({self.encoders}): use 0 to choose by cores and memory, or a positive number.")
+        if self.segment_frames is not None and self.segment_seconds is not None:
+            raise InvalidOption("--segment-frames and --segment-seconds were both given. Drop one of them.")
+        if self.segment_frames is not None and self.segment_frames < 1:
+            raise InvalidOption(f"Invalid --segment-frames ({self.segment_frames}): it must be at least 1.")
+        if self.segment_seconds is not None and not self.segment_seconds > 0:
+            raise InvalidOption(f"Invalid --segment-seconds ({self.segment_seconds}): it must be above 0, e.g. 6.")
         if self.scale is not None and self.scale < 1:
             raise InvalidOption(f"Invalid --scale ({self.scale}): it must be a positive whole number, e.g. --scale 2.")
         if self.codec not in CODECS:

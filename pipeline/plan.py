@@ -18,12 +18,13 @@ from typing import Mapping
 
 import torch
 
-from core.choices import DEFAULT_CPU_PRESET, DEFAULT_NVENC_PRESET, NVENC_PRESETS
+from core.choices import DEFAULT_CPU_PRESET, DEFAULT_NVENC_PRESET, DEFAULT_SEGMENT_SECONDS, MAX_AUTO_ENCODERS, NVENC_PRESETS
 from core.errors import HardwareUnavailable, InvalidOption
 from core.files import check_output_paths
 from hw.av_source import SourceInfo, probe_source
 from models import LoadedModel
 from pipeline.config import RunConfig, default_output_path
+from pipeline.segments import PartsFolder, SegmentLayout
 
 __all__ = ["RunPlan", "plan_run", "plan_devices", "DevicePlan"]
 
@@ -51,6 +52,8 @@ class RunPlan:
     use_nvenc: bool
     preset: str  # for the encoder in use (CPU or NVENC)
     notes: tuple[str, ...]
+    segments: SegmentLayout | None = None  # None: one output file written directly
+    num_encoders: int = 1  # encoders working at once on consecutive segments
 
     @property
     def first_gpu(self) -> int:
@@ -100,11 +103,78 @@ def plan_run(config: RunConfig) -> RunPlan:
         notes.append(f"--preset {config.preset} is an NVENC preset; the CPU encoder uses its default ({preset}).")
     else:
         preset = config.preset_or_default
+    segments, num_encoders = _plan_segments(config, source, out_w, out_h, use_nvenc=use_nvenc, notes=notes)
+    if segments is not None:
+        PartsFolder(Path(output)).check(resume=config.resume, overwrite=overwrite)
     return RunPlan(
         config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite,
         devices=tuple(devices), dtypes=MappingProxyType(dtypes), output_width=out_w, output_height=out_h,
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
+        segments=segments, num_encoders=num_encoders,
     )
+
+
+def _available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo; 8 GiB where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 8 << 30
+
+
+def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: int, *, use_nvenc: bool,
+                   notes: list[str]) -> tuple[SegmentLayout | None, int]:
+    """Segment length and the number of encoders, or (None, 1) for one file written directly.
+
+    Segments are used when asked for (--encoders, --segment-*, --resume, --keep-parts) and
+    whenever the video is longer than one segment. The automatic number of encoders is the
+    smallest of: half the CPU cores (each x264 instance runs threads of its own), the number
+    of segments, MAX_AUTO_ENCODERS, and what fits in 40% of the available memory, counting for
+    each encoder one segment of queued frames plus ~60 frames inside x264 (its look-ahead).
+    """
+    import os
+
+    rate = float(source.average_rate or 25)
+    if config.segment_frames is not None:
+        segment_frames = config.segment_frames
+    else:
+        segment_frames = max(1, round((config.segment_seconds or DEFAULT_SEGMENT_SECONDS) * rate))
+    total = source.num_frames_estimate
+    if config.max_frames is not None:
+        total = min(total, config.max_frames) if total else config.max_frames
+    asked = (config.encoders > 0 or config.segment_frames is not None or config.segment_seconds is not None
+             or config.resume or config.keep_parts)
+    if not asked and 0 < total <= segment_frames:
+        return None, 1
+    num_segments = max(1, -(-total // segment_frames)) if total else MAX_AUTO_ENCODERS
+    frame_bytes = width * height * 3 // 2
+    per_encoder = frame_bytes * (segment_frames + 60)
+    fits = max(1, int(_available_memory_bytes() * 0.4 // per_encoder))
+    auto = max(1, min((os.cpu_count() or 2) // 2, num_segments, MAX_AUTO_ENCODERS, fits))
+    num_encoders = config.encoders or auto
+    if config.encoders and config.encoders > fits:
+        notes.append(f"--encoders {config.encoders}: each holds up to {segment_frames} frames of "
+                     f"{width}x{height} ({per_encoder / 2**30:.1f} GiB); more than {fits} may exhaust memory.")
+    if use_nvenc and num_encoders > 1:
+        num_encoders = _nvenc_sessions(config, width, height, num_encoders, notes)
+    if not config.parallel:
+        num_encoders = 1  # the sequential baseline encodes in its one thread
+    end = config.max_frames
+    return SegmentLayout(segment_frames=segment_frames, end=end), num_encoders
+
+
+def _nvenc_sessions(config: RunConfig, width: int, height: int, wanted: int, notes: list[str]) -> int:
+    """How many NVENC encoders can run at once on this GPU (consumer GPUs limit sessions):
+    probed by opening them, not assumed."""
+    ok, count = _probe("nvenc_sessions", codec=config.codec, gpu=0 if config.gpus is None else int(config.gpus.split(",")[0]),
+                       width=width, height=height, wanted=wanted)
+    sessions = count if ok and isinstance(count, int) and count > 0 else 1
+    if sessions < wanted:
+        notes.append(f"NVENC runs {sessions} encoder(s) at once on this GPU (asked for {wanted}).")
+    return sessions
 
 
 def _nvenc_limits(config: RunConfig, source: SourceInfo, output: Path) -> list[str]:

@@ -3,13 +3,15 @@
 A source stage (no inbox): `finish()` yields the decoder's `Frame`s in presentation order
 (the PyAV decoder on the CPU, NVDEC on a GPU) until the source ends or `max_frames` is
 reached, and keeps the run's decode figures (`num_frames_decoded`, corrupt packets,
-whether the source was read to its end). A source that stopped early is said once.
+whether the source was read to its end). A source that stopped early is said once. With
+`--resume`, frames of finished segments are decoded (the frame index is exact only that
+way) but not passed on.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from core.frame import Frame
@@ -34,10 +36,12 @@ class FrameSource(Protocol):
 class Reader:
     """Stage: no input; `finish()` yields the source's frames."""
 
-    def __init__(self, source: FrameSource, *, stats: RunStats, max_frames: int | None = None) -> None:
+    def __init__(self, source: FrameSource, *, stats: RunStats, max_frames: int | None = None,
+                 skip: Callable[[int], bool] | None = None) -> None:
         self.source = source
         self.stats = stats
         self.max_frames = max_frames
+        self.skip = skip  # frames already in finished segments (--resume): decoded, counted, not passed on
 
     def process(self, item: object) -> Iterable[Frame]:
         raise TypeError("the reader is a source: it takes no input")
@@ -55,6 +59,8 @@ class Reader:
             count += 1
             self.stats.num_frames_decoded = count
             self.stats.num_corrupt_packets = getattr(self.source, "num_corrupt_packets", 0)
+            if self.skip is not None and self.skip(frame.index):
+                continue
             yield frame
 
     def _report(self, count: int) -> None:

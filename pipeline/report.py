@@ -9,6 +9,7 @@ and says where that is in one sentence; `raise_for` raises the run's one error, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from core.errors import FramepipeError, InvalidOption, RunInterrupted, StageError, one_line
@@ -109,3 +110,74 @@ def describe(plan: RunPlan, stats: RunStats) -> None:
     if cfg.max_frames is not None:
         expected = min(expected, cfg.max_frames) if expected else cfg.max_frames
     stats.num_frames_expected = expected
+
+
+def pixel_settings(plan: RunPlan) -> dict[str, object]:
+    """The settings that change the output's pixels or its segments: a resume must match them."""
+    cfg, src = plan.config, plan.source
+    return {
+        "model": plan.model.name,
+        "model_source": plan.model.source,
+        "scale": plan.model.scale,
+        "precision": sorted({str(dtype).removeprefix("torch.") for dtype, _ in plan.dtypes.values()}),
+        "output_size": f"{plan.output_width}x{plan.output_height}",
+        "codec": cfg.codec,
+        "encoder": "nvenc" if plan.use_nvenc else "cpu",
+        "quality": cfg.crf if plan.use_nvenc else cfg.crf_or_default,
+        "preset": plan.preset,
+        "colour": [src.color.matrix, src.color.full_range, src.color.primaries_tag, src.color.transfer_tag],
+        "segment_frames": plan.segments.segment_frames if plan.segments else None,
+        "max_frames": cfg.max_frames,
+        "container": plan.output.suffix.lower(),
+    }
+
+
+def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats: RunStats, outcome: Outcome) -> str:
+    """Segmented output: join the finished segments into the output; one sentence says where it is.
+
+    Complete (every segment of the source finished): all of them, audio copied whole, the work
+    folder removed (unless --keep-parts). Stopped or failed: the segments from the first on
+    while they are contiguous (the last one may be the stopped encoder's partial file) make a
+    playable partial output; every finished segment stays in the work folder for --resume.
+    """
+    from hw.av_join import join_segments
+
+    layout = plan.segments
+    finished = parts.finished()
+    last = layout.segment_of(stats.num_frames_decoded - 1) if stats.num_frames_decoded else -1
+    complete = outcome.complete and outcome.writer_closed_cleanly and all(k in finished for k in range(last + 1))
+    time_base = plan.source.time_base
+    chain: list[tuple[Path, Fraction]] = []  # (segment file, seconds to add to its timestamps)
+    k = 0
+    while k in finished:
+        chain.append((parts.path / str(finished[k]["file"]), int(finished[k]["pts_offset"]) * time_base))
+        k += 1
+    partial = parts.partial_path(k)
+    if not complete and partial.is_file() and k in parts.manifest.partials:
+        chain.append((partial, parts.manifest.partials[k] * time_base))
+    resume_hint = f" The finished segments are kept in {parts.path}: the same command with --resume finishes the job."
+    if not chain:
+        output.discard()
+        kept = resume_hint if finished else ""
+        stats.num_frames_written = 0
+        return "No frame was written, and no output file was left behind." + kept
+    source = plan.config.source if plan.config.copy_audio else None
+    try:
+        written = join_segments(chain, temp, source_path=source, complete=complete and stats.source_exhausted,
+                                warn=stats.warn)
+    except Exception as exc:  # noqa: BLE001 - the segments stay; say what failed
+        output.discard()
+        if complete:
+            raise
+        return f"Joining the finished segments failed ({one_line(exc)}).{resume_hint}"
+    stats.num_frames_written = written
+    final = output.commit(complete=complete)
+    stats.notes["output"] = str(final)
+    if complete:
+        if not plan.config.keep_parts:
+            parts.remove()
+        return ""
+    kept = f" The existing {output.path} was left unchanged." if final != output.path else ""
+    dropped = outcome.num_dropped_at_stop
+    dropped_text = f" ({dropped} queued frame(s) dropped to stop quickly)" if dropped else ""
+    return f"{written} frame(s) written to {final} (finalized, playable){dropped_text}.{kept}{resume_hint}"

@@ -30,7 +30,8 @@ from pipeline.config import RunConfig
 from pipeline.messages import ErrorChannel, StageFailed
 from pipeline.plan import RunPlan, plan_run
 from pipeline.queues import FifoInbox, FifoOutbox, WorkQueue
-from pipeline.report import Outcome, describe, raise_for, settle_output
+from pipeline.report import Outcome, describe, pixel_settings, raise_for, settle_output, settle_segments
+from pipeline.segments import PartsFolder, source_fingerprint
 from pipeline.sampler import DeviceSampler
 from pipeline.stage import Retire, Retry, StageRunner
 from pipeline.stats import RunStats
@@ -64,12 +65,19 @@ def run(
     describe(plan, stats)
     output = OutputFile(plan.output, overwrite=plan.overwrite_output)
     temp = output.begin()
+    parts = None
     try:
         if on_start is not None:
             on_start(plan, stats)
-        stages = build(plan, stats, temp, wrap=wrap)
+        if plan.segments is not None:  # under the output's lock: one run per work folder too
+            parts = PartsFolder(plan.output)
+            parts.open(resume=config.resume, overwrite=plan.overwrite_output,
+                       source=source_fingerprint(config.source), settings=pixel_settings(plan))
+            stats.notes["segments"] = _describe_segments(plan, parts)
+        errors = ErrorChannel(threading.Event())
+        stages = build(plan, stats, temp, errors=errors, parts=parts, wrap=wrap)
         execute = _run_parallel if config.parallel else _run_sequential
-        outcome = execute(plan, stages, stats, on_progress, progress_seconds)
+        outcome = execute(plan, stages, stats, errors, on_progress, progress_seconds)
     except BaseException as exc:  # nothing was started (bad settings found by the encoder, a stop)
         output.discard()
         if isinstance(exc, KeyboardInterrupt):
@@ -79,7 +87,10 @@ def run(
         raise
     finally:
         stats.finished_at = time.perf_counter()
-    where = settle_output(output, temp, stats, outcome)
+    if parts is not None:
+        where = settle_segments(output, temp, plan, parts, stats, outcome)
+    else:
+        where = settle_output(output, temp, stats, outcome)
     raise_for(outcome, where, stats)
     if stats.num_frames_decoded == 0:
         raise NoVideoStream(f"Source {str(config.source)!r} has no decodable video frames. Is the file damaged?")
@@ -91,10 +102,16 @@ def run(
 # -- the two ways to run the stages ---------------------------------------------------
 
 
-def _run_parallel(plan: RunPlan, stages: Stages, stats: RunStats, on_progress: ProgressFn | None,
+def _describe_segments(plan: RunPlan, parts: PartsFolder) -> str:
+    done = len(parts.finished())
+    resumed = f"; {done} finished segment(s) taken over from an earlier run" if done else ""
+    return (f"{plan.segments.segment_frames} frames a segment, {plan.num_encoders} encoder(s) at once, "
+            f"work folder {parts.path}{resumed}")
+
+
+def _run_parallel(plan: RunPlan, stages: Stages, stats: RunStats, errors: ErrorChannel, on_progress: ProgressFn | None,
                   progress_seconds: float) -> Outcome:
     cfg = plan.config
-    errors = ErrorChannel(threading.Event())
     num_workers = len(stages.workers)
     # The reorder window: frames handed to workers stay within `window` of the writer's
     # position, which bounds the collector's buffer even when one device stalls.
@@ -104,7 +121,8 @@ def _run_parallel(plan: RunPlan, stages: Stages, stats: RunStats, on_progress: P
     to_writer: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
     writer_done = threading.Event()
     collector = Collector(on_release=work_queue.release_upto, is_delivered=work_queue.delivered,
-                          num_frames_in=lambda: stats.num_frames_decoded)
+                          num_frames_in=lambda: stats.num_frames_decoded,
+                          is_skipped=stages.skip or (lambda index: False))
     stats.queue_depths.update(work=work_queue.qsize, results=results.qsize, writer=to_writer.qsize)
     retired = _RetiredWorkers([w.name for w in stages.workers], stats, errors)
     runners = [StageRunner("reader", stages.reader, inbox=None, outbox=work_queue, errors=errors,
@@ -152,8 +170,8 @@ def _run_parallel(plan: RunPlan, stages: Stages, stats: RunStats, on_progress: P
         if on_progress is not None:
             _report_progress(on_progress, stats)
     outcome.failure = errors.first()
-    outcome.writer_closed_cleanly = writer.closed_cleanly
-    outcome.num_dropped_at_stop = writer.num_dropped_at_stop
+    outcome.writer_closed_cleanly = writer.closed_cleanly and getattr(stages.writer, "closed_cleanly", True)
+    outcome.num_dropped_at_stop = writer.num_dropped_at_stop + getattr(stages.writer, "num_dropped_at_stop", 0)
     return outcome
 
 
@@ -179,8 +197,8 @@ def _every_device_failed(names: list[str], stats: RunStats) -> HardwareUnavailab
     return HardwareUnavailable(f"every device failed: {detail}")
 
 
-def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, on_progress: ProgressFn | None,
-                    progress_seconds: float) -> Outcome:
+def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: ErrorChannel,
+                    on_progress: ProgressFn | None, progress_seconds: float) -> Outcome:
     """The in-tree baseline: the same stages, one batch at a time, in this thread."""
     reader, worker, writer = stages.reader, stages.workers[0], stages.writer
     wclock, rclock, oclock = stats.workers[worker.name].clock, stats.clock("reader"), stats.clock("writer")
@@ -230,7 +248,7 @@ def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, on_progress:
     for name, stage, complete in (("reader", reader, reached_end), (worker.name, worker, reached_end),
                                   ("writer", writer, reached_end and outcome.complete)):
         if _close_quietly(stage, complete=complete) and name == "writer":
-            outcome.writer_closed_cleanly = True
+            outcome.writer_closed_cleanly = getattr(stage, "closed_cleanly", True)
     return outcome
 
 

@@ -122,6 +122,7 @@ class RunStats:
     num_frames_expected: int = 0  # from the header (or --max-frames); 0 = unknown
     num_frames_decoded: int = 0
     num_frames_written: int = 0
+    num_frames_encoded: int = 0  # segmented output: frames the encoders have encoded (written: handed to them)
     num_corrupt_packets: int = 0
     source_exhausted: bool = False  # the reader reached the end of the source (not a stop or --max-frames)
     stages: dict[str, StageClock] = field(default_factory=dict)

@@ -88,7 +88,7 @@ def test_what_the_nvenc_writer_cannot_carry_is_said_up_front(tmp_path):
     from hw.color import ColorInfo
 
     src = SourceInfo(path=Path("v.mp4"), width=64, height=48, codec="h264", pix_fmt="yuv420p", bit_depth=8,
-                     chroma_format="420", time_base=Fraction(1, 25), average_rate=Fraction(25), num_frames_from_header=0,
+                     chroma_format="420", time_base=Fraction(1, 25), average_rate=Fraction(25), num_frames_from_header=0, num_frames_estimate=0,
                      color=ColorInfo(), display_matrix=(0, -65536, 0, 65536, 0, 0, 0, 0, 1 << 30), rotation=90)
     notes = planning._nvenc_limits(RunConfig(source=Path("v.mp4"), codec="hevc"), src, Path("o.mp4"))
     assert len(notes) == 2 and "rotation (90 degrees)" in notes[0] and "hev1" in notes[1]

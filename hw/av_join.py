@@ -1,0 +1,117 @@
+"""Joining segment files into one output by stream copy (no re-encode), through PyAV.
+
+`join_segments(segments, path, ...)` copies the video packets of each segment in order into
+one output with the source's audio and subtitles beside them (`StreamCopier`, as the
+single-file writer does). Each segment's timestamps start at 0 and come with the offset to
+the source's (exact: a whole number of the segment's time-base ticks), so the joined stream
+has the source's timestamps, as an uninterrupted run's does.
+
+The header's parameter sets come from the first segment; every segment's must be the same
+(each is a fresh encoder with the same settings, size and colour description, which fix its
+SPS/PPS or sequence header). That is checked, segment by segment, before a packet is
+copied: a segment whose parameter sets differ would decode wrongly after the join, so it is
+an error, never a silent join.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+from core.errors import InvalidOption
+from core.files import disk_errors, ffmpeg_path
+from hw.av_encode import open_output
+from hw.av_streams import StreamCopier
+
+__all__ = ["join_segments", "segment_parameters"]
+
+log = logging.getLogger(__name__)
+
+
+def segment_parameters(path: Path) -> tuple[str, int, int, bytes]:
+    """(codec, width, height, extradata) of a segment's video stream: what must match."""
+    import av
+
+    with av.open(ffmpeg_path(path)) as container:
+        cc = container.streams.video[0].codec_context
+        return cc.name, cc.width, cc.height, bytes(cc.extradata or b"")
+
+
+def join_segments(
+    segments: Sequence[tuple[Path, Fraction]],
+    path: Path,
+    *,
+    source_path: Path | None,
+    complete: bool,
+    warn: Callable[[str], None],
+    tag_hvc1: bool = True,
+) -> int:
+    """Join `segments` ((file, seconds to add to its timestamps), in order) into `path`;
+    returns the number of video packets written.
+
+    `complete`: every frame of the source is in the segments, so the audio is copied to its
+    end; else it is cut at the last video frame (a partial output)."""
+    import av
+
+    if not segments:
+        raise ValueError("join_segments needs at least one segment")
+    files = [Path(f) for f, _ in segments]
+    first = segment_parameters(files[0])
+    for segment in files[1:]:
+        other = segment_parameters(segment)
+        if other != first:
+            raise InvalidOption(
+                f"Cannot join {segment.name}: its stream parameters differ from {files[0].name}'s "
+                f"({other[0]} {other[1]}x{other[2]} vs {first[0]} {first[1]}x{first[2]}, or other parameter sets). "
+                "Run again with --overwrite."
+            )
+    out = open_output(path)
+    num_packets = 0
+    copier = None
+    try:
+        with av.open(ffmpeg_path(files[0])) as template_file:
+            template = template_file.streams.video[0]
+            # opaque: a stream for remuxing, with no encoder looked up (AV1 reads as "libdav1d",
+            # which no encoder is called).
+            video = out.add_stream_from_template(template, opaque=True)
+            if tag_hvc1 and template.codec_context.name == "hevc" and out.format.name.split(",")[0] in ("mp4", "mov"):
+                video.codec_context.codec_tag = "hvc1"  # Apple players refuse hev1
+        copier = StreamCopier(out, source_path, warn=warn) if source_path is not None else None
+        last_end = 0.0
+        with disk_errors(path, frames_written=lambda: num_packets):
+            for segment, offset in segments:
+                with av.open(ffmpeg_path(segment)) as container:
+                    stream = container.streams.video[0]
+                    shift = offset / stream.time_base
+                    if shift.denominator != 1:
+                        log.warning("segment %s: offset %s s is not a whole number of ticks of %s; rounded",
+                                    segment.name, offset, stream.time_base)
+                    shift = round(shift)
+                    for packet in container.demux(stream):
+                        if not packet.size:
+                            continue
+                        if packet.pts is not None:
+                            packet.pts += shift
+                        if packet.dts is not None:
+                            packet.dts += shift
+                        seconds = float(packet.pts * packet.time_base) if packet.pts is not None else last_end
+                        duration = float((packet.duration or 0) * packet.time_base)
+                        if copier is not None:
+                            copier.mux_until(seconds)
+                            copier.last_video_seconds = max(copier.last_video_seconds, seconds + duration)
+                        packet.stream = video
+                        out.mux(packet)
+                        num_packets += 1
+                        last_end = max(last_end, seconds + duration)
+            if copier is not None:
+                copier.finish(complete=complete)
+    finally:
+        try:
+            with disk_errors(path, frames_written=lambda: num_packets):
+                out.close()
+        finally:
+            if copier is not None:
+                copier.close()
+    return num_packets

@@ -1,0 +1,225 @@
+"""Segmented output: the work folder beside the output, its manifest, and resuming from it.
+
+A segmented run encodes contiguous ranges of frames ("segments") into closed files in
+`<output>.parts/` (`segment-000003.mkv` holds frames [3*S, 4*S)), each started by a fresh
+encoder (so each begins with an IDR frame), and joins them by stream copy at the end. The
+manifest (`manifest.json`, written atomically after every finished segment) says which
+source and which pixel-changing settings the parts belong to, and which segments are
+finished, with their frame range and checksum. After any stop — Ctrl-C, a failure,
+`kill -9`, a power cut — finished segments are complete files on disk and `--resume`
+redoes only the rest.
+
+Rules of the work folder (the same as for every file a run writes, `core.files`): a run
+creates it, or takes it over with `--resume` (when the manifest matches) or `--overwrite`
+(it is removed first); otherwise an existing one is an error naming both choices. It is
+removed after a successful join unless `--keep-parts`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import InvalidOption, OutputExists, OutputNotWritable
+from core.files import write_file_atomically
+
+__all__ = ["SegmentLayout", "Manifest", "PartsFolder", "source_fingerprint", "MANIFEST_VERSION"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    """Which frames (source indices) each segment holds: [first + k*S, first + (k+1)*S), cut at `end`."""
+
+    segment_frames: int
+    first: int = 0  # the first source index of the job (--start)
+    end: int | None = None  # one past the last source index (--end / --max-frames); None: to the source's end
+
+    def __post_init__(self) -> None:
+        if self.segment_frames < 1:
+            raise ValueError(f"segment_frames must be >= 1, got {self.segment_frames}")
+
+    def segment_of(self, index: int) -> int:
+        return (index - self.first) // self.segment_frames
+
+    def start_of(self, segment: int) -> int:
+        return self.first + segment * self.segment_frames
+
+    def stop_of(self, segment: int) -> int:
+        stop = self.start_of(segment + 1)
+        return stop if self.end is None else min(stop, self.end)
+
+    def is_last_of_segment(self, index: int) -> bool:
+        return index + 1 == self.stop_of(self.segment_of(index))
+
+
+def source_fingerprint(path: Path) -> dict[str, object]:
+    """Enough to tell "the same source file" from another: size, and a hash of its first
+    and last MiB (a re-encoded or edited file differs there; modification times are not
+    trusted: copies and backups change them)."""
+    st = os.stat(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(1 << 20))
+        if st.st_size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            digest.update(f.read(1 << 20))
+    return {"size": st.st_size, "sha256_head_tail": digest.hexdigest()}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Manifest:
+    """What the parts in a work folder are: source, settings, finished segments."""
+
+    source: dict[str, object]
+    settings: dict[str, object]
+    segments: dict[int, dict[str, object]] = field(default_factory=dict)  # k -> {first, stop, file, sha256, pts_offset}
+    partials: dict[int, int] = field(default_factory=dict)  # k -> pts_offset of partial-<k> (a stopped run's)
+    version: int = MANIFEST_VERSION
+
+    def to_json(self) -> bytes:
+        data = {"version": self.version, "source": self.source, "settings": self.settings,
+                "segments": {str(k): v for k, v in sorted(self.segments.items())},
+                "partials": {str(k): v for k, v in sorted(self.partials.items())}}
+        return json.dumps(data, indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Manifest":
+        raw = json.loads(data)
+        return cls(source=raw["source"], settings=raw["settings"],
+                   segments={int(k): v for k, v in raw.get("segments", {}).items()},
+                   partials={int(k): int(v) for k, v in raw.get("partials", {}).items()}, version=int(raw["version"]))
+
+    def differences(self, *, source: dict[str, object], settings: dict[str, object]) -> list[str]:
+        """What differs between this manifest and a new run's source and settings (names only)."""
+        out = []
+        if self.version != MANIFEST_VERSION:
+            out.append(f"manifest version {self.version} (this framepipe writes {MANIFEST_VERSION})")
+        if self.source != source:
+            out.append("the source file")
+        for key in sorted(set(self.settings) | set(settings)):
+            if self.settings.get(key) != settings.get(key):
+                out.append(f"{key} ({self.settings.get(key)!r} then, {settings.get(key)!r} now)")
+        return out
+
+
+class PartsFolder:
+    """The work folder `<output>.parts/` of one output: segments, manifest, temporaries."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = Path(output)
+        self.path = self.output.with_name(self.output.name + ".parts")
+        self.manifest_path = self.path / "manifest.json"
+        self.manifest: Manifest | None = None
+        self._lock = threading.Lock()  # encoders finish segments from several threads
+
+    def segment_path(self, segment: int) -> Path:
+        """Segments are MP4 files whose timestamps start at 0: the offset to the source's
+        timestamps (`pts_offset`, in the source's time base) is kept in the manifest and added
+        back by the join. Stored at its real start instead, an MP4 places a segment with an
+        edit list in the movie's 1/1000 timescale (off by up to a millisecond, seen with
+        1-frame segments); Matroska rounds every timestamp to a millisecond; NUT gives the
+        first packets no DTS."""
+        return self.path / f"segment-{segment:06d}.mp4"
+
+    def partial_path(self, segment: int) -> Path:
+        return self.path / f"partial-{segment:06d}.mp4"
+
+    def finished(self) -> dict[int, dict[str, object]]:
+        assert self.manifest is not None
+        with self._lock:
+            return dict(self.manifest.segments)
+
+    def check(self, *, resume: bool, overwrite: bool) -> None:
+        """Before any work: refuse a folder the run may not use (one line naming the choices)."""
+        if not os.path.lexists(self.path):
+            return
+        if not self.path.is_dir() or self.path.is_symlink():
+            raise OutputNotWritable(f"{str(self.path)!r} is in the way of the work folder (not a folder). Move it.")
+        if not resume and not overwrite:
+            raise OutputExists(
+                f"Work folder {str(self.path)!r} exists (parts of an earlier run of this output). Pass --resume to "
+                "finish that run, or --overwrite to start again."
+            )
+
+    def open(self, *, resume: bool, overwrite: bool, source: dict[str, object], settings: dict[str, object]) -> Manifest:
+        """Create (or take over) the folder; returns the manifest to fill. Finished segments of a
+        matching manifest are kept (their files checked); everything else in the folder goes."""
+        if os.path.lexists(self.path) and not resume:
+            if not overwrite:  # checked before, but the folder may have appeared since
+                self.check(resume=False, overwrite=False)
+            shutil.rmtree(self.path)
+        manifest = None
+        if resume and self.manifest_path.is_file():
+            try:
+                manifest = Manifest.from_json(self.manifest_path.read_bytes())
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InvalidOption(f"Cannot resume: {str(self.manifest_path)!r} is damaged ({exc}). Pass --overwrite "
+                                    "to start again.") from None
+            differs = manifest.differences(source=source, settings=settings)
+            if differs:
+                raise InvalidOption(
+                    f"Cannot resume: the parts in {str(self.path)!r} were made with a different "
+                    f"{'; '.join(differs)}. Run with the same source and settings, or pass --overwrite to start again."
+                )
+        try:
+            self.path.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise OutputNotWritable(f"Cannot create the work folder {str(self.path)!r}: {exc.strerror or exc}.") from None
+        if manifest is None:
+            manifest = Manifest(source=source, settings=settings)
+        kept = {k: v for k, v in manifest.segments.items() if self._intact(k, v)}
+        if len(kept) != len(manifest.segments):
+            log.warning("%d finished segment(s) in %s were missing or damaged: they are made again",
+                        len(manifest.segments) - len(kept), self.path)
+        manifest.segments = kept
+        manifest.partials = {}  # a new run makes its own partial segments
+        for leftover in self.path.iterdir():  # a killed run's unfinished segment, an old temporary
+            if leftover.name != "manifest.json" and leftover.name not in {v["file"] for v in kept.values()}:
+                leftover.unlink()
+        self.manifest = manifest
+        self.save()
+        return manifest
+
+    def _intact(self, segment: int, entry: dict[str, object]) -> bool:
+        path = self.path / str(entry.get("file", ""))
+        return path.is_file() and file_sha256(path) == entry.get("sha256")
+
+    def save(self) -> None:
+        assert self.manifest is not None
+        write_file_atomically(self.manifest_path, self.manifest.to_json(), overwrite=True, flag="manifest")
+
+    def record(self, segment: int, *, first: int, stop: int, path: Path, pts_offset: int) -> None:
+        """A segment is finished and closed at `path` (inside the folder): note it, atomically."""
+        assert self.manifest is not None
+        entry = {"first": first, "stop": stop, "file": path.name, "sha256": file_sha256(path), "pts_offset": pts_offset}
+        with self._lock:
+            self.manifest.segments[segment] = entry
+            self.save()
+
+    def record_partial(self, segment: int, *, pts_offset: int) -> None:
+        """A stopped encoder's partial segment (not finished: a resume makes it again)."""
+        assert self.manifest is not None
+        with self._lock:
+            self.manifest.partials[segment] = pts_offset
+            self.save()
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -1,0 +1,318 @@
+"""Segmented output (issue 11): a pool of encoders on consecutive segments, closed segment
+files in `<output>.parts/`, a stream-copy join, and `--resume` after any stop — `kill -9`
+included.
+
+Pixel comparisons use lossless x264 (crf 0, ultrafast): at its default settings this x264
+build does not give the same bytes twice for the same frames (benchmarks/RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from fractions import Fraction
+import subprocess
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import main as cli
+from core.errors import InvalidOption, OutputExists
+from pipeline import RunConfig, run
+from pipeline.segments import PartsFolder, SegmentLayout
+from tests import probe
+
+LOSSLESS = dict(crf=0, preset="ultrafast")
+
+
+def _cfg(src, out, **kw) -> RunConfig:
+    base = dict(source=src, output=out, model="bicubic", scale=2, parallel=True, queue_size=8, **LOSSLESS)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _same_video(a: Path, b: Path) -> None:
+    fa, fb = probe.frames_yuv(a), probe.frames_yuv(b)
+    assert len(fa) == len(fb)
+    for k, (x, y) in enumerate(zip(fa, fb)):
+        assert np.array_equal(x, y), f"frame {k} differs"
+    assert probe.pts_exact(a) == probe.pts_exact(b)
+
+
+def _decode_errors(path: Path) -> list[str]:
+    """Everything FFmpeg logs at warning level or worse while decoding `path` start to end."""
+    import av.logging
+
+    seen: list[str] = []
+    with av.logging.Capture() as logs:
+        with av.open(str(path)) as c:
+            for _ in c.decode(video=0):
+                pass
+    seen += [f"{level} {name}: {text.strip()}" for level, name, text in logs if level <= av.logging.WARNING]
+    return seen
+
+
+def _av1_decoder() -> bool:
+    for name in ("libdav1d", "libaom-av1"):
+        try:
+            av.codec.Codec(name, "r")
+            return True
+        except Exception:  # noqa: BLE001 - not in this build
+            continue
+    return False
+
+
+def test_layout_segments_by_index():
+    layout = SegmentLayout(segment_frames=10, end=25)
+    assert [layout.segment_of(i) for i in (0, 9, 10, 24)] == [0, 0, 1, 2]
+    assert (layout.start_of(2), layout.stop_of(2)) == (20, 25)
+    assert layout.is_last_of_segment(9) and layout.is_last_of_segment(24) and not layout.is_last_of_segment(10)
+
+
+@pytest.mark.parametrize("segment_frames, encoders", [(1, 3), (7, 2), (13, 1), (30, 4), (500, 2)],
+                         ids=["1-frame", "7", "13-one-encoder", "30", "longer-than-the-clip"])
+def test_any_segment_size_gives_the_frames_and_timestamps_of_one_encoder(clips, tmp_path, segment_frames, encoders):
+    src = clips("seg-audio.mp4", num_frames=45, audio=True)
+    one = tmp_path / "one.mp4"
+    run(_cfg(src, one))
+    assert not (tmp_path / "one.mp4.parts").exists()  # short clip, nothing asked: one file, no work folder
+    seg = tmp_path / "seg.mp4"
+    stats = run(_cfg(src, seg, segment_frames=segment_frames, encoders=encoders))
+    _same_video(one, seg)
+    assert probe.indices(seg) == list(range(45))
+    assert probe.packet_times(seg, "audio") == probe.packet_times(src, "audio")  # bytes and timing, packet by packet
+    assert not (tmp_path / "seg.mp4.parts").exists()  # removed after the join
+    assert "segments" in stats.notes and _decode_errors(seg) == []
+
+
+@pytest.mark.parametrize("codec, suffix", [("h264", ".mp4"), ("h264", ".mkv"), ("hevc", ".mp4"), ("hevc", ".mkv"),
+                                           ("av1", ".mp4"), ("av1", ".mkv")])
+def test_the_joined_stream_decodes_without_a_warning(clips, tmp_path, codec, suffix):
+    """Each segment is a fresh encoder (an IDR first) with the same settings, so the first
+    segment's parameter sets are valid for all of them; the join checks that, and FFmpeg
+    decodes the joined stream without one error or warning. Lossy defaults, B-frames on."""
+    src = clips("seg-codecs.mp4", num_frames=30, width=96, height=64)
+    out = tmp_path / f"out{suffix}"
+    run(RunConfig(source=src, output=out, model="bicubic", scale=1, parallel=True, codec=codec, segment_frames=8,
+                  encoders=2))
+    if codec == "av1" and not _av1_decoder():
+        # This PyAV build decodes no AV1 (no libdav1d/libaom): the packets and their keyframes are checked.
+        with av.open(str(out)) as c:
+            assert len([p for p in c.demux(video=0) if p.size]) == 30
+    else:
+        assert probe.indices(out) == list(range(30))
+        assert _decode_errors(out) == []
+    with av.open(str(out)) as c:
+        keys = [p.is_keyframe for p in c.demux(video=0) if p.size]
+    assert keys[0] and sum(keys) >= 4  # every segment starts with a keyframe
+    if codec == "hevc" and suffix == ".mp4":
+        with av.open(str(out)) as c:
+            assert c.streams.video[0].codec_context.codec_tag == "hvc1"
+
+
+def test_variable_frame_rate_survives_segments(clips, tmp_path):
+    src = clips("seg-vfr.mkv", num_frames=33, vfr=True)
+    out = tmp_path / "out.mkv"
+    run(_cfg(src, out, segment_frames=5, encoders=3))
+    np.testing.assert_allclose(probe.pts_seconds(out), probe.pts_seconds(src), atol=1e-3)
+    assert probe.indices(out) == list(range(33))
+
+
+def test_an_existing_work_folder_needs_resume_or_overwrite(capsys, clips, tmp_path):
+    src = clips("seg-audio.mp4", num_frames=45, audio=True)
+    out = tmp_path / "out.mp4"
+    (tmp_path / "out.mp4.parts").mkdir()
+    code = cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2",
+                     "--segment-frames", "10"])
+    err = capsys.readouterr().err
+    assert code == 2
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert "--resume" in line and "--overwrite" in line and "Work folder" in line
+
+
+def _kill_mid_run(src: Path, out: Path, extra: list[str]) -> None:
+    """Start the CLI with a slow worker and kill -9 it once two segments are finished."""
+    from tests.cli_runs import SLOW_WORKER, slow_cli
+
+    args = slow_cli(SLOW_WORKER, "--source", src, "--output", out, "--model", "bicubic", "--scale", "2",
+                    "--parallel", "--quality", "0", "--preset", "ultrafast", *extra)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest = out.with_name(out.name + ".parts") / "manifest.json"
+    deadline = time.perf_counter() + 60
+    while time.perf_counter() < deadline and proc.poll() is None:
+        try:
+            if len(json.loads(manifest.read_text())["segments"]) >= 2:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_kill_9_then_resume_is_frame_exact(clips, tmp_path):
+    """The CI proof: a real process killed with SIGKILL mid-run, then the same command with
+    --resume: the output equals an uninterrupted run's, frames, timestamps and audio."""
+    src = clips("seg-long.mp4", num_frames=120, audio=True)
+    whole = tmp_path / "whole.mp4"
+    run(_cfg(src, whole, segment_frames=12, encoders=2))
+    out = tmp_path / "out.mp4"
+    _kill_mid_run(src, out, ["--segment-frames", "12", "--encoders", "2"])
+    assert not out.exists()
+    manifest = json.loads((tmp_path / "out.mp4.parts" / "manifest.json").read_text())
+    done_before = set(manifest["segments"])
+    assert 2 <= len(done_before) < 10
+    stats = run(_cfg(src, out, segment_frames=12, encoders=2, resume=True))
+    assert stats.notes["segments"].endswith(f"{len(done_before)} finished segment(s) taken over from an earlier run")
+    _same_video(whole, out)
+    assert probe.packet_times(out, "audio") == probe.packet_times(whole, "audio")
+    assert not (tmp_path / "out.mp4.parts").exists()
+
+
+def test_ctrl_c_keeps_a_playable_partial_output_and_the_parts(clips, tmp_path):
+    from tests.cli_runs import SLOW_WORKER, slow_cli
+
+    src = clips("seg-long.mp4", num_frames=120, audio=True)
+    out = tmp_path / "out.mp4"
+    parts = tmp_path / "out.mp4.parts"
+    args = slow_cli(SLOW_WORKER, "--source", src, "--output", out, "--model", "bicubic", "--scale", "2", "--parallel",
+                    "--segment-frames", "12", "--encoders", "2", "--quality", "0", "--preset", "ultrafast")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.perf_counter() + 60
+    while not (parts / "segment-000001.mp4").exists() and proc.poll() is None and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    line = [ln for ln in err.splitlines() if ln.startswith("interrupted")][0]
+    assert "(finalized, playable)" in line and "--resume" in line
+    got = probe.indices(out)
+    assert got == list(range(len(got))) and 12 <= len(got) < 120
+    assert (parts / "manifest.json").is_file()
+    out.unlink()  # the partial output is a file of its own; the resume joins from the parts
+    run(_cfg(src, out, segment_frames=12, encoders=2, resume=True))
+    assert probe.indices(out) == list(range(120))
+    assert probe.packet_times(out, "audio") == probe.packet_times(src, "audio")
+
+
+@pytest.mark.parametrize("change, word", [
+    (dict(scale=3), "scale"),
+    (dict(crf=5), "quality"),
+    (dict(preset="veryfast"), "preset"),
+    (dict(segment_frames=11), "segment_frames"),
+    (dict(codec="hevc"), "codec"),
+])
+def test_resume_with_other_settings_is_refused_naming_them(clips, tmp_path, change, word):
+    src = clips("seg-long.mp4", num_frames=120, audio=True)
+    out = tmp_path / "out.mp4"
+    run(_cfg(src, out, segment_frames=12, encoders=2, keep_parts=True, max_frames=40))
+    out.unlink()
+    kw = dict(segment_frames=12, encoders=2, resume=True, max_frames=40)
+    kw.update(change)
+    with pytest.raises(InvalidOption, match=rf"Cannot resume: .*{word}.*--overwrite"):
+        run(_cfg(src, out, **kw))
+
+
+def test_resume_with_another_source_is_refused(clips, tmp_path):
+    out = tmp_path / "out.mp4"
+    run(_cfg(clips("seg-long.mp4", num_frames=120, audio=True), out, segment_frames=12, keep_parts=True, max_frames=30))
+    out.unlink()
+    with pytest.raises(InvalidOption, match=r"Cannot resume: .*the source file"):
+        run(_cfg(clips("seg-audio.mp4", num_frames=45, audio=True), out, segment_frames=12, resume=True, max_frames=30))
+
+
+def test_overwrite_starts_the_work_folder_again(clips, tmp_path):
+    src = clips("seg-audio.mp4", num_frames=45, audio=True)
+    out = tmp_path / "out.mp4"
+    run(_cfg(src, out, segment_frames=10, keep_parts=True))
+    (tmp_path / "out.mp4.parts" / "stray.txt").write_text("x")
+    out.unlink()
+    with pytest.raises(OutputExists, match="--resume"):
+        run(_cfg(src, out, segment_frames=10, overwrite=False))
+    run(_cfg(src, out, segment_frames=10, overwrite=True))
+    assert probe.indices(out) == list(range(45)) and not (tmp_path / "out.mp4.parts").exists()
+
+
+def test_a_damaged_finished_segment_is_made_again(clips, tmp_path):
+    src = clips("seg-audio.mp4", num_frames=45, audio=True)
+    out = tmp_path / "out.mp4"
+    run(_cfg(src, out, segment_frames=10, keep_parts=True))
+    reference = probe.frames_yuv(out)
+    out.unlink()
+    seg = tmp_path / "out.mp4.parts" / "segment-000002.mp4"
+    seg.write_bytes(seg.read_bytes()[:200])  # truncated by a crash of the disk, say
+    run(_cfg(src, out, segment_frames=10, resume=True))
+    got = probe.frames_yuv(out)
+    assert len(got) == 45 and all(np.array_equal(a, b) for a, b in zip(got, reference))
+
+
+def test_parts_folder_rules(tmp_path):
+    out = tmp_path / "o.mp4"
+    folder = PartsFolder(out)
+    folder.check(resume=False, overwrite=False)  # nothing there
+    (tmp_path / "o.mp4.parts").write_text("a file in the way")
+    with pytest.raises(Exception, match="in the way"):
+        folder.check(resume=True, overwrite=True)
+
+
+def test_auto_encoders_respect_cores_and_memory(monkeypatch, clips):
+    from pipeline import plan as planning
+    from pipeline.config import RunConfig as Config
+
+    src = clips("seg-long.mp4", num_frames=120, audio=True)
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(planning, "_available_memory_bytes", lambda: 64 << 30)
+    source = planning.probe_source(src)
+    notes: list[str] = []
+    layout, n = planning._plan_segments(Config(source=src, segment_frames=10), source, 3840, 2160, use_nvenc=False,
+                                        notes=notes)
+    assert layout.segment_frames == 10 and n == 6  # cores allow 8, MAX_AUTO_ENCODERS is 6, 12 segments
+    monkeypatch.setattr(planning, "_available_memory_bytes", lambda: 2 << 30)  # 2 GiB: 4K frames are 12 MiB
+    _, n = planning._plan_segments(Config(source=src, segment_frames=10), source, 3840, 2160, use_nvenc=False, notes=notes)
+    assert n == 1
+    _, n = planning._plan_segments(Config(source=src, segment_frames=10, encoders=8), source, 3840, 2160,
+                                   use_nvenc=False, notes=notes)
+    assert n == 8 and any("may exhaust memory" in note for note in notes)
+    short, _ = planning._plan_segments(Config(source=src), source, 128, 96, use_nvenc=False, notes=[])
+    assert short is None  # 120 frames at 24 fps: one 6-second segment, written directly
+
+
+def test_nvenc_sessions_are_probed_not_assumed(monkeypatch):
+    """Consumer GPUs cap concurrent NVENC sessions: the pool gets what the GPU grants."""
+    import types
+
+    from hw import nv_probe, nv_runtime
+
+    module = types.ModuleType("PyNvVideoCodec")
+    opened: list[object] = []
+
+    def create(width, height, fmt, cpu, **options):
+        if len(opened) >= 3:
+            raise RuntimeError("NV_ENC_ERR_OUT_OF_MEMORY: session limit")
+        enc = object()
+        opened.append(enc)
+        return enc
+
+    module.CreateEncoder = create
+    monkeypatch.setattr(nv_runtime, "nvcodec_import", lambda: module)
+    assert nv_probe.nvenc_sessions(codec="h264", gpu=0, width=640, height=360, wanted=6) == (True, 3)
+    opened.clear()
+    assert nv_probe.nvenc_sessions(codec="h264", gpu=0, width=640, height=360, wanted=2) == (True, 2)
+
+
+def test_join_refuses_segments_with_other_parameter_sets(clips, tmp_path):
+    from hw.av_join import join_segments
+
+    src = clips("seg-audio.mp4", num_frames=45, audio=True)
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    run(_cfg(src, a, max_frames=10))
+    run(_cfg(src, b, max_frames=10, scale=3))
+    with pytest.raises(InvalidOption, match=r"Cannot join b\.mp4: its stream parameters differ"):
+        join_segments([(a, Fraction(0)), (b, Fraction(0))], tmp_path / "j.mp4", source_path=None, complete=True,
+                      warn=print)
