@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--output", type=Path,
                     help="output file, .mp4/.mkv/.mov (default: <source>.<model>-x<scale>.mp4 beside the source)")
     io.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    io.add_argument("--max-frames", type=int, metavar="N", help="process only the first N frames")
+    io.add_argument("--max-frames", type=int, metavar="N", help="process only the first N frames (after --start)")
+    io.add_argument("--start", metavar="T",
+                    help="begin at T: seconds (12.5), h:mm:ss.ms (1:02:03.5) or a frame number (300f); audio is cut to match")
+    io.add_argument("--end", metavar="T", help="stop before T (same forms as --start); the frame at T is not included")
     io.add_argument("--no-audio", action="store_true", help="do not copy audio/subtitle streams")
     io.add_argument("--resume", action="store_true",
                     help="finish an earlier run of this output from its finished segments (<output>.parts/)")
@@ -162,6 +165,8 @@ def _config_from_args(args, *, sample: bool):
         crf=args.quality,
         preset=args.preset,
         max_frames=args.max_frames,
+        start=args.start,
+        end=args.end,
         overwrite=args.overwrite,
         replace_default_output=sample and args.output is None,
         encoders=args.encoders,

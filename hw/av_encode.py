@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from core.choices import CPU_ENCODERS, Codec
+from core.cut import TimeShift
 from core.errors import InvalidOption, OutputNotWritable, one_line
 from core.files import FreeSpaceGuard, disk_errors, ffmpeg_path
 from hw.av_streams import StreamCopier
@@ -127,6 +128,7 @@ class PyAVWriter:
         crf: int | None = None,
         preset: str | None = None,
         source_path: str | os.PathLike | None = None,
+        audio_shift: TimeShift | None = None,
         threads: int = 0,
         warn: Callable[[str], None] | None = None,
         sample_aspect_ratio: Fraction | None = None,
@@ -154,7 +156,7 @@ class PyAVWriter:
                 codec, width, height, time_base, frame_rate, color, crf, preset, threads,
                 sample_aspect_ratio, display_matrix,
             )
-            self._copier = StreamCopier(self._out, Path(source_path), warn=self._warn) if source_path else None
+            self._copier = StreamCopier(self._out, Path(source_path), warn=self._warn, shift=audio_shift) if source_path else None
             self._start()
         except BaseException:
             self._out.close()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
+from core.cut import TimeShift
 from core.errors import InvalidOption
 from core.files import disk_errors, ffmpeg_path
 from hw.av_encode import open_output
@@ -47,12 +48,14 @@ def join_segments(
     complete: bool,
     warn: Callable[[str], None],
     tag_hvc1: bool = True,
+    audio_shift: TimeShift | None = None,
 ) -> int:
     """Join `segments` ((file, seconds to add to its timestamps), in order) into `path`;
     returns the number of video packets written.
 
     `complete`: every frame of the source is in the segments, so the audio is copied to its
-    end; else it is cut at the last video frame (a partial output)."""
+    end; else it is cut at the last video frame (a partial output). `audio_shift`: what
+    --start/--end did to the video's timestamps (core.cut)."""
     import av
 
     if not segments:
@@ -78,7 +81,7 @@ def join_segments(
             video = out.add_stream_from_template(template, opaque=True)
             if tag_hvc1 and template.codec_context.name == "hevc" and out.format.name.split(",")[0] in ("mp4", "mov"):
                 video.codec_context.codec_tag = "hvc1"  # Apple players refuse hev1
-        copier = StreamCopier(out, source_path, warn=warn) if source_path is not None else None
+        copier = StreamCopier(out, source_path, warn=warn, shift=audio_shift) if source_path is not None else None
         last_end = 0.0
         with disk_errors(path, frames_written=lambda: num_packets):
             for segment, offset in segments:

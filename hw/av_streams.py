@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from core.cut import TimeShift
 from core.errors import one_line
 from core.files import ffmpeg_path
 
@@ -84,14 +85,17 @@ class StreamCopier:
     left out, with one warning. Packets are demuxed from a second opening of the source
     and muxed by time as the caller writes video (`mux_until(seconds)`);
     `finish(complete=...)` copies the rest (or, for a run that stopped early, only up to
-    the last video time).
+    the last video time). With `--start`/`--end`, `shift` (core.cut) says which packets lie
+    inside the cut and how far to move them back; the times the caller gives are the
+    output's.
     """
 
-    def __init__(self, out, source: Path, *, warn: Callable[[str], None]) -> None:
+    def __init__(self, out, source: Path, *, warn: Callable[[str], None], shift: TimeShift | None = None) -> None:
         import av
 
         self._out = out
         self._warn = warn
+        self._shift = shift
         self._src = None
         self._copied: dict[int, _CopiedStream] = {}
         self._pending = None  # next source packet not yet muxed
@@ -175,7 +179,8 @@ class StreamCopier:
                 self._pending = self._next_packet()
                 if self._pending is None:
                     return
-            if self._packet_seconds(self._pending) > seconds:
+            source_seconds = seconds + float(self._shift.shift) if self._shift is not None else seconds
+            if self._packet_seconds(self._pending) > source_seconds:
                 return
             self._mux(self._pending)
             self._pending = None
@@ -184,6 +189,14 @@ class StreamCopier:
         import av
 
         copied = self._copied[packet.stream.index]
+        if self._shift is not None and packet.size:
+            if not self._shift.keeps(self._packet_seconds(packet)):
+                return  # outside --start/--end
+            ticks = self._shift.ticks(packet.time_base)
+            if packet.pts is not None:
+                packet.pts -= ticks
+            if packet.dts is not None:
+                packet.dts -= ticks
         if copied.reencode:
             try:
                 frames = packet.decode()

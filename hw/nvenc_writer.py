@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from core.choices import DEFAULT_NVENC_PRESET
+from core.cut import TimeShift
 from core.files import disk_errors
 from hw.av_encode import open_output
 from hw.av_streams import StreamCopier
@@ -96,6 +97,7 @@ class NvencFileWriter:
         color: ColorInfo,
         source_path: str | os.PathLike | None,
         warn: Callable[[str], None],
+        audio_shift: TimeShift | None = None,
         qp: int | None = None,
         preset: str = DEFAULT_NVENC_PRESET,
         sample_aspect_ratio: Fraction | None = None,
@@ -126,7 +128,7 @@ class NvencFileWriter:
             self._stream = self._out.add_mux_stream(codec, rate=frame_rate or Fraction(25), width=width,
                                                     height=height)
             self._stream.time_base = time_base
-            self._copier = StreamCopier(self._out, Path(source_path), warn=warn) if source_path else None
+            self._copier = StreamCopier(self._out, Path(source_path), warn=warn, shift=audio_shift) if source_path else None
         except BaseException:
             self._out.close()
             self._encoder.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from core.cut import CutSource, TimeShift
 from hw.encoding import Encoder
 from pipeline.messages import ErrorChannel
 from pipeline.plan import RunPlan
@@ -40,26 +41,33 @@ class Stages:
     source: FrameSource
     encoder: Encoder | None  # None: segmented output (an encoder per segment)
     skip: Callable[[int], bool] | None = None  # frames of finished segments (--resume)
+    audio_shift: TimeShift | None = None  # what --start/--end did to the timestamps (core.cut)
 
 
-def open_source(plan: RunPlan, warn: Callable[[str], None]) -> FrameSource:
+def open_source(plan: RunPlan, warn: Callable[[str], None], shift: TimeShift | None = None) -> FrameSource:
+    """The decoder (NVDEC or PyAV); with --start/--end, only the frames inside the cut."""
     if plan.use_nvdec:
         from hw.nvdec import NvDecoder
 
-        return NvDecoder(plan.config.source, gpu=plan.first_gpu)
-    from hw.av_decode import PyAVDecoder
+        source = NvDecoder(plan.config.source, gpu=plan.first_gpu)
+    else:
+        from hw.av_decode import PyAVDecoder
 
-    return PyAVDecoder(plan.config.source, warn=warn)
+        source = PyAVDecoder(plan.config.source, warn=warn)
+    if plan.cut is None:
+        return source
+    return CutSource(source, plan.cut, shift if shift is not None else TimeShift(), time_base=plan.source.time_base)
 
 
-def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None], *, with_audio: bool = True) -> Encoder:
+def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None], *, with_audio: bool = True,
+                 audio_shift: TimeShift | None = None) -> Encoder:
     """The encoder writing `path` (the output's temporary file, or a segment's: segments carry
     no audio, the join copies it)."""
     cfg, src = plan.config, plan.source
     common = dict(width=plan.output_width, height=plan.output_height, time_base=src.time_base,
                   frame_rate=src.average_rate, color=src.color, warn=warn,
                   sample_aspect_ratio=src.sample_aspect_ratio, display_matrix=src.display_matrix,
-                  source_path=cfg.source if cfg.copy_audio and with_audio else None)
+                  source_path=cfg.source if cfg.copy_audio and with_audio else None, audio_shift=audio_shift)
     if plan.use_nvenc:
         from hw.nvenc_writer import NvencFileWriter
 
@@ -86,10 +94,11 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
     through the stages (`Reader.close`, `Writer.close` / `SegmentWriter.close`)."""
     wrap = wrap or (lambda name, stage: stage)
     cfg = plan.config
-    source = open_source(plan, stats.warn)
+    shift = TimeShift() if plan.cut is not None else None
+    source = open_source(plan, stats.warn, shift)
     try:
         if parts is None:
-            encoder = open_encoder(plan, output_path, stats.warn)
+            encoder = open_encoder(plan, output_path, stats.warn, audio_shift=shift)
         else:  # settings the encoder or container refuse: found now, before any frame
             probe = parts.path / ".probe.mp4"
             open_encoder(plan, probe, stats.warn, with_audio=False).close(complete=False)
@@ -126,4 +135,5 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
     else:
         writer = wrap("writer", Writer(encoder, stats=stats))
     reader = wrap("reader", Reader(source, stats=stats, max_frames=cfg.max_frames, skip=skip))
-    return Stages(reader=reader, workers=workers, writer=writer, source=source, encoder=encoder, skip=skip)
+    return Stages(reader=reader, workers=workers, writer=writer, source=source, encoder=encoder, skip=skip,
+                  audio_shift=shift)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from core.choices import (CODECS, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
                           DEFAULT_MODEL, NVENC_PRESETS, PRECISIONS, Codec, Precision)
+from core.cut import Cut
 from core.errors import InvalidOption
 
 __all__ = ["RunConfig", "default_output_path"]
@@ -47,6 +48,8 @@ class RunConfig:
     crf: int | None = None
     preset: str | None = None
     max_frames: int | None = None
+    start: str | None = None  # --start: seconds, h:mm:ss.ms or a frame number "300f" (core.cut)
+    end: str | None = None  # --end, the same forms; the frame at the end is not included
     overwrite: bool = False
     stats_json: Path | None = None
     copy_audio: bool = True
@@ -78,6 +81,7 @@ class RunConfig:
             raise InvalidOption(f"Invalid --cpu-workers ({self.cpu_workers}): it must be at least 1.")
         if self.max_frames is not None and self.max_frames < 1:
             raise InvalidOption(f"Invalid --max-frames ({self.max_frames}): it must be at least 1, or left out for all frames.")
+        self.cut  # parses --start/--end: InvalidOption on a bad one
         if self.encoders < 0:
             raise InvalidOption(f"Invalid --encoders ({self.encoders}): use 0 to choose by cores and memory, or a positive number.")
         if self.segment_frames is not None and self.segment_seconds is not None:
@@ -121,6 +125,11 @@ class RunConfig:
             )
         if self.codec == "av1" and output.suffix.lower() == ".mov":
             raise InvalidOption("--codec av1 cannot be stored in a .mov file. Use .mp4 or .mkv.")
+
+    @property
+    def cut(self) -> Cut | None:
+        """The part of the video --start/--end ask for (None: all of it)."""
+        return Cut.from_flags(self.start, self.end)
 
     @property
     def crf_or_default(self) -> int:

@@ -19,6 +19,7 @@ from typing import Mapping
 import torch
 
 from core.choices import DEFAULT_CPU_PRESET, DEFAULT_NVENC_PRESET, DEFAULT_SEGMENT_SECONDS, MAX_AUTO_ENCODERS, NVENC_PRESETS
+from core.cut import Cut
 from core.errors import HardwareUnavailable, InvalidOption
 from core.files import check_output_paths
 from hw.av_source import SourceInfo, probe_source
@@ -54,6 +55,22 @@ class RunPlan:
     notes: tuple[str, ...]
     segments: SegmentLayout | None = None  # None: one output file written directly
     num_encoders: int = 1  # encoders working at once on consecutive segments
+    cut: Cut | None = None  # --start/--end (None: the whole video)
+
+    @property
+    def num_frames_estimate(self) -> int:
+        """Frames this run will process, estimated before decoding (0: unknown)."""
+        return _frames_estimate(self.config, self.source)
+
+
+def _frames_estimate(config: RunConfig, source: SourceInfo) -> int:
+    total = source.num_frames_estimate
+    cut = config.cut
+    if cut is not None:
+        total = cut.frame_estimate(float(source.average_rate or 25), total)
+    if config.max_frames is not None:
+        total = min(total, config.max_frames) if total else config.max_frames
+    return total
 
     @property
     def first_gpu(self) -> int:
@@ -110,7 +127,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite,
         devices=tuple(devices), dtypes=MappingProxyType(dtypes), output_width=out_w, output_height=out_h,
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
-        segments=segments, num_encoders=num_encoders,
+        segments=segments, num_encoders=num_encoders, cut=config.cut,
     )
 
 
@@ -142,9 +159,7 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
         segment_frames = config.segment_frames
     else:
         segment_frames = max(1, round((config.segment_seconds or DEFAULT_SEGMENT_SECONDS) * rate))
-    total = source.num_frames_estimate
-    if config.max_frames is not None:
-        total = min(total, config.max_frames) if total else config.max_frames
+    total = _frames_estimate(config, source)
     asked = (config.encoders > 0 or config.segment_frames is not None or config.segment_seconds is not None
              or config.resume or config.keep_parts)
     if not asked and 0 < total <= segment_frames:

@@ -107,6 +107,9 @@ def describe(plan: RunPlan, stats: RunStats) -> None:
     if src.color.matrix_guessed:
         stats.notes["color_matrix"] = f"{src.color.matrix} (source untagged; chosen by height, and tagged in the output)"
     expected = src.num_frames_from_header
+    if plan.cut is not None:
+        expected = plan.cut.frame_estimate(float(src.average_rate or 25), expected)
+        stats.notes["cut"] = str(plan.cut)
     if cfg.max_frames is not None:
         expected = min(expected, cfg.max_frames) if expected else cfg.max_frames
     stats.num_frames_expected = expected
@@ -128,11 +131,13 @@ def pixel_settings(plan: RunPlan) -> dict[str, object]:
         "colour": [src.color.matrix, src.color.full_range, src.color.primaries_tag, src.color.transfer_tag],
         "segment_frames": plan.segments.segment_frames if plan.segments else None,
         "max_frames": cfg.max_frames,
+        **(plan.cut.settings() if plan.cut is not None else {"start": None, "end": None}),
         "container": plan.output.suffix.lower(),
     }
 
 
-def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats: RunStats, outcome: Outcome) -> str:
+def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats: RunStats, outcome: Outcome, *,
+                    audio_shift=None) -> str:
     """Segmented output: join the finished segments into the output; one sentence says where it is.
 
     Complete (every segment of the source finished): all of them, audio copied whole, the work
@@ -158,13 +163,15 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
     resume_hint = f" The finished segments are kept in {parts.path}: the same command with --resume finishes the job."
     if not chain:
         output.discard()
+        parts.remove_if_empty()
         kept = resume_hint if finished else ""
         stats.num_frames_written = 0
         return "No frame was written, and no output file was left behind." + kept
     source = plan.config.source if plan.config.copy_audio else None
     try:
         written = join_segments(chain, temp, source_path=source, complete=complete and stats.source_exhausted,
-                                warn=stats.warn)
+                                warn=stats.warn, audio_shift=audio_shift,
+                                tag_hvc1=not plan.use_nvenc)  # NVENC repeats its parameter sets in-band: hev1
     except Exception as exc:  # noqa: BLE001 - the segments stay; say what failed
         output.discard()
         if complete:

@@ -80,6 +80,8 @@ def run(
         outcome = execute(plan, stages, stats, errors, on_progress, progress_seconds)
     except BaseException as exc:  # nothing was started (bad settings found by the encoder, a stop)
         output.discard()
+        if parts is not None:
+            parts.remove_if_empty()
         if isinstance(exc, KeyboardInterrupt):
             raise RunInterrupted("before the first frame; no output file was left behind.",
                                  signal_name=getattr(exc, "signal_name", ""),
@@ -88,7 +90,7 @@ def run(
     finally:
         stats.finished_at = time.perf_counter()
     if parts is not None:
-        where = settle_segments(output, temp, plan, parts, stats, outcome)
+        where = settle_segments(output, temp, plan, parts, stats, outcome, audio_shift=stages.audio_shift)
     else:
         where = settle_output(output, temp, stats, outcome)
     raise_for(outcome, where, stats)

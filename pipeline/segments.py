@@ -38,21 +38,21 @@ MANIFEST_VERSION = 1
 
 @dataclass(frozen=True)
 class SegmentLayout:
-    """Which frames (source indices) each segment holds: [first + k*S, first + (k+1)*S), cut at `end`."""
+    """Which frames each segment holds: [k*S, (k+1)*S), cut at `end`. Frames are numbered as the
+    reader passes them on (from 0 at --start: core.cut renumbers them)."""
 
     segment_frames: int
-    first: int = 0  # the first source index of the job (--start)
-    end: int | None = None  # one past the last source index (--end / --max-frames); None: to the source's end
+    end: int | None = None  # one past the last frame (--max-frames); None: to the source's (or the cut's) end
 
     def __post_init__(self) -> None:
         if self.segment_frames < 1:
             raise ValueError(f"segment_frames must be >= 1, got {self.segment_frames}")
 
     def segment_of(self, index: int) -> int:
-        return (index - self.first) // self.segment_frames
+        return index // self.segment_frames
 
     def start_of(self, segment: int) -> int:
-        return self.first + segment * self.segment_frames
+        return segment * self.segment_frames
 
     def stop_of(self, segment: int) -> int:
         stop = self.start_of(segment + 1)
@@ -223,3 +223,9 @@ class PartsFolder:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+    def remove_if_empty(self) -> None:
+        """A run that ends with no finished segment leaves no work folder behind (nothing in
+        it to resume from)."""
+        if self.manifest is not None and not self.finished():
+            self.remove()

@@ -316,3 +316,58 @@ def test_join_refuses_segments_with_other_parameter_sets(clips, tmp_path):
     with pytest.raises(InvalidOption, match=r"Cannot join b\.mp4: its stream parameters differ"):
         join_segments([(a, Fraction(0)), (b, Fraction(0))], tmp_path / "j.mp4", source_path=None, complete=True,
                       warn=print)
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_nvenc_segments_from_separate_sessions_join_into_one_stream(clips, tmp_path, codec):
+    """NVENC's segment structure, on the CPU with the stand-in (tests/nvenc_standin.py: NVENC's
+    parameter sets known only after the first picture, a profile libx264 would not pick, output
+    one call late): a session per segment from a pool of three, joined by stream copy into one
+    stream that decodes without a warning, every keyframe enterable, audio and timestamps kept."""
+    import threading
+
+    from hw.av_join import join_segments
+    from hw.av_source import probe_source
+    from hw.nvenc_writer import NvencFileWriter
+    from pipeline.messages import ErrorChannel, ResultItem
+    from pipeline.segment_writer import EncoderPool, SegmentWriter
+    from pipeline.stats import RunStats
+    from tests.nvenc_standin import GOP, NvencLikeEncoder, keyframe_entry_problems
+    from tests.test_gpu_io import _nv12_frames
+
+    src = clips("seg-nvenc.mp4", num_frames=40, audio=True, width=128, height=96)
+    info = probe_source(src)
+    out = tmp_path / "out.mp4"
+    parts = PartsFolder(out)
+    parts.open(resume=False, overwrite=False, source={}, settings={})
+    sessions = []
+
+    def open_nvenc(path):
+        sessions.append(path.name)
+        return NvencFileWriter(path, gpu=0, codec=codec, width=info.width, height=info.height,
+                               time_base=info.time_base, frame_rate=info.average_rate, color=info.color,
+                               source_path=None, warn=pytest.fail, encoder_factory=NvencLikeEncoder)
+
+    layout = SegmentLayout(segment_frames=7)
+    stats = RunStats()
+    errors = ErrorChannel(threading.Event())
+    pool = EncoderPool(3, queue_frames=7, parts=parts, layout=layout, open_encoder=open_nvenc, errors=errors,
+                       stats=stats)
+    writer = SegmentWriter(layout, pool, stats=stats, is_finished=lambda k: False)
+    for index, (nv12, pts) in enumerate(_nv12_frames(src)):
+        writer.process(ResultItem(index, pts, "nv12", (nv12,)))
+    writer.finish()
+    writer.close(complete=True)
+    assert writer.closed_cleanly and errors.first() is None
+    assert len(sessions) == 6  # 40 frames in segments of 7: a fresh session each
+    finished = parts.finished()
+    chain = [(parts.path / str(finished[k]["file"]), int(finished[k]["pts_offset"]) * info.time_base)
+             for k in sorted(finished)]
+    assert join_segments(chain, out, source_path=src, complete=True, warn=pytest.fail, tag_hvc1=False) == 40
+    assert probe.indices(out) == list(range(40))
+    assert probe.pts_exact(out) == probe.pts_exact(src)
+    assert probe.packet_times(out, "audio") == probe.packet_times(src, "audio")
+    assert _decode_errors(out) == []
+    keys, problems = keyframe_entry_problems(out)
+    assert keys == [s + g for s in range(0, 40, 7) for g in range(0, min(7, 40 - s), GOP)]
+    assert problems == []

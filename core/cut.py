@@ -1,0 +1,189 @@
+"""--start / --end: part of a video, with its timestamps and audio cut to match.
+
+A cut point is a time measured from the first video frame ("12.5", "1:02:03.5", "2:03")
+or a frame number counting decoded frames from 0 ("300f"). The start is included and the
+end is not: `--start 10 --end 20` keeps the frames at times 10 <= t < 20, `--start 100f
+--end 300f` frames 100 to 299.
+
+`CutSource` wraps any frame source (PyAV or NVDEC). Frames before the start are decoded
+and dropped (a frame number is exact only that way); the kept frames are numbered from 0
+and moved back in time so that the first one has the source's first timestamp. What the
+cut did is recorded in a `TimeShift`, which the audio copier reads: audio packets that
+start before the first kept frame or at/after the first frame past the end are left out,
+and the rest are moved back by the same amount as the video. Stream-copied audio cannot
+be cut inside a packet, so the audio starts at the first packet at or after the first
+kept frame (at most one packet later: about 21 ms for 48 kHz AAC).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from fractions import Fraction
+
+from core.errors import InvalidOption
+from core.frame import Frame
+
+__all__ = ["Cut", "CutPoint", "CutSource", "TimeShift", "parse_cut_point"]
+
+_HOW = "give seconds (12.5), a time (1:02:03.5) or a frame number (300f)"
+_NUMBER = re.compile(r"^\d+(\.\d+)?$")
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """A frame number (`frames`) or a time in seconds from the first frame (`seconds`)."""
+
+    frames: int | None = None
+    seconds: Fraction | None = None
+
+    def __post_init__(self) -> None:
+        if (self.frames is None) == (self.seconds is None):
+            raise ValueError("a CutPoint is either a frame number or a time")
+
+    def __str__(self) -> str:
+        if self.frames is not None:
+            return f"{self.frames}f"
+        text = f"{float(self.seconds):.6f}".rstrip("0").rstrip(".")
+        return f"{text}s"
+
+    def reached(self, index: int, seconds: Fraction) -> bool:
+        """Whether the frame numbered `index` at `seconds` from the first frame is at or past this point."""
+        return index >= self.frames if self.frames is not None else seconds >= self.seconds
+
+    def frame_estimate(self, rate: float) -> int:
+        return self.frames if self.frames is not None else math.ceil(float(self.seconds) * rate)
+
+
+def parse_cut_point(text: str, flag: str) -> CutPoint:
+    """'12.5' / '1:02:03.5' / '2:03' -> seconds, '300f' -> frame 300; InvalidOption otherwise."""
+    raw = text.strip().lower()
+    bad = InvalidOption(f"Invalid {flag} ({text!r}): {_HOW}.")
+    if raw.endswith("f"):
+        if not raw[:-1].isdigit():
+            raise bad
+        return CutPoint(frames=int(raw[:-1]))
+    fields = raw.split(":")
+    if len(fields) > 3 or not all(_NUMBER.match(f) for f in fields):
+        raise bad
+    if any("." in f for f in fields[:-1]):
+        raise bad  # only the seconds may have a fraction
+    if len(fields) > 1 and any(Fraction(f) >= 60 for f in fields[1:]):
+        raise InvalidOption(f"Invalid {flag} ({text!r}): minutes and seconds after a ':' must be below 60; {_HOW}.")
+    seconds = Fraction(0)
+    for field in fields:
+        seconds = seconds * 60 + Fraction(field)
+    return CutPoint(seconds=seconds)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The part of the video a run processes (`--start`, `--end`); either may be None."""
+
+    start: CutPoint | None = None
+    end: CutPoint | None = None
+
+    @classmethod
+    def from_flags(cls, start: str | None, end: str | None) -> "Cut | None":
+        """The cut the flags ask for, checked; None when neither flag was given."""
+        if start is None and end is None:
+            return None
+        cut = cls(start=parse_cut_point(start, "--start") if start is not None else None,
+                  end=parse_cut_point(end, "--end") if end is not None else None)
+        s, e = cut.start, cut.end
+        if e is not None and not (e.frames or e.seconds):
+            raise InvalidOption(f"--end {e} is the very first frame: nothing would be processed.")
+        if s is not None and e is not None:
+            same_unit = (s.frames is None) == (e.frames is None)
+            if same_unit and (e.frames or e.seconds or 0) <= (s.frames or s.seconds or 0):
+                raise InvalidOption(f"--end ({e}) is not after --start ({s}): nothing would be processed.")
+        return cut
+
+    def frame_estimate(self, rate: float, total: int) -> int:
+        """Frames in the cut, from the frame rate and the source's estimated count (0: unknown)."""
+        first = self.start.frame_estimate(rate) if self.start is not None else 0
+        stop = self.end.frame_estimate(rate) if self.end is not None else total
+        if total:
+            stop = min(stop, total)
+        elif self.end is None:
+            return 0
+        return max(0, stop - first)
+
+    def settings(self) -> dict[str, str | None]:
+        return {"start": str(self.start) if self.start else None, "end": str(self.end) if self.end else None}
+
+    def __str__(self) -> str:
+        return f"from {self.start or 'the first frame'} to {self.end or 'the end'}"
+
+
+class TimeShift:
+    """What a cut did to the timestamps, learned while the source is read and read by the
+    audio copier. Times are in seconds on the source's clock."""
+
+    def __init__(self) -> None:
+        self.shift = Fraction(0)  # subtracted from every kept timestamp
+        self.first: float | None = None  # the first kept frame's time
+        self.end: float | None = None  # the first frame past the cut's end; None: the source's end
+
+    def keeps(self, seconds: float) -> bool:
+        """Whether an audio/subtitle packet starting at `seconds` lies inside the cut."""
+        if self.first is not None and seconds < self.first - 1e-6:
+            return False
+        return self.end is None or seconds < self.end - 1e-6
+
+    def ticks(self, time_base: Fraction) -> int:
+        """The shift in ticks of `time_base` (for moving a packet)."""
+        return round(self.shift / time_base)
+
+
+class CutSource:
+    """A frame source that yields only the frames inside `cut`, numbered from 0 and moved
+    back in time (see the module's docstring); `shift` records what it did."""
+
+    def __init__(self, source, cut: Cut, shift: TimeShift, *, time_base: Fraction) -> None:
+        self.source = source
+        self.cut = cut
+        self.shift = shift
+        self.time_base = Fraction(time_base)
+        self.num_frames_before_start = 0
+
+    @property
+    def num_corrupt_packets(self) -> int:
+        return getattr(self.source, "num_corrupt_packets", 0)
+
+    @property
+    def stopped_early_reason(self) -> str | None:
+        return getattr(self.source, "stopped_early_reason", None)
+
+    def __iter__(self) -> Iterator[Frame]:
+        first_pts = None
+        moved_by: int | None = None
+        kept = 0
+        seconds = Fraction(0)
+        for frame in self.source:
+            if first_pts is None:
+                first_pts = frame.pts
+            seconds = (frame.pts - first_pts) * self.time_base
+            if self.cut.end is not None and self.cut.end.reached(frame.index, seconds):
+                self.shift.end = float(frame.pts * self.time_base)
+                if kept == 0:
+                    raise InvalidOption(f"--end {self.cut.end} comes before --start {self.cut.start}: the video "
+                                        f"reaches the end at frame {frame.index} ({float(seconds):.3f} s). Nothing to process.")
+                return
+            if self.cut.start is not None and not self.cut.start.reached(frame.index, seconds):
+                self.num_frames_before_start += 1
+                continue
+            if moved_by is None:
+                moved_by = frame.pts - first_pts
+                self.shift.shift = moved_by * self.time_base
+                self.shift.first = float(frame.pts * self.time_base)
+            yield replace(frame, index=kept, pts=frame.pts - moved_by)
+            kept += 1
+        if kept == 0 and self.cut.start is not None:
+            length = f"{self.num_frames_before_start} frames, {float(seconds):.2f} s from the first to the last"
+            raise InvalidOption(f"--start {self.cut.start} is past the end of the video ({length}). Nothing to process.")
+
+    def close(self) -> None:
+        self.source.close()

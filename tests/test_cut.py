@@ -1,0 +1,168 @@
+"""--start / --end (issue 11): part of a video, with timestamps and audio cut to match.
+
+The clips number their frames in the picture (`probe.indices`), so which frames came out
+is read from the output itself. Pixel comparisons use lossless x264 (crf 0)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import main as cli
+from core.cut import Cut, CutPoint, parse_cut_point
+from core.errors import InvalidOption
+from pipeline import RunConfig, run
+from tests import probe
+
+LOSSLESS = dict(crf=0, preset="ultrafast")
+MP4_EDIT_LIST_SECONDS = Fraction(1, 1000)  # an MP4 track's start is stored in the movie time scale (ms)
+
+
+def _cfg(src, out, **kw) -> RunConfig:
+    base = dict(source=src, output=out, model="bicubic", scale=2, parallel=True, queue_size=8, **LOSSLESS)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("12.5", CutPoint(seconds=Fraction(25, 2))),
+    ("0", CutPoint(seconds=Fraction(0))),
+    ("2:03", CutPoint(seconds=Fraction(123))),
+    ("1:02:03.25", CutPoint(seconds=Fraction(3723) + Fraction(1, 4))),
+    ("300f", CutPoint(frames=300)),
+    (" 7F ", CutPoint(frames=7)),
+])
+def test_cut_points_parse(text, expected):
+    assert parse_cut_point(text, "--start") == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "abc", "1:60", "1:2:3:4", "1.5:02", "f", "2.5f", "inf", "nan", "", "1e3"])
+def test_bad_cut_points_are_refused_with_the_forms(text):
+    with pytest.raises(InvalidOption, match=r"--start .*seconds \(12\.5\).*300f"):
+        parse_cut_point(text, "--start")
+
+
+@pytest.mark.parametrize("start, end", [("10", "10"), ("10", "5"), ("20f", "20f"), (None, "0"), (None, "0f")])
+def test_an_empty_cut_is_refused_before_the_run(start, end):
+    with pytest.raises(InvalidOption, match="nothing would be processed"):
+        Cut.from_flags(start, end)
+
+
+def test_frame_estimate():
+    rate = 24.0
+    assert Cut.from_flags("1.5", "3").frame_estimate(rate, 120) == 36
+    assert Cut.from_flags("100f", None).frame_estimate(rate, 120) == 20
+    assert Cut.from_flags(None, "1000f").frame_estimate(rate, 120) == 120
+    assert Cut.from_flags("200f", None).frame_estimate(rate, 120) == 0
+
+
+def _audio_in(path: Path, first: Fraction, end: Fraction) -> list[tuple[Fraction, bytes]]:
+    """Source audio packets starting in [first, end), moved back by `first`."""
+    return [(pts - first, data) for pts, _, _, data in probe.packet_times(path, "audio") if first <= pts < end]
+
+
+def _same_audio(got: list, expected: list) -> None:
+    assert [data for _, data in got] == [data for _, data in expected]  # the same packets, bit for bit
+    for (t_got, _), (t_exp, _) in zip(got, expected):
+        assert abs(t_got - t_exp) <= MP4_EDIT_LIST_SECONDS
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_time_cut_keeps_frames_timestamps_and_audio_of_the_range(clips, tmp_path, suffix):
+    src = clips("cut.mp4", num_frames=120, audio=True)
+    whole = tmp_path / f"whole{suffix}"
+    run(_cfg(src, whole))
+    out = tmp_path / f"cut{suffix}"
+    stats = run(_cfg(src, out, start="1.5", end="3"))
+    assert probe.indices(out) == list(range(36, 72))  # 1.5 s <= t < 3 s at 24 fps
+    assert stats.num_frames_written == 36
+    # Times from each file's first video frame (Matroska moves a file whose audio starts
+    # before its video, the source's AAC priming, forward as a whole).
+    zero, zero_whole = probe.video_start(out), probe.video_start(whole)
+    assert [t - zero for t in probe.pts_exact(out)] == [t - zero_whole - Fraction(3, 2)
+                                                       for t in probe.pts_exact(whole)[36:72]]
+    assert all(np.array_equal(a, b) for a, b in zip(probe.frames_yuv(out), probe.frames_yuv(whole)[36:72]))
+    got = [(pts - zero, data) for pts, _, _, data in probe.packet_times(out, "audio")]
+    _same_audio(got, _audio_in(src, Fraction(3, 2), Fraction(3)))
+    assert got[-1][0] + Fraction(1024, 48000) >= Fraction(3, 2)  # the audio lasts as long as the video
+
+
+def test_frame_number_cut_and_max_frames_after_it(clips, tmp_path):
+    src = clips("cut.mp4", num_frames=120, audio=True)
+    out = tmp_path / "frames.mp4"
+    run(_cfg(src, out, start="10f", end="50f"))
+    assert probe.indices(out) == list(range(10, 50))
+    out2 = tmp_path / "max.mp4"
+    run(_cfg(src, out2, start="100f", max_frames=5))
+    assert probe.indices(out2) == list(range(100, 105))
+    out3 = tmp_path / "end-past.mp4"
+    run(_cfg(src, out3, start="110f", end="99:00"))  # an end past the clip: to the clip's end, audio whole
+    assert probe.indices(out3) == list(range(110, 120))
+    got = [(pts, data) for pts, _, _, data in probe.packet_times(out3, "audio")]
+    first = Fraction(110, 24)
+    _same_audio(got, _audio_in(src, first, Fraction(10**6)))
+
+
+def test_time_cut_of_a_variable_frame_rate_clip_picks_frames_by_their_times(clips, tmp_path):
+    src = clips("cut-vfr.mkv", num_frames=40, vfr=True)
+    times = probe.pts_exact(src)
+    start, end = Fraction(1), Fraction(2)
+    wanted = [k for k, t in enumerate(times) if start <= t - times[0] < end]
+    out = tmp_path / "vfr.mkv"
+    run(_cfg(src, out, start="1", end="2"))
+    assert probe.indices(out) == wanted
+    shift = times[wanted[0]] - times[0]
+    assert probe.pts_exact(out) == [times[k] - shift for k in wanted]
+
+
+def test_segmented_cut_equals_one_encoder_and_resume_must_keep_the_cut(clips, tmp_path):
+    src = clips("cut.mp4", num_frames=120, audio=True)
+    one = tmp_path / "one.mp4"
+    run(_cfg(src, one, start="0.5", end="4"))
+    seg = tmp_path / "seg.mp4"
+    run(_cfg(src, seg, start="0.5", end="4", segment_frames=7, encoders=3, keep_parts=True))
+    assert probe.indices(seg) == list(range(12, 96))
+    assert all(np.array_equal(a, b) for a, b in zip(probe.frames_yuv(seg), probe.frames_yuv(one)))
+    assert probe.pts_exact(seg) == probe.pts_exact(one)
+    assert [d for *_, d in probe.packet_times(seg, "audio")] == [d for *_, d in probe.packet_times(one, "audio")]
+    seg.unlink()
+    with pytest.raises(InvalidOption, match=r"Cannot resume: .*start \('0\.5s' then, '1s' now\)"):
+        run(_cfg(src, seg, start="1", end="4", segment_frames=7, encoders=3, resume=True))
+
+
+def test_kill_9_then_resume_of_a_cut(clips, tmp_path):
+    """A real process killed mid-run, resumed: the same frames, timestamps and audio as one run."""
+    from tests.test_segments import _kill_mid_run
+
+    src = clips("cut-long.mp4", num_frames=160, audio=True)
+    whole = tmp_path / "whole.mp4"
+    run(_cfg(src, whole, start="20f", end="150f", segment_frames=10, encoders=2))
+    out = tmp_path / "out.mp4"
+    _kill_mid_run(src, out, ["--start", "20f", "--end", "150f", "--segment-frames", "10", "--encoders", "2"])
+    run(_cfg(src, out, start="20f", end="150f", segment_frames=10, encoders=2, resume=True))
+    assert probe.indices(out) == list(range(20, 150))
+    assert all(np.array_equal(a, b) for a, b in zip(probe.frames_yuv(out), probe.frames_yuv(whole)))
+    assert probe.pts_exact(out) == probe.pts_exact(whole)
+    assert probe.packet_times(out, "audio") == probe.packet_times(whole, "audio")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--start", "9:99"], "Invalid --start ('9:99')"),
+    (["--end", "soon"], "Invalid --end ('soon')"),
+    (["--start", "3", "--end", "2"], "--end (2s) is not after --start (3s)"),
+    (["--start", "60"], "--start 60s is past the end of the video"),
+    (["--start", "2", "--end", "10f"], "--end 10f comes before --start 2s"),
+])
+def test_cli_bad_cuts_give_one_line_and_no_file(clips, tmp_path, capsys, args, words):
+    src = clips("cut.mp4", num_frames=120, audio=True)
+    out = tmp_path / "o.mp4"
+    rc = cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2", *args])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert len(errors) == 1 and words in errors[0], err  # the other lines are the plan's notes
+    assert "Traceback" not in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
