@@ -142,7 +142,6 @@ def main() -> None:
     steps(f"encoders_alone_{k}", lambda: encoders_alone(frames, args.out, encoders=k, args=args, src=src))
     if k != 1:
         steps("encoders_alone_1", lambda: encoders_alone(frames, args.out, encoders=1, args=args, src=src))
-    del frames
     try:
         auto_fps = results["pipeline_auto"]["fps"]
         ceiling = results[f"encoders_alone_{k}"]["fps"]

@@ -22,6 +22,7 @@ No threads, no queues, nothing from `pipeline/`, `hw/` or `models/`.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import secrets
@@ -34,6 +35,7 @@ from core.errors import DiskFull, OutputBusy, OutputExists, OutputNotWritable, U
 
 __all__ = [
     "ffmpeg_path",
+    "file_sha256",
     "same_file",
     "check_output_paths",
     "OutputFile",
@@ -416,3 +418,12 @@ def disk_errors(path: Path, *, frames_written: Callable[[], int]) -> Iterator[No
         if full is not None:
             raise full from exc
         raise
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's content, read a MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -33,6 +32,7 @@ from torch import nn
 
 from core.choices import DEFAULT_MODEL, MODEL_FILE_SUFFIXES
 from core.errors import ModelError
+from core.files import file_sha256
 
 from .base import LoadedModel, ModelInfo
 from .bicubic import BICUBIC_SCALES, Bicubic, ResizeOutput
@@ -148,14 +148,6 @@ def _ncnn_sources(builtin: _Builtin) -> tuple[Path, Path] | None:
     return (param, bin_) if param.is_file() and bin_.is_file() else None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @cache
 def _count_params(name: str) -> int | None:
     builtin = _BUILTINS[name]
@@ -228,9 +220,9 @@ def _convert(
         "hyperparameters": json.dumps(hyper, sort_keys=True),
         "source_package": f"{_NCNN_PACKAGE}=={version}",
         "source_param": param.name,
-        "source_param_sha256": _sha256(param),
+        "source_param_sha256": file_sha256(param),
         "source_bin": bin_.name,
-        "source_bin_sha256": _sha256(bin_),
+        "source_bin_sha256": file_sha256(bin_),
     }
     return dict(state), metadata
 
@@ -286,8 +278,8 @@ def _builtin_state(builtin: _Builtin, cache_dir: Path) -> tuple[dict[str, torch.
             logger.info("using cached %s (%s is not installed)", path, _NCNN_PACKAGE)
             return state, source
         if (
-            metadata.get("source_bin_sha256") == _sha256(sources[1])
-            and metadata.get("source_param_sha256") == _sha256(sources[0])
+            metadata.get("source_bin_sha256") == file_sha256(sources[1])
+            and metadata.get("source_param_sha256") == file_sha256(sources[0])
         ):
             logger.debug("using cached %s", path)
             return state, source

@@ -123,11 +123,11 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         finished = set(done)
         stops = {k: int(entry["stop"]) for k, entry in done.items()}
 
-        def skip(index: int) -> bool:  # in a finished segment's recorded range
+        def in_finished_segment(index: int) -> bool:  # in a finished segment's recorded range
             k = layout.segment_of(index)
             return k in stops and index < stops[k]
 
-        skip = skip if finished else None
+        skip = in_finished_segment if finished else None
         pool = EncoderPool(plan.num_encoders, queue_frames=layout.segment_frames, parts=parts, layout=layout,
                            open_encoder=lambda path: open_encoder(plan, path, stats.warn, with_audio=False),
                            errors=errors, stats=stats, threaded=cfg.parallel)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InvalidOption, OutputExists, OutputNotWritable
-from core.files import write_file_atomically
+from core.files import file_sha256, write_file_atomically
 
 __all__ = ["SegmentLayout", "Manifest", "PartsFolder", "source_fingerprint", "MANIFEST_VERSION"]
 
@@ -74,14 +74,6 @@ def source_fingerprint(path: Path) -> dict[str, object]:
             f.seek(-(1 << 20), os.SEEK_END)
             digest.update(f.read(1 << 20))
     return {"size": st.st_size, "sha256_head_tail": digest.hexdigest()}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
