@@ -104,6 +104,15 @@ class TimestampRepair:
         return frame, pts
 
 
+def _duration_tag(text: str | None) -> float | None:
+    """Seconds from a Matroska DURATION tag ("00:01:02.500000000"), None if absent or unreadable."""
+    try:
+        hours, minutes, seconds = (text or "").split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
 class PyAVDecoder:
     """Decode the first video stream of a file on the CPU, in presentation order.
 
@@ -217,9 +226,14 @@ class PyAVDecoder:
         step = self._repair.step * self._stream.time_base
         end = float((self._last_pts + self._repair.step) * self._stream.time_base)
         start = float((self._stream.start_time or 0) * self._stream.time_base)
+        tagged = _duration_tag(self._stream.metadata.get("DURATION"))  # Matroska's per-track length
         if self._stream.duration:
             announced_end, slack = start + float(self._stream.duration * self._stream.time_base), 2 * float(step)
-        elif self._container.duration:  # the container's: may include audio that runs a little longer
+        elif tagged is not None:
+            announced_end, slack = start + tagged, 2 * float(step)
+        elif self._container.duration and not self._container.streams.subtitles:
+            # The container's: the longest stream's (audio may run a little longer; subtitles
+            # often run seconds past the video, so with them it says nothing about the video).
             announced_end, slack = self._container.duration / 1_000_000, max(3 * float(step), 0.25)
         else:
             return None

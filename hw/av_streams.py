@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
@@ -190,6 +192,8 @@ class StreamCopier:
 
         copied = self._copied[packet.stream.index]
         if self._shift is not None and packet.size:
+            if packet.stream.type == "subtitle":
+                self._trim_subtitle(packet)  # one on screen at --start is kept, from the start on
             if not self._shift.keeps(self._packet_seconds(packet)):
                 return  # outside --start/--end
             ticks = self._shift.ticks(packet.time_base)
@@ -213,6 +217,18 @@ class StreamCopier:
             return
         packet.stream = copied.out_stream
         self._out.mux(packet)
+
+    def _trim_subtitle(self, packet) -> None:
+        """A subtitle that starts before the cut's first frame and is still on screen there
+        starts at that frame instead (its duration shortened to keep its end)."""
+        first = self._shift.first
+        if first is None or packet.pts is None or not packet.duration or packet.time_base is None:
+            return
+        first_ticks = math.ceil(Fraction(first) / packet.time_base - Fraction(1, 1000))
+        end_ticks = packet.pts + packet.duration
+        if packet.pts < first_ticks < end_ticks:
+            packet.duration = end_ticks - first_ticks
+            packet.pts = packet.dts = first_ticks
 
     def finish(self, *, complete: bool) -> None:
         """Copy what is left (all of it when complete, else up to the last video time)."""

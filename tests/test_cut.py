@@ -166,3 +166,23 @@ def test_cli_bad_cuts_give_one_line_and_no_file(clips, tmp_path, capsys, args, w
     assert len(errors) == 1 and words in errors[0], err  # the other lines are the plan's notes
     assert "Traceback" not in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_subtitles_are_cut_with_the_video(clips, tmp_path):
+    """A subtitle on screen at --start is kept from the first frame on; later ones move back."""
+    import av
+
+    src = clips("cut-subs.mkv", num_frames=48, subtitles=["one", "two", "three"], audio=True)
+    out = tmp_path / "subs.mkv"
+    stats = run(_cfg(src, out, start="0.5", segment_frames=5))
+    with av.open(str(src)) as c:
+        before = [(p.pts * p.time_base, p.duration * p.time_base, bytes(p)) for p in c.demux(c.streams.subtitles[0]) if p.size]
+    zero = probe.video_start(out)
+    with av.open(str(out)) as c:
+        after = [(p.pts * p.time_base - zero, p.duration * p.time_base, bytes(p))
+                 for p in c.demux(c.streams.subtitles[0]) if p.size]
+    half = Fraction(1, 2)
+    (s0, d0, t0), rest = before[0], before[1:]
+    assert after[0] == (0, s0 + d0 - half, t0)  # "one" (0 - 1 s) is shown from the cut's first frame to its end
+    assert after[1:] == [(s - half, d, t) for s, d, t in rest]
+    assert stats.warnings == []

@@ -371,3 +371,29 @@ def test_nvenc_segments_from_separate_sessions_join_into_one_stream(clips, tmp_p
     keys, problems = keyframe_entry_problems(out)
     assert keys == [s + g for s in range(0, 40, 7) for g in range(0, min(7, 40 - s), GOP)]
     assert problems == []
+
+
+def test_segments_carry_rotation_aspect_ratio_and_colour(clips, tmp_path):
+    """The join takes the segments' stream as its template: the display matrix, the pixel
+    aspect ratio and the colour tags of the source survive it, as in a one-file run."""
+    from tests.test_inputs import _frames, _write
+
+    phone = _write(tmp_path / "phone.mp4", _frames(12), stream_setup=lambda s: s.set_display_rotation(90))
+    run(_cfg(phone, tmp_path / "rot.mp4", segment_frames=5))
+    with av.open(str(tmp_path / "rot.mp4")) as c:
+        assert next(c.decode(video=0)).rotation == 90
+
+    def anamorphic(stream):
+        stream.codec_context.sample_aspect_ratio = Fraction(32, 27)
+
+    wide = _write(tmp_path / "wide.mkv", _frames(12, 72, 48), stream_setup=anamorphic)
+    for suffix in (".mp4", ".mkv"):
+        out = tmp_path / f"sar{suffix}"
+        run(_cfg(wide, out, segment_frames=5))
+        with av.open(str(out)) as c:
+            assert Fraction(c.streams.video[0].sample_aspect_ratio) == Fraction(32, 27)
+    tagged = clips("seg-bt601.mp4", num_frames=12, color=(6, 6, 6, 1))
+    for suffix in (".mp4", ".mkv"):
+        out = tmp_path / f"colour{suffix}"
+        run(_cfg(tagged, out, segment_frames=5))
+        assert probe.color_tags(out) == (6, 6, 6, 1)
