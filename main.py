@@ -19,7 +19,8 @@ import sys
 import threading
 from pathlib import Path
 
-from core.choices import CODECS, DEFAULT_MODEL, PRECISIONS
+from core.choices import BIT_DEPTHS, CODECS, DEFAULT_MODEL, PRECISIONS
+from core.choices import DEFAULT_TILE_OVERLAP
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Signals that stop a run the way Ctrl-C does: `timeout`/`kill`/`docker stop`/systemd send
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto = fp16 on compute capability 7.0+, fp32 on Pascal (sm_61) and the CPU")
     model.add_argument("--list-models", action="store_true", help="list the built-in models and exit")
+    model.add_argument("--tile-size", type=int, default=0, metavar="N",
+                       help="run the model on overlapping tiles of N x N input pixels, blended (0 = whole frames, the "
+                       "default; a frame that does not fit at batch 1 switches to tiles by itself)")
+    model.add_argument("--tile-overlap", type=int, metavar="N",
+                       help=f"pixels neighbouring tiles share (default {DEFAULT_TILE_OVERLAP}; a quarter of the tile "
+                       f"for tiles under {4 * DEFAULT_TILE_OVERLAP})")
 
     run = p.add_argument_group("execution")
     run.add_argument("--parallel", action="store_true",
@@ -76,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     codec.add_argument("--nvdec", action="store_true", help="decode on the GPU with NVDEC (falls back to the CPU with a warning)")
     codec.add_argument("--nvenc", action="store_true", help="encode on the GPU with NVENC (falls back to the CPU with a warning)")
     codec.add_argument("--codec", choices=CODECS, default=CODECS[0], help=f"output codec (default {CODECS[0]})")
+    codec.add_argument("--bit-depth", type=int, choices=BIT_DEPTHS, default=None,
+                       help="output bit depth (default: 10 for a deeper source with --codec hevc/av1, else 8)")
     codec.add_argument("--quality", type=int, metavar="CRF",
                        help="constant quality, lower is better (x264/x265 0-51, default 18/20; SVT-AV1 0-63, default 28; NVENC: constant QP)")
     codec.add_argument("--encoders", type=int, default=0, metavar="N",
@@ -161,7 +170,10 @@ def _config_from_args(args, *, sample: bool):
         max_batch_size=args.max_batch_size,
         queue_size=args.queue_size,
         precision=args.precision,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
         codec=args.codec,
+        bit_depth=args.bit_depth,
         crf=args.quality,
         preset=args.preset,
         max_frames=args.max_frames,
@@ -295,12 +307,13 @@ def render_summary(console, stats) -> None:
         table.add_row(w["name"], f"{w['busy_seconds']:.2f}", f"{w['wait_seconds']:.2f}")
     console.print(table)
     table = Table(title="devices", title_justify="left")
-    for col in ("worker", "device", "frames", "batches", "batch sizes", "OOM retries", "faults", "health", "probe"):
+    for col in ("worker", "device", "frames", "batches", "batch sizes", "tiles", "OOM retries", "faults", "health", "probe"):
         table.add_column(col)
     for w in d["workers"]:
         sizes = ", ".join(f"{k}x{v}" for k, v in w["batch_sizes"].items()) or "-"
         probe = f"{w['probe_seconds']:.1f} s: {w['probe_note']}" if w["probe_seconds"] else w["probe_note"] or "-"
-        table.add_row(w["name"], w["device"], str(w["frames"]), str(w["batches"]), sizes, str(w["oom_retries"]),
+        tiles = f"{w['tile_size']}x{w['tile_size']}" if w["tile_size"] else "-"
+        table.add_row(w["name"], w["device"], str(w["frames"]), str(w["batches"]), sizes, tiles, str(w["oom_retries"]),
                       str(w["failures"]), w["health"], probe)
     console.print(table)
     for warning in d["warnings"]:

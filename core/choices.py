@@ -24,8 +24,13 @@ __all__ = [
     "DEFAULT_NVENC_PRESET",
     "CONTAINER_SUFFIXES",
     "MODEL_FILE_SUFFIXES",
+    "MIN_TILE_SIZE",
+    "DEFAULT_TILE_OVERLAP",
     "DEFAULT_SEGMENT_SECONDS",
     "MAX_AUTO_ENCODERS",
+    "BIT_DEPTHS",
+    "DEEP_COLOR_CODECS",
+    "OUTPUT_PIX_FMT",
 ]
 
 DEFAULT_MODEL = "realesr-animevideov3"
@@ -52,6 +57,13 @@ DEFAULT_CPU_PRESET: dict[str, str] = {"h264": "medium", "hevc": "medium", "av1":
 NVENC_PRESETS: tuple[str, ...] = tuple(f"p{i}" for i in range(1, 8))  # p1 (fastest) .. p7 (best)
 DEFAULT_NVENC_PRESET = "p4"
 
+# Output bit depth (--bit-depth): 8 (yuv420p) or 10 (yuv420p10le). Kept automatically from a
+# deeper source for the codecs whose 10-bit profiles players support (HEVC Main10, AV1);
+# 10-bit H.264 (High 10) only when asked for: most hardware decoders refuse it.
+BIT_DEPTHS: tuple[int, ...] = (8, 10)
+DEEP_COLOR_CODECS: tuple[str, ...] = ("hevc", "av1")
+OUTPUT_PIX_FMT: dict[int, str] = {8: "yuv420p", 10: "yuv420p10le"}
+
 CONTAINER_SUFFIXES: tuple[str, ...] = (".mp4", ".mkv", ".mov")  # the first is the default
 MODEL_FILE_SUFFIXES: tuple[str, ...] = (".pth", ".ckpt", ".safetensors", ".pt", ".ts")
 
@@ -60,3 +72,9 @@ MODEL_FILE_SUFFIXES: tuple[str, ...] = (".pth", ".ckpt", ".safetensors", ".pt", 
 # where 4 gave 55, DESIGN.md).
 DEFAULT_SEGMENT_SECONDS = 6.0
 MAX_AUTO_ENCODERS = 6
+
+# Tiles (--tile-size, --tile-overlap; models/tiling.py says why): smaller tiles are mostly
+# overlap and padding; 48 pixels of overlap leave 18 of context at each cut, the receptive-field
+# radius of realesr-animevideov3, so its tiled output equals the untiled one.
+MIN_TILE_SIZE = 16
+DEFAULT_TILE_OVERLAP = 48

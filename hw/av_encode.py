@@ -19,12 +19,13 @@ from typing import Callable
 
 import numpy as np
 
-from core.choices import CPU_ENCODERS, Codec
+from core.choices import CPU_ENCODERS, OUTPUT_PIX_FMT, Codec
 from core.cut import TimeShift
 from core.errors import InvalidOption, OutputNotWritable, one_line
 from core.files import FreeSpaceGuard, disk_errors, ffmpeg_path
 from hw.av_streams import StreamCopier
 from hw.color import ColorInfo
+from hw.hdr import HdrMetadata, encoder_hdr_options
 
 __all__ = ["PyAVWriter", "add_video_stream", "open_output"]
 
@@ -33,12 +34,12 @@ log = logging.getLogger(__name__)
 
 def add_video_stream(out, codec: str, *, width: int, height: int, time_base: Fraction, frame_rate: Fraction | None,
                      color: ColorInfo, sample_aspect_ratio: Fraction | None = None,
-                     display_matrix: tuple[int, ...] | None = None):
-    """A yuv420p video stream on `out` in the source's time base, with the source's colour
+                     display_matrix: tuple[int, ...] | None = None, pix_fmt: str = "yuv420p"):
+    """A yuv420p (or yuv420p10le) video stream on `out` in the source's time base, with the source's colour
     tags, pixel aspect ratio and display matrix (rotation), so the output plays as the
     source does. HEVC in MP4/MOV is tagged `hvc1` (Apple players refuse `hev1`)."""
     stream = out.add_stream(codec, rate=frame_rate or Fraction(25))
-    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
     stream.time_base = time_base
     cc = stream.codec_context
     cc.time_base = time_base
@@ -83,21 +84,21 @@ def _open_error(exc: BaseException, *, what: str) -> Exception:
 
 
 def _check_encoder_opens(encoder: str, width: int, height: int, time_base: Fraction, frame_rate: Fraction | None,
-                         options: dict[str, str]) -> None:
+                         options: dict[str, str], pix_fmt: str = "yuv420p") -> None:
     """Settings the encoder refuses (libx265 below its smallest size, a bad preset ...) are bad
     input, found on a throwaway encoder before the output file is touched: a stream whose
     encoder failed to open crashed PyAV 19 when its container was closed (seen on the GPU host)."""
     import av
 
     ctx = av.CodecContext.create(encoder, "w")
-    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, "yuv420p", time_base
+    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, pix_fmt, time_base
     ctx.framerate = frame_rate or Fraction(25)  # as add_stream(rate=) sets it (SVT-AV1 refuses 1/time_base fps)
     ctx.options = dict(options)
     try:
         ctx.open()
     except av.error.FFmpegError as exc:
         raise InvalidOption(
-            f"The {encoder} encoder refused to start for {width}x{height} yuv420p with these settings "
+            f"The {encoder} encoder refused to start for {width}x{height} {pix_fmt} with these settings "
             f"({one_line(exc, limit=160)}). Try another --codec, --scale, --quality or --preset."
         ) from exc
 
@@ -129,6 +130,8 @@ class PyAVWriter:
         preset: str | None = None,
         source_path: str | os.PathLike | None = None,
         audio_shift: TimeShift | None = None,
+        bit_depth: int = 8,
+        hdr: HdrMetadata | None = None,
         threads: int = 0,
         warn: Callable[[str], None] | None = None,
         sample_aspect_ratio: Fraction | None = None,
@@ -142,8 +145,11 @@ class PyAVWriter:
         self.path = Path(path)
         self.num_frames_written = 0
         self._warn_fn = warn
+        self._pix_fmt = OUTPUT_PIX_FMT[bit_depth]
+        self._hdr = hdr
         self._time_base = time_base
         self._frame_seconds = float(1 / frame_rate) if frame_rate else 0.04
+        self._last_dts: int | None = None
         self._closed = False
         self._space = free_space if free_space is not None else FreeSpaceGuard(self.path)
         # Matroska holds a cluster (about a second, see open_output) in memory before writing it.
@@ -192,16 +198,21 @@ class PyAVWriter:
             options["crf"] = str(crf)
         if preset is not None:
             options["preset"] = str(preset)
-        if encoder == "libx265":
-            options["x265-params"] = "log-level=error"
-        _check_encoder_opens(encoder, width, height, time_base, frame_rate, options)
+        params = {"libx265": {"log-level": "error"}}.get(encoder, {})
+        if encoder == "libx265" and crf == 0:
+            params["lossless"] = "1"  # --quality 0 is lossless, as with x264 (x265's CRF 0 is not)
+        params.update(encoder_hdr_options(encoder, self._hdr))  # HDR10 metadata into the bitstream (hw.hdr)
+        if params:
+            key = {"libx265": "x265-params", "libx264": "x264-params", "libsvtav1": "svtav1-params"}[encoder]
+            options[key] = ":".join(f"{k}={v}" for k, v in params.items())
+        _check_encoder_opens(encoder, width, height, time_base, frame_rate, options, self._pix_fmt)
         if codec not in self._out.supported_codecs and encoder not in self._out.supported_codecs:
             raise InvalidOption(
                 f"--codec {codec} cannot be stored in a {self.path.suffix or 'this'} file. Use .mp4 or .mkv."
             )
         stream = add_video_stream(self._out, encoder, width=width, height=height, time_base=time_base,
                                   frame_rate=frame_rate, color=color, sample_aspect_ratio=sample_aspect_ratio,
-                                  display_matrix=display_matrix)
+                                  display_matrix=display_matrix, pix_fmt=self._pix_fmt)
         cc = stream.codec_context
         if threads:
             cc.thread_count = threads
@@ -209,17 +220,18 @@ class PyAVWriter:
         return stream
 
     def write(self, planes: tuple[np.ndarray, np.ndarray, np.ndarray], pts: int) -> None:
-        """Encode one yuv420p picture (Y, U, V uint8 planes) at source timestamp `pts`."""
+        """Encode one picture (Y, U, V planes: uint8 for yuv420p, uint16 codes for yuv420p10le)
+        at source timestamp `pts`."""
         import av
 
         y, u, v = planes
         height, width = y.shape
-        frame = av.VideoFrame(width, height, "yuv420p")
+        frame = av.VideoFrame(width, height, self._pix_fmt)
         for plane, data in zip(frame.planes, (y, u, v)):
-            if plane.line_size == data.shape[1]:
+            if plane.line_size == data.shape[1] * data.itemsize:
                 plane.update(np.ascontiguousarray(data))  # one copy, no repacking
             else:  # the frame's rows are padded: copy row by row through a view
-                rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+                rows = np.frombuffer(plane, data.dtype).reshape(plane.height, plane.line_size // data.itemsize)
                 rows[:, : data.shape[1]] = data
         frame.pts = pts
         frame.time_base = self._time_base
@@ -243,9 +255,27 @@ class PyAVWriter:
 
     def _mux_video(self, packets) -> None:
         for packet in packets:
+            self._repair_dts(packet)
             self.num_bytes_written += packet.size
             self.num_packets_written += 1
             self._out.mux(packet)
+
+    def _repair_dts(self, packet) -> None:
+        """x265 (3.x/4.x through FFmpeg's libx265) gives the packets of a stream of one or two
+        frames an uninitialised DTS (e.g. -171798691880; seen for 8- and 10-bit), which the MP4
+        muxer refuses ("Not yet implemented") — a 1- or 2-frame segment, clip or stopped run.
+        Such a DTS (above the PTS, or further below it than any encoder's reordering reaches)
+        is replaced by the PTS, kept above the previous DTS; those frames come out in order."""
+        pts, dts = packet.pts, packet.dts
+        if pts is None:
+            return
+        reach = 1024 * max(1, round(self._frame_seconds / float(self._time_base)))
+        if dts is None or dts > pts or dts < pts - reach or (self._last_dts is not None and dts <= self._last_dts):
+            fixed = pts if self._last_dts is None else max(pts, self._last_dts + 1)
+            if dts is not None and dts != fixed:
+                log.debug("%s: encoder DTS %s replaced by %s (PTS %s)", self.path.name, dts, fixed, pts)
+            packet.dts = fixed
+        self._last_dts = packet.dts
 
     # -- end ---------------------------------------------------------------------
     def close(self, *, complete: bool = True) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from core.errors import InvalidSource, NoVideoStream, SourceNotFound
 from core.files import describe_file_kind, ffmpeg_path
 from hw.color import ColorInfo, color_info_from_tags
+from hw.hdr import HdrMetadata, hdr_metadata
 
 __all__ = ["SourceInfo", "probe_source", "open_input", "PLANAR_YUV"]
 
@@ -52,6 +53,7 @@ class SourceInfo:
     display_matrix: tuple[int, ...] | None = None  # 9 ints (FFmpeg AV_PKT_DATA_DISPLAYMATRIX), None: none
     rotation: int = 0  # degrees counter-clockwise a player applies (from display_matrix)
     interlaced: bool = False  # the first frame is flagged interlaced
+    hdr: HdrMetadata | None = None  # static HDR10 metadata of the first frame (hw.hdr)
 
     def __repr__(self) -> str:
         return (
@@ -178,6 +180,7 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
             display_matrix=matrix,
             rotation=int(getattr(first, "rotation", 0) or 0) if first is not None else 0,
             interlaced=bool(getattr(first, "interlaced_frame", False)) if first is not None else False,
+            hdr=hdr_metadata(first) if first is not None else None,
         )
     finally:
         container.close()

@@ -90,9 +90,16 @@ def to_8bit_rgb(rgb: torch.Tensor) -> torch.Tensor:
     return rgb.float().clamp(0.0, 1.0).mul(255.0).round_().div_(255.0)
 
 
-def rgb_to_host_yuv420(rgb: torch.Tensor, color: ColorInfo) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Model output `(N, 3, H, W)` -> per frame (Y, U, V) uint8 numpy planes (sizes made even)."""
-    y, u, v = rgb_to_yuv420(pad_to_even(to_8bit_rgb(rgb)), color)
+def rgb_to_host_yuv420(rgb: torch.Tensor, color: ColorInfo, *, bit_depth: int = 8
+                       ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Model output `(N, 3, H, W)` -> per frame (Y, U, V) numpy planes (sizes made even): uint8
+    codes for 8 bits, uint16 codes (low bits, yuv420p10le's layout) for 10. At 8 bits the RGB is
+    rounded to 8 bits first (as before, matching what an 8-bit RGB file would hold); at 10 bits
+    the float output goes straight to 10-bit codes, never through 8 bits."""
+    if bit_depth == 8:
+        y, u, v = rgb_to_yuv420(pad_to_even(to_8bit_rgb(rgb)), color)
+    else:
+        y, u, v = rgb_to_yuv420(pad_to_even(rgb), color, bit_depth=bit_depth)  # int16 codes
     if y.device.type == "cuda":
         host = []
         for plane in (y, u, v):
@@ -102,6 +109,8 @@ def rgb_to_host_yuv420(rgb: torch.Tensor, color: ColorInfo) -> list[tuple[np.nda
         torch.cuda.current_stream(y.device).synchronize()
         y, u, v = host
     yn, un, vn = y.numpy(), u.numpy(), v.numpy()
+    if bit_depth != 8:
+        yn, un, vn = (p.astype(np.uint16) for p in (yn, un, vn))
     return [(yn[i], un[i], vn[i]) for i in range(yn.shape[0])]
 
 

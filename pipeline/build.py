@@ -74,7 +74,14 @@ def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None], *, with
         return NvencFileWriter(path, gpu=plan.first_gpu, codec=cfg.codec, qp=cfg.crf, preset=plan.preset, **common)
     from hw.av_encode import PyAVWriter
 
-    return PyAVWriter(path, codec=cfg.codec, crf=cfg.crf_or_default, preset=plan.preset, **common)
+    return PyAVWriter(path, codec=cfg.codec, crf=cfg.crf_or_default, preset=plan.preset, bit_depth=plan.output_bit_depth,
+                      hdr=src.hdr, **common)
+
+
+def _output_format(plan: RunPlan) -> str:
+    if plan.use_nvenc:
+        return "nv12"
+    return "yuv420p10" if plan.output_bit_depth > 8 else "yuv420p"
 
 
 def worker_names(devices: tuple[torch.device, ...]) -> list[str]:
@@ -113,8 +120,9 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         worker = Worker(
             name, dev, plan.model.build, stats=stats.add_worker(name, str(dev)), warn=stats.warn,
             color=plan.source.color, dtype=plan.dtypes[str(dev)][0], model_name=plan.model.name,
-            scale=plan.model.scale, output_format="nv12" if plan.use_nvenc else "yuv420p", batch_size=batch,
+            scale=plan.model.scale, output_format=_output_format(plan), batch_size=batch,
             max_batch_size=cfg.max_batch_size, frame_size=(plan.source.height, plan.source.width),
+            tile_size=cfg.tile_size or None, tile_overlap=cfg.tile_overlap,
         )
         workers.append(wrap(name, worker))
     skip = None

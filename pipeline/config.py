@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.choices import (CODECS, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
+from core.choices import (BIT_DEPTHS, CODECS, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
                           DEFAULT_MODEL, NVENC_PRESETS, PRECISIONS, Codec, Precision)
 from core.cut import Cut
+from core.choices import DEFAULT_TILE_OVERLAP, MIN_TILE_SIZE
 from core.errors import InvalidOption
 
 __all__ = ["RunConfig", "default_output_path"]
@@ -44,7 +45,10 @@ class RunConfig:
     max_batch_size: int = 256
     queue_size: int = 50
     precision: Precision = "auto"
+    tile_size: int | None = None  # --tile-size: input pixels a side of the tiles; None/0: whole frames
+    tile_overlap: int | None = None  # --tile-overlap; None: models.tiling's default
     codec: Codec = "h264"
+    bit_depth: int | None = None  # None: the source's, where the codec's 10-bit profile is widely played
     crf: int | None = None
     preset: str | None = None
     max_frames: int | None = None
@@ -94,6 +98,17 @@ class RunConfig:
             raise InvalidOption(f"Invalid --scale ({self.scale}): it must be a positive whole number, e.g. --scale 2.")
         if self.codec not in CODECS:
             raise InvalidOption(f"Invalid --codec ({self.codec!r}): allowed are {', '.join(CODECS)}.")
+        if self.bit_depth is not None and self.bit_depth not in BIT_DEPTHS:
+            raise InvalidOption(f"Invalid --bit-depth ({self.bit_depth}): allowed are {', '.join(map(str, BIT_DEPTHS))}.")
+        if self.tile_size and self.tile_size < MIN_TILE_SIZE:
+            raise InvalidOption(f"Invalid --tile-size ({self.tile_size}): use 0 for whole frames, or at least "
+                                f"{MIN_TILE_SIZE} pixels, e.g. --tile-size 512.")
+        if self.tile_overlap is not None and self.tile_overlap < 0:
+            raise InvalidOption(f"Invalid --tile-overlap ({self.tile_overlap}): it must be 0 or more "
+                                f"(default {DEFAULT_TILE_OVERLAP}).")
+        if self.tile_overlap is not None and self.tile_size and self.tile_overlap >= self.tile_size:
+            raise InvalidOption(f"Invalid --tile-overlap ({self.tile_overlap}): it must be smaller than --tile-size "
+                                f"({self.tile_size}), e.g. --tile-overlap {self.tile_size // 4}.")
         if self.precision not in PRECISIONS:
             raise InvalidOption(f"Invalid --precision ({self.precision!r}): allowed are {', '.join(PRECISIONS)}.")
         lo, hi = CRF_RANGE[self.codec]

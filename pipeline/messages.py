@@ -17,12 +17,13 @@ from core.frame import describe_planes
 
 __all__ = ["ResultItem", "EndOfStream", "END", "StageFailed", "ErrorChannel", "OutputFormat"]
 
-OutputFormat = Literal["yuv420p", "nv12"]
+OutputFormat = Literal["yuv420p", "yuv420p10", "nv12"]
 
 
 @dataclass(frozen=True)
 class ResultItem:
-    """One processed frame, ready to encode: yuv420p host planes or an NV12 device frame."""
+    """One processed frame, ready to encode: yuv420p host planes (uint8, or uint16 codes for
+    yuv420p10) or an NV12 device frame."""
 
     index: int
     pts: int
@@ -33,9 +34,9 @@ class ResultItem:
     def __post_init__(self) -> None:
         if self.index < 0:
             raise ValueError(f"ResultItem.index must be >= 0, got {self.index}")
-        expected = {"yuv420p": 3, "nv12": 1}.get(self.fmt)
+        expected = {"yuv420p": 3, "yuv420p10": 3, "nv12": 1}.get(self.fmt)
         if expected is None:
-            raise ValueError(f"ResultItem.fmt must be yuv420p or nv12, got {self.fmt!r}")
+            raise ValueError(f"ResultItem.fmt must be yuv420p, yuv420p10 or nv12, got {self.fmt!r}")
         if len(self.planes) != expected:
             raise ValueError(f"ResultItem {self.fmt} needs {expected} plane(s), got {len(self.planes)}")
 

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import torch
 
-from core.choices import DEFAULT_CPU_PRESET, DEFAULT_NVENC_PRESET, DEFAULT_SEGMENT_SECONDS, MAX_AUTO_ENCODERS, NVENC_PRESETS
+from core.choices import DEEP_COLOR_CODECS, DEFAULT_CPU_PRESET, DEFAULT_NVENC_PRESET, DEFAULT_SEGMENT_SECONDS, MAX_AUTO_ENCODERS, NVENC_PRESETS
 from core.cut import Cut
 from core.errors import HardwareUnavailable, InvalidOption
 from core.files import check_output_paths
@@ -55,6 +55,7 @@ class RunPlan:
     notes: tuple[str, ...]
     segments: SegmentLayout | None = None  # None: one output file written directly
     num_encoders: int = 1  # encoders working at once on consecutive segments
+    output_bit_depth: int = 8  # 8 (yuv420p) or 10 (yuv420p10le)
     cut: Cut | None = None  # --start/--end (None: the whole video)
 
     @property
@@ -111,24 +112,63 @@ def plan_run(config: RunConfig) -> RunPlan:
             dtypes[str(dev)] = (dtype, why)
     out_w, out_h = source.width * model.scale, source.height * model.scale
     out_w, out_h = out_w + out_w % 2, out_h + out_h % 2
-    use_nvdec, use_nvenc = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h))
+    bit_depth = _plan_bit_depth(config, source, notes)
+    use_nvdec, use_nvenc = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h), bit_depth=bit_depth)
     if use_nvenc:
         preset = config.preset if config.preset in NVENC_PRESETS else DEFAULT_NVENC_PRESET
         notes += _nvenc_limits(config, source, output)
-    elif config.preset in NVENC_PRESETS:
+    if source.hdr is not None:
+        notes += _hdr_notes(source, use_nvenc)
+    if not use_nvenc and config.preset in NVENC_PRESETS:
         preset = DEFAULT_CPU_PRESET[config.codec]
         notes.append(f"--preset {config.preset} is an NVENC preset; the CPU encoder uses its default ({preset}).")
-    else:
+    elif not use_nvenc:
         preset = config.preset_or_default
-    segments, num_encoders = _plan_segments(config, source, out_w, out_h, use_nvenc=use_nvenc, notes=notes)
+    segments, num_encoders = _plan_segments(config, source, out_w, out_h, use_nvenc=use_nvenc, notes=notes,
+                                            bytes_per_sample=2 if bit_depth > 8 else 1)
     if segments is not None:
         PartsFolder(Path(output)).check(resume=config.resume, overwrite=overwrite)
     return RunPlan(
         config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite,
         devices=tuple(devices), dtypes=MappingProxyType(dtypes), output_width=out_w, output_height=out_h,
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
-        segments=segments, num_encoders=num_encoders, cut=config.cut,
+        segments=segments, num_encoders=num_encoders, cut=config.cut, output_bit_depth=bit_depth,
     )
+
+
+def _hdr_notes(source: SourceInfo, use_nvenc: bool) -> list[str]:
+    """What of the source's HDR metadata the output will not have, said before the run."""
+    hdr, notes = source.hdr, []
+    if hdr.dynamic:
+        notes.append(f"the source's {' and '.join(hdr.dynamic)} dynamic metadata is not carried (only static HDR10 "
+                     "metadata is): the output plays as plain HDR10.")
+    if use_nvenc and (hdr.has_display or hdr.has_light_level):
+        notes.append(f"--nvenc: the source's HDR10 metadata ({hdr.describe()}) is not written by the NVENC writer; "
+                     "run without --nvenc to keep it.")
+    return notes
+
+
+def _plan_bit_depth(config: RunConfig, source: SourceInfo, notes: list[str]) -> int:
+    """--bit-depth, or automatically: a deeper-than-8-bit source keeps 10 bits where the codec's
+    10-bit profile is widely played (HEVC Main10, AV1); H.264 stays 8-bit unless asked (High 10
+    is refused by most hardware decoders). Said in one line whenever depth is lost."""
+    deep = source.bit_depth > 8
+    if config.bit_depth is not None:
+        if config.bit_depth == 10 and config.codec not in DEEP_COLOR_CODECS:
+            notes.append(f"--bit-depth 10 --codec {config.codec}: 10-bit H.264 (High 10) plays in FFmpeg-based players "
+                         "but not on most hardware decoders (phones, TVs, browsers); --codec hevc or av1 is safer.")
+        if config.bit_depth == 8 and deep:
+            notes.append(f"the source is {source.bit_depth}-bit; --bit-depth 8 writes 8-bit output.")
+        return config.bit_depth
+    if deep and config.codec in DEEP_COLOR_CODECS:
+        if source.bit_depth > 10:
+            notes.append(f"the source is {source.bit_depth}-bit; the output is 10-bit (the most {config.codec} "
+                         "encoders here write).")
+        return 10
+    if deep:
+        notes.append(f"the source is {source.bit_depth}-bit but --codec {config.codec} output is 8-bit by default: "
+                     "use --codec hevc or --codec av1 to keep 10 bits (or --bit-depth 10 for 10-bit H.264).")
+    return 8
 
 
 def _available_memory_bytes() -> int:
@@ -143,7 +183,7 @@ def _available_memory_bytes() -> int:
 
 
 def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: int, *, use_nvenc: bool,
-                   notes: list[str]) -> tuple[SegmentLayout | None, int]:
+                   notes: list[str], bytes_per_sample: int = 1) -> tuple[SegmentLayout | None, int]:
     """Segment length and the number of encoders, or (None, 1) for one file written directly.
 
     Segments are used when asked for (--encoders, --segment-*, --resume, --keep-parts) and
@@ -165,7 +205,7 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
     if not asked and 0 < total <= segment_frames:
         return None, 1
     num_segments = max(1, -(-total // segment_frames)) if total else MAX_AUTO_ENCODERS
-    frame_bytes = width * height * 3 // 2
+    frame_bytes = width * height * 3 // 2 * bytes_per_sample
     per_encoder = frame_bytes * (segment_frames + 60)
     fits = max(1, int(_available_memory_bytes() * 0.4 // per_encoder))
     auto = max(1, min((os.cpu_count() or 2) // 2, num_segments, MAX_AUTO_ENCODERS, fits))
@@ -257,7 +297,7 @@ def plan_devices(config: RunConfig) -> DevicePlan:
 
 
 def _plan_codecs(config: RunConfig, source: SourceInfo, devices: tuple[torch.device, ...], notes: list[str], *,
-                 output_size: tuple[int, int]) -> tuple[bool, bool]:
+                 output_size: tuple[int, int], bit_depth: int = 8) -> tuple[bool, bool]:
     """Decide NVDEC/NVENC; where requested but absent, one line says what is used instead."""
     first = devices[0]
     use_nvdec = use_nvenc = False
@@ -271,7 +311,10 @@ def _plan_codecs(config: RunConfig, source: SourceInfo, devices: tuple[torch.dev
             use_nvdec = ok
             if not ok:
                 notes.append(f"--nvdec: {why}; decoding on the CPU with PyAV instead.")
-    if config.nvenc:
+    if config.nvenc and bit_depth > 8:
+        notes.append("--nvenc: framepipe feeds NVENC 8-bit NV12 only; this 10-bit output is encoded on the CPU "
+                     "(--bit-depth 8 keeps NVENC).")
+    elif config.nvenc:
         if first.type != "cuda":
             notes.append("--nvenc: no NVIDIA GPU in use; encoding on the CPU (libx264/x265/SVT-AV1) instead.")
         else:

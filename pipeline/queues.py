@@ -276,9 +276,10 @@ class FifoOutbox:
     def end(self, *, stop: threading.Event | None = None) -> None:
         """END downstream. After a stop the consumer may be gone (it drains and leaves): offer
         END for a second, not `end_patience_seconds`."""
-        patience = 1.0 if stop is not None and stop.is_set() else self.end_patience_seconds
-        deadline = time.perf_counter() + patience
+        deadline = time.perf_counter() + self.end_patience_seconds
         while not self.consumer_gone.is_set() and time.perf_counter() < deadline:
+            if stop is not None and stop.is_set():  # now or while waiting: a consumer that failed drains nothing
+                deadline = min(deadline, time.perf_counter() + 1.0)
             try:
                 self.queue.put(END, timeout=self.poll_seconds)
                 return

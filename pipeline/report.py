@@ -93,14 +93,14 @@ def describe(plan: RunPlan, stats: RunStats) -> None:
         source=str(cfg.source),
         output=str(plan.output),
         source_video=f"{src.width}x{src.height} {src.codec} {src.pix_fmt} {float(src.average_rate or 0):.3f} fps",
-        output_video=f"{plan.output_width}x{plan.output_height} {cfg.codec}",
+        output_video=f"{plan.output_width}x{plan.output_height} {cfg.codec} {plan.output_bit_depth}-bit",
         model=plan.model.name,
         arch=plan.model.arch,
         scale=plan.model.scale,
         precision={dev: why for dev, (_, why) in plan.dtypes.items()},
         devices=[str(d) for d in plan.devices],
         decoder="NVDEC" if plan.use_nvdec else "PyAV (CPU)",
-        encoder="NVENC" if plan.use_nvenc else f"PyAV {cfg.codec} (CPU, fed yuv420p)",
+        encoder="NVENC" if plan.use_nvenc else f"PyAV {cfg.codec} (CPU, fed {'yuv420p10le' if plan.output_bit_depth > 8 else 'yuv420p'})",
         mode="parallel" if cfg.parallel else "sequential",
     )
     stats.notes["fallbacks"] = list(plan.notes)
@@ -133,6 +133,9 @@ def pixel_settings(plan: RunPlan) -> dict[str, object]:
         "max_frames": cfg.max_frames,
         **(plan.cut.settings() if plan.cut is not None else {"start": None, "end": None}),
         "container": plan.output.suffix.lower(),
+        "bit_depth": plan.output_bit_depth,
+        "tile_size": cfg.tile_size or None,  # tiles change pixels near their seams (within fp noise at the default overlap)
+        "tile_overlap": cfg.tile_overlap if cfg.tile_size else None,
     }
 
 

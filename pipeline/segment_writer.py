@@ -126,16 +126,25 @@ class EncoderPool:
         self.encoders = [SegmentEncoder(f"encoder{i}", parts, layout, open_encoder, on_frame=self._count)
                          for i in range(num_encoders)]
         self.queues = [queue.Queue(maxsize=queue_frames + 2) for _ in range(num_encoders)]
-        self.outboxes = [FifoOutbox(q) for q in self.queues]
+        self.gone = [threading.Event() for _ in range(num_encoders)]  # set when an encoder's thread has ended
+        self.outboxes = [FifoOutbox(q, consumer_gone=gone) for q, gone in zip(self.queues, self.gone)]
         self.runners = [StageRunner(e.name, e, inbox=FifoInbox(q), outbox=None, errors=errors,
                                     clock=stats.clock(e.name), on_stop="until_end", stop_budget_seconds=1.0)
                         for e, q in zip(self.encoders, self.queues)]
         self.threaded = threaded
         self.threads: list[threading.Thread] = []
         if threaded:
-            self.threads = [threading.Thread(target=r.run, name=r.name, daemon=False) for r in self.runners]
+            self.threads = [threading.Thread(target=self._run_encoder, args=(r, gone), name=r.name, daemon=False)
+                            for r, gone in zip(self.runners, self.gone)]
             for t in self.threads:
                 t.start()
+
+    @staticmethod
+    def _run_encoder(runner: StageRunner, gone: threading.Event) -> None:
+        try:
+            runner.run()
+        finally:
+            gone.set()  # nobody waits on a queue this encoder no longer reads
 
     def _count(self) -> None:
         with self._lock:

@@ -51,6 +51,7 @@ class WorkerStats:
     num_batches: int = 0
     batch_size: int = 0  # the size in use now
     batch_sizes: Counter = field(default_factory=Counter)  # size -> batches run at that size
+    tile_size: int | None = None  # input pixels a side of the tiles the model runs on; None: whole frames
     num_oom: int = 0
     num_failures: int = 0
     num_frames_given_back: int = 0
@@ -96,6 +97,7 @@ class WorkerStats:
             "batches": self.num_batches,
             "batch_size_now": self.batch_size,
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+            "tile_size": self.tile_size,
             "oom_retries": self.num_oom,
             "failures": self.num_failures,
             "frames_given_back": self.num_frames_given_back,

@@ -10,7 +10,9 @@ device (each frame with the CUDA event the NVENC writer waits on). It returns on
 
 Nothing is lost:
 - out of memory: clear the cache, halve the batch, retry the same frames; after a run of
-  good batches, grow back toward the probed size;
+  good batches, grow back toward the probed size. Out of memory at batch 1: the same frames
+  again in tiles (`models/tiling.py`), halving the tile size down to a floor, said in one
+  warning; with `--tile-size` every model call is tiled from the start;
 - a device fault (CUDA error, lost device): `Retry` — the batch goes back to the work
   queue for any worker, this one backs off (doubling) — and after `max_failures`, or a
   fault while starting, `Retire`: the device leaves the run, its frames stay in the queue;
@@ -29,6 +31,7 @@ from hw.color import ColorInfo
 from hw.frames import batch_to_rgb, rgb_to_host_yuv420, rgb_to_nv12_frames
 from hw.memory import DeviceFault, choose_batch_size, cuda_measure, free_cached_memory, is_device_fault, is_oom
 from models.base import check_model_output
+from models.tiling import Tiling, default_overlap, next_tiling, run_tiled
 from pipeline.messages import OutputFormat, ResultItem
 from pipeline.stage import Retire, Retry
 from pipeline.stats import WorkerStats
@@ -55,6 +58,8 @@ class Worker:
         batch_size: int = 1,
         max_batch_size: int = 256,
         frame_size: tuple[int, int] | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
         max_failures: int = 3,
         backoff_seconds: float = 2.0,
     ) -> None:
@@ -80,6 +85,11 @@ class Worker:
         self._good_batches_since_shrink = 0
         self._grow_after = 16
         self._stream = None
+        self.tile_overlap = tile_overlap if tile_overlap is not None else default_overlap(tile_size or None)
+        self.tiling = Tiling(tile_size, self.tile_overlap) if tile_size else None
+        self._input_size: tuple[int, int] = (0, 0)  # (height, width) of the last model input
+        self._tiles_to_announce: str | None = None  # what the first switch to tiles replaced, until said
+        self._tiles_announced = False
 
     # -- set-up (in the worker's own thread) -------------------------------------------
     def start(self) -> None:
@@ -102,6 +112,7 @@ class Worker:
             raise Retire(str(exc)) from exc
         self.batch_size = min(self.target_batch_size, self.max_batch_size)
         self.ws.batch_size = self.batch_size
+        self.ws.tile_size = self.tiling.size if self.tiling is not None else None
         self.ws.health = "ok"
 
     def _probe_batch_size(self) -> int:
@@ -114,7 +125,7 @@ class Worker:
 
         def run(b: int) -> None:
             with torch.inference_mode():
-                self._to_output(self.module(sample.expand(b, -1, -1, -1).contiguous()))
+                self._to_output(self._model(sample.expand(b, -1, -1, -1).contiguous()))
 
         with torch.cuda.stream(self._stream):
             # Cheap on purpose: one timed batch per size after a warm-up, stop at the first
@@ -160,21 +171,28 @@ class Worker:
     def _to_output(self, rgb: torch.Tensor) -> list:
         if self.output_format == "nv12":  # each frame carries the event the NVENC writer waits on (issue 9)
             return [(f,) for f in rgb_to_nv12_frames(rgb, self.color)]
-        return rgb_to_host_yuv420(rgb, self.color)
+        return rgb_to_host_yuv420(rgb, self.color, bit_depth=10 if self.output_format == "yuv420p10" else 8)
 
     def infer(self, frames: Sequence[Frame]) -> list[ResultItem]:
         """One model call on `frames`: RGB in, checked output, writer format out. Raises on OOM."""
         with torch.inference_mode():
             rgb = batch_to_rgb(frames, self.color, device=self.device, dtype=self.dtype)
-            out = check_model_output(self.model_name, rgb, self.module(rgb), scale=self.scale)
+            out = check_model_output(self.model_name, rgb, self._model(rgb), scale=self.scale)
             planes = self._to_output(out)
         return [
             ResultItem(index=f.index, pts=f.pts, fmt=self.output_format, planes=p, worker=self.name)
             for f, p in zip(frames, planes)
         ]
 
+    def _model(self, rgb: torch.Tensor) -> torch.Tensor:
+        """The model on a batch: whole frames, or tiles when a tile size is set."""
+        self._input_size = (rgb.shape[-2], rgb.shape[-1])
+        if self.tiling is None:
+            return self.module(rgb)
+        return run_tiled(self.module, rgb, self.tiling, scale=self.scale, name=self.model_name)
+
     def _process_all(self, frames: Sequence[Frame]) -> list[ResultItem]:
-        """`infer` in chunks of the current batch size, halving it on OOM."""
+        """`infer` in chunks of the current batch size, halving it on OOM; at batch 1, tiles."""
         done: list[ResultItem] = []
         chunk_sizes: list[int] = []
         pos = 0
@@ -188,19 +206,45 @@ class Worker:
                 self.ws.num_oom += 1
                 free_cached_memory(self.device)
                 if self.batch_size == 1:
-                    raise DeviceFault(f"{self.name}: out of memory even at batch 1 ({exc})") from exc
+                    self._use_smaller_tiles(exc)  # raises DeviceFault below the smallest tile
+                    continue
                 self.batch_size = max(1, len(chunk) // 2)
                 self.ws.batch_size = self.batch_size
                 self._good_batches_since_shrink = 0
                 self._grow_after = min(self._grow_after * 2, 1024)
                 self.log.warning("out of memory at batch %d: retrying the same frames at batch %d", len(chunk), self.batch_size)
                 continue
+            if self._tiles_to_announce is not None:
+                self._announce_tiles(chunk[0].index)
             pos += len(chunk)
             chunk_sizes.append(len(chunk))
             self._maybe_grow()
         for size in chunk_sizes:  # counted only once the whole batch is done (a fault hands it all back)
             self.ws.record_batch(size)
         return done
+
+    def _use_smaller_tiles(self, exc: BaseException) -> None:
+        """Batch 1 ran out of memory: the next tiles to try, or `DeviceFault` at the floor."""
+        height, width = self._input_size
+        tiling = next_tiling(self.tiling, height=height, width=width, overlap=self.tile_overlap)
+        if tiling is None:
+            tiles = f" in tiles of {self.tiling.size}x{self.tiling.size}" if self.tiling is not None else ""
+            raise DeviceFault(f"{self.name}: out of memory even at batch 1{tiles} ({exc})") from exc
+        self.log.info("out of memory at batch 1 (%dx%d): retrying the same frames in tiles of %d", width, height,
+                      tiling.size)
+        if not self._tiles_announced and self._tiles_to_announce is None:
+            self._tiles_to_announce = (f"a {width}x{height} frame" if self.tiling is None
+                                       else f"tiles of {self.tiling.size}x{self.tiling.size}")
+        self.tiling = tiling
+        self.ws.tile_size = tiling.size
+
+    def _announce_tiles(self, index: int) -> None:
+        """The one warning, once the first frames went through the tiles chosen here."""
+        size, what = self.tiling.size, self._tiles_to_announce
+        self.warn(f"{self.name} ({self.device}): {what} did not fit in memory even at batch 1, so frames run in tiles "
+                  f"of {size}x{size} pixels (overlap {self.tiling.overlap}) from frame {index} on. --tile-size sets "
+                  "the size.")
+        self._tiles_to_announce, self._tiles_announced = None, True
 
     def _maybe_grow(self) -> None:
         if self.batch_size >= self.target_batch_size:

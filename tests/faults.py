@@ -5,7 +5,9 @@ constructors carry no test hooks. What can be injected:
 - a reader, writer or worker raising `InjectedFault` (a bug) at frame k;
 - a worker's model call (`Worker.infer`, one call per chunk) running slowly, running out of
   memory above a batch size or once at its n-th call, or failing as a device at its n-th call
-  (once, or for good), with a short back-off so the tests stay quick.
+  (once, or for good), with a short back-off so the tests stay quick;
+- the model itself (the module a worker builds) running out of memory on inputs of more
+  pixels than a limit (whole frames or tiles: issue 13's switch to tiles).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from hw.memory import DeviceFault
 
@@ -33,6 +36,7 @@ class WorkerFaults:
     device_fault_at_batch: int | None = None  # DeviceFault on the n-th model call
     device_fault_permanent: bool = False  # ... and on every call after it
     seconds_per_batch: float = 0.0  # sleep before each model call (a slow device)
+    oom_when_model_pixels_over: int | None = None  # the module: OOM on inputs of more N*H*W than this
 
 
 class _FailingReader:
@@ -72,8 +76,26 @@ class _FailingWriter:
         self.inner.close(complete=complete)
 
 
+class _OomAbove(nn.Module):
+    """A model that runs out of memory on inputs of more than `max_pixels` (N*H*W)."""
+
+    def __init__(self, inner: nn.Module, max_pixels: int) -> None:
+        super().__init__()
+        self.inner, self.max_pixels = inner, max_pixels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, height, width = x.shape
+        if n * height * width > self.max_pixels:
+            raise torch.OutOfMemoryError(f"injected OOM: {n}x{width}x{height} > {self.max_pixels} pixels")
+        return self.inner(x)
+
+
 def _faulty_worker(worker: Any, faults: WorkerFaults) -> Any:
-    """The same worker, its model call (`infer`) replaced by one that misbehaves as told."""
+    """The same worker, its model call (`infer`) replaced by one that misbehaves as told, and
+    its model built inside `_OomAbove` where asked."""
+    if faults.oom_when_model_pixels_over is not None:
+        build, limit = worker.build_model, faults.oom_when_model_pixels_over
+        worker.build_model = lambda device, dtype: _OomAbove(build(device, dtype), limit)
     infer = worker.infer
     calls = [0]
 

@@ -1,10 +1,11 @@
-"""pipeline/queues.py: `WorkQueue` on its own, with real threads where blocking matters.
+"""pipeline/queues.py: `WorkQueue` (and `FifoOutbox.end`) on its own, with real threads where blocking matters.
 
 Threads are always joined with a timeout and checked dead; no sleep is longer than 0.2 s.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from core.frame import Frame
-from pipeline.queues import WorkQueue
+from pipeline.queues import FifoOutbox, WorkQueue
 
 JOIN_SECONDS = 5.0
 POLL = 0.01
@@ -327,3 +328,27 @@ def test_delivered_means_put_and_out_of_every_hand():
     assert not q.delivered(1)  # returned, will go out again
     q.done(batch[:1])
     assert q.delivered(0) and not q.delivered(1) and not q.delivered(2) and not q.delivered(4)
+
+
+def test_end_gives_up_a_second_after_a_stop_that_comes_while_it_waits():
+    """Regression: a segment encoder failed while its queue was full; END was offered for the
+    full patience (30 s) because the stop came after the offer began."""
+    q: queue.Queue = queue.Queue(maxsize=1)
+    q.put("a frame nobody will take")
+    stop = threading.Event()
+    outbox = FifoOutbox(q, end_patience_seconds=30.0)
+    threading.Timer(0.3, stop.set).start()
+    t0 = time.perf_counter()
+    outbox.end(stop=stop)
+    assert 1.0 <= time.perf_counter() - t0 < 2.5
+
+
+def test_end_returns_at_once_when_the_consumer_is_gone():
+    q: queue.Queue = queue.Queue(maxsize=1)
+    q.put("x")
+    gone = threading.Event()
+    outbox = FifoOutbox(q, consumer_gone=gone)
+    threading.Timer(0.2, gone.set).start()
+    t0 = time.perf_counter()
+    outbox.end(stop=threading.Event())
+    assert time.perf_counter() - t0 < 1.0

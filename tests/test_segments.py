@@ -397,3 +397,15 @@ def test_segments_carry_rotation_aspect_ratio_and_colour(clips, tmp_path):
         out = tmp_path / f"colour{suffix}"
         run(_cfg(tagged, out, segment_frames=5))
         assert probe.color_tags(out) == (6, 6, 6, 1)
+
+
+@pytest.mark.parametrize("num_frames, segment_frames", [(1, None), (2, None), (7, 3), (8, 3)])
+def test_hevc_mp4_of_one_or_two_frames(clips, tmp_path, num_frames, segment_frames):
+    """Regression: x265 gives a stream of one or two frames an uninitialised DTS, which the MP4
+    muxer refused: a short clip, a stopped run, or a last segment of 1-2 frames failed."""
+    src = clips("seg-short.mp4", num_frames=num_frames)
+    out = tmp_path / "short.mp4"
+    run(_cfg(src, out, codec="hevc", crf=20, segment_frames=segment_frames))
+    assert probe.indices(out) == list(range(num_frames))
+    assert probe.pts_exact(out) == probe.pts_exact(src)
+    assert _decode_errors(out) == []
