@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from core.choices import BIT_DEPTHS, CODECS, DEFAULT_MODEL, PRECISIONS
+from core.choices import BIT_DEPTHS, CODECS, DEFAULT_MODEL, PICTURE_FORMATS, PRECISIONS
 from core.choices import DEFAULT_TILE_OVERLAP
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -40,15 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     io = p.add_argument_group("input / output")
-    io.add_argument("--source", type=Path, help="input video file (default: the built-in sample clip)")
+    io.add_argument("--source", type=Path,
+                    help="input video file, or pictures: a folder, a glob ('shots/*.png') or a pattern (scan_%%06d.png) "
+                         "(default: the built-in sample clip)")
     io.add_argument("--output", type=Path,
-                    help="output file, .mp4/.mkv/.mov (default: <source>.<model>-x<scale>.mp4 beside the source)")
+                    help="output file .mp4/.mkv/.mov, or pictures: a folder or a pattern (up_%%06d.png) "
+                         "(default: <source>.<model>-x<scale>.mp4 beside the source; a folder for pictures)")
     io.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     io.add_argument("--max-frames", type=int, metavar="N", help="process only the first N frames (after --start)")
     io.add_argument("--start", metavar="T",
                     help="begin at T: seconds (12.5), h:mm:ss.ms (1:02:03.5) or a frame number (300f); audio is cut to match")
     io.add_argument("--end", metavar="T", help="stop before T (same forms as --start); the frame at T is not included")
     io.add_argument("--no-audio", action="store_true", help="do not copy audio/subtitle streams")
+    io.add_argument("--audio", type=Path, metavar="FILE",
+                    help="take the audio from FILE instead of the source (a soundtrack for a picture sequence)")
+    io.add_argument("--fps", metavar="RATE", help="frame rate of a picture sequence (default 24; e.g. 23.976, 24000/1001)")
+    io.add_argument("--picture-format", choices=tuple(PICTURE_FORMATS), default=None,
+                    help="format of output pictures when --output is a folder (default png)")
     io.add_argument("--resume", action="store_true",
                     help="finish an earlier run of this output from its finished segments (<output>.parts/)")
     io.add_argument("--keep-parts", action="store_true", help="keep the work folder <output>.parts/ after a successful run")
@@ -84,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     codec.add_argument("--nvenc", action="store_true", help="encode on the GPU with NVENC (falls back to the CPU with a warning)")
     codec.add_argument("--codec", choices=CODECS, default=CODECS[0], help=f"output codec (default {CODECS[0]})")
     codec.add_argument("--bit-depth", type=int, choices=BIT_DEPTHS, default=None,
-                       help="output bit depth (default: 10 for a deeper source with --codec hevc/av1, else 8)")
+                       help="output bit depth: video 8 or 10 (default: 10 for a deeper source with --codec hevc/av1, "
+                            "else 8), pictures 8 or 16 (default: 16 for a deeper source)")
     codec.add_argument("--quality", type=int, metavar="CRF",
                        help="constant quality, lower is better (x264/x265 0-51, default 18/20; SVT-AV1 0-63, default 28; NVENC: constant QP)")
     codec.add_argument("--encoders", type=int, default=0, metavar="N",
@@ -188,6 +197,9 @@ def _config_from_args(args, *, sample: bool):
         keep_parts=args.keep_parts,
         stats_json=args.stats_json,
         copy_audio=not args.no_audio,
+        audio=args.audio,
+        fps=args.fps,
+        picture_format=args.picture_format,
     )
 
 

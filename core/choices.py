@@ -31,6 +31,7 @@ __all__ = [
     "BIT_DEPTHS",
     "DEEP_COLOR_CODECS",
     "OUTPUT_PIX_FMT",
+    "PICTURE_FORMATS",
 ]
 
 DEFAULT_MODEL = "realesr-animevideov3"
@@ -60,9 +61,12 @@ DEFAULT_NVENC_PRESET = "p4"
 # Output bit depth (--bit-depth): 8 (yuv420p) or 10 (yuv420p10le). Kept automatically from a
 # deeper source for the codecs whose 10-bit profiles players support (HEVC Main10, AV1);
 # 10-bit H.264 (High 10) only when asked for: most hardware decoders refuse it.
-BIT_DEPTHS: tuple[int, ...] = (8, 10)
+BIT_DEPTHS: tuple[int, ...] = (8, 10, 16)  # 16: pictures only (PNG/TIFF); 10: video only
 DEEP_COLOR_CODECS: tuple[str, ...] = ("hevc", "av1")
 OUTPUT_PIX_FMT: dict[int, str] = {8: "yuv420p", 10: "yuv420p10le"}
+
+# Picture output (--picture-format): the format and the suffix it is written with.
+PICTURE_FORMATS: dict[str, str] = {"png": ".png", "tiff": ".tif"}
 
 CONTAINER_SUFFIXES: tuple[str, ...] = (".mp4", ".mkv", ".mov")  # the first is the default
 MODEL_FILE_SUFFIXES: tuple[str, ...] = (".pth", ".ckpt", ".safetensors", ".pt", ".ts")

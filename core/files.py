@@ -39,6 +39,7 @@ __all__ = [
     "same_file",
     "check_output_paths",
     "OutputFile",
+    "OutputFolder",
     "write_file_atomically",
     "create_exclusive",
     "describe_file_kind",
@@ -306,6 +307,45 @@ class OutputFile:
         try:
             if temp is not None:
                 temp.unlink(missing_ok=True)
+        finally:
+            self._lock.release()
+
+
+class OutputFolder:
+    """A folder of output pictures: locked against a second run like an output file (the lock
+    beside it), created when missing, and removed again when the run wrote nothing into it.
+    Each picture in it is written by `write_file_atomically`."""
+
+    def __init__(self, path: str | os.PathLike, *, keep: Iterable[str] = ()) -> None:
+        self.path = Path(path)
+        self.keep = set(keep)  # names of framepipe's own files in it (a manifest): not "something written"
+        self._lock = _OutputLock(self.path)
+        self._created = False
+
+    def begin(self) -> Path:
+        self._lock.acquire()
+        try:
+            if not self.path.is_dir():
+                self.path.mkdir()
+                self._created = True
+        except OSError as exc:
+            self._lock.release()
+            raise OutputNotWritable(f"Cannot create the output folder {str(self.path)!r}: {exc.strerror or exc}.") from None
+        return self.path
+
+    def commit(self, *, complete: bool) -> Path:
+        self._lock.release()
+        return self.path
+
+    def discard(self) -> None:
+        """Nothing worth keeping was written: a folder this run created goes again."""
+        try:
+            if self._created and self.path.is_dir() and all(p.name in self.keep for p in self.path.iterdir()):
+                for name in self.keep:
+                    (self.path / name).unlink(missing_ok=True)
+                self.path.rmdir()
+        except OSError:
+            pass
         finally:
             self._lock.release()
 

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 __all__ = ["Frame", "FrameFormat"]
 
-FrameFormat = Literal["yuv", "rgb24", "nv12"]
-_NUM_PLANES = {"yuv": 3, "rgb24": 1, "nv12": 1}
+FrameFormat = Literal["yuv", "rgb24", "rgb48", "nv12"]
+_NUM_PLANES = {"yuv": (3,), "rgb24": (1, 2), "rgb48": (1, 2), "nv12": (1,)}
 
 
 def describe_planes(planes: tuple[Any, ...]) -> str:
@@ -34,7 +34,8 @@ class Frame:
     `index` counts decoded frames from 0 in presentation order; `pts` is the source
     timestamp in the video stream's time base. `planes` is (Y, U, V) integer arrays for
     "yuv" (subsampling read from the shapes; codes in the low bits), one (H, W, 3) uint8
-    array for "rgb24", or one (H*3/2, W) device tensor for "nv12" (uint16 P016 with the
+    array for "rgb24" (uint16 for "rgb48", a 16-bit picture), optionally followed by an
+    (H, W) alpha plane of the same type, or one (H*3/2, W) device tensor for "nv12" (uint16 P016 with the
     codes in the high bits when `bit_depth` > 8).
     """
 
@@ -49,9 +50,9 @@ class Frame:
             raise ValueError(f"Frame.index must be >= 0, got {self.index}")
         expected = _NUM_PLANES.get(self.fmt)
         if expected is None:
-            raise ValueError(f"Frame.fmt must be yuv, rgb24 or nv12, got {self.fmt!r}")
-        if len(self.planes) != expected:
-            raise ValueError(f"Frame {self.fmt} needs {expected} plane(s), got {len(self.planes)}")
+            raise ValueError(f"Frame.fmt must be yuv, rgb24, rgb48 or nv12, got {self.fmt!r}")
+        if len(self.planes) not in expected:
+            raise ValueError(f"Frame {self.fmt} needs {' or '.join(map(str, expected))} plane(s), got {len(self.planes)}")
         if self.bit_depth not in (8, 10, 12, 16):
             raise ValueError(f"Frame.bit_depth must be 8, 10, 12 or 16, got {self.bit_depth}")
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from core.errors import InvalidSource, NoVideoStream, SourceNotFound
+from core.errors import InvalidOption, InvalidSource, NoVideoStream, SourceNotFound
 from core.files import describe_file_kind, ffmpeg_path
 from hw.color import ColorInfo, color_info_from_tags
 from hw.hdr import HdrMetadata, hdr_metadata
 
-__all__ = ["SourceInfo", "probe_source", "open_input", "PLANAR_YUV"]
+__all__ = ["SourceInfo", "probe_source", "probe_audio", "open_input", "PLANAR_YUV"]
 
 # Planar YUV formats passed through as integer planes: name -> bit depth.
 PLANAR_YUV: dict[str, int] = {
@@ -54,6 +54,7 @@ class SourceInfo:
     rotation: int = 0  # degrees counter-clockwise a player applies (from display_matrix)
     interlaced: bool = False  # the first frame is flagged interlaced
     hdr: HdrMetadata | None = None  # static HDR10 metadata of the first frame (hw.hdr)
+    has_alpha: bool = False  # pictures with an alpha channel (hw.pictures)
 
     def __repr__(self) -> str:
         return (
@@ -129,6 +130,20 @@ def _estimate_frames(stream, container) -> int:
     if container.duration and rate:
         return int(round(container.duration / 1_000_000 * float(rate)))
     return 0
+
+
+def probe_audio(path: str | os.PathLike) -> int:
+    """The number of audio streams of `--audio FILE`; one line (InvalidOption) when it has none
+    or cannot be read."""
+    path = Path(path)
+    container = open_input(path)
+    try:
+        count = len(container.streams.audio)
+    finally:
+        container.close()
+    if not count:
+        raise InvalidOption(f"--audio {str(path)!r} has no audio stream.")
+    return count
 
 
 def probe_source(path: str | os.PathLike) -> SourceInfo:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from hw.color import ColorInfo, nv12_to_rgb, rgb_to_nv12, rgb_to_yuv420, yuv_to_rgb
 
-__all__ = ["batch_to_rgb", "rgb_to_host_yuv420", "rgb_to_device_nv12", "rgb_to_nv12_frames", "CudaFrame",
+__all__ = ["batch_to_rgb", "batch_alpha", "rgb_to_host_rgb", "alpha_to_host", "rgb_to_host_yuv420", "rgb_to_device_nv12", "rgb_to_nv12_frames", "CudaFrame",
            "pad_to_even", "to_8bit_rgb"]
 
 
@@ -50,9 +50,12 @@ def batch_to_rgb(items: Sequence, color: ColorInfo, *, device: torch.device, dty
                 stacked = stacked.astype(np.int32)  # torch has no uint16 arithmetic on every device
             planes.append(_host_to_device(stacked, device))
         return yuv_to_rgb(planes[0], planes[1], planes[2], color, bit_depth=bit_depth, dtype=dtype)
-    if fmt == "rgb24":
-        stacked = _host_to_device(np.stack([it.planes[0] for it in items]), device)
-        return (stacked.permute(0, 3, 1, 2).float() / 255.0).to(dtype)
+    if fmt in ("rgb24", "rgb48"):  # pictures: 8- or 16-bit RGB (an alpha plane is `batch_alpha`'s)
+        stacked = np.stack([it.planes[0] for it in items])
+        top = 255.0 if fmt == "rgb24" else 65535.0
+        if stacked.dtype == np.uint16:
+            stacked = stacked.astype(np.int32)
+        return (_host_to_device(stacked, device).permute(0, 3, 1, 2).float() / top).to(dtype)
     if fmt == "nv12":
         frames = [_device_frame(it.planes[0], device) for it in items]
         height = frames[0].shape[0] * 2 // 3
@@ -60,6 +63,40 @@ def batch_to_rgb(items: Sequence, color: ColorInfo, *, device: torch.device, dty
         out = [nv12_to_rgb(f, color, height=height, width=width, bit_depth=bit_depth, dtype=dtype) for f in frames]
         return torch.cat(out, dim=0)
     raise ValueError(f"unknown frame format {fmt!r}")
+
+
+def batch_alpha(items: Sequence, *, device: torch.device) -> torch.Tensor | None:
+    """The alpha planes of RGBA pictures as `(N, 1, H, W)` float in [0, 1], or None."""
+    if items[0].fmt not in ("rgb24", "rgb48") or len(items[0].planes) < 2:
+        return None
+    stacked = np.stack([it.planes[1] for it in items])
+    top = 255.0 if stacked.dtype == np.uint8 else 65535.0
+    return _host_to_device(stacked.astype(np.float32) / top, device)[:, None]
+
+
+def rgb_to_host_rgb(rgb: torch.Tensor, *, bit_depth: int) -> list[np.ndarray]:
+    """Model output `(N, 3, H, W)` -> per frame `(H, W, 3)` uint8 (8 bits) or uint16 (16 bits)
+    host arrays, rounded to nearest (pictures: no YUV, no padding)."""
+    top = 255.0 if bit_depth == 8 else 65535.0
+    codes = rgb.float().clamp(0.0, 1.0).mul(top).round_().permute(0, 2, 3, 1)
+    codes = codes.to(torch.uint8) if bit_depth == 8 else codes.to(torch.int32)
+    host = codes.cpu().numpy()
+    if bit_depth != 8:
+        host = host.astype(np.uint16)
+    return list(host)
+
+
+def alpha_to_host(alpha: torch.Tensor, *, scale: int, bit_depth: int) -> list[np.ndarray]:
+    """Alpha `(N, 1, H, W)` upscaled by `scale` with bicubic (not the model: a matte is not a
+    picture) -> per frame `(H*s, W*s)` uint8/uint16 host arrays."""
+    if scale != 1:
+        alpha = F.interpolate(alpha.float(), scale_factor=scale, mode="bicubic", align_corners=False)
+    top = 255.0 if bit_depth == 8 else 65535.0
+    codes = alpha.clamp(0.0, 1.0).mul(top).round_()[:, 0]
+    host = (codes.to(torch.uint8) if bit_depth == 8 else codes.to(torch.int32)).cpu().numpy()
+    if bit_depth != 8:
+        host = host.astype(np.uint16)
+    return list(host)
 
 
 def _device_frame(frame: torch.Tensor, device: torch.device) -> torch.Tensor:

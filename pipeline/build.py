@@ -24,7 +24,7 @@ from pipeline.segment_writer import EncoderPool, SegmentWriter
 from pipeline.segments import PartsFolder
 from pipeline.stats import RunStats
 from pipeline.worker import Worker
-from pipeline.writer import Writer
+from pipeline.writer import PictureWriter, Writer
 
 __all__ = ["Stages", "build", "open_source", "open_encoder", "worker_names", "Wrap"]
 
@@ -45,8 +45,13 @@ class Stages:
 
 
 def open_source(plan: RunPlan, warn: Callable[[str], None], shift: TimeShift | None = None) -> FrameSource:
-    """The decoder (NVDEC or PyAV); with --start/--end, only the frames inside the cut."""
-    if plan.use_nvdec:
+    """The decoder (NVDEC, PyAV, or a picture sequence's); with --start/--end, only the frames
+    inside the cut."""
+    if plan.pictures is not None:
+        from hw.pictures import PictureSource, probe_pictures
+
+        source = PictureSource(plan.pictures, probe_pictures(plan.pictures), warn=warn)
+    elif plan.use_nvdec:
         from hw.nvdec import NvDecoder
 
         source = NvDecoder(plan.config.source, gpu=plan.first_gpu)
@@ -67,7 +72,7 @@ def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None], *, with
     common = dict(width=plan.output_width, height=plan.output_height, time_base=src.time_base,
                   frame_rate=src.average_rate, color=src.color, warn=warn,
                   sample_aspect_ratio=src.sample_aspect_ratio, display_matrix=src.display_matrix,
-                  source_path=cfg.source if cfg.copy_audio and with_audio else None, audio_shift=audio_shift)
+                  source_path=plan.audio_source if with_audio else None, audio_shift=audio_shift)
     if plan.use_nvenc:
         from hw.nvenc_writer import NvencFileWriter
 
@@ -79,6 +84,8 @@ def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None], *, with
 
 
 def _output_format(plan: RunPlan) -> str:
+    if plan.picture_target is not None:
+        return "rgb48" if plan.output_bit_depth == 16 else "rgb24"
     if plan.use_nvenc:
         return "nv12"
     return "yuv420p10" if plan.output_bit_depth > 8 else "yuv420p"
@@ -102,9 +109,14 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
     wrap = wrap or (lambda name, stage: stage)
     cfg = plan.config
     shift = TimeShift() if plan.cut is not None else None
+    if plan.pictures is not None and plan.audio_source is not None:  # a soundtrack ends with the pictures
+        shift = shift or TimeShift()
+        shift.end = float(len(plan.pictures.paths) * plan.source.time_base)
     source = open_source(plan, stats.warn, shift)
     try:
-        if parts is None:
+        if plan.picture_target is not None:
+            encoder = None
+        elif parts is None:
             encoder = open_encoder(plan, output_path, stats.warn, audio_shift=shift)
         else:  # settings the encoder or container refuse: found now, before any frame
             probe = parts.path / ".probe.mp4"
@@ -126,7 +138,17 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         )
         workers.append(wrap(name, worker))
     skip = None
-    if parts is not None:
+    if plan.picture_target is not None:  # --resume: pictures already on disk are kept, not made again
+        target = plan.picture_target
+        done = {p.name for p in target.folder.iterdir()} if cfg.resume and target.folder.is_dir() else set()
+
+        def picture_exists(index: int) -> bool:
+            return plan.picture_name(index) in done
+
+        skip = picture_exists if done else None
+        writer = wrap("writer", PictureWriter(target.folder, plan.picture_name, target.suffix,
+                                              overwrite=plan.overwrite_output, stats=stats))
+    elif parts is not None:
         layout, done = plan.segments, parts.finished()
         finished = set(done)
         stops = {k: int(entry["stop"]) for k, entry in done.items()}

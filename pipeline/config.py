@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.choices import (BIT_DEPTHS, CODECS, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
-                          DEFAULT_MODEL, NVENC_PRESETS, PRECISIONS, Codec, Precision)
+                          DEFAULT_MODEL, DEFAULT_TILE_OVERLAP, MIN_TILE_SIZE, NVENC_PRESETS, PICTURE_FORMATS, PRECISIONS,
+                          Codec, Precision)
 from core.cut import Cut
-from core.choices import DEFAULT_TILE_OVERLAP, MIN_TILE_SIZE
 from core.errors import InvalidOption
 
 __all__ = ["RunConfig", "default_output_path"]
@@ -57,6 +57,9 @@ class RunConfig:
     overwrite: bool = False
     stats_json: Path | None = None
     copy_audio: bool = True
+    audio: Path | None = None  # --audio FILE: its audio instead of the source's (a soundtrack for pictures)
+    fps: str | None = None  # --fps for a picture sequence (default 24)
+    picture_format: str | None = None  # --picture-format png/tiff for picture output (default png)
     output_dir: Path | None = None
     # The built-in sample's default output (./out/...) is framepipe's own file: re-runs replace it.
     replace_default_output: bool = False
@@ -86,6 +89,11 @@ class RunConfig:
         if self.max_frames is not None and self.max_frames < 1:
             raise InvalidOption(f"Invalid --max-frames ({self.max_frames}): it must be at least 1, or left out for all frames.")
         self.cut  # parses --start/--end: InvalidOption on a bad one
+        if self.picture_format is not None and self.picture_format not in PICTURE_FORMATS:
+            raise InvalidOption(f"Invalid --picture-format ({self.picture_format!r}): allowed are "
+                                f"{', '.join(PICTURE_FORMATS)}.")
+        if self.audio is not None and not self.audio.is_file():
+            raise InvalidOption(f"Invalid --audio ({str(self.audio)!r}): no such file.")
         if self.encoders < 0:
             raise InvalidOption(f"Invalid --encoders ({self.encoders}): use 0 to choose by cores and memory, or a positive number.")
         if self.segment_frames is not None and self.segment_seconds is not None:
@@ -132,7 +140,12 @@ class RunConfig:
         return self
 
     def check_output_name(self, output: Path) -> None:
-        """The output's container: one framepipe writes, and one that holds the codec."""
+        """The output's container: one framepipe writes, and one that holds the codec (or a
+        picture folder or pattern: hw.pictures)."""
+        from hw.pictures import picture_target
+
+        if picture_target(output, picture_format=self.picture_format, bit_depth=8) is not None:
+            return
         if output.suffix.lower() not in CONTAINER_SUFFIXES:
             raise InvalidOption(
                 f"Invalid --output ({str(output)!r}): the file must end in {', '.join(CONTAINER_SUFFIXES[:-1])} "

@@ -17,13 +17,14 @@ from core.frame import describe_planes
 
 __all__ = ["ResultItem", "EndOfStream", "END", "StageFailed", "ErrorChannel", "OutputFormat"]
 
-OutputFormat = Literal["yuv420p", "yuv420p10", "nv12"]
+OutputFormat = Literal["yuv420p", "yuv420p10", "nv12", "rgb24", "rgb48"]
 
 
 @dataclass(frozen=True)
 class ResultItem:
     """One processed frame, ready to encode: yuv420p host planes (uint8, or uint16 codes for
-    yuv420p10) or an NV12 device frame."""
+    yuv420p10), an NV12 device frame, or for picture output an (H, W, 3) RGB host array
+    (uint8 rgb24, uint16 rgb48) and optionally its (H, W) alpha."""
 
     index: int
     pts: int
@@ -34,11 +35,11 @@ class ResultItem:
     def __post_init__(self) -> None:
         if self.index < 0:
             raise ValueError(f"ResultItem.index must be >= 0, got {self.index}")
-        expected = {"yuv420p": 3, "yuv420p10": 3, "nv12": 1}.get(self.fmt)
+        expected = {"yuv420p": (3,), "yuv420p10": (3,), "nv12": (1,), "rgb24": (1, 2), "rgb48": (1, 2)}.get(self.fmt)
         if expected is None:
-            raise ValueError(f"ResultItem.fmt must be yuv420p, yuv420p10 or nv12, got {self.fmt!r}")
-        if len(self.planes) != expected:
-            raise ValueError(f"ResultItem {self.fmt} needs {expected} plane(s), got {len(self.planes)}")
+            raise ValueError(f"ResultItem.fmt must be yuv420p, yuv420p10, nv12, rgb24 or rgb48, got {self.fmt!r}")
+        if len(self.planes) not in expected:
+            raise ValueError(f"ResultItem {self.fmt} needs {' or '.join(map(str, expected))} plane(s), got {len(self.planes)}")
 
     def __repr__(self) -> str:
         return f"ResultItem(#{self.index}, pts={self.pts}, {self.fmt} [{describe_planes(self.planes)}], by {self.worker or '?'})"

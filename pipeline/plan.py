@@ -10,8 +10,10 @@ line on bad input. No threads, no stages.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -20,9 +22,11 @@ import torch
 
 from core.choices import DEEP_COLOR_CODECS, DEFAULT_CPU_PRESET, DEFAULT_NVENC_PRESET, DEFAULT_SEGMENT_SECONDS, MAX_AUTO_ENCODERS, NVENC_PRESETS
 from core.cut import Cut
-from core.errors import HardwareUnavailable, InvalidOption
+from core.errors import HardwareUnavailable, InvalidOption, OutputExists, OutputNotWritable, UnsafeOutput
 from core.files import check_output_paths
-from hw.av_source import SourceInfo, probe_source
+from hw.av_source import SourceInfo, probe_audio, probe_source
+from hw.color import ColorInfo
+from hw.pictures import PictureSequence, PictureTarget, find_pictures, parse_fps, picture_target, probe_pictures
 from models import LoadedModel
 from pipeline.config import RunConfig, default_output_path
 from pipeline.segments import PartsFolder, SegmentLayout
@@ -55,8 +59,23 @@ class RunPlan:
     notes: tuple[str, ...]
     segments: SegmentLayout | None = None  # None: one output file written directly
     num_encoders: int = 1  # encoders working at once on consecutive segments
-    output_bit_depth: int = 8  # 8 (yuv420p) or 10 (yuv420p10le)
+    output_bit_depth: int = 8  # 8 (yuv420p) or 10 (yuv420p10le); pictures: 8 or 16
+    pictures: PictureSequence | None = None  # the source is a picture sequence (hw.pictures)
+    picture_target: PictureTarget | None = None  # the output is pictures (`output` is their folder)
     cut: Cut | None = None  # --start/--end (None: the whole video)
+
+    @property
+    def audio_source(self) -> Path | None:
+        """Where the output's audio (and subtitles) come from: --audio, else a video source."""
+        if not self.config.copy_audio:
+            return None
+        if self.config.audio is not None:
+            return self.config.audio
+        return self.config.source if self.pictures is None else None
+
+    def picture_name(self, index: int) -> str:
+        """The file name of output picture `index` (picture output only)."""
+        return self.picture_target.name(index, self.pictures, self.config.source.stem)
 
     @property
     def num_frames_estimate(self) -> int:
@@ -84,19 +103,32 @@ def plan_run(config: RunConfig) -> RunPlan:
     from models import choose_precision, load_model
 
     config.validate()
-    source = probe_source(config.source)
+    notes: list[str] = []
+    pictures = find_pictures(config.source)
+    source = probe_source(config.source) if pictures is None else _picture_source(config, pictures, notes)
     overwrite = config.overwrite or config.replace_default_output
-    if config.output is not None:  # cheap checks first: before a model is loaded or converted
-        _check_paths(config, config.output, overwrite=overwrite)
+    if config.output is not None and picture_target(config.output, picture_format=config.picture_format,
+                                                     bit_depth=8) is None:
+        _check_paths(config, config.output, overwrite=overwrite)  # cheap checks first: before a model is loaded
     model = load_model(config.model, scale=config.scale)
     output = config.output
     if output is None:  # named after the model's real scale, beside the source or in output_dir
-        name = default_output_path(config.source, model_name=Path(config.model).stem, scale=model.scale)
-        output = (config.output_dir / name.name) if config.output_dir is not None else name
+        if pictures is not None:  # pictures in: a folder of pictures out, beside the source's
+            name = Path(f"{_sequence_name(pictures)}_{Path(config.model).stem}-x{model.scale}")  # no dot: a folder
+            beside = Path(pictures.spec).resolve().parent if Path(pictures.spec).is_dir() else pictures.paths[0].parent
+            output = (config.output_dir / name.name) if config.output_dir is not None else beside / name
+        else:
+            name = default_output_path(config.source, model_name=Path(config.model).stem, scale=model.scale)
+            output = (config.output_dir / name.name) if config.output_dir is not None else name
+    target = picture_target(output, picture_format=config.picture_format, bit_depth=_picture_depth(config, source))
+    if target is None:
         _check_paths(config, output, overwrite=overwrite)
+    else:
+        output = target.folder
     device_plan = plan_devices(config)
     devices = device_plan.devices
-    notes = [device_plan.note] if device_plan.note else []
+    if device_plan.note:
+        notes.append(device_plan.note)
     if config.codec == "h264" and config.crf == 0:
         notes.append("--quality 0 is lossless: x264 then writes the High 4:4:4 Predictive profile, which many "
                      "players (browsers, phones, QuickTime) cannot play. Use --quality 1 or more for a widely playable file.")
@@ -112,6 +144,27 @@ def plan_run(config: RunConfig) -> RunPlan:
             dtypes[str(dev)] = (dtype, why)
     out_w, out_h = source.width * model.scale, source.height * model.scale
     out_w, out_h = out_w + out_w % 2, out_h + out_h % 2
+    if target is not None:  # pictures out: RGB at the model's size (no 4:2:0 padding), no encoder
+        out_w, out_h = source.width * model.scale, source.height * model.scale
+        _check_picture_output(config, target, pictures, source, out_count=_frames_estimate(config, source),
+                              overwrite=overwrite)
+        if config.nvenc:
+            notes.append("--nvenc: the output is pictures, written on the CPU (PNG/TIFF).")
+        use_nvdec = False
+        if pictures is None:  # a video to pictures: NVDEC may still decode it
+            use_nvdec, _ = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h), encode=False)
+        return RunPlan(
+            config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite,
+            devices=tuple(devices), dtypes=MappingProxyType(dtypes), output_width=out_w, output_height=out_h,
+            use_nvdec=use_nvdec, use_nvenc=False, preset="", notes=tuple(notes), cut=config.cut, output_bit_depth=target.bit_depth,
+            pictures=pictures, picture_target=target,
+        )
+    if pictures is not None and config.nvdec:
+        notes.append("--nvdec: pictures are decoded on the CPU.")
+    if source.has_alpha:
+        notes.append("the pictures have an alpha channel; video has none, so it is dropped (write pictures to keep it).")
+    if config.audio is not None and config.copy_audio:
+        probe_audio(config.audio)
     bit_depth = _plan_bit_depth(config, source, notes)
     use_nvdec, use_nvenc = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h), bit_depth=bit_depth)
     if use_nvenc:
@@ -133,7 +186,77 @@ def plan_run(config: RunConfig) -> RunPlan:
         devices=tuple(devices), dtypes=MappingProxyType(dtypes), output_width=out_w, output_height=out_h,
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
         segments=segments, num_encoders=num_encoders, cut=config.cut, output_bit_depth=bit_depth,
+        pictures=pictures,
     )
+
+
+def _sequence_name(seq: PictureSequence) -> str:
+    """A name for a sequence: its folder's (a folder source), else its template's ('scan_#.png' -> 'scan')."""
+    if Path(seq.spec).is_dir():
+        return Path(seq.spec).resolve().name
+    stem = Path(seq.template).stem.replace("#", "").strip("_-. ")
+    return stem or "pictures"
+
+
+def _picture_source(config: RunConfig, seq: PictureSequence, notes: list[str]) -> SourceInfo:
+    """A picture sequence described as a source: picture k at k/fps, sRGB."""
+    info = probe_pictures(seq)
+    fps = parse_fps(config.fps)
+    if fps is None:
+        fps = Fraction(24)
+        notes.append(f"{len(seq.paths)} picture(s), timed at 24 fps (--fps sets the rate).")
+    if seq.gaps:
+        notes.append(f"source: the picture numbers have gaps ({seq.describe_gaps()}); the pictures are shown one after "
+                     "another, the gaps closed.")
+    srgb = ColorInfo(matrix="bt709", primaries_tag=1, transfer_tag=13, matrix_tag=1, range_tag=1)
+    return SourceInfo(
+        path=Path(seq.spec), width=info.width, height=info.height, codec=info.codec, pix_fmt=info.pix_fmt,
+        bit_depth=info.bit_depth, chroma_format="", time_base=Fraction(fps.denominator, fps.numerator), average_rate=fps,
+        num_frames_from_header=len(seq.paths), num_frames_estimate=len(seq.paths), color=srgb,
+        has_alpha=info.has_alpha,
+    )
+
+
+def _picture_depth(config: RunConfig, source: SourceInfo) -> int:
+    """Bit depth of output pictures: --bit-depth 8/16, else 16 for a source deeper than 8 bits."""
+    if config.bit_depth is None:
+        return 16 if source.bit_depth > 8 else 8
+    return config.bit_depth
+
+
+def _check_picture_output(config: RunConfig, target: PictureTarget, pictures: PictureSequence | None,
+                          source: SourceInfo, *, out_count: int, overwrite: bool) -> None:
+    """Picture output: the folder, the depth, and every picture name against the source's
+    pictures (never written through any alias) and against existing files."""
+    if target.bit_depth not in (8, 16):
+        raise InvalidOption(f"--bit-depth {target.bit_depth} is for video; pictures are written with 8 or 16 bits.")
+    folder = target.folder
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise OutputNotWritable(f"--output {str(folder)!r} is not a folder: pictures need a folder (or a pattern).")
+    parent = folder if folder.is_dir() else folder.parent
+    if not parent.is_dir():
+        raise OutputNotWritable(f"Cannot write pictures to {str(folder)!r}: folder {str(parent)!r} does not exist.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputNotWritable(f"Cannot write pictures to {str(folder)!r}: folder {str(parent)!r} is not writable.")
+    names = [target.name(k, pictures, config.source.stem) for k in range(out_count or 0)]
+    inputs = list(pictures.paths) if pictures is not None else [config.source]
+    if config.audio is not None:
+        inputs.append(config.audio)
+    if folder.is_dir():
+        existing = {p.name for p in folder.iterdir()}
+        by_name = {p.name: p for p in inputs if p.parent.resolve() == folder.resolve()}
+        for name in names:
+            if name in by_name:
+                raise UnsafeOutput(f"--output {str(folder / name)!r} is the source picture {str(by_name[name])!r}: framepipe "
+                                   "never writes its input. Choose another folder, pattern or --picture-format.")
+        taken = [n for n in names if n in existing]
+        if taken and not (overwrite or config.resume):
+            raise OutputExists(f"--output folder {str(folder)!r} already holds {len(taken)} of the pictures this run writes "
+                               f"(e.g. {taken[0]}). Pass --resume to keep them and write the rest, or --overwrite to "
+                               "replace them.")
+    if config.stats_json is not None:
+        check_output_paths([("--stats-json", config.stats_json)], inputs=[("--source", p) for p in inputs],
+                           overwrite=overwrite)
 
 
 def _hdr_notes(source: SourceInfo, use_nvenc: bool) -> list[str]:
@@ -153,6 +276,8 @@ def _plan_bit_depth(config: RunConfig, source: SourceInfo, notes: list[str]) -> 
     10-bit profile is widely played (HEVC Main10, AV1); H.264 stays 8-bit unless asked (High 10
     is refused by most hardware decoders). Said in one line whenever depth is lost."""
     deep = source.bit_depth > 8
+    if config.bit_depth == 16:
+        raise InvalidOption("--bit-depth 16 is for pictures (PNG/TIFF output); video is written with 8 or 10 bits.")
     if config.bit_depth is not None:
         if config.bit_depth == 10 and config.codec not in DEEP_COLOR_CODECS:
             notes.append(f"--bit-depth 10 --codec {config.codec}: 10-bit H.264 (High 10) plays in FFmpeg-based players "
@@ -297,7 +422,7 @@ def plan_devices(config: RunConfig) -> DevicePlan:
 
 
 def _plan_codecs(config: RunConfig, source: SourceInfo, devices: tuple[torch.device, ...], notes: list[str], *,
-                 output_size: tuple[int, int], bit_depth: int = 8) -> tuple[bool, bool]:
+                 output_size: tuple[int, int], bit_depth: int = 8, encode: bool = True) -> tuple[bool, bool]:
     """Decide NVDEC/NVENC; where requested but absent, one line says what is used instead."""
     first = devices[0]
     use_nvdec = use_nvenc = False
@@ -311,7 +436,9 @@ def _plan_codecs(config: RunConfig, source: SourceInfo, devices: tuple[torch.dev
             use_nvdec = ok
             if not ok:
                 notes.append(f"--nvdec: {why}; decoding on the CPU with PyAV instead.")
-    if config.nvenc and bit_depth > 8:
+    if not encode:
+        pass
+    elif config.nvenc and bit_depth > 8:
         notes.append("--nvenc: framepipe feeds NVENC 8-bit NV12 only; this 10-bit output is encoded on the CPU "
                      "(--bit-depth 8 keeps NVENC).")
     elif config.nvenc:

@@ -18,7 +18,7 @@ from pipeline.messages import StageFailed
 from pipeline.plan import RunPlan
 from pipeline.stats import RunStats
 
-__all__ = ["Outcome", "describe", "settle_output", "raise_for"]
+__all__ = ["Outcome", "describe", "settle_output", "settle_pictures", "settle_segments", "raise_for", "pixel_settings"]
 
 
 @dataclass
@@ -60,6 +60,21 @@ def settle_output(output: OutputFile, temp: Path, stats: RunStats, outcome: Outc
     return f"{written} frame(s) written to {final} (finalized, playable){dropped_text}.{kept}"
 
 
+def settle_pictures(output, plan: RunPlan, stats: RunStats, outcome: Outcome) -> str:
+    """Picture output: every picture on disk is whole (each was renamed into place); one
+    sentence says how many there are and how to finish a stopped run."""
+    written = stats.num_frames_written
+    if written == 0 and not outcome.complete:
+        output.discard()
+        return "No picture was written."
+    final = output.commit(complete=outcome.complete)
+    stats.notes["output"] = str(final)
+    if outcome.complete:
+        return ""
+    return (f"{written} picture(s) written to {final}, each complete; the same command with --resume writes the "
+            "rest.")
+
+
 def _count_decodable_frames(path: Path) -> int:
     """How many video frames of `path` decode (0 when the file does not open)."""
     import av
@@ -93,14 +108,17 @@ def describe(plan: RunPlan, stats: RunStats) -> None:
         source=str(cfg.source),
         output=str(plan.output),
         source_video=f"{src.width}x{src.height} {src.codec} {src.pix_fmt} {float(src.average_rate or 0):.3f} fps",
-        output_video=f"{plan.output_width}x{plan.output_height} {cfg.codec} {plan.output_bit_depth}-bit",
+        output_video=(f"{plan.output_width}x{plan.output_height} {cfg.codec} {plan.output_bit_depth}-bit"
+                      if plan.picture_target is None else
+                      f"{plan.output_width}x{plan.output_height} {plan.picture_target.suffix[1:]} pictures, "
+                      f"{plan.output_bit_depth}-bit"),
         model=plan.model.name,
         arch=plan.model.arch,
         scale=plan.model.scale,
         precision={dev: why for dev, (_, why) in plan.dtypes.items()},
         devices=[str(d) for d in plan.devices],
-        decoder="NVDEC" if plan.use_nvdec else "PyAV (CPU)",
-        encoder="NVENC" if plan.use_nvenc else f"PyAV {cfg.codec} (CPU, fed {'yuv420p10le' if plan.output_bit_depth > 8 else 'yuv420p'})",
+        decoder="NVDEC" if plan.use_nvdec else ("pictures (PyAV, CPU)" if plan.pictures is not None else "PyAV (CPU)"),
+        encoder=_describe_encoder(plan),
         mode="parallel" if cfg.parallel else "sequential",
     )
     stats.notes["fallbacks"] = list(plan.notes)
@@ -113,6 +131,14 @@ def describe(plan: RunPlan, stats: RunStats) -> None:
     if cfg.max_frames is not None:
         expected = min(expected, cfg.max_frames) if expected else cfg.max_frames
     stats.num_frames_expected = expected
+
+
+def _describe_encoder(plan: RunPlan) -> str:
+    if plan.picture_target is not None:
+        return f"{plan.picture_target.suffix[1:].upper()} pictures (CPU) in {plan.output}"
+    if plan.use_nvenc:
+        return "NVENC"
+    return f"PyAV {plan.config.codec} (CPU, fed {'yuv420p10le' if plan.output_bit_depth > 8 else 'yuv420p'})"
 
 
 def pixel_settings(plan: RunPlan) -> dict[str, object]:
@@ -130,10 +156,12 @@ def pixel_settings(plan: RunPlan) -> dict[str, object]:
         "preset": plan.preset,
         "colour": [src.color.matrix, src.color.full_range, src.color.primaries_tag, src.color.transfer_tag],
         "segment_frames": plan.segments.segment_frames if plan.segments else None,
-        "max_frames": cfg.max_frames,
+        "max_frames": cfg.max_frames if plan.picture_target is None else None,  # each picture stands alone
         **(plan.cut.settings() if plan.cut is not None else {"start": None, "end": None}),
         "container": plan.output.suffix.lower(),
         "bit_depth": plan.output_bit_depth,
+        "pictures": plan.picture_target.suffix if plan.picture_target is not None else None,
+        "fps": str(src.average_rate) if plan.pictures is not None else None,
         "tile_size": cfg.tile_size or None,  # tiles change pixels near their seams (within fp noise at the default overlap)
         "tile_overlap": cfg.tile_overlap if cfg.tile_size else None,
     }
@@ -170,7 +198,7 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
         kept = resume_hint if finished else ""
         stats.num_frames_written = 0
         return "No frame was written, and no output file was left behind." + kept
-    source = plan.config.source if plan.config.copy_audio else None
+    source = plan.audio_source
     try:
         written = join_segments(chain, temp, source_path=source, complete=complete and stats.source_exhausted,
                                 warn=stats.warn, audio_shift=audio_shift,

@@ -23,15 +23,15 @@ import time
 from collections.abc import Callable
 
 from core.errors import HardwareUnavailable, NoVideoStream, RunInterrupted
-from core.files import OutputFile
+from core.files import OutputFile, OutputFolder
 from pipeline.build import Stages, Wrap, build
 from pipeline.collector import Collector
 from pipeline.config import RunConfig
 from pipeline.messages import ErrorChannel, StageFailed
 from pipeline.plan import RunPlan, plan_run
 from pipeline.queues import FifoInbox, FifoOutbox, WorkQueue
-from pipeline.report import Outcome, describe, pixel_settings, raise_for, settle_output, settle_segments
-from pipeline.segments import PartsFolder, source_fingerprint
+from pipeline.report import Outcome, describe, pixel_settings, raise_for, settle_output, settle_pictures, settle_segments
+from pipeline.segments import PICTURE_MANIFEST, PartsFolder, check_picture_manifest, source_fingerprint
 from pipeline.sampler import DeviceSampler
 from pipeline.stage import Retire, Retry, StageRunner
 from pipeline.stats import RunStats
@@ -63,16 +63,22 @@ def run(
     plan = plan_run(config)
     stats = RunStats()
     describe(plan, stats)
-    output = OutputFile(plan.output, overwrite=plan.overwrite_output)
+    if plan.picture_target is not None:
+        output = OutputFolder(plan.output, keep=(PICTURE_MANIFEST,))
+    else:
+        output = OutputFile(plan.output, overwrite=plan.overwrite_output)
     temp = output.begin()
     parts = None
     try:
         if on_start is not None:
             on_start(plan, stats)
+        if plan.picture_target is not None:  # under the folder's lock
+            check_picture_manifest(plan.output, resume=config.resume, source=_fingerprint(plan),
+                                   settings=pixel_settings(plan))
         if plan.segments is not None:  # under the output's lock: one run per work folder too
             parts = PartsFolder(plan.output)
             parts.open(resume=config.resume, overwrite=plan.overwrite_output,
-                       source=source_fingerprint(config.source), settings=pixel_settings(plan))
+                       source=_fingerprint(plan), settings=pixel_settings(plan))
             stats.notes["segments"] = _describe_segments(plan, parts)
         errors = ErrorChannel(threading.Event())
         stages = build(plan, stats, temp, errors=errors, parts=parts, wrap=wrap)
@@ -89,7 +95,9 @@ def run(
         raise
     finally:
         stats.finished_at = time.perf_counter()
-    if parts is not None:
+    if plan.picture_target is not None:
+        where = settle_pictures(output, plan, stats, outcome)
+    elif parts is not None:
         where = settle_segments(output, temp, plan, parts, stats, outcome, audio_shift=stages.audio_shift)
     else:
         where = settle_output(output, temp, stats, outcome)
@@ -99,6 +107,11 @@ def run(
     if stats.num_corrupt_packets:
         stats.warn(f"source: {stats.num_corrupt_packets} corrupt packet(s) skipped; every decodable frame was processed")
     return stats
+
+
+def _fingerprint(plan: RunPlan) -> dict[str, object]:
+    """What the source is, for --resume: a picture sequence's, or a video file's."""
+    return plan.pictures.fingerprint() if plan.pictures is not None else source_fingerprint(plan.config.source)
 
 
 # -- the two ways to run the stages ---------------------------------------------------

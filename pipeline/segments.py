@@ -29,7 +29,8 @@ from pathlib import Path
 from core.errors import InvalidOption, OutputExists, OutputNotWritable
 from core.files import file_sha256, write_file_atomically
 
-__all__ = ["SegmentLayout", "Manifest", "PartsFolder", "source_fingerprint", "MANIFEST_VERSION"]
+__all__ = ["SegmentLayout", "Manifest", "PartsFolder", "source_fingerprint", "check_picture_manifest", "PICTURE_MANIFEST",
+           "MANIFEST_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,30 @@ class Manifest:
             if self.settings.get(key) != settings.get(key):
                 out.append(f"{key} ({self.settings.get(key)!r} then, {settings.get(key)!r} now)")
         return out
+
+
+PICTURE_MANIFEST = ".framepipe-run.json"
+
+
+def check_picture_manifest(folder: Path, *, resume: bool, source: dict[str, object], settings: dict[str, object]) -> None:
+    """Picture output: with --resume, the folder's manifest must name this source and these
+    settings (one line naming what differs); otherwise it is written for a later --resume."""
+    path = folder / PICTURE_MANIFEST
+    if resume and path.is_file():
+        try:
+            manifest = Manifest.from_json(path.read_bytes())
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidOption(f"Cannot resume: {str(path)!r} is damaged ({exc}). Pass --overwrite to start again.") from None
+        differs = manifest.differences(source=source, settings=settings)
+        if differs:
+            raise InvalidOption(f"Cannot resume: the pictures in {str(folder)!r} were made with a different "
+                                f"{'; '.join(differs)}. Run with the same source and settings, or pass --overwrite "
+                                "to replace them.")
+        return
+    if resume and any(p.name != PICTURE_MANIFEST for p in folder.iterdir()):
+        raise InvalidOption(f"Cannot resume: {str(folder)!r} has no {PICTURE_MANIFEST} (its pictures were not made by "
+                            "framepipe, or by a version that did not record how). Pass --overwrite to replace them.")
+    write_file_atomically(path, Manifest(source=source, settings=settings).to_json(), overwrite=True, flag="manifest")
 
 
 class PartsFolder:

@@ -28,7 +28,8 @@ import torch
 
 from core.frame import Frame
 from hw.color import ColorInfo
-from hw.frames import batch_to_rgb, rgb_to_host_yuv420, rgb_to_nv12_frames
+from hw.frames import (alpha_to_host, batch_alpha, batch_to_rgb, rgb_to_host_rgb, rgb_to_host_yuv420,
+                       rgb_to_nv12_frames)
 from hw.memory import DeviceFault, choose_batch_size, cuda_measure, free_cached_memory, is_device_fault, is_oom
 from models.base import check_model_output
 from models.tiling import Tiling, default_overlap, next_tiling, run_tiled
@@ -168,9 +169,15 @@ class Worker:
             self.ws.health = "done"
 
     # -- one batch ------------------------------------------------------------------------
-    def _to_output(self, rgb: torch.Tensor) -> list:
+    def _to_output(self, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> list:
         if self.output_format == "nv12":  # each frame carries the event the NVENC writer waits on (issue 9)
             return [(f,) for f in rgb_to_nv12_frames(rgb, self.color)]
+        if self.output_format in ("rgb24", "rgb48"):  # pictures out: RGB (and alpha), no YUV, no padding
+            depth = 8 if self.output_format == "rgb24" else 16
+            pictures = rgb_to_host_rgb(rgb, bit_depth=depth)
+            if alpha is None:
+                return [(p,) for p in pictures]
+            return list(zip(pictures, alpha_to_host(alpha, scale=self.scale, bit_depth=depth)))
         return rgb_to_host_yuv420(rgb, self.color, bit_depth=10 if self.output_format == "yuv420p10" else 8)
 
     def infer(self, frames: Sequence[Frame]) -> list[ResultItem]:
@@ -178,7 +185,8 @@ class Worker:
         with torch.inference_mode():
             rgb = batch_to_rgb(frames, self.color, device=self.device, dtype=self.dtype)
             out = check_model_output(self.model_name, rgb, self._model(rgb), scale=self.scale)
-            planes = self._to_output(out)
+            alpha = batch_alpha(frames, device=self.device) if self.output_format in ("rgb24", "rgb48") else None
+            planes = self._to_output(out, alpha)
         return [
             ResultItem(index=f.index, pts=f.pts, fmt=self.output_format, planes=p, worker=self.name)
             for f, p in zip(frames, planes)

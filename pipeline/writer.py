@@ -5,16 +5,22 @@ the encoder's `write(planes, pts)`: `hw.av_encode.PyAVWriter` (CPU x264/x265/SVT
 yuv420p planes) or `hw.nvenc_writer.NvencFileWriter` (device NV12). `close(complete=)`
 finalizes the file: the output is playable and holds every frame written; its audio is
 copied whole only when every frame of the source went through, else cut at the last
-video frame. Runs in a non-daemon thread that is always joined.
+video frame. Runs in a non-daemon thread that is always joined. `PictureWriter` takes its
+place when the output is pictures.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
+from core.files import write_file_atomically
 from hw.encoding import Encoder
+from hw.pictures import encode_picture
 from pipeline.messages import ResultItem
 from pipeline.stats import RunStats
 
-__all__ = ["Writer"]
+__all__ = ["Writer", "PictureWriter"]
 
 
 class Writer:
@@ -42,3 +48,32 @@ class Writer:
         stats = self.stats
         whole = complete and stats.source_exhausted and stats.num_frames_written == stats.num_frames_decoded
         self.encoder.close(complete=whole)
+
+
+class PictureWriter:
+    """Stage in the writer's place for picture output: each result is one picture file, written
+    atomically (temporary file, rename) under `name(index)` in `folder`. Results arrive in order
+    (the collector's), but each picture stands alone: a stop leaves only whole pictures."""
+
+    def __init__(self, folder: Path, name: Callable[[int], str], suffix: str, *, overwrite: bool,
+                 stats: RunStats) -> None:
+        self.folder = folder
+        self.name = name
+        self.suffix = suffix
+        self.overwrite = overwrite
+        self.stats = stats
+        self.closed_cleanly = False
+
+    def process(self, item: ResultItem) -> list:
+        rgb = item.planes[0]
+        alpha = item.planes[1] if len(item.planes) > 1 else None
+        data = encode_picture(rgb, alpha, self.suffix)
+        write_file_atomically(self.folder / self.name(item.index), data, overwrite=self.overwrite, flag="--output")
+        self.stats.num_frames_written += 1
+        return []
+
+    def finish(self) -> list:
+        return []
+
+    def close(self, *, complete: bool) -> None:
+        self.closed_cleanly = True

@@ -38,9 +38,10 @@ def test_missing_file(capsys, tmp_path):
 
 
 def test_directory(capsys, tmp_path):
+    """A folder is a picture sequence (issue 13); one without pictures is one line."""
     code, err = _cli(capsys, "--source", tmp_path, "--output", tmp_path / "o.mp4")
     assert code == 2
-    assert "is a directory" in _error_line(err)
+    assert "holds no pictures" in _error_line(err)
 
 
 def test_text_file_named_mp4(capsys, tmp_path):

@@ -1,0 +1,318 @@
+"""Image sequences: a folder, a glob or a printf pattern of pictures in; pictures out.
+
+    --source scans/                  every picture in the folder, in number order
+    --source 'shots/*.tif'           a glob
+    --source scan_%06d.png           a printf pattern (numbers from the files that exist)
+    --output up/                     pictures out (a folder: the source's names, or
+    --output up/frame_%06d.png       a pattern: the source's numbers)
+
+Reading and writing go through PyAV, i.e. FFmpeg's own image decoders and encoders
+(PNG, TIFF, JPEG, BMP, WebP, DPX), the library framepipe already uses for video: 8- and
+16-bit, gray, RGB, RGBA and palette pictures all decode to one RGB form, 16-bit RGB PNG and
+TIFF are written (Pillow writes no 16-bit RGB; OpenCV and imageio would be a second
+library for the same work). OpenEXR is refused: it holds scene-linear light above 1.0,
+and the models here are trained on display-referred pictures in 0..1; clipping it would
+silently lose highlights.
+
+- Order and numbering: a picture's number is the last run of digits in its name; every
+  name of a sequence must follow one template (`scan_#.png`), and pictures sort by number.
+  Gaps are allowed and reported once (missing numbers); two pictures with one number are
+  refused. Timing: picture k is shown at k/fps (`--fps`, default 24).
+- Alpha: the colour channels go through the model; the alpha channel is upscaled with
+  bicubic (a model trained on colour would invent edges in a matte) and written to RGBA
+  pictures. Video output has no alpha: it is dropped, with a note.
+- Sizes: a picture of another size than the first is scaled to the first's (bicubic), with
+  one warning, as a video whose size changes is.
+- Writing: each picture through a temporary file and a rename (`core.files`), so a picture
+  on disk is always whole; `--resume` leaves every existing picture and processes the rest.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from core.choices import CONTAINER_SUFFIXES, PICTURE_FORMATS
+from core.errors import InvalidOption, InvalidSource
+from core.files import ffmpeg_path
+from core.frame import Frame
+
+__all__ = ["PICTURE_SUFFIXES", "PictureSequence", "PictureSource", "PictureTarget", "encode_picture",
+           "find_pictures", "picture_target", "parse_fps"]
+
+log = logging.getLogger(__name__)
+
+PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp", ".dpx")
+_REFUSED = {".exr": "OpenEXR holds scene-linear light above 1.0, which these models (trained on display-referred "
+                    "pictures) would clip; convert it to 16-bit TIFF or PNG with your colour pipeline first"}
+_PATTERN = re.compile(r"%(0?\d*)d")
+_DIGITS = re.compile(r"(\d+)(?!.*\d)")  # the last run of digits
+_ALPHA_FORMATS = ("rgba", "bgra", "argb", "abgr", "ya8", "ya16", "rgba64", "bgra64", "gbrap", "yuva")
+_DEEP_FORMATS = ("48", "64", "16", "10", "12", "gbrpf", "grayf")
+
+
+def parse_fps(text: str | None) -> Fraction | None:
+    """'24', '23.976', '24000/1001' -> Fraction; InvalidOption on anything else (None: None)."""
+    if text is None:
+        return None
+    try:
+        fps = Fraction(str(text).strip())
+    except (ValueError, ZeroDivisionError):
+        fps = None
+    if fps is None or not 0 < fps <= 1000:
+        raise InvalidOption(f"Invalid --fps ({text!r}): give frames per second, e.g. 24, 23.976 or 24000/1001.")
+    if fps.denominator > 1001:  # a decimal such as 23.976: the rational broadcast rate it stands for
+        fps = fps.limit_denominator(1001)
+    return fps
+
+
+@dataclass(frozen=True)
+class PictureSequence:
+    """The pictures of a sequence in order, each with its number (None when names have none)."""
+
+    spec: str
+    paths: tuple[Path, ...]
+    numbers: tuple[int | None, ...]
+    template: str  # e.g. "scan_#.png"
+
+    @property
+    def gaps(self) -> list[tuple[int, int]]:
+        """Missing number ranges (first, last) between the first and last picture."""
+        nums = [n for n in self.numbers if n is not None]
+        return [(a + 1, b - 1) for a, b in zip(nums, nums[1:]) if b - a > 1]
+
+    def describe_gaps(self, limit: int = 5) -> str:
+        gaps = self.gaps
+        missing = sum(b - a + 1 for a, b in gaps)
+        shown = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in gaps[:limit])
+        more = f" and {len(gaps) - limit} more gap(s)" if len(gaps) > limit else ""
+        return f"{missing} number(s) missing: {shown}{more}"
+
+    def fingerprint(self) -> dict[str, object]:
+        """Enough to tell this sequence from another for --resume: count, names, and a hash of
+        the first and last pictures' bytes."""
+        digest = hashlib.sha256()
+        for path in (self.paths[0], self.paths[-1]):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+        return {"pictures": len(self.paths), "first": self.paths[0].name, "last": self.paths[-1].name,
+                "sha256_first_last": digest.hexdigest()}
+
+
+def _is_pattern(spec: str) -> bool:
+    return bool(_PATTERN.search(os.path.basename(spec)))
+
+
+def find_pictures(spec: str | os.PathLike) -> PictureSequence | None:
+    """The picture sequence `spec` names (a folder, a glob, a printf pattern), or None when it
+    names something else (a video file). InvalidSource, one line, when it names no pictures."""
+    text = os.fspath(spec)
+    suffix = Path(text).suffix.lower()
+    if suffix in _REFUSED and (os.path.isfile(text) or _is_pattern(text) or glob.has_magic(text)):
+        raise InvalidSource(f"Source {text!r}: {_REFUSED[suffix]}.")
+    if os.path.isdir(text):
+        candidates = [p for p in Path(text).iterdir()
+                      if p.suffix.lower() in PICTURE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
+        refused = [p for p in Path(text).iterdir() if p.suffix.lower() in _REFUSED]
+        if not candidates:
+            why = f" ({_REFUSED[refused[0].suffix.lower()]})" if refused else ""
+            raise InvalidSource(f"Source folder {text!r} holds no pictures ({', '.join(s[1:] for s in PICTURE_SUFFIXES)}){why}.")
+        return _ordered(text, candidates)
+    if _is_pattern(text):
+        folder = Path(os.path.dirname(text) or ".")
+        name = os.path.basename(text)
+        match = _PATTERN.search(name)
+        width = match.group(1)
+        digits = rf"\d{{{int(width)}}}" if width.startswith("0") and width[1:] else r"\d+"
+        regex = re.compile(re.escape(name[: match.start()]) + f"({digits})" + re.escape(name[match.end():]) + "$")
+        found = [p for p in folder.iterdir() if regex.match(p.name) and p.is_file()] if folder.is_dir() else []
+        if not found:
+            raise InvalidSource(f"Source pattern {text!r}: no file in {str(folder)!r} matches it.")
+        return _ordered(text, found)
+    if glob.has_magic(text) and not os.path.exists(text):
+        found = [Path(p) for p in glob.glob(text) if Path(p).suffix.lower() in PICTURE_SUFFIXES and os.path.isfile(p)]
+        if not found:
+            raise InvalidSource(f"Source {text!r}: no picture ({', '.join(s[1:] for s in PICTURE_SUFFIXES)}) matches it.")
+        return _ordered(text, found)
+    return None
+
+
+def _ordered(spec: str, paths: list[Path]) -> PictureSequence:
+    keyed = []
+    templates = set()
+    for path in paths:
+        match = _DIGITS.search(path.name)
+        number = int(match.group(1)) if match else None
+        template = (path.name[: match.start()] + "#" + path.name[match.end():]) if match else path.name
+        templates.add(template if match else "(no number)")
+        keyed.append((number, path.name, path))
+    if len(templates) > 1:
+        shown = ", ".join(sorted(templates)[:4])
+        raise InvalidSource(f"Source {spec!r} mixes pictures named in {len(templates)} ways ({shown}): give a "
+                            "pattern such as scan_%06d.png, or a folder holding one sequence.")
+    if any(n is None for n, _, _ in keyed) and len(keyed) > 1:
+        keyed.sort(key=lambda k: k[1])  # names without numbers: by name
+    else:
+        keyed.sort(key=lambda k: (k[0], k[1]))
+        numbers = [n for n, _, _ in keyed]
+        twice = sorted({n for n in numbers if numbers.count(n) > 1})
+        if twice:
+            names = [name for n, name, _ in keyed if n == twice[0]]
+            raise InvalidSource(f"Source {spec!r}: {' and '.join(names)} have the same number ({twice[0]}); "
+                                "rename one of them.")
+    return PictureSequence(spec=spec, paths=tuple(p for _, _, p in keyed), numbers=tuple(n for n, _, _ in keyed),
+                           template=templates.pop())
+
+
+@dataclass(frozen=True)
+class PictureInfo:
+    width: int
+    height: int
+    codec: str
+    pix_fmt: str
+    bit_depth: int  # 8 or 16: what the pictures are decoded to
+    has_alpha: bool
+
+
+def _decode_one(path: Path):
+    import av
+
+    try:
+        with av.open(ffmpeg_path(path)) as container:
+            for frame in container.decode(video=0):
+                return frame, container.streams.video[0].codec_context.name
+    except (av.error.FFmpegError, OSError, IndexError) as exc:
+        raise InvalidSource(f"Picture {str(path)!r} cannot be read: {getattr(exc, 'strerror', None) or exc}.") from None
+    raise InvalidSource(f"Picture {str(path)!r} holds no picture FFmpeg can decode.")
+
+
+def _depth_and_alpha(pix_fmt: str) -> tuple[int, bool]:
+    alpha = pix_fmt.startswith(_ALPHA_FORMATS)
+    deep = any(tag in pix_fmt for tag in _DEEP_FORMATS)
+    return (16 if deep else 8), alpha
+
+
+def probe_pictures(seq: PictureSequence) -> PictureInfo:
+    frame, codec = _decode_one(seq.paths[0])
+    depth, alpha = _depth_and_alpha(frame.format.name)
+    return PictureInfo(width=frame.width, height=frame.height, codec=codec, pix_fmt=frame.format.name, bit_depth=depth,
+                       has_alpha=alpha)
+
+
+class PictureSource:
+    """Frame source over a picture sequence: `Frame`s of fmt rgb24 (8-bit) or rgb48 (16-bit),
+    planes (rgb,) or (rgb, alpha), picture k at pts k (time base 1/fps)."""
+
+    num_corrupt_packets = 0
+    stopped_early_reason: str | None = None
+
+    def __init__(self, seq: PictureSequence, info: PictureInfo, *, warn: Callable[[str], None]) -> None:
+        self.seq = seq
+        self.info = info
+        self.warn = warn
+        self.num_resized = 0
+
+    def __iter__(self) -> Iterator[Frame]:
+        info = self.info
+        dtype = np.uint16 if info.bit_depth == 16 else np.uint8
+        target = {(8, False): "rgb24", (8, True): "rgba", (16, False): "rgb48le", (16, True): "rgba64le"}[
+            (info.bit_depth, info.has_alpha)]
+        for index, path in enumerate(self.seq.paths):
+            frame, _ = _decode_one(path)
+            if (frame.width, frame.height) != (info.width, info.height):
+                self.num_resized += 1
+            # Alpha from a picture without it is opaque; one with alpha in a sequence without is flattened.
+            array = frame.reformat(format=target, width=info.width, height=info.height,
+                                   interpolation="BICUBIC").to_ndarray().astype(dtype, copy=False)
+            planes = (np.ascontiguousarray(array[..., :3]), np.ascontiguousarray(array[..., 3])) if info.has_alpha \
+                else (array,)
+            yield Frame(index=index, pts=index, fmt="rgb48" if info.bit_depth == 16 else "rgb24", planes=planes,
+                        bit_depth=info.bit_depth)
+        if self.num_resized:
+            self.warn(f"source: {self.num_resized} picture(s) differ in size from the first ({info.width}x{info.height}); "
+                      "they were scaled to it (bicubic) before the model")
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PictureTarget:
+    """Where output pictures go: `folder` and a name for each frame."""
+
+    folder: Path
+    pattern: str | None  # "frame_%06d.png" (numbers from the source), or None: the source's names
+    suffix: str  # ".png" / ".tif"
+    bit_depth: int  # 8 or 16
+
+    def name(self, index: int, seq: PictureSequence | None, video_stem: str) -> str:
+        """The file name of output frame `index` (the source's k-th picture or video frame)."""
+        number = index
+        known = seq is not None and index < len(seq.paths)  # (a caller may ask past the end: no such picture)
+        if known and seq.numbers[index] is not None:
+            number = seq.numbers[index]
+        if self.pattern is not None:
+            return self.pattern % number
+        if known:
+            return Path(seq.paths[index].name).with_suffix(self.suffix).name
+        return f"{video_stem}_{number:06d}{self.suffix}"
+
+
+def picture_target(output: Path, *, picture_format: str | None, bit_depth: int) -> PictureTarget | None:
+    """The picture output `output` names (a folder: existing, or a name without a suffix; or a
+    printf pattern), or None for a video file."""
+    text = os.fspath(output)
+    suffix = Path(text).suffix.lower()
+    if _is_pattern(text):
+        if suffix not in (".png", ".tif", ".tiff"):
+            raise InvalidOption(f"Invalid --output ({text!r}): a picture pattern must end in .png, .tif or .tiff.")
+        if picture_format is not None and PICTURE_FORMATS[picture_format] != (".tif" if suffix == ".tiff" else suffix):
+            raise InvalidOption(f"--picture-format {picture_format} does not match --output {text!r}. Drop one of them.")
+        try:
+            _ = os.path.basename(text) % 1
+        except (TypeError, ValueError):
+            raise InvalidOption(f"Invalid --output ({text!r}): one %d (e.g. %06d) for the number, nothing else with %.") from None
+        return PictureTarget(folder=Path(os.path.dirname(text) or "."), pattern=os.path.basename(text), suffix=suffix,
+                             bit_depth=bit_depth)
+    if (os.path.isdir(text) and suffix not in CONTAINER_SUFFIXES) or not suffix:  # a folder "x.mp4" is a mistake
+        return PictureTarget(folder=Path(text), pattern=None, suffix=PICTURE_FORMATS[picture_format or "png"],
+                             bit_depth=bit_depth)
+    if suffix in PICTURE_SUFFIXES:
+        raise InvalidOption(f"Invalid --output ({text!r}): for pictures give a folder (e.g. {Path(text).stem}/) or a "
+                            f"pattern (e.g. {Path(text).stem}_%06d{suffix}).")
+    return None
+
+
+def encode_picture(rgb: np.ndarray, alpha: np.ndarray | None, suffix: str) -> bytes:
+    """One picture file's bytes: PNG or TIFF (`suffix`), 8-bit (uint8 planes) or 16-bit (uint16),
+    RGB or RGBA, through FFmpeg's encoders."""
+    import av
+
+    deep = rgb.dtype == np.uint16
+    if alpha is not None:
+        array = np.concatenate([rgb, alpha[..., None]], axis=2)
+        src_fmt = "rgba64le" if deep else "rgba"
+    else:
+        array, src_fmt = rgb, ("rgb48le" if deep else "rgb24")
+    codec = "png" if suffix == ".png" else "tiff"
+    out_fmt = src_fmt
+    if deep and codec == "png":  # FFmpeg's PNG encoder takes big-endian 16-bit
+        out_fmt = "rgba64be" if alpha is not None else "rgb48be"
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format=src_fmt)
+    if out_fmt != src_fmt:
+        frame = frame.reformat(format=out_fmt)
+    ctx = av.CodecContext.create(codec, "w")
+    ctx.width, ctx.height, ctx.pix_fmt = frame.width, frame.height, out_fmt
+    ctx.time_base = Fraction(1, 25)
+    if codec == "tiff":
+        ctx.options = {"compression_algo": "deflate"}
+    return b"".join(bytes(p) for p in ctx.encode(frame)) + b"".join(bytes(p) for p in ctx.encode(None))

@@ -1,0 +1,261 @@
+"""Image sequences in and out (issue 13): folders, globs and patterns of PNG/TIFF/JPEG, 8 and
+16-bit, gray/RGB/RGBA; pictures out with the source's numbering, written atomically, resumable.
+
+Pictures here are random noise (every pixel a test of the round trip), made with FFmpeg's
+encoders (hw.pictures.encode_picture) or, for JPEG, its MJPEG encoder."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import main as cli
+from core.errors import InvalidOption, InvalidSource, OutputExists, UnsafeOutput
+from hw.pictures import encode_picture, find_pictures
+from pipeline import RunConfig, run
+from tests import probe
+
+
+def _noise(h=24, w=32, *, depth=8, channels=3, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    top = 255 if depth == 8 else 65535
+    return rng.integers(0, top + 1, (h, w, channels)).astype(np.uint8 if depth == 8 else np.uint16)
+
+
+def _save(path: Path, array: np.ndarray) -> Path:
+    """A PNG/TIFF of `array`: (H, W, 3) RGB, (H, W, 4) RGBA, or (H, W) gray."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.ndim == 2:  # gray: through FFmpeg's own gray formats
+        fmt = "gray" if array.dtype == np.uint8 else "gray16le"
+        frame = av.VideoFrame.from_ndarray(array, format=fmt)
+        codec = "png" if path.suffix == ".png" else "tiff"
+        out_fmt = "gray16be" if fmt == "gray16le" and codec == "png" else fmt
+        ctx = av.CodecContext.create(codec, "w")
+        ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = array.shape[1], array.shape[0], out_fmt, Fraction(1, 25)
+        frame = frame.reformat(format=out_fmt)
+        path.write_bytes(b"".join(bytes(p) for p in ctx.encode(frame)) + b"".join(bytes(p) for p in ctx.encode(None)))
+        return path
+    alpha = array[..., 3] if array.shape[2] == 4 else None
+    path.write_bytes(encode_picture(np.ascontiguousarray(array[..., :3]), alpha, path.suffix))
+    return path
+
+
+def _read(path: Path, fmt: str) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return next(c.decode(video=0)).reformat(format=fmt).to_ndarray()
+
+
+def _cfg(src, out, **kw) -> RunConfig:
+    base = dict(source=Path(src), output=Path(out) if out is not None else None, model="bicubic", scale=1,
+                parallel=True, queue_size=8)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+# -- finding the pictures -------------------------------------------------------------------
+
+
+def test_folder_glob_and_pattern_find_the_same_sequence_in_number_order(tmp_path):
+    for n in (9, 10, 100, 11):  # by number, not by name: 9 before 10 before 100
+        _save(tmp_path / "shots" / f"shot_{n}.png", _noise(seed=n))
+    (tmp_path / "shots" / "notes.txt").write_text("not a picture")
+    (tmp_path / "shots" / ".hidden_1.png").write_bytes(b"")
+    folder = find_pictures(tmp_path / "shots")
+    assert [p.name for p in folder.paths] == ["shot_9.png", "shot_10.png", "shot_11.png", "shot_100.png"]
+    assert folder.numbers == (9, 10, 11, 100) and folder.gaps == [(12, 99)]
+    assert "88 number(s) missing: 12-99" in folder.describe_gaps()
+    assert find_pictures(str(tmp_path / "shots" / "shot_*.png")).paths == folder.paths
+    assert find_pictures(str(tmp_path / "shots" / "shot_%d.png")).paths == folder.paths
+    assert find_pictures(tmp_path / "shots" / "shot_9.png") is None  # one file: a video's path, not a sequence
+
+
+@pytest.mark.parametrize("names, message", [
+    (["a_001.png", "b_001.png"], "mixes pictures named in 2 ways"),
+    (["f_1.png", "f_001.png"], r"have the same number \(1\)"),
+    ([], "holds no pictures"),
+    (["x_1.exr"], "OpenEXR holds scene-linear light"),
+])
+def test_sequences_that_cannot_be_ordered_are_refused(tmp_path, names, message):
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    for name in names:
+        if name.endswith(".exr"):
+            (folder / name).write_bytes(b"v/1\x01")
+        else:
+            _save(folder / name, _noise())
+    with pytest.raises(InvalidSource, match=message):
+        find_pictures(folder)
+
+
+def test_a_pattern_that_matches_nothing_is_one_line(tmp_path, capsys):
+    rc = cli.main(["--source", str(tmp_path / "scan_%06d.png"), "--model", "bicubic"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no file in" in err and "matches it" in err and "Traceback" not in err
+
+
+# -- pictures in, pictures out ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth, suffix, fmt", [(8, ".png", "rgb24"), (16, ".png", "rgb48le"), (16, ".tif", "rgb48le")])
+def test_identity_keeps_every_value_and_the_names(tmp_path, depth, suffix, fmt):
+    """bicubic x1 is the identity: every 8- or 16-bit value comes back exactly (float32 holds
+    every 16-bit level), the names keep the source's numbering, nothing else is written."""
+    pictures = {n: _noise(21, 33, depth=depth, seed=n) for n in (7, 8, 10)}  # odd sizes stay exact
+    for n, a in pictures.items():
+        _save(tmp_path / "in" / f"plate.{n:04d}{suffix}", a)
+    out = tmp_path / "out"
+    stats = run(_cfg(tmp_path / "in", out, picture_format="tiff" if suffix == ".tif" else "png"))
+    assert stats.num_frames_written == 3
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert names == [f"plate.{n:04d}{suffix}" for n in (7, 8, 10)]
+    for n, a in pictures.items():
+        assert np.array_equal(_read(out / f"plate.{n:04d}{suffix}", fmt), a)
+
+
+def test_rgba_keeps_alpha_upscaled_with_bicubic(tmp_path):
+    rgba = _noise(16, 20, channels=4, seed=3)
+    rgba[..., 3] = np.linspace(0, 255, 20).astype(np.uint8)[None, :]
+    _save(tmp_path / "in" / "a_1.png", rgba)
+    run(_cfg(tmp_path / "in", tmp_path / "same"))
+    assert np.array_equal(_read(tmp_path / "same" / "a_1.png", "rgba"), rgba)  # x1: alpha and colour exact
+    run(_cfg(tmp_path / "in", tmp_path / "up", scale=2))
+    up = _read(tmp_path / "up" / "a_1.png", "rgba")
+    assert up.shape == (32, 40, 4)
+    ramp = up[8, :, 3].astype(int)  # a horizontal ramp stays a ramp
+    assert ramp[0] < 10 and ramp[-1] > 245 and (np.diff(ramp) >= -1).all()
+
+
+def test_gray_16bit_and_jpeg_pictures_are_read(tmp_path):
+    gray = (np.arange(24 * 32, dtype=np.uint32).reshape(24, 32) * 80).astype(np.uint16)
+    _save(tmp_path / "gray" / "g_1.png", gray)
+    run(_cfg(tmp_path / "gray", tmp_path / "gray_out"))
+    got = _read(tmp_path / "gray_out" / "g_1.png", "rgb48le")  # 16-bit gray in: 16-bit RGB out
+    assert all(np.array_equal(got[..., c], gray) for c in range(3))
+    jpg = tmp_path / "jpg" / "photo_01.jpg"
+    jpg.parent.mkdir()
+    with av.open(str(jpg), "w", format="image2") as out:
+        s = out.add_stream("mjpeg", rate=1)
+        s.width, s.height, s.pix_fmt = 32, 24, "yuvj420p"
+        for p in s.encode(av.VideoFrame.from_ndarray(_noise(), format="rgb24").reformat(format="yuvj420p")):
+            out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+    run(_cfg(tmp_path / "jpg", tmp_path / "jpg_out", scale=2))
+    assert _read(tmp_path / "jpg_out" / "photo_01.png", "rgb24").shape == (48, 64, 3)
+
+
+def test_a_picture_of_another_size_is_scaled_with_one_warning(tmp_path):
+    _save(tmp_path / "in" / "p_1.png", _noise(24, 32))
+    _save(tmp_path / "in" / "p_2.png", _noise(12, 16))
+    stats = run(_cfg(tmp_path / "in", tmp_path / "out"))
+    assert _read(tmp_path / "out" / "p_2.png", "rgb24").shape == (24, 32, 3)
+    assert sum("differ in size from the first (32x24)" in w for w in stats.warnings) == 1
+
+
+def test_pattern_output_uses_the_source_numbers(tmp_path):
+    for n in (3, 4):
+        _save(tmp_path / "in" / f"s{n:03d}.png", _noise(seed=n))
+    run(_cfg(str(tmp_path / "in" / "s%03d.png"), tmp_path / "up" / "frame_%06d.png", scale=2))
+    assert sorted(p.name for p in (tmp_path / "up").iterdir() if not p.name.startswith(".")) == [
+        "frame_000003.png", "frame_000004.png"]
+
+
+# -- video <-> pictures -------------------------------------------------------------------------
+
+
+def test_video_to_pictures_and_back(clips, tmp_path):
+    src = clips("pics.mp4", num_frames=12, audio=True)
+    frames_dir = tmp_path / "frames"
+    run(_cfg(src, frames_dir))
+    names = sorted(p.name for p in frames_dir.iterdir() if not p.name.startswith("."))
+    assert names == [f"{src.stem}_{k:06d}.png" for k in range(12)]
+    video = tmp_path / "back.mp4"
+    stats = run(_cfg(str(frames_dir / f"{src.stem}_%06d.png"), video, fps="24000/1001", audio=src, crf=0,
+                     preset="ultrafast"))
+    assert probe.indices(video) == list(range(12))  # the index blocks survive both ways
+    zero = probe.video_start(video)
+    assert [t - zero for t in probe.pts_exact(video)] == [Fraction(1001 * k, 24000) for k in range(12)]
+    audio = probe.packet_times(video, "audio")
+    end = Fraction(12 * 1001, 24000)
+    assert audio and max(p for p, *_ in audio) - zero < end  # the soundtrack ends with the pictures
+    assert stats.notes["source_video"].endswith("23.976 fps")
+
+
+# -- safety and resume ------------------------------------------------------------------------
+
+
+def test_pictures_are_never_written_over_the_source(tmp_path):
+    _save(tmp_path / "in" / "p_1.png", _noise())
+    with pytest.raises(UnsafeOutput, match="is the source picture"):
+        run(_cfg(tmp_path / "in", tmp_path / "in", overwrite=True))
+    with pytest.raises(UnsafeOutput, match="is the source picture"):
+        run(_cfg(tmp_path / "in", tmp_path / "in" / "p_%d.png", overwrite=True))
+    run(_cfg(tmp_path / "in", tmp_path / "in", picture_format="tiff"))  # other names in the same folder: fine
+    assert (tmp_path / "in" / "p_1.tif").is_file()
+
+
+def test_resume_keeps_finished_pictures_and_refuses_other_settings(tmp_path):
+    for n in range(6):
+        _save(tmp_path / "in" / f"p_{n}.png", _noise(seed=n))
+    out = tmp_path / "out"
+    run(_cfg(tmp_path / "in", out, max_frames=2))  # as far as a stopped run got
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix == ".png"}
+    with pytest.raises(OutputExists, match="--resume to keep them and write the rest, or --overwrite"):
+        run(_cfg(tmp_path / "in", out))
+    with pytest.raises(InvalidOption, match=r"Cannot resume: .*scale"):
+        run(_cfg(tmp_path / "in", out, scale=2, resume=True, max_frames=2))
+    stats = run(_cfg(tmp_path / "in", out, resume=True, max_frames=2))
+    stats = run(_cfg(tmp_path / "in", out, resume=True))
+    assert stats.num_frames_written == 4  # only the missing ones
+    now = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix == ".png"}
+    assert sorted(now) == [f"p_{n}.png" for n in range(6)]
+    assert all(now[name] == t for name, t in first.items())  # the finished ones untouched
+    for n in range(6):
+        assert np.array_equal(_read(out / f"p_{n}.png", "rgb24"), _noise(seed=n))
+
+
+def test_a_damaged_picture_stops_with_one_line_and_keeps_the_pictures_before_it(tmp_path, capsys):
+    for n in range(4):
+        _save(tmp_path / "in" / f"p_{n}.png", _noise(seed=n))
+    (tmp_path / "in" / "p_2.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = tmp_path / "out"
+    rc = cli.main(["--source", str(tmp_path / "in"), "--output", str(out), "--model", "bicubic", "--scale", "1"])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert rc != 0 and len(errors) == 1 and "p_2.png" in errors[0] and "--resume" in errors[0], err
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == ["p_0.png", "p_1.png"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--bit-depth", "10"], "--bit-depth 10 is for video"),
+    (["--fps", "fast"], "Invalid --fps ('fast')"),
+    (["--output", "{tmp}/x.png"], "for pictures give a folder"),
+    (["--output", "{tmp}/v.mp4", "--bit-depth", "16"], "--bit-depth 16 is for pictures"),
+    (["--audio", "{tmp}/none.wav"], "Invalid --audio"),
+])
+def test_picture_flags_give_one_line(tmp_path, capsys, args, words):
+    _save(tmp_path / "in" / "p_1.png", _noise())
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    rc = cli.main(["--source", str(tmp_path / "in"), "--model", "bicubic", *args])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert rc == 2 and len(errors) == 1 and words in errors[0], err
+    assert sorted(os.listdir(tmp_path)) == ["in"]
+
+
+def test_pictures_to_segmented_video_with_a_soundtrack(clips, tmp_path):
+    """Segments and the join take the soundtrack from --audio as a one-file run does."""
+    src = clips("pics-seg.mp4", num_frames=30, audio=True)
+    run(_cfg(src, tmp_path / "frames"))
+    pattern = str(tmp_path / "frames" / f"{src.stem}_%06d.png")
+    one, seg = tmp_path / "one.mkv", tmp_path / "seg.mkv"
+    run(_cfg(pattern, one, audio=src, crf=0, preset="ultrafast"))
+    run(_cfg(pattern, seg, audio=src, crf=0, preset="ultrafast", segment_frames=7, encoders=2))
+    assert probe.indices(seg) == list(range(30))
+    assert probe.pts_exact(seg) == probe.pts_exact(one)
+    assert probe.packet_times(seg, "audio") == probe.packet_times(one, "audio") != []
