@@ -14,19 +14,18 @@ Choices, and why:
   dimension; a frame that fits in one tile runs whole (`module(x)`, the untiled call).
 - **Why overlap.** A convolutional network's output near a cut edge is wrong: it sees zero
   padding where the neighbour's pixels should be. For realesr-animevideov3 (18 3x3 convs)
-  the error next to a cut is 0.14 (0..1 units), 0.003 at 14 input pixels from it and exactly
-  0 from 18 pixels on, its receptive-field radius (a photo crop, CPU, fp32). Without
-  overlap that error is a seam: overlap 0 left the model up to 0.29 off at the cuts.
+  the error is exactly 0 from 18 input pixels from a cut on, its receptive-field radius.
+  Without overlap that error is a seam: overlap 0 left the model 0.16 off (0..1 units) at
+  the cuts (benchmarks/RESULTS.md, CPU, fp32).
 - **Blending.** Within an overlap, the outer 3/8 on each side is context only (weight 0:
   the pixels a cut spoils); across the middle quarter the weights ramp linearly, one tile
   fading out as the other fades in (feathering). Where 3/8 of the overlap reaches the
   model's receptive-field radius, every output pixel comes only from tile pixels the cut did
   not touch, so the tiled output equals the untiled one up to floating-point rounding:
-  realesr-animevideov3 from overlap 48 (the default; 1.5e-6 max on three photo crops),
+  realesr-animevideov3 from overlap 48 (the default; 3.6e-7 max on three photo crops),
   bicubic from overlap 6. With less overlap, how deep the context is decides the residual
-  (overlap 32: 6.6e-4, a sixth of an 8-bit level; 16: 2e-2), not the ramp: for a purely
-  local model a hard cut in the middle of the overlap does as well or better (overlap 32:
-  4.2e-4, measured on the same crops).
+  (overlap 32: 3.2e-4, a twelfth of an 8-bit level), not the ramp: for a purely local
+  model a hard cut in the middle of the overlap does as well or better.
   The ramp is for what differs between whole tiles, a model with a global statistic
   (normalisation, pooling, attention over the tile): faded in over the ramp, not a step
   along a line. Weights are divided by their sum, so the shifted last tile (a larger
