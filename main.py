@@ -19,8 +19,9 @@ import sys
 import threading
 from pathlib import Path
 
-from core.choices import BIT_DEPTHS, CODECS, DEFAULT_MODEL, PICTURE_FORMATS, PRECISIONS
-from core.choices import DEFAULT_TILE_OVERLAP
+from rich.markup import escape
+
+from core.choices import BIT_DEPTHS, CODECS, DEFAULT_MODEL, DEFAULT_TILE_OVERLAP, PICTURE_FORMATS, PRECISIONS
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Signals that stop a run the way Ctrl-C does: `timeout`/`kill`/`docker stop`/systemd send
@@ -226,9 +227,9 @@ class RunDisplay:
         self.stats = stats
         if not self.quiet:
             for note in plan.notes:
-                self.console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+                self.console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
             for dev, (_, why) in plan.dtypes.items():
-                self.console.print(f"precision on {dev}: {why}", highlight=False, soft_wrap=True)
+                self.console.print(f"precision on {dev}: {escape(why)}", highlight=False, soft_wrap=True)
         if not self.enabled:
             return
         from rich.live import Live
@@ -307,7 +308,8 @@ def render_summary(console, stats) -> None:
     d = stats.to_dict()
     console.print(
         f"[bold green]done[/]: {d['frames_written']} frame(s) in {d['wall_seconds']:.2f} s = {d['fps']:.2f} fps"
-        f"  ({d.get('mode', '')}, {d.get('decoder', '')} -> {d.get('model', '')} x{d.get('scale', '')} -> {d.get('encoder', '')})",
+        f"  ({d.get('mode', '')}, {escape(str(d.get('decoder', '')))} -> {escape(str(d.get('model', '')))} "
+        f"x{d.get('scale', '')} -> {escape(str(d.get('encoder', '')))})",
         highlight=False,
     )
     table = Table(title="stages", title_justify="left")
@@ -329,7 +331,7 @@ def render_summary(console, stats) -> None:
                       str(w["failures"]), w["health"], probe)
     console.print(table)
     for warning in d["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 class _StopSignal:
@@ -406,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _config_from_args(args, sample=sample)
         if sample and not args.quiet:
-            say.print(f"No --source given: processing the built-in sample clip {config.source}", highlight=False, soft_wrap=True)
+            say.print(f"No --source given: processing the built-in sample clip {escape(str(config.source))}",
+                      highlight=False, soft_wrap=True)
         stats = run(config, on_progress=display.update, on_start=display.start)
         stopper.finished()  # the output is in place: a signal from here on changes nothing
     except RunInterrupted as exc:
@@ -414,13 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         _stop_display(display)
         what = f"stopped by {exc.signal_name}" if exc.signal_name and exc.signal_name != "SIGINT" else "interrupted"
         detail = str(exc) or "before the run started."
-        say.print(f"[yellow]{what}:[/] {detail}", highlight=False, soft_wrap=True)
+        say.print(f"[yellow]{what}:[/] {escape(detail)}", highlight=False, soft_wrap=True)
         _write_stats(args, display.stats, status="interrupted", error=f"{what}: {detail}", say=say)
         return exc.exit_code
     except FramepipeError as exc:
         stopper.finished()
         _stop_display(display)
-        say.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        say.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         if exc.exit_code != EXIT_BAD_INPUT:
             _write_stats(args, display.stats, status="failed", error=str(exc), say=say)
         return exc.exit_code
@@ -436,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
     _write_stats(args, stats, status="ok", say=say)
     if not args.quiet:
-        say.print(f"Output: [bold]{stats.notes.get('output', config.output)}[/]", highlight=False, soft_wrap=True)
+        say.print(f"Output: [bold]{escape(str(stats.notes.get('output', config.output)))}[/]", highlight=False,
+                  soft_wrap=True)
     return EXIT_OK
 
 
@@ -475,7 +479,8 @@ def _write_stats(args, stats, *, status: str, say, error: str | None = None) -> 
         write_file_atomically(args.stats_json, json.dumps(data, indent=2, default=str).encode(),
                               overwrite=args.overwrite, flag="--stats-json")
     except (OSError, FramepipeError) as exc:  # the run's output is safe; only the report is lost
-        say.print(f"[yellow]warning:[/] could not write --stats-json {args.stats_json}: {exc}", highlight=False,
+        say.print(f"[yellow]warning:[/] could not write --stats-json {escape(str(args.stats_json))}: {escape(str(exc))}",
+                  highlight=False,
                   soft_wrap=True)
 
 

@@ -126,6 +126,7 @@ class TimeShift:
         self.shift = Fraction(0)  # subtracted from every kept timestamp
         self.first: float | None = None  # the first kept frame's time
         self.end: float | None = None  # the first frame past the cut's end; None: the source's end
+        self.planned_end: float | None = None  # a time --end on the source's clock, known from the first frame
 
     def keeps(self, seconds: float) -> bool:
         """Whether an audio/subtitle packet starting at `seconds` lies inside the cut."""
@@ -165,6 +166,8 @@ class CutSource:
         for frame in self.source:
             if first_pts is None:
                 first_pts = frame.pts
+                if self.cut.end is not None and self.cut.end.seconds is not None:
+                    self.shift.planned_end = float(first_pts * self.time_base + self.cut.end.seconds)
             seconds = (frame.pts - first_pts) * self.time_base
             if self.cut.end is not None and self.cut.end.reached(frame.index, seconds):
                 self.shift.end = float(frame.pts * self.time_base)

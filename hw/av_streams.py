@@ -29,6 +29,7 @@ class _CopiedStream:
     out_stream: object
     reencode: bool = False
     resampler: object = None
+    next_pts: int | None = None  # re-encoded audio: the next sample's timestamp (1/rate), from the source's timing
 
 
 _DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
@@ -208,10 +209,11 @@ class StreamCopier:
                 log.warning("skipped a damaged audio packet (%s)", exc)
                 return
             for frame in frames:
+                if copied.next_pts is None:  # the re-encoded track starts where the source's audio does
+                    start = frame.pts * frame.time_base if frame.pts is not None and frame.time_base else 0
+                    copied.next_pts = round(start * copied.out_stream.codec_context.sample_rate)
                 frame.pts = None
-                for rf in copied.resampler.resample(frame):
-                    for p in copied.out_stream.encode(rf):
-                        self._out.mux(p)
+                self._encode_audio(copied, frame)
             return
         if packet.size == 0:
             return
@@ -219,16 +221,22 @@ class StreamCopier:
         self._out.mux(packet)
 
     def _trim_subtitle(self, packet) -> None:
-        """A subtitle that starts before the cut's first frame and is still on screen there
-        starts at that frame instead (its duration shortened to keep its end)."""
-        first = self._shift.first
-        if first is None or packet.pts is None or not packet.duration or packet.time_base is None:
+        """A subtitle on screen across the cut's first frame starts at that frame instead, and
+        one on screen across a time --end ends there (its duration shortened)."""
+        first, end = self._shift.first, self._shift.end or self._shift.planned_end
+        if packet.pts is None or not packet.duration or packet.time_base is None:
             return
-        first_ticks = math.ceil(Fraction(first) / packet.time_base - Fraction(1, 1000))
         end_ticks = packet.pts + packet.duration
-        if packet.pts < first_ticks < end_ticks:
-            packet.duration = end_ticks - first_ticks
-            packet.pts = packet.dts = first_ticks
+        if end is not None:
+            cut_ticks = math.floor(Fraction(end) / packet.time_base + Fraction(1, 1000))
+            if packet.pts < cut_ticks < end_ticks:
+                end_ticks = cut_ticks
+                packet.duration = end_ticks - packet.pts
+        if first is not None:
+            first_ticks = math.ceil(Fraction(first) / packet.time_base - Fraction(1, 1000))
+            if packet.pts < first_ticks < end_ticks:
+                packet.duration = end_ticks - first_ticks
+                packet.pts = packet.dts = first_ticks
 
     def finish(self, *, complete: bool) -> None:
         """Copy what is left (all of it when complete, else up to the last video time)."""
@@ -236,11 +244,21 @@ class StreamCopier:
         for copied in self._copied.values():
             if copied.reencode:
                 if complete:
-                    for rf in copied.resampler.resample(None):
-                        for p in copied.out_stream.encode(rf):
-                            self._out.mux(p)
+                    self._encode_audio(copied, None)
                 for p in copied.out_stream.encode(None):
                     self._out.mux(p)
+
+    def _encode_audio(self, copied: _CopiedStream, frame) -> None:
+        """Resample and encode (None: flush the resampler), the samples timed one after another
+        from `next_pts`; the encoder's own start-up delay (AAC's 1024 samples) is in the
+        packets it returns, which the muxer stores as the usual priming."""
+        rate = copied.out_stream.codec_context.sample_rate
+        for rf in copied.resampler.resample(frame):
+            rf.pts = copied.next_pts or 0
+            rf.time_base = Fraction(1, rate)
+            copied.next_pts = rf.pts + rf.samples
+            for p in copied.out_stream.encode(rf):
+                self._out.mux(p)
 
     def close(self) -> None:
         if self._src is not None:

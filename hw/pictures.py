@@ -14,8 +14,9 @@ library for the same work). OpenEXR is refused: it holds scene-linear light abov
 and the models here are trained on display-referred pictures in 0..1; clipping it would
 silently lose highlights.
 
-- Order and numbering: a picture's number is the last run of digits in its name; every
-  name of a sequence must follow one template (`scan_#.png`), and pictures sort by number.
+- Order and numbering: a pattern says where the number is; in a folder or a glob it is the
+  last run of digits in which every name follows one template (`render_#_1080p.png`), and
+  pictures sort by number (names without any digits: by name).
   Gaps are allowed and reported once (missing numbers); two pictures with one number are
   refused. Timing: picture k is shown at k/fps (`--fps`, default 24).
 - Alpha: the colour channels go through the model; the alpha channel is upscaled with
@@ -55,7 +56,6 @@ PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp", "
 _REFUSED = {".exr": "OpenEXR holds scene-linear light above 1.0, which these models (trained on display-referred "
                     "pictures) would clip; convert it to 16-bit TIFF or PNG with your colour pipeline first"}
 _PATTERN = re.compile(r"%(0?\d*)d")
-_DIGITS = re.compile(r"(\d+)(?!.*\d)")  # the last run of digits
 _ALPHA_FORMATS = ("rgba", "bgra", "argb", "abgr", "ya8", "ya16", "rgba64", "bgra64", "gbrap", "yuva")
 _DEEP_FORMATS = ("48", "64", "16", "10", "12", "gbrpf", "grayf")
 
@@ -72,6 +72,8 @@ def parse_fps(text: str | None) -> Fraction | None:
         raise InvalidOption(f"Invalid --fps ({text!r}): give frames per second, e.g. 24, 23.976 or 24000/1001.")
     if fps.denominator > 1001:  # a decimal such as 23.976: the rational broadcast rate it stands for
         fps = fps.limit_denominator(1001)
+    if fps < Fraction(1, 1000):
+        raise InvalidOption(f"Invalid --fps ({text!r}): at least 0.001 frames per second (one picture every 1000 s).")
     return fps
 
 
@@ -114,11 +116,17 @@ def _is_pattern(spec: str) -> bool:
 
 def find_pictures(spec: str | os.PathLike) -> PictureSequence | None:
     """The picture sequence `spec` names (a folder, a glob, a printf pattern), or None when it
-    names something else (a video file). InvalidSource, one line, when it names no pictures."""
+    names something else (a video file). InvalidSource, one line, when it names no pictures.
+
+    An existing file is always that file (a video may have `%d` or `[x]` in its name), and
+    only a name with a picture suffix is read as a pattern or a glob: a missing video is
+    then reported as missing, not as an empty glob."""
     text = os.fspath(spec)
     suffix = Path(text).suffix.lower()
-    if suffix in _REFUSED and (os.path.isfile(text) or _is_pattern(text) or glob.has_magic(text)):
-        raise InvalidSource(f"Source {text!r}: {_REFUSED[suffix]}.")
+    if os.path.isfile(text):
+        if suffix in _REFUSED:
+            raise InvalidSource(f"Source {text!r}: {_REFUSED[suffix]}.")
+        return None
     if os.path.isdir(text):
         candidates = [p for p in Path(text).iterdir()
                       if p.suffix.lower() in PICTURE_SUFFIXES and not p.name.startswith(".") and p.is_file()]
@@ -127,6 +135,10 @@ def find_pictures(spec: str | os.PathLike) -> PictureSequence | None:
             why = f" ({_REFUSED[refused[0].suffix.lower()]})" if refused else ""
             raise InvalidSource(f"Source folder {text!r} holds no pictures ({', '.join(s[1:] for s in PICTURE_SUFFIXES)}){why}.")
         return _ordered(text, candidates)
+    if suffix in _REFUSED and (_is_pattern(text) or glob.has_magic(text)):
+        raise InvalidSource(f"Source {text!r}: {_REFUSED[suffix]}.")
+    if suffix not in PICTURE_SUFFIXES:
+        return None
     if _is_pattern(text):
         folder = Path(os.path.dirname(text) or ".")
         name = os.path.basename(text)
@@ -134,11 +146,16 @@ def find_pictures(spec: str | os.PathLike) -> PictureSequence | None:
         width = match.group(1)
         digits = rf"\d{{{int(width)}}}" if width.startswith("0") and width[1:] else r"\d+"
         regex = re.compile(re.escape(name[: match.start()]) + f"({digits})" + re.escape(name[match.end():]) + "$")
-        found = [p for p in folder.iterdir() if regex.match(p.name) and p.is_file()] if folder.is_dir() else []
+        found = []
+        for path in (folder.iterdir() if folder.is_dir() else ()):
+            hit = regex.match(path.name)
+            if hit and path.is_file():
+                found.append((path, int(hit.group(1))))  # the pattern says where the number is
         if not found:
             raise InvalidSource(f"Source pattern {text!r}: no file in {str(folder)!r} matches it.")
-        return _ordered(text, found)
-    if glob.has_magic(text) and not os.path.exists(text):
+        template = name[: match.start()] + "#" + name[match.end():]
+        return _sequence(text, [(n, p.name, p) for p, n in found], template)
+    if glob.has_magic(text):
         found = [Path(p) for p in glob.glob(text) if Path(p).suffix.lower() in PICTURE_SUFFIXES and os.path.isfile(p)]
         if not found:
             raise InvalidSource(f"Source {text!r}: no picture ({', '.join(s[1:] for s in PICTURE_SUFFIXES)}) matches it.")
@@ -146,31 +163,47 @@ def find_pictures(spec: str | os.PathLike) -> PictureSequence | None:
     return None
 
 
+def _numbering(names: list[str]) -> tuple[int, str] | None:
+    """Which run of digits numbers the pictures: counted from the end of the name (0 = the
+    last run), the first position at which every name follows one template; None if none."""
+    runs = [list(re.finditer(r"\d+", name)) for name in names]
+    for k in range(max((len(r) for r in runs), default=0)):
+        templates = set()
+        for name, found in zip(names, runs):
+            if len(found) <= k:
+                break
+            m = found[-1 - k]
+            templates.add(name[: m.start()] + "#" + name[m.end():])
+        else:
+            if len(templates) == 1:
+                return k, templates.pop()
+    return None
+
+
 def _ordered(spec: str, paths: list[Path]) -> PictureSequence:
-    keyed = []
-    templates = set()
-    for path in paths:
-        match = _DIGITS.search(path.name)
-        number = int(match.group(1)) if match else None
-        template = (path.name[: match.start()] + "#" + path.name[match.end():]) if match else path.name
-        templates.add(template if match else "(no number)")
-        keyed.append((number, path.name, path))
-    if len(templates) > 1:
-        shown = ", ".join(sorted(templates)[:4])
+    names = [p.name for p in paths]
+    if not any(re.search(r"\d", name) for name in names):  # no numbers at all: by name
+        return _sequence(spec, [(None, p.name, p) for p in paths], "(by name)")
+    numbering = _numbering(names)
+    if numbering is None:
+        templates = sorted({re.sub(r"\d+(?!.*\d)", "#", n) for n in names})
+        shown = ", ".join(templates[:4])
         raise InvalidSource(f"Source {spec!r} mixes pictures named in {len(templates)} ways ({shown}): give a "
                             "pattern such as scan_%06d.png, or a folder holding one sequence.")
-    if any(n is None for n, _, _ in keyed) and len(keyed) > 1:
-        keyed.sort(key=lambda k: k[1])  # names without numbers: by name
-    else:
-        keyed.sort(key=lambda k: (k[0], k[1]))
-        numbers = [n for n, _, _ in keyed]
-        twice = sorted({n for n in numbers if numbers.count(n) > 1})
-        if twice:
-            names = [name for n, name, _ in keyed if n == twice[0]]
-            raise InvalidSource(f"Source {spec!r}: {' and '.join(names)} have the same number ({twice[0]}); "
-                                "rename one of them.")
-    return PictureSequence(spec=spec, paths=tuple(p for _, _, p in keyed), numbers=tuple(n for n, _, _ in keyed),
-                           template=templates.pop())
+    k, template = numbering
+    keyed = [(int(list(re.finditer(r"\d+", p.name))[-1 - k].group()), p.name, p) for p in paths]
+    return _sequence(spec, keyed, template)
+
+
+def _sequence(spec: str, keyed: list[tuple[int | None, str, Path]], template: str) -> PictureSequence:
+    keyed.sort(key=lambda item: (item[0] if item[0] is not None else -1, item[1]))
+    numbers = [n for n, _, _ in keyed]
+    twice = sorted({n for n in numbers if n is not None and numbers.count(n) > 1})
+    if twice:
+        names = [name for n, name, _ in keyed if n == twice[0]]
+        raise InvalidSource(f"Source {spec!r}: {' and '.join(names)} have the same number ({twice[0]}); "
+                            "rename one of them.")
+    return PictureSequence(spec=spec, paths=tuple(p for _, _, p in keyed), numbers=tuple(numbers), template=template)
 
 
 @dataclass(frozen=True)
@@ -201,9 +234,18 @@ def _depth_and_alpha(pix_fmt: str) -> tuple[int, bool]:
     return (16 if deep else 8), alpha
 
 
+def _picture_kind(frame) -> tuple[int, bool]:
+    """(bit depth 8/16, has alpha) of a decoded picture; a palette picture has alpha when one of
+    its pixels is not opaque (PNG's tRNS)."""
+    depth, alpha = _depth_and_alpha(frame.format.name)
+    if frame.format.name == "pal8":
+        alpha = bool((frame.reformat(format="rgba").to_ndarray()[..., 3] < 255).any())
+    return depth, alpha
+
+
 def probe_pictures(seq: PictureSequence) -> PictureInfo:
     frame, codec = _decode_one(seq.paths[0])
-    depth, alpha = _depth_and_alpha(frame.format.name)
+    depth, alpha = _picture_kind(frame)
     return PictureInfo(width=frame.width, height=frame.height, codec=codec, pix_fmt=frame.format.name, bit_depth=depth,
                        has_alpha=alpha)
 
@@ -220,6 +262,8 @@ class PictureSource:
         self.info = info
         self.warn = warn
         self.num_resized = 0
+        self.alpha_dropped: list[str] = []  # pictures with transparency in a sequence read without alpha
+        self.depth_reduced: list[str] = []  # 16-bit pictures in a sequence read at 8 bits
 
     def __iter__(self) -> Iterator[Frame]:
         info = self.info
@@ -230,6 +274,11 @@ class PictureSource:
             frame, _ = _decode_one(path)
             if (frame.width, frame.height) != (info.width, info.height):
                 self.num_resized += 1
+            depth, alpha = _picture_kind(frame)
+            if alpha and not info.has_alpha:
+                self.alpha_dropped.append(path.name)
+            if depth > info.bit_depth:
+                self.depth_reduced.append(path.name)
             # Alpha from a picture without it is opaque; one with alpha in a sequence without is flattened.
             array = frame.reformat(format=target, width=info.width, height=info.height,
                                    interpolation="BICUBIC").to_ndarray().astype(dtype, copy=False)
@@ -237,6 +286,13 @@ class PictureSource:
                 else (array,)
             yield Frame(index=index, pts=index, fmt="rgb48" if info.bit_depth == 16 else "rgb24", planes=planes,
                         bit_depth=info.bit_depth)
+        if self.alpha_dropped:
+            self.warn(f"source: {len(self.alpha_dropped)} picture(s) have transparency the first picture has not "
+                      f"(e.g. {self.alpha_dropped[0]}); the sequence is read as the first one is, so their alpha was "
+                      "dropped. Process them apart to keep it")
+        if self.depth_reduced:
+            self.warn(f"source: {len(self.depth_reduced)} picture(s) are 16-bit in a sequence whose first picture is 8-bit "
+                      f"(e.g. {self.depth_reduced[0]}); they were read at 8 bits")
         if self.num_resized:
             self.warn(f"source: {self.num_resized} picture(s) differ in size from the first ({info.width}x{info.height}); "
                       "they were scaled to it (bicubic) before the model")
@@ -272,6 +328,8 @@ def picture_target(output: Path, *, picture_format: str | None, bit_depth: int) 
     printf pattern), or None for a video file."""
     text = os.fspath(output)
     suffix = Path(text).suffix.lower()
+    if suffix in CONTAINER_SUFFIXES and not os.path.isdir(text):
+        return None  # a video file, whatever its name holds ("take 100%d.mp4")
     if _is_pattern(text):
         if suffix not in (".png", ".tif", ".tiff"):
             raise InvalidOption(f"Invalid --output ({text!r}): a picture pattern must end in .png, .tif or .tiff.")

@@ -142,11 +142,17 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         target = plan.picture_target
         done = {p.name for p in target.folder.iterdir()} if cfg.resume and target.folder.is_dir() else set()
 
+        def picture_name(index: int) -> str:
+            """A picture keeps its source frame's number: --start renumbers the frames from 0,
+            and the frames it dropped come back here."""
+            skipped = source.num_frames_before_start if isinstance(source, CutSource) else 0
+            return plan.picture_name(index + skipped)
+
         def picture_exists(index: int) -> bool:
-            return plan.picture_name(index) in done
+            return picture_name(index) in done
 
         skip = picture_exists if done else None
-        writer = wrap("writer", PictureWriter(target.folder, plan.picture_name, target.suffix,
+        writer = wrap("writer", PictureWriter(target.folder, picture_name, target.suffix,
                                               overwrite=plan.overwrite_output, stats=stats))
     elif parts is not None:
         layout, done = plan.segments, parts.finished()

@@ -107,9 +107,11 @@ def plan_run(config: RunConfig) -> RunPlan:
     pictures = find_pictures(config.source)
     source = probe_source(config.source) if pictures is None else _picture_source(config, pictures, notes)
     overwrite = config.overwrite or config.replace_default_output
+    # The partial output the run being resumed left at the output name: finishing it replaces it.
+    own_partial = config.resume and config.output is not None and PartsFolder.holds_partial_output_of(config.output)
     if config.output is not None and picture_target(config.output, picture_format=config.picture_format,
                                                      bit_depth=8) is None:
-        _check_paths(config, config.output, overwrite=overwrite)  # cheap checks first: before a model is loaded
+        _check_paths(config, config.output, overwrite=overwrite, own_partial=own_partial)  # cheap checks first
     model = load_model(config.model, scale=config.scale)
     output = config.output
     if output is None:  # named after the model's real scale, beside the source or in output_dir
@@ -121,8 +123,9 @@ def plan_run(config: RunConfig) -> RunPlan:
             name = default_output_path(config.source, model_name=Path(config.model).stem, scale=model.scale)
             output = (config.output_dir / name.name) if config.output_dir is not None else name
     target = picture_target(output, picture_format=config.picture_format, bit_depth=_picture_depth(config, source))
+    own_partial = own_partial or (config.resume and PartsFolder.holds_partial_output_of(Path(output)))
     if target is None:
-        _check_paths(config, output, overwrite=overwrite)
+        _check_paths(config, output, overwrite=overwrite, own_partial=own_partial)
     else:
         output = target.folder
     device_plan = plan_devices(config)
@@ -154,7 +157,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         if pictures is None:  # a video to pictures: NVDEC may still decode it
             use_nvdec, _ = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h), encode=False)
         return RunPlan(
-            config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite,
+            config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite or own_partial,
             devices=tuple(devices), dtypes=MappingProxyType(dtypes), output_width=out_w, output_height=out_h,
             use_nvdec=use_nvdec, use_nvenc=False, preset="", notes=tuple(notes), cut=config.cut, output_bit_depth=target.bit_depth,
             pictures=pictures, picture_target=target,
@@ -182,7 +185,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     if segments is not None:
         PartsFolder(Path(output)).check(resume=config.resume, overwrite=overwrite)
     return RunPlan(
-        config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite,
+        config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite or own_partial,
         devices=tuple(devices), dtypes=MappingProxyType(dtypes), output_width=out_w, output_height=out_h,
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
         segments=segments, num_encoders=num_encoders, cut=config.cut, output_bit_depth=bit_depth,
@@ -238,7 +241,9 @@ def _check_picture_output(config: RunConfig, target: PictureTarget, pictures: Pi
         raise OutputNotWritable(f"Cannot write pictures to {str(folder)!r}: folder {str(parent)!r} does not exist.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputNotWritable(f"Cannot write pictures to {str(folder)!r}: folder {str(parent)!r} is not writable.")
-    names = [target.name(k, pictures, config.source.stem) for k in range(out_count or 0)]
+    cut = config.cut
+    first = cut.start.frame_estimate(float(source.average_rate or 25)) if cut is not None and cut.start else 0
+    names = [target.name(first + k, pictures, config.source.stem) for k in range(out_count or 0)]
     inputs = list(pictures.paths) if pictures is not None else [config.source]
     if config.audio is not None:
         inputs.append(config.audio)
@@ -370,8 +375,9 @@ def _nvenc_limits(config: RunConfig, source: SourceInfo, output: Path) -> list[s
     return notes
 
 
-def _check_paths(config: RunConfig, output: Path, *, overwrite: bool) -> None:
-    """Every file the run writes against every file it reads (core.files has the rules)."""
+def _check_paths(config: RunConfig, output: Path, *, overwrite: bool, own_partial: bool = False) -> None:
+    """Every file the run writes against every file it reads (core.files has the rules).
+    `own_partial`: the output is the partial output of the run being resumed (replaced)."""
     config.check_output_name(output)
     outputs = [("--output", output)]
     if config.stats_json is not None:
@@ -379,7 +385,7 @@ def _check_paths(config: RunConfig, output: Path, *, overwrite: bool) -> None:
     inputs = [("--source", config.source)]
     if Path(config.model).suffix and Path(config.model).exists():
         inputs.append(("--model", Path(config.model)))
-    check_output_paths(outputs, inputs=inputs, overwrite=overwrite)
+    check_output_paths(outputs, inputs=inputs, overwrite=overwrite, owned=[output] if own_partial else [])
 
 
 def plan_devices(config: RunConfig) -> DevicePlan:

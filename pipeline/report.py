@@ -211,6 +211,8 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
     stats.num_frames_written = written
     final = output.commit(complete=complete)
     stats.notes["output"] = str(final)
+    if not complete and final == output.path:
+        parts.record_partial_output(final)  # the --resume that finishes the job may replace it
     if complete:
         if not plan.config.keep_parts:
             parts.remove()

@@ -85,12 +85,14 @@ class Manifest:
     settings: dict[str, object]
     segments: dict[int, dict[str, object]] = field(default_factory=dict)  # k -> {first, stop, file, sha256, pts_offset}
     partials: dict[int, int] = field(default_factory=dict)  # k -> pts_offset of partial-<k> (a stopped run's)
+    partial_output: dict[str, int] | None = None  # the partial output a stopped run left at the output name
     version: int = MANIFEST_VERSION
 
     def to_json(self) -> bytes:
         data = {"version": self.version, "source": self.source, "settings": self.settings,
                 "segments": {str(k): v for k, v in sorted(self.segments.items())},
-                "partials": {str(k): v for k, v in sorted(self.partials.items())}}
+                "partials": {str(k): v for k, v in sorted(self.partials.items())},
+                "partial_output": self.partial_output}
         return json.dumps(data, indent=2, sort_keys=True).encode()
 
     @classmethod
@@ -98,7 +100,8 @@ class Manifest:
         raw = json.loads(data)
         return cls(source=raw["source"], settings=raw["settings"],
                    segments={int(k): v for k, v in raw.get("segments", {}).items()},
-                   partials={int(k): int(v) for k, v in raw.get("partials", {}).items()}, version=int(raw["version"]))
+                   partials={int(k): int(v) for k, v in raw.get("partials", {}).items()},
+                   partial_output=raw.get("partial_output"), version=int(raw["version"]))
 
     def differences(self, *, source: dict[str, object], settings: dict[str, object]) -> list[str]:
         """What differs between this manifest and a new run's source and settings (names only)."""
@@ -237,6 +240,27 @@ class PartsFolder:
         with self._lock:
             self.manifest.partials[segment] = pts_offset
             self.save()
+
+    def record_partial_output(self, path: Path) -> None:
+        """A stopped run's joined partial output now sits at the output name: noted (size, time,
+        inode), so the `--resume` that finishes the job may replace that file, and only it."""
+        assert self.manifest is not None
+        st = os.stat(path)
+        with self._lock:
+            self.manifest.partial_output = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+            self.save()
+
+    @staticmethod
+    def holds_partial_output_of(output: Path) -> bool:
+        """Whether `output` is exactly the partial output a stopped run of it left (its work
+        folder's manifest says so, and the file is unchanged since)."""
+        manifest_path = output.with_name(output.name + ".parts") / "manifest.json"
+        try:
+            recorded = Manifest.from_json(manifest_path.read_bytes()).partial_output
+            st = os.stat(output)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return bool(recorded) and recorded == {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

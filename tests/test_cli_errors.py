@@ -250,3 +250,18 @@ def test_bad_input_from_a_real_process(clips, tmp_path):
     assert [ln for ln in proc.stderr.splitlines() if ln.strip()] == [
         f"error: Source not found: '{tmp_path / 'missing.mp4'}'. Check the path, or run without --source for the built-in sample."
     ]
+
+
+def test_paths_are_printed_as_they_are(capsys, clips, tmp_path):
+    """Paths with brackets or a % in their names are files like any other, printed verbatim
+    (not read as console markup, a picture pattern or a glob)."""
+    src = tmp_path / "take [x] 100%d.mp4"
+    src.write_bytes(clips("plain.mp4", num_frames=6).read_bytes())
+    out = tmp_path / "out [final].mp4"
+    code, err = _cli(capsys, "--source", src, "--output", out, "--max-frames", "2")
+    assert code == 0, err
+    assert f"Output: {out}" in err.replace("\n", "")
+    code, err = _cli(capsys, "--source", src, "--output", out)
+    assert code == 2 and str(out) in _error_line(err)
+    code, err = _cli(capsys, "--source", tmp_path / "missing [red]x[/red].mp4", "--output", tmp_path / "o.mp4")
+    assert code == 2 and "missing [red]x[/red].mp4" in _error_line(err) and "not found" in _error_line(err)

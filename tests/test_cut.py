@@ -186,3 +186,40 @@ def test_subtitles_are_cut_with_the_video(clips, tmp_path):
     assert after[0] == (0, s0 + d0 - half, t0)  # "one" (0 - 1 s) is shown from the cut's first frame to its end
     assert after[1:] == [(s - half, d, t) for s, d, t in rest]
     assert stats.warnings == []
+    out2 = tmp_path / "subs-end.mkv"
+    run(_cfg(src, out2, start="0.5", end="1.25"))  # "two" (1 - 2 s) is cut at 1.25 s
+    zero = probe.video_start(out2)
+    with av.open(str(out2)) as c:
+        cues = [(p.pts * p.time_base - zero, p.duration * p.time_base, bytes(p))
+                for p in c.demux(c.streams.subtitles[0]) if p.size]
+    assert cues == [(0, s0 + d0 - half, t0), (rest[0][0] - half, Fraction(1, 4), rest[0][2])]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+@pytest.mark.parametrize("start", [None, "1.5"])
+def test_re_encoded_audio_keeps_its_timing(clips, tmp_path, suffix, start):
+    """Audio that must be re-encoded (mu-law PCM) starting 0.5 s after the video: the AAC track
+    starts where the source's audio does (cut or not), its priming (1024 samples) before it."""
+    import av
+
+    plain = clips("cut-mulaw.mov", num_frames=96, audio=True, audio_codec="pcm_mulaw")
+    late = tmp_path / "late.mov"
+    with av.open(str(plain)) as i, av.open(str(late), "w") as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for p in i.demux():
+            if p.dts is None:
+                continue
+            if p.stream.type == "audio":  # 0.5 s later
+                p.pts += 24000
+                p.dts += 24000
+            p.stream = streams[p.stream.index]
+            o.mux(p)
+    out = tmp_path / f"out{suffix}"
+    stats = run(_cfg(late, out, start=start))
+    assert any("re-encoded to aac" in w for w in stats.warnings)
+    first_packet = min(pts for pts, *_ in probe.packet_times(out, "audio"))
+    audio_start = first_packet + Fraction(1024, 48000) - probe.video_start(out)
+    expected = Fraction(1, 2) if start is None else Fraction(0)  # after a cut at 1.5 s it starts with the video
+    packet = max(d for *_, d, _ in probe.packet_times(late, "audio"))  # a cut keeps whole source packets
+    slack = Fraction(1, 1000) + (packet if start is not None else 0)  # and MP4 stores the start in ms
+    assert -Fraction(1, 1000) <= audio_start - expected <= slack, float(audio_start)

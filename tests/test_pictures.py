@@ -259,3 +259,54 @@ def test_pictures_to_segmented_video_with_a_soundtrack(clips, tmp_path):
     assert probe.indices(seg) == list(range(30))
     assert probe.pts_exact(seg) == probe.pts_exact(one)
     assert probe.packet_times(seg, "audio") == probe.packet_times(one, "audio") != []
+
+
+def test_the_number_is_found_where_it_varies_or_where_the_pattern_says(tmp_path):
+    for n in range(3):
+        _save(tmp_path / "r" / f"render_{n:04d}_1080p.png", _noise(seed=n))
+    by_folder = find_pictures(tmp_path / "r")
+    assert by_folder.numbers == (0, 1, 2) and by_folder.template == "render_#_1080p.png"
+    assert find_pictures(str(tmp_path / "r" / "render_%04d_1080p.png")).paths == by_folder.paths
+    assert find_pictures(str(tmp_path / "r" / "render_*_1080p.png")).paths == by_folder.paths
+    for name in ("cover.png", "back.png"):  # no numbers at all: by name
+        _save(tmp_path / "n" / name, _noise())
+    assert [p.name for p in find_pictures(tmp_path / "n").paths] == ["back.png", "cover.png"]
+
+
+def test_palette_transparency_is_kept_and_late_alpha_is_said(tmp_path):
+    from PIL import Image
+
+    rgb = np.full((24, 32, 3), 100, np.uint8)
+    rgb[:, :16] = (200, 30, 30)
+    (tmp_path / "pal").mkdir()
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=4).save(tmp_path / "pal" / "p_0.png", transparency=0)
+    run(_cfg(tmp_path / "pal", tmp_path / "pal_out"))
+    alpha = _read(tmp_path / "pal_out" / "p_0.png", "rgba")[..., 3]
+    assert (alpha == 0).sum() == (np.array(Image.open(tmp_path / "pal" / "p_0.png").convert("RGBA"))[..., 3] == 0).sum() > 0
+    _save(tmp_path / "mix" / "m_0.png", _noise())
+    _save(tmp_path / "mix" / "m_1.png", _noise(channels=4))
+    stats = run(_cfg(tmp_path / "mix", tmp_path / "mix_out"))
+    assert sum("have transparency the first picture has not (e.g. m_1.png)" in w for w in stats.warnings) == 1
+
+
+@pytest.mark.parametrize("fps", ["0.0001", "1/100000"])
+def test_a_tiny_fps_is_one_line(tmp_path, capsys, fps):
+    _save(tmp_path / "in" / "p_1.png", _noise())
+    rc = cli.main(["--source", str(tmp_path / "in"), "--model", "bicubic", "--fps", fps, "--output", str(tmp_path / "v.mp4")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Invalid --fps" in err and "Traceback" not in err
+
+
+def test_pictures_cut_keep_their_own_names(tmp_path):
+    """--start/--end renumber the frames from 0 inside the run; pictures keep the source's names
+    and numbers, so a job done in parts into one folder never overwrites a part."""
+    for n in (1, 2, 3, 4, 5, 6, 50, 51):
+        _save(tmp_path / "in" / f"s_{n:04d}.png", _noise(seed=n))
+    run(_cfg(tmp_path / "in", tmp_path / "out", end="4f"))
+    run(_cfg(tmp_path / "in", tmp_path / "out", start="4f", overwrite=True))
+    names = sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".png")
+    assert names == [f"s_{n:04d}.png" for n in (1, 2, 3, 4, 5, 6, 50, 51)]
+    for n in (1, 5, 51):
+        assert np.array_equal(_read(tmp_path / "out" / f"s_{n:04d}.png", "rgb24"), _noise(seed=n))
+    run(_cfg(str(tmp_path / "in" / "s_%04d.png"), tmp_path / "pat" / "x_%d.png", start="6f"))
+    assert sorted(p.name for p in (tmp_path / "pat").iterdir() if p.suffix == ".png") == ["x_50.png", "x_51.png"]

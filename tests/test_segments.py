@@ -193,10 +193,26 @@ def test_ctrl_c_keeps_a_playable_partial_output_and_the_parts(clips, tmp_path):
     got = probe.indices(out)
     assert got == list(range(len(got))) and 12 <= len(got) < 120
     assert (parts / "manifest.json").is_file()
-    out.unlink()  # the partial output is a file of its own; the resume joins from the parts
+    # The command the stop suggests works as said: --resume replaces the partial output this
+    # run left (and only that file, unchanged since: see the next test).
     run(_cfg(src, out, segment_frames=12, encoders=2, resume=True))
     assert probe.indices(out) == list(range(120))
     assert probe.packet_times(out, "audio") == probe.packet_times(src, "audio")
+
+
+def test_resume_replaces_only_the_partial_output_as_it_was_left(clips, tmp_path):
+    src = clips("seg-long.mp4", num_frames=120, audio=True)
+    out = tmp_path / "out.mp4"
+    run(_cfg(src, out, segment_frames=12, encoders=2, max_frames=30, keep_parts=True))  # a finished job
+    with pytest.raises(OutputExists, match="--overwrite"):  # not a partial output this work folder left
+        run(_cfg(src, out, segment_frames=12, encoders=2, max_frames=30, resume=True))
+    recorded = json.loads((tmp_path / "out.mp4.parts" / "manifest.json").read_text())
+    parts = PartsFolder(out)
+    parts.open(resume=True, overwrite=False, source=recorded["source"], settings=recorded["settings"])
+    parts.record_partial_output(out)  # as a stopped run records the partial output it leaves
+    assert PartsFolder.holds_partial_output_of(out)
+    out.write_bytes(out.read_bytes() + b"edited")  # changed since: no longer that file
+    assert not PartsFolder.holds_partial_output_of(out)
 
 
 @pytest.mark.parametrize("change, word", [
