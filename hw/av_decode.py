@@ -21,7 +21,7 @@ import numpy as np
 
 from core.errors import NoVideoStream
 from core.frame import Frame
-from hw.av_source import PLANAR_YUV, open_input
+from hw.av_source import PLANAR_YUV, fraction, open_input
 
 __all__ = ["PyAVDecoder", "PtsFiller", "TimestampRepair"]
 
@@ -143,8 +143,8 @@ class PyAVDecoder:
         self.stopped_early_reason: str | None = None
         self._shape: tuple[int, int, str] | None = None  # (width, height, pix_fmt) of the first frame
         self._last_pts: int | None = None
-        rate = self._stream.average_rate or self._stream.guessed_rate
-        filler = PtsFiller(rate, self._stream.time_base)
+        rate = fraction(self._stream.average_rate) or fraction(self._stream.guessed_rate)
+        filler = PtsFiller(rate, fraction(self._stream.time_base))
         self._repair = TimestampRepair(step=filler._step)
 
     def __iter__(self) -> Iterator[Frame]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from core.errors import InvalidOption, InvalidSource, NoVideoStream, SourceNotFound
 from core.files import describe_file_kind, ffmpeg_path
 from hw.color import ColorInfo, color_info_from_tags
-from hw.hdr import HdrMetadata, hdr_metadata
+from hw.hdr import HdrMetadata, hdr_metadata, side_data
 
 __all__ = ["SourceInfo", "probe_source", "probe_audio", "open_input", "PLANAR_YUV"]
 
@@ -93,17 +93,19 @@ def open_input(path: Path):
         ) from exc
 
 
-def _display_matrix(frame) -> tuple[int, ...] | None:
-    """The frame's display matrix side data (9 ints), or None.
+def fraction(value) -> Fraction | None:
+    """A PyAV rational as a `Fraction`, None where unset.
 
-    PyAV 18 iterates a frame's side data as `SideData` objects; PyAV 19 made the container a
-    mapping that iterates its `Type` keys (seen on the GPU host: 'Type' object has no
-    attribute 'type'). Both are read here."""
-    side = getattr(frame, "side_data", None) or ()
-    for entry in side:
-        data = entry if hasattr(entry, "buffer_size") else side[entry]
-        kind = getattr(data, "type", entry)
-        if getattr(kind, "name", "") == "DISPLAYMATRIX" and data.buffer_size == 36:
+    PyAV 18 gives `Fraction` or None; PyAV 19 gives its own `AVRational`, never None (unset is
+    a falsy 0/1, and 1/0 or 0/0 are falsy too), which prints as "30/1" and has no `round`.
+    Everything past the reading of a container holds `Fraction`s, whichever PyAV it runs on."""
+    return Fraction(value.numerator, value.denominator) if value else None
+
+
+def _display_matrix(frame) -> tuple[int, ...] | None:
+    """The frame's display matrix side data (9 ints), or None."""
+    for name, data in side_data(frame):
+        if name == "DISPLAYMATRIX" and data.buffer_size == 36:
             return struct.unpack("<9i", bytes(data))
     return None
 
@@ -177,8 +179,8 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
             pix_fmt=pix_fmt,
             bit_depth=bit_depth,
             chroma_format=chroma,
-            time_base=stream.time_base or Fraction(1, 90000),
-            average_rate=stream.average_rate or stream.guessed_rate,
+            time_base=fraction(stream.time_base) or Fraction(1, 90000),
+            average_rate=fraction(stream.average_rate) or fraction(stream.guessed_rate),
             num_frames_from_header=int(stream.frames or 0),
             num_frames_estimate=_estimate_frames(stream, container),
             color=color_info_from_tags(

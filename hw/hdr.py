@@ -68,6 +68,19 @@ def _rationals(data: bytes, count: int) -> list[Fraction | None]:
     return [Fraction(n, d) if d else None for n, d in zip(values[0::2], values[1::2])]
 
 
+def side_data(frame):
+    """(type name, SideData) for each side data entry of a decoded PyAV frame.
+
+    PyAV 18 iterates a frame's side data as `SideData` objects; PyAV 19 made the container a
+    mapping that iterates its `Type` keys (seen on the GPU host: 'Type' object has no
+    attribute 'type'). Both are read here."""
+    entries = getattr(frame, "side_data", None) or ()
+    for entry in entries:
+        data = entry if hasattr(entry, "buffer_size") else entries[entry]
+        kind = getattr(data, "type", entry)
+        yield getattr(kind, "name", str(kind)), data
+
+
 def hdr_metadata(frame) -> HdrMetadata | None:
     """The static HDR metadata a decoded PyAV frame carries as side data (None: none).
 
@@ -76,8 +89,7 @@ def hdr_metadata(frame) -> HdrMetadata | None:
     AVContentLightMetadata: MaxCLL, MaxFALL (unsigned)."""
     found: dict[str, object] = {}
     dynamic = []
-    for side in getattr(frame, "side_data", ()) or ():
-        name = getattr(side.type, "name", str(side.type))
+    for name, side in side_data(frame):
         if name == _MASTERING and side.buffer_size >= 88:
             data = bytes(side)
             values = _rationals(data, 10)

@@ -54,7 +54,7 @@ from core.errors import HardwareUnavailable
 from core.frame import Frame
 from hw import nv_runtime as rt
 from hw.av_decode import PtsFiller
-from hw.av_source import open_input
+from hw.av_source import fraction, open_input
 from hw.nv_probe import CHROMA_TEXT, NVDEC_CODECS, probe_nvdec
 
 __all__ = ["NvDecoder"]
@@ -163,10 +163,8 @@ class NvDecoder:
             self.width: int = int(cc.width)
             self.height: int = int(cc.height)
             self.bit_depth, self.chroma_format = _stream_format(stream)
-            self.time_base: Fraction | None = (
-                Fraction(stream.time_base) if stream.time_base is not None else None)
-            self.average_rate: Fraction | None = (
-                Fraction(stream.average_rate) if stream.average_rate else None)
+            self.time_base: Fraction | None = fraction(stream.time_base)
+            self.average_rate: Fraction | None = fraction(stream.average_rate)
             self.num_frames_from_header: int = int(stream.frames or 0)
             ok, reason = probe_nvdec(codec=self.codec, bit_depth=self.bit_depth,
                                      chroma_format=self.chroma_format, width=self.width,

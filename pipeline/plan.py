@@ -78,6 +78,11 @@ class RunPlan:
         return self.picture_target.name(index, self.pictures, self.config.source.stem)
 
     @property
+    def first_gpu(self) -> int:
+        first = self.devices[0]
+        return first.index or 0 if first.type == "cuda" else 0
+
+    @property
     def num_frames_estimate(self) -> int:
         """Frames this run will process, estimated before decoding (0: unknown)."""
         return _frames_estimate(self.config, self.source)
@@ -91,11 +96,6 @@ def _frames_estimate(config: RunConfig, source: SourceInfo) -> int:
     if config.max_frames is not None:
         total = min(total, config.max_frames) if total else config.max_frames
     return total
-
-    @property
-    def first_gpu(self) -> int:
-        first = self.devices[0]
-        return first.index or 0 if first.type == "cuda" else 0
 
 
 def plan_run(config: RunConfig) -> RunPlan:

@@ -94,3 +94,26 @@ def test_what_the_nvenc_writer_cannot_carry_is_said_up_front(tmp_path):
     assert len(notes) == 2 and "rotation (90 degrees)" in notes[0] and "hev1" in notes[1]
     plain = SourceInfo(**{**src.__dict__, "display_matrix": None, "rotation": 0})
     assert planning._nvenc_limits(RunConfig(source=Path("v.mp4"), codec="hevc"), plain, Path("o.mkv")) == []
+
+
+def test_the_builder_opens_both_hardware_ends_on_the_plans_gpu(monkeypatch, tmp_path):
+    """`build`'s NVDEC and NVENC branches, run on the CPU with the hardware classes replaced:
+    a `RunPlan` property lost in an edit once broke every --nvdec and --nvenc run, and only
+    the GPU host (where these branches run for real) saw it."""
+    import dataclasses
+
+    from hw import nvdec, nvenc_writer
+    from hw.clips import make_clip
+    from pipeline import build as building
+
+    clip = make_clip(tmp_path / "v.mp4", width=64, height=48, num_frames=2, fps=24)
+    cpu_plan = planning.plan_run(RunConfig(source=clip, output=tmp_path / "o.mp4", device="cpu", model="bicubic",
+                                           scale=2))
+    plan = dataclasses.replace(cpu_plan, devices=(torch.device("cuda", 1),), use_nvdec=True, use_nvenc=True)
+    opened = {}
+    monkeypatch.setattr(nvdec, "NvDecoder", lambda path, *, gpu: opened.setdefault("decoder", (path, gpu)))
+    monkeypatch.setattr(nvenc_writer, "NvencFileWriter",
+                        lambda path, *, gpu, codec, **kw: opened.setdefault("encoder", (path, gpu, codec)))
+    building.open_source(plan, warn=print)
+    building.open_encoder(plan, tmp_path / "o.tmp.mp4", warn=print)
+    assert opened == {"decoder": (clip, 1), "encoder": (tmp_path / "o.tmp.mp4", 1, "h264")}
