@@ -11,6 +11,10 @@ failed, 2 bad input, 128 + the signal number when stopped by a signal (130 SIGIN
 
 from __future__ import annotations
 
+import time
+
+_PROCESS_STARTED = time.perf_counter()  # time to first frame is measured from here (imports included)
+
 import argparse
 import json
 import logging
@@ -21,7 +25,8 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from core.choices import BIT_DEPTHS, CODECS, DEFAULT_MODEL, DEFAULT_TILE_OVERLAP, PICTURE_FORMATS, PRECISIONS
+from core.choices import (BIT_DEPTHS, CODECS, COMPILE_CHOICES, DEFAULT_MODEL, DEFAULT_TILE_OVERLAP, OUTPUT_MODES,
+                          PICTURE_FORMATS, PRECISIONS)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Signals that stop a run the way Ctrl-C does: `timeout`/`kill`/`docker stop`/systemd send
@@ -61,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--resume", action="store_true",
                     help="finish an earlier run of this output from its finished segments (<output>.parts/)")
     io.add_argument("--keep-parts", action="store_true", help="keep the work folder <output>.parts/ after a successful run")
+    io.add_argument("--output-mode", choices=OUTPUT_MODES, default="file",
+                    help="file: write the output (default); none: run the model on every frame and discard the result "
+                    "(benchmarks, analysis models)")
 
     model = p.add_argument_group("model")
     model.add_argument("--model", default=None,
@@ -70,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto = fp16 on compute capability 7.0+, fp32 on Pascal (sm_61) and the CPU")
     model.add_argument("--list-models", action="store_true", help="list the built-in models and exit")
+    model.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
+                       help="torch.compile the model in the background, eager until it is ready and checked against "
+                       "eager (auto = on CUDA GPUs of compute capability 7.0+; never on the CPU unless on)")
     model.add_argument("--tile-size", type=int, default=0, metavar="N",
                        help="run the model on overlapping tiles of N x N input pixels, blended (0 = whole frames, the "
                        "default; a frame that does not fit at batch 1 switches to tiles by itself)")
@@ -182,6 +193,8 @@ def _config_from_args(args, *, sample: bool):
         precision=args.precision,
         tile_size=args.tile_size,
         tile_overlap=args.tile_overlap,
+        compile=args.compile,
+        output_mode=args.output_mode,
         codec=args.codec,
         bit_depth=args.bit_depth,
         crf=args.quality,
@@ -312,6 +325,10 @@ def render_summary(console, stats) -> None:
         f"x{d.get('scale', '')} -> {escape(str(d.get('encoder', '')))})",
         highlight=False,
     )
+    if d.get("first_frame_seconds_from_command") is not None:
+        console.print(f"first frame out of the model {d['first_frame_seconds_from_command']:.2f} s after the command "
+                      f"({d['first_frame_seconds']:.2f} s after the run began: model loading and probing)",
+                      highlight=False)
     table = Table(title="stages", title_justify="left")
     for col in ("stage", "busy s", "waiting s"):
         table.add_column(col)
@@ -321,14 +338,17 @@ def render_summary(console, stats) -> None:
         table.add_row(w["name"], f"{w['busy_seconds']:.2f}", f"{w['wait_seconds']:.2f}")
     console.print(table)
     table = Table(title="devices", title_justify="left")
-    for col in ("worker", "device", "frames", "batches", "batch sizes", "tiles", "OOM retries", "faults", "health", "probe"):
+    for col in ("worker", "device", "frames", "batches", "batch sizes", "tiles", "OOM retries", "faults", "health", "probe",
+                "model"):
         table.add_column(col)
     for w in d["workers"]:
         sizes = ", ".join(f"{k}x{v}" for k, v in w["batch_sizes"].items()) or "-"
         probe = f"{w['probe_seconds']:.1f} s: {w['probe_note']}" if w["probe_seconds"] else w["probe_note"] or "-"
         tiles = f"{w['tile_size']}x{w['tile_size']}" if w["tile_size"] else "-"
+        compiled = w["compile"] or {}
+        model = compiled.get("note") or compiled.get("status") or "-"
         table.add_row(w["name"], w["device"], str(w["frames"]), str(w["batches"]), sizes, tiles, str(w["oom_retries"]),
-                      str(w["failures"]), w["health"], probe)
+                      str(w["failures"]), w["health"], probe, escape(model))
     console.print(table)
     for warning in d["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
@@ -412,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
                       highlight=False, soft_wrap=True)
         stats = run(config, on_progress=display.update, on_start=display.start)
         stopper.finished()  # the output is in place: a signal from here on changes nothing
+        first = [w.first_batch_at for w in stats.workers.values() if w.first_batch_at is not None]
+        if first:
+            stats.notes["first_frame_seconds_from_command"] = round(min(first) - _PROCESS_STARTED, 3)
     except RunInterrupted as exc:
         stopper.finished()
         _stop_display(display)
@@ -449,6 +472,11 @@ def _process_settings() -> None:
     import os
 
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints ~20 info lines to stderr otherwise
+    # torch.compile's kernels (--compile) in framepipe's cache folder, beside the converted
+    # weights: a second run of the same model and frame size compiles from there in seconds.
+    from models.registry import default_cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir() / "torch-compile"))
     try:
         import torch
 

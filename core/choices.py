@@ -32,6 +32,8 @@ __all__ = [
     "DEEP_COLOR_CODECS",
     "OUTPUT_PIX_FMT",
     "PICTURE_FORMATS",
+    "COMPILE_CHOICES",
+    "OUTPUT_MODES",
 ]
 
 DEFAULT_MODEL = "realesr-animevideov3"
@@ -82,3 +84,11 @@ MAX_AUTO_ENCODERS = 6
 # radius of realesr-animevideov3, so its tiled output equals the untiled one.
 MIN_TILE_SIZE = 16
 DEFAULT_TILE_OVERLAP = 48
+
+# --compile: torch.compile in the background (models/compiled.py). auto: on CUDA GPUs that
+# Triton supports (compute capability 7.0+), never on the CPU; on: everywhere; off: eager.
+COMPILE_CHOICES: tuple[str, ...] = ("auto", "on", "off")
+
+# --output-mode: file (the output video or pictures) or none (frames discarded after the
+# model: benchmarks, and analysis models whose product is not a video).
+OUTPUT_MODES: tuple[str, ...] = ("file", "none")

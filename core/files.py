@@ -40,6 +40,7 @@ __all__ = [
     "check_output_paths",
     "OutputFile",
     "OutputFolder",
+    "NoOutput",
     "write_file_atomically",
     "create_exclusive",
     "describe_file_kind",
@@ -348,6 +349,21 @@ class OutputFolder:
             pass
         finally:
             self._lock.release()
+
+
+class NoOutput:
+    """The output of a run that writes nothing (--output-mode none): no path, no lock."""
+
+    path = None
+
+    def begin(self) -> None:
+        return None
+
+    def commit(self, *, complete: bool) -> None:
+        return None
+
+    def discard(self) -> None:
+        pass
 
 
 def _link_exclusive(src: Path, dst: Path) -> bool:

@@ -24,7 +24,7 @@ from pipeline.segment_writer import EncoderPool, SegmentWriter
 from pipeline.segments import PartsFolder
 from pipeline.stats import RunStats
 from pipeline.worker import Worker
-from pipeline.writer import PictureWriter, Writer
+from pipeline.writer import DiscardWriter, PictureWriter, Writer
 
 __all__ = ["Stages", "build", "open_source", "open_encoder", "worker_names", "Wrap"]
 
@@ -84,6 +84,8 @@ def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None], *, with
 
 
 def _output_format(plan: RunPlan) -> str:
+    if plan.output is None:
+        return "none"
     if plan.picture_target is not None:
         return "rgb48" if plan.output_bit_depth == 16 else "rgb24"
     if plan.use_nvenc:
@@ -114,7 +116,7 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         shift.end = float(len(plan.pictures.paths) * plan.source.time_base)
     source = open_source(plan, stats.warn, shift)
     try:
-        if plan.picture_target is not None:
+        if plan.picture_target is not None or plan.output is None:
             encoder = None
         elif parts is None:
             encoder = open_encoder(plan, output_path, stats.warn, audio_shift=shift)
@@ -134,7 +136,7 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
             color=plan.source.color, dtype=plan.dtypes[str(dev)][0], model_name=plan.model.name,
             scale=plan.model.scale, output_format=_output_format(plan), batch_size=batch,
             max_batch_size=cfg.max_batch_size, frame_size=(plan.source.height, plan.source.width),
-            tile_size=cfg.tile_size or None, tile_overlap=cfg.tile_overlap,
+            tile_size=cfg.tile_size or None, tile_overlap=cfg.tile_overlap, compile=plan.compiled[str(dev)],
         )
         workers.append(wrap(name, worker))
     skip = None
@@ -154,6 +156,8 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         skip = picture_exists if done else None
         writer = wrap("writer", PictureWriter(target.folder, picture_name, target.suffix,
                                               overwrite=plan.overwrite_output, stats=stats))
+    elif plan.output is None:
+        writer = wrap("writer", DiscardWriter(stats=stats))
     elif parts is not None:
         layout, done = plan.segments, parts.finished()
         finished = set(done)

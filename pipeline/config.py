@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.choices import (BIT_DEPTHS, CODECS, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
+from core.choices import (BIT_DEPTHS, CODECS, COMPILE_CHOICES, OUTPUT_MODES, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
                           DEFAULT_MODEL, DEFAULT_TILE_OVERLAP, MIN_TILE_SIZE, NVENC_PRESETS, PICTURE_FORMATS, PRECISIONS,
                           Codec, Precision)
 from core.cut import Cut
@@ -47,6 +47,8 @@ class RunConfig:
     precision: Precision = "auto"
     tile_size: int | None = None  # --tile-size: input pixels a side of the tiles; None/0: whole frames
     tile_overlap: int | None = None  # --tile-overlap; None: models.tiling's default
+    compile: str = "auto"  # --compile auto|on|off (models/compiled.py)
+    output_mode: str = "file"  # --output-mode file|none (none: frames discarded after the model)
     codec: Codec = "h264"
     bit_depth: int | None = None  # None: the source's, where the codec's 10-bit profile is widely played
     crf: int | None = None
@@ -117,6 +119,18 @@ class RunConfig:
         if self.tile_overlap is not None and self.tile_size and self.tile_overlap >= self.tile_size:
             raise InvalidOption(f"Invalid --tile-overlap ({self.tile_overlap}): it must be smaller than --tile-size "
                                 f"({self.tile_size}), e.g. --tile-overlap {self.tile_size // 4}.")
+        if self.compile not in COMPILE_CHOICES:
+            raise InvalidOption(f"Invalid --compile ({self.compile!r}): allowed are {', '.join(COMPILE_CHOICES)}.")
+        if self.output_mode not in OUTPUT_MODES:
+            raise InvalidOption(f"Invalid --output-mode ({self.output_mode!r}): allowed are {', '.join(OUTPUT_MODES)}.")
+        if self.output_mode == "none":
+            for flag, given in (("--output", self.output is not None), ("--resume", self.resume),
+                                ("--nvenc", self.nvenc), ("--audio", self.audio is not None),
+                                ("--segment-frames", self.segment_frames is not None),
+                                ("--segment-seconds", self.segment_seconds is not None)):
+                if given:
+                    raise InvalidOption(f"--output-mode none writes nothing, so {flag} has nothing to do. Drop {flag}, "
+                                        "or use --output-mode file.")
         if self.precision not in PRECISIONS:
             raise InvalidOption(f"Invalid --precision ({self.precision!r}): allowed are {', '.join(PRECISIONS)}.")
         lo, hi = CRF_RANGE[self.codec]

@@ -17,7 +17,11 @@ from core.frame import describe_planes
 
 __all__ = ["ResultItem", "EndOfStream", "END", "StageFailed", "ErrorChannel", "OutputFormat"]
 
-OutputFormat = Literal["yuv420p", "yuv420p10", "nv12", "rgb24", "rgb48"]
+OutputFormat = Literal["yuv420p", "yuv420p10", "nv12", "rgb24", "rgb48", "none"]  # none: --output-mode none
+# How many planes a result of each format holds (rgb: an alpha plane may follow; none: the
+# model's output was dropped, --output-mode none).
+_PLANES: dict[str, tuple[int, ...]] = {"yuv420p": (3,), "yuv420p10": (3,), "nv12": (1,), "rgb24": (1, 2),
+                                       "rgb48": (1, 2), "none": (0,)}
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,10 @@ class ResultItem:
     def __post_init__(self) -> None:
         if self.index < 0:
             raise ValueError(f"ResultItem.index must be >= 0, got {self.index}")
-        expected = {"yuv420p": (3,), "yuv420p10": (3,), "nv12": (1,), "rgb24": (1, 2), "rgb48": (1, 2)}.get(self.fmt)
+        expected = _PLANES.get(self.fmt)
         if expected is None:
-            raise ValueError(f"ResultItem.fmt must be yuv420p, yuv420p10, nv12, rgb24 or rgb48, got {self.fmt!r}")
+            names = list(_PLANES)
+            raise ValueError(f"ResultItem.fmt must be {', '.join(names[:-1])} or {names[-1]}, got {self.fmt!r}")
         if len(self.planes) not in expected:
             raise ValueError(f"ResultItem {self.fmt} needs {' or '.join(map(str, expected))} plane(s), got {len(self.planes)}")
 

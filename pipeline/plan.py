@@ -28,6 +28,7 @@ from hw.av_source import SourceInfo, probe_audio, probe_source
 from hw.color import ColorInfo
 from hw.pictures import PictureSequence, PictureTarget, find_pictures, parse_fps, picture_target, probe_pictures
 from models import LoadedModel
+from models.compiled import compile_choice
 from pipeline.config import RunConfig, default_output_path
 from pipeline.segments import PartsFolder, SegmentLayout
 
@@ -47,10 +48,11 @@ class RunPlan:
     config: RunConfig
     source: SourceInfo
     model: LoadedModel
-    output: Path  # resolved: --output, or named after the source, model and scale
+    output: Path | None  # resolved: --output, or named after the source, model and scale; None: --output-mode none
     overwrite_output: bool  # --overwrite, or the built-in sample's own default output
     devices: tuple[torch.device, ...]
     dtypes: Mapping[str, tuple[torch.dtype, str]]  # per device: (dtype, why)
+    compiled: Mapping[str, tuple[bool, str]]  # per device: (torch.compile in the background?, why)
     output_width: int
     output_height: int
     use_nvdec: bool
@@ -100,7 +102,7 @@ def _frames_estimate(config: RunConfig, source: SourceInfo) -> int:
 
 def plan_run(config: RunConfig) -> RunPlan:
     """Check every input and decide the run; one-line `FramepipeError` on bad input."""
-    from models import choose_precision, load_model
+    from models import load_model
 
     config.validate()
     notes: list[str] = []
@@ -114,6 +116,8 @@ def plan_run(config: RunConfig) -> RunPlan:
         _check_paths(config, config.output, overwrite=overwrite, own_partial=own_partial)  # cheap checks first
     model = load_model(config.model, scale=config.scale)
     output = config.output
+    if config.output_mode == "none":
+        return _plan_discarding(config, source, model, pictures, notes)
     if output is None:  # named after the model's real scale, beside the source or in output_dir
         if pictures is not None:  # pictures in: a folder of pictures out, beside the source's
             name = Path(f"{_sequence_name(pictures)}_{Path(config.model).stem}-x{model.scale}")  # no dot: a folder
@@ -128,23 +132,10 @@ def plan_run(config: RunConfig) -> RunPlan:
         _check_paths(config, output, overwrite=overwrite, own_partial=own_partial)
     else:
         output = target.folder
-    device_plan = plan_devices(config)
-    devices = device_plan.devices
-    if device_plan.note:
-        notes.append(device_plan.note)
+    devices, dtypes, compiled = _plan_workers(config, model, notes)
     if config.codec == "h264" and config.crf == 0:
         notes.append("--quality 0 is lossless: x264 then writes the High 4:4:4 Predictive profile, which many "
                      "players (browsers, phones, QuickTime) cannot play. Use --quality 1 or more for a widely playable file.")
-    if not config.parallel and len(devices) > 1:
-        notes.append(f"{len(devices)} workers need --parallel; the sequential loop runs one, on {devices[0]}.")
-        devices = devices[:1]
-    dtypes: dict[str, tuple[torch.dtype, str]] = {}
-    for dev in devices:
-        if str(dev) not in dtypes:
-            dtype, why = choose_precision(config.precision, dev)
-            if not model.supports_dtype(dtype):
-                dtype, why = torch.float32, f"fp32: model {model.name} supports only fp32"
-            dtypes[str(dev)] = (dtype, why)
     out_w, out_h = source.width * model.scale, source.height * model.scale
     out_w, out_h = out_w + out_w % 2, out_h + out_h % 2
     if target is not None:  # pictures out: RGB at the model's size (no 4:2:0 padding), no encoder
@@ -158,7 +149,7 @@ def plan_run(config: RunConfig) -> RunPlan:
             use_nvdec, _ = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h), encode=False)
         return RunPlan(
             config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite or own_partial,
-            devices=tuple(devices), dtypes=MappingProxyType(dtypes), output_width=out_w, output_height=out_h,
+            devices=tuple(devices), dtypes=dtypes, compiled=compiled, output_width=out_w, output_height=out_h,
             use_nvdec=use_nvdec, use_nvenc=False, preset="", notes=tuple(notes), cut=config.cut, output_bit_depth=target.bit_depth,
             pictures=pictures, picture_target=target,
         )
@@ -186,10 +177,48 @@ def plan_run(config: RunConfig) -> RunPlan:
         PartsFolder(Path(output)).check(resume=config.resume, overwrite=overwrite)
     return RunPlan(
         config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite or own_partial,
-        devices=tuple(devices), dtypes=MappingProxyType(dtypes), output_width=out_w, output_height=out_h,
+        devices=tuple(devices), dtypes=dtypes, compiled=compiled, output_width=out_w, output_height=out_h,
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
         segments=segments, num_encoders=num_encoders, cut=config.cut, output_bit_depth=bit_depth,
         pictures=pictures,
+    )
+
+
+def _plan_workers(config: RunConfig, model: LoadedModel, notes: list[str]):
+    """The devices that run the model, each one's precision and whether it compiles."""
+    from models import choose_precision
+
+    device_plan = plan_devices(config)
+    devices = device_plan.devices
+    if device_plan.note:
+        notes.append(device_plan.note)
+    if not config.parallel and len(devices) > 1:
+        notes.append(f"{len(devices)} workers need --parallel; the sequential loop runs one, on {devices[0]}.")
+        devices = devices[:1]
+    dtypes: dict[str, tuple[torch.dtype, str]] = {}
+    for dev in devices:
+        if str(dev) not in dtypes:
+            dtype, why = choose_precision(config.precision, dev)
+            if not model.supports_dtype(dtype):
+                dtype, why = torch.float32, f"fp32: model {model.name} supports only fp32"
+            dtypes[str(dev)] = (dtype, why)
+    compiled = {str(dev): compile_choice(config.compile, dev) for dev in devices}
+    return tuple(devices), MappingProxyType(dtypes), MappingProxyType(compiled)
+
+
+def _plan_discarding(config: RunConfig, source: SourceInfo, model: LoadedModel, pictures: PictureSequence | None,
+                     notes: list[str]) -> RunPlan:
+    """--output-mode none: the frames are decoded and run through the model, and the model's
+    output is dropped; nothing is written, so there is no output path, encoder or audio."""
+    devices, dtypes, compiled = _plan_workers(config, model, notes)
+    out_w, out_h = source.width * model.scale, source.height * model.scale
+    use_nvdec = False
+    if pictures is None:
+        use_nvdec, _ = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h), encode=False)
+    return RunPlan(
+        config=config, source=source, model=model, output=None, overwrite_output=False, devices=devices,
+        dtypes=dtypes, compiled=compiled, output_width=out_w, output_height=out_h, use_nvdec=use_nvdec,
+        use_nvenc=False, preset="", notes=tuple(notes), cut=config.cut, pictures=pictures,
     )
 
 

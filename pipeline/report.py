@@ -106,9 +106,10 @@ def describe(plan: RunPlan, stats: RunStats) -> None:
     cfg, src = plan.config, plan.source
     stats.notes.update(
         source=str(cfg.source),
-        output=str(plan.output),
+        output=str(plan.output) if plan.output is not None else "none (--output-mode none)",
         source_video=f"{src.width}x{src.height} {src.codec} {src.pix_fmt} {float(src.average_rate or 0):.3f} fps",
-        output_video=(f"{plan.output_width}x{plan.output_height} {cfg.codec} {plan.output_bit_depth}-bit"
+        output_video=(f"{plan.output_width}x{plan.output_height}, discarded" if plan.output is None else
+                      f"{plan.output_width}x{plan.output_height} {cfg.codec} {plan.output_bit_depth}-bit"
                       if plan.picture_target is None else
                       f"{plan.output_width}x{plan.output_height} {plan.picture_target.suffix[1:]} pictures, "
                       f"{plan.output_bit_depth}-bit"),
@@ -134,6 +135,8 @@ def describe(plan: RunPlan, stats: RunStats) -> None:
 
 
 def _describe_encoder(plan: RunPlan) -> str:
+    if plan.output is None:
+        return "none (output discarded)"
     if plan.picture_target is not None:
         return f"{plan.picture_target.suffix[1:].upper()} pictures (CPU) in {plan.output}"
     if plan.use_nvenc:

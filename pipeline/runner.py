@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 from core.errors import HardwareUnavailable, NoVideoStream, RunInterrupted
-from core.files import OutputFile, OutputFolder
+from core.files import NoOutput, OutputFile, OutputFolder
 from pipeline.build import Stages, Wrap, build
 from pipeline.collector import Collector
 from pipeline.config import RunConfig
@@ -60,10 +60,13 @@ def run(
     that wrote no frame leaves nothing behind. `wrap(name, stage)` may replace or wrap a
     stage (tests inject faults this way).
     """
+    called_at = time.perf_counter()
     plan = plan_run(config)
-    stats = RunStats()
+    stats = RunStats(called_at=called_at)
     describe(plan, stats)
-    if plan.picture_target is not None:
+    if plan.output is None:  # --output-mode none
+        output = NoOutput()
+    elif plan.picture_target is not None:
         output = OutputFolder(plan.output, keep=(PICTURE_MANIFEST,))
     else:
         output = OutputFile(plan.output, overwrite=plan.overwrite_output)
@@ -95,7 +98,9 @@ def run(
         raise
     finally:
         stats.finished_at = time.perf_counter()
-    if plan.picture_target is not None:
+    if plan.output is None:
+        where = f"{stats.num_frames_written} frame(s) went through the model; nothing was written (--output-mode none)."
+    elif plan.picture_target is not None:
         where = settle_pictures(output, plan, stats, outcome)
     elif parts is not None:
         where = settle_segments(output, temp, plan, parts, stats, outcome, audio_shift=stages.audio_shift)

@@ -12,7 +12,7 @@ import time
 from collections import Counter, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 __all__ = ["StageClock", "WorkerStats", "RunStats"]
 
@@ -58,6 +58,8 @@ class WorkerStats:
     health: str = "starting"  # starting, probing, ok, backoff, failed, done
     probe_seconds: float = 0.0
     probe_note: str = ""
+    compile: Any = None  # models.compiled.CompileState once the model is built
+    first_batch_at: float | None = None  # perf_counter when its first batch came out of the model
     clock: StageClock = field(default_factory=StageClock)
     # Sampled about once a second from NVML by the runner (GPUs only; None = unknown).
     memory_used_bytes: int | None = None
@@ -79,7 +81,10 @@ class WorkerStats:
         self.num_frames += num_frames
         self.num_batches += 1
         self.batch_sizes[num_frames] += 1
-        self._recent.append((time.perf_counter(), num_frames))
+        now = time.perf_counter()
+        if self.first_batch_at is None:
+            self.first_batch_at = now
+        self._recent.append((now, num_frames))
 
     def recent_fps(self, window_seconds: float = 3.0) -> float:
         now = time.perf_counter()
@@ -104,6 +109,7 @@ class WorkerStats:
             "health": self.health,
             "probe_seconds": round(self.probe_seconds, 3),
             "probe_note": self.probe_note,
+            "compile": _compile_dict(self.compile),
             "busy_seconds": round(self.clock.busy_seconds, 3),
             "wait_seconds": round(self.clock.wait_seconds, 3),
             "memory_used_bytes": self.memory_used_bytes,
@@ -115,6 +121,15 @@ class WorkerStats:
                 if self._utilization_samples else None
             ),
         }
+
+
+def _compile_dict(state) -> dict | None:
+    """A worker's `CompileState` for the stats JSON (None: no model built)."""
+    if state is None:
+        return None
+    return {"status": state.status, "note": state.note, "seconds": round(state.seconds, 2),
+            "psnr_db_vs_eager": None if state.psnr_db is None else round(min(state.psnr_db, 999.0), 2),
+            "compiled_batches": state.num_compiled_batches, "eager_batches": state.num_eager_batches}
 
 
 @dataclass
@@ -133,6 +148,7 @@ class RunStats:
     notes: dict[str, object] = field(default_factory=dict)  # model, precision, devices, paths ...
     queue_depths: dict[str, Callable[[], int]] = field(default_factory=dict, repr=False)
     started_at: float = field(default_factory=time.perf_counter)
+    called_at: float | None = None  # when run() was called, before planning (model loading) began
     finished_at: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -155,6 +171,14 @@ class RunStats:
         return end - self.started_at
 
     @property
+    def first_frame_seconds(self) -> float | None:
+        """From the start of the run (planning, model loading, probing included) to the first
+        frame out of the model; None before it."""
+        firsts = [w.first_batch_at for w in self.workers.values() if w.first_batch_at is not None]
+        start = self.called_at if self.called_at is not None else self.started_at
+        return min(firsts) - start if firsts else None
+
+    @property
     def fps(self) -> float:
         return self.num_frames_written / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
@@ -175,6 +199,7 @@ class RunStats:
             "corrupt_packets": self.num_corrupt_packets,
             "wall_seconds": round(self.wall_seconds, 3),
             "fps": round(self.fps, 3),
+            "first_frame_seconds": None if self.first_frame_seconds is None else round(self.first_frame_seconds, 3),
             "stages": {
                 name: {"busy_seconds": round(c.busy_seconds, 3), "wait_seconds": round(c.wait_seconds, 3)}
                 for name, c in self.stages.items()

@@ -32,6 +32,7 @@ from hw.frames import (alpha_to_host, batch_alpha, batch_to_rgb, rgb_to_host_rgb
                        rgb_to_nv12_frames)
 from hw.memory import DeviceFault, choose_batch_size, cuda_measure, free_cached_memory, is_device_fault, is_oom
 from models.base import check_model_output
+from models.compiled import CompiledModel
 from models.tiling import Tiling, default_overlap, next_tiling, run_tiled
 from pipeline.messages import OutputFormat, ResultItem
 from pipeline.stage import Retire, Retry
@@ -61,6 +62,7 @@ class Worker:
         frame_size: tuple[int, int] | None = None,
         tile_size: int | None = None,
         tile_overlap: int | None = None,
+        compile: tuple[bool, str] = (False, ""),
         max_failures: int = 3,
         backoff_seconds: float = 2.0,
     ) -> None:
@@ -80,7 +82,9 @@ class Worker:
         self.max_failures = max_failures
         self.backoff_seconds = backoff_seconds
         self.log = logging.getLogger(name)
-        self.module: torch.nn.Module | None = None
+        self.module: torch.nn.Module | None = None  # eager
+        self.compile = compile
+        self.model: CompiledModel | None = None  # what batches run through: eager, compiled when ready
         self.target_batch_size = max(1, batch_size)
         self.batch_size = self.target_batch_size
         self._good_batches_since_shrink = 0
@@ -91,6 +95,7 @@ class Worker:
         self._input_size: tuple[int, int] = (0, 0)  # (height, width) of the last model input
         self._tiles_to_announce: str | None = None  # what the first switch to tiles replaced, until said
         self._tiles_announced = False
+        self._probe_pending = False
 
     # -- set-up (in the worker's own thread) -------------------------------------------
     def start(self) -> None:
@@ -101,8 +106,14 @@ class Worker:
                 torch.cuda.set_device(self.device)
                 self._stream = torch.cuda.Stream(self.device)
             self.module = self.build_model(self.device, self.dtype)
+            enabled, why = self.compile
+            self.model = CompiledModel(self.module, name=self.model_name, enabled=enabled, warn=self.warn, reason=why)
+            self.ws.compile = self.model.state
             if self.requested_batch_size == 0:
-                self.target_batch_size = self._probe_batch_size()
+                if self.device.type == "cuda" and self.frame_size is not None:
+                    self._probe_pending = True  # on the first batch: real frames, the worker's whole path
+                else:
+                    self.ws.probe_note = "CPU: batch 1 (torch already uses every core per frame)"
         except BaseException as exc:
             if not is_device_fault(exc):
                 raise
@@ -113,20 +124,19 @@ class Worker:
             raise Retire(str(exc)) from exc
         self.batch_size = min(self.target_batch_size, self.max_batch_size)
         self.ws.batch_size = self.batch_size
+        self.model.batch_size = self.batch_size
         self.ws.tile_size = self.tiling.size if self.tiling is not None else None
         self.ws.health = "ok"
 
-    def _probe_batch_size(self) -> int:
-        if self.device.type != "cuda" or self.frame_size is None:
-            self.ws.probe_note = "CPU: batch 1 (torch already uses every core per frame)"
-            return 1
+    def _probe_batch_size(self, frames: Sequence[Frame]) -> int:
+        """The batch size with the best frames/s for what this worker does per batch: the
+        first batch's real frames (repeated to size) from their decoded form, through the
+        conversion in, the model (eager) and the conversion out, to host memory or NV12. Timing
+        the model alone misses ~20% of the work (measured on an H100, issue 12)."""
         self.ws.health = "probing"
-        height, width = self.frame_size
-        sample = torch.rand(1, 3, height, width, device=self.device, dtype=self.dtype)
 
         def run(b: int) -> None:
-            with torch.inference_mode():
-                self._to_output(self._model(sample.expand(b, -1, -1, -1).contiguous()))
+            self.infer([frames[i % len(frames)] for i in range(b)], eager=True)
 
         with torch.cuda.stream(self._stream):
             # Cheap on purpose: one timed batch per size after a warm-up, stop at the first
@@ -136,7 +146,6 @@ class Worker:
                 cuda_measure(run, self.device, repeats=1), max_batch_size=self.max_batch_size,
                 patience=1, time_budget_seconds=4.0,
             )
-        sample = None  # the closure's cell: frees the probe input before emptying the cache
         free_cached_memory(self.device)
         self.ws.probe_seconds = result.seconds
         fps = ", ".join(f"{b}:{f:.1f}" for b, f in sorted(result.fps_by_batch.items()))
@@ -148,6 +157,12 @@ class Worker:
     def process(self, batch: Sequence[Frame]) -> list[ResultItem]:
         """A batch of frames in, their results out (same order); never drops a frame."""
         try:
+            if self._probe_pending:
+                self._probe_pending = False
+                self.target_batch_size = self._probe_batch_size(batch)
+                self.batch_size = min(self.target_batch_size, self.max_batch_size)
+                self.ws.batch_size, self.ws.health = self.batch_size, "ok"
+                self.model.batch_size = self.batch_size
             if self._stream is not None:
                 with torch.cuda.stream(self._stream):
                     results = self._process_all(batch)
@@ -170,6 +185,10 @@ class Worker:
 
     # -- one batch ------------------------------------------------------------------------
     def _to_output(self, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> list:
+        if self.output_format == "none":  # --output-mode none: the batch is done when the device is
+            if rgb.is_cuda:
+                torch.cuda.current_stream(rgb.device).synchronize()
+            return [() for _ in range(rgb.shape[0])]
         if self.output_format == "nv12":  # each frame carries the event the NVENC writer waits on (issue 9)
             return [(f,) for f in rgb_to_nv12_frames(rgb, self.color)]
         if self.output_format in ("rgb24", "rgb48"):  # pictures out: RGB (and alpha), no YUV, no padding
@@ -180,11 +199,11 @@ class Worker:
             return list(zip(pictures, alpha_to_host(alpha, scale=self.scale, bit_depth=depth)))
         return rgb_to_host_yuv420(rgb, self.color, bit_depth=10 if self.output_format == "yuv420p10" else 8)
 
-    def infer(self, frames: Sequence[Frame]) -> list[ResultItem]:
+    def infer(self, frames: Sequence[Frame], *, eager: bool = False) -> list[ResultItem]:
         """One model call on `frames`: RGB in, checked output, writer format out. Raises on OOM."""
         with torch.inference_mode():
             rgb = batch_to_rgb(frames, self.color, device=self.device, dtype=self.dtype)
-            out = check_model_output(self.model_name, rgb, self._model(rgb), scale=self.scale)
+            out = check_model_output(self.model_name, rgb, self._model(rgb, eager=eager), scale=self.scale)
             alpha = batch_alpha(frames, device=self.device) if self.output_format in ("rgb24", "rgb48") else None
             planes = self._to_output(out, alpha)
         return [
@@ -192,12 +211,18 @@ class Worker:
             for f, p in zip(frames, planes)
         ]
 
-    def _model(self, rgb: torch.Tensor) -> torch.Tensor:
-        """The model on a batch: whole frames, or tiles when a tile size is set."""
+    def _model(self, rgb: torch.Tensor, *, eager: bool = False) -> torch.Tensor:
+        """The model on a batch: whole frames, or tiles when a tile size is set. Compiled once
+        the background compilation is ready (models/compiled.py); `eager`: never compiled
+        (the batch-size probe, which must not start a compilation for its own shapes)."""
         self._input_size = (rgb.shape[-2], rgb.shape[-1])
+        if self.model is None:
+            model = self.module
+        else:
+            model = self.model.eager if eager else self.model
         if self.tiling is None:
-            return self.module(rgb)
-        return run_tiled(self.module, rgb, self.tiling, scale=self.scale, name=self.model_name)
+            return model(rgb)
+        return run_tiled(model, rgb, self.tiling, scale=self.scale, name=self.model_name)
 
     def _process_all(self, frames: Sequence[Frame]) -> list[ResultItem]:
         """`infer` in chunks of the current batch size, halving it on OOM; at batch 1, tiles."""

@@ -20,7 +20,7 @@ from hw.pictures import encode_picture
 from pipeline.messages import ResultItem
 from pipeline.stats import RunStats
 
-__all__ = ["Writer", "PictureWriter"]
+__all__ = ["Writer", "PictureWriter", "DiscardWriter"]
 
 
 class Writer:
@@ -31,11 +31,9 @@ class Writer:
         self.stats = stats
 
     def process(self, item: ResultItem) -> list:
-        expected = self.stats.num_frames_written
-        if item.index != expected:
-            raise RuntimeError(f"writer got frame {item.index}, expected {expected}: order broken")
+        _check_order(item, self.stats)
         self.encoder.write(item.planes, item.pts)
-        self.stats.num_frames_written = expected + 1
+        self.stats.num_frames_written += 1
         return []
 
     def finish(self) -> list:
@@ -77,3 +75,28 @@ class PictureWriter:
 
     def close(self, *, complete: bool) -> None:
         self.closed_cleanly = True
+
+
+class DiscardWriter:
+    """Stage in the writer's place for --output-mode none: checks the order and counts the
+    results (the model's output was already dropped by the worker); writes nothing."""
+
+    def __init__(self, *, stats: RunStats) -> None:
+        self.stats = stats
+
+    def process(self, item: ResultItem) -> list:
+        _check_order(item, self.stats)
+        self.stats.num_frames_written += 1
+        return []
+
+    def finish(self) -> list:
+        return []
+
+    def close(self, *, complete: bool) -> None:
+        pass
+
+
+def _check_order(item: ResultItem, stats: RunStats) -> None:
+    """The writer's invariant: results arrive with contiguous indices from 0."""
+    if item.index != stats.num_frames_written:
+        raise RuntimeError(f"writer got frame {item.index}, expected {stats.num_frames_written}: order broken")

@@ -1,0 +1,211 @@
+"""Compiled inference that no frame waits for (issue 12).
+
+`CompiledModel(module, ...)` is what a worker calls instead of its module. It runs the
+module eagerly at once and, on the first batch, starts compiling it with `torch.compile`
+in a background thread, for the worker's batch size (`batch_size`, set by the worker once
+its probe chose it) and that batch's frame size: static, one compiled graph, no
+recompiling per batch size. When the compiled model is warm and its output matches the
+eager output closely enough (PSNR against eager on the first real batch, >= `min_psnr_db`,
+50 dB by default: fp16 run to run is ~60-80 dB), every later batch of that shape runs
+compiled; a shorter batch (the last one) is padded to the compiled size and cut back.
+Anything else stays eager: a batch halved after an out-of-memory (padding it back would
+run out of memory again), tiles, a different frame size. Compilation that fails, or that
+does not match, leaves the model eager with one line saying why; frames never wait.
+
+Dynamo's frame hook is per thread, so the worker's eager calls run untouched while the
+background thread traces the same module (its weights are only read). Mode "default" (no
+CUDA graphs: those are tied to the thread and the memory pool that recorded them).
+The compiled kernels land in the inductor cache (main.py points it into framepipe's cache
+folder), so a second run with the same model and shape compiles in seconds.
+
+`compile_choice(requested, device)` says whether `--compile auto|on|off` compiles on a device
+(auto: CUDA GPUs Triton supports, compute capability 7.0 or newer; never the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["CompiledModel", "CompileState", "compile_choice", "psnr_db"]
+
+log = logging.getLogger(__name__)
+
+_MIN_CAPABILITY = (7, 0)  # Triton's floor: Volta. A Tesla P40 (6.1) runs eagerly.
+
+
+def compile_choice(requested: str, device: torch.device) -> tuple[bool, str]:
+    """(compile?, why) for `--compile requested` on `device`."""
+    if requested == "off":
+        return False, "eager (--compile off)"
+    if device.type != "cuda":
+        if requested == "on":
+            return True, "compiled on the CPU (--compile on)"
+        return False, "eager (CPU: --compile on to try torch.compile there)"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < _MIN_CAPABILITY:
+        return False, (f"eager (compute capability {capability[0]}.{capability[1]}: torch.compile's Triton needs "
+                       f"{_MIN_CAPABILITY[0]}.{_MIN_CAPABILITY[1]} or newer)")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False, "eager (Triton is not installed: torch.compile cannot build GPU kernels)"
+    return True, "compiled in the background (--compile auto; eager until ready)"
+
+
+def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR of two RGB batches in [0, 1] (clamped), in dB; inf when identical."""
+    mse = float(torch.mean((a.float().clamp(0, 1) - b.float().clamp(0, 1)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+@dataclass
+class CompileState:
+    """What compilation did, for the run's stats."""
+
+    status: str = "eager"  # eager, compiling, compiled, failed, mismatch
+    note: str = ""
+    seconds: float = 0.0  # compile + warm-up
+    psnr_db: float | None = None  # compiled vs eager on the first batch
+    shape: tuple[int, ...] | None = None
+    num_compiled_batches: int = 0
+    num_eager_batches: int = 0
+
+
+class CompiledModel:
+    """Call as the module: `model(x) -> y`. Eager until the compiled version is ready."""
+
+    def __init__(self, module: torch.nn.Module, *, name: str, enabled: bool, warn: Callable[[str], None],
+                 reason: str = "", min_psnr_db: float = 50.0, mode: str = "default",
+                 compile_fn: Callable[..., Callable] | None = None) -> None:
+        self.module = module
+        self.name = name
+        self.warn = warn
+        self.min_psnr_db = min_psnr_db
+        self.mode = mode
+        self._compile_fn = compile_fn or torch.compile
+        if enabled and isinstance(module, torch.jit.ScriptModule):
+            enabled, reason = False, "eager (a TorchScript model: torch.compile does not take it)"
+        self.enabled = enabled
+        self.state = CompileState(status="waiting" if enabled else "eager", note=reason)
+        self._compiled: tuple[tuple[int, ...], Callable] | None = None  # (shape, fn), set once, atomically
+        self.batch_size = 1  # the batch size the worker settled on (set before its first batch)
+        self._thread: threading.Thread | None = None
+        self.channels_last = _is_cuda(module)
+        if self.channels_last:  # before any forward: the compiled and the eager path share these weights
+            module.to(memory_format=torch.channels_last)
+
+    # -- calling --------------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        compiled = self._compiled
+        if compiled is None and self.enabled and self._thread is None and x.shape[0] <= self.batch_size:
+            self._start(_pad_batch(x, self.batch_size))  # compiled for the worker's batch size
+        if compiled is not None:
+            shape, fn = compiled
+            n = x.shape[0]
+            if tuple(x.shape[1:]) == shape[1:] and shape[0] // 2 < n <= shape[0]:
+                self.state.num_compiled_batches += 1
+                return fn(_pad_batch(x, shape[0]))[:n]
+        self.state.num_eager_batches += 1
+        return self.module(x)
+
+    def eager(self, x: torch.Tensor) -> torch.Tensor:
+        """The module itself, fed as the compiled path is (channels_last on a GPU)."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.module(x)
+
+    def wait(self, timeout: float | None = None) -> CompileState:
+        """Block until the background compilation ends (tests, benchmarks); the state."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.state
+
+    # -- the background compilation -----------------------------------------------------
+    def _start(self, example: torch.Tensor) -> None:
+        """Called on the worker's thread and CUDA stream: the example is copied there, and the
+        compile thread's own stream waits for that copy (an event), never for the worker."""
+        example = example.detach().clone()
+        written = None
+        if example.is_cuda:
+            written = torch.cuda.Event()
+            written.record(torch.cuda.current_stream(example.device))
+        self.state.status, self.state.shape = "compiling", tuple(example.shape)
+        self.state.note = (f"compiling in the background for batch {example.shape[0]} of "
+                           f"{example.shape[-1]}x{example.shape[-2]}; eager until ready")
+        device = example.device
+        self._thread = threading.Thread(target=self._compile, args=(example, device, written),
+                                        name=f"compile-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _compile(self, example: torch.Tensor, device: torch.device, written) -> None:
+        t0 = time.perf_counter()
+        try:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+                stream = torch.cuda.Stream(device)
+                stream.wait_event(written)  # the example's copy, queued on the worker's stream
+                example.record_stream(stream)
+            else:
+                stream = None
+            with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
+                fn = self._compile_fn(self.module, mode=self.mode, dynamic=False)
+                out = fn(example)
+                out = fn(example)  # warm: the second call must not recompile
+                ref = self.module(example)
+                quality = psnr_db(out, ref)
+                if stream is not None:
+                    stream.synchronize()
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the model eager
+            self.state.status, self.state.seconds = "failed", time.perf_counter() - t0
+            self.state.note = f"torch.compile failed ({type(exc).__name__}: {_first_line(exc)}); running eagerly"
+            log.debug("compiling %s failed", self.name, exc_info=True)
+            self.warn(f"model {self.name}: {self.state.note}.")
+            return
+        self.state.seconds, self.state.psnr_db = time.perf_counter() - t0, quality
+        if quality < self.min_psnr_db:
+            self.state.status = "mismatch"
+            self.state.note = (f"compiled output differs from eager (PSNR {quality:.1f} dB < {self.min_psnr_db:g}); "
+                               "running eagerly")
+            self.warn(f"model {self.name}: {self.state.note}.")
+            return
+        self._compiled = (tuple(example.shape), fn)
+        self.state.status = "compiled"
+        shown = "identical" if math.isinf(quality) else f"PSNR {quality:.1f} dB"
+        self.state.note = (f"compiled in {self.state.seconds:.1f} s for batch {example.shape[0]} of "
+                           f"{example.shape[-1]}x{example.shape[-2]} ({shown} vs eager)")
+        log.info("%s: %s", self.name, self.state.note)
+
+
+def _pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`x` with its last frame repeated up to `size` frames (the compiled graph's shape)."""
+    n = x.shape[0]
+    if n == size:
+        return x
+    pad = x[-1:].expand(size - n, *x.shape[1:])
+    return torch.cat([x, pad], dim=0).contiguous(memory_format=_memory_format(x))
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+
+
+def _is_cuda(module: torch.nn.Module) -> bool:
+    first = next(iter(module.parameters()), None)
+    return first is not None and first.is_cuda
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+

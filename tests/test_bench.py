@@ -1,0 +1,37 @@
+"""benchmarks/bench.py, the one benchmark command (issue 12), on the CPU: every step runs,
+the JSON holds the figures and the summary names what bounds each pipeline, the chart is a
+PNG. Figures from this machine mean nothing; that the command works on any host does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(300)
+def test_bench_runs_every_step_on_the_cpu(tmp_path):
+    pytest.importorskip("cv2")
+    pytest.importorskip("matplotlib")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--make-clip", "64x48", "--frames", "48",
+         "--model", "bicubic", "--scale", "2", "--device", "cpu", "--preset", "ultrafast", "--segment-seconds", "1",
+         "--out", str(tmp_path)], capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "bench-bicubic-64x48-x2.json").read_text())
+    errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}
+    assert errors == {}
+    for step in ("decode_pyav", "model_eager", "pipeline_sequential", "pipeline_parallel_1_encoder",
+                 "pipeline_parallel", "pipeline_output_none", "encode_alone_1", "encode_alone_k"):
+        assert results[step]["fps"] > 0, step
+    assert results["pipeline_parallel"]["frames"] == results["pipeline_output_none"]["frames"] == 48
+    assert results["naive"]["frames"] == 48 and results["first_frame_cli"]["from_command_s"] > 0
+    summary = results["summary"]
+    assert summary["encoder_pool"]["bound_by"] in ("decode", "model", "encode")
+    assert summary["best_pipeline_vs_naive_wall"] > 0
+    assert (tmp_path / "bench-bicubic-64x48-x2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

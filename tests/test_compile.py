@@ -1,0 +1,204 @@
+"""Compiled inference (issue 12): eager at once, compiled in the background, switched when
+ready and only when it matches eager; --output-mode none. The compiler is replaced by
+stand-ins that behave like torch.compile (a callable for one static shape) where the test
+is about the switching; one test runs the real torch.compile on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import main as cli
+from hw.clips import make_clip
+from models.compiled import CompiledModel, compile_choice, psnr_db
+from pipeline import RunConfig, run
+from tests import probe
+
+
+def _conv() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Conv2d(3, 3, 3, padding=1).eval().requires_grad_(False)
+
+
+class StandIn:
+    """torch.compile's shape: `(module, mode=, dynamic=) -> fn`; records the shapes fn saw."""
+
+    def __init__(self, *, offset: float = 0.0, fail: bool = False) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+        self.offset, self.fail = offset, fail
+
+    def __call__(self, module, *, mode, dynamic):
+        assert dynamic is False  # one static shape: no recompiling per batch size
+        if self.fail:
+            raise RuntimeError("inductor: no C++ compiler\nsecond line")
+
+        def fn(x):
+            self.shapes.append(tuple(x.shape))
+            return module(x) + self.offset
+
+        return fn
+
+
+def _ready(model: CompiledModel, x: torch.Tensor) -> None:
+    model.batch_size = max(model.batch_size, x.shape[0])  # as the worker sets it
+    with torch.inference_mode():
+        model(x)  # the first batch starts the compilation
+    model.wait(timeout=60)
+
+
+def test_compile_choice_per_device():
+    cpu = torch.device("cpu")
+    assert compile_choice("auto", cpu)[0] is False
+    assert compile_choice("on", cpu)[0] is True
+    assert compile_choice("off", cpu) == (False, "eager (--compile off)")
+
+
+def test_switches_to_the_compiled_model_for_its_shape_only():
+    module, stand_in, warnings = _conv(), StandIn(), []
+    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=stand_in)
+    model.batch_size = 4
+    x = torch.rand(4, 3, 8, 8)
+    _ready(model, x[:1])  # a first batch shorter than the worker's: compiled for 4 all the same
+    assert model.state.shape == (4, 3, 8, 8)
+    assert model.state.status == "compiled" and model.state.psnr_db == float("inf")
+    compiled_calls = len(stand_in.shapes)
+    with torch.inference_mode():
+        full, last, halved, other = model(x), model(x[:3]), model(x[:2]), model(torch.rand(4, 3, 16, 8))
+        eager_full, eager_last = module(x), module(x[:3])
+    new = stand_in.shapes[compiled_calls:]
+    assert new == [(4, 3, 8, 8), (4, 3, 8, 8)]  # the last batch (3) padded to the compiled 4; 2 and 16x8 eager
+    assert torch.equal(full, eager_full) and torch.equal(last, eager_last)
+    assert halved.shape == (2, 3, 8, 8) and other.shape == (4, 3, 16, 8)
+    assert model.state.num_compiled_batches == 2 and warnings == []
+
+
+def test_a_failing_compiler_leaves_the_model_eager_with_one_line():
+    module, warnings = _conv(), []
+    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=StandIn(fail=True))
+    x = torch.rand(2, 3, 8, 8)
+    _ready(model, x)
+    with torch.inference_mode():
+        assert torch.equal(model(x), module(x))
+    assert model.state.status == "failed"
+    assert len(warnings) == 1 and "\n" not in warnings[0] and "no C++ compiler" in warnings[0]
+
+
+def test_a_compiled_model_that_differs_from_eager_is_not_used():
+    module, stand_in, warnings = _conv(), StandIn(offset=0.05), []
+    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=stand_in)
+    x = torch.rand(2, 3, 8, 8)
+    _ready(model, x)
+    calls = len(stand_in.shapes)
+    with torch.inference_mode():
+        assert torch.equal(model(x), module(x))
+    assert len(stand_in.shapes) == calls  # never called again
+    assert model.state.status == "mismatch" and model.state.psnr_db < 50
+    assert len(warnings) == 1 and "PSNR" in warnings[0]
+
+
+def test_psnr():
+    a = torch.zeros(1, 3, 4, 4)
+    assert psnr_db(a, a) == float("inf")
+    assert psnr_db(a, a + 0.1) == pytest.approx(20.0)
+
+
+@pytest.mark.timeout(600)
+def test_the_real_torch_compile_on_the_cpu_matches_eager():
+    """torch.compile itself (inductor, C++ on the CPU), in the background thread."""
+    module, warnings = _conv(), []
+    model = CompiledModel(module, name="conv", enabled=True, warn=warnings.append)
+    x = torch.rand(2, 3, 16, 16)
+    _ready(model, x)
+    assert model.state.status == "compiled", model.state.note
+    assert model.state.psnr_db > 50
+    with torch.inference_mode():
+        y = model(x)
+    assert model.state.num_compiled_batches == 1
+    assert psnr_db(y, module(x)) > 50 and warnings == []
+
+
+def test_a_run_switching_to_the_compiled_model_mid_run_is_frame_exact(tmp_path, monkeypatch):
+    """Frames before the switch ran eagerly, after it compiled (a stand-in that matches eager
+    bit for bit): the output is the eager run's, every frame, in order."""
+    clip = make_clip(tmp_path / "v.mp4", width=48, height=32, num_frames=40, fps=24)
+    stand_in = StandIn()
+    monkeypatch.setattr(torch, "compile", stand_in)
+    outputs = {}
+    for mode in ("off", "on"):
+        out = tmp_path / f"{mode}.mkv"
+        stats = run(RunConfig(source=clip, output=out, model="bicubic", scale=2, device="cpu", compile=mode,
+                              batch_size=4, codec="h264", crf=0, preset="ultrafast"), wrap=_wait_for_the_compiler)
+        outputs[mode] = (probe.frames_yuv(out), probe.pts_exact(out), stats.to_dict()["workers"][0]["compile"])
+    (eager_frames, eager_pts, eager_state), (frames, pts, state) = outputs["off"], outputs["on"]
+    assert eager_state["status"] == "eager" and state["status"] == "compiled"
+    assert state["compiled_batches"] > 0 and state["eager_batches"] > 0 and stand_in.shapes
+    assert len(frames) == len(eager_frames) == 40 and pts == eager_pts
+    assert all((a == b).all() for a, b in zip(frames, eager_frames))
+
+
+def test_output_mode_none_runs_every_frame_and_writes_nothing(tmp_path, monkeypatch):
+    clip = make_clip(tmp_path / "v.mp4", width=48, height=32, num_frames=30, fps=24, audio=True)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for parallel in (False, True):
+        stats = run(RunConfig(source=clip, model="bicubic", scale=2, device="cpu", parallel=parallel,
+                              output_mode="none"))
+        assert stats.num_frames_written == stats.num_frames_decoded == 30
+        assert stats.to_dict()["workers"][0]["frames"] == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_output_mode_none_on_the_command_line(tmp_path, capsys):
+    clip = make_clip(tmp_path / "v.mp4", width=48, height=32, num_frames=10, fps=24)
+    report = tmp_path / "stats.json"
+    code = cli.main(["--source", str(clip), "--model", "bicubic", "--scale", "2", "--device", "cpu", "-q",
+                     "--output-mode", "none", "--stats-json", str(report)])
+    assert code == 0
+    assert json.loads(report.read_text())["frames_written"] == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.json", "v.mp4"]
+    code = cli.main(["--source", str(clip), "--output-mode", "none", "--output", str(tmp_path / "o.mp4")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--output-mode none writes nothing" in err and len(err.strip().splitlines()) == 1
+
+
+def _wait_for_the_compiler(name, stage):
+    """Wraps a worker so that it waits for its background compilation after its first batch
+    (the worker itself never waits: a short clip would end before the compiler does)."""
+    if not name.startswith("worker"):
+        return stage
+
+    class Waiting:
+        def __getattr__(self, attr):
+            return getattr(stage, attr)
+
+        def process(self, batch):
+            done = stage.process(batch)
+            if stage.model is not None:
+                stage.model.wait()
+            return done
+
+    return Waiting()
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.timeout(600)
+def test_on_a_gpu_compiled_runs_match_eager_runs_frame_for_frame(tmp_path):
+    """--compile on vs off on the GPU, fp16, realesr-animevideov3: the same frames in the same
+    order with the same timestamps, pixels within fp16 noise, and the compiled model used."""
+    clip = make_clip(tmp_path / "v.mp4", width=96, height=64, num_frames=240, fps=24, photo=True)
+    out = {}
+    for mode in ("off", "on"):
+        path = tmp_path / f"{mode}.mkv"
+        stats = run(RunConfig(source=clip, output=path, scale=2, device="cuda", compile=mode, batch_size=4,
+                              crf=0, preset="ultrafast"), wrap=_wait_for_the_compiler)
+        out[mode] = (probe.frames_yuv(path), probe.pts_exact(path), stats.to_dict()["workers"][0]["compile"])
+    (eager, eager_pts, _), (frames, pts, state) = out["off"], out["on"]
+    assert state["status"] == "compiled" and state["psnr_db_vs_eager"] > 50, state
+    assert len(frames) == len(eager) == 240 and pts == eager_pts
+    worst = min(psnr_db(torch.from_numpy(a).float() / 255, torch.from_numpy(b).float() / 255)
+                for a, b in zip(frames, eager))
+    assert worst > 40
