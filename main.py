@@ -512,5 +512,20 @@ def _write_stats(args, stats, *, status: str, say, error: str | None = None) -> 
                   soft_wrap=True)
 
 
+def _exit(code: int) -> None:
+    """Exit with `code`. A background torch.compile still running (the run was short or
+    stopped) must not be torn down by interpreter shutdown: seen on an H100, that crashed
+    with SIGSEGV after the output was already finalized. Everything is written by now, so
+    such a process leaves at once."""
+    import os
+
+    if any(t.name.startswith("compile-") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

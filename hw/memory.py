@@ -9,9 +9,13 @@ cost memory and latency. `cuda_measure(...)` builds the `measure` for one device
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -24,6 +28,7 @@ __all__ = [
     "is_device_fault",
     "DeviceFault",
     "free_cached_memory",
+    "ProbeMemo",
 ]
 
 log = logging.getLogger(__name__)
@@ -151,3 +156,38 @@ def cuda_measure(
         return seconds
 
     return measure
+
+
+class ProbeMemo:
+    """Batch sizes probed before, in a JSON file of framepipe's cache: a run whose GPU, model,
+    frame size, precision and output match an earlier probe starts at its batch size at once
+    (the probe takes 1-4 s of the time to the first frame). Written atomically; a file that
+    cannot be read or written is only a slower start (logged), never an error."""
+
+    _lock = threading.Lock()  # workers of one process share the file
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            return self._read().get(key)
+
+    def put(self, key: str, entry: dict) -> None:
+        with self._lock:
+            table = self._read()
+            table[key] = entry
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+                temp.write_text(json.dumps(table, indent=1, sort_keys=True))
+                os.replace(temp, self.path)
+            except OSError as exc:
+                log.debug("batch sizes not remembered in %s: %s", self.path, exc)
+
+    def _read(self) -> dict:
+        try:
+            table = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return table if isinstance(table, dict) else {}

@@ -84,13 +84,14 @@ class CompiledModel:
 
     def __init__(self, module: torch.nn.Module, *, name: str, enabled: bool, warn: Callable[[str], None],
                  reason: str = "", min_psnr_db: float = 50.0, mode: str = "default",
-                 compile_fn: Callable[..., Callable] | None = None) -> None:
+                 compile_fn: Callable[..., Callable] | None = None, prepare: Callable[..., None] | None = None) -> None:
         self.module = module
         self.name = name
         self.warn = warn
         self.min_psnr_db = min_psnr_db
         self.mode = mode
         self._compile_fn = compile_fn or torch.compile
+        self.prepare = prepare  # fills the compile cache first, out of process (models/compile_helper.py)
         if enabled and isinstance(module, torch.jit.ScriptModule):
             enabled, reason = False, "eager (a TorchScript model: torch.compile does not take it)"
         self.enabled = enabled
@@ -123,6 +124,11 @@ class CompiledModel:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.module(x)
+
+    def close(self) -> None:
+        """The run is over: a compilation still under way in a helper process is ended."""
+        if self.prepare is not None and hasattr(self.prepare, "cancel"):
+            self.prepare.cancel()
 
     def wait(self, timeout: float | None = None) -> CompileState:
         """Block until the background compilation ends (tests, benchmarks); the state."""
@@ -157,6 +163,8 @@ class CompiledModel:
                 example.record_stream(stream)
             else:
                 stream = None
+            if self.prepare is not None:
+                self.prepare(tuple(example.shape), example.dtype, device, self.mode)
             with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
                 fn = self._compile_fn(self.module, mode=self.mode, dynamic=False)
                 out = fn(example)
@@ -166,7 +174,11 @@ class CompiledModel:
                 if stream is not None:
                     stream.synchronize()
         except Exception as exc:  # noqa: BLE001 - any failure keeps the model eager
-            self.state.status, self.state.seconds = "failed", time.perf_counter() - t0
+            self.state.seconds = time.perf_counter() - t0
+            if str(exc) == "cancelled":
+                self.state.status, self.state.note = "cancelled", "the run ended before the compilation did"
+                return
+            self.state.status = "failed"
             self.state.note = f"torch.compile failed ({type(exc).__name__}: {_first_line(exc)}); running eagerly"
             log.debug("compiling %s failed", self.name, exc_info=True)
             self.warn(f"model {self.name}: {self.state.note}.")

@@ -23,6 +23,9 @@ from pipeline.reader import FrameSource, Reader
 from pipeline.segment_writer import EncoderPool, SegmentWriter
 from pipeline.segments import PartsFolder
 from pipeline.stats import RunStats
+from hw.memory import ProbeMemo
+from models.compile_helper import CacheWarmer
+from models.registry import default_cache_dir
 from pipeline.worker import Worker
 from pipeline.writer import DiscardWriter, PictureWriter, Writer
 
@@ -137,6 +140,8 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
             scale=plan.model.scale, output_format=_output_format(plan), batch_size=batch,
             max_batch_size=cfg.max_batch_size, frame_size=(plan.source.height, plan.source.width),
             tile_size=cfg.tile_size or None, tile_overlap=cfg.tile_overlap, compile=plan.compiled[str(dev)],
+            compile_helper=CacheWarmer(cfg.model, plan.model.scale) if dev.type == "cuda" else None,
+            probe_memo=ProbeMemo(default_cache_dir() / "batch-sizes.json") if cfg.batch_size == 0 else None,
         )
         workers.append(wrap(name, worker))
     skip = None

@@ -132,7 +132,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         _check_paths(config, output, overwrite=overwrite, own_partial=own_partial)
     else:
         output = target.folder
-    devices, dtypes, compiled = _plan_workers(config, model, notes)
+    devices, dtypes, compiled = _plan_workers(config, model, source, notes)
     if config.codec == "h264" and config.crf == 0:
         notes.append("--quality 0 is lossless: x264 then writes the High 4:4:4 Predictive profile, which many "
                      "players (browsers, phones, QuickTime) cannot play. Use --quality 1 or more for a widely playable file.")
@@ -184,7 +184,12 @@ def plan_run(config: RunConfig) -> RunPlan:
     )
 
 
-def _plan_workers(config: RunConfig, model: LoadedModel, notes: list[str]):
+# --compile auto leaves runs shorter than this eager: the first compilation of a model takes
+# 5-65 s (issue 12's measurements), and a cached one still about a second.
+MIN_FRAMES_TO_COMPILE = 200
+
+
+def _plan_workers(config: RunConfig, model: LoadedModel, source: SourceInfo, notes: list[str]):
     """The devices that run the model, each one's precision and whether it compiles."""
     from models import choose_precision
 
@@ -203,6 +208,10 @@ def _plan_workers(config: RunConfig, model: LoadedModel, notes: list[str]):
                 dtype, why = torch.float32, f"fp32: model {model.name} supports only fp32"
             dtypes[str(dev)] = (dtype, why)
     compiled = {str(dev): compile_choice(config.compile, dev) for dev in devices}
+    frames = _frames_estimate(config, source)
+    if config.compile == "auto" and 0 < frames < MIN_FRAMES_TO_COMPILE:
+        compiled = {dev: (False, f"eager (a short run of {frames} frames: compiling would not pay; --compile on "
+                                 "forces it)") if on else (on, why) for dev, (on, why) in compiled.items()}
     return tuple(devices), MappingProxyType(dtypes), MappingProxyType(compiled)
 
 
@@ -210,7 +219,7 @@ def _plan_discarding(config: RunConfig, source: SourceInfo, model: LoadedModel, 
                      notes: list[str]) -> RunPlan:
     """--output-mode none: the frames are decoded and run through the model, and the model's
     output is dropped; nothing is written, so there is no output path, encoder or audio."""
-    devices, dtypes, compiled = _plan_workers(config, model, notes)
+    devices, dtypes, compiled = _plan_workers(config, model, source, notes)
     out_w, out_h = source.width * model.scale, source.height * model.scale
     use_nvdec = False
     if pictures is None:

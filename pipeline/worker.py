@@ -22,6 +22,7 @@ Nothing is lost:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,7 +31,8 @@ from core.frame import Frame
 from hw.color import ColorInfo
 from hw.frames import (alpha_to_host, batch_alpha, batch_to_rgb, rgb_to_host_rgb, rgb_to_host_yuv420,
                        rgb_to_nv12_frames)
-from hw.memory import DeviceFault, choose_batch_size, cuda_measure, free_cached_memory, is_device_fault, is_oom
+from hw.memory import (DeviceFault, ProbeMemo, choose_batch_size, cuda_measure, free_cached_memory, is_device_fault,
+                       is_oom)
 from models.base import check_model_output
 from models.compiled import CompiledModel
 from models.tiling import Tiling, default_overlap, next_tiling, run_tiled
@@ -63,6 +65,8 @@ class Worker:
         tile_size: int | None = None,
         tile_overlap: int | None = None,
         compile: tuple[bool, str] = (False, ""),
+        compile_helper: Callable | None = None,
+        probe_memo: ProbeMemo | None = None,
         max_failures: int = 3,
         backoff_seconds: float = 2.0,
     ) -> None:
@@ -84,6 +88,8 @@ class Worker:
         self.log = logging.getLogger(name)
         self.module: torch.nn.Module | None = None  # eager
         self.compile = compile
+        self.compile_helper = compile_helper  # fills the compile cache out of process (models/compile_helper.py)
+        self.probe_memo = probe_memo  # batch sizes probed by earlier runs (None: always probe)
         self.model: CompiledModel | None = None  # what batches run through: eager, compiled when ready
         self.target_batch_size = max(1, batch_size)
         self.batch_size = self.target_batch_size
@@ -107,7 +113,8 @@ class Worker:
                 self._stream = torch.cuda.Stream(self.device)
             self.module = self.build_model(self.device, self.dtype)
             enabled, why = self.compile
-            self.model = CompiledModel(self.module, name=self.model_name, enabled=enabled, warn=self.warn, reason=why)
+            self.model = CompiledModel(self.module, name=self.model_name, enabled=enabled, warn=self.warn, reason=why,
+                                       prepare=self.compile_helper if enabled else None)
             self.ws.compile = self.model.state
             if self.requested_batch_size == 0:
                 if self.device.type == "cuda" and self.frame_size is not None:
@@ -133,6 +140,12 @@ class Worker:
         first batch's real frames (repeated to size) from their decoded form, through the
         conversion in, the model (eager) and the conversion out, to host memory or NV12. Timing
         the model alone misses ~20% of the work (measured on an H100, issue 12)."""
+        key = self._probe_key(frames[0])
+        known = self.probe_memo.get(key) if self.probe_memo is not None else None
+        if known and 1 <= int(known.get("batch_size", 0)) <= self.max_batch_size:
+            self.ws.probe_note = f"{known['batch_size']}, as probed on {known.get('date', 'an earlier run')} " \
+                                 f"({known.get('note', '')})"
+            return int(known["batch_size"])
         self.ws.health = "probing"
 
         def run(b: int) -> None:
@@ -151,7 +164,20 @@ class Worker:
         fps = ", ".join(f"{b}:{f:.1f}" for b, f in sorted(result.fps_by_batch.items()))
         self.ws.probe_note = f"chose {result.batch_size} ({result.note}; fps by batch {fps})"
         self.log.info("batch size %d, probed in %.1f s (%s)", result.batch_size, result.seconds, self.ws.probe_note)
+        if self.probe_memo is not None and result.fps_by_batch:
+            self.probe_memo.put(key, {"batch_size": result.batch_size, "note": f"fps by batch {fps}",
+                                      "date": time.strftime("%Y-%m-%d")})
         return result.batch_size
+
+    def _probe_key(self, frame: Frame) -> str:
+        """What the probe's answer depends on: GPU, torch, model, frame size and format, precision,
+        output, tiles."""
+        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        tiles = self.tiling.size if self.tiling is not None else 0
+        params = sum(p.numel() for p in self.module.parameters())
+        return (f"{gpu}|torch {torch.__version__}|{self.model_name} {type(self.module).__name__} {params}|x{self.scale}|{frame.fmt} {frame.bit_depth}-bit|"
+                f"{self.frame_size[1]}x{self.frame_size[0]}|{str(self.dtype).removeprefix('torch.')}|"
+                f"{self.output_format}|tiles {tiles}|max {self.max_batch_size}")
 
     # -- the stage contract ---------------------------------------------------------------
     def process(self, batch: Sequence[Frame]) -> list[ResultItem]:
@@ -180,6 +206,8 @@ class Worker:
         return []
 
     def close(self, *, complete: bool) -> None:
+        if self.model is not None:
+            self.model.close()
         if self.ws.health != "failed":
             self.ws.health = "done"
 

@@ -34,6 +34,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
         monkeypatch.setenv("FRAMEPIPE_CACHE", str(tmp_path_factory.getbasetemp() / "framepipe-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _own_batch_size_memo(tmp_path, monkeypatch):
+    """Each test probes afresh: batch sizes remembered by other tests' runs stay out."""
+    from hw.memory import ProbeMemo
+    from pipeline import build
+
+    monkeypatch.setattr(build, "ProbeMemo", lambda path: ProbeMemo(tmp_path / "batch-sizes.json"))
+
+
 @pytest.fixture
 def no_stage_threads_left():
     """After the test: no pipeline thread may still be alive (every thread joined)."""

@@ -6,6 +6,8 @@ is about the switching; one test runs the real torch.compile on the CPU."""
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +204,67 @@ def test_on_a_gpu_compiled_runs_match_eager_runs_frame_for_frame(tmp_path):
     worst = min(psnr_db(torch.from_numpy(a).float() / 255, torch.from_numpy(b).float() / 255)
                 for a, b in zip(frames, eager))
     assert worst > 40
+
+
+class _Helper:
+    """models.compile_helper.CacheWarmer with the helper's command replaced."""
+
+    def __new__(cls, code: str):
+        from models.compile_helper import CacheWarmer
+
+        warmer = CacheWarmer("m", 2)
+        warmer.command = lambda *a: [sys.executable, "-c", code]
+        return warmer
+
+
+def test_the_helper_process_fills_the_cache_first_and_its_failure_is_one_line():
+    module, warnings = _conv(), []
+    helper = _Helper("import sys; print('traceback...', file=sys.stderr); sys.exit('ModelError: no such model')")
+    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=StandIn(), prepare=helper)
+    _ready(model, torch.rand(2, 3, 8, 8))
+    assert model.state.status == "failed"
+    assert len(warnings) == 1 and "ModelError: no such model" in warnings[0] and "traceback" not in warnings[0]
+
+
+def test_the_end_of_a_run_ends_a_helper_still_compiling():
+    module, warnings = _conv(), []
+    helper = _Helper("import time; time.sleep(60)")
+    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=StandIn(), prepare=helper)
+    model.batch_size = 2
+    with torch.inference_mode():
+        model(torch.rand(2, 3, 8, 8))
+    deadline = time.monotonic() + 10
+    while helper._process is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    model.close()
+    assert model.wait(timeout=10).status == "cancelled"
+    assert helper._process.poll() is not None and warnings == []
+
+
+@pytest.mark.timeout(600)
+def test_the_real_helper_compiles_a_model_in_its_own_process(tmp_path, monkeypatch):
+    """models/compile_helper.py itself: builds the model as a worker does and compiles it (CPU)."""
+    from models.compile_helper import CacheWarmer
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    CacheWarmer("bicubic", 2)((1, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+    assert any((tmp_path / "cache").rglob("*"))
+
+
+def test_auto_leaves_a_short_run_eager(tmp_path, monkeypatch):
+    """On a GPU where auto compiles, a run shorter than MIN_FRAMES_TO_COMPILE stays eager
+    (said why); --compile on compiles it all the same; a long run compiles."""
+    from pipeline import plan as planning
+
+    monkeypatch.setattr(planning, "compile_choice", lambda requested, dev: (True, f"compiled ({requested})"))
+    short = make_clip(tmp_path / "short.mp4", width=48, height=32, num_frames=10, fps=24)
+    long = make_clip(tmp_path / "long.mp4", width=48, height=32, num_frames=planning.MIN_FRAMES_TO_COMPILE, fps=24)
+
+    def compiled(clip, mode):
+        config = RunConfig(source=clip, output=tmp_path / "o.mp4", model="bicubic", device="cpu", compile=mode)
+        return planning.plan_run(config).compiled["cpu"]
+
+    on, why = compiled(short, "auto")
+    assert on is False and "a short run of 10 frames" in why
+    assert compiled(short, "on")[0] is True
+    assert compiled(long, "auto")[0] is True

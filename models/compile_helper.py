@@ -1,0 +1,100 @@
+"""torch.compile's slow first compilation, done in a helper process (issue 12).
+
+Compiling in the worker's own process holds the GIL for most of its 5-65 s (Dynamo's
+tracing and Inductor's code generation are Python): measured on an H100, the reader, the
+workers and the encoders starved meanwhile, and a run made 16 fps where the same run with a
+warm cache made 30. So the first compilation of a model for a shape runs here, in a
+separate process, which fills torch.compile's on-disk cache (TORCHINDUCTOR_CACHE_DIR,
+framepipe's cache folder); the worker's own compilation then finds every kernel there and
+takes about a second. The helper builds the model exactly as a worker does (same loader,
+dtype, device, channels_last) and compiles it for the same input shape.
+
+    python models/compile_helper.py --model realesr-animevideov3 --scale 4 --dtype float16 \\
+        --device cuda:0 --shape 8,3,480,640 --mode default
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+__all__ = ["CacheWarmer"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class CacheWarmer:
+    """`warmer(shape, dtype, device, mode)` runs the helper process and returns when it is
+    done; raises RuntimeError with its last line if it fails. `cancel()` ends it (the run
+    ended first: nothing is left running behind the command)."""
+
+    def __init__(self, model: str, scale: int, *, timeout_seconds: float = 1200.0) -> None:
+        self.model, self.scale, self.timeout_seconds = model, scale, timeout_seconds
+        self._process: subprocess.Popen | None = None
+        self._cancelled = threading.Event()
+
+    def command(self, shape, dtype, device, mode: str) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), "--model", self.model, "--scale", str(self.scale),
+                "--dtype", str(dtype).removeprefix("torch."), "--device", str(device),
+                "--shape", ",".join(map(str, shape)), "--mode", mode]
+
+    def __call__(self, shape, dtype, device, mode: str) -> None:
+        if self._cancelled.is_set():
+            raise RuntimeError("cancelled")
+        self._process = subprocess.Popen(self.command(shape, dtype, device, mode), stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = self._process.communicate(timeout=self.timeout_seconds)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.communicate()
+            raise RuntimeError(f"the compile helper took over {self.timeout_seconds:.0f} s") from None
+        if self._cancelled.is_set():
+            raise RuntimeError("cancelled")
+        if self._process.returncode != 0:
+            lines = [line for line in (err or "").strip().splitlines() if line.strip()]
+            raise RuntimeError(lines[-1] if lines else f"the compile helper exited with {self._process.returncode}")
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Compile a model for one input shape, filling torch.compile's cache.")
+    p.add_argument("--model", required=True)
+    p.add_argument("--scale", type=int, required=True)
+    p.add_argument("--dtype", required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--shape", required=True)
+    p.add_argument("--mode", default="default")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from models import load_model
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    shape = tuple(int(v) for v in args.shape.split(","))
+    module = load_model(args.model, scale=args.scale).build(device, dtype)
+    x = torch.rand(shape, device=device).to(dtype)
+    if device.type == "cuda":  # as models.compiled.CompiledModel feeds it
+        torch.cuda.set_device(device)
+        module.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        fn = torch.compile(module, mode=args.mode, dynamic=False)
+        fn(x)
+        fn(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
