@@ -29,12 +29,30 @@ ROOT = Path(__file__).resolve().parents[1]
 class CacheWarmer:
     """`warmer(shape, dtype, device, mode)` runs the helper process and returns when it is
     done; raises RuntimeError with its last line if it fails. `cancel()` ends it (the run
-    ended first: nothing is left running behind the command)."""
+    ended first: nothing is left running behind the command).
 
-    def __init__(self, model: str, scale: int, *, timeout_seconds: float = 1200.0) -> None:
+    `memo` (a `hw.memory.ProbeMemo` file) remembers what a helper compiled: a warm cache needs
+    no helper (its start alone, importing torch and its compile workers, takes ~10 s), and
+    the worker's own compilation, from the cache, takes about a second."""
+
+    def __init__(self, model: str, scale: int, *, memo=None, timeout_seconds: float = 1200.0) -> None:
         self.model, self.scale, self.timeout_seconds = model, scale, timeout_seconds
+        self.memo = memo
         self._process: subprocess.Popen | None = None
         self._cancelled = threading.Event()
+
+    def key(self, shape, dtype, device, mode: str) -> str:
+        """What the compiled kernels depend on: GPU, torch, the model (a file's size and time
+        too), the input's shape and dtype, the mode."""
+        import torch
+
+        gpu = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
+        model = self.model
+        path = Path(model)
+        if path.is_file():
+            stat = path.stat()
+            model = f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}"
+        return f"{gpu}|torch {torch.__version__}|{model}|x{self.scale}|{tuple(shape)}|{dtype}|{mode}"
 
     def command(self, shape, dtype, device, mode: str) -> list[str]:
         return [sys.executable, str(Path(__file__).resolve()), "--model", self.model, "--scale", str(self.scale),
@@ -44,6 +62,9 @@ class CacheWarmer:
     def __call__(self, shape, dtype, device, mode: str) -> None:
         if self._cancelled.is_set():
             raise RuntimeError("cancelled")
+        key = self.key(shape, dtype, device, mode)
+        if self.memo is not None and self.memo.get(key):
+            return
         self._process = subprocess.Popen(self.command(shape, dtype, device, mode), stdout=subprocess.DEVNULL,
                                          stderr=subprocess.PIPE, text=True)
         try:
@@ -57,6 +78,8 @@ class CacheWarmer:
         if self._process.returncode != 0:
             lines = [line for line in (err or "").strip().splitlines() if line.strip()]
             raise RuntimeError(lines[-1] if lines else f"the compile helper exited with {self._process.returncode}")
+        if self.memo is not None:
+            self.memo.put(key, {"compiled": True})
 
     def cancel(self) -> None:
         self._cancelled.set()

@@ -140,7 +140,8 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
             scale=plan.model.scale, output_format=_output_format(plan), batch_size=batch,
             max_batch_size=cfg.max_batch_size, frame_size=(plan.source.height, plan.source.width),
             tile_size=cfg.tile_size or None, tile_overlap=cfg.tile_overlap, compile=plan.compiled[str(dev)],
-            compile_helper=CacheWarmer(cfg.model, plan.model.scale) if dev.type == "cuda" else None,
+            compile_helper=(CacheWarmer(cfg.model, plan.model.scale, memo=ProbeMemo(default_cache_dir() / "compiled.json"))
+                            if dev.type == "cuda" else None),
             probe_memo=ProbeMemo(default_cache_dir() / "batch-sizes.json") if cfg.batch_size == 0 else None,
         )
         workers.append(wrap(name, worker))

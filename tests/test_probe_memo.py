@@ -52,8 +52,8 @@ def test_the_second_run_starts_at_the_remembered_batch(tmp_path):
     clip = make_clip(tmp_path / "v.mp4", width=96, height=64, num_frames=24, fps=24)
     notes = []
     for i in range(2):
-        stats = run(RunConfig(source=clip, output=tmp_path / f"o{i}.mp4", scale=2, device="cuda", batch_size=0,
-                              compile="off"))
+        stats = run(RunConfig(source=clip, output=tmp_path / f"o{i}.mp4", model="bicubic", scale=2, device="cuda",
+                              batch_size=0, compile="off"))
         worker = stats.to_dict()["workers"][0]
         notes.append((worker["probe_seconds"], worker["probe_note"], worker["batch_size_now"]))
     (first_seconds, first_note, first_batch), (second_seconds, second_note, second_batch) = notes
