@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 
-.PHONY: setup run test selftest bundle clean
+.PHONY: setup run test selftest serve bundle clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt scripts/torch_build.py hw/cuda_compat.py
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: setup
 
 selftest: setup
 	$(PY) test_multi_gpu.py
+
+serve: setup
+	$(PY) main.py serve $(or $(ARGS),--root .)
 
 bundle:
 	$(PYTHON) scripts/build_offline_bundle.py $(ARGS)

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Without --source, a short built-in sample clip is processed. Examples:\n"
         "  python main.py --source in.mp4 --parallel\n"
         "  python main.py --source in.mp4 --parallel --multi-gpu --nvdec --nvenc\n"
-        "  python main.py --source in.mp4 --model realesrgan-x4plus --gpus 0,2 --parallel",
+        "  python main.py --source in.mp4 --model realesrgan-x4plus --gpus 0,2 --parallel\n"
+        "  python main.py serve --root /data/videos      (the shared service: HTTP API, MCP tools, live page)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     io = p.add_argument_group("input / output")
@@ -402,6 +403,11 @@ class _SafeConsole:
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # the shared service (service/server.py)
+        from service.server import serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     stopper = _StopSignal()
     stopper.install()

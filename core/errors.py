@@ -11,6 +11,7 @@ import re
 
 __all__ = [
     "FramepipeError",
+    "PathRefused",
     "SourceNotFound",
     "InvalidSource",
     "NoVideoStream",
@@ -76,6 +77,10 @@ class DiskFull(FramepipeError, OSError):
 
 class InvalidOption(FramepipeError, ValueError):
     """A command-line option has a value that is not allowed."""
+
+
+class PathRefused(InvalidOption):
+    """A service client's path is not a plain path inside the server's roots (service/paths.py)."""
 
 
 class ModelError(FramepipeError, ValueError):

@@ -57,8 +57,17 @@ def is_device_fault(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _FAULT_MARKERS)
 
 
-def free_cached_memory(device: torch.device) -> None:
+def free_cached_memory(device: torch.device, exc: BaseException | None = None) -> None:
+    """Give the allocator's cached blocks back. With `exc` (an out-of-memory error being handled),
+    its traceback is dropped first: the frames it holds keep the failed attempt's tensors (at 8K,
+    gigabytes of activations and output) alive, and nothing could be freed while they are."""
+    while exc is not None:
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
     if device.type == "cuda":
+        import gc
+
+        gc.collect()
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
 
@@ -145,7 +154,7 @@ def cuda_measure(
             seconds = (time.perf_counter() - t0) / repeats
         except BaseException as exc:
             if is_oom(exc):
-                free_cached_memory(device)
+                free_cached_memory(device, exc)
                 return None
             raise
         peak = torch.cuda.max_memory_reserved(device)

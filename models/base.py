@@ -119,7 +119,9 @@ def check_model_output(name: str, x: torch.Tensor, y: object, *, scale: int, che
             f"model {name} returned {detail}: framepipe never resizes or pads a model's output. Check the model's "
             "scale (--scale) and that it maps every input frame to one output frame"
         )
-    if check_values and not bool(torch.isfinite(y).all()):
+    # Two reductions (NaN propagates through min/max), not isfinite(y): that would allocate a
+    # bool the size of the output, 1.5 GiB for one 8K frame at x4.
+    if check_values and y.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(y))).all()):
         raise ModelOutputError(
             f"model {name} produced NaN or infinite values: in fp16 this is usually an overflow; try "
             "--precision fp32 (or bf16)"

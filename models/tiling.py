@@ -130,8 +130,11 @@ def _edge_weights(start: int, size: int, length: int, tiling: Tiling, scale: int
 
 
 def run_tiled(module: nn.Module, x: torch.Tensor, tiling: Tiling, *, scale: int, name: str = "model") -> torch.Tensor:
-    """`module` over overlapping tiles of `x` (N, 3, H, W), blended: (N, 3, H*scale, W*scale) fp32
-    on `x`'s device. A frame that fits in one tile runs whole: `module(x)` as it is."""
+    """`module` over overlapping tiles of `x` (N, 3, H, W), blended: (N, 3, H*scale, W*scale) on
+    `x`'s device, fp16 for fp16 input (the output frame is the largest buffer: at 8K x4 it is
+    3 GiB in fp16, 6 GiB in fp32; each tile is added already divided by the total weight, so
+    fp16 rounds once per overlapping tile, under a quarter of an 8-bit level), fp32 otherwise.
+    A frame that fits in one tile runs whole: `module(x)` as it is."""
     n, channels, height, width = x.shape
     tile_h, tile_w = min(tiling.size, height), min(tiling.size, width)
     ys, xs = tile_starts(height, tile_h, tiling.overlap), tile_starts(width, tile_w, tiling.overlap)
@@ -145,7 +148,8 @@ def run_tiled(module: nn.Module, x: torch.Tensor, tiling: Tiling, *, scale: int,
         total_y[y * scale : (y + tile_h) * scale] += w
     for x0, w in weights_x.items():
         total_x[x0 * scale : (x0 + tile_w) * scale] += w
-    out = torch.zeros(n, channels, height * scale, width * scale, dtype=torch.float32, device=x.device)
+    acc = torch.float16 if x.dtype == torch.float16 else torch.float32
+    out = torch.zeros(n, channels, height * scale, width * scale, dtype=acc, device=x.device)
     jobs = [(i, y, x0) for y in ys for x0 in xs for i in range(n)]
     for first in range(0, len(jobs), tiling.batch_size):
         chunk = jobs[first : first + tiling.batch_size]
@@ -155,10 +159,11 @@ def run_tiled(module: nn.Module, x: torch.Tensor, tiling: Tiling, *, scale: int,
         except ModelOutputError as exc:
             raise ModelOutputError(f"{exc} (tiled: tiles of {tile_w}x{tile_h} pixels)") from None
         for k, (i, y, x0) in enumerate(chunk):
-            weight = weights_y[y][:, None] * weights_x[x0][None, :]
-            out[i, :, y * scale : (y + tile_h) * scale, x0 * scale : (x0 + tile_w) * scale] += result[k].float() * weight
-    # Every output pixel has a positive total weight: each lies more than `context` input pixels
-    # inside some tile's cut edges (tests/test_tiling.py checks every length up to 80 pixels for
-    # tile sizes 16, 17, 20 and 31 with every overlap they allow).
-    out /= total_y[:, None] * total_x[None, :]
+            # Every output pixel has a positive total weight: each lies more than `context` input
+            # pixels inside some tile's cut edges (tests/test_tiling.py checks every length up to
+            # 80 pixels for tile sizes 16, 17, 20 and 31 with every overlap they allow).
+            weight = ((weights_y[y] / total_y[y * scale : (y + tile_h) * scale])[:, None]
+                      * (weights_x[x0] / total_x[x0 * scale : (x0 + tile_w) * scale])[None, :])
+            out[i, :, y * scale : (y + tile_h) * scale, x0 * scale : (x0 + tile_w) * scale] += \
+                (result[k].float() * weight).to(acc)
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -24,14 +24,24 @@ from pipeline.segment_writer import EncoderPool, SegmentWriter
 from pipeline.segments import PartsFolder
 from pipeline.stats import RunStats
 from hw.memory import ProbeMemo
+from models import LoadedModel
 from models.compile_helper import CacheWarmer
 from models.registry import default_cache_dir
 from pipeline.worker import Worker
 from pipeline.writer import DiscardWriter, PictureWriter, Writer
 
-__all__ = ["Stages", "build", "open_source", "open_encoder", "worker_names", "Wrap"]
+__all__ = ["Stages", "build", "open_source", "open_encoder", "worker_names", "Wrap", "ModelSource"]
 
 Wrap = Callable[[str, Any], Any]
+
+
+class ModelSource(Protocol):
+    """Where a run's workers get their modules (`run(models=...)`): the service's model manager
+    lends one kept from an earlier job; without one, each worker builds its own."""
+
+    def acquire(self, model: LoadedModel, key: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module: ...
+
+    def release(self, model: LoadedModel, key: str, device: torch.device, dtype: torch.dtype) -> None: ...
 
 
 @dataclass
@@ -108,7 +118,7 @@ def worker_names(devices: tuple[torch.device, ...]) -> list[str]:
 
 
 def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorChannel, parts: PartsFolder | None = None,
-          wrap: Wrap | None = None) -> Stages:
+          wrap: Wrap | None = None, models: ModelSource | None = None) -> Stages:
     """Open both ends and make every stage. The caller closes the source and the encoder(s)
     through the stages (`Reader.close`, `Writer.close` / `SegmentWriter.close`)."""
     wrap = wrap or (lambda name, stage: stage)
@@ -134,8 +144,15 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
     workers = []
     for name, dev in zip(worker_names(plan.devices), plan.devices):
         batch = cfg.batch_size if not (cfg.batch_size == 0 and dev.type == "cpu") else 1
+        build_model, release_model = plan.model.build, None
+        if models is not None:
+            def build_model(device, dtype, _model=plan.model, _key=cfg.model):
+                return models.acquire(_model, _key, device, dtype)
+
+            def release_model(device, dtype, _model=plan.model, _key=cfg.model):
+                models.release(_model, _key, device, dtype)
         worker = Worker(
-            name, dev, plan.model.build, stats=stats.add_worker(name, str(dev)), warn=stats.warn,
+            name, dev, build_model, release_model=release_model, stats=stats.add_worker(name, str(dev)), warn=stats.warn,
             color=plan.source.color, dtype=plan.dtypes[str(dev)][0], model_name=plan.model.name,
             scale=plan.model.scale, output_format=_output_format(plan), batch_size=batch,
             max_batch_size=cfg.max_batch_size, frame_size=(plan.source.height, plan.source.width),

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from core.errors import HardwareUnavailable, NoVideoStream, RunInterrupted
 from core.files import NoOutput, OutputFile, OutputFolder
-from pipeline.build import Stages, Wrap, build
+from pipeline.build import ModelSource, Stages, Wrap, build
 from pipeline.collector import Collector
 from pipeline.config import RunConfig
 from pipeline.messages import ErrorChannel, StageFailed
@@ -50,6 +50,8 @@ def run(
     on_start: Callable[[RunPlan, RunStats], None] | None = None,
     progress_seconds: float = 0.1,
     wrap: Wrap | None = None,
+    stop: threading.Event | None = None,
+    models: ModelSource | None = None,
 ) -> RunStats:
     """Run one job end to end. Raises FramepipeError (bad input, stage failure, a stop).
 
@@ -59,6 +61,10 @@ def run(
     the output name only where there was no file, else `<stem>.partial<suffix>`; a run
     that wrote no frame leaves nothing behind. `wrap(name, stage)` may replace or wrap a
     stage (tests inject faults this way).
+
+    `stop`: setting it stops the run the way Ctrl-C does (the output finalized, `RunInterrupted`
+    raised); the service cancels jobs with it. `models`: where workers get their modules (the
+    service's model manager keeps them between jobs); by default each worker builds its own.
     """
     called_at = time.perf_counter()
     plan = plan_run(config)
@@ -84,9 +90,9 @@ def run(
                        source=_fingerprint(plan), settings=pixel_settings(plan))
             stats.notes["segments"] = _describe_segments(plan, parts)
         errors = ErrorChannel(threading.Event())
-        stages = build(plan, stats, temp, errors=errors, parts=parts, wrap=wrap)
+        stages = build(plan, stats, temp, errors=errors, parts=parts, wrap=wrap, models=models)
         execute = _run_parallel if config.parallel else _run_sequential
-        outcome = execute(plan, stages, stats, errors, on_progress, progress_seconds)
+        outcome = execute(plan, stages, stats, errors, on_progress, progress_seconds, stop or threading.Event())
     except BaseException as exc:  # nothing was started (bad settings found by the encoder, a stop)
         output.discard()
         if parts is not None:
@@ -130,7 +136,7 @@ def _describe_segments(plan: RunPlan, parts: PartsFolder) -> str:
 
 
 def _run_parallel(plan: RunPlan, stages: Stages, stats: RunStats, errors: ErrorChannel, on_progress: ProgressFn | None,
-                  progress_seconds: float) -> Outcome:
+                  progress_seconds: float, stop: threading.Event) -> Outcome:
     cfg = plan.config
     num_workers = len(stages.workers)
     # The reorder window: frames handed to workers stay within `window` of the writer's
@@ -176,6 +182,8 @@ def _run_parallel(plan: RunPlan, stages: Stages, stats: RunStats, errors: ErrorC
                 work_queue.abort()
             if on_progress is not None:
                 _report_progress(on_progress, stats)
+            if stop.is_set():
+                raise _Stopped()
     except KeyboardInterrupt as exc:
         outcome.interrupted = exc
     finally:
@@ -217,8 +225,15 @@ def _every_device_failed(names: list[str], stats: RunStats) -> HardwareUnavailab
     return HardwareUnavailable(f"every device failed: {detail}")
 
 
+class _Stopped(KeyboardInterrupt):
+    """`run(stop=...)` was set: the run stops as on Ctrl-C."""
+
+    signal_name = ""
+    signal_number = 2
+
+
 def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: ErrorChannel,
-                    on_progress: ProgressFn | None, progress_seconds: float) -> Outcome:
+                    on_progress: ProgressFn | None, progress_seconds: float, stop: threading.Event) -> Outcome:
     """The in-tree baseline: the same stages, one batch at a time, in this thread."""
     reader, worker, writer = stages.reader, stages.workers[0], stages.writer
     wclock, rclock, oclock = stats.workers[worker.name].clock, stats.clock("reader"), stats.clock("writer")
@@ -241,6 +256,8 @@ def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: Erro
         batch.clear()
         if on_progress is not None:
             _report_progress(on_progress, stats)
+        if stop.is_set():
+            raise _Stopped()
 
     try:
         with wclock.busy():

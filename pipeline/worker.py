@@ -52,6 +52,7 @@ class Worker:
         device: torch.device,
         build_model: Callable[[torch.device, torch.dtype], torch.nn.Module],
         *,
+        release_model: Callable[[torch.device, torch.dtype], None] | None = None,
         stats: WorkerStats,
         warn: Callable[[str], None],
         color: ColorInfo,
@@ -73,6 +74,7 @@ class Worker:
         self.name = name
         self.device = device
         self.build_model = build_model
+        self.release_model = release_model  # gives a lent module back (the service's model manager)
         self.ws = stats
         self.warn = warn
         self.color = color
@@ -208,6 +210,9 @@ class Worker:
     def close(self, *, complete: bool) -> None:
         if self.model is not None:
             self.model.close()
+        if self.module is not None and self.release_model is not None:
+            self.module, self.model = None, None
+            self.release_model(self.device, self.dtype)
         if self.ws.health != "failed":
             self.ws.health = "done"
 
@@ -265,7 +270,7 @@ class Worker:
                 if not is_oom(exc):
                     raise
                 self.ws.num_oom += 1
-                free_cached_memory(self.device)
+                free_cached_memory(self.device, exc)
                 if self.batch_size == 1:
                     self._use_smaller_tiles(exc)  # raises DeviceFault below the smallest tile
                     continue
@@ -290,7 +295,11 @@ class Worker:
         tiling = next_tiling(self.tiling, height=height, width=width, overlap=self.tile_overlap)
         if tiling is None:
             tiles = f" in tiles of {self.tiling.size}x{self.tiling.size}" if self.tiling is not None else ""
-            raise DeviceFault(f"{self.name}: out of memory even at batch 1{tiles} ({exc})") from exc
+            # Tiles bound the model's memory, not the output frame's, which is whole on the device.
+            out_bytes = height * width * self.scale**2 * 3 * torch.finfo(self.dtype).bits // 8
+            big = (f"; the x{self.scale} output frame alone takes {out_bytes / 2**30:.1f} GiB of device memory: "
+                   "use a smaller --scale") if out_bytes >= 2**30 else ""
+            raise DeviceFault(f"{self.name}: out of memory even at batch 1{tiles}{big} ({exc})") from exc
         self.log.info("out of memory at batch 1 (%dx%d): retrying the same frames in tiles of %d", width, height,
                       tiling.size)
         if not self._tiles_announced and self._tiles_to_announce is None:

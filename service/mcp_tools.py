@@ -1,0 +1,86 @@
+"""MCP tools for agents, on the official Python SDK (`mcp`, its high-level `MCPServer`).
+
+The tools are the HTTP API's operations, calling the same `Service` methods:
+get_gpu_status, offload_gpu, release_gpu, update_gpu_timeout, submit_job, job_status,
+cancel_job. Served over streamable HTTP at `/mcp` by the same uvicorn server (and behind the
+same bearer token) as the API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.errors import FramepipeError, one_line
+from service.jobs import JobRequest
+from service.service import Service
+
+__all__ = ["make_mcp", "TOOLS"]
+
+TOOLS = ("get_gpu_status", "offload_gpu", "release_gpu", "update_gpu_timeout", "submit_job", "job_status", "cancel_job")
+
+
+def make_mcp(service: Service):
+    from mcp.server.mcpserver import MCPServer
+
+    mcp = MCPServer("framepipe", instructions="framepipe runs a video model (upscaling, restoration) over every frame "
+                    "of videos on the server's GPUs. Submit jobs with paths inside the server's roots; follow them with "
+                    "job_status; manage GPU memory with offload_gpu / release_gpu / update_gpu_timeout.")
+
+    @mcp.tool()
+    def get_gpu_status() -> dict[str, Any]:
+        """Per device: name, memory used/total, utilisation, queue, score, health, and each model's location
+        (gpu / cpu / unloaded) with its idle time; plus the idle timeout."""
+        return service.gpu_status()
+
+    @mcp.tool()
+    def offload_gpu(device: str | None = None) -> dict[str, Any]:
+        """Move idle models of `device` (e.g. "cuda:0"; all devices when left out) to host memory now."""
+        return _answer(lambda: service.offload(device))
+
+    @mcp.tool()
+    def release_gpu(device: str | None = None) -> dict[str, Any]:
+        """Release idle models of `device` (all devices when left out) entirely, now."""
+        return _answer(lambda: service.release(device))
+
+    @mcp.tool()
+    def update_gpu_timeout(seconds: float) -> dict[str, Any]:
+        """Set the idle timeout: seconds an unused model stays loaded before it is released."""
+        return _answer(lambda: service.set_idle_timeout(seconds))
+
+    @mcp.tool()
+    def submit_job(source: str, output: str | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Queue a job: `source` is a video, a picture sequence or a folder of videos inside the server's roots;
+        `output` a file (a folder for a folder of videos; left out: beside the source); `settings` the command
+        line's settings without dashes, e.g. {"model": "realesr-animevideov3", "scale": 2, "codec": "hevc"}."""
+        return _answer(lambda: {"jobs": [j.to_dict() for j in service.submit(
+            JobRequest(source=source, output=output, **(settings or {})))]})
+
+    @mcp.tool()
+    def job_status(job_id: str | None = None) -> dict[str, Any]:
+        """One job's state, frames done/total, fps, ETA, devices, warnings and error; every job when left out."""
+        if job_id is None:
+            return {"jobs": service.jobs()}
+        job = service.job(job_id)
+        return job if job is not None else {"error": f"no job {job_id!r}"}
+
+    @mcp.tool()
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job; a running job's partial output stays finalized and resumable."""
+        job = service.cancel(job_id)
+        return job if job is not None else {"error": f"no job {job_id!r}"}
+
+    return mcp
+
+
+def _answer(call) -> dict[str, Any]:
+    """A refused request is an answer the agent can read (`error`), not a protocol failure."""
+    from pydantic import ValidationError
+
+    try:
+        return call()
+    except (FramepipeError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            return {"error": f"{where}: {first.get('msg')}"}
+        return {"error": one_line(exc)}

@@ -1,0 +1,134 @@
+"""The service's jobs in SQLite (the standard library's `sqlite3`; one file, WAL journal).
+
+A job row holds what was asked (the settings as JSON), where it stands (state, frames done
+and expected, fps, devices, warnings, error) and when. Every write is one short transaction
+under a lock, so the HTTP threads, the scheduler and the job threads share one connection
+safely. After a restart `unfinished()` lists the jobs that were queued or running: the
+scheduler queues them again, and their segmented output resumes from its manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["Job", "JobStore", "STATES", "FINISHED_STATES"]
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED_STATES = frozenset({"done", "failed", "cancelled"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    source TEXT NOT NULL,
+    output TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    frames_done INTEGER NOT NULL DEFAULT 0,
+    frames_total INTEGER NOT NULL DEFAULT 0,
+    fps REAL NOT NULL DEFAULT 0,
+    devices TEXT NOT NULL DEFAULT '[]',
+    warnings TEXT NOT NULL DEFAULT '[]',
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    resumed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+"""
+
+
+@dataclass
+class Job:
+    id: str
+    state: str
+    source: str
+    output: str
+    settings: dict
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    frames_done: int = 0
+    frames_total: int = 0
+    fps: float = 0.0
+    devices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    attempts: int = 0
+    resumed: int = 0  # times the job was taken up again after a server restart or a GPU fault
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.state != "running" or self.fps <= 0 or self.frames_total <= 0:
+            return None
+        return max(0.0, (self.frames_total - self.frames_done) / self.fps)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["eta_seconds"] = None if self.eta_seconds is None else round(self.eta_seconds, 1)
+        d["progress"] = round(self.frames_done / self.frames_total, 4) if self.frames_total else None
+        return d
+
+
+class JobStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, *, source: str, output: str, settings: dict) -> Job:
+        job = Job(id=uuid.uuid4().hex[:12], state="queued", source=source, output=output, settings=settings,
+                  created=time.time())
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (id, state, source, output, settings, created) VALUES (?, ?, ?, ?, ?, ?)",
+                (job.id, job.state, job.source, job.output, json.dumps(settings), job.created))
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if row is not None else None
+
+    def list(self, *, limit: int = 500) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        return [_job(r) for r in rows]
+
+    def unfinished(self) -> list[Job]:
+        """Queued or running jobs (oldest first): what a restarted server takes up again."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created").fetchall()
+        return [_job(r) for r in rows]
+
+    def update(self, job_id: str, **fields) -> None:
+        for key in ("devices", "warnings", "settings"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key])
+        if "state" in fields and fields["state"] not in STATES:
+            raise ValueError(f"unknown job state {fields['state']!r}")
+        names = ", ".join(f"{k} = ?" for k in fields)
+        with self._lock:
+            self._db.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*fields.values(), job_id))
+
+
+def _job(row: sqlite3.Row) -> Job:
+    d = dict(row)
+    for key in ("settings", "devices", "warnings"):
+        d[key] = json.loads(d[key])
+    return Job(**d)

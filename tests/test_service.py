@@ -1,0 +1,613 @@
+"""The service (issue 14), in-process: path confinement, the weighted choice of device, the
+model manager's state machine on a fake clock, the scheduler's fault handling, the HTTP API's
+contract (FastAPI's TestClient) and the MCP tools (the SDK's in-process client).
+
+Real servers (uvicorn in a child process: restart, load test, browser) are in
+tests/test_service_live.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from core.errors import HardwareUnavailable, InvalidOption
+from service.devices import RETRY_SECONDS, Devices, score
+from service.models import ModelManager
+from service.paths import PathRefused, Roots
+from service.service import Service
+from service.store import JobStore
+from tests import probe
+
+pytestmark = pytest.mark.usefixtures("no_stage_threads_left")
+
+LOSSLESS = {"model": "bicubic", "scale": 2, "quality": 0, "preset": "ultrafast"}
+
+
+# -- paths --------------------------------------------------------------------------------------
+@pytest.fixture
+def root(tmp_path) -> Path:
+    r = tmp_path / "root"
+    r.mkdir()
+    (r / "in.mp4").write_bytes(b"x")
+    return r
+
+
+@pytest.mark.parametrize("text", ["../outside.mp4", "sub/../../outside.mp4", "/etc/passwd", "file:in.mp4",
+                                  "pipe:0", "concat:in.mp4|in.mp4", "http://example.com/v.mp4", "in.mp4\x00.txt", ""])
+def test_paths_outside_the_roots_or_with_a_protocol_are_refused(root, text):
+    (root.parent / "outside.mp4").write_bytes(b"x")
+    with pytest.raises(PathRefused):
+        Roots([root]).resolve(text, what="source", must_exist=True)
+
+
+def test_a_symlink_out_of_the_root_is_refused_in_the_middle_or_at_the_end(root, tmp_path):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "v.mp4").write_bytes(b"x")
+    (root / "escape").symlink_to(secret)
+    (root / "link.mp4").symlink_to(secret / "v.mp4")
+    roots = Roots([root])
+    for text in ("escape/v.mp4", "link.mp4", str(root / "escape" / "new.mp4")):
+        with pytest.raises(PathRefused, match="outside"):
+            roots.resolve(text, what="output", must_exist=False)
+
+
+def test_paths_inside_any_root_are_taken_resolved(root, tmp_path):
+    second = tmp_path / "second"
+    second.mkdir()
+    (root / "inner").mkdir()
+    (root / "inner" / "ok.mp4").symlink_to(root / "in.mp4")  # a link that stays inside
+    roots = Roots([root, second])
+    assert roots.resolve("in.mp4", what="source", must_exist=True) == root / "in.mp4"
+    assert roots.resolve("inner/ok.mp4", what="source", must_exist=True) == root / "in.mp4"
+    assert roots.resolve(str(second / "new.mp4"), what="output", must_exist=False) == second / "new.mp4"
+    with pytest.raises(PathRefused, match="does not exist"):
+        roots.resolve("missing.mp4", what="source", must_exist=True)
+
+
+# -- the weighted choice of device ----------------------------------------------------------------
+def test_score_is_the_documented_weighting():
+    assert score(2, 40.0, 50.0) == 2 * 10 + 40 * 0.5 + 50 * 0.3
+
+
+def _devices(figures, clock=None):
+    """Fake GPUs with NVML figures {index: (used, total, utilisation)}."""
+    return Devices(list(figures), clock=clock or time.monotonic,
+                   sample=lambda i: ((figures[i][0], figures[i][1]), figures[i][2]))
+
+
+def test_the_device_with_the_lowest_score_gets_the_job():
+    gib = 2**30
+    figures = {0: (60 * gib, 80 * gib, 90), 1: (10 * gib, 80 * gib, 5), 2: (20 * gib, 80 * gib, 0)}
+    devices = _devices(figures)
+    # scores: gpu0 37.5 + 27 = 64.5; gpu1 6.25 + 1.5 = 7.75; gpu2 12.5 + 0 = 12.5
+    assert [d.name for d in devices.choose("a")] == ["cuda:1"]
+    # gpu1 now has a queue of 1: 17.75 > gpu2's 12.5
+    assert [d.name for d in devices.choose("b")] == ["cuda:2"]
+    status = {d["device"]: d for d in devices.status()}
+    assert status["cuda:1"]["score"] == 17.8 and status["cuda:0"]["score"] == 64.5
+    devices.leave("a")
+    assert [d.name for d in devices.choose("c")] == ["cuda:1"]
+
+
+def test_a_device_with_its_memory_nearly_full_takes_no_job_and_the_job_waits():
+    gib = 2**30
+    figures = {0: (79 * gib, 80 * gib, 0), 1: (10 * gib, 80 * gib, 100)}
+    devices = _devices(figures)
+    assert [d.name for d in devices.choose("a")] == ["cuda:1"]
+    figures[1] = (78 * gib, 80 * gib, 100)
+    devices._last_sample = -1e9
+    assert devices.choose("b") == []
+
+
+def test_a_faulted_device_is_left_out_and_tried_again_after_30_s():
+    now = [1000.0]
+    devices = _devices({0: (0, 100, 0), 1: (50, 100, 50)}, clock=lambda: now[0])
+    devices.fault("cuda:0", "Xid 79")
+    assert [d.name for d in devices.choose("a")] == ["cuda:1"]
+    assert devices.status()[0]["health"] == "unhealthy"
+    now[0] += RETRY_SECONDS
+    devices.leave("a")
+    assert [d.name for d in devices.choose("b")] == ["cuda:0"]
+
+
+def test_spread_adds_the_idle_devices():
+    devices = _devices({0: (0, 100, 0), 1: (0, 100, 0), 2: (0, 100, 0)})
+    devices.choose("busy")  # gpu0
+    assert [d.name for d in devices.choose("big", spread=True)] == ["cuda:1", "cuda:2"]
+
+
+# -- the model manager ----------------------------------------------------------------------------
+class _FakeModel:
+    """A LoadedModel stand-in counting builds; its module records where it is."""
+
+    scale = 2
+
+    def __init__(self):
+        self.builds = 0
+
+    def build(self, device, dtype):
+        self.builds += 1
+        m = torch.nn.Conv2d(3, 3, 1)
+        m.where = str(device)
+        return m
+
+
+def _fake_move(module, device):
+    module.where = str(device)
+    return module
+
+
+def _manager(clock, freed=None):
+    return ModelManager(idle_timeout=60, clock=lambda: clock[0], move=_fake_move,
+                        free=lambda device: freed.append(str(device)) if freed is not None else None)
+
+
+def test_model_manager_load_offload_restore_release_on_a_fake_clock():
+    clock, freed = [0.0], []
+    manager, model = _manager(clock, freed), _FakeModel()
+    gpu = torch.device("cuda:0")
+    m = manager.acquire(model, "net", gpu, torch.float16)  # disk -> GPU
+    assert m.where == "cuda:0" and model.builds == 1
+    assert manager.status()[0]["location"] == "gpu" and manager.status()[0]["in_use_by"] == 1
+    m2 = manager.acquire(model, "net", gpu, torch.float16)  # a second job shares it
+    assert m2 is m and model.builds == 1 and manager.status()[0]["in_use_by"] == 2
+    manager.release(model, "net", gpu, torch.float16)
+    assert manager.status()[0]["location"] == "gpu"  # still used by one job
+    manager.release(model, "net", gpu, torch.float16)
+    s = manager.status()[0]
+    assert s["location"] == "cpu" and m.where == "cpu" and freed == ["cuda:0"]  # offloaded when its jobs finished
+    assert s["offload_seconds"] is not None
+    clock[0] += 30
+    assert manager.check_idle() == []  # idle 30 s < 60 s
+    assert manager.status()[0]["idle_seconds"] == 30.0
+    m3 = manager.acquire(model, "net", gpu, torch.float16)  # back on the GPU without a rebuild
+    assert m3 is m and m.where == "cuda:0" and model.builds == 1
+    assert manager.status()[0]["restore_seconds"] is not None
+    clock[0] += 1000
+    assert manager.check_idle() == []  # in use: never released
+    manager.release(model, "net", gpu, torch.float16)
+    clock[0] += 59
+    assert manager.check_idle() == []
+    clock[0] += 2
+    assert manager.check_idle() == ["net x2 on cuda:0"]
+    assert manager.status() == []
+    manager.acquire(model, "net", gpu, torch.float16)
+    assert model.builds == 2  # released: loaded from disk again
+
+
+def test_forced_offload_and_release_leave_models_in_use_alone():
+    clock = [0.0]
+    manager, model = _manager(clock), _FakeModel()
+    a, b = torch.device("cuda:0"), torch.device("cuda:1")
+    manager.acquire(model, "net", a, torch.float16)
+    manager.acquire(model, "net", b, torch.float16)
+    manager.release(model, "net", b, torch.float16)  # cuda:1 idle on the CPU now
+    manager.acquire(model, "net", b, torch.float16)  # and back
+    manager.release_idle()  # nothing idle on a GPU... cuda:1 is in use again
+    assert {s["device"]: s["location"] for s in manager.status()} == {"cuda:0": "gpu", "cuda:1": "gpu"}
+    manager.release(model, "net", b, torch.float16)
+    assert manager.offload("cuda:0") == []  # in use
+    assert manager.release_idle("cuda:1") == ["net x2 on cuda:1"]
+    assert [s["device"] for s in manager.status()] == ["cuda:0"]
+    with pytest.raises(ValueError):
+        manager.set_idle_timeout(0)
+
+
+def test_the_monitor_thread_releases_idle_models():
+    manager = ModelManager(idle_timeout=0.2)
+    model = _FakeModel()
+    manager.acquire(model, "net", torch.device("cpu"), torch.float32)
+    manager.release(model, "net", torch.device("cpu"), torch.float32)
+    assert manager.status()[0]["location"] == "cpu"  # the CPU device: no offload, kept until released
+    manager.start_monitor(every_seconds=0.05)
+    try:
+        deadline = time.monotonic() + 5
+        while manager.status() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert manager.status() == []
+    finally:
+        manager.close()
+
+
+# -- the scheduler and the API --------------------------------------------------------------------
+def _service(root, *, devices=None, run=None, token=None, **kw) -> Service:
+    return Service(roots=Roots([root]), store=JobStore(root / "jobs.db"), devices=devices or Devices(None),
+                   models=ModelManager(idle_timeout=60), token=token, run=run, event_seconds=0.05, **kw)
+
+
+def _client(service):
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+
+    return TestClient(create_app(service))
+
+
+def _wait(client, job_id, states=("done", "failed", "cancelled"), timeout=60.0, headers=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}", headers=headers).json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {job['state']}")
+
+
+@pytest.fixture
+def clip_root(clips, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    src = clips("svc.mp4", num_frames=30, audio=True)
+    (root / "in.mp4").write_bytes(src.read_bytes())
+    return root
+
+
+def test_a_job_runs_frame_exact_and_reports_its_progress(clip_root):
+    from pipeline import RunConfig, run
+
+    service = _service(clip_root)
+    service.start()
+    try:
+        client = _client(service)
+        r = client.post("/jobs", json={"source": "in.mp4", "output": "out.mp4", **LOSSLESS, "segment_frames": 8})
+        assert r.status_code == 201, r.text
+        (job,) = r.json()["jobs"]
+        assert job["state"] == "queued" and job["output"] == str(clip_root / "out.mp4")
+        done = _wait(client, job["id"])
+        assert done["state"] == "done", done
+        assert done["frames_done"] == done["frames_total"] == 30 and done["progress"] == 1.0
+        assert done["devices"] == ["cpu"] and done["error"] is None and done["attempts"] == 1
+        assert [j["id"] for j in client.get("/jobs").json()["jobs"]] == [job["id"]]
+        whole = clip_root / "whole.mp4"
+        run(RunConfig(source=clip_root / "in.mp4", output=whole, model="bicubic", scale=2, crf=0, preset="ultrafast",
+                      device="cpu"))  # the service above has the CPU as its one device
+        out = clip_root / "out.mp4"
+        assert probe.frames_yuv(out) and all(
+            (a == b).all() for a, b in zip(probe.frames_yuv(out), probe.frames_yuv(whole), strict=True))
+        assert probe.pts_exact(out) == probe.pts_exact(whole)
+        assert probe.packet_times(out, "audio") == probe.packet_times(whole, "audio")
+        models = client.get("/gpu/status").json()["devices"][0]["models"]
+        assert [(m["model"], m["location"], m["in_use_by"]) for m in models] == [("bicubic", "cpu", 0)]
+    finally:
+        service.close()
+
+
+def test_bad_requests_get_422_403_404_409_with_one_clear_line(clip_root):
+    service = _service(clip_root)
+    client = _client(service)
+    cases = [
+        ({"source": "in.mp4", "bogus": 1}, 422, "unknown setting 'bogus'"),
+        ({"source": "in.mp4", "codec": "mpeg2"}, 422, "codec"),
+        ({"source": "in.mp4", "scale": 0}, 422, "scale"),
+        ({"source": "in.mp4", "compile": "maybe"}, 422, "compile"),
+        ({"source": "in.mp4", "picture_format": "gif"}, 422, "picture_format"),
+        ({"source": "in.mp4", "precision": "fp8"}, 422, "precision"),
+        ({"output": "x.mp4"}, 422, "source"),
+        ({"source": "in.mp4", "output": "out.avi"}, 422, "must end in"),
+        ({"source": "in.mp4", "tile_size": 8}, 422, "--tile-size"),
+        ({"source": "in.mp4", "model": "no-such-model"}, 422, None),
+        ({"source": "../in.mp4"}, 403, "outside"),
+        ({"source": "/etc/hostname"}, 403, "outside"),
+        ({"source": "pipe:0"}, 403, "protocols"),
+        ({"source": "in.mp4", "output": "file:out.mp4"}, 403, "protocols"),
+        ({"source": "in.mp4", "model": "../weights.pth"}, 403, "outside"),
+        ({"source": "missing.mp4"}, 403, "does not exist"),
+        ({"source": "in.mp4", "output": "in.mp4", "scale": 2}, 409, "exists"),
+    ]
+    for body, status, text in cases:
+        r = client.post("/jobs", json=body)
+        assert r.status_code == status, (body, r.text)
+        error = r.json()["error"]
+        assert "\n" not in error and "Traceback" not in error
+        if text:
+            assert text in error, (body, error)
+    r = client.post("/jobs", content=b'{"source": ', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON" in r.json()["error"]
+    assert client.get("/jobs/nope").status_code == 404
+    assert client.delete("/jobs/nope").status_code == 404
+    assert client.post("/gpu/timeout", json={"seconds": -1}).status_code == 422
+    r = client.post("/gpu/offload", json={"device": "cuda:7"})
+    assert r.status_code == 422 and "no device 'cuda:7'" in r.json()["error"]
+    assert client.get("/jobs").json()["jobs"] == []  # nothing was queued by any of them
+
+
+def test_the_model_being_a_user_file_must_be_inside_the_roots(clip_root, tmp_path):
+    service = _service(clip_root)
+    client = _client(service)
+    (tmp_path / "evil.pth").write_bytes(b"x")
+    r = client.post("/jobs", json={"source": "in.mp4", "model": str(tmp_path / "evil.pth")})
+    assert r.status_code == 403
+
+
+def test_a_token_is_required_on_every_call_but_the_page(clip_root):
+    service = _service(clip_root, token="s3cret")
+    client = _client(service)
+    for method, path in (("get", "/jobs"), ("get", "/gpu/status"), ("get", "/health"), ("post", "/gpu/offload"),
+                         ("delete", "/jobs/x"), ("get", "/jobs/x/events")):
+        assert getattr(client, method)(path).status_code == 401, path
+        assert getattr(client, method)(path, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
+    assert client.get("/health", headers={"Authorization": "Bearer s3cret"}).json() == {"ok": True}
+    page = client.get("/")
+    assert page.status_code == 200 and "framepipe service" in page.text and "s3cret" not in page.text
+
+
+def test_serve_refuses_an_outside_address_without_a_token(root, capsys):
+    from service.server import serve_main
+
+    assert serve_main(["--root", str(root), "--host", "0.0.0.0"]) == 2
+    assert "--token" in capsys.readouterr().err
+
+
+def test_events_stream_progress_until_the_job_ends(clip_root):
+    service = _service(clip_root)
+    service.start()
+    try:
+        client = _client(service)
+        (job,) = client.post("/jobs", json={"source": "in.mp4", "output": "o.mp4", **LOSSLESS}).json()["jobs"]
+        events = []
+        with client.stream("GET", f"/jobs/{job['id']}/events") as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            kind = None
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    events.append((kind, json.loads(line[6:])))
+        assert events[-1][0] == "end" and events[-1][1]["state"] == "done"
+        assert all(k == "progress" for k, _ in events[:-1])
+        frames = [e["frames_done"] for _, e in events]
+        assert frames == sorted(frames) and frames[-1] == 30
+    finally:
+        service.close()
+
+
+def test_cancel_leaves_a_finalized_partial_output_that_a_new_job_resumes(clip_root, monkeypatch):
+    from pipeline.worker import Worker
+
+    original = Worker.process
+
+    def slow(self, batch):
+        time.sleep(0.05)
+        return original(self, batch)
+
+    monkeypatch.setattr(Worker, "process", slow)
+    service = _service(clip_root)
+    service.start()
+    try:
+        client = _client(service)
+        body = {"source": "in.mp4", "output": "c.mp4", **LOSSLESS, "segment_frames": 5, "encoders": 1}
+        (job,) = client.post("/jobs", json=body).json()["jobs"]
+        _wait(client, job["id"], states=("running",))
+        deadline = time.monotonic() + 30
+        while client.get(f"/jobs/{job['id']}").json()["frames_done"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cancelled = client.delete(f"/jobs/{job['id']}").json()
+        assert cancelled["state"] == "cancelled" and cancelled["frames_done"] < 30
+        out = clip_root / "c.mp4"
+        partial = probe.indices(out)
+        assert partial == list(range(len(partial))) and 10 <= len(partial) < 30  # playable, in order
+        assert (clip_root / "c.mp4.parts" / "manifest.json").is_file()
+        monkeypatch.setattr(Worker, "process", original)
+        # The same job submitted again finishes from the kept segments (the partial output is its own).
+        r = client.post("/jobs", json=body)
+        assert r.status_code == 201, r.text
+        done = _wait(client, r.json()["jobs"][0]["id"])
+        assert done["state"] == "done" and probe.indices(out) == list(range(30))
+        assert not (clip_root / "c.mp4.parts").exists()
+    finally:
+        service.close()
+
+
+def test_a_job_that_raises_leaves_the_server_serving(clip_root):
+    calls = []
+
+    def run(config, **kw):
+        calls.append(config.source)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a model\nwith a second line")
+        return SimpleNamespace(num_frames_expected=3, num_frames_decoded=3, num_frames_written=3, fps=1.0, warnings=[])
+
+    service = _service(clip_root, run=run)
+    service.start()
+    try:
+        client = _client(service)
+        first = client.post("/jobs", json={"source": "in.mp4", "output": "a.mp4"}).json()["jobs"][0]
+        failed = _wait(client, first["id"])
+        assert failed["state"] == "failed" and failed["error"] == "RuntimeError: a bug in a model"
+        second = client.post("/jobs", json={"source": "in.mp4", "output": "b.mp4"}).json()["jobs"][0]
+        assert _wait(client, second["id"])["state"] == "done"
+        assert client.get("/health").status_code == 200
+    finally:
+        service.close()
+
+
+def test_a_gpu_fault_marks_the_device_unhealthy_and_requeues_the_job_on_another(clip_root):
+    seen = []
+
+    def run(config, **kw):
+        seen.append(config.device)
+        if config.device == "cuda:0":
+            raise HardwareUnavailable("every device failed: worker-gpu0: 3 fault(s)")
+        return SimpleNamespace(num_frames_expected=5, num_frames_decoded=5, num_frames_written=5, fps=1.0, warnings=[])
+
+    devices = _devices({0: (0, 100, 0), 1: (10, 100, 20)})
+    service = _service(clip_root, devices=devices, run=run)
+    service.start()
+    try:
+        client = _client(service)
+        job = client.post("/jobs", json={"source": "in.mp4", "output": "g.mp4", "scale": 2}).json()["jobs"][0]
+        done = _wait(client, job["id"])
+        assert seen == ["cuda:0", "cuda:1"]
+        assert done["state"] == "done" and done["attempts"] == 2 and done["devices"] == ["cuda:1"]
+        status = {d["device"]: d for d in client.get("/gpu/status").json()["devices"]}
+        assert status["cuda:0"]["health"] == "unhealthy" and "worker-gpu0" in status["cuda:0"]["last_fault"]
+        assert 0 < status["cuda:0"]["retry_in_seconds"] <= RETRY_SECONDS
+    finally:
+        service.close()
+
+
+def test_jobs_wait_when_every_device_is_full_and_run_in_submission_order(clip_root):
+    release = threading.Event()
+    order = []
+
+    def run(config, **kw):
+        order.append(config.output.name)
+        release.wait(10)
+        return SimpleNamespace(num_frames_expected=1, num_frames_decoded=1, num_frames_written=1, fps=1.0, warnings=[])
+
+    service = _service(clip_root, run=run, jobs_per_device=1)
+    service.start()
+    try:
+        client = _client(service)
+        ids = [client.post("/jobs", json={"source": "in.mp4", "output": f"{n}.mp4", "scale": 2}).json()["jobs"][0]["id"]
+               for n in "abc"]
+        _wait(client, ids[0], states=("running",))
+        time.sleep(0.3)
+        states = [client.get(f"/jobs/{i}").json() for i in ids]
+        assert [s["state"] for s in states] == ["running", "queued", "queued"]
+        assert [s["queue_position"] for s in states] == [None, 0, 1]
+        cancelled = client.delete(f"/jobs/{ids[2]}").json()
+        assert cancelled["state"] == "cancelled" and "before it started" in cancelled["error"]
+        release.set()
+        assert _wait(client, ids[1])["state"] == "done"
+        assert order == ["a.mp4", "b.mp4"]
+    finally:
+        release.set()
+        service.close()
+
+
+def test_a_folder_of_videos_submits_one_job_each_into_the_output_folder(clip_root):
+    folder = clip_root / "batch"
+    folder.mkdir()
+    for name in ("one.mp4", "two.mkv"):
+        (folder / name).write_bytes((clip_root / "in.mp4").read_bytes())
+    (folder / "notes.txt").write_text("not a video")
+    (clip_root / "ups").mkdir()
+    service = _service(clip_root)
+    service.start()
+    try:
+        client = _client(service)
+        r = client.post("/jobs", json={"source": "batch", "output": "ups", **LOSSLESS})
+        assert r.status_code == 201, r.text
+        jobs = r.json()["jobs"]
+        assert [Path(j["source"]).name for j in jobs] == ["one.mp4", "two.mkv"]
+        for j in jobs:
+            assert _wait(client, j["id"])["state"] == "done"
+        assert sorted(p.name for p in (clip_root / "ups").iterdir()) == ["one.bicubic-x2.mp4", "two.bicubic-x2.mkv"]
+        assert probe.indices(clip_root / "ups" / "two.bicubic-x2.mkv") == list(range(30))
+    finally:
+        service.close()
+
+
+def test_upload_runs_a_job_on_the_uploaded_video_and_is_size_limited(clip_root):
+    service = _service(clip_root, max_upload_bytes=1 << 20)
+    service.start()
+    try:
+        client = _client(service)
+        data = (clip_root / "in.mp4").read_bytes()
+        r = client.post("/jobs/upload", files={"file": ("my clip.mp4", data, "video/mp4")},
+                        data={"settings": json.dumps(LOSSLESS), "output": "up.mp4"})
+        assert r.status_code == 201, r.text
+        uploaded = Path(r.json()["uploaded"])
+        assert uploaded.parent == clip_root / "uploads" and uploaded.read_bytes() == data
+        assert _wait(client, r.json()["jobs"][0]["id"])["state"] == "done"
+        assert probe.indices(clip_root / "up.mp4") == list(range(30))
+        big = client.post("/jobs/upload", files={"file": ("big.mp4", b"\0" * (3 << 20), "video/mp4")})
+        assert big.status_code == 413 and "limit" in big.json()["error"]
+        bad = client.post("/jobs/upload", files={"file": ("x.mp4", data, "video/mp4")}, data={"settings": '{"codec": 5}'})
+        assert bad.status_code == 422
+        assert sorted(p.name for p in (clip_root / "uploads").iterdir()) == [uploaded.name]
+    finally:
+        service.close()
+
+
+def test_offload_release_and_timeout_through_the_api(clip_root):
+    service = _service(clip_root)
+    client = _client(service)
+    model = _FakeModel()
+    service.models.acquire(model, "net", torch.device("cpu"), torch.float32)
+    status = client.get("/gpu/status").json()
+    (m,) = status["devices"][0]["models"]
+    assert (m["model"], m["location"], m["in_use_by"]) == ("net", "cpu", 1)
+    assert client.post("/gpu/release").json()["released"] == []  # in use
+    service.models.release(model, "net", torch.device("cpu"), torch.float32)
+    assert client.post("/gpu/release", json={"device": "cpu"}).json()["released"] == ["net x2 on cpu"]
+    assert client.post("/gpu/timeout", json={"seconds": 5}).json() == {"idle_timeout_seconds": 5.0}
+    assert client.get("/gpu/status").json()["idle_timeout_seconds"] == 5.0
+
+
+# -- MCP --------------------------------------------------------------------------------------------
+def test_the_mcp_tools_are_the_api_operations(clip_root):
+    from mcp import Client
+
+    from service.mcp_tools import TOOLS, make_mcp
+
+    service = _service(clip_root)
+    service.start()
+
+    async def session():
+        async with Client(make_mcp(service)) as client:
+            names = sorted(t.name for t in (await client.list_tools()).tools)
+            assert names == sorted(TOOLS)
+
+            async def call(name, args=None):
+                result = await client.call_tool(name, args or {})
+                assert not result.is_error, result
+                return result.structured_content
+
+            status = await call("get_gpu_status")
+            assert status["devices"][0]["device"] == "cpu"
+            refused = await call("submit_job", {"source": "../x.mp4"})
+            assert "outside" in refused["error"]
+            bad = await call("submit_job", {"source": "in.mp4", "settings": {"codec": "x"}})
+            assert "codec" in bad["error"]
+            (job,) = (await call("submit_job", {"source": "in.mp4", "output": "m.mp4", "settings": LOSSLESS}))["jobs"]
+            deadline = time.monotonic() + 60
+            while (state := await call("job_status", {"job_id": job["id"]}))["state"] not in ("done", "failed"):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert state["state"] == "done" and state["frames_done"] == 30
+            assert (await call("update_gpu_timeout", {"seconds": 9}))["idle_timeout_seconds"] == 9
+            assert (await call("offload_gpu"))["offloaded"] == []
+            assert (await call("release_gpu"))["released"] == ["bicubic x2 on cpu"]
+            assert (await call("cancel_job", {"job_id": job["id"]}))["state"] == "done"
+            assert "no job" in (await call("job_status", {"job_id": "zzz"}))["error"]
+
+    try:
+        asyncio.run(session())
+    finally:
+        service.close()
+    assert probe.indices(clip_root / "m.mp4") == list(range(30))
+
+
+def test_the_store_keeps_jobs_across_a_restart(tmp_path):
+    store = JobStore(tmp_path / "j.db")
+    a = store.add(source="s", output="o", settings={"k": 1})
+    store.update(a.id, state="running", frames_done=5, warnings=["w"])
+    b = store.add(source="s2", output="o2", settings={})
+    store.update(b.id, state="done")
+    store.close()
+    again = JobStore(tmp_path / "j.db")
+    assert [j.id for j in again.unfinished()] == [a.id]
+    job = again.get(a.id)
+    assert (job.state, job.frames_done, job.warnings, job.settings) == ("running", 5, ["w"], {"k": 1})
+    with pytest.raises(ValueError):
+        again.update(a.id, state="exploded")
+    assert os.path.getsize(tmp_path / "j.db") > 0
+    again.close()
+
+
+def test_invalid_roots_are_one_line(tmp_path):
+    with pytest.raises(InvalidOption, match="not a folder"):
+        Roots([tmp_path / "missing"])
+    with pytest.raises(InvalidOption, match="at least one --root"):
+        Roots([])
