@@ -327,9 +327,10 @@ def render_summary(console, stats) -> None:
         highlight=False,
     )
     if d.get("first_frame_seconds_from_command") is not None:
-        console.print(f"first frame out of the model {d['first_frame_seconds_from_command']:.2f} s after the command "
-                      f"({d['first_frame_seconds']:.2f} s after the run began: model loading and probing)",
-                      highlight=False)
+        steps = ", ".join(f"{name} {seconds:.2f}" for name, seconds in d.get("startup_seconds", {}).items())
+        console.print(f"first frame out of the model {d['first_frame_seconds_from_command']:.2f} s after the command: "
+                      f"imports {d.get('imports_seconds', 0):.2f} s, then {steps} s",
+                      highlight=False, soft_wrap=True)
     table = Table(title="stages", title_justify="left")
     for col in ("stage", "busy s", "waiting s"):
         table.add_column(col)
@@ -427,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         # Inside the try: importing the pipeline loads torch (seconds), a stop may come then.
         from core.errors import FramepipeError, RunInterrupted
         from pipeline import run
+        imports_done = time.perf_counter()
     except KeyboardInterrupt as exc:
         say.print("[yellow]interrupted[/] before the run started")
         return 128 + getattr(exc, "signal_number", 2)
@@ -441,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         first = [w.first_batch_at for w in stats.workers.values() if w.first_batch_at is not None]
         if first:
             stats.notes["first_frame_seconds_from_command"] = round(min(first) - _PROCESS_STARTED, 3)
+            stats.notes["imports_seconds"] = round(imports_done - _PROCESS_STARTED, 3)
     except RunInterrupted as exc:
         stopper.finished()
         _stop_display(display)

@@ -8,6 +8,8 @@ Steps, in one run against one server (uvicorn, 127.0.0.1, a fresh job database):
   2. jobs B and C submitted at once  (one module shared; both on the one GPU)
   3. job D alone after B and C       (the model comes back from host memory: restore)
   4. wait for the idle timeout       (the model is released; the service's GPU memory drops)
+  5. with two GPUs or more: two jobs queued together (a GPU each), then job G alone (it takes
+     every idle GPU)
 Every output is decoded and its frames counted. Writes service.json and service.log.
 """
 
@@ -123,6 +125,21 @@ def main() -> None:
             time.sleep(1)
         results["after_idle_timeout"] = sample("after the idle timeout")
         results["model_times"] = results["after_restore"]["models"]
+        num_devices = len(http.get("/gpu/status").json()["devices"])
+        if num_devices >= 2:  # scheduling across GPUs: a pair queued together, then a lone job spreading
+            folder = args.work / "pair"
+            folder.mkdir()
+            for name in ("e.mp4", "f.mp4"):
+                (folder / name).write_bytes((args.work / "in.mp4").read_bytes())
+            (args.work / "pair-out").mkdir()
+            r = http.post("/jobs", json={"source": "pair", "output": "pair-out", **settings})
+            r.raise_for_status()
+            pair = wait([j["id"] for j in r.json()["jobs"]], "pair E+F queued together")
+            results["pair"] = [summary(j) for j in pair]
+            span = max(j["finished"] for j in pair) - min(j["started"] for j in pair)
+            results["pair_aggregate_fps"] = round(sum(j["frames_done"] for j in pair) / span, 2)
+            (g,) = wait([submit("g")], "job G alone (spread over the idle GPUs)")
+            results["spread"] = summary(g)
     finally:
         server.terminate()
         try:
@@ -131,7 +148,8 @@ def main() -> None:
             server.kill()
         log.close()
         (args.out / "service.json").write_text(json.dumps(results, indent=2))
-    keys = ("server_start_seconds", "alone_fps", "together_aggregate_fps", "model_times")
+    keys = ("server_start_seconds", "alone_fps", "together_aggregate_fps", "model_times", "pair", "pair_aggregate_fps",
+            "spread")
     print(json.dumps({k: results.get(k) for k in keys}, indent=2))
     print("memory after A / after B+C / after D / after idle timeout (service reserved MiB):",
           [results[k]["service_reserved_mib"] for k in ("after_alone", "after_together", "after_restore", "after_idle_timeout")])

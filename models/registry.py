@@ -65,15 +65,15 @@ class _Builtin:
 
 
 def _compact_class() -> type[nn.Module]:
-    from spandrel.architectures.Compact import Compact
+    from .compact import SRVGGNetCompact  # not spandrel's: importing spandrel costs seconds (models/compact.py)
 
-    return Compact
+    return SRVGGNetCompact
 
 
 def _rrdb_class() -> type[nn.Module]:
-    from spandrel.architectures.ESRGAN import ESRGAN
+    from .rrdb import RRDBNet  # not spandrel's: importing spandrel costs seconds (models/rrdb.py)
 
-    return ESRGAN
+    return RRDBNet
 
 
 _BUILTINS: dict[str, _Builtin] = {

@@ -69,6 +69,7 @@ def run(
     called_at = time.perf_counter()
     plan = plan_run(config)
     stats = RunStats(called_at=called_at)
+    stats.mark("plan (probe the source, load the model's weights)")
     describe(plan, stats)
     if plan.output is None:  # --output-mode none
         output = NoOutput()
@@ -91,6 +92,7 @@ def run(
             stats.notes["segments"] = _describe_segments(plan, parts)
         errors = ErrorChannel(threading.Event())
         stages = build(plan, stats, temp, errors=errors, parts=parts, wrap=wrap, models=models)
+        stats.mark("build (open the decoder and the encoder)")
         execute = _run_parallel if config.parallel else _run_sequential
         outcome = execute(plan, stages, stats, errors, on_progress, progress_seconds, stop or threading.Event())
     except BaseException as exc:  # nothing was started (bad settings found by the encoder, a stop)

@@ -60,6 +60,8 @@ class WorkerStats:
     probe_note: str = ""
     compile: Any = None  # models.compiled.CompileState once the model is built
     first_batch_at: float | None = None  # perf_counter when its first batch came out of the model
+    # Start-up steps, in order: name -> perf_counter when it was done (time to first frame).
+    marks: dict[str, float] = field(default_factory=dict)
     clock: StageClock = field(default_factory=StageClock)
     # Sampled about once a second from NVML by the runner (GPUs only; None = unknown).
     memory_used_bytes: int | None = None
@@ -150,6 +152,7 @@ class RunStats:
     started_at: float = field(default_factory=time.perf_counter)
     called_at: float | None = None  # when run() was called, before planning (model loading) began
     finished_at: float | None = None
+    marks: dict[str, float] = field(default_factory=dict)  # the run's start-up steps: name -> perf_counter
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def clock(self, stage: str) -> StageClock:
@@ -169,6 +172,26 @@ class RunStats:
     def wall_seconds(self) -> float:
         end = self.finished_at if self.finished_at is not None else time.perf_counter()
         return end - self.started_at
+
+    def mark(self, step: str) -> None:
+        self.marks.setdefault(step, time.perf_counter())
+
+    def startup(self) -> dict[str, float]:
+        """Where the time to the first frame went: each start-up step's seconds (run steps, then
+        the first worker's), from the call of run()."""
+        if self.called_at is None:
+            return {}
+        steps = sorted(self.marks.items(), key=lambda kv: kv[1])
+        firsts = [w for w in self.workers.values() if w.first_batch_at is not None]
+        if firsts:
+            w = min(firsts, key=lambda w: w.first_batch_at)
+            steps = sorted([*steps, *((f"{w.name}: {k}", t) for k, t in w.marks.items()),
+                            (f"{w.name}: first batch out", w.first_batch_at)], key=lambda kv: kv[1])
+        out, last = {}, self.called_at
+        for name, t in steps:
+            out[name] = round(t - last, 3)
+            last = max(last, t)
+        return out
 
     @property
     def first_frame_seconds(self) -> float | None:
@@ -200,6 +223,7 @@ class RunStats:
             "wall_seconds": round(self.wall_seconds, 3),
             "fps": round(self.fps, 3),
             "first_frame_seconds": None if self.first_frame_seconds is None else round(self.first_frame_seconds, 3),
+            "startup_seconds": self.startup(),
             "stages": {
                 name: {"busy_seconds": round(c.busy_seconds, 3), "wait_seconds": round(c.wait_seconds, 3)}
                 for name, c in self.stages.items()

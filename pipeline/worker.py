@@ -113,7 +113,9 @@ class Worker:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
                 self._stream = torch.cuda.Stream(self.device)
+                self.ws.marks["CUDA context"] = time.perf_counter()
             self.module = self.build_model(self.device, self.dtype)
+            self.ws.marks["model on the device"] = time.perf_counter()
             enabled, why = self.compile
             self.model = CompiledModel(self.module, name=self.model_name, enabled=enabled, warn=self.warn, reason=why,
                                        prepare=self.compile_helper if enabled else None)
@@ -187,7 +189,9 @@ class Worker:
         try:
             if self._probe_pending:
                 self._probe_pending = False
+                self.ws.marks["first batch in"] = time.perf_counter()
                 self.target_batch_size = self._probe_batch_size(batch)
+                self.ws.marks["batch size (probe or memo)"] = time.perf_counter()
                 self.batch_size = min(self.target_batch_size, self.max_batch_size)
                 self.ws.batch_size, self.ws.health = self.batch_size, "ok"
                 self.model.batch_size = self.batch_size

@@ -79,12 +79,14 @@ class Scheduler:
     """Queues jobs, starts each on the device with the lowest score, keeps the store current."""
 
     def __init__(self, store: JobStore, devices: Devices, models: ModelManager, roots: Roots, *,
-                 jobs_per_device: int = 2, run: Callable | None = None, progress_seconds: float = 0.5) -> None:
+                 jobs_per_device: int = 2, spread: bool = True, run: Callable | None = None,
+                 progress_seconds: float = 0.5) -> None:
         self.store = store
         self.devices = devices
         self.models = models
         self.roots = roots
         self.jobs_per_device = jobs_per_device
+        self.spread = spread  # a lone job takes every idle GPU (pull-based workers balance them)
         self.progress_seconds = progress_seconds
         if run is None:
             from pipeline import run
@@ -193,7 +195,11 @@ class Scheduler:
         """Start the oldest queued job that a device can take now (called under the lock)."""
         for job_id in list(self._queue):
             full = frozenset(d.name for d in self.devices.devices if len(d.queue) >= self.jobs_per_device)
-            chosen = self.devices.choose(job_id, spread=False, exclude=full | frozenset(self._excluded.get(job_id, ())))
+            # A job spreads over the other idle GPUs only when nothing else waits: with jobs
+            # queued behind it, each GPU is better given to a job of its own.
+            spread = self.spread and len(self._queue) == 1
+            chosen = self.devices.choose(job_id, spread=spread,
+                                         exclude=full | frozenset(self._excluded.get(job_id, ())))
             if not chosen:
                 if not self._excluded.get(job_id):
                     return False  # every device busy: the oldest job waits its turn

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bearer token every call must carry (default: $FRAMEPIPE_TOKEN)")
     p.add_argument("--gpus", metavar="LIST", help='GPUs jobs may use, e.g. "0,2" (default: all; the CPU without GPUs)')
     p.add_argument("--jobs-per-device", type=int, default=2, metavar="N", help="jobs running at once on one device (default 2)")
+    p.add_argument("--no-spread", action="store_true",
+                   help="a job never takes more than one GPU (default: a job with nothing queued behind it also "
+                        "takes every idle GPU)")
     p.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
                    help="seconds an unused model stays loaded before it is released (default 60)")
     p.add_argument("--max-upload-mb", type=int, default=2048, metavar="MB", help="largest upload accepted (default 2048)")
@@ -71,7 +74,8 @@ def make_service(args: argparse.Namespace, *, devices=None):
     db.parent.mkdir(parents=True, exist_ok=True)
     return Service(roots=roots, store=JobStore(db), devices=devices or Devices.detect(args.gpus),
                    models=ModelManager(idle_timeout=args.idle_timeout), token=args.token,
-                   max_upload_bytes=args.max_upload_mb << 20, jobs_per_device=args.jobs_per_device)
+                   max_upload_bytes=args.max_upload_mb << 20, jobs_per_device=args.jobs_per_device,
+                   spread=not args.no_spread)
 
 
 def serve_main(argv: list[str]) -> int:

