@@ -30,7 +30,9 @@ def _write_10bit(path: Path, frames: list[np.ndarray], *, codec="libx265", param
         cc = s.codec_context
         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = color
         if codec == "libx265":
-            s.options = {"x265-params": ":".join(p for p in ("log-level=error:lossless=1", params) if p)}
+            # No B-frames: once in CI (2 cores) the MKV muxer refused a packet of this 2-frame
+            # source (EINVAL); without reordering every packet's dts equals its pts.
+            s.options = {"x265-params": ":".join(p for p in ("log-level=error:lossless=1:bframes=0", params) if p)}
         for i, y in enumerate(frames):
             f = av.VideoFrame(width, height, "yuv420p10le")
             for k, plane in enumerate(f.planes):
