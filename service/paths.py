@@ -24,7 +24,7 @@ _PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 class Roots:
     """The allowed folders, resolved once when the server starts."""
 
-    def __init__(self, folders: list[Path]) -> None:
+    def __init__(self, folders: list[Path], *, private: list[Path] = ()) -> None:
         if not folders:
             raise InvalidOption("serve needs at least one --root DIR: the folders jobs may read from and write to.")
         resolved = []
@@ -34,6 +34,8 @@ class Roots:
                 raise InvalidOption(f"--root {str(folder)!r} is not a folder.")
             resolved.append(real)
         self.folders = tuple(resolved)
+        # The service's own files (its job database): inside a root, but never a job's to touch.
+        self.private = tuple(Path(os.path.realpath(p)) for p in private)
 
     def __iter__(self):
         return iter(self.folders)
@@ -55,6 +57,8 @@ class Roots:
         if not any(real == root or root in real.parents for root in self.folders):
             raise PathRefused(f"{what} {text!r} is outside the folders this server may use "
                               f"({', '.join(str(r) for r in self.folders)}).")
+        if any(real == p or p in real.parents for p in self.private):
+            raise PathRefused(f"{what} {text!r} is inside the service's own folder ({self.private[0]}).")
         if must_exist:
             if not real.exists():
                 raise PathRefused(f"{what} {text!r} does not exist.")

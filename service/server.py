@@ -72,6 +72,7 @@ def make_service(args: argparse.Namespace, *, devices=None):
     roots = Roots(args.root)
     db = args.db or roots.folders[0] / ".framepipe" / "service.db"
     db.parent.mkdir(parents=True, exist_ok=True)
+    roots = Roots(args.root, private=[db.parent if args.db is None else db])
     return Service(roots=roots, store=JobStore(db), devices=devices or Devices.detect(args.gpus),
                    models=ModelManager(idle_timeout=args.idle_timeout), token=args.token,
                    max_upload_bytes=args.max_upload_mb << 20, jobs_per_device=args.jobs_per_device,

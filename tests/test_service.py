@@ -60,6 +60,16 @@ def test_a_symlink_out_of_the_root_is_refused_in_the_middle_or_at_the_end(root, 
             roots.resolve(text, what="output", must_exist=False)
 
 
+def test_the_services_own_folder_is_off_limits_though_inside_a_root(root):
+    (root / ".framepipe").mkdir()
+    (root / ".framepipe" / "service.db").write_bytes(b"")
+    roots = Roots([root], private=[root / ".framepipe"])
+    for text in (".framepipe/service.db", ".framepipe/x.mp4", ".framepipe", "sub/../.framepipe/service.db"):
+        with pytest.raises(PathRefused, match="own folder"):
+            roots.resolve(text, what="output", must_exist=False)
+    assert roots.resolve("in.mp4", what="source", must_exist=True) == root / "in.mp4"
+
+
 def test_paths_inside_any_root_are_taken_resolved(root, tmp_path):
     second = tmp_path / "second"
     second.mkdir()
