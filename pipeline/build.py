@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -106,6 +107,10 @@ def _output_format(plan: RunPlan) -> str:
     return "yuv420p10" if plan.output_bit_depth > 8 else "yuv420p"
 
 
+def _lent(call, model: LoadedModel, key: str, device: torch.device, dtype: torch.dtype):
+    return call(model, key, device, dtype)
+
+
 def worker_names(devices: tuple[torch.device, ...]) -> list[str]:
     names, num_cpu = [], 0
     for dev in devices:
@@ -145,12 +150,9 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
     for name, dev in zip(worker_names(plan.devices), plan.devices):
         batch = cfg.batch_size if not (cfg.batch_size == 0 and dev.type == "cpu") else 1
         build_model, release_model = plan.model.build, None
-        if models is not None:
-            def build_model(device, dtype, _model=plan.model, _key=cfg.model):
-                return models.acquire(_model, _key, device, dtype)
-
-            def release_model(device, dtype, _model=plan.model, _key=cfg.model):
-                models.release(_model, _key, device, dtype)
+        if models is not None:  # modules lent by a model manager (the service), given back at close
+            build_model = partial(_lent, models.acquire, plan.model, cfg.model)
+            release_model = partial(_lent, models.release, plan.model, cfg.model)
         worker = Worker(
             name, dev, build_model, release_model=release_model, stats=stats.add_worker(name, str(dev)), warn=stats.warn,
             color=plan.source.color, dtype=plan.dtypes[str(dev)][0], model_name=plan.model.name,

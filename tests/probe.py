@@ -94,3 +94,12 @@ def video_size(path: Path) -> tuple[int, int]:
     with av.open(str(path)) as c:
         cc = c.streams.video[0].codec_context
         return cc.width, cc.height
+
+
+def assert_same_video(a: Path, b: Path) -> None:
+    """The same frames (YUV, bit for bit) at the same exact timestamps."""
+    fa, fb = frames_yuv(a), frames_yuv(b)
+    assert len(fa) == len(fb)
+    for k, (x, y) in enumerate(zip(fa, fb)):
+        assert np.array_equal(x, y), f"frame {k} differs"
+    assert pts_exact(a) == pts_exact(b)

@@ -33,13 +33,6 @@ def _cfg(src, out, **kw) -> RunConfig:
     return RunConfig(**base)
 
 
-def _same_video(a: Path, b: Path) -> None:
-    fa, fb = probe.frames_yuv(a), probe.frames_yuv(b)
-    assert len(fa) == len(fb)
-    for k, (x, y) in enumerate(zip(fa, fb)):
-        assert np.array_equal(x, y), f"frame {k} differs"
-    assert probe.pts_exact(a) == probe.pts_exact(b)
-
 
 def _decode_errors(path: Path) -> list[str]:
     """Everything FFmpeg logs at warning level or worse while decoding `path` start to end."""
@@ -80,7 +73,7 @@ def test_any_segment_size_gives_the_frames_and_timestamps_of_one_encoder(clips, 
     assert not (tmp_path / "one.mp4.parts").exists()  # short clip, nothing asked: one file, no work folder
     seg = tmp_path / "seg.mp4"
     stats = run(_cfg(src, seg, segment_frames=segment_frames, encoders=encoders))
-    _same_video(one, seg)
+    probe.assert_same_video(one, seg)
     assert probe.indices(seg) == list(range(45))
     assert probe.packet_times(seg, "audio") == probe.packet_times(src, "audio")  # bytes and timing, packet by packet
     assert not (tmp_path / "seg.mp4.parts").exists()  # removed after the join
@@ -168,7 +161,7 @@ def test_kill_9_then_resume_is_frame_exact(clips, tmp_path):
     assert 2 <= len(done_before) < 10
     stats = run(_cfg(src, out, segment_frames=12, encoders=2, resume=True))
     assert stats.notes["segments"].endswith(f"{len(done_before)} finished segment(s) taken over from an earlier run")
-    _same_video(whole, out)
+    probe.assert_same_video(whole, out)
     assert probe.packet_times(out, "audio") == probe.packet_times(whole, "audio")
     assert not (tmp_path / "out.mp4.parts").exists()
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from tests import probe
@@ -84,13 +83,6 @@ class Server:
         return self.proc.wait(60)
 
 
-def _same_video(a: Path, b: Path) -> None:
-    fa, fb = probe.frames_yuv(a), probe.frames_yuv(b)
-    assert len(fa) == len(fb)
-    for k, (x, y) in enumerate(zip(fa, fb)):
-        assert np.array_equal(x, y), f"frame {k} differs"
-    assert probe.pts_exact(a) == probe.pts_exact(b)
-
 
 @pytest.mark.slow
 def test_kill_9_of_the_server_then_a_restart_finishes_the_job_frame_exact(clips, tmp_path):
@@ -130,7 +122,7 @@ def test_kill_9_of_the_server_then_a_restart_finishes_the_job_frame_exact(clips,
         job = again.wait(job_id)
         assert job["state"] == "done", job
         assert job["resumed"] == 1 and job["frames_done"] == 120
-        _same_video(whole, root / "out.mp4")
+        probe.assert_same_video(whole, root / "out.mp4")
         assert probe.packet_times(root / "out.mp4", "audio") == probe.packet_times(whole, "audio")
         assert not (root / "out.mp4.parts").exists()
     finally:
