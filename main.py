@@ -25,13 +25,20 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from core.choices import (BIT_DEPTHS, CODECS, COMPILE_CHOICES, DEFAULT_MODEL, DEFAULT_TILE_OVERLAP, OUTPUT_MODES,
+from core.choices import (DEFAULT_SCENE_THRESHOLD, INTERPOLATE_ONLY_MODEL, SPLIT_TRANSPORTS, BIT_DEPTHS, CODECS, COMPILE_CHOICES, DEFAULT_MODEL, DEFAULT_TILE_OVERLAP, OUTPUT_MODES,
                           PICTURE_FORMATS, PRECISIONS)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Signals that stop a run the way Ctrl-C does: `timeout`/`kill`/`docker stop`/systemd send
 # SIGTERM, a dropped ssh session SIGHUP. Each finalizes the output; exit status 128 + number.
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _frames_done(d: dict) -> str:
+    """'300 frame(s)', or with --interpolate '300 source frame(s) -> 598 frame(s) out'."""
+    if not d.get("frames_made"):
+        return f"{d['frames_written']} frame(s)"
+    return f"{d['frames_written']} source frame(s) -> {d['frames_out']} frame(s) out"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--tile-size", type=int, default=0, metavar="N",
                        help="run the model on overlapping tiles of N x N input pixels, blended (0 = whole frames, the "
                        "default; a frame that does not fit at batch 1 switches to tiles by itself)")
+    model.add_argument("--interpolate", type=int, default=1, metavar="N",
+                       help="frame interpolation with RIFE 4.x: N-1 new frames between each two (2 doubles the frame "
+                       "rate); after --model when one is given (one pass, frames stay on the device), else alone")
+    model.add_argument("--interpolation-model", default="rife", metavar="NAME",
+                       help="the model --interpolate uses: rife (RIFE 4.x, default) or blend (cross-fade, no weights)")
+    model.add_argument("--scene-threshold", type=float, default=DEFAULT_SCENE_THRESHOLD, metavar="S",
+                       help="two frames less alike than S (SSIM of 32x32 thumbnails, 0-1) are a scene cut: the frame "
+                       f"is repeated instead of blended (default {DEFAULT_SCENE_THRESHOLD}; 0: never)")
+    model.add_argument("--split-gpu", action="store_true",
+                       help="run the model in two stages on two GPUs, pipelined (for models too big for one GPU; "
+                       "says so when two whole copies would be faster)")
+    model.add_argument("--split-transport", choices=SPLIT_TRANSPORTS, default="p2p",
+                       help="how the stage boundary crosses GPUs: p2p (device to device) or bytes (packed, as a "
+                       "network hop would carry it)")
     model.add_argument("--tile-overlap", type=int, metavar="N",
                        help=f"pixels neighbouring tiles share (default {DEFAULT_TILE_OVERLAP}; a quarter of the tile "
                        f"for tiles under {4 * DEFAULT_TILE_OVERLAP})")
@@ -110,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     codec.add_argument("--quality", type=int, metavar="CRF",
                        help="constant quality, lower is better (x264/x265 0-51, default 18/20; SVT-AV1 0-63, default 28; NVENC: constant QP)")
     codec.add_argument("--encoders", type=int, default=0, metavar="N",
-                       help="encoders working at once on consecutive segments; 0 = from cores and memory (default)")
+                       help="encoders working at once on consecutive segments; 0 = auto (default): enough for the model's rate "
+                       "from one encoder's measured speed, within the cores and memory")
     codec.add_argument("--segment-frames", type=int, metavar="N", help="frames per segment (default: about 6 seconds)")
     codec.add_argument("--segment-seconds", type=float, metavar="S", help="seconds per segment, a whole number of frames (default 6)")
     codec.add_argument("--preset", help="encoder preset (x264/x265: ultrafast..veryslow, default medium; SVT-AV1: 0-13, default 8; NVENC: p1-p7, default p4)")
@@ -167,7 +189,8 @@ def _sample_output_dir() -> Path:
 def _config_from_args(args, *, sample: bool):
     from pipeline import RunConfig
 
-    model = args.model or DEFAULT_MODEL
+    # --interpolate alone: frames are only interpolated (the identity model, scale 1, no upscaling)
+    model = args.model or (INTERPOLATE_ONLY_MODEL if args.interpolate > 1 and args.scale in (None, 1) else DEFAULT_MODEL)
     source = args.source
     output_dir = None
     if source is None:
@@ -180,7 +203,7 @@ def _config_from_args(args, *, sample: bool):
         output=args.output,
         output_dir=output_dir,
         model=model,
-        scale=args.scale,
+        scale=1 if model == INTERPOLATE_ONLY_MODEL and args.model is None else args.scale,
         parallel=args.parallel,
         device=args.device,
         multi_gpu=args.multi_gpu,
@@ -215,6 +238,11 @@ def _config_from_args(args, *, sample: bool):
         audio=args.audio,
         fps=args.fps,
         picture_format=args.picture_format,
+        interpolate=args.interpolate,
+        interpolation_model=args.interpolation_model,
+        scene_threshold=args.scene_threshold,
+        split_gpu=args.split_gpu,
+        split_transport=args.split_transport,
     )
 
 
@@ -244,6 +272,8 @@ class RunDisplay:
                 self.console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
             for dev, (_, why) in plan.dtypes.items():
                 self.console.print(f"precision on {dev}: {escape(why)}", highlight=False, soft_wrap=True)
+            if getattr(plan, "encoder_line", ""):  # segmented output: how many encoders, and why
+                self.console.print(escape(plan.encoder_line), highlight=False, soft_wrap=True)
         if not self.enabled:
             return
         from rich.live import Live
@@ -321,7 +351,7 @@ def render_summary(console, stats) -> None:
 
     d = stats.to_dict()
     console.print(
-        f"[bold green]done[/]: {d['frames_written']} frame(s) in {d['wall_seconds']:.2f} s = {d['fps']:.2f} fps"
+        f"[bold green]done[/]: {_frames_done(d)} in {d['wall_seconds']:.2f} s = {d['fps']:.2f} fps"
         f"  ({d.get('mode', '')}, {escape(str(d.get('decoder', '')))} -> {escape(str(d.get('model', '')))} "
         f"x{d.get('scale', '')} -> {escape(str(d.get('encoder', '')))})",
         highlight=False,

@@ -3,7 +3,7 @@
 
 On a clip generated here (panned photographs, x264 with B-frames) upscaled by the model:
   pipeline, 1 encoder     --encoders 1 (one x264 instance: the wall the issue measured)
-  pipeline, auto pool     --encoders 0 (the plan's choice from cores, frame size, memory)
+  pipeline, auto pool     --encoders 0 (the plan's choice: measured speeds, cores, memory)
   encoders alone, k       no model: the pipeline's own output frames (decoded into memory
                           first) through the same pool of k encoders: the ceiling
   encoders alone, 1       the same with one encoder

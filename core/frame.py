@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["Frame", "FrameFormat"]
+__all__ = ["Frame", "FrameFormat", "Window"]
 
 FrameFormat = Literal["yuv", "rgb24", "rgb48", "nv12"]
 _NUM_PLANES = {"yuv": (3,), "rgb24": (1, 2), "rgb48": (1, 2), "nv12": (1,)}
@@ -58,3 +58,41 @@ class Frame:
 
     def __repr__(self) -> str:
         return f"Frame(#{self.index}, pts={self.pts}, {self.fmt}{self.bit_depth} [{describe_planes(self.planes)}])"
+
+
+@dataclass(frozen=True)
+class Window:
+    """The frames a temporal model needs for one source frame (`LoadedModel.kind`/`.temporal`).
+
+    `index`/`pts` are the frame's own (the work queue, the collector and the segments count
+    source frames); `frames` are its neighbours in order, `frames[center]` being the frame
+    itself. At the ends of the video a restoration window repeats the first/last frame; an
+    interpolation window (the frame and the next) holds the frame alone for the last one.
+    """
+
+    index: int
+    pts: int
+    frames: tuple[Frame, ...]
+    center: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.frames or not 0 <= self.center < len(self.frames):
+            raise ValueError(f"Window #{self.index}: center {self.center} outside its {len(self.frames)} frame(s)")
+        me = self.frames[self.center]
+        if me.index != self.index or me.pts != self.pts:
+            raise ValueError(f"Window #{self.index}: its center frame is #{me.index}")
+
+    @property
+    def frame(self) -> Frame:
+        return self.frames[self.center]
+
+    @property
+    def fmt(self) -> FrameFormat:
+        return self.frame.fmt
+
+    @property
+    def bit_depth(self) -> int:
+        return self.frame.bit_depth
+
+    def __repr__(self) -> str:
+        return f"Window(#{self.index}, frames {[f.index for f in self.frames]})"

@@ -27,7 +27,7 @@ from hw.av_streams import StreamCopier
 from hw.color import ColorInfo
 from hw.hdr import HdrMetadata, encoder_hdr_options
 
-__all__ = ["PyAVWriter", "add_video_stream", "open_output"]
+__all__ = ["PyAVWriter", "add_video_stream", "encoder_options", "open_output"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,24 @@ def add_video_stream(out, codec: str, *, width: int, height: int, time_base: Fra
     if codec in ("hevc", "libx265", "hevc_nvenc") and out.format.name.split(",")[0] in ("mp4", "mov"):
         cc.codec_tag = "hvc1"
     return stream
+
+
+def encoder_options(encoder: str, *, crf: int | None, preset: str | None, hdr: HdrMetadata | None = None) -> dict[str, str]:
+    """The options the CPU `encoder` (libx264/libx265/libsvtav1) is opened with: quality, preset,
+    and the encoder's own parameters (x265 quiet and lossless at --quality 0, HDR10 metadata)."""
+    options: dict[str, str] = {}
+    if crf is not None:
+        options["crf"] = str(crf)
+    if preset is not None:
+        options["preset"] = str(preset)
+    params = {"libx265": {"log-level": "error"}}.get(encoder, {})
+    if encoder == "libx265" and crf == 0:
+        params["lossless"] = "1"  # --quality 0 is lossless, as with x264 (x265's CRF 0 is not)
+    params.update(encoder_hdr_options(encoder, hdr))  # HDR10 metadata into the bitstream (hw.hdr)
+    if params:
+        key = {"libx265": "x265-params", "libx264": "x264-params", "libsvtav1": "svtav1-params"}[encoder]
+        options[key] = ":".join(f"{k}={v}" for k, v in params.items())
+    return options
 
 
 def open_output(path: Path):
@@ -193,18 +211,7 @@ class PyAVWriter:
         encoder = CPU_ENCODERS[codec]
         if encoder not in av.codecs_available:
             raise InvalidOption(f"--codec {codec}: this FFmpeg build has no {encoder} encoder.")
-        options: dict[str, str] = {}
-        if crf is not None:
-            options["crf"] = str(crf)
-        if preset is not None:
-            options["preset"] = str(preset)
-        params = {"libx265": {"log-level": "error"}}.get(encoder, {})
-        if encoder == "libx265" and crf == 0:
-            params["lossless"] = "1"  # --quality 0 is lossless, as with x264 (x265's CRF 0 is not)
-        params.update(encoder_hdr_options(encoder, self._hdr))  # HDR10 metadata into the bitstream (hw.hdr)
-        if params:
-            key = {"libx265": "x265-params", "libx264": "x264-params", "libsvtav1": "svtav1-params"}[encoder]
-            options[key] = ":".join(f"{k}={v}" for k, v in params.items())
+        options = encoder_options(encoder, crf=crf, preset=preset, hdr=self._hdr)
         _check_encoder_opens(encoder, width, height, time_base, frame_rate, options, self._pix_fmt)
         if codec not in self._out.supported_codecs and encoder not in self._out.supported_codecs:
             raise InvalidOption(

@@ -77,6 +77,34 @@ def _audio_layout(cc) -> str:
     return _DEFAULT_LAYOUTS.get(channels, "stereo")
 
 
+def _move_back(packet, seconds: Fraction, out_time_base: Fraction | None) -> None:
+    """Move `packet` back in time by `seconds` (a cut's shift), exactly where the output can say it.
+
+    Where the shift is a whole number of the packet's ticks it is subtracted as it is. Where it
+    is not, the packet is moved in the output stream's time base instead: AVI counts AAC and MP3
+    time in whole packets (a tick of 1024/48000 s), and a shift rounded to such a tick put the
+    audio up to half a packet (10.7 ms) off the video (issue 11). The output's time base (MP4:
+    the sample rate; Matroska: 1 ms) holds it to within half of its own tick."""
+    time_base = Fraction(packet.time_base)
+    ticks = seconds / time_base
+    if ticks.denominator == 1 or not out_time_base:
+        ticks = round(ticks)
+        if packet.pts is not None:
+            packet.pts -= ticks
+        if packet.dts is not None:
+            packet.dts -= ticks
+        return
+    fine = Fraction(out_time_base)
+    pts, dts, duration = packet.pts, packet.dts, packet.duration
+    packet.time_base = fine
+    if pts is not None:
+        packet.pts = round((pts * time_base - seconds) / fine)
+    if dts is not None:
+        packet.dts = round((dts * time_base - seconds) / fine)
+    if duration:
+        packet.duration = round(duration * time_base / fine)
+
+
 class StreamCopier:
     """Copies a source's audio and subtitle streams into an output container.
 
@@ -192,16 +220,13 @@ class StreamCopier:
         import av
 
         copied = self._copied[packet.stream.index]
+        moved_by = Fraction(0)  # seconds the packet moves back: the cut's shift
         if self._shift is not None and packet.size:
             if packet.stream.type == "subtitle":
                 self._trim_subtitle(packet)  # one on screen at --start is kept, from the start on
             if not self._shift.keeps(self._packet_seconds(packet)):
                 return  # outside --start/--end
-            ticks = self._shift.ticks(packet.time_base)
-            if packet.pts is not None:
-                packet.pts -= ticks
-            if packet.dts is not None:
-                packet.dts -= ticks
+            moved_by = self._shift.shift
         if copied.reencode:
             try:
                 frames = packet.decode()
@@ -210,13 +235,15 @@ class StreamCopier:
                 return
             for frame in frames:
                 if copied.next_pts is None:  # the re-encoded track starts where the source's audio does
-                    start = frame.pts * frame.time_base if frame.pts is not None and frame.time_base else 0
+                    start = frame.pts * frame.time_base - moved_by if frame.pts is not None and frame.time_base else 0
                     copied.next_pts = round(start * copied.out_stream.codec_context.sample_rate)
                 frame.pts = None
                 self._encode_audio(copied, frame)
             return
         if packet.size == 0:
             return
+        if moved_by:
+            _move_back(packet, moved_by, copied.out_stream.time_base)
         packet.stream = copied.out_stream
         self._out.mux(packet)
 

@@ -14,6 +14,9 @@ Conventions
 - Chroma is upsampled bilinearly with centre siting and downsampled by averaging each
   2x2 block. Odd sizes replicate the last row/column before averaging.
 - Output codes are rounded to nearest after clamping (never truncated).
+- NV12 (8-bit) and P010 (10-bit) are what NVENC takes: a `(H*3/2, W)` frame, the Y plane
+  then interleaved U/V at the same pitch; P010 keeps each 10-bit code in the high bits of a
+  16-bit word (`code << 6`, the low 6 bits zero).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "nv12_to_rgb",
     "rgb_to_yuv420",
     "rgb_to_nv12",
+    "rgb_to_p010",
     "split_nv12",
 ]
 
@@ -224,3 +228,22 @@ def rgb_to_nv12(rgb: torch.Tensor, info: ColorInfo) -> torch.Tensor:
         raise ValueError(f"NV12 needs even sizes, got {width}x{height}")
     uv = torch.stack((u, v), dim=-1).reshape(n, height // 2, width)
     return torch.cat((y, uv), dim=1)
+
+
+def rgb_to_p010(rgb: torch.Tensor, info: ColorInfo) -> torch.Tensor:
+    """RGB `(N, 3, H, W)` (H, W even) -> P010 `(N, H*3/2, W)` torch.uint16, the layout NVENC takes
+    for 10-bit 4:2:0 (NV_ENC_BUFFER_FORMAT_YUV420_10BIT).
+
+    The Y plane, then U/V interleaved, each a 10-bit code (`rgb_to_yuv420(..., bit_depth=10)`:
+    `info`'s matrix and range, 64-940 luma in limited range) shifted into the high bits of 16
+    (`code << 6`). The float input goes straight to 10-bit codes, never through 8 bits.
+    """
+    y, u, v = rgb_to_yuv420(rgb, info, bit_depth=10)
+    n, height, width = y.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"P010 needs even sizes, got {width}x{height}")
+    uv = torch.stack((u, v), dim=-1).reshape(n, height // 2, width)
+    codes = torch.cat((y, uv), dim=1).to(torch.int32) << 6  # 0..65472
+    # Built in int16 and viewed as uint16 (same bits): casts, cat and stack are supported for
+    # int16 on every device, while uint16 is one of torch's "limited support" dtypes.
+    return (codes - ((codes >> 15) << 16)).to(torch.int16).view(torch.uint16)

@@ -8,10 +8,12 @@
   converted on the device (never rgb24 to a CPU encoder) and copied through pinned
   memory. Odd sizes are padded to even by repeating the last row/column, because
   4:2:0 encoders need even sizes (the output is then at most one pixel larger).
-- `rgb_to_device_nv12(rgb, ...)`: the same for NVENC: NV12 stays on the device.
-- `rgb_to_nv12_frames(rgb, ...)`: those NV12 tensors as `CudaFrame`s, each with the CUDA
-  event recorded after the conversion, so a consumer on another stream (the NVENC writer)
-  can wait for exactly that work instead of reading a half-written frame.
+- `rgb_to_device_nv12(rgb, ...)`: the same for NVENC: NV12 stays on the device;
+  `rgb_to_device_p010(rgb, ...)` for NVENC's 10-bit input (P010, uint16).
+- `rgb_to_nv12_frames(rgb, ..., bit_depth=)`: those NV12 (8) or P010 (10) tensors as
+  `CudaFrame`s, each with the CUDA event recorded after the conversion, so a consumer on
+  another stream (the NVENC writer) can wait for exactly that work instead of reading a
+  half-written frame.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hw.color import ColorInfo, nv12_to_rgb, rgb_to_nv12, rgb_to_yuv420, yuv_to_rgb
+from hw.color import ColorInfo, nv12_to_rgb, rgb_to_nv12, rgb_to_p010, rgb_to_yuv420, yuv_to_rgb
 
-__all__ = ["batch_to_rgb", "batch_alpha", "rgb_to_host_rgb", "alpha_to_host", "rgb_to_host_yuv420", "rgb_to_device_nv12", "rgb_to_nv12_frames", "CudaFrame",
+__all__ = ["batch_to_rgb", "batch_alpha", "rgb_to_host_rgb", "alpha_to_host", "rgb_to_host_yuv420", "rgb_to_device_nv12", "rgb_to_device_p010",
+           "rgb_to_nv12_frames", "CudaFrame",
            "pad_to_even", "to_8bit_rgb"]
 
 
@@ -157,6 +160,13 @@ def rgb_to_device_nv12(rgb: torch.Tensor, color: ColorInfo) -> list[torch.Tensor
     return list(nv12.unbind(0))
 
 
+def rgb_to_device_p010(rgb: torch.Tensor, color: ColorInfo) -> list[torch.Tensor]:
+    """Model output `(N, 3, H, W)` -> per frame P010 `(H*3/2, W)` uint16 device tensors (10-bit
+    codes in the high bits), sizes made even. The float output goes straight to 10-bit codes."""
+    p010 = rgb_to_p010(pad_to_even(rgb), color)
+    return list(p010.unbind(0))
+
+
 @dataclass(frozen=True, eq=False)
 class CudaFrame:
     """A device tensor and the CUDA event after which its contents are complete.
@@ -192,13 +202,16 @@ class CudaFrame:
                f"{'with' if self.ready is not None else 'no'} ready event)"
 
 
-def rgb_to_nv12_frames(rgb: torch.Tensor, color: ColorInfo) -> list[CudaFrame]:
-    """`rgb_to_device_nv12`, each frame with the event recorded after its conversion.
+def rgb_to_nv12_frames(rgb: torch.Tensor, color: ColorInfo, *, bit_depth: int = 8) -> list[CudaFrame]:
+    """`rgb_to_device_nv12` (bit_depth 8) or `rgb_to_device_p010` (10), each frame with the event
+    recorded after its conversion.
 
     The event is recorded on the current stream of `rgb`'s device (the worker's stream), right
     after the conversion was queued there; one event serves the whole batch.
     """
-    frames = rgb_to_device_nv12(rgb, color)
+    if bit_depth not in (8, 10):
+        raise ValueError(f"NVENC takes 8-bit NV12 or 10-bit P010 frames, not {bit_depth}-bit")
+    frames = rgb_to_device_nv12(rgb, color) if bit_depth == 8 else rgb_to_device_p010(rgb, color)
     ready = None
     if rgb.is_cuda:
         ready = torch.cuda.Event()

@@ -10,7 +10,11 @@ mdcv/clli boxes or Matroska colour elements); `hdr_metadata(frame)` reads them.
 Writing: PyAV does not expose the encoder's or the muxer's side-data fields, so the values
 go in as the encoder's own parameters, which put them in the bitstream (HEVC SEI, AV1
 metadata OBUs), where every HDR player reads them: x265 `master-display`/`max-cll`,
-SVT-AV1 `mastering-display`/`content-light`, x264 `mastering-display`/`cll`. Dynamic
+SVT-AV1 `mastering-display`/`content-light`, x264 `mastering-display`/`cll`. NVENC through
+PyNvVideoCodec has no such option (its CreateEncoder keys have none, and its NV_ENC_PIC_PARAMS
+binding exposes no pMasteringDisplay/pMaxCll), but its `Encode(frame, pic_flags, sei)` inserts
+SEI messages (H.264/HEVC) or metadata OBUs (AV1) given as payload bytes: `sei_payloads` builds
+them, with the same syntax x265 and SVT-AV1 write. Dynamic
 metadata (HDR10+, Dolby Vision RPUs) is per frame and tied to the source's pictures: it is
 not carried (`dynamic` names it, for one warning).
 """
@@ -21,7 +25,7 @@ import struct
 from dataclasses import dataclass
 from fractions import Fraction
 
-__all__ = ["HdrMetadata", "hdr_metadata", "encoder_hdr_options"]
+__all__ = ["HdrMetadata", "hdr_metadata", "encoder_hdr_options", "sei_payloads"]
 
 _MASTERING = "MASTERING_DISPLAY_METADATA"
 _LIGHT = "CONTENT_LIGHT_LEVEL"
@@ -145,3 +149,48 @@ def encoder_hdr_options(encoder: str, md: HdrMetadata | None) -> dict[str, str]:
             params["content-light"] = f"{md.max_cll},{md.max_fall or 0}"
         return params
     return {}
+
+
+# SEI payloadType (H.264 Annex D / H.265 Annex D) and AV1 metadata_type (AV1 spec 6.7.1).
+SEI_MASTERING_DISPLAY = 137  # mastering_display_colour_volume
+SEI_CONTENT_LIGHT_LEVEL = 144  # content_light_level_info
+AV1_METADATA_HDR_CLL = 1
+AV1_METADATA_HDR_MDCV = 2
+# Per codec: the order of the display primaries, the units of a chromaticity, of the maximum and
+# of the minimum luminance (H.264/HEVC: 0.00002 and 0.0001 cd/m2, like x265's master-display;
+# AV1: 0.16 and 24.8 / 18.14 fixed point), and the two payload type codes.
+_SEI = (("green", "blue", "red", "white"), 50000, 10000, 10000, SEI_MASTERING_DISPLAY, SEI_CONTENT_LIGHT_LEVEL)
+_PAYLOAD_UNITS = {"h264": _SEI, "hevc": _SEI,
+                  "av1": (("red", "green", "blue", "white"), 65536, 256, 16384, AV1_METADATA_HDR_MDCV, AV1_METADATA_HDR_CLL)}
+
+
+def sei_payloads(codec: str, md: HdrMetadata | None) -> list[tuple[int, bytes]]:
+    """`md` as (payload type, payload bytes) messages an encoder inserts into the bitstream
+    itself (NVENC's per-picture SEI / OBU payloads); [] when there is nothing to write.
+
+    H.264/HEVC: mastering_display_colour_volume (type 137: display_primaries_x/y u(16) each, in
+    increments of 0.00002, green, blue, red as x265 writes them; white point; max then min
+    luminance u(32) in 0.0001 cd/m²) and content_light_level_info (144: MaxCLL, MaxFALL u(16)).
+    AV1: metadata_hdr_mdcv (metadata_type 2: R, G, B and white point as 0.16 fixed point,
+    luminance_max 24.8 and luminance_min 18.14 fixed point, u(32)) and metadata_hdr_cll (1).
+    All fields big-endian; the encoder adds the message header (or metadata_type), emulation
+    prevention and trailing bits."""
+    if md is None or not (md.has_display or md.has_light_level):
+        return []
+    units = _PAYLOAD_UNITS.get(codec)
+    if units is None:
+        raise ValueError(f"no HDR metadata payloads for codec {codec!r} (h264, hevc, av1 carry them)")
+    order, chroma_unit, max_unit, min_unit, display_type, light_type = units
+    out: list[tuple[int, bytes]] = []
+    if md.has_display:
+        chroma = [round(v * chroma_unit) for name in order for v in getattr(md, name)]
+        out.append((display_type, struct.pack(">8H2I", *(_clip(v, 0xFFFF) for v in chroma),
+                                               _clip(round(md.max_luminance * max_unit), 0xFFFFFFFF),
+                                               _clip(round(md.min_luminance * min_unit), 0xFFFFFFFF))))
+    if md.has_light_level:
+        out.append((light_type, struct.pack(">2H", _clip(md.max_cll, 0xFFFF), _clip(md.max_fall or 0, 0xFFFF))))
+    return out
+
+
+def _clip(value: int, top: int) -> int:
+    return min(max(int(value), 0), top)

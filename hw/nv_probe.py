@@ -153,14 +153,14 @@ def _encoder_caps(nvc: Any, *, codec: str, gpu: int) -> dict[str, Any] | None:
         return None
 
 
-def _try_create(nvc: Any, *, codec: str, gpu: int, width: int, height: int) -> str | None:
+def _try_create(nvc: Any, *, codec: str, gpu: int, width: int, height: int, fmt: str = "NV12") -> str | None:
     """Create (and drop) an encoder; the first line of the error, or None when it worked."""
     options = {"codec": codec, "gpu_id": str(gpu), "preset": "P1"}
     if codec == "av1":
         options["use_ivf_container"] = "0"
     try:
         with rt.keep_current_context():
-            encoder = nvc.CreateEncoder(width, height, "NV12", False, **rt.context_args(gpu), **options)
+            encoder = nvc.CreateEncoder(width, height, fmt, False, **rt.context_args(gpu), **options)
             del encoder
         return None
     except Exception as exc:
@@ -199,8 +199,9 @@ def _pyav_can_mux_encoded() -> str | None:
 
 
 def probe_nvenc(*, codec: str, gpu: int, width: int | None = None,
-                height: int | None = None) -> tuple[bool, str]:
-    """Can NVENC on `gpu` encode `codec` at `width`x`height`? Returns (ok, reason).
+                height: int | None = None, bit_depth: int = 8) -> tuple[bool, str]:
+    """Can NVENC on `gpu` encode `codec` at `width`x`height` and `bit_depth` (8: NV12 in, 10:
+    P010 in)? Returns (ok, reason).
 
     Without a size it asks whether the GPU has the encoder at all (a 256x256 encoder). With
     the run's real output size it first checks the encoder caps (`GetEncoderCaps`: largest
@@ -208,13 +209,19 @@ def probe_nvenc(*, codec: str, gpu: int, width: int | None = None,
     out at 4096x4096, so a 1080p source upscaled x4 (7680x4320) passes a small probe and then
     fails. When h264 is too large but hevc would fit, the reason says so. A failure says
     whether the GPU has no NVENC engine (A100, H100, H200) or lacks this codec (AV1 before
-    Ada Lovelace). Answers are cached per (gpu, codec, size).
+    Ada Lovelace). 10-bit: the codec's `support_10bit_encode` cap, then a real "P010" encoder
+    (PyNvVideoCodec refuses P010 where the cap is 0: H.264 before Blackwell). Answers are
+    cached per (gpu, codec, size, bit depth).
     """
+    from hw.nvenc import NVENC_INPUT_FORMATS
+
     if (width is None) != (height is None):
         raise ValueError(f"probe_nvenc: give both width and height or neither, got "
                          f"width={width!r}, height={height!r}")
+    if bit_depth not in NVENC_INPUT_FORMATS:
+        raise ValueError(f"probe_nvenc: bit_depth {bit_depth!r}; framepipe feeds NVENC 8 or 10 bits")
     w, h = (width, height) if width is not None and height is not None else _PROBE_SIZE
-    key = (gpu, codec, w, h)
+    key = (gpu, codec, w, h, bit_depth)
     if key in _nvenc_cache:
         return _nvenc_cache[key]
     if codec not in NVENC_CODECS:
@@ -225,22 +232,36 @@ def probe_nvenc(*, codec: str, gpu: int, width: int | None = None,
         return False, str(exc)  # not cached: the reason is already cached by the import
     label = rt.gpu_label(gpu)
     at = f" at {w}x{h}" if width is not None else ""
-    problem = nvenc_size_problem(_encoder_caps(nvc, codec=codec, gpu=gpu), codec=codec,
-                                 width=w, height=h)
+    what = codec if bit_depth == 8 else f"{bit_depth}-bit {codec}"
+    caps = _encoder_caps(nvc, codec=codec, gpu=gpu)
+    problem = nvenc_size_problem(caps, codec=codec, width=w, height=h)
+    if problem is None and bit_depth > 8 and caps is not None and not int(caps.get("support_10bit_encode", 1) or 0):
+        problem = "its encoder caps say no 10-bit encoding (support_10bit_encode = 0)"
     if problem is not None:
-        result = (False, f"NVENC on {label} cannot encode {codec}{at}: {problem}"
-                         f"{_other_codec_hint(codec=codec, gpu=gpu, width=w, height=h)}")
+        hint = (_other_codec_hint(codec=codec, gpu=gpu, width=w, height=h) if bit_depth == 8
+                else _deep_hint(codec))
+        result = (False, f"NVENC on {label} cannot encode {what}{at}: {problem}{hint}")
     else:
-        error = _try_create(nvc, codec=codec, gpu=gpu, width=w, height=h)
+        error = _try_create(nvc, codec=codec, gpu=gpu, width=w, height=h, fmt=NVENC_INPUT_FORMATS[bit_depth])
         if error is None:
             pyav_problem = _pyav_can_mux_encoded()
-            result = ((True, f"NVENC on {label} encodes {codec}{at}") if pyav_problem is None
-                      else (False, f"NVENC on {label} encodes {codec}, but {pyav_problem}"))
+            result = ((True, f"NVENC on {label} encodes {what}{at}") if pyav_problem is None
+                      else (False, f"NVENC on {label} encodes {what}, but {pyav_problem}"))
+        elif bit_depth > 8 and _try_create(nvc, codec=codec, gpu=gpu, width=w, height=h) is None:
+            result = (False, f"NVENC on {label} cannot encode {what}{at}: {error}{_deep_hint(codec)}")
         else:
-            result = (False, f"NVENC on {label} cannot encode {codec}{at}: {error} "
+            result = (False, f"NVENC on {label} cannot encode {what}{at}: {error} "
                              f"({_failure_hint(nvc, codec=codec, gpu=gpu)})")
     _nvenc_cache[key] = result
     return result
+
+
+def _deep_hint(codec: str) -> str:
+    """For a 10-bit encoder NVENC lacks: what does encode 10 bits."""
+    if codec == "h264":
+        return ("; NVENC encodes 10-bit H.264 only from Blackwell (RTX 50) on: --codec hevc keeps 10 bits on "
+                "NVENC (HEVC Main10)")
+    return ""
 
 
 def _other_codec_hint(*, codec: str, gpu: int, width: int, height: int) -> str:

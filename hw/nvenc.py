@@ -1,7 +1,5 @@
-"""NVENC: CUDA NV12 frames into H.264/HEVC/AV1 access units, through PyNvVideoCodec.
+"""NVENC: CUDA NV12 / P010 frames into H.264/HEVC/AV1 access units, through PyNvVideoCodec.
 
-Muxing NVENC output with PyAV
------------------------------
 Muxing NVENC output with PyAV
 -----------------------------
 `NvEncoder` is configured without B-frames (`bf=0`), so access units come out in input
@@ -33,7 +31,30 @@ listed at `nvenc_fps_option`; `encoder.Encode(frame)` (frame.cuda() -> planes; t
 is copied on the encoder's stream) / `EndEncode()` -> list of dicts
 `{'data': bytes, 'timestamp': int, 'picture_type': int}` (1.x returned bytes; both are
 accepted); `encoder.GetSequenceParams() -> bytes`; `GetEncoderCaps(gpuid=, codec=)` -> dict
-of NV_ENC_CAPS values (`width_max`, `height_max`, `mb_num_max`, ...).
+of NV_ENC_CAPS values (`width_max`, `height_max`, `mb_num_max`, `support_10bit_encode`, ...).
+
+10-bit and HDR (issue 13)
+-------------------------
+10-bit output is CreateEncoder's format "P010" (NV_ENC_BUFFER_FORMAT_YUV420_10BIT): there is
+no bit-depth option; the binding inserts the format as option "fmt", and its
+NvEncoderClInterface (SetupHEVCConfig / SetupAV1Config / SetupH264Config) sets
+inputBitDepth = outputBitDepth = NV_ENC_BIT_DEPTH_10 from it, the profile stays
+auto-selected (HEVC: Main10). PyNvEncoder's constructor refuses "P010" with
+PyNvVCExceptionUnsupported ("Format P010 is not supported by current encoder.") unless the
+codec's `support_10bit_encode` cap is set: H.264 10-bit exists only from NVENC API 13 on
+Blackwell, so h264 + P010 fails elsewhere. The device frame is described per plane exactly
+as PyCAIMemoryView.cpp's coerceToCudaArrayView checks it (shapes, strides and typestr must
+be equal, so the pitch is the tight one): Y `(H, W, 1)`, strides `(2W, 2, 1)`, "|u2"; UV
+`(H/2, W/2, 2)`, strides `(2W, 2, 1)`, "|u2", starting right after Y (the wheel's
+samples/utils/Utils.py AppFrame builds P010 the same way). "YUV444_16BIT" (which the binding
+maps to NV_ENC_BUFFER_FORMAT_YUV444_10BIT) is for 4:4:4 output, which framepipe does not write.
+HDR10 static metadata goes in through `Encode(frame, pic_flags, sei)`, PyNvVideoCodec's SEI
+insertion (samples/advanced/encode_sei_msg.py: `nvenc.Encode(frame, 0, [({"sei_type": 5},
+[bytes as ints]), ...])`; the payload is a list of ints: pybind11 does not take `bytes` for a
+std::vector<uint8_t>). For H.264/HEVC each entry is an SEI payloadType and its payload, for
+AV1 a metadata OBU's metadata_type and payload (NV_ENC_PIC_PARAMS_AV1.obuPayloadArray); the
+payloads are `hw.hdr.sei_payloads`. They go with every picture (about 40 bytes each), so
+every IDR carries them whatever the encoder's GOP decisions.
 """
 
 from __future__ import annotations
@@ -47,26 +68,44 @@ from typing import Any, Literal
 from core.choices import CODECS, NVENC_PRESETS
 from core.errors import HardwareUnavailable
 from hw import nv_runtime as rt
+from hw.hdr import HdrMetadata, sei_payloads
 from hw.nv_runtime import NO_NVENC_HINT
 
-__all__ = ["NvEncoder", "EncodedUnit", "PICTURE_TYPE_IDR", "nvenc_options", "nvenc_fps_option", "NVENC_DEFAULT_CONSTQP"]
+__all__ = ["NvEncoder", "EncodedUnit", "PICTURE_TYPE_IDR", "nvenc_options", "nvenc_fps_option", "NVENC_DEFAULT_CONSTQP",
+           "NVENC_INPUT_FORMATS", "nvenc_input_planes", "nvenc_sei_messages"]
 
 logger = logging.getLogger(__name__)
 
 _TUNINGS = ("high_quality", "low_latency", "ultra_low_latency", "lossless")
 
+# CreateEncoder's input format by output bit depth: 4:2:0 8-bit NV12, 10-bit P010.
+NVENC_INPUT_FORMATS: dict[int, str] = {8: "NV12", 10: "P010"}
 
-class _Nv12Planes:
-    """What PyNvVideoCodec's Encode takes for device NV12: `.cuda()` -> [Y, UV] interfaces
-    (shapes (H, W, 1) and (H/2, W/2, 2), as its samples' AppFrame builds them)."""
 
-    def __init__(self, nv12: Any, width: int, height: int) -> None:
-        self._keep = nv12
-        ptr = int(nv12.data_ptr())
-        self._planes = [
-            rt.CudaArray(ptr, (height, width, 1), (width, 1, 1), "|u1"),
-            rt.CudaArray(ptr + width * height, (height // 2, width // 2, 2), (width, 2, 1), "|u1"),
-        ]
+def nvenc_input_planes(ptr: int, fmt: str, *, width: int, height: int) -> list[rt.CudaArray]:
+    """The per-plane CUDA array interfaces PyNvVideoCodec's Encode takes for a tight
+    `(H*3/2, W)` NV12 or P010 frame at device address `ptr` (see the module docstring)."""
+    if fmt == "NV12":
+        return [rt.CudaArray(ptr, (height, width, 1), (width, 1, 1), "|u1"),
+                rt.CudaArray(ptr + width * height, (height // 2, width // 2, 2), (width, 2, 1), "|u1")]
+    if fmt == "P010":
+        return [rt.CudaArray(ptr, (height, width, 1), (width * 2, 2, 1), "|u2"),
+                rt.CudaArray(ptr + width * height * 2, (height // 2, width // 2, 2), (width * 2, 2, 1), "|u2")]
+    raise ValueError(f"no plane layout for NVENC input format {fmt!r} (framepipe feeds NV12 or P010)")
+
+
+def nvenc_sei_messages(codec: str, hdr: HdrMetadata | None) -> list[tuple[dict[str, int], list[int]]]:
+    """`hdr` as the `sei` argument of PyNvVideoCodec's `Encode(frame, pic_flags, sei)`
+    ([] when there is nothing to write)."""
+    return [({"sei_type": kind}, list(payload)) for kind, payload in sei_payloads(codec, hdr)]
+
+
+class _DevicePlanes:
+    """What PyNvVideoCodec's Encode takes for a device frame: `.cuda()` -> [Y, UV] interfaces."""
+
+    def __init__(self, frame: Any, fmt: str, width: int, height: int) -> None:
+        self._keep = frame
+        self._planes = nvenc_input_planes(int(frame.data_ptr()), fmt, width=width, height=height)
 
     def cuda(self) -> list[rt.CudaArray]:
         return self._planes
@@ -112,7 +151,8 @@ def _encoded_units(result: Any) -> list[EncodedUnit]:
 
 
 class NvEncoder:
-    """NVENC encoder of device NV12 frames into H.264 / HEVC / AV1 access units.
+    """NVENC encoder of device NV12 (8-bit) or P010 (10-bit) frames into H.264 / HEVC / AV1
+    access units; `hdr`: HDR10 static metadata inserted with every picture (module docstring).
 
     Quality: give at most one of `qp` (constant QP), `cq` (VBR with a target quality, no
     bitrate cap) or `bitrate` (VBR, bits/s). None of them: constant QP 25 for I, 28 for P
@@ -134,11 +174,16 @@ class NvEncoder:
     def __init__(self, *, gpu: int, codec: Literal["h264", "hevc", "av1"], width: int,
                  height: int, frame_rate: Fraction, preset: str = "p4",
                  tuning: str = "high_quality", qp: int | None = None, cq: int | None = None,
-                 bitrate: int | None = None, gop: int | None = None) -> None:
+                 bitrate: int | None = None, gop: int | None = None, bit_depth: int = 8,
+                 hdr: HdrMetadata | None = None) -> None:
+        if bit_depth not in NVENC_INPUT_FORMATS:
+            raise ValueError(f"NvEncoder: bit_depth {bit_depth!r}; framepipe feeds NVENC 8-bit NV12 or 10-bit P010")
         self.options = nvenc_options(codec=codec, gpu=gpu, width=width, height=height,
                                      frame_rate=frame_rate, preset=preset, tuning=tuning,
                                      qp=qp, cq=cq, bitrate=bitrate, gop=gop)
         self.gpu, self.codec, self.width, self.height = gpu, codec, width, height
+        self.bit_depth, self.input_format = bit_depth, NVENC_INPUT_FORMATS[bit_depth]
+        self.sei = nvenc_sei_messages(codec, hdr)
         self.frame_rate = Fraction(frame_rate)
         self._closed = False
         self.num_frames_in = 0
@@ -151,7 +196,7 @@ class NvEncoder:
         context = rt.context_args(gpu)  # torch's context on this GPU (see `torch_context`)
         try:
             with rt.keep_current_context():
-                self._encoder = nvc.CreateEncoder(width, height, "NV12", False,
+                self._encoder = nvc.CreateEncoder(width, height, self.input_format, False,
                                                   cudastream=int(self.stream.cuda_stream),
                                                   **context, **self.options)
         except Exception as exc:
@@ -160,11 +205,12 @@ class NvEncoder:
             self.stream = None  # encode() then waits on the host for each frame instead
             try:
                 with rt.keep_current_context():
-                    self._encoder = nvc.CreateEncoder(width, height, "NV12", False, **context,
+                    self._encoder = nvc.CreateEncoder(width, height, self.input_format, False, **context,
                                                       **self.options)
             except Exception as exc2:
                 raise HardwareUnavailable(
-                    f"NVENC on {rt.gpu_label(gpu)} cannot encode {codec} {width}x{height}: "
+                    f"NVENC on {rt.gpu_label(gpu)} cannot encode {codec}{'' if bit_depth == 8 else f' {bit_depth}-bit'} "
+                    f"{width}x{height}: "
                     f"{rt.first_line(exc2)} ({NO_NVENC_HINT}). Run without --nvenc to "
                     "encode on the CPU.") from exc2
         self.extradata: bytes = b""
@@ -174,12 +220,13 @@ class NvEncoder:
                 self.extradata = bytes(getter())
             except Exception:
                 logger.debug("GetSequenceParams failed", exc_info=True)
-        logger.info("NVENC on GPU %d: %s %dx%d, options %s", gpu, codec, width, height,
-                    self.options)
+        logger.info("NVENC on GPU %d: %s %dx%d %s, options %s%s", gpu, codec, width, height,
+                    self.input_format, self.options, ", HDR10 metadata SEI" if self.sei else "")
 
     def encode(self, nv12: Any, *, ready: Any = None, hold: tuple[Any, ...] = ()
                ) -> list[EncodedUnit]:
-        """Encode one frame: device NV12 `(H*3//2, W)` uint8 on this encoder's GPU.
+        """Encode one frame: device NV12 `(H*3//2, W)` uint8 (8-bit encoder) or P010 uint16
+        (10-bit) on this encoder's GPU.
 
         `ready`: the CUDA event recorded after the frame was written (None: the frame is
         complete on the caller's current stream). `hold`: objects to keep alive with the
@@ -189,14 +236,15 @@ class NvEncoder:
         import torch
 
         expected = (self.height * 3 // 2, self.width)
-        if (not isinstance(nv12, torch.Tensor) or nv12.dtype != torch.uint8
+        dtype = torch.uint8 if self.bit_depth == 8 else torch.uint16
+        if (not isinstance(nv12, torch.Tensor) or nv12.dtype != dtype
                 or tuple(nv12.shape) != expected or nv12.device.type != "cuda"
                 or nv12.device.index != self.gpu):
             described = (f"{type(nv12).__name__}" if not isinstance(nv12, torch.Tensor) else
                          f"{nv12.dtype} {tuple(nv12.shape)} on {nv12.device}")
             raise TypeError(  # the writer's contract, not the user's input
-                f"NvEncoder.encode got {described}; it takes a uint8 NV12 tensor of shape "
-                f"{expected} on cuda:{self.gpu}. Convert with hw.color first.")
+                f"NvEncoder.encode got {described}; it takes a {str(dtype).removeprefix('torch.')} "
+                f"{self.input_format} tensor of shape {expected} on cuda:{self.gpu}. Convert with hw.color first.")
         self._wait_ready(nv12, ready, torch)
         if self.stream is not None and not nv12.is_contiguous():
             with torch.cuda.stream(self.stream):  # a packing copy must also come after `ready`
@@ -204,7 +252,9 @@ class NvEncoder:
         else:
             frame = nv12.contiguous()
         self._hold((frame, nv12, ready, *hold))
-        units = _encoded_units(self._encoder.Encode(_Nv12Planes(frame, self.width, self.height)))
+        planes = _DevicePlanes(frame, self.input_format, self.width, self.height)
+        units = _encoded_units(self._encoder.Encode(planes, 0, self.sei) if self.sei else
+                               self._encoder.Encode(planes))
         self.num_frames_in += 1
         self._release(len(units))
         return units

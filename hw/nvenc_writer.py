@@ -1,4 +1,4 @@
-"""The NVENC file writer: NV12 device frames in, H.264/HEVC/AV1 access units muxed by PyAV.
+"""The NVENC file writer: NV12 / P010 device frames in, H.264/HEVC/AV1 access units muxed by PyAV.
 
 `NvencFileWriter` is the writer's `hw.encoding.Encoder` when the GPU has NVENC: frames in
 (each with the CUDA event that marks it complete), access units out of `hw.nvenc.NvEncoder`,
@@ -28,6 +28,7 @@ from core.files import disk_errors
 from hw.av_encode import open_output
 from hw.av_streams import StreamCopier
 from hw.color import ColorInfo
+from hw.hdr import HdrMetadata
 
 __all__ = ["NvencFileWriter", "nvenc_metadata_filter"]
 
@@ -67,6 +68,12 @@ def nvenc_metadata_filter(codec: str, color: ColorInfo, *, sample_aspect_ratio: 
 class NvencFileWriter:
     """The `hw.encoding.Encoder` on NVENC: `write((nv12,), pts)`, `close(complete=)`.
 
+    `bit_depth` 8 takes NV12 frames, 10 takes P010 (`hw.frames.rgb_to_nv12_frames(...,
+    bit_depth=10)`: HEVC Main10 / AV1 10-bit). `hdr`: the source's HDR10 static metadata,
+    written into the bitstream by the encoder itself (SEI / metadata OBUs with every picture,
+    see `hw.nvenc`), as the CPU writer's x265/SVT-AV1 parameters do; the colour tags
+    (primaries, PQ/HLG transfer, matrix, range) go through the metadata filter as for 8-bit.
+
     The video stream is one PyAV opens no encoder for (`add_mux_stream`), so its header
     carries NVENC's own parameter sets (taken from the first access unit, which starts with
     them), never libx264's or libx265's. Each access unit goes through the colour metadata
@@ -102,6 +109,8 @@ class NvencFileWriter:
         preset: str = DEFAULT_NVENC_PRESET,
         sample_aspect_ratio: Fraction | None = None,
         display_matrix: tuple[int, ...] | None = None,
+        bit_depth: int = 8,
+        hdr: HdrMetadata | None = None,
         encoder_factory=None,
     ) -> None:
         import av
@@ -117,7 +126,7 @@ class NvencFileWriter:
             nvenc_metadata_filter(codec, color, sample_aspect_ratio=sample_aspect_ratio), in_stream=codec)
         self._encoder = (encoder_factory or NvEncoder)(
             gpu=gpu, codec=codec, width=width, height=height, frame_rate=frame_rate or Fraction(25),
-            preset=preset, qp=qp,
+            preset=preset, qp=qp, bit_depth=bit_depth, hdr=hdr,
         )
         try:
             self._out = open_output(self.path)
@@ -214,7 +223,7 @@ class NvencFileWriter:
         return copy, done
 
     def write(self, planes: tuple, pts: int) -> None:
-        """Encode one NV12 frame (a `CudaFrame` or a device tensor) at source timestamp `pts`."""
+        """Encode one NV12/P010 frame (a `CudaFrame` or a device tensor) at source timestamp `pts`."""
         from hw.frames import CudaFrame
 
         seconds = float(pts * self._time_base)

@@ -2,6 +2,9 @@
 
 `ModelInfo` is one row of `--list-models`. `LoadedModel` is a model whose weights sit in
 host memory; each worker thread calls `build(device, dtype)` once to get its own module.
+A model's `kind` says how it is called: "spatial" (one frame in, one out: the upscalers),
+"interpolate" (two frames in, the frames between them out: RIFE, blend) or "restore" (a window
+of 2r+1 frames in, the middle one restored out: temporal-median).
 """
 
 from __future__ import annotations
@@ -10,18 +13,26 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
 from core.errors import ModelError, ModelOutputError
 
-__all__ = ["ModelInfo", "LoadedModel", "dtype_name", "check_model_output"]
+__all__ = ["ModelInfo", "LoadedModel", "ModelKind", "MODEL_KINDS", "FRAMES_IN", "dtype_name", "check_model_output"]
 
 logger = logging.getLogger(__name__)
 
 _ALL_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+ModelKind = Literal["spatial", "interpolate", "restore"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("spatial", "interpolate", "restore")
+# Frames in per window: 0 for a spatial model (one frame at a time, not temporal); 2 for an
+# interpolation model (each frame and the next; it makes any number of frames between them);
+# for a restoration model, 2 x `radius` + 1 (`LoadedModel.radius`).
+FRAMES_IN: dict[ModelKind, int] = {"spatial": 0, "interpolate": 2, "restore": 3}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -30,7 +41,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One row of `--list-models`. `num_params` is None where unknown without loading."""
+    """One row of `--list-models`. `num_params` is None where unknown without loading.
+    `kind` and `temporal` as in `LoadedModel`."""
 
     name: str
     arch: str
@@ -39,13 +51,21 @@ class ModelInfo:
     source: str
     cached: bool
     description: str
+    kind: ModelKind = "spatial"
+
+    @property
+    def temporal(self) -> int:
+        return FRAMES_IN[self.kind]
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready to be built on devices.
 
-    `scale`: output size = input size * scale (after any resize for a smaller --scale).
+    `scale`: output size = input size * scale (after any resize for a smaller --scale); 1 for
+    an interpolation model. `kind`: "spatial" or "interpolate" (how `build`'s module is
+    called); `temporal`: the frames in per window (`FRAMES_IN`: 0 spatial, 2 interpolate: each
+    frame and the next, with N-1 frames made between them for --interpolate N).
     `make_module` returns a fresh CPU fp32 module with its own copy of the weights; it is
     called under a lock, so `build` is safe from several threads at once.
     """
@@ -59,6 +79,8 @@ class LoadedModel:
     make_module: Callable[[], nn.Module] = field(  # type: ignore[assignment]
         default=None, repr=False, compare=False
     )
+    kind: ModelKind = "spatial"
+    radius: int = 0  # "restore": frames before and after the one restored; the module takes (B, 2r+1, 3, H, W)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +88,16 @@ class LoadedModel:
             raise TypeError("LoadedModel needs make_module")
         if self.scale < 1:
             raise ValueError(f"LoadedModel scale must be >= 1, got {self.scale}")
+        if self.kind not in FRAMES_IN:
+            raise ValueError(f"LoadedModel kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
+        if self.kind == "interpolate" and self.scale != 1:
+            raise ValueError(f"an interpolation LoadedModel has scale 1, got {self.scale}")
+        if (self.kind == "restore") != (self.radius > 0):
+            raise ValueError(f"a restoration LoadedModel (only) has a radius >= 1, got {self.kind} radius {self.radius}")
+
+    @property
+    def temporal(self) -> int:
+        return 2 * self.radius + 1 if self.kind == "restore" else FRAMES_IN[self.kind]
 
     def supports_dtype(self, dtype: torch.dtype) -> bool:
         return dtype in self.dtypes
@@ -73,8 +105,10 @@ class LoadedModel:
     def build(self, device: torch.device, dtype: torch.dtype) -> nn.Module:
         """A new module on `device` in `dtype`, eval mode, gradients off.
 
-        `forward(x)`: x is (N, 3, H, W) RGB in [0, 1] of `dtype` on `device`; returns
+        Spatial: `forward(x)`: x is (N, 3, H, W) RGB in [0, 1] of `dtype` on `device`; returns
         (N, 3, H*scale, W*scale) of the same dtype, not clamped.
+        Interpolate: `forward(img0, img1, timesteps)`: two (N, 3, H, W) batches as above and T
+        floats in (0, 1); returns (N, T, 3, H, W) of the same dtype, in [0, 1].
         """
         if not self.supports_dtype(dtype):
             allowed = ", ".join(sorted(dtype_name(d) for d in self.dtypes))

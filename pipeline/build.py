@@ -28,7 +28,7 @@ from hw.memory import ProbeMemo
 from models import LoadedModel
 from models.compile_helper import CacheWarmer
 from models.registry import default_cache_dir
-from pipeline.worker import Worker
+from pipeline.worker import Temporal, Worker
 from pipeline.writer import DiscardWriter, PictureWriter, Writer
 
 __all__ = ["Stages", "build", "open_source", "open_encoder", "worker_names", "Wrap", "ModelSource"]
@@ -55,6 +55,7 @@ class Stages:
     source: FrameSource
     encoder: Encoder | None  # None: segmented output (an encoder per segment)
     skip: Callable[[int], bool] | None = None  # frames of finished segments (--resume)
+    back: Any = None  # --split-gpu: the second half (workers holds the first), pipelined after it
     audio_shift: TimeShift | None = None  # what --start/--end did to the timestamps (core.cut)
 
 
@@ -83,14 +84,15 @@ def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None], *, with
     """The encoder writing `path` (the output's temporary file, or a segment's: segments carry
     no audio, the join copies it)."""
     cfg, src = plan.config, plan.source
-    common = dict(width=plan.output_width, height=plan.output_height, time_base=src.time_base,
-                  frame_rate=src.average_rate, color=src.color, warn=warn,
+    common = dict(width=plan.output_width, height=plan.output_height, time_base=plan.output_time_base,
+                  frame_rate=plan.output_frame_rate, color=src.color, warn=warn,
                   sample_aspect_ratio=src.sample_aspect_ratio, display_matrix=src.display_matrix,
                   source_path=plan.audio_source if with_audio else None, audio_shift=audio_shift)
     if plan.use_nvenc:
         from hw.nvenc_writer import NvencFileWriter
 
-        return NvencFileWriter(path, gpu=plan.first_gpu, codec=cfg.codec, qp=cfg.crf, preset=plan.preset, **common)
+        return NvencFileWriter(path, gpu=plan.first_gpu, codec=cfg.codec, qp=cfg.crf, preset=plan.preset,
+                               bit_depth=plan.output_bit_depth, hdr=src.hdr, **common)
     from hw.av_encode import PyAVWriter
 
     return PyAVWriter(path, codec=cfg.codec, crf=cfg.crf_or_default, preset=plan.preset, bit_depth=plan.output_bit_depth,
@@ -103,8 +105,46 @@ def _output_format(plan: RunPlan) -> str:
     if plan.picture_target is not None:
         return "rgb48" if plan.output_bit_depth == 16 else "rgb24"
     if plan.use_nvenc:
-        return "nv12"
+        return "p010" if plan.output_bit_depth > 8 else "nv12"
     return "yuv420p10" if plan.output_bit_depth > 8 else "yuv420p"
+
+
+def _split_stages(plan: RunPlan, stats: RunStats):
+    """--split-gpu: the two halves (pipeline/split.py), their modules made on the CPU and moved
+    each to its device by its own stage."""
+    from models.split import split_model
+    from pipeline.split import InTransit, SplitBack, SplitFront, SplitPlan
+
+    choice, cfg = plan.split, plan.config
+    temporal = _temporal(plan)
+    first, second = choice.devices
+    if choice.part == "spatial":
+        stage_a, stage_b = split_model(plan.model.make_module())
+        before, after = None, plan.interpolator.make_module() if plan.interpolator is not None else None
+    else:
+        # RIFE: with one made frame a pair, cut after block 2 (38% : 62% of the work); with more,
+        # the later blocks run once per made frame and a cut after block 3 balances better (models/rife.py)
+        where = {"num_blocks_a": 4} if plan.interpolate > 2 and plan.interpolator.arch == "IFNet" else {}
+        stage_a, stage_b = split_model(plan.interpolator.make_module(), **where)
+        before, after = (None if plan.spatial_identity else plan.model.make_module()), None
+    split = SplitPlan(part=choice.part, stage_a=stage_a, stage_b=stage_b, devices=(first, second), dtype=choice.dtype,
+                      transport=cfg.split_transport, before=before, after=after)
+    names = [f"split-a-{n.removeprefix('worker-')}" for n in worker_names((first, second))]
+    in_transit = InTransit()
+    front = SplitFront(names[0], split, stats=stats.add_worker(names[0], str(first)), color=plan.source.color,
+                       batch_size=cfg.batch_size or 1, temporal=temporal, in_transit=in_transit)
+    back_name = names[1].replace("split-a-", "split-b-")
+    back = SplitBack(back_name, split, stats=stats.add_worker(back_name, str(second)), color=plan.source.color,
+                     output_format=_output_format(plan), model_name=plan.model.name, scale=plan.model.scale,
+                     temporal=temporal, in_transit=in_transit)
+    return front, back
+
+
+def _temporal(plan: RunPlan) -> Temporal | None:
+    if plan.interpolator is None:
+        return None
+    return Temporal(model=plan.interpolator, factor=plan.interpolate, scene_threshold=plan.config.scene_threshold,
+                    spatial=not plan.spatial_identity)
 
 
 def _lent(call, model: LoadedModel, key: str, device: torch.device, dtype: torch.dtype):
@@ -146,8 +186,12 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
     except BaseException:
         source.close()
         raise
-    workers = []
-    for name, dev in zip(worker_names(plan.devices), plan.devices):
+    workers, back = [], None
+    if plan.split is not None:
+        front, back = _split_stages(plan, stats)
+        workers.append(wrap(front.name, front))
+        back = wrap(back.name, back)
+    for name, dev in zip(worker_names(plan.devices) if plan.split is None else [], plan.devices):
         batch = cfg.batch_size if not (cfg.batch_size == 0 and dev.type == "cpu") else 1
         build_model, release_model = plan.model.build, None
         if models is not None:  # modules lent by a model manager (the service), given back at close
@@ -158,10 +202,14 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
             color=plan.source.color, dtype=plan.dtypes[str(dev)][0], model_name=plan.model.name,
             scale=plan.model.scale, output_format=_output_format(plan), batch_size=batch,
             max_batch_size=cfg.max_batch_size, frame_size=(plan.source.height, plan.source.width),
-            tile_size=cfg.tile_size or None, tile_overlap=cfg.tile_overlap, compile=plan.compiled[str(dev)],
+            tile_size=cfg.tile_size or None, tile_overlap=cfg.tile_overlap,
+            compile=(plan.compiled[str(dev)] if not plan.spatial_identity and plan.model.kind == "spatial" else
+                     (False, "interpolation only: no model before it" if plan.spatial_identity else
+                      "a temporal model: eager")),
             compile_helper=(CacheWarmer(cfg.model, plan.model.scale, memo=ProbeMemo(default_cache_dir() / "compiled.json"))
                             if dev.type == "cuda" else None),
             probe_memo=ProbeMemo(default_cache_dir() / "batch-sizes.json") if cfg.batch_size == 0 else None,
+            temporal=_temporal(plan), restore_radius=plan.model.radius,
         )
         workers.append(wrap(name, worker))
     skip = None
@@ -169,18 +217,23 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         target = plan.picture_target
         done = {p.name for p in target.folder.iterdir()} if cfg.resume and target.folder.is_dir() else set()
 
+        per = plan.interpolate  # pictures per source frame
+
         def picture_name(index: int) -> str:
             """A picture keeps its source frame's number: --start renumbers the frames from 0,
-            and the frames it dropped come back here."""
+            and the frames it dropped come back here. With --interpolate N, source frame i and
+            the frames made after it are numbered i*N .. i*N+N-1."""
             skipped = source.num_frames_before_start if isinstance(source, CutSource) else 0
+            if per > 1:  # numbered afresh: the source's own names/numbers do not count made frames
+                return target.name(index + skipped * per, None, cfg.source.stem)
             return plan.picture_name(index + skipped)
 
-        def picture_exists(index: int) -> bool:
-            return picture_name(index) in done
+        def picture_exists(index: int) -> bool:  # the source frame's pictures are all there
+            return all(picture_name(index * per + k) in done for k in range(per))
 
         skip = picture_exists if done else None
         writer = wrap("writer", PictureWriter(target.folder, picture_name, target.suffix,
-                                              overwrite=plan.overwrite_output, stats=stats))
+                                              overwrite=plan.overwrite_output, stats=stats, frames_per_item=per))
     elif plan.output is None:
         writer = wrap("writer", DiscardWriter(stats=stats))
     elif parts is not None:
@@ -199,6 +252,12 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         writer = wrap("writer", SegmentWriter(layout, pool, stats=stats, is_finished=lambda k: k in finished))
     else:
         writer = wrap("writer", Writer(encoder, stats=stats))
-    reader = wrap("reader", Reader(source, stats=stats, max_frames=cfg.max_frames, skip=skip))
+    window = None
+    if plan.interpolator is not None:  # interpolation: each frame and the next
+        window = (0, 1)
+    elif plan.model.kind == "restore":  # restoration: r frames each side, the ends repeated
+        window = (plan.model.radius, plan.model.radius)
+    reader = wrap("reader", Reader(source, stats=stats, max_frames=cfg.max_frames, skip=skip, window=window,
+                                   pad_ends=plan.interpolator is None))
     return Stages(reader=reader, workers=workers, writer=writer, source=source, encoder=encoder, skip=skip,
-                  audio_shift=shift)
+                  audio_shift=shift, back=back)

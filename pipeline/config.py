@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.choices import (BIT_DEPTHS, CODECS, COMPILE_CHOICES, OUTPUT_MODES, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
+from core.choices import (DEFAULT_SCENE_THRESHOLD, MAX_INTERPOLATE, SPLIT_TRANSPORTS, BIT_DEPTHS, CODECS, COMPILE_CHOICES, OUTPUT_MODES, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
                           DEFAULT_MODEL, DEFAULT_TILE_OVERLAP, MIN_TILE_SIZE, NVENC_PRESETS, PICTURE_FORMATS, PRECISIONS,
                           Codec, Precision)
 from core.cut import Cut
@@ -19,11 +19,17 @@ from core.errors import InvalidOption
 __all__ = ["RunConfig", "default_output_path"]
 
 
-def default_output_path(source: Path, *, model_name: str, scale: int) -> Path:
-    """`clip.mp4` -> `clip.<model>-x<scale>.mp4` beside the source (mkv sources keep .mkv)."""
+def default_output_path(source: Path, *, model_name: str, scale: int, interpolate: int = 1,
+                        identity: bool = False) -> Path:
+    """`clip.mp4` -> `clip.<model>-x<scale>.mp4` beside the source (mkv sources keep .mkv);
+    with --interpolate N `clip.<model>-x<scale>.fpsNx.mp4`, or `clip.fpsNx.mp4` when
+    the frames are only interpolated (`identity`)."""
     suffix = source.suffix.lower() if source.suffix.lower() in CONTAINER_SUFFIXES else CONTAINER_SUFFIXES[0]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)
-    return source.with_name(f"{source.stem}.{safe}-x{scale}{suffix}")
+    parts = [] if identity else [f"{safe}-x{scale}"]
+    if interpolate > 1:
+        parts.append(f"fps{interpolate}x")
+    return source.with_name(f"{source.stem}.{'.'.join(parts)}{suffix}")
 
 
 @dataclass
@@ -71,6 +77,16 @@ class RunConfig:
     segment_seconds: float | None = None
     resume: bool = False
     keep_parts: bool = False
+    # Temporal models (models/rife.py): --interpolate N makes N-1 frames between each two (a
+    # chain after --model when one is given); a pair less alike than --scene-threshold (SSIM of
+    # 32x32 thumbnails) is a scene cut: the frame is repeated instead of blending two shots.
+    interpolate: int = 1  # 1: off
+    interpolation_model: str = "rife"
+    scene_threshold: float = DEFAULT_SCENE_THRESHOLD
+    # A model split in two stages on two GPUs (--split-gpu), the stage boundary crossed
+    # device to device (p2p) or as bytes (the form a network hop would carry).
+    split_gpu: bool = False
+    split_transport: str = "p2p"
 
     def validate(self) -> "RunConfig":
         if self.batch_size < 0:
@@ -131,6 +147,15 @@ class RunConfig:
                 if given:
                     raise InvalidOption(f"--output-mode none writes nothing, so {flag} has nothing to do. Drop {flag}, "
                                         "or use --output-mode file.")
+        if self.interpolate < 1 or self.interpolate > MAX_INTERPOLATE:
+            raise InvalidOption(f"Invalid --interpolate ({self.interpolate}): use 2 to double the frame rate, up to "
+                                f"{MAX_INTERPOLATE} (1: off).")
+        if not 0 <= self.scene_threshold < 1:
+            raise InvalidOption(f"Invalid --scene-threshold ({self.scene_threshold}): use a value from 0 (never a "
+                                f"cut) to below 1, default {DEFAULT_SCENE_THRESHOLD}.")
+        if self.split_transport not in SPLIT_TRANSPORTS:
+            raise InvalidOption(f"Invalid --split-transport ({self.split_transport!r}): allowed are "
+                                f"{', '.join(SPLIT_TRANSPORTS)}.")
         if self.precision not in PRECISIONS:
             raise InvalidOption(f"Invalid --precision ({self.precision!r}): allowed are {', '.join(PRECISIONS)}.")
         lo, hi = CRF_RANGE[self.codec]

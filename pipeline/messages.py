@@ -17,17 +17,18 @@ from core.frame import describe_planes
 
 __all__ = ["ResultItem", "EndOfStream", "END", "StageFailed", "ErrorChannel", "OutputFormat"]
 
-OutputFormat = Literal["yuv420p", "yuv420p10", "nv12", "rgb24", "rgb48", "none"]  # none: --output-mode none
+# nv12 / p010: one device frame for NVENC, 8-bit NV12 or 10-bit P010 (uint16, codes in the high bits).
+OutputFormat = Literal["yuv420p", "yuv420p10", "nv12", "p010", "rgb24", "rgb48", "none"]  # none: --output-mode none
 # How many planes a result of each format holds (rgb: an alpha plane may follow; none: the
 # model's output was dropped, --output-mode none).
-_PLANES: dict[str, tuple[int, ...]] = {"yuv420p": (3,), "yuv420p10": (3,), "nv12": (1,), "rgb24": (1, 2),
+_PLANES: dict[str, tuple[int, ...]] = {"yuv420p": (3,), "yuv420p10": (3,), "nv12": (1,), "p010": (1,), "rgb24": (1, 2),
                                        "rgb48": (1, 2), "none": (0,)}
 
 
 @dataclass(frozen=True)
 class ResultItem:
     """One processed frame, ready to encode: yuv420p host planes (uint8, or uint16 codes for
-    yuv420p10), an NV12 device frame, or for picture output an (H, W, 3) RGB host array
+    yuv420p10), an NV12 or P010 device frame, or for picture output an (H, W, 3) RGB host array
     (uint8 rgb24, uint16 rgb48) and optionally its (H, W) alpha."""
 
     index: int
@@ -35,6 +36,9 @@ class ResultItem:
     fmt: OutputFormat
     planes: tuple[Any, ...]
     worker: str = ""
+    # Frames made between this one and the next (frame interpolation): (pts, planes) each, in
+    # order, the same format; they are written right after this frame.
+    extra: tuple[tuple[int, tuple[Any, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.index < 0:
@@ -46,8 +50,19 @@ class ResultItem:
         if len(self.planes) not in expected:
             raise ValueError(f"ResultItem {self.fmt} needs {' or '.join(map(str, expected))} plane(s), got {len(self.planes)}")
 
+        for pts, planes in self.extra:
+            if len(planes) not in expected or pts <= self.pts:
+                raise ValueError(f"ResultItem #{self.index}: a frame made after it needs {expected[0]} plane(s) and a "
+                                 f"later pts than {self.pts}, got {len(planes)} plane(s) at pts {pts}")
+
+    def frames(self) -> list[tuple[int, tuple[Any, ...]]]:
+        """(pts, planes) of every frame this item writes: its own, then those made after it."""
+        return [(self.pts, self.planes), *self.extra]
+
     def __repr__(self) -> str:
-        return f"ResultItem(#{self.index}, pts={self.pts}, {self.fmt} [{describe_planes(self.planes)}], by {self.worker or '?'})"
+        more = f" +{len(self.extra)} made" if self.extra else ""
+        return (f"ResultItem(#{self.index}, pts={self.pts}, {self.fmt} [{describe_planes(self.planes)}]{more}, "
+                f"by {self.worker or '?'})")
 
 
 class EndOfStream:

@@ -10,9 +10,10 @@ line on bad input. No threads, no stages.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
@@ -26,19 +27,35 @@ from core.errors import HardwareUnavailable, InvalidOption, OutputExists, Output
 from core.files import check_output_paths
 from hw.av_source import SourceInfo, probe_audio, probe_source
 from hw.color import ColorInfo
+from hw.encode_speed import EncoderSpeed, remembered_encoder_speed
+from hw.memory import ProbeMemo
 from hw.pictures import PictureSequence, PictureTarget, find_pictures, parse_fps, picture_target, probe_pictures
 from models import LoadedModel
 from models.compiled import compile_choice
+from models.registry import default_cache_dir
 from pipeline.config import RunConfig, default_output_path
+from pipeline.encoder_choice import MODEL_RATES_FILE, EncoderChoice, choose_encoders, model_rate_key, remembered_model_rate
 from pipeline.segments import PartsFolder, SegmentLayout
 
 __all__ = ["RunPlan", "plan_run", "plan_devices", "DevicePlan"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class DevicePlan:
     devices: tuple[torch.device, ...]
     note: str = ""  # one line for the user when the request was adjusted (fallbacks)
+
+
+@dataclass(frozen=True)
+class SplitChoice:
+    """--split-gpu: `part` ("spatial": the upscaler; "interpolation": RIFE) runs in two stages, the
+    first on devices[0], the second on devices[1], in `dtype` on both."""
+
+    part: str
+    devices: tuple[torch.device, torch.device]
+    dtype: torch.dtype
 
 
 @dataclass(frozen=True)
@@ -61,10 +78,35 @@ class RunPlan:
     notes: tuple[str, ...]
     segments: SegmentLayout | None = None  # None: one output file written directly
     num_encoders: int = 1  # encoders working at once on consecutive segments
+    encoder_line: str = ""  # "encoders: 3 (why)": said when the run starts (pipeline.encoder_choice)
+    model_rate_key: str = ""  # where the run remembers the rate its decoder and model delivered
     output_bit_depth: int = 8  # 8 (yuv420p) or 10 (yuv420p10le); pictures: 8 or 16
     pictures: PictureSequence | None = None  # the source is a picture sequence (hw.pictures)
     picture_target: PictureTarget | None = None  # the output is pictures (`output` is their folder)
     cut: Cut | None = None  # --start/--end (None: the whole video)
+    interpolator: LoadedModel | None = None  # --interpolate: the temporal model after `model` (RIFE)
+    split: "SplitChoice | None" = None  # --split-gpu: which model is split, over which two devices
+
+    @property
+    def interpolate(self) -> int:
+        """Output frames per source frame (1: no interpolation)."""
+        return self.config.interpolate if self.interpolator is not None else 1
+
+    @property
+    def output_time_base(self) -> Fraction:
+        """The source's time base, divided by N with --interpolate N: a made frame's timestamp,
+        a fraction k/N of the way between its neighbours', is then a whole number."""
+        return self.source.time_base / self.interpolate
+
+    @property
+    def output_frame_rate(self) -> Fraction | None:
+        rate = self.source.average_rate
+        return rate * self.interpolate if rate else rate
+
+    @property
+    def spatial_identity(self) -> bool:
+        """The model before the interpolation does nothing (--interpolate alone)."""
+        return self.interpolator is not None and self.model.arch == "bicubic" and self.model.scale == 1
 
     @property
     def audio_source(self) -> Path | None:
@@ -114,17 +156,21 @@ def plan_run(config: RunConfig) -> RunPlan:
     if config.output is not None and picture_target(config.output, picture_format=config.picture_format,
                                                      bit_depth=8) is None:
         _check_paths(config, config.output, overwrite=overwrite, own_partial=own_partial)  # cheap checks first
-    model = load_model(config.model, scale=config.scale)
+    model = load_model(config.model, scale=config.scale, kind="spatial")
+    interpolator = _plan_interpolation(config, source, model, notes)
+    split = _plan_split(config, model, interpolator, notes)
     output = config.output
     if config.output_mode == "none":
-        return _plan_discarding(config, source, model, pictures, notes)
+        return replace(_plan_discarding(config, source, model, pictures, notes), interpolator=interpolator, split=split)
     if output is None:  # named after the model's real scale, beside the source or in output_dir
         if pictures is not None:  # pictures in: a folder of pictures out, beside the source's
             name = Path(f"{_sequence_name(pictures)}_{Path(config.model).stem}-x{model.scale}")  # no dot: a folder
             beside = Path(pictures.spec).resolve().parent if Path(pictures.spec).is_dir() else pictures.paths[0].parent
             output = (config.output_dir / name.name) if config.output_dir is not None else beside / name
         else:
-            name = default_output_path(config.source, model_name=Path(config.model).stem, scale=model.scale)
+            name = default_output_path(config.source, model_name=Path(config.model).stem, scale=model.scale,
+                                       interpolate=config.interpolate if interpolator is not None else 1,
+                                       identity=interpolator is not None and model.arch == "bicubic" and model.scale == 1)
             output = (config.output_dir / name.name) if config.output_dir is not None else name
     target = picture_target(output, picture_format=config.picture_format, bit_depth=_picture_depth(config, source))
     own_partial = own_partial or (config.resume and PartsFolder.holds_partial_output_of(Path(output)))
@@ -151,7 +197,7 @@ def plan_run(config: RunConfig) -> RunPlan:
             config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite or own_partial,
             devices=tuple(devices), dtypes=dtypes, compiled=compiled, output_width=out_w, output_height=out_h,
             use_nvdec=use_nvdec, use_nvenc=False, preset="", notes=tuple(notes), cut=config.cut, output_bit_depth=target.bit_depth,
-            pictures=pictures, picture_target=target,
+            pictures=pictures, picture_target=target, interpolator=interpolator, split=split,
         )
     if pictures is not None and config.nvdec:
         notes.append("--nvdec: pictures are decoded on the CPU.")
@@ -165,23 +211,86 @@ def plan_run(config: RunConfig) -> RunPlan:
         preset = config.preset if config.preset in NVENC_PRESETS else DEFAULT_NVENC_PRESET
         notes += _nvenc_limits(config, source, output)
     if source.hdr is not None:
-        notes += _hdr_notes(source, use_nvenc)
+        notes += _hdr_notes(source)
     if not use_nvenc and config.preset in NVENC_PRESETS:
         preset = DEFAULT_CPU_PRESET[config.codec]
         notes.append(f"--preset {config.preset} is an NVENC preset; the CPU encoder uses its default ({preset}).")
     elif not use_nvenc:
         preset = config.preset_or_default
-    segments, num_encoders = _plan_segments(config, source, out_w, out_h, use_nvenc=use_nvenc, notes=notes,
-                                            bytes_per_sample=2 if bit_depth > 8 else 1)
+    rate_key = _model_rate_key(config, model, source, devices, dtypes, compiled)
+    segments, encoders = _plan_segments(config, source, out_w, out_h, use_nvenc=use_nvenc, notes=notes,
+                                        bytes_per_sample=2 if bit_depth > 8 else 1, preset=preset, model_rate_key=rate_key)
     if segments is not None:
         PartsFolder(Path(output)).check(resume=config.resume, overwrite=overwrite)
     return RunPlan(
         config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite or own_partial,
         devices=tuple(devices), dtypes=dtypes, compiled=compiled, output_width=out_w, output_height=out_h,
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
-        segments=segments, num_encoders=num_encoders, cut=config.cut, output_bit_depth=bit_depth,
-        pictures=pictures,
+        segments=segments, num_encoders=encoders.num_encoders, encoder_line=encoders.line, model_rate_key=rate_key,
+        cut=config.cut, output_bit_depth=bit_depth,
+        pictures=pictures, interpolator=interpolator, split=split,
     )
+
+
+def _plan_interpolation(config: RunConfig, source: SourceInfo, model: LoadedModel, notes: list[str]) -> LoadedModel | None:
+    """--interpolate N: the temporal model, and one line saying what it does to the frame rate."""
+    if model.kind == "restore" and config.tile_size:
+        notes.append(f"--tile-size: {model.name} takes whole frames (a temporal model); the tiles are not used.")
+    if config.interpolate <= 1:
+        return None
+    if model.kind == "restore":
+        raise InvalidOption(f"--model {model.name} (a window of frames in) and --interpolate do not chain in one pass "
+                            "yet: run two passes, --model first, then --interpolate on its output.")
+    from models import load_model
+
+    interpolator = load_model(config.interpolation_model, kind="interpolate")
+    rate = source.average_rate
+    fps = f"{float(rate):.3f} -> {float(rate * config.interpolate):.3f} fps" if rate else "the frame rate"
+    chain = "" if model.arch == "bicubic" and model.scale == 1 else f" after {model.name} x{model.scale}, in one pass"
+    cut = (f"a pair less alike than SSIM {config.scene_threshold} (a scene cut) repeats its first frame"
+           if config.scene_threshold > 0 else "no scene-cut detection (--scene-threshold 0)")
+    notes.append(f"--interpolate {config.interpolate}: {interpolator.name} makes {config.interpolate - 1} frame(s) "
+                 f"between each two{chain}: {fps}, timestamps between their neighbours'; {cut}.")
+    return interpolator
+
+
+def _plan_split(config: RunConfig, model: LoadedModel, interpolator: LoadedModel | None,
+                notes: list[str]) -> SplitChoice | None:
+    """--split-gpu: the model to split (the upscaler, or RIFE when the frames are only
+    interpolated or the upscaler has no split point) and the two devices; None, said in one
+    line, when there is one device or nothing to split."""
+    if not config.split_gpu:
+        return None
+    from models import choose_precision
+    from models.split import parameters_disjoint, split_model
+
+    devices = plan_devices(config).devices
+    if len(devices) < 2 and devices[0].type == "cuda" and config.gpus is None and torch.cuda.device_count() >= 2:
+        devices = (torch.device("cuda", 0), torch.device("cuda", 1))  # --split-gpu alone: the first two GPUs
+    if len(devices) < 2:
+        notes.append(f"--split-gpu: one device ({devices[0]}), so the model runs unsplit on it.")
+        return None
+    identity = interpolator is not None and model.arch == "bicubic" and model.scale == 1
+    candidates = [] if identity else [("spatial", model)]
+    if interpolator is not None:
+        candidates.append(("interpolation", interpolator))
+    for part, which in candidates:
+        stages = split_model(which.make_module())
+        if stages is not None and parameters_disjoint(*stages):
+            break
+    else:
+        names = " or ".join(m.name for _, m in candidates)
+        notes.append(f"--split-gpu: {names} has no split point framepipe knows, so it runs unsplit "
+                     "(--multi-gpu runs a whole copy per GPU).")
+        return None
+    first, second = devices[0], devices[1]
+    dtypes = {choose_precision(config.precision, d)[0] for d in (first, second)}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    if not which.supports_dtype(dtype) or (part == "interpolation" and not identity and not model.supports_dtype(dtype)):
+        dtype = torch.float32
+    notes.append(f"--split-gpu: {which.name} in two stages, the first on {first}, the second on {second}, pipelined "
+                 f"({str(dtype).removeprefix('torch.')}, --split-transport {config.split_transport}).")
+    return SplitChoice(part=part, devices=(first, second), dtype=dtype)
 
 
 # --compile auto leaves runs shorter than this eager: the first compilation of a model takes
@@ -302,16 +411,13 @@ def _check_picture_output(config: RunConfig, target: PictureTarget, pictures: Pi
                            overwrite=overwrite)
 
 
-def _hdr_notes(source: SourceInfo, use_nvenc: bool) -> list[str]:
+def _hdr_notes(source: SourceInfo) -> list[str]:
     """What of the source's HDR metadata the output will not have, said before the run."""
     hdr, notes = source.hdr, []
     if hdr.dynamic:
         notes.append(f"the source's {' and '.join(hdr.dynamic)} dynamic metadata is not carried (only static HDR10 "
                      "metadata is): the output plays as plain HDR10.")
-    if use_nvenc and (hdr.has_display or hdr.has_light_level):
-        notes.append(f"--nvenc: the source's HDR10 metadata ({hdr.describe()}) is not written by the NVENC writer; "
-                     "run without --nvenc to keep it.")
-    return notes
+    return notes  # static HDR10 metadata: every writer carries it, NVENC's as SEI / metadata OBUs (issue 13)
 
 
 def _plan_bit_depth(config: RunConfig, source: SourceInfo, notes: list[str]) -> int:
@@ -350,15 +456,44 @@ def _available_memory_bytes() -> int:
     return 8 << 30
 
 
+def _encoder_speed(codec: str, *, preset: str, crf: int | None, width: int, height: int, bit_depth: int) -> EncoderSpeed:
+    """One CPU encoder alone at this size and these settings (hw.encode_speed), measured once per
+    machine and remembered in framepipe's cache. Tests replace it."""
+    memo = ProbeMemo(default_cache_dir() / "encoder-speeds.json")
+    speed, measured = remembered_encoder_speed(memo, codec, preset=preset, crf=crf, width=width, height=height,
+                                               bit_depth=bit_depth)
+    if measured:
+        log.info("one %s %s encoder at %dx%d: %.1f fps (measured now; remembered in %s)", codec, preset, width,
+                 height, speed.fps, memo.path)
+    return speed
+
+
+def _model_rate(key: str) -> float | None:
+    """Source frames per second an earlier run with this model, size and devices delivered
+    (`pipeline.encoder_choice.remember_model_rate`), None if none did. Tests replace it."""
+    return remembered_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), key)
+
+
+def _model_rate_key(config: RunConfig, model: LoadedModel, source: SourceInfo, devices, dtypes, compiled) -> str:
+    names = [torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu" for d in devices]
+    return model_rate_key(model=model.name, scale=model.scale, width=source.width, height=source.height,
+                          devices=names, dtypes=[str(dtypes[str(d)][0]).removeprefix("torch.") for d in devices],
+                          compiled=[bool(compiled[str(d)][0]) for d in devices], tile_size=config.tile_size or 0,
+                          interpolate=max(1, getattr(config, "interpolate", 1)))
+
+
 def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: int, *, use_nvenc: bool,
-                   notes: list[str], bytes_per_sample: int = 1) -> tuple[SegmentLayout | None, int]:
-    """Segment length and the number of encoders, or (None, 1) for one file written directly.
+                   notes: list[str], bytes_per_sample: int = 1, preset: str | None = None,
+                   model_rate_key: str = "") -> tuple[SegmentLayout | None, EncoderChoice]:
+    """Segment length and the number of encoders, or (None, one encoder) for one file written directly.
 
     Segments are used when asked for (--encoders, --segment-*, --resume, --keep-parts) and
-    whenever the video is longer than one segment. The automatic number of encoders is the
-    smallest of: half the CPU cores (each x264 instance runs threads of its own), the number
-    of segments, MAX_AUTO_ENCODERS, and what fits in 40% of the available memory, counting for
-    each encoder one segment of queued frames plus ~60 frames inside x264 (its look-ahead).
+    whenever the video is longer than one segment. `--encoders N` is obeyed (a note where
+    memory may not hold N). `--encoders 0` is `pipeline.encoder_choice.choose_encoders`: enough
+    encoders to keep up with the rate the model delivered here before, from one encoder's
+    measured speed (`_encoder_speed`), within the limits of cores, segments, MAX_AUTO_ENCODERS
+    and memory (40% of the available memory, counting for each encoder one segment of queued
+    frames plus ~60 frames inside x264, its look-ahead). NVENC: the sessions the GPU opens.
     """
     import os
 
@@ -371,22 +506,39 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
     asked = (config.encoders > 0 or config.segment_frames is not None or config.segment_seconds is not None
              or config.resume or config.keep_parts)
     if not asked and 0 < total <= segment_frames:
-        return None, 1
+        return None, EncoderChoice(1, "")
     num_segments = max(1, -(-total // segment_frames)) if total else MAX_AUTO_ENCODERS
     frame_bytes = width * height * 3 // 2 * bytes_per_sample
     per_encoder = frame_bytes * (segment_frames + 60)
     fits = max(1, int(_available_memory_bytes() * 0.4 // per_encoder))
-    auto = max(1, min((os.cpu_count() or 2) // 2, num_segments, MAX_AUTO_ENCODERS, fits))
-    num_encoders = config.encoders or auto
-    if config.encoders and config.encoders > fits:
-        notes.append(f"--encoders {config.encoders}: each holds up to {segment_frames} frames of "
-                     f"{width}x{height} ({per_encoder / 2**30:.1f} GiB); more than {fits} may exhaust memory.")
-    if use_nvenc and num_encoders > 1:
-        num_encoders = _nvenc_sessions(config, width, height, num_encoders, notes)
-    if not config.parallel:
-        num_encoders = 1  # the sequential baseline encodes in its one thread
+    if not config.parallel:  # the sequential baseline encodes in its one thread
+        choice = EncoderChoice(1, "encoders: 1 (the sequential loop encodes in its one thread)")
+    elif config.encoders:
+        choice = EncoderChoice(config.encoders, f"encoders: {config.encoders} (--encoders)")
+        if config.encoders > fits:
+            notes.append(f"--encoders {config.encoders}: each holds up to {segment_frames} frames of "
+                         f"{width}x{height} ({per_encoder / 2**30:.1f} GiB); more than {fits} may exhaust memory.")
+    else:
+        num_cores = os.cpu_count() or 2
+        allowed = min(num_cores // 2, num_segments, MAX_AUTO_ENCODERS, fits)
+        speed = model_fps = None
+        what = f"{width}x{height} {config.codec} {preset or config.preset_or_default}"
+        if allowed > 1 and not use_nvenc:  # something to choose: measured (or remembered) speeds
+            try:
+                speed = _encoder_speed(config.codec, preset=preset or config.preset_or_default,
+                                       crf=config.crf_or_default, width=width, height=height,
+                                       bit_depth=10 if bytes_per_sample > 1 else 8)
+            except Exception as exc:  # noqa: BLE001 - settings the encoder refuses are reported by the build, in one line
+                log.debug("encoder speed not measured: %s", exc)
+            model_fps = _model_rate(model_rate_key) if model_rate_key else None
+        choice = choose_encoders(speed=speed, model_fps=model_fps, num_cores=num_cores, memory_fits=fits,
+                                 num_segments=num_segments, what=what,
+                                 frames_per_source_frame=max(1, getattr(config, "interpolate", 1)))
+    if use_nvenc and choice.num_encoders > 1:
+        sessions = _nvenc_sessions(config, width, height, choice.num_encoders, notes)
+        choice = EncoderChoice(sessions, f"encoders: {sessions} NVENC session(s) (probed; asked for {choice.num_encoders})")
     end = config.max_frames
-    return SegmentLayout(segment_frames=segment_frames, end=end), num_encoders
+    return SegmentLayout(segment_frames=segment_frames, end=end), choice
 
 
 def _nvenc_sessions(config: RunConfig, width: int, height: int, wanted: int, notes: list[str]) -> int:
@@ -482,18 +634,19 @@ def _plan_codecs(config: RunConfig, source: SourceInfo, devices: tuple[torch.dev
                 notes.append(f"--nvdec: {why}; decoding on the CPU with PyAV instead.")
     if not encode:
         pass
-    elif config.nvenc and bit_depth > 8:
-        notes.append("--nvenc: framepipe feeds NVENC 8-bit NV12 only; this 10-bit output is encoded on the CPU "
-                     "(--bit-depth 8 keeps NVENC).")
     elif config.nvenc:
         if first.type != "cuda":
             notes.append("--nvenc: no NVIDIA GPU in use; encoding on the CPU (libx264/x265/SVT-AV1) instead.")
         else:
-            width, height = output_size  # NVENC is checked at the real output size (issue 9)
-            ok, why = _probe("probe_nvenc", codec=config.codec, gpu=first.index or 0, width=width, height=height)
+            # NVENC is checked at the real output size (issue 9) and depth: 10 bits is P010 in,
+            # HEVC Main10 / AV1 10-bit out (issue 13); H.264 10-bit only on Blackwell.
+            width, height = output_size
+            ok, why = _probe("probe_nvenc", codec=config.codec, gpu=first.index or 0, width=width, height=height,
+                             bit_depth=bit_depth)
             use_nvenc = ok
             if not ok:
-                notes.append(f"--nvenc: {why}; encoding on the CPU from GPU-converted yuv420p instead.")
+                fed = "yuv420p10le" if bit_depth > 8 else "yuv420p"
+                notes.append(f"--nvenc: {why}; encoding on the CPU from GPU-converted {fed} instead.")
     return use_nvdec, use_nvenc
 
 

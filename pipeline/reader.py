@@ -6,15 +6,22 @@ reached, and keeps the run's decode figures (`num_frames_decoded`, corrupt packe
 whether the source was read to its end). A source that stopped early is said once. With
 `--resume`, frames of finished segments are decoded (the frame index is exact only that
 way) but not passed on.
+
+For a temporal model the reader hands out `Window`s instead (`window=(before, after)`: the
+frames a model needs around each one): built from every decoded frame, so a window next to a
+finished segment still holds its neighbour, and each frame's window is passed on exactly
+once. Restoration windows repeat the first/last frame at the ends; an interpolation window
+(0, 1) of the last frame holds that frame alone.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
-from core.frame import Frame
+from core.frame import Frame, Window
 from pipeline.stats import RunStats
 
 __all__ = ["FrameSource", "Reader"]
@@ -37,8 +44,11 @@ class Reader:
     """Stage: no input; `finish()` yields the source's frames."""
 
     def __init__(self, source: FrameSource, *, stats: RunStats, max_frames: int | None = None,
-                 skip: Callable[[int], bool] | None = None) -> None:
+                 skip: Callable[[int], bool] | None = None, window: tuple[int, int] | None = None,
+                 pad_ends: bool = True) -> None:
         self.source = source
+        self.window = window  # (frames before, frames after) each frame for a temporal model; None: frames alone
+        self.pad_ends = pad_ends
         self.stats = stats
         self.max_frames = max_frames
         self.skip = skip  # frames already in finished segments (--resume): decoded, counted, not passed on
@@ -46,7 +56,15 @@ class Reader:
     def process(self, item: object) -> Iterable[Frame]:
         raise TypeError("the reader is a source: it takes no input")
 
-    def finish(self) -> Iterator[Frame]:
+    def finish(self) -> Iterator[Frame | Window]:
+        frames = self._frames()
+        items = frames if self.window is None else windows(frames, *self.window, pad_ends=self.pad_ends)
+        for item in items:
+            if self.skip is not None and self.skip(item.index):
+                continue
+            yield item
+
+    def _frames(self) -> Iterator[Frame]:
         iterator = iter(self.source)
         count = 0
         while self.max_frames is None or count < self.max_frames:
@@ -59,8 +77,6 @@ class Reader:
             count += 1
             self.stats.num_frames_decoded = count
             self.stats.num_corrupt_packets = getattr(self.source, "num_corrupt_packets", 0)
-            if self.skip is not None and self.skip(frame.index):
-                continue
             yield frame
 
     def _report(self, count: int) -> None:
@@ -74,3 +90,32 @@ class Reader:
             self.source.close()
         except Exception as exc:  # closing must not hide the real failure
             log.debug("closing the source failed: %s", exc)
+
+
+def windows(frames: Iterable[Frame], before: int, after: int, *, pad_ends: bool = True) -> Iterator[Window]:
+    """Each frame's `Window` of `before` frames before it and `after` after it, in order, each
+    window as soon as its last frame is decoded. `pad_ends`: repeat the first/last frame where
+    the video has none (restoration); else the window is cut short (interpolation)."""
+    held: deque[Frame] = deque(maxlen=before + after + 1)
+    pending = 0  # frames held whose window is not out yet
+    for frame in frames:
+        held.append(frame)
+        pending += 1
+        if pending > after:  # the frame `after` back now has every neighbour it needs
+            yield _window(held, len(held) - 1 - after, before, after, pad_ends)
+            pending -= 1
+    while pending > 0:  # the last frames: their later neighbours never come
+        yield _window(held, len(held) - pending, before, after, pad_ends)
+        pending -= 1
+
+
+def _window(held: deque[Frame], pos: int, before: int, after: int, pad_ends: bool) -> Window:
+    me = held[pos]
+    lo, hi = max(0, pos - before), min(len(held), pos + after + 1)
+    frames = list(held)[lo:hi]
+    center = pos - lo
+    if pad_ends:  # `held` lacks frames before `me` only at the start of the video
+        missing_before = before - center
+        frames = [frames[0]] * missing_before + frames + [frames[-1]] * (before + after + 1 - missing_before - len(frames))
+        center = before
+    return Window(index=me.index, pts=me.pts, frames=tuple(frames), center=center)

@@ -122,6 +122,8 @@ def describe(plan: RunPlan, stats: RunStats) -> None:
         encoder=_describe_encoder(plan),
         mode="parallel" if cfg.parallel else "sequential",
     )
+    if plan.interpolator is not None:
+        stats.notes["interpolate"] = f"{plan.interpolator.name} x{plan.interpolate} frames"
     stats.notes["fallbacks"] = list(plan.notes)
     if src.color.matrix_guessed:
         stats.notes["color_matrix"] = f"{src.color.matrix} (source untagged; chosen by height, and tagged in the output)"
@@ -140,7 +142,7 @@ def _describe_encoder(plan: RunPlan) -> str:
     if plan.picture_target is not None:
         return f"{plan.picture_target.suffix[1:].upper()} pictures (CPU) in {plan.output}"
     if plan.use_nvenc:
-        return "NVENC"
+        return f"NVENC (fed {'P010' if plan.output_bit_depth > 8 else 'NV12'})"
     return f"PyAV {plan.config.codec} (CPU, fed {'yuv420p10le' if plan.output_bit_depth > 8 else 'yuv420p'})"
 
 
@@ -167,6 +169,9 @@ def pixel_settings(plan: RunPlan) -> dict[str, object]:
         "fps": str(src.average_rate) if plan.pictures is not None else None,
         "tile_size": cfg.tile_size or None,  # tiles change pixels near their seams (within fp noise at the default overlap)
         "tile_overlap": cfg.tile_overlap if cfg.tile_size else None,
+        "interpolate": plan.interpolate,
+        "interpolation_model": plan.interpolator.source if plan.interpolator is not None else None,
+        "scene_threshold": cfg.scene_threshold if plan.interpolator is not None else None,
     }
 
 
@@ -185,7 +190,7 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
     finished = parts.finished()
     last = layout.segment_of(stats.num_frames_decoded - 1) if stats.num_frames_decoded else -1
     complete = outcome.complete and outcome.writer_closed_cleanly and all(k in finished for k in range(last + 1))
-    time_base = plan.source.time_base
+    time_base = plan.output_time_base  # the segments' timestamps: the source's, or finer with --interpolate
     chain: list[tuple[Path, Fraction]] = []  # (segment file, seconds to add to its timestamps)
     k = 0
     while k in finished:
@@ -211,7 +216,9 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
         if complete:
             raise
         return f"Joining the finished segments failed ({one_line(exc)}).{resume_hint}"
-    stats.num_frames_written = written
+    # `written` counts output frames: with --interpolate N, N per source frame (the last one, 1)
+    stats.num_frames_written = -(-written // plan.interpolate)
+    stats.num_frames_made = written - stats.num_frames_written
     final = output.commit(complete=complete)
     stats.notes["output"] = str(final)
     if not complete and final == output.path:

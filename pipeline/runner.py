@@ -24,9 +24,12 @@ from collections.abc import Callable
 
 from core.errors import HardwareUnavailable, NoVideoStream, RunInterrupted
 from core.files import NoOutput, OutputFile, OutputFolder
+from hw.memory import ProbeMemo
+from models.registry import default_cache_dir
 from pipeline.build import ModelSource, Stages, Wrap, build
 from pipeline.collector import Collector
 from pipeline.config import RunConfig
+from pipeline.encoder_choice import MODEL_RATES_FILE, remember_model_rate
 from pipeline.messages import ErrorChannel, StageFailed
 from pipeline.plan import RunPlan, plan_run
 from pipeline.queues import FifoInbox, FifoOutbox, WorkQueue
@@ -90,6 +93,7 @@ def run(
             parts.open(resume=config.resume, overwrite=plan.overwrite_output,
                        source=_fingerprint(plan), settings=pixel_settings(plan))
             stats.notes["segments"] = _describe_segments(plan, parts)
+            stats.notes["encoders"] = plan.encoder_line
         errors = ErrorChannel(threading.Event())
         stages = build(plan, stats, temp, errors=errors, parts=parts, wrap=wrap, models=models)
         stats.mark("build (open the decoder and the encoder)")
@@ -114,12 +118,28 @@ def run(
         where = settle_segments(output, temp, plan, parts, stats, outcome, audio_shift=stages.audio_shift)
     else:
         where = settle_output(output, temp, stats, outcome)
+    if plan.split is not None:
+        _advise_on_split(stats)
     raise_for(outcome, where, stats)
     if stats.num_frames_decoded == 0:
         raise NoVideoStream(f"Source {str(config.source)!r} has no decodable video frames. Is the file damaged?")
     if stats.num_corrupt_packets:
         stats.warn(f"source: {stats.num_corrupt_packets} corrupt packet(s) skipped; every decodable frame was processed")
+    if plan.model_rate_key and config.parallel:  # for the next run's choice of encoders (pipeline.encoder_choice)
+        remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), plan.model_rate_key, stats)
     return stats
+
+
+def _advise_on_split(stats: RunStats) -> None:
+    """--split-gpu measured worse than two whole copies would be: say so (pipeline/split.py)."""
+    from pipeline.split import split_advice
+
+    halves = [w for name, w in stats.workers.items() if name.startswith(("split-a-", "split-b-"))]
+    if len(halves) == 2:
+        advice = split_advice(stats.num_frames_written, stats.wall_seconds, halves[0].clock.busy_seconds,
+                              halves[1].clock.busy_seconds)
+        if advice:
+            stats.warn(advice)
 
 
 def _fingerprint(plan: RunPlan) -> dict[str, object]:
@@ -148,15 +168,32 @@ def _run_parallel(plan: RunPlan, stages: Stages, stats: RunStats, errors: ErrorC
     results: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
     to_writer: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
     writer_done = threading.Event()
-    collector = Collector(on_release=work_queue.release_upto, is_delivered=work_queue.delivered,
+    delivered = work_queue.delivered
+    if stages.back is not None:  # --split-gpu: frames between the halves are still in flight
+        in_transit = stages.back.in_transit
+
+        def delivered(index: int) -> bool:
+            return work_queue.delivered(index) and index not in in_transit
+
+    collector = Collector(on_release=work_queue.release_upto, is_delivered=delivered,
                           num_frames_in=lambda: stats.num_frames_decoded,
                           is_skipped=stages.skip or (lambda index: False))
     stats.queue_depths.update(work=work_queue.qsize, results=results.qsize, writer=to_writer.qsize)
     retired = _RetiredWorkers([w.name for w in stages.workers], stats, errors)
     runners = [StageRunner("reader", stages.reader, inbox=None, outbox=work_queue, errors=errors,
                            clock=stats.clock("reader"))]
-    runners += [StageRunner(w.name, w, inbox=work_queue, outbox=FifoOutbox(results), errors=errors,
-                            clock=stats.workers[w.name].clock, on_retire=retired.add) for w in stages.workers]
+    if stages.back is None:
+        runners += [StageRunner(w.name, w, inbox=work_queue, outbox=FifoOutbox(results), errors=errors,
+                                clock=stats.workers[w.name].clock, on_retire=retired.add) for w in stages.workers]
+    else:  # --split-gpu: front -> a 2-deep queue -> back, each half in its own thread (pipelined)
+        from pipeline.split import AfterPut
+
+        front, back = stages.workers[0], stages.back
+        handoffs: queue.Queue = queue.Queue(maxsize=2)
+        runners += [StageRunner(front.name, front, inbox=work_queue, outbox=FifoOutbox(handoffs), errors=errors,
+                                clock=stats.workers[front.name].clock),
+                    StageRunner(back.name, back, inbox=FifoInbox(handoffs), outbox=AfterPut(FifoOutbox(results),
+                                back.in_transit), errors=errors, clock=stats.workers[back.name].clock)]
     runners.append(StageRunner("collector", collector, inbox=FifoInbox(results, num_producers=num_workers),
                                outbox=FifoOutbox(to_writer, consumer_gone=writer_done), errors=errors,
                                clock=stats.clock("collector"), on_stop="drain"))
@@ -238,6 +275,10 @@ def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: Erro
                     on_progress: ProgressFn | None, progress_seconds: float, stop: threading.Event) -> Outcome:
     """The in-tree baseline: the same stages, one batch at a time, in this thread."""
     reader, worker, writer = stages.reader, stages.workers[0], stages.writer
+    if stages.back is not None:  # --split-gpu: both halves, one after the other
+        from pipeline.split import SequentialSplit
+
+        worker = SequentialSplit(worker, stages.back)
     wclock, rclock, oclock = stats.workers[worker.name].clock, stats.clock("reader"), stats.clock("writer")
     outcome = Outcome()
     reached_end = False

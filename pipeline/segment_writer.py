@@ -79,8 +79,9 @@ class SegmentEncoder:
             assert isinstance(item, ResultItem) and self._encoder is not None, item
             if self._base is None:
                 self._base = item.pts
-            self._encoder.write(item.planes, item.pts - self._base)
-            self._num_frames += 1
+            for pts, planes in item.frames():  # with frames made after it (--interpolate)
+                self._encoder.write(planes, pts - self._base)
+            self._num_frames += 1  # source frames: what the segment's range counts
             self.on_frame()
         return []
 
@@ -208,6 +209,7 @@ class SegmentWriter:
                 return []
         if self.pool.send(segment, item):
             self.stats.num_frames_written += 1
+            self.stats.num_frames_made += len(item.extra)
         if self.layout.is_last_of_segment(item.index):
             self.pool.send(segment, SegmentEnd(segment))
             self._open = None

@@ -152,7 +152,7 @@ class PartsFolder:
 
     def segment_path(self, segment: int) -> Path:
         """Segments are MP4 files whose timestamps start at 0: the offset to the source's
-        timestamps (`pts_offset`, in the source's time base) is kept in the manifest and added
+        timestamps (`pts_offset`, in the output's time base: the source's, divided by N with --interpolate N) is kept in the manifest and added
         back by the join. Stored at its real start instead, an MP4 places a segment with an
         edit list in the movie's 1/1000 timescale (off by up to a millisecond, seen with
         1-frame segments); Matroska rounds every timestamp to a millisecond; NUT gives the

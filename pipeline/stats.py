@@ -53,6 +53,7 @@ class WorkerStats:
     batch_sizes: Counter = field(default_factory=Counter)  # size -> batches run at that size
     tile_size: int | None = None  # input pixels a side of the tiles the model runs on; None: whole frames
     num_oom: int = 0
+    num_scene_cuts: int = 0  # --interpolate: pairs taken for a scene cut (the frame repeated)
     num_failures: int = 0
     num_frames_given_back: int = 0
     health: str = "starting"  # starting, probing, ok, backoff, failed, done
@@ -106,6 +107,7 @@ class WorkerStats:
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
             "tile_size": self.tile_size,
             "oom_retries": self.num_oom,
+            "scene_cuts": self.num_scene_cuts,
             "failures": self.num_failures,
             "frames_given_back": self.num_frames_given_back,
             "health": self.health,
@@ -140,7 +142,8 @@ class RunStats:
 
     num_frames_expected: int = 0  # from the header (or --max-frames); 0 = unknown
     num_frames_decoded: int = 0
-    num_frames_written: int = 0
+    num_frames_written: int = 0  # source frames whose output was written
+    num_frames_made: int = 0  # frames a temporal model made besides them (--interpolate)
     num_frames_encoded: int = 0  # segmented output: frames the encoders have encoded (written: handed to them)
     num_corrupt_packets: int = 0
     source_exhausted: bool = False  # the reader reached the end of the source (not a stop or --max-frames)
@@ -219,6 +222,8 @@ class RunStats:
             "frames_expected": self.num_frames_expected,
             "frames_decoded": self.num_frames_decoded,
             "frames_written": self.num_frames_written,
+            "frames_made": self.num_frames_made,
+            "frames_out": self.num_frames_written + self.num_frames_made,
             "corrupt_packets": self.num_corrupt_packets,
             "wall_seconds": round(self.wall_seconds, 3),
             "fps": round(self.fps, 3),

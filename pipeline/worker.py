@@ -24,23 +24,37 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from core.frame import Frame
+from core.frame import Frame, Window
 from hw.color import ColorInfo
 from hw.frames import (alpha_to_host, batch_alpha, batch_to_rgb, rgb_to_host_rgb, rgb_to_host_yuv420,
                        rgb_to_nv12_frames)
 from hw.memory import (DeviceFault, ProbeMemo, choose_batch_size, cuda_measure, free_cached_memory, is_device_fault,
                        is_oom)
-from models.base import check_model_output
+from models.base import LoadedModel, check_model_output
 from models.compiled import CompiledModel
 from models.tiling import Tiling, default_overlap, next_tiling, run_tiled
 from pipeline.messages import OutputFormat, ResultItem
 from pipeline.stage import Retire, Retry
+from pipeline.temporal import distinct_frames, in_output_order, pairs, repeat_on_cut, timesteps, window_results
 from pipeline.stats import WorkerStats
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "Temporal", "to_output"]
+
+
+@dataclass(frozen=True)
+class Temporal:
+    """Frame interpolation after the model (--interpolate): `model` makes `factor - 1` frames
+    between each two; a pair less alike than `scene_threshold` is a cut (its first frame is
+    repeated); `spatial`: the model before it does something (else it is skipped)."""
+
+    model: LoadedModel
+    factor: int
+    scene_threshold: float
+    spatial: bool = True
 
 
 class Worker:
@@ -68,6 +82,8 @@ class Worker:
         compile: tuple[bool, str] = (False, ""),
         compile_helper: Callable | None = None,
         probe_memo: ProbeMemo | None = None,
+        temporal: Temporal | None = None,
+        restore_radius: int = 0,
         max_failures: int = 3,
         backoff_seconds: float = 2.0,
     ) -> None:
@@ -92,6 +108,9 @@ class Worker:
         self.compile = compile
         self.compile_helper = compile_helper  # fills the compile cache out of process (models/compile_helper.py)
         self.probe_memo = probe_memo  # batch sizes probed by earlier runs (None: always probe)
+        self.temporal = temporal  # --interpolate: batches are `Window`s (each frame and the next)
+        self.interpolator: torch.nn.Module | None = None
+        self.restore_radius = restore_radius  # a restoration model: batches are `Window`s of 2r+1 frames
         self.model: CompiledModel | None = None  # what batches run through: eager, compiled when ready
         self.target_batch_size = max(1, batch_size)
         self.batch_size = self.target_batch_size
@@ -115,6 +134,8 @@ class Worker:
                 self._stream = torch.cuda.Stream(self.device)
                 self.ws.marks["CUDA context"] = time.perf_counter()
             self.module = self.build_model(self.device, self.dtype)
+            if self.temporal is not None:
+                self.interpolator = self.temporal.model.build(self.device, self.dtype)
             self.ws.marks["model on the device"] = time.perf_counter()
             enabled, why = self.compile
             self.model = CompiledModel(self.module, name=self.model_name, enabled=enabled, warn=self.warn, reason=why,
@@ -212,6 +233,7 @@ class Worker:
         return []
 
     def close(self, *, complete: bool) -> None:
+        self.interpolator = None
         if self.model is not None:
             self.model.close()
         if self.module is not None and self.release_model is not None:
@@ -222,22 +244,14 @@ class Worker:
 
     # -- one batch ------------------------------------------------------------------------
     def _to_output(self, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> list:
-        if self.output_format == "none":  # --output-mode none: the batch is done when the device is
-            if rgb.is_cuda:
-                torch.cuda.current_stream(rgb.device).synchronize()
-            return [() for _ in range(rgb.shape[0])]
-        if self.output_format == "nv12":  # each frame carries the event the NVENC writer waits on (issue 9)
-            return [(f,) for f in rgb_to_nv12_frames(rgb, self.color)]
-        if self.output_format in ("rgb24", "rgb48"):  # pictures out: RGB (and alpha), no YUV, no padding
-            depth = 8 if self.output_format == "rgb24" else 16
-            pictures = rgb_to_host_rgb(rgb, bit_depth=depth)
-            if alpha is None:
-                return [(p,) for p in pictures]
-            return list(zip(pictures, alpha_to_host(alpha, scale=self.scale, bit_depth=depth)))
-        return rgb_to_host_yuv420(rgb, self.color, bit_depth=10 if self.output_format == "yuv420p10" else 8)
+        return to_output(rgb, alpha, fmt=self.output_format, color=self.color, scale=self.scale)
 
-    def infer(self, frames: Sequence[Frame], *, eager: bool = False) -> list[ResultItem]:
+    def infer(self, frames: Sequence[Frame] | Sequence[Window], *, eager: bool = False) -> list[ResultItem]:
         """One model call on `frames`: RGB in, checked output, writer format out. Raises on OOM."""
+        if self.temporal is not None:
+            return self._infer_windows(frames, eager=eager)
+        if self.restore_radius:
+            return self._infer_restore(frames)
         with torch.inference_mode():
             rgb = batch_to_rgb(frames, self.color, device=self.device, dtype=self.dtype)
             out = check_model_output(self.model_name, rgb, self._model(rgb, eager=eager), scale=self.scale)
@@ -247,6 +261,45 @@ class Worker:
             ResultItem(index=f.index, pts=f.pts, fmt=self.output_format, planes=p, worker=self.name)
             for f, p in zip(frames, planes)
         ]
+
+    def _infer_restore(self, windows: Sequence[Window]) -> list[ResultItem]:
+        """A restoration model: each window's 2r+1 frames (the batch's distinct frames converted
+        once) in as (B, 2r+1, 3, H, W), the middle frame restored out. Whole frames, no tiles."""
+        frames, pos = distinct_frames(windows)
+        with torch.inference_mode():
+            rgb = batch_to_rgb(frames, self.color, device=self.device, dtype=self.dtype)
+            idx = torch.tensor([[pos[f.index] for f in w.frames] for w in windows], device=rgb.device)
+            model = self.model if self.model is not None else self.module
+            out = check_model_output(self.model_name, rgb[idx[:, self.restore_radius]], model(rgb[idx]), scale=self.scale)
+            planes = self._to_output(out)
+        return [ResultItem(index=w.index, pts=w.pts, fmt=self.output_format, planes=p, worker=self.name)
+                for w, p in zip(windows, planes)]
+
+    def _infer_windows(self, windows: Sequence[Window], *, eager: bool) -> list[ResultItem]:
+        """Frame interpolation (pipeline/temporal.py): each distinct frame of the batch through the
+        model once, then `factor - 1` frames made between each frame and the next."""
+        t = self.temporal
+        frames, pos = distinct_frames(windows)
+        with torch.inference_mode():
+            rgb = batch_to_rgb(frames, self.color, device=self.device, dtype=self.dtype)
+            if t.spatial:
+                out = check_model_output(self.model_name, rgb, self._model(rgb, eager=eager), scale=self.scale)
+                out = out.clamp_(0, 1)
+            else:
+                out = rgb
+            made = None
+            both = pairs(windows, out, pos)
+            if both is not None:
+                first, second = both
+                made = self.interpolator(first, second, timesteps(t.factor))  # (P, N-1, 3, H, W)
+                if t.scene_threshold > 0:
+                    from models.rife import scene_cut
+
+                    cuts = repeat_on_cut(made, first, scene_cut(first, second, threshold=t.scene_threshold))
+                    if not eager:  # (the batch-size probe's runs are not the video's)
+                        self.ws.num_scene_cuts += cuts
+            planes = self._to_output(in_output_order(windows, out, pos, made))
+        return window_results(windows, planes, t.factor, self.output_format, self.name)
 
     def _model(self, rgb: torch.Tensor, *, eager: bool = False) -> torch.Tensor:
         """The model on a batch: whole frames, or tiles when a tile size is set. Compiled once
@@ -345,6 +398,23 @@ class Worker:
         self.log.warning("%s: device fault (%s); %d frame(s) handed back, retrying in %.1f s", self.name, exc,
                          num_frames, wait)
         raise Retry(str(exc), after_seconds=wait) from exc
+
+
+def to_output(rgb: torch.Tensor, alpha: torch.Tensor | None, *, fmt: OutputFormat, color: ColorInfo, scale: int) -> list:
+    """A batch of model output (N, 3, H, W) in the writer's format, one tuple of planes per frame."""
+    if fmt == "none":  # --output-mode none: the batch is done when the device is
+        if rgb.is_cuda:
+            torch.cuda.current_stream(rgb.device).synchronize()
+        return [() for _ in range(rgb.shape[0])]
+    if fmt in ("nv12", "p010"):  # each frame carries the event the NVENC writer waits on (issue 9); p010: 10-bit
+        return [(f,) for f in rgb_to_nv12_frames(rgb, color, bit_depth=10 if fmt == "p010" else 8)]
+    if fmt in ("rgb24", "rgb48"):  # pictures out: RGB (and alpha), no YUV, no padding
+        depth = 8 if fmt == "rgb24" else 16
+        pictures = rgb_to_host_rgb(rgb, bit_depth=depth)
+        if alpha is None:
+            return [(p,) for p in pictures]
+        return list(zip(pictures, alpha_to_host(alpha, scale=scale, bit_depth=depth)))
+    return rgb_to_host_yuv420(rgb, color, bit_depth=10 if fmt == "yuv420p10" else 8)
 
 
 def _free_cached_memory_safely(device: torch.device) -> None:

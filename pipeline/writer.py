@@ -6,12 +6,17 @@ yuv420p planes) or `hw.nvenc_writer.NvencFileWriter` (device NV12). `close(compl
 finalizes the file: the output is playable and holds every frame written; its audio is
 copied whole only when every frame of the source went through, else cut at the last
 video frame. Runs in a non-daemon thread that is always joined. `PictureWriter` takes its
-place when the output is pictures.
+place when the output is pictures; it compresses several pictures at once on a small thread
+pool of its own (`_PicturePool`), joined before it closes.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from core.files import write_file_atomically
@@ -21,6 +26,16 @@ from pipeline.messages import ResultItem
 from pipeline.stats import RunStats
 
 __all__ = ["Writer", "PictureWriter", "DiscardWriter"]
+
+log = logging.getLogger(__name__)
+
+# Picture output: PNG/TIFF compression is the writer's whole cost (a 16K PNG takes seconds on one
+# core) and OpenCV releases the GIL while compressing (hw.pictures.encode_picture), so pictures
+# are compressed on up to this many threads at once...
+PICTURE_THREADS = min(8, os.cpu_count() or 1)
+# ...with at most this many bytes of pixels in flight (one picture is always let in): a thread
+# also holds a BGR copy and the compressed bytes, and a 16K 16-bit RGB picture is 0.8 GB.
+PICTURE_BYTES_IN_FLIGHT = 2 << 30
 
 
 class Writer:
@@ -32,8 +47,10 @@ class Writer:
 
     def process(self, item: ResultItem) -> list:
         _check_order(item, self.stats)
-        self.encoder.write(item.planes, item.pts)
+        for pts, planes in item.frames():
+            self.encoder.write(planes, pts)
         self.stats.num_frames_written += 1
+        self.stats.num_frames_made += len(item.extra)
         return []
 
     def finish(self) -> list:
@@ -48,32 +65,104 @@ class Writer:
         self.encoder.close(complete=whole)
 
 
+class _PicturePool:
+    """Runs picture jobs (compress + atomic write) on `num_threads` threads; their outcomes are
+    taken in submission order, on the caller's thread.
+
+    Invariant: at most `num_threads` jobs and `max_bytes` of pixels in flight, except that one
+    job is always let in; `submit` blocks on the oldest job while the pool is full. A job's
+    `done` runs (on the caller's thread) once it and every job before it succeeded. The first
+    failure in submission order is raised once, by `submit` or `drain`; `close` joins the
+    threads and raises nothing, so one failed picture is one error."""
+
+    def __init__(self, *, num_threads: int, max_bytes: int) -> None:
+        self.num_threads, self.max_bytes = max(1, num_threads), max_bytes
+        self._executor = ThreadPoolExecutor(max_workers=self.num_threads, thread_name_prefix="writer-picture")
+        self._in_flight: deque[tuple[Future, int, Callable[[], None] | None]] = deque()
+        self._bytes_in_flight = 0
+
+    def submit(self, job: Callable[[], None], *, num_bytes: int, done: Callable[[], None] | None = None) -> None:
+        while self._in_flight and (len(self._in_flight) >= self.num_threads
+                                   or self._bytes_in_flight + num_bytes > self.max_bytes):
+            self._take_oldest()
+        self._in_flight.append((self._executor.submit(job), num_bytes, done))
+        self._bytes_in_flight += num_bytes
+        while self._in_flight and self._in_flight[0][0].done():  # outcomes already there: no waiting
+            self._take_oldest()
+
+    def _take_oldest(self) -> None:
+        future, num_bytes, done = self._in_flight.popleft()
+        self._bytes_in_flight -= num_bytes
+        future.result()  # the job's exception, if any
+        if done is not None:
+            done()
+
+    def drain(self) -> None:
+        while self._in_flight:
+            self._take_oldest()
+
+    def close(self) -> None:
+        """Wait for the jobs running (a picture is whole or absent), drop those not started."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        while self._in_flight:
+            future, _, done = self._in_flight.popleft()
+            if future.cancelled():
+                continue
+            if future.exception() is None:
+                if done is not None:
+                    done()
+            else:  # a stopped run: its first error was raised, or the stop had another cause
+                log.debug("picture job failed while stopping: %s", future.exception())
+
+
 class PictureWriter:
     """Stage in the writer's place for picture output: each result is one picture file, written
     atomically (temporary file, rename) under `name(index)` in `folder`. Results arrive in order
-    (the collector's), but each picture stands alone: a stop leaves only whole pictures."""
+    (the collector's); pictures are compressed and written a few at a time (`_PicturePool`:
+    bounded threads and bytes in flight), and results are counted written in order, as their
+    pictures land on disk. Each picture stands alone: a stop leaves only whole
+    pictures (`--resume` then redoes the missing ones), and the first picture that fails is
+    the one error the run reports."""
 
     def __init__(self, folder: Path, name: Callable[[int], str], suffix: str, *, overwrite: bool,
-                 stats: RunStats) -> None:
+                 stats: RunStats, frames_per_item: int = 1, num_threads: int | None = None,
+                 max_bytes_in_flight: int = PICTURE_BYTES_IN_FLIGHT) -> None:
         self.folder = folder
+        # --interpolate N: item i and the frames made after it are pictures i*N .. i*N+N-1
+        self.frames_per_item = frames_per_item
         self.name = name
         self.suffix = suffix
         self.overwrite = overwrite
         self.stats = stats
         self.closed_cleanly = False
+        self._pool = _PicturePool(num_threads=num_threads or PICTURE_THREADS, max_bytes=max_bytes_in_flight)
+
+    def _write_picture(self, path: Path, rgb, alpha) -> None:
+        """On a pool thread: compress, then write through a temporary file and a rename."""
+        write_file_atomically(path, encode_picture(rgb, alpha, self.suffix), overwrite=self.overwrite, flag="--output")
+
+    def _count(self, item: ResultItem) -> None:
+        self.stats.num_frames_written += 1
+        self.stats.num_frames_made += len(item.extra)
 
     def process(self, item: ResultItem) -> list:
-        rgb = item.planes[0]
-        alpha = item.planes[1] if len(item.planes) > 1 else None
-        data = encode_picture(rgb, alpha, self.suffix)
-        write_file_atomically(self.folder / self.name(item.index), data, overwrite=self.overwrite, flag="--output")
-        self.stats.num_frames_written += 1
+        frames = item.frames()
+        for k, (_, planes) in enumerate(frames):
+            rgb = planes[0]
+            alpha = planes[1] if len(planes) > 1 else None
+            path = self.folder / self.name(item.index * self.frames_per_item + k)
+            last = k == len(frames) - 1
+            self._pool.submit(lambda p=path, c=rgb, a=alpha: self._write_picture(p, c, a),
+                              num_bytes=rgb.nbytes + (alpha.nbytes if alpha is not None else 0),
+                              done=(lambda: self._count(item)) if last else None)
         return []
 
     def finish(self) -> list:
+        self._pool.drain()
         return []
 
     def close(self, *, complete: bool) -> None:
+        self._pool.close()
         self.closed_cleanly = True
 
 
@@ -87,6 +176,7 @@ class DiscardWriter:
     def process(self, item: ResultItem) -> list:
         _check_order(item, self.stats)
         self.stats.num_frames_written += 1
+        self.stats.num_frames_made += len(item.extra)
         return []
 
     def finish(self) -> list:

@@ -16,8 +16,25 @@
 
 FastAPI was chosen for pydantic request checking (bad JSON or settings: 422 with the reason),
 its streaming responses (SSE) and its ASGI mounting of the MCP SDK's app; uvicorn is the
-server FastAPI documents. A bearer token, when set, is required on every call but the page
-itself (which holds no data: it reads the token from its URL fragment, `/#token=...`).
+server FastAPI documents.
+
+Every request passes `_Guard` first, before any route reads a byte of its body:
+- its Host must be one the server is reached by (`allowed_hosts`): a DNS-rebinding page's
+  requests carry its own name;
+- a bearer token, when set, is required on every call but the page itself (which holds no
+  data: it reads the token from its URL fragment, `/#token=...`); the scheme is matched
+  without regard to case (RFC 7235), the token in constant time;
+- a request that changes something (POST, DELETE) is refused when its Origin (sent by every
+  browser) is another site: a cross-site form or script cannot submit, cancel or upload. The
+  page is same-origin; MCP clients send no Origin;
+- bodies are counted as they arrive: an upload must declare its Content-Length (411 when it
+  does not, e.g. chunked) and is cut off with 413 beyond the limit whatever it declared; any
+  other body beyond `MAX_BODY_BYTES` likewise.
+Every error is one JSON line, `{"error": "..."}` (422s add the fields in `detail`). With a
+token set, /docs and /openapi.json are not served.
+
+An upload is a job's source: deleted when the job is refused, and when the last job on it
+ends (done, failed or cancelled: a cancelled upload's job is not resumed by a new one).
 """
 
 from __future__ import annotations
@@ -28,22 +45,31 @@ import hmac
 import json
 import logging
 import uuid
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import FramepipeError, OutputExists, one_line
-from service.jobs import VIDEO_SUFFIXES, JobRequest, JobSettings
+from service.jobs import VIDEO_SUFFIXES, JobRequest, job_request
 from service.paths import PathRefused
 from service.service import Service
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "MAX_BODY_BYTES"]
 
 log = logging.getLogger("service")
+
+MAX_BODY_BYTES = 1 << 20  # a JSON request or an MCP call; uploads have the server's own limit
+UPLOAD_PATH = "/jobs/upload"
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class DeviceChoice(BaseModel):
@@ -52,18 +78,25 @@ class DeviceChoice(BaseModel):
 
 
 class Timeout(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     seconds: float = Field(gt=0)
 
 
-def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", on_stop=None) -> FastAPI:
+def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_hosts: Iterable[str] = (),
+               on_stop=None) -> FastAPI:
     """The API over `service`; with `mcp` (service.mcp_tools.make_mcp), its tools at /mcp.
-    `on_stop()` runs when the server shuts down (before uvicorn re-raises a SIGTERM/SIGINT)."""
+    `host`: the address the server listens on; `allowed_hosts`: further Host names it answers
+    (`--allow-host`, "*" for any). `on_stop()` runs when the server shuts down (before uvicorn
+    re-raises a SIGTERM/SIGINT)."""
     mcp_app = None
     if mcp is not None:
+        from mcp.server.transport_security import TransportSecuritySettings
+
         # Stateless JSON answers: every tool call is one HTTP request, any worker can answer it.
+        # Host and Origin are checked by _Guard for every path, /mcp included (one list: --allow-host).
         mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", stateless_http=True, json_response=True,
-                                          host=host)
+                                          host=host, transport_security=TransportSecuritySettings(
+                                              enable_dns_rebinding_protection=False))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -74,28 +107,14 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", on_stop=N
             if on_stop is not None:
                 await asyncio.to_thread(on_stop)
 
-    app = FastAPI(title="framepipe service", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    docs = service.token is None  # with a token, the schema is not served at all
+    app = FastAPI(title="framepipe service", lifespan=lifespan, docs_url="/docs" if docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if docs else None)
+    app.add_middleware(_Guard, service=service, allowed_hosts=_allowed_hosts(host, allowed_hosts))
 
-    @app.middleware("http")
-    async def limit_uploads(request: Request, call_next):
-        """An upload is refused before its body is read when it is larger than the limit."""
-        if request.url.path == "/jobs/upload" and request.method == "POST":
-            length = request.headers.get("content-length")
-            if length is None or not length.isdigit():
-                return JSONResponse(status_code=411, content={"error": "an upload needs a Content-Length header"})
-            if int(length) > service.max_upload_bytes + (1 << 20):  # the multipart framing is small
-                return JSONResponse(status_code=413, content={"error": f"upload larger than the server's limit "
-                                                                       f"({service.max_upload_bytes // 2**20} MiB)"})
-        return await call_next(request)
-
-    def authorized(request: Request) -> None:
-        if service.token is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), service.token.encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token (Authorization: Bearer <token>)",
-                                headers={"WWW-Authenticate": "Bearer"})
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
@@ -103,34 +122,32 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", on_stop=N
 
     @app.exception_handler(PathRefused)
     async def refused(request: Request, exc: PathRefused):
-        return JSONResponse(status_code=403, content={"error": str(exc)})
+        return _error(403, one_line(exc))
 
     @app.exception_handler(OutputExists)
     async def exists(request: Request, exc: OutputExists):
-        return JSONResponse(status_code=409, content={"error": str(exc)})
+        return _error(409, one_line(exc))
 
     @app.exception_handler(FramepipeError)
     async def invalid(request: Request, exc: FramepipeError):
-        return JSONResponse(status_code=422, content={"error": one_line(exc)})
+        return _error(422, one_line(exc))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return resources.files("service").joinpath("page.html").read_text(encoding="utf-8")
 
     @app.get("/health")
-    def health(_=Depends(authorized)) -> dict:
+    def health() -> dict:
         return {"ok": True}
 
     @app.post("/jobs", status_code=201)
-    def submit(request: JobRequest, _=Depends(authorized)) -> dict:
+    def submit(request: JobRequest) -> dict:
         return {"jobs": [j.to_dict() for j in service.submit(request)]}
 
-    @app.post("/jobs/upload", status_code=201)
-    async def upload(request: Request, file: UploadFile = File(...), settings: str = Form("{}"),
-                     output: str | None = Form(None), _=Depends(authorized)) -> dict:
+    @app.post(UPLOAD_PATH, status_code=201)
+    async def upload(file: UploadFile = File(...), settings: str = Form("{}"), output: str | None = Form(None)) -> dict:
         try:
-            values = json.loads(settings)
-            JobSettings.model_validate(values)
+            job = job_request("upload", output, json.loads(settings))  # the settings checked before the file is kept
         except json.JSONDecodeError as exc:
             raise HTTPException(status_code=422, detail=f"settings is not JSON: {exc}") from None
         except ValidationError as exc:
@@ -139,36 +156,42 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", on_stop=N
         if Path(name).suffix.lower() not in VIDEO_SUFFIXES:
             raise HTTPException(status_code=422, detail=f"upload {name!r}: not a video file name "
                                                         f"({', '.join(sorted(VIDEO_SUFFIXES))})")
-        target = service.uploads / f"{uuid.uuid4().hex[:8]}-{_safe(name)}"
-        size = 0
+        # A full uuid4: names never clash in practice, and "xb" (outside the try) never takes
+        # another upload's file, so the clean-up below only ever removes this request's own.
+        target = service.uploads / f"{uuid.uuid4().hex}-{_safe(name)}"
         try:
-            with open(target, "xb") as f:
+            f = open(target, "xb")
+        except FileExistsError:
+            raise HTTPException(status_code=409, detail=f"an upload named {target.name!r} exists already: "
+                                                        "send the file again") from None
+        try:
+            with f:
+                size = 0
                 while chunk := await file.read(1 << 20):
                     size += len(chunk)
                     if size > service.max_upload_bytes:
-                        raise HTTPException(status_code=413, detail=f"upload larger than the server's limit "
-                                                                    f"({service.max_upload_bytes // 2**20} MiB)")
+                        raise HTTPException(status_code=413, detail=_too_large(service.max_upload_bytes))
                     f.write(chunk)
+            jobs = await asyncio.to_thread(service.submit, job.model_copy(update={"source": str(target)}))
         except BaseException:
-            target.unlink(missing_ok=True)
+            target.unlink(missing_ok=True)  # refused: nothing of the upload is kept
             raise
-        job_request = JobRequest(source=str(target), output=output, **values)
-        return {"jobs": [j.to_dict() for j in service.submit(job_request)], "uploaded": str(target)}
+        return {"jobs": [j.to_dict() for j in jobs], "uploaded": str(target)}
 
     @app.get("/jobs")
-    def jobs(_=Depends(authorized)) -> dict:
+    def jobs() -> dict:
         return {"jobs": service.jobs()}
 
     @app.get("/jobs/{job_id}")
-    def job(job_id: str, _=Depends(authorized)) -> dict:
+    def job(job_id: str) -> dict:
         return _found(service.job(job_id), job_id)
 
     @app.delete("/jobs/{job_id}")
-    def cancel(job_id: str, _=Depends(authorized)) -> dict:
+    def cancel(job_id: str) -> dict:
         return _found(service.cancel(job_id), job_id)
 
     @app.get("/jobs/{job_id}/events")
-    async def events(job_id: str, request: Request, _=Depends(authorized)) -> StreamingResponse:
+    async def events(job_id: str, request: Request) -> StreamingResponse:
         _found(service.job(job_id), job_id)
 
         async def stream():
@@ -190,39 +213,140 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", on_stop=N
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/gpu/status")
-    def gpu_status(_=Depends(authorized)) -> dict:
+    def gpu_status() -> dict:
         return service.gpu_status()
 
     @app.post("/gpu/offload")
-    def offload(choice: DeviceChoice | None = None, _=Depends(authorized)) -> dict:
+    def offload(choice: DeviceChoice | None = None) -> dict:
         return service.offload(choice.device if choice else None)
 
     @app.post("/gpu/release")
-    def release(choice: DeviceChoice | None = None, _=Depends(authorized)) -> dict:
+    def release(choice: DeviceChoice | None = None) -> dict:
         return service.release(choice.device if choice else None)
 
     @app.post("/gpu/timeout")
-    def timeout(body: Timeout, _=Depends(authorized)) -> dict:
+    def timeout(body: Timeout) -> dict:
         return service.set_idle_timeout(body.seconds)
 
     if mcp_app is not None:  # last: every path above is matched first; the MCP app serves /mcp only
-        app.mount("/", _guarded(mcp_app, service))
+        app.mount("/", mcp_app)
     return app
 
 
-def _guarded(asgi_app, service: Service):
-    """The MCP endpoint behind the same bearer token as the rest of the API."""
-    async def app(scope, receive, send):
-        if scope["type"] == "http" and service.token is not None:
-            headers = dict(scope.get("headers") or [])
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + service.token.encode()):
-                response = JSONResponse(status_code=401, content={"detail": "missing or wrong bearer token"})
-                await response(scope, receive, send)
-                return
-        await asgi_app(scope, receive, send)
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from `receive` when a body passes its limit: FastAPI lets an HTTPException through
+    its body parsing, so the route answers 413; `_Guard` answers it for a mounted app."""
 
-    return app
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=_too_large(limit))
+
+
+class _Guard:
+    """Host, token, Origin and body size, checked for every HTTP request before the app sees it
+    (see the module's docstring). A plain ASGI middleware: it wraps `receive` itself."""
+
+    def __init__(self, app, *, service: Service, allowed_hosts: frozenset[str] | None) -> None:
+        self.app = app
+        self.service = service
+        self.allowed_hosts = allowed_hosts
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        limit = self.service.max_upload_bytes + (1 << 20) if scope["path"] == UPLOAD_PATH else MAX_BODY_BYTES
+        refusal = self._refusal(scope, headers, limit)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        started = False
+
+        async def tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _BodyTooLarge as exc:
+            if started:
+                raise
+            await _error(413, exc.detail)(scope, receive, send)
+
+    def _refusal(self, scope, headers: Headers, limit: int) -> JSONResponse | None:
+        method, path = scope["method"], scope["path"]
+        host = headers.get("host", "")
+        if self.allowed_hosts is not None and _hostname(host) not in self.allowed_hosts:
+            return _error(421, f"this server does not answer to the host {host!r}: it answers to "
+                               f"{', '.join(sorted(self.allowed_hosts))}. Start it with --allow-host NAME to add one.")
+        token = self.service.token
+        if token is not None and not (path == "/" and method in ("GET", "HEAD")):
+            if not hmac.compare_digest(_bearer(headers).encode(), token.encode()):
+                return _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                              headers={"WWW-Authenticate": "Bearer"})
+        if method not in _SAFE_METHODS:
+            origin = headers.get("origin")
+            if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+                return _error(403, f"a request from {origin!r} (another site) may not change anything here: use "
+                                   "this server's own page, or a client that is not a browser.")
+            if headers.get("sec-fetch-site") == "cross-site":
+                return _error(403, "a cross-site request may not change anything here.")
+        length = headers.get("content-length")
+        if length is not None and not length.isdigit():
+            return _error(400, f"Content-Length {length!r} is not a number.")
+        if path == UPLOAD_PATH and method == "POST" and length is None:
+            return _error(411, "an upload needs a Content-Length header (chunked uploads are not accepted).")
+        if length is not None and int(length) > limit:
+            return _error(413, _too_large(limit))
+        return None
+
+
+def _allowed_hosts(host: str, extra) -> frozenset[str] | None:
+    """The Host names (no port) the server answers to; None: any (`*`, or listening on every
+    address with no name given: the token, required then, is the guard)."""
+    extra = [h.strip().lower().strip("[]") for h in extra or () if h.strip()]
+    if "*" in extra:
+        return None
+    everywhere = host in ("0.0.0.0", "::", "")
+    if everywhere and not extra:
+        return None
+    names = {*_LOOPBACK_NAMES, *extra}
+    if not everywhere:
+        names.add(host.lower().strip("[]"))
+    return frozenset(names)
+
+
+def _hostname(host: str) -> str:
+    """`127.0.0.1:7860` -> `127.0.0.1`, `[::1]:7860` -> `::1`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _bearer(headers: Headers) -> str:
+    scheme, _, credentials = headers.get("authorization", "").strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
+
+
+def _error(status: int, text: str, *, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": text}, headers=headers)
+
+
+def _too_large(limit: int) -> str:
+    return f"the request is larger than the server's limit ({limit / 2**20:.0f} MiB)"
 
 
 def _found(job: dict | None, job_id: str) -> dict:

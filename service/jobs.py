@@ -6,39 +6,55 @@ manager (`service.models`), and a stop event for cancelling. Its output is alway
 with a manifest (`resume` on): a cancelled job leaves a finalized partial output and its
 finished segments, and a job that was running when the server died is taken up again at
 the next start and finishes from its segments, frame-exact.
+
+Every path a job uses is checked against the roots twice: when it is submitted (each video
+of a folder and each picture of a sequence included, links followed to where they lead), and
+again when it starts, against the roots the server has then (a restart may have narrowed
+them). A request is checked whole before any of its jobs is stored: a refused request leaves
+nothing queued.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.choices import COMPILE_CHOICES, DEFAULT_MODEL, MODEL_FILE_SUFFIXES, PICTURE_FORMATS, Codec, Precision
-from core.errors import FramepipeError, HardwareUnavailable, InvalidOption, OutputExists, RunInterrupted, one_line
+from core.choices import (COMPILE_CHOICES, DEFAULT_MODEL, DEFAULT_SCENE_THRESHOLD, INTERPOLATE_ONLY_MODEL,
+                          MAX_INTERPOLATE, MODEL_FILE_SUFFIXES, PICTURE_FORMATS, Codec, Precision)
+from core.errors import (FramepipeError, HardwareUnavailable, InvalidOption, ModelError, OutputExists,
+                         OutputNotWritable, RunInterrupted, one_line)
 from service.devices import Devices
 from service.models import ModelManager
 from service.paths import Roots
 from service.store import FINISHED_STATES, Job, JobStore
 
-__all__ = ["JobSettings", "JobRequest", "Scheduler", "VIDEO_SUFFIXES", "MAX_ATTEMPTS"]
+__all__ = ["JobSettings", "JobRequest", "Scheduler", "VIDEO_SUFFIXES", "MAX_ATTEMPTS", "job_request",
+           "is_upload_name"]
 
 log = logging.getLogger("service")
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mts", ".m2ts", ".flv", ".wmv",
                             ".mpg", ".mpeg", ".3gp", ".ogv"})
 MAX_ATTEMPTS = 3  # a job whose devices keep faulting is given up after this many tries
+# framepipe's own output names (`pipeline.default_output_path`: `<stem>.<model>-x<scale><suffix>`,
+# and a stopped run's `<stem>.partial<suffix>`): a folder source never takes them as inputs.
+_OUTPUT_STEM = re.compile(r"(\.[A-Za-z0-9_.-]+-x\d+|\.fps\d+x)(\.partial)?$")
+# An upload's name in the uploads folder: a uuid4's hex (8 digits in older servers), a dash, the client's name.
+_UPLOAD_NAME = re.compile(r"^[0-9a-f]{8}(?:[0-9a-f]{24})?-")
 
 
 class JobSettings(BaseModel):
     """The command line's settings that make sense for a job (the same names, without `--`)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     model: str = DEFAULT_MODEL
     scale: int | None = Field(None, ge=1)
@@ -64,6 +80,16 @@ class JobSettings(BaseModel):
     nvenc: bool = False
     overwrite: bool = False
     keep_parts: bool = False
+    interpolate: int = Field(1, ge=1, le=MAX_INTERPOLATE)
+    interpolation_model: Literal["rife", "blend"] = "rife"
+    scene_threshold: float = Field(DEFAULT_SCENE_THRESHOLD, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _interpolate_alone(self) -> "JobSettings":
+        """As on the command line: `interpolate` without a `model` only interpolates."""
+        if self.interpolate > 1 and "model" not in self.model_fields_set:
+            self.model, self.scale = INTERPOLATE_ONLY_MODEL, 1
+        return self
 
 
 class JobRequest(JobSettings):
@@ -75,12 +101,32 @@ class JobRequest(JobSettings):
     output: str | None = None
 
 
+def job_request(source: str, output: str | None, settings: object) -> JobRequest:
+    """A JobRequest from a source, an output and a separate settings object (an upload's form,
+    an MCP call). InvalidOption when the settings are not an object or hold the paths themselves;
+    pydantic's ValidationError (a ValueError) for a bad setting."""
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise InvalidOption(f"settings must be a JSON object such as {{\"scale\": 2}}, not {type(settings).__name__}.")
+    given = sorted({"source", "output"} & settings.keys())
+    if given:
+        raise InvalidOption(f"settings hold {' and '.join(repr(k) for k in given)}: give the "
+                            f"{' and '.join(given)} beside the settings, not inside them.")
+    return JobRequest.model_validate({**settings, "source": source, "output": output})
+
+
+def is_upload_name(name: str) -> bool:
+    """`name` is one the upload endpoint gives a file in the uploads folder."""
+    return bool(_UPLOAD_NAME.match(name))
+
+
 class Scheduler:
     """Queues jobs, starts each on the device with the lowest score, keeps the store current."""
 
     def __init__(self, store: JobStore, devices: Devices, models: ModelManager, roots: Roots, *,
                  jobs_per_device: int = 2, spread: bool = True, run: Callable | None = None,
-                 progress_seconds: float = 0.5) -> None:
+                 progress_seconds: float = 0.5, uploads: Path | None = None) -> None:
         self.store = store
         self.devices = devices
         self.models = models
@@ -88,6 +134,7 @@ class Scheduler:
         self.jobs_per_device = jobs_per_device
         self.spread = spread  # a lone job takes every idle GPU (pull-based workers balance them)
         self.progress_seconds = progress_seconds
+        self.uploads = uploads  # an upload is deleted when the last job on it ends
         if run is None:
             from pipeline import run
         self._run = run
@@ -96,6 +143,9 @@ class Scheduler:
         self._stops: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._excluded: dict[str, set[str]] = {}  # devices a job faulted on
+        # Running jobs whose stop was set by a cancel (not by the server stopping): they end
+        # cancelled whatever the run raised on the way out (a device fault included).
+        self._cancelled: set[str] = set()
         self._closing = False
         self._dispatcher = threading.Thread(target=self._dispatch, name="dispatcher", daemon=True)
 
@@ -123,37 +173,41 @@ class Scheduler:
         deadline = time.monotonic() + timeout
         for thread in list(self._threads.values()):
             thread.join(max(0.1, deadline - time.monotonic()))
-        self._dispatcher.join(timeout=5)
+        if self._dispatcher.ident is not None:  # started
+            self._dispatcher.join(timeout=5)
 
     # -- requests ------------------------------------------------------------------------------
     def submit(self, request: JobRequest) -> list[Job]:
-        """Check a request and queue its job(s). Raises InvalidOption (bad settings),
-        PathRefused (outside the roots), OutputExists."""
-        source = self.roots.resolve(request.source, what="source", must_exist=True)
+        """Check a request and queue its job(s). Every check of every job comes before the
+        first job is stored, so a refused request leaves nothing behind. Raises InvalidOption /
+        ModelError (bad settings), PathRefused (outside the roots), OutputExists (an existing
+        output, or one another job of the request or a queued or running job writes),
+        OutputNotWritable / UnsafeOutput (the command line's output checks)."""
         settings = request.model_dump(exclude={"source", "output"})
-        self._check_model(settings["model"])
-        if source.is_dir() and _videos_in(source):
-            out_dir = self.roots.resolve(request.output, what="output", must_exist=False) if request.output else source
+        source = self.roots.resolve(request.source, what="source", must_exist=True)
+        output = self.roots.resolve(request.output, what="output", must_exist=False) if request.output else None
+        model = self._model(settings["model"])
+        scale = self._check_scale(model, settings["scale"])
+        busy = self._busy()
+        videos = self._videos_in(source, output=output, busy=busy) if source.is_dir() else []
+        if videos:
+            out_dir = output or source
             if out_dir.exists() and not out_dir.is_dir():
                 raise InvalidOption(f"output {request.output!r}: for a folder of videos the output is a folder.")
-            pairs = [(video, None, out_dir) for video in _videos_in(source)]
+            pairs = [(video, _default_output(video, out_dir, model, scale, settings)) for video in videos]
         else:
-            output = self.roots.resolve(request.output, what="output", must_exist=False) if request.output else None
-            pairs = [(source, output, None)]
-        jobs_configs = []
-        if pairs[0][2] is not None:
-            settings["output_dir"] = str(pairs[0][2])  # where a folder's outputs go, kept for a restart
-        for src, out, out_dir in pairs:
-            config = self._config(src, out, settings, output_dir=out_dir)
-            config.validate()
-            jobs_configs.append((src, config))
-        jobs = []
-        for src, config in jobs_configs:
-            output = config.output if config.output is not None else _default_output(config)
-            if output is not None and output.exists() and not settings["overwrite"] and not _own_partial(output):
-                raise OutputExists(f"output {str(output)!r} exists. Pass \"overwrite\": true to replace it.")
-            jobs.append(self.store.add(source=str(src), output=str(output) if output else "", settings=settings))
-        with self._lock:
+            if source.is_dir():
+                self._check_pictures(source)
+            pairs = [(source, output if output is not None else
+                      None if source.is_dir() else _default_output(source, source.parent, model, scale, settings))]
+        for src, out in pairs:
+            self._config(src, out, settings, model=model).validate()
+            if out is not None:
+                self._check_output(src, out, model, settings)
+        _refuse_shared_outputs(pairs)
+        with self._lock:  # the look at the running jobs and the store, as one step
+            _refuse_busy(pairs, self._busy())
+            jobs = self.store.add_many([(str(src), str(out) if out else "", settings) for src, out in pairs])
             self._queue.extend(j.id for j in jobs)
             self._lock.notify_all()
         return jobs
@@ -167,9 +221,13 @@ class Scheduler:
         with self._lock:
             if job_id in self._queue:
                 self._queue.remove(job_id)
+                self._excluded.pop(job_id, None)
                 self.store.update(job_id, state="cancelled", finished=time.time(), error="cancelled before it started")
+                self._drop_upload(job)
                 return self.store.get(job_id)
             stop = self._stops.get(job_id)
+            if stop is not None:
+                self._cancelled.add(job_id)
         if stop is not None:
             stop.set()
             thread = self._threads.get(job_id)
@@ -220,8 +278,10 @@ class Scheduler:
         self.store.update(job_id, state="running", started=job.started or time.time(), devices=devices,
                           attempts=attempts, error=None)
         last = [0.0]
+        final: list = [None]  # the run's stats as last reported (the runner reports once more at its end)
 
         def progress(stats) -> None:
+            final[0] = stats
             now = time.monotonic()
             if now - last[0] >= self.progress_seconds:
                 last[0] = now
@@ -229,20 +289,24 @@ class Scheduler:
 
         state, error, warnings = "done", None, []
         try:
-            out_dir = job.settings.get("output_dir")
-            config = self._config(Path(job.source), Path(job.output) if job.output else None, job.settings,
-                                  output_dir=Path(out_dir) if out_dir else None, devices=devices)
+            # Checked again now: the roots may have changed since the job was stored (a restart).
+            source, output, out_dir, model = self._paths_now(job)
+            config = self._config(source, output, job.settings, model=model, output_dir=out_dir, devices=devices)
             config.resume = True  # a restarted or requeued job finishes from its segments
             stats = self._run(config, on_progress=progress, stop=stop, models=self.models)
             self._record(job_id, stats)
             warnings = list(stats.warnings)
         except RunInterrupted as exc:
             state, error = "cancelled", one_line(exc)
-        except HardwareUnavailable as exc:  # the device faulted: requeued on the others
+        except HardwareUnavailable as exc:
             error = one_line(exc)
-            for name in devices:
-                self.devices.fault(name, error)
-            state = "queued" if attempts < MAX_ATTEMPTS else "failed"
+            faulted = _faulted_devices(exc, final[0], devices)
+            if faulted:  # the device faulted: requeued on the others
+                for name in faulted:
+                    self.devices.fault(name, error)
+                state = "queued" if attempts < MAX_ATTEMPTS else "failed"
+            else:  # the input or a setting the hardware lacks (NVDEC refusing a stream): no device is to blame
+                state = "failed"
         except FramepipeError as exc:
             state, error = "failed", one_line(exc)
         except Exception as exc:  # noqa: BLE001 - a job's bug never takes the server down
@@ -253,7 +317,11 @@ class Scheduler:
         with self._lock:
             self._stops.pop(job_id, None)
             self._threads.pop(job_id, None)
-            if state == "cancelled" and self._closing:
+            if job_id in self._cancelled:
+                self._cancelled.discard(job_id)
+                if state != "done":  # a cancel is never lost to a requeue, even with the server stopping
+                    state, error = "cancelled", error or "cancelled"
+            elif state == "cancelled" and self._closing:
                 state, error = "queued", "the server stopped; the job resumes from its segments at the next start"
             if state == "queued" and not self._closing:
                 self._excluded.setdefault(job_id, set()).update(devices)
@@ -263,9 +331,12 @@ class Scheduler:
             fields = dict(state=state, error=error)
             if state in FINISHED_STATES:
                 fields["finished"] = time.time()
+                self._excluded.pop(job_id, None)
             if warnings:
                 fields["warnings"] = warnings
             self.store.update(job_id, **fields)
+            if state in FINISHED_STATES:
+                self._drop_upload(job)
             self._lock.notify_all()
 
     def _record(self, job_id: str, stats) -> None:
@@ -273,24 +344,115 @@ class Scheduler:
         self.store.update(job_id, frames_done=stats.num_frames_written, frames_total=total, fps=round(stats.fps, 2),
                           warnings=list(stats.warnings))
 
+    def _drop_upload(self, job: Job) -> None:
+        """An uploaded source is deleted when the last unfinished job on it ends (called under the lock)."""
+        source = Path(job.source)
+        if self.uploads is None or source.parent != self.uploads or not is_upload_name(source.name):
+            return
+        if any(other.source == job.source for other in self.store.unfinished()):
+            return
+        try:
+            source.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not delete the upload %s: %s", source, exc)
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _model(self, model: str) -> str:
+        """A built-in model's name, or a model file's real path inside the roots. Any other
+        name is refused from its text alone: the disk is never looked at outside the roots."""
+        from models import BUILTIN_NAMES
+
+        if model in BUILTIN_NAMES:
+            return model
+        if Path(model).suffix.lower() in MODEL_FILE_SUFFIXES or "/" in model or os.sep in model:
+            return str(self.roots.resolve(model, what="model", must_exist=True))
+        raise ModelError(f"Unknown model {model!r}: the built-in models are {', '.join(BUILTIN_NAMES)}; or give the "
+                         f"path of a model file ({', '.join(MODEL_FILE_SUFFIXES)}) inside the server's roots.")
+
+    @staticmethod
+    def _check_scale(model: str, scale: int | None) -> int:
+        """The command line's model check (the name or file, the scale it can produce); the scale."""
+        from models import load_model
+
+        return load_model(model, scale=scale).scale
+
+    def _videos_in(self, folder: Path, *, output: Path | None, busy: dict[Path, tuple[str, Job]]) -> list[Path]:
+        """The videos of a folder source, each the real path of an entry: a link leading out of
+        the roots refuses the request; framepipe's own outputs (by their names, anything in the
+        output folder, what a queued or running job writes) are left out, and so are hidden
+        names, folders and dangling links."""
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+        found = []
+        for entry in entries:
+            name = Path(entry.name)
+            if entry.name.startswith(".") or name.suffix.lower() not in VIDEO_SUFFIXES or _OUTPUT_STEM.search(name.stem):
+                continue
+            real = self.roots.confined(Path(entry.path), what="video of the source folder")
+            if not real.is_file():
+                continue
+            if output is not None and output != folder and output in real.parents:
+                continue
+            if busy.get(real, ("",))[0] == "output":  # being written now
+                continue
+            found.append(real)
+        return found
+
+    def _check_pictures(self, folder: Path) -> None:
+        """Every picture of a folder source (links followed) inside the roots; InvalidSource
+        when it holds none (hw.pictures, the command line's listing)."""
+        from hw.pictures import find_pictures
+
+        sequence = find_pictures(str(folder))
+        for picture in sequence.paths if sequence is not None else ():
+            self.roots.confined(picture, what="picture of the source folder")
+
+    def _check_output(self, source: Path, output: Path, model: str, settings: dict) -> None:
+        """The command line's output checks (core.files): an existing file without overwrite, the
+        source under another name, a missing or read-only folder."""
+        from core.files import check_output_paths
+        from hw.pictures import picture_target
+
+        target = picture_target(output, picture_format=settings["picture_format"], bit_depth=8)
+        if target is not None:  # pictures out: the pipeline checks each name; here, the folder
+            parent = target.folder if target.folder.is_dir() else target.folder.parent
+            if not parent.is_dir():
+                raise OutputNotWritable(f"Cannot write pictures to {str(target.folder)!r}: folder {str(parent)!r} "
+                                        "does not exist.")
+            return
+        own = _own_partial(output)
+        if output.exists() and not settings["overwrite"] and not own:
+            raise OutputExists(f"output {str(output)!r} exists. Pass \"overwrite\": true to replace it.")
+        inputs = [("source", source)] + ([("model", Path(model))] if Path(model).is_absolute() else [])
+        check_output_paths([("output", output)], inputs=inputs, overwrite=settings["overwrite"],
+                           owned=[output] if own else [])
+
+    def _busy(self) -> dict[Path, tuple[str, Job]]:
+        """The paths queued and running jobs read and write: path -> ("source" | "output", the job)."""
+        busy: dict[Path, tuple[str, Job]] = {}
+        for job in self.store.unfinished():
+            busy.setdefault(Path(job.source), ("source", job))
+            if job.output:
+                busy[Path(job.output)] = ("output", job)
+        return busy
+
+    def _paths_now(self, job: Job) -> tuple[Path, Path | None, Path | None, str]:
+        """The job's source, output, output folder and model checked against the roots as they
+        are now; PathRefused (the job fails, no file touched) for one that is outside them."""
+        source = self.roots.resolve(job.source, what="source", must_exist=True)
+        if source.is_dir():
+            self._check_pictures(source)
+        output = self.roots.resolve(job.output, what="output", must_exist=False) if job.output else None
+        out_dir = job.settings.get("output_dir")  # jobs stored by earlier servers
+        out_dir = self.roots.resolve(out_dir, what="output folder", must_exist=False) if out_dir else None
+        return source, output, out_dir, self._model(job.settings["model"])
+
     # -- settings -> RunConfig -----------------------------------------------------------------
-    def _check_model(self, model: str) -> None:
-        """A model file must be inside the roots too (a name is a built-in model)."""
-        from models import BUILTIN_NAMES, load_model
-
-        if Path(model).suffix.lower() in MODEL_FILE_SUFFIXES or "/" in model:
-            self.roots.resolve(model, what="model", must_exist=True)
-        elif model not in BUILTIN_NAMES:
-            load_model(model)  # raises the command line's one line: the built-in names, a close one
-
-    def _config(self, source: Path, output: Path | None, settings: dict, *, output_dir: Path | None = None,
-                devices: list[str] | None = None):
+    def _config(self, source: Path, output: Path | None, settings: dict, *, model: str,
+                output_dir: Path | None = None, devices: list[str] | None = None):
         from pipeline import RunConfig
 
         s = dict(settings)
-        model = s["model"]
-        if Path(model).suffix.lower() in MODEL_FILE_SUFFIXES or "/" in model:
-            model = str(self.roots.resolve(model, what="model", must_exist=True))
         gpus = [d for d in devices or [] if d.startswith("cuda")]
         return RunConfig(
             source=source, output=output, output_dir=output_dir, model=model, scale=s["scale"],
@@ -300,6 +462,8 @@ class Scheduler:
             encoders=s["encoders"], segment_frames=s["segment_frames"], segment_seconds=s["segment_seconds"],
             picture_format=s["picture_format"], fps=s["fps"], nvdec=s["nvdec"], nvenc=s["nvenc"],
             overwrite=s["overwrite"], keep_parts=s["keep_parts"], parallel=True,
+            interpolate=s.get("interpolate", 1), interpolation_model=s.get("interpolation_model", "rife"),
+            scene_threshold=s.get("scene_threshold", DEFAULT_SCENE_THRESHOLD),
             device="cpu" if devices == ["cpu"] else gpus[0] if len(gpus) == 1 else "auto",
             gpus=",".join(d.split(":")[1] for d in gpus) if len(gpus) > 1 else None,
         )
@@ -313,21 +477,59 @@ def _own_partial(output: Path) -> bool:
     return PartsFolder.holds_partial_output_of(output)
 
 
-def _videos_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
-                  and not p.name.startswith("."))
-
-
-def _default_output(config) -> Path | None:
-    """Where a job without an output writes (beside its source, or in its output folder)."""
+def _default_output(source: Path, folder: Path, model: str, scale: int, settings: dict) -> Path:
+    """Where a video job without an output writes: the pipeline's name (`clip.<model>-x<scale>.mp4`,
+    `clip.fps2x.mp4` ...) in `folder`."""
     from pipeline import default_output_path
 
-    if config.source.is_dir():
-        return None  # a picture sequence: the pipeline names the folder
-    name = default_output_path(config.source, model_name=Path(config.model).stem,
-                               scale=config.scale or 0).name if config.scale else None
-    if name is None:
-        return None  # the model's own scale is known once it is loaded: the pipeline names it
-    folder = config.output_dir or config.source.parent
-    return folder / name
+    n = settings.get("interpolate", 1)
+    identity = n > 1 and Path(model).stem == INTERPOLATE_ONLY_MODEL and scale == 1
+    return folder / default_output_path(source, model_name=Path(model).stem, scale=scale, interpolate=n,
+                                        identity=identity).name
 
+
+def _refuse_shared_outputs(pairs: list[tuple[Path, Path | None]]) -> None:
+    """Two jobs of one request never write one file (`a.avi` and `a.ts` both name `a.<model>-xN.mp4`):
+    the request is refused rather than one output silently replacing the other."""
+    seen: dict[Path, Path] = {}
+    for src, out in pairs:
+        if out is None:
+            continue
+        if out in seen:
+            raise OutputExists(f"{seen[out].name!r} and {src.name!r} would both be written to {str(out)!r}: "
+                               "rename one of them, or submit them one at a time with an output each.")
+        seen[out] = src
+
+
+def _refuse_busy(pairs: list[tuple[Path, Path | None]], busy: dict[Path, tuple[str, Job]]) -> None:
+    """No job writes what a queued or running job reads or writes, nor reads what one writes."""
+    for src, out in pairs:
+        if out is not None and out in busy:
+            role, job = busy[out]
+            raise OutputExists(f"output {str(out)!r} is the {role} of job {job.id} ({job.state}): wait for that job "
+                               "to end, or cancel it.")
+        if busy.get(src, ("",))[0] == "output":
+            job = busy[src][1]
+            raise OutputExists(f"source {str(src)!r} is the output job {job.id} ({job.state}) is writing: wait for "
+                               "that job to end.")
+
+
+def _faulted_devices(exc: BaseException, stats, devices: list[str]) -> list[str]:
+    """The job's devices to mark unhealthy after a HardwareUnavailable: those whose workers
+    the run took out after device faults (its stats say which), or all of them when a device
+    fault (a CUDA error) is among the error's causes. None for an error about the input or a
+    setting the hardware lacks, e.g. NVDEC refusing a stream's layout (hw/nvdec.py)."""
+    from hw.memory import is_device_fault
+
+    failed = {getattr(w, "device", None) for w in getattr(stats, "workers", {}).values()
+              if getattr(w, "health", None) == "failed"}
+    named = [d for d in devices if d in failed]
+    if named:
+        return named
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if is_device_fault(exc):
+            return list(devices)
+        exc = exc.__cause__ or exc.__context__
+    return []

@@ -3,7 +3,8 @@
 The tools are the HTTP API's operations, calling the same `Service` methods:
 get_gpu_status, offload_gpu, release_gpu, update_gpu_timeout, submit_job, job_status,
 cancel_job. Served over streamable HTTP at `/mcp` by the same uvicorn server (and behind the
-same bearer token) as the API.
+same bearer token, Host and Origin checks) as the API. A refused call is an answer with
+`error` (one line), never a protocol failure.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import FramepipeError, one_line
-from service.jobs import JobRequest
+from service.jobs import job_request
 from service.service import Service
 
 __all__ = ["make_mcp", "TOOLS"]
@@ -52,8 +53,7 @@ def make_mcp(service: Service):
         """Queue a job: `source` is a video, a picture sequence or a folder of videos inside the server's roots;
         `output` a file (a folder for a folder of videos; left out: beside the source); `settings` the command
         line's settings without dashes, e.g. {"model": "realesr-animevideov3", "scale": 2, "codec": "hevc"}."""
-        return _answer(lambda: {"jobs": [j.to_dict() for j in service.submit(
-            JobRequest(source=source, output=output, **(settings or {})))]})
+        return _answer(lambda: {"jobs": [j.to_dict() for j in service.submit(job_request(source, output, settings))]})
 
     @mcp.tool()
     def job_status(job_id: str | None = None) -> dict[str, Any]:

@@ -51,6 +51,22 @@ class Roots:
         path = Path(text)
         if not path.is_absolute():
             path = self.folders[0] / path
+        real = self._confine(path, text=text, what=what)
+        if must_exist:
+            if not real.exists():
+                raise PathRefused(f"{what} {text!r} does not exist.")
+            if not (real.is_file() or real.is_dir()):
+                raise PathRefused(f"{what} {text!r} is not a file or a folder.")
+        elif real.exists() and not (real.is_file() or real.is_dir()):
+            raise PathRefused(f"{what} {text!r} is not a regular file.")
+        return real
+
+    def confined(self, path: Path, *, what: str) -> Path:
+        """The real path of `path` (found on disk: a folder's entry, a picture of a sequence),
+        PathRefused when it leads out of the roots or into the service's own folder."""
+        return self._confine(Path(path), text=str(path), what=what)
+
+    def _confine(self, path: Path, *, text: str, what: str) -> Path:
         # realpath resolves every symlink on the way, including a last component that does not
         # exist yet (then the parent's real location decides).
         real = Path(os.path.realpath(path))
@@ -59,13 +75,6 @@ class Roots:
                               f"({', '.join(str(r) for r in self.folders)}).")
         if any(real == p or p in real.parents for p in self.private):
             raise PathRefused(f"{what} {text!r} is inside the service's own folder ({self.private[0]}).")
-        if must_exist:
-            if not real.exists():
-                raise PathRefused(f"{what} {text!r} does not exist.")
-            if not (real.is_file() or real.is_dir()):
-                raise PathRefused(f"{what} {text!r} is not a file or a folder.")
-        elif real.exists() and not (real.is_file() or real.is_dir()):
-            raise PathRefused(f"{what} {text!r} is not a regular file.")
         return real
 
     def relative(self, path: Path) -> str:

@@ -2,6 +2,14 @@
 
     python main.py serve --root /data/videos                      # http://127.0.0.1:7860/
     python main.py serve --root /data --host 0.0.0.0 --token SECRET --gpus 0,2
+    python main.py serve --root /data --allow-host gpubox.lan    # reached by that name too
+
+Requests are answered only for the Host names the server is reached by (the address it
+listens on, localhost, 127.0.0.1, [::1], and each --allow-host), and a request that changes
+something is refused when a browser says it comes from another site (its Origin): a web page
+elsewhere cannot drive a server on this machine, even one without a token (DNS rebinding,
+cross-site requests). One server per job database: a second one on the same root stops with
+one line.
 
 Stopping it (Ctrl-C, SIGTERM) stops the running jobs the way Ctrl-C stops a command-line
 run: outputs finalized, finished segments kept; the jobs stay queued in the database and the
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--token", default=os.environ.get("FRAMEPIPE_TOKEN"),
                    help="bearer token every call must carry (default: $FRAMEPIPE_TOKEN)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a further Host name clients reach the server by (repeatable; '*' for any). By default: "
+                        "the --host address, localhost, 127.0.0.1 and [::1]; with --host 0.0.0.0, any")
     p.add_argument("--gpus", metavar="LIST", help='GPUs jobs may use, e.g. "0,2" (default: all; the CPU without GPUs)')
     p.add_argument("--jobs-per-device", type=int, default=2, metavar="N", help="jobs running at once on one device (default 2)")
     p.add_argument("--no-spread", action="store_true",
@@ -60,20 +72,23 @@ def make_service(args: argparse.Namespace, *, devices=None):
     from service.models import ModelManager
     from service.paths import Roots
     from service.service import Service
-    from service.store import JobStore
+    from service.store import JobStore, lock_path
 
     if not _loopback(args.host) and not args.token:
         raise InvalidOption(f"--host {args.host} makes the service reachable from other machines: pass --token "
                             "(or set FRAMEPIPE_TOKEN) so every call must carry it.")
     if args.jobs_per_device < 1:
         raise InvalidOption(f"Invalid --jobs-per-device ({args.jobs_per_device}): it must be at least 1.")
-    if not args.idle_timeout > 0:
+    if not (math.isfinite(args.idle_timeout) and args.idle_timeout > 0):
         raise InvalidOption(f"Invalid --idle-timeout ({args.idle_timeout}): it must be above 0 seconds.")
     roots = Roots(args.root)
     db = args.db or roots.folders[0] / ".framepipe" / "service.db"
     db.parent.mkdir(parents=True, exist_ok=True)
-    roots = Roots(args.root, private=[db.parent if args.db is None else db])
-    return Service(roots=roots, store=JobStore(db), devices=devices or Devices.detect(args.gpus),
+    own_files = [db.parent] if args.db is None else [db, Path(f"{db}-wal"), Path(f"{db}-shm"), lock_path(db)]
+    roots = Roots(args.root, private=own_files)
+    devices = devices or Devices.detect(args.gpus)
+    store = JobStore(db)  # OutputBusy when another server has it open
+    return Service(roots=roots, store=store, devices=devices,
                    models=ModelManager(idle_timeout=args.idle_timeout), token=args.token,
                    max_upload_bytes=args.max_upload_mb << 20, jobs_per_device=args.jobs_per_device,
                    spread=not args.no_spread)
@@ -101,7 +116,7 @@ def serve_main(argv: list[str]) -> int:
         log.info("stopping: running jobs are finalized and stay queued for the next start")
         service.close()
 
-    app = create_app(service, mcp=make_mcp(service), host=args.host, on_stop=stop)
+    app = create_app(service, mcp=make_mcp(service), host=args.host, allowed_hosts=args.allow_host, on_stop=stop)
     taken = service.start()
     if taken:
         log.info("taken up again from the database: %d unfinished job(s)", len(taken))

@@ -6,15 +6,19 @@ requests and answers.
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 from service.devices import Devices
-from service.jobs import JobRequest, Scheduler
+from service.jobs import JobRequest, Scheduler, is_upload_name
 from service.models import ModelManager
 from service.paths import Roots
 from service.store import JobStore
 
 __all__ = ["Service"]
+
+log = logging.getLogger("service")
 
 
 class Service:
@@ -30,13 +34,24 @@ class Service:
         self.event_seconds = event_seconds
         self.uploads = roots.folders[0] / "uploads"
         self.scheduler = Scheduler(store, devices, models, roots, jobs_per_device=jobs_per_device, spread=spread,
-                                   run=run)
+                                   run=run, uploads=self.uploads)
 
     def start(self) -> list[str]:
         """Start the scheduler and the model monitor; returns the ids of jobs taken up again."""
         self.uploads.mkdir(exist_ok=True)
+        self._sweep_uploads()
         self.models.start_monitor()
         return [j.id for j in self.scheduler.start()]
+
+    def _sweep_uploads(self) -> None:
+        """Uploads no unfinished job uses (left by a server that died between an upload and its
+        job, or before uploads were deleted with their jobs): deleted. An upload lives as long as
+        a queued or running job uses it; the scheduler deletes it when the last one ends."""
+        used = {j.source for j in self.store.unfinished()}
+        for path in self.uploads.iterdir():
+            if is_upload_name(path.name) and path.is_file() and not path.is_symlink() and str(path) not in used:
+                log.info("deleting the upload %s: no job uses it", path.name)
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.scheduler.close()
@@ -82,6 +97,10 @@ class Service:
         return {"released": self.models.release_idle(device), "status": self.gpu_status()}
 
     def set_idle_timeout(self, seconds: float) -> dict:
+        from core.errors import InvalidOption
+
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+            raise InvalidOption(f"Invalid idle timeout ({seconds!r}): give a number of seconds above 0, e.g. 120.")
         self.models.set_idle_timeout(seconds)
         return {"idle_timeout_seconds": self.models.idle_timeout}
 

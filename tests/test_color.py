@@ -34,6 +34,7 @@ from hw.color import (
     color_info_from_tags,
     nv12_to_rgb,
     rgb_to_nv12,
+    rgb_to_p010,
     rgb_to_yuv420,
     split_nv12,
     yuv_to_rgb,
@@ -409,3 +410,114 @@ def test_probe_reads_the_colour_of_a_real_file(clips, tags, height, matrix, full
     assert info.output_range_tag == (2 if full_range else 1)
     if tags is not None:
         assert (info.matrix_tag, info.primaries_tag, info.transfer_tag, info.range_tag) == tags
+
+
+# -- RGB -> P010 (NVENC's 10-bit input, issue 13) against swscale ----------------------------
+
+
+def _smooth_rgb48(height: int, width: int) -> np.ndarray:
+    """(H, W, 3) uint16 content with far more than 256 levels per channel: ramps plus waves."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    r = xx / (width - 1)
+    g = 0.5 + 0.45 * np.sin(2 * np.pi * (xx / width * 0.4 - yy / height * 0.6))
+    b = 0.5 + 0.45 * np.cos(2 * np.pi * (yy / height * 0.7) + 1.0)
+    return np.rint(np.stack([r, g, b], -1) * 65535).astype(np.uint16)
+
+
+def _swscale_p010(rgb: np.ndarray, matrix: str, full_range: bool) -> np.ndarray:
+    """swscale's rgb24 -> p010le, as a (H*3/2, W) array (Y rows, then interleaved UV rows)."""
+    height, width = rgb.shape[:2]
+    out = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+        format="p010le", dst_colorspace=SWS_CS[matrix],
+        dst_color_range=ColorRange.JPEG if full_range else ColorRange.MPEG, interpolation=TO_YUV_FLAGS)
+    y, uv = _planes_of(out, [(height, width), (height // 2, width)], np.uint16)
+    return np.concatenate([y, uv]).astype(np.int64)
+
+
+def _p010_words(rgb: torch.Tensor, matrix: str, full_range: bool) -> np.ndarray:
+    p010 = rgb_to_p010(rgb, ColorInfo(matrix=matrix, full_range=full_range))
+    assert p010.dtype == torch.uint16 and p010.shape == (rgb.shape[0], rgb.shape[2] * 3 // 2, rgb.shape[3])
+    return p010[0].to(torch.int32).numpy().astype(np.int64)
+
+
+def _formula_p010(rgb: np.ndarray, matrix: str, full_range: bool) -> np.ndarray:
+    """The documented arithmetic in float64 (BT.709 / BT.2020 luma weights; limited range: Y
+    64 + 876 Y', C 512 + 896 C; full: 1023 Y', 512 + 1023 C; chroma the mean of each 2x2
+    block), rounded to nearest, shifted into the high bits: (H*3/2, W) words."""
+    kr, kb = {"bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593)}[matrix]
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    y = kr * r + (1 - kr - kb) * g + kb * b
+    pb, pr = (b - y) / (2 * (1 - kb)), (r - y) / (2 * (1 - kr))
+    height, width = y.shape
+    pb, pr = (c.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3)) for c in (pb, pr))
+    y_off, y_scale, c_scale = (0, 1023, 1023) if full_range else (64, 876, 896)
+    y_codes = np.clip(np.rint(y * y_scale + y_off), 0, 1023)
+    uv = np.stack([np.clip(np.rint(c * c_scale + 512), 0, 1023) for c in (pb, pr)], -1).reshape(height // 2, width)
+    return np.concatenate([y_codes, uv]).astype(np.int64) << 6
+
+
+@pytest.mark.parametrize("full_range", RANGES, ids=["limited", "full"])
+@pytest.mark.parametrize("matrix", ["bt709", "bt2020"])
+def test_rgb_to_p010_matches_swscale_within_one_code(matrix, full_range):
+    """Issue 13: NVENC's P010 input from the model's float RGB: Y then interleaved UV, each
+    10-bit code in the high bits of 16, the matrix and range the colour tags say. Equal to
+    FFmpeg's swscale (rgb24 -> p010le, area filter, accurate rounding) within 1 code of 10 bits.
+    (swscale's rgb48le input is not the reference for deeper content: measured, its 16-bit RGB
+    path reads luma 1.4 codes high on average, up to 4, against the exact formula; see next test.)"""
+    rgb = _smooth_rgb(48, 64)
+    ref = _swscale_p010(rgb, matrix, full_range)
+    words = _p010_words(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, matrix, full_range)
+    assert (words & 0x3F).max() == 0 and (ref & 0x3F).max() == 0  # high-bit aligned, low 6 bits zero
+    assert np.abs((words >> 6) - (ref >> 6)).max() <= 1
+
+
+@pytest.mark.parametrize("full_range", RANGES, ids=["limited", "full"])
+@pytest.mark.parametrize("matrix", ["bt709", "bt2020"])
+def test_rgb_to_p010_of_deep_content_matches_the_formula(matrix, full_range):
+    """16-bit content (ramps: far more than 256 levels) against `_formula_p010` in float64:
+    within 1 code (float32 against float64 at rounding ties), nearly all equal, > 256 levels."""
+    rgb48 = _smooth_rgb48(48, 64)
+    ref = _formula_p010(rgb48 / 65535, matrix, full_range)
+    words = _p010_words(torch.from_numpy(rgb48.astype(np.int32)).permute(2, 0, 1)[None].float() / 65535, matrix,
+                        full_range)
+    diff = np.abs((words >> 6) - (ref >> 6))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    assert (words & 0x3F).max() == 0
+    assert len(np.unique(words[:48] >> 6)) > 256  # a 10-bit picture, not 8 bits shifted
+
+
+def test_rgb_to_p010_is_rgb_to_yuv420_10bit_in_nvencs_layout():
+    rgb = torch.from_numpy(np.stack([_smooth_rgb48(48, 64), _smooth_rgb48(48, 64)[::-1].copy()]).astype(np.int32))
+    rgb = rgb.permute(0, 3, 1, 2).float() / 65535
+    info = ColorInfo(matrix="bt2020")
+    p010 = rgb_to_p010(rgb, info)
+    y, u, v = rgb_to_yuv420(rgb, info, bit_depth=10)
+    for i in range(2):
+        assert torch.equal(p010[i].to(torch.int32), _interleave_nv(y[i], u[i], v[i]).to(torch.int32) << 6)
+        # and the decode side (NVDEC's P016/P010 frames) reads it back to the same planes
+        back = split_nv12(p010[i], height=48, width=64)
+        assert all(torch.equal(a.to(torch.int32), b.to(torch.int32)) for a, b in zip(back, (y[i], u[i], v[i])))
+    white = rgb_to_p010(torch.ones(1, 3, 2, 2), ColorInfo())
+    assert int(white[0, 0, 0].to(torch.int32)) == 940 << 6 and int(white[0, 2, 0].to(torch.int32)) == 512 << 6
+
+
+def test_rgb_to_p010_odd_size_raises():
+    with pytest.raises(ValueError, match="P010 needs even sizes, got 65x49"):
+        rgb_to_p010(torch.zeros(1, 3, 49, 65), ColorInfo())
+
+
+@pytest.mark.needs_cuda
+def test_rgb_to_p010_on_the_gpu_equals_the_cpu():
+    """The P010 conversion uses only int16 arithmetic and a final view as uint16 (torch's
+    "limited support" dtype): the same words on CUDA as on the CPU, frames with a ready event."""
+    from hw.frames import rgb_to_nv12_frames
+
+    rgb = torch.from_numpy(_smooth_rgb48(48, 64).astype(np.int32)).permute(2, 0, 1)[None].float() / 65535
+    info = ColorInfo(matrix="bt2020")
+    cpu = rgb_to_p010(rgb, info)
+    gpu = rgb_to_p010(rgb.cuda(), info)
+    assert gpu.dtype == torch.uint16 and gpu.is_cuda
+    assert torch.equal(gpu.view(torch.int16).cpu(), cpu.view(torch.int16))
+    (frame,) = rgb_to_nv12_frames(rgb.cuda(), info, bit_depth=10)
+    frame.ready.synchronize()
+    assert frame.tensor.is_contiguous() and torch.equal(frame.tensor.view(torch.int16).cpu(), cpu[0].view(torch.int16))

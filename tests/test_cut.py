@@ -8,6 +8,7 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -88,6 +89,29 @@ def test_time_cut_keeps_frames_timestamps_and_audio_of_the_range(clips, tmp_path
     got = [(pts - zero, data) for pts, _, _, data in probe.packet_times(out, "audio")]
     _same_audio(got, _audio_in(src, Fraction(3, 2), Fraction(3)))
     assert got[-1][0] + Fraction(1024, 48000) >= Fraction(3, 2)  # the audio lasts as long as the video
+
+
+@pytest.mark.parametrize("suffix, segment_frames", [(".mp4", None), (".mkv", None), (".mp4", 7)])
+def test_avi_cut_moves_the_audio_exactly_with_the_video(clips, tmp_path, suffix, segment_frames):
+    """Regression, issue 11 ("AVI B-frame cut audio jitter (+-8 ms)"): AVI counts AAC time in whole
+    packets (time base 1024/48000 s), and the audio was moved back by the cut's shift rounded to
+    that tick: up to half a packet (10.7 ms) off the video. It is now moved in the output's time
+    base: the same packets as the source's inside the cut, at the same times from the first
+    frame as in the source (MP4: to the edit list's millisecond; Matroska: to its millisecond)."""
+    src = clips("cut-bframes.avi", num_frames=120, audio=True)  # x264 veryfast: B-frames
+    with av.open(str(src)) as c:
+        raw = [f.pts for f in c.decode(video=0)]
+        assert c.streams.audio[0].time_base == Fraction(1024, 48000)  # whole packets
+    assert raw != sorted(raw)  # decode-order timestamps: B-frames in AVI
+    times = sorted(probe.pts_exact(src))  # as the decoder puts them back in order
+    out = tmp_path / f"cut{suffix}"
+    run(_cfg(src, out, start="1.5", end="3", segment_frames=segment_frames))
+    assert probe.indices(out) == list(range(36, 72))
+    first, end = times[36], times[72]  # the first kept frame and the first past the end, on the source's clock
+    assert first - times[0] == Fraction(3, 2)
+    zero = probe.video_start(out)
+    got = [(pts - zero, data) for pts, _, _, data in probe.packet_times(out, "audio")]
+    _same_audio(got, _audio_in(src, first, end))
 
 
 def test_frame_number_cut_and_max_frames_after_it(clips, tmp_path):

@@ -15,6 +15,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from pathlib import Path
 import pytest
 import torch
 
@@ -162,7 +163,7 @@ class SvtAv1AsNvenc:
 
     extradata = b""
 
-    def __init__(self, *, gpu, codec, width, height, frame_rate, preset, qp):
+    def __init__(self, *, gpu, codec, width, height, frame_rate, preset, qp, bit_depth=8, hdr=None):
         self.ctx = av.CodecContext.create("libsvtav1", "w")
         self.ctx.width, self.ctx.height, self.ctx.pix_fmt = width, height, "yuv420p"
         self.ctx.time_base = Fraction(1, 25)
@@ -214,3 +215,151 @@ def test_nv12_frames_carry_their_ready_event():
     assert repr(ResultItem(index=0, pts=0, fmt="nv12", planes=(frames[0],))).startswith("ResultItem(#0, pts=0, nv12 [(12, 6)]")
     with pytest.raises(TypeError, match=r"CudaFrame.tensor must be a torch.Tensor, got ndarray"):
         CudaFrame(np.zeros((12, 6), np.uint8))
+
+
+# -- 10-bit (P010) and HDR10 through NVENC (issue 13) -------------------------------------------------
+
+
+def test_the_worker_output_for_a_10bit_nvenc_writer_is_p010():
+    """`to_output(fmt="p010")`: P010 CudaFrames (uint16, codes in the high bits) from the float
+    output, never through 8 bits; an odd size is padded to even as for NV12."""
+    from hw.color import rgb_to_p010
+    from hw.frames import CudaFrame, pad_to_even
+    from pipeline.worker import to_output
+
+    rgb = torch.rand(2, 3, 9, 6)
+    out = to_output(rgb, None, fmt="p010", color=ColorInfo(matrix="bt2020"), scale=1)
+    assert [type(planes[0]) for planes in out] == [CudaFrame, CudaFrame]
+    frame = out[1][0]
+    assert frame.dtype == torch.uint16 and frame.shape == (15, 6) and frame.ready is None
+    assert torch.equal(frame.tensor.to(torch.int32), rgb_to_p010(pad_to_even(rgb), ColorInfo(matrix="bt2020"))[1].to(torch.int32))
+    item = ResultItem(index=0, pts=0, fmt="p010", planes=out[0])
+    assert repr(item).startswith("ResultItem(#0, pts=0, p010 [(15, 6)")
+    with pytest.raises(ValueError, match=r"NVENC takes 8-bit NV12 or 10-bit P010 frames, not 12-bit"):
+        from hw.frames import rgb_to_nv12_frames
+        rgb_to_nv12_frames(rgb, ColorInfo(), bit_depth=12)
+
+
+def _hdr10_ramp_source(path, *, width=1024, height=32, frames=7):
+    """An HDR10 clip: a 10-bit luma ramp (877 levels, 64..940) with neutral chroma, BT.2020 / PQ /
+    limited range, mastering display and content light level in the bitstream (x265's own SEI)."""
+    from tests.test_high_depth import MASTER, _write_10bit
+
+    row = np.round(np.linspace(64, 940, width)).astype(np.uint16)
+    luma = np.broadcast_to(row[None, :], (height, width))
+    return _write_10bit(Path(path), [luma] * frames,
+                        params=f"hdr10=1:hdr10-opt=0:max-cll=1000,400:master-display={MASTER}")
+
+
+def _through_the_nvenc_writer(src, out, *, codec="hevc", bit_depth=10, hdr=True):
+    """The GPU path's writer end on the CPU: decode -> RGB float (the model's form; identity
+    model) -> `rgb_to_nv12_frames(bit_depth=)` (P010 for 10) -> ResultItems -> Writer stage ->
+    NvencFileWriter with the stand-in encoder."""
+    from hw.av_decode import PyAVDecoder
+    from hw.frames import batch_to_rgb, rgb_to_nv12_frames
+    from pipeline.stats import RunStats
+    from pipeline.writer import Writer
+
+    info = probe_source(src)
+    writer = NvencFileWriter(out, gpu=0, codec=codec, width=info.width, height=info.height, time_base=info.time_base,
+                             frame_rate=info.average_rate, color=info.color, source_path=None, warn=pytest.fail,
+                             bit_depth=bit_depth, hdr=info.hdr if hdr else None, encoder_factory=NvencLikeEncoder)
+    stage = Writer(writer, stats=RunStats())
+    fmt = "p010" if bit_depth == 10 else "nv12"
+    decoder = PyAVDecoder(src)
+    try:
+        for frame in decoder:
+            rgb = batch_to_rgb([frame], info.color, device=torch.device("cpu"), dtype=torch.float32)
+            (planes,) = rgb_to_nv12_frames(rgb, info.color, bit_depth=bit_depth)
+            stage.process(ResultItem(index=frame.index, pts=frame.pts, fmt=fmt, planes=(planes,)))
+    finally:
+        decoder.close()
+        stage.close(complete=True)
+    return info, writer
+
+
+def _decoded(path):
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        frames = list(c.decode(stream))
+        return stream.codec_context.profile, frames
+
+
+def _luma_row(frame, row=8):
+    plane = frame.planes[0]
+    dtype = np.uint16 if "10" in frame.format.name else np.uint8
+    rows = np.frombuffer(plane, dtype).reshape(plane.height, plane.line_size // np.dtype(dtype).itemsize)
+    return rows[row, : plane.width]
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_nvenc_10bit_gradient_keeps_more_than_256_levels_and_hdr10(tmp_path, suffix):
+    """Issue 13: a 10-bit HDR10 source through the NVENC writer comes out HEVC Main 10 with the
+    ramp's levels (877 in, > 600 out; 8 bits would leave at most 220), its colour tags and its
+    mastering display / content light level, on every frame (each picture carries the SEI)."""
+    from hw.hdr import hdr_metadata
+
+    src = _hdr10_ramp_source(tmp_path / "hdr10.mkv")
+    out = tmp_path / f"nvenc10{suffix}"
+    info, writer = _through_the_nvenc_writer(src, out)
+    assert writer._encoder.input_format == "P010" and writer._encoder.sei  # P010 in, SEI given to Encode
+    profile, frames = _decoded(out)
+    assert profile == "Main 10" and frames[0].format.name == "yuv420p10le" and len(frames) == 7
+    levels = len(np.unique(_luma_row(frames[3])))
+    assert levels > 600, levels
+    assert probe.color_tags(out) == probe.color_tags(src) == (9, 9, 16, 1)  # BT.2020, PQ, limited
+    assert info.hdr is not None and info.hdr.has_display and info.hdr.max_cll == 1000
+    for frame in frames:
+        assert hdr_metadata(frame) == info.hdr  # HEVC SEI units hold the source's values exactly
+
+
+def test_nvenc_8bit_output_of_the_same_source_bands_and_still_carries_hdr10(tmp_path):
+    """The control: NV12 (8 bits) through the same writer leaves at most 220 luma levels; the
+    HDR10 side data goes in all the same (it does not depend on the depth)."""
+    from hw.hdr import hdr_metadata
+
+    src = _hdr10_ramp_source(tmp_path / "hdr10.mkv", frames=2)
+    out = tmp_path / "nvenc8.mkv"
+    info, _ = _through_the_nvenc_writer(src, out, bit_depth=8)
+    profile, frames = _decoded(out)
+    assert profile == "Main" and frames[0].format.name == "yuv420p"
+    assert len(np.unique(_luma_row(frames[0]))) <= 220
+    assert hdr_metadata(frames[-1]) == info.hdr
+
+
+def test_nvenc_without_hdr_metadata_writes_no_sei(tmp_path):
+    from hw.hdr import hdr_metadata
+
+    src = _hdr10_ramp_source(tmp_path / "hdr10.mkv", frames=2)
+    out = tmp_path / "plain.mkv"
+    _, writer = _through_the_nvenc_writer(src, out, hdr=False)
+    assert writer._encoder.sei == []
+    assert hdr_metadata(_decoded(out)[1][0]) is None
+
+
+def test_nvenc_h264_refuses_p010_like_the_hardware(tmp_path):
+    """PyNvVideoCodec refuses "P010" for a codec whose support_10bit_encode cap is 0 (H.264 before
+    Blackwell); the stand-in does the same, so a plan that sent 10-bit H.264 to NVENC fails here."""
+    from core.errors import HardwareUnavailable
+
+    with pytest.raises(HardwareUnavailable, match=r"cannot encode h264 10-bit 64x48: Format P010 is not supported"):
+        NvencLikeEncoder(gpu=0, codec="h264", width=64, height=48, frame_rate=Fraction(25), bit_depth=10)
+
+
+def test_nvenc_stand_in_takes_only_the_documented_p010_layout():
+    """The encoder reads the high 10 bits of tight uint16 words: low-bit codes (yuv420p10le's
+    layout), another dtype, or a padded pitch are refused or come out wrong, as on NVENC."""
+    from hw.color import rgb_to_p010
+
+    enc = NvencLikeEncoder(gpu=0, codec="hevc", width=64, height=48, frame_rate=Fraction(25), bit_depth=10)
+    p010 = rgb_to_p010(torch.full((1, 3, 48, 64), 0.5), ColorInfo())[0]
+    assert int((p010.to(torch.int32) & 0x3F).max()) == 0 and int(p010[0, 0].to(torch.int32)) == 502 << 6
+    picture = enc._picture(p010)
+    assert picture.format.name == "yuv420p10le" and int(_luma_row(picture, 0)[0]) == 502
+    low_bits = (p010.to(torch.int32) >> 6).to(torch.int16).view(torch.uint16)  # codes in the low bits
+    assert int(_luma_row(enc._picture(low_bits), 0)[0]) == 7  # 502 >> 6: near black, as NVENC would show it
+    with pytest.raises(TypeError, match=r"takes a tight torch.uint16 P010 \(72, 64\)"):
+        enc.encode(p010.to(torch.int32))
+    padded = torch.zeros(72, 80, dtype=torch.int16).view(torch.uint16)[:, :64]  # pitch 80 words, not 64
+    with pytest.raises(TypeError, match=r"strides \(80, 1\)"):
+        enc.encode(padded)

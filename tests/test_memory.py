@@ -102,10 +102,25 @@ def test_max_batch_size_1_measures_once():
 def test_time_budget_stops_probing():
     dev = FakeDevice(lambda b: 100.0 * b, seconds_per_measure=10.0)
     result = _probe(dev, time_budget_seconds=25.0)
-    assert dev.tried == [1, 2, 4]  # 10 s, 20 s (within 25), 30 s: over -> stop
-    assert result.batch_size == 4
+    # the budget counts from the end of the first size: 2 at 10 s, 4 at 20 s (within 25), 8 at 30 s: stop
+    assert dev.tried == [1, 2, 4, 8]
+    assert result.batch_size == 8
     assert result.note == "probe time budget used"
-    assert result.seconds == pytest.approx(30.0)
+    assert result.seconds == pytest.approx(40.0)
+
+
+def test_a_slow_first_measurement_does_not_use_up_the_budget():
+    """The first size pays one-time costs (cuDNN's search): it must not leave the probe at batch 1."""
+    dev = FakeDevice(lambda b: 30.0 * min(b, 4), seconds_per_measure=0.5)
+    first = dev.measure
+
+    def measure(b: int):
+        if not dev.tried:
+            dev.now += 10.0  # the first call: 10 s of start-up
+        return first(b)
+
+    result = choose_batch_size(measure, clock=dev.clock, max_batch_size=64, time_budget_seconds=4.0)
+    assert dev.tried[:3] == [1, 2, 4] and result.batch_size == 4
 
 
 def test_zero_seconds_measurement_does_not_divide_by_zero():

@@ -105,7 +105,7 @@ def test_result_item_negative_index_raises():
 
 
 def test_result_item_bad_fmt_raises():
-    with pytest.raises(ValueError, match=r"ResultItem\.fmt must be yuv420p, yuv420p10, nv12, rgb24, rgb48 or none, got 'bgr24'"):
+    with pytest.raises(ValueError, match=r"ResultItem\.fmt must be yuv420p, yuv420p10, nv12, p010, rgb24, rgb48 or none, got 'bgr24'"):
         ResultItem(index=0, pts=0, fmt="bgr24", planes=(np.zeros((8, 8, 3), np.uint8),))  # type: ignore[arg-type]
 
 

@@ -174,8 +174,8 @@ def test_public_api():
         "DEFAULT_MODEL", "ModelInfo", "LoadedModel", "load_model", "list_models",
         "default_cache_dir", "choose_precision",
     }
-    assert BUILTIN_NAMES == (
-        "realesr-animevideov3", "realesrgan-x4plus", "realesrgan-x4plus-anime", "bicubic",
+    assert BUILTIN_NAMES == (  # rife, blend: frame interpolation (tests/test_rife.py)
+        "realesr-animevideov3", "realesrgan-x4plus", "realesrgan-x4plus-anime", "bicubic", "rife", "blend",
     )
 
 

@@ -66,12 +66,14 @@ def fake_module(*, caps=None, encoder_error=None, decoder_factory=None, encoder_
         def __init__(self):
             self.frames = []
             self.queued = []
+            self.extra_args = []  # Encode(frame, pic_flags, sei): (pic_flags, sei) per call
 
-        def Encode(self, frame):
+        def Encode(self, frame, *flags_and_sei):
             if log is not None:
                 log.append(("encoder", "Encode"))
             planes = frame.cuda()
             self.frames.append([p.__cuda_array_interface__ for p in planes])
+            self.extra_args.append(flags_and_sei)
             self.queued.append({"data": b"\x00\x00\x00\x01\x65au%d" % len(self.frames), "timestamp": 0,
                                 "picture_type": 3})
             out, self.queued = (self.queued[:-lag], self.queued[-lag:]) if lag else (self.queued, [])
@@ -298,6 +300,40 @@ def test_probe_nvenc_av1_on_pascal_is_not_a_missing_engine(monkeypatch):
     assert "no NVENC engine" not in why
 
 
+def test_probe_nvenc_10bit_asks_the_caps_then_creates_a_p010_encoder(monkeypatch):
+    """Issue 13: --nvenc with 10-bit output. HEVC: support_10bit_encode = 1, a real "P010"
+    encoder at the output size. H.264 (cap 0 before Blackwell): refused with the way out."""
+    caps = {"h264": {"support_10bit_encode": 0}, "hevc": {"support_10bit_encode": 1}}
+    m = use(monkeypatch, fake_module(encoder_caps=lambda kw: caps[kw["codec"]]))
+    ok, why = probe_nvenc(codec="hevc", gpu=0, width=3840, height=2160, bit_depth=10)
+    assert ok and why == "NVENC on GPU 0 encodes 10-bit hevc at 3840x2160"
+    assert ("encoder", (3840, 2160, "P010", False)) in [c[:2] for c in m.calls]
+    ok, why = probe_nvenc(codec="h264", gpu=0, width=1920, height=1080, bit_depth=10)
+    assert not ok
+    assert why == ("NVENC on GPU 0 cannot encode 10-bit h264 at 1920x1080: its encoder caps say no 10-bit "
+                   "encoding (support_10bit_encode = 0); NVENC encodes 10-bit H.264 only from Blackwell (RTX 50) "
+                   "on: --codec hevc keeps 10 bits on NVENC (HEVC Main10)")
+    assert probe_nvenc(codec="h264", gpu=0, width=1920, height=1080)[0]  # 8 bits: cached apart, fine
+
+
+def test_probe_nvenc_10bit_refused_by_createencoder_says_so(monkeypatch):
+    """No caps query: CreateEncoder decides; P010 refused while NV12 works is not a missing engine."""
+    m = use(monkeypatch, fake_module())
+    real = m.CreateEncoder
+
+    def create(w, h, fmt, cpu, **opts):
+        if fmt == "P010":
+            raise RuntimeError("Format P010 is not supported by current encoder.")
+        return real(w, h, fmt, cpu, **opts)
+    m.CreateEncoder = create
+    ok, why = probe_nvenc(codec="h264", gpu=0, width=1280, height=720, bit_depth=10)
+    assert not ok and why.startswith("NVENC on GPU 0 cannot encode 10-bit h264 at 1280x720: Format P010 is not "
+                                     "supported by current encoder.; NVENC encodes 10-bit H.264 only from Blackwell")
+    assert "no NVENC engine" not in why
+    with pytest.raises(ValueError, match=r"bit_depth 12; framepipe feeds NVENC 8 or 10 bits"):
+        probe_nvenc(codec="hevc", gpu=0, bit_depth=12)
+
+
 def test_probe_nvenc_size_arguments():
     with pytest.raises(ValueError, match=r"give both width and height or neither"):
         probe_nvenc(codec="h264", gpu=0, width=1920)
@@ -487,6 +523,51 @@ def test_encoder_without_our_stream_waits_on_the_host(monkeypatch, fake_cuda):
     ready = FakeEvent(fake_cuda)
     enc.encode(torch.zeros((48, 64), dtype=torch.uint8), ready=ready)
     assert fake_cuda == [("host", "event.synchronize"), ("encoder", "Encode")]
+
+
+def test_encoder_10bit_feeds_p010_in_the_layout_the_binding_checks(monkeypatch, fake_cuda):
+    """Issue 13: 10-bit output is CreateEncoder's "P010" format (no bit-depth option); each frame
+    is described as PyNvVideoCodec's coerceToCudaArrayView requires (tests/nvenc_standin.py,
+    `check_planes`: shapes, strides, "|u2", UV right after Y at the same pitch)."""
+    from tests.nvenc_standin import check_planes
+
+    m = use(monkeypatch, fake_module())
+    enc = NvEncoder(gpu=0, codec="hevc", width=64, height=32, frame_rate=Fraction(25), bit_depth=10)
+    assert m.calls[-1][1] == (64, 32, "P010", False) and "bitdepth" not in m.calls[-1][2]
+    enc.encode(torch.zeros((48, 64), dtype=torch.uint16))
+    y, uv = m.encoders[0].frames[0]
+    assert (y["shape"], y["strides"], y["typestr"]) == ((32, 64, 1), (128, 2, 1), "|u2")
+    assert (uv["shape"], uv["strides"], uv["typestr"]) == ((16, 32, 2), (128, 2, 1), "|u2")
+    assert uv["data"][0] - y["data"][0] == 64 * 32 * 2
+    check_planes([types.SimpleNamespace(__cuda_array_interface__=p) for p in (y, uv)], "P010", width=64, height=32)
+    assert m.encoders[0].extra_args == [()]  # no HDR metadata: the plain Encode(frame)
+    with pytest.raises(TypeError, match=r"got torch.uint8 \(48, 64\) on cuda:0; it takes a uint16 P010 tensor"):
+        enc.encode(torch.zeros((48, 64), dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"bit_depth 12; framepipe feeds NVENC 8-bit NV12 or 10-bit P010"):
+        NvEncoder(gpu=0, codec="hevc", width=64, height=32, frame_rate=Fraction(25), bit_depth=12)
+
+
+def test_encoder_inserts_hdr10_sei_with_every_picture(monkeypatch, fake_cuda):
+    """Issue 13: the mastering display and content light level go in through the binding's
+    `Encode(frame, pic_flags, sei)`: [({"sei_type": t}, [ints])], with every picture."""
+    from hw.hdr import HdrMetadata
+
+    md = HdrMetadata(red=(Fraction(17, 25), Fraction(8, 25)), green=(Fraction(53, 200), Fraction(69, 100)),
+                     blue=(Fraction(3, 20), Fraction(3, 50)), white=(Fraction(3127, 10000), Fraction(329, 1000)),
+                     min_luminance=Fraction(1, 200), max_luminance=Fraction(1000), max_cll=1000, max_fall=400)
+    m = use(monkeypatch, fake_module())
+    enc = NvEncoder(gpu=0, codec="hevc", width=64, height=32, frame_rate=Fraction(25), bit_depth=10, hdr=md)
+    for _ in range(3):
+        enc.encode(torch.zeros((48, 64), dtype=torch.uint16))
+    calls = m.encoders[0].extra_args
+    assert len(calls) == 3 and all(c == calls[0] for c in calls)
+    flags, sei = calls[0]
+    assert flags == 0 and [kind for kind, _ in sei] == [{"sei_type": 137}, {"sei_type": 144}]
+    assert all(type(payload) is list and all(type(b) is int for b in payload) for _, payload in sei)  # pybind11: no bytes
+    assert sei[1][1] == [0x03, 0xE8, 0x01, 0x90]  # MaxCLL 1000, MaxFALL 400, big-endian u(16)
+    assert bytes(sei[0][1]).hex() == "33c286c41d4c0bb884d03e803d1340420098968000000032"  # G, B, R, WP, Lmax, Lmin
+    av1 = NvEncoder(gpu=0, codec="av1", width=64, height=32, frame_rate=Fraction(25), bit_depth=10, hdr=md)
+    assert [kind["sei_type"] for kind, _ in av1.sei] == [2, 1]  # AV1 metadata_type HDR_MDCV, HDR_CLL
 
 
 def test_encoded_units_accept_1x_bytes():

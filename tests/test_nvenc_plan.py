@@ -15,8 +15,8 @@ from hw import nv_runtime
 from pipeline import plan as planning
 from pipeline.config import RunConfig
 
-CAPS = {"h264": {"width_max": 4096, "height_max": 4096, "mb_num_max": 65536},
-        "hevc": {"width_max": 8192, "height_max": 8192, "mb_num_max": 262144}}
+CAPS = {"h264": {"width_max": 4096, "height_max": 4096, "mb_num_max": 65536, "support_10bit_encode": 0},
+        "hevc": {"width_max": 8192, "height_max": 8192, "mb_num_max": 262144, "support_10bit_encode": 1}}
 
 
 @pytest.fixture
@@ -33,7 +33,9 @@ def p40(monkeypatch):
         limit = CAPS.get(options["codec"])
         if limit is None or width > limit["width_max"] or height > limit["height_max"]:
             raise RuntimeError("PyNvVideoCodec: NV_ENC_ERR_INVALID_PARAM")
-        module.created.append((options["codec"], width, height))
+        if fmt == "P010" and not limit["support_10bit_encode"]:  # PyNvEncoder's own check
+            raise RuntimeError("Format P010 is not supported by current encoder.")
+        module.created.append((options["codec"], width, height) if fmt == "NV12" else (options["codec"], width, height, fmt))
         return object()
 
     module.GetEncoderCaps = caps
@@ -45,12 +47,54 @@ def p40(monkeypatch):
     nv_runtime.reset_caches_for_tests()
 
 
-def plan(codec, output_size):
+def plan(codec, output_size, bit_depth=8):
     config = RunConfig(source=Path("v.mp4"), nvenc=True, codec=codec)
     devices = (torch.device("cuda", 0),)
     notes: list[str] = []
-    _, use_nvenc = planning._plan_codecs(config, source=None, devices=devices, notes=notes, output_size=output_size)
+    _, use_nvenc = planning._plan_codecs(config, source=None, devices=devices, notes=notes, output_size=output_size,
+                                         bit_depth=bit_depth)
     return use_nvenc, notes
+
+
+def test_10bit_hevc_stays_on_nvenc_fed_p010(p40):
+    """Issue 13: 10-bit output with --nvenc was always sent to the CPU; HEVC Main10 on NVENC
+    (P010 in) is used where the GPU encodes it, probed at the real size and depth."""
+    assert plan("hevc", (3840, 2160), bit_depth=10) == (True, [])
+    assert ("hevc", 3840, 2160, "P010") in p40.created
+
+
+def test_10bit_h264_falls_back_to_the_cpu_with_one_line(p40):
+    use_nvenc, notes = plan("h264", (1920, 1080), bit_depth=10)
+    assert not use_nvenc
+    assert notes == ["--nvenc: NVENC on GPU 0 (Tesla P40) cannot encode 10-bit h264 at 1920x1080: its encoder caps say "
+                     "no 10-bit encoding (support_10bit_encode = 0); NVENC encodes 10-bit H.264 only from Blackwell "
+                     "(RTX 50) on: --codec hevc keeps 10 bits on NVENC (HEVC Main10); encoding on the CPU from "
+                     "GPU-converted yuv420p10le instead."]
+
+
+def test_the_worker_feeds_p010_and_the_writer_gets_depth_and_hdr10(tmp_path, monkeypatch):
+    """The builder's side of issue 13: a 10-bit NVENC plan makes the workers convert to P010 and
+    opens the NVENC writer with the plan's depth and the source's HDR10 metadata."""
+    import dataclasses
+
+    from hw import nvenc_writer
+    from hw.clips import make_clip
+    from hw.hdr import HdrMetadata
+    from pipeline import build as building
+
+    clip = make_clip(tmp_path / "v.mp4", width=64, height=48, num_frames=2, fps=24)
+    cpu_plan = planning.plan_run(RunConfig(source=clip, output=tmp_path / "o.mkv", device="cpu", model="bicubic",
+                                           scale=2, codec="hevc"))
+    md = HdrMetadata(max_cll=1000, max_fall=400)
+    plan = dataclasses.replace(cpu_plan, devices=(torch.device("cuda", 0),), use_nvenc=True, output_bit_depth=10,
+                               source=dataclasses.replace(cpu_plan.source, hdr=md))
+    assert building._output_format(plan) == "p010"
+    assert building._output_format(dataclasses.replace(plan, output_bit_depth=8)) == "nv12"
+    opened = {}
+    monkeypatch.setattr(nvenc_writer, "NvencFileWriter", lambda path, **kw: opened.update(kw))
+    building.open_encoder(plan, tmp_path / "o.tmp.mkv", warn=print)
+    assert opened["bit_depth"] == 10 and opened["hdr"] is md and opened["codec"] == "hevc"
+    assert planning._hdr_notes(plan.source) == []  # HDR10 is written by NVENC too: nothing to say
 
 
 @pytest.mark.parametrize("output_size", [(5120, 2880), (7680, 4320)])  # 720p and 1080p, x4

@@ -1,8 +1,8 @@
 """Image sequences in and out (issue 13): folders, globs and patterns of PNG/TIFF/JPEG, 8 and
 16-bit, gray/RGB/RGBA; pictures out with the source's numbering, written atomically, resumable.
 
-Pictures here are random noise (every pixel a test of the round trip), made with FFmpeg's
-encoders (hw.pictures.encode_picture) or, for JPEG, its MJPEG encoder."""
+Pictures here are random noise (every pixel a test of the round trip), made with the writer's
+own encoder (hw.pictures.encode_picture, OpenCV), FFmpeg's (gray) or, for JPEG, its MJPEG encoder."""
 
 from __future__ import annotations
 

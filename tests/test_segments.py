@@ -269,6 +269,8 @@ def test_parts_folder_rules(tmp_path):
 
 
 def test_auto_encoders_respect_cores_and_memory(monkeypatch, clips):
+    """The limits of the automatic choice; how speed decides within them: tests/test_encoder_choice.py."""
+    from hw.encode_speed import EncoderSpeed
     from pipeline import plan as planning
     from pipeline.config import RunConfig as Config
 
@@ -277,17 +279,20 @@ def test_auto_encoders_respect_cores_and_memory(monkeypatch, clips):
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     monkeypatch.setattr(planning, "_available_memory_bytes", lambda: 64 << 30)
+    monkeypatch.setattr(planning, "_encoder_speed", lambda *a, **k: EncoderSpeed(fps=20.0, cores_busy=4.0))
+    monkeypatch.setattr(planning, "_model_rate", lambda key: None)  # not known: the limits decide
     source = planning.probe_source(src)
     notes: list[str] = []
-    layout, n = planning._plan_segments(Config(source=src, segment_frames=10), source, 3840, 2160, use_nvenc=False,
-                                        notes=notes)
-    assert layout.segment_frames == 10 and n == 6  # cores allow 8, MAX_AUTO_ENCODERS is 6, 12 segments
+    layout, choice = planning._plan_segments(Config(source=src, segment_frames=10), source, 3840, 2160,
+                                             use_nvenc=False, notes=notes)
+    assert layout.segment_frames == 10 and choice.num_encoders == 6  # cores allow 8, MAX_AUTO_ENCODERS is 6, 12 segments
     monkeypatch.setattr(planning, "_available_memory_bytes", lambda: 2 << 30)  # 2 GiB: 4K frames are 12 MiB
-    _, n = planning._plan_segments(Config(source=src, segment_frames=10), source, 3840, 2160, use_nvenc=False, notes=notes)
-    assert n == 1
-    _, n = planning._plan_segments(Config(source=src, segment_frames=10, encoders=8), source, 3840, 2160,
-                                   use_nvenc=False, notes=notes)
-    assert n == 8 and any("may exhaust memory" in note for note in notes)
+    _, choice = planning._plan_segments(Config(source=src, segment_frames=10), source, 3840, 2160, use_nvenc=False,
+                                        notes=notes)
+    assert choice.num_encoders == 1
+    _, choice = planning._plan_segments(Config(source=src, segment_frames=10, encoders=8), source, 3840, 2160,
+                                        use_nvenc=False, notes=notes)
+    assert choice.num_encoders == 8 and any("may exhaust memory" in note for note in notes)
     short, _ = planning._plan_segments(Config(source=src), source, 128, 96, use_nvenc=False, notes=[])
     assert short is None  # 120 frames at 24 fps: one 6-second segment, written directly
 

@@ -20,6 +20,7 @@ import torch
 
 from core.errors import HardwareUnavailable, InvalidOption
 from service.devices import RETRY_SECONDS, Devices, score
+from service.jobs import JobRequest
 from service.models import ModelManager
 from service.paths import PathRefused, Roots
 from service.service import Service
@@ -234,12 +235,13 @@ def _service(root, *, devices=None, run=None, token=None, **kw) -> Service:
                    models=ModelManager(idle_timeout=60), token=token, run=run, event_seconds=0.05, **kw)
 
 
-def _client(service):
+def _client(service, **kw):
     from fastapi.testclient import TestClient
 
     from service.api import create_app
 
-    return TestClient(create_app(service))
+    # The server answers only to the names it is reached by (issue 2): the loopback address here.
+    return TestClient(create_app(service, **kw), base_url="http://127.0.0.1:7860")
 
 
 def _wait(client, job_id, states=("done", "failed", "cancelled"), timeout=60.0, headers=None):
@@ -443,11 +445,12 @@ def test_a_job_that_raises_leaves_the_server_serving(clip_root):
 def test_a_gpu_fault_marks_the_device_unhealthy_and_requeues_the_job_on_another(clip_root):
     seen = []
 
-    def run(config, **kw):
+    def run(config, *, on_progress, **kw):
         seen.append(config.device)
         if config.device == "cuda:0":
+            on_progress(_stats(workers={"worker-gpu0": SimpleNamespace(device="cuda:0", health="failed")}))
             raise HardwareUnavailable("every device failed: worker-gpu0: 3 fault(s)")
-        return SimpleNamespace(num_frames_expected=5, num_frames_decoded=5, num_frames_written=5, fps=1.0, warnings=[])
+        return _stats(frames=5)
 
     devices = _devices({0: (0, 100, 0), 1: (10, 100, 20)})
     service = _service(clip_root, devices=devices, run=run, spread=False)
@@ -463,6 +466,12 @@ def test_a_gpu_fault_marks_the_device_unhealthy_and_requeues_the_job_on_another(
         assert 0 < status["cuda:0"]["retry_in_seconds"] <= RETRY_SECONDS
     finally:
         service.close()
+
+
+def _stats(*, frames=1, workers=None):
+    """What a fake run reports (the fields the scheduler reads of pipeline.RunStats)."""
+    return SimpleNamespace(num_frames_expected=frames, num_frames_decoded=frames, num_frames_written=frames, fps=1.0,
+                           warnings=[], workers=workers or {})
 
 
 def test_jobs_wait_when_every_device_is_full_and_run_in_submission_order(clip_root):
@@ -569,14 +578,15 @@ def test_upload_runs_a_job_on_the_uploaded_video_and_is_size_limited(clip_root):
                         data={"settings": json.dumps(LOSSLESS), "output": "up.mp4"})
         assert r.status_code == 201, r.text
         uploaded = Path(r.json()["uploaded"])
-        assert uploaded.parent == clip_root / "uploads" and uploaded.read_bytes() == data
+        assert uploaded.parent == clip_root / "uploads" and uploaded.name == f"{uploaded.name[:32]}-my_clip.mp4"
         assert _wait(client, r.json()["jobs"][0]["id"])["state"] == "done"
         assert probe.indices(clip_root / "up.mp4") == list(range(30))
+        assert not uploaded.exists()  # issue 8: the upload goes with the end of its job
         big = client.post("/jobs/upload", files={"file": ("big.mp4", b"\0" * (3 << 20), "video/mp4")})
         assert big.status_code == 413 and "limit" in big.json()["error"]
         bad = client.post("/jobs/upload", files={"file": ("x.mp4", data, "video/mp4")}, data={"settings": '{"codec": 5}'})
         assert bad.status_code == 422
-        assert sorted(p.name for p in (clip_root / "uploads").iterdir()) == [uploaded.name]
+        assert list((clip_root / "uploads").iterdir()) == []
     finally:
         service.close()
 
@@ -662,3 +672,384 @@ def test_invalid_roots_are_one_line(tmp_path):
         Roots([tmp_path / "missing"])
     with pytest.raises(InvalidOption, match="at least one --root"):
         Roots([])
+
+
+# -- the review's defects (one test each; the number is the review's) ------------------------------
+def _asgi(app, method: str, path: str, headers: dict[str, str], chunks: list[bytes]):
+    """One raw ASGI request; returns (status, JSON body, how many times the app read the body)."""
+    reads, sent, chunks = [], [], list(chunks)
+
+    async def receive():
+        reads.append(1)
+        if chunks:
+            body = chunks.pop(0)
+            return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in {"host": "127.0.0.1:7860", **headers}.items()],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 7860)}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body), len(reads)
+
+
+def _multipart(name: str, data: bytes, boundary: str = "b0undary") -> bytes:
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: video/mp4\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_issue1_an_upload_body_is_not_read_before_the_token_nor_past_the_limit(root):
+    from service.api import create_app
+
+    service = _service(root, token="s3cret", max_upload_bytes=1 << 20)
+    service.uploads.mkdir()
+    app = create_app(service)
+    body = _multipart("a.mp4", b"\0" * (3 << 20))
+    chunks = [body[i:i + (64 << 10)] for i in range(0, len(body), 64 << 10)]
+    form = {"content-type": "multipart/form-data; boundary=b0undary"}
+    auth = {"authorization": "Bearer s3cret"}
+    # No token: refused before a byte of the body is read.
+    status, answer, reads = _asgi(app, "POST", "/jobs/upload", {**form, "content-length": str(len(body))}, chunks)
+    assert (status, reads) == (401, 0) and "bearer token" in answer["error"]
+    # Chunked (no Content-Length): refused before reading.
+    status, answer, reads = _asgi(app, "POST", "/jobs/upload", {**form, **auth, "transfer-encoding": "chunked"}, chunks)
+    assert (status, reads) == (411, 0) and "Content-Length" in answer["error"]
+    # A Content-Length that lies: the bytes are counted, and reading stops past the limit.
+    status, answer, reads = _asgi(app, "POST", "/jobs/upload", {**form, **auth, "content-length": "100"}, chunks)
+    assert status == 413 and "limit" in answer["error"] and reads < len(chunks)
+    assert list(service.uploads.iterdir()) == []
+    # Every other body has a limit too (a JSON request is small).
+    status, answer, reads = _asgi(app, "POST", "/jobs", {**auth, "content-type": "application/json",
+                                                         "content-length": "10"}, [b" " * (2 << 20)])
+    assert status == 413 and reads == 1
+    big = _client(service).post("/jobs", content=b" " * (2 << 20), headers={**auth, "content-type": "application/json"})
+    assert big.status_code == 413 and set(big.json()) == {"error"}
+    service.store.close()
+
+
+def test_issue2_other_sites_and_other_host_names_are_refused_the_page_and_mcp_still_work(clip_root):
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+    from service.mcp_tools import make_mcp
+
+    (clip_root / "out.mp4").write_bytes(b"precious")
+    service = _service(clip_root)  # loopback, no token
+    client = _client(service)
+    body = {"source": "in.mp4", "output": "out.mp4", "overwrite": True, **LOSSLESS}
+    r = client.post("/jobs", json=body, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and "another site" in r.json()["error"]
+    assert client.delete("/jobs/x", headers={"Origin": "null"}).status_code == 403
+    assert client.post("/gpu/release", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert client.get("/jobs").json()["jobs"] == [] and (clip_root / "out.mp4").read_bytes() == b"precious"
+    # DNS rebinding: the browser sends the attacker's name as the Host.
+    rebound = TestClient(create_app(service), base_url="http://evil.example:7860")
+    for path in ("/jobs", "/", "/gpu/status"):
+        r = rebound.get(path)
+        assert r.status_code == 421 and "--allow-host" in r.json()["error"], path
+    assert TestClient(create_app(service, allowed_hosts=["gpubox.lan"]),
+                      base_url="http://gpubox.lan:7860").get("/jobs").status_code == 200
+    # The page (same origin: its Origin is the Host) and a client that sends no Origin submit.
+    page = client.get("/")
+    assert page.status_code == 200
+    r = client.post("/jobs", json={**body, "output": "same.mp4"}, headers={"Origin": "http://127.0.0.1:7860"})
+    assert r.status_code == 201, r.text
+    # MCP clients send no Origin: /mcp answers them; a browser page elsewhere is refused.
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    accept = {"Accept": "application/json, text/event-stream"}
+    with TestClient(create_app(service, mcp=make_mcp(service)), base_url="http://localhost:7860") as mcp_client:
+        assert mcp_client.post("/mcp", json=init, headers=accept).status_code == 200
+        assert mcp_client.post("/mcp", json=init, headers={**accept, "Origin": "http://evil.example"}).status_code == 403
+    service.store.close()
+
+
+def test_issue3_a_folder_source_never_follows_a_link_out_of_the_roots(root, tmp_path):
+    from hw.pictures import find_pictures
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.mp4").write_bytes(b"x")
+    (outside / "secret.png").write_bytes(b"x")
+    videos = root / "videos"
+    videos.mkdir()
+    (videos / "ok.mp4").write_bytes(b"x")
+    (videos / "loop.mp4").symlink_to(videos / "loop.mp4")  # a link loop: left out, not followed
+    (videos / "leak.mp4").symlink_to(outside / "secret.mp4")
+    pictures = root / "pictures"
+    pictures.mkdir()
+    for n in (1, 2):
+        (pictures / f"f{n:04d}.png").write_bytes(b"x")
+    (pictures / "f0003.png").symlink_to(outside / "secret.png")
+    (pictures / "f0004.png").symlink_to(pictures)  # a link to a folder (its own): not a picture
+    (pictures / "f0005.png").symlink_to(pictures / "f0005.png")
+    service = _service(root)
+    client = _client(service)
+    for source, what in (("videos", "video of the source folder"), ("pictures", "picture of the source folder")):
+        r = client.post("/jobs", json={"source": source, "model": "bicubic", "scale": 2})
+        assert r.status_code == 403 and what in r.json()["error"] and "outside" in r.json()["error"], r.text
+    assert client.get("/jobs").json()["jobs"] == []
+    # The command line's listing (hw.pictures): the link loop and the folder link are no pictures.
+    (pictures / "f0003.png").unlink()
+    assert [p.name for p in find_pictures(str(pictures)).paths] == ["f0001.png", "f0002.png"]
+    (videos / "leak.mp4").unlink()
+    r = client.post("/jobs", json={"source": "videos", "model": "bicubic", "scale": 2})
+    assert r.status_code == 201 and [Path(j["source"]).name for j in r.json()["jobs"]] == ["ok.mp4"]
+    service.store.close()
+
+
+def test_issue4_a_stored_job_outside_the_roots_of_a_restarted_server_fails_untouched(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "in.mp4").write_bytes(b"x")
+    calls = []
+
+    def run(config, **kw):
+        calls.append(config)
+        return _stats()
+
+    def service(roots):
+        return Service(roots=Roots(roots), store=JobStore(b / "jobs.db"), devices=Devices(None),
+                       models=ModelManager(idle_timeout=60), run=run)
+
+    first = service([a, b])
+    jobs = [first.submit(JobRequest(source=str(a / "in.mp4"), output=str(b / "o1.mp4"), model="bicubic", scale=2)),
+            first.submit(JobRequest(source=str(b / "in.mp4"), output=str(a / "o2.mp4"), model="bicubic", scale=2))]
+    first.store.close()  # the server stops before running them; it starts again with the root b only
+    second = service([b])
+    second.start()
+    try:
+        client = _client(second)
+        for (job,), what in zip(jobs, ("source", "output")):
+            done = _wait(client, job.id)
+            assert done["state"] == "failed" and done["error"].startswith(f"{what} ") and "outside" in done["error"]
+        assert calls == [] and sorted(p.name for p in a.iterdir()) == ["in.mp4"]
+    finally:
+        second.close()
+
+
+def test_issue5_a_refused_folder_leaves_nothing_queued_and_earlier_outputs_are_not_inputs(clip_root):
+    folder = clip_root / "batch"
+    folder.mkdir()
+    (clip_root / "ups").mkdir()
+    for name in ("a.mp4", "b.mp4", "a.bicubic-x2.mp4", "a.bicubic-x2.partial.mkv", "c.realesrgan-x4plus-x4.mp4"):
+        (folder / name).write_bytes(b"x")
+    (clip_root / "ups" / "b.bicubic-x2.mp4").write_bytes(b"done before")
+    (folder / "linked.mp4").symlink_to(clip_root / "ups" / "b.bicubic-x2.mp4")  # an output, by a link
+    service = _service(clip_root)
+    client = _client(service)
+    settings = {"model": "bicubic", "scale": 2}
+    r = client.post("/jobs", json={"source": "batch", "output": "ups", **settings})  # b's output exists: 409
+    assert r.status_code == 409 and "b.bicubic-x2.mp4" in r.json()["error"]
+    assert client.get("/jobs").json()["jobs"] == [] and service.store.unfinished() == []
+    assert service.scheduler.queue_position("any") is None
+    r = client.post("/jobs", json={"source": "batch", "output": "ups", "overwrite": True, **settings})
+    assert r.status_code == 201, r.text
+    assert [Path(j["source"]).name for j in r.json()["jobs"]] == ["a.mp4", "b.mp4"]
+    r = client.post("/jobs", json={"source": "batch", **settings, "scale": 3})  # outputs beside the sources
+    assert [Path(j["output"]).name for j in r.json()["jobs"]] == ["a.bicubic-x3.mp4", "b.bicubic-x3.mp4"]
+    assert all(service.scheduler.queue_position(j["id"]) is not None for j in r.json()["jobs"])
+    service.store.close()
+
+
+def test_issue6_two_jobs_never_write_one_output(clip_root):
+    folder = clip_root / "same"
+    folder.mkdir()
+    for name in ("a.avi", "a.ts"):
+        (folder / name).write_bytes(b"x")
+    service = _service(clip_root)
+    client = _client(service)
+    r = client.post("/jobs", json={"source": "same", "model": "bicubic", "scale": 2})
+    assert r.status_code == 409 and "'a.avi' and 'a.ts' would both be written" in r.json()["error"], r.text
+    assert client.get("/jobs").json()["jobs"] == []
+    first = client.post("/jobs", json={"source": "in.mp4", "output": "x.mp4", **LOSSLESS}).json()["jobs"][0]
+    r = client.post("/jobs", json={"source": "same/a.avi", "output": "x.mp4", **LOSSLESS})  # x.mp4 is queued
+    assert r.status_code == 409 and f"output of job {first['id']} (queued)" in r.json()["error"]
+    r = client.post("/jobs", json={"source": "same/a.avi", "output": "in.mp4", "overwrite": True, **LOSSLESS})
+    assert r.status_code == 409 and f"source of job {first['id']}" in r.json()["error"]
+    assert [j["id"] for j in client.get("/jobs").json()["jobs"]] == [first["id"]]
+    service.store.close()
+
+
+def test_issue7_a_cancel_is_never_lost_to_a_device_fault_and_an_input_error_blames_no_device(clip_root):
+    calls, started = [], threading.Event()
+
+    def run(config, *, on_progress, stop, **kw):
+        calls.append(config.output.name)
+        if config.output.name == "cancel.mp4":
+            started.set()
+            stop.wait(10)  # the device faults while the run stops
+            on_progress(_stats(workers={"w": SimpleNamespace(device=config.device, health="failed")}))
+            raise HardwareUnavailable("every device failed: worker-gpu0: 3 fault(s)")
+        raise HardwareUnavailable("NVDEC returned a frame of shape (8, 8), expected (12, 8) for 8x8 4:2:0. "
+                                  "Run without --nvdec.")
+
+    devices = _devices({0: (0, 100, 0), 1: (10, 100, 20)})
+    service = _service(clip_root, devices=devices, run=run, spread=False)
+    service.start()
+    try:
+        client = _client(service)
+        job = client.post("/jobs", json={"source": "in.mp4", "output": "cancel.mp4", "model": "bicubic"}).json()["jobs"][0]
+        assert started.wait(10)
+        cancelled = client.delete(f"/jobs/{job['id']}").json()
+        assert cancelled["state"] == "cancelled" and cancelled["queue_position"] is None
+        time.sleep(0.3)
+        assert calls == ["cancel.mp4"]  # not requeued on the other GPU
+        for d in devices.devices:
+            d.unhealthy_until = 0.0
+        bad = client.post("/jobs", json={"source": "in.mp4", "output": "nvdec.mp4", "model": "bicubic"}).json()["jobs"][0]
+        failed = _wait(client, bad["id"])
+        assert failed["state"] == "failed" and failed["attempts"] == 1 and "NVDEC returned" in failed["error"]
+        assert [d["health"] for d in client.get("/gpu/status").json()["devices"]] == ["ok", "ok"]
+    finally:
+        service.close()
+
+
+def test_issue8_an_upload_is_deleted_when_its_job_is_refused_or_ends(clip_root):
+    service = _service(clip_root)
+    service.uploads.mkdir()
+    orphan = service.uploads / f"{'ab' * 16}-left.mp4"
+    orphan.write_bytes(b"x")
+    (service.uploads / "mine.mp4").write_bytes(b"x")  # not an upload's name: never deleted
+    client = _client(service)
+    data = (clip_root / "in.mp4").read_bytes()
+    for form, status in (({"output": "../outside.mp4"}, 403), ({"settings": '{"source": "in.mp4"}'}, 422),
+                         ({"settings": '["not", "an", "object"]'}, 422), ({"output": "in.mp4"}, 409)):
+        r = client.post("/jobs/upload", files={"file": ("v.mp4", data, "video/mp4")}, data=form)
+        assert r.status_code == status and set(r.json()) <= {"error", "detail"}, (form, r.text)
+        assert "\n" not in r.json()["error"]
+    r = client.post("/jobs/upload", files={"file": ("v.mp4", data, "video/mp4")}, data={"output": "v.mp4"})
+    assert r.status_code == 201
+    uploaded = Path(r.json()["uploaded"])
+    assert sorted(p.name for p in service.uploads.iterdir()) == sorted([uploaded.name, orphan.name, "mine.mp4"])
+    client.delete(f"/jobs/{r.json()['jobs'][0]['id']}")  # cancelled before it started: its upload goes
+    assert not uploaded.exists()
+    service.start()  # an upload no job uses (a server died between the two) is swept at the start
+    service.close()
+    assert sorted(p.name for p in service.uploads.iterdir()) == ["mine.mp4"]
+
+
+def test_issue9_an_upload_name_clash_never_deletes_the_other_upload(clip_root, monkeypatch):
+    import uuid
+
+    service = _service(clip_root)
+    service.uploads.mkdir()
+    fixed = uuid.UUID(int=7)
+    monkeypatch.setattr("service.api.uuid.uuid4", lambda: fixed)
+    other = service.uploads / f"{fixed.hex}-v.mp4"
+    other.write_bytes(b"another client's upload")
+    r = _client(service).post("/jobs/upload", files={"file": ("v.mp4", b"mine", "video/mp4")})
+    assert r.status_code == 409 and "exists already" in r.json()["error"]
+    assert other.read_bytes() == b"another client's upload" and len(fixed.hex) == 32
+    service.store.close()
+
+
+def test_issue10_checks_at_submit_one_error_shape_case_free_bearer_no_docs_one_server_per_db(clip_root, capsys):
+    from fastapi.testclient import TestClient
+
+    from core.errors import OutputBusy
+    from service.api import create_app
+    from service.mcp_tools import make_mcp
+    from service.server import build_parser, make_service, serve_main
+
+    service = _service(clip_root)
+    client = _client(service)
+    json_headers = {"content-type": "application/json"}
+    for raw in (b'{"seconds": 1e999}', b'{"seconds": Infinity}', b'{"seconds": NaN}'):
+        assert client.post("/gpu/timeout", content=raw, headers=json_headers).status_code == 422, raw
+    r = client.post("/jobs", content=b'{"source": "in.mp4", "segment_seconds": 1e999}', headers=json_headers)
+    assert r.status_code == 422 and "segment_seconds" in r.json()["error"]
+    with pytest.raises(InvalidOption, match="idle timeout"):
+        service.set_idle_timeout(float("inf"))
+    # What the command line refuses before a run is refused at submit, not when the job runs.
+    (clip_root / "model.txt").write_bytes(b"x")
+    cases = [({"output": "missing/out.mp4"}, 422, "does not exist"),
+             ({"scale": 9}, 422, "Invalid --scale (9) for model bicubic"),
+             ({"output": "in.mp4", "overwrite": True}, 422, "same file"),
+             ({"model": "main.py"}, 422, "Unknown model 'main.py'"),  # a file in the server's cwd: not looked at
+             ({"model": "model.txt"}, 422, "Unknown model 'model.txt'"),
+             ({"model": "sub/none.pth"}, 403, "does not exist")]
+    for extra, status, text in cases:
+        r = client.post("/jobs", json={"source": "in.mp4", "output": "o.mp4", "model": "bicubic", "scale": 2, **extra})
+        assert r.status_code == status and text in r.json()["error"], (extra, r.text)
+    assert client.get("/jobs").json()["jobs"] == []
+    # Every error body is {"error": "..."}.
+    for r in (client.get("/jobs/nope"), client.get("/no/such/path"), client.put("/jobs")):
+        assert set(r.json()) == {"error"} and r.status_code in (404, 405), r.text
+    service.store.close()
+
+    # A token: any case of "Bearer", on the API and /mcp alike; 401 is {"error"}; no /docs.
+    service = _service(clip_root, token="s3cret")
+    with TestClient(create_app(service, mcp=make_mcp(service)), base_url="http://127.0.0.1:7860") as client:
+        r = client.get("/jobs")
+        assert r.status_code == 401 and set(r.json()) == {"error"}
+        assert client.get("/jobs", headers={"Authorization": "bEaReR s3cret"}).status_code == 200
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+        accept = {"Accept": "application/json, text/event-stream"}
+        assert client.post("/mcp", json=init, headers=accept).status_code == 401
+        assert client.post("/mcp", json=init, headers={**accept, "Authorization": "bearer s3cret"}).status_code == 200
+        for path in ("/docs", "/openapi.json"):
+            assert client.get(path).status_code == 401
+            assert client.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 404
+    service.store.close()
+
+    # A second server on the same root stops with one line; the first keeps the database.
+    (clip_root / "second").mkdir()
+    args = build_parser().parse_args(["--root", str(clip_root / "second")])
+    first = make_service(args, devices=Devices(None))
+    try:
+        with pytest.raises(OutputBusy, match="another framepipe server is using the job database"):
+            make_service(args, devices=Devices(None))
+        assert serve_main(["--root", str(clip_root / "second")]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith("error: another framepipe server"), errors
+    finally:
+        first.close()
+    make_service(args, devices=Devices(None)).close()  # free again once the first has closed
+
+
+def test_issue10_mcp_submit_job_with_paths_in_its_settings_is_a_clean_error(clip_root):
+    from mcp import Client
+
+    from service.mcp_tools import make_mcp
+
+    service = _service(clip_root)
+
+    async def session():
+        async with Client(make_mcp(service)) as client:
+            result = await client.call_tool("submit_job", {"source": "in.mp4", "settings": {"source": "x.mp4"}})
+            assert not result.is_error and "settings hold 'source'" in result.structured_content["error"]
+            result = await client.call_tool("update_gpu_timeout", {"seconds": -1})
+            assert "idle timeout" in result.structured_content["error"]
+
+    asyncio.run(session())
+    service.store.close()
+
+
+def test_an_interpolation_job_doubles_the_frames_and_is_named_like_the_cli(clip_root):
+    """`interpolate` without a model only interpolates (as on the command line), named
+    `<stem>.fps2x.mp4` beside the source; 30 frames -> 59."""
+    service = _service(clip_root)
+    service.start()
+    try:
+        client = _client(service)
+        r = client.post("/jobs", json={"source": "in.mp4", "interpolate": 2, "interpolation_model": "blend",
+                                       "quality": 0, "preset": "ultrafast"})
+        assert r.status_code == 201, r.text
+        (job,) = r.json()["jobs"]
+        assert job["output"] == str(clip_root / "in.fps2x.mp4")
+        assert job["settings"]["model"] == "bicubic" and job["settings"]["scale"] == 1
+        done = _wait(client, job["id"])
+        assert done["state"] == "done", done
+        assert len(probe.pts_exact(clip_root / "in.fps2x.mp4")) == 2 * 29 + 1
+        assert client.post("/jobs", json={"source": "in.mp4", "interpolate": 99}).status_code == 422
+    finally:
+        service.close()

@@ -1,0 +1,206 @@
+"""The automatic number of encoders (issue 11): from one encoder's measured speed and the rate
+the model delivered before, within the limits of cores, memory and segments; `--encoders N`
+obeyed as given. Every measurement is injected: nothing here depends on this machine's speed."""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+
+import main as cli
+from hw.encode_speed import EncoderSpeed, measure_encoder_speed, remembered_encoder_speed, speed_key
+from hw.memory import ProbeMemo
+from pipeline import RunConfig, run
+from pipeline.encoder_choice import MODEL_RATES_FILE, choose_encoders, source_frames_per_second
+
+SPEED = EncoderSpeed(fps=36.0, cores_busy=4.0)  # on 16 cores the encoders together give up to 144 fps
+
+
+def _choose(**kw):
+    base = dict(speed=SPEED, model_fps=None, num_cores=16, memory_fits=8, num_segments=40, what="2560x1920 h264 medium")
+    base.update(kw)
+    return choose_encoders(**base)
+
+
+@pytest.mark.parametrize("model_fps, expected", [(20, 1), (40, 2), (80, 3), (110, 4), (200, 6)])
+def test_enough_encoders_for_the_model_rate_and_no_more(model_fps, expected):
+    """The smallest count whose measured speed keeps up with the model's rate + 25%; a model
+    faster than the cores can encode gets every encoder the limits allow (here 6)."""
+    assert _choose(model_fps=model_fps).num_encoders == expected
+
+
+@pytest.mark.parametrize("fps, expected", [(110.0, 1), (36.0, 3), (20.0, 5), (12.0, 6)])
+def test_the_choice_follows_the_measured_encoder_speed(fps, expected):
+    """The same model (80 fps: 100 with headroom), encoders of different speeds."""
+    assert _choose(model_fps=80, speed=EncoderSpeed(fps=fps, cores_busy=2.0)).num_encoders == expected
+
+
+def test_encoders_past_the_cores_are_not_counted_as_speed():
+    """One encoder keeps 8 of 16 cores busy: two fill the machine, a third adds nothing."""
+    busy = EncoderSpeed(fps=36.0, cores_busy=8.0)
+    assert _choose(model_fps=50, speed=busy).num_encoders == 2  # 62.5 needed, 72 possible
+    choice = _choose(model_fps=80, speed=busy)  # 100 needed, the cores give 72: encoding bounds the run
+    assert choice.num_encoders == 6 and "encoding bounds this run" in choice.line
+
+
+@pytest.mark.parametrize("limits, expected", [
+    (dict(num_cores=4), 2),  # half the cores
+    (dict(num_cores=2), 1),
+    (dict(memory_fits=3), 3),  # what memory holds
+    (dict(num_segments=2), 2),  # no more encoders than segments
+])
+def test_the_limits_hold_whatever_the_speed(limits, expected):
+    assert _choose(model_fps=1000, **limits).num_encoders == expected
+    assert _choose(model_fps=None, **limits).num_encoders == expected
+
+
+def test_the_line_says_what_was_chosen_and_why():
+    line = _choose(model_fps=40).line
+    assert line.startswith("encoders: 2 (one encodes 36 fps at 2560x1920 h264 medium, keeping 4.0 of 16 cores busy; "
+                           "the model delivered 40 fps here before, +25% is 50 fps; the limits would allow 6: ")
+    assert "16 cores allow 8; memory allows 8" in line
+    unknown = _choose(model_fps=None)
+    assert unknown.num_encoders == 6 and "the model's rate here is not known yet" in unknown.line
+    assert _choose(model_fps=40, frames_per_source_frame=2).num_encoders == 3  # --interpolate 2: 100 fps out
+
+
+# -- in the plan -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sixteen_cores(monkeypatch):
+    from pipeline import plan as planning
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(planning, "_available_memory_bytes", lambda: 64 << 30)
+    return planning
+
+
+def test_plan_measures_the_encoder_at_the_output_size_and_settings(sixteen_cores, monkeypatch, clips):
+    planning = sixteen_cores
+    calls = []
+
+    def speed(codec, **kw):
+        calls.append((codec, kw))
+        return EncoderSpeed(fps=36.0, cores_busy=4.0)
+
+    monkeypatch.setattr(planning, "_encoder_speed", speed)
+    monkeypatch.setattr(planning, "_model_rate", lambda key: 40.0 if key == "the key" else None)
+    src = clips("choice.mp4", num_frames=120)
+    source = planning.probe_source(src)
+    cfg = RunConfig(source=src, segment_frames=10, codec="hevc", preset="fast", crf=22)
+    _, choice = planning._plan_segments(cfg, source, 2560, 1920, use_nvenc=False, notes=[], bytes_per_sample=2,
+                                        preset="fast", model_rate_key="the key")
+    assert calls == [("hevc", dict(preset="fast", crf=22, width=2560, height=1920, bit_depth=10))]
+    assert choice.num_encoders == 2 and choice.line.startswith("encoders: 2 (one encodes 36 fps at 2560x1920 hevc fast")
+
+
+def test_a_measurement_that_fails_leaves_the_choice_to_the_limits(sixteen_cores, monkeypatch, clips):
+    """An encoder that refuses the size (libx265 below its smallest) is reported by the build in
+    one line; the plan only loses the speed."""
+    planning = sixteen_cores
+
+    def refuses(*a, **k):
+        raise RuntimeError("encoder refused")
+
+    monkeypatch.setattr(planning, "_encoder_speed", refuses)
+    monkeypatch.setattr(planning, "_model_rate", lambda key: 40.0)
+    src = clips("choice.mp4", num_frames=120)
+    _, choice = planning._plan_segments(RunConfig(source=src, segment_frames=10), planning.probe_source(src), 2560,
+                                        1920, use_nvenc=False, notes=[], model_rate_key="k")
+    assert choice.num_encoders == 6 and choice.line.startswith("encoders: 6 (16 cores allow 8")
+
+
+def test_explicit_encoders_are_obeyed_without_measuring(sixteen_cores, monkeypatch, clips):
+    planning = sixteen_cores
+
+    def no_measuring(*a, **k):
+        raise AssertionError("--encoders N needs no measurement")
+
+    monkeypatch.setattr(planning, "_encoder_speed", no_measuring)
+    monkeypatch.setattr(planning, "_model_rate", no_measuring)
+    src = clips("choice.mp4", num_frames=120)
+    source = planning.probe_source(src)
+    for n in (1, 3, 11):
+        _, choice = planning._plan_segments(RunConfig(source=src, segment_frames=10, encoders=n), source, 2560, 1920,
+                                            use_nvenc=False, notes=[])
+        assert (choice.num_encoders, choice.line) == (n, f"encoders: {n} (--encoders)")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # nothing to choose: one encoder, nothing measured
+    _, choice = planning._plan_segments(RunConfig(source=src, segment_frames=10), source, 2560, 1920,
+                                        use_nvenc=False, notes=[])
+    assert choice.num_encoders == 1
+
+
+def test_the_model_rate_of_a_run_is_remembered_for_the_next_choice(sixteen_cores, monkeypatch, clips, tmp_path, capsys):
+    """A run remembers what its decoder and model delivered; the next plan of the same job
+    chooses from it, and the CLI says so in one line at the start."""
+    planning = sixteen_cores
+    monkeypatch.setenv("FRAMEPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(planning, "_encoder_speed", lambda *a, **k: EncoderSpeed(fps=1e6, cores_busy=1.0))
+    src = clips("choice-rate.mp4", num_frames=120)
+    base = ["--source", str(src), "--model", "bicubic", "--scale", "2", "--parallel", "--quality", "0",
+            "--preset", "ultrafast", "--segment-frames", "30"]
+    assert cli.main([*base, "--output", str(tmp_path / "a.mp4")]) == 0
+    err = capsys.readouterr().err
+    assert "encoders: 4 (one encodes 1000000 fps at 128x96 h264 ultrafast" in err  # 4 segments: all of them
+    assert "the model's rate here is not known yet" in err
+    rates = json.loads((tmp_path / "cache" / MODEL_RATES_FILE).read_text())
+    ((key, entry),) = rates.items()
+    assert key.startswith("bicubic x2|64x48|") and entry["fps"] > 0 and entry["frames"] == 120
+    assert cli.main([*base, "--output", str(tmp_path / "b.mp4")]) == 0
+    err = capsys.readouterr().err
+    assert f"encoders: 1 (one encodes 1000000 fps at 128x96 h264 ultrafast, keeping 1.0 of 16 cores busy; the model " \
+           f"delivered {entry['fps']:.0f} fps here before" in err
+
+
+def test_source_frames_per_second_is_the_slower_of_decoder_and_workers():
+    def worker(frames, busy, probe=0.0):
+        return SimpleNamespace(num_frames=frames, probe_seconds=probe, clock=SimpleNamespace(busy_seconds=busy))
+
+    stats = SimpleNamespace(num_frames_written=1000, num_frames_decoded=1000,
+                            stages={"reader": SimpleNamespace(busy_seconds=2.0)},
+                            workers={"a": worker(500, 6.0, probe=1.0), "b": worker(500, 5.0)})
+    assert source_frames_per_second(stats) == pytest.approx(200.0)  # workers: 100 + 100; the reader 500
+    stats.stages["reader"].busy_seconds = 10.0
+    assert source_frames_per_second(stats) == pytest.approx(100.0)  # the reader: 100
+    stats.num_frames_written = 99
+    assert source_frames_per_second(stats) is None  # too short to say
+
+
+# -- the measurement ---------------------------------------------------------------------------
+
+
+def test_measure_encoder_speed_encodes_real_frames():
+    speed = measure_encoder_speed("h264", preset="ultrafast", crf=23, width=64, height=48, seconds=0.05)
+    assert speed.fps > 0 and speed.cores_busy > 0
+    ten_bit = measure_encoder_speed("hevc", preset="ultrafast", crf=23, width=64, height=48, bit_depth=10,
+                                    seconds=0.05, max_frames=40)
+    assert ten_bit.fps > 0
+
+
+def test_an_encoder_speed_is_measured_once_per_size_settings_and_machine(tmp_path, monkeypatch):
+    memo = ProbeMemo(tmp_path / "encoder-speeds.json")
+    calls = []
+
+    def measure(codec, **kw):
+        calls.append(kw["width"])
+        return EncoderSpeed(fps=50.0, cores_busy=3.0)
+
+    kw = dict(preset="medium", crf=23, height=480, measure=measure)
+    assert remembered_encoder_speed(memo, "h264", width=640, **kw) == (EncoderSpeed(50.0, 3.0), True)
+    assert remembered_encoder_speed(memo, "h264", width=640, **kw) == (EncoderSpeed(50.0, 3.0), False)
+    assert calls == [640]
+    remembered_encoder_speed(memo, "h264", width=1280, **kw)  # another size
+    monkeypatch.setattr(os, "cpu_count", lambda: 96)  # another machine
+    remembered_encoder_speed(memo, "h264", width=640, **kw)
+    assert calls == [640, 1280, 640]
+    key = speed_key("h264", preset="medium", crf=23, width=640, height=480, num_cores=96)
+    assert key.startswith("libx264|preset medium|crf 23|640x480|8-bit|96 cores|libavcodec ")
+
+
+def test_encoder_speed_checks_itself():
+    with pytest.raises(ValueError, match="fps > 0 and cores_busy > 0"):
+        EncoderSpeed(fps=0.0, cores_busy=1.0)

@@ -1,0 +1,238 @@
+"""Temporal models (issue 15): windows, frame interpolation through the whole pipeline, chains.
+
+The pipeline tests use the built-in `blend` interpolator (a cross-fade: exact arithmetic, no
+weights), so every made frame can be checked against its neighbours; RIFE itself is checked
+against its reference package in tests/test_rife.py, and runs through the pipeline once here.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from core.frame import Frame
+from core.errors import InvalidOption
+from pipeline import RunConfig
+from pipeline.reader import windows
+from pipeline.runner import run
+from tests import probe
+
+
+def _frames(n: int) -> list[Frame]:
+    return [Frame(index=i, pts=10 * i, fmt="rgb24", planes=(np.full((2, 2, 3), i, np.uint8),)) for i in range(n)]
+
+
+@pytest.mark.parametrize("before,after,pad", [(0, 1, False), (1, 1, True), (2, 2, True), (0, 2, True), (3, 0, True)])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7])
+def test_windows_every_position(n, before, after, pad):
+    """Each frame's window exactly once, in order, its neighbours the right ones, clamped (or cut
+    short for interpolation) at both ends, at every position of a video of every short length."""
+    out = list(windows(_frames(n), before, after, pad_ends=pad))
+    assert [w.index for w in out] == list(range(n))
+    for w in out:
+        i = w.index
+        want = [min(max(j, 0), n - 1) for j in range(i - before, i + after + 1)]
+        if not pad:
+            want = [j for j in range(i - before, i + after + 1) if 0 <= j < n]
+        assert [f.index for f in w.frames] == want, (n, i)
+        assert w.frame.index == i and w.pts == 10 * i
+
+
+def _run(src: Path, out: Path, **kw) -> object:
+    kw.setdefault("device", "cpu")
+    kw.setdefault("overwrite", True)
+    kw.setdefault("crf", 0)
+    kw.setdefault("preset", "ultrafast")
+    return run(RunConfig(source=src, output=out, **kw))
+
+
+def _expected_pts(src_pts: list[Fraction], n: int) -> list[Fraction]:
+    out = []
+    for a, b in zip(src_pts, src_pts[1:]):
+        out += [a + (b - a) * k / n for k in range(n)]
+    return out + src_pts[-1:]
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+@pytest.mark.parametrize("batch,parallel", [(1, True), (2, True), (3, False), (5, True)])
+def test_interpolate_counts_timestamps_and_pixels(clips, tmp_path, factor, batch, parallel):
+    """(N-1) x (n-1) + n frames; each source frame where it was, each made frame at k/N between
+    its neighbours' timestamps (VFR stays VFR, to the tick); a made frame is the cross-fade of
+    its neighbours — at every batch boundary (batch sizes 1, 2, 3, 5 over 11 frames)."""
+    src = clips("vfr.mp4", num_frames=11, vfr=True)
+    out = tmp_path / "out.mp4"
+    stats = _run(src, out, model="bicubic", scale=1, interpolate=factor, interpolation_model="blend",
+                 scene_threshold=0, batch_size=batch, parallel=parallel, cpu_workers=2 if parallel else 1)
+    n = 11
+    assert stats.num_frames_written == n and stats.num_frames_made == (factor - 1) * (n - 1)
+    src_pts, out_pts = probe.pts_exact(src), probe.pts_exact(out)
+    assert len(out_pts) == (factor - 1) * (n - 1) + n
+    assert out_pts == _expected_pts(src_pts, factor)
+    frames = [f.astype(np.float64) for f in probe.frames_rgb(out)]
+    for j in range(n - 1):
+        a, b = frames[j * factor], frames[(j + 1) * factor]
+        for k in range(1, factor):
+            made = frames[j * factor + k]
+            want = a * (1 - k / factor) + b * k / factor
+            assert np.abs(made - want).mean() < 1.5, (j, k)  # 4:2:0 rounding of a blend, not another frame
+            if np.abs(a - b).mean() > 3:
+                assert np.abs(made - a).mean() > 0.2 and np.abs(made - b).mean() > 0.2
+
+
+def test_interpolate_keeps_audio_and_output_rate(clips, tmp_path):
+    src = clips("audio.mp4", num_frames=24, audio=True)
+    out = tmp_path / "out.mp4"
+    _run(src, out, model="bicubic", scale=1, interpolate=2, interpolation_model="blend", scene_threshold=0)
+    assert ("audio", "aac") in probe.streams(out)
+    assert probe.packets(out, "audio") == probe.packets(src, "audio")  # copied, untouched
+    import av
+
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].average_rate == 48  # CFR doubled exactly
+
+
+def test_chain_equals_two_passes(clips, tmp_path):
+    """--model bicubic --scale 2 --interpolate 2 in one pass == bicubic x2 to 16-bit pictures, then
+    --interpolate 2 over those pictures (within one code: the 16-bit pictures between the passes)."""
+    src = clips("plain.mp4", num_frames=7)
+    one = tmp_path / "one"
+    _run(src, one, model="bicubic", scale=2, interpolate=2, interpolation_model="blend", scene_threshold=0,
+         bit_depth=16)
+    mid = tmp_path / "mid"
+    _run(src, mid, model="bicubic", scale=2, bit_depth=16)
+    two = tmp_path / "two"
+    _run(mid, two, model="bicubic", scale=1, interpolate=2, interpolation_model="blend", scene_threshold=0,
+         bit_depth=16, fps="24")
+    a, b = _listed(one), _listed(two)
+    assert len(a) == len(b) == 6 + 7
+    for x, y in zip(a, b):
+        pa = cv2.imread(str(x), cv2.IMREAD_UNCHANGED).astype(np.int64)
+        pb = cv2.imread(str(y), cv2.IMREAD_UNCHANGED).astype(np.int64)
+        assert pa.shape == pb.shape == (96, 128, 3)
+        assert np.abs(pa - pb).max() <= 1, (x.name, y.name)
+
+
+def _listed(folder: Path) -> list[Path]:
+    """The pictures in `folder` (not framepipe's hidden run record)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _picture_folder(folder: Path, frames: list[np.ndarray]) -> Path:
+    folder.mkdir()
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"f_{i:04d}.png"), f)
+    return folder
+
+
+def test_scene_cut_repeats_the_frame(tmp_path):
+    """Across a hard cut the made frame is the first shot's last frame, not a blend of two shots;
+    within a shot, frames are blended. Pictures in and out: exact values, numbered afresh."""
+    pytest.importorskip("models.rife")
+    rng = np.random.default_rng(1)
+    shot_a = np.clip(rng.normal(120, 40, (48, 64, 3)), 0, 255).astype(np.uint8)
+    shot_b = np.clip(rng.normal(60, 60, (48, 64, 3)), 0, 255).astype(np.uint8)[:, ::-1]
+    frames = [np.clip(shot_a.astype(int) + 2 * i, 0, 255).astype(np.uint8) for i in range(4)]
+    frames += [np.clip(shot_b.astype(int) + 2 * i, 0, 255).astype(np.uint8) for i in range(3)]
+    src = _picture_folder(tmp_path / "src", frames)
+    out = tmp_path / "out"
+    stats = _run(src, out, model="bicubic", scale=1, interpolate=2, interpolation_model="blend", fps="24")
+    pics = _listed(out)
+    assert len(pics) == 6 + 7
+    got = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in pics]
+    for i, f in enumerate(frames):
+        np.testing.assert_array_equal(got[2 * i], f)
+    np.testing.assert_array_equal(got[7], frames[3])  # between frame 3 (shot A) and 4 (shot B): a cut
+    within = (frames[1].astype(float) + frames[2]) / 2
+    assert np.abs(got[3] - within).max() <= 1  # inside shot A: blended
+    assert sum(w.num_scene_cuts for w in stats.workers.values()) == 1
+
+
+def test_default_output_name_and_bad_options(clips, tmp_path):
+    from pipeline.config import default_output_path
+
+    src = Path("/v/clip.mp4")
+    assert default_output_path(src, model_name="bicubic", scale=1, interpolate=2, identity=True).name == "clip.fps2x.mp4"
+    assert (default_output_path(src, model_name="realesr-animevideov3", scale=4, interpolate=3).name
+            == "clip.realesr-animevideov3-x4.fps3x.mp4")
+    for bad in (dict(interpolate=0), dict(interpolate=99), dict(scene_threshold=1.5), dict(split_transport="tcp")):
+        with pytest.raises(InvalidOption):
+            RunConfig(source=clips("plain.mp4", num_frames=7), **bad).validate()
+
+
+def test_segments_of_any_size_match_one_file(clips, tmp_path):
+    """Interpolated output through segments (1 frame, 4 frames, longer than the clip) gives the
+    same frames and timestamps as one file: a made frame after a segment's last source frame
+    is in that segment, its window holding the next segment's first frame."""
+    src = clips("vfr.mp4", num_frames=11, vfr=True)
+    whole = tmp_path / "whole.mp4"
+    _run(src, whole, model="bicubic", scale=1, interpolate=2, interpolation_model="blend", scene_threshold=0)
+    for size in (1, 4, 50):
+        seg = tmp_path / f"seg{size}.mp4"
+        _run(src, seg, model="bicubic", scale=1, interpolate=2, interpolation_model="blend", scene_threshold=0,
+             segment_frames=size, encoders=2)
+        probe.assert_same_video(whole, seg)
+    st = _run(src, tmp_path / "counted.mp4", model="bicubic", scale=1, interpolate=2, interpolation_model="blend",
+              scene_threshold=0, segment_frames=4, encoders=2)
+    assert (st.num_frames_written, st.num_frames_made) == (11, 10)  # source frames, and frames made
+
+
+def test_kill_9_then_resume_interpolated_is_frame_exact(clips, tmp_path):
+    """A real process killed with SIGKILL mid-run (interpolating, segmented), then --resume: the
+    same frames, timestamps and audio as an uninterrupted run; the window of a segment's last
+    frame reaches into the next (finished or not) segment's first frame."""
+    from tests.test_segments import LOSSLESS, _kill_mid_run
+
+    src = clips("seg-long.mp4", num_frames=120, audio=True)
+    common = dict(model="bicubic", scale=2, interpolate=2, interpolation_model="blend", scene_threshold=0,
+                  segment_frames=12, encoders=2, queue_size=8, parallel=True, **LOSSLESS)
+    whole = tmp_path / "whole.mp4"
+    run(RunConfig(source=src, output=whole, **common))
+    out = tmp_path / "out.mp4"
+    _kill_mid_run(src, out, ["--segment-frames", "12", "--encoders", "2", "--interpolate", "2",
+                             "--interpolation-model", "blend", "--scene-threshold", "0"])
+    assert not out.exists()
+    stats = run(RunConfig(source=src, output=out, resume=True, **common))
+    assert "finished segment(s) taken over" in stats.notes["segments"]
+    probe.assert_same_video(whole, out)
+    assert len(probe.pts_exact(out)) == 2 * 119 + 1
+    assert probe.packet_times(out, "audio") == probe.packet_times(whole, "audio")
+    with pytest.raises(InvalidOption, match="Cannot resume: .*interpolate"):  # another factor: refused
+        _kill_mid_run(src, tmp_path / "again.mp4", ["--segment-frames", "12", "--encoders", "2", "--interpolate",
+                                                    "2", "--interpolation-model", "blend", "--scene-threshold", "0"])
+        run(RunConfig(source=src, output=tmp_path / "again.mp4", resume=True, **{**common, "interpolate": 3}))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_restoration_window_exact_at_every_boundary(tmp_path, n, batch):
+    """A restoration model (temporal-median: 3 frames in, the middle one out) sees each frame with
+    its neighbours, the first/last frame repeated at the ends: output j is exactly the per-pixel
+    median of source frames j-1, j, j+1 (clamped), whatever the batch boundaries."""
+    rng = np.random.default_rng(n * 10 + batch)
+    frames = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(n)]
+    src = _picture_folder(tmp_path / "src", frames)
+    out = tmp_path / "out"
+    stats = _run(src, out, model="temporal-median", batch_size=batch, parallel=batch != 3, fps="24")
+    got = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in _listed(out)]
+    assert len(got) == n and stats.num_frames_written == n
+    for j in range(n):
+        window = np.stack([frames[min(max(k, 0), n - 1)] for k in (j - 1, j, j + 1)])
+        np.testing.assert_array_equal(got[j], np.median(window, axis=0).astype(np.uint8), err_msg=f"frame {j}")
+
+
+def test_restoration_model_on_video_keeps_frames_and_time(clips, tmp_path):
+    src = clips("vfr.mp4", num_frames=9, vfr=True, audio=True)
+    out = tmp_path / "out.mp4"
+    _run(src, out, model="temporal-median", parallel=True, batch_size=2, cpu_workers=2, segment_frames=4, encoders=2)
+    assert probe.pts_exact(out) == probe.pts_exact(src)
+    assert ("audio", "aac") in probe.streams(out)
+
+
+def test_restoration_model_does_not_chain_with_interpolate(clips, tmp_path):
+    with pytest.raises(InvalidOption, match="two passes"):
+        _run(clips("plain.mp4", num_frames=5), tmp_path / "o.mp4", model="temporal-median", interpolate=2,
+             interpolation_model="blend")

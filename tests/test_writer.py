@@ -1,0 +1,179 @@
+"""The picture writer's thread pool (pipeline/writer.py, issue 13): pictures are compressed a few
+at a time (OpenCV releases the GIL), with bounded pictures and bytes in flight, each written
+atomically; every picture comes out exact, results are counted in order, and one failed
+picture is one error."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import main as cli
+from core.errors import OutputExists
+from pipeline import writer as writing
+from pipeline.messages import ResultItem
+from pipeline.stats import RunStats
+from pipeline.writer import PictureWriter
+
+
+def _picture(i: int, *, depth: int, alpha: bool, h: int = 20, w: int = 28):
+    rng = np.random.default_rng(i)
+    top = 255 if depth == 8 else 65535
+    dtype = np.uint8 if depth == 8 else np.uint16
+    rgb = rng.integers(0, top + 1, (h, w, 3)).astype(dtype)
+    return (rgb, rng.integers(0, top + 1, (h, w)).astype(dtype)) if alpha else (rgb,)
+
+
+def _read(path: Path, fmt: str) -> np.ndarray:
+    with av.open(str(path)) as c:  # FFmpeg's decoder: what framepipe reads pictures with
+        return next(c.decode(video=0)).reformat(format=fmt).to_ndarray()
+
+
+def _writer(folder: Path, *, suffix=".png", overwrite=False, **kw) -> PictureWriter:
+    folder.mkdir(parents=True, exist_ok=True)
+    return PictureWriter(folder, lambda i: f"p_{i:04d}{suffix}", suffix, overwrite=overwrite, stats=RunStats(), **kw)
+
+
+def _pool_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("writer-picture")]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize("depth, alpha", [(8, False), (16, True)])
+def test_every_picture_is_written_exactly(tmp_path, suffix, depth, alpha):
+    out = tmp_path / "out"
+    w = _writer(out, suffix=suffix, num_threads=3)
+    items = [ResultItem(index=i, pts=i, fmt="rgb24" if depth == 8 else "rgb48", planes=_picture(i, depth=depth, alpha=alpha))
+             for i in range(17)]
+    for item in items:
+        assert w.process(item) == []
+        assert w.stats.num_frames_written <= item.index + 1
+    w.finish()
+    assert w.stats.num_frames_written == 17
+    w.close(complete=True)
+    assert w.closed_cleanly and _pool_threads() == []
+    assert sorted(p.name for p in out.iterdir()) == [f"p_{i:04d}{suffix}" for i in range(17)]  # no temporary files left
+    fmt = {(8, False): "rgb24", (16, True): "rgba64le"}[(depth, alpha)]
+    for item in items:
+        want = item.planes[0] if not alpha else np.dstack([item.planes[0], item.planes[1]])
+        assert np.array_equal(_read(out / f"p_{item.index:04d}{suffix}", fmt), want)
+
+
+def _tracking(monkeypatch, *, delay=0.02, fail_on=None):
+    """encode_picture replaced by one that records how many run at once (and may fail once)."""
+    state = {"now": 0, "most": 0, "lock": threading.Lock(), "calls": []}
+    real = writing.encode_picture
+
+    def encode(rgb, alpha, suffix):
+        with state["lock"]:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            state["calls"].append(int(rgb[0, 0, 0]))
+        try:
+            time.sleep(delay)
+            if fail_on is not None and int(rgb[0, 0, 0]) == fail_on:
+                raise RuntimeError(f"OpenCV could not encode picture {fail_on}")
+            return real(rgb, alpha, suffix)
+        finally:
+            with state["lock"]:
+                state["now"] -= 1
+    monkeypatch.setattr(writing, "encode_picture", encode)
+    return state
+
+
+def _tagged(i: int) -> ResultItem:
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[0, 0, 0] = i  # which picture the encoder is given
+    return ResultItem(index=i, pts=i, fmt="rgb24", planes=(rgb,))
+
+
+def test_pictures_in_flight_are_bounded_by_threads_and_bytes(tmp_path, monkeypatch):
+    state = _tracking(monkeypatch)
+    w = _writer(tmp_path / "a", num_threads=3)
+    for i in range(12):
+        w.process(_tagged(i))
+        assert len(w._pool._in_flight) <= 3
+    w.finish()
+    w.close(complete=True)
+    assert state["most"] == 3 and sorted(state["calls"]) == list(range(12))
+    state = _tracking(monkeypatch)
+    w = _writer(tmp_path / "b", num_threads=4, max_bytes_in_flight=16 * 16 * 3 * 3 // 2)  # 1.5 pictures
+    for i in range(6):
+        w.process(_tagged(i))
+    w.finish()
+    w.close(complete=True)
+    assert state["most"] == 1  # the byte budget lets one picture in at a time (one always goes in)
+    assert w.stats.num_frames_written == 6
+
+
+def test_one_failed_picture_is_one_error_and_the_rest_are_whole(tmp_path, monkeypatch):
+    _tracking(monkeypatch, fail_on=5)
+    out = tmp_path / "out"
+    w = _writer(out, num_threads=3)
+    raised = []
+    for i in range(12):
+        try:
+            w.process(_tagged(i))
+        except RuntimeError as exc:
+            raised.append(str(exc))
+            break  # the stage runner posts the error and stops calling process
+    else:
+        with pytest.raises(RuntimeError) as info:
+            w.finish()
+        raised.append(str(info.value))
+    assert raised == ["OpenCV could not encode picture 5"]
+    w.close(complete=False)  # joins the pool; the other failures (none here) are not raised again
+    assert w.closed_cleanly and _pool_threads() == []
+    names = sorted(p.name for p in out.iterdir())
+    assert all(n.endswith(".png") and not n.startswith(".") for n in names)  # whole pictures only, no temporaries
+    assert "p_0005.png" not in names and {f"p_{i:04d}.png" for i in range(5)} <= set(names)
+    assert w.stats.num_frames_written == len(names)  # counted: the pictures that landed
+
+
+def test_an_existing_picture_is_a_clear_error_from_the_pool(tmp_path):
+    """write_file_atomically's own error (here: the picture exists, no --overwrite) comes out of
+    the pool unchanged, once."""
+    out = tmp_path / "out"
+    w = _writer(out, num_threads=2)
+    (out / "p_0002.png").write_bytes(b"mine")
+    with pytest.raises(OutputExists, match=r"p_0002.png"):
+        for i in range(6):
+            w.process(_tagged(i))
+        w.finish()
+    w.close(complete=False)
+    assert (out / "p_0002.png").read_bytes() == b"mine"
+
+
+def test_a_run_whose_picture_fails_reports_one_error(tmp_path, monkeypatch, capsys):
+    """Through the CLI: the pool's failure is the run's one error line; the pictures that were
+    written are whole."""
+    from hw.pictures import encode_picture
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for n in range(8):
+        (src / f"s_{n}.png").write_bytes(encode_picture(_picture(n, depth=8, alpha=False)[0], None, ".png"))
+    calls = {"n": 0}
+    real = writing.encode_picture
+
+    def encode(rgb, alpha, suffix):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("OpenCV could not encode this picture")
+        return real(rgb, alpha, suffix)
+    monkeypatch.setattr(writing, "encode_picture", encode)
+    out = tmp_path / "out"
+    rc = cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "1"])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if "OpenCV could not encode" in ln]
+    assert rc != 0 and len(errors) == 1, err
+    pictures = [p for p in out.iterdir() if not p.name.endswith(".json")]  # (the --resume record)
+    assert 0 < len(pictures) < 8
+    for p in pictures:
+        assert p.suffix == ".png" and _read(p, "rgb24").shape == (20, 28, 3)
+    assert _pool_threads() == []
