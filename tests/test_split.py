@@ -203,3 +203,32 @@ def test_split_halves_equal_whole_on_cpu():
     split_out, whole_out = _stage_results(frames, [torch.device("cpu")] * 2, "bytes", "rrdb")
     for x, y in zip(split_out, whole_out):
         np.testing.assert_array_equal(x.planes[0], y.planes[0])
+
+
+def test_a_user_esrgan_file_splits_bit_exact(tmp_path, clips):
+    """A user's ESRGAN .pth (spandrel's RRDBNet) splits like the built-in: stage b of stage a
+    equals the whole model bit for bit (fp32), at an odd size, and a --split-gpu run on two
+    CPU devices gives the unsplit run's pictures."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    from models import load_model
+    from models.split import parameters_disjoint, split_model
+
+    torch.manual_seed(0)
+    net = ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=5, scale=4)
+    path = tmp_path / "my-esrgan.pth"
+    torch.save(net.state_dict(), path)
+    model = load_model(str(path))
+    module = model.make_module()
+    a, b = split_model(module)
+    assert parameters_disjoint(a, b)
+    x = torch.rand(2, 3, 19, 23)
+    with torch.inference_mode():
+        assert torch.equal(b(*a(x)), module(x))
+    src = clips("plain.mp4", width=32, height=24, num_frames=3)
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    _run(src, whole, model=str(path), batch_size=2)
+    stats = _run(src, split, model=str(path), batch_size=2, split_gpu=True, cpu_workers=2)
+    assert any("two stages" in line for line in stats.notes["fallbacks"])
+    for x_, y_ in zip(_pictures(whole), _pictures(split)):
+        np.testing.assert_array_equal(x_, y_)
