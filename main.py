@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     codec = p.add_argument_group("codecs")
     codec.add_argument("--nvdec", action="store_true", help="decode on the GPU with NVDEC (falls back to the CPU with a warning)")
+    codec.add_argument("--decoders", type=int, default=0, metavar="N",
+                       help="decoders working at once on consecutive parts of the video (cut at keyframes; NVDEC sessions "
+                       "with --nvdec); 0 = auto (default): one per NVDEC engine, or on the CPU one per 8 cores (at most 4)")
     codec.add_argument("--nvenc", action="store_true", help="encode on the GPU with NVENC (falls back to the CPU with a warning)")
     codec.add_argument("--codec", choices=CODECS, default=CODECS[0], help=f"output codec (default {CODECS[0]})")
     codec.add_argument("--bit-depth", type=int, choices=BIT_DEPTHS, default=None,
@@ -210,6 +213,7 @@ def _config_from_args(args, *, sample: bool):
         gpus=args.gpus,
         cpu_workers=args.cpu_workers,
         nvdec=args.nvdec,
+        decoders=args.decoders,
         nvenc=args.nvenc,
         batch_size=args.batch_size,
         max_batch_size=args.max_batch_size,
@@ -274,6 +278,8 @@ class RunDisplay:
                 self.console.print(f"precision on {dev}: {escape(why)}", highlight=False, soft_wrap=True)
             if getattr(plan, "encoder_line", ""):  # segmented output: how many encoders, and why
                 self.console.print(escape(plan.encoder_line), highlight=False, soft_wrap=True)
+            if getattr(plan, "decoding", None) is not None:  # several decoders: how many, and why
+                self.console.print(escape(plan.decoding.line), highlight=False, soft_wrap=True)
         if not self.enabled:
             return
         from rich.live import Live

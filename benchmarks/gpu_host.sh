@@ -8,6 +8,9 @@
 #   bash benchmarks/gpu_host.sh issue5    # bench_multi_gpu.py (1 vs 2 GPUs, slowed GPU, NVDEC)
 #   bash benchmarks/gpu_host.sh issue11   # bench_segments.py (1 encoder vs auto pool vs encoders alone; 2560x1920, 4K)
 #   bash benchmarks/gpu_host.sh issue12   # bench.py: model-bound, encode-bound and decode-bound jobs
+#   bash benchmarks/gpu_host.sh issue12b  # bench_overlap.py: the worker's overlapped chunks on vs off (x4plus-anime
+#                                         # 480x270, animevideov3 640x480; issue12b-anime / issue12b-video: one of them)
+#   bash benchmarks/gpu_host.sh issue12c  # bench_decoders.py: --decoders 1/auto/4, PyAV and NVDEC, alone and end to end (1080p)
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
 #   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
@@ -38,6 +41,18 @@ for step in "$@"; do
       python3 main.py --source /tmp/user.mp4 --output /tmp/user_out.mkv --overwrite --parallel --multi-gpu --nvdec --nvenc \
         --stats-json "$OUT/user_run.json" 2>&1 | tee "$OUT/user_run.txt"
       python3 main.py --list-models 2>&1 | tee "$OUT/list_models.txt" ;;
+    issue12b|issue12b-anime|issue12b-video)  # bench_overlap.py: worker alone (on/off, eager/compiled), model alone, pipeline
+      nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
+      if [ "$step" != issue12b-video ]; then  # model-bound: x4plus-anime 480x270 -> 1080p
+        python3 benchmarks/bench_overlap.py --model realesrgan-x4plus-anime --size 480x270 \
+          --batches "${BATCHES_ANIME:-1,4}" --seconds "${SECONDS_EACH:-5}" --pipeline-frames "${FRAMES:-480}" \
+          --out "$OUT/overlap" --work /tmp/bench-overlap 2>&1 | tee "$OUT/bench_overlap-x4plus-anime.log"
+      fi
+      if [ "$step" != issue12b-anime ]; then  # realesr-animevideov3 x4, 640x480 -> 2560x1920
+        python3 benchmarks/bench_overlap.py --model realesr-animevideov3 --size 640x480 \
+          --batches "${BATCHES_VIDEO:-4,16}" --seconds "${SECONDS_EACH:-5}" --pipeline-frames "${FRAMES:-480}" \
+          --out "$OUT/overlap" --work /tmp/bench-overlap 2>&1 | tee "$OUT/bench_overlap-animevideov3.log"
+      fi ;;
     issue10c)
       python3 benchmarks/bench_gpu_path.py --frames "${FRAMES:-300}" --compile off --out "$OUT/issue10c" 2>&1 \
         | tee "$OUT/bench_gpu_path_compile_off.log" ;;
@@ -99,6 +114,13 @@ for step in "$@"; do
       python3 benchmarks/bench.py --make-clip 1920x1080 --frames "${FRAMES_DECODE:-600}" --model bicubic --scale 1 \
         ${DECODE_NVDEC:+--nvdec} --skip "$decode_only" --out "$OUT/decode-bound" --work /tmp/bench-decode 2>&1 \
         | tee "$OUT/bench-decode-bound.log" ;;
+    issue12c)  # decode never the wall: several decoders on consecutive parts of one 1080p video (~2 min)
+      nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
+      # first the real NVDEC sessions on spans against PyAV (pixels, timestamps), then the figures
+      python3 -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests/test_nvcodec.py -k "spans or real_nvdec" 2>&1 \
+        | tee "$OUT/pytest_nvdec_spans.txt" | tail -5
+      python3 benchmarks/bench_decoders.py --frames "${FRAMES_DECODE:-960}" --gop "${GOP:-48}" --settings 1,0,4 \
+        --out "$OUT/decoders" --work /tmp/bench-decoders 2>&1 | tee "$OUT/bench-decoders.log" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -1,4 +1,6 @@
-"""Annex-B H.264/HEVC byte streams: NAL units, parameter sets, keyframes (the NVENC writer's reading).
+"""Annex-B H.264/HEVC byte streams: NAL units, parameter sets, keyframes (the NVENC writer's reading),
+and the parameter sets of an MP4/MKV configuration record (avcC/hvcC) as Annex-B (NVDEC starting
+at a cut: hw/nvdec.py).
 
 Broken internal contracts (a codec this module does not parse) raise `ValueError`.
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-__all__ = ["split_annexb", "annexb_parameter_sets", "annexb_is_keyframe"]
+__all__ = ["split_annexb", "annexb_parameter_sets", "annexb_is_keyframe", "config_parameter_sets"]
 
 
 _START_CODE = re.compile(b"\x00\x00\x01")
@@ -55,3 +57,41 @@ def annexb_is_keyframe(data: bytes, *, codec: Literal["h264", "hevc"]) -> bool:
     return False
 
 
+
+
+def config_parameter_sets(extradata: bytes, *, codec: Literal["h264", "hevc"]) -> bytes:
+    """The VPS/SPS/PPS of a stream's extradata as Annex-B: an avcC/hvcC record is unpacked, Annex-B
+    extradata is filtered as it is; b"" when there are none (or the record is cut short)."""
+    data = bytes(extradata or b"")
+    if data.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
+        return annexb_parameter_sets(data, codec=codec)
+    if codec not in ("h264", "hevc"):
+        raise ValueError(f"Invalid codec for configuration records ({codec!r}): allowed are h264, hevc.")
+    nals: list[bytes] = []
+    try:
+        if codec == "h264":  # avcC: 5 bytes, SPS count (low 5 bits) and SPSs, PPS count and PPSs
+            if len(data) < 7 or data[0] != 1:
+                return b""
+            pos = 5
+            for count_mask in (0x1F, 0xFF):
+                count = data[pos] & count_mask
+                pos += 1
+                for _ in range(count):
+                    size = int.from_bytes(data[pos:pos + 2], "big")
+                    nals.append(data[pos + 2:pos + 2 + size])
+                    pos += 2 + size
+        else:  # hvcC: 22 bytes, then arrays of (type, count, (length, NAL unit)...)
+            if len(data) < 23 or data[0] != 1:
+                return b""
+            pos = 23
+            for _ in range(data[22]):
+                count = int.from_bytes(data[pos + 1:pos + 3], "big")
+                pos += 3
+                for _ in range(count):
+                    size = int.from_bytes(data[pos:pos + 2], "big")
+                    nals.append(data[pos + 2:pos + 2 + size])
+                    pos += 2 + size
+    except IndexError:
+        return b""
+    wanted = {32, 33, 34} if codec == "hevc" else {7, 8}
+    return b"".join(b"\x00\x00\x00\x01" + nal for nal in nals if nal and _nal_type(nal, codec) in wanted)

@@ -6,6 +6,11 @@ goes through swscale to rgb24. What can be decoded is decoded: a corrupt packet 
 logged and skipped; timestamps that do not ascend are repaired (`TimestampRepair`); a
 stream that changes size or pixel format mid-way is converted to the first frame's; a
 stream shorter than its header says is reported (`stopped_early_reason`).
+
+With a `span` (hw.keyframes), it decodes one part of the stream for a decoder running beside
+others (pipeline/decoders.py): it seeks to the span's keyframe, keeps only the span's frames,
+counts only the span's own packets, and leaves the end-of-stream warnings to its owner
+(`end_warnings`), which adds up every span's counts.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import numpy as np
 from core.errors import NoVideoStream
 from core.frame import Frame
 from hw.av_source import PLANAR_YUV, fraction, open_input
+from hw.keyframes import DecodeSpan, span_packets
 
-__all__ = ["PyAVDecoder", "PtsFiller", "TimestampRepair"]
+__all__ = ["PyAVDecoder", "PtsFiller", "TimestampRepair", "end_warnings"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +119,22 @@ def _duration_tag(text: str | None) -> float | None:
         return None
 
 
+def end_warnings(*, num_repaired: int, num_resized: int, shape: tuple[int, int, str] | None,
+                 num_damaged: int) -> list[str]:
+    """The lines a decoder says once at the end of the video about what it changed or could not do."""
+    lines = []
+    if num_repaired:
+        lines.append(f"source: {num_repaired} frame timestamp(s) were out of order or repeated; they were made "
+                     "ascending (frames kept in presentation order)")
+    if num_resized:
+        w, h, fmt = shape or (0, 0, "")
+        lines.append(f"source: the picture size or format changes mid-stream; {num_resized} frame(s) were "
+                     f"converted to the first frame's {w}x{h} {fmt} (bicubic) before the model")
+    if num_damaged:
+        lines.append(f"source: {num_damaged} damaged frame(s) were decoded as well as they could be")
+    return lines
+
+
 class PyAVDecoder:
     """Decode the first video stream of a file on the CPU, in presentation order.
 
@@ -121,10 +143,15 @@ class PyAVDecoder:
     ascends (`TimestampRepair`, one warning when any was changed), and a corrupt packet is
     counted and skipped (`num_corrupt_packets`). At the end, a stream that held fewer
     frames than its header announced is reported (`warn`).
+
+    `span`: decode only that part of the stream (module docstring), converting to `first_shape`
+    (the whole video's first frame) where the span's first frame differs.
     """
 
-    def __init__(self, path: str | os.PathLike, *, threads: int = 0, warn: Callable[[str], None] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, threads: int = 0, warn: Callable[[str], None] | None = None,
+                 span: DecodeSpan | None = None, first_shape: tuple[int, int, str] | None = None) -> None:
         self.path = Path(path)
+        self.span = span
         self._warn = warn or (lambda message: log.warning("%s", message))
         self._container = open_input(self.path)
         if not self._container.streams.video:
@@ -141,7 +168,7 @@ class PyAVDecoder:
         self.num_frames_resized = 0
         self.num_frames_from_header = int(self._stream.frames or 0)
         self.stopped_early_reason: str | None = None
-        self._shape: tuple[int, int, str] | None = None  # (width, height, pix_fmt) of the first frame
+        self._shape: tuple[int, int, str] | None = first_shape  # (width, height, pix_fmt) of the first frame
         self._last_pts: int | None = None
         rate = fraction(self._stream.average_rate) or fraction(self._stream.guessed_rate)
         filler = PtsFiller(rate, fraction(self._stream.time_base))
@@ -150,7 +177,12 @@ class PyAVDecoder:
     def __iter__(self) -> Iterator[Frame]:
         # Planes are copied out of each FFmpeg frame at once, so the timestamp window holds our
         # copies, never FFmpeg's frame buffers (holding those made the decoder allocate anew).
+        span = self.span
         for frame in self._decoded_frames():
+            if span is not None and not span.keeps(frame.pts):
+                continue  # another span's frame (a leading picture next to a cut): decoded there too
+            if getattr(frame, "is_corrupt", False):
+                self.num_damaged_frames += 1
             for ready, pts in self._repair.push(self._planes(frame), frame.pts):
                 yield self._numbered(ready, pts)
         for ready, pts in self._repair.flush():
@@ -160,11 +192,24 @@ class PyAVDecoder:
     def _decoded_frames(self) -> Iterator:
         import av
 
-        packets = self._container.demux(self._stream)
+        span = self.span
+        if span is None:
+            packets = ((0, packet) for packet in self._container.demux(self._stream))
+        else:  # the span's packets, then a flush (the demuxer's end-of-stream packet does that without a span)
+            packets = span_packets(self._container, self._stream, span)
+        # A span after an open cut meeting damage decodes again from its pre-roll keyframe (hw.keyframes:
+        # the reference buffer as one decoder has it); what was handed on already is not again, and
+        # no packet is counted twice.
+        may_replay = span is not None and span.preroll_packet is not None
+        replaying = False
+        counted = -1  # span: the last position counted
+        handed_pts = None  # the largest timestamp handed on
         while True:
             try:
-                packet = next(packets)
+                position, packet = next(packets)
             except StopIteration:
+                if span is not None:
+                    yield from self._flush(count=span.end_packet == span.owned_end)
                 return
             except av.error.FFmpegError as exc:
                 # A broken container: stop here, keep what was decoded.
@@ -172,55 +217,75 @@ class PyAVDecoder:
                 log.warning("source %s: %s; keeping the frames decoded so far", self.path.name, self.stopped_early_reason)
                 yield from self._flush()
                 return
+            # leading pictures past a cut are counted by the next span; a replayed packet once
+            fresh = span is None or position > counted
+            owned = fresh and (span is None or span.first_packet <= position < span.owned_end)
+            counted = max(counted, position)
+            damaged = False
             try:
                 frames = packet.decode()
             except av.error.FFmpegError as exc:
-                self._corrupt(exc)
-                continue
-            if packet.size:
+                if owned:
+                    self._corrupt(exc)
+                frames, damaged = [], True
+            if packet.size and owned and not damaged:
                 self.num_packets += 1
             for frame in frames:
-                if getattr(frame, "is_corrupt", False):
-                    self.num_damaged_frames += 1
+                if may_replay and getattr(frame, "is_corrupt", False) and span.keeps(frame.pts):
+                    damaged = True
+                    break
+                if replaying and frame.pts is not None and handed_pts is not None and frame.pts <= handed_pts:
+                    continue
+                if frame.pts is not None:
+                    handed_pts = frame.pts if handed_pts is None else max(handed_pts, frame.pts)
                 yield frame
+            if damaged and may_replay:
+                may_replay, replaying = False, True
+                log.debug("source %s: span #%d is damaged after an open cut; decoding it again from packet %d",
+                          self.path.name, span.index, span.preroll_packet)
+                self._stream.codec_context.flush_buffers()
+                packets = span_packets(self._container, self._stream, span, preroll=True)
 
-    def _flush(self) -> Iterator:
+    def _flush(self, *, count: bool = True) -> Iterator:
         import av
 
         try:
             yield from self._stream.codec_context.decode(None)
         except av.error.FFmpegError as exc:
-            self._corrupt(exc)
+            if count:
+                self._corrupt(exc)
 
     def _corrupt(self, exc: Exception) -> None:
         self.num_corrupt_packets += 1
         if self.num_corrupt_packets <= 3:
             log.warning("source %s: skipped a corrupt packet (%s)", self.path.name, exc)
 
-    def _report_end(self) -> None:
-        if self._repair.num_repaired:
-            self._warn(
-                f"source: {self._repair.num_repaired} frame timestamp(s) were out of order or repeated; they were made "
-                "ascending (frames kept in presentation order)"
-            )
-        if self.num_frames_resized:
-            w, h, fmt = self._shape or (0, 0, "")
-            self._warn(
-                f"source: the picture size or format changes mid-stream; {self.num_frames_resized} frame(s) were "
-                f"converted to the first frame's {w}x{h} {fmt} (bicubic) before the model"
-            )
-        if self.num_damaged_frames:
-            self._warn(f"source: {self.num_damaged_frames} damaged frame(s) were decoded as well as they could be")
-        if self.stopped_early_reason is None:
-            self.stopped_early_reason = self._truncation()
+    @property
+    def num_timestamps_repaired(self) -> int:
+        return self._repair.num_repaired
 
-    def _truncation(self) -> str | None:
+    @property
+    def first_shape(self) -> tuple[int, int, str] | None:
+        return self._shape
+
+    def _report_end(self) -> None:
+        if self.span is None:
+            for line in end_warnings(num_repaired=self._repair.num_repaired, num_resized=self.num_frames_resized,
+                                     shape=self._shape, num_damaged=self.num_damaged_frames):
+                self._warn(line)
+        if self.stopped_early_reason is None and (self.span is None or self.span.is_last):
+            # a span read to the end of the stream demuxed every packet: the whole stream's count
+            demuxed = self.span.num_packets_total if self.span is not None else None
+            self.stopped_early_reason = self._truncation(num_packets_demuxed=demuxed)
+
+    def _truncation(self, *, num_packets_demuxed: int | None = None) -> str | None:
         """Why the source looks cut short (fewer frames or less time than its header says), or None."""
         announced = self.num_frames_from_header
+        demuxed = self.num_packets + self.num_corrupt_packets if num_packets_demuxed is None else num_packets_demuxed
         # Packets, not frames: an edit list may hide frames on purpose (their packets are still there).
-        if announced and self.num_packets + self.num_corrupt_packets < announced:
-            return (f"the stream ended after {self.num_packets} of the {announced} frames its header announces "
-                    "(the file is likely truncated)")
+        if announced and demuxed < announced:
+            return (f"the stream ended after {demuxed - self.num_corrupt_packets} of the {announced} frames its "
+                    "header announces (the file is likely truncated)")
         if self._last_pts is None or not self._stream.time_base:
             return None
         step = self._repair.step * self._stream.time_base

@@ -133,11 +133,14 @@ def make_clip(
     subtitles: Sequence[str] | None = None,
     color: tuple[int, int, int, int] | None = (1, 1, 1, 1),
     photo: bool = False,
+    codec_options: dict[str, str] | None = None,
 ) -> Path:
     """Write a clip whose frame k shows k as blocks; returns the path.
 
     `vfr=True` alternates frame durations of 1 and 2 ticks of 1/fps (a variable frame
-    rate). `color` = (matrix, primaries, transfer, range) as FFmpeg codes.
+    rate). `color` = (matrix, primaries, transfer, range) as FFmpeg codes. `codec_options`
+    go to the encoder after framepipe's own (e.g. {"g": "12", "bf": "3"}: a keyframe every 12
+    frames, up to 3 B-frames).
     """
     path = Path(path)
     if photo:
@@ -165,11 +168,12 @@ def make_clip(
     duration = (pts[-1] + 200) * time_base if pts else Fraction(num_frames, fps)
     _write(path, frames, rate=Fraction(fps), pts=pts, time_base=time_base,
            audio_seconds=float(duration) if audio else 0.0, audio_codec=audio_codec, color=color, pix_fmt=pix_fmt,
-           codec=codec, subtitles=subtitles)
+           codec=codec, subtitles=subtitles, codec_options=codec_options)
     return path
 
 
-def _write(path, frames, *, rate, pts, time_base, audio_seconds, color, pix_fmt, codec, subtitles, audio_codec="aac"):
+def _write(path, frames, *, rate, pts, time_base, audio_seconds, color, pix_fmt, codec, subtitles, audio_codec="aac",
+           codec_options=None):
     import av
 
     out = av.open(str(path), "w")
@@ -180,6 +184,8 @@ def _write(path, frames, *, rate, pts, time_base, audio_seconds, color, pix_fmt,
     vs.codec_context.time_base = time_base
     if codec == "libx264":
         vs.options = {"crf": "12", "preset": "veryfast"}
+    if codec_options:
+        vs.options = {**(vs.options or {}), **codec_options}
     if color is not None:
         cc = vs.codec_context
         cc.colorspace, cc.color_primaries, cc.color_trc, cc.color_range = color

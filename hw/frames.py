@@ -2,18 +2,28 @@
 
 - `batch_to_rgb(items, ...)`: a list of decoded frames (host YUV planes, host rgb24,
   or device NV12/P010 tensors) -> one `(N, 3, H, W)` float tensor on the worker's
-  device. Host planes are stacked, pinned and copied with one non-blocking copy per
-  plane; device tensors from another GPU are copied peer to peer (non-blocking).
+  device. Host planes are stacked straight into pinned memory and copied with one
+  non-blocking copy per plane; device tensors from another GPU are copied peer to peer
+  (non-blocking).
 - `rgb_to_host_yuv420(rgb, ...)`: model output -> yuv420p uint8 planes in host memory,
   converted on the device (never rgb24 to a CPU encoder) and copied through pinned
   memory. Odd sizes are padded to even by repeating the last row/column, because
   4:2:0 encoders need even sizes (the output is then at most one pixel larger).
+  `queue_host_yuv420(rgb, ...)` is its first half: the conversion and the copies queued on
+  the current stream, nothing waited for (the worker's overlapped path, issue 12); its
+  `HostYuv420.frames()` once that stream's work is done.
 - `rgb_to_device_nv12(rgb, ...)`: the same for NVENC: NV12 stays on the device;
   `rgb_to_device_p010(rgb, ...)` for NVENC's 10-bit input (P010, uint16).
 - `rgb_to_nv12_frames(rgb, ..., bit_depth=)`: those NV12 (8) or P010 (10) tensors as
   `CudaFrame`s, each with the CUDA event recorded after the conversion, so a consumer on
   another stream (the NVENC writer) can wait for exactly that work instead of reading a
   half-written frame.
+
+Pinned host memory comes from torch's caching host allocator, so blocks are reused from
+batch to batch, and safely: a block returns to the allocator only when its last tensor (and
+every numpy view of it) is gone, and is handed out again only after the copies queued into
+or out of it have run (the allocator records an event on the copying stream). The host
+planes given to the writer are such views: the next batch never writes into them.
 """
 
 from __future__ import annotations
@@ -27,7 +37,8 @@ import torch.nn.functional as F
 
 from hw.color import ColorInfo, nv12_to_rgb, rgb_to_nv12, rgb_to_p010, rgb_to_yuv420, yuv_to_rgb
 
-__all__ = ["batch_to_rgb", "batch_alpha", "rgb_to_host_rgb", "alpha_to_host", "rgb_to_host_yuv420", "rgb_to_device_nv12", "rgb_to_device_p010",
+__all__ = ["batch_to_rgb", "batch_alpha", "rgb_to_host_rgb", "alpha_to_host", "rgb_to_host_yuv420", "queue_host_yuv420",
+           "HostYuv420", "rgb_to_device_nv12", "rgb_to_device_p010",
            "rgb_to_nv12_frames", "CudaFrame",
            "pad_to_even", "to_8bit_rgb"]
 
@@ -39,6 +50,18 @@ def _host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return t
 
 
+def _stack_to_device(arrays: Sequence[np.ndarray], device: torch.device, *, dtype=None) -> torch.Tensor:
+    """`np.stack(arrays)`, as `dtype`, on `device`. On a GPU the arrays are stacked straight into
+    pinned memory (one host copy, not two) and copied without blocking."""
+    dtype = np.dtype(dtype or arrays[0].dtype)
+    if device.type != "cuda":
+        return torch.from_numpy(np.stack(arrays).astype(dtype, copy=False))
+    torch_dtype = torch.from_numpy(np.empty((0,), dtype)).dtype
+    host = torch.empty((len(arrays), *arrays[0].shape), dtype=torch_dtype, pin_memory=True)
+    np.stack(arrays, out=host.numpy())  # uint16 -> int32 where asked: a safe cast
+    return host.to(device, non_blocking=True)
+
+
 def batch_to_rgb(items: Sequence, color: ColorInfo, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Decoded frames (each with .fmt, .planes, .bit_depth) -> RGB `(N, 3, H, W)` on `device`."""
     fmt = items[0].fmt
@@ -48,17 +71,15 @@ def batch_to_rgb(items: Sequence, color: ColorInfo, *, device: torch.device, dty
     if fmt == "yuv":
         planes = []
         for i in range(3):
-            stacked = np.stack([it.planes[i] for it in items])
-            if stacked.dtype == np.uint16:
-                stacked = stacked.astype(np.int32)  # torch has no uint16 arithmetic on every device
-            planes.append(_host_to_device(stacked, device))
+            arrays = [it.planes[i] for it in items]
+            # torch has no uint16 arithmetic on every device: 16-bit codes go as int32
+            planes.append(_stack_to_device(arrays, device, dtype=np.int32 if arrays[0].dtype == np.uint16 else None))
         return yuv_to_rgb(planes[0], planes[1], planes[2], color, bit_depth=bit_depth, dtype=dtype)
     if fmt in ("rgb24", "rgb48"):  # pictures: 8- or 16-bit RGB (an alpha plane is `batch_alpha`'s)
-        stacked = np.stack([it.planes[0] for it in items])
+        arrays = [it.planes[0] for it in items]
         top = 255.0 if fmt == "rgb24" else 65535.0
-        if stacked.dtype == np.uint16:
-            stacked = stacked.astype(np.int32)
-        return (_host_to_device(stacked, device).permute(0, 3, 1, 2).float() / top).to(dtype)
+        stacked = _stack_to_device(arrays, device, dtype=np.int32 if arrays[0].dtype == np.uint16 else None)
+        return (stacked.permute(0, 3, 1, 2).float() / top).to(dtype)
     if fmt == "nv12":
         frames = [_device_frame(it.planes[0], device) for it in items]
         height = frames[0].shape[0] * 2 // 3
@@ -136,6 +157,37 @@ def rgb_to_host_yuv420(rgb: torch.Tensor, color: ColorInfo, *, bit_depth: int = 
     codes for 8 bits, uint16 codes (low bits, yuv420p10le's layout) for 10. At 8 bits the RGB is
     rounded to 8 bits first (as before, matching what an 8-bit RGB file would hold); at 10 bits
     the float output goes straight to 10-bit codes, never through 8 bits."""
+    queued = queue_host_yuv420(rgb, color, bit_depth=bit_depth)
+    if rgb.is_cuda:
+        torch.cuda.current_stream(rgb.device).synchronize()
+    return queued.frames()
+
+
+@dataclass(frozen=True, eq=False)
+class HostYuv420:
+    """A batch's Y, U, V codes `(N, h, w)` in host memory (pinned for a GPU batch), perhaps still
+    being copied there: call `frames()` only once the stream that queued the copies is done."""
+
+    y: torch.Tensor
+    u: torch.Tensor
+    v: torch.Tensor
+    bit_depth: int
+
+    def frames(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per frame (Y, U, V) numpy planes: at 8 bits views of the pinned buffers (they live as
+        long as a view does), at 10 bits uint16 copies."""
+        yn, un, vn = self.y.numpy(), self.u.numpy(), self.v.numpy()
+        if self.bit_depth != 8:
+            yn, un, vn = (p.astype(np.uint16) for p in (yn, un, vn))
+        return [(yn[i], un[i], vn[i]) for i in range(yn.shape[0])]
+
+    def __repr__(self) -> str:
+        return f"HostYuv420({tuple(self.y.shape)}, {self.bit_depth}-bit)"
+
+
+def queue_host_yuv420(rgb: torch.Tensor, color: ColorInfo, *, bit_depth: int = 8) -> HostYuv420:
+    """`rgb_to_host_yuv420` without the wait: the conversion and the copies into fresh pinned
+    buffers are queued on the current stream; nothing is read."""
     if bit_depth == 8:
         y, u, v = rgb_to_yuv420(pad_to_even(to_8bit_rgb(rgb)), color)
     else:
@@ -146,12 +198,8 @@ def rgb_to_host_yuv420(rgb: torch.Tensor, color: ColorInfo, *, bit_depth: int = 
             buf = torch.empty(plane.shape, dtype=plane.dtype, pin_memory=True)
             buf.copy_(plane, non_blocking=True)
             host.append(buf)
-        torch.cuda.current_stream(y.device).synchronize()
         y, u, v = host
-    yn, un, vn = y.numpy(), u.numpy(), v.numpy()
-    if bit_depth != 8:
-        yn, un, vn = (p.astype(np.uint16) for p in (yn, un, vn))
-    return [(yn[i], un[i], vn[i]) for i in range(yn.shape[0])]
+    return HostYuv420(y, u, v, bit_depth)
 
 
 def rgb_to_device_nv12(rgb: torch.Tensor, color: ColorInfo) -> list[torch.Tensor]:

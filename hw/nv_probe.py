@@ -16,7 +16,8 @@ from core.errors import HardwareUnavailable
 from hw import nv_runtime as rt
 from hw.nv_runtime import NO_NVENC_HINT
 
-__all__ = ["probe_nvdec", "probe_nvenc", "nvenc_size_problem", "NVDEC_CODECS", "NVENC_CODECS", "CHROMA_TEXT"]
+__all__ = ["probe_nvdec", "probe_nvenc", "nvenc_size_problem", "nvdec_engines", "NVDEC_CODECS", "NVENC_CODECS",
+           "CHROMA_TEXT"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,21 @@ NVENC_CODECS: tuple[str, ...] = CODECS
 CHROMA_TEXT = {"420": "4:2:0", "422": "4:2:2", "444": "4:4:4", "400": "4:0:0"}
 _CHROMA_MEMBER = {"420": ("420", "YUV420"), "422": ("422", "YUV422"),
                   "444": ("444", "YUV444"), "400": ("Monochrome", "MONOCHROME", "400")}
+
+# NVDEC engines of a GPU, by a word of its name (a regular expression). From
+# NVIDIA's data sheets: H100/H200 (GH100) 7, A100 5, A30 4, L40/L40S 3, L4 4; Tesla P40 1.
+NVDEC_ENGINES: tuple[tuple[str, int], ...] = (
+    ("H100", 7), ("H200", 7), ("H800", 7), ("A100", 5), ("A800", 5), ("A30", 4), ("L40S?", 3), ("L4", 4), ("P40", 1),
+)
+
+
+def nvdec_engines(gpu_name: str) -> int | None:
+    """The NVDEC engines of the GPU named `gpu_name` (torch's name), None when not known here."""
+    for part, engines in NVDEC_ENGINES:
+        if re.search(rf"\b{part}\b", gpu_name):
+            return engines
+    return None
+
 
 _nvenc_cache: dict[tuple[int, str, int, int], tuple[bool, str]] = {}
 rt._on_reset.append(_nvenc_cache.clear)

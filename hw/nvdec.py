@@ -37,6 +37,12 @@ on a private CUDA stream that first waits for the stream the decoder names) and 
 is synchronized before the frame is handed on: the decoder reuses its output memory for
 the next frame, and the consumer is another thread on another stream (which records its
 use of the frame: `hw.frames`).
+
+With a `span` (hw.keyframes), a decoder decodes one part of the stream, beside others each in
+its own NVDEC session (pipeline/decoders.py): it seeks to the span's keyframe, feeds the span's
+packets (the parameter sets first), flushes, and keeps the span's frames. NVDEC spans start at
+clean cuts only (no leading pictures): a picture NVDEC drops without a frame (a RASL picture
+after a CRA) would shift every PTS `_PtsBook` hands out after it.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from core.frame import Frame
 from hw import nv_runtime as rt
 from hw.av_decode import PtsFiller
 from hw.av_source import fraction, open_input
+from hw.keyframes import DecodeSpan, span_packets
 from hw.nv_probe import CHROMA_TEXT, NVDEC_CODECS, probe_nvdec
 
 __all__ = ["NvDecoder"]
@@ -124,11 +131,12 @@ class NvDecoder:
     """
 
     def __init__(self, source: str | os.PathLike[str], *, gpu: int = 0,
-                 stream_index: int | None = None) -> None:
+                 stream_index: int | None = None, span: DecodeSpan | None = None) -> None:
         import av
         import torch
 
         self.gpu = gpu
+        self.span = span  # one part of the stream (hw.keyframes; a clean cut: see `_emit`)
         self._container = None
         self._decoder = None
         self._closed = False
@@ -181,6 +189,11 @@ class NvDecoder:
                     f"{self.codec}_mp4toannexb", in_stream=stream)
             self._prefix = b""
             extradata = cc.extradata or b""
+            self._parameter_sets = b""  # put before a span's first packet where the filter gives none
+            if span is not None and span.first_packet > 0 and self.codec in ("h264", "hevc"):
+                from hw.annexb import config_parameter_sets
+
+                self._parameter_sets = config_parameter_sets(extradata, codec=self.codec)
             if self.codec == "av1" and len(extradata) > 4 and extradata[0] == 0x81:
                 self._prefix = bytes(extradata[4:])  # av1C header, then config OBUs
             with torch.cuda.device(gpu):
@@ -250,9 +263,15 @@ class NvDecoder:
         return packet
 
     def _annexb_packets(self) -> Iterator[tuple[Any, int | None, bool]]:
-        """(payload, pts, is_discard) for every video packet, in decode order."""
+        """(payload, pts, is_discard) for every video packet (of the span), in decode order.
+
+        A span starts at a keyframe; h264_mp4toannexb puts the parameter sets before an IDR
+        picture only, so before any other keyframe (an open GOP's I picture, an HEVC CRA
+        without them) they are added here from the stream's configuration record."""
         first = True
-        for packet in self._container.demux(self._stream):
+        packets = (self._container.demux(self._stream) if self.span is None
+                   else (packet for _, packet in span_packets(self._container, self._stream, self.span)))
+        for packet in packets:
             if packet.size == 0 and packet.dts is None:
                 continue  # PyAV's end-of-stream marker
             # Read these before filtering: the filter takes the packet's contents.
@@ -264,6 +283,11 @@ class NvDecoder:
                 payload: Any = out
                 if first and self._prefix:
                     payload = self._prefix + bytes(out)
+                if first and self._parameter_sets:
+                    from hw.annexb import annexb_parameter_sets
+
+                    if not annexb_parameter_sets(bytes(out), codec=self.codec):
+                        payload = self._parameter_sets + bytes(out)
                 first = False
                 yield payload, pts, discard
         if self._bsf is not None:
@@ -288,7 +312,9 @@ class NvDecoder:
     def _emit(self, frames: Any) -> Iterator[Frame]:
         for frame in frames:
             pts, discard = self._book.take()
-            if discard:
+            # A span's cut is clean (hw.keyframes: no leading picture after it), so every packet
+            # fed gives its frame and the book pairs them; frames past the span's end are dropped.
+            if discard or (self.span is not None and not self.span.keeps(pts)):
                 continue
             tensor = self._copy_frame(frame)
             index = self.num_frames_decoded

@@ -20,7 +20,8 @@ from torch import nn
 
 from core.errors import ModelError, ModelOutputError
 
-__all__ = ["ModelInfo", "LoadedModel", "ModelKind", "MODEL_KINDS", "FRAMES_IN", "dtype_name", "check_model_output"]
+__all__ = ["ModelInfo", "LoadedModel", "ModelKind", "MODEL_KINDS", "FRAMES_IN", "dtype_name", "check_model_output",
+           "all_finite", "not_finite_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +154,23 @@ def check_model_output(name: str, x: torch.Tensor, y: object, *, scale: int, che
             f"model {name} returned {detail}: framepipe never resizes or pads a model's output. Check the model's "
             "scale (--scale) and that it maps every input frame to one output frame"
         )
-    # Two reductions (NaN propagates through min/max), not isfinite(y): that would allocate a
-    # bool the size of the output, 1.5 GiB for one 8K frame at x4.
-    if check_values and y.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(y))).all()):
-        raise ModelOutputError(
-            f"model {name} produced NaN or infinite values: in fp16 this is usually an overflow; try "
-            "--precision fp32 (or bf16)"
-        )
+    if check_values and y.numel() and not bool(all_finite(y)):
+        raise not_finite_error(name)
     return y
+
+
+def all_finite(y: torch.Tensor) -> torch.Tensor:
+    """Whether every value of `y` is finite, as a 0-dim bool tensor on `y`'s device: queued, not
+    read (reading it waits for the device; the worker's overlapped path reads it once a batch).
+    Two reductions (NaN propagates through min/max), not isfinite(y): that would allocate a
+    bool the size of the output, 1.5 GiB for one 8K frame at x4."""
+    if not y.numel():
+        return torch.ones((), dtype=torch.bool, device=y.device)
+    return torch.isfinite(torch.stack(torch.aminmax(y))).all()
+
+
+def not_finite_error(name: str) -> ModelOutputError:
+    return ModelOutputError(
+        f"model {name} produced NaN or infinite values: in fp16 this is usually an overflow; try "
+        "--precision fp32 (or bf16)"
+    )

@@ -8,6 +8,7 @@ runner decides how they run (threads or one loop). `wrap(name, stage)` lets a ca
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -60,12 +61,18 @@ class Stages:
 
 
 def open_source(plan: RunPlan, warn: Callable[[str], None], shift: TimeShift | None = None) -> FrameSource:
-    """The decoder (NVDEC, PyAV, or a picture sequence's); with --start/--end, only the frames
-    inside the cut."""
+    """The decoder (NVDEC, PyAV, or a picture sequence's), or several on consecutive parts of the
+    video (pipeline/decoders.py); with --start/--end, only the frames inside the cut."""
     if plan.pictures is not None:
         from hw.pictures import PictureSource, probe_pictures
 
         source = PictureSource(plan.pictures, probe_pictures(plan.pictures), warn=warn)
+    elif plan.decoding is not None:
+        from pipeline.decoders import SplitSource
+
+        decoding = plan.decoding
+        source = SplitSource(decoding.spans, partial(_open_span, plan, warn), num_decoders=decoding.num_decoders,
+                             max_frames_ahead=decoding.max_frames_ahead, warn=warn, first_shape=decoding.first_shape)
     elif plan.use_nvdec:
         from hw.nvdec import NvDecoder
 
@@ -77,6 +84,19 @@ def open_source(plan: RunPlan, warn: Callable[[str], None], shift: TimeShift | N
     if plan.cut is None:
         return source
     return CutSource(source, plan.cut, shift if shift is not None else TimeShift(), time_base=plan.source.time_base)
+
+
+def _open_span(plan: RunPlan, warn: Callable[[str], None], span):
+    """The decoder of one part of the video (`SplitSource`'s `open_span`)."""
+    if plan.use_nvdec:
+        from hw.nvdec import NvDecoder
+
+        return NvDecoder(plan.config.source, gpu=plan.first_gpu, span=span)
+    from hw.av_decode import PyAVDecoder
+
+    decoding = plan.decoding
+    return PyAVDecoder(plan.config.source, warn=warn, span=span, threads=decoding.threads_per_decoder,
+                       first_shape=decoding.first_shape if span.index > 0 else None)
 
 
 def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None], *, with_audio: bool = True,
@@ -138,6 +158,15 @@ def _split_stages(plan: RunPlan, stats: RunStats):
                      output_format=_output_format(plan), model_name=plan.model.name, scale=plan.model.scale,
                      temporal=temporal, in_transit=in_transit)
     return front, back
+
+
+def _overlap_from_env() -> bool | None:
+    """FRAMEPIPE_OVERLAP=1: workers overlap a take's chunks on CUDA streams where the path allows
+    it (pipeline/worker.py); otherwise (the default) they run their chunks one after the other.
+    Off by default: on the H100 the worker stage alone gained 4-16% with it, but whole runs into
+    x264 lost 7-29% (52-53 vs 57-74 fps, x4plus-anime 480x270, two runs) and runs without output
+    were even (benchmarks/RESULTS.md, 2026-12-05)."""
+    return None if os.environ.get("FRAMEPIPE_OVERLAP", "").strip() == "1" else False
 
 
 def _temporal(plan: RunPlan) -> Temporal | None:
@@ -209,7 +238,7 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
             compile_helper=(CacheWarmer(cfg.model, plan.model.scale, memo=ProbeMemo(default_cache_dir() / "compiled.json"))
                             if dev.type == "cuda" else None),
             probe_memo=ProbeMemo(default_cache_dir() / "batch-sizes.json") if cfg.batch_size == 0 else None,
-            temporal=_temporal(plan), restore_radius=plan.model.radius,
+            temporal=_temporal(plan), restore_radius=plan.model.radius, overlap=_overlap_from_env(),
         )
         workers.append(wrap(name, worker))
     skip = None

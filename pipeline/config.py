@@ -47,6 +47,7 @@ class RunConfig:
     cpu_workers: int = 1
     nvdec: bool = False
     nvenc: bool = False
+    decoders: int = 0  # decoders at once on consecutive parts of the video; 0 = auto (pipeline/decoders.py)
     batch_size: int = 0  # 0 = probe
     max_batch_size: int = 256
     queue_size: int = 50
@@ -112,6 +113,9 @@ class RunConfig:
                                 f"{', '.join(PICTURE_FORMATS)}.")
         if self.audio is not None and not self.audio.is_file():
             raise InvalidOption(f"Invalid --audio ({str(self.audio)!r}): no such file.")
+        if self.decoders < 0:
+            raise InvalidOption(f"Invalid --decoders ({self.decoders}): use 0 to choose by the decoder and the cores, "
+                                "or a positive number, e.g. --decoders 4.")
         if self.encoders < 0:
             raise InvalidOption(f"Invalid --encoders ({self.encoders}): use 0 to choose by cores and memory, or a positive number.")
         if self.segment_frames is not None and self.segment_seconds is not None:

@@ -34,6 +34,7 @@ from models import LoadedModel
 from models.compiled import compile_choice
 from models.registry import default_cache_dir
 from pipeline.config import RunConfig, default_output_path
+from pipeline.decoders import DecodePlan, choose_decoders, plan_decoders
 from pipeline.encoder_choice import MODEL_RATES_FILE, EncoderChoice, choose_encoders, model_rate_key, remembered_model_rate
 from pipeline.segments import PartsFolder, SegmentLayout
 
@@ -86,6 +87,7 @@ class RunPlan:
     cut: Cut | None = None  # --start/--end (None: the whole video)
     interpolator: LoadedModel | None = None  # --interpolate: the temporal model after `model` (RIFE)
     split: "SplitChoice | None" = None  # --split-gpu: which model is split, over which two devices
+    decoding: DecodePlan | None = None  # several decoders on consecutive parts of the video (None: one)
 
     @property
     def interpolate(self) -> int:
@@ -193,11 +195,12 @@ def plan_run(config: RunConfig) -> RunPlan:
         use_nvdec = False
         if pictures is None:  # a video to pictures: NVDEC may still decode it
             use_nvdec, _ = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h), encode=False)
+        decoding = _plan_decoding(config, source, devices, notes, use_nvdec=use_nvdec, pictures=pictures)
         return RunPlan(
             config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite or own_partial,
             devices=tuple(devices), dtypes=dtypes, compiled=compiled, output_width=out_w, output_height=out_h,
             use_nvdec=use_nvdec, use_nvenc=False, preset="", notes=tuple(notes), cut=config.cut, output_bit_depth=target.bit_depth,
-            pictures=pictures, picture_target=target, interpolator=interpolator, split=split,
+            pictures=pictures, picture_target=target, interpolator=interpolator, split=split, decoding=decoding,
         )
     if pictures is not None and config.nvdec:
         notes.append("--nvdec: pictures are decoded on the CPU.")
@@ -207,6 +210,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         probe_audio(config.audio)
     bit_depth = _plan_bit_depth(config, source, notes)
     use_nvdec, use_nvenc = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h), bit_depth=bit_depth)
+    decoding = _plan_decoding(config, source, devices, notes, use_nvdec=use_nvdec, pictures=pictures)
     if use_nvenc:
         preset = config.preset if config.preset in NVENC_PRESETS else DEFAULT_NVENC_PRESET
         notes += _nvenc_limits(config, source, output)
@@ -228,7 +232,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
         segments=segments, num_encoders=encoders.num_encoders, encoder_line=encoders.line, model_rate_key=rate_key,
         cut=config.cut, output_bit_depth=bit_depth,
-        pictures=pictures, interpolator=interpolator, split=split,
+        pictures=pictures, interpolator=interpolator, split=split, decoding=decoding,
     )
 
 
@@ -333,11 +337,64 @@ def _plan_discarding(config: RunConfig, source: SourceInfo, model: LoadedModel, 
     use_nvdec = False
     if pictures is None:
         use_nvdec, _ = _plan_codecs(config, source, devices, notes, output_size=(out_w, out_h), encode=False)
+    decoding = _plan_decoding(config, source, devices, notes, use_nvdec=use_nvdec, pictures=pictures)
     return RunPlan(
         config=config, source=source, model=model, output=None, overwrite_output=False, devices=devices,
         dtypes=dtypes, compiled=compiled, output_width=out_w, output_height=out_h, use_nvdec=use_nvdec,
-        use_nvenc=False, preset="", notes=tuple(notes), cut=config.cut, pictures=pictures,
+        use_nvenc=False, preset="", notes=tuple(notes), cut=config.cut, pictures=pictures, decoding=decoding,
     )
+
+
+def _plan_decoding(config: RunConfig, source: SourceInfo, devices: tuple[torch.device, ...], notes: list[str], *,
+                   use_nvdec: bool, pictures: PictureSequence | None) -> DecodePlan | None:
+    """--decoders: several decoders on consecutive parts of the video (pipeline/decoders.py; its
+    `line`, said when the run starts, says how many and why); where --decoders N > 1 cannot be
+    had, one line in the notes says why."""
+    asked = config.decoders
+    if pictures is not None or not config.parallel:
+        if asked > 1:
+            notes.append(f"--decoders {asked}: " + ("pictures are read by one reader." if pictures is not None else
+                                                    "the sequential loop decodes with one decoder (use --parallel)."))
+        return None
+    engines = None
+    if use_nvdec:
+        from hw.nv_probe import nvdec_engines
+
+        engines = nvdec_engines(torch.cuda.get_device_name(devices[0]))
+    num_cores = _num_cores()
+    wanted, why = choose_decoders(asked=asked, use_nvdec=use_nvdec, num_cores=num_cores,
+                                  num_frames=_frames_estimate(config, source), nvdec_engines=engines)
+    samples = 1.5 if use_nvdec or source.chroma_format == "420" else 3
+    frame_bytes = int(source.width * source.height * samples * (2 if source.bit_depth > 8 else 1))
+    try:
+        decoding, line = plan_decoders(lambda: _scan_packets(config.source), wanted=wanted, why=why, use_nvdec=use_nvdec,
+                                       frame_bytes=frame_bytes, memory_bytes=_available_memory_bytes(),
+                                       num_cores=num_cores)
+    except Exception as exc:  # noqa: BLE001 - the source was probed already: one decoder reads it as before
+        log.warning("the source's keyframes could not be read (%s); one decoder", exc)
+        decoding, line = None, f"its keyframes could not be read ({exc})"
+    if decoding is None and asked > 1:
+        notes.append(f"--decoders {asked}: one decoder, because {line}.")
+    return decoding
+
+
+def _num_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _scan_packets(path: Path):
+    """The demux-only pass over the source's packets (hw.keyframes); tests replace it."""
+    import time
+
+    from hw.keyframes import scan_packets
+
+    started = time.perf_counter()
+    scan = scan_packets(path)
+    log.info("read %d packets' timestamps in %.2f s (keyframes to cut at)", scan.num_packets, time.perf_counter() - started)
+    return scan
 
 
 def _sequence_name(seq: PictureSequence) -> str:

@@ -122,6 +122,8 @@ def describe(plan: RunPlan, stats: RunStats) -> None:
         encoder=_describe_encoder(plan),
         mode="parallel" if cfg.parallel else "sequential",
     )
+    if plan.decoding is not None:
+        stats.notes["decoders"] = plan.decoding.line
     if plan.interpolator is not None:
         stats.notes["interpolate"] = f"{plan.interpolator.name} x{plan.interpolate} frames"
     stats.notes["fallbacks"] = list(plan.notes)

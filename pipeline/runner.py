@@ -36,7 +36,7 @@ from pipeline.queues import FifoInbox, FifoOutbox, WorkQueue
 from pipeline.report import Outcome, describe, pixel_settings, raise_for, settle_output, settle_pictures, settle_segments
 from pipeline.segments import PICTURE_MANIFEST, PartsFolder, check_picture_manifest, source_fingerprint
 from pipeline.sampler import DeviceSampler
-from pipeline.stage import Retire, Retry, StageRunner
+from pipeline.stage import Retire, Retry, StageRunner, take_size
 from pipeline.stats import RunStats
 
 __all__ = ["run"]
@@ -313,7 +313,7 @@ def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: Erro
             if frame is None:
                 break
             batch.append(frame)
-            if len(batch) >= max(1, worker.batch_size):
+            if len(batch) >= take_size(worker):
                 flush(batch)
         if batch:
             flush(batch)

@@ -11,6 +11,7 @@ and, optionally, `start()` (called first, in the stage's own thread: a CUDA devi
 stream belong to the thread that uses them) and `on_idle(inbox_is_empty)` (called when
 nothing arrived for a poll period). A stage with no inbox is a source: all its output
 comes from `finish()`. A stage knows nothing of queues, threads, stop events or clocks.
+A stage that batches says how many items it takes at once with `take_size` (or `batch_size`).
 
 `process` may raise two control exceptions instead of returning:
 - `Retry(after_seconds)`: the item cannot be done now (a device fault); it goes back to
@@ -51,6 +52,7 @@ __all__ = [
     "Retire",
     "StageRunner",
     "OnStop",
+    "take_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -166,7 +168,7 @@ class StageRunner:
             self.on_retire(self.name, exc)
 
     def _want(self) -> int:
-        return max(1, int(getattr(self.stage, "batch_size", 1) or 1))
+        return take_size(self.stage)
 
     def _loop(self) -> None:
         stopped_at: float | None = None
@@ -243,6 +245,13 @@ class StageRunner:
                     return False
             if self.stop.is_set() and self.on_stop == "exit" and self.inbox is None:
                 return False  # a source stops producing at once
+
+
+def take_size(stage: Any) -> int:
+    """How many frames `stage` takes from its inbox at once: its `take_size` (a worker that
+    overlaps several batches, pipeline/worker.py), else its `batch_size`, else 1."""
+    size = getattr(stage, "take_size", None) or getattr(stage, "batch_size", 1)
+    return max(1, int(size or 1))
 
 
 def _size(item: Any) -> int:

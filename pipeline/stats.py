@@ -52,6 +52,7 @@ class WorkerStats:
     batch_size: int = 0  # the size in use now
     batch_sizes: Counter = field(default_factory=Counter)  # size -> batches run at that size
     tile_size: int | None = None  # input pixels a side of the tiles the model runs on; None: whole frames
+    overlap: bool = False  # a batch's chunks overlap on CUDA streams (pipeline/worker.py)
     num_oom: int = 0
     num_scene_cuts: int = 0  # --interpolate: pairs taken for a scene cut (the frame repeated)
     num_failures: int = 0
@@ -106,6 +107,7 @@ class WorkerStats:
             "batch_size_now": self.batch_size,
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
             "tile_size": self.tile_size,
+            "overlap": self.overlap,
             "oom_retries": self.num_oom,
             "scene_cuts": self.num_scene_cuts,
             "failures": self.num_failures,

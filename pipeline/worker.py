@@ -8,6 +8,19 @@ converts the result to the writer's format: yuv420p planes in host memory, or NV
 device (each frame with the CUDA event the NVENC writer waits on). It returns one
 `ResultItem` per frame, in order.
 
+The model runs the batch in chunks of `batch_size`. On a GPU, for a spatial model writing
+yuv420p(10) planes to host memory or nothing (--output-mode none), the chunks overlap (issue
+12: on an H100 the work around the model took as long as the model, one after the other):
+while the model runs chunk i on the worker's stream, chunk i+1 is copied in and converted to
+RGB on a copy-in stream and chunk i-1 converted to YUV and copied to pinned host memory on a
+copy-out stream. Events order each chunk's three steps; the host waits once a batch, for its
+last chunk (and, to bound memory, for chunk i-2 before chunk i starts). The operations are
+those of the plain path, so the bytes are the same. To have chunks to overlap, such a worker
+takes `TAKE_BATCHES` batches at once from the work queue (`take_size`). Everything else
+(the CPU, interpolation and restoration models, NV12/P010 for NVENC, RGB pictures, or
+`overlap=False`: the default of a run, unless FRAMEPIPE_OVERLAP=1) takes one batch and runs its chunks one
+after the other, each waited for.
+
 Nothing is lost:
 - out of memory: clear the cache, halve the batch, retry the same frames; after a run of
   good batches, grow back toward the probed size. Out of memory at batch 1: the same frames
@@ -21,6 +34,7 @@ Nothing is lost:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,11 +44,11 @@ import torch
 
 from core.frame import Frame, Window
 from hw.color import ColorInfo
-from hw.frames import (alpha_to_host, batch_alpha, batch_to_rgb, rgb_to_host_rgb, rgb_to_host_yuv420,
-                       rgb_to_nv12_frames)
+from hw.frames import (HostYuv420, alpha_to_host, batch_alpha, batch_to_rgb, queue_host_yuv420, rgb_to_host_rgb,
+                       rgb_to_host_yuv420, rgb_to_nv12_frames)
 from hw.memory import (DeviceFault, ProbeMemo, choose_batch_size, cuda_measure, free_cached_memory, is_device_fault,
                        is_oom)
-from models.base import LoadedModel, check_model_output
+from models.base import LoadedModel, all_finite, check_model_output, not_finite_error
 from models.compiled import CompiledModel
 from models.tiling import Tiling, default_overlap, next_tiling, run_tiled
 from pipeline.messages import OutputFormat, ResultItem
@@ -42,7 +56,13 @@ from pipeline.stage import Retire, Retry
 from pipeline.temporal import distinct_frames, in_output_order, pairs, repeat_on_cut, timesteps, window_results
 from pipeline.stats import WorkerStats
 
-__all__ = ["Worker", "Temporal", "to_output"]
+__all__ = ["Worker", "Temporal", "to_output", "TAKE_BATCHES"]
+
+# Batches a worker takes from the work queue at once where it overlaps their chunks: with k
+# chunks the pipeline's fill and drain (one conversion in, one out) is paid once per k.
+TAKE_BATCHES = 3
+_OVERLAP_OUTPUTS = ("yuv420p", "yuv420p10", "none")  # host planes, or nothing: the host waits for them
+_CHUNKS_IN_FLIGHT = 2  # chunk i starts once chunk i-2 is in host memory: at most 2 chunks' outputs held
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,7 @@ class Worker:
         restore_radius: int = 0,
         max_failures: int = 3,
         backoff_seconds: float = 2.0,
+        overlap: bool | None = None,
     ) -> None:
         self.name = name
         self.device = device
@@ -116,7 +137,13 @@ class Worker:
         self.batch_size = self.target_batch_size
         self._good_batches_since_shrink = 0
         self._grow_after = 16
-        self._stream = None
+        self._stream = None  # the worker's stream: the model (and everything, without overlap)
+        # Overlapping chunks (see the module's docstring). None: where it applies, on a GPU; True: also
+        # on the CPU, where the same scheduling runs without streams (tests); False: never.
+        self.overlap = _overlap_applies(overlap, device=device, output_format=output_format, temporal=temporal,
+                                        restore_radius=restore_radius)
+        self._copy_in = None  # the overlap's streams: conversion in, conversion out (a GPU)
+        self._copy_out = None
         self.tile_overlap = tile_overlap if tile_overlap is not None else default_overlap(tile_size or None)
         self.tiling = Tiling(tile_size, self.tile_overlap) if tile_size else None
         self._input_size: tuple[int, int] = (0, 0)  # (height, width) of the last model input
@@ -132,6 +159,8 @@ class Worker:
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
                 self._stream = torch.cuda.Stream(self.device)
+                if self.overlap:
+                    self._copy_in, self._copy_out = torch.cuda.Stream(self.device), torch.cuda.Stream(self.device)
                 self.ws.marks["CUDA context"] = time.perf_counter()
             self.module = self.build_model(self.device, self.dtype)
             if self.temporal is not None:
@@ -158,7 +187,14 @@ class Worker:
         self.ws.batch_size = self.batch_size
         self.model.batch_size = self.batch_size
         self.ws.tile_size = self.tiling.size if self.tiling is not None else None
+        self.ws.overlap = self.overlap
         self.ws.health = "ok"
+
+    @property
+    def take_size(self) -> int:
+        """Frames this worker takes from the work queue at once (the stage runner's `want`):
+        `TAKE_BATCHES` batches where it overlaps their chunks, else one."""
+        return self.batch_size * TAKE_BATCHES if self.overlap else self.batch_size
 
     def _probe_batch_size(self, frames: Sequence[Frame]) -> int:
         """The batch size with the best frames/s for what this worker does per batch: the
@@ -316,6 +352,8 @@ class Worker:
 
     def _process_all(self, frames: Sequence[Frame]) -> list[ResultItem]:
         """`infer` in chunks of the current batch size, halving it on OOM; at batch 1, tiles."""
+        if self.overlap:
+            return self._process_overlapped(frames)
         done: list[ResultItem] = []
         chunk_sizes: list[int] = []
         pos = 0
@@ -326,25 +364,109 @@ class Worker:
             except BaseException as exc:
                 if not is_oom(exc):
                     raise
-                self.ws.num_oom += 1
-                free_cached_memory(self.device, exc)
-                if self.batch_size == 1:
-                    self._use_smaller_tiles(exc)  # raises DeviceFault below the smallest tile
-                    continue
-                self.batch_size = max(1, len(chunk) // 2)
-                self.ws.batch_size = self.batch_size
-                self._good_batches_since_shrink = 0
-                self._grow_after = min(self._grow_after * 2, 1024)
-                self.log.warning("out of memory at batch %d: retrying the same frames at batch %d", len(chunk), self.batch_size)
+                self._out_of_memory(exc, len(chunk))
                 continue
-            if self._tiles_to_announce is not None:
-                self._announce_tiles(chunk[0].index)
+            self._chunk_done(chunk)
             pos += len(chunk)
             chunk_sizes.append(len(chunk))
-            self._maybe_grow()
         for size in chunk_sizes:  # counted only once the whole batch is done (a fault hands it all back)
             self.ws.record_batch(size)
         return done
+
+    def _process_overlapped(self, frames: Sequence[Frame]) -> list[ResultItem]:
+        """`_process_all` with its chunks overlapped (the module's docstring): the same chunks, OOM
+        halving and tiles; each chunk's conversion in is queued (`_stage`) while the model runs
+        the one before; the host waits for the last chunk's copies, then reads every chunk's."""
+        launched: list[_Launched] = []
+        staged: _Staged | None = None
+        pos = 0
+        while pos < len(frames):
+            chunk = frames[pos : pos + self.batch_size]
+            try:
+                if staged is None or staged.num_frames != len(chunk):
+                    staged = self._stage(chunk)
+                if len(launched) >= _CHUNKS_IN_FLIGHT:
+                    launched[-_CHUNKS_IN_FLIGHT].wait()
+                launched.append(self.launch(chunk, staged))
+            except BaseException as exc:
+                if not is_oom(exc):
+                    raise
+                staged = None
+                self._out_of_memory(exc, len(chunk))
+                continue
+            staged = None
+            self._chunk_done(chunk)
+            pos += len(chunk)
+            if pos < len(frames):  # the next chunk in, while the model runs this one
+                after = frames[pos : pos + self.batch_size]
+                try:
+                    staged = self._stage(after)
+                except BaseException as exc:
+                    if not is_oom(exc):
+                        raise
+                    self._out_of_memory(exc, len(after))
+        if launched:
+            launched[-1].wait()  # the copy-out stream runs in order: every chunk is in host memory
+        done = [r for chunk in launched for r in chunk.results()]
+        for chunk in launched:  # counted only once the whole batch is done (a fault hands it all back)
+            self.ws.record_batch(chunk.num_frames)
+        return done
+
+    def _stage(self, frames: Sequence[Frame]) -> _Staged:
+        """A chunk's conversion in (host->device copy, YUV->RGB), queued on the copy-in stream."""
+        with torch.inference_mode(), _on(self._copy_in):
+            rgb = batch_to_rgb(frames, self.color, device=self.device, dtype=self.dtype)
+            return _Staged(len(frames), rgb, _event(self._copy_in))
+
+    def launch(self, frames: Sequence[Frame], staged: _Staged) -> _Launched:
+        """One model call on a chunk `_stage` converted in (the overlapped path's `infer`): the
+        model on the worker's stream once the chunk is in, then the conversion out and the copy to
+        pinned host memory on the copy-out stream once the model is done. Queued, not waited
+        for: `.wait()`, then `.results()`. Raises on OOM. Without streams (the CPU) all at once."""
+        out_stream = self._copy_out
+        with torch.inference_mode():
+            rgb = staged.rgb
+            if out_stream is None:
+                out = check_model_output(self.model_name, rgb, self._model(rgb), scale=self.scale)
+                return _Launched(frames, self._queue_output(out), None, None, self.output_format, self.name,
+                                 self.model_name)
+            compute = torch.cuda.current_stream(self.device)
+            _hand_over(staged.ready, compute, rgb)
+            out = check_model_output(self.model_name, rgb, self._model(rgb), scale=self.scale, check_values=False)
+            finite = all_finite(out)  # read with the planes: reading it now would wait for the model
+            model_done = _event(compute)
+            with torch.cuda.stream(out_stream):
+                _hand_over(model_done, out_stream, out, finite)
+                host = self._queue_output(out)
+                finite_on_host = torch.empty((), dtype=torch.bool, pin_memory=True)
+                finite_on_host.copy_(finite, non_blocking=True)
+                done = _event(out_stream)
+        return _Launched(frames, host, finite_on_host, done, self.output_format, self.name, self.model_name)
+
+    def _queue_output(self, out: torch.Tensor) -> HostYuv420 | None:
+        """The conversion out of the overlapped path, queued on the current stream (host planes)."""
+        if self.output_format == "none":
+            return None
+        return queue_host_yuv420(out, self.color, bit_depth=10 if self.output_format == "yuv420p10" else 8)
+
+    def _chunk_done(self, chunk: Sequence[Frame]) -> None:
+        if self._tiles_to_announce is not None:
+            self._announce_tiles(chunk[0].index)
+        self._maybe_grow()
+
+    def _out_of_memory(self, exc: BaseException, num_frames: int) -> None:
+        """A chunk of `num_frames` ran out of memory: free the cache, then halve the batch, or at
+        batch 1 use (smaller) tiles; the caller retries the same frames."""
+        self.ws.num_oom += 1
+        free_cached_memory(self.device, exc)
+        if self.batch_size == 1:
+            self._use_smaller_tiles(exc)  # raises DeviceFault below the smallest tile
+            return
+        self.batch_size = max(1, num_frames // 2)
+        self.ws.batch_size = self.batch_size
+        self._good_batches_since_shrink = 0
+        self._grow_after = min(self._grow_after * 2, 1024)
+        self.log.warning("out of memory at batch %d: retrying the same frames at batch %d", num_frames, self.batch_size)
 
     def _use_smaller_tiles(self, exc: BaseException) -> None:
         """Batch 1 ran out of memory: the next tiles to try, or `DeviceFault` at the floor."""
@@ -422,3 +544,81 @@ def _free_cached_memory_safely(device: torch.device) -> None:
         free_cached_memory(device)
     except Exception:  # a broken device may refuse even this
         pass
+
+
+# -- the overlapped path's pieces ---------------------------------------------------------------
+
+
+def _overlap_applies(requested: bool | None, *, device: torch.device, output_format: str, temporal: Temporal | None,
+                     restore_radius: int) -> bool:
+    """Whether a worker overlaps its chunks: asked (None: on a GPU), for a spatial model writing
+    host planes or nothing. True on the CPU runs the same scheduling without streams."""
+    if requested is False or temporal is not None or restore_radius or output_format not in _OVERLAP_OUTPUTS:
+        return False
+    return requested is True or device.type == "cuda"
+
+
+def _on(stream):
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+
+def _event(stream):
+    """An event after the work queued so far on `stream` (None: no stream, nothing to wait for)."""
+    if stream is None:
+        return None
+    event = torch.cuda.Event()
+    event.record(stream)
+    return event
+
+
+def _hand_over(event, stream, *tensors: torch.Tensor) -> None:
+    """`stream` waits for `event` (work on another stream) before what is queued on it next, and
+    `tensors`, made on that other stream, are kept from reuse until `stream` is done with them
+    (the caching allocator otherwise hands their memory back to their own stream at once)."""
+    stream.wait_event(event)
+    for t in tensors:
+        t.record_stream(stream)
+
+
+@dataclass(frozen=True, eq=False)
+class _Staged:
+    """A chunk converted in (or being): its RGB on the device, ready after `ready` (None: now)."""
+
+    num_frames: int
+    rgb: torch.Tensor
+    ready: object  # torch.cuda.Event | None
+
+    def __repr__(self) -> str:
+        return f"_Staged({tuple(self.rgb.shape)})"
+
+
+@dataclass(frozen=True, eq=False)
+class _Launched:
+    """A chunk whose model call and conversion out are queued: `wait()` for its copies to host
+    memory (the copy-out stream's `done`), then `results()`."""
+
+    frames: Sequence[Frame]
+    host: HostYuv420 | None  # None: --output-mode none
+    finite: torch.Tensor | None  # pinned bool: the model's output was finite (None: checked already)
+    done: object  # torch.cuda.Event | None
+    fmt: OutputFormat
+    worker: str
+    model_name: str
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    def wait(self) -> None:
+        if self.done is not None:
+            self.done.synchronize()
+
+    def results(self) -> list[ResultItem]:
+        if self.finite is not None and not bool(self.finite):
+            raise not_finite_error(self.model_name)
+        planes = self.host.frames() if self.host is not None else [() for _ in self.frames]
+        return [ResultItem(index=f.index, pts=f.pts, fmt=self.fmt, planes=p, worker=self.worker)
+                for f, p in zip(self.frames, planes)]
+
+    def __repr__(self) -> str:
+        return f"_Launched({len(self.frames)} frame(s) from #{self.frames[0].index})"

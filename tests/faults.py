@@ -3,7 +3,8 @@
 `run(config, wrap=inject(...))` wraps stages by name as the runner builds them: production
 constructors carry no test hooks. What can be injected:
 - a reader, writer or worker raising `InjectedFault` (a bug) at frame k;
-- a worker's model call (`Worker.infer`, one call per chunk) running slowly, running out of
+- a worker's model call (`Worker.infer`, or `Worker.launch` where it overlaps its chunks: one
+  call per chunk either way) running slowly, running out of
   memory above a batch size or once at its n-th call, or failing as a device at its n-th call
   (once, or for good), with a short back-off so the tests stay quick;
 - the model itself (the module a worker builds) running out of memory on inputs of more
@@ -91,15 +92,14 @@ class _OomAbove(nn.Module):
 
 
 def _faulty_worker(worker: Any, faults: WorkerFaults) -> Any:
-    """The same worker, its model call (`infer`) replaced by one that misbehaves as told, and
-    its model built inside `_OomAbove` where asked."""
+    """The same worker, its model calls (`infer`, `launch`) replaced by ones that misbehave as
+    told, and its model built inside `_OomAbove` where asked."""
     if faults.oom_when_model_pixels_over is not None:
         build, limit = worker.build_model, faults.oom_when_model_pixels_over
         worker.build_model = lambda device, dtype: _OomAbove(build(device, dtype), limit)
-    infer = worker.infer
     calls = [0]
 
-    def faulty_infer(frames):
+    def misbehave(frames):
         calls[0] += 1
         n = calls[0]
         if faults.seconds_per_batch:
@@ -114,9 +114,17 @@ def _faulty_worker(worker: Any, faults: WorkerFaults) -> Any:
             n == faults.device_fault_at_batch or (faults.device_fault_permanent and n > faults.device_fault_at_batch)
         ):
             raise DeviceFault(f"injected device fault on {worker.name} at model call {n}")
-        return infer(frames)
 
-    worker.infer = faulty_infer
+    def faulty(call):
+        def call_with_faults(frames, *args, **kwargs):
+            misbehave(frames)
+            return call(frames, *args, **kwargs)
+
+        return call_with_faults
+
+    worker.infer = faulty(worker.infer)
+    if hasattr(worker, "launch"):
+        worker.launch = faulty(worker.launch)
     return worker
 
 

@@ -686,6 +686,88 @@ def test_decoder_matches_pyav_count_and_pts(tmp_path, monkeypatch, fake_gpu, suf
     assert m.calls[0][0] == "caps"
 
 
+class RecordingNvdec(FakeNvdec):
+    """FakeNvdec that keeps the whole first payload fed (a span's: parameter sets first?)."""
+
+    def Decode(self, packet):
+        if packet.bsl and not hasattr(self, "first_payload"):
+            self.first_payload = ctypes.string_at(packet.bsl_data, packet.bsl)
+        return super().Decode(packet)
+
+
+class _WithoutParameterSets:
+    """h264_mp4toannexb as before a non-IDR keyframe (another encoder's open-GOP I picture at a
+    clean cut): it adds no SPS/PPS."""
+
+    def __init__(self, bsf):
+        self.bsf = bsf
+
+    def filter(self, packet):
+        outs = []
+        for out in self.bsf.filter(packet):
+            nals = [n for n in split_annexb(bytes(out)) if n[0] & 0x1F not in (7, 8)]
+            outs.append(av.Packet(b"".join(b"\x00\x00\x00\x01" + n for n in nals)))
+        return outs
+
+
+# IDR keyframes (the filter adds the parameter sets), and keyframes before which the filter adds
+# none (the decoder adds them from the avcC record)
+@pytest.mark.parametrize("strip", [False, True])
+def test_decoder_spans_give_pyavs_frames(tmp_path, monkeypatch, fake_gpu, strip, no_stage_threads_left):
+    """Issue 12: NVDEC sessions on consecutive spans (pipeline/decoders.py), each seeking to its
+    keyframe, give the one decoder's frames and timestamps, renumbered from 0."""
+    import threading
+
+    from hw.keyframes import cut_spans, scan_packets
+    from pipeline.decoders import SplitSource
+
+    clip = make_clip(tmp_path / "b.mp4", n=60, options={"bf": "2", "g": "12"})
+    scan = scan_packets(clip)
+    spans = cut_spans(scan, span_frames=1, clean=True)
+    assert len(spans) >= 5
+    fakes, lock, feeding = [], threading.Lock(), {}
+    use(monkeypatch, fake_module(caps=CAPS_OK, decoder_factory=lambda **kw: fakes[-1]))
+
+    def open_span(span):
+        with lock:  # CreateDecoder runs inside NvDecoder(): hand it this span's stand-in
+            fakes.append(RecordingNvdec(scan.pts[span.first_packet:span.end_packet]))
+            feeding[span.index] = fakes[-1]
+            decoder = NvDecoder(clip, gpu=0, span=span)
+            if strip and span.index:
+                decoder._bsf = _WithoutParameterSets(decoder._bsf)
+            return decoder
+
+    source = SplitSource(spans, open_span, num_decoders=3, max_frames_ahead=1000, warn=print)
+    try:
+        got = list(source)
+    finally:
+        source.close()
+    assert [f.pts for f in got] == pyav_pts(clip)
+    assert [f.planes[0] for f in got] == pyav_pts(clip)  # each frame its own picture's timestamp
+    assert [f.index for f in got] == list(range(60))
+    for k, fake in feeding.items():
+        assert annexb_parameter_sets(fake.first_payload, codec="h264"), f"span {k} starts without SPS/PPS"
+        assert fake.fed == spans[k].end_packet - spans[k].first_packet
+
+
+def test_config_parameter_sets_are_the_filters(tmp_path):
+    """avcC/hvcC extradata unpacked to Annex-B: what h264/hevc_mp4toannexb puts before an IDR."""
+    from hw.annexb import config_parameter_sets
+
+    for codec, lib, opts in (("h264", "libx264", {"g": "12"}), ("hevc", "libx265", {"x265-params": "log-level=none"})):
+        clip = make_clip(tmp_path / f"{codec}.mp4", codec=lib, options=opts)
+        with av.open(str(clip)) as c:
+            stream = c.streams.video[0]
+            bsf = av.bitstream.BitStreamFilterContext(f"{codec}_mp4toannexb", in_stream=stream)
+            first = b"".join(bytes(p) for p in bsf.filter(next(c.demux(stream))))
+            sets = config_parameter_sets(stream.codec_context.extradata, codec=codec)
+        assert sets == annexb_parameter_sets(first, codec=codec) and sets.count(b"\x00\x00\x00\x01") >= 2
+        assert config_parameter_sets(sets, codec=codec) == sets  # Annex-B extradata as it is
+    assert config_parameter_sets(b"\x01\x64", codec="h264") == b""  # cut short
+    with pytest.raises(ValueError, match=r"Invalid codec for configuration records \('av1'\)"):
+        config_parameter_sets(b"\x81\x00\x00\x00", codec="av1")
+
+
 def test_decoder_drops_discarded_frames(monkeypatch, fake_gpu):
     book = nvdec._PtsBook()
     for pts, discard in [(-2, True), (4, False), (0, False), (2, False)]:
@@ -787,6 +869,39 @@ def test_real_nvdec_matches_pyav(tmp_path):
         t = _tensor(g)
         assert t.is_cuda and t.dtype == torch.uint8 and tuple(t.shape) == (360, 320)
         np.testing.assert_array_equal(t.cpu().numpy(), a)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("codec, options", [("libx264", {"g": "12", "bf": "3"}),
+                                            ("libx265", {"x265-params": "keyint=12:min-keyint=12:open-gop=0:"
+                                                                        "bframes=3:scenecut=0:log-level=none"})])
+def test_real_nvdec_sessions_on_spans_match_pyav(tmp_path, codec, options, no_stage_threads_left):
+    """Issue 12: 4 NVDEC sessions on consecutive spans (closed GOPs: clean cuts) give PyAV's
+    frames, pixels and timestamps, renumbered from 0."""
+    from hw.clips import make_clip as make_photo_clip
+    from hw.keyframes import cut_spans, scan_packets
+    from pipeline.decoders import SplitSource
+
+    clip = make_photo_clip(tmp_path / "spans.mp4", num_frames=96, width=320, height=240, photo=True, codec=codec,
+                           codec_options=options)
+    scan = scan_packets(clip)
+    spans = cut_spans(scan, span_frames=12, clean=True)
+    assert len(spans) >= 6
+    try:
+        source = SplitSource(spans, lambda span: NvDecoder(clip, gpu=0, span=span), num_decoders=4,
+                             max_frames_ahead=48, warn=print)
+    except HardwareUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        got = list(source)
+    finally:
+        source.close()
+    with av.open(str(clip)) as c:
+        ref = [(f.pts, f.reformat(format="nv12").to_ndarray()) for f in c.decode(video=0)]
+    assert [g.pts for g in got] == [p for p, _ in ref] and [g.index for g in got] == list(range(96))
+    for g, (_, a) in zip(got, ref):
+        np.testing.assert_array_equal(g.planes[0].cpu().numpy(), a)
+
 
 def _pts(item):
     return item.pts if hasattr(item, "pts") else item[1]

@@ -524,7 +524,9 @@ def test_interpolation_models_list_and_load(tmp_path):
     assert (rife.kind, rife.temporal, rife.arch, rife.scale) == ("interpolate", 2, "IFNet", 1)
     assert rows["rife"].num_params == 5_664_776 and "--interpolate" in rows["rife"].description
     assert (rows["blend"].kind, rows["blend"].num_params, rows["blend"].cached) == ("interpolate", 0, True)
-    assert all(rows[n].kind == "spatial" and rows[n].temporal == 0 for n in rows if n not in INTERPOLATION_NAMES)
+    assert (rows["temporal-median"].kind, rows["temporal-median"].temporal) == ("restore", 3)
+    assert all(rows[n].kind == "spatial" and rows[n].temporal == 0 for n in rows
+               if n not in (*INTERPOLATION_NAMES, "temporal-median"))
     blend = load_model("blend", cache_dir=tmp_path)
     assert (blend.kind, blend.temporal, blend.scale) == ("interpolate", 2, 1)
     a, b = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)

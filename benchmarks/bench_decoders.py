@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Decode never the wall (issue 12): one decoder vs several on consecutive parts of one video.
+
+On a 1080p clip made here (panned photographs, x264 veryfast crf 18, B-frames, a keyframe every
+--gop frames), for PyAV and for NVDEC (--nvdec; skipped where NVDEC is not available), with
+--decoders 1, 0 (auto) and 4:
+  decode alone   the run's own source (pipeline/build.py open_source from the plan), iterated
+                 and counted, nothing else running
+  end to end     python main.py --model bicubic --scale 1 --output-mode none --parallel
+                 --decoders N [--nvdec] --stats-json OUT/...: fps over the whole run and
+                 "steady" fps after the first frame (start-up left out)
+Issue 12's target: >= 1,200 fps end to end at 1080p with a trivial model and no encoder (H100).
+
+    python benchmarks/bench_decoders.py --frames 960 --out $OUT/decoders
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._steps import Steps  # noqa: E402
+
+
+def make_clip(path: Path, *, width: int, height: int, num_frames: int, gop: int) -> Path:
+    """Panned photographs (60 rendered, looped), x264 with B-frames and a keyframe every `gop`."""
+    import av
+
+    from hw.clips import render_photo_frames
+
+    if path.is_file():
+        return path
+    frames = render_photo_frames(width, height, min(num_frames, 60))
+    tmp = path.with_suffix(".part.mp4")
+    with av.open(str(tmp), "w") as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"preset": "veryfast", "crf": "18", "bf": "3", "g": str(gop)}
+        for i in range(num_frames):
+            f = av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24").reformat(format="yuv420p")
+            f.pts = i
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+    tmp.replace(path)
+    return path
+
+
+def decode_alone(src: Path, *, decoders: int, nvdec: bool) -> dict:
+    """The source a run with these flags would read, read alone."""
+    from pipeline import RunConfig, plan_run
+    from pipeline.build import open_source
+
+    plan = plan_run(RunConfig(source=src, model="bicubic", scale=1, output_mode="none", parallel=True,
+                              decoders=decoders, nvdec=nvdec))
+    if nvdec and not plan.use_nvdec:
+        return {"skipped": "; ".join(plan.notes) or "NVDEC not used"}
+    warnings: list[str] = []
+    source = open_source(plan, warnings.append)
+    t0 = time.perf_counter()
+    try:
+        n = sum(1 for _ in source)
+    finally:
+        seconds = time.perf_counter() - t0
+        source.close()
+    d = plan.decoding
+    return {"frames": n, "seconds": round(seconds, 3), "fps": round(n / seconds, 1),
+            "decoders": d.num_decoders if d else 1, "spans": len(d.spans) if d else 1,
+            "line": d.line if d else "one decoder", "notes": list(plan.notes), "warnings": warnings}
+
+
+def end_to_end(src: Path, out: Path, *, decoders: int, nvdec: bool, extra: list[str]) -> dict:
+    stats_path = out / f"e2e-{'nvdec' if nvdec else 'pyav'}-decoders{decoders}.json"
+    cmd = [sys.executable, str(ROOT / "main.py"), "--source", str(src), "--model", "bicubic", "--scale", "1",
+           "--output-mode", "none", "--parallel", "--decoders", str(decoders), "--stats-json", str(stats_path),
+           *(["--nvdec"] if nvdec else []), *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    command_seconds = time.perf_counter() - t0
+    (out / f"{stats_path.stem}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not stats_path.is_file():
+        return {"error": f"exit {proc.returncode}", "tail": (proc.stdout + proc.stderr)[-800:]}
+    s = json.loads(stats_path.read_text())
+    frames, wall, first = s["frames_written"], s["wall_seconds"], s.get("first_frame_seconds")
+    steady = round((frames - 1) / (wall - first), 1) if first is not None and wall > first else None
+    return {"fps": s["fps"], "steady_fps": steady, "frames": frames, "wall_seconds": wall,
+            "first_frame_seconds": first, "command_seconds": round(command_seconds, 2),
+            "decoder": s.get("decoder"), "decoders": s.get("decoders", "one decoder"),
+            "batch_sizes": [w.get("batch_sizes") for w in s.get("workers", [])],
+            "stages_busy_s": {k: v["busy_seconds"] for k, v in s.get("stages", {}).items()},
+            "warnings": s.get("warnings"), "notes": s.get("fallbacks")}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="1920x1080")
+    p.add_argument("--frames", type=int, default=960)
+    p.add_argument("--gop", type=int, default=48, help="a keyframe every N frames (x264 -g)")
+    p.add_argument("--settings", default="1,0,4", help="--decoders values to compare (0 = auto)")
+    p.add_argument("--no-nvdec", action="store_true", help="PyAV only")
+    p.add_argument("--extra", default="", help="more main.py flags for the end-to-end runs, e.g. '--batch-size 16'")
+    p.add_argument("--out", type=Path, default=Path("bench-out/decoders"))
+    p.add_argument("--work", type=Path, default=Path("/tmp/bench-decoders"))
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    import av
+    import torch
+
+    w, h = map(int, args.size.split("x"))
+    results: dict = {"date": time.strftime("%Y-%m-%d"),
+                     "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
+                     "cpu_count": os.cpu_count(), "torch": torch.__version__, "pyav": av.__version__,
+                     "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    step = Steps(results, args.out / "bench-decoders.json", preview_chars=400)
+    src = args.work / f"decoders-{w}x{h}-{args.frames}-g{args.gop}.mp4"
+    step("make_clip", lambda: {"path": str(make_clip(src, width=w, height=h, num_frames=args.frames, gop=args.gop)),
+                               "bytes": src.stat().st_size})
+    settings = [int(x) for x in args.settings.split(",")]
+    kinds = [False] if args.no_nvdec or not torch.cuda.is_available() else [False, True]
+    extra = args.extra.split()
+    # warm-up (not counted): imports from disk, the batch-size probe remembered for the runs below
+    step("warmup", lambda: end_to_end(src, args.work, decoders=1, nvdec=False, extra=[*extra, "--max-frames", "240"]))
+    for nvdec in kinds:
+        for n in settings:
+            step(f"decode_alone:{'nvdec' if nvdec else 'pyav'}:decoders={n}", lambda: decode_alone(src, decoders=n, nvdec=nvdec))
+    for nvdec in kinds:
+        for n in settings:
+            step(f"end_to_end:{'nvdec' if nvdec else 'pyav'}:decoders={n}",
+                 lambda: end_to_end(src, args.out, decoders=n, nvdec=nvdec, extra=extra))
+    print("\nfps (decode alone | end to end, steady)")
+    for nvdec in kinds:
+        for n in settings:
+            kind = "nvdec" if nvdec else "pyav"
+            a, e = results.get(f"decode_alone:{kind}:decoders={n}", {}), results.get(f"end_to_end:{kind}:decoders={n}", {})
+            print(f"  {kind:5s} --decoders {n}: {a.get('fps', a.get('error') or a.get('skipped'))} "
+                  f"({a.get('decoders', '?')} decoders, {a.get('spans', '?')} spans) | "
+                  f"{e.get('fps', e.get('error'))}, steady {e.get('steady_fps')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
