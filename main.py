@@ -95,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--interpolate", type=int, default=1, metavar="N",
                        help="frame interpolation with RIFE 4.x: N-1 new frames between each two (2 doubles the frame "
                        "rate); after --model when one is given (one pass, frames stay on the device), else alone")
-    model.add_argument("--interpolation-model", default="rife", metavar="NAME",
+    # None: not given (given without --interpolate, they do nothing and the plan says so)
+    model.add_argument("--interpolation-model", default=None, metavar="NAME",
                        help="the model --interpolate uses: rife (RIFE 4.x, default) or blend (cross-fade, no weights)")
-    model.add_argument("--scene-threshold", type=float, default=DEFAULT_SCENE_THRESHOLD, metavar="S",
+    model.add_argument("--scene-threshold", type=float, default=None, metavar="S",
                        help="two frames less alike than S (SSIM of 32x32 thumbnails, 0-1) are a scene cut: the frame "
                        f"is repeated instead of blended (default {DEFAULT_SCENE_THRESHOLD}; 0: never)")
     model.add_argument("--split-gpu", action="store_true",

@@ -96,5 +96,6 @@ OUTPUT_MODES: tuple[str, ...] = ("file", "none")
 # Temporal models and split models (issue 15)
 MAX_INTERPOLATE = 16
 INTERPOLATE_ONLY_MODEL = "bicubic"  # at scale 1: the identity, so --interpolate alone upscales nothing  # --interpolate N: N-1 new frames between each two
+DEFAULT_INTERPOLATION_MODEL = "rife"
 DEFAULT_SCENE_THRESHOLD = 0.2  # SSIM of 32x32 thumbnails below which two frames are a scene cut (RIFE's own rule)
 SPLIT_TRANSPORTS = ("p2p", "bytes")

@@ -15,12 +15,22 @@ be cut inside a packet, so the audio starts at the first packet at or after the 
 kept frame (at most one packet later: about 21 ms for 48 kHz AAC). The packets move by the
 shift exactly, in the output's time base where the source's ticks are too coarse to say it
 (AVI counts AAC/MP3 time in whole packets: `hw.av_streams._move_back`).
+
+A temporal model sees each frame with its neighbours (`core.frame.Window`). `context=(before,
+after)` has `CutSource` also yield up to `before` frames just before the start and `after` from
+the end on, marked `neighbour` (never processed or written themselves): a window at the cut
+then holds the video's real neighbours, so the kept frames come out exactly as in a run over
+the whole video, and with `--interpolate N` the last kept frame brings the frames made between
+it and the next one. Runs over consecutive parts ([a, b) then [b, c)) join into the run over
+[a, c), frame for frame.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -139,13 +149,16 @@ class TimeShift:
 
 class CutSource:
     """A frame source that yields only the frames inside `cut`, numbered from 0 and moved
-    back in time (see the module's docstring); `shift` records what it did."""
+    back in time, and the `context` neighbours around them (see the module's docstring);
+    `shift` records what it did."""
 
-    def __init__(self, source, cut: Cut, shift: TimeShift, *, time_base: Fraction) -> None:
+    def __init__(self, source, cut: Cut, shift: TimeShift, *, time_base: Fraction,
+                 context: tuple[int, int] = (0, 0)) -> None:
         self.source = source
         self.cut = cut
         self.shift = shift
         self.time_base = Fraction(time_base)
+        self.context = context
         self.num_frames_before_start = 0
 
     @property
@@ -161,7 +174,10 @@ class CutSource:
         moved_by: int | None = None
         kept = 0
         seconds = Fraction(0)
-        for frame in self.source:
+        before, after = self.context
+        held: deque[Frame] = deque(maxlen=before)  # the last frames before the start
+        frames = iter(self.source)
+        for frame in frames:
             if first_pts is None:
                 first_pts = frame.pts
                 if self.cut.end is not None and self.cut.end.seconds is not None:
@@ -172,14 +188,21 @@ class CutSource:
                 if kept == 0:
                     raise InvalidOption(f"--end {self.cut.end} comes before --start {self.cut.start}: the video "
                                         f"reaches the end at frame {frame.index} ({float(seconds):.3f} s). Nothing to process.")
+                for k, later in zip(range(after), itertools.chain([frame], frames)):
+                    yield replace(later, index=kept + k, pts=later.pts - moved_by, neighbour=True)
                 return
             if self.cut.start is not None and not self.cut.start.reached(frame.index, seconds):
                 self.num_frames_before_start += 1
+                if before:
+                    held.append(frame)
                 continue
             if moved_by is None:
                 moved_by = frame.pts - first_pts
                 self.shift.shift = moved_by * self.time_base
                 self.shift.first = float(frame.pts * self.time_base)
+                for k, earlier in enumerate(held):
+                    yield replace(earlier, index=k - len(held), pts=earlier.pts - moved_by, neighbour=True)
+                held.clear()
             yield replace(frame, index=kept, pts=frame.pts - moved_by)
             kept += 1
         if kept == 0 and self.cut.start is not None:

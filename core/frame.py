@@ -37,6 +37,11 @@ class Frame:
     array for "rgb24" (uint16 for "rgb48", a 16-bit picture), optionally followed by an
     (H, W) alpha plane of the same type, or one (H*3/2, W) device tensor for "nv12" (uint16 P016 with the
     codes in the high bits when `bit_depth` > 8).
+
+    `neighbour`: a frame outside the part of the video the run processes (before --start, at or
+    past --end or --max-frames), decoded only to stand beside a kept frame in a temporal model's
+    `Window`, never processed or written itself. Its index continues the kept frames'
+    numbering (negative before the first), so a batch's frames stay apart by index.
     """
 
     index: int
@@ -44,9 +49,10 @@ class Frame:
     fmt: FrameFormat
     planes: tuple[Any, ...]
     bit_depth: int = 8
+    neighbour: bool = False
 
     def __post_init__(self) -> None:
-        if self.index < 0:
+        if self.index < 0 and not self.neighbour:
             raise ValueError(f"Frame.index must be >= 0, got {self.index}")
         expected = _NUM_PLANES.get(self.fmt)
         if expected is None:
@@ -57,7 +63,8 @@ class Frame:
             raise ValueError(f"Frame.bit_depth must be 8, 10, 12 or 16, got {self.bit_depth}")
 
     def __repr__(self) -> str:
-        return f"Frame(#{self.index}, pts={self.pts}, {self.fmt}{self.bit_depth} [{describe_planes(self.planes)}])"
+        kind = "Neighbour" if self.neighbour else "Frame"
+        return f"{kind}(#{self.index}, pts={self.pts}, {self.fmt}{self.bit_depth} [{describe_planes(self.planes)}])"
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ def join_segments(
                 video.codec_context.codec_tag = "hvc1"  # Apple players refuse hev1
         copier = StreamCopier(out, source_path, warn=warn, shift=audio_shift) if source_path is not None else None
         last_end = 0.0
+        last_dts: Fraction | None = None  # seconds
         with disk_errors(path, frames_written=lambda: num_packets):
             for segment, offset in segments:
                 with av.open(ffmpeg_path(segment)) as container:
@@ -99,6 +100,7 @@ def join_segments(
                             packet.pts += shift
                         if packet.dts is not None:
                             packet.dts += shift
+                            last_dts = _after(packet, last_dts)
                         seconds = float(packet.pts * packet.time_base) if packet.pts is not None else last_end
                         duration = float((packet.duration or 0) * packet.time_base)
                         if copier is not None:
@@ -118,3 +120,20 @@ def join_segments(
             if copier is not None:
                 copier.close()
     return num_packets
+
+
+def _after(packet, last_dts: Fraction | None) -> Fraction:
+    """Keep the joined DTS increasing; returns the packet's DTS in seconds. A segment's encoder
+    starts its DTS before its first PTS by its reordering delay in that segment's own frame
+    spacing (x265: two B-frames' worth), which can reach back onto the previous segment's last
+    DTS where the spacing changes at the cut (variable frame rate, frames made by --interpolate);
+    the muxer refuses an equal DTS. Such a DTS is moved one tick past the last, never past the
+    packet's PTS (the order of the packets and every PTS stay as encoded)."""
+    tb = Fraction(packet.time_base)
+    dts = packet.dts * tb
+    if last_dts is not None and dts <= last_dts:
+        packet.dts = last_dts // tb + 1
+        if packet.pts is not None:
+            packet.dts = min(packet.dts, packet.pts)
+        dts = packet.dts * tb
+    return dts

@@ -10,8 +10,10 @@ How a cut is made exact
 Positions count the video packets (those with data) in decode order from 0. A keyframe at
 position p with timestamp T is a cut when every packet before it has a timestamp below T
 (nothing decoded before the cut is shown after it) and no packet the demuxer marks discard
-(an MP4 edit list's pre-roll) comes after it. The span from that cut keeps the frames with
-T <= pts < T' (T' the next cut's), so each frame belongs to exactly one span by its
+(an MP4 edit list's pre-roll) comes after it, and (H.264/HEVC) every parameter set sent in a
+packet before it is in the stream's configuration record or in the keyframe's own packet (a
+decoder starting there has only those: `_ParameterSets`). The span from that cut keeps the
+frames with T <= pts < T' (T' the next cut's), so each frame belongs to exactly one span by its
 timestamp. Its decoder seeks to the keyframe, skips (demux only) to position p, and feeds
 until the last packet whose frame it keeps, then flushes. With an open GOP, the pictures
 after the next keyframe in decode order but shown before it (leading pictures: they refer
@@ -21,7 +23,8 @@ after it has a larger timestamp): NVDEC needs that (hw/nvdec.py pairs frames wit
 by count, so a picture it silently drops at a cut would shift every timestamp after it).
 
 A video is cut only where that holds by construction: MP4/MOV and Matroska/WebM (their
-seeking is by an index, exact), every packet with a timestamp, no two the same. Otherwise
+seeking is by an index, exact), every packet with a timestamp, no two the same, timestamps
+that are presentation times (frames come out of the decoder in timestamp order). Otherwise
 `cut_spans` returns one span (the whole video) and `why_not` says why, in one line.
 """
 
@@ -44,6 +47,14 @@ log = logging.getLogger(__name__)
 # Containers whose seeking lands on the asked keyframe through an index (checked anyway).
 SPLITTABLE_FORMATS = ("mov", "mp4", "matroska", "webm")
 _FIRST_FRAME_PACKETS = 64  # packets the scan decodes at most to learn the first frame's shape
+# Packets the scan decodes at most to see whether frames come out in timestamp order, for a codec
+# that reorders whose packets' timestamps all ascend in decode order (no B-frames, or the muxer
+# wrote decode times): the first mini-GOPs show it.
+_ORDER_PACKETS = 32
+# A frame is shown after at most this many frames decoded after it (H.264/HEVC keep at most 16
+# reordered pictures): a timestamp below one this far back in decode order is a jump back in
+# time (files joined end to end), which presentation order by timestamp would not keep.
+_REORDER_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,8 @@ class PacketScan:
     discards: tuple[int, ...]  # positions of packets the demuxer marks discard
     first_shape: tuple[int, int, str] | None  # (width, height, pix_fmt) of the first decoded frame
     error: str | None = None  # the demuxer stopped early with this error (then the video is not cut)
+    decode_order_pts: bool = False  # frames came out of the decoder out of timestamp order (scan_packets)
+    missing_sets: tuple[int, ...] = ()  # keyframes a decoder starting at would lack a parameter set (not cuts)
 
     @property
     def num_packets(self) -> int:
@@ -128,13 +141,30 @@ class PacketScan:
             return f"{len(self.pts) - len(known)} of its packets have no timestamp"
         if len(set(known)) < len(known):
             return "some of its frames share a timestamp"
+        if self.decode_order_pts:
+            return "its timestamps are not in presentation order (the muxer wrote decode times)"
+        back = _jump_back(known)
+        if back is not None:
+            return f"its timestamps jump back in time at packet {back}"
         if len(self.keyframes) < 2:
             return "it has a single keyframe"
         return None
 
 
+def _jump_back(pts: list[int]) -> int | None:
+    """The first position whose timestamp is below one `_REORDER_DEPTH` or more packets before
+    it (more than a decoder reorders), or None."""
+    high = None
+    for q in range(_REORDER_DEPTH, len(pts)):
+        back = pts[q - _REORDER_DEPTH]
+        high = back if high is None else max(high, back)
+        if pts[q] < high:
+            return q
+    return None
+
+
 def scan_packets(path: str | os.PathLike) -> PacketScan:
-    """Demux (never decode, but the first frame) the first video stream of `path`."""
+    """Demux (never decode, but the first frames) the first video stream of `path`."""
     import av
 
     container = open_input(Path(path))
@@ -144,6 +174,12 @@ def scan_packets(path: str | os.PathLike) -> PacketScan:
         pts: list[int | None] = []
         keyframes: list[int] = []
         discards: list[int] = []
+        missing_sets: list[int] = []
+        parameter_sets = _ParameterSets.of(stream)
+        # A codec that reorders, its packets' timestamps ascending in decode order so far: decode
+        # to see the frames come out in that order too (a few packets; see _ORDER_PACKETS).
+        check_order = bool(stream.codec_context.codec.reorder)
+        shown: list[int] = []  # the decoded frames' timestamps, while checked
         error = None
         try:
             for packet in container.demux(stream):
@@ -153,49 +189,114 @@ def scan_packets(path: str | os.PathLike) -> PacketScan:
                     keyframes.append(len(pts))
                 if packet.is_discard:
                     discards.append(len(pts))
+                if parameter_sets is not None and parameter_sets.missing_at(packet):
+                    missing_sets.append(len(pts))
+                if check_order and pts and (packet.pts is None or pts[-1] is None or packet.pts < pts[-1]):
+                    check_order = False  # reordered in the packets: presentation times
                 pts.append(packet.pts)
-                if first_shape is None and len(pts) <= _FIRST_FRAME_PACKETS:
-                    first_shape = _first_shape(packet)
+                order = check_order and len(pts) <= _ORDER_PACKETS
+                if (first_shape is None and len(pts) <= _FIRST_FRAME_PACKETS) or order:
+                    frames = _decode(packet)
+                    if first_shape is None and frames:
+                        first_shape = frames[0].width, frames[0].height, frames[0].format.name
+                    if order:
+                        shown += [frame.pts for frame in frames if frame.pts is not None]
         except av.error.FFmpegError as exc:
             error = str(exc)
         return PacketScan(format_name=container.format.name, time_base=fraction(stream.time_base) or Fraction(1, 90000),
                           pts=tuple(pts), keyframes=tuple(keyframes), discards=tuple(discards),
-                          first_shape=first_shape, error=error)
+                          first_shape=first_shape, error=error,
+                          decode_order_pts=check_order and any(b < a for a, b in zip(shown, shown[1:])),
+                          missing_sets=tuple(missing_sets))
     finally:
         container.close()
 
 
-def _first_shape(packet) -> tuple[int, int, str] | None:
-    """The first decoded frame's size and pixel format (every span converts to it, as one
-    decoder converts to its first: hw.av_decode); None until a packet gives a frame."""
+def _decode(packet) -> list:
+    """The frames a packet gives (the first one's size and pixel format: every span converts to
+    it, as one decoder converts to its first: hw.av_decode); none where it does not decode."""
     import av
 
     try:
-        for frame in packet.decode():
-            return frame.width, frame.height, frame.format.name
+        return list(packet.decode())
     except (av.error.FFmpegError, ValueError):
-        return None
-    return None
+        return []
+
+
+class _ParameterSets:
+    """H.264/HEVC parameter sets (VPS/SPS/PPS) sent in packets, against the configuration record.
+
+    A decoder starting at a keyframe knows the record's sets and those in the keyframe's packet;
+    one decoder also knows every set sent in a packet before (a stream that changes size mid-way
+    may send the new ones once). A keyframe where that may differ is not a cut: where a set sent
+    before it is neither in the record nor in its packet (compared by content: ids are not
+    parsed, so a set sent again unchanged is no reason)."""
+
+    def __init__(self, codec: str, extradata: bytes) -> None:
+        from hw.annexb import config_parameter_sets, split_annexb
+
+        self._codec = codec
+        self._wanted = {32, 33, 34} if codec == "hevc" else {7, 8}
+        self._known = {nal.rstrip(b"\x00") for nal in split_annexb(config_parameter_sets(extradata, codec=codec))}
+        self._sent: set[bytes] = set()  # sets sent in packets, not in the record
+        # The NAL units' length size of an avcC/hvcC record (its lengthSizeMinusOne); 0: Annex-B packets
+        at = 21 if codec == "hevc" else 4
+        self._length_size = (extradata[at] & 3) + 1 if len(extradata) > at and extradata[0] == 1 else 0
+
+    @classmethod
+    def of(cls, stream) -> "_ParameterSets | None":
+        codec = stream.codec_context.name
+        return cls(codec, bytes(stream.codec_context.extradata or b"")) if codec in ("h264", "hevc") else None
+
+    def missing_at(self, packet) -> bool:
+        """Whether a decoder starting at this packet (a keyframe) would lack a set sent before it."""
+        found = self._sets(memoryview(packet))
+        missing = bool(packet.is_keyframe) and not self._sent <= found
+        self._sent |= found - self._known
+        return missing
+
+    def _sets(self, data: memoryview) -> set[bytes]:
+        nals = self._length_prefixed(data) if self._length_size else None
+        if nals is None:
+            from hw.annexb import split_annexb
+
+            nals = split_annexb(bytes(data))
+        return {bytes(nal).rstrip(b"\x00") for nal in nals if len(nal) and self._type(nal[0]) in self._wanted}
+
+    def _length_prefixed(self, data: memoryview) -> list[memoryview] | None:
+        """The NAL units of a packet in the record's form, or None where the lengths do not add up."""
+        nals, pos, size = [], 0, self._length_size
+        while pos + size <= len(data):
+            length = int.from_bytes(data[pos:pos + size], "big")
+            pos += size
+            if length == 0 or pos + length > len(data):
+                return None
+            nals.append(data[pos:pos + length])
+            pos += length
+        return nals if pos == len(data) else None
+
+    def _type(self, header: int) -> int:
+        return (header >> 1) & 0x3F if self._codec == "hevc" else header & 0x1F
 
 
 def cut_points(scan: PacketScan, *, clean: bool = False) -> list[int]:
-    """Positions of the keyframes the video may be cut at (see the module's docstring)."""
+    """Positions of the keyframes the video may be cut at (see the module's docstring). An open
+    cut (leading pictures after it) needs a keyframe before it: its pre-roll (`DecodeSpan`)."""
     pts = scan.pts
     n = len(pts)
     after_discard = (scan.discards[-1] + 1) if scan.discards else 1
-    suffix_min: list[int] = []
-    if clean:
-        low = None
-        suffix_min = [0] * n
-        for q in range(n - 1, -1, -1):
-            suffix_min[q] = low if low is not None else pts[q] + 1  # min pts after q
-            low = pts[q] if low is None else min(low, pts[q])
+    suffix_min = [0] * n  # the smallest timestamp after position q
+    low = None
+    for q in range(n - 1, -1, -1):
+        suffix_min[q] = low if low is not None else pts[q] + 1
+        low = pts[q] if low is None else min(low, pts[q])
     points = []
-    keys = set(scan.keyframes)
+    keys = set(scan.keyframes) - set(scan.missing_sets)
+    first_key = scan.keyframes[0] if scan.keyframes else n
     high = None  # the largest timestamp before position q
     for q in range(n):
         if q in keys and q >= after_discard and high is not None and pts[q] > high:
-            if not clean or suffix_min[q] > pts[q]:
+            if suffix_min[q] > pts[q] or (not clean and q > first_key):
                 points.append(q)
         high = pts[q] if high is None else max(high, pts[q])
     return points

@@ -60,9 +60,19 @@ class Stages:
     audio_shift: TimeShift | None = None  # what --start/--end did to the timestamps (core.cut)
 
 
+def temporal_window(plan: RunPlan) -> tuple[int, int] | None:
+    """(frames before, frames after) each frame a temporal model needs; None for a spatial one."""
+    if plan.interpolator is not None:  # interpolation: each frame and the next
+        return 0, 1
+    if plan.model.kind == "restore":  # restoration: r frames each side, the ends repeated
+        return plan.model.radius, plan.model.radius
+    return None
+
+
 def open_source(plan: RunPlan, warn: Callable[[str], None], shift: TimeShift | None = None) -> FrameSource:
     """The decoder (NVDEC, PyAV, or a picture sequence's), or several on consecutive parts of the
-    video (pipeline/decoders.py); with --start/--end, only the frames inside the cut."""
+    video (pipeline/decoders.py); with --start/--end, only the frames inside the cut, and a
+    temporal model's neighbours around them (core/cut.py)."""
     if plan.pictures is not None:
         from hw.pictures import PictureSource, probe_pictures
 
@@ -83,7 +93,8 @@ def open_source(plan: RunPlan, warn: Callable[[str], None], shift: TimeShift | N
         source = PyAVDecoder(plan.config.source, warn=warn)
     if plan.cut is None:
         return source
-    return CutSource(source, plan.cut, shift if shift is not None else TimeShift(), time_base=plan.source.time_base)
+    return CutSource(source, plan.cut, shift if shift is not None else TimeShift(), time_base=plan.source.time_base,
+                     context=temporal_window(plan) or (0, 0))
 
 
 def _open_span(plan: RunPlan, warn: Callable[[str], None], span):
@@ -172,8 +183,8 @@ def _overlap_from_env() -> bool | None:
 def _temporal(plan: RunPlan) -> Temporal | None:
     if plan.interpolator is None:
         return None
-    return Temporal(model=plan.interpolator, factor=plan.interpolate, scene_threshold=plan.config.scene_threshold,
-                    spatial=not plan.spatial_identity)
+    return Temporal(model=plan.interpolator, factor=plan.interpolate,
+                    scene_threshold=plan.config.scene_threshold_or_default, spatial=not plan.spatial_identity)
 
 
 def _lent(call, model: LoadedModel, key: str, device: torch.device, dtype: torch.dtype):
@@ -262,7 +273,8 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
 
         skip = picture_exists if done else None
         writer = wrap("writer", PictureWriter(target.folder, picture_name, target.suffix,
-                                              overwrite=plan.overwrite_output, stats=stats, frames_per_item=per))
+                                              overwrite=plan.overwrite_output, stats=stats, frames_per_item=per,
+                                              kept=done))
     elif plan.output is None:
         writer = wrap("writer", DiscardWriter(stats=stats))
     elif parts is not None:
@@ -281,12 +293,7 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         writer = wrap("writer", SegmentWriter(layout, pool, stats=stats, is_finished=lambda k: k in finished))
     else:
         writer = wrap("writer", Writer(encoder, stats=stats))
-    window = None
-    if plan.interpolator is not None:  # interpolation: each frame and the next
-        window = (0, 1)
-    elif plan.model.kind == "restore":  # restoration: r frames each side, the ends repeated
-        window = (plan.model.radius, plan.model.radius)
-    reader = wrap("reader", Reader(source, stats=stats, max_frames=cfg.max_frames, skip=skip, window=window,
+    reader = wrap("reader", Reader(source, stats=stats, max_frames=cfg.max_frames, skip=skip, window=temporal_window(plan),
                                    pad_ends=plan.interpolator is None))
     return Stages(reader=reader, workers=workers, writer=writer, source=source, encoder=encoder, skip=skip,
                   audio_shift=shift, back=back)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.choices import (DEFAULT_SCENE_THRESHOLD, MAX_INTERPOLATE, SPLIT_TRANSPORTS, BIT_DEPTHS, CODECS, COMPILE_CHOICES, OUTPUT_MODES, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
+from core.choices import (DEFAULT_INTERPOLATION_MODEL, DEFAULT_SCENE_THRESHOLD, MAX_INTERPOLATE, SPLIT_TRANSPORTS, BIT_DEPTHS, CODECS, COMPILE_CHOICES, OUTPUT_MODES, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
                           DEFAULT_MODEL, DEFAULT_TILE_OVERLAP, MIN_TILE_SIZE, NVENC_PRESETS, PICTURE_FORMATS, PRECISIONS,
                           Codec, Precision)
 from core.cut import Cut
@@ -82,8 +82,8 @@ class RunConfig:
     # chain after --model when one is given); a pair less alike than --scene-threshold (SSIM of
     # 32x32 thumbnails) is a scene cut: the frame is repeated instead of blending two shots.
     interpolate: int = 1  # 1: off
-    interpolation_model: str = "rife"
-    scene_threshold: float = DEFAULT_SCENE_THRESHOLD
+    interpolation_model: str | None = None  # None: not given (rife)
+    scene_threshold: float | None = None  # None: not given (DEFAULT_SCENE_THRESHOLD)
     # A model split in two stages on two GPUs (--split-gpu), the stage boundary crossed
     # device to device (p2p) or as bytes (the form a network hop would carry).
     split_gpu: bool = False
@@ -154,7 +154,7 @@ class RunConfig:
         if self.interpolate < 1 or self.interpolate > MAX_INTERPOLATE:
             raise InvalidOption(f"Invalid --interpolate ({self.interpolate}): use 2 to double the frame rate, up to "
                                 f"{MAX_INTERPOLATE} (1: off).")
-        if not 0 <= self.scene_threshold < 1:
+        if self.scene_threshold is not None and not 0 <= self.scene_threshold < 1:
             raise InvalidOption(f"Invalid --scene-threshold ({self.scene_threshold}): use a value from 0 (never a "
                                 f"cut) to below 1, default {DEFAULT_SCENE_THRESHOLD}.")
         if self.split_transport not in SPLIT_TRANSPORTS:
@@ -201,6 +201,14 @@ class RunConfig:
     def cut(self) -> Cut | None:
         """The part of the video --start/--end ask for (None: all of it)."""
         return Cut.from_flags(self.start, self.end)
+
+    @property
+    def interpolation_model_or_default(self) -> str:
+        return self.interpolation_model if self.interpolation_model is not None else DEFAULT_INTERPOLATION_MODEL
+
+    @property
+    def scene_threshold_or_default(self) -> float:
+        return self.scene_threshold if self.scene_threshold is not None else DEFAULT_SCENE_THRESHOLD
 
     @property
     def crf_or_default(self) -> int:

@@ -13,9 +13,11 @@ decoders to work at once; with short spans, K decoders stay busy while holding a
 
 The buffer between the decoder threads and the reader, and its invariant: a decoder starts span
 j only when the frames of spans current..j (current: the span the reader takes from) add up to
-at most `max_frames_ahead`, or j is the current span. A span holds at most its own frames, so
-the frames held are at most max(max_frames_ahead, the current span's). The reader never waits
-on a span a decoder could not start: the current span is always admitted.
+at most `max_frames_ahead`, or j is the current span; and the current span's decoder waits
+while it holds `max_frames_ahead` frames (a span is as long as its GOPs: one of thousands of
+frames would otherwise be held whole). A span holds at most its own frames, so the frames held
+are at most `max_frames_ahead`. The reader never waits on a span a decoder could not start: the
+current span is always admitted, and holds a frame whenever its decoder waits.
 
 `plan_decoders` decides how many decoders and which spans (a pure function: the scan, the cores
 and the GPU are passed in); `pipeline/plan.py` calls it, `pipeline/build.py` makes the source.
@@ -152,8 +154,9 @@ class SplitSource:
     def __init__(self, spans: tuple[DecodeSpan, ...], open_span: Callable[[DecodeSpan], Any], *,
                  num_decoders: int, max_frames_ahead: int, warn: Callable[[str], None],
                  first_shape: tuple[int, int, str] | None = None) -> None:
-        if not spans or num_decoders < 1:
-            raise ValueError(f"SplitSource needs spans and decoders, got {len(spans)} and {num_decoders}")
+        if not spans or num_decoders < 1 or max_frames_ahead < 1:
+            raise ValueError(f"SplitSource needs spans, decoders and room for a frame, got {len(spans)}, "
+                             f"{num_decoders} and {max_frames_ahead}")
         self._parts = [_Part(span) for span in spans]
         self._open_span = open_span
         self._num_decoders = min(num_decoders, len(spans))
@@ -164,10 +167,12 @@ class SplitSource:
         for span in spans:
             self._frames_before.append(self._frames_before[-1] + span.num_frames)
         self._max_ahead = max_frames_ahead
-        # One lock, two conditions: the reader waits for frames, the decoder threads for admission.
+        # One lock, three conditions: the reader waits for frames, the decoder threads for admission
+        # and (the current span's) for room.
         self._lock = threading.Lock()
         self._has_frames = threading.Condition(self._lock)
         self._admission = threading.Condition(self._lock)
+        self._has_room = threading.Condition(self._lock)
         self._num_corrupt_read = 0  # corrupt packets of the spans the reader is past
         self._current = 0  # the span the reader takes from
         self._next = 0  # the next span a decoder thread starts
@@ -211,6 +216,8 @@ class SplitSource:
                 decoder = self._open_span(part.span)
             for frame in decoder:
                 with self._lock:
+                    while not self._stop and j == self._current and len(part.frames) >= self._max_ahead:
+                        self._has_room.wait()
                     if self._stop:
                         break
                     part.frames.append(frame)
@@ -257,6 +264,7 @@ class SplitSource:
                     if not part.frames:
                         break
                     frame = part.frames.popleft()
+                    self._has_room.notify()
                 pts = frame.pts
                 if last_pts is not None and pts <= last_pts:  # a guard: a video cut exactly never gets here
                     pts = last_pts + 1
@@ -285,6 +293,7 @@ class SplitSource:
             self._stop = True
             self._admission.notify_all()
             self._has_frames.notify_all()
+            self._has_room.notify_all()
         for thread in self._threads:
             thread.join()
         for decoder in self._opened.values():

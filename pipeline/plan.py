@@ -178,6 +178,8 @@ def plan_run(config: RunConfig) -> RunPlan:
     own_partial = own_partial or (config.resume and PartsFolder.holds_partial_output_of(Path(output)))
     if target is None:
         _check_paths(config, output, overwrite=overwrite, own_partial=own_partial)
+        _check_frame_spacing(Path(output), source, config.interpolate if interpolator is not None else 1,
+                             video=Path(config.source) if pictures is None else None)
     else:
         output = target.folder
     devices, dtypes, compiled = _plan_workers(config, model, source, notes)
@@ -241,21 +243,60 @@ def _plan_interpolation(config: RunConfig, source: SourceInfo, model: LoadedMode
     if model.kind == "restore" and config.tile_size:
         notes.append(f"--tile-size: {model.name} takes whole frames (a temporal model); the tiles are not used.")
     if config.interpolate <= 1:
+        unused = [flag for flag, value in (("--interpolation-model", config.interpolation_model),
+                                           ("--scene-threshold", config.scene_threshold)) if value is not None]
+        if unused:
+            notes.append(f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing without "
+                         "--interpolate N: ignored.")
         return None
     if model.kind == "restore":
         raise InvalidOption(f"--model {model.name} (a window of frames in) and --interpolate do not chain in one pass "
                             "yet: run two passes, --model first, then --interpolate on its output.")
     from models import load_model
 
-    interpolator = load_model(config.interpolation_model, kind="interpolate")
+    interpolator = load_model(config.interpolation_model_or_default, kind="interpolate")
     rate = source.average_rate
     fps = f"{float(rate):.3f} -> {float(rate * config.interpolate):.3f} fps" if rate else "the frame rate"
     chain = "" if model.arch == "bicubic" and model.scale == 1 else f" after {model.name} x{model.scale}, in one pass"
-    cut = (f"a pair less alike than SSIM {config.scene_threshold} (a scene cut) repeats its first frame"
-           if config.scene_threshold > 0 else "no scene-cut detection (--scene-threshold 0)")
+    threshold = config.scene_threshold_or_default
+    cut = (f"a pair less alike than SSIM {threshold} (a scene cut) repeats its first frame"
+           if threshold > 0 else "no scene-cut detection (--scene-threshold 0)")
     notes.append(f"--interpolate {config.interpolate}: {interpolator.name} makes {config.interpolate - 1} frame(s) "
                  f"between each two{chain}: {fps}, timestamps between their neighbours'; {cut}.")
     return interpolator
+
+
+def _check_frame_spacing(output: Path, source: SourceInfo, factor: int, *, video: Path | None) -> None:
+    """Matroska stores timestamps in whole milliseconds: frames less than 1 ms apart would share
+    one (a broken file), so such a run is refused before it starts. The figure is the source's
+    frame rate; a video's own frame intervals confirm it (a remuxed file's average rate can be
+    far off), so a rate misreported high refuses nothing."""
+    rate = source.average_rate
+    if output.suffix.lower() != ".mkv" or not rate or rate * factor <= 1000:
+        return
+    interval = _smallest_frame_interval(video) if video is not None else None
+    if interval is not None:
+        if interval / factor >= Fraction(1, 1000):
+            return
+        rate = 1 / interval  # the fastest the video goes
+    what = (f"--interpolate {factor} of {float(rate):.3f} fps makes {float(rate * factor):.0f} fps" if factor > 1 else
+            f"the source's {float(rate):.3f} fps")
+    smaller = f", or use --interpolate {1000 // rate} or less" if factor > 1 and 1000 // rate >= 2 else ""
+    raise InvalidOption(f"{what}: frames under 1 ms apart, which .mkv (timestamps in whole milliseconds) cannot tell "
+                        f"apart. Write .mp4 or .mov (--output {output.with_suffix('.mp4').name}), whose timestamps "
+                        f"are finer{smaller}.")
+
+
+def _smallest_frame_interval(video: Path, packets: int = 240) -> Fraction | None:
+    """The smallest gap (seconds) between the timestamps of the first `packets` video packets, in
+    presentation order; None where they do not tell (no two timestamps)."""
+    from hw.av_source import open_input
+
+    with open_input(video) as container:
+        stream = container.streams.video[0]
+        pts = sorted({p.pts for p, _ in zip(container.demux(stream), range(packets)) if p.pts is not None})
+    gaps = [b - a for a, b in zip(pts, pts[1:])]
+    return min(gaps) * Fraction(stream.time_base) if gaps else None
 
 
 def _plan_split(config: RunConfig, model: LoadedModel, interpolator: LoadedModel | None,

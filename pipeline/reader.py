@@ -10,15 +10,20 @@ way) but not passed on.
 For a temporal model the reader hands out `Window`s instead (`window=(before, after)`: the
 frames a model needs around each one): built from every decoded frame, so a window next to a
 finished segment still holds its neighbour, and each frame's window is passed on exactly
-once. Restoration windows repeat the first/last frame at the ends; an interpolation window
-(0, 1) of the last frame holds that frame alone.
+once. Restoration windows repeat the first/last frame at the ends of the video; an
+interpolation window (0, 1) of the last frame holds that frame alone. The ends of a part of the
+video are not its ends: --start/--end lend the windows the frames around the part
+(`core.cut.CutSource`'s `context`), and so does --max-frames the frames after it, marked
+`neighbour`: they stand in windows, and no window of theirs is passed on.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Protocol
 
 from core.frame import Frame, Window
@@ -60,7 +65,7 @@ class Reader:
         frames = self._frames()
         items = frames if self.window is None else windows(frames, *self.window, pad_ends=self.pad_ends)
         for item in items:
-            if self.skip is not None and self.skip(item.index):
+            if (self.window is not None and item.frame.neighbour) or (self.skip is not None and self.skip(item.index)):
                 continue
             yield item
 
@@ -74,10 +79,15 @@ class Reader:
                 self.stats.source_exhausted = True  # every frame of the source was read
                 self._report(count)
                 return
-            count += 1
-            self.stats.num_frames_decoded = count
-            self.stats.num_corrupt_packets = getattr(self.source, "num_corrupt_packets", 0)
+            if not frame.neighbour:
+                count += 1
+                self.stats.num_frames_decoded = count
+                self.stats.num_corrupt_packets = getattr(self.source, "num_corrupt_packets", 0)
             yield frame
+        # --max-frames: the frames after the last one, for its window (a neighbour from the source
+        # already is one); the video may end here
+        for frame in itertools.islice(iterator, self.window[1] if self.window is not None else 0):
+            yield replace(frame, neighbour=True)
 
     def _report(self, count: int) -> None:
         self.stats.num_corrupt_packets = getattr(self.source, "num_corrupt_packets", 0)

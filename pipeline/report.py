@@ -62,8 +62,8 @@ def settle_output(output: OutputFile, temp: Path, stats: RunStats, outcome: Outc
 
 def settle_pictures(output, plan: RunPlan, stats: RunStats, outcome: Outcome) -> str:
     """Picture output: every picture on disk is whole (each was renamed into place); one
-    sentence says how many there are and how to finish a stopped run."""
-    written = stats.num_frames_written
+    sentence says how many this run wrote (made ones included) and how to finish a stopped run."""
+    written = stats.num_frames_written + stats.num_frames_made
     if written == 0 and not outcome.complete:
         output.discard()
         return "No picture was written."
@@ -173,7 +173,7 @@ def pixel_settings(plan: RunPlan) -> dict[str, object]:
         "tile_overlap": cfg.tile_overlap if cfg.tile_size else None,
         "interpolate": plan.interpolate,
         "interpolation_model": plan.interpolator.source if plan.interpolator is not None else None,
-        "scene_threshold": cfg.scene_threshold if plan.interpolator is not None else None,
+        "scene_threshold": cfg.scene_threshold_or_default if plan.interpolator is not None else None,
     }
 
 

@@ -6,7 +6,7 @@ result (`pairs`), the made frames of a scene cut are replaced by the pair's firs
 (`repeat_on_cut`), everything is put in output order (`in_output_order`), and each window's
 result carries its made frames as `extra`, timestamped k/N of the way to the next frame in
 the output time base (the source's / N), so every timestamp is a whole number
-(`window_results`).
+(`window_results`). RGBA pictures keep their alpha, in the same order (`alpha_in_output_order`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 from core.frame import Frame, Window
 from pipeline.messages import OutputFormat, ResultItem
 
-__all__ = ["distinct_frames", "pairs", "timesteps", "repeat_on_cut", "in_output_order", "window_results"]
+__all__ = ["distinct_frames", "pairs", "timesteps", "repeat_on_cut", "in_output_order", "alpha_in_output_order",
+           "window_results"]
 
 
 def distinct_frames(windows: Sequence[Window]) -> tuple[list[Frame], dict[int, int]]:
@@ -62,6 +63,20 @@ def in_output_order(windows: Sequence[Window], out: torch.Tensor, pos: dict[int,
             stack.append(made[k])
             k += 1
     return torch.cat(stack)
+
+
+def alpha_in_output_order(windows: Sequence[Window], alpha: torch.Tensor, pos: dict[int, int], factor: int,
+                          cut: torch.Tensor | None) -> torch.Tensor:
+    """The alpha planes (one per distinct frame) to go with `in_output_order`: a made frame's
+    is its neighbours' cross-faded k/N of the way (a matte is not a picture: no motion is
+    estimated on it), a scene cut's the pair's first frame's."""
+    made, both = None, pairs(windows, alpha, pos)
+    if both is not None:
+        first, second = both
+        made = torch.stack([first * (1 - t) + second * t for t in timesteps(factor)], dim=1)
+        if cut is not None:
+            repeat_on_cut(made, first, cut)
+    return in_output_order(windows, alpha, pos, made)
 
 
 def window_results(windows: Sequence[Window], planes: Sequence[tuple[Any, ...]], factor: int, fmt: OutputFormat,

@@ -53,7 +53,8 @@ from models.compiled import CompiledModel
 from models.tiling import Tiling, default_overlap, next_tiling, run_tiled
 from pipeline.messages import OutputFormat, ResultItem
 from pipeline.stage import Retire, Retry
-from pipeline.temporal import distinct_frames, in_output_order, pairs, repeat_on_cut, timesteps, window_results
+from pipeline.temporal import (alpha_in_output_order, distinct_frames, in_output_order, pairs, repeat_on_cut,
+                               timesteps, window_results)
 from pipeline.stats import WorkerStats
 
 __all__ = ["Worker", "Temporal", "to_output", "TAKE_BATCHES"]
@@ -291,8 +292,7 @@ class Worker:
         with torch.inference_mode():
             rgb = batch_to_rgb(frames, self.color, device=self.device, dtype=self.dtype)
             out = check_model_output(self.model_name, rgb, self._model(rgb, eager=eager), scale=self.scale)
-            alpha = batch_alpha(frames, device=self.device) if self.output_format in ("rgb24", "rgb48") else None
-            planes = self._to_output(out, alpha)
+            planes = self._to_output(out, self._alpha(frames))
         return [
             ResultItem(index=f.index, pts=f.pts, fmt=self.output_format, planes=p, worker=self.name)
             for f, p in zip(frames, planes)
@@ -300,14 +300,15 @@ class Worker:
 
     def _infer_restore(self, windows: Sequence[Window]) -> list[ResultItem]:
         """A restoration model: each window's 2r+1 frames (the batch's distinct frames converted
-        once) in as (B, 2r+1, 3, H, W), the middle frame restored out. Whole frames, no tiles."""
+        once) in as (B, 2r+1, 3, H, W), the middle frame restored out (with its own alpha, for RGBA
+        pictures). Whole frames, no tiles."""
         frames, pos = distinct_frames(windows)
         with torch.inference_mode():
             rgb = batch_to_rgb(frames, self.color, device=self.device, dtype=self.dtype)
             idx = torch.tensor([[pos[f.index] for f in w.frames] for w in windows], device=rgb.device)
             model = self.model if self.model is not None else self.module
             out = check_model_output(self.model_name, rgb[idx[:, self.restore_radius]], model(rgb[idx]), scale=self.scale)
-            planes = self._to_output(out)
+            planes = self._to_output(out, self._alpha([w.frame for w in windows]))
         return [ResultItem(index=w.index, pts=w.pts, fmt=self.output_format, planes=p, worker=self.name)
                 for w, p in zip(windows, planes)]
 
@@ -323,7 +324,7 @@ class Worker:
                 out = out.clamp_(0, 1)
             else:
                 out = rgb
-            made = None
+            made = cut = None
             both = pairs(windows, out, pos)
             if both is not None:
                 first, second = both
@@ -331,11 +332,19 @@ class Worker:
                 if t.scene_threshold > 0:
                     from models.rife import scene_cut
 
-                    cuts = repeat_on_cut(made, first, scene_cut(first, second, threshold=t.scene_threshold))
+                    cut = scene_cut(first, second, threshold=t.scene_threshold)
+                    cuts = repeat_on_cut(made, first, cut)
                     if not eager:  # (the batch-size probe's runs are not the video's)
                         self.ws.num_scene_cuts += cuts
-            planes = self._to_output(in_output_order(windows, out, pos, made))
+            alpha = self._alpha(frames)
+            if alpha is not None:
+                alpha = alpha_in_output_order(windows, alpha, pos, t.factor, cut)
+            planes = self._to_output(in_output_order(windows, out, pos, made), alpha)
         return window_results(windows, planes, t.factor, self.output_format, self.name)
+
+    def _alpha(self, frames: Sequence[Frame]) -> torch.Tensor | None:
+        """The frames' alpha planes where the output keeps them (pictures), else None."""
+        return batch_alpha(frames, device=self.device) if self.output_format in ("rgb24", "rgb48") else None
 
     def _model(self, rgb: torch.Tensor, *, eager: bool = False) -> torch.Tensor:
         """The model on a batch: whole frames, or tiles when a tile size is set. Compiled once

@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from core.errors import FramepipeError, one_line
 from core.files import write_file_atomically
 from hw.encoding import Encoder
 from hw.pictures import encode_picture
@@ -119,17 +120,22 @@ class PictureWriter:
     """Stage in the writer's place for picture output: each result is one picture file, written
     atomically (temporary file, rename) under `name(index)` in `folder`. Results arrive in order
     (the collector's); pictures are compressed and written a few at a time (`_PicturePool`:
-    bounded threads and bytes in flight), and results are counted written in order, as their
-    pictures land on disk. Each picture stands alone: a stop leaves only whole
-    pictures (`--resume` then redoes the missing ones), and the first picture that fails is
-    the one error the run reports."""
+    bounded threads and bytes in flight), and pictures are counted in order as they land on
+    disk: a source frame's own in `num_frames_written`, a made one (--interpolate) in
+    `num_frames_made`. Each picture stands alone: a stop leaves only whole pictures (`--resume`
+    then redoes the missing ones), and the first picture that fails is the one error the run
+    reports, naming it. `kept`: the names of the pictures an earlier run left (--resume), not
+    written again nor counted (a resumed run counts what it wrote): with --interpolate a source
+    frame is redone when any of its pictures is missing (and the last one, which has no frames
+    made after it, always is)."""
 
     def __init__(self, folder: Path, name: Callable[[int], str], suffix: str, *, overwrite: bool,
-                 stats: RunStats, frames_per_item: int = 1, num_threads: int | None = None,
-                 max_bytes_in_flight: int = PICTURE_BYTES_IN_FLIGHT) -> None:
+                 stats: RunStats, frames_per_item: int = 1, kept: Collection[str] = (),
+                 num_threads: int | None = None, max_bytes_in_flight: int = PICTURE_BYTES_IN_FLIGHT) -> None:
         self.folder = folder
         # --interpolate N: item i and the frames made after it are pictures i*N .. i*N+N-1
         self.frames_per_item = frames_per_item
+        self.kept = kept
         self.name = name
         self.suffix = suffix
         self.overwrite = overwrite
@@ -138,23 +144,32 @@ class PictureWriter:
         self._pool = _PicturePool(num_threads=num_threads or PICTURE_THREADS, max_bytes=max_bytes_in_flight)
 
     def _write_picture(self, path: Path, rgb, alpha) -> None:
-        """On a pool thread: compress, then write through a temporary file and a rename."""
-        write_file_atomically(path, encode_picture(rgb, alpha, self.suffix), overwrite=self.overwrite, flag="--output")
+        """On a pool thread: compress, then write through a temporary file and a rename. A failure
+        names its picture (framepipe's own errors name it already)."""
+        try:
+            write_file_atomically(path, encode_picture(rgb, alpha, self.suffix), overwrite=self.overwrite,
+                                  flag="--output")
+        except FramepipeError:
+            raise
+        except Exception as exc:
+            raise RuntimeError(f"picture {path.name} was not written: {one_line(exc)}") from exc
 
-    def _count(self, item: ResultItem) -> None:
-        self.stats.num_frames_written += 1
-        self.stats.num_frames_made += len(item.extra)
+    def _count(self, made: bool) -> None:
+        if made:
+            self.stats.num_frames_made += 1
+        else:
+            self.stats.num_frames_written += 1
 
     def process(self, item: ResultItem) -> list:
-        frames = item.frames()
-        for k, (_, planes) in enumerate(frames):
+        for k, (_, planes) in enumerate(item.frames()):
+            path = self.folder / self.name(item.index * self.frames_per_item + k)
+            if path.name in self.kept:
+                continue
             rgb = planes[0]
             alpha = planes[1] if len(planes) > 1 else None
-            path = self.folder / self.name(item.index * self.frames_per_item + k)
-            last = k == len(frames) - 1
             self._pool.submit(lambda p=path, c=rgb, a=alpha: self._write_picture(p, c, a),
                               num_bytes=rgb.nbytes + (alpha.nbytes if alpha is not None else 0),
-                              done=(lambda: self._count(item)) if last else None)
+                              done=lambda made=k > 0: self._count(made))
         return []
 
     def finish(self) -> list:

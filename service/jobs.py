@@ -184,6 +184,7 @@ class Scheduler:
         output, or one another job of the request or a queued or running job writes),
         OutputNotWritable / UnsafeOutput (the command line's output checks)."""
         settings = request.model_dump(exclude={"source", "output"})
+        _refuse_unused_interpolation(request)
         source = self.roots.resolve(request.source, what="source", must_exist=True)
         output = self.roots.resolve(request.output, what="output", must_exist=False) if request.output else None
         model = self._model(settings["model"])
@@ -453,6 +454,7 @@ class Scheduler:
         from pipeline import RunConfig
 
         s = dict(settings)
+        interpolate = s.get("interpolate", 1)
         gpus = [d for d in devices or [] if d.startswith("cuda")]
         return RunConfig(
             source=source, output=output, output_dir=output_dir, model=model, scale=s["scale"],
@@ -462,11 +464,22 @@ class Scheduler:
             encoders=s["encoders"], segment_frames=s["segment_frames"], segment_seconds=s["segment_seconds"],
             picture_format=s["picture_format"], fps=s["fps"], nvdec=s["nvdec"], nvenc=s["nvenc"],
             overwrite=s["overwrite"], keep_parts=s["keep_parts"], parallel=True,
-            interpolate=s.get("interpolate", 1), interpolation_model=s.get("interpolation_model", "rife"),
-            scene_threshold=s.get("scene_threshold", DEFAULT_SCENE_THRESHOLD),
+            # stored with their defaults: given to the run only where they do something
+            interpolate=interpolate, interpolation_model=s.get("interpolation_model") if interpolate > 1 else None,
+            scene_threshold=s.get("scene_threshold") if interpolate > 1 else None,
             device="cpu" if devices == ["cpu"] else gpus[0] if len(gpus) == 1 else "auto",
             gpus=",".join(d.split(":")[1] for d in gpus) if len(gpus) > 1 else None,
         )
+
+
+def _refuse_unused_interpolation(request: JobRequest) -> None:
+    """`interpolation_model` or `scene_threshold` without `interpolate` would do nothing: refused
+    (the command line warns; a request is checked whole, like every other setting)."""
+    unused = [k for k in ("interpolation_model", "scene_threshold") if k in request.model_fields_set]
+    if request.interpolate == 1 and unused:
+        one = len(unused) == 1
+        raise InvalidOption(f"{' and '.join(unused)} {'does' if one else 'do'} nothing without interpolate (2 or "
+                            f"more): set interpolate, or leave {'it' if one else 'them'} out.")
 
 
 def _own_partial(output: Path) -> bool:

@@ -150,6 +150,55 @@ def test_bad_stats_json_path_is_bad_input(clips, tmp_path, capsys):
     assert "Invalid --stats-json" in capsys.readouterr().err
 
 
+def test_interpolation_flags_without_interpolate_say_they_do_nothing(clips, tmp_path, capsys):
+    """Given without --interpolate they did nothing and said nothing; left out, nothing is said."""
+    src = clips("cli.mp4", num_frames=20, audio=True)
+    common = ["--source", str(src), "--model", "bicubic", "--max-frames", "2", "--overwrite"]
+    runs = [([], []),
+            (["--scene-threshold", "0.2"], ["warning: --scene-threshold does nothing without --interpolate N: ignored."]),
+            (["--interpolation-model", "blend", "--scene-threshold", "0"],
+             ["warning: --interpolation-model and --scene-threshold do nothing without --interpolate N: ignored."])]
+    for flags, want in runs:
+        assert cli.main([*common, "--output", str(tmp_path / "o.mp4"), *flags]) == 0
+        assert [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")] == want
+
+
+def test_matroska_output_refuses_frames_under_a_millisecond_apart(clips, tmp_path, capsys):
+    """.mkv stores whole milliseconds: 120 fps x 16 (0.52 ms apart) would give made frames equal
+    timestamps, so the run is refused before it starts, naming the fix; .mp4 is fine."""
+    src = clips("fast.mp4", num_frames=3, fps=120)
+    args = ["--source", str(src), "--interpolate", "16", "--interpolation-model", "blend"]
+    assert cli.main([*args, "--output", str(tmp_path / "o.mkv")]) == 2
+    err = capsys.readouterr().err
+    assert [ln for ln in err.splitlines() if ln.strip()] == [
+        "error: --interpolate 16 of 120.000 fps makes 1920 fps: frames under 1 ms apart, which .mkv (timestamps in "
+        "whole milliseconds) cannot tell apart. Write .mp4 or .mov (--output o.mp4), whose timestamps are finer, or "
+        "use --interpolate 8 or less."], err
+    assert not (tmp_path / "o.mkv").exists()
+    assert cli.main([*args, "--output", str(tmp_path / "o.mp4")]) == 0
+    assert len(probe.pts_exact(tmp_path / "o.mp4")) == len(set(probe.pts_exact(tmp_path / "o.mp4"))) == 2 * 16 + 1
+
+
+def test_a_rate_misreported_high_does_not_refuse_matroska(clips, tmp_path):
+    """A remuxed file's average rate can be far off (2,400 fps for a 24 fps video): the video's own
+    frame intervals decide, so .mkv is refused only for frames really under 1 ms apart."""
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    import pytest
+
+    from core.errors import InvalidOption
+    from pipeline.plan import _check_frame_spacing
+
+    slow, fast = clips("slow.mp4", num_frames=3, fps=24), clips("fast.mp4", num_frames=3, fps=120)
+    misreported = SimpleNamespace(average_rate=Fraction(2400))
+    _check_frame_spacing(tmp_path / "o.mkv", misreported, 16, video=slow)  # 24 x 16 = 384 fps: fine
+    with pytest.raises(InvalidOption, match="under 1 ms apart"):
+        _check_frame_spacing(tmp_path / "o.mkv", misreported, 16, video=fast)
+    with pytest.raises(InvalidOption, match="under 1 ms apart"):  # pictures: --fps is the rate
+        _check_frame_spacing(tmp_path / "o.mkv", misreported, 1, video=None)
+
+
 def test_av1_in_mov_is_bad_input(clips, tmp_path, capsys):
     src = clips("cli.mp4", num_frames=20, audio=True)
     code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mov"), "--model", "bicubic", "--codec", "av1"])

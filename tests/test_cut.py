@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import main as cli
-from core.cut import Cut, CutPoint, parse_cut_point
+from core.cut import Cut, CutPoint, CutSource, TimeShift, parse_cut_point
 from core.errors import InvalidOption
+from core.frame import Frame
 from pipeline import RunConfig, run
 from tests import probe
 
@@ -247,3 +248,15 @@ def test_re_encoded_audio_keeps_its_timing(clips, tmp_path, suffix, start):
     packet = max(d for *_, d, _ in probe.packet_times(late, "audio"))  # a cut keeps whole source packets
     slack = Fraction(1, 1000) + (packet if start is not None else 0)  # and MP4 stores the start in ms
     assert -Fraction(1, 1000) <= audio_start - expected <= slack, float(audio_start)
+
+
+@pytest.mark.parametrize("context", [(0, 0), (0, 1), (2, 2), (3, 1)])
+def test_cut_source_lends_a_temporal_model_the_frames_around_the_cut(context):
+    """Frames 3..5 of 10 kept, renumbered 0..2 and moved back; up to `before` frames before the
+    start and `after` from the end on come marked neighbour, numbered on from the kept ones
+    (negative before), moved back the same; none at all without a context."""
+    src = [Frame(index=i, pts=100 + 10 * i, fmt="rgb24", planes=(np.zeros((2, 2, 3), np.uint8),)) for i in range(10)]
+    before, after = context
+    got = list(CutSource(src, Cut.from_flags("3f", "6f"), TimeShift(), time_base=Fraction(1, 100), context=context))
+    want = [(i, 100 + 10 * i, i < 0 or i > 2) for i in range(-min(before, 3), 3 + after)]
+    assert [(f.index, f.pts, f.neighbour) for f in got] == want

@@ -1,8 +1,10 @@
 """pipeline/decoders.py (issue 12, "decode never the wall"): several decoders on consecutive
 parts of one video give exactly one decoder's frames — pixels (YUV, bit for bit), indices and
-timestamps — for B-frames, open GOPs, HEVC CRA/RASL, VFR, odd GOPs, audio beside the video,
-one frame, few keyframes, a keyframe-less tail, a damaged middle part, a truncated file; with
---start/--end, --max-frames and --resume's skip; bounded memory; threads joined on close."""
+timestamps — for B-frames, open GOPs, HEVC CRA/RASL, VFR, odd GOPs, no B-frames, audio beside
+the video, one frame, few keyframes, a keyframe-less tail, a stream starting mid-GOP, parameter
+sets sent once mid-stream, a damaged middle part, a truncated file; with --start/--end,
+--max-frames and --resume's skip; bounded memory (spans longer than the buffer too); threads
+joined on close."""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ CLIPS = {
     "audio.mkv": dict(num_frames=60, audio=True, codec_options=OPEN_GOP),
     "one-frame.mp4": dict(num_frames=1),
     "two-keyframes.mp4": dict(num_frames=50, codec_options={"x264-params": "keyint=40:min-keyint=40:scenecut=0"}),
+    "no-bframes.mp4": dict(num_frames=40, codec_options={"g": "10", "bf": "0"}),  # timestamps ascend, and frames
 }
 
 
@@ -94,6 +97,55 @@ def test_a_keyframe_less_tail(tmp_path, no_stage_threads_left):
     expected, _ = _whole(clip)
     got, source, _ = _split(clip, num_decoders=3, span_frames=1)
     assert source.num_spans == 4 and got == expected
+
+
+def _remux(source: Path, dest: Path, *, drop: int) -> Path:
+    """`source`'s video remuxed without its first `drop` packets."""
+    with av.open(str(source)) as inp, av.open(str(dest), "w") as out:
+        ost = out.add_stream_from_template(inp.streams.video[0])
+        for k, packet in enumerate(p for p in inp.demux(inp.streams.video[0]) if p.size):
+            if k >= drop:
+                packet.stream = ost
+                out.mux(packet)
+    return dest
+
+
+def test_a_stream_that_starts_without_a_keyframe(clips, tmp_path, no_stage_threads_left):
+    """Its first open cut has no keyframe before it to pre-roll from: not a cut (it failed the plan)."""
+    clip = _remux(clips("open-gop.mkv", **CLIPS["open-gop.mkv"]), tmp_path / "mid-gop.mkv", drop=3)
+    expected, _ = _whole(clip)
+    got, source, _ = _split(clip, num_decoders=3, span_frames=1)
+    assert got == expected and source.num_spans == 8
+
+
+def test_parameter_sets_sent_once_mid_stream(clips, tmp_path, no_stage_threads_left):
+    """A stream that changes size mid-way, sending the new SPS/PPS once (at the change): a decoder
+    starting at a later keyframe would decode with the first ones. Cut at the change, not after."""
+    from hw.annexb import config_parameter_sets, split_annexb
+
+    options = {"x264-params": "keyint=10:min-keyint=10:bframes=2:scenecut=0"}
+    first = clips("small.mp4", num_frames=30, codec_options=options)
+    second = clips("large.mp4", width=96, height=64, num_frames=30, codec_options=options)
+    with av.open(str(second)) as c:
+        sets = b"".join(len(nal).to_bytes(4, "big") + nal
+                        for nal in split_annexb(config_parameter_sets(c.streams.video[0].codec_context.extradata,
+                                                                      codec="h264")))
+    clip = tmp_path / "resized.mkv"
+    with av.open(str(first)) as a, av.open(str(second)) as b, av.open(str(clip), "w") as out:
+        ost = out.add_stream_from_template(a.streams.video[0])
+        offset = 0
+        for inp in (a, b):
+            for k, packet in enumerate(p for p in inp.demux(inp.streams.video[0]) if p.size):
+                copy = av.Packet((sets if offset and k == 0 else b"") + bytes(packet))
+                copy.pts, copy.dts = packet.pts + offset, packet.dts + offset
+                copy.time_base, copy.is_keyframe, copy.stream = packet.time_base, packet.is_keyframe, ost
+                out.mux(copy)
+            offset = 2 * packet.pts  # past the first part's frames
+    scan = scan_packets(clip)
+    assert scan.missing_sets == (40, 50)  # the keyframes after the change's (30)
+    expected, _ = _whole(clip)
+    got, source, _ = _split(clip, num_decoders=3, span_frames=1)
+    assert got == expected and source.num_spans == 4
 
 
 def _with_broken_packets(source: Path, dest: Path, broken: set[int]) -> Path:
@@ -189,6 +241,17 @@ def test_decoders_hold_at_most_the_buffer(no_stage_threads_left):
     assert source.num_corrupt_packets == 10  # one a span (the synthetic decoders' count), added up
     source.close()
     source.close()  # twice is fine
+
+
+def test_a_span_longer_than_the_buffer_holds_at_most_the_buffer(no_stage_threads_left):
+    """A span is as long as its GOPs: its decoder waits while the reader is max_frames_ahead behind."""
+    source = SplitSource(_synthetic_spans(2, 300), _Synthetic, num_decoders=2, max_frames_ahead=25, warn=print)
+    frames = iter(source)
+    next(frames)
+    time.sleep(0.2)
+    assert sum(len(p.frames) for p in source._parts) == 25
+    assert [f.index for f in frames] == list(range(1, 600))
+    source.close()
 
 
 def test_a_failing_span_fails_after_the_frames_before_it(no_stage_threads_left):

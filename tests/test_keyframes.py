@@ -82,6 +82,34 @@ def test_cut_needs_everything_before_it_shown_before_it():
     assert cut_points(_scan([0, 1, 2, 3, 4, 5], keyframes=[0, 2, 4], discards=[0, 1, 2])) == [4]
 
 
+def test_an_open_cut_needs_a_keyframe_before_it():
+    # a stream that starts without a keyframe: 3 (pts 5) has leading pictures (3, 4) and no
+    # keyframe before it to pre-roll from; 6 (pts 8) has keyframe 3 before it
+    scan = _scan([0, 1, 2, 5, 3, 4, 8, 6, 7], keyframes=[3, 6])
+    assert cut_points(scan) == [6] and cut_points(scan, clean=True) == []
+    assert [s.first_packet for s in cut_spans(scan, span_frames=1)] == [0, 6]
+
+
+def test_decode_order_timestamps_are_not_cut(clips, tmp_path):
+    """A muxer that wrote decode times as timestamps (they ascend in decode order, the frames
+    come out in another): a span's frames are not those of its timestamps. B-frames with
+    presentation times, and no B-frames, are cut."""
+    source = clips("og.mkv", num_frames=40, codec_options=OPEN_GOP)
+    dest = tmp_path / "dts.mkv"
+    with av.open(str(source)) as inp, av.open(str(dest), "w") as out:
+        ost = out.add_stream_from_template(inp.streams.video[0])
+        packets = [p for p in inp.demux(inp.streams.video[0]) if p.size]
+        for packet, pts in zip(packets, sorted(p.pts for p in packets)):
+            packet.pts = packet.dts = pts
+            packet.stream = ost
+            out.mux(packet)
+    scan = scan_packets(dest)
+    assert scan.why_not() == "its timestamps are not in presentation order (the muxer wrote decode times)"
+    assert len(cut_spans(scan, span_frames=1)) == 1
+    assert scan_packets(source).why_not() is None
+    assert scan_packets(clips("nob.mp4", num_frames=30, codec_options={"g": "10", "bf": "0"})).why_not() is None
+
+
 @pytest.mark.parametrize("pts, keyframes, fmt, reason", [
     ([0, None, 2, 3], [0, 2], "matroska,webm", "1 of its packets have no timestamp"),
     ([0, 1, 1, 3], [0, 2], "matroska,webm", "share a timestamp"),
@@ -139,3 +167,13 @@ def test_span_checks_itself():
                    num_packets_total=9)
     with pytest.raises(ValueError, match="cut_spans needs a video with at least one packet"):
         cut_spans(_scan([], []), span_frames=1)
+
+
+def test_timestamps_that_jump_back_are_not_cut():
+    """Two videos joined end to end, the second's timestamps starting again below the first's
+    (unique all the same): presentation order by timestamp is not the decoder's, so no cut; a
+    B-pyramid's reordering (a few packets back) is no jump."""
+    first = [0, 30, 10, 20, 60, 40, 50] + [70 + 10 * i for i in range(40)]
+    assert _scan(first, [0, 4, 20]).why_not() is None
+    joined = first + [5 + 10 * i for i in range(3)] + [1000 + 10 * i for i in range(40)]
+    assert "jump back in time at packet 47" in _scan(joined, [0, 4, 20, 47, 60]).why_not()

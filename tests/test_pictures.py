@@ -219,6 +219,23 @@ def test_resume_keeps_finished_pictures_and_refuses_other_settings(tmp_path):
         assert np.array_equal(_read(out / f"p_{n}.png", "rgb24"), _noise(seed=n))
 
 
+def test_resume_with_interpolate_counts_the_pictures_it_writes(tmp_path):
+    """--resume counts what the run writes, as without --interpolate (only the missing ones): the
+    pictures an earlier run left are neither written nor counted, made ones included."""
+    for n in range(4):
+        _save(tmp_path / "in" / f"p_{n}.png", _noise(seed=n))
+    out = tmp_path / "out"
+    common = dict(interpolate=3, interpolation_model="blend", scene_threshold=0, fps="24")
+    stats = run(_cfg(tmp_path / "in", out, **common))
+    assert (stats.num_frames_written, stats.num_frames_made) == (4, 6)
+    names = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
+    for k in (2, 3, 5):  # frame 0's last made picture, frame 1's own and its second made one
+        (out / names[k]).unlink()
+    stats = run(_cfg(tmp_path / "in", out, resume=True, **common))  # redoes frames 0, 1 and the last
+    assert (stats.num_frames_written, stats.num_frames_made) == (1, 2)
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == names
+
+
 def test_a_damaged_picture_stops_with_one_line_and_keeps_the_pictures_before_it(tmp_path, capsys):
     for n in range(4):
         _save(tmp_path / "in" / f"p_{n}.png", _noise(seed=n))

@@ -306,6 +306,7 @@ def test_bad_requests_get_422_403_404_409_with_one_clear_line(clip_root):
         ({"output": "x.mp4"}, 422, "source"),
         ({"source": "in.mp4", "output": "out.avi"}, 422, "must end in"),
         ({"source": "in.mp4", "tile_size": 8}, 422, "--tile-size"),
+        ({"source": "in.mp4", "scene_threshold": 0.3}, 422, "scene_threshold does nothing without interpolate"),
         ({"source": "in.mp4", "model": "no-such-model"}, 422, None),
         ({"source": "../in.mp4"}, 403, "outside"),
         ({"source": "/etc/hostname"}, 403, "outside"),

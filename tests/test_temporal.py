@@ -236,3 +236,121 @@ def test_restoration_model_does_not_chain_with_interpolate(clips, tmp_path):
     with pytest.raises(InvalidOption, match="two passes"):
         _run(clips("plain.mp4", num_frames=5), tmp_path / "o.mp4", model="temporal-median", interpolate=2,
              interpolation_model="blend")
+
+
+def test_resume_pictures_after_a_run_stopped_mid_frame(tmp_path):
+    """Picture output, --interpolate 3, then --resume after a run that left some of a source
+    frame's pictures (a stop between the pictures of one frame) and the last picture: the
+    frame is redone without writing the pictures that are there, and the last frame (no frames
+    made after it) is not taken for unfinished. The result equals an uninterrupted run's."""
+    rng = np.random.default_rng(3)
+    src = _picture_folder(tmp_path / "src", [rng.integers(0, 256, (16, 24, 3), dtype=np.uint8) for _ in range(4)])
+    out = tmp_path / "out"
+    common = dict(model="bicubic", scale=1, interpolate=3, interpolation_model="blend", scene_threshold=0, fps="24")
+    _run(src, out, **common)
+    whole = {p.name: p.read_bytes() for p in _listed(out)}
+    assert len(whole) == 2 * 3 + 4
+    for k in (2, 3, 5):  # frame 0's last made picture, frame 1's own and its second made one
+        (out / sorted(whole)[k]).unlink()
+    _run(src, out, resume=True, overwrite=False, **common)
+    assert {p.name: p.read_bytes() for p in _listed(out)} == whole
+
+
+def test_temporal_models_keep_the_alpha_of_pictures(tmp_path):
+    """RGBA pictures out of a temporal model keep their alpha, as out of a spatial one: a made
+    frame's is its neighbours' cross-faded, a restored frame's its own."""
+    frames = []
+    for i in range(3):
+        f = np.full((16, 24, 4), 40 * i, np.uint8)
+        f[..., 3] = 60 * i + 10
+        frames.append(f)
+    src = _picture_folder(tmp_path / "src", frames)
+    _run(src, tmp_path / "fps", model="bicubic", scale=1, interpolate=2, interpolation_model="blend",
+         scene_threshold=0, fps="24")
+    got = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in _listed(tmp_path / "fps")]
+    assert [g.shape for g in got] == [(16, 24, 4)] * 5
+    assert [int(g[0, 0, 3]) for g in got] == [10, 40, 70, 100, 130]
+    _run(src, tmp_path / "median", model="temporal-median", fps="24")
+    got = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in _listed(tmp_path / "median")]
+    for g, f in zip(got, frames, strict=True):
+        np.testing.assert_array_equal(g[..., 3], f[..., 3])
+
+
+def test_hevc_segments_of_a_vfr_interpolated_video_join(clips, tmp_path):
+    """x265 starts each segment's DTS back by its reordering delay in the segment's own frame
+    spacing, which at a cut where the spacing changes (VFR, made frames) reached the previous
+    segment's last DTS: the join failed. Segments of 3 and 5 source frames now join into the
+    same video as one file."""
+    src = clips("vfr.mp4", num_frames=11, vfr=True)
+    common = dict(model="bicubic", scale=1, interpolate=2, interpolation_model="blend", scene_threshold=0,
+                  codec="hevc")
+    whole = tmp_path / "whole.mp4"
+    _run(src, whole, **common)
+    for size in (3, 5):
+        seg = tmp_path / f"seg{size}.mp4"
+        _run(src, seg, segment_frames=size, encoders=2, **common)
+        probe.assert_same_video(whole, seg)
+
+
+def _pictures(folder: Path) -> list[np.ndarray]:
+    return [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in _listed(folder)]
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_interpolated_parts_join_into_the_whole_run(tmp_path, factor):
+    """--start/--end (and --max-frames) cut the video, not the interpolation: the last frame of a
+    part brings the frames made between it and the next one, so runs over [0, 4) and [4, end)
+    give, one after the other, exactly the whole run's pictures (N x 4 + the whole rest)."""
+    rng = np.random.default_rng(factor)
+    frames = [rng.integers(0, 256, (16, 24, 3), dtype=np.uint8) for _ in range(9)]
+    src = _picture_folder(tmp_path / "src", frames)
+    common = dict(model="bicubic", scale=1, interpolate=factor, interpolation_model="blend", scene_threshold=0,
+                  fps="24", batch_size=2)
+    _run(src, tmp_path / "whole", **common)
+    first = _run(src, tmp_path / "first", end="4f", **common)
+    _run(src, tmp_path / "second", start="4f", **common)
+    _run(src, tmp_path / "preview", max_frames=4, **common)
+    whole = _pictures(tmp_path / "whole")
+    assert len(whole) == (factor - 1) * 8 + 9
+    parts = _pictures(tmp_path / "first") + _pictures(tmp_path / "second")
+    assert len(parts) == len(whole)
+    for j, (a, b) in enumerate(zip(parts, whole)):
+        np.testing.assert_array_equal(a, b, err_msg=f"picture {j}")
+    preview = _pictures(tmp_path / "preview")
+    assert len(preview) == factor * 4 and all(np.array_equal(a, b) for a, b in zip(preview, whole))
+    assert first.num_frames_written == 4 and first.num_frames_made == (factor - 1) * 4
+
+
+def test_interpolated_part_keeps_the_whole_runs_timestamps(clips, tmp_path):
+    """A VFR video cut at a time and at a frame: each part's timestamps are the whole run's, the
+    second part's moved back to the source's start like any cut."""
+    src = clips("vfr.mp4", num_frames=11, vfr=True)
+    common = dict(model="bicubic", scale=1, interpolate=2, interpolation_model="blend", scene_threshold=0)
+    _run(src, tmp_path / "whole.mp4", **common)
+    _run(src, tmp_path / "first.mp4", end="5f", **common)
+    _run(src, tmp_path / "second.mp4", start="5f", **common)
+    whole = probe.pts_exact(tmp_path / "whole.mp4")
+    assert probe.pts_exact(tmp_path / "first.mp4") == whole[:10]
+    shift = whole[10] - whole[0]
+    assert [p + shift for p in probe.pts_exact(tmp_path / "second.mp4")] == whole[10:]
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_restoration_parts_see_the_frames_around_them(tmp_path, batch):
+    """temporal-median over [2, 5) and [5, end) and --max-frames: a frame next to the cut is the
+    median of the video's real neighbours, exactly as in the whole run (the video's own first
+    and last frames are still repeated)."""
+    rng = np.random.default_rng(batch)
+    frames = [rng.integers(0, 256, (16, 24, 3), dtype=np.uint8) for _ in range(8)]
+    src = _picture_folder(tmp_path / "src", frames)
+    common = dict(model="temporal-median", fps="24", batch_size=batch)
+    _run(src, tmp_path / "whole", **common)
+    _run(src, tmp_path / "middle", start="2f", end="5f", **common)
+    _run(src, tmp_path / "last", start="5f", **common)
+    _run(src, tmp_path / "preview", max_frames=3, **common)
+    whole = _pictures(tmp_path / "whole")
+    for name, want in (("middle", whole[2:5]), ("last", whole[5:]), ("preview", whole[:3])):
+        got = _pictures(tmp_path / name)
+        assert len(got) == len(want), name
+        for j, (a, b) in enumerate(zip(got, want)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name} {j}")

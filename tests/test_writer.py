@@ -5,6 +5,8 @@ picture is one error."""
 
 from __future__ import annotations
 
+import itertools
+import re
 import threading
 import time
 from pathlib import Path
@@ -126,7 +128,7 @@ def test_one_failed_picture_is_one_error_and_the_rest_are_whole(tmp_path, monkey
         with pytest.raises(RuntimeError) as info:
             w.finish()
         raised.append(str(info.value))
-    assert raised == ["OpenCV could not encode picture 5"]
+    assert raised == ["picture p_0005.png was not written: OpenCV could not encode picture 5"]
     w.close(complete=False)  # joins the pool; the other failures (none here) are not raised again
     assert w.closed_cleanly and _pool_threads() == []
     names = sorted(p.name for p in out.iterdir())
@@ -149,31 +151,36 @@ def test_an_existing_picture_is_a_clear_error_from_the_pool(tmp_path):
     assert (out / "p_0002.png").read_bytes() == b"mine"
 
 
-def test_a_run_whose_picture_fails_reports_one_error(tmp_path, monkeypatch, capsys):
-    """Through the CLI: the pool's failure is the run's one error line; the pictures that were
-    written are whole."""
+@pytest.mark.parametrize("more", [[], ["--interpolate", "3", "--interpolation-model", "blend",
+                                         "--scene-threshold", "0"]])
+def test_a_run_whose_picture_fails_reports_one_error(tmp_path, monkeypatch, capsys, more):
+    """Through the CLI: the pool's failure is the run's one error line, which names the failed
+    picture and counts the pictures written right: with --interpolate, the made ones and those
+    of a frame whose last picture failed too (it said "No picture was written" with pictures
+    there). The pictures written are whole."""
     from hw.pictures import encode_picture
 
     src = tmp_path / "in"
     src.mkdir()
     for n in range(8):
         (src / f"s_{n}.png").write_bytes(encode_picture(_picture(n, depth=8, alpha=False)[0], None, ".png"))
-    calls = {"n": 0}
+    calls = itertools.count(1)
     real = writing.encode_picture
 
     def encode(rgb, alpha, suffix):
-        calls["n"] += 1
-        if calls["n"] == 4:
+        if next(calls) == 3:  # with --interpolate 3: about the first frame's last picture
             raise RuntimeError("OpenCV could not encode this picture")
         return real(rgb, alpha, suffix)
     monkeypatch.setattr(writing, "encode_picture", encode)
     out = tmp_path / "out"
-    rc = cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "1"])
+    rc = cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "1", *more])
     err = capsys.readouterr().err
     errors = [ln for ln in err.splitlines() if "OpenCV could not encode" in ln]
     assert rc != 0 and len(errors) == 1, err
     pictures = [p for p in out.iterdir() if not p.name.endswith(".json")]  # (the --resume record)
-    assert 0 < len(pictures) < 8
+    failed = re.search(r"picture (\S+) was not written", errors[0]).group(1)
+    assert 0 < len(pictures) < (22 if more else 8) and failed not in {p.name for p in pictures}
+    assert f" {len(pictures)} picture(s) written to " in errors[0], errors[0]
     for p in pictures:
         assert p.suffix == ".png" and _read(p, "rgb24").shape == (20, 28, 3)
     assert _pool_threads() == []
