@@ -2,7 +2,7 @@
 
 `PyAVDecoder` yields `Frame`s numbered from 0 with their source timestamps. Planar YUV is
 passed through as integer planes (the worker converts to RGB on its device); anything else
-goes through swscale to rgb24. What can be decoded is decoded: a corrupt packet is counted,
+goes through swscale to rgb24, or to rgb48 when deeper than 8 bits. What can be decoded is decoded: a corrupt packet is counted,
 logged and skipped; timestamps that do not ascend are repaired (`TimestampRepair`); a
 stream that changes size or pixel format mid-way is converted to the first frame's; a
 stream shorter than its header says is reported (`stopped_early_reason`).
@@ -26,7 +26,7 @@ import numpy as np
 
 from core.errors import NoVideoStream
 from core.frame import Frame
-from hw.av_source import PLANAR_YUV, fraction, open_input
+from hw.av_source import PLANAR_YUV, format_bit_depth, fraction, open_input
 from hw.keyframes import DecodeSpan, span_packets
 
 __all__ = ["PyAVDecoder", "PtsFiller", "TimestampRepair", "end_warnings"]
@@ -329,6 +329,8 @@ class PyAVDecoder:
         if depth is not None:
             dtype = np.uint8 if depth == 8 else np.uint16
             return "yuv", tuple(_plane_array(frame.planes[i], dtype) for i in range(3)), depth
+        if format_bit_depth(frame.format.name) > 8:  # gbrp10, gray12, rgb48...: not rounded to 8 bits
+            return "rgb48", (frame.to_ndarray(format="rgb48le"),), 16
         return "rgb24", (frame.to_ndarray(format="rgb24"),), 8
 
     def _numbered(self, data: tuple[str, tuple, int], pts: int) -> Frame:

@@ -20,14 +20,23 @@ from core.files import describe_file_kind, ffmpeg_path
 from hw.color import ColorInfo, color_info_from_tags
 from hw.hdr import HdrMetadata, hdr_metadata, side_data
 
-__all__ = ["SourceInfo", "probe_source", "probe_audio", "open_input", "PLANAR_YUV"]
+__all__ = ["SourceInfo", "probe_source", "probe_audio", "open_input", "PLANAR_YUV", "display_matrix", "format_bit_depth"]
 
-# Planar YUV formats passed through as integer planes: name -> bit depth.
+# Planar YUV formats passed through as integer planes: name -> bit depth. With alpha too (ProRes
+# 4444 decodes to yuva444p12le): its Y, U and V planes are read, the alpha plane left out.
 PLANAR_YUV: dict[str, int] = {
     "yuv420p": 8, "yuvj420p": 8, "yuv422p": 8, "yuvj422p": 8, "yuv444p": 8, "yuvj444p": 8,
-    "yuv420p10le": 10, "yuv422p10le": 10, "yuv444p10le": 10,
-    "yuv420p12le": 12, "yuv422p12le": 12, "yuv444p12le": 12,
+    **{f"{kind}{chroma}p": 8 for kind in ("yuv", "yuva") for chroma in ("420", "422", "444")},
+    **{f"{kind}{chroma}p{depth}le": depth for kind in ("yuv", "yuva") for chroma in ("420", "422", "444")
+       for depth in (10, 12, 16)},
 }
+
+
+def format_bit_depth(pix_fmt: str) -> int:
+    """Bits of a pixel format's deepest component (gbrp10le: 10; float formats: 16 or 32)."""
+    import av
+
+    return max(component.bits for component in av.VideoFormat(pix_fmt).components)
 
 
 
@@ -102,7 +111,7 @@ def fraction(value) -> Fraction | None:
     return Fraction(value.numerator, value.denominator) if value else None
 
 
-def _display_matrix(frame) -> tuple[int, ...] | None:
+def display_matrix(frame) -> tuple[int, ...] | None:
     """The frame's display matrix side data (9 ints), or None."""
     for name, data in side_data(frame):
         if name == "DISPLAYMATRIX" and data.buffer_size == 36:
@@ -163,14 +172,14 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
         if not cc.width or not cc.height:
             raise NoVideoStream(f"Source {str(path)!r}: the video stream has no picture size; the file is likely damaged.")
         pix_fmt = cc.format.name if cc.format is not None else ""
-        bit_depth = PLANAR_YUV.get(pix_fmt, 8)
+        bit_depth = PLANAR_YUV.get(pix_fmt) or (min(format_bit_depth(pix_fmt), 16) if pix_fmt else 8)
         chroma = ""
         if pix_fmt in PLANAR_YUV:
             chroma = "444" if "444" in pix_fmt else "422" if "422" in pix_fmt else "420"
         sar = cc.sample_aspect_ratio
         sar = Fraction(sar) if sar and sar.numerator > 0 and Fraction(sar) != 1 else None
         first = _first_frame(container, stream)
-        matrix = _display_matrix(first) if first is not None else None
+        matrix = display_matrix(first) if first is not None else None
         return SourceInfo(
             path=path,
             width=cc.width,

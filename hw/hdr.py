@@ -72,12 +72,36 @@ def _rationals(data: bytes, count: int) -> list[Fraction | None]:
     return [Fraction(n, d) if d else None for n, d in zip(values[0::2], values[1::2])]
 
 
+def _name_unknown_side_data_types() -> None:
+    """Let PyAV's side data `Type` stand for a type it has no name for (as UNKNOWN_<n>).
+
+    PyAV 18 names the types of FFmpeg 7, but its FFmpeg 8 attaches newer ones (EXIF to every
+    JPEG or PNG with EXIF, view ids to MV-HEVC): reading any side data of such a frame raised
+    ValueError ("31 is not a valid Type"), so a source's HDR metadata or rotation could not
+    be read at all."""
+    try:
+        from av.sidedata.sidedata import Type
+    except ImportError:  # a PyAV that keeps it elsewhere
+        return
+
+    def unknown(cls, value):
+        if not isinstance(value, int):
+            return None
+        member = object.__new__(cls)
+        member._name_, member._value_ = f"UNKNOWN_{value}", value
+        return cls._value2member_map_.setdefault(value, member)
+
+    if "_missing_" not in Type.__dict__:
+        Type._missing_ = classmethod(unknown)
+
+
 def side_data(frame):
     """(type name, SideData) for each side data entry of a decoded PyAV frame.
 
     PyAV 18 iterates a frame's side data as `SideData` objects; PyAV 19 made the container a
     mapping that iterates its `Type` keys (seen on the GPU host: 'Type' object has no
     attribute 'type'). Both are read here."""
+    _name_unknown_side_data_types()
     entries = getattr(frame, "side_data", None) or ()
     for entry in entries:
         data = entry if hasattr(entry, "buffer_size") else entries[entry]

@@ -8,13 +8,13 @@
 
 Reading goes through PyAV, i.e. FFmpeg's own image decoders (PNG, TIFF, JPEG, BMP, WebP,
 DPX), the library framepipe already uses for video: 8- and 16-bit, gray, RGB, RGBA and
-palette pictures all decode to one RGB form. Writing goes through OpenCV (libpng, libtiff):
-8/16-bit RGB(A) PNG and TIFF (Pillow writes no 16-bit RGB), and, unlike PyAV's encoder
-(measured: 2 threads encoding 1080p 16-bit PNGs took as long as 1), it releases the GIL
-while it compresses, so the picture writer compresses several pictures at once on threads
-(pipeline/writer.py). OpenEXR is refused: it holds scene-linear light above 1.0,
-and the models here are trained on display-referred pictures in 0..1; clipping it would
-silently lose highlights.
+palette pictures all decode to one RGB form (deeper than 8 bits, float TIFF included: at 16).
+Writing goes through OpenCV (libpng, libtiff): 8/16-bit RGB(A) PNG and TIFF (Pillow writes
+no 16-bit RGB), and, unlike PyAV's encoder (measured: 2 threads encoding 1080p 16-bit PNGs
+took as long as 1), it releases the GIL while it compresses, so the picture writer
+compresses several pictures at once on threads (pipeline/writer.py). OpenEXR is refused: it
+holds scene-linear light above 1.0, and the models here are trained on display-referred
+pictures in 0..1; clipping it would silently lose highlights.
 
 - Order and numbering: a pattern says where the number is; in a folder or a glob it is the
   last run of digits in which every name follows one template (`render_#_1080p.png`), and
@@ -26,6 +26,10 @@ silently lose highlights.
   pictures. Video output has no alpha: it is dropped, with a note.
 - Sizes: a picture of another size than the first is scaled to the first's (bicubic), with
   one warning, as a video whose size changes is.
+- Orientation: a picture is read as it is shown: its EXIF/TIFF orientation (FFmpeg's display
+  matrix) turns its pixels, since the pictures written carry none; so do a rotated video's
+  frames written as pictures (PictureWriter).
+- One picture: `--source photo.jpg` is a sequence of one (an animated PNG is a video).
 - Writing: each picture through a temporary file and a rename (`core.files`), so a picture
   on disk is always whole; `--resume` leaves every existing picture and processes the rest.
 """
@@ -48,9 +52,10 @@ from core.choices import CONTAINER_SUFFIXES, PICTURE_FORMATS
 from core.errors import InvalidOption, InvalidSource
 from core.files import ffmpeg_path
 from core.frame import Frame
+from hw.av_source import display_matrix
 
 __all__ = ["PICTURE_SUFFIXES", "PictureSequence", "PictureSource", "PictureTarget", "encode_picture",
-           "find_pictures", "picture_target", "parse_fps"]
+           "find_pictures", "orientation", "picture_target", "parse_fps", "upright"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +64,6 @@ _REFUSED = {".exr": "OpenEXR holds scene-linear light above 1.0, which these mod
                     "pictures) would clip; convert it to 16-bit TIFF or PNG with your colour pipeline first"}
 _PATTERN = re.compile(r"%(0?\d*)d")
 _ALPHA_FORMATS = ("rgba", "bgra", "argb", "abgr", "ya8", "ya16", "rgba64", "bgra64", "gbrap", "yuva")
-_DEEP_FORMATS = ("48", "64", "16", "10", "12", "gbrpf", "grayf")
 
 
 def parse_fps(text: str | None) -> Fraction | None:
@@ -120,14 +124,17 @@ def find_pictures(spec: str | os.PathLike) -> PictureSequence | None:
     """The picture sequence `spec` names (a folder, a glob, a printf pattern), or None when it
     names something else (a video file). InvalidSource, one line, when it names no pictures.
 
-    An existing file is always that file (a video may have `%d` or `[x]` in its name), and
-    only a name with a picture suffix is read as a pattern or a glob: a missing video is
-    then reported as missing, not as an empty glob."""
+    An existing file is always that file (a video may have `%d` or `[x]` in its name): one
+    still picture is a sequence of one (read as pictures are: its depth, alpha and name kept),
+    anything else a video (an animated PNG too). Only a name with a picture suffix is read as
+    a pattern or a glob: a missing video is then reported as missing, not as an empty glob."""
     text = os.fspath(spec)
     suffix = Path(text).suffix.lower()
     if os.path.isfile(text):
         if suffix in _REFUSED:
             raise InvalidSource(f"Source {text!r}: {_REFUSED[suffix]}.")
+        if suffix in PICTURE_SUFFIXES and _is_still_picture(Path(text)):
+            return _ordered(text, [Path(text)])
         return None
     if os.path.isdir(text):
         # Listed once, not recursed into: an entry is a picture when it is (or links to) a
@@ -167,6 +174,19 @@ def find_pictures(spec: str | os.PathLike) -> PictureSequence | None:
             raise InvalidSource(f"Source {text!r}: no picture ({', '.join(s[1:] for s in PICTURE_SUFFIXES)}) matches it.")
         return _ordered(text, found)
     return None
+
+
+def _is_still_picture(path: Path) -> bool:
+    """Whether FFmpeg reads the file with an image demuxer (one picture), not as a video (an
+    animated PNG or WebP); a file it cannot open counts as a picture, so that the picture
+    reader names what is wrong with it."""
+    import av
+
+    try:
+        with av.open(ffmpeg_path(path)) as container:
+            return container.format.name.endswith("_pipe") or container.format.name == "image2"
+    except (av.error.FFmpegError, OSError):
+        return True
 
 
 def _is_regular_file(entry: os.DirEntry) -> bool:
@@ -241,25 +261,51 @@ def _decode_one(path: Path):
     raise InvalidSource(f"Picture {str(path)!r} holds no picture FFmpeg can decode.")
 
 
-def _depth_and_alpha(pix_fmt: str) -> tuple[int, bool]:
-    alpha = pix_fmt.startswith(_ALPHA_FORMATS)
-    deep = any(tag in pix_fmt for tag in _DEEP_FORMATS)
+def _picture_kind(frame, codec: str) -> tuple[int, bool]:
+    """(bit depth 8/16, has alpha) of a decoded picture. 16 bits for any component deeper than
+    8 (10/12/14/16-bit, half and single float; a 16-bit Bayer format says 4/8/4 bits: its name
+    tells). A palette picture has alpha when one of its pixels is not opaque (PNG's tRNS); a
+    JPEG never has (FFmpeg decodes a CMYK JPEG to RGB with an opaque fourth plane)."""
+    fmt = frame.format
+    deep = max(c.bits for c in fmt.components) > 8 or (fmt.is_bayer and "16" in fmt.name)
+    alpha = fmt.name.startswith(_ALPHA_FORMATS) and codec != "mjpeg"
+    if fmt.name == "pal8":
+        alpha = bool((frame.reformat(format="rgba").to_ndarray()[..., 3] < 255).any())
     return (16 if deep else 8), alpha
 
 
-def _picture_kind(frame) -> tuple[int, bool]:
-    """(bit depth 8/16, has alpha) of a decoded picture; a palette picture has alpha when one of
-    its pixels is not opaque (PNG's tRNS)."""
-    depth, alpha = _depth_and_alpha(frame.format.name)
-    if frame.format.name == "pal8":
-        alpha = bool((frame.reformat(format="rgba").to_ndarray()[..., 3] < 255).any())
-    return depth, alpha
+def orientation(matrix: tuple[int, ...] | None) -> tuple[bool, bool, bool]:
+    """(transpose, flip left-right, flip up-down), in that order, that show a picture upright
+    by its display matrix (None: as it is). FFmpeg turns EXIF/TIFF orientation into one, a
+    phone video has one; viewers, browsers and ffmpeg itself apply it, and pictures written
+    without it must be turned in their pixels. The signs of the matrix's 2x2 part name the
+    eight orientations (checked against Pillow's exif_transpose); other angles are left."""
+    a, b, _, c, d = matrix[:5] if matrix is not None else (1, 0, 0, 0, 1)
+    if a == 0 and d == 0:
+        return True, c < 0, b < 0
+    if b == 0 and c == 0:
+        return False, a < 0, d < 0
+    return False, False, False
+
+
+def upright(array: np.ndarray, turn: tuple[bool, bool, bool]) -> np.ndarray:
+    """`array` (H, W[, C]) turned by `turn` (`orientation`'s); a view."""
+    transpose, flip_lr, flip_ud = turn
+    if transpose:
+        array = array.swapaxes(0, 1)
+    if flip_lr:
+        array = array[:, ::-1]
+    if flip_ud:
+        array = array[::-1]
+    return array
 
 
 def probe_pictures(seq: PictureSequence) -> PictureInfo:
+    """What the first picture is; its size as it is shown (turned by its orientation)."""
     frame, codec = _decode_one(seq.paths[0])
-    depth, alpha = _picture_kind(frame)
-    return PictureInfo(width=frame.width, height=frame.height, codec=codec, pix_fmt=frame.format.name, bit_depth=depth,
+    depth, alpha = _picture_kind(frame, codec)
+    width, height = (frame.height, frame.width) if orientation(display_matrix(frame))[0] else (frame.width, frame.height)
+    return PictureInfo(width=width, height=height, codec=codec, pix_fmt=frame.format.name, bit_depth=depth,
                        has_alpha=alpha)
 
 
@@ -284,19 +330,22 @@ class PictureSource:
         target = {(8, False): "rgb24", (8, True): "rgba", (16, False): "rgb48le", (16, True): "rgba64le"}[
             (info.bit_depth, info.has_alpha)]
         for index, path in enumerate(self.seq.paths):
-            frame, _ = _decode_one(path)
-            if (frame.width, frame.height) != (info.width, info.height):
+            frame, codec = _decode_one(path)
+            turn = orientation(display_matrix(frame))
+            width, height = (info.height, info.width) if turn[0] else (info.width, info.height)
+            if (frame.width, frame.height) != (width, height):
                 self.num_resized += 1
-            depth, alpha = _picture_kind(frame)
+            depth, alpha = _picture_kind(frame, codec)
             if alpha and not info.has_alpha:
                 self.alpha_dropped.append(path.name)
             if depth > info.bit_depth:
                 self.depth_reduced.append(path.name)
             # Alpha from a picture without it is opaque; one with alpha in a sequence without is flattened.
-            array = frame.reformat(format=target, width=info.width, height=info.height,
+            array = frame.reformat(format=target, width=width, height=height,
                                    interpolation="BICUBIC").to_ndarray().astype(dtype, copy=False)
+            array = upright(array, turn)
             planes = (np.ascontiguousarray(array[..., :3]), np.ascontiguousarray(array[..., 3])) if info.has_alpha \
-                else (array,)
+                else (np.ascontiguousarray(array),)
             yield Frame(index=index, pts=index, fmt="rgb48" if info.bit_depth == 16 else "rgb24", planes=planes,
                         bit_depth=info.bit_depth)
         if self.alpha_dropped:

@@ -26,6 +26,7 @@ from pipeline.segment_writer import EncoderPool, SegmentWriter
 from pipeline.segments import PartsFolder
 from pipeline.stats import RunStats
 from hw.memory import ProbeMemo
+from hw.pictures import orientation
 from models import LoadedModel
 from models.compile_helper import CacheWarmer
 from models.registry import default_cache_dir
@@ -274,17 +275,17 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         skip = picture_exists if done else None
         writer = wrap("writer", PictureWriter(target.folder, picture_name, target.suffix,
                                               overwrite=plan.overwrite_output, stats=stats, frames_per_item=per,
-                                              kept=done))
+                                              kept=done, orientation=orientation(plan.source.display_matrix)))
     elif plan.output is None:
         writer = wrap("writer", DiscardWriter(stats=stats))
     elif parts is not None:
-        layout, done = plan.segments, parts.finished()
-        finished = set(done)
-        stops = {k: int(entry["stop"]) for k, entry in done.items()}
+        layout = plan.segments
+        # Only whole segments are taken over: one that ended short (the video's end then) is made
+        # again, so that frames found after it (never expected) cannot fall into a finished segment.
+        finished = {k for k, entry in parts.finished().items() if entry["stop"] == layout.stop_of(k)}
 
-        def in_finished_segment(index: int) -> bool:  # in a finished segment's recorded range
-            k = layout.segment_of(index)
-            return k in stops and index < stops[k]
+        def in_finished_segment(index: int) -> bool:
+            return layout.segment_of(index) in finished
 
         skip = in_finished_segment if finished else None
         pool = EncoderPool(plan.num_encoders, queue_frames=layout.segment_frames, parts=parts, layout=layout,

@@ -29,7 +29,8 @@ from hw.av_source import SourceInfo, probe_audio, probe_source
 from hw.color import ColorInfo
 from hw.encode_speed import EncoderSpeed, remembered_encoder_speed
 from hw.memory import ProbeMemo
-from hw.pictures import PictureSequence, PictureTarget, find_pictures, parse_fps, picture_target, probe_pictures
+from hw.pictures import (PictureSequence, PictureTarget, find_pictures, orientation, parse_fps, picture_target,
+                         probe_pictures)
 from models import LoadedModel
 from models.compiled import compile_choice
 from models.registry import default_cache_dir
@@ -190,6 +191,8 @@ def plan_run(config: RunConfig) -> RunPlan:
     out_w, out_h = out_w + out_w % 2, out_h + out_h % 2
     if target is not None:  # pictures out: RGB at the model's size (no 4:2:0 padding), no encoder
         out_w, out_h = source.width * model.scale, source.height * model.scale
+        if orientation(source.display_matrix)[0]:  # a rotated video's pictures are written upright
+            out_w, out_h = out_h, out_w
         _check_picture_output(config, target, pictures, source, out_count=_frames_estimate(config, source),
                               overwrite=overwrite)
         if config.nvenc:
@@ -227,7 +230,10 @@ def plan_run(config: RunConfig) -> RunPlan:
     segments, encoders = _plan_segments(config, source, out_w, out_h, use_nvenc=use_nvenc, notes=notes,
                                         bytes_per_sample=2 if bit_depth > 8 else 1, preset=preset, model_rate_key=rate_key)
     if segments is not None:
-        PartsFolder(Path(output)).check(resume=config.resume, overwrite=overwrite)
+        inputs = [("--source", Path(config.source)), ("--audio", config.audio),
+                  ("--model", Path(config.model) if Path(config.model).is_file() else None)]
+        PartsFolder(Path(output)).check(resume=config.resume, overwrite=overwrite,
+                                        inputs=[(flag, path) for flag, path in inputs if path is not None])
     return RunPlan(
         config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite or own_partial,
         devices=tuple(devices), dtypes=dtypes, compiled=compiled, output_width=out_w, output_height=out_h,
@@ -439,9 +445,12 @@ def _scan_packets(path: Path):
 
 
 def _sequence_name(seq: PictureSequence) -> str:
-    """A name for a sequence: its folder's (a folder source), else its template's ('scan_#.png' -> 'scan')."""
+    """A name for a sequence: its folder's (a folder source), else its template's ('scan_#.png' ->
+    'scan'); pictures without numbers: the one picture's stem, else their folder's."""
     if Path(seq.spec).is_dir():
         return Path(seq.spec).resolve().name
+    if seq.numbers[0] is None:
+        return seq.paths[0].stem if len(seq.paths) == 1 else seq.paths[0].resolve().parent.name
     stem = Path(seq.template).stem.replace("#", "").strip("_-. ")
     return stem or "pictures"
 

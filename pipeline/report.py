@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from core.errors import FramepipeError, InvalidOption, RunInterrupted, StageError, one_line
+from core.errors import DiskFull, FramepipeError, InvalidOption, RunInterrupted, StageError, one_line
 from core.files import OutputFile, ffmpeg_path
 from pipeline.messages import StageFailed
 from pipeline.plan import RunPlan
@@ -215,18 +215,21 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
                                 tag_hvc1=not plan.use_nvenc)  # NVENC repeats its parameter sets in-band: hev1
     except Exception as exc:  # noqa: BLE001 - the segments stay; say what failed
         output.discard()
+        if complete and isinstance(exc, DiskFull):  # every segment is finished: --resume only joins them
+            raise DiskFull(f"{one_line(exc).rstrip('.')}.{resume_hint}") from exc
         if complete:
             raise
         return f"Joining the finished segments failed ({one_line(exc)}).{resume_hint}"
     # `written` counts output frames: with --interpolate N, N per source frame (the last one, 1)
     stats.num_frames_written = -(-written // plan.interpolate)
     stats.num_frames_made = written - stats.num_frames_written
+    parts.record_partial_output(temp)  # before the rename: the --resume that finishes the job may replace it
     final = output.commit(complete=complete)
     stats.notes["output"] = str(final)
-    if not complete and final == output.path:
-        parts.record_partial_output(final)  # the --resume that finishes the job may replace it
     if complete:
-        if not plan.config.keep_parts:
+        if plan.config.keep_parts:
+            parts.record_partial_output(None)
+        else:
             parts.remove()
         return ""
     kept = f" The existing {output.path} was left unchanged." if final != output.path else ""

@@ -91,7 +91,7 @@ def run(
         if plan.segments is not None:  # under the output's lock: one run per work folder too
             parts = PartsFolder(plan.output)
             parts.open(resume=config.resume, overwrite=plan.overwrite_output,
-                       source=_fingerprint(plan), settings=pixel_settings(plan))
+                       source=_fingerprint(plan), settings=pixel_settings(plan), temp_output=temp)
             stats.notes["segments"] = _describe_segments(plan, parts)
             stats.notes["encoders"] = plan.encoder_line
         errors = ErrorChannel(threading.Event())
@@ -151,7 +151,7 @@ def _fingerprint(plan: RunPlan) -> dict[str, object]:
 
 
 def _describe_segments(plan: RunPlan, parts: PartsFolder) -> str:
-    done = len(parts.finished())
+    done = sum(entry["stop"] == plan.segments.stop_of(k) for k, entry in parts.finished().items())  # as build takes them
     resumed = f"; {done} finished segment(s) taken over from an earlier run" if done else ""
     return (f"{plan.segments.segment_frames} frames a segment, {plan.num_encoders} encoder(s) at once, "
             f"work folder {parts.path}{resumed}")

@@ -21,12 +21,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import InvalidOption, OutputExists, OutputNotWritable
+from core.errors import InvalidOption, OutputExists, OutputNotWritable, UnsafeOutput
 from core.files import file_sha256, write_file_atomically
 
 __all__ = ["SegmentLayout", "Manifest", "PartsFolder", "source_fingerprint", "check_picture_manifest", "PICTURE_MANIFEST",
@@ -73,7 +75,7 @@ def source_fingerprint(path: Path) -> dict[str, object]:
         digest.update(f.read(1 << 20))
         if st.st_size > 2 << 20:
             f.seek(-(1 << 20), os.SEEK_END)
-            digest.update(f.read(1 << 20))
+        digest.update(f.read(1 << 20))  # the last MiB, or all the rest of a file of 1-2 MiB
     return {"size": st.st_size, "sha256_head_tail": digest.hexdigest()}
 
 
@@ -85,23 +87,38 @@ class Manifest:
     settings: dict[str, object]
     segments: dict[int, dict[str, object]] = field(default_factory=dict)  # k -> {first, stop, file, sha256, pts_offset}
     partials: dict[int, int] = field(default_factory=dict)  # k -> pts_offset of partial-<k> (a stopped run's)
-    partial_output: dict[str, int] | None = None  # the partial output a stopped run left at the output name
+    partial_output: dict[str, int] | None = None  # the joined output a stopped run left at the output name
+    temp_output: str | None = None  # the hidden temporary output of the run using the folder (a kill -9 leaves it)
     version: int = MANIFEST_VERSION
 
     def to_json(self) -> bytes:
         data = {"version": self.version, "source": self.source, "settings": self.settings,
                 "segments": {str(k): v for k, v in sorted(self.segments.items())},
                 "partials": {str(k): v for k, v in sorted(self.partials.items())},
-                "partial_output": self.partial_output}
+                "partial_output": self.partial_output, "temp_output": self.temp_output}
         return json.dumps(data, indent=2, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "Manifest":
+        """Raises ValueError (or KeyError, TypeError) for a file that is not a whole manifest: a
+        damaged or hand-edited one is refused in one line, never half-trusted."""
         raw = json.loads(data)
-        return cls(source=raw["source"], settings=raw["settings"],
-                   segments={int(k): v for k, v in raw.get("segments", {}).items()},
+        if not isinstance(raw, dict) or not all(isinstance(raw.get(key, {}), dict)
+                                                for key in ("source", "settings", "segments", "partials")):
+            raise ValueError("not a framepipe manifest")
+        segments = {int(k): v for k, v in raw.get("segments", {}).items()}
+        for k, entry in segments.items():
+            if not (isinstance(entry, dict) and all(type(entry.get(key)) is int for key in ("first", "stop", "pts_offset"))
+                    and all(isinstance(entry.get(key), str) for key in ("file", "sha256"))):
+                raise ValueError(f"segment {k}'s entry is incomplete")
+        partial_output = raw.get("partial_output")
+        if partial_output is not None and not isinstance(partial_output, dict):
+            raise ValueError("partial_output is not a table")
+        temp_output = raw.get("temp_output")
+        return cls(source=raw["source"], settings=raw["settings"], segments=segments,
                    partials={int(k): int(v) for k, v in raw.get("partials", {}).items()},
-                   partial_output=raw.get("partial_output"), version=int(raw["version"]))
+                   partial_output=partial_output, temp_output=temp_output if isinstance(temp_output, str) else None,
+                   version=int(raw["version"]))
 
     def differences(self, *, source: dict[str, object], settings: dict[str, object]) -> list[str]:
         """What differs between this manifest and a new run's source and settings (names only)."""
@@ -117,6 +134,10 @@ class Manifest:
 
 
 PICTURE_MANIFEST = ".framepipe-run.json"
+# What a run writes in its work folder: a work folder without a manifest holding only these is
+# one a run was killed in right after creating it (resumed); anything else is not framepipe's.
+_FRAMEPIPE_NAME = re.compile(r"(segment|partial)-\d{6}\.mp4|\.(segment|partial)-\d{6}\.part\.mp4|\.manifest\..*|"
+                             r"\.probe\.mp4")
 
 
 def check_picture_manifest(folder: Path, *, resume: bool, source: dict[str, object], settings: dict[str, object]) -> None:
@@ -130,8 +151,8 @@ def check_picture_manifest(folder: Path, *, resume: bool, source: dict[str, obje
             raise InvalidOption(f"Cannot resume: {str(path)!r} is damaged ({exc}). Pass --overwrite to start again.") from None
         differs = manifest.differences(source=source, settings=settings)
         if differs:
-            raise InvalidOption(f"Cannot resume: the pictures in {str(folder)!r} were made with a different "
-                                f"{'; '.join(differs)}. Run with the same source and settings, or pass --overwrite "
+            raise InvalidOption(f"Cannot resume: the pictures in {str(folder)!r} do not match this run "
+                                f"({'; '.join(differs)}). Run with the same source and settings, or pass --overwrite "
                                 "to replace them.")
         return
     if resume and any(p.name != PICTURE_MANIFEST for p in folder.iterdir()):
@@ -167,24 +188,39 @@ class PartsFolder:
         with self._lock:
             return dict(self.manifest.segments)
 
-    def check(self, *, resume: bool, overwrite: bool) -> None:
-        """Before any work: refuse a folder the run may not use (one line naming the choices)."""
+    def check(self, *, resume: bool, overwrite: bool, inputs: Sequence[tuple[str, Path]] = ()) -> None:
+        """Before any work: refuse a folder the run may not use (one line naming the choices).
+        `inputs` ((flag, path)): files the run reads, which must not lie inside the folder (a run
+        empties it)."""
         if not os.path.lexists(self.path):
             return
         if not self.path.is_dir() or self.path.is_symlink():
             raise OutputNotWritable(f"{str(self.path)!r} is in the way of the work folder (not a folder). Move it.")
+        for flag, path in inputs:
+            resolved = Path(path).resolve()
+            if resolved == self.path.resolve() or self.path.resolve() in resolved.parents:
+                raise UnsafeOutput(f"{flag} {str(path)!r} is inside the work folder {str(self.path)!r}, which the run "
+                                   "empties. Move it, or choose another --output.")
         if not resume and not overwrite:
             raise OutputExists(
                 f"Work folder {str(self.path)!r} exists (parts of an earlier run of this output). Pass --resume to "
                 "finish that run, or --overwrite to start again."
             )
+        foreign = [p.name for p in self.path.iterdir() if not _FRAMEPIPE_NAME.fullmatch(p.name)]
+        if resume and foreign and not self.manifest_path.is_file():
+            raise OutputExists(f"Cannot resume: {str(self.path)!r} has no manifest.json (it was not made by framepipe, or "
+                               "by a version that did not record how). Pass --overwrite to replace it.")
 
-    def open(self, *, resume: bool, overwrite: bool, source: dict[str, object], settings: dict[str, object]) -> Manifest:
+    def open(self, *, resume: bool, overwrite: bool, source: dict[str, object], settings: dict[str, object],
+             temp_output: Path | None = None) -> Manifest:
         """Create (or take over) the folder; returns the manifest to fill. Finished segments of a
-        matching manifest are kept (their files checked); everything else in the folder goes."""
+        matching manifest are kept (their files checked); everything else in the folder goes, and
+        so does the hidden temporary output an earlier run of it left (killed before renaming it).
+        `temp_output`: this run's, recorded for the next one."""
+        if os.path.lexists(self.path):  # checked before, but the folder may have appeared or changed since
+            self.check(resume=resume, overwrite=overwrite)
         if os.path.lexists(self.path) and not resume:
-            if not overwrite:  # checked before, but the folder may have appeared since
-                self.check(resume=False, overwrite=False)
+            self._remove_temp_output(self._recorded_temp_output(), temp_output)
             shutil.rmtree(self.path)
         manifest = None
         if resume and self.manifest_path.is_file():
@@ -196,8 +232,8 @@ class PartsFolder:
             differs = manifest.differences(source=source, settings=settings)
             if differs:
                 raise InvalidOption(
-                    f"Cannot resume: the parts in {str(self.path)!r} were made with a different "
-                    f"{'; '.join(differs)}. Run with the same source and settings, or pass --overwrite to start again."
+                    f"Cannot resume: the parts in {str(self.path)!r} do not match this run ({'; '.join(differs)}). "
+                    "Run with the same source and settings, or pass --overwrite to start again."
                 )
         try:
             self.path.mkdir(exist_ok=True)
@@ -205,22 +241,50 @@ class PartsFolder:
             raise OutputNotWritable(f"Cannot create the work folder {str(self.path)!r}: {exc.strerror or exc}.") from None
         if manifest is None:
             manifest = Manifest(source=source, settings=settings)
-        kept = {k: v for k, v in manifest.segments.items() if self._intact(k, v)}
+        else:
+            self._remove_temp_output(manifest.temp_output, temp_output)
+        kept = {k: v for k, v in manifest.segments.items() if self._intact(k, v, settings.get("segment_frames"))}
         if len(kept) != len(manifest.segments):
             log.warning("%d finished segment(s) in %s were missing or damaged: they are made again",
                         len(manifest.segments) - len(kept), self.path)
         manifest.segments = kept
         manifest.partials = {}  # a new run makes its own partial segments
+        manifest.temp_output = temp_output.name if temp_output is not None else None
         for leftover in self.path.iterdir():  # a killed run's unfinished segment, an old temporary
             if leftover.name != "manifest.json" and leftover.name not in {v["file"] for v in kept.values()}:
-                leftover.unlink()
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
         self.manifest = manifest
         self.save()
         return manifest
 
-    def _intact(self, segment: int, entry: dict[str, object]) -> bool:
-        path = self.path / str(entry.get("file", ""))
-        return path.is_file() and file_sha256(path) == entry.get("sha256")
+    def _intact(self, segment: int, entry: dict[str, object], segment_frames: object) -> bool:
+        """The entry is this segment's (its own file, a range inside the segment) and its file
+        is unchanged since it was finished."""
+        first, stop = entry["first"], entry["stop"]
+        if (segment < 0 or entry["file"] != self.segment_path(segment).name or not isinstance(segment_frames, int)
+                or first != segment * segment_frames or not first < stop <= first + segment_frames):
+            return False
+        path = self.segment_path(segment)
+        return path.is_file() and file_sha256(path) == entry["sha256"]
+
+    def _recorded_temp_output(self) -> str | None:
+        try:
+            return Manifest.from_json(self.manifest_path.read_bytes()).temp_output
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _remove_temp_output(self, name: str | None, current: Path | None) -> None:
+        """The hidden temporary output `name` an earlier run of this output left (killed before it
+        renamed it) is removed: the output's lock is held, so no run writes it any more."""
+        if not name or os.sep in name or not (name.startswith(f".{self.output.stem}.")
+                                              and name.endswith(f".part{self.output.suffix}")):
+            return
+        stale = self.output.with_name(name)
+        if (current is None or name != current.name) and stale.is_file() and not stale.is_symlink():
+            stale.unlink()
 
     def save(self) -> None:
         assert self.manifest is not None
@@ -241,13 +305,16 @@ class PartsFolder:
             self.manifest.partials[segment] = pts_offset
             self.save()
 
-    def record_partial_output(self, path: Path) -> None:
-        """A stopped run's joined partial output now sits at the output name: noted (size, time,
-        inode), so the `--resume` that finishes the job may replace that file, and only it."""
+    def record_partial_output(self, path: Path | None) -> None:
+        """The joined output, noted (size, time, inode: a rename keeps them) before it is renamed to
+        the output name, so the `--resume` that finishes the job may replace that file, and only it,
+        even after a stop between the rename and this folder's removal. None: forget it (a finished
+        job whose parts are kept: its output is replaced only with --overwrite)."""
         assert self.manifest is not None
-        st = os.stat(path)
+        st = os.stat(path) if path is not None else None
         with self._lock:
-            self.manifest.partial_output = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+            self.manifest.partial_output = (None if st is None else
+                                            {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino})
             self.save()
 
     @staticmethod

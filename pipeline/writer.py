@@ -22,7 +22,7 @@ from pathlib import Path
 from core.errors import FramepipeError, one_line
 from core.files import write_file_atomically
 from hw.encoding import Encoder
-from hw.pictures import encode_picture
+from hw.pictures import encode_picture, upright
 from pipeline.messages import ResultItem
 from pipeline.stats import RunStats
 
@@ -127,12 +127,15 @@ class PictureWriter:
     reports, naming it. `kept`: the names of the pictures an earlier run left (--resume), not
     written again nor counted (a resumed run counts what it wrote): with --interpolate a source
     frame is redone when any of its pictures is missing (and the last one, which has no frames
-    made after it, always is)."""
+    made after it, always is). `orientation`: how a rotated video's frames are turned upright
+    (hw.pictures.orientation), since a picture file carries no rotation."""
 
     def __init__(self, folder: Path, name: Callable[[int], str], suffix: str, *, overwrite: bool,
                  stats: RunStats, frames_per_item: int = 1, kept: Collection[str] = (),
-                 num_threads: int | None = None, max_bytes_in_flight: int = PICTURE_BYTES_IN_FLIGHT) -> None:
+                 num_threads: int | None = None, max_bytes_in_flight: int = PICTURE_BYTES_IN_FLIGHT,
+                 orientation: tuple[bool, bool, bool] = (False, False, False)) -> None:
         self.folder = folder
+        self.orientation = orientation
         # --interpolate N: item i and the frames made after it are pictures i*N .. i*N+N-1
         self.frames_per_item = frames_per_item
         self.kept = kept
@@ -165,8 +168,8 @@ class PictureWriter:
             path = self.folder / self.name(item.index * self.frames_per_item + k)
             if path.name in self.kept:
                 continue
-            rgb = planes[0]
-            alpha = planes[1] if len(planes) > 1 else None
+            rgb = upright(planes[0], self.orientation)
+            alpha = upright(planes[1], self.orientation) if len(planes) > 1 else None
             self._pool.submit(lambda p=path, c=rgb, a=alpha: self._write_picture(p, c, a),
                               num_bytes=rgb.nbytes + (alpha.nbytes if alpha is not None else 0),
                               done=lambda made=k > 0: self._count(made))

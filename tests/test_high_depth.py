@@ -5,6 +5,7 @@ Sources are written here: a 10-bit ramp (more levels than 8 bits hold) and an HD
 
 from __future__ import annotations
 
+import io
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -33,17 +34,25 @@ def _write_10bit(path: Path, frames: list[np.ndarray], *, codec="libx265", param
             # No B-frames: once in CI (2 cores) the MKV muxer refused a packet of this 2-frame
             # source (EINVAL); without reordering every packet's dts equals its pts.
             s.options = {"x265-params": ":".join(p for p in ("log-level=error:lossless=1:bframes=0", params) if p)}
-        for i, y in enumerate(frames):
+        pictures = []
+        for y in frames:
             f = av.VideoFrame(width, height, "yuv420p10le")
             for k, plane in enumerate(f.planes):
                 rows = np.frombuffer(plane, np.uint16).reshape(plane.height, plane.line_size // 2)
                 rows[:, : plane.width] = y if k == 0 else 512
-            f.pts = i
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode(None):
-            out.mux(p)
+            pictures.append(f)
+        _encode_all(out, s, pictures)
     return path
+
+
+def _encode_all(out, stream, frames) -> None:
+    """Encode `frames` numbered 0, 1, ... into `stream` of `out`, then flush the encoder."""
+    for i, frame in enumerate(frames):
+        frame.pts = i
+        for p in stream.encode(frame):
+            out.mux(p)
+    for p in stream.encode(None):
+        out.mux(p)
 
 
 def _ramp(width=512, height=32, frames=3) -> list[np.ndarray]:
@@ -177,3 +186,57 @@ def test_bad_bit_depth_is_one_line(capsys, tmp_path):
         cli.main(["--source", str(src), "--bit-depth", "12"])
     assert exit_info.value.code == 2
     assert re.search(r"invalid choice: '?12'?", capsys.readouterr().err)  # Python 3.12+ quotes the value
+
+
+def _write_rgb_ramp(path: Path, codec: str, pix_fmt: str, options: dict | None = None) -> Path:
+    """A 16-bit grey ramp across 512 pixels (a level each at 10 bits) in `pix_fmt`, 2 frames."""
+    ramp = np.repeat(np.round(np.linspace(0, 65535, 512)).astype(np.uint16)[None, :, None], 32, 0).repeat(3, 2)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream(codec, rate=24)
+        s.width, s.height, s.pix_fmt = 512, 32, pix_fmt
+        s.options = options or {}
+        _encode_all(out, s, [av.VideoFrame.from_ndarray(ramp, format="rgb48le").reformat(format=pix_fmt)
+                             for _ in range(2)])
+    return path
+
+
+@pytest.mark.parametrize("codec, pix_fmt, options", [
+    ("prores_ks", "yuva444p10le", None),  # ProRes 4444 with alpha: FFmpeg decodes it to yuva444p12le
+    ("libx265", "gbrp10le", {"x265-params": "log-level=error:lossless=1"}),
+    ("libx265", "gray10le", {"x265-params": "log-level=error:lossless=1"}),
+])
+def test_deep_sources_other_than_plain_yuv_keep_their_depth(tmp_path, codec, pix_fmt, options):
+    """Were rounded to 8 bits (rgb24) on the way in, so a 10-bit output held 8-bit steps."""
+    src = _write_rgb_ramp(tmp_path / f"ramp{'.mov' if codec == 'prores_ks' else '.mkv'}", codec, pix_fmt, options)
+    out = tmp_path / "out.mkv"
+    run(_cfg(src, out, scale=1, codec="hevc", crf=0, preset="ultrafast"))
+    fmt, luma = _luma(out)
+    assert fmt == "yuv420p10le" and len(luma) == 2
+    assert len(np.unique(luma[0][8])) > 400  # of 512 pixels; 8 bits would leave at most 256
+
+
+def test_frames_with_side_data_pyav_cannot_name_are_read(tmp_path):
+    """PyAV 18 names FFmpeg 7's side data types; its FFmpeg 8 attaches EXIF (type 31) to a JPEG
+    with EXIF, and reading any side data of such a frame raised ValueError: a camera's MJPEG
+    video stopped with a traceback while its first frame was probed."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 1  # upright
+    frames = []
+    for i in range(2):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((16, 32, 3), 60 * i, np.uint8)).save(buffer, format="JPEG", exif=exif.tobytes())
+        frames.append(buffer.getvalue())
+    src = tmp_path / "camera.avi"
+    with av.open(str(src), "w") as out:
+        s = out.add_stream("mjpeg", rate=24)
+        s.width, s.height, s.pix_fmt = 32, 16, "yuvj420p"
+        for i, data in enumerate(frames):
+            packet = av.Packet(data)
+            packet.stream, packet.pts, packet.dts, packet.time_base = s, i, i, Fraction(1, 24)
+            out.mux(packet)
+    with av.open(str(src)) as c:
+        assert hdr_metadata(next(c.decode(video=0))) is None
+    stats = run(_cfg(src, tmp_path / "out.mp4"))
+    assert stats.num_frames_written == 2

@@ -71,7 +71,8 @@ def test_folder_glob_and_pattern_find_the_same_sequence_in_number_order(tmp_path
     assert "88 number(s) missing: 12-99" in folder.describe_gaps()
     assert find_pictures(str(tmp_path / "shots" / "shot_*.png")).paths == folder.paths
     assert find_pictures(str(tmp_path / "shots" / "shot_%d.png")).paths == folder.paths
-    assert find_pictures(tmp_path / "shots" / "shot_9.png") is None  # one file: a video's path, not a sequence
+    one = find_pictures(tmp_path / "shots" / "shot_9.png")  # one picture: a sequence of one
+    assert one.paths == (tmp_path / "shots" / "shot_9.png",) and one.numbers == (9,)
 
 
 @pytest.mark.parametrize("names, message", [
@@ -327,3 +328,64 @@ def test_pictures_cut_keep_their_own_names(tmp_path):
         assert np.array_equal(_read(tmp_path / "out" / f"s_{n:04d}.png", "rgb24"), _noise(seed=n))
     run(_cfg(str(tmp_path / "in" / "s_%04d.png"), tmp_path / "pat" / "x_%d.png", start="6f"))
     assert sorted(p.name for p in (tmp_path / "pat").iterdir() if p.suffix == ".png") == ["x_50.png", "x_51.png"]
+
+
+def test_one_picture_given_as_a_file_is_read_as_a_picture(tmp_path):
+    """Was decoded as a one-frame video: 8-bit RGB out, alpha dropped, named photo_000000."""
+    rgba = _noise(channels=4, depth=16, seed=5)
+    _save(tmp_path / "photo.png", rgba)
+    stats = run(_cfg(tmp_path / "photo.png", None))  # the default output: a folder named after the picture
+    assert stats.num_frames_written == 1
+    assert np.array_equal(_read(tmp_path / "photo_bicubic-x1" / "photo.png", "rgba64le"), rgba)
+
+
+def test_float_tiff_is_read_at_16_bits_and_a_cmyk_jpeg_has_no_alpha(tmp_path):
+    import cv2
+    from PIL import Image
+
+    values = np.random.default_rng(6).random((24, 32, 3), dtype=np.float32)
+    (tmp_path / "f").mkdir()
+    assert cv2.imwrite(str(tmp_path / "f" / "f_1.tif"), values[..., ::-1])  # 32-bit float RGB (OpenCV: BGR)
+    run(_cfg(tmp_path / "f", tmp_path / "f_out"))
+    got = _read(tmp_path / "f_out" / "f_1.png", "rgb48le")
+    assert got.dtype == np.uint16 and np.abs(got / 65535 - values).max() < 1 / 1024  # 8 bits: 1/510 off
+    (tmp_path / "c").mkdir()
+    Image.fromarray(_noise()).convert("CMYK").save(tmp_path / "c" / "c_1.jpg")
+    run(_cfg(tmp_path / "c", tmp_path / "c_out"))
+    with av.open(str(tmp_path / "c_out" / "c_1.png")) as c:
+        assert c.streams.video[0].codec_context.format.name == "rgb24"  # not RGBA with an opaque alpha
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_viewers_apply_it(tmp_path, orientation):
+    from PIL import Image, ImageOps
+
+    from hw.pictures import PictureSource, probe_pictures
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    (tmp_path / "in").mkdir()
+    Image.fromarray(_noise(24, 32)).save(tmp_path / "in" / "p_1.png", exif=exif.tobytes())
+    want = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "in" / "p_1.png")))
+    seq = find_pictures(tmp_path / "in")
+    info = probe_pictures(seq)
+    frames = list(PictureSource(seq, info, warn=pytest.fail))
+    assert (info.height, info.width) == want.shape[:2] and np.array_equal(frames[0].planes[0], want)
+
+
+def test_a_rotated_video_is_written_as_upright_pictures(tmp_path):
+    """ffmpeg turns a phone video's frames by its display matrix when it writes pictures; the
+    pictures written here were sideways (a picture file carries no rotation)."""
+    rgb = np.zeros((16, 32, 3), np.uint8)
+    rgb[:4, :4] = 255  # the top-left corner
+    src = tmp_path / "phone.mp4"
+    with av.open(str(src), "w") as out:
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 32, 16, "yuv444p"
+        s.options = {"qp": "0"}
+        s.set_display_rotation(90)  # counter-clockwise: the corner ends at the bottom left
+        for p in [*s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv444p")), *s.encode(None)]:
+            out.mux(p)
+    run(_cfg(src, tmp_path / "pics"))
+    got = _read(tmp_path / "pics" / "phone_000000.png", "rgb24")
+    assert got.shape == (32, 16, 3) and got[-4:, :4].min() > 200 and got[:4, :4].max() < 50
