@@ -447,28 +447,31 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
-    stopper = _StopSignal()
-    stopper.install()
     console = Console(stderr=True)
     if not console.is_terminal:
         console = Console(stderr=True, width=160)  # logs and CI: no summary truncated to 80 columns
     _setup_logging(console, quiet=args.quiet, verbose=args.verbose)
     say = _SafeConsole(console)
-    if args.list_models:
-        out = Console()
-        return _list_models(out if out.is_terminal else Console(width=200))  # piped: no truncated names
-
-    _process_settings()
-    sample = args.source is None
-    display = RunDisplay(console, enabled=console.is_terminal and not args.quiet, quiet=args.quiet)
+    stopper = _StopSignal()
+    stopper.install()
     try:
-        # Inside the try: importing the pipeline loads torch (seconds), a stop may come then.
+        # Inside the try: the model list, the process settings and the pipeline's imports load
+        # torch (seconds), and a stop may come then (a signal raises RunInterrupted, a
+        # KeyboardInterrupt).
+        if args.list_models:
+            out = Console()
+            return _list_models(out if out.is_terminal else Console(width=200))  # piped: no truncated names
+        _process_settings()
         from core.errors import FramepipeError, RunInterrupted
         from pipeline import run
         imports_done = time.perf_counter()
     except KeyboardInterrupt as exc:
-        say.print("[yellow]interrupted[/] before the run started")
+        name = getattr(exc, "signal_name", "")
+        say.print(f"[yellow]{f'stopped by {name}' if name and name != 'SIGINT' else 'interrupted'}[/] before the "
+                  f"{'list was complete' if args.list_models else 'run started'}")
         return 128 + getattr(exc, "signal_number", 2)
+    sample = args.source is None
+    display = RunDisplay(console, enabled=console.is_terminal and not args.quiet, quiet=args.quiet)
     stats = None
     try:
         config = _config_from_args(args, sample=sample)

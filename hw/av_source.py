@@ -40,6 +40,15 @@ def format_bit_depth(pix_fmt: str) -> int:
 
 
 
+def _has_alpha(pix_fmt: str | None) -> bool:
+    import av
+
+    try:
+        return bool(pix_fmt) and any(c.is_alpha for c in av.VideoFormat(pix_fmt).components)
+    except ValueError:  # a format this PyAV cannot describe
+        return False
+
+
 @dataclass(frozen=True)
 class SourceInfo:
     """What the reader learned about the source's video stream before decoding."""
@@ -63,7 +72,7 @@ class SourceInfo:
     rotation: int = 0  # degrees counter-clockwise a player applies (from display_matrix)
     interlaced: bool = False  # the first frame is flagged interlaced
     hdr: HdrMetadata | None = None  # static HDR10 metadata of the first frame (hw.hdr)
-    has_alpha: bool = False  # pictures with an alpha channel (hw.pictures)
+    has_alpha: bool = False  # an alpha channel: pictures (hw.pictures), or a video's pixel format (not read)
 
     def __repr__(self) -> str:
         return (
@@ -192,6 +201,7 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
             average_rate=fraction(stream.average_rate) or fraction(stream.guessed_rate),
             num_frames_from_header=int(stream.frames or 0),
             num_frames_estimate=_estimate_frames(stream, container),
+            has_alpha=_has_alpha(pix_fmt),
             color=color_info_from_tags(
                 colorspace=cc.colorspace,
                 color_range=cc.color_range,

@@ -184,6 +184,9 @@ def plan_run(config: RunConfig) -> RunPlan:
     else:
         output = target.folder
     devices, dtypes, compiled = _plan_workers(config, model, source, notes)
+    if pictures is None and source.has_alpha:
+        notes.append(f"the video has an alpha channel ({source.pix_fmt}); framepipe reads video without it, so "
+                     "the output has none.")
     if config.codec == "h264" and config.crf == 0:
         notes.append("--quality 0 is lossless: x264 then writes the High 4:4:4 Predictive profile, which many "
                      "players (browsers, phones, QuickTime) cannot play. Use --quality 1 or more for a widely playable file.")
@@ -209,7 +212,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         )
     if pictures is not None and config.nvdec:
         notes.append("--nvdec: pictures are decoded on the CPU.")
-    if source.has_alpha:
+    if pictures is not None and source.has_alpha:
         notes.append("the pictures have an alpha channel; video has none, so it is dropped (write pictures to keep it).")
     if config.audio is not None and config.copy_audio:
         probe_audio(config.audio)

@@ -209,9 +209,11 @@ def test_deep_sources_other_than_plain_yuv_keep_their_depth(tmp_path, codec, pix
     """Were rounded to 8 bits (rgb24) on the way in, so a 10-bit output held 8-bit steps."""
     src = _write_rgb_ramp(tmp_path / f"ramp{'.mov' if codec == 'prores_ks' else '.mkv'}", codec, pix_fmt, options)
     out = tmp_path / "out.mkv"
-    run(_cfg(src, out, scale=1, codec="hevc", crf=0, preset="ultrafast"))
+    stats = run(_cfg(src, out, scale=1, codec="hevc", crf=0, preset="ultrafast"))
     fmt, luma = _luma(out)
     assert fmt == "yuv420p10le" and len(luma) == 2
+    said = [n for n in stats.notes["fallbacks"] if "has an alpha channel" in n]  # ProRes 4444's alpha: not kept, said
+    assert len(said) == (codec == "prores_ks"), stats.notes["fallbacks"]
     assert len(np.unique(luma[0][8])) > 400  # of 512 pixels; 8 bits would leave at most 256
 
 

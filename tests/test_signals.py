@@ -94,3 +94,32 @@ def test_stats_json_records_the_signal(clips, tmp_path):
     data = json.loads(stats.read_text())
     assert data["status"] == "interrupted" and "SIGTERM" in data["error"]
     assert data["frames_written"] == len(probe.indices(out))
+
+
+@pytest.mark.parametrize("step, extra", [("_process_settings", []), ("_list_models", ["--list-models"])])
+def test_a_stop_while_starting_up_is_one_line(clips, tmp_path, step, extra):
+    """A stop while the process sets itself up (importing torch: seconds) or lists the models:
+    one line and 143, never a traceback."""
+    script = textwrap.dedent(
+        """
+        import sys, time, os, signal
+        sys.path.insert(0, {root!r})
+        import main
+        original = getattr(main, {step!r})
+        def slow(*a, **k):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+            return original(*a, **k)
+        setattr(main, {step!r}, slow)
+        sys.exit(main.main(sys.argv[1:]))
+        """
+    ).format(root=str(ROOT), step=step)
+    src = clips("plain.mp4", num_frames=10)
+    out = tmp_path / "out.mp4"
+    proc = subprocess.run([sys.executable, "-c", script, "--source", str(src), "--output", str(out), *extra],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()] == [
+        f"stopped by SIGTERM before the {'list was complete' if extra else 'run started'}"], proc.stderr
+    assert list(tmp_path.iterdir()) == []
