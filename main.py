@@ -523,9 +523,18 @@ def _process_settings() -> None:
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints ~20 info lines to stderr otherwise
     # torch.compile's kernels (--compile) in framepipe's cache folder, beside the converted
     # weights: a second run of the same model and frame size compiles from there in seconds.
+    # Only where that folder can be made: torch creates it on import (spandrel imports it), and an
+    # unusable $FRAMEPIPE_CACHE (a file, /proc/...) must not crash the run; torch then uses its own.
     from models.registry import default_cache_dir
 
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir() / "torch-compile"))
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        folder = default_cache_dir() / "torch-compile"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     try:
         import torch
 

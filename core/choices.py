@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_TILE_OVERLAP",
     "DEFAULT_SEGMENT_SECONDS",
     "MAX_AUTO_ENCODERS",
+    "MAX_CPU_WORKERS",
     "BIT_DEPTHS",
     "DEEP_COLOR_CODECS",
     "OUTPUT_PIX_FMT",
@@ -78,6 +79,10 @@ MODEL_FILE_SUFFIXES: tuple[str, ...] = (".pth", ".ckpt", ".safetensors", ".pt", 
 # where 4 gave 55, DESIGN.md).
 DEFAULT_SEGMENT_SECONDS = 6.0
 MAX_AUTO_ENCODERS = 6
+
+# --cpu-workers: each is a thread with its own copy of the model; beyond this a number is a typo
+# (1e20 workers exhausted memory building their list before anything was said).
+MAX_CPU_WORKERS = 256
 
 # Tiles (--tile-size, --tile-overlap; models/tiling.py says why): smaller tiles are mostly
 # overlap and padding; 48 pixels of overlap leave 18 of context at each cut, the receptive-field

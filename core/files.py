@@ -95,20 +95,26 @@ def describe_file_kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _refuse_special(flag: str, path: Path) -> None:
+    """A device, FIFO or socket at `path` is never replaced, with or without --overwrite (a rename
+    over /dev/null would put a regular file in its place)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing, or a dangling symlink: replacing it writes nothing through it
+        return
+    if not stat.S_ISREG(mode):
+        raise OutputNotWritable(
+            f"{flag} {str(path)!r} is {describe_file_kind(mode)}, not a regular file: framepipe never writes to it. "
+            "Give the path of a new file."
+        )
+
+
 def _check_one(flag: str, path: Path, *, overwrite: bool) -> None:
     shown = str(path)
     if os.path.isdir(path):
         raise OutputNotWritable(f"{flag} {shown!r} is a directory. Give a file name, e.g. {flag} {path / 'out'}.")
     if os.path.lexists(path):
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:  # a dangling symlink: replacing it writes nothing through it
-            mode = stat.S_IFREG
-        if not stat.S_ISREG(mode):
-            raise OutputNotWritable(
-                f"{flag} {shown!r} is {describe_file_kind(mode)}, not a regular file: framepipe never writes to it. "
-                "Give the path of a new file."
-            )
+        _refuse_special(flag, path)
         if not overwrite:
             raise OutputExists(f"{flag} {shown!r} already exists. Pass --overwrite to replace it, or choose another name.")
     parent = path.parent if str(path.parent) else Path(".")
@@ -263,6 +269,7 @@ class OutputFile:
                 raise OutputExists(
                     f"{self.flag} {str(self.path)!r} already exists. Pass --overwrite to replace it, or choose another name."
                 )
+            _refuse_special(self.flag, self.path)
             if self._existed and os.path.isfile(self.path):
                 self._mode = stat.S_IMODE(os.stat(self.path).st_mode)
             parent = self.path.parent if str(self.path.parent) else Path(".")

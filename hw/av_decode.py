@@ -292,10 +292,12 @@ class PyAVDecoder:
         end = float((self._last_pts + self._repair.step) * self._stream.time_base)
         start = float((self._stream.start_time or 0) * self._stream.time_base)
         tagged = _duration_tag(self._stream.metadata.get("DURATION"))  # Matroska's per-track length
-        if self._stream.duration:
-            announced_end, slack = start + float(self._stream.duration * self._stream.time_base), 2 * float(step)
-        elif tagged is not None:
+        # The tag first: Matroska has no per-stream duration, so FFmpeg fills a video stream's in
+        # from the container's, the longest stream's (a subtitle running past the video).
+        if tagged is not None:
             announced_end, slack = start + tagged, 2 * float(step)
+        elif self._stream.duration:
+            announced_end, slack = start + float(self._stream.duration * self._stream.time_base), 2 * float(step)
         elif self._container.duration and not self._container.streams.subtitles:
             # The container's: the longest stream's (audio may run a little longer; subtitles
             # often run seconds past the video, so with them it says nothing about the video).

@@ -156,7 +156,12 @@ def probe_audio(path: str | os.PathLike) -> int:
     """The number of audio streams of `--audio FILE`; one line (InvalidOption) when it has none
     or cannot be read."""
     path = Path(path)
-    container = open_input(path)
+    try:
+        container = open_input(path)
+    except InvalidSource as exc:  # its line speaks of the source
+        reason = getattr(exc.__cause__, "strerror", None) or "permission denied"
+        raise InvalidOption(f"--audio {str(path)!r} is not a file FFmpeg can read ({reason}). "
+                            "Give a video or audio file.") from None
     try:
         count = len(container.streams.audio)
     finally:
@@ -178,6 +183,9 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
             )
         stream = container.streams.video[0]
         cc = stream.codec_context
+        if cc is None:  # PyAV gives no codec context where FFmpeg has no decoder for the codec
+            raise InvalidSource(f"Source {str(path)!r}: its video is in a codec this FFmpeg build cannot decode. "
+                                "Convert it to H.264, HEVC or AV1 first.")
         if not cc.width or not cc.height:
             raise NoVideoStream(f"Source {str(path)!r}: the video stream has no picture size; the file is likely damaged.")
         pix_fmt = cc.format.name if cc.format is not None else ""

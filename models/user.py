@@ -28,6 +28,7 @@ from torch import nn
 
 from core.choices import MODEL_FILE_SUFFIXES
 from core.errors import ModelError, UnsafeModelFile, one_line
+from core.files import describe_file_kind
 
 from .base import LoadedModel
 
@@ -46,9 +47,9 @@ def load_user_model(path: Path, *, scale: int | None = None) -> LoadedModel:
             f"Model file {str(path)!r} does not exist. Give an existing .pth, .safetensors, "
             ".pt or .ts file, or a built-in name (see --list-models)."
         )
-    if not path.is_file():
+    if not path.is_file():  # a FIFO would block the read, a device never end it
         raise ModelError(
-            f"--model {str(path)!r} is a directory, not a model file. Give a .pth, "
+            f"--model {str(path)!r} is {describe_file_kind(path.stat().st_mode)}, not a model file. Give a .pth, "
             ".safetensors, .pt or .ts file."
         )
     suffix = path.suffix.lower()

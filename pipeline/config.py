@@ -7,14 +7,16 @@ line that says what was given, what is allowed, and the likely fix.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.choices import (DEFAULT_INTERPOLATION_MODEL, DEFAULT_SCENE_THRESHOLD, MAX_INTERPOLATE, SPLIT_TRANSPORTS, BIT_DEPTHS, CODECS, COMPILE_CHOICES, OUTPUT_MODES, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
+from core.choices import (DEFAULT_INTERPOLATION_MODEL, DEFAULT_SCENE_THRESHOLD, MAX_CPU_WORKERS, MAX_INTERPOLATE, SPLIT_TRANSPORTS, BIT_DEPTHS, CODECS, COMPILE_CHOICES, OUTPUT_MODES, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
                           DEFAULT_MODEL, DEFAULT_TILE_OVERLAP, MIN_TILE_SIZE, NVENC_PRESETS, PICTURE_FORMATS, PRECISIONS,
                           Codec, Precision)
 from core.cut import Cut
 from core.errors import InvalidOption
+from core.files import describe_file_kind
 
 __all__ = ["RunConfig", "default_output_path"]
 
@@ -103,8 +105,8 @@ class RunConfig:
             )
         if self.queue_size < 1:
             raise InvalidOption(f"Invalid --queue-size ({self.queue_size}): it must be at least 1 (default 50).")
-        if self.cpu_workers < 1:
-            raise InvalidOption(f"Invalid --cpu-workers ({self.cpu_workers}): it must be at least 1.")
+        if not 1 <= self.cpu_workers <= MAX_CPU_WORKERS:
+            raise InvalidOption(f"Invalid --cpu-workers ({self.cpu_workers}): use 1 to {MAX_CPU_WORKERS} (default 1).")
         if self.max_frames is not None and self.max_frames < 1:
             raise InvalidOption(f"Invalid --max-frames ({self.max_frames}): it must be at least 1, or left out for all frames.")
         self.cut  # parses --start/--end: InvalidOption on a bad one
@@ -112,7 +114,8 @@ class RunConfig:
             raise InvalidOption(f"Invalid --picture-format ({self.picture_format!r}): allowed are "
                                 f"{', '.join(PICTURE_FORMATS)}.")
         if self.audio is not None and not self.audio.is_file():
-            raise InvalidOption(f"Invalid --audio ({str(self.audio)!r}): no such file.")
+            what = describe_file_kind(self.audio.stat().st_mode) if self.audio.exists() else "no such file"
+            raise InvalidOption(f"Invalid --audio ({str(self.audio)!r}): {what}. Give a video or audio file.")
         if self.decoders < 0:
             raise InvalidOption(f"Invalid --decoders ({self.decoders}): use 0 to choose by the decoder and the cores, "
                                 "or a positive number, e.g. --decoders 4.")
@@ -122,8 +125,8 @@ class RunConfig:
             raise InvalidOption("--segment-frames and --segment-seconds were both given. Drop one of them.")
         if self.segment_frames is not None and self.segment_frames < 1:
             raise InvalidOption(f"Invalid --segment-frames ({self.segment_frames}): it must be at least 1.")
-        if self.segment_seconds is not None and not self.segment_seconds > 0:
-            raise InvalidOption(f"Invalid --segment-seconds ({self.segment_seconds}): it must be above 0, e.g. 6.")
+        if self.segment_seconds is not None and not 0 < self.segment_seconds < math.inf:
+            raise InvalidOption(f"Invalid --segment-seconds ({self.segment_seconds}): give a number of seconds above 0, e.g. 6.")
         if self.scale is not None and self.scale < 1:
             raise InvalidOption(f"Invalid --scale ({self.scale}): it must be a positive whole number, e.g. --scale 2.")
         if self.codec not in CODECS:

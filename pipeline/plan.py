@@ -159,6 +159,10 @@ def plan_run(config: RunConfig) -> RunPlan:
     if config.output is not None and picture_target(config.output, picture_format=config.picture_format,
                                                      bit_depth=8) is None:
         _check_paths(config, config.output, overwrite=overwrite, own_partial=own_partial)  # cheap checks first
+    if config.output_mode == "none" and config.stats_json is not None:  # the one file such a run writes
+        pictures_read = [("--source", p) for p in pictures.paths] if pictures is not None else []
+        check_output_paths([("--stats-json", config.stats_json)], inputs=_read_paths(config) + pictures_read,
+                           overwrite=overwrite)
     model = load_model(config.model, scale=config.scale, kind="spatial")
     interpolator = _plan_interpolation(config, source, model, notes)
     split = _plan_split(config, model, interpolator, notes)
@@ -517,7 +521,8 @@ def _check_picture_output(config: RunConfig, target: PictureTarget, pictures: Pi
                                f"(e.g. {taken[0]}). Pass --resume to keep them and write the rest, or --overwrite to "
                                "replace them.")
     if config.stats_json is not None:
-        check_output_paths([("--stats-json", config.stats_json)], inputs=[("--source", p) for p in inputs],
+        check_output_paths([("--stats-json", config.stats_json)],
+                           inputs=[("--audio" if p == config.audio else "--source", p) for p in inputs],
                            overwrite=overwrite)
 
 
@@ -682,10 +687,17 @@ def _check_paths(config: RunConfig, output: Path, *, overwrite: bool, own_partia
     outputs = [("--output", output)]
     if config.stats_json is not None:
         outputs.append(("--stats-json", config.stats_json))
+    check_output_paths(outputs, inputs=_read_paths(config), overwrite=overwrite, owned=[output] if own_partial else [])
+
+
+def _read_paths(config: RunConfig) -> list[tuple[str, Path]]:
+    """(flag, path) of every file the run reads: none of them is ever written, under any name."""
     inputs = [("--source", config.source)]
+    if config.audio is not None:
+        inputs.append(("--audio", config.audio))
     if Path(config.model).suffix and Path(config.model).exists():
         inputs.append(("--model", Path(config.model)))
-    check_output_paths(outputs, inputs=inputs, overwrite=overwrite, owned=[output] if own_partial else [])
+    return inputs
 
 
 def plan_devices(config: RunConfig) -> DevicePlan:

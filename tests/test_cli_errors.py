@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from fractions import Fraction
@@ -89,6 +90,61 @@ def test_zero_video_frames(capsys, clips, tmp_path):
     assert code == 2
     assert "no decodable video frames" in _error_line(err)
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_codec_ffmpeg_cannot_decode(capsys, tmp_path):
+    """A stream FFmpeg has no decoder for (PyAV gives it no codec context): was an AttributeError."""
+    raw = tmp_path / "raw.mkv"
+    with av.open(str(raw), "w") as out:
+        stream = out.add_stream("rawvideo", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        frame = av.VideoFrame(16, 16, "yuv420p")
+        frame.pts = 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    src = tmp_path / "unknown.mkv"
+    src.write_bytes(raw.read_bytes().replace(b"V_UNCOMPRESSED", b"V_NO_SUCH_CODE"))
+    code, err = _cli(capsys, "--source", src, "--output", tmp_path / "o.mp4")
+    assert code == 2
+    assert "codec this FFmpeg build cannot decode" in _error_line(err)
+
+
+def test_subtitle_running_past_the_video_is_not_called_damaged(capsys, clips, tmp_path):
+    """Matroska has no per-stream duration: FFmpeg gives the video the container's, here the
+    subtitle's 0.9 s, and a whole 3-frame video was reported as truncated."""
+    src = clips("subs.mkv", num_frames=3, subtitles=["hello"])
+    code, err = _cli(capsys, "--source", src, "--output", tmp_path / "o.mkv")
+    assert code == 0, err
+    assert not any("damaged" in ln or "truncated" in ln for ln in _warning_lines(err)), err
+    assert len(probe.frames_rgb(tmp_path / "o.mkv")) == 3
+
+
+@pytest.mark.parametrize("kind", ["text", "folder", "fifo"])
+def test_audio_that_is_not_a_media_file_names_audio(capsys, clips, tmp_path, kind):
+    """--audio's line names --audio and what the path is (was "Source ... is not a video", or
+    "no such file" for a folder or FIFO that exists)."""
+    audio = tmp_path / "track.m4a"
+    if kind == "text":
+        audio.write_text("not audio\n" * 20)
+    elif kind == "folder":
+        audio.mkdir()
+    else:
+        os.mkfifo(audio)
+    code, err = _cli(capsys, "--source", clips("plain.mp4", num_frames=10), "--output", tmp_path / "o.mp4",
+                     "--audio", audio)
+    assert code == 2
+    line = _error_line(err)
+    assert "--audio" in line and "Source" not in line
+    assert {"text": "not a file FFmpeg can read", "folder": "a directory", "fifo": "a FIFO"}[kind] in line
+
+
+def test_model_that_is_a_fifo_is_called_a_fifo(capsys, clips, tmp_path):
+    model = tmp_path / "weights.pth"
+    os.mkfifo(model)
+    code, err = _cli(capsys, "--source", clips("plain.mp4", num_frames=10), "--output", tmp_path / "o.mp4",
+                     "--model", model)
+    assert code == 2
+    assert "is a FIFO (named pipe), not a model file" in _error_line(err)
 
 
 def _warning_lines(err: str) -> list[str]:
@@ -205,6 +261,8 @@ def test_existing_output_needs_overwrite(capsys, clips, tmp_path):
         (["--device", "tpu"], "Invalid --device ('tpu')"),
         (["--device", "cuda"], "no CUDA GPU is visible"),
         (["--gpus", "9"], "Invalid --gpus"),
+        (["--segment-seconds", "inf"], "Invalid --segment-seconds (inf)"),  # was an OverflowError traceback
+        (["--cpu-workers", "99999999999999999999"], "Invalid --cpu-workers"),  # was memory exhausted, no line
     ],
 )
 def test_invalid_values(capsys, clips, tmp_path, args, message):

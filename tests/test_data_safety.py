@@ -141,6 +141,42 @@ def test_output_that_is_not_a_regular_file_is_refused_even_with_overwrite(capsys
     assert out.exists()
 
 
+@pytest.mark.parametrize("flag", ["--output", "--stats-json"])
+def test_output_that_is_the_audio_file_is_refused(capsys, source, tmp_path, flag):
+    """--audio is an input like the source: replaced by the output or the report, it was lost."""
+    audio = tmp_path / "soundtrack.mp4"
+    audio.write_bytes(source.read_bytes())
+    before = _digest(audio)
+    where = ["--output", audio] if flag == "--output" else ["--output", tmp_path / "o.mp4", "--stats-json", audio]
+    code, err = _cli(capsys, "--source", source, "--audio", audio, *where, "--overwrite")
+    assert code == 2
+    assert f"{flag} '{audio}' is the same file as --audio" in _one_error(err)
+    assert _digest(audio) == before
+
+
+@pytest.mark.parametrize("victim", ["source", "fifo"])
+def test_stats_json_of_a_run_writing_no_video_is_checked_too(capsys, source, tmp_path, victim):
+    """--output-mode none writes only --stats-json: it was never checked, and replaced the source
+    (or, as root, /dev/null itself) by rename."""
+    target = source if victim == "source" else tmp_path / "pipe.json"
+    if victim == "fifo":
+        os.mkfifo(target)
+    before = _digest(source)
+    code, err = _cli(capsys, "--source", source, "--output-mode", "none", "--stats-json", target, "--overwrite")
+    assert code == 2
+    assert ("same file as --source" if victim == "source" else "a FIFO (named pipe), not a regular file") in _one_error(err)
+    assert _digest(source) == before
+    assert victim == "source" or not target.is_file()
+
+
+def test_atomic_write_never_replaces_a_device_or_fifo(tmp_path):
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputNotWritable, match="not a regular file"):
+        write_file_atomically(fifo, b"{}", overwrite=True, flag="--stats-json")
+    assert not fifo.is_file() and fifo.exists()
+
+
 def test_check_output_paths_outputs_among_themselves(tmp_path):
     a = tmp_path / "a.mp4"
     with pytest.raises(UnsafeOutput, match="are the same file"):
@@ -311,6 +347,20 @@ def test_unusable_cache_folder_still_runs_the_sample(capsys, tmp_path, monkeypat
     assert "Traceback" not in err
     (out,) = (tmp_path / "out").iterdir()
     assert len(probe.frames_rgb(out)) == 3
+
+
+@pytest.mark.parametrize("cache", ["a-file", "/proc/framepipe-cache"])
+def test_unusable_cache_folder_is_not_given_to_torch(tmp_path, monkeypatch, cache):
+    """torch makes TORCHINDUCTOR_CACHE_DIR when it is imported (the default model's spandrel
+    imports it): pointed into a file or /proc, the run died with a traceback."""
+    if cache == "a-file":
+        cache = tmp_path / "cachefile"
+        cache.write_text("x")
+    monkeypatch.setenv("FRAMEPIPE_CACHE", str(cache))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    cli._process_settings()
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    assert folder is None or Path(folder).is_dir()
 
 
 def test_concurrent_runs_in_threads_refuse_each_other(source, tmp_path):

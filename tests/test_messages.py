@@ -164,7 +164,7 @@ def test_defaults_validate(paths):
         ({"batch_size": 300}, r"Invalid --batch-size \(300\): it is above --max-batch-size \(256\)"),
         ({"batch_size": 9, "max_batch_size": 8}, r"Invalid --batch-size \(9\): it is above --max-batch-size \(8\)"),
         ({"queue_size": 0}, r"Invalid --queue-size \(0\): it must be at least 1"),
-        ({"cpu_workers": 0}, r"Invalid --cpu-workers \(0\): it must be at least 1"),
+        ({"cpu_workers": 0}, r"Invalid --cpu-workers \(0\): use 1 to 256"),
         ({"max_frames": 0}, r"Invalid --max-frames \(0\): it must be at least 1"),
         ({"scale": 0}, r"Invalid --scale \(0\): it must be a positive whole number"),
         ({"codec": "vp9"}, r"Invalid --codec \('vp9'\): allowed are h264, hevc, av1"),
