@@ -26,6 +26,7 @@ from core.files import FreeSpaceGuard, disk_errors, ffmpeg_path
 from hw.av_streams import StreamCopier
 from hw.color import ColorInfo
 from hw.hdr import HdrMetadata, encoder_hdr_options
+from hw.scheduling import restore_scheduling
 
 __all__ = ["PyAVWriter", "add_video_stream", "encoder_options", "open_output"]
 
@@ -119,6 +120,8 @@ def _check_encoder_opens(encoder: str, width: int, height: int, time_base: Fract
             f"The {encoder} encoder refused to start for {width}x{height} {pix_fmt} with these settings "
             f"({one_line(exc, limit=160)}). Try another --codec, --scale, --quality or --preset."
         ) from exc
+    finally:
+        restore_scheduling()  # SVT-AV1 as root: real-time threads (hw/scheduling.py)
 
 
 class PyAVWriter:
@@ -255,6 +258,8 @@ class PyAVWriter:
                 self._copier.mux_until(seconds)
                 self._copier.last_video_seconds = seconds + self._frame_seconds  # the end of this frame
             self._mux_video(self._video.encode(frame))
+        if not self.num_frames_written:  # the encoder opened with its first frame
+            restore_scheduling()
         self.num_frames_written += 1
 
     def _disk_errors(self):

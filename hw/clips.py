@@ -19,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
+from hw.scheduling import restore_scheduling
+
 __all__ = ["sample_clip", "make_clip", "read_index", "INDEX_BITS", "render_photo_frames"]
 
 log = logging.getLogger(__name__)
@@ -206,6 +208,8 @@ def _write(path, frames, *, rate, pts, time_base, audio_seconds, color, pix_fmt,
         frame.time_base = time_base
         for packet in vs.encode(frame):
             out.mux(packet)
+        if i == 0:  # the encoder opened with its first frame
+            restore_scheduling()
     for packet in vs.encode(None):
         out.mux(packet)
     if astream is not None:

@@ -96,6 +96,7 @@ def measure_encoder_speed(codec: str, *, preset: str, crf: int | None, width: in
     import av
 
     from hw.av_encode import encoder_options
+    from hw.scheduling import restore_scheduling
 
     pix_fmt = OUTPUT_PIX_FMT[10 if bit_depth > 8 else 8]
     luma, chroma = _canvas(width, height, bit_depth)
@@ -103,7 +104,10 @@ def measure_encoder_speed(codec: str, *, preset: str, crf: int | None, width: in
     ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
     ctx.time_base, ctx.framerate = Fraction(1, 25), Fraction(25)
     ctx.options = encoder_options(CPU_ENCODERS[codec], crf=crf, preset=preset)
-    ctx.open()
+    try:
+        ctx.open()
+    finally:
+        restore_scheduling()  # SVT-AV1 as root: real-time threads (hw/scheduling.py)
     num_fed = num_packets = 0
     first_at = cpu_at = last_at = None
     while num_fed < max_frames and (first_at is None or last_at - first_at < seconds):

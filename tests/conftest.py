@@ -56,6 +56,17 @@ def _own_batch_size_memo(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "ProbeMemo", lambda path: ProbeMemo(tmp_path / "batch-sizes.json"))
 
 
+@pytest.fixture(autouse=True)
+def _normal_scheduling():
+    """After each test, every thread back at the policy the session started with: a test that
+    encodes AV1 with PyAV directly switches the pytest process to real-time scheduling when run
+    as root (hw/scheduling.py), and spinning threads at that priority stall the rest of the suite."""
+    yield
+    from hw.scheduling import restore_scheduling
+
+    restore_scheduling()
+
+
 @pytest.fixture
 def no_stage_threads_left():
     """After the test: no pipeline thread may still be alive (every thread joined)."""
