@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-__all__ = ["split_annexb", "annexb_parameter_sets", "annexb_is_keyframe", "config_parameter_sets"]
+__all__ = ["split_annexb", "nal_type", "PARAMETER_SET_TYPES", "annexb_parameter_sets", "annexb_is_keyframe",
+           "config_parameter_sets"]
 
 
 _START_CODE = re.compile(b"\x00\x00\x01")
@@ -31,7 +32,11 @@ def split_annexb(data: bytes) -> list[bytes]:
     return nals
 
 
-def _nal_type(nal: bytes, codec: str) -> int:
+# VPS/SPS/PPS (HEVC), SPS/PPS (H.264): the NAL unit types a decoder needs before a picture
+PARAMETER_SET_TYPES = {"hevc": frozenset({32, 33, 34}), "h264": frozenset({7, 8})}
+
+
+def nal_type(nal: bytes, codec: str) -> int:
     return (nal[0] >> 1) & 0x3F if codec == "hevc" else nal[0] & 0x1F
 
 
@@ -40,9 +45,8 @@ def annexb_parameter_sets(data: bytes, *, codec: Literal["h264", "hevc"]) -> byt
     if codec not in ("h264", "hevc"):
         raise ValueError(f"Invalid codec for Annex-B parameter sets ({codec!r}): "
                             "allowed are h264, hevc. AV1 uses the sequence header OBU.")
-    wanted = {32, 33, 34} if codec == "hevc" else {7, 8}
     return b"".join(b"\x00\x00\x00\x01" + nal for nal in split_annexb(data)
-                    if _nal_type(nal, codec) in wanted)
+                    if nal_type(nal, codec) in PARAMETER_SET_TYPES[codec])
 
 
 def annexb_is_keyframe(data: bytes, *, codec: Literal["h264", "hevc"]) -> bool:
@@ -51,7 +55,7 @@ def annexb_is_keyframe(data: bytes, *, codec: Literal["h264", "hevc"]) -> bool:
         raise ValueError(f"Invalid codec for Annex-B keyframe test ({codec!r}): "
                             "allowed are h264, hevc.")
     for nal in split_annexb(data):
-        kind = _nal_type(nal, codec)
+        kind = nal_type(nal, codec)
         if (codec == "h264" and kind == 5) or (codec == "hevc" and 16 <= kind <= 23):
             return True
     return False
@@ -93,5 +97,4 @@ def config_parameter_sets(extradata: bytes, *, codec: Literal["h264", "hevc"]) -
                     pos += 2 + size
     except IndexError:
         return b""
-    wanted = {32, 33, 34} if codec == "hevc" else {7, 8}
-    return b"".join(b"\x00\x00\x00\x01" + nal for nal in nals if nal and _nal_type(nal, codec) in wanted)
+    return b"".join(b"\x00\x00\x00\x01" + nal for nal in nals if nal and nal_type(nal, codec) in PARAMETER_SET_TYPES[codec])

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from hw.annexb import PARAMETER_SET_TYPES, config_parameter_sets, nal_type, split_annexb
 from hw.av_source import fraction, open_input
 
 __all__ = ["DecodeSpan", "PacketScan", "scan_packets", "cut_spans", "span_packets", "SPLITTABLE_FORMATS"]
@@ -233,10 +234,8 @@ class _ParameterSets:
     parsed, so a set sent again unchanged is no reason)."""
 
     def __init__(self, codec: str, extradata: bytes) -> None:
-        from hw.annexb import config_parameter_sets, split_annexb
-
         self._codec = codec
-        self._wanted = {32, 33, 34} if codec == "hevc" else {7, 8}
+        self._wanted = PARAMETER_SET_TYPES[codec]
         self._known = {nal.rstrip(b"\x00") for nal in split_annexb(config_parameter_sets(extradata, codec=codec))}
         self._sent: set[bytes] = set()  # sets sent in packets, not in the record
         # The NAL units' length size of an avcC/hvcC record (its lengthSizeMinusOne); 0: Annex-B packets
@@ -258,10 +257,8 @@ class _ParameterSets:
     def _sets(self, data: memoryview) -> set[bytes]:
         nals = self._length_prefixed(data) if self._length_size else None
         if nals is None:
-            from hw.annexb import split_annexb
-
             nals = split_annexb(bytes(data))
-        return {bytes(nal).rstrip(b"\x00") for nal in nals if len(nal) and self._type(nal[0]) in self._wanted}
+        return {bytes(nal).rstrip(b"\x00") for nal in nals if len(nal) and nal_type(nal, self._codec) in self._wanted}
 
     def _length_prefixed(self, data: memoryview) -> list[memoryview] | None:
         """The NAL units of a packet in the record's form, or None where the lengths do not add up."""
@@ -274,9 +271,6 @@ class _ParameterSets:
             nals.append(data[pos:pos + length])
             pos += length
         return nals if pos == len(data) else None
-
-    def _type(self, header: int) -> int:
-        return (header >> 1) & 0x3F if self._codec == "hevc" else header & 0x1F
 
 
 def cut_points(scan: PacketScan, *, clean: bool = False) -> list[int]:

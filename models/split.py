@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bicubic import ResizeOutput
+from .user import pad_to_requirements
 
 __all__ = ["split_model", "parameters_disjoint"]
 
@@ -45,11 +46,7 @@ class _PadThen(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         height, width = x.shape[-2:]
-        pad_w, pad_h = self.requirements.get_padding(width, height)
-        if pad_w or pad_h:
-            reflect_w, reflect_h = min(pad_w, width - 1), min(pad_h, height - 1)
-            x = F.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect")
-            x = F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
+        x = pad_to_requirements(self.requirements, x)
         return (*self.stage(x), x.new_empty((0, height, width)))
 
 

@@ -264,15 +264,24 @@ class _SpandrelModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        pad_w, pad_h = self.requirements.get_padding(width, height)
-        if pad_w or pad_h:
-            reflect_w, reflect_h = min(pad_w, width - 1), min(pad_h, height - 1)
-            x = F.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect")
-            x = F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
-        y = self.call_fn(self.model, x) if self.call_fn is not None else self.model(x)
-        if pad_w or pad_h:
+        padded = pad_to_requirements(self.requirements, x)
+        y = self.call_fn(self.model, padded) if self.call_fn is not None else self.model(padded)
+        if padded is not x:
             y = y[..., : height * self.scale, : width * self.scale]
         return y
+
+
+def pad_to_requirements(requirements, x: torch.Tensor) -> torch.Tensor:
+    """`x` padded at the right and bottom to the size spandrel's `requirements` ask for
+    (reflected, then repeated where the frame is smaller than the padding); `x` itself when
+    none is needed."""
+    height, width = x.shape[-2:]
+    pad_w, pad_h = requirements.get_padding(width, height)
+    if pad_w or pad_h:
+        reflect_w, reflect_h = min(pad_w, width - 1), min(pad_h, height - 1)
+        x = F.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect")
+        x = F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
+    return x
 
 
 # --- TorchScript ---------------------------------------------------------------------
