@@ -417,12 +417,20 @@ class _StopSignal:
 
     def _handle(self, number: int, frame) -> None:
         from core.errors import RunInterrupted
+        from core.stopping import defer, deferring
 
         name = signal.Signals(number).name
         self.received.append(name)
-        if self._done or len(self.received) > 1:
+        if self._done:
+            return
+        stop = RunInterrupted("", signal_name=name, signal_number=number)
+        if deferring():  # stage threads run: the runner's loop raises it where no lock is held
+            if defer(stop):
+                return
+            raise stop  # an earlier stop was never picked up: the loop is stuck; stop here
+        if len(self.received) > 1:
             return  # already stopping: the runner is finalizing the output; let it finish
-        raise RunInterrupted("", signal_name=name, signal_number=number)
+        raise stop
 
 
 class _SafeConsole:
@@ -516,6 +524,37 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
+def bytecode_cache_folder(cache: Path, package: str = "torch") -> Path | None:
+    """Where to keep Python's bytecode for this process, when Python would keep none for torch.
+
+    torch is ~1,100 modules. Where no bytecode of it is cached (PYTHONDONTWRITEBYTECODE, which
+    many container images set, with an install made without .pyc files, or a read-only one),
+    every start compiles them all again: `import torch` took 3.4-3.6 s on the H100 host, whose
+    torch folder held no .pyc (benchmarks/RESULTS.md), most of the time to the first frame. Then
+    the bytecode goes to framepipe's cache folder (`sys.pycache_prefix`; the installed files are
+    never written) and the next start reads it. None where torch's own bytecode is there, a prefix
+    is already set, FRAMEPIPE_BYTECODE_CACHE=0, or the folder cannot be made."""
+    import importlib.util
+    import os
+
+    if os.environ.get("FRAMEPIPE_BYTECODE_CACHE", "1") == "0" or sys.pycache_prefix:
+        return None
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    if Path(importlib.util.cache_from_source(spec.origin)).is_file():
+        return None  # Python's own cache beside the sources works
+    folder = cache / "bytecode"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
+
+
 def _process_settings() -> None:
     """Switches that belong to the whole process, set by the program (a run never flips them)."""
     import os
@@ -527,6 +566,10 @@ def _process_settings() -> None:
     # unusable $FRAMEPIPE_CACHE (a file, /proc/...) must not crash the run; torch then uses its own.
     from models.registry import default_cache_dir
 
+    folder = bytecode_cache_folder(default_cache_dir())
+    if folder is not None:
+        sys.pycache_prefix = str(folder)
+        sys.dont_write_bytecode = False  # into framepipe's cache folder only, never beside the installed files
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
         folder = default_cache_dir() / "torch-compile"
         try:

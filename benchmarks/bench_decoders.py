@@ -6,6 +6,8 @@ On a 1080p clip made here (panned photographs, x264 veryfast crf 18, B-frames, a
 --decoders 1, 0 (auto) and 4:
   decode alone   the run's own source (pipeline/build.py open_source from the plan), iterated
                  and counted, nothing else running
+  NVDEC alone    PyNvVideoCodec's own loop (its demuxer; frames counted, or copied out), framepipe's
+                 NvDecoder over the whole file, and N threads of the own loop at once (the engines)
   end to end     python main.py --model bicubic --scale 1 --output-mode none --parallel
                  --decoders N [--nvdec] --stats-json OUT/...: fps over the whole run and
                  "steady" fps after the first frame (start-up left out)
@@ -78,6 +80,77 @@ def decode_alone(src: Path, *, decoders: int, nvdec: bool) -> dict:
             "line": d.line if d else "one decoder", "notes": list(plan.notes), "warnings": warnings}
 
 
+def nvdec_own_loop(src: Path, *, copy: bool) -> dict:
+    """PyNvVideoCodec's own loop, as its samples/advanced/decode_perf.py writes it: its demuxer,
+    one decoder, every frame counted (`copy`: and copied into a torch tensor the caller owns, as
+    any consumer of a reused output surface must; on torch's context and a torch stream)."""
+    import torch
+
+    from hw import nv_runtime as rt
+
+    nvc = rt.nvcodec_import()
+    dmx = nvc.CreateDemuxer(filename=str(src))
+    stream = torch.cuda.Stream()
+    kwargs = dict(gpuid=0, codec=dmx.GetNvCodecId(), usedevicememory=True)
+    if copy:
+        kwargs.update(cudacontext=rt.torch_context(0), cudastream=int(stream.cuda_stream))
+    t0 = time.perf_counter()
+    with rt.keep_current_context():
+        dec = nvc.CreateDecoder(**kwargs)
+    created = time.perf_counter() - t0
+    n = 0
+    t1 = time.perf_counter()
+    with torch.cuda.stream(stream):
+        for packet in dmx:
+            for frame in dec.Decode(packet):
+                if copy:
+                    torch.from_dlpack(frame).clone()
+                n += 1
+    stream.synchronize()
+    seconds = time.perf_counter() - t1
+    return {"frames": n, "seconds": round(seconds, 3), "fps": round(n / seconds, 1),
+            "create_seconds": round(created, 4)}
+
+
+def nvdec_whole(src: Path) -> dict:
+    """framepipe's NvDecoder over the whole file (PyAV's demuxer, a copy of each frame)."""
+    from hw.nvdec import NvDecoder
+
+    t0 = time.perf_counter()
+    dec = NvDecoder(src, gpu=0)
+    opened = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    with dec:
+        n = sum(1 for _ in dec)
+    seconds = time.perf_counter() - t1
+    return {"frames": n, "seconds": round(seconds, 3), "fps": round(n / seconds, 1), "open_seconds": round(opened, 4)}
+
+
+def nvdec_threads(src: Path, num: int) -> dict:
+    """`num` threads, each PyNvVideoCodec's own loop over the whole file (frames copied): what the
+    GPU's NVDEC engines give together."""
+    import threading
+
+    results: list = [None] * num
+
+    def one(k: int) -> None:
+        try:
+            results[k] = nvdec_own_loop(src, copy=True)
+        except Exception as exc:  # noqa: BLE001
+            results[k] = {"error": repr(exc)}
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(num)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    frames = sum(r.get("frames", 0) for r in results)
+    return {"threads": num, "frames": frames, "seconds": round(seconds, 3), "fps_together": round(frames / seconds, 1),
+            "create_seconds": [r.get("create_seconds") for r in results], "errors": [r["error"] for r in results if "error" in r]}
+
+
 def end_to_end(src: Path, out: Path, *, decoders: int, nvdec: bool, extra: list[str]) -> dict:
     stats_path = out / f"e2e-{'nvdec' if nvdec else 'pyav'}-decoders{decoders}.json"
     cmd = [sys.executable, str(ROOT / "main.py"), "--source", str(src), "--model", "bicubic", "--scale", "1",
@@ -107,6 +180,8 @@ def main() -> int:
     p.add_argument("--gop", type=int, default=48, help="a keyframe every N frames (x264 -g)")
     p.add_argument("--settings", default="1,0,4", help="--decoders values to compare (0 = auto)")
     p.add_argument("--no-nvdec", action="store_true", help="PyAV only")
+    p.add_argument("--nvdec-settings", default="2,7", help="more --decoders values for NVDEC")
+    p.add_argument("--nvdec-threads", default="1,2,4,7", help="threads of PyNvVideoCodec's own loop at once")
     p.add_argument("--extra", default="", help="more main.py flags for the end-to-end runs, e.g. '--batch-size 16'")
     p.add_argument("--out", type=Path, default=Path("bench-out/decoders"))
     p.add_argument("--work", type=Path, default=Path("/tmp/bench-decoders"))
@@ -130,16 +205,27 @@ def main() -> int:
     extra = args.extra.split()
     # warm-up (not counted): imports from disk, the batch-size probe remembered for the runs below
     step("warmup", lambda: end_to_end(src, args.work, decoders=1, nvdec=False, extra=[*extra, "--max-frames", "240"]))
+    if True in kinds:  # NVDEC side by side: PyNvVideoCodec's own loop, framepipe's NvDecoder, engines together
+        step("nvdec_own_loop", lambda: nvdec_own_loop(src, copy=False))
+        step("nvdec_own_loop_copy", lambda: nvdec_own_loop(src, copy=True))
+        step("nvdec_decoder_whole", lambda: nvdec_whole(src))
+        for n in [int(x) for x in args.nvdec_threads.split(",") if x]:
+            step(f"nvdec_threads:{n}", lambda: nvdec_threads(src, n))
     for nvdec in kinds:
-        for n in settings:
+        for n in settings if not nvdec else settings + [int(x) for x in args.nvdec_settings.split(",") if x]:
             step(f"decode_alone:{'nvdec' if nvdec else 'pyav'}:decoders={n}", lambda: decode_alone(src, decoders=n, nvdec=nvdec))
     for nvdec in kinds:
-        for n in settings:
+        for n in settings if not nvdec else settings + [int(x) for x in args.nvdec_settings.split(",") if x]:
             step(f"end_to_end:{'nvdec' if nvdec else 'pyav'}:decoders={n}",
                  lambda: end_to_end(src, args.out, decoders=n, nvdec=nvdec, extra=extra))
+    if True in kinds:
+        own, ours = results.get("nvdec_own_loop_copy", {}), results.get("nvdec_decoder_whole", {})
+        if own.get("fps") and ours.get("fps"):
+            print(f"\nNvDecoder / PyNvVideoCodec's own loop (frames copied): {ours['fps']} / {own['fps']} = "
+                  f"{ours['fps'] / own['fps']:.2f} (without the copy: {results.get('nvdec_own_loop', {}).get('fps')})")
     print("\nfps (decode alone | end to end, steady)")
     for nvdec in kinds:
-        for n in settings:
+        for n in settings if not nvdec else settings + [int(x) for x in args.nvdec_settings.split(",") if x]:
             kind = "nvdec" if nvdec else "pyav"
             a, e = results.get(f"decode_alone:{kind}:decoders={n}", {}), results.get(f"end_to_end:{kind}:decoders={n}", {})
             print(f"  {kind:5s} --decoders {n}: {a.get('fps', a.get('error') or a.get('skipped'))} "

@@ -11,6 +11,9 @@
 #   bash benchmarks/gpu_host.sh issue12b  # bench_overlap.py: the worker's overlapped chunks on vs off (x4plus-anime
 #                                         # 480x270, animevideov3 640x480; issue12b-anime / issue12b-video: one of them)
 #   bash benchmarks/gpu_host.sh issue12c  # bench_decoders.py: --decoders 1/auto/4, PyAV and NVDEC, alone and end to end (1080p)
+#   bash benchmarks/gpu_host.sh issue12d  # issue12c + NVDEC own loop vs NvDecoder, engines together, py-spy profiles,
+#                                         # benchmarks/startup.py (where the time to the first frame goes)
+#   bash benchmarks/gpu_host.sh issue12e  # bench_contention.py: a whole model-bound run, GIL switch interval, nice encoders
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
 #   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
@@ -121,6 +124,31 @@ for step in "$@"; do
         | tee "$OUT/pytest_nvdec_spans.txt" | tail -5
       python3 benchmarks/bench_decoders.py --frames "${FRAMES_DECODE:-960}" --gop "${GOP:-48}" --settings 1,0,4 \
         --out "$OUT/decoders" --work /tmp/bench-decoders 2>&1 | tee "$OUT/bench-decoders.log" ;;
+    issue12d)  # NVDEC side by side (own loop vs NvDecoder), sessions kept between parts, profiles, first frame
+      nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
+      python3 -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests/test_nvcodec.py tests/test_decoders.py \
+        tests/test_gpu_pipeline.py 2>&1 | tee "$OUT/pytest_nvdec_spans.txt" | tail -5
+      python3 benchmarks/bench_decoders.py --frames "${FRAMES_DECODE:-960}" --gop "${GOP:-48}" --settings 1,0,4 \
+        --nvdec-settings "${NVDEC_SETTINGS:-2,7}" --out "$OUT/decoders" --work /tmp/bench-decoders 2>&1 \
+        | tee "$OUT/bench-decoders.log"
+      clip=$(ls /tmp/bench-decoders/decoders-*.mp4 | head -1)
+      if command -v py-spy >/dev/null || [ -x .site/bin/py-spy ]; then  # where the decode-bound runs spend their time
+        spy=$(command -v py-spy || echo .site/bin/py-spy)
+        for d in "4" "4 --nvdec" "7 --nvdec"; do
+          tag=$(echo "$d" | tr -d ' -')
+          timeout 120 "$spy" record --nonblocking --threads -r 250 -f raw -o "$OUT/spy-$tag.txt" -- python3 main.py \
+            --source "$clip" --model bicubic --scale 1 --output-mode none --parallel --decoders $d \
+            --stats-json "$OUT/spy-$tag.json" > "$OUT/spy-$tag.log" 2>&1
+          tail -3 "$OUT/spy-$tag.log"
+        done
+      fi
+      python3 benchmarks/startup.py --out "$OUT/startup" 2>&1 | tee "$OUT/startup.log"
+      tar czf "$OUT/issue12d.tgz" -C "$OUT" decoders startup $(cd "$OUT" && ls spy-* 2>/dev/null) \
+        && rm -rf "$OUT/decoders" "$OUT/startup" "$OUT"/spy-* ;;
+    issue12e)  # a whole model-bound run vs CPU/GIL contention: GIL switch interval, encoders at nice +10 (~4 min)
+      python3 benchmarks/bench_contention.py --frames "${FRAMES:-960}" --repeats "${REPEATS:-2}" \
+        --out "$OUT/contention" 2>&1 | tee "$OUT/bench-contention.log"
+      tar czf "$OUT/issue12e.tgz" --exclude "*.mp4" -C "$OUT" contention && rm -rf "$OUT/contention" ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -56,6 +56,11 @@ def nvdec_engines(gpu_name: str) -> int | None:
 
 _nvenc_cache: dict[tuple[int, str, int, int], tuple[bool, str]] = {}
 rt._on_reset.append(_nvenc_cache.clear)
+# probe_nvdec's answers, by stream kind and GPU: a caps query takes tens of ms, and every part of
+# a video decoded by several NVDEC sessions (pipeline/decoders.py) opens a decoder of its own.
+# Kept with the module that answered (a test's stand-in answers only for itself).
+_nvdec_cache: dict[tuple, tuple[Any, tuple[bool, str]]] = {}
+rt._on_reset.append(_nvdec_cache.clear)
 
 
 def probe_nvdec(
@@ -75,11 +80,23 @@ def probe_nvdec(
         raise ValueError(
             f"Invalid bit_depth ({bit_depth!r}): allowed are 8, 10, 12."
         )
-    what = f"{codec} {bit_depth}-bit {CHROMA_TEXT[chroma_format]}"
     try:
         nvc = rt.nvcodec_import()
     except HardwareUnavailable as exc:
         return False, str(exc)
+    key = (gpu, codec, bit_depth, chroma_format, width, height)
+    cached = _nvdec_cache.get(key)
+    if cached is not None and cached[0] is nvc:
+        return cached[1]
+    result = _probe_nvdec(nvc, codec=codec, bit_depth=bit_depth, chroma_format=chroma_format, width=width,
+                          height=height, gpu=gpu)
+    _nvdec_cache[key] = (nvc, result)
+    return result
+
+
+def _probe_nvdec(nvc: Any, *, codec: str, bit_depth: int, chroma_format: str, width: int, height: int,
+                 gpu: int) -> tuple[bool, str]:
+    what = f"{codec} {bit_depth}-bit {CHROMA_TEXT[chroma_format]}"
     label = rt.gpu_label(gpu)
     if codec not in NVDEC_CODECS:
         return False, (f"NVDEC cannot decode {codec} (it decodes "

@@ -2,8 +2,6 @@
 
 How `NvDecoder` gets its PTS, and why
 -------------------------------------
-How `NvDecoder` gets its PTS, and why
--------------------------------------
 The file is demuxed by PyAV, not by PyNvVideoCodec's own demuxer, and each packet is fed to
 the NVDEC decoder (`CreateDecoder` + `Decode(PacketData)`):
 
@@ -27,22 +25,26 @@ the NVDEC decoder (`CreateDecoder` + `Decode(PacketData)`):
   Measured on that H100: 300-frame 1080p H.264 (B-frames) and 50-frame MKV clips, and a
   10-bit HEVC clip: same frame count, same PTS list and bit-identical pixels as PyAV.
 
-Frames are COPIED out of the decoder's surface (DLPack view -> `copy_` into a fresh tensor,
-on a private CUDA stream that first waits for the stream the decoder names) and that stream
-is synchronized before the frame is handed on: the decoder reuses its output memory for
-the next frame, and the consumer is another thread on another stream.
-
-Frames are COPIED out of the decoder's surface (DLPack view -> `copy_` into a fresh tensor,
-on a private CUDA stream that first waits for the stream the decoder names) and that stream
-is synchronized before the frame is handed on: the decoder reuses its output memory for
-the next frame, and the consumer is another thread on another stream (which records its
-use of the frame: `hw.frames`).
+Frames are COPIED out of the decoder's surface (DLPack view -> `copy_` into a fresh tensor)
+on a private CUDA stream, the one the decoder itself works on (else the copy first waits for
+the stream the decoder names), and that stream is synchronized once for the frames of one
+`Decode` call before they are handed on: the decoder reuses its output memory, and the
+consumer is another thread on another stream (which records its use of the frame:
+`hw.frames`).
 
 With a `span` (hw.keyframes), a decoder decodes one part of the stream, beside others each in
 its own NVDEC session (pipeline/decoders.py): it seeks to the span's keyframe, feeds the span's
 packets (the parameter sets first), flushes, and keeps the span's frames. NVDEC spans start at
 clean cuts only (no leading pictures): a picture NVDEC drops without a frame (a RASL picture
 after a CRA) would shift every PTS `_PtsBook` hands out after it.
+
+Sessions outlive spans (`NvSessions`): creating an NVDEC session costs far more than decoding a
+short span, and a new session per span made several sessions slower than one (238 fps with 7
+against 533 with one, H100, benchmarks/RESULTS.md). A span's decoder takes a free session of
+the pool and gives it back once the span is flushed to its end (after the end-of-stream packet
+the parser starts afresh at the next span's keyframe and its parameter sets, as PyNvVideoCodec's
+decode_reconfigure sample decodes a second stream on one decoder); a span stopped early drops
+its session, which may still hold pictures.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import heapq
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -64,7 +67,7 @@ from hw.av_source import fraction, open_input
 from hw.keyframes import DecodeSpan, span_packets
 from hw.nv_probe import CHROMA_TEXT, NVDEC_CODECS, probe_nvdec
 
-__all__ = ["NvDecoder"]
+__all__ = ["NvDecoder", "NvSessions"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +123,43 @@ class _PtsBook:
         return len(self._heap)
 
 
+class NvSessions:
+    """NVDEC sessions of one video kept between its spans (module docstring): `take()` a free one
+    (None: create one), `give_back()` one flushed to its end. Thread-safe; `close()` drops them."""
+
+    def __init__(self) -> None:
+        self._free: list[tuple[Any, Any, bool]] = []  # (decoder, its copy stream, decodes on that stream)
+        self._lock = threading.Lock()
+        self._closed = False
+        self.num_created = 0  # sessions made for this video (a count for the tests and the benchmark)
+        self.num_reused = 0
+
+    def take(self) -> tuple[Any, Any, bool] | None:
+        """(decoder, its copy stream, whether it decodes on that stream), or None when none is free."""
+        with self._lock:
+            if self._free:
+                self.num_reused += 1
+                return self._free.pop()
+            return None
+
+    def created(self) -> None:
+        with self._lock:
+            self.num_created += 1
+
+    def give_back(self, session: tuple[Any, Any, bool]) -> None:
+        with self._lock:
+            if not self._closed:
+                self._free.append(session)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._free.clear()
+
+    def __repr__(self) -> str:
+        return f"NvSessions({self.num_created} created, {self.num_reused} reused, {len(self._free)} free)"
+
+
 class NvDecoder:
     """Decodes the video stream of a file with NVDEC on GPU `gpu`.
 
@@ -131,7 +171,8 @@ class NvDecoder:
     """
 
     def __init__(self, source: str | os.PathLike[str], *, gpu: int = 0,
-                 stream_index: int | None = None, span: DecodeSpan | None = None) -> None:
+                 stream_index: int | None = None, span: DecodeSpan | None = None,
+                 sessions: NvSessions | None = None) -> None:
         import av
         import torch
 
@@ -140,6 +181,8 @@ class NvDecoder:
         self._container = None
         self._decoder = None
         self._closed = False
+        self._sessions = sessions  # where the session comes from and goes back to (spans of one video)
+        self._flushed = False  # fed to its end-of-stream packet and emptied: the session is clean
         path = os.fspath(source)
         if not torch.cuda.is_available() or not 0 <= gpu < torch.cuda.device_count():
             raise HardwareUnavailable(
@@ -196,9 +239,18 @@ class NvDecoder:
                 self._parameter_sets = config_parameter_sets(extradata, codec=self.codec)
             if self.codec == "av1" and len(extradata) > 4 and extradata[0] == 0x81:
                 self._prefix = bytes(extradata[4:])  # av1C header, then config OBUs
-            with torch.cuda.device(gpu):
-                self._copy_stream = torch.cuda.Stream(device=gpu)
-            self._decoder = self._create_decoder(nvc, torch)
+            flags = getattr(nvc, "VideoPacketFlag", None)
+            self._timestamp_flag = getattr(flags, "TIMESTAMP", None)
+            self._eos_flag = getattr(flags, "ENDOFSTREAM", None)
+            session = sessions.take() if sessions is not None else None
+            if session is not None:
+                self._decoder, self._copy_stream, self._on_copy_stream = session
+            else:
+                with torch.cuda.device(gpu):
+                    self._copy_stream = torch.cuda.Stream(device=gpu)
+                self._decoder, self._on_copy_stream = self._create_decoder(nvc, torch)
+                if sessions is not None:
+                    sessions.created()
         except BaseException:
             self.close()
             raise
@@ -210,22 +262,24 @@ class NvDecoder:
         logger.info("NVDEC on GPU %d: %s %dx%d %d-bit, time_base %s", gpu, self.codec,
                     self.width, self.height, self.bit_depth, self.time_base)
 
-    def _create_decoder(self, nvc: Any, torch: Any) -> Any:
+    def _create_decoder(self, nvc: Any, torch: Any) -> tuple[Any, bool]:
+        """(decoder, whether it works on our copy stream)."""
         codec = rt.enum_member(nvc.cudaVideoCodec, (NVDEC_CODECS[self.codec],))
         context = rt.torch_context(self.gpu)
         try:
-            # Decoding on our copy stream orders the decoder's writes before our copies; in
-            # torch's own context (see `torch_context`), restoring the thread's context after.
+            # Decoding on our copy stream orders the decoder's writes before our copies (and
+            # its next writes after them); in torch's own context (see `torch_context`),
+            # restoring the thread's context after.
             with rt.keep_current_context():
                 return nvc.CreateDecoder(gpuid=self.gpu, codec=codec, cudacontext=context,
                                          cudastream=int(self._copy_stream.cuda_stream),
-                                         usedevicememory=True)
+                                         usedevicememory=True), True
         except Exception as exc:
             logger.debug("CreateDecoder with our CUDA stream failed (%s); using its own",
                          rt.first_line(exc))
         try:
             with rt.keep_current_context():
-                return nvc.CreateDecoder(gpuid=self.gpu, codec=codec, usedevicememory=True)
+                return nvc.CreateDecoder(gpuid=self.gpu, codec=codec, usedevicememory=True), False
         except Exception as exc:
             raise HardwareUnavailable(
                 f"NVDEC on {rt.gpu_label(self.gpu)}: CreateDecoder for {self.codec} failed: "
@@ -243,18 +297,18 @@ class NvDecoder:
         packet.bsl_data = int(buf.ctypes.data)
         packet.bsl = int(buf.size)
         packet.pts = seq
-        flag = getattr(getattr(nvc, "VideoPacketFlag", None), "TIMESTAMP", None)
+        flag = self._timestamp_flag
         if flag is not None:
             try:
                 packet.decode_flag = flag
             except Exception:  # the binding may take plain ints only
-                pass
+                self._timestamp_flag = None
         return packet, buf
 
     def _end_of_stream_packet(self) -> Any:
         nvc = self._nvc
         packet = nvc.PacketData()
-        flag = getattr(getattr(nvc, "VideoPacketFlag", None), "ENDOFSTREAM", None)
+        flag = self._eos_flag
         if flag is not None:
             try:
                 packet.decode_flag = flag
@@ -305,36 +359,51 @@ class NvDecoder:
             del keep_alive
             yield from self._emit(frames)
         yield from self._emit(self._decoder.Decode(self._end_of_stream_packet()))
+        self._flushed = True
         if len(self._book):
             logger.warning("NVDEC: %d packet(s) produced no frame; PTS after the first such "
                            "packet may be off by one frame", len(self._book))
 
     def _emit(self, frames: Any) -> Iterator[Frame]:
+        kept = []
         for frame in frames:
             pts, discard = self._book.take()
             # A span's cut is clean (hw.keyframes: no leading picture after it), so every packet
             # fed gives its frame and the book pairs them; frames past the span's end are dropped.
             if discard or (self.span is not None and not self.span.keeps(pts)):
                 continue
-            tensor = self._copy_frame(frame)
+            kept.append((pts, frame))
+        if not kept:
+            return
+        tensors = self._copy_frames([frame for _, frame in kept])
+        for (pts, _), tensor in zip(kept, tensors):
             index = self.num_frames_decoded
             self.num_frames_decoded += 1
             yield Frame(index=index, pts=self._pts.fill(pts), fmt="nv12", planes=(tensor,), bit_depth=self.bit_depth)
 
     # -- copying -------------------------------------------------------------------
 
+    def _copy_frames(self, frames: list) -> list:
+        """Contiguous CUDA copies `(H*3//2, W)` of the frames one `Decode` gave, then one wait:
+        the decoder reuses their memory, and the consumers read on other streams."""
+        import torch
+
+        with torch.cuda.device(self.gpu), torch.cuda.stream(self._copy_stream):
+            out = [self._copy_frame(frame) for frame in frames]
+        self._copy_stream.synchronize()
+        return out
+
     def _copy_frame(self, frame: Any) -> Any:
-        """A contiguous CUDA copy `(H*3//2, W)` of a decoded frame."""
+        """A copy of one decoded frame, queued on the copy stream (current here)."""
         import torch
 
         dtype = torch.uint8 if self.bit_depth == 8 else torch.uint16
         shape = (self.height * 3 // 2, self.width)
-        with torch.cuda.device(self.gpu), torch.cuda.stream(self._copy_stream):
+        if not self._on_copy_stream:  # the decoder writes on a stream of its own
             self._wait_for_producer(frame, torch)
-            src = self._source_view(frame, torch, dtype, shape)
-            out = torch.empty(shape, dtype=dtype, device=f"cuda:{self.gpu}")
-            out.copy_(src)
-        self._copy_stream.synchronize()  # the decoder reuses `src`; consumers use other streams
+        src = self._source_view(frame, torch, dtype, shape)
+        out = torch.empty(shape, dtype=dtype, device=f"cuda:{self.gpu}")
+        out.copy_(src)
         return out
 
     def _wait_for_producer(self, frame: Any, torch: Any) -> None:
@@ -379,8 +448,10 @@ class NvDecoder:
     # -- lifetime ------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the decoder and the file; safe to call twice."""
+        """Release the decoder (back to its pool when flushed) and the file; safe to call twice."""
         self._closed = True
+        if self._sessions is not None and self._decoder is not None and self._flushed:
+            self._sessions.give_back((self._decoder, self._copy_stream, self._on_copy_stream))
         self._decoder = None
         if self._container is not None:
             try:

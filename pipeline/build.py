@@ -82,8 +82,10 @@ def open_source(plan: RunPlan, warn: Callable[[str], None], shift: TimeShift | N
         from pipeline.decoders import SplitSource
 
         decoding = plan.decoding
-        source = SplitSource(decoding.spans, partial(_open_span, plan, warn), num_decoders=decoding.num_decoders,
-                             max_frames_ahead=decoding.max_frames_ahead, warn=warn, first_shape=decoding.first_shape)
+        opener = _SpanOpener(plan, warn)
+        source = SplitSource(decoding.spans, opener, num_decoders=decoding.num_decoders,
+                             max_frames_ahead=decoding.max_frames_ahead, warn=warn, first_shape=decoding.first_shape,
+                             on_close=opener.close)
     elif plan.use_nvdec:
         from hw.nvdec import NvDecoder
 
@@ -98,17 +100,33 @@ def open_source(plan: RunPlan, warn: Callable[[str], None], shift: TimeShift | N
                      context=temporal_window(plan) or (0, 0))
 
 
-def _open_span(plan: RunPlan, warn: Callable[[str], None], span):
-    """The decoder of one part of the video (`SplitSource`'s `open_span`)."""
-    if plan.use_nvdec:
-        from hw.nvdec import NvDecoder
+class _SpanOpener:
+    """The decoder of one part of the video (`SplitSource`'s `open_span`); NVDEC parts share a
+    pool of sessions (hw/nvdec.py `NvSessions`), dropped by `close()` (the source's `on_close`)."""
 
-        return NvDecoder(plan.config.source, gpu=plan.first_gpu, span=span)
-    from hw.av_decode import PyAVDecoder
+    def __init__(self, plan: RunPlan, warn: Callable[[str], None]) -> None:
+        self.plan, self.warn = plan, warn
+        self.sessions = None
+        if plan.use_nvdec:
+            from hw.nvdec import NvSessions
 
-    decoding = plan.decoding
-    return PyAVDecoder(plan.config.source, warn=warn, span=span, threads=decoding.threads_per_decoder,
-                       first_shape=decoding.first_shape if span.index > 0 else None)
+            self.sessions = NvSessions()
+
+    def __call__(self, span):
+        plan = self.plan
+        if plan.use_nvdec:
+            from hw.nvdec import NvDecoder
+
+            return NvDecoder(plan.config.source, gpu=plan.first_gpu, span=span, sessions=self.sessions)
+        from hw.av_decode import PyAVDecoder
+
+        decoding = plan.decoding
+        return PyAVDecoder(plan.config.source, warn=self.warn, span=span, threads=decoding.threads_per_decoder,
+                           first_shape=decoding.first_shape if span.index > 0 else None)
+
+    def close(self) -> None:
+        if self.sessions is not None:
+            self.sessions.close()
 
 
 def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None], *, with_audio: bool = True,

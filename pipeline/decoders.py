@@ -149,16 +149,18 @@ class SplitSource:
     """FrameSource: frames of consecutive spans, decoded by a pool of decoder threads (module
     docstring), renumbered from 0 in order. `open_span(span)` makes a span's decoder (any
     iterable of `Frame`s with `close()`); the first is made here, so a decoder that cannot be
-    made fails the build, not the run."""
+    made fails the build, not the run. `on_close` releases what the spans' decoders share (NVDEC
+    sessions) once the source is closed."""
 
     def __init__(self, spans: tuple[DecodeSpan, ...], open_span: Callable[[DecodeSpan], Any], *,
                  num_decoders: int, max_frames_ahead: int, warn: Callable[[str], None],
-                 first_shape: tuple[int, int, str] | None = None) -> None:
+                 first_shape: tuple[int, int, str] | None = None, on_close: Callable[[], None] | None = None) -> None:
         if not spans or num_decoders < 1 or max_frames_ahead < 1:
             raise ValueError(f"SplitSource needs spans, decoders and room for a frame, got {len(spans)}, "
                              f"{num_decoders} and {max_frames_ahead}")
         self._parts = [_Part(span) for span in spans]
         self._open_span = open_span
+        self._on_close = on_close
         self._num_decoders = min(num_decoders, len(spans))
         self._warn = warn
         self._first_shape = first_shape
@@ -304,6 +306,9 @@ class SplitSource:
         self._opened.clear()
         for part in self._parts:
             part.frames.clear()
+        if self._on_close is not None:  # e.g. NVDEC sessions kept between spans
+            self._on_close()
+            self._on_close = None
 
     def __repr__(self) -> str:
         return f"SplitSource({len(self._parts)} spans, {self._num_decoders} decoders, {self._max_ahead} frames ahead)"

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from core.errors import HardwareUnavailable, NoVideoStream, RunInterrupted
 from core.files import NoOutput, OutputFile, OutputFolder
+from core.stopping import acknowledge, requested, signals_deferred
 from hw.memory import ProbeMemo
 from models.registry import default_cache_dir
 from pipeline.build import ModelSource, Stages, Wrap, build
@@ -208,34 +209,35 @@ def _run_parallel(plan: RunPlan, stages: Stages, stats: RunStats, errors: ErrorC
 
     threads = [threading.Thread(target=r.run, name=r.name, daemon=True) for r in runners]
     writer_thread = threading.Thread(target=writer_body, name="writer", daemon=False)  # always joined
-    for t in [*threads, writer_thread]:
-        t.start()
     outcome = Outcome()
     sampler = DeviceSampler(stats)
-    try:
-        # Waiting on an Event, not Thread.join: a Ctrl-C that interrupts join() can leave
-        # CPython believing the thread has ended (is_alive() False) while it still runs.
-        while not writer_done.wait(progress_seconds):
-            sampler.maybe_sample()
-            if errors.first() is not None:
-                work_queue.abort()
+    with signals_deferred():  # from here a stop signal is raised by this loop only (core/stopping.py)
+        for t in [*threads, writer_thread]:
+            t.start()
+        try:
+            # Waiting on an Event, not Thread.join: a Ctrl-C that interrupts join() can leave
+            # CPython believing the thread has ended (is_alive() False) while it still runs.
+            while not writer_done.wait(progress_seconds):
+                sampler.maybe_sample()
+                if errors.first() is not None:
+                    work_queue.abort()
+                if on_progress is not None:
+                    _report_progress(on_progress, stats)
+                _raise_if_stopped(stop)
+        except KeyboardInterrupt as exc:
+            outcome.interrupted = exc
+        finally:
+            acknowledge()
+            errors.stop.set()
+            work_queue.abort()
+            _wait_quietly(writer_done)
+            for t in [writer_thread, *threads]:
+                _join_quietly(t, timeout=None if t is writer_thread else 5.0)
+            still = [t.name for t in threads if t.is_alive()]
+            if still:
+                log.warning("threads still finishing their current batch at exit: %s", ", ".join(still))
             if on_progress is not None:
                 _report_progress(on_progress, stats)
-            if stop.is_set():
-                raise _Stopped()
-    except KeyboardInterrupt as exc:
-        outcome.interrupted = exc
-    finally:
-        errors.stop.set()
-        work_queue.abort()
-        _wait_quietly(writer_done)
-        for t in [writer_thread, *threads]:
-            _join_quietly(t, timeout=None if t is writer_thread else 5.0)
-        still = [t.name for t in threads if t.is_alive()]
-        if still:
-            log.warning("threads still finishing their current batch at exit: %s", ", ".join(still))
-        if on_progress is not None:
-            _report_progress(on_progress, stats)
     outcome.failure = errors.first()
     outcome.writer_closed_cleanly = writer.closed_cleanly and getattr(stages.writer, "closed_cleanly", True)
     outcome.num_dropped_at_stop = writer.num_dropped_at_stop + getattr(stages.writer, "num_dropped_at_stop", 0)
@@ -271,6 +273,15 @@ class _Stopped(KeyboardInterrupt):
     signal_number = 2
 
 
+def _raise_if_stopped(stop: threading.Event) -> None:
+    """Between batches or progress ticks, where no lock is held: a stop request or a stop signal."""
+    if stop.is_set():
+        raise _Stopped()
+    signalled = requested()
+    if signalled is not None:
+        raise signalled
+
+
 def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: ErrorChannel,
                     on_progress: ProgressFn | None, progress_seconds: float, stop: threading.Event) -> Outcome:
     """The in-tree baseline: the same stages, one batch at a time, in this thread."""
@@ -299,36 +310,42 @@ def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: Erro
         batch.clear()
         if on_progress is not None:
             _report_progress(on_progress, stats)
-        if stop.is_set():
-            raise _Stopped()
+        _raise_if_stopped(stop)
 
-    try:
-        with wclock.busy():
-            worker.start()
-        batch: list = []
-        frames = iter(reader.finish())
-        while True:
-            with rclock.busy():
-                frame = next(frames, None)
-            if frame is None:
-                break
-            batch.append(frame)
-            if len(batch) >= take_size(worker):
+    # The encoder pool, the segment writer and the decoders have threads of their own: a stop
+    # signal is raised by this loop only, between frames (core/stopping.py).
+    with signals_deferred():
+        try:
+            with wclock.busy():
+                worker.start()
+            _raise_if_stopped(stop)
+            batch: list = []
+            frames = iter(reader.finish())
+            while True:
+                with rclock.busy():
+                    frame = next(frames, None)
+                if frame is None:
+                    break
+                batch.append(frame)
+                if len(batch) >= take_size(worker):
+                    flush(batch)
+                else:
+                    _raise_if_stopped(stop)
+            if batch:
                 flush(batch)
-        if batch:
-            flush(batch)
-        writer.finish()
-        reached_end = True
-    except KeyboardInterrupt as exc:
-        outcome.interrupted = exc
-    except Retire:
-        outcome.failure = StageFailed("workers", _every_device_failed([worker.name], stats))
-    except BaseException as exc:  # noqa: BLE001 - reported by run() with where the output is
-        outcome.failure = StageFailed("sequential", exc)
-    for name, stage, complete in (("reader", reader, reached_end), (worker.name, worker, reached_end),
-                                  ("writer", writer, reached_end and outcome.complete)):
-        if _close_quietly(stage, complete=complete) and name == "writer":
-            outcome.writer_closed_cleanly = getattr(stage, "closed_cleanly", True)
+            writer.finish()
+            reached_end = True
+        except KeyboardInterrupt as exc:
+            outcome.interrupted = exc
+        except Retire:
+            outcome.failure = StageFailed("workers", _every_device_failed([worker.name], stats))
+        except BaseException as exc:  # noqa: BLE001 - reported by run() with where the output is
+            outcome.failure = StageFailed("sequential", exc)
+        acknowledge()
+        for name, stage, complete in (("reader", reader, reached_end), (worker.name, worker, reached_end),
+                                      ("writer", writer, reached_end and outcome.complete)):
+            if _close_quietly(stage, complete=complete) and name == "writer":
+                outcome.writer_closed_cleanly = getattr(stage, "closed_cleanly", True)
     return outcome
 
 

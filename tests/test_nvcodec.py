@@ -660,7 +660,7 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device", lambda i: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: types.SimpleNamespace(
         cuda_stream=0, synchronize=lambda: None))
-    monkeypatch.setattr(NvDecoder, "_copy_frame", lambda self, frame: frame.true_pts)
+    monkeypatch.setattr(NvDecoder, "_copy_frames", lambda self, frames: [f.true_pts for f in frames])
 
 
 def decode_order_pts(path):
@@ -748,6 +748,106 @@ def test_decoder_spans_give_pyavs_frames(tmp_path, monkeypatch, fake_gpu, strip,
     for k, fake in feeding.items():
         assert annexb_parameter_sets(fake.first_payload, codec="h264"), f"span {k} starts without SPS/PPS"
         assert fake.fed == spans[k].end_packet - spans[k].first_packet
+
+
+class SessionLikeNvdec:
+    """One NVDEC session as the hardware behaves across spans: pictures come out in display order
+    after a reorder delay; the end-of-stream packet flushes them all and resets the parser, which
+    then decodes nothing until a keyframe with its parameter sets; each picture is known by its
+    slice data (the payload's tail), so a session fed another span's packets gives that span's
+    pictures, and one fed a span without its keyframe gives nothing (as NVDEC drops them)."""
+
+    def __init__(self, pts_by_tail, delay=3):
+        self.pts_by_tail, self.delay = pts_by_tail, delay
+        self.heap, self.synced, self.num_flushes, self.num_packets = [], False, 0, 0
+
+    def Decode(self, packet):
+        frames = []
+        if packet.bsl:
+            data = ctypes.string_at(packet.bsl_data, packet.bsl)
+            self.num_packets += 1
+            if not self.synced:
+                self.synced = bool(annexb_parameter_sets(data, codec="h264")) and annexb_is_keyframe(data, codec="h264")
+            if self.synced:
+                pts = self.pts_by_tail[data[-48:]]
+                heapq.heappush(self.heap, (pts, pts))
+        while self.heap and (len(self.heap) > self.delay or not packet.bsl):
+            frames.append(types.SimpleNamespace(true_pts=heapq.heappop(self.heap)[1]))
+        if not packet.bsl:
+            self.synced, self.num_flushes = False, self.num_flushes + 1
+        return frames
+
+
+def _pts_by_slice_tail(clip):
+    with av.open(str(clip)) as c:
+        stream = c.streams.video[0]
+        bsf = av.bitstream.BitStreamFilterContext("h264_mp4toannexb", in_stream=stream)
+        table = {}
+        for packet in c.demux(stream):
+            if packet.size:
+                pts = packet.pts
+                for out in bsf.filter(packet):
+                    table[bytes(out)[-48:]] = pts
+    return table
+
+
+def test_spans_reuse_nvdec_sessions(tmp_path, monkeypatch, fake_gpu, no_stage_threads_left):
+    """Issue 12: creating an NVDEC session costs more than a short span; the spans' decoders take
+    sessions from one pool (at most one per decoder thread) and give them back flushed, and the
+    frames, timestamps and order are one decoder's. A span stopped early drops its session."""
+    from hw.keyframes import cut_spans, scan_packets
+    from hw.nvdec import NvSessions
+    from pipeline.decoders import SplitSource
+
+    clip = tmp_path / "b.mp4"
+    rng = np.random.default_rng(5)
+    with av.open(str(clip), "w") as out:  # every picture different: its slice data names it
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt, s.options = 64, 48, "yuv420p", {"bf": "2", "g": "12"}
+        for i in range(72):
+            img = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    table = _pts_by_slice_tail(clip)
+    assert len(table) == 72  # every picture has its own slice data
+    spans = cut_spans(scan_packets(clip), span_frames=1, clean=True)
+    assert len(spans) >= 6
+    created = []
+
+    def create(**kw):
+        created.append(SessionLikeNvdec(table))
+        return created[-1]
+
+    use(monkeypatch, fake_module(caps=CAPS_OK, decoder_factory=create))
+    sessions = NvSessions()
+
+    source = SplitSource(spans, lambda span: NvDecoder(clip, gpu=0, span=span, sessions=sessions), num_decoders=2,
+                         max_frames_ahead=1000, warn=print, on_close=sessions.close)
+    try:
+        got = list(source)
+    finally:
+        source.close()
+    assert [f.pts for f in got] == pyav_pts(clip)
+    assert [f.planes[0] for f in got] == pyav_pts(clip)  # each frame its own picture
+    assert [f.index for f in got] == list(range(72))
+    # 2 decoder threads (+ the first span's, opened at build): never a session per span
+    assert 1 <= sessions.num_created <= 3 < len(spans) and len(created) == sessions.num_created
+    assert sessions.num_created + sessions.num_reused == len(spans)
+    assert sum(s.num_flushes for s in created) == len(spans)  # each span flushed its session
+    assert sessions.take() is None  # closed with the source: nothing kept
+
+    # A span read only in part keeps its session out of the pool: it may still hold pictures.
+    sessions = NvSessions()
+    dec = NvDecoder(clip, gpu=0, span=spans[1], sessions=sessions)
+    first = next(iter(dec))
+    dec.close()
+    assert first.planes[0] == spans[1].start_pts
+    assert sessions.take() is None and sessions.num_created == 1
+    with NvDecoder(clip, gpu=0, span=spans[2], sessions=sessions) as dec:
+        assert len(list(dec)) == spans[2].num_frames
+    assert sessions.take() is not None  # flushed to its end: back in the pool
 
 
 def test_config_parameter_sets_are_the_filters(tmp_path):
@@ -875,12 +975,17 @@ def test_real_nvdec_matches_pyav(tmp_path):
 @pytest.mark.parametrize("codec, options", [("libx264", {"g": "12", "bf": "3"}),
                                             ("libx265", {"x265-params": "keyint=12:min-keyint=12:open-gop=0:"
                                                                         "bframes=3:scenecut=0:log-level=none"})])
-def test_real_nvdec_sessions_on_spans_match_pyav(tmp_path, codec, options, no_stage_threads_left):
+@pytest.mark.parametrize("pooled", [False, True])
+def test_real_nvdec_sessions_on_spans_match_pyav(tmp_path, codec, options, pooled, no_stage_threads_left):
     """Issue 12: 4 NVDEC sessions on consecutive spans (closed GOPs: clean cuts) give PyAV's
-    frames, pixels and timestamps, renumbered from 0."""
+    frames, pixels and timestamps, renumbered from 0; also with the sessions kept between spans
+    (each flushed session decoding a later span)."""
     from hw.clips import make_clip as make_photo_clip
     from hw.keyframes import cut_spans, scan_packets
+    from hw.nvdec import NvSessions
     from pipeline.decoders import SplitSource
+
+    sessions = NvSessions() if pooled else None
 
     clip = make_photo_clip(tmp_path / "spans.mp4", num_frames=96, width=320, height=240, photo=True, codec=codec,
                            codec_options=options)
@@ -888,8 +993,9 @@ def test_real_nvdec_sessions_on_spans_match_pyav(tmp_path, codec, options, no_st
     spans = cut_spans(scan, span_frames=12, clean=True)
     assert len(spans) >= 6
     try:
-        source = SplitSource(spans, lambda span: NvDecoder(clip, gpu=0, span=span), num_decoders=4,
-                             max_frames_ahead=48, warn=print)
+        source = SplitSource(spans, lambda span: NvDecoder(clip, gpu=0, span=span, sessions=sessions),
+                             num_decoders=4, max_frames_ahead=48, warn=print,
+                             on_close=sessions.close if sessions is not None else None)
     except HardwareUnavailable as exc:
         pytest.skip(str(exc))
     try:
@@ -901,6 +1007,8 @@ def test_real_nvdec_sessions_on_spans_match_pyav(tmp_path, codec, options, no_st
     assert [g.pts for g in got] == [p for p, _ in ref] and [g.index for g in got] == list(range(96))
     for g, (_, a) in zip(got, ref):
         np.testing.assert_array_equal(g.planes[0].cpu().numpy(), a)
+    if pooled:
+        assert sessions.num_reused > 0 and sessions.num_created <= 5, sessions
 
 
 def _pts(item):

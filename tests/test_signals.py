@@ -123,3 +123,70 @@ def test_a_stop_while_starting_up_is_one_line(clips, tmp_path, step, extra):
     assert [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()] == [
         f"stopped by SIGTERM before the {'list was complete' if extra else 'run started'}"], proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# -- a stop signal while stage threads run is raised by the runner's loop, not the handler ---------
+
+_HOLDS_A_LOCK = """
+import os, signal, sys, threading
+sys.path.insert(0, {root!r})
+import main
+from {module} import {cls}
+original = {cls}.{method}
+calls = []
+def signalled_in_main_thread(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 5 and threading.current_thread() is threading.main_thread():
+        # The main thread at a point where a raise would leave a lock held: the handler must
+        # return, and the run stop from its own loop.
+        signal.raise_signal(signal.{signame})
+        print("carried on after the signal", file=sys.stderr, flush=True)
+    return original(self, *args, **kwargs)
+{cls}.{method} = signalled_in_main_thread
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("mode, where", [("--parallel", ("pipeline.sampler", "DeviceSampler", "maybe_sample")),
+                                         ("sequential", ("pipeline.worker", "Worker", "process"))])
+def test_a_signal_while_threads_run_is_raised_by_the_run_loop(clips, tmp_path, mode, where):
+    """The handler never raises into the main thread while stage threads run (an exception
+    between a lock's acquire and release left `Event.wait`'s lock held and hung the writer):
+    the signal is recorded, the main thread carries on, and the run's loop stops the run the
+    usual way."""
+    module, cls, method = where
+    src = clips("long-signal.mp4", num_frames=400, audio=True)
+    out = tmp_path / "out.mp4"
+    script = _HOLDS_A_LOCK.format(root=str(ROOT), module=module, cls=cls, method=method, signame="SIGTERM")
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2", "--batch-size", "2"]
+    if mode != "sequential":
+        args.append(mode)
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    assert "carried on after the signal" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("stopped by SIGTERM")]
+    assert len(lines) == 1 and "(finalized, playable)" in lines[0], proc.stderr
+    got = probe.indices(out)
+    assert 0 < len(got) < 400 and got == list(range(len(got)))
+
+
+def test_deferral_rules():
+    """core/stopping: outside a run loop the handler raises; inside, the first stop waits for the
+    loop, a second while the first is unseen raises (a stuck loop), and once seen nothing more."""
+    from core import stopping
+
+    first, second = KeyboardInterrupt("first"), KeyboardInterrupt("second")
+    assert not stopping.deferring()
+    with stopping.signals_deferred():
+        assert stopping.deferring()
+        assert stopping.requested() is None
+        assert stopping.defer(first)
+        assert not stopping.defer(second)  # the first was never picked up: raise this one
+        assert stopping.requested() is first
+        assert stopping.defer(second)  # the run is stopping already
+    assert not stopping.deferring() and stopping.requested() is None
+    with stopping.signals_deferred():
+        stopping.acknowledge()  # finishing: a signal from here is only recorded
+        assert stopping.defer(first) and stopping.requested() is None
+    assert stopping.requested() is None

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Why a whole run is slower than its slowest stage alone (issue 12, target 2): CPU and GIL
+contention between the GPU worker and the encoders, measured side by side in one run.
+
+The model-bound job (realesrgan-x4plus-anime, 480x270 -> 1920x1080, x264 veryfast crf 23, the
+encoder pool, eager model, batch 4) runs whole, in these variants, alternated and repeated:
+  default        framepipe as it is
+  switch-1ms     sys.setswitchinterval(0.001): a thread waiting for the GIL (the worker, after
+                 each CUDA wait) gets it after 1 ms instead of 5
+  encoders-nice  each encoder thread (and the x264 threads it starts) at nice +10: under a full
+                 CPU the worker, reader and collector run first
+  both           the two together
+and once with `--output-mode none` (the stages before the encoder, for the ratio).
+
+    python benchmarks/bench_contention.py --frames 960 --out bench-out/contention
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._steps import Steps  # noqa: E402
+
+_WRAP = """
+import os, sys, threading
+sys.path.insert(0, {root!r})
+if {interval!r}:
+    sys.setswitchinterval({interval!r})
+if {nice!r}:
+    from pipeline import segment_writer
+    original = segment_writer.EncoderPool._run_encoder
+    def lowered(runner, gone):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), {nice!r})
+        return original(runner, gone)
+    segment_writer.EncoderPool._run_encoder = staticmethod(lowered)
+import main
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+VARIANTS = {"default": (0, 0), "switch-1ms": (0.001, 0), "encoders-nice": (0, 10), "both": (0.001, 10)}
+
+
+def run(clip: Path, out: Path, tag: str, *, interval: float, nice: int, model: str, extra: list[str]) -> dict:
+    stats_path = out / f"{tag}.json"
+    script = _WRAP.format(root=str(ROOT), interval=interval, nice=nice)
+    cmd = [sys.executable, "-c", script, "--source", str(clip), "--model", model, "--parallel", "--compile", "off",
+           "--stats-json", str(stats_path), *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - t0
+    (out / f"{tag}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode}", "tail": (proc.stdout + proc.stderr)[-600:]}
+    s = json.loads(stats_path.read_text())
+    frames, wall, first = s["frames_written"], s["wall_seconds"], s.get("first_frame_seconds")
+    steady = round((frames - 1) / (wall - first), 1) if first is not None and wall > first else None
+    return {"fps": s["fps"], "steady_fps": steady, "command_seconds": round(seconds, 2),
+            "workers_busy": [w.get("busy_seconds") for w in s.get("workers", [])],
+            "batch_sizes": [w.get("batch_sizes") for w in s.get("workers", [])],
+            "encoders": s.get("encoders")}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="480x270")
+    p.add_argument("--frames", type=int, default=960)
+    p.add_argument("--model", default="realesrgan-x4plus-anime")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--out", type=Path, default=Path("bench-out/contention"))
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(),
+                     "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    step = Steps(results, args.out / "bench-contention.json", preview_chars=300)
+    w, h = map(int, args.size.split("x"))
+    clip = args.out / f"contention-{w}x{h}-{args.frames}.mp4"
+
+    def make() -> dict:
+        from hw.clips import make_clip
+
+        make_clip(clip, width=w, height=h, num_frames=args.frames, fps=24, photo=True)
+        return {"clip": str(clip)}
+
+    step("make_clip", make)
+    common = ["--batch-size", str(args.batch_size)]
+    file_args = [*common, "--output", str(args.out / "out.mp4"), "--overwrite", "--preset", "veryfast", "--quality", "23"]
+    # warm-up: weights converted, the shape's batch-size memo, the disk cache
+    step("warmup", lambda: run(clip, args.out, "warmup", interval=0, nice=0, model=args.model,
+                               extra=[*common, "--output-mode", "none", "--max-frames", "64"]))
+    step("output_none", lambda: run(clip, args.out, "none", interval=0, nice=0, model=args.model,
+                                    extra=[*common, "--output-mode", "none"]))
+    names = [v for v in args.variants.split(",") if v]
+    for r in range(args.repeats):
+        for name in names:
+            interval, nice = VARIANTS[name]
+            step(f"{name}:{r + 1}", lambda: run(clip, args.out, f"{name}-{r + 1}", interval=interval, nice=nice,
+                                                model=args.model, extra=file_args))
+    print("\nsteady fps (whole-run fps)")
+    print(f"  output none: {results['output_none'].get('steady_fps')} ({results['output_none'].get('fps')})")
+    for name in names:
+        runs = [results.get(f"{name}:{r + 1}", {}) for r in range(args.repeats)]
+        print(f"  {name:14s} " + ", ".join(f"{x.get('steady_fps')} ({x.get('fps')})" for x in runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
