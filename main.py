@@ -570,6 +570,7 @@ def _process_settings() -> None:
     if folder is not None:
         sys.pycache_prefix = str(folder)
         sys.dont_write_bytecode = False  # into framepipe's cache folder only, never beside the installed files
+        os.environ["PYTHONPYCACHEPREFIX"] = str(folder)  # child processes (the compile helper) read it too
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
         folder = default_cache_dir() / "torch-compile"
         try:

@@ -7,43 +7,67 @@ thread that next needs it (the writer setting its "done" Event) waits forever: a
 that hangs the run it should have stopped (seen once, with py-spy: the main thread and the
 writer both in `Condition.__enter__`).
 
-So while a run's stage threads exist, the runner holds `signals_deferred()`: main.py's handler
-hands its stop to `defer()` instead of raising it, and the runner's loop, which polls
-`requested()` every progress tick (0.1 s), raises it from a point that holds no lock. Before and
-after that span (planning, loading the model, joining segments: nothing else runs) the handler
-raises at once, as before.
+So from building the stages until their threads are joined, the runner holds
+`signals_deferred()`: main.py's handler hands its stop to `defer()` instead of raising it, and
+the runner's loop, which polls `requested()` every progress tick (0.1 s) or between batches,
+raises it where no lock is held. Three exceptions:
 
-A second signal while the first is still waiting to be seen raises at once: the loop may be
-stuck, and a user pressing Ctrl-C twice gets the old behaviour. State is module-wide on purpose:
-a signal stops the process, so every run the process holds sees it.
+* `interruptible()`: code that only computes in the main thread (a sequential run's model
+  batch, which may take seconds on a CPU) lets the handler raise at once, as before, so a stop
+  never waits for a batch.
+* A stop the loop has not picked up within `STUCK_SECONDS` is taken for a stuck loop: the next
+  signal raises at once.
+* `finishing()`: the threads are being joined and the output finalized: signals are only
+  recorded; the runner reads a late one with `requested()` after the joins.
+
+Outside that span (planning, loading the model, joining segments: nothing else runs) the
+handler raises at once. State is module-wide on purpose: a signal stops the process, so every
+run the process holds sees it; it is cleared when the last run leaves the span.
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["acknowledge", "defer", "deferring", "requested", "signals_deferred"]
+__all__ = ["STUCK_SECONDS", "defer", "deferring", "finishing", "interruptible", "requested", "signals_deferred"]
+
+STUCK_SECONDS = 1.0  # a stop unseen this long: the loop does not poll; the next signal raises
 
 
 class _State:
     # Plain attributes, no lock: the handler runs in the main thread between bytecodes and must
     # not wait for a lock that thread may hold.
-    active = 0  # run loops inside signals_deferred()
+    active = 0  # runs inside signals_deferred()
+    immediate = 0  # inside interruptible(): the handler raises
     signal: KeyboardInterrupt | None = None  # the stop a signal asked for
-    seen = False  # a run acted on it (or is finishing anyway)
+    since = 0.0  # when it was recorded (time.monotonic)
+    seen = False  # a run acted on it
+    closing = False  # a run is joining its threads and finalizing
 
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """The span where stage threads run: stop signals are recorded, the caller raises them."""
+    """The span where stage threads exist: stop signals are recorded, the caller raises them."""
     _State.active += 1
     try:
         yield
     finally:
         _State.active -= 1
         if _State.active == 0:
-            _State.signal, _State.seen = None, False
+            _State.signal, _State.seen, _State.closing, _State.immediate = None, False, False, 0
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Main-thread work that holds no lock another thread needs (a model batch): a stop signal
+    raises here at once."""
+    _State.immediate += 1
+    try:
+        yield
+    finally:
+        _State.immediate -= 1
 
 
 def deferring() -> bool:
@@ -52,26 +76,29 @@ def deferring() -> bool:
 
 
 def defer(stop: KeyboardInterrupt) -> bool:
-    """For a signal handler, while `deferring()`: True when a run's loop will raise `stop` or is
-    stopping already (the handler returns); False when an earlier stop was never picked up (the
-    loop is stuck: the handler raises)."""
-    if _State.seen:
-        return True  # the run is stopping or finishing already: nothing more to do
+    """For a signal handler, while `deferring()`: True when the run will act on `stop` (or is
+    stopping or finalizing already): the handler returns. False: the handler raises `stop` (in
+    `interruptible()` code, or an earlier stop unseen for `STUCK_SECONDS`: a stuck loop)."""
     if _State.signal is None:
-        _State.signal = stop
+        if _State.immediate and not _State.closing:
+            return False
+        _State.signal, _State.since = stop, time.monotonic()
         return True
-    return False  # an earlier stop is still unseen: the loop may be stuck
+    if _State.seen or _State.closing:
+        return True
+    return time.monotonic() - _State.since < STUCK_SECONDS
 
 
 def requested() -> KeyboardInterrupt | None:
-    """The stop a signal asked for, for a run loop to raise; marks it seen."""
+    """The stop a signal asked for, for a run loop to raise (or to note after the joins); marks
+    it seen."""
     stop = _State.signal
     if stop is not None:
         _State.seen = True
     return stop
 
 
-def acknowledge() -> None:
-    """The run is finishing (its threads are being joined): a signal from here is only recorded."""
+def finishing() -> None:
+    """The run is joining its threads and finalizing its output: a signal is only recorded."""
     if _State.active:
-        _State.seen = True
+        _State.closing = True

@@ -88,19 +88,21 @@ def probe_nvdec(
     cached = _nvdec_cache.get(key)
     if cached is not None and cached[0] is nvc:
         return cached[1]
-    result = _probe_nvdec(nvc, codec=codec, bit_depth=bit_depth, chroma_format=chroma_format, width=width,
-                          height=height, gpu=gpu)
-    _nvdec_cache[key] = (nvc, result)
+    result, answered = _probe_nvdec(nvc, codec=codec, bit_depth=bit_depth, chroma_format=chroma_format, width=width,
+                                    height=height, gpu=gpu)
+    if answered:  # the GPU's answer; a failed query may succeed next time
+        _nvdec_cache[key] = (nvc, result)
     return result
 
 
 def _probe_nvdec(nvc: Any, *, codec: str, bit_depth: int, chroma_format: str, width: int, height: int,
-                 gpu: int) -> tuple[bool, str]:
+                 gpu: int) -> tuple[tuple[bool, str], bool]:
+    """((ok, reason), whether that is an answer to keep: not a failed query)."""
     what = f"{codec} {bit_depth}-bit {CHROMA_TEXT[chroma_format]}"
     label = rt.gpu_label(gpu)
     if codec not in NVDEC_CODECS:
-        return False, (f"NVDEC cannot decode {codec} (it decodes "
-                       f"{', '.join(NVDEC_CODECS)})")
+        return (False, (f"NVDEC cannot decode {codec} (it decodes "
+                        f"{', '.join(NVDEC_CODECS)})")), True
     try:
         nv_codec = rt.enum_member(nvc.cudaVideoCodec, (NVDEC_CODECS[codec],))
         nv_chroma = rt.enum_member(nvc.cudaVideoChromaFormat, _CHROMA_MEMBER[chroma_format])
@@ -109,27 +111,27 @@ def _probe_nvdec(nvc: Any, *, codec: str, bit_depth: int, chroma_format: str, wi
                                            chromaformat=nv_chroma, bitdepth=bit_depth))
     except Exception as exc:
         logger.debug("GetDecoderCaps failed", exc_info=True)
-        return False, f"NVDEC on {label}: capability query for {what} failed: {rt.first_line(exc)}"
+        return (False, f"NVDEC on {label}: capability query for {what} failed: {rt.first_line(exc)}"), False
     logger.debug("NVDEC caps on GPU %d for %s: %s", gpu, what, caps)
     if "supported" in caps:
         supported = bool(caps["supported"])
     else:  # older bindings: an unsupported codec reports no (or zero) limits
         supported = int(caps.get("width_max", 0) or 0) > 0
     if not supported:
-        return False, f"NVDEC on {label} cannot decode {what}"
+        return (False, f"NVDEC on {label} cannot decode {what}"), True
     min_w, min_h = int(caps.get("width_min", 0) or 0), int(caps.get("height_min", 0) or 0)
     max_w, max_h = int(caps.get("width_max", 0) or 0), int(caps.get("height_max", 0) or 0)
     if width < min_w or height < min_h:
-        return False, (f"NVDEC on {label} cannot decode {what} at {width}x{height}: "
-                       f"smallest is {min_w}x{min_h}")
+        return (False, (f"NVDEC on {label} cannot decode {what} at {width}x{height}: "
+                        f"smallest is {min_w}x{min_h}")), True
     macroblocks = ((width + 15) // 16) * ((height + 15) // 16)
     mb_max = int(caps.get("mb_num_max", 0) or 0)
     if (max_w and width > max_w) or (max_h and height > max_h) or (mb_max and macroblocks > mb_max):
-        return False, (f"NVDEC on {label} cannot decode {what} at {width}x{height}: "
-                       f"largest is {max_w}x{max_h}")
+        return (False, (f"NVDEC on {label} cannot decode {what} at {width}x{height}: "
+                        f"largest is {max_w}x{max_h}")), True
     engines = caps.get("num_decoder_engines")
     extra = f", {engines} engine(s)" if engines else ""
-    return True, f"NVDEC on {label} decodes {what} up to {max_w}x{max_h}{extra}"
+    return (True, f"NVDEC on {label} decodes {what} up to {max_w}x{max_h}{extra}"), True
 
 
 # NVENC limits by codec when the caps query is unavailable (NVENC Video Encoder API

@@ -359,7 +359,9 @@ class NvDecoder:
             del keep_alive
             yield from self._emit(frames)
         yield from self._emit(self._decoder.Decode(self._end_of_stream_packet()))
-        self._flushed = True
+        # Clean only when every packet fed gave its picture: one still held would come out of the
+        # next span's first Decode, paired with that span's timestamps.
+        self._flushed = not len(self._book)
         if len(self._book):
             logger.warning("NVDEC: %d packet(s) produced no frame; PTS after the first such "
                            "packet may be off by one frame", len(self._book))

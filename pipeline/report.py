@@ -213,6 +213,11 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
         written = join_segments(chain, temp, source_path=source, complete=complete and stats.source_exhausted,
                                 warn=stats.warn, audio_shift=audio_shift,
                                 tag_hvc1=not plan.use_nvenc)  # NVENC repeats its parameter sets in-band: hev1
+    except KeyboardInterrupt as exc:  # a stop while joining (main thread only: nothing else runs)
+        output.discard()
+        raise RunInterrupted(f"while joining the finished segments into {output.path}; no output file was written."
+                             f"{resume_hint}", signal_name=getattr(exc, "signal_name", ""),
+                             signal_number=getattr(exc, "signal_number", 2)) from exc
     except Exception as exc:  # noqa: BLE001 - the segments stay; say what failed
         output.discard()
         if complete and isinstance(exc, DiskFull):  # every segment is finished: --resume only joins them

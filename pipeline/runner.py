@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from core.errors import HardwareUnavailable, NoVideoStream, RunInterrupted
 from core.files import NoOutput, OutputFile, OutputFolder
-from core.stopping import acknowledge, requested, signals_deferred
+from core.stopping import finishing, interruptible, requested, signals_deferred
 from hw.memory import ProbeMemo
 from models.registry import default_cache_dir
 from pipeline.build import ModelSource, Stages, Wrap, build
@@ -96,10 +96,16 @@ def run(
             stats.notes["segments"] = _describe_segments(plan, parts)
             stats.notes["encoders"] = plan.encoder_line
         errors = ErrorChannel(threading.Event())
-        stages = build(plan, stats, temp, errors=errors, parts=parts, wrap=wrap, models=models)
-        stats.mark("build (open the decoder and the encoder)")
-        execute = _run_parallel if config.parallel else _run_sequential
-        outcome = execute(plan, stages, stats, errors, on_progress, progress_seconds, stop or threading.Event())
+        # From here stage threads exist (the encoder pool starts in build): a stop signal is
+        # raised by the run's loop, not at an arbitrary point (core/stopping.py).
+        with signals_deferred():
+            stages = build(plan, stats, temp, errors=errors, parts=parts, wrap=wrap, models=models)
+            stats.mark("build (open the decoder and the encoder)")
+            execute = _run_parallel if config.parallel else _run_sequential
+            outcome = execute(plan, stages, stats, errors, on_progress, progress_seconds, stop or threading.Event())
+            late = requested()  # a stop that came while the threads were joined and the output finalized
+        if late is not None and outcome.interrupted is None:
+            outcome.interrupted = late
     except BaseException as exc:  # nothing was started (bad settings found by the encoder, a stop)
         output.discard()
         if parts is not None:
@@ -211,33 +217,34 @@ def _run_parallel(plan: RunPlan, stages: Stages, stats: RunStats, errors: ErrorC
     writer_thread = threading.Thread(target=writer_body, name="writer", daemon=False)  # always joined
     outcome = Outcome()
     sampler = DeviceSampler(stats)
-    with signals_deferred():  # from here a stop signal is raised by this loop only (core/stopping.py)
-        for t in [*threads, writer_thread]:
-            t.start()
-        try:
-            # Waiting on an Event, not Thread.join: a Ctrl-C that interrupts join() can leave
-            # CPython believing the thread has ended (is_alive() False) while it still runs.
-            while not writer_done.wait(progress_seconds):
-                sampler.maybe_sample()
-                if errors.first() is not None:
-                    work_queue.abort()
-                if on_progress is not None:
-                    _report_progress(on_progress, stats)
-                _raise_if_stopped(stop)
-        except KeyboardInterrupt as exc:
-            outcome.interrupted = exc
-        finally:
-            acknowledge()
-            errors.stop.set()
-            work_queue.abort()
-            _wait_quietly(writer_done)
-            for t in [writer_thread, *threads]:
-                _join_quietly(t, timeout=None if t is writer_thread else 5.0)
-            still = [t.name for t in threads if t.is_alive()]
-            if still:
-                log.warning("threads still finishing their current batch at exit: %s", ", ".join(still))
+    for t in [*threads, writer_thread]:
+        t.start()
+    try:
+        # Waiting on an Event, not Thread.join: a Ctrl-C that interrupts join() can leave
+        # CPython believing the thread has ended (is_alive() False) while it still runs.
+        # A stop signal is raised here only (run() holds core.stopping's deferral).
+        while not writer_done.wait(progress_seconds):
+            sampler.maybe_sample()
+            if errors.first() is not None:
+                work_queue.abort()
             if on_progress is not None:
                 _report_progress(on_progress, stats)
+            _raise_if_stopped(stop)
+        _raise_if_stopped(stop)  # one that came with the last tick
+    except KeyboardInterrupt as exc:
+        outcome.interrupted = exc
+    finally:
+        finishing()
+        errors.stop.set()
+        work_queue.abort()
+        _wait_quietly(writer_done)
+        for t in [writer_thread, *threads]:
+            _join_quietly(t, timeout=None if t is writer_thread else 5.0)
+        still = [t.name for t in threads if t.is_alive()]
+        if still:
+            log.warning("threads still finishing their current batch at exit: %s", ", ".join(still))
+        if on_progress is not None:
+            _report_progress(on_progress, stats)
     outcome.failure = errors.first()
     outcome.writer_closed_cleanly = writer.closed_cleanly and getattr(stages.writer, "closed_cleanly", True)
     outcome.num_dropped_at_stop = writer.num_dropped_at_stop + getattr(stages.writer, "num_dropped_at_stop", 0)
@@ -297,7 +304,7 @@ def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: Erro
     def flush(batch: list) -> None:
         while True:
             try:
-                with wclock.busy():
+                with wclock.busy(), interruptible():  # a stop never waits for a batch (seconds on a CPU)
                     results = list(worker.process(batch))
                 break
             except Retry as exc:
@@ -313,39 +320,39 @@ def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: Erro
         _raise_if_stopped(stop)
 
     # The encoder pool, the segment writer and the decoders have threads of their own: a stop
-    # signal is raised by this loop only, between frames (core/stopping.py).
-    with signals_deferred():
-        try:
-            with wclock.busy():
-                worker.start()
-            _raise_if_stopped(stop)
-            batch: list = []
-            frames = iter(reader.finish())
-            while True:
-                with rclock.busy():
-                    frame = next(frames, None)
-                if frame is None:
-                    break
-                batch.append(frame)
-                if len(batch) >= take_size(worker):
-                    flush(batch)
-                else:
-                    _raise_if_stopped(stop)
-            if batch:
+    # signal is raised between frames, or inside the model's work (core/stopping.py).
+    try:
+        with wclock.busy(), interruptible():
+            worker.start()
+        _raise_if_stopped(stop)
+        batch: list = []
+        frames = iter(reader.finish())
+        while True:
+            with rclock.busy():
+                frame = next(frames, None)
+            if frame is None:
+                break
+            batch.append(frame)
+            if len(batch) >= take_size(worker):
                 flush(batch)
-            writer.finish()
-            reached_end = True
-        except KeyboardInterrupt as exc:
-            outcome.interrupted = exc
-        except Retire:
-            outcome.failure = StageFailed("workers", _every_device_failed([worker.name], stats))
-        except BaseException as exc:  # noqa: BLE001 - reported by run() with where the output is
-            outcome.failure = StageFailed("sequential", exc)
-        acknowledge()
-        for name, stage, complete in (("reader", reader, reached_end), (worker.name, worker, reached_end),
-                                      ("writer", writer, reached_end and outcome.complete)):
-            if _close_quietly(stage, complete=complete) and name == "writer":
-                outcome.writer_closed_cleanly = getattr(stage, "closed_cleanly", True)
+            else:
+                _raise_if_stopped(stop)
+        if batch:
+            flush(batch)
+        writer.finish()
+        _raise_if_stopped(stop)
+        reached_end = True
+    except KeyboardInterrupt as exc:
+        outcome.interrupted = exc
+    except Retire:
+        outcome.failure = StageFailed("workers", _every_device_failed([worker.name], stats))
+    except BaseException as exc:  # noqa: BLE001 - reported by run() with where the output is
+        outcome.failure = StageFailed("sequential", exc)
+    finishing()
+    for name, stage, complete in (("reader", reader, reached_end), (worker.name, worker, reached_end),
+                                  ("writer", writer, reached_end and outcome.complete)):
+        if _close_quietly(stage, complete=complete) and name == "writer":
+            outcome.writer_closed_cleanly = getattr(stage, "closed_cleanly", True)
     return outcome
 
 

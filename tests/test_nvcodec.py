@@ -194,6 +194,27 @@ def test_probe_nvdec_query_error(monkeypatch):
     assert not ok and "capability query for hevc 8-bit 4:4:4 failed: CUDA_ERROR_NO_DEVICE" in why
 
 
+def test_probe_nvdec_keeps_answers_not_failures(monkeypatch):
+    """Each part of a video decoded by several NVDEC sessions opens a decoder: the caps query
+    (tens of ms) is asked once per stream kind; a failed query is asked again next time."""
+    flaky = {"fail": True}
+
+    def caps(kw):
+        if flaky["fail"]:
+            raise RuntimeError("CUDA_ERROR_LAUNCH_TIMEOUT")
+        return CAPS_OK
+
+    m = use(monkeypatch, fake_module(caps=caps))
+    ask = dict(codec="h264", bit_depth=8, chroma_format="420", width=1920, height=1080, gpu=0)
+    assert not probe_nvdec(**ask)[0]
+    flaky["fail"] = False
+    assert probe_nvdec(**ask)[0] and probe_nvdec(**ask)[0]
+    assert sum(1 for c in m.calls if c[0] == "caps") == 2  # the failure, then one answer kept
+    assert probe_nvdec(**{**ask, "width": 8192, "height": 4320})[0] is False  # another size: asked again
+    other = use(monkeypatch, fake_module(caps={**CAPS_OK, "supported": 0}))  # another module: its own answer
+    assert probe_nvdec(**ask)[0] is False and other.calls
+
+
 def test_probe_nvdec_without_pynvvideocodec(monkeypatch):
     def fail():
         raise HardwareUnavailable("PyNvVideoCodec is not usable: ImportError: x")
@@ -848,6 +869,28 @@ def test_spans_reuse_nvdec_sessions(tmp_path, monkeypatch, fake_gpu, no_stage_th
     with NvDecoder(clip, gpu=0, span=spans[2], sessions=sessions) as dec:
         assert len(list(dec)) == spans[2].num_frames
     assert sessions.take() is not None  # flushed to its end: back in the pool
+
+
+def test_a_session_holding_a_picture_is_not_reused(tmp_path, monkeypatch, fake_gpu):
+    """A flush that leaves a packet without its picture (the session may still hold it) keeps the
+    session out of the pool: its picture would come out of the next span, paired with that span's
+    timestamps."""
+    from hw.keyframes import cut_spans, scan_packets
+    from hw.nvdec import NvSessions
+
+    class HoldsOne(SessionLikeNvdec):
+        def Decode(self, packet):
+            frames = super().Decode(packet)
+            return frames[:-1] if not packet.bsl and frames else frames
+
+    clip = make_clip(tmp_path / "b.mp4", n=36, options={"bf": "2", "g": "12"})
+    spans = cut_spans(scan_packets(clip), span_frames=1, clean=True)
+    table = _pts_by_slice_tail(clip)
+    use(monkeypatch, fake_module(caps=CAPS_OK, decoder_factory=lambda **kw: HoldsOne(table)))
+    sessions = NvSessions()
+    with NvDecoder(clip, gpu=0, span=spans[0], sessions=sessions) as dec:
+        assert len(list(dec)) == spans[0].num_frames - 1
+    assert sessions.take() is None
 
 
 def test_config_parameter_sets_are_the_filters(tmp_path):

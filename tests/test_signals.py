@@ -148,7 +148,7 @@ sys.exit(main.main(sys.argv[1:]))
 
 
 @pytest.mark.parametrize("mode, where", [("--parallel", ("pipeline.sampler", "DeviceSampler", "maybe_sample")),
-                                         ("sequential", ("pipeline.worker", "Worker", "process"))])
+                                         ("sequential", ("pipeline.segment_writer", "SegmentWriter", "process"))])
 def test_a_signal_while_threads_run_is_raised_by_the_run_loop(clips, tmp_path, mode, where):
     """The handler never raises into the main thread while stage threads run (an exception
     between a lock's acquire and release left `Event.wait`'s lock held and hung the writer):
@@ -171,22 +171,113 @@ def test_a_signal_while_threads_run_is_raised_by_the_run_loop(clips, tmp_path, m
     assert 0 < len(got) < 400 and got == list(range(len(got)))
 
 
-def test_deferral_rules():
-    """core/stopping: outside a run loop the handler raises; inside, the first stop waits for the
-    loop, a second while the first is unseen raises (a stuck loop), and once seen nothing more."""
+def test_deferral_rules(monkeypatch):
+    """core/stopping: outside a run the handler raises; inside, the first stop waits for the
+    loop; a second raises only once the first has gone unseen for STUCK_SECONDS (a stuck loop);
+    once seen, or while the run finalizes, signals are only recorded; inside interruptible()
+    the first raises at once."""
     from core import stopping
 
+    clock = [100.0]
+    monkeypatch.setattr(stopping.time, "monotonic", lambda: clock[0])
     first, second = KeyboardInterrupt("first"), KeyboardInterrupt("second")
     assert not stopping.deferring()
     with stopping.signals_deferred():
-        assert stopping.deferring()
-        assert stopping.requested() is None
+        assert stopping.deferring() and stopping.requested() is None
         assert stopping.defer(first)
-        assert not stopping.defer(second)  # the first was never picked up: raise this one
+        assert stopping.defer(second)  # a quick second one (double Ctrl-C): the loop will see the first
+        clock[0] += stopping.STUCK_SECONDS + 0.1
+        assert not stopping.defer(second)  # unseen for a second: the loop is stuck, raise this one
         assert stopping.requested() is first
         assert stopping.defer(second)  # the run is stopping already
     assert not stopping.deferring() and stopping.requested() is None
     with stopping.signals_deferred():
-        stopping.acknowledge()  # finishing: a signal from here is only recorded
-        assert stopping.defer(first) and stopping.requested() is None
+        with stopping.interruptible():
+            assert not stopping.defer(first)  # a model batch in the main thread: raise at once
+        stopping.finishing()
+        with stopping.interruptible():
+            assert stopping.defer(first)  # finalizing: only recorded...
+        clock[0] += 10
+        assert stopping.defer(second)  # ...however long it takes
+        assert stopping.requested() is first  # and read after the joins
     assert stopping.requested() is None
+
+
+_KILL_AT = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+import main
+import {module} as target
+owner = target if {cls!r} == "" else getattr(target, {cls!r})
+original = getattr(owner, {name!r})
+def at_call(*args, **kwargs):
+    if {after!r}:
+        result = original(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.3)  # the handler runs here (main thread) or in the main thread's loop
+    return result if {after!r} else original(*args, **kwargs)
+setattr(owner, {name!r}, at_call if {cls!r} == "" else at_call)
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def _kill_at(module, cls, name, *, after, args, timeout=120):
+    script = _KILL_AT.format(root=str(ROOT), module=module, cls=cls, name=name, after=after)
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def test_a_signal_as_the_writer_finishes_still_stops_the_run(clips, tmp_path):
+    """SIGTERM at the very end (the writer closing its last segment, in its own thread): the
+    run's loop may already have left; the stop is still acted on, not lost (and the join after
+    it is not run as if nothing had happened)."""
+    src = clips("long-signal.mp4", num_frames=400, audio=True)
+    out = tmp_path / "out.mp4"
+    proc = _kill_at("pipeline.segment_writer", "SegmentWriter", "close", after=True,
+                    args=["--source", str(src), "--output", str(out), "--model", "bicubic", "--parallel"])
+    assert proc.returncode == 143, proc.stderr
+    assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("stopped by SIGTERM")]) == 1, proc.stderr
+    got = probe.indices(out)
+    assert got == list(range(len(got))) and got
+
+
+def test_a_signal_while_joining_keeps_the_segments_for_resume(clips, tmp_path):
+    """SIGTERM while the finished segments of a complete run are joined: one line that says so
+    and that --resume finishes the job (before, the line said "before the run started" and gave
+    no hint); --resume then writes every frame."""
+    src = clips("long-signal.mp4", num_frames=400, audio=True)
+    out = tmp_path / "out.mp4"
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--parallel"]
+    proc = _kill_at("hw.av_join", "", "join_segments", after=False, args=args)
+    assert proc.returncode == 143, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("stopped by SIGTERM")]
+    assert len(lines) == 1 and "while joining the finished segments" in lines[0] and "--resume" in proc.stderr
+    assert not out.exists() and (tmp_path / "out.mp4.parts").is_dir()
+    again = subprocess.run([sys.executable, str(ROOT / "main.py"), *args, "--resume"], capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert probe.indices(out) == list(range(400))
+
+
+def test_a_signal_right_after_the_stages_are_built_does_not_hang(clips, tmp_path):
+    """SIGTERM between building the stages (the encoder pool's threads started) and running
+    them: before, the run raised there, left the pool's thread waiting, and never exited."""
+    src = clips("long-signal.mp4", num_frames=400, audio=True)
+    out = tmp_path / "out.mp4"
+    proc = _kill_at("pipeline.runner", "", "build", after=True, timeout=60,
+                    args=["--source", str(src), "--output", str(out), "--model", "bicubic", "--parallel"])
+    assert proc.returncode == 143, proc.stderr
+    assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("stopped by SIGTERM")]) == 1, proc.stderr
+
+
+def test_a_sequential_stop_does_not_wait_for_a_long_batch(clips, tmp_path):
+    """A model batch can take seconds on a CPU (and `docker stop` kills after 10 s): a stop
+    during one is raised at once, as before the deferral."""
+    src = clips("long-signal.mp4", num_frames=400, audio=True)
+    out = tmp_path / "out.mp4"
+    slow_batch = ("pipeline.worker", "Worker", "process", 4.0)
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--batch-size", "1"]
+    rc, err, seconds = signal_mid_run(slow_cli(slow_batch, *args), out, signal.SIGTERM, settle_seconds=1.0)
+    assert rc == 143, err
+    assert seconds < 3.5, f"took {seconds:.1f} s to stop"
