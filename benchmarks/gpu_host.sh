@@ -132,7 +132,7 @@ for step in "$@"; do
         --nvdec-settings "${NVDEC_SETTINGS:-2,7}" --out "$OUT/decoders" --work /tmp/bench-decoders 2>&1 \
         | tee "$OUT/bench-decoders.log"
       clip=$(ls /tmp/bench-decoders/decoders-*.mp4 | head -1)
-      if command -v py-spy >/dev/null || [ -x .site/bin/py-spy ]; then  # where the decode-bound runs spend their time
+      if [ -z "${NO_SPY:-}" ] && { command -v py-spy >/dev/null || [ -x .site/bin/py-spy ]; }; then  # where decode-bound runs spend time
         spy=$(command -v py-spy || echo .site/bin/py-spy)
         for d in "4" "4 --nvdec" "7 --nvdec"; do
           tag=$(echo "$d" | tr -d ' -')
