@@ -564,7 +564,7 @@ def _process_settings() -> None:
     # weights: a second run of the same model and frame size compiles from there in seconds.
     # Only where that folder can be made: torch creates it on import (spandrel imports it), and an
     # unusable $FRAMEPIPE_CACHE (a file, /proc/...) must not crash the run; torch then uses its own.
-    from models.registry import default_cache_dir
+    from core.paths import default_cache_dir  # not models.registry: that imports torch
 
     folder = bytecode_cache_folder(default_cache_dir())
     if folder is not None:

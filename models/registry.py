@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from core.paths import default_cache_dir  # noqa: F401 - re-exported: the cache folder, also without torch
 from core.choices import DEFAULT_MODEL, MODEL_FILE_SUFFIXES
 from core.errors import ModelError
 from core.files import file_sha256
@@ -196,15 +197,6 @@ _BUILTINS: dict[str, _Builtin] = {
 }
 BUILTIN_NAMES: tuple[str, ...] = tuple(_BUILTINS)
 INTERPOLATION_NAMES: tuple[str, ...] = tuple(n for n, b in _BUILTINS.items() if b.kind == "interpolate")
-
-
-def default_cache_dir() -> Path:
-    """$FRAMEPIPE_CACHE, else $XDG_CACHE_HOME/framepipe, else ~/.cache/framepipe."""
-    if os.environ.get("FRAMEPIPE_CACHE"):
-        return Path(os.environ["FRAMEPIPE_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "framepipe"
-    return Path.home() / ".cache" / "framepipe"
 
 
 def _ncnn_model_dir() -> Path | None:
