@@ -146,7 +146,7 @@ for step in "$@"; do
       tar czf "$OUT/issue12d.tgz" -C "$OUT" decoders startup $(cd "$OUT" && ls spy-* 2>/dev/null) \
         && rm -rf "$OUT/decoders" "$OUT/startup" "$OUT"/spy-* ;;
     issue12e)  # a whole model-bound run vs CPU/GIL contention: GIL switch interval, encoders at nice +10 (~4 min)
-      python3 benchmarks/bench_contention.py --frames "${FRAMES:-960}" --repeats "${REPEATS:-2}" \
+      python3 benchmarks/bench_contention.py --frames "${FRAMES:-960}" --repeats "${REPEATS:-2}" --variants "${VARIANTS:-default,switch-1ms,encoders-nice,both}" \
         --out "$OUT/contention" 2>&1 | tee "$OUT/bench-contention.log"
       tar czf "$OUT/issue12e.tgz" --exclude "*.mp4" -C "$OUT" contention && rm -rf "$OUT/contention" ;;
     *) echo "unknown step $step"; exit 2 ;;
