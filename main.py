@@ -529,7 +529,7 @@ def bytecode_cache_folder(cache: Path, package: str = "torch") -> Path | None:
 
     torch is ~1,100 modules. Where no bytecode of it is cached (PYTHONDONTWRITEBYTECODE, which
     many container images set, with an install made without .pyc files, or a read-only one),
-    every start compiles them all again: `import torch` took 3.4-3.6 s on the H100 host, whose
+    every start compiles them all again: `import torch` took 2.9-3.6 s on the H100 host, whose
     torch folder held no .pyc (benchmarks/RESULTS.md), most of the time to the first frame. Then
     the bytecode goes to framepipe's cache folder (`sys.pycache_prefix`; the installed files are
     never written) and the next start reads it. None where torch's own bytecode is there, a prefix

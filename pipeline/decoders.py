@@ -36,7 +36,8 @@ from core.frame import Frame
 from hw.av_decode import end_warnings
 from hw.keyframes import DecodeSpan, PacketScan, cut_spans
 
-__all__ = ["DecodePlan", "SplitSource", "choose_decoders", "plan_decoders", "MIN_SPAN_FRAMES", "DECODE_BUFFER_BYTES"]
+__all__ = ["DecodePlan", "SplitSource", "choose_decoders", "plan_decoders", "MIN_SPAN_FRAMES", "DECODE_BUFFER_BYTES",
+           "MAX_AUTO_NVDEC_SESSIONS"]
 
 log = logging.getLogger("reader")
 
@@ -49,7 +50,8 @@ DECODE_BUFFER_BYTES = 2 << 30
 # --decoders 0 with PyAV: one decoder per 8 cores, at most 4 (see `choose_decoders`).
 CORES_PER_PYAV_DECODER = 8
 MAX_AUTO_PYAV_DECODERS = 4
-# --decoders 0 with NVDEC on a GPU whose engine count is not in hw.nv_probe.NVDEC_ENGINES.
+# --decoders 0 with NVDEC: one session per engine, at most this many (see `choose_decoders`).
+MAX_AUTO_NVDEC_SESSIONS = 4
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,13 @@ def choose_decoders(*, asked: int, use_nvdec: bool, num_cores: int, num_frames: 
                     nvdec_engines: int | None) -> tuple[int, str]:
     """(decoders wanted, why): `--decoders N` as given, or for 0 (auto):
 
-    - NVDEC: one session. PyNvVideoCodec's own decoders run 7 at once at ~1,380 fps together
-      on an H100 (one: 430-500 fps at 1080p H.264), but framepipe's parts (a new session per
-      part, 48+ frames each) made 1080p decoding slower on the H100: 533 fps with one session,
-      238 with 7, 212 with 4 (benchmarks/RESULTS.md, 2026-12-05). Until that is understood
-      (session start per part, or the GIL in `Decode`), `--decoders N` asks for it explicitly.
+    - NVDEC: one session per NVDEC engine of the GPU (hw.nv_probe.NVDEC_ENGINES), at most 4;
+      one where the engine count is not known. On an H100 (7 engines), 1080p H.264, with the
+      sessions kept between parts and the caps query asked once: decoding alone 542 fps with
+      one session, 932 with 2, 1,377 with 4, 1,568 with 7; end to end (bicubic x1, no output)
+      4 sessions were the fastest, 2,131 fps steady against 1,317 with 7 and 645 with one
+      (benchmarks/RESULTS.md, 2026-12-05). Before the sessions were kept, a new session per part
+      and a caps query per part (~0.2 s each) made several sessions slower than one.
     - PyAV: one decoder per 8 cores, at most 4 (so 1 below 16 cores). One PyAV decoder is
       already multi-threaded, but FFmpeg gives one decoder at most 16 frame threads, frame
       threads scale less than linearly (each adds a frame of delay and a hand-over), and the
@@ -90,8 +94,12 @@ def choose_decoders(*, asked: int, use_nvdec: bool, num_cores: int, num_frames: 
     if 0 < num_frames < 2 * MIN_SPAN_FRAMES:
         return 1, f"a short video ({num_frames} frames)"
     if use_nvdec:
-        engines = f"this GPU has {nvdec_engines} NVDEC engines, but " if nvdec_engines else ""
-        return 1, f"auto: one NVDEC session ({engines}several sessions measured slower; --decoders N asks for them)"
+        if not nvdec_engines:
+            return 1, "auto: one NVDEC session (this GPU's NVDEC engines are not known here; --decoders N asks for more)"
+        wanted = min(nvdec_engines, MAX_AUTO_NVDEC_SESSIONS)
+        if wanted < 2:
+            return 1, f"auto: one NVDEC session (this GPU has {nvdec_engines} NVDEC engine)"
+        return wanted, f"auto: this GPU has {nvdec_engines} NVDEC engines, one session each, at most {MAX_AUTO_NVDEC_SESSIONS}"
     wanted = min(MAX_AUTO_PYAV_DECODERS, num_cores // CORES_PER_PYAV_DECODER)
     if wanted < 2:
         return 1, f"auto: {num_cores} cores, one multi-threaded PyAV decoder"

@@ -308,8 +308,10 @@ def test_the_reader_counts_and_skips_over_a_split_source(clips, no_stage_threads
 @pytest.mark.parametrize("kw, expected", [
     (dict(asked=3, use_nvdec=False, num_cores=2, num_frames=10, nvdec_engines=None), 3),
     # NVDEC: one session unless asked (several measured slower on the H100, 2026-12-05)
-    (dict(asked=0, use_nvdec=True, num_cores=16, num_frames=600, nvdec_engines=7), 1),
-    (dict(asked=0, use_nvdec=True, num_cores=16, num_frames=600, nvdec_engines=None), 1),
+    (dict(asked=0, use_nvdec=True, num_cores=16, num_frames=600, nvdec_engines=7), 4),  # H100: at most 4
+    (dict(asked=0, use_nvdec=True, num_cores=16, num_frames=600, nvdec_engines=3), 3),  # L40: one per engine
+    (dict(asked=0, use_nvdec=True, num_cores=16, num_frames=600, nvdec_engines=1), 1),  # Tesla P40
+    (dict(asked=0, use_nvdec=True, num_cores=16, num_frames=600, nvdec_engines=None), 1),  # not known here
     (dict(asked=7, use_nvdec=True, num_cores=16, num_frames=600, nvdec_engines=7), 7),
     (dict(asked=0, use_nvdec=True, num_cores=16, num_frames=20, nvdec_engines=7), 1),
     (dict(asked=0, use_nvdec=False, num_cores=8, num_frames=600, nvdec_engines=None), 1),
