@@ -149,6 +149,19 @@ for step in "$@"; do
       python3 benchmarks/bench_contention.py --frames "${FRAMES:-960}" --repeats "${REPEATS:-2}" --variants "${VARIANTS:-default,switch-1ms,encoders-nice,both}" \
         --out "$OUT/contention" 2>&1 | tee "$OUT/bench-contention.log"
       tar czf "$OUT/issue12e.tgz" --exclude "*.mp4" -C "$OUT" contention && rm -rf "$OUT/contention" ;;
+    nvdec-side)  # NvDecoder (demuxing ahead in a thread, and inline) vs PyNvVideoCodec's own loop, twice (~40 s)
+      python3 -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests/test_nvcodec.py 2>&1 | tail -3
+      python3 - <<'PY' 2>&1 | tee "$OUT/nvdec-side.log"
+from pathlib import Path
+from benchmarks.bench_decoders import make_clip, nvdec_own_loop, nvdec_whole
+src = make_clip(Path("/tmp/nvdec-side.mp4"), width=1920, height=1080, num_frames=480, gop=48)
+for k in range(2):
+    own = nvdec_own_loop(src, copy=True)["fps"]
+    ahead, inline = nvdec_whole(src)["fps"], nvdec_whole(src, ahead=0)["fps"]
+    print(f"round {k + 1}: own loop with copies {own}, NvDecoder demuxing ahead {ahead} ({ahead / own:.2f}), "
+          f"demuxing inline {inline} ({inline / own:.2f})")
+PY
+      ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -893,6 +893,35 @@ def test_a_session_holding_a_picture_is_not_reused(tmp_path, monkeypatch, fake_g
     assert sessions.take() is None
 
 
+def test_packets_demuxed_ahead_in_a_thread(monkeypatch):
+    """NvDecoder demuxes in a thread of its own while NVDEC decodes (hw/nvdec.py `_Ahead`): the
+    same items in order, the demuxer's error raised in the reader's thread, and a reader that stops
+    early leaves no thread behind (the demuxer is closed too)."""
+    import threading
+
+    from hw.nvdec import _Ahead
+
+    closed = []
+
+    def source(n, fail_at=None):
+        try:
+            for i in range(n):
+                if i == fail_at:
+                    raise ValueError("damaged packet")
+                yield i
+        finally:
+            closed.append(n)
+
+    assert list(_Ahead(source(100), depth=4, name="t-demux")) == list(range(100))
+    with pytest.raises(ValueError, match="damaged packet"):
+        list(_Ahead(source(50, fail_at=30), depth=4, name="t-demux"))
+    ahead = _Ahead(source(10_000), depth=4, name="t-demux")
+    assert [x for _, x in zip(range(5), ahead)] == list(range(5))
+    ahead.close()
+    assert not [t for t in threading.enumerate() if t.name == "t-demux"]
+    assert closed == [100, 50, 10_000]
+
+
 def test_config_parameter_sets_are_the_filters(tmp_path):
     """avcC/hvcC extradata unpacked to Annex-B: what h264/hevc_mp4toannexb puts before an IDR."""
     from hw.annexb import config_parameter_sets
