@@ -164,8 +164,9 @@ class _Ahead:
     """The items of `source`, made by a thread of their own up to `depth` ahead of the reader.
 
     NvDecoder's `Decode` releases the GIL while NVDEC works; demuxing with PyAV and the Annex-B
-    filter, in the same thread, added to it (framepipe's decoder ran at 0.87 of PyNvVideoCodec's
-    own loop, whose demuxer is C++). `close()` stops the thread and waits for it."""
+    filter in the same thread adds to it (framepipe's decoder ran at 0.87 of PyNvVideoCodec's own
+    loop, whose demuxer is C++). Used when `NvDecoder.PACKETS_AHEAD` > 0. `close()` stops the
+    thread and waits for it."""
 
     _END = object()
 
@@ -236,7 +237,11 @@ class NvDecoder:
     `HardwareUnavailable` when NVDEC cannot decode the stream (or its size changes).
     """
 
-    PACKETS_AHEAD = 16  # packets a thread demuxes ahead while NVDEC decodes (0: demux in this thread)
+    # Packets a thread demuxes ahead while NVDEC decodes (`_Ahead`); 0: demuxed in the decoding
+    # thread, the path measured on the H100 (0.87-0.88 of PyNvVideoCodec's own loop). Built and
+    # tested with stand-ins, not yet run on a GPU: `bash benchmarks/gpu_host.sh nvdec-side`
+    # measures both before it is switched on.
+    PACKETS_AHEAD = 0
 
     def __init__(self, source: str | os.PathLike[str], *, gpu: int = 0,
                  stream_index: int | None = None, span: DecodeSpan | None = None,

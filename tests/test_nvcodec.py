@@ -812,7 +812,8 @@ def _pts_by_slice_tail(clip):
     return table
 
 
-def test_spans_reuse_nvdec_sessions(tmp_path, monkeypatch, fake_gpu, no_stage_threads_left):
+@pytest.mark.parametrize("ahead", [0, 16])  # demuxed in the decoding thread, or 16 packets ahead in a thread
+def test_spans_reuse_nvdec_sessions(tmp_path, monkeypatch, fake_gpu, no_stage_threads_left, ahead):
     """Issue 12: creating an NVDEC session costs more than a short span; the spans' decoders take
     sessions from one pool (at most one per decoder thread) and give them back flushed, and the
     frames, timestamps and order are one decoder's. A span stopped early drops its session."""
@@ -842,6 +843,7 @@ def test_spans_reuse_nvdec_sessions(tmp_path, monkeypatch, fake_gpu, no_stage_th
         return created[-1]
 
     use(monkeypatch, fake_module(caps=CAPS_OK, decoder_factory=create))
+    monkeypatch.setattr(NvDecoder, "PACKETS_AHEAD", ahead)
     sessions = NvSessions()
 
     source = SplitSource(spans, lambda span: NvDecoder(clip, gpu=0, span=span, sessions=sessions), num_decoders=2,
