@@ -420,10 +420,12 @@ def _plan_decoding(config: RunConfig, source: SourceInfo, devices: tuple[torch.d
                                   num_frames=_frames_estimate(config, source), nvdec_engines=engines)
     samples = 1.5 if use_nvdec or source.chroma_format == "420" else 3
     frame_bytes = int(source.width * source.height * samples * (2 if source.bit_depth > 8 else 1))
+    memory = _available_memory_bytes()
+    if use_nvdec and wanted > 1:  # NVDEC parts hold their frames on the GPU, beside the model's batches
+        memory = min(memory, _gpu_free_bytes(devices[0]) // 2)
     try:
         decoding, line = plan_decoders(lambda: _scan_packets(config.source), wanted=wanted, why=why, use_nvdec=use_nvdec,
-                                       frame_bytes=frame_bytes, memory_bytes=_available_memory_bytes(),
-                                       num_cores=num_cores)
+                                       frame_bytes=frame_bytes, memory_bytes=memory, num_cores=num_cores)
     except Exception as exc:  # noqa: BLE001 - the source was probed already: one decoder reads it as before
         log.warning("the source's keyframes could not be read (%s); one decoder", exc)
         decoding, line = None, f"its keyframes could not be read ({exc})"
@@ -558,6 +560,15 @@ def _plan_bit_depth(config: RunConfig, source: SourceInfo, notes: list[str]) -> 
         notes.append(f"the source is {source.bit_depth}-bit but --codec {config.codec} output is 8-bit by default: "
                      "use --codec hevc or --codec av1 to keep 10 bits (or --bit-depth 10 for 10-bit H.264).")
     return 8
+
+
+def _gpu_free_bytes(device: torch.device) -> int:
+    """Free memory of a CUDA device (plan_decoders keeps a quarter of what it is given, so NVDEC
+    parts hold at most an eighth of the GPU's free memory); 8 GiB where it cannot be read."""
+    try:
+        return int(torch.cuda.mem_get_info(device)[0])
+    except Exception:  # noqa: BLE001 - a stand-in device, a driver that does not say
+        return 8 << 30
 
 
 def _available_memory_bytes() -> int:

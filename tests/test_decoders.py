@@ -417,3 +417,28 @@ def test_decoders_option_checks_and_notes(clips, monkeypatch):
     monkeypatch.setattr(decoders, "MIN_SPAN_FRAMES", 48)
     auto = plan_run(RunConfig(**base))  # 80 frames, fewer than two spans: one decoder, nothing said
     assert auto.decoding is None and not [n for n in auto.notes if "decoder" in n]
+
+
+def test_nvdec_parts_buffer_within_the_gpus_free_memory(clips, monkeypatch):
+    """NVDEC parts keep their frames on the GPU, beside the model's batches: the frames held ahead
+    are bounded by an eighth of the GPU's free memory as well as by the host's (a small GPU must
+    not give its memory to frames decoded ahead); PyAV parts by the host's only."""
+    import torch
+
+    from pipeline import plan as planning
+
+    src = clips("bframes-320.mp4", width=320, height=240, num_frames=200, codec_options={"g": "12", "bf": "3"})
+    monkeypatch.setattr(planning, "_available_memory_bytes", lambda: 64 << 30)
+    monkeypatch.setattr(planning, "_num_cores", lambda: 16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    asked = []
+    monkeypatch.setattr(planning, "_gpu_free_bytes", lambda device: asked.append(device) or 256 << 20)
+    config = RunConfig(source=src, model="bicubic", output_mode="none", parallel=True)
+    info = plan_run(config).source
+    frame_bytes = 320 * 240 * 3 // 2
+    on_gpu = planning._plan_decoding(config, info, (torch.device("cuda", 0),), [], use_nvdec=True, pictures=None)
+    assert asked and on_gpu is not None and on_gpu.num_decoders == 4  # H100: 7 engines, at most 4 sessions
+    assert on_gpu.max_frames_ahead == (256 << 20) // 2 // 4 // frame_bytes  # an eighth of the GPU's free memory
+    on_cpu = planning._plan_decoding(config, info, (torch.device("cpu"),), [], use_nvdec=False, pictures=None)
+    assert on_cpu is not None and on_cpu.max_frames_ahead == decoders.DECODE_BUFFER_BYTES // frame_bytes
+    assert len(asked) == 1  # the GPU was not asked for the PyAV plan
