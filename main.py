@@ -621,6 +621,12 @@ def _exit(code: int) -> None:
     such a process leaves at once."""
     import os
 
+    # The job is over: a stop signal while the interpreter shuts down changes nothing (Python
+    # puts back the default handlers then, which would end the process with the signal's status).
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, signal.SIG_IGN)
     if any(t.name.startswith("compile-") and t.is_alive() for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()

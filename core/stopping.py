@@ -7,7 +7,7 @@ thread that next needs it (the writer setting its "done" Event) waits forever: a
 that hangs the run it should have stopped (seen once, with py-spy: the main thread and the
 writer both in `Condition.__enter__`).
 
-So from building the stages until their threads are joined, the runner holds
+So from building the stages until the output is in place, the runner holds
 `signals_deferred()`: main.py's handler hands its stop to `defer()` instead of raising it, and
 the runner's loop, which polls `requested()` every progress tick (0.1 s) or between batches,
 raises it where no lock is held. Three exceptions:
@@ -18,10 +18,11 @@ raises it where no lock is held. Three exceptions:
 * A stop the loop has not picked up within `STUCK_SECONDS` is taken for a stuck loop: the next
   signal raises at once.
 * `finishing()`: the threads are being joined and the output finalized: signals are only
-  recorded; the runner reads a late one with `requested()` after the joins.
+  recorded; the runner reads a late one with `requested()` after the joins. After every frame
+  was written such a stop completes the job (one line says so); `settling()` then lets a long
+  segment join (`interruptible()`) stop at once on a new one.
 
-Outside that span (planning, loading the model, joining segments: nothing else runs) the
-handler raises at once. State is module-wide on purpose: a signal stops the process, so every
+Outside that span (planning, loading the model: nothing else runs) the handler raises at once. State is module-wide on purpose: a signal stops the process, so every
 run the process holds sees it; it is cleared when the last run leaves the span.
 """
 
@@ -31,7 +32,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["STUCK_SECONDS", "defer", "deferring", "finishing", "interruptible", "requested", "signals_deferred"]
+__all__ = ["STUCK_SECONDS", "defer", "deferring", "finishing", "interruptible", "requested", "settling",
+           "signals_deferred"]
 
 STUCK_SECONDS = 1.0  # a stop unseen this long: the loop does not poll; the next signal raises
 
@@ -96,6 +98,14 @@ def requested() -> KeyboardInterrupt | None:
     if stop is not None:
         _State.seen = True
     return stop
+
+
+def settling(*, stopping: bool) -> None:
+    """The threads are joined; the output is put in place. A run that is stopping keeps only
+    recording signals; a complete one forgets the stop it noted, so that `interruptible()` code
+    (a long segment join) stops at once on a new one and other steps record it."""
+    if _State.active and not stopping:
+        _State.signal, _State.seen, _State.closing = None, False, False
 
 
 def finishing() -> None:

@@ -119,8 +119,12 @@ def plan_decoders(scan: PacketScan | Callable[[], PacketScan], *, wanted: int, w
     reason = scan.why_not()
     if reason is not None:
         return None, f"the video cannot be cut exactly: {reason}"
-    budget_bytes = max(frame_bytes, min(DECODE_BUFFER_BYTES, memory_bytes // 4))
-    max_ahead = max(2 * MIN_SPAN_FRAMES, budget_bytes // max(1, frame_bytes))
+    budget_bytes = min(DECODE_BUFFER_BYTES, memory_bytes // 4)
+    max_ahead = budget_bytes // max(1, frame_bytes)
+    if max_ahead < 2 * MIN_SPAN_FRAMES:  # not two parts' frames: the decoders could not work at once
+        where = "on the GPU" if use_nvdec else "in memory"
+        return None, (f"two parts of {MIN_SPAN_FRAMES}+ frames of {frame_bytes / 2**20:.0f} MiB do not fit the "
+                      f"{budget_bytes / 2**20:.0f} MiB kept for frames decoded ahead {where}")
     # Spans short enough that wanted + 1 of them fit the buffer, and that the video gives each
     # decoder about 4 (the last spans then end close together), but never below MIN_SPAN_FRAMES.
     span_frames = max(MIN_SPAN_FRAMES, min(max_ahead // (wanted + 1), scan.num_packets // (4 * wanted)))

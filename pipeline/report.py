@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from core.errors import DiskFull, FramepipeError, InvalidOption, RunInterrupted, StageError, one_line
+from core.stopping import interruptible
 from core.files import OutputFile, ffmpeg_path
 from pipeline.messages import StageFailed
 from pipeline.plan import RunPlan
@@ -210,9 +211,10 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
         return "No frame was written, and no output file was left behind." + kept
     source = plan.audio_source
     try:
-        written = join_segments(chain, temp, source_path=source, complete=complete and stats.source_exhausted,
-                                warn=stats.warn, audio_shift=audio_shift,
-                                tag_hvc1=not plan.use_nvenc)  # NVENC repeats its parameter sets in-band: hev1
+        with interruptible():  # a long join stops at once; the segments stay for --resume
+            written = join_segments(chain, temp, source_path=source, complete=complete and stats.source_exhausted,
+                                    warn=stats.warn, audio_shift=audio_shift,
+                                    tag_hvc1=not plan.use_nvenc)  # NVENC repeats its parameter sets in-band: hev1
     except KeyboardInterrupt as exc:  # a stop while joining (main thread only: nothing else runs)
         output.discard()
         raise RunInterrupted(f"while joining the finished segments into {output.path}; no output file was written."

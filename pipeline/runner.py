@@ -21,10 +21,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 
 from core.errors import HardwareUnavailable, NoVideoStream, RunInterrupted
 from core.files import NoOutput, OutputFile, OutputFolder
-from core.stopping import finishing, interruptible, requested, signals_deferred
+from core.stopping import finishing, interruptible, requested, settling, signals_deferred
 from hw.memory import ProbeMemo
 from models.registry import default_cache_dir
 from pipeline.build import ModelSource, Stages, Wrap, build
@@ -71,6 +72,7 @@ def run(
     service's model manager keeps them between jobs); by default each worker builds its own.
     """
     called_at = time.perf_counter()
+    deferral = ExitStack()  # core.stopping's span: from the stages' build until the output is in place
     plan = plan_run(config)
     stats = RunStats(called_at=called_at)
     stats.mark("plan (probe the source, load the model's weights)")
@@ -96,17 +98,16 @@ def run(
             stats.notes["segments"] = _describe_segments(plan, parts)
             stats.notes["encoders"] = plan.encoder_line
         errors = ErrorChannel(threading.Event())
-        # From here stage threads exist (the encoder pool starts in build): a stop signal is
-        # raised by the run's loop, not at an arbitrary point (core/stopping.py).
-        with signals_deferred():
-            stages = build(plan, stats, temp, errors=errors, parts=parts, wrap=wrap, models=models)
-            stats.mark("build (open the decoder and the encoder)")
-            execute = _run_parallel if config.parallel else _run_sequential
-            outcome = execute(plan, stages, stats, errors, on_progress, progress_seconds, stop or threading.Event())
-            late = requested()  # a stop that came while the threads were joined and the output finalized
-        if late is not None and outcome.interrupted is None:
-            outcome.interrupted = late
+        # From here stage threads exist (the encoder pool starts in build) until the output is in
+        # place: a stop signal is raised by the run's loop, not at an arbitrary point
+        # (core/stopping.py).
+        deferral.enter_context(signals_deferred())
+        stages = build(plan, stats, temp, errors=errors, parts=parts, wrap=wrap, models=models)
+        stats.mark("build (open the decoder and the encoder)")
+        execute = _run_parallel if config.parallel else _run_sequential
+        outcome = execute(plan, stages, stats, errors, on_progress, progress_seconds, stop or threading.Event())
     except BaseException as exc:  # nothing was started (bad settings found by the encoder, a stop)
+        deferral.close()
         output.discard()
         if parts is not None:
             parts.remove_if_empty()
@@ -117,24 +118,40 @@ def run(
         raise
     finally:
         stats.finished_at = time.perf_counter()
-    if plan.output is None:
-        where = f"{stats.num_frames_written} frame(s) went through the model; nothing was written (--output-mode none)."
-    elif plan.picture_target is not None:
-        where = settle_pictures(output, plan, stats, outcome)
-    elif parts is not None:
-        where = settle_segments(output, temp, plan, parts, stats, outcome, audio_shift=stages.audio_shift)
-    else:
-        where = settle_output(output, temp, stats, outcome)
-    if plan.split is not None:
-        _advise_on_split(stats)
-    raise_for(outcome, where, stats)
-    if stats.num_frames_decoded == 0:
-        raise NoVideoStream(f"Source {str(config.source)!r} has no decodable video frames. Is the file damaged?")
-    if stats.num_corrupt_packets:
-        stats.warn(f"source: {stats.num_corrupt_packets} corrupt packet(s) skipped; every decodable frame was processed")
-    if plan.model_rate_key and config.parallel:  # for the next run's choice of encoders (pipeline.encoder_choice)
-        remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), plan.model_rate_key, stats)
+    with deferral:
+        # Every frame was written unless the outcome says otherwise: a stop from here completes the
+        # job (said in one line); only a segment join, which can take long, stops at once, its
+        # segments kept for --resume (pipeline/report.py). While a stopped run finalizes its
+        # partial output, further signals are only recorded.
+        _note_late_stop(stats, outcome)
+        settling(stopping=outcome.interrupted is not None)
+        if plan.output is None:
+            where = f"{stats.num_frames_written} frame(s) went through the model; nothing was written (--output-mode none)."
+        elif plan.picture_target is not None:
+            where = settle_pictures(output, plan, stats, outcome)
+        elif parts is not None:
+            where = settle_segments(output, temp, plan, parts, stats, outcome, audio_shift=stages.audio_shift)
+        else:
+            where = settle_output(output, temp, stats, outcome)
+        if plan.split is not None:
+            _advise_on_split(stats)
+        raise_for(outcome, where, stats)
+        if stats.num_frames_decoded == 0:
+            raise NoVideoStream(f"Source {str(config.source)!r} has no decodable video frames. Is the file damaged?")
+        if stats.num_corrupt_packets:
+            stats.warn(f"source: {stats.num_corrupt_packets} corrupt packet(s) skipped; every decodable frame was processed")
+        if plan.model_rate_key and config.parallel:  # for the next run's choice of encoders (pipeline.encoder_choice)
+            remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), plan.model_rate_key, stats)
+        _note_late_stop(stats, outcome)
     return stats
+
+
+def _note_late_stop(stats: RunStats, outcome: Outcome) -> None:
+    """A stop signal that came after the last frame was written: the job completes; say so."""
+    late = requested()
+    if late is not None and outcome.interrupted is None:
+        name = getattr(late, "signal_name", "") or "SIGINT"
+        stats.warn(f"{name} came after the last frame was written; the output was completed")
 
 
 def _advise_on_split(stats: RunStats) -> None:

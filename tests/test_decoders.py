@@ -338,6 +338,12 @@ def test_plan_decoders_spans_fit_the_buffer(clips):
     small, line = plan_decoders(scan, wanted=7, why="--decoders", use_nvdec=False, frame_bytes=3 << 20,
                                 memory_bytes=2 << 30, num_cores=16)
     assert small.max_frames_ahead == 170 and small.num_decoders == 7 and "only" not in line
+    # Large frames (8K 10-bit: ~95 MiB) in a 1 GiB budget: not two parts' worth, so one decoder,
+    # never more frames held than the budget (before, at least 96 frames: ~9 GiB)
+    huge, line = plan_decoders(scan, wanted=4, why="auto", use_nvdec=True, frame_bytes=7680 * 4320 * 3,
+                               memory_bytes=4 << 30, num_cores=16)
+    assert huge is None and line == ("two parts of 48+ frames of 95 MiB do not fit the 1024 MiB kept for frames "
+                                     "decoded ahead on the GPU")
 
 
 def test_plan_decoders_says_why_one(clips, tmp_path):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -228,18 +229,56 @@ def _kill_at(module, cls, name, *, after, args, timeout=120):
     return proc
 
 
-def test_a_signal_as_the_writer_finishes_still_stops_the_run(clips, tmp_path):
-    """SIGTERM at the very end (the writer closing its last segment, in its own thread): the
-    run's loop may already have left; the stop is still acted on, not lost (and the join after
-    it is not run as if nothing had happened)."""
+@pytest.mark.parametrize("mode", ["--parallel", "sequential"])
+def test_a_signal_as_the_writer_finishes_is_not_lost(clips, tmp_path, mode):
+    """SIGTERM at the very end (the writer closing its last segment): never lost. Either the run
+    saw it before the last frame was written (143, a playable partial output), or every frame was
+    written and the job completes, one line saying the signal came after the last frame (0)."""
     src = clips("long-signal.mp4", num_frames=400, audio=True)
     out = tmp_path / "out.mp4"
-    proc = _kill_at("pipeline.segment_writer", "SegmentWriter", "close", after=True,
-                    args=["--source", str(src), "--output", str(out), "--model", "bicubic", "--parallel"])
-    assert proc.returncode == 143, proc.stderr
-    assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("stopped by SIGTERM")]) == 1, proc.stderr
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic"] + ([mode] if mode != "sequential" else [])
+    proc = _kill_at("pipeline.segment_writer", "SegmentWriter", "close", after=True, args=args)
     got = probe.indices(out)
     assert got == list(range(len(got))) and got
+    if proc.returncode == 143:
+        assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("stopped by SIGTERM")]) == 1, proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert "SIGTERM came after the last frame was written; the output was completed" in proc.stderr
+        assert len(got) == 400
+
+
+def test_a_second_signal_while_the_interpreter_exits_changes_nothing(clips, tmp_path):
+    """SIGTERM stops the run; a SIGINT while Python then shuts down (which puts back the default
+    handlers) must not turn the exit status into a kill (-2)."""
+    src = clips("long-signal.mp4", num_frames=400, audio=True)
+    out = tmp_path / "out.mp4"
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, {root!r})
+        import main
+        original = main._exit
+        def announce(code):
+            print("exiting", file=sys.stderr, flush=True)
+            original(code)
+        main._exit = announce
+        main._exit(main.main(sys.argv[1:]))
+        """
+    ).format(root=str(ROOT))
+    statuses = []
+    for delay in (0.0, 0.05, 0.15):
+        proc = subprocess.Popen([sys.executable, "-c", script, "--source", str(src), "--output", str(out), "--model",
+                                 "bicubic", "--max-frames", "24", "--overwrite"], stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:
+            if line.strip() == "exiting":
+                break
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        proc.stderr.read()
+        statuses.append(proc.wait(timeout=60))
+    assert statuses == [0, 0, 0]
+    assert probe.indices(out) == list(range(24))
 
 
 def test_a_signal_while_joining_keeps_the_segments_for_resume(clips, tmp_path):
@@ -281,3 +320,20 @@ def test_a_sequential_stop_does_not_wait_for_a_long_batch(clips, tmp_path):
     rc, err, seconds = signal_mid_run(slow_cli(slow_batch, *args), out, signal.SIGTERM, settle_seconds=1.0)
     assert rc == 143, err
     assert seconds < 3.5, f"took {seconds:.1f} s to stop"
+
+
+@pytest.mark.parametrize("where", [("pipeline.runner", "", "remember_model_rate"),
+                                   ("pipeline.segments", "PartsFolder", "remove")])
+def test_a_signal_after_the_output_is_in_place_completes_the_job(clips, tmp_path, where):
+    """SIGTERM after the last frame was written, while the run puts its output in place (the work
+    folder removed, the model's rate remembered): the job is complete; before, the line said
+    "stopped ... before the run started", exit 143, and the work folder was left."""
+    src = clips("long-signal.mp4", num_frames=400, audio=True)
+    out = tmp_path / "out.mp4"
+    module, cls, name = where
+    proc = _kill_at(module, cls, name, after=False,
+                    args=["--source", str(src), "--output", str(out), "--model", "bicubic", "--parallel"])
+    assert proc.returncode == 0, proc.stderr
+    assert "SIGTERM came after the last frame was written; the output was completed" in proc.stderr
+    assert probe.indices(out) == list(range(400))
+    assert not (tmp_path / "out.mp4.parts").exists()
