@@ -339,6 +339,7 @@ def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: Erro
     # The encoder pool, the segment writer and the decoders have threads of their own: a stop
     # signal is raised between frames, or inside the model's work (core/stopping.py).
     try:
+        _raise_if_stopped(stop)  # one that came while the stages were built
         with wclock.busy(), interruptible():
             worker.start()
         _raise_if_stopped(stop)

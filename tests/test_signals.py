@@ -337,3 +337,38 @@ def test_a_signal_after_the_output_is_in_place_completes_the_job(clips, tmp_path
     assert "SIGTERM came after the last frame was written; the output was completed" in proc.stderr
     assert probe.indices(out) == list(range(400))
     assert not (tmp_path / "out.mp4.parts").exists()
+
+
+def test_a_stop_while_building_does_not_wait_for_the_workers_start(clips, tmp_path):
+    """Sequential run: SIGTERM while the stages are built (recorded, not raised), then a 4 s
+    `Worker.start` (model build, batch probe): the stop is acted on before the start, not after."""
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, time
+        sys.path.insert(0, {root!r})
+        import main
+        from pipeline import runner, worker
+        build = runner.build
+        def build_then_signal(*args, **kwargs):
+            stages = build(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            print("signalled", time.monotonic(), file=sys.stderr, flush=True)
+            return stages
+        runner.build = build_then_signal
+        start = worker.Worker.start
+        def slow_start(self, *args, **kwargs):
+            time.sleep(4)
+            return start(self, *args, **kwargs)
+        worker.Worker.start = slow_start
+        code = main.main(sys.argv[1:])
+        print("ended", time.monotonic(), file=sys.stderr, flush=True)
+        sys.exit(code)
+        """
+    ).format(root=str(ROOT))
+    src = clips("long-signal.mp4", num_frames=400, audio=True)
+    proc = subprocess.run([sys.executable, "-c", script, "--source", str(src), "--output", str(tmp_path / "out.mp4"),
+                           "--model", "bicubic"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    times = {ln.split()[0]: float(ln.split()[1]) for ln in proc.stderr.splitlines() if ln.startswith(("signalled", "ended"))}
+    assert times["ended"] - times["signalled"] < 2.0, proc.stderr
