@@ -393,6 +393,11 @@ def render_summary(console, stats) -> None:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
+def _stop_signal_numbers() -> list[int]:
+    """STOP_SIGNALS this platform has."""
+    return [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
+
+
 class _StopSignal:
     """Turns SIGTERM/SIGHUP (and SIGINT) into `RunInterrupted` raised in the main thread, the
     same path Ctrl-C takes: every thread joined, the output finalized, one line, exit 128+N."""
@@ -408,12 +413,10 @@ class _StopSignal:
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for name in STOP_SIGNALS:
-            number = getattr(signal, name, None)
-            if number is not None:
-                # Installed even where the parent started us with the signal ignored (nohup,
-                # some CI shells): a stop must reach the runner, which finalizes the output.
-                signal.signal(number, self._handle)
+        for number in _stop_signal_numbers():
+            # Installed even where the parent started us with the signal ignored (nohup, some CI
+            # shells): a stop must reach the runner, which finalizes the output.
+            signal.signal(number, self._handle)
 
     def _handle(self, number: int, frame) -> None:
         from core.errors import RunInterrupted
@@ -566,13 +569,14 @@ def _process_settings() -> None:
     # unusable $FRAMEPIPE_CACHE (a file, /proc/...) must not crash the run; torch then uses its own.
     from core.paths import default_cache_dir  # not models.registry: that imports torch
 
-    folder = bytecode_cache_folder(default_cache_dir())
+    cache = default_cache_dir()
+    folder = bytecode_cache_folder(cache)
     if folder is not None:
         sys.pycache_prefix = str(folder)
         sys.dont_write_bytecode = False  # into framepipe's cache folder only, never beside the installed files
         os.environ["PYTHONPYCACHEPREFIX"] = str(folder)  # child processes (the compile helper) read it too
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        folder = default_cache_dir() / "torch-compile"
+        folder = cache / "torch-compile"
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError:
@@ -623,10 +627,8 @@ def _exit(code: int) -> None:
 
     # The job is over: a stop signal while the interpreter shuts down changes nothing (Python
     # puts back the default handlers then, which would end the process with the signal's status).
-    for name in STOP_SIGNALS:
-        number = getattr(signal, name, None)
-        if number is not None:
-            signal.signal(number, signal.SIG_IGN)
+    for number in _stop_signal_numbers():
+        signal.signal(number, signal.SIG_IGN)
     if any(t.name.startswith("compile-") and t.is_alive() for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()

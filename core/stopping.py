@@ -22,8 +22,9 @@ raises it where no lock is held. Three exceptions:
   was written such a stop completes the job (one line says so); `settling()` then lets a long
   segment join (`interruptible()`) stop at once on a new one.
 
-Outside that span (planning, loading the model: nothing else runs) the handler raises at once. State is module-wide on purpose: a signal stops the process, so every
-run the process holds sees it; it is cleared when the last run leaves the span.
+Outside that span (planning, loading the model: nothing else runs) the handler raises at once.
+State is module-wide on purpose: a signal stops the process, so every run the process holds sees
+it; it is cleared when the last run leaves the span.
 """
 
 from __future__ import annotations

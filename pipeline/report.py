@@ -13,8 +13,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from core.errors import DiskFull, FramepipeError, InvalidOption, RunInterrupted, StageError, one_line
-from core.stopping import interruptible
 from core.files import OutputFile, ffmpeg_path
+from core.stopping import interruptible
 from pipeline.messages import StageFailed
 from pipeline.plan import RunPlan
 from pipeline.stats import RunStats
