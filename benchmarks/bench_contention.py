@@ -4,7 +4,9 @@ contention between the GPU worker and the encoders, measured side by side in one
 
 The model-bound job (realesrgan-x4plus-anime, 480x270 -> 1920x1080, x264 veryfast crf 23, the
 encoder pool, eager model, batch 4) runs whole, in these variants, alternated and repeated:
-  default        framepipe as it is
+  default        framepipe as it is (the pool's x264 threads together match the cores)
+  ffmpeg-threads each encoder of the pool with x264's own thread count (~1.5 per core each:
+                 framepipe before 2026-12-06)
   switch-1ms     sys.setswitchinterval(0.001): a thread waiting for the GIL (the worker, after
                  each CUDA wait) gets it after 1 ms instead of 5
   encoders-nice  each encoder thread (and the x264 threads it starts) at nice +10: under a full
@@ -35,6 +37,9 @@ import os, sys, threading
 sys.path.insert(0, {root!r})
 if {interval!r}:
     sys.setswitchinterval({interval!r})
+if {own_threads!r}:
+    from pipeline import plan
+    plan.encoder_threads = lambda num_encoders, num_cores: 0
 if {nice!r}:
     from pipeline import segment_writer
     original = segment_writer.EncoderPool._run_encoder
@@ -46,12 +51,15 @@ import main
 sys.exit(main.main(sys.argv[1:]))
 """
 
-VARIANTS = {"default": (0, 0), "switch-1ms": (0.001, 0), "encoders-nice": (0, 10), "both": (0.001, 10)}
+# (GIL switch interval, nice of the encoder threads, x264's own thread count in the pool)
+VARIANTS = {"default": (0, 0, False), "ffmpeg-threads": (0, 0, True), "switch-1ms": (0.001, 0, False),
+            "encoders-nice": (0, 10, False), "both": (0.001, 10, False)}
 
 
-def run(clip: Path, out: Path, tag: str, *, interval: float, nice: int, model: str, extra: list[str]) -> dict:
+def run(clip: Path, out: Path, tag: str, *, interval: float = 0, nice: int = 0, own_threads: bool = False,
+        model: str, extra: list[str]) -> dict:
     stats_path = out / f"{tag}.json"
-    script = _WRAP.format(root=str(ROOT), interval=interval, nice=nice)
+    script = _WRAP.format(root=str(ROOT), interval=interval, nice=nice, own_threads=own_threads)
     cmd = [sys.executable, "-c", script, "--source", str(clip), "--model", model, "--parallel", "--compile", "off",
            "--stats-json", str(stats_path), *extra]
     t0 = time.perf_counter()
@@ -96,16 +104,15 @@ def main() -> int:
     common = ["--batch-size", str(args.batch_size)]
     file_args = [*common, "--output", str(args.out / "out.mp4"), "--overwrite", "--preset", "veryfast", "--quality", "23"]
     # warm-up: weights converted, the shape's batch-size memo, the disk cache
-    step("warmup", lambda: run(clip, args.out, "warmup", interval=0, nice=0, model=args.model,
+    step("warmup", lambda: run(clip, args.out, "warmup", model=args.model,
                                extra=[*common, "--output-mode", "none", "--max-frames", "64"]))
-    step("output_none", lambda: run(clip, args.out, "none", interval=0, nice=0, model=args.model,
-                                    extra=[*common, "--output-mode", "none"]))
+    step("output_none", lambda: run(clip, args.out, "none", model=args.model, extra=[*common, "--output-mode", "none"]))
     names = [v for v in args.variants.split(",") if v]
     for r in range(args.repeats):
         for name in names:
-            interval, nice = VARIANTS[name]
+            interval, nice, own_threads = VARIANTS[name]
             step(f"{name}:{r + 1}", lambda: run(clip, args.out, f"{name}-{r + 1}", interval=interval, nice=nice,
-                                                model=args.model, extra=file_args))
+                                                own_threads=own_threads, model=args.model, extra=file_args))
     print("\nsteady fps (whole-run fps)")
     print(f"  output none: {results['output_none'].get('steady_fps')} ({results['output_none'].get('fps')})")
     for name in names:

@@ -133,6 +133,51 @@ def nvdec_whole(src: Path, *, ahead: int | None = None) -> dict:
             "packets_ahead": default if ahead is None else ahead}
 
 
+def nvdec_breakdown(src: Path) -> dict:
+    """Where NvDecoder's time goes against PyNvVideoCodec's own loop, each part alone, seconds
+    for the whole file: its demuxer alone; PyAV's demuxer + Annex-B filter alone (NvDecoder's
+    packets); NVDEC fed NvDecoder's packets with a copy of each frame but none of NvDecoder's
+    book-keeping (timestamp book, Frame, one wait per Decode)."""
+    import torch
+
+    from hw import nv_runtime as rt
+    from hw.nvdec import NvDecoder
+
+    nvc = rt.nvcodec_import()
+    out: dict = {}
+    t0 = time.perf_counter()
+    n = sum(1 for _ in nvc.CreateDemuxer(filename=str(src)))
+    out["own_demuxer_alone"] = {"packets": n, "seconds": round(time.perf_counter() - t0, 3)}
+    dec = NvDecoder(src, gpu=0)
+    try:
+        t0 = time.perf_counter()
+        packets = list(dec._annexb_packets())
+        out["pyav_demux_and_filter_alone"] = {"packets": len(packets), "seconds": round(time.perf_counter() - t0, 3)}
+    finally:
+        dec.close()
+    dec = NvDecoder(src, gpu=0)
+    try:
+        stream = dec._copy_stream
+        t0 = time.perf_counter()
+        frames = 0
+        with torch.cuda.stream(stream):
+            for k, (payload, _, _) in enumerate(packets):
+                packet, keep = dec._packet_data(payload, k)
+                for frame in dec._decoder.Decode(packet):
+                    torch.from_dlpack(frame).clone()
+                    frames += 1
+            for frame in dec._decoder.Decode(dec._end_of_stream_packet()):
+                torch.from_dlpack(frame).clone()
+                frames += 1
+        stream.synchronize()
+        seconds = time.perf_counter() - t0
+        out["nvdec_fed_premade_packets"] = {"frames": frames, "seconds": round(seconds, 3),
+                                            "fps": round(frames / seconds, 1)}
+    finally:
+        dec.close()
+    return out
+
+
 def nvdec_threads(src: Path, num: int) -> dict:
     """`num` threads, each PyNvVideoCodec's own loop over the whole file (frames copied): what the
     GPU's NVDEC engines give together."""

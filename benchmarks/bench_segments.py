@@ -69,7 +69,9 @@ def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path
 
     from hw.av_encode import PyAVWriter
     from hw.av_source import probe_source
+    from pipeline.encoder_choice import encoder_threads
     from pipeline.messages import ErrorChannel, ResultItem
+    from pipeline.plan import _num_cores
     from pipeline.segment_writer import EncoderPool, SegmentWriter
     from pipeline.segments import PartsFolder, SegmentLayout
     from pipeline.stats import RunStats
@@ -83,10 +85,11 @@ def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path
     layout = SegmentLayout(segment_frames=max(1, round(args.segment_seconds * float(info.average_rate or 30))))
     stats = RunStats()
     errors = ErrorChannel(threading.Event())
+    threads = encoder_threads(encoders, _num_cores())  # as the pipeline's pool runs them
 
     def open_encoder(path):
         return PyAVWriter(path, width=width, height=height, time_base=info.time_base, frame_rate=info.average_rate,
-                          color=info.color, codec="h264", crf=args.crf, preset=args.preset)
+                          color=info.color, codec="h264", crf=args.crf, preset=args.preset, threads=threads)
 
     t0 = time.perf_counter()
     pool = EncoderPool(encoders, queue_frames=layout.segment_frames, parts=parts, layout=layout,
@@ -102,7 +105,8 @@ def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path
     parts.remove()
     if failure is not None:
         raise RuntimeError(f"encoder failed: {failure.exc}")
-    return {"fps": len(frames) / seconds, "frames": len(frames), "seconds": seconds, "encoders": encoders}
+    return {"fps": len(frames) / seconds, "frames": len(frames), "seconds": seconds, "encoders": encoders,
+            "threads_each": threads}
 
 
 def frames_in_order(path: Path, expected: int) -> dict:

@@ -153,15 +153,21 @@ for step in "$@"; do
       python3 -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests/test_nvcodec.py 2>&1 | tail -3
       python3 - <<'PY' 2>&1 | tee "$OUT/nvdec-side.log"
 from pathlib import Path
-from benchmarks.bench_decoders import make_clip, nvdec_own_loop, nvdec_whole
+from benchmarks.bench_decoders import make_clip, nvdec_breakdown, nvdec_own_loop, nvdec_whole
 src = make_clip(Path("/tmp/nvdec-side.mp4"), width=1920, height=1080, num_frames=480, gop=48)
 for k in range(2):
     own = nvdec_own_loop(src, copy=True)["fps"]
     ahead, inline = nvdec_whole(src, ahead=16)["fps"], nvdec_whole(src, ahead=0)["fps"]
     print(f"round {k + 1}: own loop with copies {own}, NvDecoder demuxing ahead {ahead} ({ahead / own:.2f}), "
           f"demuxing inline {inline} ({inline / own:.2f})")
+    print(f"round {k + 1} breakdown: {nvdec_breakdown(src)}")
 PY
-      ;;
+      if command -v py-spy >/dev/null || [ -x .site/bin/py-spy ]; then  # NvDecoder inline, where the Python time goes
+        spy=$(command -v py-spy || echo .site/bin/py-spy)
+        timeout 60 "$spy" record --nonblocking -r 500 -f raw -o "$OUT/spy-nvdecoder.txt" -- python3 -c \
+          "from pathlib import Path; from benchmarks.bench_decoders import nvdec_whole; print(nvdec_whole(Path('/tmp/nvdec-side.mp4'), ahead=0))" \
+          2>&1 | tail -2
+      fi ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

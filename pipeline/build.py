@@ -146,7 +146,7 @@ def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None], *, with
     from hw.av_encode import PyAVWriter
 
     return PyAVWriter(path, codec=cfg.codec, crf=cfg.crf_or_default, preset=plan.preset, bit_depth=plan.output_bit_depth,
-                      hdr=src.hdr, **common)
+                      hdr=src.hdr, threads=plan.encoder_threads, **common)
 
 
 def _output_format(plan: RunPlan) -> str:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from core.choices import MAX_AUTO_ENCODERS
 from hw.encode_speed import EncoderSpeed
 
-__all__ = ["EncoderChoice", "choose_encoders", "model_rate_key", "remember_model_rate", "remembered_model_rate",
+__all__ = ["EncoderChoice", "choose_encoders", "encoder_threads", "model_rate_key", "remember_model_rate", "remembered_model_rate",
            "MIN_FRAMES_FOR_RATE", "MODEL_RATES_FILE"]
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,17 @@ log = logging.getLogger(__name__)
 HEADROOM = 1.25  # encoders planned for 25% more than the model delivered: the rate is an average
 MIN_FRAMES_FOR_RATE = 100  # a run shorter than this says little about the model's steady rate
 MODEL_RATES_FILE = "model-rates.json"  # in framepipe's cache dir (models.registry.default_cache_dir)
+
+
+def encoder_threads(num_encoders: int, num_cores: int) -> int:
+    """Threads each CPU encoder of a pool of `num_encoders` may run (0: the encoder's own choice,
+    for one encoder). x264 left to itself starts about 1.5 threads per core in every instance:
+    six instances on 16 cores are ~150 busy threads, and the pipeline's own threads (the GPU
+    worker launching the model, the reader, the collector) then wait their turn behind them.
+    Together the pool's threads match the cores (rounded up: 6 encoders on 16 cores run 3 each)."""
+    if num_encoders <= 1:
+        return 0
+    return max(1, -(-num_cores // num_encoders))
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from models.compiled import compile_choice
 from models.registry import default_cache_dir
 from pipeline.config import RunConfig, default_output_path
 from pipeline.decoders import DecodePlan, choose_decoders, plan_decoders
-from pipeline.encoder_choice import MODEL_RATES_FILE, EncoderChoice, choose_encoders, model_rate_key, remembered_model_rate
+from pipeline.encoder_choice import (MODEL_RATES_FILE, EncoderChoice, choose_encoders, encoder_threads, model_rate_key,
+                                     remembered_model_rate)
 from pipeline.segments import PartsFolder, SegmentLayout
 
 __all__ = ["RunPlan", "plan_run", "plan_devices", "DevicePlan"]
@@ -80,6 +81,7 @@ class RunPlan:
     notes: tuple[str, ...]
     segments: SegmentLayout | None = None  # None: one output file written directly
     num_encoders: int = 1  # encoders working at once on consecutive segments
+    encoder_threads: int = 0  # threads each CPU encoder of the pool runs (0: the encoder's choice)
     encoder_line: str = ""  # "encoders: 3 (why)": said when the run starts (pipeline.encoder_choice)
     model_rate_key: str = ""  # where the run remembers the rate its decoder and model delivered
     output_bit_depth: int = 8  # 8 (yuv420p) or 10 (yuv420p10le); pictures: 8 or 16
@@ -241,12 +243,14 @@ def plan_run(config: RunConfig) -> RunPlan:
                   ("--model", Path(config.model) if Path(config.model).is_file() else None)]
         PartsFolder(Path(output)).check(resume=config.resume, overwrite=overwrite,
                                         inputs=[(flag, path) for flag, path in inputs if path is not None])
+    threads = 0 if use_nvenc else encoder_threads(encoders.num_encoders, _num_cores())
+    encoder_line = f"{encoders.line}; {threads} thread(s) each" if threads and encoders.line else encoders.line
     return RunPlan(
         config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite or own_partial,
         devices=tuple(devices), dtypes=dtypes, compiled=compiled, output_width=out_w, output_height=out_h,
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
-        segments=segments, num_encoders=encoders.num_encoders, encoder_line=encoders.line, model_rate_key=rate_key,
-        cut=config.cut, output_bit_depth=bit_depth,
+        segments=segments, num_encoders=encoders.num_encoders, encoder_line=encoder_line, model_rate_key=rate_key,
+        encoder_threads=threads, cut=config.cut, output_bit_depth=bit_depth,
         pictures=pictures, interpolator=interpolator, split=split, decoding=decoding,
     )
 

@@ -14,7 +14,7 @@ import main as cli
 from hw.encode_speed import EncoderSpeed, measure_encoder_speed, remembered_encoder_speed, speed_key
 from hw.memory import ProbeMemo
 from pipeline import RunConfig, run
-from pipeline.encoder_choice import MODEL_RATES_FILE, choose_encoders, source_frames_per_second
+from pipeline.encoder_choice import MODEL_RATES_FILE, choose_encoders, encoder_threads, source_frames_per_second
 
 SPEED = EncoderSpeed(fps=36.0, cores_busy=4.0)  # on 16 cores the encoders together give up to 144 fps
 
@@ -204,3 +204,33 @@ def test_an_encoder_speed_is_measured_once_per_size_settings_and_machine(tmp_pat
 def test_encoder_speed_checks_itself():
     with pytest.raises(ValueError, match="fps > 0 and cores_busy > 0"):
         EncoderSpeed(fps=0.0, cores_busy=1.0)
+
+
+@pytest.mark.parametrize("encoders, cores, expected", [(1, 16, 0), (4, 16, 4), (6, 16, 3), (3, 16, 6), (20, 16, 1),
+                                                       (2, 2, 1), (2, 3, 2)])
+def test_the_pools_encoder_threads_together_match_the_cores(encoders, cores, expected):
+    assert encoder_threads(encoders, cores) == expected
+
+
+def test_each_encoder_of_the_pool_runs_its_share_of_the_cores(tmp_path, clips):
+    """x264 left to itself runs ~1.5 threads per core in every instance of the pool, and the GPU
+    worker's thread then waits behind them. x264 writes the settings it ran with into the stream
+    (an SEI message per segment): each segment's encoder ran its share of the cores."""
+    from pipeline.plan import _num_cores
+
+    src = clips("threads.mp4", width=160, height=120, num_frames=120)  # 640x480 out: x264 caps threads on small frames
+    out = tmp_path / "pool.mp4"
+    assert cli.main(["--source", str(src), "--model", "bicubic", "--scale", "4", "--parallel", "--encoders", "2",
+                     "--segment-frames", "30", "--preset", "ultrafast", "--output", str(out)]) == 0
+    data = out.read_bytes()
+    expected = encoder_threads(2, _num_cores())
+    settings = [chunk.split(b" ") for chunk in data.split(b"x264 - core")[1:]]
+    assert len(settings) == 4  # one per segment
+    assert all(f"threads={expected}".encode() in words for words in settings), [
+        [w for w in words if w.startswith(b"threads=")] for words in settings]
+    one = tmp_path / "one.mp4"  # one file written directly: x264's own choice, as before
+    assert cli.main(["--source", str(src), "--model", "bicubic", "--scale", "4", "--preset", "ultrafast",
+                     "--output", str(one)]) == 0
+    (words,) = [chunk.split(b" ") for chunk in one.read_bytes().split(b"x264 - core")[1:]]
+    (threads,) = [int(w.removeprefix(b"threads=")) for w in words if w.startswith(b"threads=")]
+    assert threads > expected or _num_cores() < 2
