@@ -134,10 +134,16 @@ def nvdec_whole(src: Path, *, ahead: int | None = None) -> dict:
 
 
 def nvdec_breakdown(src: Path) -> dict:
-    """Where NvDecoder's time goes against PyNvVideoCodec's own loop, each part alone, seconds
-    for the whole file: its demuxer alone; PyAV's demuxer + Annex-B filter alone (NvDecoder's
-    packets); NVDEC fed NvDecoder's packets with a copy of each frame but none of NvDecoder's
-    book-keeping (timestamp book, Frame, one wait per Decode)."""
+    """Where NvDecoder's time goes against PyNvVideoCodec's own loop, each part alone (seconds or
+    fps for the whole file):
+      own_demuxer_alone            its C++ demuxer iterated, nothing decoded (and the flags and
+                                   timestamps its first packets carry)
+      pyav_demux_and_filter_alone  NvDecoder's packets: PyAV's demuxer + the Annex-B filter
+      premade_clone                NVDEC fed NvDecoder's packets (made beforehand), each frame
+                                   cloned, one wait at the end: none of NvDecoder's book-keeping
+      premade_end_of_picture       the same with ENDOFPICTURE set on every packet (one picture each)
+      premade_copy_and_wait        the same packets with NvDecoder's own copy (`_copy_frames`:
+                                   an owned tensor per frame, one wait per Decode call)"""
     import torch
 
     from hw import nv_runtime as rt
@@ -146,8 +152,12 @@ def nvdec_breakdown(src: Path) -> dict:
     nvc = rt.nvcodec_import()
     out: dict = {}
     t0 = time.perf_counter()
-    n = sum(1 for _ in nvc.CreateDemuxer(filename=str(src)))
-    out["own_demuxer_alone"] = {"packets": n, "seconds": round(time.perf_counter() - t0, 3)}
+    firsts, n = [], 0
+    for packet in nvc.CreateDemuxer(filename=str(src)):
+        if n < 3:
+            firsts.append({a: str(getattr(packet, a, "?")) for a in ("decode_flag", "pts", "dts", "bsl")})
+        n += 1
+    out["own_demuxer_alone"] = {"packets": n, "seconds": round(time.perf_counter() - t0, 3), "first_packets": firsts}
     dec = NvDecoder(src, gpu=0)
     try:
         t0 = time.perf_counter()
@@ -155,26 +165,42 @@ def nvdec_breakdown(src: Path) -> dict:
         out["pyav_demux_and_filter_alone"] = {"packets": len(packets), "seconds": round(time.perf_counter() - t0, 3)}
     finally:
         dec.close()
-    dec = NvDecoder(src, gpu=0)
-    try:
-        stream = dec._copy_stream
-        t0 = time.perf_counter()
-        frames = 0
-        with torch.cuda.stream(stream):
-            for k, (payload, _, _) in enumerate(packets):
-                packet, keep = dec._packet_data(payload, k)
-                for frame in dec._decoder.Decode(packet):
-                    torch.from_dlpack(frame).clone()
-                    frames += 1
-            for frame in dec._decoder.Decode(dec._end_of_stream_packet()):
-                torch.from_dlpack(frame).clone()
-                frames += 1
-        stream.synchronize()
-        seconds = time.perf_counter() - t0
-        out["nvdec_fed_premade_packets"] = {"frames": frames, "seconds": round(seconds, 3),
-                                            "fps": round(frames / seconds, 1)}
-    finally:
-        dec.close()
+    flags = getattr(nvc, "VideoPacketFlag", None)
+
+    def fed(mode: str) -> dict:
+        dec = NvDecoder(src, gpu=0)
+        try:
+            if mode == "end_of_picture":
+                try:
+                    dec._timestamp_flag = int(flags.TIMESTAMP) | int(flags.ENDOFPICTURE)
+                except Exception as exc:  # noqa: BLE001 - reported, not fatal to the other rows
+                    return {"skipped": f"flags: {exc}"}
+            stream = dec._copy_stream
+            frames = 0
+            t0 = time.perf_counter()
+            with torch.cuda.stream(stream):
+                items = [(dec._packet_data(payload, k), None) for k, (payload, _, _) in enumerate(packets)]
+                items.append(((dec._end_of_stream_packet(), None), None))
+                prepared = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                for (packet, _keep), _ in items:
+                    got = list(dec._decoder.Decode(packet))
+                    if mode == "copy_and_wait":
+                        if got:
+                            dec._copy_frames(got)
+                    else:
+                        for frame in got:
+                            torch.from_dlpack(frame).clone()
+                    frames += len(got)
+            stream.synchronize()
+            seconds = time.perf_counter() - t0
+            return {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 1),
+                    "packets_prepared_seconds": round(prepared, 3), "flag": str(dec._timestamp_flag)}
+        finally:
+            dec.close()
+
+    for mode in ("clone", "end_of_picture", "copy_and_wait"):
+        out[f"premade_{mode}"] = fed(mode)
     return out
 
 
