@@ -204,6 +204,31 @@ def nvdec_breakdown(src: Path) -> dict:
     return out
 
 
+def nvdec_ablation(src: Path) -> dict:
+    """NvDecoder whole, one difference from its own loop at a time (fps): as it is; iterated with
+    its copy stream current (as PyNvVideoCodec's loop runs); its packets demuxed beforehand and
+    fed through its own loop."""
+    import torch
+
+    from hw.nvdec import NvDecoder
+
+    def one(mode: str) -> float:
+        dec = NvDecoder(src, gpu=0)
+        with dec:
+            if mode == "premade":
+                packets = list(dec._annexb_packets())
+                dec._annexb_packets = lambda: iter(packets)
+            t0 = time.perf_counter()
+            if mode == "stream_current":
+                with torch.cuda.stream(dec._copy_stream):
+                    n = sum(1 for _ in dec)
+            else:
+                n = sum(1 for _ in dec)
+            return round(n / (time.perf_counter() - t0), 1)
+
+    return {f"{k + 1}:{mode}": one(mode) for k, mode in enumerate(("as_is", "stream_current", "premade", "as_is"))}
+
+
 def nvdec_threads(src: Path, num: int) -> dict:
     """`num` threads, each PyNvVideoCodec's own loop over the whole file (frames copied): what the
     GPU's NVDEC engines give together."""
