@@ -112,25 +112,18 @@ def nvdec_own_loop(src: Path, *, copy: bool) -> dict:
             "create_seconds": round(created, 4)}
 
 
-def nvdec_whole(src: Path, *, ahead: int | None = None) -> dict:
-    """framepipe's NvDecoder over the whole file (PyAV's demuxer, a copy of each frame); `ahead`:
-    packets demuxed ahead by a thread (NvDecoder.PACKETS_AHEAD; 0 = in the decoding thread)."""
+def nvdec_whole(src: Path) -> dict:
+    """framepipe's NvDecoder over the whole file (PyAV's demuxer, a copy of each frame)."""
     from hw.nvdec import NvDecoder
 
-    default = NvDecoder.PACKETS_AHEAD
-    NvDecoder.PACKETS_AHEAD = default if ahead is None else ahead
-    try:
-        t0 = time.perf_counter()
-        dec = NvDecoder(src, gpu=0)
-        opened = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        with dec:
-            n = sum(1 for _ in dec)
-        seconds = time.perf_counter() - t1
-    finally:
-        NvDecoder.PACKETS_AHEAD = default
-    return {"frames": n, "seconds": round(seconds, 3), "fps": round(n / seconds, 1), "open_seconds": round(opened, 4),
-            "packets_ahead": default if ahead is None else ahead}
+    t0 = time.perf_counter()
+    dec = NvDecoder(src, gpu=0)
+    opened = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    with dec:
+        n = sum(1 for _ in dec)
+    seconds = time.perf_counter() - t1
+    return {"frames": n, "seconds": round(seconds, 3), "fps": round(n / seconds, 1), "open_seconds": round(opened, 4)}
 
 
 def nvdec_breakdown(src: Path) -> dict:
@@ -312,7 +305,7 @@ def main() -> int:
         step("nvdec_own_loop", lambda: nvdec_own_loop(src, copy=False))
         step("nvdec_own_loop_copy", lambda: nvdec_own_loop(src, copy=True))
         step("nvdec_decoder_whole", lambda: nvdec_whole(src))
-        step("nvdec_decoder_whole_demux_ahead", lambda: nvdec_whole(src, ahead=16))
+        step("nvdec_breakdown", lambda: nvdec_breakdown(src))
         for n in [int(x) for x in args.nvdec_threads.split(",") if x]:
             step(f"nvdec_threads:{n}", lambda: nvdec_threads(src, n))
     for nvdec in kinds:
@@ -325,10 +318,8 @@ def main() -> int:
     if True in kinds:
         own, ours = results.get("nvdec_own_loop_copy", {}), results.get("nvdec_decoder_whole", {})
         if own.get("fps") and ours.get("fps"):
-            ahead = results.get("nvdec_decoder_whole_demux_ahead", {}).get("fps")
             print(f"\nNvDecoder / PyNvVideoCodec's own loop (frames copied): {ours['fps']} / {own['fps']} = "
-                  f"{ours['fps'] / own['fps']:.2f} (without the copy: {results.get('nvdec_own_loop', {}).get('fps')}; "
-                  f"NvDecoder demuxing 16 packets ahead in a thread: {ahead})")
+                  f"{ours['fps'] / own['fps']:.2f} (without the copy: {results.get('nvdec_own_loop', {}).get('fps')})")
     print("\nfps (decode alone | end to end, steady)")
     for nvdec in kinds:
         for n in settings if not nvdec else settings + [int(x) for x in args.nvdec_settings.split(",") if x]:

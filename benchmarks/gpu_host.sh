@@ -14,6 +14,7 @@
 #   bash benchmarks/gpu_host.sh issue12d  # issue12c + NVDEC own loop vs NvDecoder, engines together, py-spy profiles,
 #                                         # benchmarks/startup.py (where the time to the first frame goes)
 #   bash benchmarks/gpu_host.sh issue12e  # bench_contention.py: a whole model-bound run, GIL switch interval, nice encoders
+#   bash benchmarks/gpu_host.sh nvdec-side  # NvDecoder vs PyNvVideoCodec's own loop, its time taken apart (bench_decoders.py)
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
 #   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
@@ -149,23 +150,22 @@ for step in "$@"; do
       python3 benchmarks/bench_contention.py --frames "${FRAMES:-960}" --repeats "${REPEATS:-2}" --variants "${VARIANTS:-default,switch-1ms,encoders-nice,both}" \
         --out "$OUT/contention" 2>&1 | tee "$OUT/bench-contention.log"
       tar czf "$OUT/issue12e.tgz" --exclude "*.mp4" -C "$OUT" contention && rm -rf "$OUT/contention" ;;
-    nvdec-side)  # NvDecoder (demuxing ahead in a thread, and inline) vs PyNvVideoCodec's own loop, twice (~40 s)
+    nvdec-side)  # NvDecoder vs PyNvVideoCodec's own loop, its time taken apart, twice; py-spy of NvDecoder (~60 s)
       python3 -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests/test_nvcodec.py 2>&1 | tail -3
       python3 - <<'PY' 2>&1 | tee "$OUT/nvdec-side.log"
 from pathlib import Path
-from benchmarks.bench_decoders import make_clip, nvdec_breakdown, nvdec_own_loop, nvdec_whole
+from benchmarks.bench_decoders import make_clip, nvdec_ablation, nvdec_breakdown, nvdec_own_loop, nvdec_whole
 src = make_clip(Path("/tmp/nvdec-side.mp4"), width=1920, height=1080, num_frames=480, gop=48)
 for k in range(2):
-    own = nvdec_own_loop(src, copy=True)["fps"]
-    ahead, inline = nvdec_whole(src, ahead=16)["fps"], nvdec_whole(src, ahead=0)["fps"]
-    print(f"round {k + 1}: own loop with copies {own}, NvDecoder demuxing ahead {ahead} ({ahead / own:.2f}), "
-          f"demuxing inline {inline} ({inline / own:.2f})")
+    own, ours = nvdec_own_loop(src, copy=True)["fps"], nvdec_whole(src)["fps"]
+    print(f"round {k + 1}: own loop with copies {own}, NvDecoder {ours} ({ours / own:.2f})")
     print(f"round {k + 1} breakdown: {nvdec_breakdown(src)}")
+    print(f"round {k + 1} ablation: {nvdec_ablation(src)}")
 PY
-      if command -v py-spy >/dev/null || [ -x .site/bin/py-spy ]; then  # NvDecoder inline, where the Python time goes
+      if command -v py-spy >/dev/null || [ -x .site/bin/py-spy ]; then  # NvDecoder, where the Python time goes
         spy=$(command -v py-spy || echo .site/bin/py-spy)
         timeout 60 "$spy" record --nonblocking -r 500 -f raw -o "$OUT/spy-nvdecoder.txt" -- python3 -c \
-          "from pathlib import Path; from benchmarks.bench_decoders import nvdec_whole; print(nvdec_whole(Path('/tmp/nvdec-side.mp4'), ahead=0))" \
+          "from pathlib import Path; from benchmarks.bench_decoders import nvdec_whole; print(nvdec_whole(Path('/tmp/nvdec-side.mp4')))" \
           2>&1 | tail -2
       fi ;;
     *) echo "unknown step $step"; exit 2 ;;

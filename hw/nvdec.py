@@ -160,73 +160,6 @@ class NvSessions:
         return f"NvSessions({self.num_created} created, {self.num_reused} reused, {len(self._free)} free)"
 
 
-class _Ahead:
-    """The items of `source`, made by a thread of their own up to `depth` ahead of the reader.
-
-    NvDecoder's `Decode` releases the GIL while NVDEC works; demuxing with PyAV and the Annex-B
-    filter in the same thread adds to it (framepipe's decoder ran at 0.87 of PyNvVideoCodec's own
-    loop, whose demuxer is C++). Used when `NvDecoder.PACKETS_AHEAD` > 0. `close()` stops the
-    thread and waits for it."""
-
-    _END = object()
-
-    def __init__(self, source: Iterator[Any], *, depth: int, name: str) -> None:
-        import queue
-
-        self._queue: Any = queue.Queue(maxsize=depth)
-        self._full = queue.Full
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(source,), name=name, daemon=True)
-        self._thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except self._full:
-                continue
-        return False
-
-    def _run(self, source: Iterator[Any]) -> None:
-        try:
-            for item in source:
-                if not self._put(item):
-                    return
-            self._put(self._END)
-        except BaseException as exc:  # noqa: BLE001 - raised in the reader's thread
-            self._put(_Failure(exc))
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            item = self._queue.get()
-            if item is self._END or isinstance(item, _Failure):
-                self._thread.join()  # the demuxer is closed once its last item is read
-                if isinstance(item, _Failure):
-                    raise item.exc
-                return
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                while True:
-                    self._queue.get_nowait()
-            except Exception:  # noqa: BLE001 - empty
-                pass
-            self._thread.join(0.05)
-
-
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
 class NvDecoder:
     """Decodes the video stream of a file with NVDEC on GPU `gpu`.
 
@@ -236,12 +169,6 @@ class NvDecoder:
     stream without timestamps is numbered as the CPU decoder numbers it). Raises
     `HardwareUnavailable` when NVDEC cannot decode the stream (or its size changes).
     """
-
-    # Packets a thread demuxes ahead while NVDEC decodes (`_Ahead`); 0: demuxed in the decoding
-    # thread, the path measured on the H100 (0.87-0.88 of PyNvVideoCodec's own loop). Built and
-    # tested with stand-ins, not yet run on a GPU: `bash benchmarks/gpu_host.sh nvdec-side`
-    # measures both before it is switched on.
-    PACKETS_AHEAD = 0
 
     def __init__(self, source: str | os.PathLike[str], *, gpu: int = 0,
                  stream_index: int | None = None, span: DecodeSpan | None = None,
@@ -425,19 +352,12 @@ class NvDecoder:
     def __iter__(self) -> Iterator[Frame]:
         if self._closed:
             raise HardwareUnavailable("NvDecoder is closed; open a new one to decode again.")
-        packets = self._annexb_packets()
-        if self.PACKETS_AHEAD:  # demuxed and filtered by a thread of their own while NVDEC decodes
-            packets = _Ahead(packets, depth=self.PACKETS_AHEAD, name=f"{threading.current_thread().name}-demux")
-        try:
-            for payload, pts, discard in packets:
-                seq = self._book.add(pts, discard)
-                packet, keep_alive = self._packet_data(payload, seq)
-                frames = self._decoder.Decode(packet)
-                del keep_alive
-                yield from self._emit(frames)
-        finally:
-            if isinstance(packets, _Ahead):
-                packets.close()
+        for payload, pts, discard in self._annexb_packets():
+            seq = self._book.add(pts, discard)
+            packet, keep_alive = self._packet_data(payload, seq)
+            frames = self._decoder.Decode(packet)
+            del keep_alive
+            yield from self._emit(frames)
         yield from self._emit(self._decoder.Decode(self._end_of_stream_packet()))
         # Clean only when every packet fed gave its picture: one still held would come out of the
         # next span's first Decode, paired with that span's timestamps.

@@ -812,8 +812,7 @@ def _pts_by_slice_tail(clip):
     return table
 
 
-@pytest.mark.parametrize("ahead", [0, 16])  # demuxed in the decoding thread, or 16 packets ahead in a thread
-def test_spans_reuse_nvdec_sessions(tmp_path, monkeypatch, fake_gpu, no_stage_threads_left, ahead):
+def test_spans_reuse_nvdec_sessions(tmp_path, monkeypatch, fake_gpu, no_stage_threads_left):
     """Issue 12: creating an NVDEC session costs more than a short span; the spans' decoders take
     sessions from one pool (at most one per decoder thread) and give them back flushed, and the
     frames, timestamps and order are one decoder's. A span stopped early drops its session."""
@@ -843,7 +842,6 @@ def test_spans_reuse_nvdec_sessions(tmp_path, monkeypatch, fake_gpu, no_stage_th
         return created[-1]
 
     use(monkeypatch, fake_module(caps=CAPS_OK, decoder_factory=create))
-    monkeypatch.setattr(NvDecoder, "PACKETS_AHEAD", ahead)
     sessions = NvSessions()
 
     source = SplitSource(spans, lambda span: NvDecoder(clip, gpu=0, span=span, sessions=sessions), num_decoders=2,
@@ -893,35 +891,6 @@ def test_a_session_holding_a_picture_is_not_reused(tmp_path, monkeypatch, fake_g
     with NvDecoder(clip, gpu=0, span=spans[0], sessions=sessions) as dec:
         assert len(list(dec)) == spans[0].num_frames - 1
     assert sessions.take() is None
-
-
-def test_packets_demuxed_ahead_in_a_thread(monkeypatch):
-    """NvDecoder demuxes in a thread of its own while NVDEC decodes (hw/nvdec.py `_Ahead`): the
-    same items in order, the demuxer's error raised in the reader's thread, and a reader that stops
-    early leaves no thread behind (the demuxer is closed too)."""
-    import threading
-
-    from hw.nvdec import _Ahead
-
-    closed = []
-
-    def source(n, fail_at=None):
-        try:
-            for i in range(n):
-                if i == fail_at:
-                    raise ValueError("damaged packet")
-                yield i
-        finally:
-            closed.append(n)
-
-    assert list(_Ahead(source(100), depth=4, name="t-demux")) == list(range(100))
-    with pytest.raises(ValueError, match="damaged packet"):
-        list(_Ahead(source(50, fail_at=30), depth=4, name="t-demux"))
-    ahead = _Ahead(source(10_000), depth=4, name="t-demux")
-    assert [x for _, x in zip(range(5), ahead)] == list(range(5))
-    ahead.close()
-    assert not [t for t in threading.enumerate() if t.name == "t-demux"]
-    assert closed == [100, 50, 10_000]
 
 
 def test_config_parameter_sets_are_the_filters(tmp_path):
