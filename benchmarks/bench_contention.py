@@ -84,6 +84,9 @@ def main() -> int:
     p.add_argument("--model", default="realesrgan-x4plus-anime")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--encoders", type=int, default=6,
+                   help="the pool's size in every run into a file (0: framepipe's choice, which follows the "
+                        "model rate remembered by the runs before, so the variants would differ in it)")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--out", type=Path, default=Path("bench-out/contention"))
     args = p.parse_args()
@@ -102,7 +105,8 @@ def main() -> int:
 
     step("make_clip", make)
     common = ["--batch-size", str(args.batch_size)]
-    file_args = [*common, "--output", str(args.out / "out.mp4"), "--overwrite", "--preset", "veryfast", "--quality", "23"]
+    file_args = [*common, "--output", str(args.out / "out.mp4"), "--overwrite", "--preset", "veryfast", "--quality", "23",
+                 "--encoders", str(args.encoders)]
     # warm-up: weights converted, the shape's batch-size memo, the disk cache
     step("warmup", lambda: run(clip, args.out, "warmup", model=args.model,
                                extra=[*common, "--output-mode", "none", "--max-frames", "64"]))
