@@ -15,6 +15,7 @@
 #                                         # benchmarks/startup.py (where the time to the first frame goes)
 #   bash benchmarks/gpu_host.sh issue12e  # bench_contention.py: a whole model-bound run, GIL switch interval, nice encoders
 #   bash benchmarks/gpu_host.sh nvdec-side  # NvDecoder vs PyNvVideoCodec's own loop, its time taken apart (bench_decoders.py)
+#   bash benchmarks/gpu_host.sh issue12f  # NvDecoder's ablation, then bench.py's model-bound and encode-bound jobs (target 2)
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
 #   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
@@ -168,6 +169,15 @@ PY
           "from pathlib import Path; from benchmarks.bench_decoders import nvdec_whole; print(nvdec_whole(Path('/tmp/nvdec-side.mp4')))" \
           2>&1 | tail -2
       fi ;;
+    issue12f)  # what is left of issue 12 (~8 min): NvDecoder's ablation, then target 2 measured by bench.py
+      python3 -c "from pathlib import Path; from benchmarks.bench_decoders import make_clip, nvdec_ablation, nvdec_own_loop
+src = make_clip(Path('/tmp/nvdec-side.mp4'), width=1920, height=1080, num_frames=480, gop=48)
+print('own loop', nvdec_own_loop(src, copy=True)['fps'], 'NvDecoder', nvdec_ablation(src))" 2>&1 | tee "$OUT/nvdec-ablation.log"
+      skip=pipeline_sequential,naive,first_frame_cli,model_channels_last
+      python3 benchmarks/bench.py --make-clip 480x270 --frames 720 --model realesrgan-x4plus-anime --preset veryfast \
+        --crf 23 --skip "$skip" --out "$OUT/model-bound" --work /tmp/bench-model 2>&1 | tee "$OUT/bench-model-bound.log" | tail -25
+      python3 benchmarks/bench.py --make-clip 640x480 --frames 240 --model realesr-animevideov3 --scale 4 --preset medium \
+        --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode 2>&1 | tee "$OUT/bench-encode-bound.log" | tail -25 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done
