@@ -172,11 +172,11 @@ def nvdec_breakdown(src: Path) -> dict:
             frames = 0
             t0 = time.perf_counter()
             with torch.cuda.stream(stream):
-                items = [(dec._packet_data(payload, k), None) for k, (payload, _, _) in enumerate(packets)]
-                items.append(((dec._end_of_stream_packet(), None), None))
+                items = [dec._packet_data(payload, k) for k, (payload, _, _) in enumerate(packets)]
+                items.append((dec._end_of_stream_packet(), None))  # (packet, the buffer it points at)
                 prepared = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                for (packet, _keep), _ in items:
+                for packet, _buffer in items:
                     got = list(dec._decoder.Decode(packet))
                     if mode == "copy_and_wait":
                         if got:

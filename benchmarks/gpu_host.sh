@@ -147,8 +147,8 @@ for step in "$@"; do
       python3 benchmarks/startup.py --out "$OUT/startup" 2>&1 | tee "$OUT/startup.log"
       tar czf "$OUT/issue12d.tgz" -C "$OUT" decoders startup $(cd "$OUT" && ls spy-* 2>/dev/null) \
         && rm -rf "$OUT/decoders" "$OUT/startup" "$OUT"/spy-* ;;
-    issue12e)  # a whole model-bound run vs CPU/GIL contention: GIL switch interval, encoders at nice +10 (~4 min)
-      python3 benchmarks/bench_contention.py --frames "${FRAMES:-960}" --repeats "${REPEATS:-2}" --variants "${VARIANTS:-default,switch-1ms,encoders-nice,both}" \
+    issue12e)  # a whole model-bound run vs CPU/GIL contention: encoder threads, GIL switch interval, nice encoders (~4 min)
+      python3 benchmarks/bench_contention.py --frames "${FRAMES:-960}" --repeats "${REPEATS:-2}" --variants "${VARIANTS:-default,ffmpeg-threads,switch-1ms,encoders-nice}" \
         --out "$OUT/contention" 2>&1 | tee "$OUT/bench-contention.log"
       tar czf "$OUT/issue12e.tgz" --exclude "*.mp4" -C "$OUT" contention && rm -rf "$OUT/contention" ;;
     nvdec-side)  # NvDecoder vs PyNvVideoCodec's own loop, its time taken apart, twice; py-spy of NvDecoder (~60 s)
