@@ -16,6 +16,7 @@
 #   bash benchmarks/gpu_host.sh issue12e  # bench_contention.py: a whole model-bound run, GIL switch interval, nice encoders
 #   bash benchmarks/gpu_host.sh nvdec-side  # NvDecoder vs PyNvVideoCodec's own loop, its time taken apart (bench_decoders.py)
 #   bash benchmarks/gpu_host.sh issue12f  # NvDecoder's ablation, then bench.py's model-bound and encode-bound jobs (target 2)
+#   bash benchmarks/gpu_host.sh issue12g  # target 2 on longer clips (1800 and 720 frames; the pool only), NvDecoder vs its own loop
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
 #   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
@@ -178,6 +179,19 @@ print('own loop', nvdec_own_loop(src, copy=True)['fps'], 'NvDecoder', nvdec_abla
         --crf 23 --skip "$skip" --out "$OUT/model-bound" --work /tmp/bench-model 2>&1 | tee "$OUT/bench-model-bound.log" | tail -25
       python3 benchmarks/bench.py --make-clip 640x480 --frames 240 --model realesr-animevideov3 --scale 4 --preset medium \
         --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode 2>&1 | tee "$OUT/bench-encode-bound.log" | tail -25 ;;
+    issue12g)  # target 2 on clips long enough for a pool (30 and 12 segments), NvDecoder vs its own loop in turns (~8 min)
+      python3 -c "from pathlib import Path; from benchmarks.bench_decoders import make_clip, nvdec_own_loop, nvdec_whole
+src = make_clip(Path('/tmp/nvdec-side.mp4'), width=1920, height=1080, num_frames=480, gop=48)
+for k in range(2):
+    own, ours = nvdec_own_loop(src, copy=True)['fps'], nvdec_whole(src)['fps']
+    print(f'round {k + 1}: own loop {own}, NvDecoder {ours} ({ours / own:.3f})')" 2>&1 | tee "$OUT/nvdec-turns.log"
+      skip=pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
+      python3 benchmarks/bench.py --make-clip 480x270 --frames "${FRAMES_MODEL:-1800}" --model realesrgan-x4plus-anime \
+        --preset veryfast --crf 23 --skip "$skip" --out "$OUT/model-bound" --work /tmp/bench-model 2>&1 \
+        | tee "$OUT/bench-model-bound.log" | tail -12
+      python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-720}" --model realesr-animevideov3 --scale 4 \
+        --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode 2>&1 \
+        | tee "$OUT/bench-encode-bound.log" | tail -12 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

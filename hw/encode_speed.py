@@ -27,10 +27,11 @@ import numpy as np
 
 from core.choices import CPU_ENCODERS, OUTPUT_PIX_FMT
 
-__all__ = ["EncoderSpeed", "measure_encoder_speed", "remembered_encoder_speed", "speed_key"]
+__all__ = ["EncoderSpeed", "measure_encoder_speed", "remembered_encoder_speed", "speed_key", "ENCODER_SPEEDS_FILE"]
 
 log = logging.getLogger(__name__)
 
+ENCODER_SPEEDS_FILE = "encoder-speeds.json"  # in framepipe's cache dir
 _PAN = 64  # pixels the pattern moves over; the canvas is this much larger than a frame
 
 

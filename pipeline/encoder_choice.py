@@ -14,10 +14,18 @@ own); `EncoderChoice.line` says in one line what was chosen and why.
   the model delivered in an earlier run of the same model, size, devices and precision
   (MODEL_RATES_FILE in framepipe's cache, written by `remember_model_rate` at the end of each
   run; unknown on the first run, when the limits decide), times the output frames per source
-  frame, plus 25%.
+  frame, plus 25%. The model's part is the rate of the batches run compiled once the compilation
+  was ready (`source_frames_per_second`): a first run that stayed eager while the compiler worked
+  would otherwise plan the next, compiled run's encoders for half its speed (seen on an H200,
+  x4plus-anime at 480x270 -> 1080p: after a first run whose compilation did not finish, the
+  pool was planned at 1 encoder; compiled, the model made 145 fps alone and the run 65).
 - What k encoders do together, from one encoder measured alone (`hw.encode_speed`: fps and
   the cores it keeps busy): k x fps while k of them fit the cores, no more than the cores
-  give (fps x cores / cores busy) after. The smallest k that meets the need; where even the
+  give (fps x cores / cores busy) after (`pool_fps`). That measurement encodes synthetic
+  frames, which go ~3x faster than an upscaled video (seen on an H200 at 1920x1080 veryfast:
+  207 fps measured, 63-77 fps on a run's frames); so every run its encoders bounded remembers
+  how fast its real frames went against it (`learn_content_factor`, ENCODER_FACTORS_FILE), and
+  the next choice with these settings and size counts with that factor (the line says so). The smallest k that meets the need; where even the
   limits do not, every encoder they allow (encoding bounds that run).
 
 Measured on the H100 host's 16 cores at 2560x1920 x264 medium: one encoder 36 fps; 2, 3, 4
@@ -35,13 +43,18 @@ from dataclasses import dataclass
 from core.choices import MAX_AUTO_ENCODERS
 from hw.encode_speed import EncoderSpeed
 
-__all__ = ["EncoderChoice", "choose_encoders", "encoder_threads", "model_rate_key", "remember_model_rate", "remembered_model_rate",
-           "MIN_FRAMES_FOR_RATE", "MODEL_RATES_FILE"]
+__all__ = ["EncoderChoice", "choose_encoders", "content_factor", "encoder_bound_fps", "encoder_threads", "learn_content_factor", "model_rate_key",
+           "pool_fps", "remember_content_factor", "remember_model_rate", "remembered_content_factor",
+           "remembered_model_rate", "ENCODER_FACTORS_FILE", "MIN_FRAMES_FOR_RATE", "MODEL_RATES_FILE"]
 
 log = logging.getLogger(__name__)
 
 HEADROOM = 1.25  # encoders planned for 25% more than the model delivered: the rate is an average
 MIN_FRAMES_FOR_RATE = 100  # a run shorter than this says little about the model's steady rate
+ENCODER_BOUND_SHARE = 0.5  # the hand-over to the encoders blocked this much of the run: they bounded it
+ENCODER_FACTORS_FILE = "encoder-content.json"  # real frames vs the synthetic measurement, per encoder setting and size
+MIN_STEADY_FRAMES = 32  # a worker's batches in its settled mode, fewer: its whole run's rate is taken
+UNSETTLED = ("waiting", "compiling", "cancelled")  # compile statuses of a worker that never ran compiled
 MODEL_RATES_FILE = "model-rates.json"  # in framepipe's cache dir (models.registry.default_cache_dir)
 
 
@@ -60,6 +73,7 @@ def encoder_threads(num_encoders: int, num_cores: int) -> int:
 class EncoderChoice:
     num_encoders: int
     line: str  # "encoders: 3 (...)", printed when the run starts
+    speed_key: str = ""  # the CPU encoder's settings and size (hw.encode_speed.speed_key): what the run teaches
 
 
 def choose_encoders(*, speed: EncoderSpeed | None, model_fps: float | None, num_cores: int, memory_fits: int,
@@ -79,15 +93,78 @@ def choose_encoders(*, speed: EncoderSpeed | None, model_fps: float | None, num_
         return EncoderChoice(allowed, f"encoders: {allowed} ({one}; the model's rate here is not known yet, so the "
                                       f"limits decide: {limits})")
     need = model_fps * frames_per_source_frame * HEADROOM
-    ceiling = speed.fps * num_cores / max(speed.cores_busy, 1e-6)  # what the cores give, all encoding
     per_frame = f" x {frames_per_source_frame} frames out" if frames_per_source_frame > 1 else ""
     rate = f"the model delivered {model_fps:.0f} fps{per_frame} here before"
     for k in range(1, allowed + 1):
-        if min(k * speed.fps, ceiling) >= need:
+        if pool_fps(speed, k, num_cores) >= need:
             return EncoderChoice(k, f"encoders: {k} ({one}; {rate}, +25% is {need:.0f} fps; the limits "
                                     f"would allow {allowed}: {limits})")
     return EncoderChoice(allowed, f"encoders: {allowed} ({one}; {rate}, more than {allowed} encode, so encoding "
                                   f"bounds this run: {limits})")
+
+
+def pool_fps(speed: EncoderSpeed, num_encoders: int, num_cores: int) -> float:
+    """What `num_encoders` encoders of `speed` give together: each its rate while they fit the
+    cores, no more than the cores give after."""
+    return min(num_encoders * speed.fps, speed.fps * num_cores / max(speed.cores_busy, 1e-6))
+
+
+def encoder_bound_fps(stats) -> float | None:
+    """Frames per second the encoders put out in a run they bounded, None where they did not
+    (or the run was too short to say). They bounded it where the hand-over to them (the writer
+    stage, which blocks on the pool's full queues) was busy at least half of the time after the
+    first frame: the run's rate is then theirs."""
+    first, wall = stats.first_frame_seconds, stats.wall_seconds
+    encoded = stats.num_frames_encoded
+    writer = stats.stages.get("writer")
+    if encoded < MIN_FRAMES_FOR_RATE or first is None or writer is None or wall - first <= 0:
+        return None
+    span = wall - first
+    if writer.busy_seconds < ENCODER_BOUND_SHARE * span:
+        return None
+    return (encoded - 1) / span
+
+
+def content_factor(observed_fps: float, speed: EncoderSpeed, num_encoders: int, num_cores: int) -> float:
+    """How much faster (> 1) or slower (< 1) the pool encoded a run's real frames than the
+    synthetic measurement (`hw.encode_speed`) predicts for it, within [1/20, 4]."""
+    predicted = pool_fps(speed, num_encoders, num_cores)
+    return min(4.0, max(0.05, observed_fps / max(predicted, 1e-6)))
+
+
+def remember_content_factor(memo, key: str, factor: float, *, observed_fps: float, num_encoders: int) -> None:
+    memo.put(key, {"factor": round(factor, 3), "observed_fps": round(observed_fps, 2), "encoders": num_encoders,
+                   "date": time.strftime("%Y-%m-%d")})
+    log.debug("encoders at %s: %.1f fps with %d, %.2f x the synthetic measurement", key, observed_fps,
+              num_encoders, factor)
+
+
+def learn_content_factor(stats, *, key: str, num_encoders: int, num_cores: int, speeds_memo, factors_memo) -> float | None:
+    """At the end of a run its encoders bounded: how its real frames encoded against the synthetic
+    measurement of one encoder with these settings (in `speeds_memo`, never measured here),
+    remembered in `factors_memo` for the next choice. None: nothing learnt."""
+    observed = encoder_bound_fps(stats)
+    known = speeds_memo.get(key) if observed is not None and key else None
+    try:
+        speed = EncoderSpeed(fps=float(known["fps"]), cores_busy=float(known["cores_busy"]))
+    except (KeyError, TypeError, ValueError):  # (None: not measured for these settings)
+        return None
+    factor = content_factor(observed, speed, num_encoders, num_cores)
+    remember_content_factor(factors_memo, key, factor, observed_fps=observed, num_encoders=num_encoders)
+    return factor
+
+
+def _remembered(memo, key: str, field: str) -> float | None:
+    """`field` of the memo's entry for `key` as a number; None where there is none (or another format)."""
+    known = memo.get(key) if memo is not None else None
+    try:
+        return float(known[field]) if known else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def remembered_content_factor(memo, key: str) -> float | None:
+    return _remembered(memo, key, "factor")
 
 
 def model_rate_key(*, model: str, scale: int, width: int, height: int, devices: list[str], dtypes: list[str],
@@ -101,17 +178,30 @@ def model_rate_key(*, model: str, scale: int, width: int, height: int, devices: 
 def source_frames_per_second(stats) -> float | None:
     """Source frames per second the decoder and the workers delivered in a run, each from the
     time it spent working (time blocked on a full queue left out: that is the encoders' speed,
-    not theirs); the batch probe's seconds are left out too. None: too few frames to say."""
+    not theirs). A worker's rate is that of its batches in the mode it settled in
+    (`WorkerStats.steady_frames`: compiled once its compilation was ready), so the eager batches
+    before the switch, the model's start and the batch probe do not count. None: too few frames
+    to say, or a worker that never settled (a run that ended before its compilation did: the
+    next run, compiled from the cache, is ~2-3x faster than this one's eager batches)."""
     if stats.num_frames_written < MIN_FRAMES_FOR_RATE:
         return None
     rates = []
     reader = stats.stages.get("reader")
     if reader is not None and reader.busy_seconds > 0:
         rates.append(stats.num_frames_decoded / reader.busy_seconds)
-    workers = [w for w in stats.workers.values() if w.num_frames]
-    busy = [max(w.clock.busy_seconds - w.probe_seconds, 1e-3) for w in workers]
-    if workers:
-        rates.append(sum(w.num_frames / b for w, b in zip(workers, busy)))
+    total = 0.0
+    for w in stats.workers.values():
+        if not w.num_frames:
+            continue
+        steady, seconds = getattr(w, "steady_frames", 0), getattr(w, "steady_seconds", 0.0)
+        if steady >= MIN_STEADY_FRAMES and seconds > 0:
+            total += steady / seconds
+        elif getattr(getattr(w, "compile", None), "status", "eager") in UNSETTLED:
+            return None
+        else:  # too few batches after the switch to say: the whole run's
+            total += w.num_frames / max(w.clock.busy_seconds - w.probe_seconds, 1e-3)
+    if total:
+        rates.append(total)
     return min(rates) if rates else None
 
 
@@ -125,8 +215,4 @@ def remember_model_rate(memo, key: str, stats) -> None:
 
 
 def remembered_model_rate(memo, key: str) -> float | None:
-    known = memo.get(key) if memo is not None else None
-    try:
-        return float(known["fps"]) if known else None
-    except (KeyError, TypeError, ValueError):
-        return None
+    return _remembered(memo, key, "fps")

@@ -27,7 +27,7 @@ from core.errors import HardwareUnavailable, InvalidOption, OutputExists, Output
 from core.files import check_output_paths
 from hw.av_source import SourceInfo, probe_audio, probe_source
 from hw.color import ColorInfo
-from hw.encode_speed import EncoderSpeed, remembered_encoder_speed
+from hw.encode_speed import ENCODER_SPEEDS_FILE, EncoderSpeed, remembered_encoder_speed, speed_key
 from hw.memory import ProbeMemo
 from hw.pictures import (PictureSequence, PictureTarget, find_pictures, orientation, parse_fps, picture_target,
                          probe_pictures)
@@ -36,8 +36,8 @@ from models.compiled import compile_choice
 from models.registry import default_cache_dir
 from pipeline.config import RunConfig, default_output_path
 from pipeline.decoders import DecodePlan, choose_decoders, plan_decoders
-from pipeline.encoder_choice import (MODEL_RATES_FILE, EncoderChoice, choose_encoders, encoder_threads, model_rate_key,
-                                     remembered_model_rate)
+from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, EncoderChoice, choose_encoders, encoder_threads,
+                                     model_rate_key, remembered_content_factor, remembered_model_rate)
 from pipeline.segments import PartsFolder, SegmentLayout
 
 __all__ = ["RunPlan", "plan_run", "plan_devices", "DevicePlan"]
@@ -84,6 +84,7 @@ class RunPlan:
     encoder_threads: int = 0  # threads each CPU encoder of the pool runs (0: the encoder's choice)
     encoder_line: str = ""  # "encoders: 3 (why)": said when the run starts (pipeline.encoder_choice)
     model_rate_key: str = ""  # where the run remembers the rate its decoder and model delivered
+    encoder_speed_key: str = ""  # where the run remembers how its real frames encoded (CPU encoders)
     output_bit_depth: int = 8  # 8 (yuv420p) or 10 (yuv420p10le); pictures: 8 or 16
     pictures: PictureSequence | None = None  # the source is a picture sequence (hw.pictures)
     picture_target: PictureTarget | None = None  # the output is pictures (`output` is their folder)
@@ -250,6 +251,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         devices=tuple(devices), dtypes=dtypes, compiled=compiled, output_width=out_w, output_height=out_h,
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
         segments=segments, num_encoders=encoders.num_encoders, encoder_line=encoder_line, model_rate_key=rate_key,
+        encoder_speed_key=encoders.speed_key,
         encoder_threads=threads, cut=config.cut, output_bit_depth=bit_depth,
         pictures=pictures, interpolator=interpolator, split=split, decoding=decoding,
     )
@@ -589,13 +591,28 @@ def _available_memory_bytes() -> int:
 def _encoder_speed(codec: str, *, preset: str, crf: int | None, width: int, height: int, bit_depth: int) -> EncoderSpeed:
     """One CPU encoder alone at this size and these settings (hw.encode_speed), measured once per
     machine and remembered in framepipe's cache. Tests replace it."""
-    memo = ProbeMemo(default_cache_dir() / "encoder-speeds.json")
+    memo = ProbeMemo(default_cache_dir() / ENCODER_SPEEDS_FILE)
     speed, measured = remembered_encoder_speed(memo, codec, preset=preset, crf=crf, width=width, height=height,
                                                bit_depth=bit_depth)
     if measured:
         log.info("one %s %s encoder at %dx%d: %.1f fps (measured now; remembered in %s)", codec, preset, width,
                  height, speed.fps, memo.path)
     return speed
+
+
+def _speed_key(codec: str, **kw) -> str:
+    """hw.encode_speed.speed_key; "" where the encoder's settings cannot be keyed."""
+    try:
+        return speed_key(codec, **kw)
+    except Exception as exc:  # noqa: BLE001 - the build reports settings it refuses, in one line
+        log.debug("no encoder speed key: %s", exc)
+        return ""
+
+
+def _content_factor(key: str) -> float | None:
+    """Real frames against the synthetic measurement, as the last encoder-bound run with these
+    settings and size saw it (`pipeline.encoder_choice.remember_content_factor`). Tests replace it."""
+    return remembered_content_factor(ProbeMemo(default_cache_dir() / ENCODER_FACTORS_FILE), key)
 
 
 def _model_rate(key: str) -> float | None:
@@ -641,6 +658,9 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
     frame_bytes = width * height * 3 // 2 * bytes_per_sample
     per_encoder = frame_bytes * (segment_frames + 60)
     fits = max(1, int(_available_memory_bytes() * 0.4 // per_encoder))
+    speed_key = "" if use_nvenc else _speed_key(config.codec, preset=preset or config.preset_or_default,
+                                                  crf=config.crf_or_default, width=width, height=height,
+                                                  bit_depth=10 if bytes_per_sample > 1 else 8)
     if not config.parallel:  # the sequential baseline encodes in its one thread
         choice = EncoderChoice(1, "encoders: 1 (the sequential loop encodes in its one thread)")
     elif config.encoders:
@@ -660,10 +680,16 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
                                        bit_depth=10 if bytes_per_sample > 1 else 8)
             except Exception as exc:  # noqa: BLE001 - settings the encoder refuses are reported by the build, in one line
                 log.debug("encoder speed not measured: %s", exc)
+            factor = _content_factor(speed_key) if speed is not None and speed_key else None
+            if factor is not None:  # what real frames here gave against the synthetic measurement
+                speed = EncoderSpeed(fps=speed.fps * factor, cores_busy=speed.cores_busy)
+                what += f" ({factor:.2f} x the synthetic measurement, as a run here encoded)"
             model_fps = _model_rate(model_rate_key) if model_rate_key else None
         choice = choose_encoders(speed=speed, model_fps=model_fps, num_cores=num_cores, memory_fits=fits,
                                  num_segments=num_segments, what=what,
                                  frames_per_source_frame=max(1, getattr(config, "interpolate", 1)))
+    if not use_nvenc:
+        choice = replace(choice, speed_key=speed_key)
     if use_nvenc and choice.num_encoders > 1:
         sessions = _nvenc_sessions(config, width, height, choice.num_encoders, notes)
         choice = EncoderChoice(sessions, f"encoders: {sessions} NVENC session(s) (probed; asked for {choice.num_encoders})")

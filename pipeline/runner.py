@@ -17,6 +17,7 @@ and `pipeline.report.settle_output` puts it where it belongs (`core.files.Output
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -26,12 +27,13 @@ from contextlib import ExitStack
 from core.errors import HardwareUnavailable, NoVideoStream, RunInterrupted
 from core.files import NoOutput, OutputFile, OutputFolder
 from core.stopping import finishing, interruptible, requested, settling, signals_deferred
+from hw.encode_speed import ENCODER_SPEEDS_FILE
 from hw.memory import ProbeMemo
 from models.registry import default_cache_dir
 from pipeline.build import ModelSource, Stages, Wrap, build
 from pipeline.collector import Collector
 from pipeline.config import RunConfig
-from pipeline.encoder_choice import MODEL_RATES_FILE, remember_model_rate
+from pipeline.encoder_choice import ENCODER_FACTORS_FILE, MODEL_RATES_FILE, learn_content_factor, remember_model_rate
 from pipeline.messages import ErrorChannel, StageFailed
 from pipeline.plan import RunPlan, plan_run
 from pipeline.queues import FifoInbox, FifoOutbox, WorkQueue
@@ -142,6 +144,10 @@ def run(
             stats.warn(f"source: {stats.num_corrupt_packets} corrupt packet(s) skipped; every decodable frame was processed")
         if plan.model_rate_key and config.parallel:  # for the next run's choice of encoders (pipeline.encoder_choice)
             remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), plan.model_rate_key, stats)
+        if plan.encoder_speed_key and plan.segments is not None and config.parallel:  # the encoders' real speed
+            learn_content_factor(stats, key=plan.encoder_speed_key, num_encoders=plan.num_encoders,
+                                 num_cores=os.cpu_count() or 2, speeds_memo=ProbeMemo(default_cache_dir() / ENCODER_SPEEDS_FILE),
+                                 factors_memo=ProbeMemo(default_cache_dir() / ENCODER_FACTORS_FILE))
         _note_late_stop(stats, outcome)
     return stats
 

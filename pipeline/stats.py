@@ -61,6 +61,10 @@ class WorkerStats:
     probe_seconds: float = 0.0
     probe_note: str = ""
     compile: Any = None  # models.compiled.CompileState once the model is built
+    # Source frames and seconds of work of the batches run in the mode the worker settled in (compiled
+    # once its compilation is ready; eager where it never compiles): what the next run's model delivers.
+    steady_frames: int = 0
+    steady_seconds: float = 0.0
     first_batch_at: float | None = None  # perf_counter when its first batch came out of the model
     # Start-up steps, in order: name -> perf_counter when it was done (time to first frame).
     marks: dict[str, float] = field(default_factory=dict)
@@ -116,6 +120,7 @@ class WorkerStats:
             "probe_seconds": round(self.probe_seconds, 3),
             "probe_note": self.probe_note,
             "compile": _compile_dict(self.compile),
+            "steady_fps": round(self.steady_frames / self.steady_seconds, 2) if self.steady_seconds > 0 else None,
             "busy_seconds": round(self.clock.busy_seconds, 3),
             "wait_seconds": round(self.clock.wait_seconds, 3),
             "memory_used_bytes": self.memory_used_bytes,

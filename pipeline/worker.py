@@ -253,11 +253,15 @@ class Worker:
                 self.batch_size = min(self.target_batch_size, self.max_batch_size)
                 self.ws.batch_size, self.ws.health = self.batch_size, "ok"
                 self.model.batch_size = self.batch_size
+            mode, t0 = self._settled_mode(), time.perf_counter()
             if self._stream is not None:
                 with torch.cuda.stream(self._stream):
                     results = self._process_all(batch)
             else:
                 results = self._process_all(batch)
+            if mode is not None and mode == self._settled_mode():
+                self.ws.steady_frames += len(batch)
+                self.ws.steady_seconds += time.perf_counter() - t0
         except BaseException as exc:
             if not is_device_fault(exc):
                 raise
@@ -268,6 +272,12 @@ class Worker:
 
     def finish(self) -> list[ResultItem]:
         return []
+
+    def _settled_mode(self) -> str | None:
+        """How the model runs now, where that is how it will go on running (the compile status:
+        compiled, eager, failed, mismatch); None while a compilation may still switch it."""
+        status = self.model.state.status if self.model is not None else "eager"
+        return None if status in ("waiting", "compiling") else status
 
     def close(self, *, complete: bool) -> None:
         self.interpolator = None

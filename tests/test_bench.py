@@ -33,5 +33,9 @@ def test_bench_runs_every_step_on_the_cpu(tmp_path):
     assert results["naive"]["frames"] == 48 and results["first_frame_cli"]["from_command_s"] > 0
     summary = results["summary"]
     assert summary["encoder_pool"]["bound_by"] in ("decode", "model", "encode")
+    for name, step in (("one_encoder", "pipeline_parallel_1_encoder"), ("encoder_pool", "pipeline_parallel")):
+        run_ = results[step]  # after the first frame: faster than over the whole run, which counts the start
+        assert run_["steady_fps"] > run_["fps"] and summary[name]["steady_fps"] == run_["steady_fps"]
+        assert summary[name]["steady_ratio_to_slowest"] == round(run_["steady_fps"] / summary[name]["slowest_alone_fps"], 3)
     assert summary["best_pipeline_vs_naive_wall"] > 0
     assert (tmp_path / "bench-bicubic-64x48-x2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 
 import main as cli
+from hw.clips import make_clip
 from hw.encode_speed import EncoderSpeed, measure_encoder_speed, remembered_encoder_speed, speed_key
 from hw.memory import ProbeMemo
 from pipeline import RunConfig, run
-from pipeline.encoder_choice import MODEL_RATES_FILE, choose_encoders, encoder_threads, source_frames_per_second
+from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, choose_encoders, content_factor, encoder_bound_fps,
+                                     encoder_threads, source_frames_per_second)
 
 SPEED = EncoderSpeed(fps=36.0, cores_busy=4.0)  # on 16 cores the encoders together give up to 144 fps
 
@@ -170,6 +172,76 @@ def test_source_frames_per_second_is_the_slower_of_decoder_and_workers():
     assert source_frames_per_second(stats) is None  # too short to say
 
 
+def test_a_workers_rate_is_that_of_the_mode_it_settled_in():
+    """Compiled once ready: the batches after the switch say what the next run's model delivers;
+    the eager batches before it, the model's start and the probe do not. A worker that never
+    ran compiled (the run ended first) gives no rate at all: its eager rate would plan the
+    next, compiled run's encoders for half its speed."""
+    def worker(status, steady_frames, steady_seconds):
+        return SimpleNamespace(num_frames=1000, probe_seconds=1.0, clock=SimpleNamespace(busy_seconds=21.0),
+                               steady_frames=steady_frames, steady_seconds=steady_seconds,
+                               compile=SimpleNamespace(status=status))
+
+    def stats(*workers):
+        return SimpleNamespace(num_frames_written=1000, num_frames_decoded=1000, stages={},
+                               workers={f"w{k}": w for k, w in enumerate(workers)})
+
+    assert source_frames_per_second(stats(worker("compiled", 800, 4.0))) == pytest.approx(200.0)  # not 1000/20
+    assert source_frames_per_second(stats(worker("eager", 1000, 10.0), worker("compiled", 600, 2.0))) == \
+        pytest.approx(400.0)  # 100 + 300
+    for unsettled in ("waiting", "compiling", "cancelled"):
+        assert source_frames_per_second(stats(worker(unsettled, 0, 0.0))) is None
+    assert source_frames_per_second(stats(worker("compiled", 8, 0.01))) == pytest.approx(50.0)  # too few: the run's
+    assert source_frames_per_second(stats(worker("failed", 0, 0.0))) == pytest.approx(50.0)  # eager for good
+
+
+def test_the_worker_counts_as_steady_only_its_compiled_batches(tmp_path, monkeypatch):
+    """Real runs, compiled by a stand-in after their first batch: the worker's steady frames are
+    the compiled batches' frames (the first, eager batch left out), and that rate is remembered;
+    with --compile off, every frame; a run whose compilation never ends remembers no rate."""
+    import threading
+
+    import torch
+
+    from tests.test_compile import StandIn, _wait_for_the_compiler
+
+    clip = make_clip(tmp_path / "v.mp4", width=48, height=32, num_frames=120, fps=24)
+    monkeypatch.setenv("FRAMEPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch, "compile", StandIn())
+    rates = tmp_path / "cache" / MODEL_RATES_FILE
+
+    def cfg(source, compile):
+        return RunConfig(source=source, output=tmp_path / f"{source.stem}-{compile}.mkv", model="bicubic", scale=2,
+                         device="cpu", batch_size=4, parallel=True, encoders=2, segment_frames=30, preset="ultrafast",
+                         compile=compile)
+
+    stats = run(cfg(clip, "on"), wrap=_wait_for_the_compiler)
+    worker, d = next(iter(stats.workers.values())), stats.to_dict()["workers"][0]
+    assert d["compile"]["status"] == "compiled" and (d["compile"]["eager_batches"], d["compile"]["compiled_batches"]) == (1, 29)
+    assert worker.steady_frames == 116 and worker.steady_seconds > 0 and d["steady_fps"] > 0
+    ((key, entry),) = json.loads(rates.read_text()).items()
+    assert "compiled yes" in key and entry["fps"] > 0
+    off = next(iter(run(cfg(clip, "off")).workers.values()))
+    assert off.steady_frames == 120
+
+    release = threading.Event()
+
+    def never_ready(module, *, mode, dynamic):
+        release.wait(60)
+        raise RuntimeError("cancelled")
+
+    monkeypatch.setattr(torch, "compile", never_ready)
+    before = json.loads(rates.read_text())
+    other = make_clip(tmp_path / "w.mp4", width=64, height=32, num_frames=120, fps=24)  # another size: another key
+    try:
+        stats = run(cfg(other, "on"))
+    finally:
+        release.set()
+    worker = next(iter(stats.workers.values()))
+    assert worker.num_frames == 120 and worker.steady_frames == 0
+    assert json.loads(rates.read_text()) == before  # nothing remembered for the run that never ran compiled
+
+
 # -- the measurement ---------------------------------------------------------------------------
 
 
@@ -234,3 +306,75 @@ def test_each_encoder_of_the_pool_runs_its_share_of_the_cores(tmp_path, clips):
     (words,) = [chunk.split(b" ") for chunk in one.read_bytes().split(b"x264 - core")[1:]]
     (threads,) = [int(w.removeprefix(b"threads=")) for w in words if w.startswith(b"threads=")]
     assert threads > expected or _num_cores() < 2
+
+
+# -- what real frames teach: the synthetic measurement corrected ------------------------------------
+
+
+def test_a_run_is_encoder_bound_where_the_hand_over_blocked_half_of_it():
+    def stats(writer_busy, encoded=1001):
+        return SimpleNamespace(first_frame_seconds=2.0, wall_seconds=12.0, num_frames_encoded=encoded,
+                               stages={"writer": SimpleNamespace(busy_seconds=writer_busy)})
+
+    assert encoder_bound_fps(stats(8.0)) == pytest.approx(100.0)  # 1000 frames after the first in 10 s
+    assert encoder_bound_fps(stats(4.0)) is None  # the encoders waited for frames: the rate is not theirs
+    assert encoder_bound_fps(stats(8.0, encoded=50)) is None  # too short to say
+    assert content_factor(70.0, EncoderSpeed(fps=200.0, cores_busy=2.0), 1, 16) == pytest.approx(0.35)
+    assert content_factor(240.0, EncoderSpeed(fps=100.0, cores_busy=8.0), 4, 16) == pytest.approx(1.2)  # cores: 200
+    assert content_factor(1.0, EncoderSpeed(fps=500.0, cores_busy=1.0), 1, 16) == 0.05  # within [1/20, 4]
+
+
+def test_the_plan_corrects_the_synthetic_speed_by_what_real_frames_gave(sixteen_cores, monkeypatch, clips):
+    """Synthetic frames encode ~3x faster than an upscaled video (seen on an H200: 207 fps
+    measured, 63-77 fps on the run's frames); the remembered factor plans for the real speed."""
+    planning = sixteen_cores
+    monkeypatch.setattr(planning, "_encoder_speed", lambda *a, **k: EncoderSpeed(fps=200.0, cores_busy=2.0))
+    monkeypatch.setattr(planning, "_model_rate", lambda key: 145.0)  # +25%: 181 fps to keep up with
+    src = clips("choice-factor.mp4", num_frames=120)
+    source = planning.probe_source(src)
+    cfg = RunConfig(source=src, segment_frames=10, preset="veryfast")
+    for factor, expected in ((None, 1), (0.35, 3), (1.0, 1), (0.1, 6)):
+        monkeypatch.setattr(planning, "_content_factor", lambda key, f=factor: f)
+        _, choice = planning._plan_segments(cfg, source, 1920, 1080, use_nvenc=False, notes=[], model_rate_key="job")
+        assert choice.num_encoders == expected, (factor, choice.line)
+        assert ("x the synthetic measurement" in choice.line) == (factor is not None)
+        assert choice.speed_key.startswith("libx264|preset veryfast|crf ")
+
+
+def test_an_encoder_bound_run_teaches_the_next_plan(sixteen_cores, monkeypatch, clips, tmp_path, capsys):
+    """A run whose encoders bounded it (here each frame costs them 20 ms more) remembers how much
+    slower its frames encoded than the synthetic measurement; the next plan says so and counts
+    with it. A run they did not bound teaches nothing."""
+    import time
+
+    from hw.av_encode import PyAVWriter
+
+    planning = sixteen_cores
+    monkeypatch.setenv("FRAMEPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(planning, "_encoder_speed", lambda *a, **k: EncoderSpeed(fps=400.0, cores_busy=1.0))
+    memo = ProbeMemo(tmp_path / "cache" / "encoder-speeds.json")  # as _encoder_speed would have remembered it
+    src = clips("choice-learn.mp4", num_frames=120)
+    base = ["--source", str(src), "--model", "bicubic", "--scale", "2", "--parallel", "--quality", "0",
+            "--preset", "ultrafast", "--segment-frames", "30", "--encoders", "2"]
+    key = speed_key("h264", preset="ultrafast", crf=0, width=128, height=96)
+    memo.put(key, {"fps": 400.0, "cores_busy": 1.0})
+    factors = tmp_path / "cache" / ENCODER_FACTORS_FILE
+    assert cli.main([*base, "--output", str(tmp_path / "fast.mp4")]) == 0
+    assert not factors.exists()  # the encoders were not what bounded it
+    write = PyAVWriter.write
+
+    def slow_write(self, planes, pts):
+        time.sleep(0.02)
+        write(self, planes, pts)
+
+    monkeypatch.setattr(PyAVWriter, "write", slow_write)
+    assert cli.main([*base, "--output", str(tmp_path / "slow.mp4")]) == 0
+    learnt = json.loads(factors.read_text())[key]
+    assert learnt["encoders"] == 2 and 40 < learnt["observed_fps"] < 100  # 2 encoders at <= 50 fps each
+    assert learnt["factor"] == pytest.approx(learnt["observed_fps"] / 800.0, rel=0.01)
+    capsys.readouterr()
+    monkeypatch.setattr(planning, "_model_rate", lambda key: 40.0)
+    assert cli.main([*base[:-2], "--output", str(tmp_path / "next.mp4")]) == 0  # --encoders auto
+    err = capsys.readouterr().err
+    assert f"one encodes {400 * learnt['factor']:.0f} fps at 128x96 h264 ultrafast ({learnt['factor']:.2f} x the " \
+           "synthetic measurement, as a run here encoded)" in err
