@@ -3,7 +3,7 @@
 contention between the GPU worker and the encoders, measured side by side in one run.
 
 The model-bound job (realesrgan-x4plus-anime, 480x270 -> 1920x1080, x264 veryfast crf 23, the
-encoder pool, eager model, batch 4) runs whole, in these variants, alternated and repeated:
+encoder pool, eager model unless --compile on, batch 4) runs whole, in these variants, alternated and repeated:
   default        framepipe as it is (the pool's x264 threads together match the cores)
   ffmpeg-threads each encoder of the pool with x264's own thread count (~1.5 per core each:
                  framepipe before 2026-12-06)
@@ -12,6 +12,7 @@ encoder pool, eager model, batch 4) runs whole, in these variants, alternated an
   encoders-nice  each encoder thread (and the x264 threads it starts) at nice +10: under a full
                  CPU the worker, reader and collector run first
   both           the two together
+  spare-threads  the pool's x264 threads together leave 2 cores to the worker, reader and collector
 and once with `--output-mode none` (the stages before the encoder, for the ratio).
 
     python benchmarks/bench_contention.py --frames 960 --out bench-out/contention
@@ -40,6 +41,9 @@ if {interval!r}:
 if {own_threads!r}:
     from pipeline import plan
     plan.encoder_threads = lambda num_encoders, num_cores: 0
+if {spare!r}:
+    from pipeline import plan
+    plan.encoder_threads = lambda num_encoders, num_cores: 0 if num_encoders <= 1 else max(1, (num_cores - {spare!r}) // num_encoders)
 if {nice!r}:
     from pipeline import segment_writer
     original = segment_writer.EncoderPool._run_encoder
@@ -51,16 +55,17 @@ import main
 sys.exit(main.main(sys.argv[1:]))
 """
 
-# (GIL switch interval, nice of the encoder threads, x264's own thread count in the pool)
-VARIANTS = {"default": (0, 0, False), "ffmpeg-threads": (0, 0, True), "switch-1ms": (0.001, 0, False),
-            "encoders-nice": (0, 10, False), "both": (0.001, 10, False)}
+# What each variant changes: the GIL switch interval, the nice of the encoder threads, x264's own
+# thread count in the pool, cores left to the pipeline's own threads by the pool's threads.
+VARIANTS = {"default": {}, "ffmpeg-threads": {"own_threads": True}, "switch-1ms": {"interval": 0.001},
+            "encoders-nice": {"nice": 10}, "both": {"interval": 0.001, "nice": 10}, "spare-threads": {"spare": 2}}
 
 
 def run(clip: Path, out: Path, tag: str, *, interval: float = 0, nice: int = 0, own_threads: bool = False,
-        model: str, extra: list[str]) -> dict:
+        spare: int = 0, model: str, compile: str = "off", extra: list[str]) -> dict:
     stats_path = out / f"{tag}.json"
-    script = _WRAP.format(root=str(ROOT), interval=interval, nice=nice, own_threads=own_threads)
-    cmd = [sys.executable, "-c", script, "--source", str(clip), "--model", model, "--parallel", "--compile", "off",
+    script = _WRAP.format(root=str(ROOT), interval=interval, nice=nice, own_threads=own_threads, spare=spare)
+    cmd = [sys.executable, "-c", script, "--source", str(clip), "--model", model, "--parallel", "--compile", compile,
            "--stats-json", str(stats_path), *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -88,6 +93,8 @@ def main() -> int:
                    help="the pool's size in every run into a file (0: framepipe's choice, which follows the "
                         "model rate remembered by the runs before, so the variants would differ in it)")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--compile", choices=("off", "on"), default="off",
+                   help="on: the compiled model (its compile cache filled first, as a second run finds it)")
     p.add_argument("--out", type=Path, default=Path("bench-out/contention"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -104,19 +111,27 @@ def main() -> int:
         return {"clip": str(clip)}
 
     step("make_clip", make)
+    if args.compile == "on":
+        from types import SimpleNamespace
+
+        from benchmarks.bench import warm_compile_cache
+
+        step("compile_cache", lambda: warm_compile_cache(
+            SimpleNamespace(model=args.model, scale=None, device="cuda:0", precision="auto"),
+            batch=args.batch_size, height=h, width=w))
     common = ["--batch-size", str(args.batch_size)]
     file_args = [*common, "--output", str(args.out / "out.mp4"), "--overwrite", "--preset", "veryfast", "--quality", "23",
                  "--encoders", str(args.encoders)]
     # warm-up: weights converted, the shape's batch-size memo, the disk cache
-    step("warmup", lambda: run(clip, args.out, "warmup", model=args.model,
+    step("warmup", lambda: run(clip, args.out, "warmup", model=args.model, compile=args.compile,
                                extra=[*common, "--output-mode", "none", "--max-frames", "64"]))
-    step("output_none", lambda: run(clip, args.out, "none", model=args.model, extra=[*common, "--output-mode", "none"]))
+    step("output_none", lambda: run(clip, args.out, "none", model=args.model, compile=args.compile,
+                                    extra=[*common, "--output-mode", "none"]))
     names = [v for v in args.variants.split(",") if v]
     for r in range(args.repeats):
         for name in names:
-            interval, nice, own_threads = VARIANTS[name]
-            step(f"{name}:{r + 1}", lambda: run(clip, args.out, f"{name}-{r + 1}", interval=interval, nice=nice,
-                                                own_threads=own_threads, model=args.model, extra=file_args))
+            step(f"{name}:{r + 1}", lambda: run(clip, args.out, f"{name}-{r + 1}", **VARIANTS[name], model=args.model,
+                                                compile=args.compile, extra=file_args))
     print("\nsteady fps (whole-run fps)")
     print(f"  output none: {results['output_none'].get('steady_fps')} ({results['output_none'].get('fps')})")
     for name in names:

@@ -17,6 +17,7 @@
 #   bash benchmarks/gpu_host.sh nvdec-side  # NvDecoder vs PyNvVideoCodec's own loop, its time taken apart (bench_decoders.py)
 #   bash benchmarks/gpu_host.sh issue12f  # NvDecoder's ablation, then bench.py's model-bound and encode-bound jobs (target 2)
 #   bash benchmarks/gpu_host.sh issue12g  # target 2 on longer clips (1800 and 720 frames; the pool only), NvDecoder vs its own loop
+#   bash benchmarks/gpu_host.sh issue12h  # bench_contention.py with the compiled model: nice encoders, 2 cores spared, x264's threads
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
 #   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
@@ -192,6 +193,10 @@ for k in range(2):
       python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-720}" --model realesr-animevideov3 --scale 4 \
         --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode 2>&1 \
         | tee "$OUT/bench-encode-bound.log" | tail -12 ;;
+    issue12h)  # the compiled model-bound job: what the encoders' threads cost the worker (~6 min)
+      python3 benchmarks/bench_contention.py --compile on --frames "${FRAMES:-1200}" --encoders 6 --repeats "${REPEATS:-1}" \
+        --variants "${VARIANTS:-default,encoders-nice,spare-threads,ffmpeg-threads}" --out "$OUT/contention-compiled" 2>&1 \
+        | tee "$OUT/bench-contention-compiled.log" | tail -8 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done
