@@ -25,8 +25,9 @@ own); `EncoderChoice.line` says in one line what was chosen and why.
   frames, which go ~3x faster than an upscaled video (seen on an H200 at 1920x1080 veryfast:
   207 fps measured, 63-77 fps on a run's frames); so every run its encoders bounded remembers
   how fast its real frames went against it (`learn_content_factor`, ENCODER_FACTORS_FILE), and
-  the next choice with these settings and size counts with that factor (the line says so). The smallest k that meets the need; where even the
-  limits do not, every encoder they allow (encoding bounds that run).
+  the next choice with these settings and size counts with that factor (the line says so).
+  The smallest k that meets the need; where even the limits do not, every encoder they allow
+  (encoding bounds that run).
 
 Measured on the H100 host's 16 cores at 2560x1920 x264 medium: one encoder 36 fps; 2, 3, 4
 and 6 encoders 49, 51, 55 and 60 fps together (the issue's figures). The model's ~190 fps
@@ -43,8 +44,8 @@ from dataclasses import dataclass
 from core.choices import MAX_AUTO_ENCODERS
 from hw.encode_speed import EncoderSpeed
 
-__all__ = ["EncoderChoice", "choose_encoders", "content_factor", "encoder_bound_fps", "encoder_threads", "learn_content_factor", "model_rate_key",
-           "pool_fps", "remember_content_factor", "remember_model_rate", "remembered_content_factor",
+__all__ = ["EncoderChoice", "choose_encoders", "content_factor", "encoder_bound_fps", "encoder_threads",
+           "learn_content_factor", "model_rate_key", "pool_fps", "remember_content_factor", "remember_model_rate", "remembered_content_factor",
            "remembered_model_rate", "ENCODER_FACTORS_FILE", "MIN_FRAMES_FOR_RATE", "MODEL_RATES_FILE"]
 
 log = logging.getLogger(__name__)
