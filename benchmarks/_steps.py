@@ -27,3 +27,10 @@ class Steps:
 
     def save(self) -> None:
         self.json_path.write_text(json.dumps(self.results, indent=2, default=str))
+
+
+def steady_fps(stats: dict) -> float | None:
+    """Frames per second after the first frame, from a run's stats (`RunStats.to_dict()` or the
+    `--stats-json` file); None where the run gave no first frame."""
+    frames, wall, first = stats["frames_written"], stats["wall_seconds"], stats.get("first_frame_seconds")
+    return (frames - 1) / (wall - first) if first is not None and wall > first else None

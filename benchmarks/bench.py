@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks._steps import Steps  # noqa: E402
+from benchmarks._steps import Steps, steady_fps  # noqa: E402
 from benchmarks.bench_gpu_path import make_source  # noqa: E402
 from benchmarks.bench_segments import encoders_alone, output_frames  # noqa: E402
 
@@ -157,10 +157,11 @@ def pipeline(args, src: Path, out: Path | None, *, parallel: bool = True, encode
     wall = time.perf_counter() - t0
     d = stats.to_dict()
     worker = d["workers"][0]
-    first, frames = d["first_frame_seconds"], d["frames_written"]
+    frames = d["frames_written"]
     # After the first frame: the pipeline's rate once it runs (the time to it is target 5's, and
     # stage-alone rates leave their start out too); the eager batches before a switch stay in.
-    steady = round((frames - 1) / (d["wall_seconds"] - first), 3) if first is not None and d["wall_seconds"] > first else None
+    steady = steady_fps(d)
+    steady = round(steady, 3) if steady is not None else None
     return {"fps": d["fps"], "steady_fps": steady, "frames": frames, "run_seconds": d["wall_seconds"],
             "whole_call_seconds": round(wall, 3), "whole_call_fps": round(d["frames_written"] / wall, 2),
             "first_frame_seconds": d["first_frame_seconds"], "encoders": planned["encoders"] if planned["segmented"] else 1,

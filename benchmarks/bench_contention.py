@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._steps import Steps  # noqa: E402
+from benchmarks._steps import Steps, steady_fps  # noqa: E402
 
 _WRAP = """
 import os, sys, threading
@@ -74,8 +74,8 @@ def run(clip: Path, out: Path, tag: str, *, interval: float = 0, nice: int = 0, 
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}", "tail": (proc.stdout + proc.stderr)[-600:]}
     s = json.loads(stats_path.read_text())
-    frames, wall, first = s["frames_written"], s["wall_seconds"], s.get("first_frame_seconds")
-    steady = round((frames - 1) / (wall - first), 1) if first is not None and wall > first else None
+    steady = steady_fps(s)
+    steady = round(steady, 1) if steady is not None else None
     return {"fps": s["fps"], "steady_fps": steady, "command_seconds": round(seconds, 2),
             "workers_busy": [w.get("busy_seconds") for w in s.get("workers", [])],
             "batch_sizes": [w.get("batch_sizes") for w in s.get("workers", [])],

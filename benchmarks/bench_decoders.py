@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._steps import Steps  # noqa: E402
+from benchmarks._steps import Steps, steady_fps  # noqa: E402
 
 
 def make_clip(path: Path, *, width: int, height: int, num_frames: int, gop: int) -> Path:
@@ -260,7 +260,8 @@ def end_to_end(src: Path, out: Path, *, decoders: int, nvdec: bool, extra: list[
         return {"error": f"exit {proc.returncode}", "tail": (proc.stdout + proc.stderr)[-800:]}
     s = json.loads(stats_path.read_text())
     frames, wall, first = s["frames_written"], s["wall_seconds"], s.get("first_frame_seconds")
-    steady = round((frames - 1) / (wall - first), 1) if first is not None and wall > first else None
+    steady = steady_fps(s)
+    steady = round(steady, 1) if steady is not None else None
     return {"fps": s["fps"], "steady_fps": steady, "frames": frames, "wall_seconds": wall,
             "first_frame_seconds": first, "command_seconds": round(command_seconds, 2),
             "decoder": s.get("decoder"), "decoders": s.get("decoders", "one decoder"),

@@ -27,7 +27,8 @@ import numpy as np
 
 from core.choices import CPU_ENCODERS, OUTPUT_PIX_FMT
 
-__all__ = ["EncoderSpeed", "measure_encoder_speed", "remembered_encoder_speed", "speed_key", "ENCODER_SPEEDS_FILE"]
+__all__ = ["EncoderSpeed", "known_encoder_speed", "measure_encoder_speed", "remembered_encoder_speed", "speed_key",
+           "ENCODER_SPEEDS_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -132,18 +133,25 @@ def measure_encoder_speed(codec: str, *, preset: str, crf: int | None, width: in
     return speed
 
 
+def known_encoder_speed(memo, key: str) -> EncoderSpeed | None:
+    """The speed `memo` holds for `key` (a `speed_key`); None where it holds none, or an entry of
+    another format (measured again)."""
+    known = memo.get(key) if memo is not None else None
+    try:
+        return EncoderSpeed(fps=float(known["fps"]), cores_busy=float(known["cores_busy"])) if known else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def remembered_encoder_speed(memo, codec: str, *, preset: str, crf: int | None, width: int, height: int,
                              bit_depth: int = 8, measure: Callable[..., EncoderSpeed] = measure_encoder_speed
                              ) -> tuple[EncoderSpeed, bool]:
     """(speed, measured now?): from `memo` (a `hw.memory.ProbeMemo`, or None) when this encoder,
     preset, size and machine were measured before, else measured now and remembered."""
     key = speed_key(codec, preset=preset, crf=crf, width=width, height=height, bit_depth=bit_depth)
-    known = memo.get(key) if memo is not None else None
-    if known:
-        try:
-            return EncoderSpeed(fps=float(known["fps"]), cores_busy=float(known["cores_busy"])), False
-        except (KeyError, TypeError, ValueError):
-            pass  # an entry of another format: measured again
+    known = known_encoder_speed(memo, key)
+    if known is not None:
+        return known, False
     speed = measure(codec, preset=preset, crf=crf, width=width, height=height, bit_depth=bit_depth)
     if memo is not None:
         memo.put(key, {"fps": round(speed.fps, 2), "cores_busy": round(speed.cores_busy, 2),

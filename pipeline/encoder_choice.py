@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass
 
 from core.choices import MAX_AUTO_ENCODERS
-from hw.encode_speed import EncoderSpeed
+from hw.encode_speed import EncoderSpeed, known_encoder_speed
 
 __all__ = ["EncoderChoice", "choose_encoders", "content_factor", "encoder_bound_fps", "encoder_threads",
            "learn_content_factor", "model_rate_key", "pool_fps", "remember_content_factor", "remember_model_rate", "remembered_content_factor",
@@ -145,10 +145,8 @@ def learn_content_factor(stats, *, key: str, num_encoders: int, num_cores: int, 
     measurement of one encoder with these settings (in `speeds_memo`, never measured here),
     remembered in `factors_memo` for the next choice. None: nothing learnt."""
     observed = encoder_bound_fps(stats)
-    known = speeds_memo.get(key) if observed is not None and key else None
-    try:
-        speed = EncoderSpeed(fps=float(known["fps"]), cores_busy=float(known["cores_busy"]))
-    except (KeyError, TypeError, ValueError):  # (None: not measured for these settings)
+    speed = known_encoder_speed(speeds_memo, key) if observed is not None and key else None
+    if speed is None:  # not encoder-bound, or not measured for these settings
         return None
     factor = content_factor(observed, speed, num_encoders, num_cores)
     remember_content_factor(factors_memo, key, factor, observed_fps=observed, num_encoders=num_encoders)

@@ -658,9 +658,9 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
     frame_bytes = width * height * 3 // 2 * bytes_per_sample
     per_encoder = frame_bytes * (segment_frames + 60)
     fits = max(1, int(_available_memory_bytes() * 0.4 // per_encoder))
-    speed_key = "" if use_nvenc else _speed_key(config.codec, preset=preset or config.preset_or_default,
-                                                  crf=config.crf_or_default, width=width, height=height,
-                                                  bit_depth=10 if bytes_per_sample > 1 else 8)
+    settings = dict(preset=preset or config.preset_or_default, crf=config.crf_or_default, width=width, height=height,
+                    bit_depth=10 if bytes_per_sample > 1 else 8)  # what one CPU encoder's speed depends on
+    speed_key = "" if use_nvenc else _speed_key(config.codec, **settings)
     if not config.parallel:  # the sequential baseline encodes in its one thread
         choice = EncoderChoice(1, "encoders: 1 (the sequential loop encodes in its one thread)")
     elif config.encoders:
@@ -672,12 +672,10 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
         num_cores = os.cpu_count() or 2
         allowed = min(num_cores // 2, num_segments, MAX_AUTO_ENCODERS, fits)
         speed = model_fps = None
-        what = f"{width}x{height} {config.codec} {preset or config.preset_or_default}"
+        what = f"{width}x{height} {config.codec} {settings['preset']}"
         if allowed > 1 and not use_nvenc:  # something to choose: measured (or remembered) speeds
             try:
-                speed = _encoder_speed(config.codec, preset=preset or config.preset_or_default,
-                                       crf=config.crf_or_default, width=width, height=height,
-                                       bit_depth=10 if bytes_per_sample > 1 else 8)
+                speed = _encoder_speed(config.codec, **settings)
             except Exception as exc:  # noqa: BLE001 - settings the encoder refuses are reported by the build, in one line
                 log.debug("encoder speed not measured: %s", exc)
             factor = _content_factor(speed_key) if speed is not None and speed_key else None
@@ -688,8 +686,7 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
         choice = choose_encoders(speed=speed, model_fps=model_fps, num_cores=num_cores, memory_fits=fits,
                                  num_segments=num_segments, what=what,
                                  frames_per_source_frame=max(1, getattr(config, "interpolate", 1)))
-    if not use_nvenc:
-        choice = replace(choice, speed_key=speed_key)
+    choice = replace(choice, speed_key=speed_key)
     if use_nvenc and choice.num_encoders > 1:
         sessions = _nvenc_sessions(config, width, height, choice.num_encoders, notes)
         choice = EncoderChoice(sessions, f"encoders: {sessions} NVENC session(s) (probed; asked for {choice.num_encoders})")
