@@ -4,7 +4,8 @@ contention between the GPU worker and the encoders, measured side by side in one
 
 The model-bound job (realesrgan-x4plus-anime, 480x270 -> 1920x1080, x264 veryfast crf 23, the
 encoder pool, eager model unless --compile on, batch 4) runs whole, in these variants, alternated and repeated:
-  default        framepipe as it is (the pool's x264 threads together match the cores)
+  default        framepipe as it is (the pool's x264 threads together match the cores; since 2026-12-06
+                 the worker's overlap where the model compiles)
   ffmpeg-threads each encoder of the pool with x264's own thread count (~1.5 per core each:
                  framepipe before 2026-12-06)
   switch-1ms     sys.setswitchinterval(0.001): a thread waiting for the GIL (the worker, after
@@ -13,6 +14,11 @@ encoder pool, eager model unless --compile on, batch 4) runs whole, in these var
                  CPU the worker, reader and collector run first
   both           the two together
   spare-threads  the pool's x264 threads together leave 2 cores to the worker, reader and collector
+  overlap        FRAMEPIPE_OVERLAP=1: the worker's chunks overlapped on CUDA streams (pipeline/worker.py;
+                 the default where the model compiles)
+  no-overlap     FRAMEPIPE_OVERLAP=0: never overlapped
+Variants join with "+" (overlap+spare-threads: both changes in one run). Each run reports the GPU's
+mean utilization (NVML, sampled by the run) and the worker's busy and waiting seconds.
 and once with `--output-mode none` (the stages before the encoder, for the ratio).
 
     python benchmarks/bench_contention.py --frames 960 --out bench-out/contention
@@ -52,23 +58,33 @@ if {nice!r}:
         return original(runner, gone)
     segment_writer.EncoderPool._run_encoder = staticmethod(lowered)
 import main
-sys.exit(main.main(sys.argv[1:]))
+main._exit(main.main(sys.argv[1:]))  # as `python main.py` leaves (a compile thread still running)
 """
 
 # What each variant changes: the GIL switch interval, the nice of the encoder threads, x264's own
 # thread count in the pool, cores left to the pipeline's own threads by the pool's threads.
 VARIANTS = {"default": {}, "ffmpeg-threads": {"own_threads": True}, "switch-1ms": {"interval": 0.001},
-            "encoders-nice": {"nice": 10}, "both": {"interval": 0.001, "nice": 10}, "spare-threads": {"spare": 2}}
+            "encoders-nice": {"nice": 10}, "both": {"interval": 0.001, "nice": 10}, "spare-threads": {"spare": 2},
+            "overlap": {"env": {"FRAMEPIPE_OVERLAP": "1"}}, "no-overlap": {"env": {"FRAMEPIPE_OVERLAP": "0"}}}
+
+
+def variant(name: str) -> dict:
+    """The changes of `name`, variants joined with "+" merged (their env too)."""
+    merged: dict = {}
+    for part in name.split("+"):
+        for key, value in VARIANTS[part].items():
+            merged[key] = {**merged.get(key, {}), **value} if key == "env" else value
+    return merged
 
 
 def run(clip: Path, out: Path, tag: str, *, interval: float = 0, nice: int = 0, own_threads: bool = False,
-        spare: int = 0, model: str, compile: str = "off", extra: list[str]) -> dict:
+        spare: int = 0, env: dict | None = None, model: str, compile: str = "off", extra: list[str]) -> dict:
     stats_path = out / f"{tag}.json"
     script = _WRAP.format(root=str(ROOT), interval=interval, nice=nice, own_threads=own_threads, spare=spare)
     cmd = [sys.executable, "-c", script, "--source", str(clip), "--model", model, "--parallel", "--compile", compile,
            "--stats-json", str(stats_path), *extra]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - t0
     (out / f"{tag}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
@@ -76,8 +92,15 @@ def run(clip: Path, out: Path, tag: str, *, interval: float = 0, nice: int = 0, 
     s = json.loads(stats_path.read_text())
     steady = steady_fps(s)
     steady = round(steady, 1) if steady is not None else None
-    return {"fps": s["fps"], "steady_fps": steady, "command_seconds": round(seconds, 2),
+    return {"fps": s["fps"], "steady_fps": steady, "settled_fps": s.get("settled_fps"),
+            "settled_after_seconds": s.get("settled_after_seconds"), "command_seconds": round(seconds, 2),
+            "workers_steady_fps": [w.get("steady_fps") for w in s.get("workers", [])],
             "workers_busy": [w.get("busy_seconds") for w in s.get("workers", [])],
+            "workers_waiting": [w.get("wait_seconds") for w in s.get("workers", [])],
+            "gpu_utilization": [w.get("mean_utilization_percent") for w in s.get("workers", [])],
+            "overlap": [w.get("overlap") for w in s.get("workers", [])],
+            "compile": [(w.get("compile") or {}).get("status") for w in s.get("workers", [])],
+            "stages": s.get("stages"),
             "batch_sizes": [w.get("batch_sizes") for w in s.get("workers", [])],
             "encoders": s.get("encoders")}
 
@@ -128,15 +151,25 @@ def main() -> int:
     step("output_none", lambda: run(clip, args.out, "none", model=args.model, compile=args.compile,
                                     extra=[*common, "--output-mode", "none"]))
     names = [v for v in args.variants.split(",") if v]
+    if any(n.startswith("overlap") for n in names):
+        step("output_none_overlap", lambda: run(clip, args.out, "none-overlap", **variant("overlap"), model=args.model,
+                                                compile=args.compile, extra=[*common, "--output-mode", "none"]))
     for r in range(args.repeats):
         for name in names:
-            step(f"{name}:{r + 1}", lambda: run(clip, args.out, f"{name}-{r + 1}", **VARIANTS[name], model=args.model,
+            step(f"{name}:{r + 1}", lambda: run(clip, args.out, f"{name}-{r + 1}", **variant(name), model=args.model,
                                                 compile=args.compile, extra=file_args))
-    print("\nsteady fps (whole-run fps)")
-    print(f"  output none: {results['output_none'].get('steady_fps')} ({results['output_none'].get('fps')})")
+    print("\nsteady fps (whole-run fps), once settled [GPU utilization %, worker busy/waiting s]")
+
+    def line(x: dict) -> str:
+        return (f"{x.get('steady_fps')} ({x.get('fps')}), {x.get('settled_fps')} [{x.get('gpu_utilization')}, "
+                f"{x.get('workers_busy')}/{x.get('workers_waiting')}]")
+
+    print(f"  output none: {line(results['output_none'])}")
+    if "output_none_overlap" in results:
+        print(f"  output none, overlap: {line(results['output_none_overlap'])}")
     for name in names:
         runs = [results.get(f"{name}:{r + 1}", {}) for r in range(args.repeats)]
-        print(f"  {name:14s} " + ", ".join(f"{x.get('steady_fps')} ({x.get('fps')})" for x in runs))
+        print(f"  {name:14s} " + ", ".join(line(x) for x in runs))
     return 0
 
 

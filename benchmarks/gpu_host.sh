@@ -17,7 +17,10 @@
 #   bash benchmarks/gpu_host.sh nvdec-side  # NvDecoder vs PyNvVideoCodec's own loop, its time taken apart (bench_decoders.py)
 #   bash benchmarks/gpu_host.sh issue12f  # NvDecoder's ablation, then bench.py's model-bound and encode-bound jobs (target 2)
 #   bash benchmarks/gpu_host.sh issue12g  # target 2 on longer clips (1800 and 720 frames; the pool only), NvDecoder vs its own loop
-#   bash benchmarks/gpu_host.sh issue12h  # bench_contention.py with the compiled model: nice encoders, 2 cores spared, x264's threads
+#   bash benchmarks/gpu_host.sh issue12h  # bench_contention.py with the compiled model: the overlap, 2 cores spared, nice encoders
+#   bash benchmarks/gpu_host.sh issue12i  # the compiled model-bound job under py-spy (wall time per thread), overlap off/on
+#   bash benchmarks/gpu_host.sh issue12j  # the overlap's GPU tests, then target 2's two jobs with it on where the model compiles
+#   bash benchmarks/gpu_host.sh issue12k  # nice encoders, the overlap off vs the default, then target 2's model-bound job
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
 #   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
@@ -193,10 +196,51 @@ for k in range(2):
       python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-720}" --model realesr-animevideov3 --scale 4 \
         --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode 2>&1 \
         | tee "$OUT/bench-encode-bound.log" | tail -12 ;;
+    issue12j)  # the overlap where the model compiles: its GPU tests, then target 2's two jobs (bench.py, ~6 min)
+      python3 -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests/test_worker_overlap.py tests/test_compile.py \
+        tests/test_encoder_choice.py 2>&1 | tee "$OUT/pytest-overlap.log" | tail -3
+      skip=pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
+      python3 benchmarks/bench.py --make-clip 480x270 --frames "${FRAMES_MODEL:-1200}" --model realesrgan-x4plus-anime \
+        --preset veryfast --crf 23 --skip "$skip" --out "$OUT/model-bound" --work /tmp/bench-model > "$OUT/bench-model-bound.log" 2>&1
+      python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-480}" --model realesr-animevideov3 --scale 4 \
+        --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode > "$OUT/bench-encode-bound.log" 2>&1
+      for job in model-bound encode-bound; do
+        python3 -c "import json, glob; r = json.load(open(glob.glob('$OUT/$job/bench-*.json')[0])); keys = ('fps', 'steady_fps', 'settled_fps', 'settled_after_seconds', 'encoders', 'batch', 'compile')
+print('== $job', r.get('device'))
+for k, v in r.items():
+    if isinstance(v, dict) and ('fps' in v or 'error' in v): print(k, {x: v.get(x) for x in (*keys, 'error', 'seconds')  if v.get(x) is not None})
+print('summary', json.dumps(r['summary']))"
+      done 2>&1 | tee "$OUT/issue12j.log"
+      tar czf "$OUT/issue12j.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" model-bound encode-bound && rm -rf "$OUT/model-bound" "$OUT/encode-bound" ;;
+    issue12k)  # the encoders at nice +10 and the overlap off, each against framepipe's default; then target 2's model-bound job (~6 min)
+      python3 benchmarks/bench_contention.py --compile on --frames "${FRAMES:-1200}" --encoders 6 --repeats 1 \
+        --variants "${VARIANTS:-default,encoders-nice,no-overlap}" --out "$OUT/contention-k" > "$OUT/bench-contention-k.log" 2>&1
+      tail -6 "$OUT/bench-contention-k.log"
+      skip=pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
+      python3 benchmarks/bench.py --make-clip 480x270 --frames "${FRAMES_MODEL:-1200}" --model realesrgan-x4plus-anime \
+        --preset veryfast --crf 23 --skip "$skip" --out "$OUT/model-bound" --work /tmp/bench-model > "$OUT/bench-model-bound.log" 2>&1
+      python3 -c "import json, glob; r = json.load(open(glob.glob('$OUT/model-bound/bench-*.json')[0])); print(json.dumps(r['summary']))
+for k in ('pipeline_parallel', 'pipeline_output_none'): print(k, {x: r[k].get(x) for x in ('fps', 'steady_fps', 'settled_fps', 'settled_after_seconds', 'encoders')})" 2>&1 | tee "$OUT/issue12k.log"
+      tar czf "$OUT/issue12k.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" model-bound contention-k && rm -rf "$OUT/model-bound" "$OUT/contention-k" ;;
     issue12h)  # the compiled model-bound job: what the encoders' threads cost the worker (~6 min)
       python3 benchmarks/bench_contention.py --compile on --frames "${FRAMES:-1200}" --encoders 6 --repeats "${REPEATS:-1}" \
-        --variants "${VARIANTS:-default,encoders-nice,spare-threads,ffmpeg-threads}" --out "$OUT/contention-compiled" 2>&1 \
+        --variants "${VARIANTS:-default,overlap,spare-threads,overlap+spare-threads,encoders-nice}" --out "$OUT/contention-compiled" 2>&1 \
         | tee "$OUT/bench-contention-compiled.log" | tail -8 ;;
+    issue12i)  # the compiled model-bound job profiled: py-spy (--idle: wall time) of each thread, overlap off/on, none/x264 (~5 min)
+      spy=$(command -v py-spy || echo .site/bin/py-spy)
+      python3 -c "from hw.clips import make_clip; make_clip('/tmp/p12.mp4', width=480, height=270, num_frames=${FRAMES:-1200}, fps=24, photo=True)"
+      python3 -c "from types import SimpleNamespace; from benchmarks.bench import warm_compile_cache; print(warm_compile_cache(SimpleNamespace(model='realesrgan-x4plus-anime', scale=None, device='cuda:0', precision='auto'), batch=4, height=270, width=480))"
+      args12="--source /tmp/p12.mp4 --model realesrgan-x4plus-anime --parallel --compile on --batch-size 4"
+      python3 main.py $args12 --output-mode none --max-frames 400 > "$OUT/spy-warm.log" 2>&1; tail -2 "$OUT/spy-warm.log"
+      for v in ${SPY_VARIANTS:-none-0 none-1 file-1 file-0 gil-file-1}; do
+        o=${v##*-}; kind=${v%-*}; flags="--idle"; [ "${kind#gil-}" != "$kind" ] && flags="--gil" && kind=${kind#gil-}
+        out_args="--output-mode none"; [ "$kind" = file ] && out_args="--output /tmp/p12-out.mp4 --overwrite --preset veryfast --quality 23 --encoders 6"
+        FRAMEPIPE_OVERLAP=$o timeout 150 "$spy" record --nonblocking --threads $flags -r 200 -f raw -o "$OUT/spy-$v.txt" -- \
+          python3 main.py $args12 $out_args --stats-json "$OUT/spy-$v.json" > "$OUT/spy-$v.log" 2>&1
+        python3 -c "import json,sys; sys.path.insert(0,'.'); from benchmarks._steps import steady_fps; s=json.load(open('$OUT/spy-$v.json')); w=s['workers'][0]; print('$v', 'fps', s['fps'], 'steady', round(steady_fps(s) or 0,1), 'gpu%', w['mean_utilization_percent'], 'busy/wait', w['busy_seconds'], w['wait_seconds'], 'overlap', w['overlap'], 'compile', {k: (w['compile'] or {}).get(k) for k in ('status', 'seconds', 'num_compiled_batches', 'num_eager_batches')}, 'stages', s['stages'])"
+      done 2>&1 | tee "$OUT/spy-runs.log"
+      python3 benchmarks/spy_summary.py "$OUT"/spy-*.txt --threads worker,encoder0,reader,collector,writer,compile 2>&1 > "$OUT/spy-summary.log"
+      tar czf "$OUT/issue12i.tgz" -C "$OUT" $(cd "$OUT" && ls spy-*.txt spy-*.json spy-*.log | grep -v -e spy-runs -e spy-summary) && rm -f "$OUT"/spy-*.txt "$OUT"/spy-*.json "$OUT"/spy-[!rs]*.log "$OUT"/spy-warm.log ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

@@ -190,13 +190,15 @@ def _split_stages(plan: RunPlan, stats: RunStats):
     return front, back
 
 
-def _overlap_from_env() -> bool | None:
-    """FRAMEPIPE_OVERLAP=1: workers overlap a take's chunks on CUDA streams where the path allows
-    it (pipeline/worker.py); otherwise (the default) they run their chunks one after the other.
-    Off by default: on the H100 the worker stage alone gained 4-16% with it, but whole runs into
-    x264 lost 7-29% (52-53 vs 57-74 fps, x4plus-anime 480x270, two runs) and runs without output
-    were even (benchmarks/RESULTS.md, 2026-12-05)."""
-    return None if os.environ.get("FRAMEPIPE_OVERLAP", "").strip() == "1" else False
+def _overlap_from_env() -> bool | str | None:
+    """How workers overlap a take's chunks on CUDA streams (pipeline/worker.py): by default where
+    the model compiles ("compiled"); FRAMEPIPE_OVERLAP=1 wherever the path allows it, =0 never.
+    Measured on the H100 (benchmarks/RESULTS.md, 2026-12-06): with the compiled x4plus-anime
+    (480x270 -> 1080p, into x264 by 6 encoders) the run went at 103.5 fps once compiled with it and
+    95.7 without, its compiled batches at 118-120 fps with it and 108 without; with the eager
+    model, whole runs into x264 lost 7-29% with it (52-53 vs 57-74 fps, 2026-12-05)."""
+    setting = os.environ.get("FRAMEPIPE_OVERLAP", "").strip()
+    return {"1": None, "0": False}.get(setting, "compiled")
 
 
 def _temporal(plan: RunPlan) -> Temporal | None:

@@ -23,8 +23,9 @@ own); `EncoderChoice.line` says in one line what was chosen and why.
   the cores it keeps busy): k x fps while k of them fit the cores, no more than the cores
   give (fps x cores / cores busy) after (`pool_fps`). That measurement encodes synthetic
   frames, which go ~3x faster than an upscaled video (seen on an H200 at 1920x1080 veryfast:
-  207 fps measured, 63-77 fps on a run's frames); so every run its encoders bounded remembers
-  how fast its real frames went against it (`learn_content_factor`, ENCODER_FACTORS_FILE), and
+  207 fps measured, 63-77 fps on a run's frames); so every run into the pool remembers how fast
+  its real frames went against it, from the encoders' busy time (`learn_content_factor`,
+  ENCODER_FACTORS_FILE), and
   the next choice with these settings and size counts with that factor (the line says so).
   The smallest k that meets the need; where even the limits do not, every encoder they allow
   (encoding bounds that run).
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 from core.choices import MAX_AUTO_ENCODERS
 from hw.encode_speed import EncoderSpeed, known_encoder_speed
 
-__all__ = ["EncoderChoice", "choose_encoders", "content_factor", "encoder_bound_fps", "encoder_threads",
+__all__ = ["EncoderChoice", "choose_encoders", "content_factor", "encoder_capacity_fps", "encoder_threads",
            "learn_content_factor", "model_rate_key", "pool_fps", "remember_content_factor", "remember_model_rate", "remembered_content_factor",
            "remembered_model_rate", "ENCODER_FACTORS_FILE", "MIN_FRAMES_FOR_RATE", "MODEL_RATES_FILE"]
 
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 HEADROOM = 1.25  # encoders planned for 25% more than the model delivered: the rate is an average
 MIN_FRAMES_FOR_RATE = 100  # a run shorter than this says little about the model's steady rate
-ENCODER_BOUND_SHARE = 0.5  # the hand-over to the encoders blocked this much of the run: they bounded it
+MIN_ENCODER_SECONDS = 1.0  # the pool's encoders worked less than this together: too little to tell their speed
 ENCODER_FACTORS_FILE = "encoder-content.json"  # real frames vs the synthetic measurement, per encoder setting and size
 MIN_STEADY_FRAMES = 32  # a worker's batches in its settled mode, fewer: its whole run's rate is taken
 UNSETTLED = ("waiting", "compiling", "cancelled")  # compile statuses of a worker that never ran compiled
@@ -110,20 +111,18 @@ def pool_fps(speed: EncoderSpeed, num_encoders: int, num_cores: int) -> float:
     return min(num_encoders * speed.fps, speed.fps * num_cores / max(speed.cores_busy, 1e-6))
 
 
-def encoder_bound_fps(stats) -> float | None:
-    """Frames per second the encoders put out in a run they bounded, None where they did not
-    (or the run was too short to say). They bounded it where the hand-over to them (the writer
-    stage, which blocks on the pool's full queues) was busy at least half of the time after the
-    first frame: the run's rate is then theirs."""
-    first, wall = stats.first_frame_seconds, stats.wall_seconds
+def encoder_capacity_fps(stats, num_encoders: int) -> float | None:
+    """Frames per second the run's pool of `num_encoders` could put out, from the encoders' own
+    work: the frames they encoded per second of an encoder's busy time (opening, encoding and
+    closing its segments), times the encoders. Where they bounded the run that is its rate; where
+    they waited for frames (a model-bound run), what they would have done had frames come faster,
+    with the CPU shared as it was. None where fewer than MIN_FRAMES_FOR_RATE frames or less than
+    MIN_ENCODER_SECONDS of work say too little."""
+    busy = sum(clock.busy_seconds for name, clock in stats.stages.items() if name.startswith("encoder"))
     encoded = stats.num_frames_encoded
-    writer = stats.stages.get("writer")
-    if encoded < MIN_FRAMES_FOR_RATE or first is None or writer is None or wall - first <= 0:
+    if encoded < MIN_FRAMES_FOR_RATE or busy < MIN_ENCODER_SECONDS or num_encoders < 1:
         return None
-    span = wall - first
-    if writer.busy_seconds < ENCODER_BOUND_SHARE * span:
-        return None
-    return (encoded - 1) / span
+    return num_encoders * encoded / busy
 
 
 def content_factor(observed_fps: float, speed: EncoderSpeed, num_encoders: int, num_cores: int) -> float:
@@ -141,12 +140,16 @@ def remember_content_factor(memo, key: str, factor: float, *, observed_fps: floa
 
 
 def learn_content_factor(stats, *, key: str, num_encoders: int, num_cores: int, speeds_memo, factors_memo) -> float | None:
-    """At the end of a run its encoders bounded: how its real frames encoded against the synthetic
-    measurement of one encoder with these settings (in `speeds_memo`, never measured here),
-    remembered in `factors_memo` for the next choice. None: nothing learnt."""
-    observed = encoder_bound_fps(stats)
+    """At the end of a run into the encoder pool: how its real frames encoded (`encoder_capacity_fps`)
+    against the synthetic measurement of one encoder with these settings (in `speeds_memo`, never
+    measured here), remembered in `factors_memo` for the next choice. Learnt from every run, not
+    only those the encoders bounded: a pool planned too small for a model-bound job must show in
+    the next plan (seen on an H100: the synthetic 207 fps of one x264 veryfast at 1080p planned 1
+    and then 2 encoders for a 130 fps model; real frames went at ~55 fps an encoder). None:
+    nothing learnt."""
+    observed = encoder_capacity_fps(stats, num_encoders)
     speed = known_encoder_speed(speeds_memo, key) if observed is not None and key else None
-    if speed is None:  # not encoder-bound, or not measured for these settings
+    if speed is None:  # too little encoded, or not measured for these settings
         return None
     factor = content_factor(observed, speed, num_encoders, num_cores)
     remember_content_factor(factors_memo, key, factor, observed_fps=observed, num_encoders=num_encoders)

@@ -248,6 +248,7 @@ def _run_parallel(plan: RunPlan, stages: Stages, stats: RunStats, errors: ErrorC
         # A stop signal is raised here only (run() holds core.stopping's deferral).
         while not writer_done.wait(progress_seconds):
             sampler.maybe_sample()
+            stats.note_settled()
             if errors.first() is not None:
                 work_queue.abort()
             if on_progress is not None:
@@ -257,6 +258,7 @@ def _run_parallel(plan: RunPlan, stages: Stages, stats: RunStats, errors: ErrorC
     except KeyboardInterrupt as exc:
         outcome.interrupted = exc
     finally:
+        stats.note_settled()  # a run shorter than a tick: settled by its end
         finishing()
         errors.stop.set()
         work_queue.abort()
@@ -338,6 +340,7 @@ def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: Erro
             for r in results:
                 writer.process(r)
         batch.clear()
+        stats.note_settled()
         if on_progress is not None:
             _report_progress(on_progress, stats)
         _raise_if_stopped(stop)

@@ -66,6 +66,7 @@ class WorkerStats:
     steady_frames: int = 0
     steady_seconds: float = 0.0
     first_batch_at: float | None = None  # perf_counter when its first batch came out of the model
+    settled_at: float | None = None  # perf_counter when its first batch in the settled mode began
     # Start-up steps, in order: name -> perf_counter when it was done (time to first frame).
     marks: dict[str, float] = field(default_factory=dict)
     clock: StageClock = field(default_factory=StageClock)
@@ -163,6 +164,9 @@ class RunStats:
     called_at: float | None = None  # when run() was called, before planning (model loading) began
     finished_at: float | None = None
     marks: dict[str, float] = field(default_factory=dict)  # the run's start-up steps: name -> perf_counter
+    # (perf_counter, frames written) when every worker's model had settled (`note_settled`): the
+    # run's rate from then on leaves out the eager batches before a background compilation was ready.
+    settled: tuple[float, int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def clock(self, stage: str) -> StageClock:
@@ -203,6 +207,27 @@ class RunStats:
             last = max(last, t)
         return out
 
+    def note_settled(self) -> None:
+        """Called as the run goes (the runners, after each tick or batch): once every worker still in
+        the run has run a batch in the mode it settled in, remember when, and the frames written by
+        then. A worker without a compile state (the halves of --split-gpu) is settled at its first batch."""
+        if self.settled is not None:
+            return
+        live = [w for w in self.workers.values() if w.health != "failed"]
+        if live and all(w.settled_at is not None or (w.compile is None and w.first_batch_at is not None)
+                        for w in live):
+            self.settled = (time.perf_counter(), self.num_frames_written)
+
+    @property
+    def settled_fps(self) -> float | None:
+        """Frames written per second from `settled` to the end; None without one, or when less than
+        a second or fewer than 32 frames came after it."""
+        if self.settled is None:
+            return None
+        end = self.finished_at if self.finished_at is not None else time.perf_counter()
+        seconds, frames = end - self.settled[0], self.num_frames_written - self.settled[1]
+        return frames / seconds if seconds >= 1.0 and frames >= 32 else None
+
     @property
     def first_frame_seconds(self) -> float | None:
         """From the start of the run (planning, model loading, probing included) to the first
@@ -235,6 +260,8 @@ class RunStats:
             "wall_seconds": round(self.wall_seconds, 3),
             "fps": round(self.fps, 3),
             "first_frame_seconds": None if self.first_frame_seconds is None else round(self.first_frame_seconds, 3),
+            "settled_after_seconds": None if self.settled is None else round(self.settled[0] - self.started_at, 3),
+            "settled_fps": None if self.settled_fps is None else round(self.settled_fps, 3),
             "startup_seconds": self.startup(),
             "stages": {
                 name: {"busy_seconds": round(c.busy_seconds, 3), "wait_seconds": round(c.wait_seconds, 3)}

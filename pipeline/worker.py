@@ -16,10 +16,11 @@ RGB on a copy-in stream and chunk i-1 converted to YUV and copied to pinned host
 copy-out stream. Events order each chunk's three steps; the host waits once a batch, for its
 last chunk (and, to bound memory, for chunk i-2 before chunk i starts). The operations are
 those of the plain path, so the bytes are the same. To have chunks to overlap, such a worker
-takes `TAKE_BATCHES` batches at once from the work queue (`take_size`). Everything else
-(the CPU, interpolation and restoration models, NV12/P010 for NVENC, RGB pictures, or
-`overlap=False`: the default of a run, unless FRAMEPIPE_OVERLAP=1) takes one batch and runs its chunks one
-after the other, each waited for.
+takes `TAKE_BATCHES` batches at once from the work queue (`take_size`). A run overlaps where
+the model compiles (`overlap="compiled"`: measured faster there, slower with an eager model;
+FRAMEPIPE_OVERLAP=1/0 forces it on/off). Everything else (the CPU, interpolation and
+restoration models, NV12/P010 for NVENC, RGB pictures, an eager model, or `overlap=False`)
+takes one batch and runs its chunks one after the other, each waited for.
 
 Nothing is lost:
 - out of memory: clear the cache, halve the batch, retry the same frames; after a run of
@@ -107,7 +108,7 @@ class Worker:
         restore_radius: int = 0,
         max_failures: int = 3,
         backoff_seconds: float = 2.0,
-        overlap: bool | None = None,
+        overlap: bool | str | None = None,
     ) -> None:
         self.name = name
         self.device = device
@@ -139,8 +140,11 @@ class Worker:
         self._good_batches_since_shrink = 0
         self._grow_after = 16
         self._stream = None  # the worker's stream: the model (and everything, without overlap)
-        # Overlapping chunks (see the module's docstring). None: where it applies, on a GPU; True: also
-        # on the CPU, where the same scheduling runs without streams (tests); False: never.
+        # Overlapping chunks (see the module's docstring). None: where it applies, on a GPU; "compiled":
+        # there, where the model compiles (the default of a run); True: also on the CPU, where the same
+        # scheduling runs without streams (tests); False: never.
+        if overlap == "compiled":
+            overlap = None if compile[0] else False
         self.overlap = _overlap_applies(overlap, device=device, output_format=output_format, temporal=temporal,
                                         restore_radius=restore_radius)
         self._copy_in = None  # the overlap's streams: conversion in, conversion out (a GPU)
@@ -262,6 +266,8 @@ class Worker:
             if mode is not None and mode == self._settled_mode():
                 self.ws.steady_frames += len(batch)
                 self.ws.steady_seconds += time.perf_counter() - t0
+                if self.ws.settled_at is None:
+                    self.ws.settled_at = t0
         except BaseException as exc:
             if not is_device_fault(exc):
                 raise

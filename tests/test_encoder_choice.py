@@ -15,7 +15,7 @@ from hw.clips import make_clip
 from hw.encode_speed import EncoderSpeed, measure_encoder_speed, remembered_encoder_speed, speed_key
 from hw.memory import ProbeMemo
 from pipeline import RunConfig, run
-from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, choose_encoders, content_factor, encoder_bound_fps,
+from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, choose_encoders, content_factor, encoder_capacity_fps,
                                      encoder_threads, source_frames_per_second)
 
 SPEED = EncoderSpeed(fps=36.0, cores_busy=4.0)  # on 16 cores the encoders together give up to 144 fps
@@ -216,6 +216,7 @@ def test_the_worker_counts_as_steady_only_its_compiled_batches(tmp_path, monkeyp
                          compile=compile)
 
     stats = run(cfg(clip, "on"), wrap=_wait_for_the_compiler)
+    assert stats.settled is not None  # the run knows when its model settled (compiled)
     worker, d = next(iter(stats.workers.values())), stats.to_dict()["workers"][0]
     assert d["compile"]["status"] == "compiled" and (d["compile"]["eager_batches"], d["compile"]["compiled_batches"]) == (1, 29)
     assert worker.steady_frames == 116 and worker.steady_seconds > 0 and d["steady_fps"] > 0
@@ -239,7 +240,40 @@ def test_the_worker_counts_as_steady_only_its_compiled_batches(tmp_path, monkeyp
         release.set()
     worker = next(iter(stats.workers.values()))
     assert worker.num_frames == 120 and worker.steady_frames == 0
+    assert stats.settled is None and stats.to_dict()["settled_fps"] is None
     assert json.loads(rates.read_text()) == before  # nothing remembered for the run that never ran compiled
+
+
+def test_a_run_marks_when_every_worker_settled_and_its_rate_from_then():
+    """The rate after every live worker's model settled (a background compilation ready): what the
+    rest of a longer video goes at. None until then, and over less than a second."""
+    from pipeline.stats import RunStats
+
+    stats = RunStats()
+    first, second = stats.add_worker("worker-gpu0", "cuda:0"), stats.add_worker("worker-gpu1", "cuda:1")
+    half = stats.add_worker("split-b-gpu2", "cuda:2")  # no compile state: settled at its first batch
+    from models.compiled import CompileState
+
+    first.compile, second.compile = CompileState(status="compiled"), CompileState(status="compiling")
+    stats.num_frames_written = 10
+    first.settled_at = 1.0
+    stats.note_settled()
+    assert stats.settled is None and stats.settled_fps is None  # the second still compiling, the half not started
+    second.health = "failed"  # out of the run: not waited for
+    stats.note_settled()
+    assert stats.settled is None  # the half has run no batch yet
+    half.record_batch(4)
+    stats.note_settled()
+    assert stats.settled is not None and stats.settled[1] == 10
+    stats.num_frames_written = 14
+    stats.note_settled()
+    assert stats.settled[1] == 10  # marked once
+    stats.num_frames_written, stats.finished_at = 210, stats.settled[0] + 2.0
+    d = stats.to_dict()
+    assert stats.settled_fps == pytest.approx(100.0) and d["settled_fps"] == pytest.approx(100.0)
+    assert d["settled_after_seconds"] == pytest.approx(stats.settled[0] - stats.started_at, abs=1e-3)
+    stats.finished_at = stats.settled[0] + 0.5
+    assert stats.settled_fps is None
 
 
 # -- the measurement ---------------------------------------------------------------------------
@@ -311,14 +345,18 @@ def test_each_encoder_of_the_pool_runs_its_share_of_the_cores(tmp_path, clips):
 # -- what real frames teach: the synthetic measurement corrected ------------------------------------
 
 
-def test_a_run_is_encoder_bound_where_the_hand_over_blocked_half_of_it():
-    def stats(writer_busy, encoded=1001):
-        return SimpleNamespace(first_frame_seconds=2.0, wall_seconds=12.0, num_frames_encoded=encoded,
-                               stages={"writer": SimpleNamespace(busy_seconds=writer_busy)})
+def test_the_pools_capacity_comes_from_its_encoders_busy_time():
+    """Frames per second of an encoder's busy time, times the encoders: the pool's rate where it
+    bounded the run, what it could have done where it waited for frames."""
+    def stats(*busy, encoded=1000):
+        stages = {f"encoder{k}": SimpleNamespace(busy_seconds=b) for k, b in enumerate(busy)}
+        return SimpleNamespace(num_frames_encoded=encoded, stages={**stages, "writer": SimpleNamespace(busy_seconds=9.0)})
 
-    assert encoder_bound_fps(stats(8.0)) == pytest.approx(100.0)  # 1000 frames after the first in 10 s
-    assert encoder_bound_fps(stats(4.0)) is None  # the encoders waited for frames: the rate is not theirs
-    assert encoder_bound_fps(stats(8.0, encoded=50)) is None  # too short to say
+    assert encoder_capacity_fps(stats(10.0, 10.0), 2) == pytest.approx(100.0)  # busy all along: the run's rate
+    assert encoder_capacity_fps(stats(2.5, 2.5), 2) == pytest.approx(400.0)  # idle most of the run: 4x as fast
+    assert encoder_capacity_fps(stats(5.0, 5.0, 0.0), 3) == pytest.approx(300.0)  # one never got a segment
+    assert encoder_capacity_fps(stats(5.0, encoded=50), 1) is None  # too few frames to say
+    assert encoder_capacity_fps(stats(0.2, 0.2), 2) is None  # too little work to say
     assert content_factor(70.0, EncoderSpeed(fps=200.0, cores_busy=2.0), 1, 16) == pytest.approx(0.35)
     assert content_factor(240.0, EncoderSpeed(fps=100.0, cores_busy=8.0), 4, 16) == pytest.approx(1.2)  # cores: 200
     assert content_factor(1.0, EncoderSpeed(fps=500.0, cores_busy=1.0), 1, 16) == 0.05  # within [1/20, 4]
@@ -341,10 +379,10 @@ def test_the_plan_corrects_the_synthetic_speed_by_what_real_frames_gave(sixteen_
         assert choice.speed_key.startswith("libx264|preset veryfast|crf ")
 
 
-def test_an_encoder_bound_run_teaches_the_next_plan(sixteen_cores, monkeypatch, clips, tmp_path, capsys):
-    """A run whose encoders bounded it (here each frame costs them 20 ms more) remembers how much
-    slower its frames encoded than the synthetic measurement; the next plan says so and counts
-    with it. A run they did not bound teaches nothing."""
+def test_a_run_into_the_pool_teaches_the_next_plan(sixteen_cores, monkeypatch, clips, tmp_path, capsys):
+    """A run into the encoder pool remembers how much slower its frames encoded than the synthetic
+    measurement (here each frame costs the encoders 12 ms, then 40 ms more), whether the encoders
+    bounded it or not; the next plan says so and counts with it."""
     import time
 
     from hw.av_encode import PyAVWriter
@@ -359,18 +397,22 @@ def test_an_encoder_bound_run_teaches_the_next_plan(sixteen_cores, monkeypatch, 
     key = speed_key("h264", preset="ultrafast", crf=0, width=128, height=96)
     memo.put(key, {"fps": 400.0, "cores_busy": 1.0})
     factors = tmp_path / "cache" / ENCODER_FACTORS_FILE
-    assert cli.main([*base, "--output", str(tmp_path / "fast.mp4")]) == 0
-    assert not factors.exists()  # the encoders were not what bounded it
     write = PyAVWriter.write
+    delay = {"seconds": 0.012}
 
     def slow_write(self, planes, pts):
-        time.sleep(0.02)
+        time.sleep(delay["seconds"])
         write(self, planes, pts)
 
     monkeypatch.setattr(PyAVWriter, "write", slow_write)
+    assert cli.main([*base, "--output", str(tmp_path / "fast.mp4")]) == 0
+    fast = json.loads(factors.read_text())[key]
+    assert fast["encoders"] == 2 and 50 < fast["observed_fps"] < 2 / 0.012  # 2 encoders at < 83 fps each
+    delay["seconds"] = 0.04
     assert cli.main([*base, "--output", str(tmp_path / "slow.mp4")]) == 0
     learnt = json.loads(factors.read_text())[key]
-    assert learnt["encoders"] == 2 and 40 < learnt["observed_fps"] < 100  # 2 encoders at <= 50 fps each
+    assert learnt["encoders"] == 2 and 20 < learnt["observed_fps"] < 50  # 2 encoders at < 25 fps each
+    assert learnt["factor"] < fast["factor"]
     assert learnt["factor"] == pytest.approx(learnt["observed_fps"] / 800.0, rel=0.01)
     capsys.readouterr()
     monkeypatch.setattr(planning, "_model_rate", lambda key: 40.0)

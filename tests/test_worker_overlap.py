@@ -101,9 +101,9 @@ def test_interpolation_does_not_overlap():
     assert not worker.overlap and worker.take_size == 4
 
 
-def test_the_overlap_is_off_unless_framepipe_overlap_1(monkeypatch):
-    """Off by default (whole runs into x264 measured slower with it on an H100); FRAMEPIPE_OVERLAP=1
-    lets the worker use it where its path allows."""
+def test_a_run_overlaps_where_the_model_compiles_unless_framepipe_overlap_says(monkeypatch):
+    """By default a worker overlaps where its model compiles (measured faster there on an H100, and
+    slower with an eager model); FRAMEPIPE_OVERLAP=1 turns it on wherever the path allows, =0 off."""
     from pipeline import build
 
     monkeypatch.setenv("FRAMEPIPE_OVERLAP", "0")
@@ -111,7 +111,18 @@ def test_the_overlap_is_off_unless_framepipe_overlap_1(monkeypatch):
     monkeypatch.setenv("FRAMEPIPE_OVERLAP", "1")
     assert build._overlap_from_env() is None
     monkeypatch.delenv("FRAMEPIPE_OVERLAP")
-    assert build._overlap_from_env() is False
+    assert build._overlap_from_env() == "compiled"
+
+    def worker(device, compile):
+        return Worker("w", device, lambda d, t: None, stats=WorkerStats("w", str(device)), warn=lambda m: None,
+                      color=ColorInfo(), dtype=torch.float16, model_name="m", scale=2, batch_size=4,
+                      overlap="compiled", compile=compile)
+
+    gpu = torch.device("cuda", 0)  # not started: nothing here touches the device
+    assert worker(gpu, (True, "compiled in the background")).overlap is True
+    assert worker(gpu, (True, "compiled in the background")).take_size == 4 * TAKE_BATCHES
+    assert worker(gpu, (False, "eager (--compile off)")).overlap is False
+    assert worker(CPU, (True, "compiled on the CPU (--compile on)")).overlap is False  # no streams on the CPU
 
 
 # -- the scheduling, on the CPU ------------------------------------------------------------------
@@ -293,6 +304,18 @@ def test_gpu_overlapped_path_finds_nan_output():
     worker = make_worker(torch.device("cuda", 0), overlap=None, batch_size=2, module=NaNs(), dtype=torch.float16)
     with pytest.raises(ModelOutputError, match="model bicubic produced NaN or infinite values"):
         worker.process(yuv_frames(6))
+
+
+@pytest.mark.needs_cuda
+def test_gpu_run_overlaps_by_default_only_where_the_model_compiles(clips, tmp_path, monkeypatch):
+    from pipeline import RunConfig, run
+
+    monkeypatch.delenv("FRAMEPIPE_OVERLAP", raising=False)
+    src = clips("overlap-default.mp4", num_frames=24, width=130, height=98, photo=True)
+    for compile in ("off", "on"):
+        stats = run(RunConfig(source=src, output=None, output_mode="none", model="bicubic", scale=2, parallel=True,
+                              device="cuda", batch_size=3, compile=compile))
+        assert stats.to_dict()["workers"][0]["overlap"] is (compile == "on")
 
 
 @pytest.mark.needs_cuda
