@@ -31,6 +31,11 @@ class Steps:
 
 def steady_fps(stats: dict) -> float | None:
     """Frames per second after the first frame, from a run's stats (`RunStats.to_dict()` or the
-    `--stats-json` file); None where the run gave no first frame."""
+    `--stats-json` file); None where the run gave no first frame. Stats from before 2026-12-06
+    lack `after_first_frame_fps`: there `wall_seconds - first_frame_seconds` is taken, which mixes
+    two clocks (the first frame counts from the call of run(), the wall from the stages' start)
+    and overstates the rate by the planning's seconds."""
+    if "after_first_frame_fps" in stats:
+        return stats["after_first_frame_fps"]
     frames, wall, first = stats["frames_written"], stats["wall_seconds"], stats.get("first_frame_seconds")
     return (frames - 1) / (wall - first) if first is not None and wall > first else None

@@ -164,8 +164,9 @@ def pipeline(args, src: Path, out: Path | None, *, parallel: bool = True, encode
     steady = round(steady, 3) if steady is not None else None
     # Once every worker's model settled (compiled, where a background compilation finished): the
     # rate the rest of a longer video goes at; compiling from the disk cache takes seconds.
+    # And to the last frame handed on: the encoders' tail and the join left out (`flow_fps`).
     settled = d.get("settled_fps")
-    return {"fps": d["fps"], "steady_fps": steady, "settled_fps": settled,
+    return {"fps": d["fps"], "steady_fps": steady, "settled_fps": settled, "flow_fps": d.get("flow_fps"),
             "settled_after_seconds": d.get("settled_after_seconds"), "frames": frames, "run_seconds": d["wall_seconds"],
             "whole_call_seconds": round(wall, 3), "whole_call_fps": round(d["frames_written"] / wall, 2),
             "first_frame_seconds": d["first_frame_seconds"], "encoders": planned["encoders"] if planned["segmented"] else 1,
@@ -250,12 +251,13 @@ def summarize(r: dict) -> dict:
         if not known or not p:
             return None
         slowest = min(known, key=known.get)
-        steady, settled = fps(pipeline_name, "steady_fps"), fps(pipeline_name, "settled_fps")
+        steady, settled, flow = fps(pipeline_name, "steady_fps"), fps(pipeline_name, "settled_fps"), fps(pipeline_name, "flow_fps")
         return {"fps": p, "bound_by": slowest, "slowest_alone_fps": known[slowest],
                 "ratio_to_slowest": round(p / known[slowest], 3),
                 "steady_fps": steady, "steady_ratio_to_slowest": round(steady / known[slowest], 3) if steady else None,
                 "settled_fps": settled,
-                "settled_ratio_to_slowest": round(settled / known[slowest], 3) if settled else None}
+                "settled_ratio_to_slowest": round(settled / known[slowest], 3) if settled else None,
+                "flow_fps": flow, "flow_ratio_to_slowest": round(flow / known[slowest], 3) if flow else None}
 
     out["one_encoder"] = bound("pipeline_parallel_1_encoder", enc1)
     out["encoder_pool"] = bound("pipeline_parallel", enck)

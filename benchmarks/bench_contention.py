@@ -84,7 +84,8 @@ def run(clip: Path, out: Path, tag: str, *, interval: float = 0, nice: int = 0, 
     cmd = [sys.executable, "-c", script, "--source", str(clip), "--model", model, "--parallel", "--compile", compile,
            "--stats-json", str(stats_path), *extra]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+    inherited = {k: v for k, v in os.environ.items() if k != "FRAMEPIPE_OVERLAP"}  # "default" is framepipe's default
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**inherited, **(env or {})})
     seconds = time.perf_counter() - t0
     (out / f"{tag}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
@@ -92,7 +93,7 @@ def run(clip: Path, out: Path, tag: str, *, interval: float = 0, nice: int = 0, 
     s = json.loads(stats_path.read_text())
     steady = steady_fps(s)
     steady = round(steady, 1) if steady is not None else None
-    return {"fps": s["fps"], "steady_fps": steady, "settled_fps": s.get("settled_fps"),
+    return {"fps": s["fps"], "steady_fps": steady, "settled_fps": s.get("settled_fps"), "flow_fps": s.get("flow_fps"),
             "settled_after_seconds": s.get("settled_after_seconds"), "command_seconds": round(seconds, 2),
             "workers_steady_fps": [w.get("steady_fps") for w in s.get("workers", [])],
             "workers_busy": [w.get("busy_seconds") for w in s.get("workers", [])],
@@ -151,17 +152,17 @@ def main() -> int:
     step("output_none", lambda: run(clip, args.out, "none", model=args.model, compile=args.compile,
                                     extra=[*common, "--output-mode", "none"]))
     names = [v for v in args.variants.split(",") if v]
-    if any(n.startswith("overlap") for n in names):
+    if any("overlap" in n.split("+") for n in names):
         step("output_none_overlap", lambda: run(clip, args.out, "none-overlap", **variant("overlap"), model=args.model,
                                                 compile=args.compile, extra=[*common, "--output-mode", "none"]))
     for r in range(args.repeats):
         for name in names:
             step(f"{name}:{r + 1}", lambda: run(clip, args.out, f"{name}-{r + 1}", **variant(name), model=args.model,
                                                 compile=args.compile, extra=file_args))
-    print("\nsteady fps (whole-run fps), once settled [GPU utilization %, worker busy/waiting s]")
+    print("\nsteady fps (whole-run fps), once settled / to the last frame handed on [GPU utilization %, worker busy/waiting s]")
 
     def line(x: dict) -> str:
-        return (f"{x.get('steady_fps')} ({x.get('fps')}), {x.get('settled_fps')} [{x.get('gpu_utilization')}, "
+        return (f"{x.get('steady_fps')} ({x.get('fps')}), {x.get('settled_fps')} / {x.get('flow_fps')} [{x.get('gpu_utilization')}, "
                 f"{x.get('workers_busy')}/{x.get('workers_waiting')}]")
 
     print(f"  output none: {line(results['output_none'])}")

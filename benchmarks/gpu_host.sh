@@ -21,6 +21,8 @@
 #   bash benchmarks/gpu_host.sh issue12i  # the compiled model-bound job under py-spy (wall time per thread), overlap off/on
 #   bash benchmarks/gpu_host.sh issue12j  # the overlap's GPU tests, then target 2's two jobs with it on where the model compiles
 #   bash benchmarks/gpu_host.sh issue12k  # nice encoders, the overlap off vs the default, then target 2's model-bound job
+#   bash benchmarks/gpu_host.sh issue12l  # target 2's model-bound job, with the rate to the last frame handed on
+#   bash benchmarks/gpu_host.sh issue12m  # decode-bound end to end (4 NVDEC sessions, 4 PyAV decoders), after the first frame on one clock
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
 #   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
@@ -212,6 +214,21 @@ for k, v in r.items():
 print('summary', json.dumps(r['summary']))"
       done 2>&1 | tee "$OUT/issue12j.log"
       tar czf "$OUT/issue12j.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" model-bound encode-bound && rm -rf "$OUT/model-bound" "$OUT/encode-bound" ;;
+    issue12m)  # decode-bound end to end once more, the rate after the first frame on one clock (~1 min)
+      python3 -c "from pathlib import Path; from benchmarks.bench_decoders import make_clip; make_clip(Path('/tmp/d1080.mp4'), width=1920, height=1080, num_frames=960, gop=48)"
+      for d in "4 --nvdec" "4 --nvdec" "4"; do
+        python3 main.py --source /tmp/d1080.mp4 --model bicubic --scale 1 --output-mode none --parallel --decoders $d \
+          --stats-json /tmp/d.json -q > /dev/null 2>&1
+        python3 -c "import json; s = json.load(open('/tmp/d.json')); print('--decoders $d', {k: s.get(k) for k in ('fps', 'wall_seconds', 'first_frame_seconds', 'after_first_frame_fps', 'settled_fps', 'flow_fps', 'frames_written')}, s.get('startup_seconds'))"
+      done 2>&1 | tee "$OUT/issue12m.log" ;;
+    issue12l)  # target 2's model-bound job once more, with the rate to the last frame handed on (flow_fps) (~2 min)
+      skip=decode_nvdec,pipeline_parallel_cold,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
+      timeout "${BENCH_LIMIT:-200}" python3 benchmarks/bench.py --make-clip 480x270 --frames "${FRAMES_MODEL:-1200}" --model realesrgan-x4plus-anime \
+        --preset veryfast --crf 23 --skip "$skip" --out "$OUT/model-bound" --work /tmp/bench-model > "$OUT/bench-model-bound.log" 2>&1
+      python3 -c "import json, glob; r = json.load(open(glob.glob('$OUT/model-bound/bench-*.json')[0])); print(r.get('device'), r.get('torch'))
+for k, v in r.items():
+    if isinstance(v, dict) and 'fps' in v: print(k, {x: v.get(x) for x in ('fps', 'steady_fps', 'settled_fps', 'flow_fps', 'settled_after_seconds', 'encoders', 'fps_runs', 'status') if x in v})
+print(json.dumps(r.get('summary')))" 2>&1 | tee "$OUT/issue12l.log" ;;
     issue12k)  # the encoders at nice +10 and the overlap off, each against framepipe's default; then target 2's model-bound job (~6 min)
       python3 benchmarks/bench_contention.py --compile on --frames "${FRAMES:-1200}" --encoders 6 --repeats 1 \
         --variants "${VARIANTS:-default,encoders-nice,no-overlap}" --out "$OUT/contention-k" > "$OUT/bench-contention-k.log" 2>&1
@@ -237,7 +254,7 @@ for k in ('pipeline_parallel', 'pipeline_output_none'): print(k, {x: r[k].get(x)
         out_args="--output-mode none"; [ "$kind" = file ] && out_args="--output /tmp/p12-out.mp4 --overwrite --preset veryfast --quality 23 --encoders 6"
         FRAMEPIPE_OVERLAP=$o timeout 150 "$spy" record --nonblocking --threads $flags -r 200 -f raw -o "$OUT/spy-$v.txt" -- \
           python3 main.py $args12 $out_args --stats-json "$OUT/spy-$v.json" > "$OUT/spy-$v.log" 2>&1
-        python3 -c "import json,sys; sys.path.insert(0,'.'); from benchmarks._steps import steady_fps; s=json.load(open('$OUT/spy-$v.json')); w=s['workers'][0]; print('$v', 'fps', s['fps'], 'steady', round(steady_fps(s) or 0,1), 'gpu%', w['mean_utilization_percent'], 'busy/wait', w['busy_seconds'], w['wait_seconds'], 'overlap', w['overlap'], 'compile', {k: (w['compile'] or {}).get(k) for k in ('status', 'seconds', 'num_compiled_batches', 'num_eager_batches')}, 'stages', s['stages'])"
+        python3 -c "import json,sys; sys.path.insert(0,'.'); from benchmarks._steps import steady_fps; s=json.load(open('$OUT/spy-$v.json')); w=s['workers'][0]; print('$v', 'fps', s['fps'], 'steady', round(steady_fps(s) or 0,1), 'gpu%', w['mean_utilization_percent'], 'busy/wait', w['busy_seconds'], w['wait_seconds'], 'overlap', w['overlap'], 'compile', {k: (w['compile'] or {}).get(k) for k in ('status', 'seconds', 'compiled_batches', 'eager_batches')}, 'stages', s['stages'])"
       done 2>&1 | tee "$OUT/spy-runs.log"
       python3 benchmarks/spy_summary.py "$OUT"/spy-*.txt --threads worker,encoder0,reader,collector,writer,compile 2>&1 > "$OUT/spy-summary.log"
       tar czf "$OUT/issue12i.tgz" -C "$OUT" $(cd "$OUT" && ls spy-*.txt spy-*.json spy-*.log | grep -v -e spy-runs -e spy-summary) && rm -f "$OUT"/spy-*.txt "$OUT"/spy-*.json "$OUT"/spy-[!rs]*.log "$OUT"/spy-warm.log ;;

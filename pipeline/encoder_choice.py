@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from core.choices import MAX_AUTO_ENCODERS
 from hw.encode_speed import EncoderSpeed, known_encoder_speed
 
-__all__ = ["EncoderChoice", "choose_encoders", "content_factor", "encoder_capacity_fps", "encoder_threads",
+__all__ = ["EncoderChoice", "choose_encoders", "content_factor", "encoder_busy_share", "encoder_capacity_fps", "encoder_threads",
            "learn_content_factor", "model_rate_key", "pool_fps", "remember_content_factor", "remember_model_rate", "remembered_content_factor",
            "remembered_model_rate", "ENCODER_FACTORS_FILE", "MIN_FRAMES_FOR_RATE", "MODEL_RATES_FILE"]
 
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 HEADROOM = 1.25  # encoders planned for 25% more than the model delivered: the rate is an average
 MIN_FRAMES_FOR_RATE = 100  # a run shorter than this says little about the model's steady rate
 MIN_ENCODER_SECONDS = 1.0  # the pool's encoders worked less than this together: too little to tell their speed
+ENCODER_BUSY_SHARE = 0.6  # the pool's encoders busy this share of the run: their rate is the pool's, not a bound
 ENCODER_FACTORS_FILE = "encoder-content.json"  # real frames vs the synthetic measurement, per encoder setting and size
 MIN_STEADY_FRAMES = 32  # a worker's batches in its settled mode, fewer: its whole run's rate is taken
 UNSETTLED = ("waiting", "compiling", "cancelled")  # compile statuses of a worker that never ran compiled
@@ -111,14 +112,25 @@ def pool_fps(speed: EncoderSpeed, num_encoders: int, num_cores: int) -> float:
     return min(num_encoders * speed.fps, speed.fps * num_cores / max(speed.cores_busy, 1e-6))
 
 
+def _encoders_busy_seconds(stats) -> float:
+    return sum(clock.busy_seconds for name, clock in stats.stages.items() if name.startswith("encoder"))
+
+
+def encoder_busy_share(stats, num_encoders: int) -> float:
+    """The share of the run the pool's encoders were busy, all together (1.0: each all along)."""
+    span = stats.wall_seconds * max(num_encoders, 1)
+    return _encoders_busy_seconds(stats) / span if span > 0 else 0.0
+
+
 def encoder_capacity_fps(stats, num_encoders: int) -> float | None:
     """Frames per second the run's pool of `num_encoders` could put out, from the encoders' own
     work: the frames they encoded per second of an encoder's busy time (opening, encoding and
-    closing its segments), times the encoders. Where they bounded the run that is its rate; where
-    they waited for frames (a model-bound run), what they would have done had frames come faster,
-    with the CPU shared as it was. None where fewer than MIN_FRAMES_FOR_RATE frames or less than
-    MIN_ENCODER_SECONDS of work say too little."""
-    busy = sum(clock.busy_seconds for name, clock in stats.stages.items() if name.startswith("encoder"))
+    closing its segments), times the encoders. Where they were busy all along (they bounded the
+    run) that is its rate. Where they waited for frames it is an upper bound: an encoder busy
+    beside fewer others had more of the cores (on an H100 host, 194 fps from a model-bound run's
+    6 encoders, busy 35% of it, against 147 for the same 6 alone). None where fewer than
+    MIN_FRAMES_FOR_RATE frames or less than MIN_ENCODER_SECONDS of work say too little."""
+    busy = _encoders_busy_seconds(stats)
     encoded = stats.num_frames_encoded
     if encoded < MIN_FRAMES_FOR_RATE or busy < MIN_ENCODER_SECONDS or num_encoders < 1:
         return None
@@ -145,13 +157,19 @@ def learn_content_factor(stats, *, key: str, num_encoders: int, num_cores: int, 
     measured here), remembered in `factors_memo` for the next choice. Learnt from every run, not
     only those the encoders bounded: a pool planned too small for a model-bound job must show in
     the next plan (seen on an H100: the synthetic 207 fps of one x264 veryfast at 1080p planned 1
-    and then 2 encoders for a 130 fps model; real frames went at ~55 fps an encoder). None:
-    nothing learnt."""
+    and then 2 encoders for a 130 fps model; real frames went at ~55 fps an encoder). Where the
+    encoders were busy less than ENCODER_BUSY_SHARE of the run, their rate is an upper bound, so
+    it only ever lowers the factor remembered (or the synthetic measurement's 1.0). None: nothing
+    learnt."""
     observed = encoder_capacity_fps(stats, num_encoders)
     speed = known_encoder_speed(speeds_memo, key) if observed is not None and key else None
     if speed is None:  # too little encoded, or not measured for these settings
         return None
     factor = content_factor(observed, speed, num_encoders, num_cores)
+    if encoder_busy_share(stats, num_encoders) < ENCODER_BUSY_SHARE:  # an upper bound: it may only lower
+        ceiling = remembered_content_factor(factors_memo, key)
+        if factor >= (ceiling if ceiling is not None else 1.0):
+            return None
     remember_content_factor(factors_memo, key, factor, observed_fps=observed, num_encoders=num_encoders)
     return factor
 

@@ -144,6 +144,13 @@ def _compile_dict(state) -> dict | None:
             "compiled_batches": state.num_compiled_batches, "eager_batches": state.num_eager_batches}
 
 
+MIN_RATE_FRAMES = 32  # a rate over fewer frames (or under a second) says too little
+
+
+def _rate(frames: int, seconds: float) -> float | None:
+    return frames / seconds if seconds >= 1.0 and frames >= MIN_RATE_FRAMES else None
+
+
 @dataclass
 class RunStats:
     """Figures of one run, filled in by the stages as they go."""
@@ -167,6 +174,9 @@ class RunStats:
     # (perf_counter, frames written) when every worker's model had settled (`note_settled`): the
     # run's rate from then on leaves out the eager batches before a background compilation was ready.
     settled: tuple[float, int] | None = None
+    # (perf_counter, frames written) when `note_settled` last saw the count grow: the last frame
+    # handed on, at the runner's tick (what came after is the encoders' tail and the join).
+    last_written: tuple[float, int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def clock(self, stage: str) -> StageClock:
@@ -210,31 +220,60 @@ class RunStats:
     def note_settled(self) -> None:
         """Called as the run goes (the runners, after each tick or batch): once every worker still in
         the run has run a batch in the mode it settled in, remember when, and the frames written by
-        then. A worker without a compile state (the halves of --split-gpu) is settled at its first batch."""
+        then. A worker without a compile state (the halves of --split-gpu) is settled at its first batch.
+        Also keeps when the count of frames written last grew (`last_written`)."""
+        now, written = time.perf_counter(), self.num_frames_written
+        if self.last_written is None or written > self.last_written[1]:
+            self.last_written = (now, written)
         if self.settled is not None:
             return
         live = [w for w in self.workers.values() if w.health != "failed"]
         if live and all(w.settled_at is not None or (w.compile is None and w.first_batch_at is not None)
                         for w in live):
-            self.settled = (time.perf_counter(), self.num_frames_written)
+            self.settled = (now, written)
 
     @property
     def settled_fps(self) -> float | None:
-        """Frames written per second from `settled` to the end; None without one, or when less than
-        a second or fewer than 32 frames came after it."""
+        """Frames written per second from `settled` to the end of the stages (the encoders' last
+        segments included; the join of a segmented output after them is not); None without one, or
+        where less than a second or fewer than MIN_RATE_FRAMES frames came after it."""
         if self.settled is None:
             return None
         end = self.finished_at if self.finished_at is not None else time.perf_counter()
-        seconds, frames = end - self.settled[0], self.num_frames_written - self.settled[1]
-        return frames / seconds if seconds >= 1.0 and frames >= 32 else None
+        return _rate(self.num_frames_written - self.settled[1], end - self.settled[0])
+
+    @property
+    def flow_fps(self) -> float | None:
+        """Frames written per second from `settled` to the last frame written: the rate a longer
+        video flows at once started, its fixed costs at both ends (the compilation before, the
+        encoders' last segments after) left out. None as `settled_fps`."""
+        if self.settled is None or self.last_written is None:
+            return None
+        return _rate(self.last_written[1] - self.settled[1], self.last_written[0] - self.settled[0])
+
+    @property
+    def after_first_frame_fps(self) -> float | None:
+        """Frames written per second after the first frame out of the model, to the end of the
+        stages: both ends on one clock (`first_frame_seconds` counts from the call of run(),
+        `wall_seconds` from the stages' start)."""
+        firsts = [w.first_batch_at for w in self.workers.values() if w.first_batch_at is not None]
+        if not firsts:
+            return None
+        end = self.finished_at if self.finished_at is not None else time.perf_counter()
+        seconds = end - min(firsts)
+        return (self.num_frames_written - 1) / seconds if seconds > 0 and self.num_frames_written > 1 else None
 
     @property
     def first_frame_seconds(self) -> float | None:
         """From the start of the run (planning, model loading, probing included) to the first
         frame out of the model; None before it."""
         firsts = [w.first_batch_at for w in self.workers.values() if w.first_batch_at is not None]
-        start = self.called_at if self.called_at is not None else self.started_at
-        return min(firsts) - start if firsts else None
+        return min(firsts) - self._origin if firsts else None
+
+    @property
+    def _origin(self) -> float:
+        """Where the run's "seconds after" count from: the call of run() (planning included)."""
+        return self.called_at if self.called_at is not None else self.started_at
 
     @property
     def fps(self) -> float:
@@ -260,8 +299,10 @@ class RunStats:
             "wall_seconds": round(self.wall_seconds, 3),
             "fps": round(self.fps, 3),
             "first_frame_seconds": None if self.first_frame_seconds is None else round(self.first_frame_seconds, 3),
-            "settled_after_seconds": None if self.settled is None else round(self.settled[0] - self.started_at, 3),
+            "settled_after_seconds": None if self.settled is None else round(self.settled[0] - self._origin, 3),
             "settled_fps": None if self.settled_fps is None else round(self.settled_fps, 3),
+            "flow_fps": None if self.flow_fps is None else round(self.flow_fps, 3),
+            "after_first_frame_fps": None if self.after_first_frame_fps is None else round(self.after_first_frame_fps, 3),
             "startup_seconds": self.startup(),
             "stages": {
                 name: {"busy_seconds": round(c.busy_seconds, 3), "wait_seconds": round(c.wait_seconds, 3)}

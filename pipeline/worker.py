@@ -17,8 +17,8 @@ copy-out stream. Events order each chunk's three steps; the host waits once a ba
 last chunk (and, to bound memory, for chunk i-2 before chunk i starts). The operations are
 those of the plain path, so the bytes are the same. To have chunks to overlap, such a worker
 takes `TAKE_BATCHES` batches at once from the work queue (`take_size`). A run overlaps where
-the model compiles (`overlap="compiled"`: measured faster there, slower with an eager model;
-FRAMEPIPE_OVERLAP=1/0 forces it on/off). Everything else (the CPU, interpolation and
+the model runs compiled (`overlap="compiled"`: from its first compiled batch on; measured faster
+there, slower with an eager model; FRAMEPIPE_OVERLAP=1/0 forces it on/off). Everything else (the CPU, interpolation and
 restoration models, NV12/P010 for NVENC, RGB pictures, an eager model, or `overlap=False`)
 takes one batch and runs its chunks one after the other, each waited for.
 
@@ -143,6 +143,7 @@ class Worker:
         # Overlapping chunks (see the module's docstring). None: where it applies, on a GPU; "compiled":
         # there, where the model compiles (the default of a run); True: also on the CPU, where the same
         # scheduling runs without streams (tests); False: never.
+        self._overlap_once_compiled = overlap == "compiled"  # eager batches (before or without it) do not
         if overlap == "compiled":
             overlap = None if compile[0] else False
         self.overlap = _overlap_applies(overlap, device=device, output_format=output_format, temporal=temporal,
@@ -199,7 +200,17 @@ class Worker:
     def take_size(self) -> int:
         """Frames this worker takes from the work queue at once (the stage runner's `want`):
         `TAKE_BATCHES` batches where it overlaps their chunks, else one."""
-        return self.batch_size * TAKE_BATCHES if self.overlap else self.batch_size
+        return self.batch_size * TAKE_BATCHES if self.overlapping else self.batch_size
+
+    @property
+    def overlapping(self) -> bool:
+        """Whether the next take overlaps its chunks: where the overlap is on; with
+        `overlap="compiled"` only once the model runs compiled (while it compiles, and where the
+        compilation failed or did not match, the batches run eagerly, which were measured slower
+        overlapped)."""
+        if not self.overlap:
+            return False
+        return not self._overlap_once_compiled or (self.model is not None and self.model.state.status == "compiled")
 
     def _probe_batch_size(self, frames: Sequence[Frame]) -> int:
         """The batch size with the best frames/s for what this worker does per batch: the
@@ -377,7 +388,7 @@ class Worker:
 
     def _process_all(self, frames: Sequence[Frame]) -> list[ResultItem]:
         """`infer` in chunks of the current batch size, halving it on OOM; at batch 1, tiles."""
-        if self.overlap:
+        if self.overlapping:
             return self._process_overlapped(frames)
         done: list[ResultItem] = []
         chunk_sizes: list[int] = []

@@ -245,8 +245,9 @@ def test_the_worker_counts_as_steady_only_its_compiled_batches(tmp_path, monkeyp
 
 
 def test_a_run_marks_when_every_worker_settled_and_its_rate_from_then():
-    """The rate after every live worker's model settled (a background compilation ready): what the
-    rest of a longer video goes at. None until then, and over less than a second."""
+    """The rate after every live worker's model settled (a background compilation ready), to the end
+    and to the last frame handed on: what the rest of a longer video goes at. None until then, and
+    over less than a second."""
     from pipeline.stats import RunStats
 
     stats = RunStats()
@@ -271,9 +272,39 @@ def test_a_run_marks_when_every_worker_settled_and_its_rate_from_then():
     stats.num_frames_written, stats.finished_at = 210, stats.settled[0] + 2.0
     d = stats.to_dict()
     assert stats.settled_fps == pytest.approx(100.0) and d["settled_fps"] == pytest.approx(100.0)
-    assert d["settled_after_seconds"] == pytest.approx(stats.settled[0] - stats.started_at, abs=1e-3)
+    assert d["settled_after_seconds"] == pytest.approx(stats.settled[0] - stats.started_at, abs=1e-3)  # no called_at
     stats.finished_at = stats.settled[0] + 0.5
     assert stats.settled_fps is None
+    # To the last frame handed on: the encoders' tail and the join after it left out.
+    stats.settled, stats.last_written, stats.finished_at = (100.0, 10), (102.0, 210), 104.0
+    assert stats.settled_fps == pytest.approx(50.0) and stats.flow_fps == pytest.approx(100.0)
+    assert stats.to_dict()["flow_fps"] == pytest.approx(100.0)
+    stats.note_settled()
+    assert stats.last_written == (102.0, 210)  # no frame since: kept
+    stats.num_frames_written = 211
+    stats.note_settled()
+    assert stats.last_written[1] == 211 and stats.last_written[0] > 102.0
+
+
+def test_the_rate_after_the_first_frame_is_timed_on_one_clock():
+    """From the first frame out of the model to the end of the stages; the first frame's seconds
+    count from the call of run(), before planning, which the stages' wall time leaves out."""
+    from pipeline.stats import RunStats
+
+    from benchmarks._steps import steady_fps
+
+    stats = RunStats()
+    stats.called_at = stats.started_at - 0.5  # half a second of planning
+    worker = stats.add_worker("worker-gpu0", "cuda:0")
+    worker.first_batch_at = stats.started_at + 0.5
+    stats.finished_at = stats.started_at + 2.5
+    stats.num_frames_written = 201
+    d = stats.to_dict()
+    assert d["first_frame_seconds"] == pytest.approx(1.0) and d["wall_seconds"] == pytest.approx(2.5)
+    assert d["after_first_frame_fps"] == pytest.approx(100.0)  # 200 frames in the 2 s after the first
+    assert steady_fps(d) == pytest.approx(100.0)
+    old = {k: v for k, v in d.items() if k != "after_first_frame_fps"}  # stats written before the field
+    assert steady_fps(old) == pytest.approx(200 / 1.5)  # the two clocks mixed: overstated
 
 
 # -- the measurement ---------------------------------------------------------------------------
@@ -357,6 +388,33 @@ def test_the_pools_capacity_comes_from_its_encoders_busy_time():
     assert encoder_capacity_fps(stats(5.0, 5.0, 0.0), 3) == pytest.approx(300.0)  # one never got a segment
     assert encoder_capacity_fps(stats(5.0, encoded=50), 1) is None  # too few frames to say
     assert encoder_capacity_fps(stats(0.2, 0.2), 2) is None  # too little work to say
+
+
+def test_an_idle_pool_only_ever_lowers_the_factor(tmp_path):
+    """Encoders busy a small share of the run give an upper bound on the pool: it lowers the factor
+    remembered (or the synthetic 1.0), never raises it; a pool busy all along sets it."""
+    from hw.memory import ProbeMemo
+    from pipeline.encoder_choice import learn_content_factor
+
+    speeds, factors = ProbeMemo(tmp_path / "speeds.json"), ProbeMemo(tmp_path / "factors.json")
+    speeds.put("k", {"fps": 100.0, "cores_busy": 1.0})
+
+    def stats(busy_each, wall):  # 2 encoders, 1000 frames
+        return SimpleNamespace(num_frames_encoded=1000, wall_seconds=wall,
+                               stages={"encoder0": SimpleNamespace(busy_seconds=busy_each),
+                                       "encoder1": SimpleNamespace(busy_seconds=busy_each)})
+
+    def learn(s):
+        return learn_content_factor(s, key="k", num_encoders=2, num_cores=16, speeds_memo=speeds, factors_memo=factors)
+
+    assert learn(stats(2.0, 20.0)) is None  # idle 90%: 500 fps a bound above the synthetic 200 says nothing
+    assert learn(stats(4.0, 20.0)) is None  # busy 20%: 250 fps, still above: nothing
+    assert factors.get("k") is None
+    assert learn(stats(10.0, 20.0)) == pytest.approx(0.5)  # busy 50%: a bound of 100 fps lowers it
+    assert learn(stats(8.0, 20.0)) is None  # 125 fps, a bound above the 0.5 remembered: kept
+    assert factors.get("k")["factor"] == pytest.approx(0.5)
+    assert learn(stats(16.0, 20.0)) == pytest.approx(0.3125)  # busy 80%: the pool's rate, set
+    assert learn(stats(12.5, 20.0)) == pytest.approx(0.4)  # busy 62.5%: set, higher too
     assert content_factor(70.0, EncoderSpeed(fps=200.0, cores_busy=2.0), 1, 16) == pytest.approx(0.35)
     assert content_factor(240.0, EncoderSpeed(fps=100.0, cores_busy=8.0), 4, 16) == pytest.approx(1.2)  # cores: 200
     assert content_factor(1.0, EncoderSpeed(fps=500.0, cores_busy=1.0), 1, 16) == 0.05  # within [1/20, 4]
@@ -405,6 +463,8 @@ def test_a_run_into_the_pool_teaches_the_next_plan(sixteen_cores, monkeypatch, c
         write(self, planes, pts)
 
     monkeypatch.setattr(PyAVWriter, "write", slow_write)
+    assert cli.main([*base, "--max-frames", "60", "--output", str(tmp_path / "short.mp4")]) == 0
+    assert not factors.exists()  # 60 frames: too few to tell the encoders' speed
     assert cli.main([*base, "--output", str(tmp_path / "fast.mp4")]) == 0
     fast = json.loads(factors.read_text())[key]
     assert fast["encoders"] == 2 and 50 < fast["observed_fps"] < 2 / 0.012  # 2 encoders at < 83 fps each

@@ -118,11 +118,29 @@ def test_a_run_overlaps_where_the_model_compiles_unless_framepipe_overlap_says(m
                       color=ColorInfo(), dtype=torch.float16, model_name="m", scale=2, batch_size=4,
                       overlap="compiled", compile=compile)
 
+    from types import SimpleNamespace
+
+    from models.compiled import CompileState
+
     gpu = torch.device("cuda", 0)  # not started: nothing here touches the device
-    assert worker(gpu, (True, "compiled in the background")).overlap is True
-    assert worker(gpu, (True, "compiled in the background")).take_size == 4 * TAKE_BATCHES
+    compiling = worker(gpu, (True, "compiled in the background"))
+    assert compiling.overlap is True
+    for status, overlapping in (("waiting", False), ("compiling", False), ("compiled", True), ("failed", False),
+                                ("mismatch", False)):  # eager batches never overlap: only compiled ones
+        compiling.model = SimpleNamespace(state=CompileState(status=status))
+        assert compiling.overlapping is overlapping, status
+        assert compiling.take_size == (4 * TAKE_BATCHES if overlapping else 4), status
     assert worker(gpu, (False, "eager (--compile off)")).overlap is False
     assert worker(CPU, (True, "compiled on the CPU (--compile on)")).overlap is False  # no streams on the CPU
+    forced = Worker("w", gpu, lambda d, t: None, stats=WorkerStats("w", "cuda:0"), warn=lambda m: None,
+                    color=ColorInfo(), dtype=torch.float16, model_name="m", scale=2, batch_size=4, overlap=None,
+                    compile=(False, "eager (--compile off)"))
+    forced.model = SimpleNamespace(state=CompileState(status="eager"))
+    assert forced.overlapping and forced.take_size == 4 * TAKE_BATCHES  # FRAMEPIPE_OVERLAP=1: eager too
+    monkeypatch.setenv("FRAMEPIPE_OVERLAP", "off")
+    assert build._overlap_from_env() is False
+    monkeypatch.setenv("FRAMEPIPE_OVERLAP", "sometimes")
+    assert build._overlap_from_env() == "compiled"
 
 
 # -- the scheduling, on the CPU ------------------------------------------------------------------
@@ -222,6 +240,7 @@ def test_a_take_goes_whole_through_the_sequential_runner(clips, tmp_path, monkey
             stage.process = lambda batch: seen.append(len(batch)) or process(batch)
         return stage
 
+    monkeypatch.setenv("FRAMEPIPE_OVERLAP", "1")  # on wherever the path allows (the default waits for a compiled model)
     src = clips("overlap.mp4", num_frames=20, width=64, height=48)
     out = tmp_path / "o.mp4"
     run(RunConfig(source=src, output=out, model="bicubic", scale=2, device="cpu", batch_size=2, max_batch_size=2),
