@@ -194,8 +194,9 @@ def _split_stages(plan: RunPlan, stats: RunStats):
 
 
 def _overlap_from_env() -> bool | str | None:
-    """How workers overlap a take's chunks on CUDA streams (pipeline/worker.py): by default where
-    the model compiles ("compiled"); FRAMEPIPE_OVERLAP=1 wherever the path allows it, =0 never.
+    """How workers overlap a take's chunks on CUDA streams (pipeline/worker.py): by default once
+    the model runs compiled ("compiled"); FRAMEPIPE_OVERLAP=1 (on) wherever the path allows it,
+    =0 (off) never.
     Measured on the H100 (benchmarks/RESULTS.md, 2026-12-06): with the compiled x4plus-anime
     (480x270 -> 1080p, into x264 by 6 encoders) the run went at 103.5 fps once compiled with it and
     95.7 without, its compiled batches at 118-120 fps with it and 108 without; with the eager
