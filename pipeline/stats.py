@@ -194,8 +194,18 @@ class RunStats:
 
     @property
     def wall_seconds(self) -> float:
-        end = self.finished_at if self.finished_at is not None else time.perf_counter()
-        return end - self.started_at
+        return self._end - self.started_at
+
+    @property
+    def _end(self) -> float:
+        """The end of the stages (now, while they run)."""
+        return self.finished_at if self.finished_at is not None else time.perf_counter()
+
+    @property
+    def _first_frame_at(self) -> float | None:
+        """perf_counter when the first frame came out of a model (any worker); None before."""
+        firsts = [w.first_batch_at for w in self.workers.values() if w.first_batch_at is not None]
+        return min(firsts) if firsts else None
 
     def mark(self, step: str) -> None:
         self.marks.setdefault(step, time.perf_counter())
@@ -239,8 +249,7 @@ class RunStats:
         where less than a second or fewer than MIN_RATE_FRAMES frames came after it."""
         if self.settled is None:
             return None
-        end = self.finished_at if self.finished_at is not None else time.perf_counter()
-        return _rate(self.num_frames_written - self.settled[1], end - self.settled[0])
+        return _rate(self.num_frames_written - self.settled[1], self._end - self.settled[0])
 
     @property
     def flow_fps(self) -> float | None:
@@ -256,19 +265,18 @@ class RunStats:
         """Frames written per second after the first frame out of the model, to the end of the
         stages: both ends on one clock (`first_frame_seconds` counts from the call of run(),
         `wall_seconds` from the stages' start)."""
-        firsts = [w.first_batch_at for w in self.workers.values() if w.first_batch_at is not None]
-        if not firsts:
+        first = self._first_frame_at
+        if first is None:
             return None
-        end = self.finished_at if self.finished_at is not None else time.perf_counter()
-        seconds = end - min(firsts)
+        seconds = self._end - first
         return (self.num_frames_written - 1) / seconds if seconds > 0 and self.num_frames_written > 1 else None
 
     @property
     def first_frame_seconds(self) -> float | None:
         """From the start of the run (planning, model loading, probing included) to the first
         frame out of the model; None before it."""
-        firsts = [w.first_batch_at for w in self.workers.values() if w.first_batch_at is not None]
-        return min(firsts) - self._origin if firsts else None
+        first = self._first_frame_at
+        return first - self._origin if first is not None else None
 
     @property
     def _origin(self) -> float:
