@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--list-models", action="store_true", help="list the built-in models and exit")
     model.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
                        help="torch.compile the model in the background, eager until it is ready and checked against "
-                       "eager (auto = on CUDA GPUs of compute capability 7.0+; never on the CPU unless on)")
+                       "eager (auto = on CUDA GPUs of compute capability 7.0+, unless the run is short or the model "
+                       "already runs 1.5x faster eagerly than the CPU encoders can take; never on the CPU unless on)")
     model.add_argument("--tile-size", type=int, default=0, metavar="N",
                        help="run the model on overlapping tiles of N x N input pixels, blended (0 = whole frames, the "
                        "default; a frame that does not fit at batch 1 switches to tiles by itself)")

@@ -11,8 +11,11 @@ Steps (each timed on its own; a failed step is recorded and the rest go on):
   decode alone         PyAV (CPU threads), and NVDEC where present (`NvDecoder`)
   model alone          eager, eager channels_last (GPU), compiled (torch.compile, after its
                        compile time; PSNR against eager), at the batch the pipeline's probe chose
-  encode alone         the pipeline's own output frames (decoded into memory first) through 1
-                       encoder and through the segmented pool of k encoders
+  encode alone         the frames the pipeline hands its encoders (a run into lossless x264,
+                       decoded into memory first) through 1 encoder and through the segmented
+                       pool of k encoders; and, for the difference, the pool on the measured
+                       run's own output decoded (`encode_alone_k_reencoded`: x264's output is
+                       easier to encode again than the model's)
   pipeline             sequential, --parallel with one encoder, --parallel with the automatic
                        encoder pool (segments of --segment-seconds), and --output-mode none
                        (decode + model, no encoder); whole-call wall time and time to the
@@ -47,7 +50,7 @@ import torch  # noqa: E402
 
 from benchmarks._steps import Steps, steady_fps  # noqa: E402
 from benchmarks.bench_gpu_path import make_source  # noqa: E402
-from benchmarks.bench_segments import encoders_alone, output_frames  # noqa: E402
+from benchmarks.bench_segments import encoders_alone, lossless, output_frames  # noqa: E402
 
 
 
@@ -153,7 +156,8 @@ def pipeline(args, src: Path, out: Path | None, *, parallel: bool = True, encode
                     segment_seconds=args.segment_seconds if output_mode == "file" else None)
     planned = {}
     t0 = time.perf_counter()
-    stats = run(cfg, on_start=lambda plan, _: planned.update(encoders=plan.num_encoders, segmented=bool(plan.segments)))
+    stats = run(cfg, on_start=lambda plan, _: planned.update(encoders=plan.num_encoders, segmented=bool(plan.segments),
+                                                             line=plan.encoder_line, encoders_fps=plan.encoders_fps))
     wall = time.perf_counter() - t0
     d = stats.to_dict()
     worker = d["workers"][0]
@@ -170,6 +174,7 @@ def pipeline(args, src: Path, out: Path | None, *, parallel: bool = True, encode
             "settled_after_seconds": d.get("settled_after_seconds"), "frames": frames, "run_seconds": d["wall_seconds"],
             "whole_call_seconds": round(wall, 3), "whole_call_fps": round(d["frames_written"] / wall, 2),
             "first_frame_seconds": d["first_frame_seconds"], "encoders": planned["encoders"] if planned["segmented"] else 1,
+            "encoders_line": planned["line"], "encoders_fps_estimate": planned["encoders_fps"],
             "batch": worker["batch_size_now"], "probe": worker["probe_note"], "compile": worker["compile"],
             "busy_seconds": {**{k: v["busy_seconds"] for k, v in d["stages"].items()},
                              **{w["name"]: w["busy_seconds"] for w in d["workers"]}}}
@@ -374,7 +379,11 @@ def main() -> None:
     maybe("pipeline_parallel", lambda: pipeline(args, args.source, out_file))
     maybe("pipeline_output_none", lambda: pipeline(args, args.source, None, output_mode="none"))
     if "encode_alone" not in skip and out_file.exists():
-        frames = output_frames(out_file)
+        exact = work / f"bench-encoder-input-{tag}.mkv"  # the frames the pipeline's encoders had, kept exactly
+        measured = ((results.get("pipeline_parallel") or {}).get("compile") or {}).get("status")
+        mode = "auto" if measured == "compiled" else "off"  # the model run as in the measured run (eager: exactly)
+        maybe("encoder_input", lambda: pipeline(lossless(args), args.source, exact, compile=mode))
+        frames = output_frames(exact if exact.exists() else out_file)
         per_frame = sum(p.nbytes for p in frames[0]) if frames else 1
         kept = max(1, max_encode_bytes() // per_frame)
         if kept < len(frames):
@@ -388,6 +397,9 @@ def main() -> None:
 
         maybe("encode_alone_1", lambda: best_of_two(1))
         maybe("encode_alone_k", lambda: best_of_two(k))
+        if "encode_alone_k_reencoded" not in skip:  # the earlier way, for the difference: the measured run's output
+            frames = output_frames(out_file)[:kept]
+            maybe("encode_alone_k_reencoded", lambda: encoders_alone(frames, work, encoders=k, args=args, src=args.source))
         frames = None
     maybe("naive", lambda: naive(args, args.source, work / f"bench-naive-{tag}.mp4"))
     maybe("first_frame_cli", lambda: first_frame_cli(args, args.source, work))

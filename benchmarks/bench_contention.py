@@ -14,6 +14,9 @@ encoder pool, eager model unless --compile on, batch 4) runs whole, in these var
                  CPU the worker, reader and collector run first
   both           the two together
   spare-threads  the pool's x264 threads together leave 2 cores to the worker, reader and collector
+  pin-2, pin-4   the encoder threads (and the x264 threads they start) kept off the first 2 (4) cores
+                 the process may use (sched_setaffinity): those cores are the worker's, reader's and
+                 collector's alone, whatever x264 does
   overlap        FRAMEPIPE_OVERLAP=1: the worker's chunks overlapped on CUDA streams (pipeline/worker.py;
                  the default where the model compiles)
   no-overlap     FRAMEPIPE_OVERLAP=0: never overlapped
@@ -57,14 +60,24 @@ if {nice!r}:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), {nice!r})
         return original(runner, gone)
     segment_writer.EncoderPool._run_encoder = staticmethod(lowered)
+if {pin!r}:
+    from pipeline import segment_writer
+    before_pin = segment_writer.EncoderPool._run_encoder
+    allowed = sorted(os.sched_getaffinity(0))
+    def pinned(runner, gone):
+        os.sched_setaffinity(0, allowed[{pin!r}:])  # this thread, and the x264 threads it starts inherit it
+        return before_pin(runner, gone)
+    segment_writer.EncoderPool._run_encoder = staticmethod(pinned)
 import main
 main._exit(main.main(sys.argv[1:]))  # as `python main.py` leaves (a compile thread still running)
 """
 
 # What each variant changes: the GIL switch interval, the nice of the encoder threads, x264's own
-# thread count in the pool, cores left to the pipeline's own threads by the pool's threads.
+# thread count in the pool, cores left to the pipeline's own threads by the pool's threads (or kept
+# from the encoders by their affinity).
 VARIANTS = {"default": {}, "ffmpeg-threads": {"own_threads": True}, "switch-1ms": {"interval": 0.001},
             "encoders-nice": {"nice": 10}, "both": {"interval": 0.001, "nice": 10}, "spare-threads": {"spare": 2},
+            "pin-2": {"pin": 2}, "pin-4": {"pin": 4},
             "overlap": {"env": {"FRAMEPIPE_OVERLAP": "1"}}, "no-overlap": {"env": {"FRAMEPIPE_OVERLAP": "0"}}}
 
 
@@ -78,9 +91,9 @@ def variant(name: str) -> dict:
 
 
 def run(clip: Path, out: Path, tag: str, *, interval: float = 0, nice: int = 0, own_threads: bool = False,
-        spare: int = 0, env: dict | None = None, model: str, compile: str = "off", extra: list[str]) -> dict:
+        spare: int = 0, pin: int = 0, env: dict | None = None, model: str, compile: str = "off", extra: list[str]) -> dict:
     stats_path = out / f"{tag}.json"
-    script = _WRAP.format(root=str(ROOT), interval=interval, nice=nice, own_threads=own_threads, spare=spare)
+    script = _WRAP.format(root=str(ROOT), interval=interval, nice=nice, own_threads=own_threads, spare=spare, pin=pin)
     cmd = [sys.executable, "-c", script, "--source", str(clip), "--model", model, "--parallel", "--compile", compile,
            "--stats-json", str(stats_path), *extra]
     t0 = time.perf_counter()

@@ -22,7 +22,10 @@
 #   bash benchmarks/gpu_host.sh issue12j  # the overlap's GPU tests, then target 2's two jobs with it on where the model compiles
 #   bash benchmarks/gpu_host.sh issue12k  # nice encoders, the overlap off vs the default, then target 2's model-bound job
 #   bash benchmarks/gpu_host.sh issue12l  # target 2's model-bound job, with the rate to the last frame handed on
-#   bash benchmarks/gpu_host.sh issue12m  # decode-bound end to end (4 NVDEC sessions, 4 PyAV decoders), after the first frame on one clock
+#   bash benchmarks/gpu_host.sh issue12m  # decode-bound end to end at 1080p (960 and 4800 frames; NVDEC sessions, PyAV decoders), one clock
+#   bash benchmarks/gpu_host.sh issue12n  # issue12m, encoders kept off 2/4 cores (bench_contention pin-2/pin-4), encode-bound on 1440 frames
+#   bash benchmarks/gpu_host.sh issue12o  # compiling weighed against the encoders: GPU tests, encode-bound job (1440 frames, after a first run)
+#   bash benchmarks/gpu_host.sh issue12p  # encode-bound job, encode alone on the exact frames the pipeline encoded vs its output decoded
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
 #   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
@@ -214,13 +217,54 @@ for k, v in r.items():
 print('summary', json.dumps(r['summary']))"
       done 2>&1 | tee "$OUT/issue12j.log"
       tar czf "$OUT/issue12j.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" model-bound encode-bound && rm -rf "$OUT/model-bound" "$OUT/encode-bound" ;;
-    issue12m)  # decode-bound end to end once more, the rate after the first frame on one clock (~1 min)
-      python3 -c "from pathlib import Path; from benchmarks.bench_decoders import make_clip; make_clip(Path('/tmp/d1080.mp4'), width=1920, height=1080, num_frames=960, gop=48)"
-      for d in "4 --nvdec" "4 --nvdec" "4"; do
-        python3 main.py --source /tmp/d1080.mp4 --model bicubic --scale 1 --output-mode none --parallel --decoders $d \
-          --stats-json /tmp/d.json -q > /dev/null 2>&1
-        python3 -c "import json; s = json.load(open('/tmp/d.json')); print('--decoders $d', {k: s.get(k) for k in ('fps', 'wall_seconds', 'first_frame_seconds', 'after_first_frame_fps', 'settled_fps', 'flow_fps', 'frames_written')}, s.get('startup_seconds'))"
+    issue12m)  # decode-bound end to end: 1080p, 960 and FRAMES_DECODE (4800) frames, NVDEC sessions and PyAV decoders (~3 min)
+      for n in 960 "${FRAMES_DECODE:-4800}"; do
+        python3 -c "from pathlib import Path; from benchmarks.bench_decoders import make_clip; make_clip(Path('/tmp/d$n.mp4'), width=${W_DECODE:-1920}, height=${H_DECODE:-1080}, num_frames=$n, gop=48)"
+        for d in "4 --nvdec" "4 --nvdec" "7 --nvdec" "0 --nvdec" "4" "8" "0"; do
+          [ "$n" = 960 ] && [ "$d" != "4 --nvdec" ] && [ "$d" != "4" ] && continue
+          rm -f /tmp/d.json; t0=$(date +%s.%N)
+          python3 main.py --source /tmp/d$n.mp4 --model bicubic --scale 1 --output-mode none --parallel --decoders $d \
+            --stats-json /tmp/d.json -q > /tmp/d.log 2>&1 || tail -3 /tmp/d.log
+          t1=$(date +%s.%N)
+          python3 -c "import json; s = json.load(open('/tmp/d.json')); print('$n frames, --decoders $d', 'command %.2f s' % ($t1 - $t0), {k: s.get(k) for k in ('fps', 'wall_seconds', 'first_frame_seconds', 'after_first_frame_fps', 'settled_fps', 'flow_fps', 'frames_written')}, s.get('startup_seconds'))"
+        done
       done 2>&1 | tee "$OUT/issue12m.log" ;;
+    issue12n)  # target 4 (issue12m), the encoders kept off 2 or 4 cores vs the default (compiled model-bound), then
+               # target 2's encode-bound job on FRAMES_ENCODE (1440) frames (~8 min)
+      bash "$0" issue12m
+      timeout "${CONTENTION_LIMIT:-200}" python3 benchmarks/bench_contention.py --compile on --frames "${FRAMES:-1200}" --encoders 6 \
+        --repeats 1 --variants "${VARIANTS:-default,pin-2,pin-4}" --out "$OUT/contention-n" > "$OUT/bench-contention-n.log" 2>&1
+      tail -6 "$OUT/bench-contention-n.log"
+      skip=decode_nvdec,pipeline_parallel_cold,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
+      timeout "${BENCH_LIMIT:-240}" python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-1440}" --model realesr-animevideov3 \
+        --scale 4 --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode > "$OUT/bench-encode-bound.log" 2>&1
+      python3 -c "import json, glob; r = json.load(open(glob.glob('$OUT/encode-bound/bench-*.json')[0])); print(r.get('device'), r.get('torch'))
+for k, v in r.items():
+    if isinstance(v, dict) and 'fps' in v: print(k, {x: v.get(x) for x in ('fps', 'steady_fps', 'settled_fps', 'flow_fps', 'settled_after_seconds', 'first_frame_seconds', 'run_seconds', 'encoders', 'fps_runs', 'status', 'frames') if x in v})
+print(json.dumps(r.get('summary')))" 2>&1 | tee "$OUT/issue12n.log"
+      tar czf "$OUT/issue12n.tgz" --exclude "*.mp4" -C "$OUT" contention-n encode-bound && rm -rf "$OUT/contention-n" "$OUT/encode-bound" ;;
+    issue12o)  # compiling weighed against the encoders: its GPU tests, then target 2's encode-bound job on FRAMES_ENCODE
+               # (1440) frames, a first run (probe, content factor) before the measured one (~5 min)
+      python3 -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests/test_compile.py -k "encoders or frame_for_frame" 2>&1 \
+        | tee "$OUT/pytest-weigh.log" | tail -3
+      skip=decode_nvdec,model_compiled,compile_cache_warmup,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
+      timeout "${BENCH_LIMIT:-300}" python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-1440}" --model realesr-animevideov3 \
+        --scale 4 --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode > "$OUT/bench-encode-bound.log" 2>&1
+      python3 -c "import json, glob; r = json.load(open(glob.glob('$OUT/encode-bound/bench-*.json')[0])); print(r.get('device'), r.get('torch'))
+for k, v in r.items():
+    if isinstance(v, dict) and 'fps' in v: print(k, {x: v.get(x) for x in ('fps', 'steady_fps', 'settled_fps', 'flow_fps', 'settled_after_seconds', 'first_frame_seconds', 'run_seconds', 'encoders', 'encoders_fps_estimate', 'encoders_line', 'batch', 'fps_runs', 'compile', 'frames') if x in v})
+print(json.dumps(r.get('summary')))" 2>&1 | tee "$OUT/issue12o.log"
+      tar czf "$OUT/issue12o.tgz" --exclude "*.mp4" -C "$OUT" encode-bound && rm -rf "$OUT/encode-bound" ;;
+    issue12p)  # target 2's encode-bound job, "encode alone" on the very frames the pipeline encoded (a lossless run
+               # decoded) against the pipeline's output decoded, as before (~6 min)
+      skip=decode_nvdec,model_compiled,compile_cache_warmup,pipeline_parallel_cold,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
+      timeout "${BENCH_LIMIT:-420}" python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-1440}" --model realesr-animevideov3 \
+        --scale 4 --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode > "$OUT/bench-encode-bound.log" 2>&1
+      python3 -c "import json, glob; r = json.load(open(glob.glob('$OUT/encode-bound/bench-*.json')[0])); print(r.get('device'), r.get('torch'))
+for k, v in r.items():
+    if isinstance(v, dict) and ('fps' in v or 'error' in v): print(k, {x: v.get(x) for x in ('fps', 'steady_fps', 'settled_fps', 'flow_fps', 'first_frame_seconds', 'run_seconds', 'encoders', 'encoders_fps_estimate', 'batch', 'fps_runs', 'seconds', 'error', 'frames') if x in v}, (v.get('compile') or {}).get('status'))
+print(json.dumps(r.get('summary')))" 2>&1 | tee "$OUT/issue12p.log"
+      tar czf "$OUT/issue12p.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" encode-bound && rm -rf "$OUT/encode-bound" ;;
     issue12l)  # target 2's model-bound job once more, with the rate to the last frame handed on (flow_fps) (~2 min)
       skip=decode_nvdec,pipeline_parallel_cold,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
       timeout "${BENCH_LIMIT:-200}" python3 benchmarks/bench.py --make-clip 480x270 --frames "${FRAMES_MODEL:-1200}" --model realesrgan-x4plus-anime \

@@ -10,7 +10,9 @@ eager output closely enough (PSNR against eager on the first real batch, >= `min
 compiled; a shorter batch (the last one) is padded to the compiled size and cut back.
 Anything else stays eager: a batch halved after an out-of-memory (padding it back would
 run out of memory again), tiles, a different frame size. Compilation that fails, or that
-does not match, leaves the model eager with one line saying why; frames never wait.
+does not match, leaves the model eager with one line saying why; frames never wait. A worker
+may keep the model eager before its first batch (`keep_eager`): where it already outruns the
+CPU encoders, compiling would not pay (pipeline/worker.py `Worker._weigh_compile`).
 
 Dynamo's frame hook is per thread, so the worker's eager calls run untouched while the
 background thread traces the same module (its weights are only read). Mode "default" (no
@@ -124,6 +126,13 @@ class CompiledModel:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.module(x)
+
+    def keep_eager(self, why: str) -> None:
+        """Never compile (before the first batch started it): the model runs eagerly, `why` in its
+        state's note. A compilation already under way goes on."""
+        if self.enabled and self._thread is None:
+            self.enabled, self.prepare = False, None
+            self.state.status, self.state.note = "eager", why
 
     def close(self) -> None:
         """The run is over: a compilation still under way in a helper process is ended."""

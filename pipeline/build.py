@@ -193,6 +193,15 @@ def _split_stages(plan: RunPlan, stats: RunStats):
     return front, back
 
 
+def _encoders_share(plan: RunPlan) -> float | None:
+    """Source frames per second the CPU encoders take from each worker at most (their estimated
+    rate, over the frames made per source frame and the workers), for a worker to weigh compiling
+    (--compile auto only: --compile on compiles whatever the encoders)."""
+    if plan.config.compile != "auto" or not plan.encoders_fps or not plan.devices:
+        return None
+    return plan.encoders_fps / max(1, plan.interpolate) / len(plan.devices)
+
+
 def _overlap_from_env() -> bool | str | None:
     """How workers overlap a take's chunks on CUDA streams (pipeline/worker.py): by default once
     the model runs compiled ("compiled"); FRAMEPIPE_OVERLAP=1 (on) wherever the path allows it,
@@ -281,6 +290,7 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
                             if dev.type == "cuda" else None),
             probe_memo=ProbeMemo(default_cache_dir() / "batch-sizes.json") if cfg.batch_size == 0 else None,
             temporal=_temporal(plan), restore_radius=plan.model.radius, overlap=_overlap_from_env(),
+            encoders_fps=_encoders_share(plan),
         )
         workers.append(wrap(name, worker))
     skip = None

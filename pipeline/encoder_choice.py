@@ -77,6 +77,7 @@ class EncoderChoice:
     num_encoders: int
     line: str  # "encoders: 3 (...)", printed when the run starts
     speed_key: str = ""  # the CPU encoder's settings and size (hw.encode_speed.speed_key): what the run teaches
+    capacity_fps: float | None = None  # frames the pool can encode per second (`pool_fps`); None: not measured
 
 
 def choose_encoders(*, speed: EncoderSpeed | None, model_fps: float | None, num_cores: int, memory_fits: int,

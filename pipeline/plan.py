@@ -27,7 +27,7 @@ from core.errors import HardwareUnavailable, InvalidOption, OutputExists, Output
 from core.files import check_output_paths
 from hw.av_source import SourceInfo, probe_audio, probe_source
 from hw.color import ColorInfo
-from hw.encode_speed import ENCODER_SPEEDS_FILE, EncoderSpeed, remembered_encoder_speed, speed_key
+from hw.encode_speed import ENCODER_SPEEDS_FILE, EncoderSpeed, known_encoder_speed, remembered_encoder_speed, speed_key
 from hw.memory import ProbeMemo
 from hw.pictures import (PictureSequence, PictureTarget, find_pictures, orientation, parse_fps, picture_target,
                          probe_pictures)
@@ -37,7 +37,7 @@ from models.registry import default_cache_dir
 from pipeline.config import RunConfig, default_output_path
 from pipeline.decoders import DecodePlan, choose_decoders, plan_decoders
 from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, EncoderChoice, choose_encoders, encoder_threads,
-                                     model_rate_key, remembered_content_factor, remembered_model_rate)
+                                     model_rate_key, pool_fps, remembered_content_factor, remembered_model_rate)
 from pipeline.segments import PartsFolder, SegmentLayout
 
 __all__ = ["RunPlan", "plan_run", "plan_devices", "DevicePlan"]
@@ -83,6 +83,11 @@ class RunPlan:
     num_encoders: int = 1  # encoders working at once on consecutive segments
     encoder_threads: int = 0  # threads each CPU encoder of the pool runs (0: the encoder's choice)
     encoder_line: str = ""  # "encoders: 3 (why)": said when the run starts (pipeline.encoder_choice)
+    # Frames the CPU encoders can take per second, all together: from one encoder's measured speed
+    # (corrected by what real frames did here before), an upper estimate; None: not known (one
+    # encoder, --encoders N with no speed measured before, NVENC, no output). Workers weigh
+    # compiling against it (--compile auto, where they probe their batch size).
+    encoders_fps: float | None = None
     model_rate_key: str = ""  # where the run remembers the rate its decoder and model delivered
     encoder_speed_key: str = ""  # where the run remembers how its real frames encoded (CPU encoders)
     output_bit_depth: int = 8  # 8 (yuv420p) or 10 (yuv420p10le); pictures: 8 or 16
@@ -251,7 +256,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         devices=tuple(devices), dtypes=dtypes, compiled=compiled, output_width=out_w, output_height=out_h,
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
         segments=segments, num_encoders=encoders.num_encoders, encoder_line=encoder_line, model_rate_key=rate_key,
-        encoder_speed_key=encoders.speed_key,
+        encoder_speed_key=encoders.speed_key, encoders_fps=encoders.capacity_fps,
         encoder_threads=threads, cut=config.cut, output_bit_depth=bit_depth,
         pictures=pictures, interpolator=interpolator, split=split, decoding=decoding,
     )
@@ -600,6 +605,21 @@ def _encoder_speed(codec: str, *, preset: str, crf: int | None, width: int, heig
     return speed
 
 
+def _known_speed(key: str) -> EncoderSpeed | None:
+    """One CPU encoder's speed as measured on this machine before (`_encoder_speed`), None where it
+    never was; nothing is measured now. Tests replace it."""
+    return known_encoder_speed(ProbeMemo(default_cache_dir() / ENCODER_SPEEDS_FILE), key)
+
+
+def _real_speed(speed: EncoderSpeed | None, key: str) -> tuple[EncoderSpeed | None, float | None]:
+    """(speed, factor): the synthetic measurement times what real frames here gave against it (the
+    factor, None where no run into the pool with these settings and size taught one)."""
+    factor = _content_factor(key) if speed is not None and key else None
+    if factor is None:
+        return speed, None
+    return EncoderSpeed(fps=speed.fps * factor, cores_busy=speed.cores_busy), factor
+
+
 def _speed_key(codec: str, **kw) -> str:
     """hw.encode_speed.speed_key; "" where the encoder's settings cannot be keyed."""
     try:
@@ -661,32 +681,34 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
     settings = dict(preset=preset or config.preset_or_default, crf=config.crf_or_default, width=width, height=height,
                     bit_depth=10 if bytes_per_sample > 1 else 8)  # what one CPU encoder's speed depends on
     speed_key = "" if use_nvenc else _speed_key(config.codec, **settings)
+    num_cores, speed = os.cpu_count() or 2, None
     if not config.parallel:  # the sequential baseline encodes in its one thread
         choice = EncoderChoice(1, "encoders: 1 (the sequential loop encodes in its one thread)")
     elif config.encoders:
         choice = EncoderChoice(config.encoders, f"encoders: {config.encoders} (--encoders)")
+        if speed_key and not use_nvenc:  # for the workers' weighing of compilation: only a speed measured before
+            speed = _real_speed(_known_speed(speed_key), speed_key)[0]
         if config.encoders > fits:
             notes.append(f"--encoders {config.encoders}: each holds up to {segment_frames} frames of "
                          f"{width}x{height} ({per_encoder / 2**30:.1f} GiB); more than {fits} may exhaust memory.")
     else:
-        num_cores = os.cpu_count() or 2
         allowed = min(num_cores // 2, num_segments, MAX_AUTO_ENCODERS, fits)
-        speed = model_fps = None
+        model_fps = None
         what = f"{width}x{height} {config.codec} {settings['preset']}"
         if allowed > 1 and not use_nvenc:  # something to choose: measured (or remembered) speeds
             try:
                 speed = _encoder_speed(config.codec, **settings)
             except Exception as exc:  # noqa: BLE001 - settings the encoder refuses are reported by the build, in one line
                 log.debug("encoder speed not measured: %s", exc)
-            factor = _content_factor(speed_key) if speed is not None and speed_key else None
-            if factor is not None:  # what real frames here gave against the synthetic measurement
-                speed = EncoderSpeed(fps=speed.fps * factor, cores_busy=speed.cores_busy)
+            speed, factor = _real_speed(speed, speed_key)
+            if factor is not None:
                 what += f" ({factor:.2f} x the synthetic measurement, as a run here encoded)"
             model_fps = _model_rate(model_rate_key) if model_rate_key else None
         choice = choose_encoders(speed=speed, model_fps=model_fps, num_cores=num_cores, memory_fits=fits,
                                  num_segments=num_segments, what=what,
                                  frames_per_source_frame=max(1, getattr(config, "interpolate", 1)))
-    choice = replace(choice, speed_key=speed_key)
+    capacity = pool_fps(speed, choice.num_encoders, num_cores) if speed is not None and not use_nvenc else None
+    choice = replace(choice, speed_key=speed_key, capacity_fps=capacity)
     if use_nvenc and choice.num_encoders > 1:
         sessions = _nvenc_sessions(config, width, height, choice.num_encoders, notes)
         choice = EncoderChoice(sessions, f"encoders: {sessions} NVENC session(s) (probed; asked for {choice.num_encoders})")

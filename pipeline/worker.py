@@ -63,6 +63,7 @@ __all__ = ["Worker", "Temporal", "to_output", "TAKE_BATCHES"]
 # Batches a worker takes from the work queue at once where it overlaps their chunks: with k
 # chunks the pipeline's fill and drain (one conversion in, one out) is paid once per k.
 TAKE_BATCHES = 3
+COMPILE_PAYS_MARGIN = 1.5  # eager model this many times the encoders' share: compiling would not pay
 _OVERLAP_OUTPUTS = ("yuv420p", "yuv420p10", "none")  # host planes, or nothing: the host waits for them
 _CHUNKS_IN_FLIGHT = 2  # chunk i starts once chunk i-2 is in host memory: at most 2 chunks' outputs held
 
@@ -109,6 +110,7 @@ class Worker:
         max_failures: int = 3,
         backoff_seconds: float = 2.0,
         overlap: bool | str | None = None,
+        encoders_fps: float | None = None,
     ) -> None:
         self.name = name
         self.device = device
@@ -131,6 +133,11 @@ class Worker:
         self.compile = compile
         self.compile_helper = compile_helper  # fills the compile cache out of process (models/compile_helper.py)
         self.probe_memo = probe_memo  # batch sizes probed by earlier runs (None: always probe)
+        # Source frames per second this worker's share of the CPU encoders takes at most (an upper
+        # estimate; None: unknown, or not to be weighed: --compile on). Where the model outruns it
+        # eagerly by COMPILE_PAYS_MARGIN the encoders bound the run: compiling would not pay, and
+        # its minutes of CPU would slow the encoders (`_weigh_compile`).
+        self.encoders_fps = encoders_fps
         self.temporal = temporal  # --interpolate: batches are `Window`s (each frame and the next)
         self.interpolator: torch.nn.Module | None = None
         self.restore_radius = restore_radius  # a restoration model: batches are `Window`s of 2r+1 frames
@@ -156,6 +163,7 @@ class Worker:
         self._tiles_to_announce: str | None = None  # what the first switch to tiles replaced, until said
         self._tiles_announced = False
         self._probe_pending = False
+        self._eager_fps: float | None = None  # the probe's frames/s at the chosen batch size (eager, whole path)
 
     # -- set-up (in the worker's own thread) -------------------------------------------
     def start(self) -> None:
@@ -212,6 +220,24 @@ class Worker:
             return False
         return not self._overlap_once_compiled or (self.model is not None and self.model.state.status == "compiled")
 
+    def _weigh_compile(self, eager_fps: float | None) -> None:
+        """Before the first batch through the model: keep it eager where it already outruns the
+        encoders' share by COMPILE_PAYS_MARGIN (`eager_fps`: the probe's rate at the chosen batch
+        size, this worker's whole path). The encoders bound such a run whichever way the model
+        runs, and compiling takes the CPU they need: on an H100 host (16 cores) a first
+        compilation of realesr-animevideov3 for a new batch size ran 18 s beside six x264 medium
+        encoders, which then made 52 fps instead of the 65 they make alone. Only where the worker
+        probes its batch size (or finds it remembered with its rate): with --batch-size N no eager
+        rate is known and the model compiles as before."""
+        if self.model is None or not self.model.enabled or not self.encoders_fps or not eager_fps:
+            return
+        if eager_fps >= COMPILE_PAYS_MARGIN * self.encoders_fps:
+            why = (f"eager: the encoders bound this run (they take ~{self.encoders_fps:.0f} fps from this worker, "
+                   f"which makes {eager_fps:.0f} fps eagerly), so compiling would not pay and would take their "
+                   "CPU; --compile on compiles anyway")
+            self.model.keep_eager(why)
+            self.log.info("%s", why)
+
     def _probe_batch_size(self, frames: Sequence[Frame]) -> int:
         """The batch size with the best frames/s for what this worker does per batch: the
         first batch's real frames (repeated to size) from their decoded form, through the
@@ -222,6 +248,7 @@ class Worker:
         if known and 1 <= int(known.get("batch_size", 0)) <= self.max_batch_size:
             self.ws.probe_note = f"{known['batch_size']}, as probed on {known.get('date', 'an earlier run')} " \
                                  f"({known.get('note', '')})"
+            self._eager_fps = _number(known.get("fps"))
             return int(known["batch_size"])
         self.ws.health = "probing"
 
@@ -241,8 +268,10 @@ class Worker:
         fps = ", ".join(f"{b}:{f:.1f}" for b, f in sorted(result.fps_by_batch.items()))
         self.ws.probe_note = f"chose {result.batch_size} ({result.note}; fps by batch {fps})"
         self.log.info("batch size %d, probed in %.1f s (%s)", result.batch_size, result.seconds, self.ws.probe_note)
+        self._eager_fps = result.fps_by_batch.get(result.batch_size)
         if self.probe_memo is not None and result.fps_by_batch:
             self.probe_memo.put(key, {"batch_size": result.batch_size, "note": f"fps by batch {fps}",
+                                      "fps": round(self._eager_fps, 1) if self._eager_fps else None,
                                       "date": time.strftime("%Y-%m-%d")})
         return result.batch_size
 
@@ -268,6 +297,7 @@ class Worker:
                 self.batch_size = min(self.target_batch_size, self.max_batch_size)
                 self.ws.batch_size, self.ws.health = self.batch_size, "ok"
                 self.model.batch_size = self.batch_size
+                self._weigh_compile(self._eager_fps)
             mode, t0 = self._settled_mode(), time.perf_counter()
             if self._stream is not None:
                 with torch.cuda.stream(self._stream):
@@ -658,3 +688,12 @@ class _Launched:
 
     def __repr__(self) -> str:
         return f"_Launched({len(self.frames)} frame(s) from #{self.frames[0].index})"
+
+
+def _number(value: object) -> float | None:
+    """A remembered figure, None where missing or not a positive number (an older memo's entry)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None

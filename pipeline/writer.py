@@ -74,7 +74,9 @@ class _PicturePool:
     job is always let in; `submit` blocks on the oldest job while the pool is full. A job's
     `done` runs (on the caller's thread) once it and every job before it succeeded. The first
     failure in submission order is raised once, by `submit` or `drain`; `close` joins the
-    threads and raises nothing, so one failed picture is one error."""
+    threads and raises nothing, so one failed picture is one error. A job handed in always runs:
+    `close` waits for those not started too (a stop used to drop them, and with them pictures the
+    run had made: seen as a flaky test under load, 2026-12-06)."""
 
     def __init__(self, *, num_threads: int, max_bytes: int) -> None:
         self.num_threads, self.max_bytes = max(1, num_threads), max_bytes
@@ -103,8 +105,10 @@ class _PicturePool:
             self._take_oldest()
 
     def close(self) -> None:
-        """Wait for the jobs running (a picture is whole or absent), drop those not started."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Wait for every job handed in, started or not: a picture made before a stop or an error is
+        written whole, never dropped (at most `num_threads` jobs are ever in flight, so a stop
+        waits for a few pictures at most)."""
+        self._executor.shutdown(wait=True)
         while self._in_flight:
             future, _, done = self._in_flight.popleft()
             if future.cancelled():

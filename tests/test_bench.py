@@ -27,9 +27,11 @@ def test_bench_runs_every_step_on_the_cpu(tmp_path):
     errors = {k: v["error"] for k, v in results.items() if isinstance(v, dict) and "error" in v}
     assert errors == {}
     for step in ("decode_pyav", "model_eager", "pipeline_sequential", "pipeline_parallel_1_encoder",
-                 "pipeline_parallel", "pipeline_output_none", "encode_alone_1", "encode_alone_k"):
+                 "pipeline_parallel", "pipeline_output_none", "encoder_input", "encode_alone_1", "encode_alone_k",
+                 "encode_alone_k_reencoded"):
         assert results[step]["fps"] > 0, step
     assert results["pipeline_parallel"]["frames"] == results["pipeline_output_none"]["frames"] == 48
+    assert results["encoder_input"]["frames"] == results["encode_alone_k"]["frames"] == 48
     assert results["naive"]["frames"] == 48 and results["first_frame_cli"]["from_command_s"] > 0
     summary = results["summary"]
     assert summary["encoder_pool"]["bound_by"] in ("decode", "model", "encode")
@@ -47,3 +49,49 @@ def test_bench_runs_every_step_on_the_cpu(tmp_path):
             round(flow / summary[name]["slowest_alone_fps"], 3) if flow else None)
     assert summary["best_pipeline_vs_naive_wall"] > 0
     assert (tmp_path / "bench-bicubic-64x48-x2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_encode_alone_gets_the_very_frames_the_pipeline_encoded(tmp_path):
+    """bench_segments.lossless: a run into lossless x264 decodes (`output_frames`) to the planes its
+    writer was handed, every frame bit for bit, so "encode alone" encodes what the pipeline's
+    encoders did (not their smoothed output, which x264 encodes again faster)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from benchmarks.bench_segments import lossless, output_frames
+    from hw.clips import make_clip
+    from pipeline import RunConfig, run
+
+    clip = make_clip(tmp_path / "v.mp4", width=64, height=48, num_frames=12, fps=24, photo=True)
+    args = lossless(SimpleNamespace(crf=23, preset="medium", segment_seconds=2.0))
+    assert (args.crf, args.preset, args.segment_seconds) == (0, "ultrafast", 2.0)
+    handed = []
+
+    def capture(name, stage):
+        if name != "writer":
+            return stage
+
+        class Capturing:
+            def __getattr__(self, attr):
+                return getattr(stage, attr)
+
+            def process(self, item):
+                handed.append(tuple(np.array(p, copy=True) for p in item.planes))
+                return stage.process(item)
+
+        return Capturing()
+
+    out = tmp_path / "o.mkv"
+    run(RunConfig(source=clip, output=out, model="bicubic", scale=2, device="cpu", parallel=True, crf=args.crf,
+                  preset=args.preset), wrap=capture)
+    got = output_frames(out)
+    assert len(got) == len(handed) == 12
+    for k, (g, h) in enumerate(zip(got, handed)):
+        assert [p.shape for p in g] == [p.shape for p in h] == [(96, 128), (48, 64), (48, 64)], k
+        assert all(np.array_equal(a, b) for a, b in zip(g, h)), k
+    lossy = tmp_path / "lossy.mkv"  # the check can fail: crf 23 output differs from what was handed
+    handed.clear()
+    run(RunConfig(source=clip, output=lossy, model="bicubic", scale=2, device="cpu", parallel=True, crf=23,
+                  preset="ultrafast"), wrap=capture)
+    assert not all(np.array_equal(a, b) for g, h in zip(output_frames(lossy), handed) for a, b in zip(g, h))

@@ -284,3 +284,89 @@ def test_a_shape_compiled_once_needs_no_helper_the_next_time(tmp_path):
     assert helper._process is first  # remembered: no second process
     helper((4, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
     assert helper._process is not first  # another shape is another compilation
+
+
+# -- compiling only where it pays: the encoders' rate weighed (--compile auto) ----------------------
+
+
+def test_a_model_that_outruns_the_encoders_eagerly_is_not_compiled(monkeypatch):
+    """Where the worker's eager rate is COMPILE_PAYS_MARGIN times the encoders' share or more, the
+    encoders bound the run: the model stays eager (never compiled, said why). Below that, or with
+    no estimate of the encoders (None: --compile on, NVENC, not measured), it compiles."""
+    from pipeline.worker import COMPILE_PAYS_MARGIN
+    from tests.test_worker_overlap import make_worker, yuv_frames
+
+    stand_in = StandIn()
+    monkeypatch.setattr(torch, "compile", stand_in)
+    kept = make_worker(overlap=False, compile=(True, "compiled (on)"), encoders_fps=50.0)
+    kept._weigh_compile(COMPILE_PAYS_MARGIN * 50.0)
+    state = kept.model.state
+    assert kept.model.enabled is False and state.status == "eager", state
+    assert state.note.startswith("eager: the encoders bound this run (they take ~50 fps from this worker, which "
+                                 "makes 75 fps eagerly)"), state.note
+    kept.process(yuv_frames(2))
+    assert kept.model._thread is None and stand_in.shapes == [] and state.num_eager_batches == 1
+    assert kept._settled_mode() == "eager"  # counted as settled from its first batch
+
+    for encoders_fps, eager_fps in ((50.0, COMPILE_PAYS_MARGIN * 50.0 - 1), (None, 1e9), (50.0, None)):
+        worker = make_worker(overlap=False, compile=(True, "compiled (on)"), encoders_fps=encoders_fps)
+        worker._weigh_compile(eager_fps)
+        assert worker.model.enabled is True
+        worker.process(yuv_frames(2))
+        assert worker.model.wait(timeout=60).status == "compiled", (encoders_fps, eager_fps)
+
+
+def test_the_weighing_uses_the_eager_rate_a_probe_remembered(tmp_path):
+    """A batch size from the memo brings the probe's eager rate with it (an older entry without
+    one: no rate, so nothing is weighed and the model compiles as before)."""
+    from hw.memory import ProbeMemo
+    from tests.test_worker_overlap import make_worker, yuv_frames
+
+    memo = ProbeMemo(tmp_path / "batch-sizes.json")
+    worker = make_worker(overlap=False, batch_size=0, frame_size=(24, 32), probe_memo=memo)
+    frames = yuv_frames(2)
+    key = worker._probe_key(frames[0])
+    memo.put(key, {"batch_size": 2, "note": "fps by batch 1:150.0, 2:300.0", "fps": 300.0, "date": "2026-12-06"})
+    assert worker._probe_batch_size(frames) == 2 and worker._eager_fps == 300.0
+    memo.put(key, {"batch_size": 2, "note": "fps by batch 1:150.0, 2:300.0", "date": "2026-11-30"})
+    assert worker._probe_batch_size(frames) == 2 and worker._eager_fps is None
+
+
+def test_the_workers_get_their_share_of_the_encoders_only_under_auto(tmp_path, monkeypatch):
+    """The plan's estimate of the encoders reaches each worker divided among the workers and by
+    the frames made per source frame; --compile on (or off) gives none: nothing is weighed."""
+    from dataclasses import replace
+
+    from pipeline import plan as planning
+    from pipeline.build import _encoders_share
+
+    clip = make_clip(tmp_path / "v.mp4", width=48, height=32, num_frames=12, fps=24)
+    plan = planning.plan_run(RunConfig(source=clip, output=tmp_path / "o.mp4", model="bicubic", device="cpu"))
+    assert _encoders_share(replace(plan, encoders_fps=None)) is None
+    assert _encoders_share(replace(plan, encoders_fps=120.0)) == 120.0
+    assert _encoders_share(replace(plan, encoders_fps=120.0, devices=(torch.device("cpu"),) * 2)) == 60.0
+    for mode in ("on", "off"):
+        assert _encoders_share(replace(plan, encoders_fps=120.0, config=replace(plan.config, compile=mode))) is None
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.timeout(600)
+def test_on_a_gpu_a_run_bound_by_its_encoders_stays_eager(tmp_path, monkeypatch):
+    """The whole path on a GPU, --compile auto, the pool's speed replaced: encoders far slower than
+    the model keep it eager (its note says why, every frame written); encoders far faster let it
+    compile; --compile on compiles beside the slow ones."""
+    from hw.encode_speed import EncoderSpeed
+    from pipeline import plan as planning
+
+    clip = make_clip(tmp_path / "v.mp4", width=96, height=64, num_frames=planning.MIN_FRAMES_TO_COMPILE, fps=24)
+    states = {}
+    for name, fps, mode in (("slow", 0.5, "auto"), ("fast", 1e6, "auto"), ("forced", 0.5, "on")):
+        monkeypatch.setattr(planning, "_encoder_speed", lambda *a, fps=fps, **k: EncoderSpeed(fps=fps, cores_busy=1.0))
+        monkeypatch.setattr(planning, "_content_factor", lambda key: None)
+        out = tmp_path / f"{name}.mp4"
+        stats = run(RunConfig(source=clip, output=out, model="bicubic", scale=2, device="cuda", compile=mode,
+                              parallel=True, segment_frames=50, preset="ultrafast"), wrap=_wait_for_the_compiler)
+        states[name] = stats.to_dict()["workers"][0]["compile"]
+        assert len(probe.pts_exact(out)) == planning.MIN_FRAMES_TO_COMPILE
+    assert states["slow"]["status"] == "eager" and "the encoders bound this run" in states["slow"]["note"], states
+    assert states["fast"]["status"] == "compiled" and states["forced"]["status"] == "compiled", states

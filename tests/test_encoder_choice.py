@@ -136,6 +136,37 @@ def test_explicit_encoders_are_obeyed_without_measuring(sixteen_cores, monkeypat
     assert choice.num_encoders == 1
 
 
+def test_the_plan_estimates_what_the_pool_encodes_for_the_workers(sixteen_cores, monkeypatch, clips):
+    """`EncoderChoice.capacity_fps` (the plan's `encoders_fps`, which workers weigh compiling
+    against): the pool's rate from one encoder's speed, corrected by the content factor; with
+    --encoders N only from a speed measured before (nothing measured now); none for NVENC."""
+    planning = sixteen_cores
+
+    def no_measuring(*a, **k):
+        raise AssertionError("--encoders N needs no measurement")
+
+    monkeypatch.setattr(planning, "_encoder_speed", lambda codec, **kw: EncoderSpeed(fps=36.0, cores_busy=4.0))
+    monkeypatch.setattr(planning, "_model_rate", lambda key: 40.0)
+    monkeypatch.setattr(planning, "_content_factor", lambda key: None)
+    src = clips("choice.mp4", num_frames=120)
+    source = planning.probe_source(src)
+
+    def choice(use_nvenc=False, **kw):
+        return planning._plan_segments(RunConfig(source=src, segment_frames=10, **kw), source, 2560, 1920,
+                                       use_nvenc=use_nvenc, notes=[], model_rate_key="k")[1]
+
+    assert (choice().num_encoders, choice().capacity_fps) == (2, 72.0)  # 2 x 36: the 40 fps model +25% fits
+    monkeypatch.setattr(planning, "_content_factor", lambda key: 0.5)  # real frames encode at half the speed
+    assert (choice().num_encoders, choice().capacity_fps) == (3, 54.0)
+    monkeypatch.setattr(planning, "_encoder_speed", no_measuring)
+    monkeypatch.setattr(planning, "_known_speed", lambda key: EncoderSpeed(fps=36.0, cores_busy=4.0))
+    assert choice(encoders=5).capacity_fps == 72.0  # 5 x 18 fps, but 16 cores hold 4 such encoders
+    monkeypatch.setattr(planning, "_known_speed", lambda key: None)
+    assert choice(encoders=5).capacity_fps is None
+    monkeypatch.setattr(planning, "_nvenc_sessions", lambda *a: 2)
+    assert choice(use_nvenc=True).capacity_fps is None
+
+
 def test_the_model_rate_of_a_run_is_remembered_for_the_next_choice(sixteen_cores, monkeypatch, clips, tmp_path, capsys):
     """A run remembers what its decoder and model delivered; the next plan of the same job
     chooses from it, and the CLI says so in one line at the start."""

@@ -237,6 +237,24 @@ def test_resume_with_interpolate_counts_the_pictures_it_writes(tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == names
 
 
+def test_closing_the_picture_pool_runs_the_jobs_not_started_yet():
+    """A stop or an error closes the writer's pool; a picture handed to it but not started yet (its
+    threads busy) is still written and counted, not dropped."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.writer import _PicturePool
+
+    pool = _PicturePool(num_threads=2, max_bytes=1 << 20)
+    pool._executor = ThreadPoolExecutor(max_workers=1)  # one thread: the second job waits, not started
+    release, ran, counted = threading.Event(), [], []
+    pool.submit(lambda: release.wait(10) and ran.append("first"), num_bytes=1, done=lambda: counted.append("first"))
+    pool.submit(lambda: ran.append("second"), num_bytes=1, done=lambda: counted.append("second"))
+    threading.Timer(0.2, release.set).start()  # the first job ends while close() waits
+    pool.close()
+    assert ran == counted == ["first", "second"]
+
+
 def test_a_damaged_picture_stops_with_one_line_and_keeps_the_pictures_before_it(tmp_path, capsys):
     for n in range(4):
         _save(tmp_path / "in" / f"p_{n}.png", _noise(seed=n))
