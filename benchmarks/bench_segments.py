@@ -77,8 +77,12 @@ def _planes(frame):
     return out
 
 
-def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path) -> dict:
-    """The frames through the pool of `encoders` encoders, as the segmented writer drives it."""
+def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path, dispatch: str = "least-loaded",
+                   pace_fps: float | None = None) -> dict:
+    """The frames through the pool of `encoders` encoders, as the segmented writer drives it
+    (`dispatch`: how it hands segments to encoders, `pipeline.segment_writer.EncoderPool`): as fast
+    as the pool takes them, or handed at `pace_fps` (a model that makes that many a second), each
+    frame at its time or late where the writer was held up."""
     import shutil
 
     from hw.av_encode import PyAVWriter
@@ -107,10 +111,18 @@ def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path
 
     t0 = time.perf_counter()
     pool = EncoderPool(encoders, queue_frames=layout.segment_frames, parts=parts, layout=layout,
-                       open_encoder=open_encoder, errors=errors, stats=stats)
+                       open_encoder=open_encoder, errors=errors, stats=stats, dispatch=dispatch)
     writer = SegmentWriter(layout, pool, stats=stats, is_finished=lambda k: False)
     step = int(round(1 / (info.average_rate * info.time_base)))
+    late = 0.0  # seconds the frames were handed after their time, all together (pace_fps)
     for index, planes in enumerate(frames):
+        if pace_fps:
+            due = t0 + index / pace_fps
+            now = time.perf_counter()
+            if now < due:
+                time.sleep(due - now)
+            else:
+                late += now - due
         writer.process(ResultItem(index, index * step, "yuv420p", planes))
     writer.finish()
     writer.close(complete=True)
@@ -120,6 +132,7 @@ def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path
     if failure is not None:
         raise RuntimeError(f"encoder failed: {failure.exc}")
     return {"fps": len(frames) / seconds, "frames": len(frames), "seconds": seconds, "encoders": encoders,
+            **({"pace_fps": pace_fps, "late_seconds": round(late, 3)} if pace_fps else {}),
             "threads_each": threads}
 
 

@@ -26,6 +26,7 @@
 #   bash benchmarks/gpu_host.sh issue12n  # issue12m, encoders kept off 2/4 cores (bench_contention pin-2/pin-4), encode-bound on 1440 frames
 #   bash benchmarks/gpu_host.sh issue12o  # compiling weighed against the encoders: GPU tests, encode-bound job (1440 frames, after a first run)
 #   bash benchmarks/gpu_host.sh issue12p  # encode-bound job, encode alone on the exact frames the pipeline encoded vs its output decoded
+#   bash benchmarks/gpu_host.sh dispatch  # the encoder pool's segment dispatch, least-loaded vs round-robin (bench_dispatch.py)
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
 #   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
@@ -265,6 +266,13 @@ for k, v in r.items():
     if isinstance(v, dict) and ('fps' in v or 'error' in v): print(k, {x: v.get(x) for x in ('fps', 'steady_fps', 'settled_fps', 'flow_fps', 'first_frame_seconds', 'run_seconds', 'encoders', 'encoders_fps_estimate', 'batch', 'fps_runs', 'seconds', 'error', 'frames') if x in v}, (v.get('compile') or {}).get('status'))
 print(json.dumps(r.get('summary')))" 2>&1 | tee "$OUT/issue12p.log"
       tar czf "$OUT/issue12p.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" encode-bound && rm -rf "$OUT/encode-bound" ;;
+    dispatch)  # the pool's segment dispatch, least-loaded vs round-robin, on this host's cores: as fast as it takes
+               # frames, then paced at 0.85 of that (bench_dispatch.py, CPU only, ~2 min)
+      timeout "${DISPATCH_LIMIT:-70}" python3 benchmarks/bench_dispatch.py --size "${SIZE:-1280x720}" --segments 24 --encoders 6 \
+        --repeats 2 --out "$OUT/dispatch" 2>&1 | tail -1 | tee "$OUT/dispatch.log"
+      pace=$(python3 -c "import json; r = json.load(open('$OUT/dispatch/bench-dispatch.json')); print(round(0.85 * r['least-loaded']['best_fps']))")
+      timeout "${DISPATCH_LIMIT:-70}" python3 benchmarks/bench_dispatch.py --size "${SIZE:-1280x720}" --segments 24 --encoders 6 \
+        --repeats 2 --pace "$pace" --out "$OUT/dispatch-paced" 2>&1 | tail -1 | tee -a "$OUT/dispatch.log" ;;
     issue12l)  # target 2's model-bound job once more, with the rate to the last frame handed on (flow_fps) (~2 min)
       skip=decode_nvdec,pipeline_parallel_cold,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
       timeout "${BENCH_LIMIT:-200}" python3 benchmarks/bench.py --make-clip 480x270 --frames "${FRAMES_MODEL:-1200}" --model realesrgan-x4plus-anime \

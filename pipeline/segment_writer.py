@@ -2,11 +2,13 @@
 of encoders into a closed file in the work folder.
 
 `SegmentWriter` takes the writer's place after the collector: `process(result)` hands the
-frame to the encoder that owns its segment (segment k goes to encoder k mod N, a fresh
-encoder per segment, so every segment starts with an IDR frame) and blocks while that
-encoder's queue is full (backpressure). The N encoders run at once on consecutive segments:
-the collector's stream is in order, so while encoder 1 still works on segment 1, segment 2's
-frames are already queued for encoder 2. Host memory is bounded by the queues (about one
+frame to the encoder that owns its segment (a fresh encoder per segment, so every segment
+starts with an IDR frame) and blocks while that encoder's queue is full (backpressure). A
+segment goes, as its first frame comes, to the encoder with the fewest frames still to take
+(ties: the lowest number), so an encoder slowed by a hard segment is not handed the next one
+while others wait for frames (segment k to encoder k mod N did that). The N encoders run at
+once on consecutive segments: the collector's stream is in order, so while encoder 1 still
+works on segment 1, segment 2's frames are already queued for another. Host memory is bounded by the queues (about one
 segment of frames per encoder; the plan picks N and the segment length to fit memory).
 
 `SegmentEncoder` is the stage each encoder thread runs: it opens a segment's encoder at its
@@ -116,16 +118,26 @@ class SegmentEncoder:
 
 class EncoderPool:
     """N encoder threads, each a `StageRunner` around a `SegmentEncoder`, fed through a bounded
-    queue. Segment k goes to encoder k mod N."""
+    queue. A segment goes to the encoder with the fewest frames handed to it and not yet taken
+    (`dispatch="least-loaded"`, the default), or segment k to encoder k mod N
+    (`dispatch="round-robin"`, kept for the benchmark that compares them). Without threads (the
+    sequential loop) one encoder takes them all in turn, in the caller's thread."""
 
     def __init__(self, num_encoders: int, *, queue_frames: int, parts: PartsFolder, layout: SegmentLayout,
                  open_encoder: Callable[[Path], Encoder], errors: ErrorChannel, stats: RunStats,
-                 threaded: bool = True) -> None:
+                 threaded: bool = True, dispatch: str = "least-loaded") -> None:
+        if dispatch not in ("least-loaded", "round-robin"):
+            raise ValueError(f"dispatch must be least-loaded or round-robin, got {dispatch!r}")
         self.errors = errors
         self._lock = threading.Lock()
         self.stats = stats
-        self.encoders = [SegmentEncoder(f"encoder{i}", parts, layout, open_encoder, on_frame=self._count)
+        self.dispatch = dispatch
+        self.encoders = [SegmentEncoder(f"encoder{i}", parts, layout, open_encoder,
+                                        on_frame=lambda i=i: self._count(i))
                          for i in range(num_encoders)]
+        self._handed = [0] * num_encoders  # frames handed to each encoder ...
+        self._taken = [0] * num_encoders  # ... and taken by it (its backlog: the difference)
+        self._slot_of: dict[int, int] = {}  # the open segments' encoders
         self.queues = [queue.Queue(maxsize=queue_frames + 2) for _ in range(num_encoders)]
         self.gone = [threading.Event() for _ in range(num_encoders)]  # set when an encoder's thread has ended
         self.outboxes = [FifoOutbox(q, consumer_gone=gone) for q, gone in zip(self.queues, self.gone)]
@@ -147,13 +159,32 @@ class EncoderPool:
         finally:
             gone.set()  # nobody waits on a queue this encoder no longer reads
 
-    def _count(self) -> None:
+    def _count(self, slot: int) -> None:
         with self._lock:
             self.stats.num_frames_encoded += 1
+            self._taken[slot] += 1
+
+    def slot_of(self, segment: int) -> int:
+        """The encoder of `segment`: chosen at its first item (least-loaded: the smallest backlog)."""
+        slot = self._slot_of.get(segment)
+        if slot is None:
+            if self.dispatch == "round-robin" or not self.threaded:
+                slot = segment % len(self.encoders)
+            else:
+                with self._lock:
+                    backlog = [handed - taken for handed, taken in zip(self._handed, self._taken)]
+                slot = min(range(len(self.encoders)), key=lambda i: (backlog[i], i))
+            self._slot_of[segment] = slot
+        return slot
 
     def send(self, segment: int, item: object) -> bool:
         """Hand `item` to the encoder of `segment`; False when the run stopped first."""
-        slot = segment % len(self.encoders)
+        slot = self.slot_of(segment)
+        if isinstance(item, SegmentEnd):
+            del self._slot_of[segment]  # the next item of this segment number (a resume's) chooses again
+        elif isinstance(item, ResultItem):
+            with self._lock:
+                self._handed[slot] += 1
         if not self.threaded:  # the sequential loop: the encoder works in the caller's thread
             self.encoders[slot].process(item)
             return True

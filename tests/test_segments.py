@@ -423,3 +423,49 @@ def test_hevc_mp4_of_one_or_two_frames(clips, tmp_path, num_frames, segment_fram
     assert probe.indices(out) == list(range(num_frames))
     assert probe.pts_exact(out) == probe.pts_exact(src)
     assert _decode_errors(out) == []
+
+
+@pytest.mark.parametrize("dispatch", ["least-loaded", "round-robin"])
+def test_a_slow_segment_does_not_hold_up_the_next_ones(tmp_path, dispatch):
+    """Two encoders, segment 0 hard (its encoder takes 20 ms a frame, frames come every 2 ms), the
+    rest easy. Least-loaded
+    (the default) hands segment 2 to the encoder that is free, not to the busy one, as segment
+    k mod N did: the easy segments all go to encoder 1 while encoder 0 is still at segment 0, and
+    every segment is finished and recorded whichever encoder made it."""
+    import threading
+
+    from pipeline.messages import ErrorChannel, ResultItem
+    from pipeline.segment_writer import EncoderPool, SegmentWriter
+    from pipeline.stats import RunStats
+
+    made_by: dict[int, str] = {}
+
+    class Writer:  # hw.encoding.Encoder's shape: write planes at a time stamp, close
+        def __init__(self, path):
+            self.path, self.segment = path, int(path.name.split(".")[1].split("-")[-1])
+
+        def write(self, planes, pts):
+            made_by[self.segment] = threading.current_thread().name
+            time.sleep(0.02 if self.segment == 0 else 0.0005)
+
+        def close(self, *, complete):
+            self.path.write_bytes(b"segment")
+
+    parts = PartsFolder(tmp_path / "out.mp4")
+    parts.open(resume=False, overwrite=False, source={}, settings={})
+    layout = SegmentLayout(segment_frames=10)
+    stats, errors = RunStats(), ErrorChannel(threading.Event())
+    pool = EncoderPool(2, queue_frames=10, parts=parts, layout=layout, open_encoder=Writer, errors=errors,
+                       stats=stats, dispatch=dispatch)
+    writer = SegmentWriter(layout, pool, stats=stats, is_finished=lambda k: False)
+    for index in range(50):  # frames as a model makes them, one every 2 ms
+        writer.process(ResultItem(index, index, "none", ()))  # no pixels: the stand-in encoder needs none
+        time.sleep(0.002)
+    writer.finish()
+    writer.close(complete=True)
+    assert writer.closed_cleanly and errors.first() is None and stats.num_frames_encoded == 50
+    assert sorted(parts.finished()) == [0, 1, 2, 3, 4]
+    if dispatch == "round-robin":
+        assert [made_by[k] for k in range(5)] == ["encoder0", "encoder1", "encoder0", "encoder1", "encoder0"]
+    else:
+        assert made_by[0] == "encoder0" and [made_by[k] for k in range(1, 5)] == ["encoder1"] * 4, made_by
