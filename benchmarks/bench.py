@@ -380,10 +380,11 @@ def main() -> None:
     maybe("pipeline_output_none", lambda: pipeline(args, args.source, None, output_mode="none"))
     if "encode_alone" not in skip and out_file.exists():
         exact = work / f"bench-encoder-input-{tag}.mkv"  # the frames the pipeline's encoders had, kept exactly
+        exact.unlink(missing_ok=True)
         measured = ((results.get("pipeline_parallel") or {}).get("compile") or {}).get("status")
         mode = "auto" if measured == "compiled" else "off"  # the model run as in the measured run (eager: exactly)
         maybe("encoder_input", lambda: pipeline(lossless(args), args.source, exact, compile=mode))
-        frames = output_frames(exact if exact.exists() else out_file)
+        frames = output_frames(exact) if exact.exists() else []  # no stand-in for the encoders' own input
         per_frame = sum(p.nbytes for p in frames[0]) if frames else 1
         kept = max(1, max_encode_bytes() // per_frame)
         if kept < len(frames):
@@ -392,6 +393,8 @@ def main() -> None:
         k = (results.get("pipeline_parallel") or {}).get("encoders") or 1
 
         def best_of_two(encoders):  # the stage's speed: the better of two runs (one ran 63 fps, the next 77)
+            if not frames:
+                raise RuntimeError("not measured: the lossless run of the pipeline's frames (encoder_input) failed")
             runs = [encoders_alone(frames, work, encoders=encoders, args=args, src=args.source) for _ in range(2)]
             return {**max(runs, key=lambda r: r["fps"]), "fps_runs": [round(r["fps"], 2) for r in runs]}
 

@@ -7,8 +7,8 @@ as it takes frames, an encode-bound run, or at --pace frames a second, a model-b
 hard they are to encode, as scenes of a video do: a segment is either noise (hard for x264) or a
 flat picture with a moving square (easy), chosen at random (--hard share, fixed seed). Each
 dispatch runs --repeats times, alternated; the JSON keeps every run. Paced, what counts is how
-late the frames were handed (`late_seconds`: the writer held up by an encoder's full queue, which
-stalls the model in a real run) and the time to the end.
+long the writer was held up by an encoder's full queue, which stalls the model in a real run
+(`held_up_seconds`: the most the frames fell behind their schedule), and the time to the end.
 
     python benchmarks/bench_dispatch.py --size 640x360 --segments 24 --encoders 2 --out bench-out/dispatch
     python benchmarks/bench_dispatch.py --pace 120 --out bench-out/dispatch-paced
@@ -86,7 +86,7 @@ def main() -> int:
             run = encoders_alone(frames, args.out, encoders=args.encoders, args=settings, src=src, dispatch=dispatch,
                                  pace_fps=args.pace or None)
             run = {"dispatch": dispatch, "repeat": r + 1, "fps": round(run["fps"], 2), "seconds": round(run["seconds"], 2),
-                   "late_seconds": run.get("late_seconds")}
+                   "held_up_seconds": run.get("held_up_seconds")}
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
     for dispatch in ("round-robin", "least-loaded"):
@@ -94,11 +94,11 @@ def main() -> int:
         results[dispatch] = {"best_fps": max(fps), "fps_runs": fps}
     results["least_loaded_vs_round_robin"] = round(results["least-loaded"]["best_fps"] / results["round-robin"]["best_fps"], 3)
     (args.out / "bench-dispatch.json").write_text(json.dumps(results, indent=2))
-    late = {d: [x["late_seconds"] for x in results["runs"] if x["dispatch"] == d] for d in ("round-robin", "least-loaded")}
+    held = {d: [x["held_up_seconds"] for x in results["runs"] if x["dispatch"] == d] for d in ("round-robin", "least-loaded")}
     print(f"{len(frames)} frames, {args.segments} segments ({kinds.count('hard')} hard), {args.encoders} encoders"
           f"{f', paced at {args.pace:g} fps' if args.pace else ''}: round-robin {results['round-robin']['fps_runs']} fps, "
           f"least-loaded {results['least-loaded']['fps_runs']} fps ({results['least_loaded_vs_round_robin']}x)"
-          + (f"; frames handed late by {late['round-robin']} s against {late['least-loaded']} s" if args.pace else ""))
+          + (f"; the writer held up {held['round-robin']} s against {held['least-loaded']} s" if args.pace else ""))
     return 0
 
 

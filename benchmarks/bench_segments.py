@@ -82,7 +82,8 @@ def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path
     """The frames through the pool of `encoders` encoders, as the segmented writer drives it
     (`dispatch`: how it hands segments to encoders, `pipeline.segment_writer.EncoderPool`): as fast
     as the pool takes them, or handed at `pace_fps` (a model that makes that many a second), each
-    frame at its time or late where the writer was held up."""
+    frame at its time or late where the writer was held up: `held_up_seconds`, the most the frames
+    fell behind that schedule, is how long such a model would have waited in all."""
     import shutil
 
     from hw.av_encode import PyAVWriter
@@ -114,7 +115,7 @@ def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path
                        open_encoder=open_encoder, errors=errors, stats=stats, dispatch=dispatch)
     writer = SegmentWriter(layout, pool, stats=stats, is_finished=lambda k: False)
     step = int(round(1 / (info.average_rate * info.time_base)))
-    late = 0.0  # seconds the frames were handed after their time, all together (pace_fps)
+    held_up = 0.0  # the most a frame was handed after its time (pace_fps): the writer's delays added up
     for index, planes in enumerate(frames):
         if pace_fps:
             due = t0 + index / pace_fps
@@ -122,7 +123,7 @@ def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path
             if now < due:
                 time.sleep(due - now)
             else:
-                late += now - due
+                held_up = max(held_up, now - due)
         writer.process(ResultItem(index, index * step, "yuv420p", planes))
     writer.finish()
     writer.close(complete=True)
@@ -132,7 +133,7 @@ def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path
     if failure is not None:
         raise RuntimeError(f"encoder failed: {failure.exc}")
     return {"fps": len(frames) / seconds, "frames": len(frames), "seconds": seconds, "encoders": encoders,
-            **({"pace_fps": pace_fps, "late_seconds": round(late, 3)} if pace_fps else {}),
+            **({"pace_fps": pace_fps, "held_up_seconds": round(held_up, 3)} if pace_fps else {}),
             "threads_each": threads}
 
 
@@ -170,7 +171,12 @@ def main() -> None:
     steps("output_auto", lambda: frames_in_order(auto, args.frames))
     k = int(results["pipeline_auto"].get("encoders", 1))
     exact = args.out / f"seg-input-{tag}.mkv"
+    exact.unlink(missing_ok=True)
     steps("encoder_input", lambda: pipeline(src, exact, encoders=0, args=lossless(args)))
+    if not exact.exists():  # the ceiling needs the pipeline's own encoder input, not a stand-in
+        print("encoders alone: not measured (no lossless run to take the frames from)")
+        steps.save()
+        return 1
     frames = output_frames(exact)
     steps(f"encoders_alone_{k}", lambda: encoders_alone(frames, args.out, encoders=k, args=args, src=src))
     if k != 1:

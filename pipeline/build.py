@@ -194,12 +194,14 @@ def _split_stages(plan: RunPlan, stats: RunStats):
 
 
 def _encoders_share(plan: RunPlan) -> float | None:
-    """Source frames per second the CPU encoders take from each worker at most (their estimated
-    rate, over the frames made per source frame and the workers), for a worker to weigh compiling
-    (--compile auto only: --compile on compiles whatever the encoders)."""
-    if plan.config.compile != "auto" or not plan.encoders_fps or not plan.devices:
+    """Source frames per second the CPU encoders take at most (their estimated rate over the frames
+    made per source frame), for a worker to weigh compiling (--compile auto only: --compile on
+    compiles whatever the encoders). Not divided among the workers: they share one queue, so a
+    fast GPU may take most of the frames; a worker keeps its model eager only where it alone
+    outruns all the encoders."""
+    if plan.config.compile != "auto" or not plan.encoders_fps:
         return None
-    return plan.encoders_fps / max(1, plan.interpolate) / len(plan.devices)
+    return plan.encoders_fps / max(1, plan.interpolate)
 
 
 def _overlap_from_env() -> bool | str | None:

@@ -83,10 +83,10 @@ class RunPlan:
     num_encoders: int = 1  # encoders working at once on consecutive segments
     encoder_threads: int = 0  # threads each CPU encoder of the pool runs (0: the encoder's choice)
     encoder_line: str = ""  # "encoders: 3 (why)": said when the run starts (pipeline.encoder_choice)
-    # Frames the CPU encoders can take per second, all together: from one encoder's measured speed
-    # (corrected by what real frames did here before), an upper estimate; None: not known (one
-    # encoder, --encoders N with no speed measured before, NVENC, no output). Workers weigh
-    # compiling against it (--compile auto, where they probe their batch size).
+    # Frames the CPU encoders can take per second, all together, an upper estimate: from one
+    # encoder's measured speed (synthetic frames, or what real frames did here before where that is
+    # more); None: not known (no speed measured before, NVENC, no output, a video of one segment
+    # with no --encoders). Workers weigh compiling against it (--compile auto, where they probe).
     encoders_fps: float | None = None
     model_rate_key: str = ""  # where the run remembers the rate its decoder and model delivered
     encoder_speed_key: str = ""  # where the run remembers how its real frames encoded (CPU encoders)
@@ -681,13 +681,14 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
     settings = dict(preset=preset or config.preset_or_default, crf=config.crf_or_default, width=width, height=height,
                     bit_depth=10 if bytes_per_sample > 1 else 8)  # what one CPU encoder's speed depends on
     speed_key = "" if use_nvenc else _speed_key(config.codec, **settings)
-    num_cores, speed = os.cpu_count() or 2, None
+    num_cores, speed, synthetic = os.cpu_count() or 2, None, None
     if not config.parallel:  # the sequential baseline encodes in its one thread
         choice = EncoderChoice(1, "encoders: 1 (the sequential loop encodes in its one thread)")
     elif config.encoders:
         choice = EncoderChoice(config.encoders, f"encoders: {config.encoders} (--encoders)")
         if speed_key and not use_nvenc:  # for the workers' weighing of compilation: only a speed measured before
-            speed = _real_speed(_known_speed(speed_key), speed_key)[0]
+            synthetic = _known_speed(speed_key)
+            speed = _real_speed(synthetic, speed_key)[0]
         if config.encoders > fits:
             notes.append(f"--encoders {config.encoders}: each holds up to {segment_frames} frames of "
                          f"{width}x{height} ({per_encoder / 2**30:.1f} GiB); more than {fits} may exhaust memory.")
@@ -697,17 +698,20 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
         what = f"{width}x{height} {config.codec} {settings['preset']}"
         if allowed > 1 and not use_nvenc:  # something to choose: measured (or remembered) speeds
             try:
-                speed = _encoder_speed(config.codec, **settings)
+                synthetic = _encoder_speed(config.codec, **settings)
             except Exception as exc:  # noqa: BLE001 - settings the encoder refuses are reported by the build, in one line
                 log.debug("encoder speed not measured: %s", exc)
-            speed, factor = _real_speed(speed, speed_key)
+            speed, factor = _real_speed(synthetic, speed_key)
             if factor is not None:
                 what += f" ({factor:.2f} x the synthetic measurement, as a run here encoded)"
             model_fps = _model_rate(model_rate_key) if model_rate_key else None
         choice = choose_encoders(speed=speed, model_fps=model_fps, num_cores=num_cores, memory_fits=fits,
                                  num_segments=num_segments, what=what,
                                  frames_per_source_frame=max(1, getattr(config, "interpolate", 1)))
-    capacity = pool_fps(speed, choice.num_encoders, num_cores) if speed is not None and not use_nvenc else None
+    # For the workers' weighing, an upper estimate: the larger of the synthetic measurement and the
+    # corrected one (the content factor was learnt on other clips, maybe harder ones).
+    upper = max((s for s in (speed, synthetic) if s is not None), key=lambda s: s.fps, default=None)
+    capacity = pool_fps(upper, choice.num_encoders, num_cores) if upper is not None and not use_nvenc else None
     choice = replace(choice, speed_key=speed_key, capacity_fps=capacity)
     if use_nvenc and choice.num_encoders > 1:
         sessions = _nvenc_sessions(config, width, height, choice.num_encoders, notes)

@@ -4,9 +4,11 @@ of encoders into a closed file in the work folder.
 `SegmentWriter` takes the writer's place after the collector: `process(result)` hands the
 frame to the encoder that owns its segment (a fresh encoder per segment, so every segment
 starts with an IDR frame) and blocks while that encoder's queue is full (backpressure). A
-segment goes, as its first frame comes, to the encoder with the fewest frames still to take
-(ties: the lowest number), so an encoder slowed by a hard segment is not handed the next one
-while others wait for frames (segment k to encoder k mod N did that). The N encoders run at
+segment goes, as its first frame comes, to the encoder with the fewest frames handed to it
+whose segments are not closed yet (a frame x264 took may still wait in its look-ahead: the work
+is done when the segment closes; among equals, the one handed a segment longest ago), so an
+encoder slowed by a hard segment is not handed the next one while others wait for frames
+(segment k to encoder k mod N did that). The N encoders run at
 once on consecutive segments: the collector's stream is in order, so while encoder 1 still
 works on segment 1, segment 2's frames are already queued for another. Host memory is bounded by the queues (about one
 segment of frames per encoder; the plan picks N and the segment length to fit memory).
@@ -54,12 +56,13 @@ class SegmentEncoder:
     """Stage (one per encoder thread): SegmentStart, frames, SegmentEnd in; closed segment files out."""
 
     def __init__(self, name: str, parts: PartsFolder, layout: SegmentLayout, open_encoder: Callable[[Path], Encoder],
-                 *, on_frame: Callable[[], None]) -> None:
+                 *, on_frame: Callable[[], None], on_segment: Callable[[int], None] | None = None) -> None:
         self.name = name
         self.parts = parts
         self.layout = layout
         self.open_encoder = open_encoder
-        self.on_frame = on_frame
+        self.on_frame = on_frame  # a frame written (the encoder may still hold it: x264's look-ahead)
+        self.on_segment = on_segment  # a segment closed, with its number of source frames: all of them encoded
         self._segment: int | None = None
         self._encoder: Encoder | None = None
         self._temp: Path | None = None
@@ -96,6 +99,8 @@ class SegmentEncoder:
         first = self.layout.start_of(segment)
         self.parts.record(segment, first=first, stop=first + self._num_frames, path=final, pts_offset=self._base or 0)
         log.debug("%s: segment %d done (%d frames)", self.name, segment, self._num_frames)
+        if self.on_segment is not None:
+            self.on_segment(self._num_frames)
 
     def finish(self) -> list:
         return []
@@ -118,8 +123,9 @@ class SegmentEncoder:
 
 class EncoderPool:
     """N encoder threads, each a `StageRunner` around a `SegmentEncoder`, fed through a bounded
-    queue. A segment goes to the encoder with the fewest frames handed to it and not yet taken
-    (`dispatch="least-loaded"`, the default), or segment k to encoder k mod N
+    queue. A segment goes to the encoder with the fewest frames handed to it in segments not
+    closed yet, among equals the one handed a segment longest ago (`dispatch="least-loaded"`, the
+    default: with equal encoders and segments that is k mod N again), or segment k to encoder k mod N
     (`dispatch="round-robin"`, kept for the benchmark that compares them). Without threads (the
     sequential loop) one encoder takes them all in turn, in the caller's thread."""
 
@@ -132,11 +138,12 @@ class EncoderPool:
         self._lock = threading.Lock()
         self.stats = stats
         self.dispatch = dispatch
-        self.encoders = [SegmentEncoder(f"encoder{i}", parts, layout, open_encoder,
-                                        on_frame=lambda i=i: self._count(i))
+        self.encoders = [SegmentEncoder(f"encoder{i}", parts, layout, open_encoder, on_frame=self._count,
+                                        on_segment=lambda n, i=i: self._closed(i, n))
                          for i in range(num_encoders)]
         self._handed = [0] * num_encoders  # frames handed to each encoder ...
-        self._taken = [0] * num_encoders  # ... and taken by it (its backlog: the difference)
+        self._closed_frames = [0] * num_encoders  # ... and in its closed segments (its backlog: the difference)
+        self._last_handed = [-1] * num_encoders  # the segment each was handed last (-1: none yet)
         self._slot_of: dict[int, int] = {}  # the open segments' encoders
         self.queues = [queue.Queue(maxsize=queue_frames + 2) for _ in range(num_encoders)]
         self.gone = [threading.Event() for _ in range(num_encoders)]  # set when an encoder's thread has ended
@@ -159,22 +166,27 @@ class EncoderPool:
         finally:
             gone.set()  # nobody waits on a queue this encoder no longer reads
 
-    def _count(self, slot: int) -> None:
+    def _count(self) -> None:
         with self._lock:
             self.stats.num_frames_encoded += 1
-            self._taken[slot] += 1
+
+    def _closed(self, slot: int, num_frames: int) -> None:
+        with self._lock:
+            self._closed_frames[slot] += num_frames
 
     def slot_of(self, segment: int) -> int:
-        """The encoder of `segment`: chosen at its first item (least-loaded: the smallest backlog)."""
+        """The encoder of `segment`: chosen at its first item (least-loaded: the fewest frames in
+        segments not closed yet, then the one handed a segment longest ago)."""
         slot = self._slot_of.get(segment)
         if slot is None:
             if self.dispatch == "round-robin" or not self.threaded:
                 slot = segment % len(self.encoders)
             else:
                 with self._lock:
-                    backlog = [handed - taken for handed, taken in zip(self._handed, self._taken)]
-                slot = min(range(len(self.encoders)), key=lambda i: (backlog[i], i))
+                    backlog = [handed - done for handed, done in zip(self._handed, self._closed_frames)]
+                slot = min(range(len(self.encoders)), key=lambda i: (backlog[i], self._last_handed[i], i))
             self._slot_of[segment] = slot
+            self._last_handed[slot] = segment
         return slot
 
     def send(self, segment: int, item: object) -> bool:

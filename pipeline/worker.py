@@ -133,10 +133,10 @@ class Worker:
         self.compile = compile
         self.compile_helper = compile_helper  # fills the compile cache out of process (models/compile_helper.py)
         self.probe_memo = probe_memo  # batch sizes probed by earlier runs (None: always probe)
-        # Source frames per second this worker's share of the CPU encoders takes at most (an upper
-        # estimate; None: unknown, or not to be weighed: --compile on). Where the model outruns it
-        # eagerly by COMPILE_PAYS_MARGIN the encoders bound the run: compiling would not pay, and
-        # its minutes of CPU would slow the encoders (`_weigh_compile`).
+        # Source frames per second the CPU encoders take at most (an upper estimate; None: unknown,
+        # or not to be weighed: --compile on). Where the model alone outruns it eagerly by
+        # COMPILE_PAYS_MARGIN the encoders bound the run: compiling would not pay, and its minutes
+        # of CPU would slow the encoders (`_weigh_compile`).
         self.encoders_fps = encoders_fps
         self.temporal = temporal  # --interpolate: batches are `Window`s (each frame and the next)
         self.interpolator: torch.nn.Module | None = None
@@ -228,13 +228,16 @@ class Worker:
         compilation of realesr-animevideov3 for a new batch size ran 18 s beside six x264 medium
         encoders, which then made 52 fps instead of the 65 they make alone. Only where the worker
         probes its batch size (or finds it remembered with its rate): with --batch-size N no eager
-        rate is known and the model compiles as before."""
+        rate is known and the model compiles as before. Not for interpolation or restoration
+        windows, whose probe rate counts windows of repeated frames."""
         if self.model is None or not self.model.enabled or not self.encoders_fps or not eager_fps:
             return
+        if self.temporal is not None or self.restore_radius:  # the probe's rate counts windows, not the model's frames
+            return
         if eager_fps >= COMPILE_PAYS_MARGIN * self.encoders_fps:
-            why = (f"eager: the encoders bound this run (they take ~{self.encoders_fps:.0f} fps from this worker, "
-                   f"which makes {eager_fps:.0f} fps eagerly), so compiling would not pay and would take their "
-                   "CPU; --compile on compiles anyway")
+            why = (f"eager: the encoders bound this run (they take ~{self.encoders_fps:.0f} fps at most; this worker "
+                   f"makes {eager_fps:.0f} fps eagerly), so compiling would not pay and would take their CPU; "
+                   "--compile on compiles anyway")
             self.model.keep_eager(why)
             self.log.info("%s", why)
 

@@ -138,7 +138,8 @@ def test_explicit_encoders_are_obeyed_without_measuring(sixteen_cores, monkeypat
 
 def test_the_plan_estimates_what_the_pool_encodes_for_the_workers(sixteen_cores, monkeypatch, clips):
     """`EncoderChoice.capacity_fps` (the plan's `encoders_fps`, which workers weigh compiling
-    against): the pool's rate from one encoder's speed, corrected by the content factor; with
+    against): an upper estimate of the pool's rate, from the larger of one encoder's synthetic
+    speed and that speed corrected by the content factor (learnt on other clips); with
     --encoders N only from a speed measured before (nothing measured now); none for NVENC."""
     planning = sixteen_cores
 
@@ -156,11 +157,15 @@ def test_the_plan_estimates_what_the_pool_encodes_for_the_workers(sixteen_cores,
                                        use_nvenc=use_nvenc, notes=[], model_rate_key="k")[1]
 
     assert (choice().num_encoders, choice().capacity_fps) == (2, 72.0)  # 2 x 36: the 40 fps model +25% fits
-    monkeypatch.setattr(planning, "_content_factor", lambda key: 0.5)  # real frames encode at half the speed
-    assert (choice().num_encoders, choice().capacity_fps) == (3, 54.0)
+    monkeypatch.setattr(planning, "_content_factor", lambda key: 0.5)  # real frames encoded at half the speed
+    assert (choice().num_encoders, choice().capacity_fps) == (3, 108.0)  # 3 chosen for 18 fps; 3 x 36 at most
+    monkeypatch.setattr(planning, "_content_factor", lambda key: 2.0)  # real frames encoded twice as fast
+    assert (choice().num_encoders, choice().capacity_fps) == (1, 72.0)
     monkeypatch.setattr(planning, "_encoder_speed", no_measuring)
     monkeypatch.setattr(planning, "_known_speed", lambda key: EncoderSpeed(fps=36.0, cores_busy=4.0))
-    assert choice(encoders=5).capacity_fps == 72.0  # 5 x 18 fps, but 16 cores hold 4 such encoders
+    assert choice(encoders=5).capacity_fps == 288.0  # 5 x 72 fps, but 16 cores hold 4 such encoders
+    monkeypatch.setattr(planning, "_content_factor", lambda key: None)
+    assert choice(encoders=5).capacity_fps == 144.0  # 5 x 36 fps, 4 by the cores
     monkeypatch.setattr(planning, "_known_speed", lambda key: None)
     assert choice(encoders=5).capacity_fps is None
     monkeypatch.setattr(planning, "_nvenc_sessions", lambda *a: 2)

@@ -427,11 +427,12 @@ def test_hevc_mp4_of_one_or_two_frames(clips, tmp_path, num_frames, segment_fram
 
 @pytest.mark.parametrize("dispatch", ["least-loaded", "round-robin"])
 def test_a_slow_segment_does_not_hold_up_the_next_ones(tmp_path, dispatch):
-    """Two encoders, segment 0 hard (its encoder takes 20 ms a frame, frames come every 2 ms), the
-    rest easy. Least-loaded
-    (the default) hands segment 2 to the encoder that is free, not to the busy one, as segment
-    k mod N did: the easy segments all go to encoder 1 while encoder 0 is still at segment 0, and
-    every segment is finished and recorded whichever encoder made it."""
+    """Two encoders that behave as x264 does: a frame written returns at once (the look-ahead holds
+    it) and the work is paid when the segment closes. Segment 0 is hard (its close takes 2 s),
+    the rest easy; frames come every 20 ms. Least-loaded (the default) counts the frames of a
+    segment not closed yet as the encoder's load, so segment 2 goes to the free encoder, not to
+    the one still closing segment 0 (as segment k mod N did, and as counting the frames written
+    would); every segment is finished and recorded whichever encoder made it."""
     import threading
 
     from pipeline.messages import ErrorChannel, ResultItem
@@ -446,9 +447,9 @@ def test_a_slow_segment_does_not_hold_up_the_next_ones(tmp_path, dispatch):
 
         def write(self, planes, pts):
             made_by[self.segment] = threading.current_thread().name
-            time.sleep(0.02 if self.segment == 0 else 0.0005)
 
         def close(self, *, complete):
+            time.sleep(2.0 if self.segment == 0 else 0.0)
             self.path.write_bytes(b"segment")
 
     parts = PartsFolder(tmp_path / "out.mp4")
@@ -458,9 +459,9 @@ def test_a_slow_segment_does_not_hold_up_the_next_ones(tmp_path, dispatch):
     pool = EncoderPool(2, queue_frames=10, parts=parts, layout=layout, open_encoder=Writer, errors=errors,
                        stats=stats, dispatch=dispatch)
     writer = SegmentWriter(layout, pool, stats=stats, is_finished=lambda k: False)
-    for index in range(50):  # frames as a model makes them, one every 2 ms
+    for index in range(50):  # frames as a model makes them, one every 20 ms
         writer.process(ResultItem(index, index, "none", ()))  # no pixels: the stand-in encoder needs none
-        time.sleep(0.002)
+        time.sleep(0.02)
     writer.finish()
     writer.close(complete=True)
     assert writer.closed_cleanly and errors.first() is None and stats.num_frames_encoded == 50
@@ -469,3 +470,41 @@ def test_a_slow_segment_does_not_hold_up_the_next_ones(tmp_path, dispatch):
         assert [made_by[k] for k in range(5)] == ["encoder0", "encoder1", "encoder0", "encoder1", "encoder0"]
     else:
         assert made_by[0] == "encoder0" and [made_by[k] for k in range(1, 5)] == ["encoder1"] * 4, made_by
+
+
+def test_equal_encoders_take_segments_in_turn(tmp_path):
+    """Least-loaded among equals: the encoder handed a segment longest ago, so equal encoders on
+    equal segments take them in turn (k mod N), not all the lowest numbered one."""
+    import threading
+
+    from pipeline.messages import ErrorChannel, ResultItem
+    from pipeline.segment_writer import EncoderPool, SegmentWriter
+    from pipeline.stats import RunStats
+
+    made_by: dict[int, str] = {}
+    release = threading.Event()
+
+    class Writer:
+        def __init__(self, path):
+            self.path, self.segment = path, int(path.name.split(".")[1].split("-")[-1])
+
+        def write(self, planes, pts):
+            made_by[self.segment] = threading.current_thread().name
+
+        def close(self, *, complete):
+            release.wait(10)  # every segment stays open until all were handed: equal loads
+            self.path.write_bytes(b"segment")
+
+    parts = PartsFolder(tmp_path / "out.mp4")
+    parts.open(resume=False, overwrite=False, source={}, settings={})
+    layout = SegmentLayout(segment_frames=2)
+    stats, errors = RunStats(), ErrorChannel(threading.Event())
+    pool = EncoderPool(3, queue_frames=8, parts=parts, layout=layout, open_encoder=Writer, errors=errors, stats=stats)
+    writer = SegmentWriter(layout, pool, stats=stats, is_finished=lambda k: False)
+    for index in range(12):
+        writer.process(ResultItem(index, index, "none", ()))
+    threading.Timer(0.3, release.set).start()
+    writer.finish()
+    writer.close(complete=True)
+    assert errors.first() is None and sorted(parts.finished()) == list(range(6))
+    assert [made_by[k] for k in range(6)] == [f"encoder{k % 3}" for k in range(6)]
