@@ -94,6 +94,8 @@ class CompiledModel:
         self.mode = mode
         self._compile_fn = compile_fn or torch.compile
         self.prepare = prepare  # fills the compile cache first, out of process (models/compile_helper.py)
+        self.kept_eager = False  # `keep_eager`: not compiling for now, maybe later (`compile_after_all`)
+        self._kept_prepare = None
         if enabled and isinstance(module, torch.jit.ScriptModule):
             enabled, reason = False, "eager (a TorchScript model: torch.compile does not take it)"
         self.enabled = enabled
@@ -128,11 +130,20 @@ class CompiledModel:
         return self.module(x)
 
     def keep_eager(self, why: str) -> None:
-        """Never compile (before the first batch started it): the model runs eagerly, `why` in its
-        state's note. A compilation already under way goes on."""
+        """Do not compile (before the first batch started it): the model runs eagerly, `why` in its
+        state's note, until `compile_after_all`. A compilation already under way goes on."""
         if self.enabled and self._thread is None:
-            self.enabled, self.prepare = False, None
+            self.enabled, self.kept_eager, self._kept_prepare, self.prepare = False, True, self.prepare, None
             self.state.status, self.state.note = "eager", why
+
+    def compile_after_all(self, why: str) -> bool:
+        """Undo `keep_eager`: the next batch of the worker's size starts the compilation; True if it
+        will (False where the model was never kept eager, or was never to compile)."""
+        if not self.kept_eager:
+            return False
+        self.enabled, self.kept_eager, self.prepare, self._kept_prepare = True, False, self._kept_prepare, None
+        self.state.status, self.state.note = "waiting", why
+        return True
 
     def close(self) -> None:
         """The run is over: a compilation still under way in a helper process is ended."""

@@ -240,7 +240,7 @@ class StageRunner:
                     return True
             if self.outbox is None:
                 continue
-            with self.clock.waiting():
+            with self.clock.waiting(blocked=True):
                 if not self.outbox.put(out, stop=self.stop):
                     return False
             if self.stop.is_set() and self.on_stop == "exit" and self.inbox is None:

@@ -19,10 +19,12 @@ __all__ = ["StageClock", "WorkerStats", "RunStats"]
 
 @dataclass
 class StageClock:
-    """Seconds a stage spent working vs blocked on a queue."""
+    """Seconds a stage spent working vs blocked on a queue: `wait_seconds` all of it, waiting for
+    work or to hand results on; `blocked_seconds` the second part only (the next stage full)."""
 
     busy_seconds: float = 0.0
     wait_seconds: float = 0.0
+    blocked_seconds: float = 0.0
 
     @contextmanager
     def busy(self) -> Iterator[None]:
@@ -33,12 +35,16 @@ class StageClock:
             self.busy_seconds += time.perf_counter() - t0
 
     @contextmanager
-    def waiting(self) -> Iterator[None]:
+    def waiting(self, *, blocked: bool = False) -> Iterator[None]:
+        """Time waiting on a queue; `blocked`: to hand a result on (counted in both)."""
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.wait_seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            self.wait_seconds += seconds
+            if blocked:
+                self.blocked_seconds += seconds
 
 
 @dataclass
@@ -124,6 +130,7 @@ class WorkerStats:
             "steady_fps": round(self.steady_frames / self.steady_seconds, 2) if self.steady_seconds > 0 else None,
             "busy_seconds": round(self.clock.busy_seconds, 3),
             "wait_seconds": round(self.clock.wait_seconds, 3),
+            "blocked_seconds": round(self.clock.blocked_seconds, 3),  # of the wait: handing results on
             "memory_used_bytes": self.memory_used_bytes,
             "memory_total_bytes": self.memory_total_bytes,
             "peak_memory_used_bytes": self.peak_memory_used_bytes,
@@ -313,7 +320,8 @@ class RunStats:
             "after_first_frame_fps": None if self.after_first_frame_fps is None else round(self.after_first_frame_fps, 3),
             "startup_seconds": self.startup(),
             "stages": {
-                name: {"busy_seconds": round(c.busy_seconds, 3), "wait_seconds": round(c.wait_seconds, 3)}
+                name: {"busy_seconds": round(c.busy_seconds, 3), "wait_seconds": round(c.wait_seconds, 3),
+                       "blocked_seconds": round(c.blocked_seconds, 3)}
                 for name, c in self.stages.items()
             },
             "workers": [w.to_dict() for w in self.workers.values()],

@@ -64,6 +64,11 @@ __all__ = ["Worker", "Temporal", "to_output", "TAKE_BATCHES"]
 # chunks the pipeline's fill and drain (one conversion in, one out) is paid once per k.
 TAKE_BATCHES = 3
 COMPILE_PAYS_MARGIN = 1.5  # eager model this many times the encoders' share: compiling would not pay
+# A model kept eager for the encoders is compiled after all where, over a window of this many
+# seconds (after as many again for the queues to fill), the worker waited on the encoders less
+# than NEVER_BLOCKED_SHARE of the time: the estimate was wrong, the model bounds the run.
+RECHECK_SECONDS = 5.0
+NEVER_BLOCKED_SHARE = 0.05
 _OVERLAP_OUTPUTS = ("yuv420p", "yuv420p10", "none")  # host planes, or nothing: the host waits for them
 _CHUNKS_IN_FLIGHT = 2  # chunk i starts once chunk i-2 is in host memory: at most 2 chunks' outputs held
 
@@ -164,6 +169,7 @@ class Worker:
         self._tiles_announced = False
         self._probe_pending = False
         self._eager_fps: float | None = None  # the probe's frames/s at the chosen batch size (eager, whole path)
+        self._recheck: tuple[float, float] | None = None  # kept eager: (window start, blocked seconds then)
 
     # -- set-up (in the worker's own thread) -------------------------------------------
     def start(self) -> None:
@@ -240,6 +246,31 @@ class Worker:
                    "--compile on compiles anyway")
             self.model.keep_eager(why)
             self.log.info("%s", why)
+            self._recheck = (time.perf_counter() + RECHECK_SECONDS, 0.0)  # the first window after the queues filled
+
+    def _recheck_compile(self, now: float) -> None:
+        """While the model is kept eager for the encoders: over each window of RECHECK_SECONDS, the
+        share of the time the worker waited to hand its results on (`StageClock.blocked_seconds`).
+        Under NEVER_BLOCKED_SHARE the encoders did not bound the run (the estimate was wrong: a
+        content factor learnt on harder clips, another job on the CPU gone), so the model
+        compiles after all; the worker's settled rate is then measured afresh."""
+        start, blocked_then = self._recheck
+        blocked = self.ws.clock.blocked_seconds
+        if now < start:
+            self._recheck = (start, blocked)
+            return
+        if now - start < RECHECK_SECONDS:
+            return
+        share = (blocked - blocked_then) / (now - start)
+        if share >= NEVER_BLOCKED_SHARE:
+            self._recheck = (now, blocked)  # the encoders bound it: look again over the next window
+            return
+        self._recheck = None
+        why = (f"compiling after all: kept eager for the encoders, but the worker waited on them {share:.0%} of the "
+               f"last {now - start:.0f} s")
+        if self.model.compile_after_all(why):
+            self.ws.steady_frames, self.ws.steady_seconds = 0, 0.0  # the rate it settles at, from now
+            self.log.info("%s", why)
 
     def _probe_batch_size(self, frames: Sequence[Frame]) -> int:
         """The batch size with the best frames/s for what this worker does per batch: the
@@ -301,6 +332,8 @@ class Worker:
                 self.ws.batch_size, self.ws.health = self.batch_size, "ok"
                 self.model.batch_size = self.batch_size
                 self._weigh_compile(self._eager_fps)
+            elif self._recheck is not None:
+                self._recheck_compile(time.perf_counter())
             mode, t0 = self._settled_mode(), time.perf_counter()
             if self._stream is not None:
                 with torch.cuda.stream(self._stream):

@@ -380,3 +380,79 @@ def test_on_a_gpu_a_run_bound_by_its_encoders_stays_eager(tmp_path, monkeypatch)
         assert len(probe.pts_exact(out)) == planning.MIN_FRAMES_TO_COMPILE
     assert states["slow"]["status"] == "eager" and "the encoders bound this run" in states["slow"]["note"], states
     assert states["fast"]["status"] == "compiled" and states["forced"]["status"] == "compiled", states
+
+
+def test_a_stage_counts_apart_the_time_it_waits_to_hand_results_on():
+    """`StageClock.blocked_seconds`: the time a stage's results waited for room downstream (a slow
+    consumer), within `wait_seconds`, which also holds the time waiting for work."""
+    import queue
+    import threading
+
+    from pipeline.messages import ErrorChannel
+    from pipeline.queues import END, FifoInbox, FifoOutbox
+    from pipeline.stage import StageRunner
+    from pipeline.stats import StageClock
+
+    class Double:
+        def process(self, item):
+            return [item, item]
+
+        def finish(self):
+            return []
+
+        def close(self, *, complete):
+            pass
+
+    inbox, outbox = queue.Queue(), queue.Queue(maxsize=1)
+    clock = StageClock()
+    runner = StageRunner("double", Double(), inbox=FifoInbox(inbox), outbox=FifoOutbox(outbox),
+                         errors=ErrorChannel(threading.Event()), clock=clock)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    time.sleep(0.3)  # nothing to do yet: waiting for work, not blocked
+    for item in (1, 2):
+        inbox.put(item)
+    inbox.put(END)
+    time.sleep(0.3)  # the outbox holds one of four results: the stage is blocked on the second
+    got = []
+    while (item := outbox.get(timeout=5)) is not END:
+        got.append(item)
+    thread.join(5)
+    assert got == [1, 1, 2, 2]
+    assert 0.25 <= clock.blocked_seconds < clock.wait_seconds, clock
+    assert clock.wait_seconds - clock.blocked_seconds >= 0.25  # the first 0.3 s, waiting for work
+
+
+def test_a_model_kept_eager_wrongly_compiles_after_all(monkeypatch):
+    """Kept eager for the encoders, the worker looks at each window of RECHECK_SECONDS how long it
+    waited on them: blocked a good share of it, the model stays eager; blocked under
+    NEVER_BLOCKED_SHARE (the estimate was wrong: the model bounds the run), it compiles after all,
+    said why, and its settled rate is measured afresh."""
+    from pipeline.worker import RECHECK_SECONDS
+    from tests.test_worker_overlap import make_worker, yuv_frames
+
+    stand_in = StandIn()
+    monkeypatch.setattr(torch, "compile", stand_in)
+    worker = make_worker(overlap=False, compile=(True, "compiled (on)"), encoders_fps=10.0)
+    worker._weigh_compile(100.0)
+    assert worker.model.kept_eager and worker._recheck is not None
+    start = 1000.0
+    worker._recheck = (start, 0.0)
+    clock = worker.ws.clock
+    clock.blocked_seconds = 3.0
+    worker._recheck_compile(start - 1)  # before the window: only the baseline moves
+    assert worker._recheck == (start, 3.0)
+    clock.blocked_seconds = 5.0  # 2 s of 5 waiting on the encoders: they bound it
+    worker._recheck_compile(start + RECHECK_SECONDS)
+    assert worker.model.kept_eager and worker._recheck == (start + RECHECK_SECONDS, 5.0)
+    worker.ws.steady_frames, worker.ws.steady_seconds = 40, 1.0
+    clock.blocked_seconds = 5.1  # 0.1 s of 5: the encoders kept up, the model is the wall
+    worker._recheck_compile(start + 2 * RECHECK_SECONDS)
+    state = worker.model.state
+    assert not worker.model.kept_eager and worker._recheck is None and worker.model.enabled
+    assert state.status == "waiting" and state.note.startswith("compiling after all: kept eager for the encoders, but "
+                                                                 "the worker waited on them 2% of the last 5 s"), state
+    assert (worker.ws.steady_frames, worker.ws.steady_seconds) == (0, 0.0)
+    worker.process(yuv_frames(2))
+    assert worker.model.wait(timeout=60).status == "compiled" and stand_in.shapes
+    assert worker.model.compile_after_all("again") is False  # once
