@@ -53,21 +53,17 @@ if {own_threads!r}:
 if {spare!r}:
     from pipeline import plan
     plan.encoder_threads = lambda num_encoders, num_cores: 0 if num_encoders <= 1 else max(1, (num_cores - {spare!r}) // num_encoders)
-if {nice!r}:
+if {nice!r} or {pin!r}:  # each encoder thread, and the x264 threads it starts (they inherit both)
     from pipeline import segment_writer
     original = segment_writer.EncoderPool._run_encoder
-    def lowered(runner, gone):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), {nice!r})
-        return original(runner, gone)
-    segment_writer.EncoderPool._run_encoder = staticmethod(lowered)
-if {pin!r}:
-    from pipeline import segment_writer
-    before_pin = segment_writer.EncoderPool._run_encoder
     allowed = sorted(os.sched_getaffinity(0))
-    def pinned(runner, gone):
-        os.sched_setaffinity(0, allowed[{pin!r}:])  # this thread, and the x264 threads it starts inherit it
-        return before_pin(runner, gone)
-    segment_writer.EncoderPool._run_encoder = staticmethod(pinned)
+    def encoder_thread(runner, gone):
+        if {nice!r}:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), {nice!r})
+        if {pin!r}:
+            os.sched_setaffinity(0, allowed[{pin!r}:])
+        return original(runner, gone)
+    segment_writer.EncoderPool._run_encoder = staticmethod(encoder_thread)
 import main
 main._exit(main.main(sys.argv[1:]))  # as `python main.py` leaves (a compile thread still running)
 """

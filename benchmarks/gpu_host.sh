@@ -39,6 +39,19 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/.site${PYTHONPATH:+:$PYTHONPATH}"
 for c in .devcarry/cache .devcarry2/cache; do [ -d "$c" ] && export FRAMEPIPE_CACHE="$PWD/$c"; done
+bench_summary() {  # bench.py's JSON in folder $1: the device, a line per step (its figures), the summary
+  python3 - "$1" <<'PY'
+import glob, json, sys
+r = json.load(open(glob.glob(sys.argv[1] + "/bench-*.json")[0]))
+print(r.get("device"), r.get("torch"))
+keys = ("fps", "steady_fps", "settled_fps", "flow_fps", "settled_after_seconds", "first_frame_seconds", "run_seconds",
+        "encoders", "encoders_fps_estimate", "encoders_line", "batch", "fps_runs", "status", "seconds", "error", "frames")
+for k, v in r.items():
+    if isinstance(v, dict) and ("fps" in v or "error" in v):
+        print(k, {x: v[x] for x in keys if v.get(x) is not None}, (v.get("compile") or {}).get("status") or "")
+print("summary", json.dumps(r.get("summary")))
+PY
+}
 for step in "$@"; do
   case "$step" in
     install)
@@ -211,11 +224,7 @@ for k in range(2):
       python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-480}" --model realesr-animevideov3 --scale 4 \
         --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode > "$OUT/bench-encode-bound.log" 2>&1
       for job in model-bound encode-bound; do
-        python3 -c "import json, glob; r = json.load(open(glob.glob('$OUT/$job/bench-*.json')[0])); keys = ('fps', 'steady_fps', 'settled_fps', 'settled_after_seconds', 'encoders', 'batch', 'compile')
-print('== $job', r.get('device'))
-for k, v in r.items():
-    if isinstance(v, dict) and ('fps' in v or 'error' in v): print(k, {x: v.get(x) for x in (*keys, 'error', 'seconds')  if v.get(x) is not None})
-print('summary', json.dumps(r['summary']))"
+        echo "== $job"; bench_summary "$OUT/$job"
       done 2>&1 | tee "$OUT/issue12j.log"
       tar czf "$OUT/issue12j.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" model-bound encode-bound && rm -rf "$OUT/model-bound" "$OUT/encode-bound" ;;
     issue12m)  # decode-bound end to end: 1080p, 960 and FRAMES_DECODE (4800) frames, NVDEC sessions and PyAV decoders (~3 min)
@@ -239,10 +248,7 @@ print('summary', json.dumps(r['summary']))"
       skip=decode_nvdec,pipeline_parallel_cold,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
       timeout "${BENCH_LIMIT:-240}" python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-1440}" --model realesr-animevideov3 \
         --scale 4 --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode > "$OUT/bench-encode-bound.log" 2>&1
-      python3 -c "import json, glob; r = json.load(open(glob.glob('$OUT/encode-bound/bench-*.json')[0])); print(r.get('device'), r.get('torch'))
-for k, v in r.items():
-    if isinstance(v, dict) and 'fps' in v: print(k, {x: v.get(x) for x in ('fps', 'steady_fps', 'settled_fps', 'flow_fps', 'settled_after_seconds', 'first_frame_seconds', 'run_seconds', 'encoders', 'fps_runs', 'status', 'frames') if x in v})
-print(json.dumps(r.get('summary')))" 2>&1 | tee "$OUT/issue12n.log"
+      bench_summary "$OUT/encode-bound" 2>&1 | tee "$OUT/issue12n.log"
       tar czf "$OUT/issue12n.tgz" --exclude "*.mp4" -C "$OUT" contention-n encode-bound && rm -rf "$OUT/contention-n" "$OUT/encode-bound" ;;
     issue12o)  # compiling weighed against the encoders: its GPU tests, then target 2's encode-bound job on FRAMES_ENCODE
                # (1440) frames, a first run (probe, content factor) before the measured one (~5 min)
@@ -251,20 +257,14 @@ print(json.dumps(r.get('summary')))" 2>&1 | tee "$OUT/issue12n.log"
       skip=decode_nvdec,model_compiled,compile_cache_warmup,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
       timeout "${BENCH_LIMIT:-300}" python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-1440}" --model realesr-animevideov3 \
         --scale 4 --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode > "$OUT/bench-encode-bound.log" 2>&1
-      python3 -c "import json, glob; r = json.load(open(glob.glob('$OUT/encode-bound/bench-*.json')[0])); print(r.get('device'), r.get('torch'))
-for k, v in r.items():
-    if isinstance(v, dict) and 'fps' in v: print(k, {x: v.get(x) for x in ('fps', 'steady_fps', 'settled_fps', 'flow_fps', 'settled_after_seconds', 'first_frame_seconds', 'run_seconds', 'encoders', 'encoders_fps_estimate', 'encoders_line', 'batch', 'fps_runs', 'compile', 'frames') if x in v})
-print(json.dumps(r.get('summary')))" 2>&1 | tee "$OUT/issue12o.log"
+      bench_summary "$OUT/encode-bound" 2>&1 | tee "$OUT/issue12o.log"
       tar czf "$OUT/issue12o.tgz" --exclude "*.mp4" -C "$OUT" encode-bound && rm -rf "$OUT/encode-bound" ;;
     issue12p)  # target 2's encode-bound job, "encode alone" on the very frames the pipeline encoded (a lossless run
                # decoded) against the pipeline's output decoded, as before (~6 min)
       skip=decode_nvdec,model_compiled,compile_cache_warmup,pipeline_parallel_cold,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
       timeout "${BENCH_LIMIT:-420}" python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-1440}" --model realesr-animevideov3 \
         --scale 4 --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode > "$OUT/bench-encode-bound.log" 2>&1
-      python3 -c "import json, glob; r = json.load(open(glob.glob('$OUT/encode-bound/bench-*.json')[0])); print(r.get('device'), r.get('torch'))
-for k, v in r.items():
-    if isinstance(v, dict) and ('fps' in v or 'error' in v): print(k, {x: v.get(x) for x in ('fps', 'steady_fps', 'settled_fps', 'flow_fps', 'first_frame_seconds', 'run_seconds', 'encoders', 'encoders_fps_estimate', 'batch', 'fps_runs', 'seconds', 'error', 'frames') if x in v}, (v.get('compile') or {}).get('status'))
-print(json.dumps(r.get('summary')))" 2>&1 | tee "$OUT/issue12p.log"
+      bench_summary "$OUT/encode-bound" 2>&1 | tee "$OUT/issue12p.log"
       tar czf "$OUT/issue12p.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" encode-bound && rm -rf "$OUT/encode-bound" ;;
     dispatch)  # the pool's segment dispatch, least-loaded vs round-robin, on this host's cores: as fast as it takes
                # frames, then paced at 0.85 of that (bench_dispatch.py, CPU only, ~2 min)
@@ -277,10 +277,7 @@ print(json.dumps(r.get('summary')))" 2>&1 | tee "$OUT/issue12p.log"
       skip=decode_nvdec,pipeline_parallel_cold,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
       timeout "${BENCH_LIMIT:-200}" python3 benchmarks/bench.py --make-clip 480x270 --frames "${FRAMES_MODEL:-1200}" --model realesrgan-x4plus-anime \
         --preset veryfast --crf 23 --skip "$skip" --out "$OUT/model-bound" --work /tmp/bench-model > "$OUT/bench-model-bound.log" 2>&1
-      python3 -c "import json, glob; r = json.load(open(glob.glob('$OUT/model-bound/bench-*.json')[0])); print(r.get('device'), r.get('torch'))
-for k, v in r.items():
-    if isinstance(v, dict) and 'fps' in v: print(k, {x: v.get(x) for x in ('fps', 'steady_fps', 'settled_fps', 'flow_fps', 'settled_after_seconds', 'encoders', 'fps_runs', 'status') if x in v})
-print(json.dumps(r.get('summary')))" 2>&1 | tee "$OUT/issue12l.log" ;;
+      bench_summary "$OUT/model-bound" 2>&1 | tee "$OUT/issue12l.log" ;;
     issue12k)  # the encoders at nice +10 and the overlap off, each against framepipe's default; then target 2's model-bound job (~6 min)
       python3 benchmarks/bench_contention.py --compile on --frames "${FRAMES:-1200}" --encoders 6 --repeats 1 \
         --variants "${VARIANTS:-default,encoders-nice,no-overlap}" --out "$OUT/contention-k" > "$OUT/bench-contention-k.log" 2>&1
@@ -288,8 +285,7 @@ print(json.dumps(r.get('summary')))" 2>&1 | tee "$OUT/issue12l.log" ;;
       skip=pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
       python3 benchmarks/bench.py --make-clip 480x270 --frames "${FRAMES_MODEL:-1200}" --model realesrgan-x4plus-anime \
         --preset veryfast --crf 23 --skip "$skip" --out "$OUT/model-bound" --work /tmp/bench-model > "$OUT/bench-model-bound.log" 2>&1
-      python3 -c "import json, glob; r = json.load(open(glob.glob('$OUT/model-bound/bench-*.json')[0])); print(json.dumps(r['summary']))
-for k in ('pipeline_parallel', 'pipeline_output_none'): print(k, {x: r[k].get(x) for x in ('fps', 'steady_fps', 'settled_fps', 'settled_after_seconds', 'encoders')})" 2>&1 | tee "$OUT/issue12k.log"
+      bench_summary "$OUT/model-bound" 2>&1 | tee "$OUT/issue12k.log"
       tar czf "$OUT/issue12k.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" model-bound contention-k && rm -rf "$OUT/model-bound" "$OUT/contention-k" ;;
     issue12h)  # the compiled model-bound job: what the encoders' threads cost the worker (~6 min)
       python3 benchmarks/bench_contention.py --compile on --frames "${FRAMES:-1200}" --encoders 6 --repeats "${REPEATS:-1}" \

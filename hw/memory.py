@@ -29,6 +29,7 @@ __all__ = [
     "DeviceFault",
     "free_cached_memory",
     "ProbeMemo",
+    "entry_number",
 ]
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,15 @@ def cuda_measure(
         return seconds
 
     return measure
+
+
+def entry_number(entry: dict | None, field: str) -> float | None:
+    """`field` of a `ProbeMemo` entry as a number; None where there is no entry, no such field, or
+    a value of another format (an older file's)."""
+    try:
+        return float(entry[field]) if entry else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 class ProbeMemo:

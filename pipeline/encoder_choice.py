@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 from core.choices import MAX_AUTO_ENCODERS
 from hw.encode_speed import EncoderSpeed, known_encoder_speed
+from hw.memory import entry_number
 
 __all__ = ["EncoderChoice", "choose_encoders", "content_factor", "encoder_busy_share", "encoder_capacity_fps", "encoder_threads",
            "learn_content_factor", "model_rate_key", "pool_fps", "remember_content_factor", "remember_model_rate", "remembered_content_factor",
@@ -177,11 +178,7 @@ def learn_content_factor(stats, *, key: str, num_encoders: int, num_cores: int, 
 
 def _remembered(memo, key: str, field: str) -> float | None:
     """`field` of the memo's entry for `key` as a number; None where there is none (or another format)."""
-    known = memo.get(key) if memo is not None else None
-    try:
-        return float(known[field]) if known else None
-    except (KeyError, TypeError, ValueError):
-        return None
+    return entry_number(memo.get(key) if memo is not None else None, field)
 
 
 def remembered_content_factor(memo, key: str) -> float | None:

@@ -141,8 +141,8 @@ class EncoderPool:
         self.encoders = [SegmentEncoder(f"encoder{i}", parts, layout, open_encoder, on_frame=self._count,
                                         on_segment=lambda n, i=i: self._closed(i, n))
                          for i in range(num_encoders)]
-        self._handed = [0] * num_encoders  # frames handed to each encoder ...
-        self._closed_frames = [0] * num_encoders  # ... and in its closed segments (its backlog: the difference)
+        self._handed = [0] * num_encoders  # frames handed to each encoder (by the writer's thread alone) ...
+        self._closed_frames = [0] * num_encoders  # ... and in its closed segments (the encoders' threads, locked)
         self._last_handed = [-1] * num_encoders  # the segment each was handed last (-1: none yet)
         self._slot_of: dict[int, int] = {}  # the open segments' encoders
         self.queues = [queue.Queue(maxsize=queue_frames + 2) for _ in range(num_encoders)]
@@ -183,7 +183,8 @@ class EncoderPool:
                 slot = segment % len(self.encoders)
             else:
                 with self._lock:
-                    backlog = [handed - done for handed, done in zip(self._handed, self._closed_frames)]
+                    closed = list(self._closed_frames)
+                backlog = [handed - done for handed, done in zip(self._handed, closed)]
                 slot = min(range(len(self.encoders)), key=lambda i: (backlog[i], self._last_handed[i], i))
             self._slot_of[segment] = slot
             self._last_handed[slot] = segment
@@ -195,8 +196,7 @@ class EncoderPool:
         if isinstance(item, SegmentEnd):
             del self._slot_of[segment]  # the next item of this segment number (a resume's) chooses again
         elif isinstance(item, ResultItem):
-            with self._lock:
-                self._handed[slot] += 1
+            self._handed[slot] += 1
         if not self.threaded:  # the sequential loop: the encoder works in the caller's thread
             self.encoders[slot].process(item)
             return True

@@ -47,8 +47,8 @@ from core.frame import Frame, Window
 from hw.color import ColorInfo
 from hw.frames import (HostYuv420, alpha_to_host, batch_alpha, batch_to_rgb, queue_host_yuv420, rgb_to_host_rgb,
                        rgb_to_host_yuv420, rgb_to_nv12_frames)
-from hw.memory import (DeviceFault, ProbeMemo, choose_batch_size, cuda_measure, free_cached_memory, is_device_fault,
-                       is_oom)
+from hw.memory import (DeviceFault, ProbeMemo, choose_batch_size, cuda_measure, entry_number, free_cached_memory,
+                       is_device_fault, is_oom)
 from models.base import LoadedModel, all_finite, check_model_output, not_finite_error
 from models.compiled import CompiledModel
 from models.tiling import Tiling, default_overlap, next_tiling, run_tiled
@@ -282,7 +282,7 @@ class Worker:
         if known and 1 <= int(known.get("batch_size", 0)) <= self.max_batch_size:
             self.ws.probe_note = f"{known['batch_size']}, as probed on {known.get('date', 'an earlier run')} " \
                                  f"({known.get('note', '')})"
-            self._eager_fps = _number(known.get("fps"))
+            self._eager_fps = entry_number(known, "fps")
             return int(known["batch_size"])
         self.ws.health = "probing"
 
@@ -724,12 +724,3 @@ class _Launched:
 
     def __repr__(self) -> str:
         return f"_Launched({len(self.frames)} frame(s) from #{self.frames[0].index})"
-
-
-def _number(value: object) -> float | None:
-    """A remembered figure, None where missing or not a positive number (an older memo's entry)."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return number if number > 0 else None
