@@ -400,6 +400,9 @@ def main() -> None:
 
         maybe("encode_alone_1", lambda: best_of_two(1))
         maybe("encode_alone_k", lambda: best_of_two(k))
+        # The same pool on segments all of one length (before 2026-12-06 the last ones were not shorter)
+        maybe("encode_alone_k_untapered", lambda: encoders_alone(frames, work, encoders=k, args=args, src=args.source,
+                                                                 taper=False))
         if "encode_alone_k_reencoded" not in skip:  # the earlier way, for the difference: the measured run's output
             frames = output_frames(out_file)[:kept]
             maybe("encode_alone_k_reencoded", lambda: encoders_alone(frames, work, encoders=k, args=args, src=args.source))

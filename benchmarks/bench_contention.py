@@ -20,6 +20,8 @@ encoder pool, eager model unless --compile on, batch 4) runs whole, in these var
   overlap        FRAMEPIPE_OVERLAP=1: the worker's chunks overlapped on CUDA streams (pipeline/worker.py;
                  the default where the model compiles)
   no-overlap     FRAMEPIPE_OVERLAP=0: never overlapped
+  no-taper       --segment-frames 144: every segment 6 s long (the clip is 24 fps), the last ones too, not
+                 shorter towards the end (the default since 2026-12-06, pipeline.segments.SegmentLayout)
 Variants join with "+" (overlap+spare-threads: both changes in one run). Each run reports the GPU's
 mean utilization (NVML, sampled by the run) and the worker's busy and waiting seconds.
 and once with `--output-mode none` (the stages before the encoder, for the ratio).
@@ -74,7 +76,8 @@ main._exit(main.main(sys.argv[1:]))  # as `python main.py` leaves (a compile thr
 VARIANTS = {"default": {}, "ffmpeg-threads": {"own_threads": True}, "switch-1ms": {"interval": 0.001},
             "encoders-nice": {"nice": 10}, "both": {"interval": 0.001, "nice": 10}, "spare-threads": {"spare": 2},
             "pin-2": {"pin": 2}, "pin-4": {"pin": 4},
-            "overlap": {"env": {"FRAMEPIPE_OVERLAP": "1"}}, "no-overlap": {"env": {"FRAMEPIPE_OVERLAP": "0"}}}
+            "overlap": {"env": {"FRAMEPIPE_OVERLAP": "1"}}, "no-overlap": {"env": {"FRAMEPIPE_OVERLAP": "0"}},
+            "no-taper": {"args": ["--segment-frames", "144"]}}  # 6 s at 24 fps, framepipe's length, all of it
 
 
 def variant(name: str) -> dict:
@@ -82,16 +85,18 @@ def variant(name: str) -> dict:
     merged: dict = {}
     for part in name.split("+"):
         for key, value in VARIANTS[part].items():
-            merged[key] = {**merged.get(key, {}), **value} if key == "env" else value
+            merged[key] = ({**merged.get(key, {}), **value} if key == "env" else
+                           [*merged.get(key, []), *value] if key == "args" else value)
     return merged
 
 
 def run(clip: Path, out: Path, tag: str, *, interval: float = 0, nice: int = 0, own_threads: bool = False,
-        spare: int = 0, pin: int = 0, env: dict | None = None, model: str, compile: str = "off", extra: list[str]) -> dict:
+        spare: int = 0, pin: int = 0, env: dict | None = None, args: list[str] | None = None, model: str,
+        compile: str = "off", extra: list[str]) -> dict:
     stats_path = out / f"{tag}.json"
     script = _WRAP.format(root=str(ROOT), interval=interval, nice=nice, own_threads=own_threads, spare=spare, pin=pin)
     cmd = [sys.executable, "-c", script, "--source", str(clip), "--model", model, "--parallel", "--compile", compile,
-           "--stats-json", str(stats_path), *extra]
+           "--stats-json", str(stats_path), *extra, *(args or [])]
     t0 = time.perf_counter()
     inherited = {k: v for k, v in os.environ.items() if k != "FRAMEPIPE_OVERLAP"}  # "default" is framepipe's default
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**inherited, **(env or {})})

@@ -78,7 +78,7 @@ def _planes(frame):
 
 
 def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path, dispatch: str = "least-loaded",
-                   pace_fps: float | None = None) -> dict:
+                   pace_fps: float | None = None, taper: bool = True) -> dict:
     """The frames through the pool of `encoders` encoders, as the segmented writer drives it
     (`dispatch`: how it hands segments to encoders, `pipeline.segment_writer.EncoderPool`): as fast
     as the pool takes them, or handed at `pace_fps` (a model that makes that many a second), each
@@ -101,7 +101,9 @@ def encoders_alone(frames: list, folder: Path, *, encoders: int, args, src: Path
     parts = PartsFolder(out)
     shutil.rmtree(parts.path, ignore_errors=True)
     parts.open(resume=False, overwrite=True, source={}, settings={})
-    layout = SegmentLayout(segment_frames=max(1, round(args.segment_seconds * float(info.average_rate or 30))))
+    # As the pipeline lays them out for a pool (`taper`: the last segments shorter, pipeline.plan._tapered)
+    layout = SegmentLayout(segment_frames=max(1, round(args.segment_seconds * float(info.average_rate or 30))),
+                           taper_end=len(frames) if taper and encoders > 1 else None)
     stats = RunStats()
     errors = ErrorChannel(threading.Event())
     threads = encoder_threads(encoders, _num_cores())  # as the pipeline's pool runs them

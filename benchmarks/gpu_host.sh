@@ -26,6 +26,8 @@
 #   bash benchmarks/gpu_host.sh issue12n  # issue12m, encoders kept off 2/4 cores (bench_contention pin-2/pin-4), encode-bound on 1440 frames
 #   bash benchmarks/gpu_host.sh issue12o  # compiling weighed against the encoders: GPU tests, encode-bound job (1440 frames, after a first run)
 #   bash benchmarks/gpu_host.sh issue12p  # encode-bound job, encode alone on the exact frames the pipeline encoded vs its output decoded
+#   bash benchmarks/gpu_host.sh issue12q  # the tapered segments off vs the default (the compiled model-bound job)
+#   bash benchmarks/gpu_host.sh issue12r  # target 2's encode-bound job as a second run; the pool alone tapered vs not
 #   bash benchmarks/gpu_host.sh dispatch  # the encoder pool's segment dispatch, least-loaded vs round-robin (bench_dispatch.py)
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
@@ -273,6 +275,25 @@ for k in range(2):
       pace=$(python3 -c "import json; r = json.load(open('$OUT/dispatch/bench-dispatch.json')); print(round(0.85 * r['least-loaded']['best_fps']))")
       timeout "${DISPATCH_LIMIT:-70}" python3 benchmarks/bench_dispatch.py --size "${SIZE:-1280x720}" --segments 24 --encoders 6 \
         --repeats 2 --pace "$pace" --out "$OUT/dispatch-paced" 2>&1 | tail -1 | tee -a "$OUT/dispatch.log" ;;
+    issue12q)  # the last segments shorter: the compiled model-bound job without it against the default (bench_contention;
+               # as run on 2026-12-06 also with a variant that imported torch.compile's modules from the plan on, not
+               # adopted), then the tests of the taper here (~7 min)
+      timeout "${BENCH_LIMIT:-420}" python3 benchmarks/bench_contention.py --compile on --frames "${FRAMES:-1200}" --encoders 6 \
+        --repeats "${REPEATS:-2}" --variants "${VARIANTS:-default,no-taper}" --out "$OUT/contention-q" \
+        > "$OUT/bench-contention-q.log" 2>&1
+      tail -6 "$OUT/bench-contention-q.log"
+      grep -h "compil\|segment" "$OUT"/contention-q/default-1.log | head -5
+      python3 -m pytest -q -rs -p no:cacheprovider tests/test_segments.py -k "taper or lays_out" 2>&1 \
+        | tee "$OUT/pytest-q.log" | tail -2
+      python3 -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests/test_compile.py 2>&1 | tee "$OUT/pytest-q-gpu.log" | tail -2
+      tar czf "$OUT/issue12q.tgz" --exclude "*.mp4" -C "$OUT" contention-q && rm -rf "$OUT/contention-q" ;;
+    issue12r)  # target 2's encode-bound job as a second run finds it (a first run before the measured one), the pool
+               # alone on tapered and on untapered segments (~7 min)
+      skip=decode_nvdec,model_compiled,compile_cache_warmup,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1,encode_alone_k_reencoded
+      timeout "${BENCH_LIMIT:-480}" python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-1440}" --model realesr-animevideov3 \
+        --scale 4 --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode > "$OUT/bench-encode-bound.log" 2>&1
+      bench_summary "$OUT/encode-bound" 2>&1 | tee "$OUT/issue12r.log"
+      tar czf "$OUT/issue12r.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" encode-bound && rm -rf "$OUT/encode-bound" ;;
     issue12l)  # target 2's model-bound job once more, with the rate to the last frame handed on (flow_fps) (~2 min)
       skip=decode_nvdec,pipeline_parallel_cold,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
       timeout "${BENCH_LIMIT:-200}" python3 benchmarks/bench.py --make-clip 480x270 --frames "${FRAMES_MODEL:-1200}" --model realesrgan-x4plus-anime \

@@ -249,6 +249,7 @@ def plan_run(config: RunConfig) -> RunPlan:
                   ("--model", Path(config.model) if Path(config.model).is_file() else None)]
         PartsFolder(Path(output)).check(resume=config.resume, overwrite=overwrite,
                                         inputs=[(flag, path) for flag, path in inputs if path is not None])
+        segments = _tapered(segments, config, source, 1 if use_nvenc else encoders.num_encoders, PartsFolder(Path(output)))
     threads = 0 if use_nvenc else encoder_threads(encoders.num_encoders, _num_cores())
     encoder_line = f"{encoders.line}; {threads} thread(s) each" if threads and encoders.line else encoders.line
     return RunPlan(
@@ -718,6 +719,25 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
         choice = EncoderChoice(sessions, f"encoders: {sessions} NVENC session(s) (probed; asked for {choice.num_encoders})")
     end = config.max_frames
     return SegmentLayout(segment_frames=segment_frames, end=end), choice
+
+
+def _tapered(layout: SegmentLayout, config: RunConfig, source: SourceInfo, num_encoders: int,
+             parts: PartsFolder) -> SegmentLayout:
+    """The layout with its last segments shorter (`SegmentLayout.taper_end`: the frames expected),
+    so that the encoders end together: where several CPU encoders work at once (NVENC sessions: not
+    measured, so not tapered; `num_encoders` 1 for them), the frame count is known and
+    --segment-frames does not fix every segment's length (--segment-seconds is a duration, and the
+    taper only shortens). A resumed run takes the layout its manifest records, whatever the
+    estimate says now."""
+    if config.resume:
+        recorded = parts.recorded_settings()
+        if recorded is not None:
+            taper = recorded.get("segment_taper")
+            return replace(layout, taper_end=taper if type(taper) is int and taper >= 1 else None)
+    total = _frames_estimate(config, source)
+    if num_encoders < 2 or total < 1 or config.segment_frames is not None or max(1, getattr(config, "interpolate", 1)) > 1:
+        return layout
+    return replace(layout, taper_end=total)
 
 
 def _nvenc_sessions(config: RunConfig, width: int, height: int, wanted: int, notes: list[str]) -> int:

@@ -164,6 +164,7 @@ def pixel_settings(plan: RunPlan) -> dict[str, object]:
         "preset": plan.preset,
         "colour": [src.color.matrix, src.color.full_range, src.color.primaries_tag, src.color.transfer_tag],
         "segment_frames": plan.segments.segment_frames if plan.segments else None,
+        **({"segment_taper": plan.segments.taper_end} if plan.segments and plan.segments.taper_end else {}),
         "max_frames": cfg.max_frames if plan.picture_target is None else None,  # each picture stands alone
         **(plan.cut.settings() if plan.cut is not None else {"start": None, "end": None}),
         "container": plan.output.suffix.lower(),

@@ -183,7 +183,9 @@ def _fingerprint(plan: RunPlan) -> dict[str, object]:
 def _describe_segments(plan: RunPlan, parts: PartsFolder) -> str:
     done = sum(entry["stop"] == plan.segments.stop_of(k) for k, entry in parts.finished().items())  # as build takes them
     resumed = f"; {done} finished segment(s) taken over from an earlier run" if done else ""
-    return (f"{plan.segments.segment_frames} frames a segment, {plan.num_encoders} encoder(s) at once, "
+    tail = plan.segments.sizes_at_end()
+    tapered = f" (the last {len(tail)} shorter, down to {tail[-1]}, to end together)" if tail else ""
+    return (f"{plan.segments.segment_frames} frames a segment{tapered}, {plan.num_encoders} encoder(s) at once, "
             f"work folder {parts.path}{resumed}")
 
 

@@ -17,6 +17,8 @@ removed after a successful join unless `--keep-parts`.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 import json
 import logging
@@ -39,30 +41,123 @@ log = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
 
 
+TAPER_RATIO = 4.0  # frames arrive this many times faster than one encoder takes them (the shape of the taper)
+
+
 @dataclass(frozen=True)
 class SegmentLayout:
     """Which frames each segment holds: [k*S, (k+1)*S), cut at `end`. Frames are numbered as the
-    reader passes them on (from 0 at --start: core.cut renumbers them)."""
+    reader passes them on (from 0 at --start: core.cut renumbers them).
+
+    `taper_end` (the frame count the plan expects, or None): the last segments before it are
+    shorter, smallest last, so that the pool's encoders end together. With segments of one
+    length, the encoder handed the last one is still encoding it seconds after the last frame
+    (x264 takes a segment's frames faster than it encodes them) while the others wait: on an
+    H100 host ~1.3 s at the end of a 10 s model-bound run. The tapered segments (`taper_sizes`)
+    start at a multiple of S; frames past `taper_end` (the estimate was short) go on in segments
+    of S. The taper depends only on S and `taper_end`, which the manifest records, so a resumed
+    run lays the segments out as the run it finishes did."""
 
     segment_frames: int
     end: int | None = None  # one past the last frame (--max-frames); None: to the source's (or the cut's) end
+    taper_end: int | None = None
 
     def __post_init__(self) -> None:
         if self.segment_frames < 1:
             raise ValueError(f"segment_frames must be >= 1, got {self.segment_frames}")
+        if self.taper_end is not None and self.taper_end < 1:
+            raise ValueError(f"taper_end must be >= 1, got {self.taper_end}")
+
+    @property
+    def _taper(self) -> tuple[int, tuple[int, ...]]:
+        """(first frame of the taper, the tapered segments' first frames); (_, ()) where there is none."""
+        if self.taper_end is None:
+            return 0, ()
+        return _taper_starts(self.segment_frames, self.taper_end)
+
+    def sizes_at_end(self) -> tuple[int, ...]:
+        """The tapered segments' lengths, in order (empty: none)."""
+        _, starts = self._taper
+        return tuple(b - a for a, b in zip(starts, (*starts[1:], self.taper_end)))
 
     def segment_of(self, index: int) -> int:
-        return index // self.segment_frames
+        if index < 0:
+            raise ValueError(f"frame index must be >= 0, got {index}")
+        s = self.segment_frames
+        begin, starts = self._taper
+        if not starts or index < begin:
+            return index // s
+        if index < self.taper_end:
+            return begin // s + bisect.bisect_right(starts, index) - 1
+        return begin // s + len(starts) + (index - self.taper_end) // s
 
     def start_of(self, segment: int) -> int:
-        return segment * self.segment_frames
+        s = self.segment_frames
+        begin, starts = self._taper
+        if not starts or segment < begin // s:
+            return segment * s
+        k = segment - begin // s
+        if k < len(starts):
+            return starts[k]
+        return self.taper_end + (k - len(starts)) * s
 
     def stop_of(self, segment: int) -> int:
         stop = self.start_of(segment + 1)
         return stop if self.end is None else min(stop, self.end)
 
+    def length_of(self, segment: int) -> int:
+        """Frames segment `segment` holds when the video goes on past it (before the cut at `end`)."""
+        return self.start_of(segment + 1) - self.start_of(segment)
+
     def is_last_of_segment(self, index: int) -> bool:
         return index + 1 == self.stop_of(self.segment_of(index))
+
+
+def taper_sizes(segment_frames: int) -> tuple[int, ...]:
+    """The tapered segments' lengths, last first: the last one 1/8 of S (at least 2 frames),
+    each earlier one as long as the one after it plus the frames after it over TAPER_RATIO - 1,
+    up to S. Where frames arrive TAPER_RATIO times as fast as one encoder takes them, and each
+    segment's encoder is free when it arrives, they all end when the last one does."""
+    first = max(2, -(-segment_frames // 8))
+    if first >= segment_frames:
+        return ()
+    sizes: list[int] = []
+    after = 0
+    while True:
+        size = round(first + after / (TAPER_RATIO - 1))
+        if size >= segment_frames:
+            return tuple(sizes)
+        sizes.append(size)
+        after += size
+
+
+@functools.lru_cache(maxsize=64)
+def _taper_starts(segment_frames: int, taper_end: int) -> tuple[int, tuple[int, ...]]:
+    sizes = taper_sizes(segment_frames)
+    if not sizes:
+        return taper_end, ()
+    begin = max(0, (taper_end - sum(sizes)) // segment_frames * segment_frames)  # a multiple of S, before the taper
+    # The taper's frames, from the end: the sizes in turn; what is left before them (under S) joins the first.
+    lengths: list[int] = []
+    left = taper_end - begin
+    for size in sizes:
+        if left < size:
+            break
+        lengths.append(size)
+        left -= size
+    if left > 0:  # the frames before the taper, under S: with its first segment, as one or two segments
+        if lengths and left + lengths[-1] > segment_frames:
+            both = left + lengths.pop()
+            lengths += [both // 2, both - both // 2]
+        elif lengths:
+            lengths[-1] += left
+        else:
+            lengths.append(left)
+    starts, at = [], begin
+    for n in reversed(lengths):
+        starts.append(at)
+        at += n
+    return begin, tuple(starts)
 
 
 def source_fingerprint(path: Path) -> dict[str, object]:
@@ -131,6 +226,14 @@ class Manifest:
             if self.settings.get(key) != settings.get(key):
                 out.append(f"{key} ({self.settings.get(key)!r} then, {settings.get(key)!r} now)")
         return out
+
+
+def _recorded_layout(settings: dict[str, object]) -> SegmentLayout | None:
+    """The segment layout the settings of a run record (None: not a segmented run's)."""
+    segment_frames, taper = settings.get("segment_frames"), settings.get("segment_taper")
+    if type(segment_frames) is not int or segment_frames < 1:
+        return None
+    return SegmentLayout(segment_frames, taper_end=taper if type(taper) is int and taper >= 1 else None)
 
 
 PICTURE_MANIFEST = ".framepipe-run.json"
@@ -243,7 +346,8 @@ class PartsFolder:
             manifest = Manifest(source=source, settings=settings)
         else:
             self._remove_temp_output(manifest.temp_output, temp_output)
-        kept = {k: v for k, v in manifest.segments.items() if self._intact(k, v, settings.get("segment_frames"))}
+        layout = _recorded_layout(settings)
+        kept = {k: v for k, v in manifest.segments.items() if layout is not None and self._intact(k, v, layout)}
         if len(kept) != len(manifest.segments):
             log.warning("%d finished segment(s) in %s were missing or damaged: they are made again",
                         len(manifest.segments) - len(kept), self.path)
@@ -260,15 +364,22 @@ class PartsFolder:
         self.save()
         return manifest
 
-    def _intact(self, segment: int, entry: dict[str, object], segment_frames: object) -> bool:
+    def _intact(self, segment: int, entry: dict[str, object], layout: SegmentLayout) -> bool:
         """The entry is this segment's (its own file, a range inside the segment) and its file
         is unchanged since it was finished."""
         first, stop = entry["first"], entry["stop"]
-        if (segment < 0 or entry["file"] != self.segment_path(segment).name or not isinstance(segment_frames, int)
-                or first != segment * segment_frames or not first < stop <= first + segment_frames):
+        if (segment < 0 or entry["file"] != self.segment_path(segment).name or first != layout.start_of(segment)
+                or not first < stop <= layout.start_of(segment + 1)):
             return False
         path = self.segment_path(segment)
         return path.is_file() and file_sha256(path) == entry["sha256"]
+
+    def recorded_settings(self) -> dict[str, object] | None:
+        """The settings the manifest in this folder records (None: no readable manifest)."""
+        try:
+            return Manifest.from_json(self.manifest_path.read_bytes()).settings
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _recorded_temp_output(self) -> str | None:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+from dataclasses import replace
 from fractions import Fraction
 import subprocess
 import time
@@ -508,3 +509,105 @@ def test_equal_encoders_take_segments_in_turn(tmp_path):
     writer.close(complete=True)
     assert errors.first() is None and sorted(parts.finished()) == list(range(6))
     assert [made_by[k] for k in range(6)] == [f"encoder{k % 3}" for k in range(6)]
+
+
+# -- the last segments shorter, so that the encoders end together ---------------------------------------------
+
+
+@pytest.mark.parametrize("segment_frames", [1, 2, 7, 24, 48, 144])
+@pytest.mark.parametrize("taper_end", [1, 5, 47, 100, 1201])
+def test_a_tapered_layout_gives_every_frame_one_segment_in_order(segment_frames, taper_end):
+    layout = SegmentLayout(segment_frames, taper_end=taper_end)
+    last = -1
+    for index in range(taper_end + 3 * segment_frames + 2):
+        k = layout.segment_of(index)
+        assert layout.start_of(k) <= index < layout.start_of(k + 1)
+        assert k in (last, last + 1)  # contiguous, numbered in order
+        last = k
+    sizes = layout.sizes_at_end()
+    begin = layout.start_of(layout.segment_of(taper_end - 1) - len(sizes) + 1) if sizes else None
+    if sizes:
+        assert begin % segment_frames == 0 and sum(sizes) == taper_end - begin
+        assert list(sizes[2:]) == sorted(sizes[2:], reverse=True) and max(sizes) <= segment_frames
+        assert sizes[-1] == min(sizes)  # the smallest last: 1/8 of S where the video holds the whole taper
+        assert sizes[-1] == max(2, -(-segment_frames // 8)) or taper_end < 4 * segment_frames
+        # past the frames expected (the estimate was short): segments of the full length again
+        k = layout.segment_of(taper_end)
+        assert layout.start_of(k) == taper_end and layout.length_of(k) == segment_frames
+    else:  # no taper for segments of 1 or 2 frames
+        assert segment_frames <= 2 and all(layout.length_of(k) == segment_frames for k in range(5))
+
+
+def test_the_taper_ends_in_small_segments_and_a_long_video_keeps_its_length():
+    layout = SegmentLayout(48, taper_end=4800)
+    assert layout.sizes_at_end()[-3:] == (11, 8, 6)
+    assert [layout.length_of(k) for k in range(90)] == [48] * 90  # all but the last ~160 frames
+    assert SegmentLayout(48).sizes_at_end() == () and SegmentLayout(1, taper_end=100).sizes_at_end() == ()
+    # the frames before the taper join its first segment (once a 1-frame segment of their own)
+    assert SegmentLayout(144, taper_end=631).sizes_at_end()[:2] == (136, 101)
+    assert SegmentLayout(180, taper_end=1000).sizes_at_end()[:3] == (95, 95, 130)
+
+
+def test_a_run_with_framepipes_segment_length_tapers_and_keeps_every_frame(clips, tmp_path):
+    """4 fps: 24 frames a segment (6 s), 120 frames: the last nine shorter, down to 3 frames."""
+    src = clips("seg-taper.mp4", num_frames=120, fps=4, audio=True)
+    one = tmp_path / "one.mp4"
+    run(_cfg(src, one, encoders=1))
+    out = tmp_path / "out.mp4"
+    stats = run(_cfg(src, out, encoders=2, keep_parts=True))
+    manifest = json.loads((tmp_path / "out.mp4.parts" / "manifest.json").read_text())
+    ranges = [(v["first"], v["stop"]) for _, v in sorted(manifest["segments"].items(), key=lambda kv: int(kv[0]))]
+    assert ranges == [(0, 24), (24, 44), (44, 64), (64, 80), (80, 92), (92, 101), (101, 108), (108, 113), (113, 117),
+                      (117, 120)]
+    assert manifest["settings"]["segment_taper"] == 120
+    assert "the last 9 shorter, down to 3" in stats.notes["segments"]
+    probe.assert_same_video(one, out)
+    assert probe.indices(out) == list(range(120))
+    assert probe.packet_times(out, "audio") == probe.packet_times(src, "audio")
+    assert _decode_errors(out) == []
+
+
+def test_segments_are_not_tapered_where_their_frames_are_asked_or_one_encoder_writes(clips, tmp_path):
+    src = clips("seg-taper.mp4", num_frames=120, fps=4, audio=True)
+    for i, kw in enumerate([dict(encoders=2, segment_frames=24), dict(encoders=1)]):
+        out = tmp_path / f"out{i}.mp4"
+        run(_cfg(src, out, keep_parts=True, **kw))
+        manifest = json.loads((tmp_path / f"out{i}.mp4.parts" / "manifest.json").read_text())
+        assert "segment_taper" not in manifest["settings"]
+        assert sorted(v["stop"] - v["first"] for v in manifest["segments"].values()) == [24] * 5
+    out = tmp_path / "seconds.mp4"  # --segment-seconds: a duration, tapered at the end as framepipe's own
+    run(_cfg(src, out, keep_parts=True, encoders=2, segment_seconds=6.0))
+    assert json.loads((tmp_path / "seconds.mp4.parts" / "manifest.json").read_text())["settings"]["segment_taper"] == 120
+
+
+def test_a_resumed_run_lays_out_its_segments_as_the_manifest_says(clips, tmp_path):
+    """The taper follows the frame count expected, which a resumed run must not recompute: it
+    takes the recorded one, or none where the manifest has none (made before segments tapered)."""
+    from pipeline import plan as plan_mod
+    from pipeline.segments import Manifest
+
+    src = clips("seg-taper.mp4", num_frames=120, fps=4)
+    cfg = _cfg(src, tmp_path / "out.mp4", encoders=2, resume=True)
+    info = plan_mod.probe_source(src)
+    parts = PartsFolder(tmp_path / "out.mp4")
+    layout = SegmentLayout(24)
+    assert plan_mod._tapered(layout, cfg, info, 2, parts).taper_end == 120  # no manifest: the estimate
+    parts.path.mkdir()
+    for recorded, expected in (({"segment_taper": 100}, 100), ({}, None)):
+        parts.manifest_path.write_bytes(Manifest(source={}, settings={"segment_frames": 24, **recorded}).to_json())
+        assert plan_mod._tapered(layout, cfg, info, 2, parts).taper_end == expected
+        assert plan_mod._tapered(layout, replace(cfg, resume=False), info, 2, parts).taper_end == 120
+
+
+def test_kill_9_then_resume_a_tapered_run_is_frame_exact(clips, tmp_path):
+    src = clips("seg-taper.mp4", num_frames=120, fps=4, audio=True)
+    whole = tmp_path / "whole.mp4"
+    run(_cfg(src, whole, encoders=2))
+    out = tmp_path / "out.mp4"
+    _kill_mid_run(src, out, ["--encoders", "2"])
+    manifest = json.loads((tmp_path / "out.mp4.parts" / "manifest.json").read_text())
+    assert manifest["settings"]["segment_taper"] == 120 and 2 <= len(manifest["segments"]) < 10
+    stats = run(_cfg(src, out, encoders=2, resume=True))
+    assert stats.notes["segments"].endswith(f"{len(manifest['segments'])} finished segment(s) taken over from an earlier run")
+    probe.assert_same_video(whole, out)
+    assert probe.packet_times(out, "audio") == probe.packet_times(whole, "audio")
