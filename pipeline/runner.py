@@ -33,7 +33,8 @@ from models.registry import default_cache_dir
 from pipeline.build import ModelSource, Stages, Wrap, build
 from pipeline.collector import Collector
 from pipeline.config import RunConfig
-from pipeline.encoder_choice import ENCODER_FACTORS_FILE, MODEL_RATES_FILE, learn_content_factor, remember_model_rate
+from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, key_as_run, learn_content_factor,
+                                     remember_model_rate)
 from pipeline.messages import ErrorChannel, StageFailed
 from pipeline.plan import RunPlan, plan_run
 from pipeline.queues import FifoInbox, FifoOutbox, WorkQueue
@@ -143,7 +144,8 @@ def run(
         if stats.num_corrupt_packets:
             stats.warn(f"source: {stats.num_corrupt_packets} corrupt packet(s) skipped; every decodable frame was processed")
         if plan.model_rate_key and config.parallel:  # for the next run's choice of encoders (pipeline.encoder_choice)
-            remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), plan.model_rate_key, stats)
+            key = key_as_run(plan.model_rate_key, [str(d) for d in plan.devices], stats)  # kept eager: an eager rate
+            remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), key, stats)
         if plan.encoder_speed_key and plan.segments is not None and config.parallel:  # the encoders' real speed
             learn_content_factor(stats, key=plan.encoder_speed_key, num_encoders=plan.num_encoders,
                                  num_cores=os.cpu_count() or 2, speeds_memo=ProbeMemo(default_cache_dir() / ENCODER_SPEEDS_FILE),

@@ -516,3 +516,40 @@ def test_a_run_into_the_pool_teaches_the_next_plan(sixteen_cores, monkeypatch, c
     err = capsys.readouterr().err
     assert f"one encodes {400 * learnt['factor']:.0f} fps at 128x96 h264 ultrafast ({learnt['factor']:.2f} x the " \
            "synthetic measurement, as a run here encoded)" in err
+
+
+def test_a_rate_is_remembered_under_how_the_workers_ran_not_how_the_plan_meant_them_to():
+    """A model the worker kept eager (the encoders bound the run), or whose compilation failed,
+    ran eagerly: its rate goes under "compiled no", never as the compiled model's."""
+    from pipeline.encoder_choice import key_as_run, model_rate_key
+
+    key = model_rate_key(model="m", scale=4, width=480, height=270, devices=["H100", "H100"], dtypes=["float16"] * 2,
+                         compiled=[True, True])
+
+    def stats(*statuses):
+        return SimpleNamespace(workers={f"w{i}": SimpleNamespace(device=f"cuda:{i}", compile=SimpleNamespace(status=s))
+                                        for i, s in enumerate(statuses)})
+
+    devices = ["cuda:0", "cuda:1"]
+    assert key_as_run(key, devices, stats("compiled", "compiled")) == key
+    assert key_as_run(key, devices, stats("eager", "compiled")) == key.replace("compiled yes,yes", "compiled no,yes")
+    assert key_as_run(key, devices, stats("failed", "mismatch")) == key.replace("compiled yes,yes", "compiled no,no")
+    assert key_as_run(key, devices, stats("compiled")) == key.replace("compiled yes,yes", "compiled yes,no")  # one left out
+    assert key_as_run(key, devices, stats("eager", "eager")).endswith("|tiles 0|interpolate 1")
+    assert key_as_run("no compile part", devices, stats("eager")) == "no compile part"
+
+
+def test_a_run_whose_model_stayed_eager_remembers_an_eager_rate(tmp_path, monkeypatch):
+    import torch
+
+    from tests.test_compile import StandIn, _wait_for_the_compiler
+
+    clip = make_clip(tmp_path / "v.mp4", width=48, height=32, num_frames=120, fps=24)
+    monkeypatch.setenv("FRAMEPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(torch, "compile", StandIn(fail=True))
+    stats = run(RunConfig(source=clip, output=tmp_path / "o.mkv", model="bicubic", scale=2, device="cpu", batch_size=4,
+                          parallel=True, encoders=2, segment_frames=30, preset="ultrafast", compile="on"),
+                wrap=_wait_for_the_compiler)
+    assert stats.to_dict()["workers"][0]["compile"]["status"] == "failed"
+    ((key, entry),) = json.loads((tmp_path / "cache" / MODEL_RATES_FILE).read_text()).items()
+    assert "|compiled no|" in key and entry["fps"] > 0
