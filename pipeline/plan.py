@@ -682,7 +682,7 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
     settings = dict(preset=preset or config.preset_or_default, crf=config.crf_or_default, width=width, height=height,
                     bit_depth=10 if bytes_per_sample > 1 else 8)  # what one CPU encoder's speed depends on
     speed_key = "" if use_nvenc else _speed_key(config.codec, **settings)
-    num_cores, speed, synthetic = os.cpu_count() or 2, None, None
+    num_cores, speed, synthetic = _num_cores(), None, None  # the cores this process may use (taskset, cpusets)
     if not config.parallel:  # the sequential baseline encodes in its one thread
         choice = EncoderChoice(1, "encoders: 1 (the sequential loop encodes in its one thread)")
     elif config.encoders:

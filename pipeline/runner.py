@@ -36,6 +36,7 @@ from pipeline.config import RunConfig
 from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, key_as_run, learn_content_factor,
                                      remember_model_rate)
 from pipeline.messages import ErrorChannel, StageFailed
+from pipeline import plan as planning
 from pipeline.plan import RunPlan, plan_run
 from pipeline.queues import FifoInbox, FifoOutbox, WorkQueue
 from pipeline.report import Outcome, describe, pixel_settings, raise_for, settle_output, settle_pictures, settle_segments
@@ -148,7 +149,7 @@ def run(
             remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), key, stats)
         if plan.encoder_speed_key and plan.segments is not None and config.parallel:  # the encoders' real speed
             learn_content_factor(stats, key=plan.encoder_speed_key, num_encoders=plan.num_encoders,
-                                 num_cores=os.cpu_count() or 2, speeds_memo=ProbeMemo(default_cache_dir() / ENCODER_SPEEDS_FILE),
+                                 num_cores=planning._num_cores(), speeds_memo=ProbeMemo(default_cache_dir() / ENCODER_SPEEDS_FILE),
                                  factors_memo=ProbeMemo(default_cache_dir() / ENCODER_FACTORS_FILE))
         _note_late_stop(stats, outcome)
     return stats

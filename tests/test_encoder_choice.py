@@ -77,6 +77,7 @@ def sixteen_cores(monkeypatch):
     from pipeline import plan as planning
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(planning, "_num_cores", lambda: 16)  # the cores the process may use (its affinity)
     monkeypatch.setattr(planning, "_available_memory_bytes", lambda: 64 << 30)
     return planning
 
@@ -130,7 +131,7 @@ def test_explicit_encoders_are_obeyed_without_measuring(sixteen_cores, monkeypat
         _, choice = planning._plan_segments(RunConfig(source=src, segment_frames=10, encoders=n), source, 2560, 1920,
                                             use_nvenc=False, notes=[])
         assert (choice.num_encoders, choice.line) == (n, f"encoders: {n} (--encoders)")
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # nothing to choose: one encoder, nothing measured
+    monkeypatch.setattr(planning, "_num_cores", lambda: 2)  # nothing to choose: one encoder, nothing measured
     _, choice = planning._plan_segments(RunConfig(source=src, segment_frames=10), source, 2560, 1920,
                                         use_nvenc=False, notes=[])
     assert choice.num_encoders == 1
@@ -553,3 +554,19 @@ def test_a_run_whose_model_stayed_eager_remembers_an_eager_rate(tmp_path, monkey
     assert stats.to_dict()["workers"][0]["compile"]["status"] == "failed"
     ((key, entry),) = json.loads((tmp_path / "cache" / MODEL_RATES_FILE).read_text()).items()
     assert "|compiled no|" in key and entry["fps"] > 0
+
+
+def test_the_pool_is_planned_for_the_cores_the_process_may_use(monkeypatch, clips):
+    """Under taskset or a cpuset the machine's core count overstates what the encoders get: the
+    choice (and the threads each encoder runs) follow the process's affinity."""
+    from pipeline import plan as planning
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(planning, "_available_memory_bytes", lambda: 64 << 30)
+    monkeypatch.setattr(planning, "_encoder_speed", lambda *a, **k: EncoderSpeed(fps=10.0, cores_busy=1.0))
+    monkeypatch.setattr(planning, "_model_rate", lambda key: 1000.0)  # a fast model: as many encoders as allowed
+    src = clips("choice.mp4", num_frames=120)
+    _, choice = planning._plan_segments(RunConfig(source=src, segment_frames=10), planning.probe_source(src), 2560, 1920,
+                                        use_nvenc=False, notes=[], model_rate_key="k")
+    assert choice.num_encoders == 2 and "4 cores allow 2" in choice.line

@@ -279,6 +279,7 @@ def test_auto_encoders_respect_cores_and_memory(monkeypatch, clips):
     import os
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(planning, "_num_cores", lambda: 16)
     monkeypatch.setattr(planning, "_available_memory_bytes", lambda: 64 << 30)
     monkeypatch.setattr(planning, "_encoder_speed", lambda *a, **k: EncoderSpeed(fps=20.0, cores_busy=4.0))
     monkeypatch.setattr(planning, "_model_rate", lambda key: None)  # not known: the limits decide
