@@ -47,7 +47,7 @@ from hw.encode_speed import EncoderSpeed, known_encoder_speed
 from hw.memory import entry_number
 
 __all__ = ["EncoderChoice", "choose_encoders", "content_factor", "encoder_busy_share", "encoder_capacity_fps", "encoder_threads",
-           "key_as_run", "learn_content_factor", "model_rate_key", "pool_fps", "remember_content_factor", "remember_model_rate", "remembered_content_factor",
+           "compiled_as_run", "learn_content_factor", "model_rate_key", "pool_fps", "remember_content_factor", "remember_model_rate", "remembered_content_factor",
            "remembered_model_rate", "ENCODER_FACTORS_FILE", "MIN_FRAMES_FOR_RATE", "MODEL_RATES_FILE"]
 
 log = logging.getLogger(__name__)
@@ -193,19 +193,14 @@ def model_rate_key(*, model: str, scale: int, width: int, height: int, devices: 
             f"compiled {','.join('yes' if c else 'no' for c in compiled)}|tiles {tile_size}|interpolate {interpolate}")
 
 
-def key_as_run(key: str, devices: list[str], stats) -> str:
-    """`key` (`model_rate_key`) with its "compiled" part as the workers ran: a device compiled only
-    where one of its workers ran compiled. A model kept eager (the encoders bound the run:
-    pipeline/worker.py `Worker._weigh_compile`), or whose compilation failed or differed, ran
-    eagerly, and its rate must not be remembered as the compiled model's (the next run would plan
-    too few encoders for a compiled model). `devices`: the plan's, in the key's order (`str(dev)`)."""
-    ran = ["yes" if any(w.device == dev and getattr(getattr(w, "compile", None), "status", "eager") == "compiled"
-                        for w in stats.workers.values()) else "no" for dev in devices]
-    head, sep, tail = key.partition("|compiled ")
-    if not sep:
-        return key
-    _, bar, rest = tail.partition("|")
-    return f"{head}|compiled {','.join(ran)}{bar}{rest}"
+def compiled_as_run(devices: list[str], stats) -> list[bool]:
+    """Per device (`str(dev)`, in the plan's order): whether one of its workers ran the model
+    compiled. A model kept eager (the encoders bound the run: pipeline/worker.py
+    `Worker._weigh_compile`), or whose compilation failed or differed, ran eagerly, and its rate
+    must not be remembered as the compiled model's (the next run would plan too few encoders for
+    a compiled model): the key it goes under (`model_rate_key`) says how the workers ran."""
+    return [any(w.device == dev and getattr(getattr(w, "compile", None), "status", "eager") == "compiled"
+                for w in stats.workers.values()) for dev in devices]
 
 
 def source_frames_per_second(stats) -> float | None:

@@ -36,11 +36,12 @@ from models.compiled import compile_choice
 from models.registry import default_cache_dir
 from pipeline.config import RunConfig, default_output_path
 from pipeline.decoders import DecodePlan, choose_decoders, plan_decoders
-from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, EncoderChoice, choose_encoders, encoder_threads,
-                                     model_rate_key, pool_fps, remembered_content_factor, remembered_model_rate)
-from pipeline.segments import PartsFolder, SegmentLayout
+from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, EncoderChoice, choose_encoders, compiled_as_run,
+                                     encoder_threads, model_rate_key, pool_fps, remembered_content_factor,
+                                     remembered_model_rate)
+from pipeline.segments import PartsFolder, SegmentLayout, recorded_taper
 
-__all__ = ["RunPlan", "plan_run", "plan_devices", "DevicePlan"]
+__all__ = ["RunPlan", "plan_run", "plan_devices", "DevicePlan", "model_rate_key_as_run"]
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +248,9 @@ def plan_run(config: RunConfig) -> RunPlan:
     if segments is not None:
         inputs = [("--source", Path(config.source)), ("--audio", config.audio),
                   ("--model", Path(config.model) if Path(config.model).is_file() else None)]
-        PartsFolder(Path(output)).check(resume=config.resume, overwrite=overwrite,
-                                        inputs=[(flag, path) for flag, path in inputs if path is not None])
-        segments = _tapered(segments, config, source, 1 if use_nvenc else encoders.num_encoders, PartsFolder(Path(output)))
+        parts = PartsFolder(Path(output))
+        parts.check(resume=config.resume, overwrite=overwrite, inputs=[(flag, path) for flag, path in inputs if path is not None])
+        segments = _tapered(segments, config, source, 1 if use_nvenc else encoders.num_encoders, parts)
     threads = 0 if use_nvenc else encoder_threads(encoders.num_encoders, _num_cores())
     encoder_line = f"{encoders.line}; {threads} thread(s) each" if threads and encoders.line else encoders.line
     return RunPlan(
@@ -650,6 +651,14 @@ def _model_rate_key(config: RunConfig, model: LoadedModel, source: SourceInfo, d
                           interpolate=max(1, getattr(config, "interpolate", 1)))
 
 
+def model_rate_key_as_run(plan: RunPlan, stats) -> str:
+    """`plan.model_rate_key` with each device compiled only where one of its workers ran compiled
+    (`pipeline.encoder_choice.compiled_as_run`): where the run remembers the rate it delivered."""
+    ran = compiled_as_run([str(d) for d in plan.devices], stats)
+    return _model_rate_key(plan.config, plan.model, plan.source, plan.devices, plan.dtypes,
+                           {str(d): (on, "") for d, on in zip(plan.devices, ran)})
+
+
 def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: int, *, use_nvenc: bool,
                    notes: list[str], bytes_per_sample: int = 1, preset: str | None = None,
                    model_rate_key: str = "") -> tuple[SegmentLayout | None, EncoderChoice]:
@@ -732,8 +741,7 @@ def _tapered(layout: SegmentLayout, config: RunConfig, source: SourceInfo, num_e
     if config.resume:
         recorded = parts.recorded_settings()
         if recorded is not None:
-            taper = recorded.get("segment_taper")
-            return replace(layout, taper_end=taper if type(taper) is int and taper >= 1 else None)
+            return replace(layout, taper_end=recorded_taper(recorded))
     total = _frames_estimate(config, source)
     if num_encoders < 2 or total < 1 or config.segment_frames is not None or max(1, getattr(config, "interpolate", 1)) > 1:
         return layout

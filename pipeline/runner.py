@@ -33,8 +33,7 @@ from models.registry import default_cache_dir
 from pipeline.build import ModelSource, Stages, Wrap, build
 from pipeline.collector import Collector
 from pipeline.config import RunConfig
-from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, key_as_run, learn_content_factor,
-                                     remember_model_rate)
+from pipeline.encoder_choice import ENCODER_FACTORS_FILE, MODEL_RATES_FILE, learn_content_factor, remember_model_rate
 from pipeline.messages import ErrorChannel, StageFailed
 from pipeline import plan as planning
 from pipeline.plan import RunPlan, plan_run
@@ -145,7 +144,7 @@ def run(
         if stats.num_corrupt_packets:
             stats.warn(f"source: {stats.num_corrupt_packets} corrupt packet(s) skipped; every decodable frame was processed")
         if plan.model_rate_key and config.parallel:  # for the next run's choice of encoders (pipeline.encoder_choice)
-            key = key_as_run(plan.model_rate_key, [str(d) for d in plan.devices], stats)  # kept eager: an eager rate
+            key = planning.model_rate_key_as_run(plan, stats)  # a model kept eager: under "compiled no"
             remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), key, stats)
         if plan.encoder_speed_key and plan.segments is not None and config.parallel:  # the encoders' real speed
             learn_content_factor(stats, key=plan.encoder_speed_key, num_encoders=plan.num_encoders,

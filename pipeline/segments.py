@@ -33,7 +33,7 @@ from pathlib import Path
 from core.errors import InvalidOption, OutputExists, OutputNotWritable, UnsafeOutput
 from core.files import file_sha256, write_file_atomically
 
-__all__ = ["SegmentLayout", "Manifest", "PartsFolder", "source_fingerprint", "check_picture_manifest", "PICTURE_MANIFEST",
+__all__ = ["SegmentLayout", "Manifest", "PartsFolder", "recorded_taper", "source_fingerprint", "check_picture_manifest", "PICTURE_MANIFEST",
            "MANIFEST_VERSION"]
 
 log = logging.getLogger(__name__)
@@ -228,12 +228,19 @@ class Manifest:
         return out
 
 
+def recorded_taper(settings: dict[str, object]) -> int | None:
+    """The `segment_taper` a run's settings record (`SegmentLayout.taper_end`); None: none (a run
+    made before segments tapered, or one not tapered), or not a valid one."""
+    taper = settings.get("segment_taper")
+    return taper if type(taper) is int and taper >= 1 else None
+
+
 def _recorded_layout(settings: dict[str, object]) -> SegmentLayout | None:
     """The segment layout the settings of a run record (None: not a segmented run's)."""
-    segment_frames, taper = settings.get("segment_frames"), settings.get("segment_taper")
+    segment_frames = settings.get("segment_frames")
     if type(segment_frames) is not int or segment_frames < 1:
         return None
-    return SegmentLayout(segment_frames, taper_end=taper if type(taper) is int and taper >= 1 else None)
+    return SegmentLayout(segment_frames, taper_end=recorded_taper(settings))
 
 
 PICTURE_MANIFEST = ".framepipe-run.json"

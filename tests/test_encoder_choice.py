@@ -522,22 +522,23 @@ def test_a_run_into_the_pool_teaches_the_next_plan(sixteen_cores, monkeypatch, c
 def test_a_rate_is_remembered_under_how_the_workers_ran_not_how_the_plan_meant_them_to():
     """A model the worker kept eager (the encoders bound the run), or whose compilation failed,
     ran eagerly: its rate goes under "compiled no", never as the compiled model's."""
-    from pipeline.encoder_choice import key_as_run, model_rate_key
+    from pipeline.encoder_choice import compiled_as_run, model_rate_key
 
-    key = model_rate_key(model="m", scale=4, width=480, height=270, devices=["H100", "H100"], dtypes=["float16"] * 2,
-                         compiled=[True, True])
+    base = dict(model="m", scale=4, width=480, height=270, devices=["H100", "H100"], dtypes=["float16"] * 2)
+    key = model_rate_key(**base, compiled=[True, True])
 
     def stats(*statuses):
         return SimpleNamespace(workers={f"w{i}": SimpleNamespace(device=f"cuda:{i}", compile=SimpleNamespace(status=s))
                                         for i, s in enumerate(statuses)})
 
-    devices = ["cuda:0", "cuda:1"]
-    assert key_as_run(key, devices, stats("compiled", "compiled")) == key
-    assert key_as_run(key, devices, stats("eager", "compiled")) == key.replace("compiled yes,yes", "compiled no,yes")
-    assert key_as_run(key, devices, stats("failed", "mismatch")) == key.replace("compiled yes,yes", "compiled no,no")
-    assert key_as_run(key, devices, stats("compiled")) == key.replace("compiled yes,yes", "compiled yes,no")  # one left out
-    assert key_as_run(key, devices, stats("eager", "eager")).endswith("|tiles 0|interpolate 1")
-    assert key_as_run("no compile part", devices, stats("eager")) == "no compile part"
+    def as_run(*statuses):
+        return model_rate_key(**base, compiled=compiled_as_run(["cuda:0", "cuda:1"], stats(*statuses)))
+
+    assert as_run("compiled", "compiled") == key
+    assert as_run("eager", "compiled") == key.replace("compiled yes,yes", "compiled no,yes")
+    assert as_run("failed", "mismatch") == key.replace("compiled yes,yes", "compiled no,no")
+    assert as_run("compiled") == key.replace("compiled yes,yes", "compiled yes,no")  # one left out
+    assert as_run("eager", "eager").endswith("|tiles 0|interpolate 1")
 
 
 def test_a_run_whose_model_stayed_eager_remembers_an_eager_rate(tmp_path, monkeypatch):
