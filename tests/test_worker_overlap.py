@@ -101,7 +101,7 @@ def test_interpolation_does_not_overlap():
     assert not worker.overlap and worker.take_size == 4
 
 
-def test_a_run_overlaps_where_the_model_compiles_unless_framepipe_overlap_says(monkeypatch):
+def test_a_run_overlaps_where_the_model_compiles_unless_framepipe_overlap_says(monkeypatch, caplog):
     """By default a worker overlaps where its model compiles (measured faster there on an H100, and
     slower with an eager model); FRAMEPIPE_OVERLAP=1 turns it on wherever the path allows, =0 off."""
     from pipeline import build
@@ -112,6 +112,11 @@ def test_a_run_overlaps_where_the_model_compiles_unless_framepipe_overlap_says(m
     assert build._overlap_from_env() is None
     monkeypatch.delenv("FRAMEPIPE_OVERLAP")
     assert build._overlap_from_env() == "compiled"
+    monkeypatch.setenv("FRAMEPIPE_OVERLAP", "sometimes")
+    with caplog.at_level("WARNING"):
+        assert build._overlap_from_env() == "compiled"
+    assert [r.getMessage() for r in caplog.records] == [
+        "FRAMEPIPE_OVERLAP=sometimes: not 1 or 0; the default (overlap where the model compiles) applies"]
 
     def worker(device, compile):
         return Worker("w", device, lambda d, t: None, stats=WorkerStats("w", str(device)), warn=lambda m: None,
