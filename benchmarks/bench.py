@@ -84,10 +84,8 @@ def decode_alone(src: Path, *, nvdec: bool, gpu: int = 0) -> dict:
     return {"frames": n, "seconds": round(seconds, 3), "fps": round(n / seconds, 1)}
 
 
-def model_alone(args, *, batch: int, height: int, width: int, mode: str, seconds_target: float = 4.0,
-                cuda_graph: bool | None = None) -> dict:
-    """The model on random frames of the source's size: `mode` eager, channels_last or compiled
-    (`cuda_graph`: as models.compiled.CompiledModel takes it; None, its default)."""
+def model_alone(args, *, batch: int, height: int, width: int, mode: str, seconds_target: float = 4.0) -> dict:
+    """The model on random frames of the source's size: `mode` eager, channels_last or compiled."""
     from models import choose_precision, load_model
     from models.compiled import CompiledModel, psnr_db
 
@@ -101,8 +99,7 @@ def model_alone(args, *, batch: int, height: int, width: int, mode: str, seconds
         if mode == "eager":
             fn = module
         else:
-            wrapped = CompiledModel(module, name=args.model, enabled=mode == "compiled", warn=print,
-                                    cuda_graph=cuda_graph)
+            wrapped = CompiledModel(module, name=args.model, enabled=mode == "compiled", warn=print)
             wrapped.batch_size = batch
             if mode == "compiled":
                 t0 = time.perf_counter()

@@ -22,8 +22,6 @@ encoder pool, eager model unless --compile on, batch 4) runs whole, in these var
   no-overlap     FRAMEPIPE_OVERLAP=0: never overlapped
   no-taper       --segment-frames 144: every segment 6 s long (the clip is 24 fps), the last ones too, not
                  shorter towards the end (the default since 2026-12-06, pipeline.segments.SegmentLayout)
-  no-graph       FRAMEPIPE_CUDA_GRAPHS=0: the compiled model's kernels launched one by one, not replayed
-                 as one CUDA graph a batch (the default since 2026-12-06, models.compiled.GraphedCall)
 Variants join with "+" (overlap+spare-threads: both changes in one run). Each run reports the GPU's
 mean utilization (NVML, sampled by the run) and the worker's busy and waiting seconds.
 and once with `--output-mode none` (the stages before the encoder, for the ratio).
@@ -79,8 +77,7 @@ VARIANTS = {"default": {}, "ffmpeg-threads": {"own_threads": True}, "switch-1ms"
             "encoders-nice": {"nice": 10}, "both": {"interval": 0.001, "nice": 10}, "spare-threads": {"spare": 2},
             "pin-2": {"pin": 2}, "pin-4": {"pin": 4},
             "overlap": {"env": {"FRAMEPIPE_OVERLAP": "1"}}, "no-overlap": {"env": {"FRAMEPIPE_OVERLAP": "0"}},
-            "no-taper": {"args": ["--segment-frames", "144"]},  # 6 s at 24 fps, framepipe's length, all of it
-            "no-graph": {"env": {"FRAMEPIPE_CUDA_GRAPHS": "0"}}}
+            "no-taper": {"args": ["--segment-frames", "144"]}}  # 6 s at 24 fps, framepipe's length, all of it
 
 
 def variant(name: str) -> dict:
@@ -101,8 +98,7 @@ def run(clip: Path, out: Path, tag: str, *, interval: float = 0, nice: int = 0, 
     cmd = [sys.executable, "-c", script, "--source", str(clip), "--model", model, "--parallel", "--compile", compile,
            "--stats-json", str(stats_path), *extra, *(args or [])]
     t0 = time.perf_counter()
-    inherited = {k: v for k, v in os.environ.items()  # "default" is framepipe's default
-                 if k not in ("FRAMEPIPE_OVERLAP", "FRAMEPIPE_CUDA_GRAPHS")}
+    inherited = {k: v for k, v in os.environ.items() if k != "FRAMEPIPE_OVERLAP"}  # "default" is framepipe's default
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**inherited, **(env or {})})
     seconds = time.perf_counter() - t0
     (out / f"{tag}.log").write_text(proc.stdout + proc.stderr)
@@ -119,7 +115,6 @@ def run(clip: Path, out: Path, tag: str, *, interval: float = 0, nice: int = 0, 
             "gpu_utilization": [w.get("mean_utilization_percent") for w in s.get("workers", [])],
             "overlap": [w.get("overlap") for w in s.get("workers", [])],
             "compile": [(w.get("compile") or {}).get("status") for w in s.get("workers", [])],
-            "cuda_graph": [(w.get("compile") or {}).get("cuda_graph") for w in s.get("workers", [])],
             "stages": s.get("stages"),
             "batch_sizes": [w.get("batch_sizes") for w in s.get("workers", [])],
             "encoders": s.get("encoders")}

@@ -27,9 +27,8 @@
 #   bash benchmarks/gpu_host.sh issue12o  # compiling weighed against the encoders: GPU tests, encode-bound job (1440 frames, after a first run)
 #   bash benchmarks/gpu_host.sh issue12p  # encode-bound job, encode alone on the exact frames the pipeline encoded vs its output decoded
 #   bash benchmarks/gpu_host.sh issue12q  # the tapered segments off vs the default (the compiled model-bound job)
-#   bash benchmarks/gpu_host.sh issue12s  # the compiled model as one CUDA graph: its GPU tests, then target 2's model-bound job
-#   bash benchmarks/gpu_host.sh issue12t  # the compiled model-bound job with the CUDA graph and without (bench_contention)
-#   bash benchmarks/gpu_host.sh issue12u  # tests/test_compile.py on the host's torch; the CUDA graph vs none, model alone (bench_graph.py)
+#   bash benchmarks/gpu_host.sh issue12s  # tests/test_compile.py's GPU tests, then target 2's model-bound job
+#   bash benchmarks/gpu_host.sh issue12u  # tests/test_compile.py whole on the host's torch
 #   bash benchmarks/gpu_host.sh issue12r  # target 2's encode-bound job as a second run; the pool alone tapered vs not
 #   bash benchmarks/gpu_host.sh dispatch  # the encoder pool's segment dispatch, least-loaded vs round-robin (bench_dispatch.py)
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
@@ -290,25 +289,17 @@ for k in range(2):
         | tee "$OUT/pytest-q.log" | tail -2
       python3 -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests/test_compile.py 2>&1 | tee "$OUT/pytest-q-gpu.log" | tail -2
       tar czf "$OUT/issue12q.tgz" --exclude "*.mp4" -C "$OUT" contention-q && rm -rf "$OUT/contention-q" ;;
-    issue12s)  # the compiled model as one CUDA graph a batch: its GPU tests, then target 2's model-bound job (~6 min)
+    issue12s)  # tests/test_compile.py's GPU tests, then target 2's model-bound job (~6 min; as run on 2026-12-06 at
+               # commit c25878b, with a CUDA graph of the compiled model, since removed)
       python3 -m pytest -q -rs -p no:cacheprovider -m needs_cuda tests/test_compile.py 2>&1 | tee "$OUT/pytest-s-gpu.log" | tail -3
       skip=decode_nvdec,pipeline_parallel_cold,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1
       timeout "${BENCH_LIMIT:-330}" python3 benchmarks/bench.py --make-clip 480x270 --frames "${FRAMES_MODEL:-1200}" --model realesrgan-x4plus-anime \
         --preset veryfast --crf 23 --skip "$skip" --out "$OUT/model-bound" --work /tmp/bench-model > "$OUT/bench-model-bound.log" 2>&1
       bench_summary "$OUT/model-bound" 2>&1 | tee "$OUT/issue12s.log"
       tar czf "$OUT/issue12s.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" model-bound && rm -rf "$OUT/model-bound" ;;
-    issue12t)  # the compiled model-bound job with the CUDA graph (the default) and without, alternated (~7 min)
-      timeout "${BENCH_LIMIT:-480}" python3 benchmarks/bench_contention.py --compile on --frames "${FRAMES:-1200}" --encoders 6 \
-        --repeats "${REPEATS:-2}" --variants "${VARIANTS:-default,no-graph}" --out "$OUT/contention-t" \
-        > "$OUT/bench-contention-t.log" 2>&1
-      tail -6 "$OUT/bench-contention-t.log"
-      grep -h "compil\|graph" "$OUT"/contention-t/default-1.log | head -5
-      tar czf "$OUT/issue12t.tgz" --exclude "*.mp4" -C "$OUT" contention-t && rm -rf "$OUT/contention-t" ;;
-    issue12u)  # the fix for the worker's calls during a trace (tests/test_compile.py whole, on the host's torch),
-               # then the CUDA graph against none, the model alone, idle and with every core spinning (~4 min)
-      python3 -m pytest -q -rs -p no:cacheprovider tests/test_compile.py 2>&1 | tee "$OUT/pytest-u.log" | tail -3
-      timeout "${BENCH_LIMIT:-300}" python3 benchmarks/bench_graph.py --out "$OUT/graph" > "$OUT/bench-graph.log" 2>&1
-      tail -8 "$OUT/bench-graph.log" ;;
+    issue12u)  # tests/test_compile.py whole on the host's torch (the fx patches confined to the compile thread; as run
+               # on 2026-12-06 at commit c25878b, also bench_graph.py: a CUDA graph against none, since removed) (~4 min)
+      python3 -m pytest -q -rs -p no:cacheprovider tests/test_compile.py 2>&1 | tee "$OUT/pytest-u.log" | tail -3 ;;
     issue12r)  # target 2's encode-bound job as a second run finds it (a first run before the measured one), the pool
                # alone on tapered and on untapered segments (~7 min)
       skip=decode_nvdec,model_compiled,compile_cache_warmup,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1,encode_alone_k_reencoded

@@ -6,8 +6,6 @@ loader and the self-test all read these; a new codec or preset is added here onl
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import Literal, get_args
 
 __all__ = [
@@ -37,7 +35,6 @@ __all__ = [
     "PICTURE_FORMATS",
     "COMPILE_CHOICES",
     "OUTPUT_MODES",
-    "env_switch",
 ]
 
 DEFAULT_MODEL = "realesr-animevideov3"
@@ -107,20 +104,3 @@ INTERPOLATE_ONLY_MODEL = "bicubic"  # at scale 1: the identity, so --interpolate
 DEFAULT_INTERPOLATION_MODEL = "rife"
 DEFAULT_SCENE_THRESHOLD = 0.2  # SSIM of 32x32 thumbnails below which two frames are a scene cut (RIFE's own rule)
 SPLIT_TRANSPORTS = ("p2p", "bytes")
-
-
-# FRAMEPIPE_* switches (FRAMEPIPE_OVERLAP, FRAMEPIPE_CUDA_GRAPHS): one spelling of on and off.
-_ON, _OFF = ("1", "on", "yes", "true"), ("0", "off", "no", "false")
-
-
-def env_switch(name: str, default: str) -> bool | None:
-    """The on/off environment variable `name`: True, False, or None where it is unset; a value that
-    is neither is one warning line (`default` says what applies then) and None."""
-    setting = os.environ.get(name, "").strip().lower()
-    if setting in _ON:
-        return True
-    if setting in _OFF:
-        return False
-    if setting:
-        logging.getLogger(__name__).warning("%s=%s: not 1 or 0; %s applies", name, setting, default)
-    return None

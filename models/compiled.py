@@ -15,16 +15,11 @@ may keep the model eager before its first batch (`keep_eager`): where it already
 CPU encoders, compiling would not pay (pipeline/worker.py `Worker._weigh_compile`).
 
 Dynamo's frame hook is per thread, so the worker's eager calls run untouched while the
-background thread traces the same module (its weights are only read). Mode "default":
-torch.compile's own CUDA graphs ("reduce-overhead") keep per-thread state and hand out outputs
-the next call overwrites. On a GPU the compiled model is instead captured here as one CUDA graph
-(`GraphedCall`, after the PSNR check; FRAMEPIPE_CUDA_GRAPHS=0 leaves it out): a batch is then
-one launch, not hundreds of kernel launches each needing the GIL and a CPU core, so the GPU is
-fed while the x264 encoders load every core. The capture runs on the compile thread's stream in
-thread-local mode (the worker's eager batches go on meanwhile), is checked against the compiled
-output, and keeps its own memory pool; out of memory later, the worker drops the graph
-(`release_graph`) and the compiled model runs without it. A capture that fails leaves the
-compiled model without a graph, said in its note.
+background thread traces the same module (its weights are only read); torch.fx's class-wide patches
+of nn.Module during that trace are kept to the compile thread (`confine_fx_patches`). Mode
+"default": torch.compile's CUDA graphs ("reduce-overhead") keep per-thread state and hand out
+outputs the next call overwrites; a CUDA graph of the compiled model captured here measured no
+faster on an H100, idle or with every core busy (benchmarks/RESULTS.md, 2026-12-06), so none.
 The compiled kernels land in the inductor cache (main.py points it into framepipe's cache
 folder), so a second run with the same model and shape compiles in seconds.
 
@@ -45,9 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.choices import env_switch
-
-__all__ = ["CompiledModel", "CompileState", "GraphedCall", "compile_choice", "confine_fx_patches", "psnr_db"]
+__all__ = ["CompiledModel", "CompileState", "compile_choice", "confine_fx_patches", "psnr_db"]
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +127,6 @@ class CompileState:
     shape: tuple[int, ...] | None = None
     num_compiled_batches: int = 0
     num_eager_batches: int = 0
-    cuda_graph: bool = False  # the compiled batches replay one CUDA graph
 
 
 class CompiledModel:
@@ -142,8 +134,7 @@ class CompiledModel:
 
     def __init__(self, module: torch.nn.Module, *, name: str, enabled: bool, warn: Callable[[str], None],
                  reason: str = "", min_psnr_db: float = 50.0, mode: str = "default",
-                 compile_fn: Callable[..., Callable] | None = None, prepare: Callable[..., None] | None = None,
-                 cuda_graph: bool | None = None, graph_fn: Callable[..., Callable] | None = None) -> None:
+                 compile_fn: Callable[..., Callable] | None = None, prepare: Callable[..., None] | None = None) -> None:
         self.module = module
         self.name = name
         self.warn = warn
@@ -161,13 +152,6 @@ class CompiledModel:
         self.batch_size = 1  # the batch size the worker settled on (set before its first batch)
         self._thread: threading.Thread | None = None
         self.channels_last = _is_cuda(module)
-        # None: where the batches are on a GPU, unless FRAMEPIPE_CUDA_GRAPHS=0 (a module without weights
-        # says nothing of its device); `graph_fn(fn, example, stream)` captures
-        if cuda_graph is None and env_switch("FRAMEPIPE_CUDA_GRAPHS", "the default (on a GPU)") is False:
-            cuda_graph = False
-        self.cuda_graph = cuda_graph
-        self._graph_fn = graph_fn or GraphedCall
-        self._ungraphed: Callable | None = None  # the compiled function under the graph (`release_graph`)
         if self.channels_last:  # before any forward: the compiled and the eager path share these weights
             module.to(memory_format=torch.channels_last)
 
@@ -207,17 +191,6 @@ class CompiledModel:
             return False
         self.enabled, self.kept_eager, self.prepare, self._kept_prepare = True, False, self._kept_prepare, None
         self.state.status, self.state.note = "waiting", why
-        return True
-
-    def release_graph(self) -> bool:
-        """Out of memory: drop the CUDA graph (its memory pool goes back with the next emptying of
-        the cache); the compiled model goes on without it. True if there was one."""
-        compiled, plain = self._compiled, self._ungraphed
-        if compiled is None or plain is None:
-            return False
-        self._compiled, self._ungraphed = (compiled[0], plain), None
-        self.state.cuda_graph = False
-        self.state.note += "; its CUDA graph dropped after running out of memory"
         return True
 
     def close(self) -> None:
@@ -286,63 +259,12 @@ class CompiledModel:
                                "running eagerly")
             self.warn(f"model {self.name}: {self.state.note}.")
             return
-        wanted = self.cuda_graph if self.cuda_graph is not None else device.type == "cuda"
-        graphed, graph_note = self._capture(fn, example, out, stream) if wanted else (None, "")
-        self.state.seconds = time.perf_counter() - t0
-        self._ungraphed = fn if graphed is not None else None
-        self._compiled = (tuple(example.shape), graphed or fn)
-        self.state.status, self.state.cuda_graph = "compiled", graphed is not None
+        self._compiled = (tuple(example.shape), fn)
+        self.state.status = "compiled"
         shown = "identical" if math.isinf(quality) else f"PSNR {quality:.1f} dB"
         self.state.note = (f"compiled in {self.state.seconds:.1f} s for batch {example.shape[0]} of "
-                           f"{example.shape[-1]}x{example.shape[-2]} ({shown} vs eager){graph_note}")
+                           f"{example.shape[-1]}x{example.shape[-2]} ({shown} vs eager)")
         log.info("%s: %s", self.name, self.state.note)
-
-
-    def _capture(self, fn: Callable, example: torch.Tensor, compiled_out: torch.Tensor,
-                 stream) -> tuple[Callable | None, str]:
-        """`fn` as one CUDA graph (`graph_fn`), checked against its own output on `example`; (None,
-        why) where the capture fails or differs: the compiled model then runs without it."""
-        try:
-            with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
-                graphed = self._graph_fn(fn, example, stream)
-                quality = psnr_db(graphed(example), compiled_out)
-                if stream is not None:
-                    stream.synchronize()
-        except Exception as exc:  # noqa: BLE001 - the compiled model without the graph is still good
-            log.debug("capturing %s as a CUDA graph failed", self.name, exc_info=True)
-            return None, f"; no CUDA graph ({type(exc).__name__}: {_first_line(exc)})"
-        if quality < self.min_psnr_db:
-            return None, f"; no CUDA graph (its output differed: PSNR {quality:.1f} dB)"
-        return graphed, "; one CUDA graph a batch"
-
-
-class GraphedCall:
-    """`fn` captured once as a CUDA graph for `example`'s shape (the compile thread's `stream`, not
-    the default stream). A call copies its input into the graph's own, replays the graph on the
-    caller's stream and returns a copy of the graph's output (the next replay overwrites it; the
-    copy is the caller's, freed as any tensor). The caller's stream waits for the call before
-    (on whatever stream that ran), so two streams never replay over each other's input."""
-
-    def __init__(self, fn: Callable, example: torch.Tensor, stream) -> None:
-        self._input = example.clone(memory_format=_memory_format(example))
-        with torch.cuda.stream(stream):
-            fn(self._input)  # warm on the capture stream: cuDNN and Triton choose nothing in the capture
-        stream.synchronize()
-        self._graph = torch.cuda.CUDAGraph()
-        # thread_local: the worker's own thread goes on allocating and synchronising meanwhile
-        with torch.cuda.graph(self._graph, stream=stream, capture_error_mode="thread_local"):
-            self._output = fn(self._input)
-        self._done = torch.cuda.Event()
-        self._done.record(stream)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        stream = torch.cuda.current_stream(x.device)
-        stream.wait_event(self._done)
-        self._input.copy_(x)
-        self._graph.replay()
-        out = self._output.clone()
-        self._done.record(stream)
-        return out
 
 
 def _pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:

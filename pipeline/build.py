@@ -8,6 +8,8 @@ runner decides how they run (threads or one loop). `wrap(name, stage)` lets a ca
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -16,7 +18,6 @@ from typing import Any, Protocol
 
 import torch
 
-from core.choices import env_switch
 from core.cut import CutSource, TimeShift
 from hw.encoding import Encoder
 from pipeline.messages import ErrorChannel
@@ -35,6 +36,7 @@ from pipeline.writer import DiscardWriter, PictureWriter, Writer
 
 __all__ = ["Stages", "build", "open_source", "open_encoder", "worker_names", "Wrap", "ModelSource"]
 
+log = logging.getLogger(__name__)
 
 Wrap = Callable[[str, Any], Any]
 
@@ -210,8 +212,14 @@ def _overlap_from_env() -> bool | str | None:
     (480x270 -> 1080p, into x264 by 6 encoders) the run went at 103.5 fps once compiled with it and
     95.7 without, its compiled batches at 118-120 fps with it and 108 without; with the eager
     model, whole runs into x264 lost 7-29% with it (52-53 vs 57-74 fps, 2026-12-05)."""
-    setting = env_switch("FRAMEPIPE_OVERLAP", "the default (overlap where the model compiles)")
-    return "compiled" if setting is None else (None if setting else False)
+    setting = os.environ.get("FRAMEPIPE_OVERLAP", "").strip().lower()
+    if setting in ("1", "on", "yes", "true"):
+        return None
+    if setting in ("0", "off", "no", "false"):
+        return False
+    if setting:
+        log.warning("FRAMEPIPE_OVERLAP=%s: not 1 or 0; the default (overlap where the model compiles) applies", setting)
+    return "compiled"
 
 
 def _temporal(plan: RunPlan) -> Temporal | None:

@@ -45,30 +45,6 @@ class StandIn:
         return fn
 
 
-class StandInGraph:
-    """`GraphedCall`'s shape: `(fn, example, stream) -> call`. Like a CUDA graph it replays one
-    shape only (another is an error, not a silent recompile), from its own input buffer; it
-    hands back a copy of its output, as GraphedCall does. `fail`: the capture raises;
-    `offset`: the replay differs from the function captured."""
-
-    def __init__(self, *, fail: bool = False, offset: float = 0.0) -> None:
-        self.fail, self.offset, self.replays, self.captures = fail, offset, 0, 0
-
-    def __call__(self, fn, example, stream):
-        if self.fail:
-            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
-        self.captures += 1
-        buffer = example.clone()
-
-        def replay(x):
-            assert x.shape == buffer.shape, (x.shape, buffer.shape)
-            buffer.copy_(x)
-            self.replays += 1
-            return fn(buffer).clone() + self.offset
-
-        return replay
-
-
 def _ready(model: CompiledModel, x: torch.Tensor, *, timeout: float = 60) -> None:
     model.batch_size = max(model.batch_size, x.shape[0])  # as the worker sets it
     with torch.inference_mode():
@@ -124,78 +100,6 @@ def test_a_compiled_model_that_differs_from_eager_is_not_used():
     assert len(stand_in.shapes) == calls  # never called again
     assert model.state.status == "mismatch" and model.state.psnr_db < 50
     assert len(warnings) == 1 and "PSNR" in warnings[0]
-
-
-def test_the_compiled_model_runs_as_one_cuda_graph_and_drops_it_when_memory_runs_out():
-    """A graph captured after the PSNR check replays every compiled batch (the last one padded to
-    its shape); out of memory, `release_graph` leaves the compiled function without it."""
-    module, stand_in, graphs, warnings = _conv(), StandIn(), StandInGraph(), []
-    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=stand_in,
-                          cuda_graph=True, graph_fn=graphs)
-    x = torch.rand(4, 3, 8, 8)
-    _ready(model, x)
-    state = model.state
-    assert state.status == "compiled" and state.cuda_graph and graphs.captures == 1, state
-    assert state.note.endswith("(identical vs eager); one CUDA graph a batch"), state.note
-    replays, calls = graphs.replays, len(stand_in.shapes)
-    with torch.inference_mode():
-        full, last, halved = model(x), model(x[:3]), model(x[:2])
-        assert torch.equal(full, module(x)) and torch.equal(last, module(x[:3])) and halved.shape[0] == 2
-    assert graphs.replays == replays + 2 and len(stand_in.shapes) == calls + 2  # the halved batch ran eagerly
-    assert model.release_graph() and not state.cuda_graph and "CUDA graph dropped" in state.note
-    with torch.inference_mode():
-        assert torch.equal(model(x), module(x))
-    assert graphs.replays == replays + 2 and len(stand_in.shapes) == calls + 3  # compiled, without the graph
-    assert model.release_graph() is False and state.num_compiled_batches == 3 and warnings == []
-
-
-@pytest.mark.parametrize("graphs, why", [(StandInGraph(fail=True), "no CUDA graph (RuntimeError: CUDA error: operation "
-                                                                   "not permitted when stream is capturing)"),
-                                         (StandInGraph(offset=0.05), "no CUDA graph (its output differed: PSNR")],
-                         ids=["capture-fails", "differs"])
-def test_a_cuda_graph_that_fails_or_differs_leaves_the_compiled_model_without_it(graphs, why):
-    module, stand_in, warnings = _conv(), StandIn(), []
-    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=stand_in,
-                          cuda_graph=True, graph_fn=graphs)
-    x = torch.rand(2, 3, 8, 8)
-    _ready(model, x)
-    assert model.state.status == "compiled" and not model.state.cuda_graph and why in model.state.note
-    calls, replays = len(stand_in.shapes), graphs.replays
-    with torch.inference_mode():
-        assert torch.equal(model(x), module(x))
-    assert len(stand_in.shapes) == calls + 1 and graphs.replays == replays and warnings == []
-    assert model.release_graph() is False
-
-
-def test_no_cuda_graph_on_the_cpu_nor_with_the_switch_off(monkeypatch):
-    """By default the batches' device decides (a model without weights, like bicubic, says nothing
-    of its own); FRAMEPIPE_CUDA_GRAPHS=0 leaves graphs out everywhere."""
-    graphs = StandInGraph()
-    model = CompiledModel(_conv(), name="m", enabled=True, warn=print, compile_fn=StandIn(), graph_fn=graphs)
-    assert model.cuda_graph is None
-    _ready(model, torch.rand(2, 3, 8, 8))  # CPU batches: no graph
-    assert model.state.status == "compiled" and graphs.captures == 0 and "graph" not in model.state.note
-    monkeypatch.setenv("FRAMEPIPE_CUDA_GRAPHS", "0")
-    assert CompiledModel(_conv(), name="m", enabled=True, warn=print).cuda_graph is False
-    assert CompiledModel(_conv(), name="m", enabled=True, warn=print, cuda_graph=True).cuda_graph is True
-
-
-def test_a_worker_out_of_memory_drops_the_cuda_graph_and_keeps_every_frame(monkeypatch):
-    from tests.faults import WorkerFaults
-    from tests.test_worker_overlap import make_worker, yuv_frames
-
-    monkeypatch.setattr(torch, "compile", StandIn())
-    worker = make_worker(overlap=False, batch_size=4, compile=(True, "compiled (on)"),
-                         faults=WorkerFaults(oom_at_batch=3))
-    graphs = StandInGraph()
-    worker.model.cuda_graph, worker.model._graph_fn = True, graphs
-    first = worker.process(yuv_frames(4))
-    assert worker.model.wait(timeout=60).cuda_graph
-    rest = worker.process(yuv_frames(8, first=4))  # model calls 2 (graph), 3 (out of memory), then at batch 2
-    state = worker.model.state
-    assert [r.index for r in first + rest] == list(range(12))
-    assert worker.ws.num_oom == 1 and not state.cuda_graph and "CUDA graph dropped" in state.note, state
-    assert graphs.replays >= 1 and worker.ws.to_dict()["compile"]["cuda_graph"] is False
 
 
 def test_a_trace_in_one_thread_leaves_module_calls_in_another_alone():
@@ -337,7 +241,7 @@ def test_on_a_gpu_compiled_runs_match_eager_runs_frame_for_frame(tmp_path):
                               batch_size=4, crf=0, preset="ultrafast"), wrap=_wait_for_the_compiler)
         out[mode] = (probe.frames_yuv(path), probe.pts_exact(path), stats.to_dict()["workers"][0]["compile"])
     (eager, eager_pts, _), (frames, pts, state) = out["off"], out["on"]
-    assert state["status"] == "compiled" and state["psnr_db_vs_eager"] > 50 and state["cuda_graph"] is True, state
+    assert state["status"] == "compiled" and state["psnr_db_vs_eager"] > 50, state
     assert len(frames) == len(eager) == 240 and pts == eager_pts
     worst = min(psnr_db(torch.from_numpy(a).float() / 255, torch.from_numpy(b).float() / 255)
                 for a, b in zip(frames, eager))
@@ -346,26 +250,28 @@ def test_on_a_gpu_compiled_runs_match_eager_runs_frame_for_frame(tmp_path):
 
 @pytest.mark.needs_cuda
 @pytest.mark.timeout(600)
-def test_on_a_gpu_the_cuda_graph_is_captured_beside_eager_batches_and_its_outputs_stay_put():
-    """The real torch.compile and CUDA graph on a GPU, fp16: captured while another thread runs the
-    model eagerly on its own stream (as the worker does meanwhile), then replayed from a third
-    stream; each call's output is its own (the next replay does not overwrite it) and matches
-    eager; dropping the graph leaves the compiled model."""
+def test_on_a_gpu_the_model_compiles_while_another_thread_runs_it_eagerly():
+    """The real torch.compile on a GPU, fp16, with caches that may miss (the trace runs): compiled in
+    the background thread while another thread runs the same module eagerly on its own stream, as
+    the worker does meanwhile; neither fails, and the compiled model matches eager."""
     import threading
 
     torch.manual_seed(0)
     dev = torch.device("cuda")
     module = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(16, 12, 3, padding=1),
                            nn.PixelShuffle(2)).to(dev, torch.float16).eval().requires_grad_(False)
-    warnings, stop, eager_calls = [], threading.Event(), []
+    warnings, stop, eager_calls, errors = [], threading.Event(), [], []
     model = CompiledModel(module, name="net", enabled=True, warn=warnings.append)
 
     def worker_meanwhile():
         stream, y = torch.cuda.Stream(dev), torch.rand(4, 3, 64, 96, device=dev, dtype=torch.float16)
-        with torch.inference_mode(), torch.cuda.stream(stream):
-            while not stop.is_set():
-                model.eager(y).float().sum().item()  # allocates, frees, synchronises: all legal beside the capture
-                eager_calls.append(1)
+        try:
+            with torch.inference_mode(), torch.cuda.stream(stream):
+                while not stop.is_set():
+                    model.eager(y).float().sum().item()
+                    eager_calls.append(1)
+        except Exception as exc:  # noqa: BLE001 - what the test looks for
+            errors.append(exc)
 
     thread = threading.Thread(target=worker_meanwhile)
     thread.start()
@@ -374,20 +280,12 @@ def test_on_a_gpu_the_cuda_graph_is_captured_beside_eager_batches_and_its_output
     finally:
         stop.set()
         thread.join(60)
-    state = model.state
-    assert state.status == "compiled" and state.cuda_graph and "one CUDA graph a batch" in state.note, state.note
-    assert eager_calls and warnings == []
-    xs = [torch.rand(4, 3, 64, 96, device=dev, dtype=torch.float16) for _ in range(3)]
-    with torch.inference_mode(), torch.cuda.stream(torch.cuda.Stream(dev)):
-        ys = [model(x) for x in xs] + [model(xs[0][:3])]
-        refs = [model.eager(x) for x in xs] + [model.eager(xs[0][:3])]
-        torch.cuda.current_stream().synchronize()
-    assert [y.shape for y in ys] == [r.shape for r in refs] and ys[3].shape[0] == 3
-    assert min(psnr_db(y, r) for y, r in zip(ys, refs)) > 50
-    assert psnr_db(ys[0], ys[1]) < 40  # different inputs, different outputs: none overwritten by a later replay
-    assert state.num_compiled_batches == 4 and model.release_graph() and not state.cuda_graph
+    assert model.state.status == "compiled", model.state.note
+    assert eager_calls and errors == [] and warnings == []
+    x = torch.rand(4, 3, 64, 96, device=dev, dtype=torch.float16)
     with torch.inference_mode():
-        assert psnr_db(model(xs[2]), refs[2]) > 50
+        assert psnr_db(model(x), model.eager(x)) > 50
+    assert model.state.num_compiled_batches == 1
 
 
 class _Helper:
