@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     codec.add_argument("--encoders", type=int, default=0, metavar="N",
                        help="encoders working at once on consecutive segments; 0 = auto (default): enough for the model's rate "
                        "from one encoder's measured speed, within the cores and memory")
+    codec.add_argument("--cores", type=int, metavar="N",
+                       help="CPU cores the decoders, encoders and their threads are planned for (default: every core the "
+                       "process may use: its affinity, within a container's CPU quota); for a machine shared with other jobs")
     codec.add_argument("--segment-frames", type=int, metavar="N", help="frames per segment (default: about 6 seconds)")
     codec.add_argument("--segment-seconds", type=float, metavar="S", help="seconds per segment, a whole number of frames (default 6)")
     codec.add_argument("--preset", help="encoder preset (x264/x265: ultrafast..veryslow, default medium; SVT-AV1: 0-13, default 8; NVENC: p1-p7, default p4)")
@@ -235,6 +238,7 @@ def _config_from_args(args, *, sample: bool):
         overwrite=args.overwrite,
         replace_default_output=sample and args.output is None,
         encoders=args.encoders,
+        cores=args.cores,
         segment_frames=args.segment_frames,
         segment_seconds=args.segment_seconds,
         resume=args.resume,

@@ -17,7 +17,6 @@ real video; flat or repeated pictures encode many times faster than anything a m
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from fractions import Fraction
 import numpy as np
 
 from core.choices import CPU_ENCODERS, OUTPUT_PIX_FMT
+from hw.scheduling import usable_cores
 
 __all__ = ["EncoderSpeed", "known_encoder_speed", "measure_encoder_speed", "remembered_encoder_speed", "speed_key",
            "ENCODER_SPEEDS_FILE"]
@@ -53,7 +53,7 @@ def speed_key(codec: str, *, preset: str, crf: int | None, width: int, height: i
     """What a measurement depends on: the encoder and its settings, the size, the machine."""
     import av
 
-    cores = num_cores if num_cores is not None else os.cpu_count() or 1
+    cores = num_cores if num_cores is not None else usable_cores()
     libavcodec = ".".join(str(v) for v in av.library_versions.get("libavcodec", ()))
     return (f"{CPU_ENCODERS[codec]}|preset {preset}|crf {crf}|{width}x{height}|{bit_depth}-bit|{cores} cores|"
             f"libavcodec {libavcodec}")
@@ -127,7 +127,7 @@ def measure_encoder_speed(codec: str, *, preset: str, crf: int | None, width: in
         num_packets += len(ctx.encode(None))
         last_at = clock()
     wall, cpu = max(last_at - first_at, 1e-6), max(cpu_clock() - cpu_at, 1e-6)
-    speed = EncoderSpeed(fps=max(num_packets, 1) / wall, cores_busy=min(cpu / wall, float(os.cpu_count() or 1)))
+    speed = EncoderSpeed(fps=max(num_packets, 1) / wall, cores_busy=min(cpu / wall, float(usable_cores())))
     log.debug("%s %s %dx%d: %d frames fed, %d packets in %.2f s (%.1f fps, %.1f cores busy)", codec, preset, width,
               height, num_fed, num_packets, wall, speed.fps, speed.cores_busy)
     return speed

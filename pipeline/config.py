@@ -76,6 +76,9 @@ class RunConfig:
     replace_default_output: bool = False
     # Segmented output (pipeline/segments.py): parallel encoders, segment length, resume.
     encoders: int = 0  # 0 = auto (cores, frame size, memory)
+    # The CPU cores the plan counts on (decoders, encoders, x264 threads); None: all the process may
+    # use. The service gives each job its devices' share, so jobs side by side do not each plan for all.
+    cores: int | None = None
     segment_frames: int | None = None
     segment_seconds: float | None = None
     resume: bool = False
@@ -121,6 +124,9 @@ class RunConfig:
                                 "or a positive number, e.g. --decoders 4.")
         if self.encoders < 0:
             raise InvalidOption(f"Invalid --encoders ({self.encoders}): use 0 to choose by cores and memory, or a positive number.")
+        if self.cores is not None and self.cores < 1:
+            raise InvalidOption(f"Invalid --cores ({self.cores}): give at least 1, or leave it out for every core the "
+                                "process may use.")
         if self.segment_frames is not None and self.segment_seconds is not None:
             raise InvalidOption("--segment-frames and --segment-seconds were both given. Drop one of them.")
         if self.segment_frames is not None and self.segment_frames < 1:

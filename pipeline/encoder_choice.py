@@ -89,7 +89,8 @@ def choose_encoders(*, speed: EncoderSpeed | None, model_fps: float | None, num_
     for the line ("2560x1920 h264 medium")."""
     by_cores = max(1, num_cores // 2)
     allowed = max(1, min(by_cores, MAX_AUTO_ENCODERS, memory_fits, num_segments))
-    limits = (f"{num_cores} cores allow {by_cores}; memory allows {memory_fits}; {num_segments} segment(s); "
+    limits = (f"{num_cores} core{'s' if num_cores != 1 else ''} allow{'s' if num_cores == 1 else ''} {by_cores}; "
+              f"memory allows {memory_fits}; {num_segments} segment(s); "
               f"at most {MAX_AUTO_ENCODERS}")
     if speed is None or allowed == 1:
         return EncoderChoice(allowed, f"encoders: {allowed} ({limits})")

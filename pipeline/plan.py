@@ -31,6 +31,7 @@ from hw.encode_speed import ENCODER_SPEEDS_FILE, EncoderSpeed, known_encoder_spe
 from hw.memory import ProbeMemo
 from hw.pictures import (PictureSequence, PictureTarget, find_pictures, orientation, parse_fps, picture_target,
                          probe_pictures)
+from hw.scheduling import quota_note, usable_cores
 from models import LoadedModel
 from models.compiled import compile_choice
 from models.registry import default_cache_dir
@@ -159,7 +160,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     from models import load_model
 
     config.validate()
-    notes: list[str] = []
+    notes: list[str] = [note] if (note := quota_note()) else []
     pictures = find_pictures(config.source)
     source = probe_source(config.source) if pictures is None else _picture_source(config, pictures, notes)
     overwrite = config.overwrite or config.replace_default_output
@@ -251,7 +252,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         parts = PartsFolder(Path(output))
         parts.check(resume=config.resume, overwrite=overwrite, inputs=[(flag, path) for flag, path in inputs if path is not None])
         segments = _tapered(segments, config, source, 1 if use_nvenc else encoders.num_encoders, parts)
-    threads = 0 if use_nvenc else encoder_threads(encoders.num_encoders, _num_cores())
+    threads = 0 if use_nvenc else encoder_threads(encoders.num_encoders, cores_for(config))
     encoder_line = f"{encoders.line}; {threads} thread(s) each" if threads and encoders.line else encoders.line
     return RunPlan(
         config=config, source=source, model=model, output=Path(output), overwrite_output=overwrite or own_partial,
@@ -428,7 +429,7 @@ def _plan_decoding(config: RunConfig, source: SourceInfo, devices: tuple[torch.d
         from hw.nv_probe import nvdec_engines
 
         engines = nvdec_engines(torch.cuda.get_device_name(devices[0]))
-    num_cores = _num_cores()
+    num_cores = cores_for(config)
     wanted, why = choose_decoders(asked=asked, use_nvdec=use_nvdec, num_cores=num_cores,
                                   num_frames=_frames_estimate(config, source), nvdec_engines=engines)
     samples = 1.5 if use_nvdec or source.chroma_format == "420" else 3
@@ -448,10 +449,14 @@ def _plan_decoding(config: RunConfig, source: SourceInfo, devices: tuple[torch.d
 
 
 def _num_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """The cores the process may keep busy: its affinity, within a container's CPU quota
+    (hw.scheduling.usable_cores)."""
+    return usable_cores()
+
+
+def cores_for(config: RunConfig) -> int:
+    """The cores a run plans for: the process's, or the share `config.cores` gives it (the service)."""
+    return min(config.cores, _num_cores()) if config.cores else _num_cores()
 
 
 def _scan_packets(path: Path):
@@ -672,8 +677,6 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
     and memory (40% of the available memory, counting for each encoder one segment of queued
     frames plus ~60 frames inside x264, its look-ahead). NVENC: the sessions the GPU opens.
     """
-    import os
-
     rate = float(source.average_rate or 25)
     if config.segment_frames is not None:
         segment_frames = config.segment_frames
@@ -691,7 +694,7 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
     settings = dict(preset=preset or config.preset_or_default, crf=config.crf_or_default, width=width, height=height,
                     bit_depth=10 if bytes_per_sample > 1 else 8)  # what one CPU encoder's speed depends on
     speed_key = "" if use_nvenc else _speed_key(config.codec, **settings)
-    num_cores, speed, synthetic = _num_cores(), None, None  # the cores this process may use (taskset, cpusets)
+    num_cores, speed, synthetic = cores_for(config), None, None  # the cores this run may use (affinity, quota, share)
     if not config.parallel:  # the sequential baseline encodes in its one thread
         choice = EncoderChoice(1, "encoders: 1 (the sequential loop encodes in its one thread)")
     elif config.encoders:

@@ -148,7 +148,7 @@ def run(
             remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), key, stats)
         if plan.encoder_speed_key and plan.segments is not None and config.parallel:  # the encoders' real speed
             learn_content_factor(stats, key=plan.encoder_speed_key, num_encoders=plan.num_encoders,
-                                 num_cores=planning._num_cores(), speeds_memo=ProbeMemo(default_cache_dir() / ENCODER_SPEEDS_FILE),
+                                 num_cores=planning.cores_for(config), speeds_memo=ProbeMemo(default_cache_dir() / ENCODER_SPEEDS_FILE),
                                  factors_memo=ProbeMemo(default_cache_dir() / ENCODER_FACTORS_FILE))
         _note_late_stop(stats, outcome)
     return stats

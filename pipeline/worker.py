@@ -49,6 +49,7 @@ from hw.frames import (HostYuv420, alpha_to_host, batch_alpha, batch_to_rgb, que
                        rgb_to_host_yuv420, rgb_to_nv12_frames)
 from hw.memory import (DeviceFault, ProbeMemo, choose_batch_size, cuda_measure, entry_number, free_cached_memory,
                        is_device_fault, is_oom)
+from hw.scheduling import fit_torch_threads
 from models.base import LoadedModel, all_finite, check_model_output, not_finite_error
 from models.compiled import CompiledModel
 from models.tiling import Tiling, default_overlap, next_tiling, run_tiled
@@ -182,6 +183,8 @@ class Worker:
                 if self.overlap:
                     self._copy_in, self._copy_out = torch.cuda.Stream(self.device), torch.cuda.Stream(self.device)
                 self.ws.marks["CUDA context"] = time.perf_counter()
+            else:
+                fit_torch_threads()  # a container's CPU quota, which torch does not count
             self.module = self.build_model(self.device, self.dtype)
             if self.temporal is not None:
                 self.interpolator = self.temporal.model.build(self.device, self.dtype)

@@ -13,7 +13,6 @@ pool of its own (`_PicturePool`), joined before it closes.
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +22,7 @@ from core.errors import FramepipeError, one_line
 from core.files import write_file_atomically
 from hw.encoding import Encoder
 from hw.pictures import encode_picture, upright
+from hw.scheduling import usable_cores
 from pipeline.messages import ResultItem
 from pipeline.stats import RunStats
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # Picture output: PNG/TIFF compression is the writer's whole cost (a 16K PNG takes seconds on one
 # core) and OpenCV releases the GIL while compressing (hw.pictures.encode_picture), so pictures
 # are compressed on up to this many threads at once...
-PICTURE_THREADS = min(8, os.cpu_count() or 1)
+PICTURE_THREADS = min(8, usable_cores())
 # ...with at most this many bytes of pixels in flight (one picture is always let in): a thread
 # also holds a BGR copy and the compressed bytes, and a 16K 16-bit RGB picture is 0.8 GB.
 PICTURE_BYTES_IN_FLIGHT = 2 << 30

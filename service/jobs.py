@@ -12,6 +12,10 @@ of a folder and each picture of a sequence included, links followed to where the
 again when it starts, against the roots the server has then (a restart may have narrowed
 them). A request is checked whole before any of its jobs is stored: a refused request leaves
 nothing queued.
+
+Jobs side by side share the CPU: a job that starts while others run or wait plans its decoders,
+encoders and x264 threads for its share of the cores (`RunConfig.cores`: the cores the process
+may use over the jobs that run at once), not for all of them each; a job alone gets them all.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from core.choices import (COMPILE_CHOICES, DEFAULT_MODEL, DEFAULT_SCENE_THRESHOL
                           MAX_INTERPOLATE, MODEL_FILE_SUFFIXES, PICTURE_FORMATS, Codec, Precision)
 from core.errors import (FramepipeError, HardwareUnavailable, InvalidOption, ModelError, OutputExists,
                          OutputNotWritable, RunInterrupted, one_line)
+from hw.scheduling import usable_cores
 from service.devices import Devices
 from service.models import ModelManager
 from service.paths import Roots
@@ -263,17 +268,26 @@ class Scheduler:
                 if not self._excluded.get(job_id):
                     return False  # every device busy: the oldest job waits its turn
                 continue
+            cores = self._cores_share(len(self._threads) + len(self._queue))
             self._queue.remove(job_id)
             stop = threading.Event()
             self._stops[job_id] = stop
-            thread = threading.Thread(target=self._run_job, args=(job_id, [d.name for d in chosen], stop),
+            thread = threading.Thread(target=self._run_job, args=(job_id, [d.name for d in chosen], stop, cores),
                                       name=f"job-{job_id}", daemon=True)
             self._threads[job_id] = thread
             thread.start()
             return True
         return False
 
-    def _run_job(self, job_id: str, devices: list[str], stop: threading.Event) -> None:
+    def _cores_share(self, jobs: int) -> int | None:
+        """The CPU cores a job starting now plans for (its decoders, encoders, x264 threads): with
+        `jobs` running or waiting (this one included), as many as run at once share the cores the
+        process may use; None (all of them) for a job alone. A job that started alone keeps its
+        plan when others come."""
+        at_once = min(jobs, len(self.devices.devices) * self.jobs_per_device)
+        return None if at_once <= 1 else max(1, usable_cores() // at_once)
+
+    def _run_job(self, job_id: str, devices: list[str], stop: threading.Event, cores: int | None = None) -> None:
         job = self.store.get(job_id)
         attempts = job.attempts + 1
         self.store.update(job_id, state="running", started=job.started or time.time(), devices=devices,
@@ -293,6 +307,7 @@ class Scheduler:
             # Checked again now: the roots may have changed since the job was stored (a restart).
             source, output, out_dir, model = self._paths_now(job)
             config = self._config(source, output, job.settings, model=model, output_dir=out_dir, devices=devices)
+            config.cores = cores
             config.resume = True  # a restarted or requeued job finishes from its segments
             stats = self._run(config, on_progress=progress, stop=stop, models=self.models)
             self._record(job_id, stats)

@@ -368,7 +368,7 @@ def test_an_encoder_speed_is_measured_once_per_size_settings_and_machine(tmp_pat
     assert remembered_encoder_speed(memo, "h264", width=640, **kw) == (EncoderSpeed(50.0, 3.0), False)
     assert calls == [640]
     remembered_encoder_speed(memo, "h264", width=1280, **kw)  # another size
-    monkeypatch.setattr(os, "cpu_count", lambda: 96)  # another machine
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)), raising=False)  # another machine
     remembered_encoder_speed(memo, "h264", width=640, **kw)
     assert calls == [640, 1280, 640]
     key = speed_key("h264", preset="medium", crf=23, width=640, height=480, num_cores=96)
@@ -557,13 +557,17 @@ def test_a_run_whose_model_stayed_eager_remembers_an_eager_rate(tmp_path, monkey
     assert "|compiled no|" in key and entry["fps"] > 0
 
 
-def test_the_pool_is_planned_for_the_cores_the_process_may_use(monkeypatch, clips):
-    """Under taskset or a cpuset the machine's core count overstates what the encoders get: the
-    choice (and the threads each encoder runs) follow the process's affinity."""
+@pytest.mark.parametrize("affinity, quota", [(4, None), (64, 4.0)], ids=["taskset", "container-quota"])
+def test_the_pool_is_planned_for_the_cores_the_process_may_use(monkeypatch, clips, affinity, quota):
+    """Under taskset or a cpuset, or in a container limited to 4 CPUs (docker --cpus: the cgroup's
+    quota, hw.scheduling), the machine's core count overstates what the encoders get: the choice
+    (and the threads each encoder runs) follow the process's affinity within its quota."""
+    from hw import scheduling
     from pipeline import plan as planning
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)), raising=False)
+    monkeypatch.setattr(scheduling, "cpu_quota", lambda **kw: quota)
     monkeypatch.setattr(planning, "_available_memory_bytes", lambda: 64 << 30)
     monkeypatch.setattr(planning, "_encoder_speed", lambda *a, **k: EncoderSpeed(fps=10.0, cores_busy=1.0))
     monkeypatch.setattr(planning, "_model_rate", lambda key: 1000.0)  # a fast model: as many encoders as allowed

@@ -475,6 +475,46 @@ def _stats(*, frames=1, workers=None):
                            warnings=[], workers=workers or {})
 
 
+def test_jobs_side_by_side_share_the_cores_a_job_alone_takes_them_all(clip_root, monkeypatch):
+    """On 8 usable cores with two jobs to a device: the first job, alone, plans for all of them
+    (cores None); the second, starting beside it, for half; the third waits for a free slot and
+    then also starts beside one other."""
+    import service.jobs as jobs
+
+    monkeypatch.setattr(jobs, "usable_cores", lambda: 8)
+    release, seen = {n: threading.Event() for n in "abc"}, {}
+
+    def run(config, **kw):
+        seen[config.output.name[0]] = config.cores
+        release[config.output.name[0]].wait(10)
+        return _stats()
+
+    service = _service(clip_root, run=run, jobs_per_device=2)
+    service.start()
+    try:
+        client = _client(service)
+
+        def post(name):
+            return client.post("/jobs", json={"source": "in.mp4", "output": f"{name}.mp4", "scale": 2}).json()["jobs"][0]["id"]
+
+        a = post("a")
+        _wait(client, a, states=("running",))
+        b = post("b")
+        _wait(client, b, states=("running",))
+        c = post("c")
+        time.sleep(0.3)
+        assert client.get(f"/jobs/{c}").json()["state"] == "queued"  # two jobs to the device already
+        release["a"].set()
+        _wait(client, c, states=("running",))
+        assert seen == {"a": None, "b": 4, "c": 4}
+        release["b"].set(), release["c"].set()
+        assert all(_wait(client, i)["state"] == "done" for i in (a, b, c))
+    finally:
+        for event in release.values():
+            event.set()
+        service.close()
+
+
 def test_jobs_wait_when_every_device_is_full_and_run_in_submission_order(clip_root):
     release = threading.Event()
     order = []
