@@ -65,8 +65,9 @@ def quota_note() -> str | None:
     cores, usable = _affinity_cores(), usable_cores()
     if usable >= cores:
         return None
-    return (f"a CPU quota of {cpu_quota():g} CPUs (the process's cgroup) on {cores} cores: decoders, encoders and "
-            f"their threads are planned for {usable}.")
+    quota = cpu_quota()
+    return (f"a CPU quota of {quota:g} CPU{'' if quota == 1 else 's'} (the process's cgroup) on {cores} cores: "
+            f"decoders, encoders and their threads are planned for {usable}.")
 
 
 def _affinity_cores() -> int:

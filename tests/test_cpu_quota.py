@@ -64,6 +64,8 @@ def test_a_quota_is_said_in_the_run_notes(monkeypatch, clips):
     src = clips("quota.mp4", num_frames=24)
     plan = planning.plan_run(RunConfig(source=src, model="bicubic", scale=2, device="cpu", output_mode="none"))
     assert quota_note() in plan.notes
+    monkeypatch.setattr(scheduling, "cpu_quota", lambda **kw: 1.0)
+    assert quota_note().startswith("a CPU quota of 1 CPU (the process's cgroup) on 64 cores")
     monkeypatch.setattr(scheduling, "cpu_quota", lambda **kw: None)
     assert quota_note() is None
 
