@@ -55,19 +55,22 @@ def restore_scheduling() -> int:
 
 def usable_cores(*, cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
     """The cores this process may keep busy: its affinity, within its cgroup's CPU quota."""
-    cores = _affinity_cores()
-    quota = cpu_quota(cgroup_root=cgroup_root, proc_cgroup=proc_cgroup)
-    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
+    return _within_quota(_affinity_cores(), cpu_quota(cgroup_root=cgroup_root, proc_cgroup=proc_cgroup))
 
 
 def quota_note() -> str | None:
     """One line for the summary where a CPU quota, not the cores, bounds what the process may use."""
-    cores, usable = _affinity_cores(), usable_cores()
+    cores, quota = _affinity_cores(), cpu_quota()
+    usable = _within_quota(cores, quota)
     if usable >= cores:
         return None
-    quota = cpu_quota()
     return (f"a CPU quota of {quota:g} CPU{'' if quota == 1 else 's'} (the process's cgroup) on {cores} cores: "
             f"decoders, encoders and their threads are planned for {usable}.")
+
+
+def _within_quota(cores: int, quota: float | None) -> int:
+    """`cores` within a quota of `quota` CPUs, rounded up (None: no quota)."""
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else cores
 
 
 def _affinity_cores() -> int:

@@ -42,7 +42,7 @@ from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, Enc
                                      remembered_model_rate)
 from pipeline.segments import PartsFolder, SegmentLayout, recorded_taper
 
-__all__ = ["RunPlan", "plan_run", "plan_devices", "DevicePlan", "model_rate_key_as_run"]
+__all__ = ["RunPlan", "plan_run", "plan_devices", "DevicePlan", "cores_for", "model_rate_key_as_run"]
 
 log = logging.getLogger(__name__)
 

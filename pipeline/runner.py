@@ -17,7 +17,6 @@ and `pipeline.report.settle_output` puts it where it belongs (`core.files.Output
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -35,8 +34,7 @@ from pipeline.collector import Collector
 from pipeline.config import RunConfig
 from pipeline.encoder_choice import ENCODER_FACTORS_FILE, MODEL_RATES_FILE, learn_content_factor, remember_model_rate
 from pipeline.messages import ErrorChannel, StageFailed
-from pipeline import plan as planning
-from pipeline.plan import RunPlan, plan_run
+from pipeline.plan import RunPlan, cores_for, model_rate_key_as_run, plan_run
 from pipeline.queues import FifoInbox, FifoOutbox, WorkQueue
 from pipeline.report import Outcome, describe, pixel_settings, raise_for, settle_output, settle_pictures, settle_segments
 from pipeline.segments import PICTURE_MANIFEST, PartsFolder, check_picture_manifest, source_fingerprint
@@ -144,11 +142,11 @@ def run(
         if stats.num_corrupt_packets:
             stats.warn(f"source: {stats.num_corrupt_packets} corrupt packet(s) skipped; every decodable frame was processed")
         if plan.model_rate_key and config.parallel:  # for the next run's choice of encoders (pipeline.encoder_choice)
-            key = planning.model_rate_key_as_run(plan, stats)  # a model kept eager: under "compiled no"
+            key = model_rate_key_as_run(plan, stats)  # a model kept eager: under "compiled no"
             remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), key, stats)
         if plan.encoder_speed_key and plan.segments is not None and config.parallel:  # the encoders' real speed
             learn_content_factor(stats, key=plan.encoder_speed_key, num_encoders=plan.num_encoders,
-                                 num_cores=planning.cores_for(config), speeds_memo=ProbeMemo(default_cache_dir() / ENCODER_SPEEDS_FILE),
+                                 num_cores=cores_for(config), speeds_memo=ProbeMemo(default_cache_dir() / ENCODER_SPEEDS_FILE),
                                  factors_memo=ProbeMemo(default_cache_dir() / ENCODER_FACTORS_FILE))
         _note_late_stop(stats, outcome)
     return stats

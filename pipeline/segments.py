@@ -383,14 +383,17 @@ class PartsFolder:
 
     def recorded_settings(self) -> dict[str, object] | None:
         """The settings the manifest in this folder records (None: no readable manifest)."""
-        try:
-            return Manifest.from_json(self.manifest_path.read_bytes()).settings
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        manifest = self._recorded_manifest()
+        return manifest.settings if manifest is not None else None
 
     def _recorded_temp_output(self) -> str | None:
+        manifest = self._recorded_manifest()
+        return manifest.temp_output if manifest is not None else None
+
+    def _recorded_manifest(self) -> Manifest | None:
+        """The manifest in this folder; None where there is none or it cannot be read."""
         try:
-            return Manifest.from_json(self.manifest_path.read_bytes()).temp_output
+            return Manifest.from_json(self.manifest_path.read_bytes())
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
