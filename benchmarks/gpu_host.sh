@@ -30,7 +30,9 @@
 #   bash benchmarks/gpu_host.sh issue12s  # tests/test_compile.py's GPU tests, then target 2's model-bound job
 #   bash benchmarks/gpu_host.sh issue12u  # tests/test_compile.py whole on the host's torch
 #   bash benchmarks/gpu_host.sh issue12v  # target 2's model-bound job as a second run finds it, 2400 frames
-#   bash benchmarks/gpu_host.sh issue12w  # the same job as a user runs it (main.py twice), then the model alone (not run yet)
+#   bash benchmarks/gpu_host.sh issue12w  # the same job as a user runs it (main.py three times), then the model alone
+#   bash benchmarks/gpu_host.sh issue12x  # compile seconds in a fresh process, whole model vs repeated blocks once
+#   bash benchmarks/gpu_host.sh issue12z  # where a warm compilation spends its seconds (cProfile)
 #   bash benchmarks/gpu_host.sh issue12r  # target 2's encode-bound job as a second run; the pool alone tapered vs not
 #   bash benchmarks/gpu_host.sh dispatch  # the encoder pool's segment dispatch, least-loaded vs round-robin (bench_dispatch.py)
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
@@ -307,19 +309,28 @@ for k in range(2):
         --preset veryfast --crf 23 --skip "$skip" --out "$OUT/model-bound" --work /tmp/bench-model > "$OUT/bench-model-bound.log" 2>&1
       bench_summary "$OUT/model-bound" 2>&1 | tee "$OUT/issue12v.log"
       tar czf "$OUT/issue12v.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" model-bound && rm -rf "$OUT/model-bound" ;;
-    issue12w)  # target 2's model-bound job as a user runs it: `python main.py` twice in fresh processes (the first
-               # compiles cold, the second from the cache), then the compiled model alone on that machine (~4 min)
-      python3 -c "from hw.clips import make_clip; make_clip('/tmp/mb.mp4', width=480, height=270, num_frames=${FRAMES_MODEL:-2400}, fps=24, photo=True)"
-      for n in 1 2; do
-        ( time python3 main.py --source /tmp/mb.mp4 --output /tmp/mb_out.mp4 --overwrite --model realesrgan-x4plus-anime \
-            --parallel --preset veryfast --quality 23 --stats-json "$OUT/cli-$n.json" ) > "$OUT/cli-$n.log" 2>&1
-        tail -4 "$OUT/cli-$n.log"
-        python3 -c "import json,sys; s=json.load(open(sys.argv[1])); w=s['workers'][0]; print({k: s.get(k) for k in ('fps','after_first_frame_fps','settled_fps','flow_fps','first_frame_seconds','wall_seconds')}, w['compile']['note'], s.get('encoders'))" "$OUT/cli-$n.json"
+    issue12w)  # target 2's model-bound job as a user runs it: `python main.py` three times in fresh processes (the
+               # first compiles cold, the others from the cache), then the compiled model alone on that machine (~4 min)
+      [ -f /tmp/mb.mp4 ] || python3 -c "from hw.clips import make_clip; make_clip('/tmp/mb.mp4', width=480, height=270, num_frames=${FRAMES_MODEL:-2400}, fps=24, photo=True)"
+      for n in 1 2 3; do  # a third: the model's rate the second remembered chooses the encoders
+        ( time python3 main.py --source /tmp/mb.mp4 --output /tmp/mb_out.mp4 --overwrite \
+            --model realesrgan-x4plus-anime --parallel --preset veryfast --quality 23 --stats-json "$OUT/$step-cli-$n.json" ) \
+            > "$OUT/$step-cli-$n.log" 2>&1
+        tail -4 "$OUT/$step-cli-$n.log"
+        python3 -c "import json,sys; s=json.load(open(sys.argv[1])); w=s['workers'][0]; print({k: s.get(k) for k in ('fps','after_first_frame_fps','settled_fps','flow_fps','first_frame_seconds','wall_seconds')}, w['compile']['note'], s.get('encoders'))" "$OUT/$step-cli-$n.json"
       done
       skip=decode_pyav,decode_nvdec,pipeline_parallel_cold,model_eager,model_channels_last,compile_cache_warmup,pipeline_sequential,pipeline_parallel_1_encoder,pipeline_parallel,pipeline_output_none,encode_alone,naive,first_frame_cli
       timeout 200 python3 benchmarks/bench.py --source /tmp/mb.mp4 --model realesrgan-x4plus-anime --skip "$skip" --out "$OUT/alone" \
         --work /tmp/bench-alone > "$OUT/bench-alone.log" 2>&1
       grep -h "model_compiled" "$OUT/bench-alone.log" | cut -c1-200 ;;
+    issue12x)  # torch.compile in a fresh process, cold and warm: the whole model against its repeated blocks
+               # compiled once (bench_regional.py, x4plus-anime batch 4 of 480x270) (~3 min)
+      timeout 300 python3 benchmarks/bench_regional.py --model realesrgan-x4plus-anime --shape 4,3,270,480 \
+        --out "$OUT/regional" 2>&1 | tee "$OUT/regional.log" | grep -v "^W" ;;
+    issue12z)  # where a warm compilation's seconds go in a fresh process: bench_regional.py's whole model, cold, then
+               # warm under cProfile (~1 min)
+      timeout 200 python3 benchmarks/bench_regional.py --model realesrgan-x4plus-anime --shape 4,3,270,480 \
+        --variants whole --profile --out "$OUT/profile" 2>&1 | grep -v "^W" | cut -c1-160 | head -70 ;;
     issue12u)  # tests/test_compile.py whole on the host's torch (the fx patches confined to the compile thread; as run
                # on 2026-12-06 at commit c25878b, also bench_graph.py: a CUDA graph against none, since removed) (~4 min)
       python3 -m pytest -q -rs -p no:cacheprovider tests/test_compile.py 2>&1 | tee "$OUT/pytest-u.log" | tail -3 ;;

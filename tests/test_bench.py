@@ -95,3 +95,37 @@ def test_encode_alone_gets_the_very_frames_the_pipeline_encoded(tmp_path):
     run(RunConfig(source=clip, output=lossy, model="bicubic", scale=2, device="cpu", parallel=True, crf=23,
                   preset="ultrafast"), wrap=capture)
     assert not all(np.array_equal(a, b) for g, h in zip(output_frames(lossy), handed) for a, b in zip(g, h))
+
+
+def _rrdb(blocks: int):
+    import torch
+
+    from models.rrdb import RRDBNet
+
+    torch.manual_seed(0)
+    return RRDBNet(num_filters=8, num_blocks=blocks, scale=2).eval().requires_grad_(False)
+
+
+def test_bench_regional_marks_the_outermost_repeated_blocks_and_changes_no_eager_output():
+    """benchmarks/bench_regional.py's regions: an RRDBNet's RRDB blocks (not the dense blocks inside
+    them), none in a plain stack of torch.nn layers; marking them leaves eager output and other
+    models alone, and marks a block once."""
+    import torch
+
+    from benchmarks.bench_regional import mark_regions, repeated_blocks
+    from models.compact import SRVGGNetCompact
+
+    net, other = _rrdb(3), _rrdb(3)
+    blocks = repeated_blocks(net)
+    assert [type(b).__name__ for b in blocks] == ["_RRDB"] * 3
+    assert blocks == [m for m in net.modules() if type(m).__name__ == "_RRDB"]
+    assert repeated_blocks(SRVGGNetCompact(num_conv=4, upscale=2)) == []
+    x = torch.rand(1, 3, 12, 12)
+    with torch.inference_mode():
+        before = net(x)
+        assert mark_regions(net) == 3
+        marked = type(repeated_blocks(net)[0])
+        assert mark_regions(net) == 3 and type(repeated_blocks(net)[0]) is marked  # not wrapped twice
+        assert torch.equal(net(x), before)
+    unmarked = type(repeated_blocks(other)[0])
+    assert unmarked is not marked and issubclass(marked, unmarked) and marked.forward is not unmarked.forward
