@@ -529,7 +529,39 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         say.print(f"Output: [bold]{escape(str(stats.notes.get('output', config.output)))}[/]", highlight=False,
                   soft_wrap=True)
+    _finish_compile_helpers(say, stopper, quiet=args.quiet)
     return EXIT_OK
+
+
+def _finish_compile_helpers(say, stopper, *, quiet: bool, poll_seconds: float = 0.2) -> None:
+    """The run completed before torch.compile's first compilation of its model did: the helper
+    process that fills the cache (models/compile_helper.py) is let finish, so that the next run
+    compiles from the cache in seconds; else a first run shorter than the compilation leaves the
+    cache cold, and so does every run after it. The output is complete and in place; Ctrl-C (or
+    any stop signal) skips the wait and ends the helper, and the exit code stays 0."""
+    helper_module = sys.modules.get("models.compile_helper")
+    if helper_module is None or not helper_module.pending():
+        return
+    if not quiet:
+        say.print("The output is complete. Finishing the model's first compilation in a helper process, so that "
+                  "the next run starts compiled (Ctrl-C skips it)...", highlight=False, soft_wrap=True)
+    signals = len(stopper.received)
+    started, helpers = time.perf_counter(), helper_module.pending()
+    while helper_module.pending():
+        if len(stopper.received) > signals:
+            helper_module.cancel_pending()
+            if not quiet:
+                say.print("[yellow]skipped:[/] the compilation for later runs (the next run compiles again)",
+                          highlight=False, soft_wrap=True)
+            return
+        time.sleep(poll_seconds)
+    failed = [h.outcome for h in helpers if h.outcome != "compiled"]
+    if failed:  # the run's own line about it came before the summary, or not at all: say it here
+        say.print(f"[yellow]warning:[/] compiling for later runs failed ({escape(failed[0])}); the next run "
+                  "tries again", highlight=False, soft_wrap=True)
+    elif not quiet:
+        say.print(f"Compiled for later runs in {time.perf_counter() - started:.0f} s more.", highlight=False,
+                  soft_wrap=True)
 
 
 def bytecode_cache_folder(cache: Path, package: str = "torch") -> Path | None:
@@ -634,6 +666,9 @@ def _exit(code: int) -> None:
     # puts back the default handlers then, which would end the process with the signal's status).
     for number in _stop_signal_numbers():
         signal.signal(number, signal.SIG_IGN)
+    helper_module = sys.modules.get("models.compile_helper")
+    if helper_module is not None:  # nothing is left running behind the command
+        helper_module.cancel_pending()
     if any(t.name.startswith("compile-") and t.is_alive() for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()

@@ -31,6 +31,8 @@
 #   bash benchmarks/gpu_host.sh issue12u  # tests/test_compile.py whole on the host's torch
 #   bash benchmarks/gpu_host.sh issue12v  # target 2's model-bound job as a second run finds it, 2400 frames
 #   bash benchmarks/gpu_host.sh issue12w  # the same job as a user runs it (main.py three times), then the model alone
+#   bash benchmarks/gpu_host.sh issue12long  # the model-bound job on a 10-minute video (14,400 frames) as a user runs it
+#   bash benchmarks/gpu_host.sh issue12short  # a first run shorter than the compilation, then a second one
 #   bash benchmarks/gpu_host.sh issue12x  # compile seconds in a fresh process, whole model vs repeated blocks once
 #   bash benchmarks/gpu_host.sh issue12z  # where a warm compilation spends its seconds (cProfile)
 #   bash benchmarks/gpu_host.sh issue12r  # target 2's encode-bound job as a second run; the pool alone tapered vs not
@@ -59,6 +61,21 @@ for k, v in r.items():
         print(k, {x: v[x] for x in keys if v.get(x) is not None}, (v.get("compile") or {}).get("status") or "")
 print("summary", json.dumps(r.get("summary")))
 PY
+}
+mb_clip() {  # the model-bound job's clip: 480x270, $1 frames (2,400 by default), at /tmp/mb.mp4
+  [ -f /tmp/mb.mp4 ] || python3 -c "from hw.clips import make_clip; make_clip('/tmp/mb.mp4', width=480, height=270, num_frames=${1:-2400}, fps=24, photo=True)"
+}
+user_run() {  # `python main.py` as a user runs the model-bound job: source $1, logs and stats JSON named $OUT/$2.*
+  ( time python3 main.py --source "$1" --output "/tmp/$2_out.mp4" --overwrite --model realesrgan-x4plus-anime \
+      --parallel --preset veryfast --quality 23 --stats-json "$OUT/$2.json" ) > "$OUT/$2.log" 2>&1
+  echo "rc=$?"; tail -4 "$OUT/$2.log"
+  python3 -c "import json,sys; s=json.load(open(sys.argv[1])); w=s['workers'][0]; print({k: s.get(k) for k in ('frames_written','fps','after_first_frame_fps','settled_fps','flow_fps','first_frame_seconds','settled_after_seconds','wall_seconds')}, w['compile'], s.get('encoders'))" "$OUT/$2.json"
+}
+model_alone() {  # bench.py's compiled model alone on /tmp/mb.mp4, nothing else
+  local skip=decode_pyav,decode_nvdec,pipeline_parallel_cold,model_eager,model_channels_last,compile_cache_warmup,pipeline_sequential,pipeline_parallel_1_encoder,pipeline_parallel,pipeline_output_none,encode_alone,naive,first_frame_cli
+  timeout 200 python3 benchmarks/bench.py --source /tmp/mb.mp4 --model realesrgan-x4plus-anime --skip "$skip" --out "$OUT/alone" \
+    --work /tmp/bench-alone > "$OUT/bench-alone.log" 2>&1
+  grep -h "model_compiled" "$OUT/bench-alone.log" | cut -c1-200
 }
 for step in "$@"; do
   case "$step" in
@@ -311,18 +328,37 @@ for k in range(2):
       tar czf "$OUT/issue12v.tgz" --exclude "*.mp4" --exclude "*.mkv" -C "$OUT" model-bound && rm -rf "$OUT/model-bound" ;;
     issue12w)  # target 2's model-bound job as a user runs it: `python main.py` three times in fresh processes (the
                # first compiles cold, the others from the cache), then the compiled model alone on that machine (~4 min)
-      [ -f /tmp/mb.mp4 ] || python3 -c "from hw.clips import make_clip; make_clip('/tmp/mb.mp4', width=480, height=270, num_frames=${FRAMES_MODEL:-2400}, fps=24, photo=True)"
-      for n in 1 2 3; do  # a third: the model's rate the second remembered chooses the encoders
-        ( time python3 main.py --source /tmp/mb.mp4 --output /tmp/mb_out.mp4 --overwrite \
-            --model realesrgan-x4plus-anime --parallel --preset veryfast --quality 23 --stats-json "$OUT/$step-cli-$n.json" ) \
-            > "$OUT/$step-cli-$n.log" 2>&1
-        tail -4 "$OUT/$step-cli-$n.log"
-        python3 -c "import json,sys; s=json.load(open(sys.argv[1])); w=s['workers'][0]; print({k: s.get(k) for k in ('fps','after_first_frame_fps','settled_fps','flow_fps','first_frame_seconds','wall_seconds')}, w['compile']['note'], s.get('encoders'))" "$OUT/$step-cli-$n.json"
-      done
-      skip=decode_pyav,decode_nvdec,pipeline_parallel_cold,model_eager,model_channels_last,compile_cache_warmup,pipeline_sequential,pipeline_parallel_1_encoder,pipeline_parallel,pipeline_output_none,encode_alone,naive,first_frame_cli
-      timeout 200 python3 benchmarks/bench.py --source /tmp/mb.mp4 --model realesrgan-x4plus-anime --skip "$skip" --out "$OUT/alone" \
-        --work /tmp/bench-alone > "$OUT/bench-alone.log" 2>&1
-      grep -h "model_compiled" "$OUT/bench-alone.log" | cut -c1-200 ;;
+      mb_clip "${FRAMES_MODEL:-2400}"
+      for n in 1 2 3; do user_run /tmp/mb.mp4 "$step-cli-$n"; done  # a third: the rate the second remembered
+      model_alone ;;
+    issue12long)  # target 2's model-bound job on a 10-minute video as a user runs it: a first `python main.py` on the
+               # 2,400-frame clip (compiles cold, remembers the batch and the model's rate), then one on that clip
+               # repeated 6 times (14,400 frames, the packets remuxed), then the compiled model alone (~5 min)
+      mb_clip 2400
+      python3 - /tmp/mb.mp4 /tmp/mb6.mp4 6 <<'PY'
+import sys, av
+src, dst, times = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with av.open(src) as inp:
+    s = inp.streams.video[0]
+    packets = [p for p in inp.demux(s) if p.dts is not None]
+    span = max(p.pts + (p.duration or 0) for p in packets) - min(p.pts for p in packets)
+    with av.open(dst, "w") as out:
+        o = out.add_stream_from_template(s)
+        for k in range(times):
+            for p in packets:
+                q = av.Packet(bytes(p))
+                q.pts, q.dts, q.time_base, q.is_keyframe, q.stream = p.pts + k * span, p.dts + k * span, p.time_base, p.is_keyframe, o
+                out.mux(q)
+PY
+      user_run /tmp/mb.mp4 long-mb
+      user_run /tmp/mb6.mp4 long-mb6
+      model_alone ;;
+    issue12short)  # a first run shorter than the compilation (480 frames, cold caches): the command waits for the
+               # helper to fill the cache, then a second run compiles from it in seconds (~2 min)
+      python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+      for n in 1 2; do
+        user_run /tmp/short.mp4 "short-$n"; grep -E "^(The output|Compiled for|warning|skipped)" "$OUT/short-$n.log" | cut -c1-220
+      done ;;
     issue12x)  # torch.compile in a fresh process, cold and warm: the whole model against its repeated blocks
                # compiled once (bench_regional.py, x4plus-anime batch 4 of 480x270) (~3 min)
       timeout 300 python3 benchmarks/bench_regional.py --model realesrgan-x4plus-anime --shape 4,3,270,480 \

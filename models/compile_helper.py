@@ -21,15 +21,17 @@ import sys
 import threading
 from pathlib import Path
 
-__all__ = ["CacheWarmer"]
+__all__ = ["CacheWarmer", "cancel_pending", "pending"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class CacheWarmer:
     """`warmer(shape, dtype, device, mode)` runs the helper process and returns when it is
-    done; raises RuntimeError with its last line if it fails. `cancel()` ends it (the run
-    ended first: nothing is left running behind the command).
+    done; raises RuntimeError with its last line if it fails. `cancel()` ends it (a run stopped
+    or failed). A run that completed before its helper did lets it finish filling the cache
+    (`pending`; `main.py` waits for it, Ctrl-C skips): else a first run shorter than the
+    compilation would leave the cache cold, and so would every run after it.
 
     `memo` (a `hw.memory.ProbeMemo` file) remembers what a helper compiled: a warm cache needs
     no helper (its start alone, importing torch and its compile workers, takes ~10 s), and
@@ -39,6 +41,7 @@ class CacheWarmer:
         self.model, self.scale, self.timeout_seconds = model, scale, timeout_seconds
         self.memo = memo
         self._process: subprocess.Popen | None = None
+        self.outcome = ""  # "compiled", or why not (the helper's last line, "cancelled"), once it ended
         self._cancelled = threading.Event()
 
     def key(self, shape, dtype, device, mode: str) -> str:
@@ -65,27 +68,64 @@ class CacheWarmer:
         key = self.key(shape, dtype, device, mode)
         if self.memo is not None and self.memo.get(key):
             return
-        self._process = subprocess.Popen(self.command(shape, dtype, device, mode), stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, text=True)
+        with _PENDING_LOCK:
+            _PENDING.add(self)
         try:
-            _, err = self._process.communicate(timeout=self.timeout_seconds)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.communicate()
-            raise RuntimeError(f"the compile helper took over {self.timeout_seconds:.0f} s") from None
-        if self._cancelled.is_set():
-            raise RuntimeError("cancelled")
-        if self._process.returncode != 0:
-            lines = [line for line in (err or "").strip().splitlines() if line.strip()]
-            raise RuntimeError(lines[-1] if lines else f"the compile helper exited with {self._process.returncode}")
-        if self.memo is not None:
-            self.memo.put(key, {"compiled": True})
+            self._process = subprocess.Popen(self.command(shape, dtype, device, mode), stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE, text=True)
+            if self._cancelled.is_set():  # cancelled while it started
+                self._process.kill()
+            try:
+                _, err = self._process.communicate(timeout=self.timeout_seconds)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.communicate()
+                raise RuntimeError(f"the compile helper took over {self.timeout_seconds:.0f} s") from None
+            if self._cancelled.is_set():
+                raise RuntimeError("cancelled")
+            if self._process.returncode != 0:
+                lines = [line for line in (err or "").strip().splitlines() if line.strip()]
+                raise RuntimeError(lines[-1] if lines else f"the compile helper exited with {self._process.returncode}")
+            if self.memo is not None:
+                self.memo.put(key, {"compiled": True})
+            self.outcome = "compiled"
+        except RuntimeError as exc:
+            self.outcome = str(exc)
+            raise
+        finally:
+            with _PENDING_LOCK:
+                _PENDING.discard(self)
+
+    def running(self) -> bool:
+        """Its helper process is compiling now."""
+        process = self._process
+        return process is not None and process.poll() is None and not self._cancelled.is_set()
 
     def cancel(self) -> None:
         self._cancelled.set()
         process = self._process
         if process is not None and process.poll() is None:
             process.kill()
+
+
+_PENDING: set[CacheWarmer] = set()  # helpers compiling now, until their result is in the memo
+_PENDING_LOCK = threading.Lock()
+
+
+def pending() -> list[CacheWarmer]:
+    """The helpers still compiling (a run that ended before them may let them finish: the cache
+    they fill makes the next run's compilation take seconds, not a minute)."""
+    with _PENDING_LOCK:
+        return list(_PENDING)
+
+
+def cancel_pending() -> int:
+    """End every helper still compiling; how many there were. Nothing is left running behind a
+    process: `main.py` calls it when the user skips the wait, and at exit."""
+    helpers = pending()
+    for helper in helpers:
+        helper.cancel()
+    return len(helpers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,6 +151,7 @@ class CompiledModel:
         self._compiled: tuple[tuple[int, ...], Callable] | None = None  # (shape, fn), set once, atomically
         self.batch_size = 1  # the batch size the worker settled on (set before its first batch)
         self._thread: threading.Thread | None = None
+        self._closed = False  # `close`: the run is over
         self.channels_last = _is_cuda(module)
         if self.channels_last:  # before any forward: the compiled and the eager path share these weights
             module.to(memory_format=torch.channels_last)
@@ -193,9 +194,13 @@ class CompiledModel:
         self.state.status, self.state.note = "waiting", why
         return True
 
-    def close(self) -> None:
-        """The run is over: a compilation still under way in a helper process is ended."""
-        if self.prepare is not None and hasattr(self.prepare, "cancel"):
+    def close(self, *, finish_cache: bool = False) -> None:
+        """The run is over: no compilation starts in this process any more. A helper process still
+        compiling is ended, or, with `finish_cache` (the run completed), left to finish filling
+        the cache for later runs (`models.compile_helper.pending`)."""
+        self._closed = True
+        running = getattr(self.prepare, "running", None)
+        if self.prepare is not None and hasattr(self.prepare, "cancel") and not (finish_cache and running and running()):
             self.prepare.cancel()
 
     def wait(self, timeout: float | None = None) -> CompileState:
@@ -234,6 +239,8 @@ class CompiledModel:
                 stream = None
             if self.prepare is not None:
                 self.prepare(tuple(example.shape), example.dtype, device, self.mode)
+            if self._closed:  # the run ended meanwhile: compiling in this process would serve nothing
+                raise RuntimeError("cancelled")
             with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
                 fn = self._compile_fn(self.module, mode=self.mode, dynamic=False)
                 out = fn(example)

@@ -367,8 +367,8 @@ class Worker:
 
     def close(self, *, complete: bool) -> None:
         self.interpolator = None
-        if self.model is not None:
-            self.model.close()
+        if self.model is not None:  # a run that completed lets a compile helper finish filling the cache
+            self.model.close(finish_cache=complete)
         if self.module is not None and self.release_model is not None:
             self.module, self.model = None, None
             self.release_model(self.device, self.dtype)

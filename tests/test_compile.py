@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ from hw.clips import make_clip
 from models.compiled import CompiledModel, compile_choice, psnr_db
 from pipeline import RunConfig, run
 from tests import probe
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _conv() -> nn.Module:
@@ -320,6 +323,159 @@ def test_the_end_of_a_run_ends_a_helper_still_compiling():
     model.close()
     assert model.wait(timeout=10).status == "cancelled"
     assert helper._process.poll() is not None and warnings == []
+
+
+
+def _helper_started(model: CompiledModel, helper) -> None:
+    model.batch_size = 2
+    with torch.inference_mode():
+        model(torch.rand(2, 3, 8, 8))  # the first batch starts the compilation: the helper first
+    deadline = time.monotonic() + 10
+    while not helper.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert helper.running()
+
+
+def test_a_run_that_completed_lets_its_helper_finish_filling_the_cache(tmp_path):
+    """A first run shorter than the compilation: its helper is not ended with it, else the cache
+    stays cold and every later run starts compiling from nothing again. Nothing compiles in the
+    run's own process any more (the run is over); the helper's result goes in the memo."""
+    from hw.memory import ProbeMemo
+    from models import compile_helper
+
+    module, warnings = _conv(), []
+    helper = _Helper("import time; time.sleep(1.0)")
+    helper.memo = ProbeMemo(tmp_path / "compiled.json")
+    compiler = StandIn()
+    calls = []
+    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append,
+                          compile_fn=lambda *a, **k: calls.append(1) or compiler(*a, **k), prepare=helper)
+    _helper_started(model, helper)
+    model.close(finish_cache=True)
+    assert compile_helper.pending() == [helper]  # still compiling, not ended
+    assert model.wait(timeout=20).status == "cancelled"
+    assert calls == [] and warnings == []  # no compilation in the process whose run is over
+    assert helper.outcome == "compiled" and compile_helper.pending() == []
+    key = helper.key((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+    assert ProbeMemo(tmp_path / "compiled.json").get(key)  # the next run needs no helper
+
+
+def test_a_run_that_was_stopped_ends_its_helper_at_once():
+    from models import compile_helper
+
+    module, warnings = _conv(), []
+    helper = _Helper("import time; time.sleep(60)")
+    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=StandIn(), prepare=helper)
+    _helper_started(model, helper)
+    model.close(finish_cache=False)
+    assert model.wait(timeout=10).status == "cancelled"
+    assert helper._process.poll() is not None and compile_helper.pending() == [] and helper.outcome == "cancelled"
+
+
+
+def _helper_in_a_thread(code: str):
+    import threading
+
+    helper = _Helper(code)
+
+    def call():
+        try:
+            helper((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+        except RuntimeError:
+            pass  # its outcome says why
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not helper.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return helper, thread
+
+
+@pytest.mark.parametrize("code, said", [
+    ("import time; time.sleep(0.5)", "Compiled for later runs in"),
+    ("import sys, time; time.sleep(0.3); sys.exit('ModelError: no such model')",
+     "warning:[/] compiling for later runs failed (ModelError: no such model); the next run tries again"),
+])
+def test_the_command_waits_for_a_helper_still_compiling_and_says_how_it_ended(code, said):
+    from types import SimpleNamespace
+
+    helper, thread = _helper_in_a_thread(code)
+    lines: list[str] = []
+    say = SimpleNamespace(print=lambda text, **kwargs: lines.append(text))
+    cli._finish_compile_helpers(say, SimpleNamespace(received=[]), quiet=False, poll_seconds=0.02)
+    thread.join(5)
+    assert helper._process.poll() is not None and not thread.is_alive()
+    assert lines[0].startswith("The output is complete. Finishing the model's first compilation")
+    assert said in lines[-1] and len(lines) == 2
+
+
+def test_a_stop_signal_skips_the_wait_for_the_helper_and_ends_it():
+    import threading
+    from types import SimpleNamespace
+
+    from models import compile_helper
+
+    helper, thread = _helper_in_a_thread("import time; time.sleep(60)")
+    lines: list[str] = []
+    stopper = SimpleNamespace(received=["SIGINT"])  # one from before the wait: not a skip
+    threading.Timer(0.3, lambda: stopper.received.append("SIGINT")).start()  # Ctrl-C while it waits
+    t0 = time.monotonic()
+    cli._finish_compile_helpers(SimpleNamespace(print=lambda text, **kwargs: lines.append(text)), stopper,
+                                quiet=False, poll_seconds=0.02)
+    assert time.monotonic() - t0 < 10
+    thread.join(5)
+    assert helper._process.poll() is not None and compile_helper.pending() == [] and helper.outcome == "cancelled"
+    assert "skipped" in lines[-1]
+
+
+def test_the_process_leaves_no_helper_behind_when_it_exits():
+    """main._exit, whatever path led there (a helper the wait never saw): the helper is ended."""
+    import subprocess
+
+    script = f"""
+import sys, threading, time
+sys.path.insert(0, {str(ROOT)!r})
+import torch, main
+from models.compile_helper import CacheWarmer
+w = CacheWarmer("m", 2)
+w.command = lambda *a: [sys.executable, "-c", "import time; time.sleep(60)"]
+threading.Thread(target=lambda: w((1, 3, 8, 8), torch.float32, torch.device("cpu"), "default"), daemon=True,
+                 name="compile-m").start()
+while not w.running():
+    time.sleep(0.01)
+print(w._process.pid, flush=True)
+main._exit(0)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (ended, its parent gone before reaping it) counts as ended
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_nothing_to_wait_for_says_nothing():
+    from types import SimpleNamespace
+
+    lines: list[str] = []
+    cli._finish_compile_helpers(SimpleNamespace(print=lambda text, **kwargs: lines.append(text)),
+                                SimpleNamespace(received=[]), quiet=False)
+    assert lines == []
 
 
 @pytest.mark.timeout(600)
