@@ -89,8 +89,8 @@ class CacheWarmer:
             if self.memo is not None:
                 self.memo.put(key, {"compiled": True})
             self.outcome = "compiled"
-        except RuntimeError as exc:
-            self.outcome = str(exc)
+        except Exception as exc:  # the helper could not start (OSError), failed, timed out, was cancelled
+            self.outcome = str(exc) or type(exc).__name__
             raise
         finally:
             with _PENDING_LOCK:

@@ -469,6 +469,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_a_helper_that_cannot_start_says_why_and_is_not_pending(tmp_path):
+    from models import compile_helper
+
+    helper = _Helper("")
+    helper.command = lambda *a: [str(tmp_path / "no-such-python")]
+    with pytest.raises(OSError):
+        helper((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+    assert "no-such-python" in helper.outcome and compile_helper.pending() == []
+
+
 def test_nothing_to_wait_for_says_nothing():
     from types import SimpleNamespace
 
