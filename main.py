@@ -539,14 +539,14 @@ def _finish_compile_helpers(say, stopper, *, quiet: bool, poll_seconds: float = 
     compiles from the cache in seconds; else a first run shorter than the compilation leaves the
     cache cold, and so does every run after it. The output is complete and in place; Ctrl-C (or
     any stop signal) skips the wait and ends the helper, and the exit code stays 0."""
-    helper_module = sys.modules.get("models.compile_helper")
-    if helper_module is None or not helper_module.pending():
+    helper_module = sys.modules.get("models.compile_helper")  # not imported: no run compiled anything
+    helpers = helper_module.pending() if helper_module is not None else []
+    if not helpers:
         return
     if not quiet:
         say.print("The output is complete. Finishing the model's first compilation in a helper process, so that "
                   "the next run starts compiled (Ctrl-C skips it)...", highlight=False, soft_wrap=True)
-    signals = len(stopper.received)
-    started, helpers = time.perf_counter(), helper_module.pending()
+    signals, started = len(stopper.received), time.perf_counter()
     while helper_module.pending():
         if len(stopper.received) > signals:
             helper_module.cancel_pending()

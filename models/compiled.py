@@ -199,9 +199,12 @@ class CompiledModel:
         compiling is ended, or, with `finish_cache` (the run completed), left to finish filling
         the cache for later runs (`models.compile_helper.pending`)."""
         self._closed = True
-        running = getattr(self.prepare, "running", None)
-        if self.prepare is not None and hasattr(self.prepare, "cancel") and not (finish_cache and running and running()):
-            self.prepare.cancel()
+        prepare = self.prepare
+        if prepare is None or not hasattr(prepare, "cancel"):
+            return
+        if finish_cache and getattr(prepare, "running", lambda: False)():
+            return  # left to finish (main.py waits for it)
+        prepare.cancel()
 
     def wait(self, timeout: float | None = None) -> CompileState:
         """Block until the background compilation ends (tests, benchmarks); the state."""
