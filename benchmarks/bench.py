@@ -129,13 +129,13 @@ def warm_compile_cache(args, *, batch: int, height: int, width: int) -> dict:
     background compilation costs (cold), and the cache every later run compiles from."""
     from hw.memory import ProbeMemo
     from models import choose_precision, load_model
-    from models.compile_helper import CacheWarmer
+    from models.compile_helper import CacheWarmer, artefacts_folder
     from models.registry import default_cache_dir
 
     dev = torch.device(args.device)
     dtype, _ = choose_precision(args.precision, dev)
     warmer = CacheWarmer(args.model, load_model(args.model, scale=args.scale).scale,
-                         memo=ProbeMemo(default_cache_dir() / "compiled.json"))
+                         memo=ProbeMemo(default_cache_dir() / "compiled.json"), artefacts=artefacts_folder())
     shape = (batch, 3, height, width)
     already = bool(warmer.memo.get(warmer.key(shape, dtype, dev, "default")))
     t0 = time.perf_counter()

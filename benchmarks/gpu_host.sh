@@ -71,11 +71,30 @@ user_run() {  # `python main.py` as a user runs the model-bound job: source $1, 
   echo "rc=$?"; tail -4 "$OUT/$2.log"
   python3 -c "import json,sys; s=json.load(open(sys.argv[1])); w=s['workers'][0]; print({k: s.get(k) for k in ('frames_written','fps','after_first_frame_fps','settled_fps','flow_fps','first_frame_seconds','settled_after_seconds','wall_seconds')}, w['compile'], s.get('encoders'))" "$OUT/$2.json"
 }
+long_clip() {  # /tmp/mb.mp4's packets repeated 6 times (14,400 frames, timestamps continued) at /tmp/mb6.mp4
+  mb_clip 2400
+  [ -f /tmp/mb6.mp4 ] || python3 - /tmp/mb.mp4 /tmp/mb6.mp4 6 <<'PY'
+import sys, av
+src, dst, times = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with av.open(src) as inp:
+    s = inp.streams.video[0]
+    packets = [p for p in inp.demux(s) if p.dts is not None]
+    span = max(p.pts + (p.duration or 0) for p in packets) - min(p.pts for p in packets)
+    with av.open(dst, "w") as out:
+        o = out.add_stream_from_template(s)
+        for k in range(times):
+            for p in packets:
+                q = av.Packet(bytes(p))
+                q.pts, q.dts, q.time_base, q.is_keyframe, q.stream = p.pts + k * span, p.dts + k * span, p.time_base, p.is_keyframe, o
+                out.mux(q)
+PY
+}
 model_alone() {  # bench.py's compiled model alone on /tmp/mb.mp4, nothing else
   local skip=decode_pyav,decode_nvdec,pipeline_parallel_cold,model_eager,model_channels_last,compile_cache_warmup,pipeline_sequential,pipeline_parallel_1_encoder,pipeline_parallel,pipeline_output_none,encode_alone,naive,first_frame_cli
   timeout 200 python3 benchmarks/bench.py --source /tmp/mb.mp4 --model realesrgan-x4plus-anime --skip "$skip" --out "$OUT/alone" \
     --work /tmp/bench-alone > "$OUT/bench-alone.log" 2>&1
-  grep -h "model_compiled" "$OUT/bench-alone.log" | cut -c1-200
+  python3 -c "import json,glob; r=json.load(open(glob.glob('$OUT/alone/*.json')[0])); m=r['model_compiled']; print('model alone, compiled:', m.get('fps'), 'fps, batch', m.get('batch'), m.get('status'))" \
+    || grep -h "model_compiled" "$OUT/bench-alone.log" | cut -c1-300
 }
 for step in "$@"; do
   case "$step" in
@@ -335,21 +354,7 @@ for k in range(2):
                # 2,400-frame clip (compiles cold, remembers the batch and the model's rate), then one on that clip
                # repeated 6 times (14,400 frames, the packets remuxed), then the compiled model alone (~5 min)
       mb_clip 2400
-      python3 - /tmp/mb.mp4 /tmp/mb6.mp4 6 <<'PY'
-import sys, av
-src, dst, times = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with av.open(src) as inp:
-    s = inp.streams.video[0]
-    packets = [p for p in inp.demux(s) if p.dts is not None]
-    span = max(p.pts + (p.duration or 0) for p in packets) - min(p.pts for p in packets)
-    with av.open(dst, "w") as out:
-        o = out.add_stream_from_template(s)
-        for k in range(times):
-            for p in packets:
-                q = av.Packet(bytes(p))
-                q.pts, q.dts, q.time_base, q.is_keyframe, q.stream = p.pts + k * span, p.dts + k * span, p.time_base, p.is_keyframe, o
-                out.mux(q)
-PY
+      long_clip
       user_run /tmp/mb.mp4 long-mb
       user_run /tmp/mb6.mp4 long-mb6
       model_alone ;;
@@ -359,6 +364,21 @@ PY
       for n in 1 2; do
         user_run /tmp/short.mp4 "short-$n"; grep -E "^(The output|Compiled for|warning|skipped)" "$OUT/short-$n.log" | cut -c1-220
       done ;;
+    issue12aot)  # the precompiled model (models.compiled.Precompiled): a first run shorter than the compilation (480
+               # frames, cold: the command waits for the helper, which also compiles ahead of time and keeps that),
+               # then the 2,400-frame job AOT_RUNS times (2; loaded, not compiled), once with FRAMEPIPE_PRECOMPILED=0 (compiled from
+               # the cache, as before), the model alone, then a 10-minute video (14,400 frames), then tests/test_compile.py's GPU test of it (~7 min)
+      python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+      user_run /tmp/short.mp4 aot-short; grep -E "^(The output|Compiled for|warning|skipped)" "$OUT/aot-short.log" | cut -c1-220
+      ls -la "${FRAMEPIPE_CACHE:-$HOME/.cache/framepipe}/precompiled" 2>&1 | tail -3
+      cat "${FRAMEPIPE_CACHE:-$HOME/.cache/framepipe}"/precompiled/*.none 2>/dev/null
+      mb_clip 2400
+      for n in $(seq "${AOT_RUNS:-2}"); do user_run /tmp/mb.mp4 "aot-$n"; done
+      FRAMEPIPE_PRECOMPILED=0 user_run /tmp/mb.mp4 aot-off
+      model_alone
+      long_clip
+      user_run /tmp/mb6.mp4 aot-long
+      [ "${AOT_TESTS:-1}" = 0 ] || timeout 150 python3 -m pytest -q -p no:cacheprovider -m needs_cuda -k fresh_process tests/test_compile.py 2>&1 | tail -3 ;;
     issue12x)  # torch.compile in a fresh process, cold and warm: the whole model against its repeated blocks
                # compiled once (bench_regional.py, x4plus-anime batch 4 of 480x270) (~3 min)
       timeout 300 python3 benchmarks/bench_regional.py --model realesrgan-x4plus-anime --shape 4,3,270,480 \

@@ -23,6 +23,15 @@ faster on an H100, idle or with every core busy (benchmarks/RESULTS.md, 2026-12-
 The compiled kernels land in the inductor cache (main.py points it into framepipe's cache
 folder), so a second run with the same model and shape compiles in seconds.
 
+Those seconds (5-16 for realesrgan-x4plus-anime on an H100, more the more encoders run beside
+it) are still Dynamo tracing the model in the run's own process, its Python holding the GIL the
+worker needs: the worker ran at under half its eager rate meanwhile. So where a `Precompiled` artefact exists (torch.compile's ahead-of-time
+compilation, `aot_compile`, saved by the compile helper for that model, shape, dtype, device and
+torch), the compile thread loads it instead, skipping Dynamo, AOTAutograd and Inductor alike; a
+missing, unusable or failing artefact falls back to torch.compile, as before. `precompile` makes
+one (models/compile_helper.py calls it after filling the cache, loads what it saved back and
+checks it before keeping it).
+
 `compile_choice(requested, device)` says whether `--compile auto|on|off` compiles on a device
 (auto: CUDA GPUs Triton supports, compute capability 7.0 or newer; never the CPU).
 """
@@ -33,14 +42,16 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-__all__ = ["CompiledModel", "CompileState", "compile_choice", "confine_fx_patches", "psnr_db"]
+__all__ = ["CompiledModel", "CompileState", "Precompiled", "compile_choice", "confine_fx_patches", "precompile", "psnr_db"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +127,105 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
 
 
+class Precompiled:
+    """Where torch.compile's ahead-of-time compilation of a model for one input is kept
+    (`path`), and the marker beside it that says none can be made there (`path.none`: a graph
+    break, a torch without `aot_compile`, an artefact that did not load back), so that no run
+    tries again. `load(module)` is the compiled model as `fn(x)`, or None (none there, not
+    ours, or it fails to load: then it is removed); load it under the inference mode it will
+    run in (torch 2.11 sets its guards' expected dispatch keys from the loading thread's).
+    Loading unpickles the file, so only a file
+    this user wrote and nobody else can write is loaded (framepipe's own cache: the inductor
+    cache beside it is imported code of the same trust)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.marker = self.path.with_name(self.path.name + ".none")
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def unsupported(self) -> str:
+        """Why no artefact can be made for it ("" where nothing says so)."""
+        try:
+            return self.marker.read_text(encoding="utf-8").strip() or "unsupported"
+        except OSError:
+            return ""
+
+    def settled(self) -> bool:
+        """An artefact is there, or none can be made: nothing for a helper to do."""
+        return self.exists() or bool(self.unsupported())
+
+    def mark_unsupported(self, why: str) -> None:
+        try:
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.write_text(why[:500] + "\n", encoding="utf-8")
+        except OSError:
+            log.debug("could not write %s", self.marker, exc_info=True)
+
+    def load(self, module: torch.nn.Module) -> Callable | None:
+        if not self.exists() or not _ours(self.path):
+            return None
+        try:
+            with self.path.open("rb") as file:
+                fn = torch.compiler.load_compiled_function(file)
+        except Exception:  # noqa: BLE001 - a torch that cannot read it, a broken file: compile instead
+            log.debug("could not load %s", self.path, exc_info=True)
+            self.discard()
+            return None
+        return functools.partial(fn, module)
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def _ours(path: Path) -> bool:
+    """Written by this user, writable by nobody else (the file and its folder)."""
+    if not hasattr(os, "getuid"):
+        return True
+    for item in (path, path.parent):
+        try:
+            st = item.stat()
+        except OSError:
+            return False
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            log.debug("%s is not this user's alone: not loaded", item)
+            return False
+    return True
+
+
+def _run_module(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What `precompile` compiles: the module is an input, so its weights are read at each call
+    (none is in the artefact) and its parameters' shapes, dtypes and devices are guarded."""
+    return module(x)
+
+
+def precompile(module: torch.nn.Module, example: torch.Tensor, mode: str, artefact: Precompiled) -> Callable | None:
+    """torch.compile's ahead-of-time compilation of `module` for `example`'s shape (call under
+    the inference mode it will run in: the artefact's guards check it), saved at
+    `artefact.path`; the compiled model as `fn(x)`, or None where it cannot be made (marked, so
+    that it is not tried again)."""
+    try:
+        config = torch._dynamo.config  # torch 2.11 offers aot_compile only with this on; later ones always
+        with config.patch(enable_aot_compile=True) if hasattr(config, "enable_aot_compile") else contextlib.nullcontext():
+            compiled = torch.compile(_run_module, mode=mode, dynamic=False, fullgraph=True)
+        aot_compile = getattr(compiled, "aot_compile", None)
+        if aot_compile is None:
+            raise RuntimeError(f"torch {torch.__version__} has no aot_compile")
+        fn = aot_compile(((module, example), {}))
+        artefact.path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(artefact.path.parent, 0o755)
+        fn.save_compiled_function(str(artefact.path))
+        os.chmod(artefact.path, 0o644)
+    except Exception as exc:  # noqa: BLE001 - a graph break, a torch without it: torch.compile as before
+        log.debug("precompiling failed", exc_info=True)
+        artefact.discard()
+        artefact.mark_unsupported(f"{type(exc).__name__}: {_first_line(exc)}")
+        return None
+    return functools.partial(fn, module)
+
+
 @dataclass
 class CompileState:
     """What compilation did, for the run's stats."""
@@ -127,6 +237,7 @@ class CompileState:
     shape: tuple[int, ...] | None = None
     num_compiled_batches: int = 0
     num_eager_batches: int = 0
+    loaded: bool = False  # from a precompiled artefact (`Precompiled`), not compiled in this process
 
 
 class CompiledModel:
@@ -134,7 +245,8 @@ class CompiledModel:
 
     def __init__(self, module: torch.nn.Module, *, name: str, enabled: bool, warn: Callable[[str], None],
                  reason: str = "", min_psnr_db: float = 50.0, mode: str = "default",
-                 compile_fn: Callable[..., Callable] | None = None, prepare: Callable[..., None] | None = None) -> None:
+                 compile_fn: Callable[..., Callable] | None = None, prepare: Callable[..., None] | None = None,
+                 artefact: Callable[..., Precompiled | None] | None = None) -> None:
         self.module = module
         self.name = name
         self.warn = warn
@@ -142,13 +254,14 @@ class CompiledModel:
         self.mode = mode
         self._compile_fn = compile_fn or torch.compile
         self.prepare = prepare  # fills the compile cache first, out of process (models/compile_helper.py)
+        self.artefact = artefact  # (shape, dtype, device, mode) -> where a precompiled model is kept, or None
         self.kept_eager = False  # `keep_eager`: not compiling for now, maybe later (`compile_after_all`)
         self._kept_prepare = None
         if enabled and isinstance(module, torch.jit.ScriptModule):
             enabled, reason = False, "eager (a TorchScript model: torch.compile does not take it)"
         self.enabled = enabled
         self.state = CompileState(status="waiting" if enabled else "eager", note=reason)
-        self._compiled: tuple[tuple[int, ...], Callable] | None = None  # (shape, fn), set once, atomically
+        self._compiled: tuple[tuple[int, ...], torch.dtype, Callable] | None = None  # (shape, dtype, fn), set once
         self.batch_size = 1  # the batch size the worker settled on (set before its first batch)
         self._thread: threading.Thread | None = None
         self._closed = False  # `close`: the run is over
@@ -164,9 +277,9 @@ class CompiledModel:
         if compiled is None and self.enabled and self._thread is None and x.shape[0] <= self.batch_size:
             self._start(_pad_batch(x, self.batch_size))  # compiled for the worker's batch size
         if compiled is not None:
-            shape, fn = compiled
+            shape, dtype, fn = compiled
             n = x.shape[0]
-            if tuple(x.shape[1:]) == shape[1:] and shape[0] // 2 < n <= shape[0]:
+            if tuple(x.shape[1:]) == shape[1:] and shape[0] // 2 < n <= shape[0] and x.dtype == dtype:
                 self.state.num_compiled_batches += 1
                 return fn(_pad_batch(x, shape[0]))[:n]
         self.state.num_eager_batches += 1
@@ -245,8 +358,10 @@ class CompiledModel:
             if self._closed:  # the run ended meanwhile: compiling in this process would serve nothing
                 raise RuntimeError("cancelled")
             with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
-                fn = self._compile_fn(self.module, mode=self.mode, dynamic=False)
-                out = fn(example)
+                fn = self._load(example)
+                if fn is None:
+                    fn = self._compile_fn(self.module, mode=self.mode, dynamic=False)
+                    out = fn(example)
                 out = fn(example)  # warm: the second call must not recompile
                 ref = self.module(example)
                 quality = psnr_db(out, ref)
@@ -269,12 +384,37 @@ class CompiledModel:
                                "running eagerly")
             self.warn(f"model {self.name}: {self.state.note}.")
             return
-        self._compiled = (tuple(example.shape), fn)
+        self._compiled = (tuple(example.shape), example.dtype, fn)
         self.state.status = "compiled"
         shown = "identical" if math.isinf(quality) else f"PSNR {quality:.1f} dB"
-        self.state.note = (f"compiled in {self.state.seconds:.1f} s for batch {example.shape[0]} of "
+        how = "loaded precompiled" if self.state.loaded else "compiled"
+        self.state.note = (f"{how} in {self.state.seconds:.1f} s for batch {example.shape[0]} of "
                            f"{example.shape[-1]}x{example.shape[-2]} ({shown} vs eager)")
         log.info("%s: %s", self.name, self.state.note)
+
+    def _load(self, example: torch.Tensor) -> Callable | None:
+        """The precompiled model for `example`'s shape, run once; None where there is none, or
+        it does not load (removed: the next helper makes it again), or it fails on this input
+        (marked: later runs compile as before, no helper tries again). Its guards checked this
+        first batch; later batches are of that shape, dtype and device (`__call__` sees to it),
+        so they are not checked again: a guard that failed mid-run would raise, where
+        torch.compile would have recompiled."""
+        artefact = self.artefact(tuple(example.shape), example.dtype, example.device, self.mode) if self.artefact else None
+        if artefact is None:
+            return None
+        fn = artefact.load(self.module)
+        if fn is None:
+            return None
+        try:
+            fn(example)
+        except Exception as exc:  # noqa: BLE001 - its guards refused this input, a kernel failed: compile instead
+            log.debug("the precompiled %s failed", self.name, exc_info=True)
+            artefact.discard()
+            artefact.mark_unsupported(f"it failed in a run: {type(exc).__name__}: {_first_line(exc)}")
+            return None
+        fn.func.disable_guard_check()
+        self.state.loaded = True
+        return fn
 
 
 def _pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -29,7 +29,7 @@ from pipeline.stats import RunStats
 from hw.memory import ProbeMemo
 from hw.pictures import orientation
 from models import LoadedModel
-from models.compile_helper import CacheWarmer
+from models.compile_helper import CacheWarmer, artefacts_folder
 from models.registry import default_cache_dir
 from pipeline.worker import Temporal, Worker
 from pipeline.writer import DiscardWriter, PictureWriter, Writer
@@ -288,8 +288,8 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
             compile=(plan.compiled[str(dev)] if not plan.spatial_identity and plan.model.kind == "spatial" else
                      (False, "interpolation only: no model before it" if plan.spatial_identity else
                       "a temporal model: eager")),
-            compile_helper=(CacheWarmer(cfg.model, plan.model.scale, memo=ProbeMemo(default_cache_dir() / "compiled.json"))
-                            if dev.type == "cuda" else None),
+            compile_helper=(CacheWarmer(cfg.model, plan.model.scale, memo=ProbeMemo(default_cache_dir() / "compiled.json"),
+                                        artefacts=artefacts_folder()) if dev.type == "cuda" else None),
             probe_memo=ProbeMemo(default_cache_dir() / "batch-sizes.json") if cfg.batch_size == 0 else None,
             temporal=_temporal(plan), restore_radius=plan.model.radius, overlap=_overlap_from_env(),
             encoders_fps=_encoders_share(plan),

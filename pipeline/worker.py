@@ -191,7 +191,8 @@ class Worker:
             self.ws.marks["model on the device"] = time.perf_counter()
             enabled, why = self.compile
             self.model = CompiledModel(self.module, name=self.model_name, enabled=enabled, warn=self.warn, reason=why,
-                                       prepare=self.compile_helper if enabled else None)
+                                       prepare=self.compile_helper if enabled else None,
+                                       artefact=getattr(self.compile_helper, "artefact", None) if enabled else None)
             self.ws.compile = self.model.state
             if self.requested_batch_size == 0:
                 if self.device.type == "cuda" and self.frame_size is not None:

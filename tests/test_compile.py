@@ -5,7 +5,10 @@ is about the switching; one test runs the real torch.compile on the CPU."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -488,14 +491,242 @@ def test_nothing_to_wait_for_says_nothing():
     assert lines == []
 
 
-@pytest.mark.timeout(600)
-def test_the_real_helper_compiles_a_model_in_its_own_process(tmp_path, monkeypatch):
-    """models/compile_helper.py itself: builds the model as a worker does and compiles it (CPU)."""
+_LOAD_IN_A_FRESH_PROCESS = """
+import json, sys, torch
+from pathlib import Path
+from models import load_model
+from models.compile_helper import CacheWarmer
+from models.compiled import CompiledModel
+
+def no_compiler(*args, **kwargs):
+    raise AssertionError("torch.compile was called")
+
+warmer = CacheWarmer("bicubic", 2, artefacts=Path(sys.argv[1]))
+device = torch.device(sys.argv[2])
+module = load_model("bicubic", scale=2).build(device, torch.float32)
+model = CompiledModel(module, name="bicubic", enabled=True, warn=print, compile_fn=no_compiler, artefact=warmer.artefact)
+model.batch_size = 4
+x = torch.rand(4, 3, 8, 8, device=device)
+with torch.inference_mode():
+    model(x)
+    state = model.wait(timeout=400)
+    y = model(x)
+    last = model(x[:3])  # a shorter last batch: padded to the compiled size and cut back
+print(json.dumps({"status": state.status, "loaded": state.loaded, "note": state.note,
+                  "compiled_batches": state.num_compiled_batches,
+                  "error": float((y - module(x)).abs().max()), "last": list(last.shape)}))
+"""
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda:0", marks=pytest.mark.needs_cuda)])
+def test_the_real_helper_compiles_a_model_and_a_fresh_process_loads_it_precompiled(tmp_path, monkeypatch, device):
+    """models/compile_helper.py itself: builds the model as a worker does, compiles it (the
+    inductor cache), compiles it ahead of time and keeps what loaded back; a fresh process then
+    runs it from that file without calling torch.compile, matching eager."""
     from models.compile_helper import CacheWarmer
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
-    CacheWarmer("bicubic", 2)((1, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
-    assert any((tmp_path / "cache").rglob("*"))
+    warmer = CacheWarmer("bicubic", 2, artefacts=tmp_path / "precompiled")
+    shape = (4, 3, 8, 8)
+    warmer(shape, torch.float32, torch.device(device), "default")
+    assert warmer.outcome == "compiled" and any((tmp_path / "cache").rglob("*"))
+    artefact = warmer.artefact(shape, torch.float32, torch.device(device), "default")
+    assert artefact.exists(), artefact.unsupported()
+    assert [p.name for p in (tmp_path / "precompiled").iterdir()] == [artefact.path.name]  # no trial left
+    done = subprocess.run([sys.executable, "-c", _LOAD_IN_A_FRESH_PROCESS, str(tmp_path / "precompiled"), device],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == "compiled" and result["loaded"] is True, result
+    assert result["note"].startswith("loaded precompiled in ")
+    assert result["compiled_batches"] == 2 and result["error"] < 1e-4 and result["last"] == [3, 3, 16, 16]
+
+
+# -- the precompiled model (models.compiled.Precompiled), with stand-ins ---------------------------
+
+
+class _Artefact:
+    """models.compiled.Precompiled's shape, its `load` a stand-in: `fn(x)` (+ offset), or one
+    that raises on its first call."""
+
+    def __init__(self, tmp_path: Path, *, offset: float = 0.0, fails: bool = False, present: bool = True) -> None:
+        from models.compiled import Precompiled
+
+        self.real = Precompiled(tmp_path / "a.pt")
+        if present:
+            self.real.path.write_bytes(b"artefact")
+        self.offset, self.fails, self.loads = offset, fails, 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def load(self, module):
+        if not self.real.exists():
+            return None
+        self.loads += 1
+
+        def fn(module, x):
+            if self.fails:
+                raise RuntimeError("GuardManager check failed, reason: ...")
+            return module(x) + self.offset
+
+        return functools.partial(_Guarded(fn), module)  # as Precompiled.load: the module bound first
+
+
+class _Guarded:
+    """An AOTCompiledFunction's face: callable, `disable_guard_check()`."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.checked = fn, True
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def disable_guard_check(self) -> None:
+        self.checked = False
+
+
+def test_a_precompiled_model_is_loaded_and_nothing_is_compiled(tmp_path):
+    module, warnings = _conv(), []
+    artefact = _Artefact(tmp_path)
+    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=StandIn(fail=True),
+                          artefact=lambda *a: artefact)
+    x = torch.rand(2, 3, 8, 8)
+    _ready(model, x)
+    assert model.state.status == "compiled" and model.state.loaded and warnings == []
+    assert model.state.note.startswith("loaded precompiled in ") and artefact.loads == 1
+    with torch.inference_mode():
+        assert torch.equal(model(x), module(x)) and model.state.num_compiled_batches == 1
+    assert model._compiled[2].func.checked is False  # its guards passed the first batch; later ones are ours
+
+
+def test_a_precompiled_model_that_fails_is_marked_and_the_model_compiles_as_before(tmp_path):
+    module, warnings = _conv(), []
+    artefact, compiler = _Artefact(tmp_path, fails=True), StandIn()
+    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=compiler,
+                          artefact=lambda *a: artefact)
+    _ready(model, torch.rand(2, 3, 8, 8))
+    assert model.state.status == "compiled" and not model.state.loaded and warnings == []
+    assert compiler.shapes  # torch.compile's stand-in ran
+    assert not artefact.real.exists() and "GuardManager check failed" in artefact.real.unsupported()
+    assert artefact.real.settled()  # no helper tries again: later runs compile from the cache
+
+
+def test_without_a_precompiled_model_it_compiles_as_before(tmp_path):
+    module, compiler = _conv(), StandIn()
+    artefact = _Artefact(tmp_path, present=False)
+    model = CompiledModel(module, name="m", enabled=True, warn=print, compile_fn=compiler, artefact=lambda *a: artefact)
+    _ready(model, torch.rand(2, 3, 8, 8))
+    assert model.state.status == "compiled" and not model.state.loaded and artefact.loads == 0 and compiler.shapes
+
+
+def test_a_precompiled_file_that_does_not_load_is_removed(tmp_path):
+    from models.compiled import Precompiled
+
+    artefact = Precompiled(tmp_path / "a.pt")
+    artefact.path.write_bytes(b"not a pickle")
+    os.chmod(artefact.path, 0o644)
+    os.chmod(tmp_path, 0o755)
+    assert artefact.load(_conv()) is None
+    assert not artefact.exists() and not artefact.settled()  # the next helper makes it again
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="file owners and modes are POSIX")
+def test_a_precompiled_file_others_can_write_is_never_unpickled(tmp_path):
+    """Loading unpickles: a file (or folder) writable by another user is left alone, unread."""
+    import pickle
+
+    from models.compiled import Precompiled
+
+    class Tripwire:
+        def __reduce__(self):
+            return (Path(tmp_path / "unpickled").touch, ())
+
+    folder = tmp_path / "precompiled"
+    folder.mkdir()
+    artefact = Precompiled(folder / "a.pt")
+    artefact.path.write_bytes(pickle.dumps(Tripwire()))
+    for file_mode, folder_mode in ((0o666, 0o755), (0o644, 0o777), (0o664, 0o755)):
+        os.chmod(artefact.path, file_mode)
+        os.chmod(folder, folder_mode)
+        assert artefact.load(_conv()) is None and artefact.exists()
+    assert not (tmp_path / "unpickled").exists()
+    os.chmod(artefact.path, 0o644)
+    os.chmod(folder, 0o755)
+    assert artefact.load(_conv()) is None  # ours: read (torch's loader then refuses it: removed)
+    assert (tmp_path / "unpickled").exists() and not artefact.exists()
+
+
+def test_the_helper_runs_again_only_where_no_artefact_is_settled(tmp_path):
+    from hw.memory import ProbeMemo
+    from models.compile_helper import CacheWarmer
+    from models.compiled import Precompiled
+
+    helper = _Helper("import sys; sys.exit(0)")
+    helper.memo, helper.artefacts = ProbeMemo(tmp_path / "compiled.json"), tmp_path / "precompiled"
+    shape, dtype, cpu = (2, 3, 8, 8), torch.float32, torch.device("cpu")
+    helper.memo.put(helper.key(shape, dtype, cpu, "default"), {"compiled": True})
+    helper(shape, dtype, cpu, "default")  # compiled once, but no artefact (an older framepipe): again
+    first = helper._process
+    assert first is not None and first.returncode == 0
+    artefact = helper.artefact(shape, dtype, cpu, "default")
+    assert isinstance(artefact, Precompiled) and artefact.path.parent == tmp_path / "precompiled"
+    with pytest.MonkeyPatch.context() as patch:  # per device: the compiled code names its GPU
+        patch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100")
+        on = [helper.artefact(shape, dtype, torch.device(f"cuda:{i}"), "default").path for i in (0, 1)]
+    assert len({on[0], on[1], artefact.path}) == 3
+    artefact.mark_unsupported("RuntimeError: graph break")
+    helper(shape, dtype, cpu, "default")
+    assert helper._process is first  # none can be made: no helper
+    artefact.marker.unlink()
+    artefact.path.parent.mkdir(exist_ok=True)
+    artefact.path.write_bytes(b"x")
+    helper(shape, dtype, cpu, "default")
+    assert helper._process is first  # there: no helper
+    real = CacheWarmer("m", 2, artefacts=tmp_path / "precompiled").command(shape, dtype, cpu, "default")
+    assert real[-2:] == ["--artefact", str(artefact.path)]
+    assert "--artefact" not in CacheWarmer("m", 2).command(shape, dtype, cpu, "default")
+
+
+def test_a_helper_that_dies_making_the_artefact_still_filled_the_cache(tmp_path):
+    from models.compile_helper import FILLED
+
+    helper = _Helper(f"import os; print({FILLED!r}, flush=True); os.abort()")
+    helper.artefacts = tmp_path / "precompiled"
+    shape, cpu = (2, 3, 8, 8), torch.device("cpu")
+    helper(shape, torch.float32, cpu, "default")
+    assert helper.outcome == "compiled"
+    assert "the helper failed making it" in helper.artefact(shape, torch.float32, cpu, "default").unsupported()
+    dead = _Helper("import os; os.abort()")
+    with pytest.raises(RuntimeError):
+        dead(shape, torch.float32, cpu, "default")
+
+
+def test_the_helper_keeps_an_artefact_only_if_it_loads_back_and_matches(tmp_path, monkeypatch):
+    from models import compile_helper, compiled
+    from models.compiled import Precompiled
+
+    module, x = _conv(), torch.rand(2, 3, 8, 8)
+    expected = module(x)
+
+    def fake_precompile(module, example, mode, artefact):
+        artefact.path.write_bytes(b"artefact")
+        return lambda x: module(x)
+
+    monkeypatch.setattr(compiled, "precompile", fake_precompile)
+    for offset, kept, why in ((0.0, True, ""), (0.5, False, "differs from the compiled model's")):
+        monkeypatch.setattr(Precompiled, "load", lambda self, m, offset=offset: (lambda x: m(x) + offset) if self.exists() else None)
+        artefact = Precompiled(tmp_path / f"{offset}.pt")
+        assert compile_helper.keep_artefact(module, x, expected, "default", artefact) is kept
+        assert artefact.exists() is kept and why in artefact.unsupported()
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no trial left
+    monkeypatch.setattr(compiled, "precompile", lambda module, example, mode, artefact: artefact.mark_unsupported(
+        "RuntimeError: graph break"))
+    artefact = Precompiled(tmp_path / "none.pt")
+    assert compile_helper.keep_artefact(module, x, expected, "default", artefact) is False
+    assert artefact.unsupported() == "RuntimeError: graph break"
 
 
 def test_auto_leaves_a_short_run_eager(tmp_path, monkeypatch):
