@@ -48,15 +48,19 @@ class CacheWarmer:
     no helper (its start alone, importing torch and its compile workers, takes ~10 s), and
     the worker's own compilation, from the cache, takes several seconds.
 
+    `on_start` is called when a helper process starts: it compiles on every core, which the
+    run's own measurements of its encoders must not take for the machine's speed.
+
     `artefacts` (a folder) is where the helper keeps the models it compiled ahead of time
     (`artefact`); a shape in the memo whose artefact is missing (made by an older framepipe, or
     for another GPU of the machine) runs the helper again, which finds its cache warm."""
 
     def __init__(self, model: str, scale: int, *, memo=None, artefacts: Path | None = None,
-                 timeout_seconds: float = 1200.0) -> None:
+                 timeout_seconds: float = 1200.0, on_start=None) -> None:
         self.model, self.scale, self.timeout_seconds = model, scale, timeout_seconds
         self.memo = memo
         self.artefacts = artefacts
+        self.on_start = on_start  # called once its process started (the run notes the CPUs it took)
         self._process: subprocess.Popen | None = None
         self.outcome = ""  # "compiled", or why not (the helper's last line, "cancelled"), once it ended
         self._cancelled = threading.Event()
@@ -104,6 +108,8 @@ class CacheWarmer:
         try:
             self._process = subprocess.Popen(self.command(shape, dtype, device, mode), stdout=subprocess.PIPE,
                                              stderr=subprocess.PIPE, text=True)
+            if self.on_start is not None:
+                self.on_start()
             if self._cancelled.is_set():  # cancelled while it started
                 self._process.kill()
             try:
@@ -192,13 +198,17 @@ def main(argv: list[str] | None = None) -> int:
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shape = tuple(int(v) for v in args.shape.split(","))
+    from models.compiled import runs_channels_last
+
     module = load_model(args.model, scale=args.scale).build(device, dtype)
-    if device.type == "cuda":  # as models.compiled.CompiledModel feeds it
+    if device.type == "cuda":
         torch.cuda.set_device(device)
+    channels_last = runs_channels_last(module)  # as models.compiled.CompiledModel feeds it
+    if channels_last:
         module.to(memory_format=torch.channels_last)
     with torch.inference_mode():  # an inference tensor, as the worker's batches are (the artefact's guards check it)
         x = torch.rand(shape, device=device).to(dtype)
-        if device.type == "cuda":
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         fn = torch.compile(module, mode=args.mode, dynamic=False)

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CompiledModel", "CompileState", "Precompiled", "compile_choice", "confine_fx_patches", "precompile", "psnr_db"]
+__all__ = ["CompiledModel", "CompileState", "Precompiled", "compile_choice", "confine_fx_patches", "precompile", "psnr_db", "runs_channels_last"]
 
 log = logging.getLogger(__name__)
 
@@ -164,20 +164,40 @@ class Precompiled:
             log.debug("could not write %s", self.marker, exc_info=True)
 
     def load(self, module: torch.nn.Module) -> Callable | None:
+        """Loaded once per process and file: a later run in the same process (the service's next
+        job, a benchmark's next pipeline) takes the same loaded function; the module is its
+        argument, and its guards are checked for each run's first batch (`CompiledModel._load`)."""
         if not self.exists() or not _ours(self.path):
             return None
         try:
-            with self.path.open("rb") as file:
-                fn = torch.compiler.load_compiled_function(file)
-        except Exception:  # noqa: BLE001 - a torch that cannot read it, a broken file: compile instead
-            log.debug("could not load %s", self.path, exc_info=True)
-            self.discard()
+            stat = self.path.stat()
+        except OSError:
             return None
+        key = (str(self.path), stat.st_size, stat.st_mtime_ns)
+        with _loaded_lock:
+            fn = _loaded.get(key)
+        if fn is None:
+            try:
+                with self.path.open("rb") as file:
+                    fn = torch.compiler.load_compiled_function(file)
+            except Exception:  # noqa: BLE001 - a torch that cannot read it, a broken file: compile instead
+                log.debug("could not load %s", self.path, exc_info=True)
+                self.discard()
+                return None
+            with _loaded_lock:
+                fn = _loaded.setdefault(key, fn)
         return functools.partial(fn, module)
 
     def discard(self) -> None:
+        with _loaded_lock:
+            for key in [key for key in _loaded if key[0] == str(self.path)]:
+                del _loaded[key]
         with contextlib.suppress(OSError):
             self.path.unlink()
+
+
+_loaded: dict[tuple[str, int, int], Callable] = {}  # (path, size, mtime) -> the function loaded from it
+_loaded_lock = threading.Lock()
 
 
 def _ours(path: Path) -> bool:
@@ -265,7 +285,7 @@ class CompiledModel:
         self.batch_size = 1  # the batch size the worker settled on (set before its first batch)
         self._thread: threading.Thread | None = None
         self._closed = False  # `close`: the run is over
-        self.channels_last = _is_cuda(module)
+        self.channels_last = runs_channels_last(module)
         if self.channels_last:  # before any forward: the compiled and the eager path share these weights
             module.to(memory_format=torch.channels_last)
 
@@ -395,10 +415,10 @@ class CompiledModel:
     def _load(self, example: torch.Tensor) -> Callable | None:
         """The precompiled model for `example`'s shape, run once; None where there is none, or
         it does not load (removed: the next helper makes it again), or it fails on this input
-        (marked: later runs compile as before, no helper tries again). Its guards checked this
-        first batch; later batches are of that shape, dtype and device (`__call__` sees to it),
-        so they are not checked again: a guard that failed mid-run would raise, where
-        torch.compile would have recompiled."""
+        (marked: later runs compile as before, no helper tries again). Its guards check the
+        module and this first batch; later batches are of that shape, dtype and device
+        (`__call__` sees to it), so they are not checked again: a guard that failed mid-run would
+        raise, where torch.compile would have recompiled."""
         artefact = self.artefact(tuple(example.shape), example.dtype, example.device, self.mode) if self.artefact else None
         if artefact is None:
             return None
@@ -406,6 +426,8 @@ class CompiledModel:
         if fn is None:
             return None
         try:
+            if not fn.func.guard_check(self.module, example):  # checked here even where loaded before
+                raise RuntimeError("its guards refused the run's model or input")
             fn(example)
         except Exception as exc:  # noqa: BLE001 - its guards refused this input, a kernel failed: compile instead
             log.debug("the precompiled %s failed", self.name, exc_info=True)
@@ -431,7 +453,9 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
         else torch.contiguous_format
 
 
-def _is_cuda(module: torch.nn.Module) -> bool:
+def runs_channels_last(module: torch.nn.Module) -> bool:
+    """Whether `CompiledModel` runs `module` channels_last (a module with weights on a GPU); the
+    compile helper feeds it the same way, else its cache and its artefact miss the run's input."""
     first = next(iter(module.parameters()), None)
     return first is not None and first.is_cuda
 

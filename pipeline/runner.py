@@ -144,7 +144,11 @@ def run(
         if plan.model_rate_key and config.parallel:  # for the next run's choice of encoders (pipeline.encoder_choice)
             key = model_rate_key_as_run(plan, stats)  # a model kept eager: under "compiled no"
             remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), key, stats)
-        if plan.encoder_speed_key and plan.segments is not None and config.parallel:  # the encoders' real speed
+        # The encoders' real speed, unless a compile helper took the CPUs meanwhile (on an H100 a first
+        # run whose helper compiled all along taught 0.34 x the synthetic speed, and the later runs,
+        # whose encoders were busy too little to say more than a bound, never raised it: 3 encoders
+        # planned where 1 had kept up).
+        if plan.encoder_speed_key and plan.segments is not None and config.parallel and not stats.compile_helper_ran:
             learn_content_factor(stats, key=plan.encoder_speed_key, num_encoders=plan.num_encoders,
                                  num_cores=cores_for(config), speeds_memo=ProbeMemo(default_cache_dir() / ENCODER_SPEEDS_FILE),
                                  factors_memo=ProbeMemo(default_cache_dir() / ENCODER_FACTORS_FILE))

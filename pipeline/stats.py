@@ -170,6 +170,9 @@ class RunStats:
     num_frames_encoded: int = 0  # segmented output: frames the encoders have encoded (written: handed to them)
     num_corrupt_packets: int = 0
     source_exhausted: bool = False  # the reader reached the end of the source (not a stop or --max-frames)
+    # A compile helper process (models/compile_helper.py) ran during the run: torch.compile's workers
+    # on every core, so the encoders' times say nothing of the machine's (not learnt from).
+    compile_helper_ran: bool = False
     stages: dict[str, StageClock] = field(default_factory=dict)
     workers: dict[str, WorkerStats] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -312,6 +315,7 @@ class RunStats:
             "frames_made": self.num_frames_made,
             "frames_out": self.num_frames_written + self.num_frames_made,
             "corrupt_packets": self.num_corrupt_packets,
+            "compile_helper_ran": self.compile_helper_ran,
             "wall_seconds": round(self.wall_seconds, 3),
             "fps": round(self.fps, 3),
             "first_frame_seconds": None if self.first_frame_seconds is None else round(self.first_frame_seconds, 3),

@@ -512,9 +512,16 @@ with torch.inference_mode():
     state = model.wait(timeout=400)
     y = model(x)
     last = model(x[:3])  # a shorter last batch: padded to the compiled size and cut back
+again = CompiledModel(module, name="bicubic", enabled=True, warn=print, compile_fn=no_compiler,
+                      artefact=warmer.artefact)  # the next job of a service, in the same process
+again.batch_size = 4
+with torch.inference_mode():
+    again(x)
+    again.wait(timeout=400)
 print(json.dumps({"status": state.status, "loaded": state.loaded, "note": state.note,
                   "compiled_batches": state.num_compiled_batches,
-                  "error": float((y - module(x)).abs().max()), "last": list(last.shape)}))
+                  "error": float((y - module(x)).abs().max()), "last": list(last.shape),
+                  "again": again.state.loaded, "same": again._compiled[2].func is model._compiled[2].func}))
 """
 
 
@@ -542,6 +549,7 @@ def test_the_real_helper_compiles_a_model_and_a_fresh_process_loads_it_precompil
     assert result["status"] == "compiled" and result["loaded"] is True, result
     assert result["note"].startswith("loaded precompiled in ")
     assert result["compiled_batches"] == 2 and result["error"] < 1e-4 and result["last"] == [3, 3, 16, 16]
+    assert result["again"] is True and result["same"] is True  # loaded once per process
 
 
 # -- the precompiled model (models.compiled.Precompiled), with stand-ins ---------------------------
@@ -551,13 +559,14 @@ class _Artefact:
     """models.compiled.Precompiled's shape, its `load` a stand-in: `fn(x)` (+ offset), or one
     that raises on its first call."""
 
-    def __init__(self, tmp_path: Path, *, offset: float = 0.0, fails: bool = False, present: bool = True) -> None:
+    def __init__(self, tmp_path: Path, *, offset: float = 0.0, fails: bool = False, refuses: bool = False,
+                 present: bool = True) -> None:
         from models.compiled import Precompiled
 
         self.real = Precompiled(tmp_path / "a.pt")
         if present:
             self.real.path.write_bytes(b"artefact")
-        self.offset, self.fails, self.loads = offset, fails, 0
+        self.offset, self.fails, self.refuses, self.loads = offset, fails, refuses, 0
 
     def __getattr__(self, name):
         return getattr(self.real, name)
@@ -572,17 +581,20 @@ class _Artefact:
                 raise RuntimeError("GuardManager check failed, reason: ...")
             return module(x) + self.offset
 
-        return functools.partial(_Guarded(fn), module)  # as Precompiled.load: the module bound first
+        return functools.partial(_Guarded(fn, refuses=self.refuses), module)  # as Precompiled.load: the module first
 
 
 class _Guarded:
-    """An AOTCompiledFunction's face: callable, `disable_guard_check()`."""
+    """An AOTCompiledFunction's face: callable, `guard_check(*args)`, `disable_guard_check()`."""
 
-    def __init__(self, fn) -> None:
-        self.fn, self.checked = fn, True
+    def __init__(self, fn, *, refuses: bool = False) -> None:
+        self.fn, self.checked, self.refuses = fn, True, refuses
 
     def __call__(self, *args):
         return self.fn(*args)
+
+    def guard_check(self, *args) -> bool:
+        return not self.refuses
 
     def disable_guard_check(self) -> None:
         self.checked = False
@@ -602,15 +614,16 @@ def test_a_precompiled_model_is_loaded_and_nothing_is_compiled(tmp_path):
     assert model._compiled[2].func.checked is False  # its guards passed the first batch; later ones are ours
 
 
-def test_a_precompiled_model_that_fails_is_marked_and_the_model_compiles_as_before(tmp_path):
+@pytest.mark.parametrize("how, said", [("fails", "GuardManager check failed"), ("refuses", "its guards refused")])
+def test_a_precompiled_model_that_fails_is_marked_and_the_model_compiles_as_before(tmp_path, how, said):
     module, warnings = _conv(), []
-    artefact, compiler = _Artefact(tmp_path, fails=True), StandIn()
+    artefact, compiler = _Artefact(tmp_path, **{how: True}), StandIn()
     model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=compiler,
                           artefact=lambda *a: artefact)
     _ready(model, torch.rand(2, 3, 8, 8))
     assert model.state.status == "compiled" and not model.state.loaded and warnings == []
     assert compiler.shapes  # torch.compile's stand-in ran
-    assert not artefact.real.exists() and "GuardManager check failed" in artefact.real.unsupported()
+    assert not artefact.real.exists() and said in artefact.real.unsupported()
     assert artefact.real.settled()  # no helper tries again: later runs compile from the cache
 
 
@@ -688,6 +701,19 @@ def test_the_helper_runs_again_only_where_no_artefact_is_settled(tmp_path):
     real = CacheWarmer("m", 2, artefacts=tmp_path / "precompiled").command(shape, dtype, cpu, "default")
     assert real[-2:] == ["--artefact", str(artefact.path)]
     assert "--artefact" not in CacheWarmer("m", 2).command(shape, dtype, cpu, "default")
+
+
+def test_a_helper_says_when_its_process_starts_and_only_then(tmp_path):
+    """The run learns nothing of its encoders' speed beside a helper (pipeline/runner.py)."""
+    from hw.memory import ProbeMemo
+
+    started: list[bool] = []
+    helper = _Helper("import sys; sys.exit(0)")
+    helper.memo, helper.on_start = ProbeMemo(tmp_path / "compiled.json"), lambda: started.append(True)
+    helper((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+    assert started == [True]
+    helper((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")  # remembered: no process
+    assert started == [True]
 
 
 def test_a_helper_that_dies_making_the_artefact_still_filled_the_cache(tmp_path):

@@ -514,6 +514,21 @@ def test_a_run_into_the_pool_teaches_the_next_plan(sixteen_cores, monkeypatch, c
     assert learnt["encoders"] == 2 and 20 < learnt["observed_fps"] < 50  # 2 encoders at < 25 fps each
     assert learnt["factor"] < fast["factor"]
     assert learnt["factor"] == pytest.approx(learnt["observed_fps"] / 800.0, rel=0.01)
+    # A run beside a compile helper (torch.compile's workers on every core) teaches nothing: its
+    # encoders went slower than the machine's, here 3x slower again.
+    from pipeline.stats import RunStats
+
+    add_worker = RunStats.add_worker
+
+    def helper_started(self, *args, **kwargs):
+        self.compile_helper_ran = True  # as a worker's CacheWarmer does once its process started
+        return add_worker(self, *args, **kwargs)
+
+    delay["seconds"] = 0.12
+    with monkeypatch.context() as patch:
+        patch.setattr(RunStats, "add_worker", helper_started)
+        assert cli.main([*base, "--output", str(tmp_path / "beside.mp4")]) == 0
+    assert json.loads(factors.read_text())[key] == learnt
     capsys.readouterr()
     monkeypatch.setattr(planning, "_model_rate", lambda key: 40.0)
     assert cli.main([*base[:-2], "--output", str(tmp_path / "next.mp4")]) == 0  # --encoders auto
