@@ -539,7 +539,7 @@ def _finish_compile_helpers(say, stopper, *, quiet: bool, poll_seconds: float = 
     compiles from the cache in seconds; else a first run shorter than the compilation leaves the
     cache cold, and so does every run after it. The output is complete and in place; Ctrl-C (or
     any stop signal) skips the wait and ends the helper, and the exit code stays 0."""
-    helper_module = sys.modules.get("models.compile_helper")  # not imported: no run compiled anything
+    helper_module = sys.modules.get("models.compile_helper")  # not imported: no run got that far
     helpers = helper_module.pending() if helper_module is not None else []
     if not helpers:
         return

@@ -28,42 +28,45 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 
-__all__ = ["CacheWarmer", "artefacts_folder", "cancel_pending", "pending"]
+__all__ = ["CacheWarmer", "artefacts_folder", "cancel_pending", "num_started", "pending"]
 
 ROOT = Path(__file__).resolve().parents[1]
 FILLED = "cache filled"  # the helper's stdout line once torch.compile's cache is
 
 
 class CacheWarmer:
-    """`warmer(shape, dtype, device, mode)` runs the helper process and returns when it is
-    done; raises RuntimeError with its last line if it fails. `cancel()` ends it (a run stopped
-    or failed). A run that completed before its helper did lets it finish filling the cache
-    (`pending`; `main.py` waits for it, Ctrl-C skips): else a first run shorter than the
-    compilation would leave the cache cold, and so would every run after it.
+    """`warmer(shape, dtype, device, mode)` runs the helper process and returns once it has
+    filled torch.compile's cache (its "cache filled" line), or failed; raises RuntimeError with
+    its last line if it failed before. The process goes on to make the precompiled artefact
+    (`join` waits for it), and stays `pending` until it exits. `cancel()` ends it (a run stopped
+    or failed). A run that completed before its helper did lets it finish (`pending`; `main.py`
+    waits for it, Ctrl-C skips): else a first run shorter than the compilation would leave the
+    cache cold, and so would every run after it.
 
     `memo` (a `hw.memory.ProbeMemo` file) remembers what a helper compiled: a warm cache needs
     no helper (its start alone, importing torch and its compile workers, takes ~10 s), and
     the worker's own compilation, from the cache, takes several seconds.
-
-    `on_start` is called when a helper process starts: it compiles on every core, which the
-    run's own measurements of its encoders must not take for the machine's speed.
 
     `artefacts` (a folder) is where the helper keeps the models it compiled ahead of time
     (`artefact`); a shape in the memo whose artefact is missing (made by an older framepipe, or
     for another GPU of the machine) runs the helper again, which finds its cache warm."""
 
     def __init__(self, model: str, scale: int, *, memo=None, artefacts: Path | None = None,
-                 timeout_seconds: float = 1200.0, on_start=None) -> None:
+                 timeout_seconds: float = 1200.0) -> None:
         self.model, self.scale, self.timeout_seconds = model, scale, timeout_seconds
         self.memo = memo
         self.artefacts = artefacts
-        self.on_start = on_start  # called once its process started (the run notes the CPUs it took)
         self._process: subprocess.Popen | None = None
         self.outcome = ""  # "compiled", or why not (the helper's last line, "cancelled"), once it ended
         self._cancelled = threading.Event()
+        self._filled = threading.Event()  # its "cache filled" line came
+        self._ended = threading.Event()  # its process ended and was accounted for (`_watch`)
+        self._timed_out = False
 
     def key(self, shape, dtype, device, mode: str) -> str:
         """What the compiled kernels depend on: GPU, torch, the model (a file's size and time
@@ -86,7 +89,7 @@ class CacheWarmer:
             return None
         from models.compiled import Precompiled
 
-        digest = hashlib.sha256(f"{self.key(shape, dtype, device, mode)}|{device}".encode()).hexdigest()[:32]
+        digest = hashlib.sha256(f"{self.key(shape, dtype, device, mode)}|{_device_name(device)}".encode()).hexdigest()[:32]
         return Precompiled(Path(self.artefacts) / f"{digest}.pt")
 
     def command(self, shape, dtype, device, mode: str) -> list[str]:
@@ -103,39 +106,79 @@ class CacheWarmer:
         artefact = self.artefact(shape, dtype, device, mode)
         if self.memo is not None and self.memo.get(key) and (artefact is None or artefact.settled()):
             return
+        global _NUM_STARTED
         with _PENDING_LOCK:
             _PENDING.add(self)
         try:
+            errors = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")  # no pipe to fill up
             self._process = subprocess.Popen(self.command(shape, dtype, device, mode), stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, text=True)
-            if self.on_start is not None:
-                self.on_start()
-            if self._cancelled.is_set():  # cancelled while it started
-                self._process.kill()
-            try:
-                out, err = self._process.communicate(timeout=self.timeout_seconds)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.communicate()
-                raise RuntimeError(f"the compile helper took over {self.timeout_seconds:.0f} s") from None
-            if self._cancelled.is_set():
-                raise RuntimeError("cancelled")
-            if self._process.returncode != 0:
-                lines = [line for line in (err or "").strip().splitlines() if line.strip()]
-                why = lines[-1] if lines else f"the compile helper exited with {self._process.returncode}"
-                if FILLED not in (out or "").splitlines():
-                    raise RuntimeError(why)
-                if artefact is not None:  # it died making the artefact (the cache is filled): never again
-                    artefact.mark_unsupported(f"the helper failed making it: {why}")
-            if self.memo is not None:
-                self.memo.put(key, {"compiled": True})
-            self.outcome = "compiled"
-        except Exception as exc:  # the helper could not start (OSError), failed, timed out, was cancelled
+                                             stderr=errors, text=True)
+        except Exception as exc:  # it could not start (OSError)
             self.outcome = str(exc) or type(exc).__name__
-            raise
-        finally:
             with _PENDING_LOCK:
                 _PENDING.discard(self)
+            raise
+        with _PENDING_LOCK:
+            _NUM_STARTED += 1
+        if self._cancelled.is_set():  # cancelled while it started
+            self._process.kill()
+        filled, ended = self._filled, self._ended = threading.Event(), threading.Event()  # this process's
+        self._timed_out = False
+        timer = threading.Timer(self.timeout_seconds, self._time_out, args=(self._process,))
+        timer.daemon = True
+        timer.start()
+        threading.Thread(target=self._watch, args=(self._process, errors, timer, key, artefact, filled, ended),
+                         name="compile-helper-watch", daemon=True).start()
+        while not (filled.wait(0.05) or ended.is_set()):
+            pass
+        if self._cancelled.is_set():
+            raise RuntimeError("cancelled")
+        if not filled.is_set() and self.outcome != "compiled":
+            raise RuntimeError(self.outcome)
+
+    def _watch(self, process: subprocess.Popen, errors, timer: threading.Timer, key: str, artefact,
+               filled: threading.Event, ended: threading.Event) -> None:
+        """Reads the helper's lines until it exits, then says how it ended (`outcome`), notes what
+        it made, and leaves `pending`."""
+        try:
+            for line in process.stdout:
+                if line.strip() == FILLED and not filled.is_set():
+                    if self.memo is not None:  # the cache is filled: no later run needs a helper for it
+                        self.memo.put(key, {"compiled": True})
+                    filled.set()
+            process.wait()
+            timer.cancel()
+            errors.seek(0)
+            lines = [line for line in errors.read().strip().splitlines() if line.strip()]
+            errors.close()
+            why = (f"the compile helper took over {self.timeout_seconds:.0f} s" if self._timed_out else
+                   lines[-1] if lines else f"the compile helper exited with {process.returncode}")
+            if self._cancelled.is_set():
+                self.outcome = "cancelled"
+            elif process.returncode == 0 or filled.is_set():
+                if self.memo is not None and not filled.is_set():
+                    self.memo.put(key, {"compiled": True})
+                self.outcome = "compiled"
+                if process.returncode != 0 and artefact is not None:  # it died making the artefact: never again
+                    artefact.mark_unsupported(f"the helper failed making it: {why}")
+            else:
+                self.outcome = why
+        except Exception as exc:  # noqa: BLE001 - never leave the run waiting on this thread
+            self.outcome = self.outcome or f"{type(exc).__name__}: {exc}"
+        finally:
+            with _PENDING_LOCK:
+                if self._process is process:
+                    _PENDING.discard(self)
+            ended.set()
+
+    def _time_out(self, process: subprocess.Popen) -> None:
+        if process.poll() is None:
+            self._timed_out = True
+            process.kill()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for its process to end (the artefact made); True if it did (or none ran)."""
+        return self._process is None or self._ended.wait(timeout)
 
     def running(self) -> bool:
         """Its helper process is compiling now."""
@@ -161,8 +204,26 @@ def artefacts_folder() -> Path | None:
     return default_cache_dir() / "precompiled"
 
 
-_PENDING: set[CacheWarmer] = set()  # helpers compiling now, until their result is in the memo
+_PENDING: set[CacheWarmer] = set()  # helpers whose process has not ended
 _PENDING_LOCK = threading.Lock()
+_NUM_STARTED = 0  # helper processes this process started
+
+
+def num_started() -> int:
+    """How many helper processes this process started so far: a run compares it at its start and
+    end (with `pending`) to know whether one compiled beside it, on every core."""
+    with _PENDING_LOCK:
+        return _NUM_STARTED
+
+
+def _device_name(device) -> str:
+    """"cuda" is the current GPU, as "cuda:N": the same artefact whichever way a device was named."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
 
 
 def pending() -> list[CacheWarmer]:
@@ -213,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         fn = torch.compile(module, mode=args.mode, dynamic=False)
         fn(x)
-        expected = fn(x)
+        fn(x)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     print(FILLED, flush=True)
@@ -221,38 +282,53 @@ def main(argv: list[str] | None = None) -> int:
         from models.compiled import Precompiled
 
         with torch.inference_mode():
-            keep_artefact(module, x, expected, args.mode, Precompiled(args.artefact))
+            keep_artefact(module, x, module(x), args.mode, Precompiled(args.artefact))
     return 0
 
 
-def keep_artefact(module, x, expected, mode: str, artefact, *, min_psnr_db: float = 50.0) -> bool:
+def keep_artefact(module, x, reference, mode: str, artefact, *, min_psnr_db: float = 50.0) -> bool:
     """Compile `module` ahead of time for `x` into a temporary artefact, load that back from the
-    file, and keep it at `artefact.path` if its output matches `expected` (the compiled
-    model's); else mark it unsupported. True if kept."""
-    from models.compiled import Precompiled, precompile, psnr_db
+    file, and keep it at `artefact.path` if its output matches `reference` (eager, as a run's
+    check is); else mark it unsupported (not for a lack of GPU memory: the next helper tries
+    again). True if kept."""
+    from models.compiled import Precompiled, _lasting, precompile, psnr_db
 
+    _remove_stale_trials(artefact)
     trial = Precompiled(artefact.path.with_name(f".{artefact.path.name}.{os.getpid()}.new"))
     try:
         if precompile(module, x, mode, trial) is None:
-            artefact.mark_unsupported(trial.unsupported())
+            if trial.unsupported():
+                artefact.mark_unsupported(trial.unsupported())
             return False
         fn = trial.load(module)
         if fn is None:
             artefact.mark_unsupported("it did not load back")
             return False
         try:
-            quality = psnr_db(fn(x), expected)
+            quality = psnr_db(fn(x), reference)
         except Exception as exc:  # noqa: BLE001 - its guards refused the input it was made for
-            artefact.mark_unsupported(f"it failed once loaded: {type(exc).__name__}: {exc}")
+            if _lasting(exc):
+                artefact.mark_unsupported(f"it failed once loaded: {type(exc).__name__}: {exc}")
             return False
         if quality < min_psnr_db:
-            artefact.mark_unsupported(f"its output differs from the compiled model's (PSNR {quality:.1f} dB)")
+            artefact.mark_unsupported(f"its output differs from eager (PSNR {quality:.1f} dB)")
             return False
         os.replace(trial.path, artefact.path)
         return True
     finally:
         trial.discard()
         trial.marker.unlink(missing_ok=True)
+
+
+def _remove_stale_trials(artefact, *, older_than_seconds: float = 3600.0) -> None:
+    """Trial files a helper killed meanwhile left behind (an hour old: no helper is still writing them)."""
+    now = time.time()
+    for stale in artefact.path.parent.glob(f".{artefact.path.name}.*.new*"):
+        try:
+            if now - stale.stat().st_mtime > older_than_seconds:
+                stale.unlink()
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":

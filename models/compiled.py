@@ -40,11 +40,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,26 +168,28 @@ class Precompiled:
     def load(self, module: torch.nn.Module) -> Callable | None:
         """Loaded once per process and file: a later run in the same process (the service's next
         job, a benchmark's next pipeline) takes the same loaded function; the module is its
-        argument, and its guards are checked for each run's first batch (`CompiledModel._load`)."""
-        if not self.exists() or not _ours(self.path):
+        argument, and its guards are checked for every batch (`CompiledModel.__call__`)."""
+        if not self.exists():
             return None
-        try:
-            stat = self.path.stat()
-        except OSError:
+        data_key = _read_ours(self.path)
+        if data_key is None:
             return None
-        key = (str(self.path), stat.st_size, stat.st_mtime_ns)
+        data, key = data_key
         with _loaded_lock:
             fn = _loaded.get(key)
+            if fn is not None:
+                _loaded.move_to_end(key)
         if fn is None:
             try:
-                with self.path.open("rb") as file:
-                    fn = torch.compiler.load_compiled_function(file)
+                fn = torch.compiler.load_compiled_function(io.BytesIO(data))
             except Exception:  # noqa: BLE001 - a torch that cannot read it, a broken file: compile instead
                 log.debug("could not load %s", self.path, exc_info=True)
                 self.discard()
                 return None
             with _loaded_lock:
                 fn = _loaded.setdefault(key, fn)
+                while len(_loaded) > _MAX_LOADED:
+                    _loaded.popitem(last=False)
         return functools.partial(fn, module)
 
     def discard(self) -> None:
@@ -196,23 +200,44 @@ class Precompiled:
             self.path.unlink()
 
 
-_loaded: dict[tuple[str, int, int], Callable] = {}  # (path, size, mtime) -> the function loaded from it
+_MAX_LOADED = 8  # functions kept loaded per process (a service sees a few models and frame sizes)
+_loaded: OrderedDict[tuple[str, int, int], Callable] = OrderedDict()  # (path, size, mtime) -> its function
 _loaded_lock = threading.Lock()
 
 
-def _ours(path: Path) -> bool:
-    """Written by this user, writable by nobody else (the file and its folder)."""
-    if not hasattr(os, "getuid"):
-        return True
-    for item in (path, path.parent):
-        try:
-            st = item.stat()
-        except OSError:
-            return False
-        if st.st_uid != os.getuid() or st.st_mode & 0o022:
-            log.debug("%s is not this user's alone: not loaded", item)
-            return False
-    return True
+def _read_ours(path: Path) -> tuple[bytes, tuple[str, int, int]] | None:
+    """The file's bytes and (path, size, mtime), where this user owns it and its folder and nobody
+    else can write either; None otherwise. Read through descriptors opened without following
+    links and checked as opened, so that nothing swapped in between the check and the read is
+    unpickled."""
+    if not hasattr(os, "O_NOFOLLOW"):
+        return None  # no way to read it safely here: compile instead
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    folder = file = -1
+    try:
+        folder = os.open(path.parent, flags | os.O_DIRECTORY)
+        file = os.open(path.name, flags, dir_fd=folder)
+        for fd in (folder, file):
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                log.debug("%s is not this user's alone: not loaded", path)
+                return None
+        st = os.fstat(file)
+        with os.fdopen(file, "rb") as handle:
+            file = -1
+            return handle.read(), (str(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return None
+    finally:
+        for fd in (folder, file):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _lasting(exc: BaseException) -> bool:
+    """Would this failure happen again (a graph break, guards that refuse the input), or was it
+    the moment's (the GPU's memory, taken by the worker's probe beside it)?"""
+    return not isinstance(exc, torch.cuda.OutOfMemoryError) and "out of memory" not in str(exc).lower()
 
 
 def _run_module(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -225,7 +250,7 @@ def precompile(module: torch.nn.Module, example: torch.Tensor, mode: str, artefa
     """torch.compile's ahead-of-time compilation of `module` for `example`'s shape (call under
     the inference mode it will run in: the artefact's guards check it), saved at
     `artefact.path`; the compiled model as `fn(x)`, or None where it cannot be made (marked, so
-    that it is not tried again)."""
+    that it is not tried again, unless it was out of memory)."""
     try:
         config = torch._dynamo.config  # torch 2.11 offers aot_compile only with this on; later ones always
         with config.patch(enable_aot_compile=True) if hasattr(config, "enable_aot_compile") else contextlib.nullcontext():
@@ -241,7 +266,8 @@ def precompile(module: torch.nn.Module, example: torch.Tensor, mode: str, artefa
     except Exception as exc:  # noqa: BLE001 - a graph break, a torch without it: torch.compile as before
         log.debug("precompiling failed", exc_info=True)
         artefact.discard()
-        artefact.mark_unsupported(f"{type(exc).__name__}: {_first_line(exc)}")
+        if _lasting(exc):  # else the next helper tries again
+            artefact.mark_unsupported(f"{type(exc).__name__}: {_first_line(exc)}")
         return None
     return functools.partial(fn, module)
 
@@ -281,7 +307,8 @@ class CompiledModel:
             enabled, reason = False, "eager (a TorchScript model: torch.compile does not take it)"
         self.enabled = enabled
         self.state = CompileState(status="waiting" if enabled else "eager", note=reason)
-        self._compiled: tuple[tuple[int, ...], torch.dtype, Callable] | None = None  # (shape, dtype, fn), set once
+        # (shape, dtype, fn, check), set once: check(x) says whether a loaded artefact's guards take x
+        self._compiled: tuple[tuple[int, ...], torch.dtype, Callable, Callable | None] | None = None
         self.batch_size = 1  # the batch size the worker settled on (set before its first batch)
         self._thread: threading.Thread | None = None
         self._closed = False  # `close`: the run is over
@@ -297,11 +324,13 @@ class CompiledModel:
         if compiled is None and self.enabled and self._thread is None and x.shape[0] <= self.batch_size:
             self._start(_pad_batch(x, self.batch_size))  # compiled for the worker's batch size
         if compiled is not None:
-            shape, dtype, fn = compiled
+            shape, dtype, fn, check = compiled
             n = x.shape[0]
             if tuple(x.shape[1:]) == shape[1:] and shape[0] // 2 < n <= shape[0] and x.dtype == dtype:
-                self.state.num_compiled_batches += 1
-                return fn(_pad_batch(x, shape[0]))[:n]
+                padded = _pad_batch(x, shape[0])
+                if check is None or check(padded):  # else eager, where torch.compile would recompile
+                    self.state.num_compiled_batches += 1
+                    return fn(padded)[:n]
         self.state.num_eager_batches += 1
         return self.module(x)
 
@@ -378,13 +407,12 @@ class CompiledModel:
             if self._closed:  # the run ended meanwhile: compiling in this process would serve nothing
                 raise RuntimeError("cancelled")
             with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
-                fn = self._load(example)
+                ref = self.module(example)
+                fn, check, quality = self._loaded_and_checked(example, ref)
                 if fn is None:
                     fn = self._compile_fn(self.module, mode=self.mode, dynamic=False)
-                    out = fn(example)
-                out = fn(example)  # warm: the second call must not recompile
-                ref = self.module(example)
-                quality = psnr_db(out, ref)
+                    fn(example)
+                    quality = psnr_db(fn(example), ref)  # warm: the second call must not recompile
                 if stream is not None:
                     stream.synchronize()
         except Exception as exc:  # noqa: BLE001 - any failure keeps the model eager
@@ -404,7 +432,7 @@ class CompiledModel:
                                "running eagerly")
             self.warn(f"model {self.name}: {self.state.note}.")
             return
-        self._compiled = (tuple(example.shape), example.dtype, fn)
+        self._compiled = (tuple(example.shape), example.dtype, fn, check)
         self.state.status = "compiled"
         shown = "identical" if math.isinf(quality) else f"PSNR {quality:.1f} dB"
         how = "loaded precompiled" if self.state.loaded else "compiled"
@@ -412,31 +440,40 @@ class CompiledModel:
                            f"{example.shape[-1]}x{example.shape[-2]} ({shown} vs eager)")
         log.info("%s: %s", self.name, self.state.note)
 
-    def _load(self, example: torch.Tensor) -> Callable | None:
-        """The precompiled model for `example`'s shape, run once; None where there is none, or
-        it does not load (removed: the next helper makes it again), or it fails on this input
-        (marked: later runs compile as before, no helper tries again). Its guards check the
-        module and this first batch; later batches are of that shape, dtype and device
-        (`__call__` sees to it), so they are not checked again: a guard that failed mid-run would
-        raise, where torch.compile would have recompiled."""
+    def _loaded_and_checked(self, example: torch.Tensor, ref: torch.Tensor):
+        """(fn, check, PSNR vs eager) of the precompiled model for `example`'s shape, run twice
+        and matching eager as a compilation must; (None, None, None) where there is none, or it
+        does not load (removed: the next helper makes it again), or it fails or differs on this
+        input (marked: later runs compile from the cache, no helper tries again; not for a lack of
+        GPU memory, which passes). Its guards check the module and this first batch; `check(x)`
+        then checks each later batch's layout and device (its kernels assume the example's
+        strides: what differs runs eagerly, where torch.compile would have recompiled; the
+        guards' own per-call check also refuses a batch made outside inference mode)."""
         artefact = self.artefact(tuple(example.shape), example.dtype, example.device, self.mode) if self.artefact else None
-        if artefact is None:
-            return None
-        fn = artefact.load(self.module)
+        fn = artefact.load(self.module) if artefact is not None else None
         if fn is None:
-            return None
+            return None, None, None
+        check = functools.partial(_same_layout, example.stride(), example.device)
         try:
-            if not fn.func.guard_check(self.module, example):  # checked here even where loaded before
+            if not fn.func.guard_check(self.module, example):
                 raise RuntimeError("its guards refused the run's model or input")
+            fn.func.disable_guard_check()  # `check` before each call instead
             fn(example)
-        except Exception as exc:  # noqa: BLE001 - its guards refused this input, a kernel failed: compile instead
+            quality = psnr_db(fn(example), ref)
+            if quality < self.min_psnr_db:
+                raise RuntimeError(f"its output differs from eager (PSNR {quality:.1f} dB)")
+        except Exception as exc:  # noqa: BLE001 - compile instead
             log.debug("the precompiled %s failed", self.name, exc_info=True)
-            artefact.discard()
-            artefact.mark_unsupported(f"it failed in a run: {type(exc).__name__}: {_first_line(exc)}")
-            return None
-        fn.func.disable_guard_check()
+            if _lasting(exc):
+                artefact.discard()
+                artefact.mark_unsupported(f"it failed in a run: {type(exc).__name__}: {_first_line(exc)}")
+            return None, None, None
         self.state.loaded = True
-        return fn
+        return fn, check, quality
+
+
+def _same_layout(stride: tuple[int, ...], device: torch.device, x: torch.Tensor) -> bool:
+    return x.stride() == stride and x.device == device
 
 
 def _pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -289,8 +289,7 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
                      (False, "interpolation only: no model before it" if plan.spatial_identity else
                       "a temporal model: eager")),
             compile_helper=(CacheWarmer(cfg.model, plan.model.scale, memo=ProbeMemo(default_cache_dir() / "compiled.json"),
-                                        artefacts=artefacts_folder(), on_start=partial(setattr, stats, "compile_helper_ran", True))
-                            if dev.type == "cuda" else None),
+                                        artefacts=artefacts_folder()) if dev.type == "cuda" else None),
             probe_memo=ProbeMemo(default_cache_dir() / "batch-sizes.json") if cfg.batch_size == 0 else None,
             temporal=_temporal(plan), restore_radius=plan.model.radius, overlap=_overlap_from_env(),
             encoders_fps=_encoders_share(plan),

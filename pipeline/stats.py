@@ -170,8 +170,9 @@ class RunStats:
     num_frames_encoded: int = 0  # segmented output: frames the encoders have encoded (written: handed to them)
     num_corrupt_packets: int = 0
     source_exhausted: bool = False  # the reader reached the end of the source (not a stop or --max-frames)
-    # A compile helper process (models/compile_helper.py) ran during the run: torch.compile's workers
-    # on every core, so the encoders' times say nothing of the machine's (not learnt from).
+    # A compile helper process (models/compile_helper.py) ran during the run, its own or another's in
+    # this process (the service): torch.compile's workers on every core, so the encoders' times say
+    # nothing of the machine's (not learnt from; pipeline/runner.py).
     compile_helper_ran: bool = False
     stages: dict[str, StageClock] = field(default_factory=dict)
     workers: dict[str, WorkerStats] = field(default_factory=dict)

@@ -537,7 +537,7 @@ def test_the_real_helper_compiles_a_model_and_a_fresh_process_loads_it_precompil
     warmer = CacheWarmer("bicubic", 2, artefacts=tmp_path / "precompiled")
     shape = (4, 3, 8, 8)
     warmer(shape, torch.float32, torch.device(device), "default")
-    assert warmer.outcome == "compiled" and any((tmp_path / "cache").rglob("*"))
+    assert warmer.join(timeout=600) and warmer.outcome == "compiled" and any((tmp_path / "cache").rglob("*"))
     artefact = warmer.artefact(shape, torch.float32, torch.device(device), "default")
     assert artefact.exists(), artefact.unsupported()
     assert [p.name for p in (tmp_path / "precompiled").iterdir()] == [artefact.path.name]  # no trial left
@@ -578,7 +578,7 @@ class _Artefact:
 
         def fn(module, x):
             if self.fails:
-                raise RuntimeError("GuardManager check failed, reason: ...")
+                raise self.fails if isinstance(self.fails, BaseException) else RuntimeError("GuardManager check failed")
             return module(x) + self.offset
 
         return functools.partial(_Guarded(fn, refuses=self.refuses), module)  # as Precompiled.load: the module first
@@ -625,6 +625,94 @@ def test_a_precompiled_model_that_fails_is_marked_and_the_model_compiles_as_befo
     assert compiler.shapes  # torch.compile's stand-in ran
     assert not artefact.real.exists() and said in artefact.real.unsupported()
     assert artefact.real.settled()  # no helper tries again: later runs compile from the cache
+
+
+def test_a_precompiled_model_that_differs_from_eager_is_marked_and_the_model_compiles(tmp_path):
+    module, warnings = _conv(), []
+    artefact, compiler = _Artefact(tmp_path, offset=0.5), StandIn()
+    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=compiler,
+                          artefact=lambda *a: artefact)
+    _ready(model, torch.rand(2, 3, 8, 8))
+    assert model.state.status == "compiled" and not model.state.loaded and compiler.shapes and warnings == []
+    assert model.state.psnr_db > 50  # torch.compile's (the stand-in's), not the artefact's
+    assert "differs from eager" in artefact.real.unsupported() and not artefact.real.exists()
+
+
+def test_a_precompiled_model_short_of_gpu_memory_is_kept_for_the_next_run(tmp_path):
+    """Out of memory is the moment's (the worker's probe beside it): compiled as before this time,
+    the artefact kept and not marked."""
+    module, compiler = _conv(), StandIn()
+    artefact = _Artefact(tmp_path, fails=torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    model = CompiledModel(module, name="m", enabled=True, warn=print, compile_fn=compiler, artefact=lambda *a: artefact)
+    _ready(model, torch.rand(2, 3, 8, 8))
+    assert model.state.status == "compiled" and not model.state.loaded and compiler.shapes
+    assert artefact.real.exists() and artefact.real.unsupported() == ""
+
+
+def test_a_batch_laid_out_otherwise_than_the_precompiled_model_expects_runs_eagerly(tmp_path):
+    """Its guards are checked on the first batch only; a later batch with other strides (a
+    weightless model fed channels_last pictures) would break its kernels' stride assertions:
+    it runs eagerly instead, where torch.compile would have recompiled."""
+    module = _conv()
+    artefact = _Artefact(tmp_path)
+    model = CompiledModel(module, name="m", enabled=True, warn=print, compile_fn=StandIn(fail=True),
+                          artefact=lambda *a: artefact)
+    x = torch.rand(2, 3, 8, 8)
+    _ready(model, x)
+    assert model.state.loaded
+    with torch.inference_mode():
+        model(x)
+        assert model.state.num_compiled_batches == 1
+        y = model(x.contiguous(memory_format=torch.channels_last))
+    assert model.state.num_compiled_batches == 1 and model.state.num_eager_batches == 2
+    assert torch.allclose(y, module(x), atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="POSIX")
+def test_a_precompiled_file_reached_through_a_link_is_never_unpickled(tmp_path):
+    import pickle
+
+    from models.compiled import Precompiled
+
+    class Tripwire:
+        def __reduce__(self):
+            return (Path(tmp_path / "unpickled").touch, ())
+
+    real = tmp_path / "real"
+    real.mkdir(mode=0o755)
+    os.chmod(real, 0o755)
+    (real / "a.pt").write_bytes(pickle.dumps(Tripwire()))
+    os.chmod(real / "a.pt", 0o644)
+    linked_file = tmp_path / "files"
+    linked_file.mkdir()
+    os.chmod(linked_file, 0o755)
+    (linked_file / "a.pt").symlink_to(real / "a.pt")
+    (tmp_path / "folder").symlink_to(real)
+    for artefact in (Precompiled(linked_file / "a.pt"), Precompiled(tmp_path / "folder" / "a.pt")):
+        assert artefact.exists() and artefact.load(_conv()) is None
+    assert not (tmp_path / "unpickled").exists()
+
+
+def test_a_process_keeps_only_the_last_few_precompiled_models_loaded(tmp_path, monkeypatch):
+    from models import compiled
+
+    loads: list[str] = []
+    monkeypatch.setattr(torch.compiler, "load_compiled_function",
+                        lambda file: loads.append(file.read()) or _Guarded(lambda module, x: module(x)))
+    monkeypatch.setattr(compiled, "_loaded", compiled.OrderedDict())
+    os.chmod(tmp_path, 0o755)
+    artefacts = []
+    for i in range(compiled._MAX_LOADED + 1):
+        artefact = compiled.Precompiled(tmp_path / f"{i}.pt")
+        artefact.path.write_bytes(f"artefact {i}".encode())
+        os.chmod(artefact.path, 0o644)
+        artefacts.append(artefact)
+        assert artefact.load(_conv()) is not None
+    assert len(loads) == compiled._MAX_LOADED + 1 and len(compiled._loaded) == compiled._MAX_LOADED
+    artefacts[-1].load(_conv())  # loaded already: not read again
+    assert len(loads) == compiled._MAX_LOADED + 1
+    artefacts[0].load(_conv())  # the oldest was let go: read again
+    assert len(loads) == compiled._MAX_LOADED + 2
 
 
 def test_without_a_precompiled_model_it_compiles_as_before(tmp_path):
@@ -703,17 +791,44 @@ def test_the_helper_runs_again_only_where_no_artefact_is_settled(tmp_path):
     assert "--artefact" not in CacheWarmer("m", 2).command(shape, dtype, cpu, "default")
 
 
-def test_a_helper_says_when_its_process_starts_and_only_then(tmp_path):
-    """The run learns nothing of its encoders' speed beside a helper (pipeline/runner.py)."""
+def test_the_helpers_started_are_counted_and_only_those(tmp_path):
+    """A run learns nothing of its encoders' speed beside a helper (pipeline/runner.py)."""
     from hw.memory import ProbeMemo
+    from models.compile_helper import FILLED, num_started
 
-    started: list[bool] = []
-    helper = _Helper("import sys; sys.exit(0)")
-    helper.memo, helper.on_start = ProbeMemo(tmp_path / "compiled.json"), lambda: started.append(True)
+    before = num_started()
+    helper = _Helper(f"print({FILLED!r})")
+    helper.memo = ProbeMemo(tmp_path / "compiled.json")
     helper((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
-    assert started == [True]
+    assert num_started() == before + 1
     helper((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")  # remembered: no process
-    assert started == [True]
+    assert num_started() == before + 1
+
+
+def test_the_run_goes_on_once_the_cache_is_filled_while_the_helper_makes_the_artefact():
+    """The helper's "cache filled" line: the run's own compilation starts from the cache then, not
+    after the artefact (14 s more on an H100); the helper stays pending until it exits."""
+    from models.compile_helper import FILLED, pending
+
+    helper = _Helper(f"import time; print({FILLED!r}, flush=True); time.sleep(30)")
+    helper((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+    assert helper.running() and helper in pending() and helper.outcome == ""
+    helper.cancel()
+    assert helper.join(timeout=10) and helper not in pending() and helper.outcome == "cancelled"
+
+
+def test_a_helper_past_its_time_is_ended_and_says_so(tmp_path):
+    from models.compile_helper import FILLED
+
+    slow = _Helper("import time; time.sleep(60)")
+    slow.timeout_seconds = 0.5
+    with pytest.raises(RuntimeError, match="took over 0 s"):
+        slow((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+    filled = _Helper(f"import time; print({FILLED!r}, flush=True); time.sleep(60)")  # stuck making the artefact
+    filled.timeout_seconds, filled.artefacts = 0.5, tmp_path / "precompiled"
+    filled((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+    assert filled.join(timeout=10) and filled.outcome == "compiled"
+    assert "took over" in filled.artefact((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default").unsupported()
 
 
 def test_a_helper_that_dies_making_the_artefact_still_filled_the_cache(tmp_path):
@@ -723,7 +838,7 @@ def test_a_helper_that_dies_making_the_artefact_still_filled_the_cache(tmp_path)
     helper.artefacts = tmp_path / "precompiled"
     shape, cpu = (2, 3, 8, 8), torch.device("cpu")
     helper(shape, torch.float32, cpu, "default")
-    assert helper.outcome == "compiled"
+    assert helper.join(timeout=30) and helper.outcome == "compiled"
     assert "the helper failed making it" in helper.artefact(shape, torch.float32, cpu, "default").unsupported()
     dead = _Helper("import os; os.abort()")
     with pytest.raises(RuntimeError):
@@ -742,7 +857,7 @@ def test_the_helper_keeps_an_artefact_only_if_it_loads_back_and_matches(tmp_path
         return lambda x: module(x)
 
     monkeypatch.setattr(compiled, "precompile", fake_precompile)
-    for offset, kept, why in ((0.0, True, ""), (0.5, False, "differs from the compiled model's")):
+    for offset, kept, why in ((0.0, True, ""), (0.5, False, "differs from eager")):
         monkeypatch.setattr(Precompiled, "load", lambda self, m, offset=offset: (lambda x: m(x) + offset) if self.exists() else None)
         artefact = Precompiled(tmp_path / f"{offset}.pt")
         assert compile_helper.keep_artefact(module, x, expected, "default", artefact) is kept

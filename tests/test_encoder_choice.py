@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import main as cli
 from hw.clips import make_clip
@@ -515,19 +517,24 @@ def test_a_run_into_the_pool_teaches_the_next_plan(sixteen_cores, monkeypatch, c
     assert learnt["factor"] < fast["factor"]
     assert learnt["factor"] == pytest.approx(learnt["observed_fps"] / 800.0, rel=0.01)
     # A run beside a compile helper (torch.compile's workers on every core) teaches nothing: its
-    # encoders went slower than the machine's, here 3x slower again.
-    from pipeline.stats import RunStats
-
-    add_worker = RunStats.add_worker
-
-    def helper_started(self, *args, **kwargs):
-        self.compile_helper_ran = True  # as a worker's CacheWarmer does once its process started
-        return add_worker(self, *args, **kwargs)
+    # encoders went slower than the machine's, here 3x slower again. The helper is another job's
+    # (the service), still compiling, or one this process started during the run.
+    from models import compile_helper
 
     delay["seconds"] = 0.12
+    started = compile_helper.num_started()
+    another = compile_helper.CacheWarmer("m", 2)  # another job's helper, making its artefact still
+    another.command = lambda *a: [sys.executable, "-c", f"import time; print({compile_helper.FILLED!r}, flush=True); "
+                                  "time.sleep(2)"]
+    another((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+    assert compile_helper.pending() == [another]
+    assert cli.main([*base, "--output", str(tmp_path / "beside.mp4"), "--stats-json", str(tmp_path / "b.json")]) == 0
+    assert json.loads(factors.read_text())[key] == learnt
+    assert json.loads((tmp_path / "b.json").read_text())["compile_helper_ran"] is True
     with monkeypatch.context() as patch:
-        patch.setattr(RunStats, "add_worker", helper_started)
-        assert cli.main([*base, "--output", str(tmp_path / "beside.mp4")]) == 0
+        counts = iter([started, started + 1])  # at the run's start, at its end
+        patch.setattr(compile_helper, "num_started", lambda: next(counts))
+        assert cli.main([*base, "--output", str(tmp_path / "beside2.mp4")]) == 0
     assert json.loads(factors.read_text())[key] == learnt
     capsys.readouterr()
     monkeypatch.setattr(planning, "_model_rate", lambda key: 40.0)
