@@ -24,8 +24,10 @@ once the cache is, so that a helper that dies making the artefact still counts a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -107,28 +109,36 @@ class CacheWarmer:
         if self.memo is not None and self.memo.get(key) and (artefact is None or artefact.settled()):
             return
         global _NUM_STARTED
-        with _PENDING_LOCK:
-            _PENDING.add(self)
-        try:
-            errors = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")  # no pipe to fill up
-            self._process = subprocess.Popen(self.command(shape, dtype, device, mode), stdout=subprocess.PIPE,
-                                             stderr=errors, text=True)
-        except Exception as exc:  # it could not start (OSError)
-            self.outcome = str(exc) or type(exc).__name__
-            with _PENDING_LOCK:
-                _PENDING.discard(self)
-            raise
-        with _PENDING_LOCK:
-            _NUM_STARTED += 1
-        if self._cancelled.is_set():  # cancelled while it started
-            self._process.kill()
         filled, ended = self._filled, self._ended = threading.Event(), threading.Event()  # this process's
         self._timed_out = False
-        timer = threading.Timer(self.timeout_seconds, self._time_out, args=(self._process,))
-        timer.daemon = True
-        timer.start()
-        threading.Thread(target=self._watch, args=(self._process, errors, timer, key, artefact, filled, ended),
-                         name="compile-helper-watch", daemon=True).start()
+        with _PENDING_LOCK:
+            _PENDING.add(self)
+        errors = None
+        try:
+            errors = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")  # no pipe to fill up
+            # Its own session: a Ctrl-C at the terminal reaches framepipe, which ends it (`cancel`), and
+            # ending it ends torch.compile's worker processes with it (its process group).
+            process = self._process = subprocess.Popen(self.command(shape, dtype, device, mode), stdout=subprocess.PIPE,
+                                                       stderr=errors, text=True, start_new_session=True)
+            with _PENDING_LOCK:
+                _NUM_STARTED += 1
+            if self._cancelled.is_set():  # cancelled while it started
+                _kill(process)
+            timer = threading.Timer(self.timeout_seconds, self._time_out, args=(process,))
+            timer.daemon = True
+            timer.start()
+            threading.Thread(target=self._watch, args=(process, errors, timer, key, artefact, filled, ended),
+                             name="compile-helper-watch", daemon=True).start()
+        except Exception as exc:  # it could not start (OSError), nor be watched
+            self.outcome = str(exc) or type(exc).__name__
+            if self._process is not None:
+                _kill(self._process)
+            if errors is not None:
+                errors.close()
+            with _PENDING_LOCK:
+                _PENDING.discard(self)
+            ended.set()
+            raise
         while not (filled.wait(0.05) or ended.is_set()):
             pass
         if self._cancelled.is_set():
@@ -139,18 +149,28 @@ class CacheWarmer:
     def _watch(self, process: subprocess.Popen, errors, timer: threading.Timer, key: str, artefact,
                filled: threading.Event, ended: threading.Event) -> None:
         """Reads the helper's lines until it exits, then says how it ended (`outcome`), notes what
-        it made, and leaves `pending`."""
-        try:
+        it made, and leaves `pending`. The end is the process's exit, not its output's: worker
+        processes of torch.compile that outlived it may hold its stdout (they are ended then)."""
+
+        def read() -> None:
             for line in process.stdout:
                 if line.strip() == FILLED and not filled.is_set():
                     if self.memo is not None:  # the cache is filled: no later run needs a helper for it
                         self.memo.put(key, {"compiled": True})
                     filled.set()
+
+        reader = threading.Thread(target=read, name="compile-helper-read", daemon=True)
+        try:
+            reader.start()
             process.wait()
             timer.cancel()
+            reader.join(timeout=1)
+            if reader.is_alive():  # some of its group holds its stdout still (the group id is theirs then)
+                with contextlib.suppress(OSError, AttributeError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                reader.join(timeout=5)
             errors.seek(0)
             lines = [line for line in errors.read().strip().splitlines() if line.strip()]
-            errors.close()
             why = (f"the compile helper took over {self.timeout_seconds:.0f} s" if self._timed_out else
                    lines[-1] if lines else f"the compile helper exited with {process.returncode}")
             if self._cancelled.is_set():
@@ -159,13 +179,17 @@ class CacheWarmer:
                 if self.memo is not None and not filled.is_set():
                     self.memo.put(key, {"compiled": True})
                 self.outcome = "compiled"
-                if process.returncode != 0 and artefact is not None:  # it died making the artefact: never again
-                    artefact.mark_unsupported(f"the helper failed making it: {why}")
+                if process.returncode != 0 and artefact is not None:  # it failed making the artefact
+                    crashed = process.returncode > 0 or -process.returncode in _CRASHES
+                    artefact.note_failure(f"the helper failed making it: {why}", lasting=crashed and not self._timed_out)
             else:
                 self.outcome = why
         except Exception as exc:  # noqa: BLE001 - never leave the run waiting on this thread
             self.outcome = self.outcome or f"{type(exc).__name__}: {exc}"
         finally:
+            for stream in (process.stdout, errors):
+                with contextlib.suppress(Exception):
+                    stream.close()
             with _PENDING_LOCK:
                 if self._process is process:
                     _PENDING.discard(self)
@@ -174,7 +198,7 @@ class CacheWarmer:
     def _time_out(self, process: subprocess.Popen) -> None:
         if process.poll() is None:
             self._timed_out = True
-            process.kill()
+            _kill(process)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for its process to end (the artefact made); True if it did (or none ran)."""
@@ -188,8 +212,21 @@ class CacheWarmer:
     def cancel(self) -> None:
         self._cancelled.set()
         process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
+        if process is not None:
+            _kill(process)
+
+
+_CRASHES = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE}  # it failed, not ended
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """End the helper, while it runs, and its process group (torch.compile's workers)."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (OSError, AttributeError):  # no process groups here
+        process.kill()
 
 
 def artefacts_folder() -> Path | None:
@@ -297,8 +334,7 @@ def keep_artefact(module, x, reference, mode: str, artefact, *, min_psnr_db: flo
     trial = Precompiled(artefact.path.with_name(f".{artefact.path.name}.{os.getpid()}.new"))
     try:
         if precompile(module, x, mode, trial) is None:
-            if trial.unsupported():
-                artefact.mark_unsupported(trial.unsupported())
+            artefact.note_failure(trial.unsupported() or trial.last_failure(), lasting=bool(trial.unsupported()))
             return False
         fn = trial.load(module)
         if fn is None:
@@ -307,8 +343,7 @@ def keep_artefact(module, x, reference, mode: str, artefact, *, min_psnr_db: flo
         try:
             quality = psnr_db(fn(x), reference)
         except Exception as exc:  # noqa: BLE001 - its guards refused the input it was made for
-            if _lasting(exc):
-                artefact.mark_unsupported(f"it failed once loaded: {type(exc).__name__}: {exc}")
+            artefact.note_failure(f"it failed once loaded: {type(exc).__name__}: {exc}", lasting=_lasting(exc))
             return False
         if quality < min_psnr_db:
             artefact.mark_unsupported(f"its output differs from eager (PSNR {quality:.1f} dB)")
@@ -318,6 +353,7 @@ def keep_artefact(module, x, reference, mode: str, artefact, *, min_psnr_db: flo
     finally:
         trial.discard()
         trial.marker.unlink(missing_ok=True)
+        trial.tries.unlink(missing_ok=True)
 
 
 def _remove_stale_trials(artefact, *, older_than_seconds: float = 3600.0) -> None:

@@ -140,9 +140,12 @@ class Precompiled:
     this user wrote and nobody else can write is loaded (framepipe's own cache: the inductor
     cache beside it is imported code of the same trust)."""
 
+    MAX_PASSING_FAILURES = 3  # failures of the moment (out of GPU memory, a helper killed) before giving up
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.marker = self.path.with_name(self.path.name + ".none")
+        self.tries = self.path.with_name(self.path.name + ".tries")  # passing failures so far, the last's reason
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -157,6 +160,36 @@ class Precompiled:
     def settled(self) -> bool:
         """An artefact is there, or none can be made: nothing for a helper to do."""
         return self.exists() or bool(self.unsupported())
+
+    def note_failure(self, why: str, *, lasting: bool) -> None:
+        """A failure to make or use it: one that would repeat marks it unsupported at once; one of
+        the moment (out of GPU memory beside the worker's probe, a helper past its time) only after
+        MAX_PASSING_FAILURES of them, so that no run after the last starts a helper for it again."""
+        if lasting:
+            self.mark_unsupported(why)
+            return
+        count = self.num_passing_failures() + 1
+        if count >= self.MAX_PASSING_FAILURES:
+            self.mark_unsupported(f"{count} failures, the last: {why}")
+            self.tries.unlink(missing_ok=True)
+            return
+        try:
+            self.tries.parent.mkdir(parents=True, exist_ok=True)
+            self.tries.write_text(f"{count}\n{why[:500]}\n", encoding="utf-8")
+        except OSError:
+            log.debug("could not write %s", self.tries, exc_info=True)
+
+    def num_passing_failures(self) -> int:
+        try:
+            return int(self.tries.read_text(encoding="utf-8").split("\n", 1)[0])
+        except (OSError, ValueError):
+            return 0
+
+    def last_failure(self) -> str:
+        try:
+            return self.tries.read_text(encoding="utf-8").split("\n", 1)[1].strip()
+        except (OSError, IndexError):
+            return ""
 
     def mark_unsupported(self, why: str) -> None:
         try:
@@ -250,7 +283,7 @@ def precompile(module: torch.nn.Module, example: torch.Tensor, mode: str, artefa
     """torch.compile's ahead-of-time compilation of `module` for `example`'s shape (call under
     the inference mode it will run in: the artefact's guards check it), saved at
     `artefact.path`; the compiled model as `fn(x)`, or None where it cannot be made (marked, so
-    that it is not tried again, unless it was out of memory)."""
+    that it is not tried again; a failure of the moment, out of GPU memory, only after a few)."""
     try:
         config = torch._dynamo.config  # torch 2.11 offers aot_compile only with this on; later ones always
         with config.patch(enable_aot_compile=True) if hasattr(config, "enable_aot_compile") else contextlib.nullcontext():
@@ -266,8 +299,7 @@ def precompile(module: torch.nn.Module, example: torch.Tensor, mode: str, artefa
     except Exception as exc:  # noqa: BLE001 - a graph break, a torch without it: torch.compile as before
         log.debug("precompiling failed", exc_info=True)
         artefact.discard()
-        if _lasting(exc):  # else the next helper tries again
-            artefact.mark_unsupported(f"{type(exc).__name__}: {_first_line(exc)}")
+        artefact.note_failure(f"{type(exc).__name__}: {_first_line(exc)}", lasting=_lasting(exc))
         return None
     return functools.partial(fn, module)
 
@@ -466,7 +498,7 @@ class CompiledModel:
             log.debug("the precompiled %s failed", self.name, exc_info=True)
             if _lasting(exc):
                 artefact.discard()
-                artefact.mark_unsupported(f"it failed in a run: {type(exc).__name__}: {_first_line(exc)}")
+            artefact.note_failure(f"it failed in a run: {type(exc).__name__}: {_first_line(exc)}", lasting=_lasting(exc))
             return None, None, None
         self.state.loaded = True
         return fn, check, quality

@@ -828,7 +828,54 @@ def test_a_helper_past_its_time_is_ended_and_says_so(tmp_path):
     filled.timeout_seconds, filled.artefacts = 0.5, tmp_path / "precompiled"
     filled((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
     assert filled.join(timeout=10) and filled.outcome == "compiled"
-    assert "took over" in filled.artefact((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default").unsupported()
+    artefact = filled.artefact((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+    assert artefact.unsupported() == "" and artefact.num_passing_failures() == 1  # slowness may pass: tried again
+    assert "took over" in artefact.last_failure()
+
+
+def test_failures_of_the_moment_give_up_on_the_artefact_only_after_a_few(tmp_path):
+    from models.compiled import Precompiled
+
+    artefact = Precompiled(tmp_path / "a.pt")
+    for n in range(1, Precompiled.MAX_PASSING_FAILURES):
+        artefact.note_failure("OutOfMemoryError: CUDA out of memory", lasting=False)
+        assert artefact.num_passing_failures() == n and not artefact.settled()
+    artefact.note_failure("OutOfMemoryError: CUDA out of memory", lasting=False)
+    assert artefact.settled() and "3 failures, the last: OutOfMemoryError" in artefact.unsupported()
+    other = Precompiled(tmp_path / "b.pt")
+    other.note_failure("Unsupported: graph break", lasting=True)
+    assert other.unsupported() == "Unsupported: graph break"
+
+
+@pytest.mark.parametrize("end, lasting", [("os.kill(os.getpid(), signal.SIGKILL)", False),  # ended from outside
+                                          ("os.kill(os.getpid(), signal.SIGSEGV)", True)])  # crashed
+def test_a_helper_ended_from_outside_is_not_taken_for_one_that_crashed(tmp_path, end, lasting):
+    from models.compile_helper import FILLED
+
+    helper = _Helper(f"import os, signal; print({FILLED!r}, flush=True); {end}")
+    helper.artefacts = tmp_path / "precompiled"
+    shape, cpu = (2, 3, 8, 8), torch.device("cpu")
+    helper(shape, torch.float32, cpu, "default")
+    assert helper.join(timeout=30) and helper.outcome == "compiled"
+    artefact = helper.artefact(shape, torch.float32, cpu, "default")
+    assert bool(artefact.unsupported()) is lasting and artefact.num_passing_failures() == (0 if lasting else 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
+def test_a_helper_ends_with_the_workers_it_started(tmp_path):
+    """torch.compile's worker processes inherit the helper's stdout: ending the helper ends them
+    (its process group), and a helper that exits while one of them lingers is over all the same."""
+    from models.compile_helper import FILLED, pending
+
+    linger = f"import subprocess, sys, time; print({FILLED!r}, flush=True); " \
+             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+    cancelled = _Helper(linger + "time.sleep(60)")
+    cancelled((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+    cancelled.cancel()
+    assert cancelled.join(timeout=15) and cancelled not in pending() and cancelled.outcome == "cancelled"
+    exited = _Helper(linger + "sys.exit(0)")
+    exited((2, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+    assert exited.join(timeout=15) and exited not in pending() and exited.outcome == "compiled"
 
 
 def test_a_helper_that_dies_making_the_artefact_still_filled_the_cache(tmp_path):
