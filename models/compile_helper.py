@@ -9,13 +9,14 @@ framepipe's cache folder); the worker's own compilation then finds every kernel 
 takes several seconds. The helper builds the model exactly as a worker does (same loader,
 dtype, device, channels_last) and compiles it for the same input shape.
 
-Then, with `--artefact PATH`, it compiles it ahead of time (`models.compiled.precompile`,
-torch.compile's `aot_compile`), saves that, loads it back from the file and checks its output
-against the compiled model's before keeping it: a later run loads it in about a second
-without Dynamo tracing the model in its process (`models.compiled.Precompiled`). Where that
-cannot be done (a graph break, a torch without it, an artefact that does not load back) a
-marker says so and runs compile from the cache as before. The helper prints "cache filled"
-once the cache is, so that a helper that dies making the artefact still counts as done.
+It prints "cache filled" once the cache is: the run's own compilation starts from the cache
+then, and a helper that dies afterwards still counts as done. Then, with `--artefact PATH`, it
+compiles the model ahead of time (`models.compiled.precompile`, torch.compile's `aot_compile`),
+saves that, loads it back from the file and checks its output against eager before keeping it:
+a later run loads it without Dynamo tracing the model in its process
+(`models.compiled.Precompiled`). Where that cannot be done (a graph break, a torch without it,
+an artefact that does not load back or differs) a marker says so and runs compile from the
+cache as before.
 
     python models/compile_helper.py --model realesr-animevideov3 --scale 4 --dtype float16 \\
         --device cuda:0 --shape 8,3,480,640 --mode default --artefact /tmp/a.pt
@@ -66,8 +67,7 @@ class CacheWarmer:
         self._process: subprocess.Popen | None = None
         self.outcome = ""  # "compiled", or why not (the helper's last line, "cancelled"), once it ended
         self._cancelled = threading.Event()
-        self._filled = threading.Event()  # its "cache filled" line came
-        self._ended = threading.Event()  # its process ended and was accounted for (`_watch`)
+        self._ended = threading.Event()  # its last process ended and was accounted for (`_watch`)
         self._timed_out = False
 
     def key(self, shape, dtype, device, mode: str) -> str:
@@ -109,7 +109,8 @@ class CacheWarmer:
         if self.memo is not None and self.memo.get(key) and (artefact is None or artefact.settled()):
             return
         global _NUM_STARTED
-        filled, ended = self._filled, self._ended = threading.Event(), threading.Event()  # this process's
+        filled, ended = threading.Event(), threading.Event()  # this process's: its "cache filled" line; its end
+        self._ended = ended
         self._timed_out = False
         with _PENDING_LOCK:
             _PENDING.add(self)
@@ -308,7 +309,6 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.rand(shape, device=device).to(dtype)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
         fn = torch.compile(module, mode=args.mode, dynamic=False)
         fn(x)
         fn(x)

@@ -77,7 +77,7 @@ def run(
     deferral = ExitStack()  # core.stopping's span: from the stages' build until the output is in place
     plan = plan_run(config)
     stats = RunStats(called_at=called_at)
-    helpers_before = compile_helpers.num_started(), bool(compile_helpers.pending())
+    helpers_started, helper_was_running = compile_helpers.num_started(), bool(compile_helpers.pending())
     stats.mark("plan (probe the source, load the model's weights)")
     describe(plan, stats)
     if plan.output is None:  # --output-mode none
@@ -146,8 +146,8 @@ def run(
         if plan.model_rate_key and config.parallel:  # for the next run's choice of encoders (pipeline.encoder_choice)
             key = model_rate_key_as_run(plan, stats)  # a model kept eager: under "compiled no"
             remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), key, stats)
-        stats.compile_helper_ran = (stats.compile_helper_ran or helpers_before[1] or bool(compile_helpers.pending())
-                                    or compile_helpers.num_started() != helpers_before[0])  # this run's, or another's
+        stats.compile_helper_ran = (stats.compile_helper_ran or helper_was_running or bool(compile_helpers.pending())
+                                    or compile_helpers.num_started() != helpers_started)  # this run's, or another's
         # The encoders' real speed, unless a compile helper took the CPUs meanwhile (on an H100 a first
         # run whose helper compiled all along taught 0.34 x the synthetic speed, and the later runs,
         # whose encoders were busy too little to say more than a bound, never raised it: 3 encoders

@@ -668,20 +668,25 @@ def test_a_batch_laid_out_otherwise_than_the_precompiled_model_expects_runs_eage
     assert torch.allclose(y, module(x), atol=1e-6)
 
 
-@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="POSIX")
-def test_a_precompiled_file_reached_through_a_link_is_never_unpickled(tmp_path):
+def _tripwire(trace: Path) -> bytes:
+    """A pickle whose unpickling creates `trace`: proof of whether a file was unpickled."""
     import pickle
-
-    from models.compiled import Precompiled
 
     class Tripwire:
         def __reduce__(self):
-            return (Path(tmp_path / "unpickled").touch, ())
+            return (trace.touch, ())
+
+    return pickle.dumps(Tripwire())
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="POSIX")
+def test_a_precompiled_file_reached_through_a_link_is_never_unpickled(tmp_path):
+    from models.compiled import Precompiled
 
     real = tmp_path / "real"
     real.mkdir(mode=0o755)
     os.chmod(real, 0o755)
-    (real / "a.pt").write_bytes(pickle.dumps(Tripwire()))
+    (real / "a.pt").write_bytes(_tripwire(tmp_path / "unpickled"))
     os.chmod(real / "a.pt", 0o644)
     linked_file = tmp_path / "files"
     linked_file.mkdir()
@@ -737,18 +742,12 @@ def test_a_precompiled_file_that_does_not_load_is_removed(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "getuid"), reason="file owners and modes are POSIX")
 def test_a_precompiled_file_others_can_write_is_never_unpickled(tmp_path):
     """Loading unpickles: a file (or folder) writable by another user is left alone, unread."""
-    import pickle
-
     from models.compiled import Precompiled
-
-    class Tripwire:
-        def __reduce__(self):
-            return (Path(tmp_path / "unpickled").touch, ())
 
     folder = tmp_path / "precompiled"
     folder.mkdir()
     artefact = Precompiled(folder / "a.pt")
-    artefact.path.write_bytes(pickle.dumps(Tripwire()))
+    artefact.path.write_bytes(_tripwire(tmp_path / "unpickled"))
     for file_mode, folder_mode in ((0o666, 0o755), (0o644, 0o777), (0o664, 0o755)):
         os.chmod(artefact.path, file_mode)
         os.chmod(folder, folder_mode)
