@@ -34,8 +34,12 @@
 #   bash benchmarks/gpu_host.sh issue12long  # the model-bound job on a 10-minute video (14,400 frames) as a user runs it
 #   bash benchmarks/gpu_host.sh issue12short  # a first run shorter than the compilation, then a second one
 #   bash benchmarks/gpu_host.sh issue12x  # compile seconds in a fresh process, whole model vs repeated blocks once
+#   bash benchmarks/gpu_host.sh issue12load  # where loading the precompiled model goes (bench_load.py, py-spy), then the 10-minute video
+#   bash benchmarks/gpu_host.sh issue12again  # the 10-minute video as a second run once more (a cold run, 2,400 frames, the model alone)
+#   bash benchmarks/gpu_host.sh issue12graph  # the eager model as a CUDA graph while the compiled one loads, then without
 #   bash benchmarks/gpu_host.sh issue12z  # where a warm compilation spends its seconds (cProfile)
 #   bash benchmarks/gpu_host.sh issue12r  # target 2's encode-bound job as a second run; the pool alone tapered vs not
+#                                         # (FRAMES_ENCODE=2880 SKIP_EXTRA=encode_alone_k_untapered,pipeline_output_none: 2 minutes of video)
 #   bash benchmarks/gpu_host.sh dispatch  # the encoder pool's segment dispatch, least-loaded vs round-robin (bench_dispatch.py)
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
@@ -379,6 +383,61 @@ for k in range(2):
       long_clip
       user_run /tmp/mb6.mp4 aot-long
       [ "${AOT_TESTS:-1}" = 0 ] || timeout 150 python3 -m pytest -q -p no:cacheprovider -m needs_cuda -k fresh_process tests/test_compile.py 2>&1 | tail -3 ;;
+    issue12load)  # where loading the precompiled model goes (benchmarks/bench_load.py): a cold first run makes the
+               # artefact; the load alone in fresh processes (twice; then under cProfile); the 2,400-frame job as a user
+               # runs it under py-spy (the compile thread's load beside the worker); the model alone; the 10-minute
+               # video; tests/test_compile.py's GPU test of the fresh-process load (~8 min)
+      python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+      user_run /tmp/short.mp4 load-short; ls -la "$FRAMEPIPE_CACHE/precompiled" 2>&1 | tail -2
+      for n in 1 2; do timeout 120 python3 benchmarks/bench_load.py --model realesrgan-x4plus-anime --shape "${SHAPE:-4,3,270,480}" 2>&1 \
+        | tail -1 | tee -a "$OUT/load-alone.log" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(r.get('error') or (r['seconds_each'], r['seconds_load_to_second_call'], r['max_abs_error_vs_eager'], r['inductor_counters']))"; done
+      timeout 120 python3 benchmarks/bench_load.py --model realesrgan-x4plus-anime --shape "${SHAPE:-4,3,270,480}" --profile > "$OUT/load-profile.log" 2>&1
+      grep -A22 "Ordered by: cumulative" "$OUT/load-profile.log" | cut -c1-150 | grep -v "^ *$"
+      [ "${LOAD_TESTS:-1}" = 0 ] || timeout 120 python3 -m pytest -q -p no:cacheprovider -m needs_cuda -k fresh_process tests/test_compile.py 2>&1 | tail -3
+      mb_clip 2400
+      spy=$(command -v py-spy || echo .site/bin/py-spy)
+      timeout 200 "$spy" record --nonblocking --threads --idle -r 100 -f raw -o "$OUT/spy-load.txt" -- python3 main.py --source /tmp/mb.mp4 \
+        --output /tmp/load-2400.mp4 --overwrite --model realesrgan-x4plus-anime --parallel --preset veryfast --quality 23 \
+        --stats-json "$OUT/load-2400.json" > "$OUT/load-2400.log" 2>&1
+      python3 -c "import json,sys; s=json.load(open(sys.argv[1])); w=s['workers'][0]; print({k: s.get(k) for k in ('frames_written','fps','after_first_frame_fps','settled_fps','flow_fps','first_frame_seconds','settled_after_seconds','wall_seconds','compile_helper_ran')}, w['compile'], s.get('encoders'))" "$OUT/load-2400.json"
+      python3 benchmarks/spy_summary.py "$OUT/spy-load.txt" --threads compile,worker --top "${SPY_TOP:-25}" > "$OUT/spy-summary.log" 2>&1
+      python3 benchmarks/spy_summary.py "$OUT/spy-load.txt" --threads compile --top 12 2>&1 | cut -c1-1500
+      timeout 200 "$spy" record --nonblocking --threads --gil -r 100 -f raw -o "$OUT/spy-gil.txt" -- python3 main.py --source /tmp/mb.mp4 \
+        --output /tmp/load-2400.mp4 --overwrite --model realesrgan-x4plus-anime --parallel --preset veryfast --quality 23 \
+        --stats-json "$OUT/load-2400b.json" > "$OUT/load-2400b.log" 2>&1
+      python3 -c "import json,sys; s=json.load(open(sys.argv[1])); w=s['workers'][0]; print({k: s.get(k) for k in ('frames_written','fps','after_first_frame_fps','settled_fps','flow_fps','first_frame_seconds','settled_after_seconds','wall_seconds','compile_helper_ran')}, w['compile'], s.get('encoders'))" "$OUT/load-2400b.json"
+      python3 - "$OUT/spy-gil.txt" <<'PY'
+import sys; sys.path.insert(0, "benchmarks")
+from spy_summary import parse
+threads = parse(open(sys.argv[1]).read())
+total = sum(v[0] for v in threads.values())
+print("GIL held (py-spy --gil, share of samples):", ", ".join(f"{k} {100 * v[0] / total:.1f}%" for k, v in sorted(threads.items(), key=lambda kv: -kv[1][0])[:12]))
+PY
+      python3 benchmarks/spy_summary.py "$OUT/spy-gil.txt" --top 10 > "$OUT/spy-gil-summary.log" 2>&1
+      model_alone
+      long_clip
+      user_run /tmp/mb6.mp4 load-long
+      tar czf /tmp/issue12load.tgz -C "$OUT" . && (cd "$OUT" && find . -mindepth 1 -maxdepth 1 ! -name spy-summary.log \
+        ! -name spy-gil-summary.log ! -name load-profile.log -exec rm -rf {} +) && mv /tmp/issue12load.tgz "$OUT/" ;;
+    issue12again)  # the 10-minute video as a user's second run, once more on a fresh machine: a cold first run
+               # (480 frames: makes the artefact), the 2,400-frame job (the rates learnt), the compiled model alone,
+               # then the 10-minute video (14,400 frames) (~5 min)
+      python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+      user_run /tmp/short.mp4 again-short
+      mb_clip 2400
+      user_run /tmp/mb.mp4 again-2400
+      model_alone
+      long_clip
+      user_run /tmp/mb6.mp4 again-long ;;
+    issue12graph)  # the eager model as one CUDA graph while the compiled one loads (models.compiled.EagerGraph): a
+               # cold first run (makes the artefact), the 2,400-frame job as the first run after it (as in issue12load
+               # and issue12again, without the graph), its GPU test, then the same job with FRAMEPIPE_EAGER_GRAPH=0 (~3 min)
+      python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+      user_run /tmp/short.mp4 graph-short > /dev/null
+      mb_clip 2400
+      user_run /tmp/mb.mp4 graph-2400
+      timeout 60 python3 -m pytest -q -p no:cacheprovider -m needs_cuda -k eager_graph tests/test_compile.py 2>&1 | tail -2
+      FRAMEPIPE_EAGER_GRAPH=0 user_run /tmp/mb.mp4 graph-off ;;
     issue12x)  # torch.compile in a fresh process, cold and warm: the whole model against its repeated blocks
                # compiled once (bench_regional.py, x4plus-anime batch 4 of 480x270) (~3 min)
       timeout 300 python3 benchmarks/bench_regional.py --model realesrgan-x4plus-anime --shape 4,3,270,480 \
@@ -392,7 +451,7 @@ for k in range(2):
       python3 -m pytest -q -rs -p no:cacheprovider tests/test_compile.py 2>&1 | tee "$OUT/pytest-u.log" | tail -3 ;;
     issue12r)  # target 2's encode-bound job as a second run finds it (a first run before the measured one), the pool
                # alone on tapered and on untapered segments (~7 min)
-      skip=decode_nvdec,model_compiled,compile_cache_warmup,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1,encode_alone_k_reencoded
+      skip=decode_nvdec,model_compiled,compile_cache_warmup,pipeline_sequential,naive,first_frame_cli,model_channels_last,pipeline_parallel_1_encoder,encode_alone_1,encode_alone_k_reencoded${SKIP_EXTRA:+,$SKIP_EXTRA}
       timeout "${BENCH_LIMIT:-480}" python3 benchmarks/bench.py --make-clip 640x480 --frames "${FRAMES_ENCODE:-1440}" --model realesr-animevideov3 \
         --scale 4 --preset medium --crf 23 --skip "$skip" --out "$OUT/encode-bound" --work /tmp/bench-encode > "$OUT/bench-encode-bound.log" 2>&1
       bench_summary "$OUT/encode-bound" 2>&1 | tee "$OUT/issue12r.log"

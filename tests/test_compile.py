@@ -552,6 +552,182 @@ def test_the_real_helper_compiles_a_model_and_a_fresh_process_loads_it_precompil
     assert result["again"] is True and result["same"] is True  # loaded once per process
 
 
+# -- the eager model as one CUDA graph while the compiled one is not ready (models.compiled.EagerGraph) --
+
+
+class _HeldCompiler(StandIn):
+    """torch.compile's stand-in that returns only once `release` is set: the model stays "compiling"."""
+
+    def __init__(self, **kwargs) -> None:
+        import threading
+
+        super().__init__(**kwargs)
+        self.release = threading.Event()
+
+    def __call__(self, module, *, mode, dynamic):
+        assert self.release.wait(60)
+        return super().__call__(module, mode=mode, dynamic=dynamic)
+
+
+class _CpuGraph:
+    """EagerGraph with its CUDA part played on the CPU as a CUDA graph behaves: one output buffer,
+    written by each replay (a caller keeping it would see the next batch's frames), freed once."""
+
+    made: list = []
+
+    def __new__(cls, *, offset: float = 0.0, fails: Exception | None = None):
+        from models.compiled import EagerGraph
+
+        class Graph(EagerGraph):
+            def _record(self, module):
+                if fails is not None:
+                    raise fails
+                self.module, self.replays, self.freed = module, 0, 0
+                cls.made.append(self)
+                return module(self.input)  # the captured output's buffer
+
+            def _replay(self):
+                self.replays += 1
+                self.output.copy_(self.module(self.input) + offset)
+
+            def _free(self):
+                self.freed += 1
+
+        return Graph
+
+
+def _graphed(**kwargs):
+    module, compiler, warnings = _conv(), _HeldCompiler(), []
+    _CpuGraph.made = []
+    model = CompiledModel(module, name="m", enabled=True, warn=warnings.append, compile_fn=compiler,
+                          graph_capture=_CpuGraph(**kwargs))
+    model.batch_size = 4
+    return module, compiler, model, warnings
+
+
+def test_while_it_compiles_the_worker_runs_one_graph_of_the_eager_model():
+    """The first full batch starts the compilation (eager), the second is captured (eager, and the
+    graph's replay of it checked against that), later ones of that shape or fewer frames replay
+    it; each result stays its own though the graph's buffer is overwritten. Once compiled, the
+    compiled model runs and the graph's memory goes back, once."""
+    from pipeline.stats import _compile_dict
+
+    module, compiler, model, warnings = _graphed()
+    xs = [torch.rand(4, 3, 8, 8) for _ in range(4)]
+    with torch.inference_mode():
+        outs = [model(x) for x in xs]
+        last = model(xs[0][:3])  # the last batch of a clip: fewer frames, the same graph
+        other = model(torch.rand(4, 3, 16, 8))  # another frame size: eager
+        expected = [module(x) for x in xs]
+    (graph,) = _CpuGraph.made
+    assert all(torch.equal(o, e) for o, e in zip(outs, expected))  # the first graphed result not overwritten
+    assert torch.equal(last, expected[0][:3]) and other.shape == (4, 3, 16, 8)
+    assert model.state.eager_graph == "captured" and model.state.num_graphed_batches == 3
+    assert graph.replays == 4  # the capture's check, then three batches
+    assert model.state.num_eager_batches == 6 and model.state.status == "compiling"
+    compiler.release.set()
+    model.wait(60)
+    with torch.inference_mode():
+        assert torch.equal(model(xs[1]), expected[1])
+        model(xs[2])
+    assert model.state.status == "compiled" and model.state.num_compiled_batches == 2
+    assert graph.freed == 1 and graph.replays == 4 and model.state.num_graphed_batches == 3
+    stats = _compile_dict(model.state)
+    assert stats["eager_graph"] == "captured" and stats["graphed_batches"] == 3 and warnings == []
+
+
+@pytest.mark.parametrize("kwargs, said", [
+    ({"offset": 0.05}, "none: it differs from eager (PSNR"),
+    ({"fails": RuntimeError("operation not permitted when stream is capturing\nmore")},
+     "none: RuntimeError: operation not permitted when stream is capturing"),
+])
+def test_a_graph_that_fails_or_differs_from_eager_is_not_used(kwargs, said):
+    module, compiler, model, _ = _graphed(**kwargs)
+    x = torch.rand(4, 3, 8, 8)
+    with torch.inference_mode():
+        for _ in range(4):
+            assert torch.equal(model(x), module(x))
+    assert model.state.eager_graph.startswith(said) and model.state.num_graphed_batches == 0
+    assert all(g.freed == 1 for g in _CpuGraph.made) and len(_CpuGraph.made) <= 1  # never captured twice
+    compiler.release.set()
+    model.wait(60)
+
+
+def test_the_graph_goes_when_the_compilation_fails_or_the_worker_runs_out_of_memory():
+    module, compiler, model, warnings = _graphed()
+    compiler.fail = True
+    x = torch.rand(4, 3, 8, 8)
+    with torch.inference_mode():
+        model(x), model(x), model(x)
+    (graph,) = _CpuGraph.made
+    assert model.state.num_graphed_batches == 1
+    compiler.release.set()
+    model.wait(60)
+    assert model.state.status == "failed" and len(warnings) == 1
+    with torch.inference_mode():
+        assert torch.equal(model(x), module(x))  # eager as it is: no graph kept for the whole run
+    assert graph.freed == 1 and model.state.num_graphed_batches == 1
+    # out of memory: the worker drops it at once (pipeline/worker.py `_out_of_memory`)
+    module, compiler, model, _ = _graphed()
+    with torch.inference_mode():
+        model(x), model(x)
+    model.drop_eager_graph()
+    model.drop_eager_graph()
+    with torch.inference_mode():
+        model(x), model(x)
+    assert [g.freed for g in _CpuGraph.made] == [1] and model.state.num_graphed_batches == 0
+    compiler.release.set()
+    model.wait(60)
+
+
+def test_no_graph_on_the_cpu_nor_when_turned_off(monkeypatch):
+    """The real EagerGraph.capture on a CPU tensor says why not; FRAMEPIPE_EAGER_GRAPH=0 tries none."""
+    for env, said in (("1", "none: not on a GPU"), ("0", "")):
+        monkeypatch.setenv("FRAMEPIPE_EAGER_GRAPH", env)
+        compiler = _HeldCompiler()
+        model = CompiledModel(_conv(), name="m", enabled=True, warn=lambda _: None, compile_fn=compiler)
+        model.batch_size = 2
+        with torch.inference_mode():
+            for _ in range(3):
+                model(torch.rand(2, 3, 8, 8))
+        assert model.state.eager_graph == said and model.state.num_graphed_batches == 0
+        compiler.release.set()
+        model.wait(60)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.timeout(300)
+def test_on_a_gpu_the_eager_graph_replays_the_eager_model_while_the_compiler_runs():
+    """The real CUDA graph on the worker's own stream, fp16, channels_last, while the compile thread
+    (held, then the stand-in) works: every graphed batch equals eager bit for bit, a shorter one
+    too; on the default stream none is captured."""
+    from models.compiled import EagerGraph
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(16, 12, 3, padding=1),
+                           nn.PixelShuffle(2)).to(dev, torch.float16).eval().requires_grad_(False)
+    compiler = _HeldCompiler()
+    model = CompiledModel(module, name="net", enabled=True, warn=lambda _: None, compile_fn=compiler)
+    model.batch_size = 4
+    xs = [torch.rand(4, 3, 64, 96, device=dev, dtype=torch.float16) for _ in range(5)]
+    stream = torch.cuda.Stream(dev)
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        outs = [model(x) for x in xs] + [model(xs[0][:2])]
+        expected = [model.eager(x) for x in xs] + [model.eager(xs[0][:2])]
+        stream.synchronize()
+    assert model.state.eager_graph == "captured", model.state.eager_graph
+    assert model.state.num_graphed_batches == 4
+    assert all(torch.equal(o, e) for o, e in zip(outs, expected))
+    compiler.release.set()
+    model.wait(120)
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        assert torch.equal(model(xs[1]), expected[1])
+    assert model.state.status == "compiled" and model._graph is False
+    with torch.inference_mode():
+        assert EagerGraph.capture(module, xs[0]) == "on the default stream"
+
+
 # -- the precompiled model (models.compiled.Precompiled), with stand-ins ---------------------------
 
 
