@@ -36,7 +36,7 @@
 #   bash benchmarks/gpu_host.sh issue12x  # compile seconds in a fresh process, whole model vs repeated blocks once
 #   bash benchmarks/gpu_host.sh issue12load  # where loading the precompiled model goes (bench_load.py, py-spy), then the 10-minute video
 #   bash benchmarks/gpu_host.sh issue12again  # the 10-minute video as a second run once more (a cold run, 2,400 frames, the model alone)
-#   bash benchmarks/gpu_host.sh issue12graph  # the eager model as a CUDA graph while the compiled one loads, then without
+#   bash benchmarks/gpu_host.sh issue12graph  # (commit e05a3a9) the eager model as a CUDA graph while the compiled one loads, then without
 #   bash benchmarks/gpu_host.sh issue12z  # where a warm compilation spends its seconds (cProfile)
 #   bash benchmarks/gpu_host.sh issue12r  # target 2's encode-bound job as a second run; the pool alone tapered vs not
 #                                         # (FRAMES_ENCODE=2880 SKIP_EXTRA=encode_alone_k_untapered,pipeline_output_none: 2 minutes of video)
@@ -429,9 +429,10 @@ PY
       model_alone
       long_clip
       user_run /tmp/mb6.mp4 again-long ;;
-    issue12graph)  # the eager model as one CUDA graph while the compiled one loads (models.compiled.EagerGraph): a
-               # cold first run (makes the artefact), the 2,400-frame job as the first run after it (as in issue12load
-               # and issue12again, without the graph), its GPU test, then the same job with FRAMEPIPE_EAGER_GRAPH=0 (~3 min)
+    issue12graph)  # as run on 2026-12-06 at commit e05a3a9, with the eager model as one CUDA graph while the compiled
+               # one loads (models.compiled.EagerGraph, since removed: here both runs are now without it): a cold first
+               # run (makes the artefact), the 2,400-frame job as the first run after it (as in issue12load and
+               # issue12again), its GPU test, then the same job with FRAMEPIPE_EAGER_GRAPH=0 (~3 min)
       python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
       user_run /tmp/short.mp4 graph-short > /dev/null
       mb_clip 2400

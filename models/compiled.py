@@ -28,17 +28,14 @@ it) are still Dynamo tracing the model in the run's own process, its Python hold
 worker needs: the worker ran at under half its eager rate meanwhile. So where a `Precompiled`
 artefact exists (torch.compile's ahead-of-time compilation, `aot_compile`, saved by the compile
 helper for that model, shape, dtype, device and torch), the compile thread loads it instead (on
-the H100 with torch 2.11: 6.1 s against 7.9-9.4 s compiling from the cache, beside 3 encoders); a
-missing, unusable or failing artefact falls back to torch.compile, as before. `precompile` makes
-one (models/compile_helper.py calls it after filling the cache, loads what it saved back and
-checks it before keeping it).
-
-While it compiles or loads, the worker's eager batches run as one CUDA graph of the eager model
-(`EagerGraph`, captured on the first full batch after a warm one and checked against it): one
-launch a batch instead of hundreds, each of which waited for the GIL the compile thread held (the
-worker made ~41 fps there against 81 eagerly alone on the H100). Dropped once the compiled model
-runs, on an out-of-memory (`drop_eager_graph`), where the device has under a quarter of its memory
-free, or where it fails or differs from eager; FRAMEPIPE_EAGER_GRAPH=0 turns it off.
+the H100 with torch 2.11: 3.2-6.1 s beside 1-3 encoders and 7.5-11.9 s beside 6, against 7.9-9.4 s
+and 15.8 s compiling from the cache; alone in a fresh process 2.7 s, after 3.5 s importing Dynamo
+and Inductor where torch's bytecode is not cached: benchmarks/bench_load.py); a missing, unusable
+or failing artefact falls back to torch.compile, as before. `precompile` makes one
+(models/compile_helper.py calls it after filling the cache, loads what it saved back and checks
+it before keeping it). While it loads, the worker ran eagerly at 13-30 fps against 61-81 alone,
+not yet explained: a CUDA graph of the eager model meanwhile (one launch a batch) did not lift it
+(21 fps) and was not kept (benchmarks/RESULTS.md, 2026-12-06).
 
 `compile_choice(requested, device)` says whether `--compile auto|on|off` compiles on a device
 (auto: CUDA GPUs Triton supports, compute capability 7.0 or newer; never the CPU).
@@ -313,69 +310,6 @@ def precompile(module: torch.nn.Module, example: torch.Tensor, mode: str, artefa
     return functools.partial(fn, module)
 
 
-class EagerGraph:
-    """The eager module captured as one CUDA graph for one input shape (`capture`), replayed for
-    batches of that shape or fewer frames (`__call__`: copied into its input buffer, its output
-    cloned, since the next replay overwrites it). Captured on the caller's stream in thread-local
-    mode, so the compile thread's own GPU work and allocations beside it go on; its memory is a
-    private pool, returned by `release`. `_record`, `_replay` and `_free` are the CUDA graph's part."""
-
-    MIN_FREE_FRACTION = 0.25  # of the device's memory, free or cached, for its private pool
-
-    def __init__(self, module: torch.nn.Module, example: torch.Tensor) -> None:
-        self.input = example.clone()  # its own buffer, the example's strides
-        self.output = self._record(module)
-
-    @classmethod
-    def capture(cls, module: torch.nn.Module, example: torch.Tensor) -> "EagerGraph | str":
-        """The graph, or why none (a CPU tensor, the default stream, too little free memory)."""
-        if not example.is_cuda:
-            return "not on a GPU"
-        if torch.cuda.current_stream(example.device) == torch.cuda.default_stream(example.device):
-            return "on the default stream"
-        free, total = torch.cuda.mem_get_info(example.device)
-        cached = torch.cuda.memory_reserved(example.device) - torch.cuda.memory_allocated(example.device)
-        if free + cached < cls.MIN_FREE_FRACTION * total:
-            return f"{(free + cached) / 2**30:.1f} of {total / 2**30:.1f} GiB free"
-        return cls(module, example)
-
-    def fits(self, x: torch.Tensor) -> bool:
-        return (x.shape[1:] == self.input.shape[1:] and 0 < x.shape[0] <= self.input.shape[0]
-                and x.dtype == self.input.dtype and x.device == self.input.device)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        self.input[:n].copy_(x)
-        self._replay()
-        return self.output[:n].clone()
-
-    def release(self) -> None:
-        """Its last replay done, its memory back to the allocator."""
-        self._free()
-        self.input = self.output = None
-
-    # -- the CUDA graph ---------------------------------------------------------------------
-    def _record(self, module: torch.nn.Module) -> torch.Tensor:
-        self.stream = torch.cuda.current_stream(self.input.device)  # where it is replayed (the worker's)
-        self.graph = torch.cuda.CUDAGraph()
-        self.graph.capture_begin(capture_error_mode="thread_local")
-        try:
-            output = module(self.input)
-        except BaseException:
-            with contextlib.suppress(Exception):  # end the capture; the error that ended it is the one to tell
-                self.graph.capture_end()
-            raise
-        self.graph.capture_end()
-        return output
-
-    def _replay(self) -> None:
-        self.graph.replay()
-
-    def _free(self) -> None:
-        self.stream.synchronize()
-        self.graph.reset()
-
-
 @dataclass
 class CompileState:
     """What compilation did, for the run's stats."""
@@ -388,8 +322,6 @@ class CompileState:
     num_compiled_batches: int = 0
     num_eager_batches: int = 0
     loaded: bool = False  # from a precompiled artefact (`Precompiled`), not compiled in this process
-    eager_graph: str = ""  # the eager model as a CUDA graph while compiling: "captured", or why not
-    num_graphed_batches: int = 0  # eager batches run as that graph (counted in num_eager_batches too)
 
 
 class CompiledModel:
@@ -398,8 +330,7 @@ class CompiledModel:
     def __init__(self, module: torch.nn.Module, *, name: str, enabled: bool, warn: Callable[[str], None],
                  reason: str = "", min_psnr_db: float = 50.0, mode: str = "default",
                  compile_fn: Callable[..., Callable] | None = None, prepare: Callable[..., None] | None = None,
-                 artefact: Callable[..., Precompiled | None] | None = None,
-                 graph_capture: Callable[[torch.nn.Module, torch.Tensor], Callable | str] | None = None) -> None:
+                 artefact: Callable[..., Precompiled | None] | None = None) -> None:
         self.module = module
         self.name = name
         self.warn = warn
@@ -408,11 +339,6 @@ class CompiledModel:
         self._compile_fn = compile_fn or torch.compile
         self.prepare = prepare  # fills the compile cache first, out of process (models/compile_helper.py)
         self.artefact = artefact  # (shape, dtype, device, mode) -> where a precompiled model is kept, or None
-        if graph_capture is None and os.environ.get("FRAMEPIPE_EAGER_GRAPH", "").strip() != "0":
-            graph_capture = EagerGraph.capture
-        self._graph_capture = graph_capture  # (module, full batch) -> the eager model as a graph, or why not
-        self._graph = None  # that graph while compiling; False: none (not to be tried again)
-        self._warm_shape: tuple[int, ...] | None = None  # a full batch ran eagerly: the next may be captured
         self.kept_eager = False  # `keep_eager`: not compiling for now, maybe later (`compile_after_all`)
         self._kept_prepare = None
         if enabled and isinstance(module, torch.jit.ScriptModule):
@@ -436,8 +362,6 @@ class CompiledModel:
         if compiled is None and self.enabled and self._thread is None and x.shape[0] <= self.batch_size:
             self._start(_pad_batch(x, self.batch_size))  # compiled for the worker's batch size
         if compiled is not None:
-            if self._graph:
-                self.drop_eager_graph()  # the compiled model from here on
             shape, dtype, fn, check = compiled
             n = x.shape[0]
             if tuple(x.shape[1:]) == shape[1:] and shape[0] // 2 < n <= shape[0] and x.dtype == dtype:
@@ -446,55 +370,13 @@ class CompiledModel:
                     self.state.num_compiled_batches += 1
                     return fn(padded)[:n]
         self.state.num_eager_batches += 1
-        compiling = compiled is None and self._thread is not None and self.state.status == "compiling" and not self._closed
-        if self._graph and not compiling:
-            self.drop_eager_graph()  # it failed, or does not match: eager as it is, no graph kept for the run
-        graph = self._graph
-        if graph and graph.fits(x):
-            self.state.num_graphed_batches += 1
-            return graph(x)
-        y = self.module(x)
-        if compiling and self._graph is None and self._graph_capture is not None and self.state.shape == tuple(x.shape):
-            if self._warm_shape == tuple(x.shape):
-                self._capture_eager_graph(x, y)
-            else:
-                self._warm_shape = tuple(x.shape)  # warm first (cuDNN's algorithms chosen), then capture
-        return y
+        return self.module(x)
 
     def eager(self, x: torch.Tensor) -> torch.Tensor:
         """The module itself, fed as the compiled path is (channels_last on a GPU)."""
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.module(x)
-
-    def _capture_eager_graph(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """The eager model as a graph for batches of `x`'s shape, kept where its replay on `x`
-        matches `y` (the eager output of the same batch); else none, with why in the state."""
-        try:
-            graph = self._graph_capture(self.module, x)
-            if isinstance(graph, str):
-                self._graph, self.state.eager_graph = False, f"none: {graph}"
-                return
-            quality = psnr_db(graph(x), y)
-            if quality < self.min_psnr_db:
-                graph.release()
-                self._graph, self.state.eager_graph = False, f"none: it differs from eager (PSNR {quality:.1f} dB)"
-                return
-        except Exception as exc:  # noqa: BLE001 - out of memory, an op a graph cannot hold: plain eager
-            log.debug("capturing %s as a CUDA graph failed", self.name, exc_info=True)
-            self._graph, self.state.eager_graph = False, f"none: {type(exc).__name__}: {_first_line(exc)}"
-            return
-        self._graph, self.state.eager_graph = graph, "captured"
-
-    def drop_eager_graph(self) -> None:
-        """No eager graph from here on (the compiled model runs, the run ends, or the worker ran
-        out of memory): its memory goes back."""
-        graph, self._graph = self._graph, False
-        if graph:
-            try:
-                graph.release()
-            except Exception:  # noqa: BLE001 - a device fault on the way: its memory goes with the graph object
-                log.debug("releasing the eager graph of %s failed", self.name, exc_info=True)
 
     def keep_eager(self, why: str) -> None:
         """Do not compile (before the first batch started it): the model runs eagerly, `why` in its
@@ -517,7 +399,6 @@ class CompiledModel:
         compiling is ended, or, with `finish_cache` (the run completed), left to finish filling
         the cache for later runs (`models.compile_helper.pending`)."""
         self._closed = True
-        self.drop_eager_graph()
         prepare = self.prepare
         if prepare is None or not hasattr(prepare, "cancel"):
             return

@@ -149,7 +149,7 @@ def _compile_dict(state) -> dict | None:
     return {"status": state.status, "note": state.note, "seconds": round(state.seconds, 2),
             "psnr_db_vs_eager": None if state.psnr_db is None else round(min(state.psnr_db, 999.0), 2),
             "compiled_batches": state.num_compiled_batches, "eager_batches": state.num_eager_batches,
-            "precompiled": state.loaded, "eager_graph": state.eager_graph, "graphed_batches": state.num_graphed_batches}
+            "precompiled": state.loaded}
 
 
 MIN_RATE_FRAMES = 32  # a rate over fewer frames (or under a second) says too little

@@ -564,8 +564,6 @@ class Worker:
         """A chunk of `num_frames` ran out of memory: free the cache, then halve the batch, or at
         batch 1 use (smaller) tiles; the caller retries the same frames."""
         self.ws.num_oom += 1
-        if self.model is not None:
-            self.model.drop_eager_graph()  # its private pool first
         free_cached_memory(self.device, exc)
         if self.batch_size == 1:
             self._use_smaller_tiles(exc)  # raises DeviceFault below the smallest tile

@@ -253,7 +253,6 @@ def test_worker_switches_to_tiles_when_batch_1_runs_out_of_memory():
     assert [r.index for r in results] == [0, 1, 2, 3, 4]  # every frame, in order
     assert worker.tiling == Tiling(16, 8) and worker.ws.tile_size == 16
     assert worker.ws.num_oom == 3 and worker.ws.num_frames == 5
-    assert worker.model._graph is False  # an eager CUDA graph (models.compiled.EagerGraph) goes at the first OOM
     assert warnings == ["worker-cpu0 (cpu): a 128x96 frame did not fit in memory even at batch 1, so frames run in "
                         "tiles of 16x16 pixels (overlap 8) from frame 0 on. --tile-size sets the size."]
     assert worker.ws.to_dict()["tile_size"] == 16
