@@ -70,7 +70,7 @@ def _one(clip: Path, *, beside: bool, interval: float, yield_every: float = 0.0)
         if thread is not None:
             thread.join()
         sys.setswitchinterval(old)
-    frames = stats.to_dict()["frames_written"] or stats.to_dict().get("frames_made")
+    frames = stats.to_dict()["frames_out"]
     return {"frames": frames, "seconds": round(seconds, 3), "fps": round(frames / seconds, 1),
             "busy_thread_rounds_per_second": round(counter[0] / seconds, 2) if beside else None}
 

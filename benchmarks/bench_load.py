@@ -47,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     shape = tuple(int(v) for v in args.shape.split(","))
     spec = load_model(args.model, scale=args.scale)
     module = spec.build(device, dtype)
-    if runs_channels_last(module):
+    channels_last = runs_channels_last(module)  # as the worker feeds it
+    if channels_last:
         module.to(memory_format=torch.channels_last)
     with torch.inference_mode():
         x = torch.rand(shape, device=device).to(dtype)
-        if runs_channels_last(module):
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         ref = module(x)
     _sync(device)

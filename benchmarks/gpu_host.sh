@@ -73,7 +73,10 @@ user_run() {  # `python main.py` as a user runs the model-bound job: source $1, 
   ( time python3 main.py --source "$1" --output "/tmp/$2_out.mp4" --overwrite --model realesrgan-x4plus-anime \
       --parallel --preset veryfast --quality 23 --stats-json "$OUT/$2.json" ) > "$OUT/$2.log" 2>&1
   echo "rc=$?"; tail -4 "$OUT/$2.log"
-  python3 -c "import json,sys; s=json.load(open(sys.argv[1])); w=s['workers'][0]; print({k: s.get(k) for k in ('frames_written','fps','after_first_frame_fps','settled_fps','flow_fps','first_frame_seconds','settled_after_seconds','wall_seconds')}, w['compile'], s.get('encoders'))" "$OUT/$2.json"
+  run_line "$OUT/$2.json"
+}
+run_line() {  # a run's stats JSON $1 in a line: its rates, the worker's compilation, the encoders
+  python3 -c "import json,sys; s=json.load(open(sys.argv[1])); w=s['workers'][0]; print({k: s.get(k) for k in ('frames_written','fps','after_first_frame_fps','settled_fps','flow_fps','first_frame_seconds','settled_after_seconds','wall_seconds','compile_helper_ran')}, w['compile'], s.get('encoders'))" "$1"
 }
 long_clip() {  # /tmp/mb.mp4's packets repeated 6 times (14,400 frames, timestamps continued) at /tmp/mb6.mp4
   mb_clip 2400
@@ -399,13 +402,13 @@ for k in range(2):
       timeout 200 "$spy" record --nonblocking --threads --idle -r 100 -f raw -o "$OUT/spy-load.txt" -- python3 main.py --source /tmp/mb.mp4 \
         --output /tmp/load-2400.mp4 --overwrite --model realesrgan-x4plus-anime --parallel --preset veryfast --quality 23 \
         --stats-json "$OUT/load-2400.json" > "$OUT/load-2400.log" 2>&1
-      python3 -c "import json,sys; s=json.load(open(sys.argv[1])); w=s['workers'][0]; print({k: s.get(k) for k in ('frames_written','fps','after_first_frame_fps','settled_fps','flow_fps','first_frame_seconds','settled_after_seconds','wall_seconds','compile_helper_ran')}, w['compile'], s.get('encoders'))" "$OUT/load-2400.json"
+      run_line "$OUT/load-2400.json"
       python3 benchmarks/spy_summary.py "$OUT/spy-load.txt" --threads compile,worker --top "${SPY_TOP:-25}" > "$OUT/spy-summary.log" 2>&1
       python3 benchmarks/spy_summary.py "$OUT/spy-load.txt" --threads compile --top 12 2>&1 | cut -c1-1500
       timeout 200 "$spy" record --nonblocking --threads --gil -r 100 -f raw -o "$OUT/spy-gil.txt" -- python3 main.py --source /tmp/mb.mp4 \
         --output /tmp/load-2400.mp4 --overwrite --model realesrgan-x4plus-anime --parallel --preset veryfast --quality 23 \
         --stats-json "$OUT/load-2400b.json" > "$OUT/load-2400b.log" 2>&1
-      python3 -c "import json,sys; s=json.load(open(sys.argv[1])); w=s['workers'][0]; print({k: s.get(k) for k in ('frames_written','fps','after_first_frame_fps','settled_fps','flow_fps','first_frame_seconds','settled_after_seconds','wall_seconds','compile_helper_ran')}, w['compile'], s.get('encoders'))" "$OUT/load-2400b.json"
+      run_line "$OUT/load-2400b.json"
       python3 - "$OUT/spy-gil.txt" <<'PY'
 import sys; sys.path.insert(0, "benchmarks")
 from spy_summary import parse

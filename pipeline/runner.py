@@ -146,7 +146,7 @@ def run(
         if plan.model_rate_key and config.parallel:  # for the next run's choice of encoders (pipeline.encoder_choice)
             key = model_rate_key_as_run(plan, stats)  # a model kept eager: under "compiled no"
             remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), key, stats)
-        stats.compile_helper_ran = (stats.compile_helper_ran or helper_was_running or bool(compile_helpers.pending())
+        stats.compile_helper_ran = (helper_was_running or bool(compile_helpers.pending())
                                     or compile_helpers.num_started() != helpers_started)  # this run's, or another's
         # The encoders' real speed, unless a compile helper took the CPUs meanwhile (on an H100 a first
         # run whose helper compiled all along taught 0.34 x the synthetic speed, and the later runs,
