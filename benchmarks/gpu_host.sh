@@ -36,6 +36,7 @@
 #   bash benchmarks/gpu_host.sh issue12x  # compile seconds in a fresh process, whole model vs repeated blocks once
 #   bash benchmarks/gpu_host.sh issue12load  # where loading the precompiled model goes (bench_load.py, py-spy), then the 10-minute video
 #   bash benchmarks/gpu_host.sh issue12again  # the 10-minute video as a second run once more (a cold run, 2,400 frames, the model alone)
+#   bash benchmarks/gpu_host.sh issue12ref  # the check against the worker's first output vs the compile thread's own eager call, A/B
 #   bash benchmarks/gpu_host.sh issue12graph  # (commit e05a3a9) the eager model as a CUDA graph while the compiled one loads, then without
 #   bash benchmarks/gpu_host.sh issue12z  # where a warm compilation spends its seconds (cProfile)
 #   bash benchmarks/gpu_host.sh issue12r  # target 2's encode-bound job as a second run; the pool alone tapered vs not
@@ -432,6 +433,31 @@ PY
       model_alone
       long_clip
       user_run /tmp/mb6.mp4 again-long ;;
+    issue12ref)  # the compile thread checking against the worker's first eager output instead of its own eager call,
+               # A/B in one call against commit f906379's models/compiled.py (BEFORE=, a carried copy): a cold first run
+               # (makes the artefact), the 2,400-frame job as a second run, then $ROUNDS rounds of after / before; the
+               # GPU tests of the compile thread; the model alone; with LONG=1 the 10-minute video after, then before
+               # (~6 min; LONG=1 ~10)
+      before=${BEFORE:-.devcarry2/compiled_f906379.py}; cp models/compiled.py /tmp/compiled_after.py
+      python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+      user_run /tmp/short.mp4 ref-short > /dev/null
+      mb_clip 2400
+      user_run /tmp/mb.mp4 ref-warm | tail -1
+      for r in $(seq "${ROUNDS:-2}"); do
+        for which in after before; do
+          if [ $which = after ]; then cp /tmp/compiled_after.py models/compiled.py; else cp "$before" models/compiled.py; fi
+          echo "== round $r, $which"; user_run /tmp/mb.mp4 "ref-$r-$which" | tail -1
+        done
+      done
+      cp /tmp/compiled_after.py models/compiled.py
+      timeout 200 python3 -m pytest -q -p no:cacheprovider -m needs_cuda -k "another_thread or fresh_process or compiled_runs_match" tests/test_compile.py 2>&1 | tail -2
+      model_alone
+      if [ "${LONG:-0}" = 1 ]; then
+        long_clip
+        echo "== 10-minute video, after"; user_run /tmp/mb6.mp4 ref-long-after | tail -1
+        cp "$before" models/compiled.py; echo "== 10-minute video, before"; user_run /tmp/mb6.mp4 ref-long-before | tail -1
+        cp /tmp/compiled_after.py models/compiled.py
+      fi ;;
     issue12graph)  # as run on 2026-12-06 at commit e05a3a9, with the eager model as one CUDA graph while the compiled
                # one loads (models.compiled.EagerGraph, since removed: here both runs are now without it): a cold first
                # run (makes the artefact), the 2,400-frame job as the first run after it (as in issue12load and

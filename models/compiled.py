@@ -5,8 +5,8 @@ module eagerly at once and, on the first batch, starts compiling it with `torch.
 in a background thread, for the worker's batch size (`batch_size`, set by the worker once
 its probe chose it) and that batch's frame size: static, one compiled graph, no
 recompiling per batch size. When the compiled model is warm and its output matches the
-eager output closely enough (PSNR against eager on the first real batch, >= `min_psnr_db`,
-50 dB by default: fp16 run to run is ~60-80 dB), every later batch of that shape runs
+eager output closely enough (PSNR against the worker's own eager output of that first batch,
+>= `min_psnr_db`, 50 dB by default: fp16 run to run is ~60-80 dB), every later batch of that shape runs
 compiled; a shorter batch (the last one) is padded to the compiled size and cut back.
 Anything else stays eager: a batch halved after an out-of-memory (padding it back would
 run out of memory again), tiles, a different frame size. Compilation that fails, or that
@@ -33,9 +33,12 @@ and 15.8 s compiling from the cache; alone in a fresh process 2.7 s, after 3.5 s
 and Inductor where torch's bytecode is not cached: benchmarks/bench_load.py); a missing, unusable
 or failing artefact falls back to torch.compile, as before. `precompile` makes one
 (models/compile_helper.py calls it after filling the cache, loads what it saved back and checks
-it before keeping it). While it loads, the worker ran eagerly at 13-30 fps against 61-81 alone,
-not yet explained: a CUDA graph of the eager model meanwhile (one launch a batch) did not lift it
-(21 fps) and was not kept (benchmarks/RESULTS.md, 2026-12-06).
+it before keeping it). While it loads, the worker ran eagerly at 13-30 fps against 61-81 alone:
+each time it gives up the GIL (every torch op, copy and wait) it waits up to the switch interval
+to take it back from a thread running Python. A CUDA graph of the eager model meanwhile (one
+launch a batch) did not lift it (21 fps); the loading thread giving up the GIL every 0.5-1 ms (a
+profile hook) doubled its own imports for a third more eager batches (on the CPU,
+benchmarks/bench_convoy.py): neither was kept (benchmarks/RESULTS.md, 2026-12-06).
 
 `compile_choice(requested, device)` says whether `--compile auto|on|off` compiles on a device
 (auto: CUDA GPUs Triton supports, compute capability 7.0 or newer; never the CPU).
@@ -360,7 +363,10 @@ class CompiledModel:
             x = x.contiguous(memory_format=torch.channels_last)
         compiled = self._compiled
         if compiled is None and self.enabled and self._thread is None and x.shape[0] <= self.batch_size:
-            self._start(_pad_batch(x, self.batch_size))  # compiled for the worker's batch size
+            y = self.module(x)
+            self.state.num_eager_batches += 1
+            self._start(_pad_batch(x, self.batch_size), y)  # compiled for the worker's batch size, checked against y
+            return y
         if compiled is not None:
             shape, dtype, fn, check = compiled
             n = x.shape[0]
@@ -413,10 +419,14 @@ class CompiledModel:
         return self.state
 
     # -- the background compilation -----------------------------------------------------
-    def _start(self, example: torch.Tensor) -> None:
-        """Called on the worker's thread and CUDA stream: the example is copied there, and the
-        compile thread's own stream waits for that copy (an event), never for the worker."""
-        example = example.detach().clone()
+    def _start(self, example: torch.Tensor, ref: torch.Tensor) -> None:
+        """Called on the worker's thread and CUDA stream, with its first batch (padded to its batch
+        size) and that batch's eager output, the reference the compiled model must match on the same
+        frames (the compile thread makes no eager call of its own: beside the worker, one took a
+        fifth of its time while the precompiled model loaded, benchmarks/RESULTS.md). Both are
+        copied there (the worker goes on to change its output in place), and the compile thread's
+        own stream waits for those copies (an event), never for the worker."""
+        example, ref = example.detach().clone(), ref.detach().clone()
         written = None
         if example.is_cuda:
             written = torch.cuda.Event()
@@ -425,19 +435,20 @@ class CompiledModel:
         self.state.note = (f"compiling in the background for batch {example.shape[0]} of "
                            f"{example.shape[-1]}x{example.shape[-2]}; eager until ready")
         device = example.device
-        self._thread = threading.Thread(target=self._compile, args=(example, device, written),
+        self._thread = threading.Thread(target=self._compile, args=(example, ref, device, written),
                                         name=f"compile-{self.name}", daemon=True)
         self._thread.start()
 
-    def _compile(self, example: torch.Tensor, device: torch.device, written) -> None:
+    def _compile(self, example: torch.Tensor, ref: torch.Tensor, device: torch.device, written) -> None:
         t0 = time.perf_counter()
         confine_fx_patches()  # the worker goes on calling the module while this thread traces it
         try:
             if device.type == "cuda":
                 torch.cuda.set_device(device)
                 stream = torch.cuda.Stream(device)
-                stream.wait_event(written)  # the example's copy, queued on the worker's stream
+                stream.wait_event(written)  # the copies, queued on the worker's stream
                 example.record_stream(stream)
+                ref.record_stream(stream)
             else:
                 stream = None
             if self.prepare is not None:
@@ -445,12 +456,11 @@ class CompiledModel:
             if self._closed:  # the run ended meanwhile: compiling in this process would serve nothing
                 raise RuntimeError("cancelled")
             with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
-                ref = self.module(example)
                 fn, check, quality = self._loaded_and_checked(example, ref)
                 if fn is None:
                     fn = self._compile_fn(self.module, mode=self.mode, dynamic=False)
                     fn(example)
-                    quality = psnr_db(fn(example), ref)  # warm: the second call must not recompile
+                    quality = psnr_db(fn(example)[:len(ref)], ref)  # warm: the second call must not recompile
                 if stream is not None:
                     stream.synchronize()
         except Exception as exc:  # noqa: BLE001 - any failure keeps the model eager
@@ -497,7 +507,7 @@ class CompiledModel:
                 raise RuntimeError("its guards refused the run's model or input")
             fn.func.disable_guard_check()  # `check` before each call instead
             fn(example)
-            quality = psnr_db(fn(example), ref)
+            quality = psnr_db(fn(example)[:len(ref)], ref)
             if quality < self.min_psnr_db:
                 raise RuntimeError(f"its output differs from eager (PSNR {quality:.1f} dB)")
         except Exception as exc:  # noqa: BLE001 - compile instead
