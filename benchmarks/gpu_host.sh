@@ -434,7 +434,8 @@ PY
       long_clip
       user_run /tmp/mb6.mp4 again-long ;;
     issue12ref)  # the compile thread checking against the worker's first eager output instead of its own eager call,
-               # A/B in one call against commit f906379's models/compiled.py (BEFORE=, a carried copy): a cold first run
+               # A/B in one call against commit f906379's models/compiled.py (BEFORE=, a carried copy made by
+               # `git show f906379:models/compiled.py > .devcarry2/compiled_f906379.py`): a cold first run
                # (makes the artefact), the 2,400-frame job as a second run, then $ROUNDS rounds of after / before; the
                # GPU tests of the compile thread; the model alone; with LONG=1 the 10-minute video after, then before
                # (~6 min; LONG=1 ~10)
