@@ -67,6 +67,9 @@ for k, v in r.items():
 print("summary", json.dumps(r.get("summary")))
 PY
 }
+short_clip() {  # the cold first run's clip: 480x270, 480 frames, at /tmp/short.mp4
+  python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+}
 mb_clip() {  # the model-bound job's clip: 480x270, $1 frames (2,400 by default), at /tmp/mb.mp4
   [ -f /tmp/mb.mp4 ] || python3 -c "from hw.clips import make_clip; make_clip('/tmp/mb.mp4', width=480, height=270, num_frames=${1:-2400}, fps=24, photo=True)"
 }
@@ -368,7 +371,7 @@ for k in range(2):
       model_alone ;;
     issue12short)  # a first run shorter than the compilation (480 frames, cold caches): the command waits for the
                # helper to fill the cache, then a second run compiles from it in seconds (~2 min)
-      python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+      short_clip
       for n in 1 2; do
         user_run /tmp/short.mp4 "short-$n"; grep -E "^(The output|Compiled for|warning|skipped)" "$OUT/short-$n.log" | cut -c1-220
       done ;;
@@ -376,7 +379,7 @@ for k in range(2):
                # frames, cold: the command waits for the helper, which also compiles ahead of time and keeps that),
                # then the 2,400-frame job AOT_RUNS times (2; loaded, not compiled), once with FRAMEPIPE_PRECOMPILED=0 (compiled from
                # the cache, as before), the model alone, then a 10-minute video (14,400 frames), then tests/test_compile.py's GPU test of it (~7 min)
-      python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+      short_clip
       user_run /tmp/short.mp4 aot-short; grep -E "^(The output|Compiled for|warning|skipped)" "$OUT/aot-short.log" | cut -c1-220
       ls -la "${FRAMEPIPE_CACHE:-$HOME/.cache/framepipe}/precompiled" 2>&1 | tail -3
       cat "${FRAMEPIPE_CACHE:-$HOME/.cache/framepipe}"/precompiled/*.none 2>/dev/null
@@ -391,7 +394,7 @@ for k in range(2):
                # artefact; the load alone in fresh processes (twice; then under cProfile); the 2,400-frame job as a user
                # runs it under py-spy (the compile thread's load beside the worker); the model alone; the 10-minute
                # video; tests/test_compile.py's GPU test of the fresh-process load (~8 min)
-      python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+      short_clip
       user_run /tmp/short.mp4 load-short; ls -la "$FRAMEPIPE_CACHE/precompiled" 2>&1 | tail -2
       for n in 1 2; do timeout 120 python3 benchmarks/bench_load.py --model realesrgan-x4plus-anime --shape "${SHAPE:-4,3,270,480}" 2>&1 \
         | tail -1 | tee -a "$OUT/load-alone.log" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(r.get('error') or (r['seconds_each'], r['seconds_load_to_second_call'], r['max_abs_error_vs_eager'], r['inductor_counters']))"; done
@@ -426,7 +429,7 @@ PY
     issue12again)  # the 10-minute video as a user's second run, once more on a fresh machine: a cold first run
                # (480 frames: makes the artefact), the 2,400-frame job (the rates learnt), the compiled model alone,
                # then the 10-minute video (14,400 frames) (~5 min)
-      python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+      short_clip
       user_run /tmp/short.mp4 again-short
       mb_clip 2400
       user_run /tmp/mb.mp4 again-2400
@@ -440,7 +443,7 @@ PY
                # GPU tests of the compile thread; the model alone; with LONG=1 the 10-minute video after, then before
                # (~6 min; LONG=1 ~10)
       before=${BEFORE:-.devcarry2/compiled_f906379.py}; cp models/compiled.py /tmp/compiled_after.py
-      python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+      short_clip
       user_run /tmp/short.mp4 ref-short > /dev/null
       mb_clip 2400
       user_run /tmp/mb.mp4 ref-warm | tail -1
@@ -463,7 +466,7 @@ PY
                # one loads (models.compiled.EagerGraph, since removed: here both runs are now without it): a cold first
                # run (makes the artefact), the 2,400-frame job as the first run after it (as in issue12load and
                # issue12again), its GPU test, then the same job with FRAMEPIPE_EAGER_GRAPH=0 (~3 min)
-      python3 -c "from hw.clips import make_clip; make_clip('/tmp/short.mp4', width=480, height=270, num_frames=480, fps=24, photo=True)"
+      short_clip
       user_run /tmp/short.mp4 graph-short > /dev/null
       mb_clip 2400
       user_run /tmp/mb.mp4 graph-2400

@@ -362,11 +362,7 @@ class CompiledModel:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         compiled = self._compiled
-        if compiled is None and self.enabled and self._thread is None and x.shape[0] <= self.batch_size:
-            y = self.module(x)
-            self.state.num_eager_batches += 1
-            self._start(_pad_batch(x, self.batch_size), y)  # compiled for the worker's batch size, checked against y
-            return y
+        start = compiled is None and self.enabled and self._thread is None and x.shape[0] <= self.batch_size
         if compiled is not None:
             shape, dtype, fn, check = compiled
             n = x.shape[0]
@@ -376,7 +372,10 @@ class CompiledModel:
                     self.state.num_compiled_batches += 1
                     return fn(padded)[:n]
         self.state.num_eager_batches += 1
-        return self.module(x)
+        y = self.module(x)
+        if start:  # compiled for the worker's batch size, checked against this batch's eager output
+            self._start(_pad_batch(x, self.batch_size), y)
+        return y
 
     def eager(self, x: torch.Tensor) -> torch.Tensor:
         """The module itself, fed as the compiled path is (channels_last on a GPU)."""
