@@ -327,8 +327,9 @@ def keep_artefact(module, x, reference, mode: str, artefact, *, min_psnr_db: flo
     """Compile `module` ahead of time for `x` into a temporary artefact, load that back from the
     file, and keep it at `artefact.path` if its output matches `reference` (eager, as a run's
     check is); else mark it unsupported (not for a lack of GPU memory: the next helper tries
-    again). True if kept."""
-    from models.compiled import Precompiled, _lasting, precompile, psnr_db
+    again). True if kept; the least recently used artefacts beside it over the folder's budget
+    (FRAMEPIPE_PRECOMPILED_MB) are removed then."""
+    from models.compiled import Precompiled, _lasting, precompile, precompiled_budget_bytes, prune_artefacts, psnr_db
 
     _remove_stale_trials(artefact)
     trial = Precompiled(artefact.path.with_name(f".{artefact.path.name}.{os.getpid()}.new"))
@@ -349,6 +350,7 @@ def keep_artefact(module, x, reference, mode: str, artefact, *, min_psnr_db: flo
             artefact.mark_unsupported(f"its output differs from eager (PSNR {quality:.1f} dB)")
             return False
         os.replace(trial.path, artefact.path)
+        prune_artefacts(artefact.path.parent, precompiled_budget_bytes(), keep=artefact.path)
         return True
     finally:
         trial.discard()

@@ -61,7 +61,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CompiledModel", "CompileState", "Precompiled", "compile_choice", "confine_fx_patches", "precompile", "psnr_db", "runs_channels_last"]
+__all__ = ["CompiledModel", "CompileState", "Precompiled", "compile_choice", "confine_fx_patches", "precompile",
+           "precompiled_budget_bytes", "prune_artefacts", "psnr_db", "runs_channels_last"]
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,7 @@ class Precompiled:
         if opened is None:
             return None
         handle, key = opened
+        _note_use(handle)
         with handle:
             with _loaded_lock:
                 fn = _loaded.get(key)
@@ -242,6 +244,54 @@ class Precompiled:
                 del _loaded[key]
         with contextlib.suppress(OSError):
             self.path.unlink()
+
+
+def _note_use(handle) -> None:
+    """Stamp an artefact's access time now, its modification time kept (it is part of `_loaded`'s
+    key): `prune_artefacts` removes the least recently used first. Set explicitly, as mounts with
+    relatime or noatime would not."""
+    try:
+        st = os.fstat(handle.fileno())
+        os.utime(handle.fileno(), ns=(time.time_ns(), st.st_mtime_ns))
+    except (OSError, NotImplementedError):
+        log.debug("could not stamp %s's use", handle.name, exc_info=True)
+
+
+def precompiled_budget_bytes() -> int:
+    """How much the artefacts of `precompiled/` may take together: FRAMEPIPE_PRECOMPILED_MB, 2 GiB
+    by default (one is the code for one model, input shape, GPU and torch: 3.7 MB for x4plus-anime,
+    batch 4 at 480x270 on an H100; a new torch or an edited user model leaves the old ones unused)."""
+    try:
+        return max(0, int(float(os.environ.get("FRAMEPIPE_PRECOMPILED_MB", "2048")) * 2**20))
+    except ValueError:
+        return 2048 * 2**20
+
+
+def prune_artefacts(folder: Path, budget_bytes: int, *, keep: Path | None = None) -> list[Path]:
+    """Remove the least recently used artefacts (`*.pt`, and the failure count beside each) of
+    `folder` until those left take at most `budget_bytes`; `keep` (the one just made) stays
+    whatever its size. The paths removed, oldest first. A run that loaded one keeps its loaded
+    function; the next run that needs it has a helper make it again."""
+    found = []
+    for path in Path(folder).glob("*.pt"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        found.append((max(st.st_atime_ns, st.st_mtime_ns), st.st_size, path))
+    total = sum(size for _, size, _ in found)
+    removed = []
+    for _, size, path in sorted(found):
+        if total <= budget_bytes:
+            break
+        if keep is not None and path == Path(keep):
+            continue
+        Precompiled(path).discard()
+        if not path.exists():
+            Precompiled(path).tries.unlink(missing_ok=True)
+            total -= size
+            removed.append(path)
+    return removed
 
 
 _MAX_LOADED = 8  # functions kept loaded per process (a service sees a few models and frame sizes)

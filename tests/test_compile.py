@@ -944,6 +944,67 @@ def test_the_helper_keeps_an_artefact_only_if_it_loads_back_and_matches(tmp_path
     assert artefact.unsupported() == "RuntimeError: graph break"
 
 
+def _aged(path: Path, size: int, *, used: float, made: float | None = None) -> Path:
+    """A file of `size` bytes last modified `made` (default `used`) and accessed `used` seconds ago."""
+    path.write_bytes(b"x" * size)
+    now = time.time()
+    os.utime(path, (now - used, now - (used if made is None else made)))
+    return path
+
+
+def test_artefacts_over_the_budget_go_least_recently_used_first(tmp_path):
+    """prune_artefacts: the oldest use first (an access stamp newer than its making counts), until
+    the rest fit; the one just made stays even alone over the budget; failure counts go with
+    their artefact, markers and trials of other files stay."""
+    from models.compiled import Precompiled, prune_artefacts
+
+    old = _aged(tmp_path / "old.pt", 400, used=9000)
+    used_lately = _aged(tmp_path / "made-long-ago.pt", 400, used=10, made=9500)
+    middle = _aged(tmp_path / "middle.pt", 400, used=5000)
+    new = _aged(tmp_path / "new.pt", 400, used=0)
+    Precompiled(old).tries.write_text("1\nout of memory\n")
+    other = [_aged(tmp_path / "x.pt.none", 10, used=99999), _aged(tmp_path / ".y.pt.123.new", 10, used=99999)]
+    assert prune_artefacts(tmp_path, 1600) == []
+    assert prune_artefacts(tmp_path, 1000, keep=new) == [old, middle]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["made-long-ago.pt", "new.pt"] + [p.name for p in other])
+    assert prune_artefacts(tmp_path, 100, keep=new) == [used_lately] and new.exists()
+
+
+def test_loading_an_artefact_stamps_its_use_and_keeps_its_time(tmp_path, monkeypatch):
+    """Precompiled.load marks the file used now (what pruning goes by) without changing its
+    modification time, which keys the functions already loaded in the process."""
+    from models.compiled import Precompiled
+
+    monkeypatch.setattr(torch.compiler, "load_compiled_function", lambda f: (lambda module, x: x + 1))
+    path = _aged(tmp_path / "a.pt", 8, used=9000)
+    path.chmod(0o644)
+    tmp_path.chmod(0o755)
+    made = path.stat().st_mtime_ns
+    fn = Precompiled(path).load(torch.nn.Identity())
+    assert fn is not None and float(fn(torch.zeros(1))) == 1.0
+    assert path.stat().st_mtime_ns == made and time.time() - path.stat().st_atime < 60
+
+
+def test_keeping_an_artefact_prunes_the_folder_to_its_budget(tmp_path, monkeypatch):
+    from models import compile_helper, compiled
+    from models.compiled import Precompiled
+
+    module, x = _conv(), torch.rand(2, 3, 8, 8)
+    stale = _aged(tmp_path / "stale.pt", 3 * 2**20, used=9000)  # a torch or a model since replaced
+    kept = _aged(tmp_path / "kept.pt", 2**20, used=100)
+
+    def fake_precompile(module, example, mode, artefact):
+        artefact.path.write_bytes(b"artefact")
+        return lambda x: module(x)
+
+    monkeypatch.setattr(compiled, "precompile", fake_precompile)
+    monkeypatch.setattr(Precompiled, "load", lambda self, m: (lambda x: m(x)) if self.exists() else None)
+    monkeypatch.setenv("FRAMEPIPE_PRECOMPILED_MB", "2")
+    made = Precompiled(tmp_path / "made.pt")
+    assert compile_helper.keep_artefact(module, x, module(x), "default", made) is True
+    assert made.exists() and kept.exists() and not stale.exists()
+
+
 def test_auto_leaves_a_short_run_eager(tmp_path, monkeypatch):
     """On a GPU where auto compiles, a run shorter than MIN_FRAMES_TO_COMPILE stays eager
     (said why); --compile on compiles it all the same; a long run compiles."""
