@@ -54,6 +54,10 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/.site${PYTHONPATH:+:$PYTHONPATH}"
 for c in .devcarry/cache .devcarry2/cache; do [ -d "$c" ] && export FRAMEPIPE_CACHE="$PWD/$c"; done
+if [ "${KEEP_CACHE:-0}" = 1 ] && [ -n "${FRAMEPIPE_CACHE:-}" ]; then  # a copy outside the carried folder, which the next
+  [ -d /tmp/fp-cache ] || cp -r "$FRAMEPIPE_CACHE" /tmp/fp-cache     # call replaces: what a run compiled stays for the
+  export FRAMEPIPE_CACHE=/tmp/fp-cache                                # next call while the machine is held
+fi
 bench_summary() {  # bench.py's JSON in folder $1: the device, a line per step (its figures), the summary
   python3 - "$1" <<'PY'
 import glob, json, sys
@@ -440,8 +444,9 @@ PY
                # A/B in one call against commit f906379's models/compiled.py (BEFORE=, a carried copy made by
                # `git show f906379:models/compiled.py > .devcarry2/compiled_f906379.py`): a cold first run
                # (makes the artefact), the 2,400-frame job as a second run, then $ROUNDS rounds of after / before; the
-               # GPU tests of the compile thread; the model alone; with LONG=1 the 10-minute video after, then before
-               # (~6 min; LONG=1 ~10)
+               # GPU tests of the compile thread and the model alone (TESTS=0: not); with LONG=1 the 10-minute video
+               # after, then before (~6 min; LONG=1 ~10: as a second call, KEEP_CACHE=1 in both keeps the first's
+               # compilation on a held machine)
       before=${BEFORE:-.devcarry2/compiled_f906379.py}; cp models/compiled.py /tmp/compiled_after.py
       short_clip
       user_run /tmp/short.mp4 ref-short > /dev/null
@@ -454,8 +459,10 @@ PY
         done
       done
       cp /tmp/compiled_after.py models/compiled.py
-      timeout 200 python3 -m pytest -q -p no:cacheprovider -m needs_cuda -k "another_thread or fresh_process or compiled_runs_match" tests/test_compile.py 2>&1 | tail -2
-      model_alone
+      if [ "${TESTS:-1}" = 1 ]; then
+        timeout 200 python3 -m pytest -q -p no:cacheprovider -m needs_cuda -k "another_thread or fresh_process or compiled_runs_match" tests/test_compile.py 2>&1 | tail -2
+        model_alone
+      fi
       if [ "${LONG:-0}" = 1 ]; then
         long_clip
         echo "== 10-minute video, after"; user_run /tmp/mb6.mp4 ref-long-after | tail -1
