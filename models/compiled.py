@@ -218,7 +218,7 @@ class Precompiled:
         if opened is None:
             return None
         handle, key = opened
-        _note_use(handle)
+        _note_use(handle, key[2])
         with handle:
             with _loaded_lock:
                 fn = _loaded.get(key)
@@ -246,13 +246,12 @@ class Precompiled:
             self.path.unlink()
 
 
-def _note_use(handle) -> None:
-    """Stamp an artefact's access time now, its modification time kept (it is part of `_loaded`'s
-    key): `prune_artefacts` removes the least recently used first. Set explicitly, as mounts with
-    relatime or noatime would not."""
+def _note_use(handle, mtime_ns: int) -> None:
+    """Stamp an opened artefact's access time now, its modification time (`mtime_ns`, as
+    `_open_ours` read it) kept: it is part of `_loaded`'s key. `prune_artefacts` removes the least
+    recently used first. Set explicitly, as mounts with relatime or noatime would not."""
     try:
-        st = os.fstat(handle.fileno())
-        os.utime(handle.fileno(), ns=(time.time_ns(), st.st_mtime_ns))
+        os.utime(handle.fileno(), ns=(time.time_ns(), mtime_ns))
     except (OSError, NotImplementedError):
         log.debug("could not stamp %s's use", handle.name, exc_info=True)
 
@@ -286,9 +285,10 @@ def prune_artefacts(folder: Path, budget_bytes: int, *, keep: Path | None = None
             break
         if keep is not None and path == Path(keep):
             continue
-        Precompiled(path).discard()
+        artefact = Precompiled(path)
+        artefact.discard()
         if not path.exists():
-            Precompiled(path).tries.unlink(missing_ok=True)
+            artefact.tries.unlink(missing_ok=True)
             total -= size
             removed.append(path)
     return removed

@@ -919,6 +919,12 @@ def test_a_helper_that_dies_making_the_artefact_still_filled_the_cache(tmp_path)
         dead(shape, torch.float32, cpu, "default")
 
 
+def _fake_precompile(module, example, mode, artefact):
+    """models.compiled.precompile's stand-in: writes a file where the artefact goes, returns the module."""
+    artefact.path.write_bytes(b"artefact")
+    return lambda x: module(x)
+
+
 def test_the_helper_keeps_an_artefact_only_if_it_loads_back_and_matches(tmp_path, monkeypatch):
     from models import compile_helper, compiled
     from models.compiled import Precompiled
@@ -926,11 +932,7 @@ def test_the_helper_keeps_an_artefact_only_if_it_loads_back_and_matches(tmp_path
     module, x = _conv(), torch.rand(2, 3, 8, 8)
     expected = module(x)
 
-    def fake_precompile(module, example, mode, artefact):
-        artefact.path.write_bytes(b"artefact")
-        return lambda x: module(x)
-
-    monkeypatch.setattr(compiled, "precompile", fake_precompile)
+    monkeypatch.setattr(compiled, "precompile", _fake_precompile)
     for offset, kept, why in ((0.0, True, ""), (0.5, False, "differs from eager")):
         monkeypatch.setattr(Precompiled, "load", lambda self, m, offset=offset: (lambda x: m(x) + offset) if self.exists() else None)
         artefact = Precompiled(tmp_path / f"{offset}.pt")
@@ -993,11 +995,7 @@ def test_keeping_an_artefact_prunes_the_folder_to_its_budget(tmp_path, monkeypat
     stale = _aged(tmp_path / "stale.pt", 3 * 2**20, used=9000)  # a torch or a model since replaced
     kept = _aged(tmp_path / "kept.pt", 2**20, used=100)
 
-    def fake_precompile(module, example, mode, artefact):
-        artefact.path.write_bytes(b"artefact")
-        return lambda x: module(x)
-
-    monkeypatch.setattr(compiled, "precompile", fake_precompile)
+    monkeypatch.setattr(compiled, "precompile", _fake_precompile)
     monkeypatch.setattr(Precompiled, "load", lambda self, m: (lambda x: m(x)) if self.exists() else None)
     monkeypatch.setenv("FRAMEPIPE_PRECOMPILED_MB", "2")
     made = Precompiled(tmp_path / "made.pt")
