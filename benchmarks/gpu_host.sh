@@ -468,7 +468,8 @@ PY
         echo "== 10-minute video, after"; user_run /tmp/mb6.mp4 ref-long-after | tail -1
         cp "$before" models/compiled.py; echo "== 10-minute video, before"; user_run /tmp/mb6.mp4 ref-long-before | tail -1
         cp /tmp/compiled_after.py models/compiled.py
-      fi ;;
+      fi
+      du -sh "$FRAMEPIPE_CACHE"/* 2>/dev/null ;;  # what the cache holds after (torch-compile/ has no size limit)
     issue12graph)  # as run on 2026-12-06 at commit e05a3a9, with the eager model as one CUDA graph while the compiled
                # one loads (models.compiled.EagerGraph, since removed: here both runs are now without it): a cold first
                # run (makes the artefact), the 2,400-frame job as the first run after it (as in issue12load and
