@@ -216,6 +216,35 @@ def test_a_run_switching_to_the_compiled_model_mid_run_is_frame_exact(tmp_path, 
     assert all((a == b).all() for a, b in zip(frames, eager_frames))
 
 
+def test_each_worker_compiles_a_model_of_its_own_and_the_run_stays_frame_exact(tmp_path, monkeypatch):
+    """Several workers (one per GPU; here two on the CPU): each compiles its own copy of the model
+    in its own background thread and switches when it is ready; the output is the eager run's,
+    every frame, in order."""
+    clip = make_clip(tmp_path / "v.mp4", width=48, height=32, num_frames=48, fps=24)
+    stand_in, compiled_modules = StandIn(), []
+
+    def compile_fn(module, **kwargs):
+        compiled_modules.append(module)
+        return stand_in(module, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_fn)
+
+    both_busy = functools.partial(_wait_for_the_compiler, delay=0.02)  # so that both take batches from the queue
+    outputs = {}
+    for mode in ("off", "on"):
+        out = tmp_path / f"{mode}.mkv"
+        stats = run(RunConfig(source=clip, output=out, model="bicubic", scale=2, device="cpu", compile=mode,
+                              cpu_workers=2, parallel=True, batch_size=4, codec="h264", crf=0, preset="ultrafast"),
+                    wrap=both_busy)
+        outputs[mode] = (probe.frames_yuv(out), probe.pts_exact(out), stats.to_dict()["workers"])
+    (eager_frames, eager_pts, _), (frames, pts, workers) = outputs["off"], outputs["on"]
+    assert len(workers) == 2 and all(w["frames"] > 0 for w in workers), workers
+    assert all(w["compile"]["status"] == "compiled" and w["compile"]["compiled_batches"] > 0 for w in workers), workers
+    assert len(compiled_modules) == 2 and compiled_modules[0] is not compiled_modules[1]
+    assert len(frames) == len(eager_frames) == 48 and pts == eager_pts
+    assert all((a == b).all() for a, b in zip(frames, eager_frames))
+
+
 def test_output_mode_none_runs_every_frame_and_writes_nothing(tmp_path, monkeypatch):
     clip = make_clip(tmp_path / "v.mp4", width=48, height=32, num_frames=30, fps=24, audio=True)
     monkeypatch.chdir(tmp_path)
@@ -241,9 +270,10 @@ def test_output_mode_none_on_the_command_line(tmp_path, capsys):
     assert code == 2 and "--output-mode none writes nothing" in err and len(err.strip().splitlines()) == 1
 
 
-def _wait_for_the_compiler(name, stage):
+def _wait_for_the_compiler(name, stage, *, delay: float = 0.0):
     """Wraps a worker so that it waits for its background compilation after its first batch
-    (the worker itself never waits: a short clip would end before the compiler does)."""
+    (the worker itself never waits: a short clip would end before the compiler does); `delay`:
+    seconds it sleeps before each batch (several workers then all take batches)."""
     if not name.startswith("worker"):
         return stage
 
@@ -252,6 +282,7 @@ def _wait_for_the_compiler(name, stage):
             return getattr(stage, attr)
 
         def process(self, batch):
+            time.sleep(delay)
             done = stage.process(batch)
             if stage.model is not None:
                 stage.model.wait()
@@ -275,6 +306,30 @@ def test_on_a_gpu_compiled_runs_match_eager_runs_frame_for_frame(tmp_path):
         out[mode] = (probe.frames_yuv(path), probe.pts_exact(path), stats.to_dict()["workers"][0]["compile"])
     (eager, eager_pts, _), (frames, pts, state) = out["off"], out["on"]
     assert state["status"] == "compiled" and state["psnr_db_vs_eager"] > 50, state
+    assert len(frames) == len(eager) == 240 and pts == eager_pts
+    worst = min(psnr_db(torch.from_numpy(a).float() / 255, torch.from_numpy(b).float() / 255)
+                for a, b in zip(frames, eager))
+    assert worst > 40
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.timeout(600)
+def test_on_two_gpus_each_worker_runs_a_model_compiled_for_its_own_gpu(tmp_path):
+    """--multi-gpu --compile on against off: both GPUs' workers took frames and ran compiled,
+    checked against eager on their own GPU; the same frames and timestamps as the eager run."""
+    clip = make_clip(tmp_path / "v.mp4", width=96, height=64, num_frames=240, fps=24, photo=True)
+    out = {}
+    for mode in ("off", "on"):
+        path = tmp_path / f"{mode}.mkv"
+        stats = run(RunConfig(source=clip, output=path, model="bicubic", scale=2, multi_gpu=True, compile=mode,
+                              parallel=True, batch_size=4, crf=0, preset="ultrafast"), wrap=_wait_for_the_compiler)
+        out[mode] = (probe.frames_yuv(path), probe.pts_exact(path), stats.to_dict()["workers"])
+    (eager, eager_pts, _), (frames, pts, workers) = out["off"], out["on"]
+    assert sorted(w["device"] for w in workers) == ["cuda:0", "cuda:1"], workers
+    for w in workers:
+        assert w["frames"] > 0 and w["compile"]["status"] == "compiled", w
+        assert w["compile"]["compiled_batches"] > 0 and w["compile"]["psnr_db_vs_eager"] > 50, w
     assert len(frames) == len(eager) == 240 and pts == eager_pts
     worst = min(psnr_db(torch.from_numpy(a).float() / 255, torch.from_numpy(b).float() / 255)
                 for a, b in zip(frames, eager))
