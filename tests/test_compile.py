@@ -203,13 +203,9 @@ def test_a_run_switching_to_the_compiled_model_mid_run_is_frame_exact(tmp_path, 
     clip = make_clip(tmp_path / "v.mp4", width=48, height=32, num_frames=40, fps=24)
     stand_in = StandIn()
     monkeypatch.setattr(torch, "compile", stand_in)
-    outputs = {}
-    for mode in ("off", "on"):
-        out = tmp_path / f"{mode}.mkv"
-        stats = run(RunConfig(source=clip, output=out, model="bicubic", scale=2, device="cpu", compile=mode,
-                              batch_size=4, codec="h264", crf=0, preset="ultrafast"), wrap=_wait_for_the_compiler)
-        outputs[mode] = (probe.frames_yuv(out), probe.pts_exact(out), stats.to_dict()["workers"][0]["compile"])
-    (eager_frames, eager_pts, eager_state), (frames, pts, state) = outputs["off"], outputs["on"]
+    (eager_frames, eager_pts, eager_workers), (frames, pts, workers) = _eager_and_compiled(
+        clip, tmp_path, device="cpu", batch_size=4, codec="h264", crf=0, preset="ultrafast")
+    eager_state, state = eager_workers[0]["compile"], workers[0]["compile"]
     assert eager_state["status"] == "eager" and state["status"] == "compiled"
     assert state["compiled_batches"] > 0 and state["eager_batches"] > 0 and stand_in.shapes
     assert len(frames) == len(eager_frames) == 40 and pts == eager_pts
@@ -230,14 +226,9 @@ def test_each_worker_compiles_a_model_of_its_own_and_the_run_stays_frame_exact(t
     monkeypatch.setattr(torch, "compile", compile_fn)
 
     both_busy = functools.partial(_wait_for_the_compiler, delay=0.02)  # so that both take batches from the queue
-    outputs = {}
-    for mode in ("off", "on"):
-        out = tmp_path / f"{mode}.mkv"
-        stats = run(RunConfig(source=clip, output=out, model="bicubic", scale=2, device="cpu", compile=mode,
-                              cpu_workers=2, parallel=True, batch_size=4, codec="h264", crf=0, preset="ultrafast"),
-                    wrap=both_busy)
-        outputs[mode] = (probe.frames_yuv(out), probe.pts_exact(out), stats.to_dict()["workers"])
-    (eager_frames, eager_pts, _), (frames, pts, workers) = outputs["off"], outputs["on"]
+    (eager_frames, eager_pts, _), (frames, pts, workers) = _eager_and_compiled(
+        clip, tmp_path, wrap=both_busy, device="cpu", cpu_workers=2, parallel=True, batch_size=4, codec="h264", crf=0,
+        preset="ultrafast")
     assert len(workers) == 2 and all(w["frames"] > 0 for w in workers), workers
     assert all(w["compile"]["status"] == "compiled" and w["compile"]["compiled_batches"] > 0 for w in workers), workers
     assert len(compiled_modules) == 2 and compiled_modules[0] is not compiled_modules[1]
@@ -291,6 +282,22 @@ def _wait_for_the_compiler(name, stage, *, delay: float = 0.0):
     return Waiting()
 
 
+def _eager_and_compiled(clip: Path, folder: Path, *, wrap=_wait_for_the_compiler, **config):
+    """The same bicubic x2 run with --compile off, then on: for each, (frames, timestamps, the
+    workers' stats)."""
+    made = []
+    for mode in ("off", "on"):
+        out = folder / f"{mode}.mkv"
+        stats = run(RunConfig(source=clip, output=out, model="bicubic", scale=2, compile=mode, **config), wrap=wrap)
+        made.append((probe.frames_yuv(out), probe.pts_exact(out), stats.to_dict()["workers"]))
+    return made
+
+
+def _worst_psnr_db(frames, reference) -> float:
+    return min(psnr_db(torch.from_numpy(a).float() / 255, torch.from_numpy(b).float() / 255)
+               for a, b in zip(frames, reference))
+
+
 @pytest.mark.needs_cuda
 @pytest.mark.timeout(600)
 def test_on_a_gpu_compiled_runs_match_eager_runs_frame_for_frame(tmp_path):
@@ -298,18 +305,12 @@ def test_on_a_gpu_compiled_runs_match_eager_runs_frame_for_frame(tmp_path):
     weights; benchmarks/bench.py compiles the Real-ESRGAN models): the same frames in the same
     order with the same timestamps, pixels within fp16 noise, and the compiled model used."""
     clip = make_clip(tmp_path / "v.mp4", width=96, height=64, num_frames=240, fps=24, photo=True)
-    out = {}
-    for mode in ("off", "on"):
-        path = tmp_path / f"{mode}.mkv"
-        stats = run(RunConfig(source=clip, output=path, model="bicubic", scale=2, device="cuda", compile=mode,
-                              batch_size=4, crf=0, preset="ultrafast"), wrap=_wait_for_the_compiler)
-        out[mode] = (probe.frames_yuv(path), probe.pts_exact(path), stats.to_dict()["workers"][0]["compile"])
-    (eager, eager_pts, _), (frames, pts, state) = out["off"], out["on"]
+    (eager, eager_pts, _), (frames, pts, workers) = _eager_and_compiled(
+        clip, tmp_path, device="cuda", batch_size=4, crf=0, preset="ultrafast")
+    state = workers[0]["compile"]
     assert state["status"] == "compiled" and state["psnr_db_vs_eager"] > 50, state
     assert len(frames) == len(eager) == 240 and pts == eager_pts
-    worst = min(psnr_db(torch.from_numpy(a).float() / 255, torch.from_numpy(b).float() / 255)
-                for a, b in zip(frames, eager))
-    assert worst > 40
+    assert _worst_psnr_db(frames, eager) > 40
 
 
 @pytest.mark.needs_cuda
@@ -319,21 +320,14 @@ def test_on_two_gpus_each_worker_runs_a_model_compiled_for_its_own_gpu(tmp_path)
     """--multi-gpu --compile on against off: both GPUs' workers took frames and ran compiled,
     checked against eager on their own GPU; the same frames and timestamps as the eager run."""
     clip = make_clip(tmp_path / "v.mp4", width=96, height=64, num_frames=240, fps=24, photo=True)
-    out = {}
-    for mode in ("off", "on"):
-        path = tmp_path / f"{mode}.mkv"
-        stats = run(RunConfig(source=clip, output=path, model="bicubic", scale=2, multi_gpu=True, compile=mode,
-                              parallel=True, batch_size=4, crf=0, preset="ultrafast"), wrap=_wait_for_the_compiler)
-        out[mode] = (probe.frames_yuv(path), probe.pts_exact(path), stats.to_dict()["workers"])
-    (eager, eager_pts, _), (frames, pts, workers) = out["off"], out["on"]
+    (eager, eager_pts, _), (frames, pts, workers) = _eager_and_compiled(
+        clip, tmp_path, multi_gpu=True, parallel=True, batch_size=4, crf=0, preset="ultrafast")
     assert sorted(w["device"] for w in workers) == ["cuda:0", "cuda:1"], workers
     for w in workers:
         assert w["frames"] > 0 and w["compile"]["status"] == "compiled", w
         assert w["compile"]["compiled_batches"] > 0 and w["compile"]["psnr_db_vs_eager"] > 50, w
     assert len(frames) == len(eager) == 240 and pts == eager_pts
-    worst = min(psnr_db(torch.from_numpy(a).float() / 255, torch.from_numpy(b).float() / 255)
-                for a, b in zip(frames, eager))
-    assert worst > 40
+    assert _worst_psnr_db(frames, eager) > 40
 
 
 @pytest.mark.needs_cuda
