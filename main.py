@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:  # the shared service (service/server.py)
         from service.server import serve_main
 
-        return serve_main(argv[1:])
+        return serve_main(argv[1:], process_settings=_process_settings)
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
     if not console.is_terminal:
@@ -613,12 +613,10 @@ def _process_settings() -> None:
         sys.dont_write_bytecode = False  # into framepipe's cache folder only, never beside the installed files
         os.environ["PYTHONPYCACHEPREFIX"] = str(folder)  # child processes (the compile helper) read it too
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        folder = cache / "torch-compile"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            pass
-        else:
+        from core.compile_cache import COMPILE_CACHE_NAME, share_compile_cache
+
+        folder = cache / COMPILE_CACHE_NAME
+        if share_compile_cache(folder):  # kept under FRAMEPIPE_COMPILE_CACHE_MB
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
     try:
         import torch

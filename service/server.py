@@ -94,10 +94,14 @@ def make_service(args: argparse.Namespace, *, devices=None):
                    spread=not args.no_spread)
 
 
-def serve_main(argv: list[str]) -> int:
+def serve_main(argv: list[str], *, process_settings=None) -> int:
+    """`process_settings`: main.py's switches for the whole process (torch.compile's cache in
+    framepipe's cache folder, the bytecode cache, cuDNN's autotuning), as a run has them."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", force=True)
+    if process_settings is not None:
+        process_settings()
     from core.errors import FramepipeError
 
     try:

@@ -1,0 +1,116 @@
+"""torch.compile's kernel cache (TORCHINDUCTOR_CACHE_DIR) in framepipe's cache folder, kept
+under a size budget. Imports no torch: `main.py` decides this before torch is imported.
+
+The folder is torch's own: what each file is and which files belong together is torch's
+business, and differs between its versions. So framepipe never removes single files from it:
+when it takes more than FRAMEPIPE_COMPILE_CACHE_MB (4,096 by default) at the start of a
+process that no other framepipe process shares it with, the whole folder goes, and torch
+starts a new one. What that costs: the next compilation of each model for each frame size is a
+cold one again (a helper process makes it, the run stays eager meanwhile), and the first load of
+each ahead-of-time artefact of `precompiled/` rebuilds its wrapper code (the artefacts hold
+their kernels: on the CPU, one loaded and matched eager with the folder removed, in 8.8 s
+instead of 1.0 s; benchmarks/RESULTS.md).
+
+Every framepipe process that uses the folder (a run, the service, a compile helper) holds a
+shared `flock` on `torch-compile.lock` beside it for its life; the folder is removed only under
+an exclusive one, taken without waiting: never under a process still compiling or loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+__all__ = ["COMPILE_CACHE_NAME", "budget_bytes", "folder_bytes", "share_compile_cache"]
+
+log = logging.getLogger(__name__)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: the folder is kept whole, unlimited
+    fcntl = None  # type: ignore[assignment]
+
+COMPILE_CACHE_NAME = "torch-compile"
+_OLD = ".old-"  # a folder being removed: renamed away first, so torch never finds a half-removed one
+_held: dict[str, int] = {}  # lock path -> the descriptor this process holds it with (for the process's life)
+
+
+def budget_bytes() -> int:
+    """FRAMEPIPE_COMPILE_CACHE_MB in bytes, 4 GiB by default (one model and frame size takes
+    ~1 MB of it on the CPU)."""
+    try:
+        return max(0, int(float(os.environ.get("FRAMEPIPE_COMPILE_CACHE_MB", "4096")) * 2**20))
+    except ValueError:
+        return 4096 * 2**20
+
+
+def folder_bytes(folder: Path, *, stop_above: int | None = None) -> int:
+    """What the files under `folder` take (their sizes; links not followed); the count stops
+    once it passes `stop_above`."""
+    total, pending = 0, [folder]
+    while pending:
+        try:
+            entries = os.scandir(pending.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(Path(entry.path))
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+                if stop_above is not None and total > stop_above:
+                    return total
+    return total
+
+
+def share_compile_cache(folder: Path, *, prune: bool = True) -> bool:
+    """Take this process's shared lock on `folder` (torch.compile's cache), first removing the
+    folder where it is over budget and no other framepipe process holds it (`prune`), then make
+    it. False where it cannot be made (torch should not be pointed at it)."""
+    folder = Path(folder)
+    lock = folder.with_name(folder.name + ".lock")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        fd = _held.get(str(lock))
+        if fd is None and fcntl is not None:
+            fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o644)
+            _held[str(lock)] = fd
+            if prune:
+                _prune_alone(fd, folder)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while another process removes the folder
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        log.debug("torch.compile's cache cannot be kept in %s", folder, exc_info=True)
+        return False
+    return True
+
+
+def _prune_alone(fd: int, folder: Path) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return  # another framepipe process uses the folder: it stays
+    try:
+        _remove_if_over_budget(folder)
+    except OSError:  # a folder that cannot be renamed or read: kept as it is
+        log.debug("could not prune %s", folder, exc_info=True)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _remove_if_over_budget(folder: Path) -> None:
+    for old in folder.parent.glob(folder.name + _OLD + "*"):  # one a killed process did not finish removing
+        shutil.rmtree(old, ignore_errors=True)
+    budget = budget_bytes()
+    if folder.is_dir() and folder_bytes(folder, stop_above=budget) > budget:
+        old = folder.with_name(f"{folder.name}{_OLD}{os.getpid()}")
+        os.rename(folder, old)
+        shutil.rmtree(old, ignore_errors=True)
+        log.info("torch.compile's cache %s took more than FRAMEPIPE_COMPILE_CACHE_MB (%d MB): removed", folder,
+                 budget // 2**20)
