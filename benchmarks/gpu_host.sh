@@ -446,15 +446,18 @@ PY
                # (makes the artefact), the 2,400-frame job as a second run, then $ROUNDS rounds of after / before; the
                # GPU tests of the compile thread and the model alone (TESTS=0: not); with LONG=1 the 10-minute video
                # after, then before (~6 min; LONG=1 ~10: as a second call, KEEP_CACHE=1 in both keeps the first's
-               # compilation on a held machine)
+               # compilation on a held machine). OTHER=FILE adds a third models/compiled.py to the rounds
       before=${BEFORE:-.devcarry2/compiled_f906379.py}; cp models/compiled.py /tmp/compiled_after.py
       short_clip
       user_run /tmp/short.mp4 ref-short > /dev/null
       mb_clip 2400
       user_run /tmp/mb.mp4 ref-warm | tail -1
+      variants=(after before ${OTHER:+other})  # OTHER=: a third models/compiled.py; each round starts one later
       for r in $(seq "${ROUNDS:-2}"); do
-        for which in after before; do
-          if [ $which = after ]; then cp /tmp/compiled_after.py models/compiled.py; else cp "$before" models/compiled.py; fi
+        for i in "${!variants[@]}"; do
+          which=${variants[$(( (i + r - 1) % ${#variants[@]} ))]}
+          case $which in after) cp /tmp/compiled_after.py models/compiled.py ;; before) cp "$before" models/compiled.py ;;
+                         other) cp "$OTHER" models/compiled.py ;; esac
           echo "== round $r, $which"; user_run /tmp/mb.mp4 "ref-$r-$which" | tail -1
         done
       done

@@ -422,9 +422,15 @@ class CompiledModel:
                     self.state.num_compiled_batches += 1
                     return fn(padded)[:n]
         self.state.num_eager_batches += 1
-        y = self.module(x)
-        if start:  # compiled for the worker's batch size, checked against this batch's eager output
-            self._start(_pad_batch(x, self.batch_size), y)
+        if not start:
+            return self.module(x)
+        first = self._start(_pad_batch(x, self.batch_size))  # compiled for the worker's batch size
+        try:
+            y = self.module(x)
+        except BaseException:
+            first.fail()
+            raise
+        first.put(y)  # the reference the compiled model must match
         return y
 
     def eager(self, x: torch.Tensor) -> torch.Tensor:
@@ -468,14 +474,15 @@ class CompiledModel:
         return self.state
 
     # -- the background compilation -----------------------------------------------------
-    def _start(self, example: torch.Tensor, ref: torch.Tensor) -> None:
-        """Called on the worker's thread and CUDA stream, with its first batch (padded to its batch
-        size) and that batch's eager output, the reference the compiled model must match on the same
-        frames (the compile thread makes no eager call of its own: beside the worker, one took a
-        fifth of its time while the precompiled model loaded, benchmarks/RESULTS.md). Both are
-        copied there (the worker goes on to change its output in place), and the compile thread's
-        own stream waits for those copies (an event), never for the worker."""
-        example, ref = example.detach().clone(), ref.detach().clone()
+    def _start(self, example: torch.Tensor) -> _FirstOutput:
+        """Called on the worker's thread and CUDA stream with its first batch (padded to its batch
+        size), before the worker's eager call of it: the compile thread starts at once (a precompiled
+        model's load then overlaps that first call, cuDNN's autotuning included, which leaves the
+        GIL free; started after it, the load took 4.7 s on average instead of 4.1, benchmarks/
+        RESULTS.md), and checks against that call's output once handed over (`_FirstOutput`). The
+        example is copied there, and the compile thread's own stream waits for the copy (an event),
+        never for the worker."""
+        example = example.detach().clone()
         written = None
         if example.is_cuda:
             written = torch.cuda.Event()
@@ -483,21 +490,21 @@ class CompiledModel:
         self.state.status, self.state.shape = "compiling", tuple(example.shape)
         self.state.note = (f"compiling in the background for batch {example.shape[0]} of "
                            f"{example.shape[-1]}x{example.shape[-2]}; eager until ready")
-        device = example.device
-        self._thread = threading.Thread(target=self._compile, args=(example, ref, device, written),
+        device, first = example.device, _FirstOutput()
+        self._thread = threading.Thread(target=self._compile, args=(example, first, device, written),
                                         name=f"compile-{self.name}", daemon=True)
         self._thread.start()
+        return first
 
-    def _compile(self, example: torch.Tensor, ref: torch.Tensor, device: torch.device, written) -> None:
+    def _compile(self, example: torch.Tensor, first: _FirstOutput, device: torch.device, written) -> None:
         t0 = time.perf_counter()
         confine_fx_patches()  # the worker goes on calling the module while this thread traces it
         try:
             if device.type == "cuda":
                 torch.cuda.set_device(device)
                 stream = torch.cuda.Stream(device)
-                stream.wait_event(written)  # the copies, queued on the worker's stream
+                stream.wait_event(written)  # the copy, queued on the worker's stream
                 example.record_stream(stream)
-                ref.record_stream(stream)
             else:
                 stream = None
             if self.prepare is not None:
@@ -505,10 +512,11 @@ class CompiledModel:
             if self._closed:  # the run ended meanwhile: compiling in this process would serve nothing
                 raise RuntimeError("cancelled")
             with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
-                fn, check, quality = self._loaded_and_checked(example, ref)
+                fn, check, quality = self._loaded_and_checked(example, first)
                 if fn is None:
                     fn = self._compile_fn(self.module, mode=self.mode, dynamic=False)
                     fn(example)
+                    ref = first.get(self.module, example)
                     quality = psnr_db(fn(example)[:len(ref)], ref)  # warm: the second call must not recompile
                 if stream is not None:
                     stream.synchronize()
@@ -537,7 +545,7 @@ class CompiledModel:
                            f"{example.shape[-1]}x{example.shape[-2]} ({shown} vs eager)")
         log.info("%s: %s", self.name, self.state.note)
 
-    def _loaded_and_checked(self, example: torch.Tensor, ref: torch.Tensor):
+    def _loaded_and_checked(self, example: torch.Tensor, first: _FirstOutput):
         """(fn, check, PSNR vs eager) of the precompiled model for `example`'s shape, run twice
         and matching eager as a compilation must; (None, None, None) where there is none, or it
         does not load (removed: the next helper makes it again), or it fails or differs on this
@@ -556,6 +564,7 @@ class CompiledModel:
                 raise RuntimeError("its guards refused the run's model or input")
             fn.func.disable_guard_check()  # `check` before each call instead
             fn(example)
+            ref = first.get(self.module, example)
             quality = psnr_db(fn(example)[:len(ref)], ref)
             if quality < self.min_psnr_db:
                 raise RuntimeError(f"its output differs from eager (PSNR {quality:.1f} dB)")
@@ -568,6 +577,43 @@ class CompiledModel:
             return None, None, None
         self.state.loaded = True
         return fn, check, quality
+
+
+class _FirstOutput:
+    """The worker's eager output of the batch its compilation started with, handed to the compile
+    thread (which makes no eager call of its own: beside the worker, one took a fifth of its time
+    while a precompiled model loaded, benchmarks/RESULTS.md). Copied on the worker's stream (the
+    worker goes on to change its output in place); the compile thread's stream waits for the copy."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Event()
+        self._ref: torch.Tensor | None = None
+        self._written = None
+
+    def put(self, y: torch.Tensor) -> None:
+        """On the worker's thread and stream, after its eager call."""
+        self._ref = y.detach().clone()
+        if self._ref.is_cuda:
+            self._written = torch.cuda.Event()
+            self._written.record(torch.cuda.current_stream(self._ref.device))
+        self._ready.set()
+
+    def fail(self) -> None:
+        """The worker's eager call raised (out of memory: it tries the frames again, maybe fewer)."""
+        self._ready.set()
+
+    def get(self, module: torch.nn.Module, example: torch.Tensor) -> torch.Tensor:
+        """On the compile thread, on its stream: the worker's output, or, where its call failed,
+        the module's own output for `example`."""
+        self._ready.wait()
+        ref = self._ref
+        if ref is None:
+            return module(example)
+        if self._written is not None:
+            stream = torch.cuda.current_stream(ref.device)
+            stream.wait_event(self._written)
+            ref.record_stream(stream)
+        return ref
 
 
 def _same_layout(stride: tuple[int, ...], device: torch.device, x: torch.Tensor) -> bool:
