@@ -427,10 +427,10 @@ class CompiledModel:
         first = self._start(_pad_batch(x, self.batch_size))  # compiled for the worker's batch size
         try:
             y = self.module(x)
+            first.put(y)  # the reference the compiled model must match
         except BaseException:
             first.fail()
             raise
-        first.put(y)  # the reference the compiled model must match
         return y
 
     def eager(self, x: torch.Tensor) -> torch.Tensor:
@@ -592,14 +592,16 @@ class _FirstOutput:
 
     def put(self, y: torch.Tensor) -> None:
         """On the worker's thread and stream, after its eager call."""
-        self._ref = y.detach().clone()
-        if self._ref.is_cuda:
-            self._written = torch.cuda.Event()
-            self._written.record(torch.cuda.current_stream(self._ref.device))
+        ref, written = y.detach().clone(), None
+        if ref.is_cuda:
+            written = torch.cuda.Event()
+            written.record(torch.cuda.current_stream(ref.device))
+        self._ref, self._written = ref, written
         self._ready.set()
 
     def fail(self) -> None:
-        """The worker's eager call raised (out of memory: it tries the frames again, maybe fewer)."""
+        """The worker's eager call or the copy raised (out of memory: it tries the frames again,
+        maybe fewer)."""
         self._ready.set()
 
     def get(self, module: torch.nn.Module, example: torch.Tensor) -> torch.Tensor:

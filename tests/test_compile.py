@@ -131,18 +131,26 @@ def test_the_compile_thread_starts_before_the_workers_first_eager_call():
     assert model.wait(60).status == "compiled"
 
 
-def test_a_failed_first_eager_call_leaves_the_check_to_the_compile_thread():
-    """The worker's first call raises (out of memory: it runs those frames again, maybe fewer): the
-    compile thread, already started, checks against an eager call of its own instead of waiting
-    for an output that never comes."""
+@pytest.mark.parametrize("where", ["the eager call", "the output's copy"])
+def test_a_failed_first_eager_call_leaves_the_check_to_the_compile_thread(monkeypatch, where):
+    """The worker's first call, or the copy of its output, raises (out of memory: the worker runs
+    those frames again, maybe fewer): the compile thread, already started, checks against an
+    eager call of its own instead of waiting for an output that never comes."""
+    from models import compiled
+
     module, calls = _conv(), []
 
-    def first_fails(mod, args):
+    def count(mod, args):
         calls.append(1)
-        if len(calls) == 1:
+        if where == "the eager call" and len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
 
-    module.register_forward_pre_hook(first_fails)
+    def put(self, y):
+        raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
+
+    module.register_forward_pre_hook(count)
+    if where == "the output's copy":
+        monkeypatch.setattr(compiled._FirstOutput, "put", put)
     model = CompiledModel(module, name="m", enabled=True, warn=[].append, compile_fn=_weights_only)
     model.batch_size = 2
     x = torch.rand(2, 3, 8, 8)
@@ -150,7 +158,7 @@ def test_a_failed_first_eager_call_leaves_the_check_to_the_compile_thread():
         model(x)
     state = model.wait(60)
     assert not model._thread.is_alive() and state.status == "compiled" and state.psnr_db > 100, state
-    assert len(calls) == 2  # the worker's failed call, the compile thread's own
+    assert len(calls) == 2  # the worker's call, the compile thread's own
     with torch.inference_mode():
         assert torch.allclose(model(x), module(x), atol=1e-6)
     assert state.num_compiled_batches == 1
