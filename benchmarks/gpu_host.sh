@@ -45,6 +45,10 @@
 #   bash benchmarks/gpu_host.sh issue10c  # bench_gpu_path.py with --compile off (compare with the runs before issue 12)
 #   bash benchmarks/gpu_host.sh issue13   # 8K input, realesr-animevideov3: x4 through the model (no output), x2 to pictures
 #   bash benchmarks/gpu_host.sh issue14   # the service: its tests on the GPU, then bench_service.py (2 jobs on 1 GPU)
+#                                         # (its wheels first: `WHL=.devcarry3/whl bash benchmarks/gpu_host.sh install`,
+#                                         # .devcarry3/whl made by `pip download --dest .devcarry3/whl --only-binary=:all:
+#                                         # --python-version 3.12 --platform manylinux2014_x86_64 --platform
+#                                         # manylinux_2_28_x86_64 fastapi uvicorn python-multipart "mcp>=2.3,<3"`, ~10 MB)
 #   bash benchmarks/gpu_host.sh issue15   # temporal/split tests on the GPU, then bench_temporal.py (RIFE 2x on 1080p, a chain)
 #   bash benchmarks/gpu_host.sh issue15split  # bench_split.py: RIFE and x4plus whole vs split (p2p, bytes) vs 2 copies
 # Model weights come from a carried cache folder (FRAMEPIPE_CACHE): the host cannot pip

@@ -7,9 +7,9 @@ when it takes more than FRAMEPIPE_COMPILE_CACHE_MB (4,096 by default) at the sta
 process that no other framepipe process shares it with, the whole folder goes, and torch
 starts a new one. What that costs: the next compilation of each model for each frame size is a
 cold one again (a helper process makes it, the run stays eager meanwhile), and the first load of
-each ahead-of-time artefact of `precompiled/` rebuilds its wrapper code (the artefacts hold
-their kernels: on the CPU, one loaded and matched eager with the folder removed, in 8.8 s
-instead of 1.0 s; benchmarks/RESULTS.md).
+each ahead-of-time artefact of `precompiled/` may rebuild its wrapper code (the artefacts hold
+their kernels: with the folder removed, one loaded and matched eager on an H100 in 3.1 s, as
+with it, and on the CPU in 8.8 s instead of 1.0, compiling its C++ wrapper; benchmarks/RESULTS.md).
 
 Every framepipe process that uses the folder (a run, the service, a compile helper) holds a
 shared `flock` on `torch-compile.lock` beside it for its life; the folder is removed only under
@@ -23,7 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["COMPILE_CACHE_NAME", "budget_bytes", "folder_bytes", "share_compile_cache"]
+__all__ = ["COMPILE_CACHE_NAME", "budget_bytes", "env_megabytes", "folder_bytes", "share_compile_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,19 @@ _OLD = ".old-"  # a folder being removed: renamed away first, so torch never fin
 _held: dict[str, int] = {}  # lock path -> the descriptor this process holds it with (for the process's life)
 
 
-def budget_bytes() -> int:
-    """FRAMEPIPE_COMPILE_CACHE_MB in bytes, 4 GiB by default (one model and frame size takes
-    ~1 MB of it on the CPU)."""
+def env_megabytes(name: str, default_mb: int) -> int:
+    """The environment variable `name`, in megabytes, as bytes (`default_mb` where unset or not
+    a number; 0 at least)."""
     try:
-        return max(0, int(float(os.environ.get("FRAMEPIPE_COMPILE_CACHE_MB", "4096")) * 2**20))
+        return max(0, int(float(os.environ.get(name, str(default_mb))) * 2**20))
     except ValueError:
-        return 4096 * 2**20
+        return default_mb * 2**20
+
+
+def budget_bytes() -> int:
+    """FRAMEPIPE_COMPILE_CACHE_MB in bytes, 4 GiB by default (x4plus-anime at 480x270 took 7 MB of
+    it on an H100, a small model ~1 MB on the CPU)."""
+    return env_megabytes("FRAMEPIPE_COMPILE_CACHE_MB", 4096)
 
 
 def folder_bytes(folder: Path, *, stop_above: int | None = None) -> int:

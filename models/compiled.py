@@ -61,6 +61,8 @@ from pathlib import Path
 
 import torch
 
+from core.compile_cache import env_megabytes
+
 __all__ = ["CompiledModel", "CompileState", "Precompiled", "compile_choice", "confine_fx_patches", "precompile",
            "precompiled_budget_bytes", "prune_artefacts", "psnr_db", "runs_channels_last"]
 
@@ -260,10 +262,7 @@ def precompiled_budget_bytes() -> int:
     """How much the artefacts of `precompiled/` may take together: FRAMEPIPE_PRECOMPILED_MB, 2 GiB
     by default (one is the code for one model, input shape, GPU and torch: 3.7 MB for x4plus-anime,
     batch 4 at 480x270 on an H100; a new torch or an edited user model leaves the old ones unused)."""
-    try:
-        return max(0, int(float(os.environ.get("FRAMEPIPE_PRECOMPILED_MB", "2048")) * 2**20))
-    except ValueError:
-        return 2048 * 2**20
+    return env_megabytes("FRAMEPIPE_PRECOMPILED_MB", 2048)
 
 
 def prune_artefacts(folder: Path, budget_bytes: int, *, keep: Path | None = None) -> list[Path]:

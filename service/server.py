@@ -100,15 +100,18 @@ def serve_main(argv: list[str], *, process_settings=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", force=True)
-    if process_settings is not None:
-        process_settings()
     from core.errors import FramepipeError
 
     try:
+        if process_settings is not None:
+            process_settings()  # imports torch: seconds, in which Ctrl-C may come
         service = make_service(args)
     except FramepipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted before the service started", file=sys.stderr)
+        return 130
     import uvicorn
 
     from service.api import create_app

@@ -89,6 +89,9 @@ def test_under_its_budget_nothing_is_touched(tmp_path, monkeypatch):
     assert kernel.stat().st_size == 3 * 2**20 and (folder / "fxgraph" / "entry").is_file()
     monkeypatch.delenv("FRAMEPIPE_COMPILE_CACHE_MB")  # the default: 4 GiB
     assert compile_cache.budget_bytes() == 4096 * 2**20
+    for value, expected in (("abc", 4096 * 2**20), ("0.5", 2**19), ("-3", 0)):
+        monkeypatch.setenv("FRAMEPIPE_COMPILE_CACHE_MB", value)
+        assert compile_cache.budget_bytes() == expected, value
 
 
 @pytest.mark.parametrize("helper", [False, True], ids=["a run", "a compile helper"])

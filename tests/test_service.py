@@ -360,6 +360,17 @@ def test_serve_refuses_an_outside_address_without_a_token(root, capsys):
     assert "--token" in capsys.readouterr().err
 
 
+def test_ctrl_c_while_serve_starts_is_one_line(root, capsys):
+    """`main.py serve` imports torch for its process settings (seconds) before it serves."""
+    from service.server import serve_main
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    assert serve_main(["--root", str(root)], process_settings=interrupted) == 130
+    assert capsys.readouterr().err.splitlines() == ["interrupted before the service started"]
+
+
 def test_events_stream_progress_until_the_job_ends(clip_root):
     service = _service(clip_root)
     service.start()
