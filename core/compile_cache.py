@@ -23,7 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["COMPILE_CACHE_NAME", "budget_bytes", "env_megabytes", "folder_bytes", "share_compile_cache"]
+__all__ = ["COMPILE_CACHE_NAME", "budget_bytes", "env_megabytes", "folder_bytes", "lock_of", "share_compile_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,17 @@ def folder_bytes(folder: Path, *, stop_above: int | None = None) -> int:
     return total
 
 
+def lock_of(folder: Path) -> Path:
+    """The lock file beside the cache `folder` that every framepipe process using it holds."""
+    return folder.with_name(folder.name + ".lock")
+
+
 def share_compile_cache(folder: Path, *, prune: bool = True) -> bool:
     """Take this process's shared lock on `folder` (torch.compile's cache), first removing the
     folder where it is over budget and no other framepipe process holds it (`prune`), then make
     it. False where it cannot be made (torch should not be pointed at it)."""
     folder = Path(folder)
-    lock = folder.with_name(folder.name + ".lock")
+    lock = lock_of(folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         fd = _held.get(str(lock))

@@ -291,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artefact", type=Path, help="also compile ahead of time, kept here (models.compiled.Precompiled)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if cache and Path(cache + ".lock").is_file():  # framepipe's (core.compile_cache): kept while this helper runs,
-        from core.compile_cache import share_compile_cache  # even one its run no longer waits for
+    from core.compile_cache import lock_of, share_compile_cache
 
-        share_compile_cache(Path(cache), prune=False)
+    cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if cache and lock_of(Path(cache)).is_file():  # framepipe's: kept while this helper runs, even one its run
+        share_compile_cache(Path(cache), prune=False)  # no longer waits for
     import torch
 
     from models import load_model

@@ -481,11 +481,7 @@ class CompiledModel:
         RESULTS.md), and checks against that call's output once handed over (`_FirstOutput`). The
         example is copied there, and the compile thread's own stream waits for the copy (an event),
         never for the worker."""
-        example = example.detach().clone()
-        written = None
-        if example.is_cuda:
-            written = torch.cuda.Event()
-            written.record(torch.cuda.current_stream(example.device))
+        example, written = _copy_for_another_stream(example)
         self.state.status, self.state.shape = "compiling", tuple(example.shape)
         self.state.note = (f"compiling in the background for batch {example.shape[0]} of "
                            f"{example.shape[-1]}x{example.shape[-2]}; eager until ready")
@@ -502,8 +498,7 @@ class CompiledModel:
             if device.type == "cuda":
                 torch.cuda.set_device(device)
                 stream = torch.cuda.Stream(device)
-                stream.wait_event(written)  # the copy, queued on the worker's stream
-                example.record_stream(stream)
+                _wait_for_copy(stream, example, written)
             else:
                 stream = None
             if self.prepare is not None:
@@ -591,11 +586,7 @@ class _FirstOutput:
 
     def put(self, y: torch.Tensor) -> None:
         """On the worker's thread and stream, after its eager call."""
-        ref, written = y.detach().clone(), None
-        if ref.is_cuda:
-            written = torch.cuda.Event()
-            written.record(torch.cuda.current_stream(ref.device))
-        self._ref, self._written = ref, written
+        self._ref, self._written = _copy_for_another_stream(y)
         self._ready.set()
 
     def fail(self) -> None:
@@ -611,10 +602,26 @@ class _FirstOutput:
         if ref is None:
             return module(example)
         if self._written is not None:
-            stream = torch.cuda.current_stream(ref.device)
-            stream.wait_event(self._written)
-            ref.record_stream(stream)
+            _wait_for_copy(torch.cuda.current_stream(ref.device), ref, self._written)
         return ref
+
+
+def _copy_for_another_stream(x: torch.Tensor):
+    """(a copy of `x` made on this thread's current stream, the CUDA event after it; None on the
+    CPU): the worker hands it over and goes on, changing `x` in place; `_wait_for_copy` on the
+    other thread's stream."""
+    copy, written = x.detach().clone(), None
+    if copy.is_cuda:
+        written = torch.cuda.Event()
+        written.record(torch.cuda.current_stream(copy.device))
+    return copy, written
+
+
+def _wait_for_copy(stream, copy: torch.Tensor, written) -> None:
+    """`stream` waits for the copy (queued on the worker's stream), never for the worker, and
+    the copy's memory is kept until `stream`'s work on it is done."""
+    stream.wait_event(written)
+    copy.record_stream(stream)
 
 
 def _same_layout(stride: tuple[int, ...], device: torch.device, x: torch.Tensor) -> bool:
