@@ -37,6 +37,7 @@
 #   bash benchmarks/gpu_host.sh issue12load  # where loading the precompiled model goes (bench_load.py, py-spy), then the 10-minute video
 #   bash benchmarks/gpu_host.sh issue12again  # the 10-minute video as a second run once more (a cold run, 2,400 frames, the model alone)
 #   bash benchmarks/gpu_host.sh issue12ref  # the check against the worker's first output vs the compile thread's own eager call, A/B
+#   bash benchmarks/gpu_host.sh cacheprune  # torch-compile/ over its budget (FRAMEPIPE_COMPILE_CACHE_MB=1) removed at a run's start
 #   bash benchmarks/gpu_host.sh issue12graph  # (commit e05a3a9) the eager model as a CUDA graph while the compiled one loads, then without
 #   bash benchmarks/gpu_host.sh issue12z  # where a warm compilation spends its seconds (cProfile)
 #   bash benchmarks/gpu_host.sh issue12r  # target 2's encode-bound job as a second run; the pool alone tapered vs not
@@ -82,8 +83,9 @@ mb_clip() {  # the model-bound job's clip: 480x270, $1 frames (2,400 by default)
   [ -f /tmp/mb.mp4 ] || python3 -c "from hw.clips import make_clip; make_clip('/tmp/mb.mp4', width=480, height=270, num_frames=${1:-2400}, fps=24, photo=True)"
 }
 user_run() {  # `python main.py` as a user runs the model-bound job: source $1, logs and stats JSON named $OUT/$2.*
+             # (EXTRA_ARGS: more options)
   ( time python3 main.py --source "$1" --output "/tmp/$2_out.mp4" --overwrite --model realesrgan-x4plus-anime \
-      --parallel --preset veryfast --quality 23 --stats-json "$OUT/$2.json" ) > "$OUT/$2.log" 2>&1
+      --parallel --preset veryfast --quality 23 --stats-json "$OUT/$2.json" ${EXTRA_ARGS:-} ) > "$OUT/$2.log" 2>&1
   echo "rc=$?"; tail -4 "$OUT/$2.log"
   run_line "$OUT/$2.json"
 }
@@ -444,19 +446,18 @@ PY
       model_alone
       long_clip
       user_run /tmp/mb6.mp4 again-long ;;
-    issue12ref)  # the compile thread checking against the worker's first eager output instead of its own eager call,
-               # A/B in one call against commit f906379's models/compiled.py (BEFORE=, a carried copy made by
-               # `git show f906379:models/compiled.py > .devcarry2/compiled_f906379.py`): a cold first run
-               # (makes the artefact), the 2,400-frame job as a second run, then $ROUNDS rounds of after / before; the
-               # GPU tests of the compile thread and the model alone (TESTS=0: not); with LONG=1 the 10-minute video
-               # after, then before (~6 min; LONG=1 ~10: as a second call, KEEP_CACHE=1 in both keeps the first's
-               # compilation on a held machine). OTHER=FILE adds a third models/compiled.py to the rounds
+    issue12ref)  # the compile thread's check, A/B in one call against commit f906379's models/compiled.py (BEFORE=,
+               # a carried copy made by `git show f906379:models/compiled.py > .devcarry2/compiled_f906379.py`),
+               # OTHER=FILE a third: a cold first run (makes the artefact), the 2,400-frame job as a second run, then
+               # $ROUNDS rounds of the variants, each round starting one later; the GPU tests of the compile thread and
+               # the model alone (TESTS=0: neither, ALONE=1: the model alone anyway); with LONG=1 the 10-minute video
+               # once per variant (KEEP_CACHE=1 keeps the compilation for the next call on a held machine)
       before=${BEFORE:-.devcarry2/compiled_f906379.py}; cp models/compiled.py /tmp/compiled_after.py
       short_clip
       user_run /tmp/short.mp4 ref-short > /dev/null
       mb_clip 2400
       user_run /tmp/mb.mp4 ref-warm | tail -1
-      variants=(after before ${OTHER:+other})  # OTHER=: a third models/compiled.py; each round starts one later
+      variants=(${VARIANTS:-after before ${OTHER:+other}})  # OTHER=: a third models/compiled.py; VARIANTS=after: only it
       for r in $(seq "${ROUNDS:-2}"); do
         for i in "${!variants[@]}"; do
           which=${variants[$(( (i + r - 1) % ${#variants[@]} ))]}
@@ -468,15 +469,27 @@ PY
       cp /tmp/compiled_after.py models/compiled.py
       if [ "${TESTS:-1}" = 1 ]; then
         timeout 200 python3 -m pytest -q -p no:cacheprovider -m needs_cuda -k "another_thread or fresh_process or compiled_runs_match" tests/test_compile.py 2>&1 | tail -2
-        model_alone
       fi
+      [ "${ALONE:-${TESTS:-1}}" = 1 ] && model_alone  # ALONE=1: the model alone without the tests
       if [ "${LONG:-0}" = 1 ]; then
         long_clip
-        echo "== 10-minute video, after"; user_run /tmp/mb6.mp4 ref-long-after | tail -1
-        cp "$before" models/compiled.py; echo "== 10-minute video, before"; user_run /tmp/mb6.mp4 ref-long-before | tail -1
+        for which in "${variants[@]}"; do  # each variant once
+          case $which in after) cp /tmp/compiled_after.py models/compiled.py ;; before) cp "$before" models/compiled.py ;;
+                         other) cp "$OTHER" models/compiled.py ;; esac
+          echo "== 10-minute video, $which"; user_run /tmp/mb6.mp4 "ref-long-$which" | tail -1
+        done
         cp /tmp/compiled_after.py models/compiled.py
       fi
-      du -sh "$FRAMEPIPE_CACHE"/* 2>/dev/null ;;  # what the cache holds after (torch-compile/ has no size limit)
+      du -sh "$FRAMEPIPE_CACHE"/* 2>/dev/null ;;  # what the cache holds after
+    cacheprune)  # torch-compile/ over FRAMEPIPE_COMPILE_CACHE_MB on the GPU: a cold run fills it (and makes the
+                 # precompiled artefact), then a run with a 1 MB budget removes it at its start and loads the artefact
+      short_clip
+      user_run /tmp/short.mp4 prune-cold | tail -1
+      du -s --block-size=1K "$FRAMEPIPE_CACHE"/torch-compile "$FRAMEPIPE_CACHE"/precompiled
+      FRAMEPIPE_COMPILE_CACHE_MB=1 EXTRA_ARGS=-v user_run /tmp/short.mp4 prune-over | tail -1
+      grep -h "torch.compile's cache" "$OUT/prune-over.log"
+      du -s --block-size=1K "$FRAMEPIPE_CACHE"/torch-compile "$FRAMEPIPE_CACHE"/precompiled
+      ls -d "$FRAMEPIPE_CACHE"/torch-compile.old-* 2>/dev/null ;;
     issue12graph)  # as run on 2026-12-06 at commit e05a3a9, with the eager model as one CUDA graph while the compiled
                # one loads (models.compiled.EagerGraph, since removed: here both runs are now without it): a cold first
                # run (makes the artefact), the 2,400-frame job as the first run after it (as in issue12load and

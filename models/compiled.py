@@ -477,10 +477,10 @@ class CompiledModel:
         """Called on the worker's thread and CUDA stream with its first batch (padded to its batch
         size), before the worker's eager call of it: the compile thread starts at once (a precompiled
         model's load then overlaps that first call, cuDNN's autotuning included, which leaves the
-        GIL free; started after it, the load took 4.7 s on average instead of 4.1, benchmarks/
-        RESULTS.md), and checks against that call's output once handed over (`_FirstOutput`). The
-        example is copied there, and the compile thread's own stream waits for the copy (an event),
-        never for the worker."""
+        GIL free; started after it, the load took 4.7 s on average instead of 4.1 on an H100, though
+        on an H200 no way was faster beyond the runs' spread: benchmarks/RESULTS.md), and checks
+        against that call's output once handed over (`_FirstOutput`). The example is copied there,
+        and the compile thread's own stream waits for the copy (an event), never for the worker."""
         example, written = _copy_for_another_stream(example)
         self.state.status, self.state.shape = "compiling", tuple(example.shape)
         self.state.note = (f"compiling in the background for batch {example.shape[0]} of "

@@ -116,7 +116,8 @@ def test_the_check_is_against_the_workers_first_output_and_the_compile_thread_ru
 def test_the_compile_thread_starts_before_the_workers_first_eager_call():
     """A precompiled model's load overlaps the worker's first batch (on a GPU, cuDNN's autotuning,
     which leaves the GIL free): started after it, the load took 4.7 s on average on an H100 instead
-    of 4.1 (benchmarks/RESULTS.md). Here the first eager call waits for the thread to begin."""
+    of 4.1 (not slower on an H200: benchmarks/RESULTS.md). Here the first eager call waits for the
+    thread to begin."""
     import threading
 
     began, during_first_call = threading.Event(), []
