@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """One benchmark command (issue 12): every stage alone and the whole pipeline, on one clip,
-one model, one device, in one run; plus the loop people usually write. Prints a table of
-ratios, writes JSON and a PNG chart, and names the stage that bounds the pipeline.
+one model, one device or several GPUs, in one run; plus the loop people usually write. Prints a
+table of ratios, writes JSON and a PNG chart, and names the stage that bounds the pipeline.
 
-    python benchmarks/bench.py --source CLIP --model M [--scale S] [--device cuda:0] --out DIR
+    python benchmarks/bench.py --source CLIP --model M [--scale S] [--device cuda:0 | --gpus 0,1] --out DIR
     python benchmarks/bench.py --make-clip 480x270 --frames 600 --model realesrgan-x4plus-anime --out DIR
     python benchmarks/bench.py --make-clip 160x120 --frames 60 --model bicubic --scale 2 --device cpu --out DIR
 
 Steps (each timed on its own; a failed step is recorded and the rest go on):
   decode alone         PyAV (CPU threads), and NVDEC where present (`NvDecoder`)
   model alone          eager, eager channels_last (GPU), compiled (torch.compile, after its
-                       compile time; PSNR against eager), at the batch the pipeline's probe chose
+                       compile time; PSNR against eager), at the batch the pipeline's probe chose;
+                       with --gpus, on every GPU at once (each at its worker's batch, timed over
+                       the same seconds): the frames per second of all of them together
   encode alone         the frames the pipeline hands its encoders (a run into lossless x264,
                        decoded into memory first) through 1 encoder and through the segmented
                        pool of k encoders; and, for the difference, the pool on the measured
@@ -22,7 +24,8 @@ Steps (each timed on its own; a failed step is recorded and the rest go on):
                        first frame out of the model
   naive baseline       cv2.VideoCapture -> one frame at a time through the same model, same
                        precision and device, eager -> cv2.VideoWriter (H.264 where this OpenCV
-                       has it, else MPEG-4 Part 2: said in the results)
+                       has it, else MPEG-4 Part 2: said in the results); on the first GPU only
+                       with --gpus, as such loops are written
   first frame (CLI)    `python main.py ... --output-mode none --max-frames 8` in a fresh process:
                        seconds from the command to the first frame out of the model
 Ratios: model compiled / eager; each pipeline / its slowest stage alone (the bound); the best
@@ -40,6 +43,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -84,12 +88,14 @@ def decode_alone(src: Path, *, nvdec: bool, gpu: int = 0) -> dict:
     return {"frames": n, "seconds": round(seconds, 3), "fps": round(n / seconds, 1)}
 
 
-def model_alone(args, *, batch: int, height: int, width: int, mode: str, seconds_target: float = 4.0) -> dict:
-    """The model on random frames of the source's size: `mode` eager, channels_last or compiled."""
+def model_alone(args, *, batch: int, height: int, width: int, mode: str, seconds_target: float = 4.0,
+                device: str | None = None, together: threading.Barrier | None = None) -> dict:
+    """The model on random frames of the source's size: `mode` eager, channels_last or compiled, on
+    `device` (default --device). `together`: timed once every other GPU's copy is ready too."""
     from models import choose_precision, load_model
     from models.compiled import CompiledModel, psnr_db
 
-    dev = torch.device(args.device)
+    dev = torch.device(device or args.device)
     dtype, why = choose_precision(args.precision, dev)
     module = load_model(args.model, scale=args.scale).build(dev, dtype)
     x = torch.rand(batch, 3, height, width, device=dev, dtype=dtype)
@@ -108,31 +114,75 @@ def model_alone(args, *, batch: int, height: int, width: int, mode: str, seconds
                 result.update(compile_seconds=round(time.perf_counter() - t0, 2), status=state.status,
                               note=state.note)
                 if state.status != "compiled":
+                    if together is not None:
+                        together.abort()  # no figure for all GPUs together: the others stop waiting
                     return result
                 result["psnr_vs_eager_db"] = round(min(psnr_db(wrapped(x), ref), 999.0), 2)
             fn = wrapped if mode == "compiled" else wrapped.eager
         for _ in range(2):
             fn(x)
         _sync(dev)
+        if together is not None:
+            together.wait(timeout=600)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds_target or n == 0:
             fn(x)
             n += batch
         _sync(dev)
-        seconds = time.perf_counter() - t0
-    result["fps"] = round(n / seconds, 1)
+        t1 = time.perf_counter()
+    result.update(fps=round(n / (t1 - t0), 1), timed_from=t0, timed_to=t1)
     return result
 
 
-def warm_compile_cache(args, *, batch: int, height: int, width: int) -> dict:
-    """The compile helper, run to the end, for the shape the pipelines use: what a first run's
-    background compilation costs (cold), and the cache every later run compiles from."""
+def model_alone_together(args, *, placements: list[tuple[str, int]], height: int, width: int, mode: str,
+                         seconds_target: float = 4.0) -> dict:
+    """`model_alone` on each (device, batch) of `placements` at once, one thread each as the
+    pipeline's workers run, timed over the same seconds (a barrier after each one's warm-up): the
+    frames per second of all together (`fps`), each one's result in `per_device`. With one
+    placement, `model_alone` itself. Raises where one fails or does not compile."""
+    if len(placements) == 1:
+        (device, batch), = placements
+        return model_alone(args, batch=batch, height=height, width=width, mode=mode, seconds_target=seconds_target,
+                           device=device)
+    together = threading.Barrier(len(placements))
+    results: list[dict | None] = [None] * len(placements)
+    errors: list[str] = []
+
+    def one(i: int, device: str, batch: int) -> None:
+        try:
+            results[i] = model_alone(args, batch=batch, height=height, width=width, mode=mode,
+                                     seconds_target=seconds_target, device=device, together=together)
+        except threading.BrokenBarrierError:
+            pass  # another device failed: said there
+        except Exception as exc:  # noqa: BLE001 - said for all of them below
+            errors.append(f"{device}: {type(exc).__name__}: {exc}")
+            together.abort()
+
+    threads = [threading.Thread(target=one, args=(i, d, b), name=f"model-alone-{d}") for i, (d, b) in enumerate(placements)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errors += [f"{d}: {r.get('status')}: {r.get('note')}" for (d, _), r in zip(placements, results)
+               if r is not None and "fps" not in r]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    done = [r for r in results if r is not None]
+    return {"mode": mode, "fps": round(sum(r["fps"] for r in done), 1), "devices": [d for d, _ in placements],
+            "batch": [r["batch"] for r in done], "dtype": done[0]["dtype"], "precision": done[0]["precision"],
+            **({"status": "compiled"} if mode == "compiled" else {}), "per_device": done}
+
+
+def warm_compile_cache(args, *, batch: int, height: int, width: int, device: str | None = None) -> dict:
+    """The compile helper, run to the end, for the shape the pipelines use on `device` (default
+    --device): what a first run's background compilation costs (cold), and the cache every later
+    run compiles from (each GPU its own: the GPU is part of the key)."""
     from hw.memory import ProbeMemo
     from models import choose_precision, load_model
     from models.compile_helper import CacheWarmer, artefacts_folder
     from models.registry import default_cache_dir
 
-    dev = torch.device(args.device)
+    dev = torch.device(device or args.device)
     dtype, _ = choose_precision(args.precision, dev)
     warmer = CacheWarmer(args.model, load_model(args.model, scale=args.scale).scale,
                          memo=ProbeMemo(default_cache_dir() / "compiled.json"), artefacts=artefacts_folder())
@@ -153,7 +203,8 @@ def pipeline(args, src: Path, out: Path | None, *, parallel: bool = True, encode
     from pipeline import RunConfig, run
 
     cfg = RunConfig(source=src, output=out, model=args.model, scale=args.scale, parallel=parallel, device=args.device,
-                    nvdec=args.nvdec, precision=args.precision, codec="h264", crf=args.crf, preset=args.preset,
+                    gpus=args.gpus, nvdec=args.nvdec, precision=args.precision, codec="h264",
+                    crf=args.crf, preset=args.preset,
                     overwrite=True, output_mode=output_mode, compile=compile,
                     encoders=encoders if output_mode == "file" else 0,
                     segment_seconds=args.segment_seconds if output_mode == "file" else None)
@@ -179,6 +230,7 @@ def pipeline(args, src: Path, out: Path | None, *, parallel: bool = True, encode
             "first_frame_seconds": d["first_frame_seconds"], "encoders": planned["encoders"] if planned["segmented"] else 1,
             "encoders_line": planned["line"], "encoders_fps_estimate": planned["encoders_fps"],
             "batch": worker["batch_size_now"], "probe": worker["probe_note"], "compile": worker["compile"],
+            "placements": [[w["device"], w["batch_size_now"]] for w in d["workers"]],  # (device, batch) of each worker
             "busy_seconds": {**{k: v["busy_seconds"] for k, v in d["stages"].items()},
                              **{w["name"]: w["busy_seconds"] for w in d["workers"]}}}
 
@@ -230,6 +282,8 @@ def first_frame_cli(args, src: Path, out_dir: Path) -> dict:
            "--precision", args.precision, "--output-mode", "none", "--max-frames", "8", "-q", "--stats-json", str(report)]
     if args.scale:
         cmd += ["--scale", str(args.scale)]
+    if args.gpus:
+        cmd += ["--gpus", args.gpus]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - t0
@@ -309,6 +363,42 @@ def chart(r: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _devices(parser: argparse.ArgumentParser, args) -> list[str]:
+    """The devices the run measures (["cpu"], ["cuda:0"], or --gpus's), --device set to the
+    first; a wrong --gpus or --device ends the command with one line (argparse's error)."""
+    from core.errors import InvalidOption
+    from hw.gpus import parse_gpu_list
+
+    if args.gpus is not None:
+        if args.device not in ("auto", "cuda"):
+            parser.error(f"--gpus {args.gpus} was given with --device {args.device}: drop one of them")
+        try:
+            indices = parse_gpu_list(args.gpus, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        except InvalidOption as exc:
+            parser.error(str(exc))
+        args.device = f"cuda:{indices[0]}"
+        return [f"cuda:{i}" for i in indices]
+    if args.device in ("auto", "cuda"):  # as the pipeline's workers name it
+        args.device = "cuda:0" if torch.cuda.is_available() or args.device == "cuda" else "cpu"
+    return [args.device]
+
+
+def _device_name(devices: list[str]) -> str:
+    """"NVIDIA H100 80GB HBM3", "2x Tesla P40", "CPU (16 cores)"."""
+    if devices[0] == "cpu":
+        return f"CPU ({os.cpu_count()} cores)"
+    names = [torch.cuda.get_device_name(torch.device(d)) for d in devices]
+    return ", ".join(f"{names.count(n)}x {n}" if names.count(n) > 1 else n for n in dict.fromkeys(names))
+
+
+def _each_device(placements: list[tuple[str, int]], fn) -> dict:
+    """`fn(device, batch)` for each placement in turn: one device's result, or each one's by device."""
+    if len(placements) == 1:
+        return fn(*placements[0])
+    per = {d: fn(d, b) for d, b in placements}
+    return {"per_device": per, "seconds": round(sum(r.get("seconds", 0) for r in per.values()), 2)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--source", type=Path, help="the clip (default: one made here, see --make-clip)")
@@ -317,6 +407,8 @@ def main() -> None:
     p.add_argument("--model", default="realesr-animevideov3")
     p.add_argument("--scale", type=int)
     p.add_argument("--device", default="auto", help="auto (cuda:0 where there is one), cuda:N or cpu")
+    p.add_argument("--gpus", metavar="LIST", help='GPUs the pipelines use, as main.py\'s --gpus (e.g. "0,1"): the '
+                   "model alone is measured on all of them at once; the naive loop runs on the first")
     p.add_argument("--precision", default="auto")
     p.add_argument("--nvdec", action="store_true", help="the pipelines decode with NVDEC")
     p.add_argument("--preset", default="medium")
@@ -329,8 +421,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or args.out
     work.mkdir(parents=True, exist_ok=True)
-    if args.device == "auto":
-        args.device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    devices = _devices(p, args)
     dev = torch.device(args.device)
     torch.backends.cudnn.benchmark = True  # as main.py sets it for the program
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(work / "torch-compile-cache"))
@@ -348,8 +439,8 @@ def main() -> None:
 
     tag = f"{Path(args.model).stem}-{info.width}x{info.height}-x{scale}"
     results: dict = {
-        "date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else
-        f"CPU ({os.cpu_count()} cores)", "cpu_count": os.cpu_count(), "torch": torch.__version__, "pyav": av.__version__,
+        "date": time.strftime("%Y-%m-%d"), "device": _device_name(devices), "devices": devices,
+        "cpu_count": os.cpu_count(), "torch": torch.__version__, "pyav": av.__version__,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "source_video": f"{info.width}x{info.height} {info.codec}, {info.num_frames_estimate} frames", "scale": scale,
     }
@@ -365,18 +456,24 @@ def main() -> None:
     out_file = work / f"bench-out-{tag}.mp4"
     # The first pipeline: the probe's batch size and the compiled kernels (cold cache) for the rest.
     maybe("pipeline_parallel_cold", lambda: pipeline(args, args.source, out_file))
-    batch = (results.get("pipeline_parallel_cold") or {}).get("batch") or (4 if dev.type == "cuda" else 1)
-    maybe("model_eager", lambda: model_alone(args, batch=batch, height=info.height, width=info.width, mode="eager"))
+    # Each worker's device and batch, as the probe chose them (one device: --device; several: --gpus).
+    placements = [tuple(p) for p in (results.get("pipeline_parallel_cold") or {}).get("placements") or []]
+    if sorted(d for d, _ in placements) != sorted(devices):
+        placements = [(d, 4 if d.startswith("cuda") else 1) for d in devices]
+
+    def alone(mode):
+        return lambda: model_alone_together(args, placements=placements, height=info.height, width=info.width, mode=mode)
+
+    maybe("model_eager", alone("eager"))
     if dev.type == "cuda":
-        maybe("model_channels_last", lambda: model_alone(args, batch=batch, height=info.height, width=info.width,
-                                                         mode="channels_last"))
+        maybe("model_channels_last", alone("channels_last"))
     from models.compiled import compile_choice
 
     if compile_choice("auto", dev)[0]:
-        maybe("model_compiled", lambda: model_alone(args, batch=batch, height=info.height, width=info.width,
-                                                    mode="compiled"))
+        maybe("model_compiled", alone("compiled"))
     if compile_choice("auto", dev)[0]:
-        maybe("compile_cache_warmup", lambda: warm_compile_cache(args, batch=batch, height=info.height, width=info.width))
+        maybe("compile_cache_warmup", lambda: _each_device(placements, lambda d, b: warm_compile_cache(
+            args, batch=b, height=info.height, width=info.width, device=d)))
     maybe("pipeline_sequential", lambda: pipeline(args, args.source, out_file, parallel=False))
     maybe("pipeline_parallel_1_encoder", lambda: pipeline(args, args.source, out_file, encoders=1))
     maybe("pipeline_parallel", lambda: pipeline(args, args.source, out_file))

@@ -38,6 +38,7 @@
 #   bash benchmarks/gpu_host.sh issue12again  # the 10-minute video as a second run once more (a cold run, 2,400 frames, the model alone)
 #   bash benchmarks/gpu_host.sh issue12ref  # the check against the worker's first output vs the compile thread's own eager call, A/B
 #   bash benchmarks/gpu_host.sh cacheprune  # torch-compile/ over its budget (FRAMEPIPE_COMPILE_CACHE_MB=1) removed at a run's start
+#   bash benchmarks/gpu_host.sh long1  # the 10-minute video once, then the compiled model alone (cacheprune first)
 #   bash benchmarks/gpu_host.sh issue12graph  # (commit e05a3a9) the eager model as a CUDA graph while the compiled one loads, then without
 #   bash benchmarks/gpu_host.sh issue12z  # where a warm compilation spends its seconds (cProfile)
 #   bash benchmarks/gpu_host.sh issue12r  # target 2's encode-bound job as a second run; the pool alone tapered vs not
@@ -490,6 +491,10 @@ PY
       grep -h "torch.compile's cache" "$OUT/prune-over.log"
       du -s --block-size=1K "$FRAMEPIPE_CACHE"/torch-compile "$FRAMEPIPE_CACHE"/precompiled
       ls -d "$FRAMEPIPE_CACHE"/torch-compile.old-* 2>/dev/null ;;
+    long1)  # the 10-minute video once as a second run (after cacheprune, say), then the compiled model alone
+      long_clip
+      user_run /tmp/mb6.mp4 long1 | tail -1
+      model_alone ;;
     issue12graph)  # as run on 2026-12-06 at commit e05a3a9, with the eager model as one CUDA graph while the compiled
                # one loads (models.compiled.EagerGraph, since removed: here both runs are now without it): a cold first
                # run (makes the artefact), the 2,400-frame job as the first run after it (as in issue12load and

@@ -23,10 +23,10 @@ own); `EncoderChoice.line` says in one line what was chosen and why.
   the cores it keeps busy): k x fps while k of them fit the cores, no more than the cores
   give (fps x cores / cores busy) after (`pool_fps`). That measurement encodes synthetic
   frames, which go ~3x faster than an upscaled video (seen on an H200 at 1920x1080 veryfast:
-  207 fps measured, 63-77 fps on a run's frames); so every run into the pool remembers how fast
-  its real frames went against it, from the encoders' busy time (`learn_content_factor`,
-  ENCODER_FACTORS_FILE), and
-  the next choice with these settings and size counts with that factor (the line says so).
+  207 fps measured, 63-77 fps on a run's frames); so a run whose encoders bounded it remembers
+  how fast its real frames went against it, from the encoders' busy time (`learn_content_factor`,
+  ENCODER_FACTORS_FILE), and the next choice with these settings and size counts with that factor
+  (the line says so). A run whose pool kept up with frames to spare teaches nothing.
   The smallest k that meets the need; where even the limits do not, every encoder they allow
   (encoding bounds that run).
 
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 HEADROOM = 1.25  # encoders planned for 25% more than the model delivered: the rate is an average
 MIN_FRAMES_FOR_RATE = 100  # a run shorter than this says little about the model's steady rate
 MIN_ENCODER_SECONDS = 1.0  # the pool's encoders worked less than this together: too little to tell their speed
-ENCODER_BUSY_SHARE = 0.6  # the pool's encoders busy this share of the run: their rate is the pool's, not a bound
+ENCODER_BUSY_SHARE = 0.6  # the pool's encoders busy this share of the run, or more: they bounded it, their rate is the pool's
 ENCODER_FACTORS_FILE = "encoder-content.json"  # real frames vs the synthetic measurement, per encoder setting and size
 MIN_STEADY_FRAMES = 32  # a worker's batches in its settled mode, fewer: its whole run's rate is taken
 UNSETTLED = ("waiting", "compiling", "cancelled")  # compile statuses of a worker that never ran compiled
@@ -147,9 +147,10 @@ def content_factor(observed_fps: float, speed: EncoderSpeed, num_encoders: int, 
     return min(4.0, max(0.05, observed_fps / max(predicted, 1e-6)))
 
 
-def remember_content_factor(memo, key: str, factor: float, *, observed_fps: float, num_encoders: int) -> None:
+def remember_content_factor(memo, key: str, factor: float, *, observed_fps: float, num_encoders: int,
+                            busy_share: float) -> None:
     memo.put(key, {"factor": round(factor, 3), "observed_fps": round(observed_fps, 2), "encoders": num_encoders,
-                   "date": time.strftime("%Y-%m-%d")})
+                   "busy_share": round(busy_share, 3), "date": time.strftime("%Y-%m-%d")})
     log.debug("encoders at %s: %.1f fps with %d, %.2f x the synthetic measurement", key, observed_fps,
               num_encoders, factor)
 
@@ -157,23 +158,26 @@ def remember_content_factor(memo, key: str, factor: float, *, observed_fps: floa
 def learn_content_factor(stats, *, key: str, num_encoders: int, num_cores: int, speeds_memo, factors_memo) -> float | None:
     """At the end of a run into the encoder pool: how its real frames encoded (`encoder_capacity_fps`)
     against the synthetic measurement of one encoder with these settings (in `speeds_memo`, never
-    measured here), remembered in `factors_memo` for the next choice. Learnt from every run, not
-    only those the encoders bounded: a pool planned too small for a model-bound job must show in
-    the next plan (seen on an H100: the synthetic 207 fps of one x264 veryfast at 1080p planned 1
-    and then 2 encoders for a 130 fps model; real frames went at ~55 fps an encoder). Where the
-    encoders were busy less than ENCODER_BUSY_SHARE of the run, their rate is an upper bound, so
-    it only ever lowers the factor remembered (or the synthetic measurement's 1.0). None: nothing
-    learnt."""
+    measured here), remembered in `factors_memo` for the next choice, where the encoders bounded
+    the run (busy ENCODER_BUSY_SHARE of it or more): a pool planned too small for a model-bound job
+    shows in the next plan (seen on an H100: the synthetic 207 fps of one x264 veryfast at 1080p
+    planned 1 and then 2 encoders for a 130 fps model; real frames went at ~55 fps an encoder).
+    A pool that kept up with frames to spare teaches nothing: its encoders' rate per busy second
+    is no measure of what they do when they bound a run. It came out higher (an H100, 6 encoders
+    busy 35% of a run: 194 fps, against 147 for the same 6 alone) and lower: on an H100, a
+    480-frame run's 4 encoders, busy 20% of it, gave 200 fps, 0.39 of what `pool_fps` predicts for
+    them, and once remembered the next run planned 3 encoders (the factor could only go down:
+    a 10-minute video's 3, busy 35% of it, gave 0.67). None: nothing learnt."""
     observed = encoder_capacity_fps(stats, num_encoders)
     speed = known_encoder_speed(speeds_memo, key) if observed is not None and key else None
     if speed is None:  # too little encoded, or not measured for these settings
         return None
+    share = encoder_busy_share(stats, num_encoders)
+    if share < ENCODER_BUSY_SHARE:  # the pool kept up: no measure of its speed
+        return None
     factor = content_factor(observed, speed, num_encoders, num_cores)
-    if encoder_busy_share(stats, num_encoders) < ENCODER_BUSY_SHARE:  # an upper bound: it may only lower
-        ceiling = remembered_content_factor(factors_memo, key)
-        if factor >= (ceiling if ceiling is not None else 1.0):
-            return None
-    remember_content_factor(factors_memo, key, factor, observed_fps=observed, num_encoders=num_encoders)
+    remember_content_factor(factors_memo, key, factor, observed_fps=observed, num_encoders=num_encoders,
+                            busy_share=share)
     return factor
 
 
@@ -183,6 +187,10 @@ def _remembered(memo, key: str, field: str) -> float | None:
 
 
 def remembered_content_factor(memo, key: str) -> float | None:
+    """The factor a run the encoders bounded taught (entries without `busy_share` were written by
+    an earlier framepipe, which also learnt from runs whose pool kept up: not used)."""
+    if _remembered(memo, key, "busy_share") is None:
+        return None
     return _remembered(memo, key, "factor")
 
 

@@ -48,7 +48,75 @@ def test_bench_runs_every_step_on_the_cpu(tmp_path):
         assert summary[name]["flow_ratio_to_slowest"] == (
             round(flow / summary[name]["slowest_alone_fps"], 3) if flow else None)
     assert summary["best_pipeline_vs_naive_wall"] > 0
+    assert results["devices"] == ["cpu"] and results["pipeline_parallel_cold"]["placements"] == [["cpu", 1]]
+    assert results["model_eager"]["batch"] == 1  # the batch the pipeline's worker ran
     assert (tmp_path / "bench-bicubic-64x48-x2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--gpus", "0"], "Invalid --gpus ('0'): this machine has no CUDA GPU visible"),
+    (["--gpus", "0", "--device", "cpu"], "--gpus 0 was given with --device cpu: drop one of them"),
+])
+def test_bench_refuses_gpus_it_cannot_use_in_one_line(tmp_path, extra, says):
+    """--gpus as main.py takes it; where it cannot be used, one line and exit 2 before any step."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--make-clip", "64x48", "--frames", "8",
+                           "--model", "bicubic", "--scale", "2", "--out", str(tmp_path), *extra],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr and last.startswith("bench.py: error: ") and says in last, done.stderr
+    assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob("*.mp4"))
+
+
+def _bench_args():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(model="bicubic", scale=2, precision="auto", device="cpu", gpus=None)
+
+
+def test_the_model_alone_on_several_devices_is_timed_over_the_same_seconds(monkeypatch):
+    """With --gpus the model stage alone is every GPU's copy at once, as the workers run them: one
+    thread each, timed from a barrier after each one's warm-up, the figure their frames together.
+    (Two CPU placements here: the same code the GPUs run. The first model takes a second longer
+    to load than the other's timing lasts, as a GPU's copy may: the windows still overlap.)"""
+    import threading
+    import time
+
+    import models
+    from benchmarks.bench import model_alone_together
+
+    load, first = models.load_model, threading.Lock()
+
+    def slow_once(*a, **k):
+        if first.acquire(blocking=False):
+            time.sleep(1.0)
+        return load(*a, **k)
+
+    monkeypatch.setattr(models, "load_model", slow_once)
+    r = model_alone_together(_bench_args(), placements=[("cpu", 1), ("cpu", 2)], height=24, width=32, mode="eager",
+                             seconds_target=0.5)
+    one, two = r["per_device"]
+    assert r["devices"] == ["cpu", "cpu"] and r["batch"] == [1, 2] and (one["batch"], two["batch"]) == (1, 2)
+    assert one["fps"] > 0 and two["fps"] > 0 and r["fps"] == pytest.approx(one["fps"] + two["fps"], abs=0.11)
+    assert max(one["timed_from"], two["timed_from"]) < min(one["timed_to"], two["timed_to"])  # overlapping
+    single = model_alone_together(_bench_args(), placements=[("cpu", 1)], height=24, width=32, mode="eager",
+                                  seconds_target=0.2)
+    assert "per_device" not in single and single["fps"] > 0 and single["batch"] == 1
+
+
+@pytest.mark.timeout(120)
+def test_the_model_alone_on_several_devices_fails_whole_without_waiting_for_ever():
+    """One device that fails (here a GPU this machine lacks; on a host, one out of memory) ends the
+    step with its device named: the others, waiting at the barrier, stop instead of hanging."""
+    from benchmarks.bench import model_alone_together
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.raises(RuntimeError, match=r"^cuda:0: "):
+        model_alone_together(_bench_args(), placements=[("cuda:0", 1), ("cpu", 1)], height=24, width=32,
+                             mode="eager", seconds_target=0.2)
 
 
 def test_encode_alone_gets_the_very_frames_the_pipeline_encoded(tmp_path):
