@@ -96,6 +96,8 @@ def model_alone(args, *, batch: int, height: int, width: int, mode: str, seconds
     from models.compiled import CompiledModel, psnr_db
 
     dev = torch.device(device or args.device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # this thread's, as each worker's (the compiled code runs on it)
     dtype, why = choose_precision(args.precision, dev)
     module = load_model(args.model, scale=args.scale).build(dev, dtype)
     x = torch.rand(batch, 3, height, width, device=dev, dtype=dtype)
@@ -165,9 +167,11 @@ def model_alone_together(args, *, placements: list[tuple[str, int]], height: int
         t.join()
     errors += [f"{d}: {r.get('status')}: {r.get('note')}" for (d, _), r in zip(placements, results)
                if r is not None and "fps" not in r]
+    if not errors and None in results:  # the barrier's wait ran out
+        errors = [f"{', '.join(d for d, _ in placements)}: not all ready to be timed within 600 s of each other"]
     if errors:
         raise RuntimeError("; ".join(errors))
-    done = [r for r in results if r is not None]
+    done = list(results)
     return {"mode": mode, "fps": round(sum(r["fps"] for r in done), 1), "devices": [d for d, _ in placements],
             "batch": [r["batch"] for r in done], "dtype": done[0]["dtype"], "precision": done[0]["precision"],
             **({"status": "compiled"} if mode == "compiled" else {}), "per_device": done}
@@ -457,9 +461,13 @@ def main() -> None:
     # The first pipeline: the probe's batch size and the compiled kernels (cold cache) for the rest.
     maybe("pipeline_parallel_cold", lambda: pipeline(args, args.source, out_file))
     # Each worker's device and batch, as the probe chose them (one device: --device; several: --gpus).
-    placements = [tuple(p) for p in (results.get("pipeline_parallel_cold") or {}).get("placements") or []]
+    def default_batch(d):
+        return 4 if d.startswith("cuda") else 1
+
+    placements = [(d, b or default_batch(d))  # 0: a worker left out of the run
+                  for d, b in (results.get("pipeline_parallel_cold") or {}).get("placements") or []]
     if sorted(d for d, _ in placements) != sorted(devices):
-        placements = [(d, 4 if d.startswith("cuda") else 1) for d in devices]
+        placements = [(d, default_batch(d)) for d in devices]
 
     def alone(mode):
         return lambda: model_alone_together(args, placements=placements, height=info.height, width=info.width, mode=mode)

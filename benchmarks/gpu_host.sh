@@ -463,7 +463,8 @@ PY
         for i in "${!variants[@]}"; do
           which=${variants[$(( (i + r - 1) % ${#variants[@]} ))]}
           case $which in after) cp /tmp/compiled_after.py models/compiled.py ;; before) cp "$before" models/compiled.py ;;
-                         other) cp "$OTHER" models/compiled.py ;; esac
+                         other) cp "${OTHER:?OTHER= names the third models/compiled.py}" models/compiled.py ;;
+                         *) echo "unknown variant $which (after, before, other)" >&2; exit 2 ;; esac
           echo "== round $r, $which"; user_run /tmp/mb.mp4 "ref-$r-$which" | tail -1
         done
       done
@@ -476,7 +477,8 @@ PY
         long_clip
         for which in "${variants[@]}"; do  # each variant once
           case $which in after) cp /tmp/compiled_after.py models/compiled.py ;; before) cp "$before" models/compiled.py ;;
-                         other) cp "$OTHER" models/compiled.py ;; esac
+                         other) cp "${OTHER:?OTHER= names the third models/compiled.py}" models/compiled.py ;;
+                         *) echo "unknown variant $which (after, before, other)" >&2; exit 2 ;; esac
           echo "== 10-minute video, $which"; user_run /tmp/mb6.mp4 "ref-long-$which" | tail -1
         done
         cp /tmp/compiled_after.py models/compiled.py
@@ -486,7 +488,7 @@ PY
                  # precompiled artefact), then a run with a 1 MB budget removes it at its start and loads the artefact
       short_clip
       user_run /tmp/short.mp4 prune-cold | tail -1
-      du -s --block-size=1K "$FRAMEPIPE_CACHE"/torch-compile "$FRAMEPIPE_CACHE"/precompiled
+      du -s --block-size=1K "${FRAMEPIPE_CACHE:?a carried cache folder (.devcarry*/cache)}"/torch-compile "$FRAMEPIPE_CACHE"/precompiled
       FRAMEPIPE_COMPILE_CACHE_MB=1 EXTRA_ARGS=-v user_run /tmp/short.mp4 prune-over | tail -1
       grep -h "torch.compile's cache" "$OUT/prune-over.log"
       du -s --block-size=1K "$FRAMEPIPE_CACHE"/torch-compile "$FRAMEPIPE_CACHE"/precompiled

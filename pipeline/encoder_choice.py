@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 HEADROOM = 1.25  # encoders planned for 25% more than the model delivered: the rate is an average
 MIN_FRAMES_FOR_RATE = 100  # a run shorter than this says little about the model's steady rate
 MIN_ENCODER_SECONDS = 1.0  # the pool's encoders worked less than this together: too little to tell their speed
-ENCODER_BUSY_SHARE = 0.6  # the pool's encoders busy this share of the run, or more: they bounded it, their rate is the pool's
+ENCODER_BUSY_SHARE = 0.6  # busy this share of the run after its first frame, or more: the encoders bounded it
 ENCODER_FACTORS_FILE = "encoder-content.json"  # real frames vs the synthetic measurement, per encoder setting and size
 MIN_STEADY_FRAMES = 32  # a worker's batches in its settled mode, fewer: its whole run's rate is taken
 UNSETTLED = ("waiting", "compiling", "cancelled")  # compile statuses of a worker that never ran compiled
@@ -120,8 +120,10 @@ def _encoders_busy_seconds(stats) -> float:
 
 
 def encoder_busy_share(stats, num_encoders: int) -> float:
-    """The share of the run the pool's encoders were busy, all together (1.0: each all along)."""
-    span = stats.wall_seconds * max(num_encoders, 1)
+    """The share of the run the pool's encoders were busy, all together (1.0: each all along),
+    counted from the first frame out of the model (before it they had nothing to encode: a long
+    start, the model loading or probing, would make encoders that bounded the run look idle)."""
+    span = (stats.after_first_frame_seconds or 0.0) * max(num_encoders, 1)
     return _encoders_busy_seconds(stats) / span if span > 0 else 0.0
 
 

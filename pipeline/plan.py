@@ -637,8 +637,9 @@ def _speed_key(codec: str, **kw) -> str:
 
 
 def _content_factor(key: str) -> float | None:
-    """Real frames against the synthetic measurement, as the runs into the pool with these settings
-    and size saw it (`pipeline.encoder_choice.learn_content_factor`). Tests replace it."""
+    """Real frames against the synthetic measurement, as the last run into the pool with these
+    settings and size that its encoders bounded saw it (`pipeline.encoder_choice.learn_content_factor`).
+    Tests replace it."""
     return remembered_content_factor(ProbeMemo(default_cache_dir() / ENCODER_FACTORS_FILE), key)
 
 

@@ -148,10 +148,9 @@ def run(
             remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), key, stats)
         stats.compile_helper_ran = (helper_was_running or bool(compile_helpers.pending())
                                     or compile_helpers.num_started() != helpers_started)  # this run's, or another's
-        # The encoders' real speed, unless a compile helper took the CPUs meanwhile (on an H100 a first
-        # run whose helper compiled all along taught 0.34 x the synthetic speed, and the later runs,
-        # whose encoders were busy too little to say more than a bound, never raised it: 3 encoders
-        # planned where 1 had kept up).
+        # The encoders' real speed where they bounded the run (`learn_content_factor`), unless a
+        # compile helper took the CPUs meanwhile (on an H100 a first run whose helper compiled all
+        # along taught 0.34 x the synthetic speed: 3 encoders planned where 1 had kept up).
         if plan.encoder_speed_key and plan.segments is not None and config.parallel and not stats.compile_helper_ran:
             learn_content_factor(stats, key=plan.encoder_speed_key, num_encoders=plan.num_encoders,
                                  num_cores=cores_for(config), speeds_memo=ProbeMemo(default_cache_dir() / ENCODER_SPEEDS_FILE),

@@ -284,6 +284,12 @@ class RunStats:
         return (self.num_frames_written - 1) / seconds if seconds > 0 and self.num_frames_written > 1 else None
 
     @property
+    def after_first_frame_seconds(self) -> float | None:
+        """From the first frame out of the model to the end of the stages (one clock); None before it."""
+        first = self._first_frame_at
+        return self._end - first if first is not None else None
+
+    @property
     def first_frame_seconds(self) -> float | None:
         """From the start of the run (planning, model loading, probing included) to the first
         frame out of the model; None before it."""

@@ -17,7 +17,7 @@ from hw.clips import make_clip
 from hw.encode_speed import EncoderSpeed, measure_encoder_speed, remembered_encoder_speed, speed_key
 from hw.memory import ProbeMemo
 from pipeline import RunConfig, run
-from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, choose_encoders, content_factor, encoder_capacity_fps,
+from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, choose_encoders, content_factor, encoder_busy_share, encoder_capacity_fps,
                                      encoder_threads, source_frames_per_second)
 
 SPEED = EncoderSpeed(fps=36.0, cores_busy=4.0)  # on 16 cores the encoders together give up to 144 fps
@@ -345,6 +345,10 @@ def test_the_rate_after_the_first_frame_is_timed_on_one_clock():
     assert d["first_frame_seconds"] == pytest.approx(1.0) and d["wall_seconds"] == pytest.approx(2.5)
     assert d["after_first_frame_fps"] == pytest.approx(100.0)  # 200 frames in the 2 s after the first
     assert steady_fps(d) == pytest.approx(100.0)
+    # The encoders' busy share counts from there too: 2 encoders busy 1.2 s each of those 2 s.
+    assert stats.after_first_frame_seconds == pytest.approx(2.0)
+    stats.clock("encoder0").busy_seconds = stats.clock("encoder1").busy_seconds = 1.2
+    assert encoder_busy_share(stats, 2) == pytest.approx(0.6)
     old = {k: v for k, v in d.items() if k != "after_first_frame_fps"}  # stats written before the field
     assert steady_fps(old) == pytest.approx(200 / 1.5)  # the two clocks mixed: overstated
 
@@ -445,7 +449,7 @@ def test_only_a_pool_that_bounded_the_run_teaches_the_factor(tmp_path):
     speeds.put("k", {"fps": 100.0, "cores_busy": 1.0})
 
     def stats(busy_each, wall):  # 2 encoders, 1000 frames
-        return SimpleNamespace(num_frames_encoded=1000, wall_seconds=wall,
+        return SimpleNamespace(num_frames_encoded=1000, after_first_frame_seconds=wall,
                                stages={"encoder0": SimpleNamespace(busy_seconds=busy_each),
                                        "encoder1": SimpleNamespace(busy_seconds=busy_each)})
 
