@@ -277,10 +277,9 @@ class RunStats:
         """Frames written per second after the first frame out of the model, to the end of the
         stages: both ends on one clock (`first_frame_seconds` counts from the call of run(),
         `wall_seconds` from the stages' start)."""
-        first = self._first_frame_at
-        if first is None:
+        seconds = self.after_first_frame_seconds
+        if seconds is None:
             return None
-        seconds = self._end - first
         return (self.num_frames_written - 1) / seconds if seconds > 0 and self.num_frames_written > 1 else None
 
     @property
