@@ -171,10 +171,9 @@ def model_alone_together(args, *, placements: list[tuple[str, int]], height: int
         errors = [f"{', '.join(d for d, _ in placements)}: not all ready to be timed within 600 s of each other"]
     if errors:
         raise RuntimeError("; ".join(errors))
-    done = list(results)
-    return {"mode": mode, "fps": round(sum(r["fps"] for r in done), 1), "devices": [d for d, _ in placements],
-            "batch": [r["batch"] for r in done], "dtype": done[0]["dtype"], "precision": done[0]["precision"],
-            **({"status": "compiled"} if mode == "compiled" else {}), "per_device": done}
+    return {"mode": mode, "fps": round(sum(r["fps"] for r in results), 1), "devices": [d for d, _ in placements],
+            "batch": [r["batch"] for r in results], "dtype": results[0]["dtype"], "precision": results[0]["precision"],
+            **({"status": "compiled"} if mode == "compiled" else {}), "per_device": results}
 
 
 def warm_compile_cache(args, *, batch: int, height: int, width: int, device: str | None = None) -> dict:
@@ -460,10 +459,10 @@ def main() -> None:
     out_file = work / f"bench-out-{tag}.mp4"
     # The first pipeline: the probe's batch size and the compiled kernels (cold cache) for the rest.
     maybe("pipeline_parallel_cold", lambda: pipeline(args, args.source, out_file))
-    # Each worker's device and batch, as the probe chose them (one device: --device; several: --gpus).
     def default_batch(d):
         return 4 if d.startswith("cuda") else 1
 
+    # Each worker's device and batch, as the probe chose them (one device: --device; several: --gpus).
     placements = [(d, b or default_batch(d))  # 0: a worker left out of the run
                   for d, b in (results.get("pipeline_parallel_cold") or {}).get("placements") or []]
     if sorted(d for d, _ in placements) != sorted(devices):

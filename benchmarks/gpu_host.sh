@@ -111,6 +111,11 @@ with av.open(src) as inp:
                 out.mux(q)
 PY
 }
+use_variant() {  # issue12ref: models/compiled.py as variant $1 (after: /tmp/compiled_after.py, before: $before, other: $OTHER)
+  case $1 in after) cp /tmp/compiled_after.py models/compiled.py ;; before) cp "$before" models/compiled.py ;;
+             other) cp "${OTHER:?OTHER= names the third models/compiled.py}" models/compiled.py ;;
+             *) echo "unknown variant $1 (after, before, other)" >&2; exit 2 ;; esac
+}
 model_alone() {  # bench.py's compiled model alone on /tmp/mb.mp4, nothing else
   local skip=decode_pyav,decode_nvdec,pipeline_parallel_cold,model_eager,model_channels_last,compile_cache_warmup,pipeline_sequential,pipeline_parallel_1_encoder,pipeline_parallel,pipeline_output_none,encode_alone,naive,first_frame_cli
   timeout 200 python3 benchmarks/bench.py --source /tmp/mb.mp4 --model realesrgan-x4plus-anime --skip "$skip" --out "$OUT/alone" \
@@ -462,9 +467,7 @@ PY
       for r in $(seq "${ROUNDS:-2}"); do
         for i in "${!variants[@]}"; do
           which=${variants[$(( (i + r - 1) % ${#variants[@]} ))]}
-          case $which in after) cp /tmp/compiled_after.py models/compiled.py ;; before) cp "$before" models/compiled.py ;;
-                         other) cp "${OTHER:?OTHER= names the third models/compiled.py}" models/compiled.py ;;
-                         *) echo "unknown variant $which (after, before, other)" >&2; exit 2 ;; esac
+          use_variant "$which"
           echo "== round $r, $which"; user_run /tmp/mb.mp4 "ref-$r-$which" | tail -1
         done
       done
@@ -476,9 +479,7 @@ PY
       if [ "${LONG:-0}" = 1 ]; then
         long_clip
         for which in "${variants[@]}"; do  # each variant once
-          case $which in after) cp /tmp/compiled_after.py models/compiled.py ;; before) cp "$before" models/compiled.py ;;
-                         other) cp "${OTHER:?OTHER= names the third models/compiled.py}" models/compiled.py ;;
-                         *) echo "unknown variant $which (after, before, other)" >&2; exit 2 ;; esac
+          use_variant "$which"
           echo "== 10-minute video, $which"; user_run /tmp/mb6.mp4 "ref-long-$which" | tail -1
         done
         cp /tmp/compiled_after.py models/compiled.py
