@@ -116,6 +116,11 @@ use_variant() {  # issue12ref: models/compiled.py as variant $1 (after: /tmp/com
              other) cp "${OTHER:?OTHER= names the third models/compiled.py}" models/compiled.py ;;
              *) echo "unknown variant $1 (after, before, other)" >&2; exit 2 ;; esac
 }
+without_service() {  # pytest's --ignore of the service's tests where its packages (.devcarry3/whl) are not installed
+  python3 -c "import fastapi, pydantic" 2>/dev/null && return
+  echo "the service's tests left out: FastAPI/pydantic not installed (WHL=.devcarry3/whl bash benchmarks/gpu_host.sh install)" >&2
+  echo "--ignore=tests/test_service.py --ignore=tests/test_service_live.py"
+}
 model_alone() {  # bench.py's compiled model alone on /tmp/mb.mp4, nothing else
   local skip=decode_pyav,decode_nvdec,pipeline_parallel_cold,model_eager,model_channels_last,compile_cache_warmup,pipeline_sequential,pipeline_parallel_1_encoder,pipeline_parallel,pipeline_output_none,encode_alone,naive,first_frame_cli
   timeout 200 python3 benchmarks/bench.py --source /tmp/mb.mp4 --model realesrgan-x4plus-anime --skip "$skip" --out "$OUT/alone" \
@@ -131,9 +136,9 @@ for step in "$@"; do
       nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
       python3 -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'av', av.__version__)" | tee "$OUT/versions.txt"
       python3 test_multi_gpu.py 2>&1 | tee "$OUT/selftest.txt"
-      python3 -m pytest -m needs_cuda -q -rs -p no:cacheprovider tests 2>&1 | tee "$OUT/pytest_needs_cuda.txt" ;;
+      python3 -m pytest -m needs_cuda -q -rs -p no:cacheprovider tests $(without_service) 2>&1 | tee "$OUT/pytest_needs_cuda.txt" ;;
     suite)
-      python3 -m pytest -q -rfEs -p no:cacheprovider tests > "$OUT/pytest_all.txt" 2>&1
+      python3 -m pytest -q -rfEs -p no:cacheprovider tests $(without_service) > "$OUT/pytest_all.txt" 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_all.txt" | tail -40 ;;
     user)  # what a new user runs: the default sample job, then a real clip with every GPU flag
       ( time python3 main.py --parallel ) 2>&1 | tee "$OUT/default_run.txt"
