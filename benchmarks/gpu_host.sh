@@ -39,6 +39,9 @@
 #   bash benchmarks/gpu_host.sh issue12ref  # the check against the worker's first output vs the compile thread's own eager call, A/B
 #   bash benchmarks/gpu_host.sh cacheprune  # torch-compile/ over its budget (FRAMEPIPE_COMPILE_CACHE_MB=1) removed at a run's start
 #   bash benchmarks/gpu_host.sh long1  # the 10-minute video once, then the compiled model alone (cacheprune first)
+#   bash benchmarks/gpu_host.sh firstload  # the first run after a cold one: its load, the helper's bytecode kept or not
+#   bash benchmarks/gpu_host.sh helperrate  # a cold run shorter than its compilation, then the next run planned from
+#                                           # the helper's timing of the compiled model
 #   bash benchmarks/gpu_host.sh issue12graph  # (commit e05a3a9) the eager model as a CUDA graph while the compiled one loads, then without
 #   bash benchmarks/gpu_host.sh issue12z  # where a warm compilation spends its seconds (cProfile)
 #   bash benchmarks/gpu_host.sh issue12r  # target 2's encode-bound job as a second run; the pool alone tapered vs not
@@ -499,6 +502,32 @@ PY
       grep -h "torch.compile's cache" "$OUT/prune-over.log"
       du -s --block-size=1K "$FRAMEPIPE_CACHE"/torch-compile "$FRAMEPIPE_CACHE"/precompiled
       ls -d "$FRAMEPIPE_CACHE"/torch-compile.old-* 2>/dev/null ;;
+    helperrate)  # the compile helper's timing of the compiled model stands in for the model's rate: its GPU tests,
+                 # a cold 480-frame run (over before its compilation), the rates file, then the 2,400-frame job as
+                 # the next run (planned from that timing), then the compiled model alone (~4 min)
+      timeout 300 python3 -m pytest -q -p no:cacheprovider -m needs_cuda -k "helpers_timing or real_helper" \
+        tests/test_encoder_choice.py tests/test_compile.py 2>&1 | tail -3
+      short_clip
+      user_run /tmp/short.mp4 rate-short | tail -1
+      cat "$FRAMEPIPE_CACHE/model-rates.json"
+      mb_clip 2400
+      user_run /tmp/mb.mp4 rate-2400 | tail -1
+      model_alone ;;
+    firstload)  # the first run after a cold one, its precompiled load, from two fresh caches: with the host's
+                # PYTHONDONTWRITEBYTECODE as it is ("kept") and removed for the commands ("removed"); Python's bytecode
+                # the cold run's helper left in framepipe's cache counted (~3 min)
+      env | grep -E "^PYTHON(DONTWRITEBYTECODE|PYCACHEPREFIX)=" || echo "neither PYTHONDONTWRITEBYTECODE nor PYTHONPYCACHEPREFIX set"
+      short_clip
+      mb_clip 2400
+      for v in kept removed; do
+        rm -rf "/tmp/fc-$v" && cp -r "$FRAMEPIPE_CACHE" "/tmp/fc-$v"  # the carried weights only
+        ( [ "$v" = removed ] && unset PYTHONDONTWRITEBYTECODE; export FRAMEPIPE_CACHE="/tmp/fc-$v"
+          echo "== $v"; user_run /tmp/short.mp4 "fl-$v-short" | tail -1
+          echo "bytecode files: $(find "$FRAMEPIPE_CACHE/bytecode" -name '*.pyc' 2>/dev/null | wc -l)," \
+               "of torch/_inductor: $(find "$FRAMEPIPE_CACHE/bytecode" -path '*torch/_inductor/*.pyc' 2>/dev/null | wc -l)"
+          user_run /tmp/mb.mp4 "fl-$v-2400" | tail -1
+          user_run /tmp/mb.mp4 "fl-$v-2400b" | tail -1 )
+      done ;;
     long1)  # the 10-minute video once as a second run (after cacheprune, say), then the compiled model alone
       long_clip
       user_run /tmp/mb6.mp4 long1 | tail -1

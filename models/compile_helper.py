@@ -16,7 +16,10 @@ saves that, loads it back from the file and checks its output against eager befo
 a later run loads it without Dynamo tracing the model in its process
 (`models.compiled.Precompiled`). Where that cannot be done (a graph break, a torch without it,
 an artefact that does not load back or differs) a marker says so and runs compile from the
-cache as before.
+cache as before. Last, with `--rate`, it times the compiled model alone for about a second and
+prints its frames per second ("model fps N"): where a first run ended before its compilation
+did, that is the only measure of the compiled model's rate, and the next run plans its
+encoders from it (`CacheWarmer(on_rate=...)`, `pipeline.encoder_choice.remember_helper_rate`).
 
     python models/compile_helper.py --model realesr-animevideov3 --scale 4 --dtype float16 \\
         --device cuda:0 --shape 8,3,480,640 --mode default --artefact /tmp/a.pt
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import logging
 import os
 import signal
 import subprocess
@@ -34,12 +38,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["CacheWarmer", "artefacts_folder", "cancel_pending", "num_started", "pending"]
 
+log = logging.getLogger(__name__)
+
 ROOT = Path(__file__).resolve().parents[1]
 FILLED = "cache filled"  # the helper's stdout line once torch.compile's cache is
+RATE = "model fps"  # its last line: "model fps 131.75", the compiled model alone (`time_model`)
 
 
 class CacheWarmer:
@@ -57,13 +65,17 @@ class CacheWarmer:
 
     `artefacts` (a folder) is where the helper keeps the models it compiled ahead of time
     (`artefact`); a shape in the memo whose artefact is missing (made by an older framepipe, or
-    for another GPU of the machine) runs the helper again, which finds its cache warm."""
+    for another GPU of the machine) runs the helper again, which finds its cache warm.
+
+    `on_rate(device, shape, fps)` is called with the compiled model's rate the helper timed last
+    (its "model fps" line), from the thread that watches it."""
 
     def __init__(self, model: str, scale: int, *, memo=None, artefacts: Path | None = None,
-                 timeout_seconds: float = 1200.0) -> None:
+                 timeout_seconds: float = 1200.0, on_rate: Callable[[str, tuple, float], None] | None = None) -> None:
         self.model, self.scale, self.timeout_seconds = model, scale, timeout_seconds
         self.memo = memo
         self.artefacts = artefacts
+        self.on_rate = on_rate
         self._process: subprocess.Popen | None = None
         self.outcome = ""  # "compiled", or why not (the helper's last line, "cancelled"), once it ended
         self._cancelled = threading.Event()
@@ -99,7 +111,8 @@ class CacheWarmer:
                    "--dtype", str(dtype).removeprefix("torch."), "--device", str(device),
                    "--shape", ",".join(map(str, shape)), "--mode", mode]
         artefact = self.artefact(shape, dtype, device, mode)
-        return command + (["--artefact", str(artefact.path)] if artefact is not None else [])
+        return (command + (["--artefact", str(artefact.path)] if artefact is not None else [])
+                + (["--rate"] if self.on_rate is not None else []))
 
     def __call__(self, shape, dtype, device, mode: str) -> None:
         if self._cancelled.is_set():
@@ -129,6 +142,7 @@ class CacheWarmer:
             timer.daemon = True
             timer.start()
             threading.Thread(target=self._watch, args=(process, errors, timer, key, artefact, filled, ended),
+                             kwargs={"shape": tuple(shape), "device": _device_name(device)},
                              name="compile-helper-watch", daemon=True).start()
         except Exception as exc:  # it could not start (OSError), nor be watched
             self.outcome = str(exc) or type(exc).__name__
@@ -148,7 +162,7 @@ class CacheWarmer:
             raise RuntimeError(self.outcome)
 
     def _watch(self, process: subprocess.Popen, errors, timer: threading.Timer, key: str, artefact,
-               filled: threading.Event, ended: threading.Event) -> None:
+               filled: threading.Event, ended: threading.Event, *, shape: tuple = (), device: str = "") -> None:
         """Reads the helper's lines until it exits, then says how it ended (`outcome`), notes what
         it made, and leaves `pending`. The end is the process's exit, not its output's: worker
         processes of torch.compile that outlived it may hold its stdout (they are ended then)."""
@@ -159,6 +173,11 @@ class CacheWarmer:
                     if self.memo is not None:  # the cache is filled: no later run needs a helper for it
                         self.memo.put(key, {"compiled": True})
                     filled.set()
+                elif line.startswith(RATE) and self.on_rate is not None and not self._cancelled.is_set():
+                    try:
+                        self.on_rate(device, shape, float(line[len(RATE):]))
+                    except Exception as exc:  # noqa: BLE001 - a rate not noted is only a plan from the limits
+                        log.debug("the compile helper's rate not noted: %s", exc)
 
         reader = threading.Thread(target=read, name="compile-helper-read", daemon=True)
         try:
@@ -289,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", required=True)
     p.add_argument("--mode", default="default")
     p.add_argument("--artefact", type=Path, help="also compile ahead of time, kept here (models.compiled.Precompiled)")
+    p.add_argument("--rate", action="store_true", help=f'last, time the compiled model alone: "{RATE} N"')
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from core.compile_cache import lock_of, share_compile_cache
@@ -325,7 +345,31 @@ def main(argv: list[str] | None = None) -> int:
 
         with torch.inference_mode():
             keep_artefact(module, x, module(x), args.mode, Precompiled(args.artefact))
+    if args.rate:
+        print(f"{RATE} {time_model(fn, x):.2f}", flush=True)
     return 0
+
+
+def time_model(fn, x, *, seconds: float = 1.0, min_calls: int = 3) -> float:
+    """Frames per second of `fn` on the batch `x`, called for about `seconds` (at least
+    `min_calls` times) after one call unmeasured; GPU work waited for."""
+    import torch
+
+    def sync() -> None:
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+
+    with torch.inference_mode():
+        fn(x)
+        sync()
+        calls, start = 0, time.perf_counter()
+        while calls < min_calls or time.perf_counter() - start < seconds:
+            fn(x)
+            calls += 1
+            if calls % 4 == 0 or calls == min_calls:  # the clock read against finished work, now and then
+                sync()
+        sync()
+        return calls * x.shape[0] / (time.perf_counter() - start)
 
 
 def keep_artefact(module, x, reference, mode: str, artefact, *, min_psnr_db: float = 50.0) -> bool:

@@ -20,6 +20,7 @@ import torch
 
 from core.cut import CutSource, TimeShift
 from hw.encoding import Encoder
+from pipeline.encoder_choice import model_rates_memo, remember_helper_rate
 from pipeline.messages import ErrorChannel
 from pipeline.plan import RunPlan
 from pipeline.reader import FrameSource, Reader
@@ -204,6 +205,24 @@ def _encoders_share(plan: RunPlan) -> float | None:
     return plan.encoders_fps / max(1, plan.interpolate)
 
 
+def _helper_rate(plan: RunPlan) -> Callable[[str, tuple, float], None] | None:
+    """What a compile helper does with the compiled model's rate it timed (`CacheWarmer.on_rate`):
+    kept for the next run's choice of encoders where this run measures none of its own (it ended
+    before its compilation did: `pipeline.encoder_choice.remember_helper_rate`). Only for whole
+    frames through the model alone (no tiles, no interpolation after it), in a parallel run, which
+    is where model rates are remembered (`pipeline.runner`)."""
+    if not (plan.model_rate_key and plan.config.parallel and plan.interpolate == 1):
+        return None
+    key, frame, devices = plan.model_rate_key, (plan.source.height, plan.source.width), [str(d) for d in plan.devices]
+    memo = model_rates_memo()
+
+    def on_rate(device: str, shape: tuple, fps: float) -> None:
+        if tuple(shape[-2:]) == frame:  # a tile's rate is not the frames'
+            remember_helper_rate(memo, key, devices=devices, device=device, fps=fps)
+
+    return on_rate
+
+
 def _overlap_from_env() -> bool | str | None:
     """How workers overlap a take's chunks on CUDA streams (pipeline/worker.py): by default once
     the model runs compiled ("compiled"); FRAMEPIPE_OVERLAP=1 (on) wherever the path allows it,
@@ -273,6 +292,7 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         front, back = _split_stages(plan, stats)
         workers.append(wrap(front.name, front))
         back = wrap(back.name, back)
+    on_rate = _helper_rate(plan)
     for name, dev in zip(worker_names(plan.devices) if plan.split is None else [], plan.devices):
         batch = cfg.batch_size if not (cfg.batch_size == 0 and dev.type == "cpu") else 1
         build_model, release_model = plan.model.build, None
@@ -289,7 +309,7 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
                      (False, "interpolation only: no model before it" if plan.spatial_identity else
                       "a temporal model: eager")),
             compile_helper=(CacheWarmer(cfg.model, plan.model.scale, memo=ProbeMemo(default_cache_dir() / "compiled.json"),
-                                        artefacts=artefacts_folder()) if dev.type == "cuda" else None),
+                                        artefacts=artefacts_folder(), on_rate=on_rate) if dev.type == "cuda" else None),
             probe_memo=ProbeMemo(default_cache_dir() / "batch-sizes.json") if cfg.batch_size == 0 else None,
             temporal=_temporal(plan), restore_radius=plan.model.radius, overlap=_overlap_from_env(),
             encoders_fps=_encoders_share(plan),

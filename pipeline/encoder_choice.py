@@ -19,6 +19,11 @@ own); `EncoderChoice.line` says in one line what was chosen and why.
   would otherwise plan the next, compiled run's encoders for half its speed (seen on an H200,
   x4plus-anime at 480x270 -> 1080p: after a first run whose compilation did not finish, the
   pool was planned at 1 encoder; compiled, the model made 145 fps alone and the run 65).
+  A run that ended before its compilation did (a cold cache: its compile helper works on after
+  it) remembers none; its helper then times the compiled model alone and that rate stands in
+  until a run measures its own (`remember_helper_rate`): without it, the next run was planned
+  by the limits (6 encoders on an H100 for a model that 1 keeps up with), and its precompiled
+  model loaded in 8.3 s beside them, against 4.2 s beside one.
 - What k encoders do together, from one encoder measured alone (`hw.encode_speed`: fps and
   the cores it keeps busy): k x fps while k of them fit the cores, no more than the cores
   give (fps x cores / cores busy) after (`pool_fps`). That measurement encodes synthetic
@@ -43,12 +48,13 @@ import time
 from dataclasses import dataclass
 
 from core.choices import MAX_AUTO_ENCODERS
+from core.paths import default_cache_dir
 from hw.encode_speed import EncoderSpeed, known_encoder_speed
-from hw.memory import entry_number
+from hw.memory import ProbeMemo, entry_number
 
 __all__ = ["EncoderChoice", "choose_encoders", "content_factor", "encoder_busy_share", "encoder_capacity_fps", "encoder_threads",
-           "compiled_as_run", "learn_content_factor", "model_rate_key", "pool_fps", "remember_content_factor", "remember_model_rate", "remembered_content_factor",
-           "remembered_model_rate", "ENCODER_FACTORS_FILE", "MIN_FRAMES_FOR_RATE", "MODEL_RATES_FILE"]
+           "compiled_as_run", "learn_content_factor", "model_rate_key", "pool_fps", "remember_content_factor", "model_rate_timed_alone", "model_rates_memo", "remember_helper_rate", "remember_model_rate",
+           "remembered_content_factor", "remembered_model_rate", "ENCODER_FACTORS_FILE", "MIN_FRAMES_FOR_RATE", "MODEL_RATES_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +88,13 @@ class EncoderChoice:
 
 
 def choose_encoders(*, speed: EncoderSpeed | None, model_fps: float | None, num_cores: int, memory_fits: int,
-                    num_segments: int, what: str, frames_per_source_frame: int = 1) -> EncoderChoice:
+                    num_segments: int, what: str, frames_per_source_frame: int = 1,
+                    model_alone: bool = False) -> EncoderChoice:
     """The automatic number of encoders (see the module's docstring). `speed`: one encoder alone
     (None: not measured, when the limits allow only one); `model_fps`: source frames per second
-    the decoder and model delivered before (None: unknown); `what`: the size and settings encoded,
-    for the line ("2560x1920 h264 medium")."""
+    the decoder and model delivered before (None: unknown), or with `model_alone` the compiled
+    model alone as its compile helper timed it; `what`: the size and settings encoded, for the
+    line ("2560x1920 h264 medium")."""
     by_cores = max(1, num_cores // 2)
     allowed = max(1, min(by_cores, MAX_AUTO_ENCODERS, memory_fits, num_segments))
     limits = (f"{num_cores} core{'s' if num_cores != 1 else ''} allow{'s' if num_cores == 1 else ''} {by_cores}; "
@@ -100,7 +108,8 @@ def choose_encoders(*, speed: EncoderSpeed | None, model_fps: float | None, num_
                                       f"limits decide: {limits})")
     need = model_fps * frames_per_source_frame * HEADROOM
     per_frame = f" x {frames_per_source_frame} frames out" if frames_per_source_frame > 1 else ""
-    rate = f"the model delivered {model_fps:.0f} fps{per_frame} here before"
+    rate = (f"the compiled model alone ran {model_fps:.0f} fps{per_frame} here (its compile helper timed it)"
+            if model_alone else f"the model delivered {model_fps:.0f} fps{per_frame} here before")
     for k in range(1, allowed + 1):
         if pool_fps(speed, k, num_cores) >= need:
             return EncoderChoice(k, f"encoders: {k} ({one}; {rate}, +25% is {need:.0f} fps; the limits "
@@ -247,6 +256,11 @@ def source_frames_per_second(stats) -> float | None:
     return min(rates) if rates else None
 
 
+def model_rates_memo() -> ProbeMemo:
+    """The model rates runs delivered (and compile helpers timed), in framepipe's cache."""
+    return ProbeMemo(default_cache_dir() / MODEL_RATES_FILE)
+
+
 def remember_model_rate(memo, key: str, stats) -> None:
     """At the end of a run: what the decoder and model delivered, for the next run's choice."""
     fps = source_frames_per_second(stats)
@@ -256,5 +270,36 @@ def remember_model_rate(memo, key: str, stats) -> None:
     log.debug("model rate %.1f fps remembered for %s", fps, key)
 
 
+def remember_helper_rate(memo, key: str, *, devices: list[str], device: str, fps: float) -> None:
+    """A compile helper timed the compiled model alone on `device` at `fps` (models/compile_helper.py
+    `--rate`): kept under `key` beside the other devices' helpers, unless a run measured the rate
+    there (its "fps", which is what the decoder and model delivered: the better measure)."""
+    entry = memo.get(key) if memo is not None else None
+    if memo is None or entry_number(entry, "fps") is not None or device not in devices:
+        return
+    timed = entry.get("helper_fps") if isinstance(entry, dict) else None
+    timed = {d: v for d, v in timed.items() if d in devices} if isinstance(timed, dict) else {}
+    memo.put(key, {"helper_fps": {**timed, device: round(fps, 2)}, "devices": list(devices),
+                   "date": time.strftime("%Y-%m-%d")})
+    log.debug("model rate %.1f fps on %s timed by its compile helper, for %s", fps, device, key)
+
+
+def model_rate_timed_alone(memo, key: str) -> bool:
+    """Whether `remembered_model_rate` gives the compile helpers' timing (no run measured one)."""
+    return _remembered(memo, key, "fps") is None and remembered_model_rate(memo, key) is not None
+
+
 def remembered_model_rate(memo, key: str) -> float | None:
-    return _remembered(memo, key, "fps")
+    """What a run delivered with `key`; else, where every device's compile helper timed the
+    compiled model alone, their rates together (an upper bound: the run delivers ~0.94 of it on
+    an H100, so the encoders are planned with a little more headroom)."""
+    fps = _remembered(memo, key, "fps")
+    if fps is not None:
+        return fps
+    entry = memo.get(key) if memo is not None else None
+    timed = entry.get("helper_fps") if isinstance(entry, dict) else None
+    devices = entry.get("devices") if isinstance(entry, dict) else None
+    if not isinstance(timed, dict) or not isinstance(devices, list) or not devices or set(timed) != set(devices):
+        return None
+    rates = [entry_number(timed, d) for d in devices]
+    return sum(rates) if all(r is not None and r > 0 for r in rates) else None

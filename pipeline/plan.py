@@ -37,9 +37,9 @@ from models.compiled import compile_choice
 from models.registry import default_cache_dir
 from pipeline.config import RunConfig, default_output_path
 from pipeline.decoders import DecodePlan, choose_decoders, plan_decoders
-from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, MODEL_RATES_FILE, EncoderChoice, choose_encoders, compiled_as_run,
-                                     encoder_threads, model_rate_key, pool_fps, remembered_content_factor,
-                                     remembered_model_rate)
+from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, EncoderChoice, choose_encoders, compiled_as_run,
+                                     encoder_threads, model_rate_key, model_rate_timed_alone, model_rates_memo, pool_fps,
+                                     remembered_content_factor, remembered_model_rate)
 from pipeline.segments import PartsFolder, SegmentLayout, recorded_taper
 
 __all__ = ["RunPlan", "plan_run", "plan_devices", "DevicePlan", "cores_for", "model_rate_key_as_run"]
@@ -646,7 +646,13 @@ def _content_factor(key: str) -> float | None:
 def _model_rate(key: str) -> float | None:
     """Source frames per second an earlier run with this model, size and devices delivered
     (`pipeline.encoder_choice.remember_model_rate`), None if none did. Tests replace it."""
-    return remembered_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), key)
+    return remembered_model_rate(model_rates_memo(), key)
+
+
+def _model_rate_timed_alone(key: str) -> bool:
+    """Whether that rate is the compiled model alone, as its compile helper timed it (no run
+    with this key measured its own: `pipeline.encoder_choice.remember_helper_rate`)."""
+    return model_rate_timed_alone(model_rates_memo(), key)
 
 
 def _model_rate_key(config: RunConfig, model: LoadedModel, source: SourceInfo, devices, dtypes, compiled) -> str:
@@ -708,7 +714,7 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
                          f"{width}x{height} ({per_encoder / 2**30:.1f} GiB); more than {fits} may exhaust memory.")
     else:
         allowed = min(num_cores // 2, num_segments, MAX_AUTO_ENCODERS, fits)
-        model_fps = None
+        model_fps, alone = None, False
         what = f"{width}x{height} {config.codec} {settings['preset']}"
         if allowed > 1 and not use_nvenc:  # something to choose: measured (or remembered) speeds
             try:
@@ -719,8 +725,9 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
             if factor is not None:
                 what += f" ({factor:.2f} x the synthetic measurement, as a run here encoded)"
             model_fps = _model_rate(model_rate_key) if model_rate_key else None
+            alone = model_fps is not None and _model_rate_timed_alone(model_rate_key)
         choice = choose_encoders(speed=speed, model_fps=model_fps, num_cores=num_cores, memory_fits=fits,
-                                 num_segments=num_segments, what=what,
+                                 num_segments=num_segments, what=what, model_alone=alone,
                                  frames_per_source_frame=max(1, getattr(config, "interpolate", 1)))
     # For the workers' weighing, an upper estimate: the larger of the synthetic measurement and the
     # corrected one (the content factor was learnt on other clips, maybe harder ones).

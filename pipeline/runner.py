@@ -33,7 +33,7 @@ from models.registry import default_cache_dir
 from pipeline.build import ModelSource, Stages, Wrap, build
 from pipeline.collector import Collector
 from pipeline.config import RunConfig
-from pipeline.encoder_choice import ENCODER_FACTORS_FILE, MODEL_RATES_FILE, learn_content_factor, remember_model_rate
+from pipeline.encoder_choice import ENCODER_FACTORS_FILE, learn_content_factor, model_rates_memo, remember_model_rate
 from pipeline.messages import ErrorChannel, StageFailed
 from pipeline.plan import RunPlan, cores_for, model_rate_key_as_run, plan_run
 from pipeline.queues import FifoInbox, FifoOutbox, WorkQueue
@@ -145,7 +145,7 @@ def run(
             stats.warn(f"source: {stats.num_corrupt_packets} corrupt packet(s) skipped; every decodable frame was processed")
         if plan.model_rate_key and config.parallel:  # for the next run's choice of encoders (pipeline.encoder_choice)
             key = model_rate_key_as_run(plan, stats)  # a model kept eager: under "compiled no"
-            remember_model_rate(ProbeMemo(default_cache_dir() / MODEL_RATES_FILE), key, stats)
+            remember_model_rate(model_rates_memo(), key, stats)
         stats.compile_helper_ran = (helper_was_running or bool(compile_helpers.pending())
                                     or compile_helpers.num_started() != helpers_started)  # this run's, or another's
         # The encoders' real speed where they bounded the run (`learn_content_factor`), unless a

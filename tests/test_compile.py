@@ -444,6 +444,26 @@ def test_the_helper_process_fills_the_cache_first_and_its_failure_is_one_line():
     assert len(warnings) == 1 and "ModelError: no such model" in warnings[0] and "traceback" not in warnings[0]
 
 
+@pytest.mark.parametrize("cancel", [False, True])
+def test_the_helpers_timing_of_the_compiled_model_reaches_on_rate(cancel):
+    """Its last line, "model fps N", is handed to `on_rate` with the device and shape it compiled
+    for; lines it cannot read are not, and a helper cancelled meanwhile hands on nothing."""
+    from models.compile_helper import RATE, CacheWarmer
+
+    rates: list = []
+    warmer = CacheWarmer("m", 2, on_rate=lambda *a: rates.append(a))
+    assert warmer.command((4, 3, 8, 8), torch.float32, torch.device("cpu"), "default")[-1] == "--rate"
+    code = (f"import time; print('cache filled', flush=True); time.sleep({1.0 if cancel else 0.1}); "
+            f"print('{RATE} fast'); print('{RATE} 123.45', flush=True)")
+    warmer.command = lambda *a: [sys.executable, "-c", code]
+    warmer((4, 3, 8, 8), torch.float32, torch.device("cpu"), "default")  # returns at "cache filled"
+    if cancel:
+        warmer.cancel()
+    assert warmer.join(timeout=10)
+    assert rates == ([] if cancel else [("cpu", (4, 3, 8, 8), 123.45)])
+    assert "--rate" not in CacheWarmer("m", 2).command((4, 3, 8, 8), torch.float32, torch.device("cpu"), "default")
+
+
 def test_the_end_of_a_run_ends_a_helper_still_compiling():
     module, warnings = _conv(), []
     helper = _Helper("import time; time.sleep(60)")
@@ -665,10 +685,13 @@ def test_the_real_helper_compiles_a_model_and_a_fresh_process_loads_it_precompil
     from models.compile_helper import CacheWarmer
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
-    warmer = CacheWarmer("bicubic", 2, artefacts=tmp_path / "precompiled")
+    rates: list = []
+    warmer = CacheWarmer("bicubic", 2, artefacts=tmp_path / "precompiled", on_rate=lambda *a: rates.append(a))
     shape = (4, 3, 8, 8)
     warmer(shape, torch.float32, torch.device(device), "default")
     assert warmer.join(timeout=600) and warmer.outcome == "compiled" and any((tmp_path / "cache").rglob("*"))
+    ((timed_on, timed_shape, fps),) = rates  # last, the compiled model alone timed
+    assert timed_on == device and timed_shape == shape and fps > 0
     artefact = warmer.artefact(shape, torch.float32, torch.device(device), "default")
     assert artefact.exists(), artefact.unsupported()
     assert [p.name for p in (tmp_path / "precompiled").iterdir()] == [artefact.path.name]  # no trial left

@@ -624,3 +624,97 @@ def test_the_pool_is_planned_for_the_cores_the_process_may_use(monkeypatch, clip
     _, choice = planning._plan_segments(RunConfig(source=src, segment_frames=10), planning.probe_source(src), 2560, 1920,
                                         use_nvenc=False, notes=[], model_rate_key="k")
     assert choice.num_encoders == 2 and "4 cores allow 2" in choice.line
+
+
+def test_a_compile_helpers_timing_stands_in_until_a_run_measures_the_rate(tmp_path):
+    """A run that ended before its compilation did measured no rate; its helpers' timings of the
+    compiled model alone stand in, all the devices' together, until a run measures its own,
+    which a helper's timing never replaces."""
+    from pipeline.encoder_choice import (model_rate_timed_alone, remember_helper_rate, remember_model_rate,
+                                         remembered_model_rate)
+
+    memo, two = ProbeMemo(tmp_path / MODEL_RATES_FILE), ["cuda:0", "cuda:1"]
+    remember_helper_rate(memo, "k", devices=two, device="cuda:1", fps=60.0)
+    assert remembered_model_rate(memo, "k") is None and not model_rate_timed_alone(memo, "k")  # cuda:0's not yet
+    remember_helper_rate(memo, "k", devices=two, device="cuda:2", fps=99.0)  # not one of the run's: not kept
+    remember_helper_rate(memo, "k", devices=two, device="cuda:0", fps=70.5)
+    assert remembered_model_rate(memo, "k") == 130.5 and model_rate_timed_alone(memo, "k")
+    assert memo.get("k")["helper_fps"] == {"cuda:0": 70.5, "cuda:1": 60.0}
+    remember_helper_rate(memo, "k", devices=two, device="cuda:0", fps=80.0)  # a later helper: the newer timing
+    assert remembered_model_rate(memo, "k") == 140.0
+
+    stats = SimpleNamespace(num_frames_written=400, num_frames_decoded=400,
+                            stages={"reader": SimpleNamespace(busy_seconds=1.0)},
+                            workers={"w": SimpleNamespace(num_frames=400, steady_frames=400, steady_seconds=4.0)})
+    remember_model_rate(memo, "k", stats)  # the run's own: 100 fps
+    assert remembered_model_rate(memo, "k") == 100.0 and not model_rate_timed_alone(memo, "k")
+    remember_helper_rate(memo, "k", devices=two, device="cuda:0", fps=500.0)
+    assert remembered_model_rate(memo, "k") == 100.0 and "helper_fps" not in memo.get("k")
+
+    memo.put("odd", {"helper_fps": {"cuda:0": "fast"}, "devices": ["cuda:0"]})  # another format: none
+    assert remembered_model_rate(memo, "odd") is None and remembered_model_rate(memo, "none") is None
+
+
+def test_the_plan_says_when_its_model_rate_is_the_helpers_timing(sixteen_cores, monkeypatch, clips, tmp_path, capsys):
+    """The next run plans from the helper's timing and its line says whose figure it is."""
+    planning = sixteen_cores
+    monkeypatch.setenv("FRAMEPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(planning, "_encoder_speed", lambda *a, **k: EncoderSpeed(fps=100.0, cores_busy=1.0))
+    src = clips("choice-helper-rate.mp4", num_frames=120)
+    base = ["--source", str(src), "--model", "bicubic", "--scale", "2", "--device", "cpu", "--parallel", "--quality", "0",
+            "--preset", "ultrafast", "--segment-frames", "30"]
+    assert cli.main([*base, "--output", str(tmp_path / "a.mp4")]) == 0
+    capsys.readouterr()
+    memo = ProbeMemo(tmp_path / "cache" / MODEL_RATES_FILE)
+    ((key, _),) = json.loads(memo.path.read_text()).items()
+    memo.put(key, {"helper_fps": {"cpu": 230.0}, "devices": ["cpu"]})  # as a helper that timed 230 fps leaves it
+    assert cli.main([*base, "--output", str(tmp_path / "b.mp4")]) == 0
+    err = capsys.readouterr().err
+    assert ("encoders: 3 (one encodes 100 fps at 128x96 h264 ultrafast, keeping 1.0 of 16 cores busy; the compiled "
+            "model alone ran 230 fps here (its compile helper timed it), +25% is 288 fps") in err
+
+
+def test_a_run_keeps_its_helpers_timing_of_whole_frames_only(tmp_path, monkeypatch):
+    """`pipeline.build`'s `on_rate`: a helper compiled for the whole frame keeps its timing under
+    the plan's key; one compiled for tiles does not, nor any where model rates are not kept
+    (a sequential run) or the frames per second are not the model's (interpolation after it)."""
+    from pipeline.build import _helper_rate
+    from pipeline.encoder_choice import remembered_model_rate
+
+    monkeypatch.setenv("FRAMEPIPE_CACHE", str(tmp_path))
+    memo = ProbeMemo(tmp_path / MODEL_RATES_FILE)
+
+    def plan(parallel=True, interpolate=1, key="k"):
+        return SimpleNamespace(model_rate_key=key, config=SimpleNamespace(parallel=parallel), interpolate=interpolate,
+                               source=SimpleNamespace(height=270, width=480), devices=[torch.device("cuda:0")])
+
+    on_rate = _helper_rate(plan())
+    on_rate("cuda:0", (4, 3, 256, 256), 500.0)  # a tile's
+    assert memo.get("k") is None
+    on_rate("cuda:0", (4, 3, 270, 480), 131.8)
+    assert remembered_model_rate(memo, "k") == 131.8
+    assert _helper_rate(plan(parallel=False)) is None and _helper_rate(plan(interpolate=2)) is None
+    assert _helper_rate(plan(key="")) is None
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.timeout(900)
+def test_on_a_gpu_a_run_shorter_than_its_compilation_leaves_its_helpers_timing(tmp_path, monkeypatch):
+    """The real helper on the GPU: a run over before its compilation measured no rate of its own;
+    the helper, which goes on after it, times the compiled model alone and keeps that under the
+    key the next run with the same plan reads (compiled yes)."""
+    from models import compile_helper
+    from pipeline.encoder_choice import model_rate_timed_alone, remembered_model_rate
+
+    monkeypatch.setenv("FRAMEPIPE_CACHE", str(tmp_path / "cache"))
+    clip = make_clip(tmp_path / "v.mp4", width=96, height=64, num_frames=480, fps=24, photo=True)
+    stats = run(RunConfig(source=clip, output=tmp_path / "o.mp4", model="bicubic", scale=2, device="cuda", batch_size=4,
+                          parallel=True, compile="on", preset="ultrafast"))
+    assert stats.num_frames_written == 480 and stats.to_dict()["workers"][0]["compile"]["status"] == "compiling"
+    for helper in compile_helper.pending():
+        assert helper.join(timeout=800) and helper.outcome == "compiled"
+    memo = ProbeMemo(tmp_path / "cache" / MODEL_RATES_FILE)
+    ((key, entry),) = json.loads(memo.path.read_text()).items()
+    assert "bicubic x2|96x64|" in key and "|compiled yes|" in key and "fps" not in entry
+    assert set(entry["helper_fps"]) == {"cuda:0"} and entry["helper_fps"]["cuda:0"] > 0
+    assert model_rate_timed_alone(memo, key) and remembered_model_rate(memo, key) == entry["helper_fps"]["cuda:0"]
