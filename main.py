@@ -611,7 +611,11 @@ def _process_settings() -> None:
     if folder is not None:
         sys.pycache_prefix = str(folder)
         sys.dont_write_bytecode = False  # into framepipe's cache folder only, never beside the installed files
-        os.environ["PYTHONPYCACHEPREFIX"] = str(folder)  # child processes (the compile helper) read it too
+        # Child processes (the compile helper) read and write it too: a PYTHONDONTWRITEBYTECODE of the
+        # environment (the H100 host sets it) kept the helper from writing what it imported for torch.compile,
+        # so the next run's precompiled load compiled that bytecode again (8.2 s against 3.9 s on an H100).
+        os.environ["PYTHONPYCACHEPREFIX"] = str(folder)
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # into framepipe's folder only, as in this process
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
         from core.compile_cache import COMPILE_CACHE_NAME, share_compile_cache
 

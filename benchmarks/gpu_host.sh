@@ -119,9 +119,11 @@ use_variant() {  # issue12ref: models/compiled.py as variant $1 (after: /tmp/com
              other) cp "${OTHER:?OTHER= names the third models/compiled.py}" models/compiled.py ;;
              *) echo "unknown variant $1 (after, before, other)" >&2; exit 2 ;; esac
 }
-without_service() {  # pytest's --ignore of the service's tests where its packages (.devcarry3/whl) are not installed
+without_service() {  # pytest's --ignore of the service's tests where its packages (.devcarry3/whl) are not installed;
+                     # said on stderr and in $OUT/service-left-out.txt
   python3 -c "import fastapi, pydantic" 2>/dev/null && return
-  echo "the service's tests left out: FastAPI/pydantic not installed (WHL=.devcarry3/whl bash benchmarks/gpu_host.sh install)" >&2
+  echo "the service's tests left out: FastAPI/pydantic not installed (WHL=.devcarry3/whl bash benchmarks/gpu_host.sh install)" \
+    | tee "$OUT/service-left-out.txt" >&2
   echo "--ignore=tests/test_service.py --ignore=tests/test_service_live.py"
 }
 model_alone() {  # bench.py's compiled model alone on /tmp/mb.mp4, nothing else
@@ -503,8 +505,9 @@ PY
       du -s --block-size=1K "$FRAMEPIPE_CACHE"/torch-compile "$FRAMEPIPE_CACHE"/precompiled
       ls -d "$FRAMEPIPE_CACHE"/torch-compile.old-* 2>/dev/null ;;
     helperrate)  # the compile helper's timing of the compiled model stands in for the model's rate: its GPU tests,
-                 # a cold 480-frame run (over before its compilation), the rates file, then the 2,400-frame job as
-                 # the next run (planned from that timing), then the compiled model alone (~4 min)
+                 # a cold 480-frame run (over before its compilation; run the step right after `install`, on the
+                 # carried weights only), the rates file, then the 2,400-frame job as the next run (planned from
+                 # that timing), then the compiled model alone (~4 min)
       timeout 300 python3 -m pytest -q -p no:cacheprovider -m needs_cuda -k "helpers_timing or real_helper" \
         tests/test_encoder_choice.py tests/test_compile.py 2>&1 | tail -3
       short_clip
@@ -513,13 +516,15 @@ PY
       mb_clip 2400
       user_run /tmp/mb.mp4 rate-2400 | tail -1
       model_alone ;;
-    firstload)  # the first run after a cold one, its precompiled load, from two fresh caches: with the host's
-                # PYTHONDONTWRITEBYTECODE as it is ("kept") and removed for the commands ("removed"); Python's bytecode
-                # the cold run's helper left in framepipe's cache counted (~3 min)
+    firstload)  # the first run after a cold one, its precompiled load, from two copies of the carried cache (run it
+                # right after `install`: the weights only): with the host's PYTHONDONTWRITEBYTECODE as it is ("kept")
+                # and removed for the commands ("removed"); Python's bytecode the cold run's helper left in
+                # framepipe's cache counted (~3 min). Since main.py removes it for its child processes (commit after
+                # 9c13325) the two are alike; the A/B is that commit's (benchmarks/RESULTS.md)
       env | grep -E "^PYTHON(DONTWRITEBYTECODE|PYCACHEPREFIX)=" || echo "neither PYTHONDONTWRITEBYTECODE nor PYTHONPYCACHEPREFIX set"
       short_clip
       mb_clip 2400
-      for v in kept removed; do
+      for v in ${FL_VARIANTS:-kept removed}; do  # FL_VARIANTS=kept: only the first
         rm -rf "/tmp/fc-$v" && cp -r "$FRAMEPIPE_CACHE" "/tmp/fc-$v"  # the carried weights only
         ( [ "$v" = removed ] && unset PYTHONDONTWRITEBYTECODE; export FRAMEPIPE_CACHE="/tmp/fc-$v"
           echo "== $v"; user_run /tmp/short.mp4 "fl-$v-short" | tail -1

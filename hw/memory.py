@@ -200,8 +200,16 @@ class ProbeMemo:
             return self._read().get(key)
 
     def put(self, key: str, entry: dict) -> None:
+        self.update(key, lambda _old: entry)
+
+    def update(self, key: str, change: Callable[[dict | None], dict | None]) -> None:
+        """`key`'s entry replaced by `change(entry)` (None: left as it is), read and written
+        under one hold of the lock: no other thread of this process writes between."""
         with self._lock:
             table = self._read()
+            entry = change(table.get(key))
+            if entry is None:
+                return
             table[key] = entry
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -210,14 +210,18 @@ def _helper_rate(plan: RunPlan) -> Callable[[str, tuple, float], None] | None:
     kept for the next run's choice of encoders where this run measures none of its own (it ended
     before its compilation did: `pipeline.encoder_choice.remember_helper_rate`). Only for whole
     frames through the model alone (no tiles, no interpolation after it), in a parallel run, which
-    is where model rates are remembered (`pipeline.runner`)."""
+    is where model rates are remembered (`pipeline.runner`); and only while no run of this process
+    goes on, on the GPU the helper timed the model on (this run, where its compilation was ready
+    before its end and it measures its own rate; or the service's next job)."""
     if not (plan.model_rate_key and plan.config.parallel and plan.interpolate == 1):
         return None
     key, frame, devices = plan.model_rate_key, (plan.source.height, plan.source.width), [str(d) for d in plan.devices]
     memo = model_rates_memo()
 
     def on_rate(device: str, shape: tuple, fps: float) -> None:
-        if tuple(shape[-2:]) == frame:  # a tile's rate is not the frames'
+        from pipeline.runner import runs_in_progress  # (the runner imports this module)
+
+        if tuple(shape[-2:]) == frame and not runs_in_progress():  # a tile's rate is not the frames'
             remember_helper_rate(memo, key, devices=devices, device=device, fps=fps)
 
     return on_rate

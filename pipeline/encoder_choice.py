@@ -22,8 +22,7 @@ own); `EncoderChoice.line` says in one line what was chosen and why.
   A run that ended before its compilation did (a cold cache: its compile helper works on after
   it) remembers none; its helper then times the compiled model alone and that rate stands in
   until a run measures its own (`remember_helper_rate`): without it, the next run was planned
-  by the limits (6 encoders on an H100 for a model that 1 keeps up with), and its precompiled
-  model loaded in 8.3 s beside them, against 4.2 s beside one.
+  by the limits (6 encoders on an H100 for a model that 1 keeps up with).
 - What k encoders do together, from one encoder measured alone (`hw.encode_speed`: fps and
   the cores it keeps busy): k x fps while k of them fit the cores, no more than the cores
   give (fps x cores / cores busy) after (`pool_fps`). That measurement encodes synthetic
@@ -53,7 +52,8 @@ from hw.encode_speed import EncoderSpeed, known_encoder_speed
 from hw.memory import ProbeMemo, entry_number
 
 __all__ = ["EncoderChoice", "choose_encoders", "content_factor", "encoder_busy_share", "encoder_capacity_fps", "encoder_threads",
-           "compiled_as_run", "learn_content_factor", "model_rate_key", "pool_fps", "remember_content_factor", "model_rate_timed_alone", "model_rates_memo", "remember_helper_rate", "remember_model_rate",
+           "compiled_as_run", "learn_content_factor", "model_rate_key", "model_rate_timed_alone", "model_rates_memo",
+           "pool_fps", "remember_content_factor", "remember_helper_rate", "remember_model_rate",
            "remembered_content_factor", "remembered_model_rate", "ENCODER_FACTORS_FILE", "MIN_FRAMES_FOR_RATE", "MODEL_RATES_FILE"]
 
 log = logging.getLogger(__name__)
@@ -271,16 +271,23 @@ def remember_model_rate(memo, key: str, stats) -> None:
 
 
 def remember_helper_rate(memo, key: str, *, devices: list[str], device: str, fps: float) -> None:
-    """A compile helper timed the compiled model alone on `device` at `fps` (models/compile_helper.py
-    `--rate`): kept under `key` beside the other devices' helpers, unless a run measured the rate
-    there (its "fps", which is what the decoder and model delivered: the better measure)."""
-    entry = memo.get(key) if memo is not None else None
-    if memo is None or entry_number(entry, "fps") is not None or device not in devices:
+    """A compile helper timed the compiled model alone on `device`, one of the run's `devices`, at
+    `fps` (models/compile_helper.py `--rate`): kept under `key` in that device's place among them
+    (the key names the GPUs in that order; a later run on other GPUs of the same kind, or whose
+    other helpers did not run, their caches warm, fills or keeps the same places), unless a run
+    measured the rate there (its "fps", what the decoder and model delivered: the better measure)."""
+    if memo is None or device not in devices:
         return
-    timed = entry.get("helper_fps") if isinstance(entry, dict) else None
-    timed = {d: v for d, v in timed.items() if d in devices} if isinstance(timed, dict) else {}
-    memo.put(key, {"helper_fps": {**timed, device: round(fps, 2)}, "devices": list(devices),
-                   "date": time.strftime("%Y-%m-%d")})
+    place = str(devices.index(device))
+
+    def change(entry):
+        if entry_number(entry, "fps") is not None:
+            return None
+        timed = entry.get("helper_fps") if isinstance(entry, dict) and entry.get("devices") == len(devices) else None
+        timed = timed if isinstance(timed, dict) else {}
+        return {"helper_fps": {**timed, place: round(fps, 2)}, "devices": len(devices), "date": time.strftime("%Y-%m-%d")}
+
+    memo.update(key, change)
     log.debug("model rate %.1f fps on %s timed by its compile helper, for %s", fps, device, key)
 
 
@@ -298,8 +305,8 @@ def remembered_model_rate(memo, key: str) -> float | None:
         return fps
     entry = memo.get(key) if memo is not None else None
     timed = entry.get("helper_fps") if isinstance(entry, dict) else None
-    devices = entry.get("devices") if isinstance(entry, dict) else None
-    if not isinstance(timed, dict) or not isinstance(devices, list) or not devices or set(timed) != set(devices):
+    count = entry_number(entry, "devices") if isinstance(timed, dict) else None
+    if not count or count != int(count):
         return None
-    rates = [entry_number(timed, d) for d in devices]
+    rates = [entry_number(timed, str(place)) for place in range(int(count))]
     return sum(rates) if all(r is not None and r > 0 for r in rates) else None

@@ -645,7 +645,9 @@ def _content_factor(key: str) -> float | None:
 
 def _model_rate(key: str) -> float | None:
     """Source frames per second an earlier run with this model, size and devices delivered
-    (`pipeline.encoder_choice.remember_model_rate`), None if none did. Tests replace it."""
+    (`pipeline.encoder_choice.remember_model_rate`), else the compiled model alone as the compile
+    helpers of a run over before its compilation timed it (`remember_helper_rate`); None if
+    neither. Tests replace it."""
     return remembered_model_rate(model_rates_memo(), key)
 
 
@@ -679,7 +681,8 @@ def _plan_segments(config: RunConfig, source: SourceInfo, width: int, height: in
     Segments are used when asked for (--encoders, --segment-*, --resume, --keep-parts) and
     whenever the video is longer than one segment. `--encoders N` is obeyed (a note where
     memory may not hold N). `--encoders 0` is `pipeline.encoder_choice.choose_encoders`: enough
-    encoders to keep up with the rate the model delivered here before, from one encoder's
+    encoders to keep up with the rate the model delivered here before (or that its compile helper
+    timed: `_model_rate`), from one encoder's
     measured speed (`_encoder_speed`), within the limits of cores, segments, MAX_AUTO_ENCODERS
     and memory (40% of the available memory, counting for each encoder one segment of queued
     frames plus ~60 frames inside x264, its look-ahead). NVENC: the sessions the GPU opens.

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 from core.errors import HardwareUnavailable, NoVideoStream, RunInterrupted
 from core.files import NoOutput, OutputFile, OutputFolder
@@ -73,6 +73,36 @@ def run(
     raised); the service cancels jobs with it. `models`: where workers get their modules (the
     service's model manager keeps them between jobs); by default each worker builds its own.
     """
+    with _in_progress():
+        return _run(config, on_progress=on_progress, on_start=on_start, progress_seconds=progress_seconds, wrap=wrap,
+                    stop=stop, models=models)
+
+
+_RUNS_IN_PROGRESS = 0  # runs of this process between their start and end (the service runs several)
+_RUNS_LOCK = threading.Lock()
+
+
+def runs_in_progress() -> int:
+    """How many runs of this process are going on now: a compile helper's timing of the model
+    counts as the model alone on its GPU only where none is (`pipeline.build._helper_rate`)."""
+    with _RUNS_LOCK:
+        return _RUNS_IN_PROGRESS
+
+
+@contextmanager
+def _in_progress():
+    global _RUNS_IN_PROGRESS
+    with _RUNS_LOCK:
+        _RUNS_IN_PROGRESS += 1
+    try:
+        yield
+    finally:
+        with _RUNS_LOCK:
+            _RUNS_IN_PROGRESS -= 1
+
+
+def _run(config: RunConfig, *, on_progress: ProgressFn | None, on_start: Callable[[RunPlan, RunStats], None] | None,
+         progress_seconds: float, wrap: Wrap | None, stop: threading.Event | None, models: ModelSource | None) -> RunStats:
     called_at = time.perf_counter()
     deferral = ExitStack()  # core.stopping's span: from the stages' build until the output is in place
     plan = plan_run(config)

@@ -629,7 +629,9 @@ def test_the_pool_is_planned_for_the_cores_the_process_may_use(monkeypatch, clip
 def test_a_compile_helpers_timing_stands_in_until_a_run_measures_the_rate(tmp_path):
     """A run that ended before its compilation did measured no rate; its helpers' timings of the
     compiled model alone stand in, all the devices' together, until a run measures its own,
-    which a helper's timing never replaces."""
+    which a helper's timing never replaces. Each timing goes in its device's place in the run's
+    list (the key names the GPUs in that order): a later run on other GPUs of the same kind
+    refreshes the same places."""
     from pipeline.encoder_choice import (model_rate_timed_alone, remember_helper_rate, remember_model_rate,
                                          remembered_model_rate)
 
@@ -639,9 +641,15 @@ def test_a_compile_helpers_timing_stands_in_until_a_run_measures_the_rate(tmp_pa
     remember_helper_rate(memo, "k", devices=two, device="cuda:2", fps=99.0)  # not one of the run's: not kept
     remember_helper_rate(memo, "k", devices=two, device="cuda:0", fps=70.5)
     assert remembered_model_rate(memo, "k") == 130.5 and model_rate_timed_alone(memo, "k")
-    assert memo.get("k")["helper_fps"] == {"cuda:0": 70.5, "cuda:1": 60.0}
+    assert memo.get("k")["helper_fps"] == {"0": 70.5, "1": 60.0}
     remember_helper_rate(memo, "k", devices=two, device="cuda:0", fps=80.0)  # a later helper: the newer timing
     assert remembered_model_rate(memo, "k") == 140.0
+    remember_helper_rate(memo, "k", devices=["cuda:2", "cuda:3"], device="cuda:3", fps=65.0)  # cuda:2's helper: warm
+    assert remembered_model_rate(memo, "k") == 145.0 and memo.get("k")["helper_fps"] == {"0": 80.0, "1": 65.0}
+    remember_helper_rate(memo, "k", devices=["cuda:0"], device="cuda:0", fps=90.0)  # a key of one GPU: not these
+    assert memo.get("k")["helper_fps"] == {"0": 90.0} and remembered_model_rate(memo, "k") == 90.0
+    remember_helper_rate(memo, "k", devices=two, device="cuda:0", fps=80.0)
+    remember_helper_rate(memo, "k", devices=two, device="cuda:1", fps=60.0)
 
     stats = SimpleNamespace(num_frames_written=400, num_frames_decoded=400,
                             stages={"reader": SimpleNamespace(busy_seconds=1.0)},
@@ -651,8 +659,10 @@ def test_a_compile_helpers_timing_stands_in_until_a_run_measures_the_rate(tmp_pa
     remember_helper_rate(memo, "k", devices=two, device="cuda:0", fps=500.0)
     assert remembered_model_rate(memo, "k") == 100.0 and "helper_fps" not in memo.get("k")
 
-    memo.put("odd", {"helper_fps": {"cuda:0": "fast"}, "devices": ["cuda:0"]})  # another format: none
-    assert remembered_model_rate(memo, "odd") is None and remembered_model_rate(memo, "none") is None
+    memo.put("odd", {"helper_fps": {"0": "fast"}, "devices": 1})  # another format: none
+    memo.put("older", {"helper_fps": {"cuda:0": 50.0}, "devices": ["cuda:0"]})
+    assert remembered_model_rate(memo, "odd") is None and remembered_model_rate(memo, "older") is None
+    assert remembered_model_rate(memo, "none") is None
 
 
 def test_the_plan_says_when_its_model_rate_is_the_helpers_timing(sixteen_cores, monkeypatch, clips, tmp_path, capsys):
@@ -667,7 +677,7 @@ def test_the_plan_says_when_its_model_rate_is_the_helpers_timing(sixteen_cores, 
     capsys.readouterr()
     memo = ProbeMemo(tmp_path / "cache" / MODEL_RATES_FILE)
     ((key, _),) = json.loads(memo.path.read_text()).items()
-    memo.put(key, {"helper_fps": {"cpu": 230.0}, "devices": ["cpu"]})  # as a helper that timed 230 fps leaves it
+    memo.put(key, {"helper_fps": {"0": 230.0}, "devices": 1})  # as a helper that timed 230 fps leaves it
     assert cli.main([*base, "--output", str(tmp_path / "b.mp4")]) == 0
     err = capsys.readouterr().err
     assert ("encoders: 3 (one encodes 100 fps at 128x96 h264 ultrafast, keeping 1.0 of 16 cores busy; the compiled "
@@ -676,8 +686,10 @@ def test_the_plan_says_when_its_model_rate_is_the_helpers_timing(sixteen_cores, 
 
 def test_a_run_keeps_its_helpers_timing_of_whole_frames_only(tmp_path, monkeypatch):
     """`pipeline.build`'s `on_rate`: a helper compiled for the whole frame keeps its timing under
-    the plan's key; one compiled for tiles does not, nor any where model rates are not kept
-    (a sequential run) or the frames per second are not the model's (interpolation after it)."""
+    the plan's key; one compiled for tiles does not, nor one that timed while a run of this
+    process went on (the GPU shared), nor any where model rates are not kept (a sequential run)
+    or the frames per second are not the model's (interpolation after it)."""
+    from pipeline import runner
     from pipeline.build import _helper_rate
     from pipeline.encoder_choice import remembered_model_rate
 
@@ -690,6 +702,8 @@ def test_a_run_keeps_its_helpers_timing_of_whole_frames_only(tmp_path, monkeypat
 
     on_rate = _helper_rate(plan())
     on_rate("cuda:0", (4, 3, 256, 256), 500.0)  # a tile's
+    with runner._in_progress():  # a run going on
+        on_rate("cuda:0", (4, 3, 270, 480), 60.0)
     assert memo.get("k") is None
     on_rate("cuda:0", (4, 3, 270, 480), 131.8)
     assert remembered_model_rate(memo, "k") == 131.8
@@ -716,5 +730,5 @@ def test_on_a_gpu_a_run_shorter_than_its_compilation_leaves_its_helpers_timing(t
     memo = ProbeMemo(tmp_path / "cache" / MODEL_RATES_FILE)
     ((key, entry),) = json.loads(memo.path.read_text()).items()
     assert "bicubic x2|96x64|" in key and "|compiled yes|" in key and "fps" not in entry
-    assert set(entry["helper_fps"]) == {"cuda:0"} and entry["helper_fps"]["cuda:0"] > 0
-    assert model_rate_timed_alone(memo, key) and remembered_model_rate(memo, key) == entry["helper_fps"]["cuda:0"]
+    assert set(entry["helper_fps"]) == {"0"} and entry["helper_fps"]["0"] > 0 and entry["devices"] == 1
+    assert model_rate_timed_alone(memo, key) and remembered_model_rate(memo, key) == entry["helper_fps"]["0"]

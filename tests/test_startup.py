@@ -96,3 +96,30 @@ def test_torch_is_not_imported_before_the_decision():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["[False]", "True"], proc.stdout
+
+
+def test_a_child_process_such_as_the_compile_helper_writes_into_the_same_cache(tmp_path):
+    """Under PYTHONDONTWRITEBYTECODE=1 (as the H100 host sets it), a process started by framepipe
+    (the compile helper, which imports torch.compile's modules for the next run's load) writes its
+    bytecode into framepipe's folder too, and still nothing beside the installed sources."""
+    site = _package(tmp_path, with_pyc=False)
+    cache = tmp_path / "cache"
+    script = textwrap.dedent(
+        """
+        import subprocess, sys
+        sys.path[:0] = [{root!r}]
+        import main
+        folder = main.Path({cache!r}) / "bytecode"
+        folder.mkdir(parents=True, exist_ok=True)
+        main.bytecode_cache_folder = lambda cache, package="torch": folder  # as where torch has no bytecode
+        main._process_settings()
+        child = "import sys; sys.path.insert(0, {site!r}); import heavy"
+        subprocess.run([sys.executable, "-c", child], check=True)
+        """
+    ).format(root=str(ROOT), site=str(site), cache=str(cache))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(tmp_path), "FRAMEPIPE_CACHE": str(cache)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cached = [p for p in (cache / "bytecode").rglob("__init__*.pyc") if "heavy" in str(p)]
+    assert len(cached) == 1, cached
+    assert not (site / "heavy" / "__pycache__").exists()
