@@ -706,6 +706,44 @@ def test_the_real_helper_compiles_a_model_and_a_fresh_process_loads_it_precompil
     assert result["again"] is True and result["same"] is True  # loaded once per process
 
 
+@pytest.mark.timeout(900)
+def test_two_helpers_compiling_the_same_model_at_once_share_the_cache_and_leave_one_artefact(tmp_path, monkeypatch):
+    """Two cold runs at once (two videos started together; on two GPUs of one kind each worker's
+    helper compiles the same graphs): both helpers compile into the one torch.compile cache at the
+    same time, both end compiled and timed, and one artefact is left, no trial beside it, which a
+    fresh process loads without compiling."""
+    import threading
+
+    from models.compile_helper import CacheWarmer
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    shape, rates, errors = (4, 3, 8, 8), [], []
+    warmers = [CacheWarmer("bicubic", 2, artefacts=tmp_path / "precompiled", on_rate=lambda *a: rates.append(a))
+               for _ in range(2)]
+
+    def start(warmer):
+        try:
+            warmer(shape, torch.float32, torch.device("cpu"), "default")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(w,)) for w in warmers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert errors == [] and all(w.join(timeout=600) and w.outcome == "compiled" for w in warmers)
+    assert [r[0] for r in rates] == ["cpu", "cpu"] and all(r[2] > 0 for r in rates)
+    artefact = warmers[0].artefact(shape, torch.float32, torch.device("cpu"), "default")
+    assert [p.name for p in (tmp_path / "precompiled").iterdir()] == [artefact.path.name], artefact.unsupported()
+    done = subprocess.run([sys.executable, "-c", _LOAD_IN_A_FRESH_PROCESS, str(tmp_path / "precompiled"), "cpu"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == "compiled" and result["loaded"] is True and result["error"] < 1e-4, result
+
+
 # -- the precompiled model (models.compiled.Precompiled), with stand-ins ---------------------------
 
 
