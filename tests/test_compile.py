@@ -676,6 +676,15 @@ print(json.dumps({"status": state.status, "loaded": state.loaded, "note": state.
 """
 
 
+def _loaded_in_a_fresh_process(folder: Path, device: str) -> dict:
+    """_LOAD_IN_A_FRESH_PROCESS's report on the artefacts in `folder`."""
+    done = subprocess.run([sys.executable, "-c", _LOAD_IN_A_FRESH_PROCESS, str(folder), device],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda:0", marks=pytest.mark.needs_cuda)])
 def test_the_real_helper_compiles_a_model_and_a_fresh_process_loads_it_precompiled(tmp_path, monkeypatch, device):
@@ -695,11 +704,7 @@ def test_the_real_helper_compiles_a_model_and_a_fresh_process_loads_it_precompil
     artefact = warmer.artefact(shape, torch.float32, torch.device(device), "default")
     assert artefact.exists(), artefact.unsupported()
     assert [p.name for p in (tmp_path / "precompiled").iterdir()] == [artefact.path.name]  # no trial left
-    done = subprocess.run([sys.executable, "-c", _LOAD_IN_A_FRESH_PROCESS, str(tmp_path / "precompiled"), device],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _loaded_in_a_fresh_process(tmp_path / "precompiled", device)
     assert result["status"] == "compiled" and result["loaded"] is True, result
     assert result["note"].startswith("loaded precompiled in ")
     assert result["compiled_batches"] == 2 and result["error"] < 1e-4 and result["last"] == [3, 3, 16, 16]
@@ -736,11 +741,7 @@ def test_two_helpers_compiling_the_same_model_at_once_share_the_cache_and_leave_
     assert [r[0] for r in rates] == ["cpu", "cpu"] and all(r[2] > 0 for r in rates)
     artefact = warmers[0].artefact(shape, torch.float32, torch.device("cpu"), "default")
     assert [p.name for p in (tmp_path / "precompiled").iterdir()] == [artefact.path.name], artefact.unsupported()
-    done = subprocess.run([sys.executable, "-c", _LOAD_IN_A_FRESH_PROCESS, str(tmp_path / "precompiled"), "cpu"],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _loaded_in_a_fresh_process(tmp_path / "precompiled", "cpu")
     assert result["status"] == "compiled" and result["loaded"] is True and result["error"] < 1e-4, result
 
 
