@@ -519,8 +519,8 @@ PY
     firstload)  # the first run after a cold one, its precompiled load, from two copies of the carried cache (run it
                 # right after `install`: the weights only): with the host's PYTHONDONTWRITEBYTECODE as it is ("kept")
                 # and removed for the commands ("removed"); Python's bytecode the cold run's helper left in
-                # framepipe's cache counted (~3 min). Since main.py removes it for its child processes (commit after
-                # 9c13325) the two are alike; the A/B is that commit's (benchmarks/RESULTS.md)
+                # framepipe's cache counted (~3 min). Since main.py removes it for its child processes (commit
+                # a31b2a7) the two are alike; the A/B ran at 9c13325 (benchmarks/RESULTS.md)
       env | grep -E "^PYTHON(DONTWRITEBYTECODE|PYCACHEPREFIX)=" || echo "neither PYTHONDONTWRITEBYTECODE nor PYTHONPYCACHEPREFIX set"
       short_clip
       mb_clip 2400
