@@ -48,12 +48,13 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _own_batch_size_memo(tmp_path, monkeypatch):
-    """Each test probes afresh: batch sizes remembered by other tests' runs stay out."""
+def _own_memos(tmp_path, monkeypatch):
+    """Each test probes and compiles afresh: the memos `pipeline.build` keeps (batch sizes, shapes
+    compiled) go to the test's own folder, each in its own file, not the session's shared cache."""
     from hw.memory import ProbeMemo
     from pipeline import build
 
-    monkeypatch.setattr(build, "ProbeMemo", lambda path: ProbeMemo(tmp_path / "batch-sizes.json"))
+    monkeypatch.setattr(build, "ProbeMemo", lambda path: ProbeMemo(tmp_path / Path(path).name))
 
 
 @pytest.fixture(autouse=True)
