@@ -485,7 +485,6 @@ def main() -> None:
 
     if compile_choice("auto", dev)[0]:
         maybe("model_compiled", alone("compiled"))
-    if compile_choice("auto", dev)[0]:
         maybe("compile_cache_warmup", lambda: _each_device(placements, lambda d, b: warm_compile_cache(
             args, batch=b, height=info.height, width=info.width, device=d)))
     maybe("pipeline_sequential", lambda: pipeline(args, args.source, out_file, parallel=False))

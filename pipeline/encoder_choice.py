@@ -293,17 +293,21 @@ def remember_helper_rate(memo, key: str, *, devices: list[str], device: str, fps
 
 def model_rate_timed_alone(memo, key: str) -> bool:
     """Whether `remembered_model_rate` gives the compile helpers' timing (no run measured one)."""
-    return _remembered(memo, key, "fps") is None and remembered_model_rate(memo, key) is not None
+    entry = memo.get(key) if memo is not None else None
+    return entry_number(entry, "fps") is None and _helpers_together(entry) is not None
 
 
 def remembered_model_rate(memo, key: str) -> float | None:
     """What a run delivered with `key`; else, where every device's compile helper timed the
     compiled model alone, their rates together (an upper bound: the run delivers ~0.94 of it on
     an H100, so the encoders are planned with a little more headroom)."""
-    fps = _remembered(memo, key, "fps")
-    if fps is not None:
-        return fps
     entry = memo.get(key) if memo is not None else None
+    fps = entry_number(entry, "fps")
+    return fps if fps is not None else _helpers_together(entry)
+
+
+def _helpers_together(entry) -> float | None:
+    """The sum of a rates entry's helper timings (`remember_helper_rate`), where every place has one."""
     timed = entry.get("helper_fps") if isinstance(entry, dict) else None
     count = entry_number(entry, "devices") if isinstance(timed, dict) else None
     if not count or count != int(count):
