@@ -14,11 +14,17 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: one process's threads are kept apart, not processes
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "ProbeResult",
@@ -188,7 +194,12 @@ class ProbeMemo:
     the compile memo, encoder speeds and model rates: pipeline.encoder_choice): a run whose GPU, model,
     frame size, precision and output match an earlier probe starts at its batch size at once
     (the probe takes 1-4 s of the time to the first frame). Written atomically; a file that
-    cannot be read or written is only a slower start (logged), never an error."""
+    cannot be read or written is only a slower start (logged), never an error.
+
+    A change is read and written under one hold of a thread lock and of an exclusive `flock` on
+    `.<name>.lock` beside the file: neither another thread of this process (two GPUs' workers, the
+    service's jobs) nor another framepipe process (two runs, a compile helper) writes between, so
+    neither loses the other's entry."""
 
     _lock = threading.Lock()  # workers of one process share the file
 
@@ -204,20 +215,38 @@ class ProbeMemo:
 
     def update(self, key: str, change: Callable[[dict | None], dict | None]) -> None:
         """`key`'s entry replaced by `change(entry)` (None: left as it is), read and written
-        under one hold of the lock: no other thread of this process writes between."""
-        with self._lock:
+        under one hold of the locks: no other thread or framepipe process writes between."""
+        with self._lock, self._across_processes():
             table = self._read()
             entry = change(table.get(key))
             if entry is None:
                 return
             table[key] = entry
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
                 temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
                 temp.write_text(json.dumps(table, indent=1, sort_keys=True))
                 os.replace(temp, self.path)
             except OSError as exc:
                 log.debug("not remembered in %s: %s", self.path, exc)
+
+    @contextmanager
+    def _across_processes(self):
+        """An exclusive flock on `.<name>.lock` while held (waits for another process's change,
+        a few milliseconds); where the lock file cannot be made, the change goes on unlocked
+        (at worst one process's entry is lost: a re-measure, never an error)."""
+        lock = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if fcntl is not None:
+                lock = open(self.path.with_name(f".{self.path.name}.lock"), "a")
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        except OSError as exc:
+            log.debug("%s changed without the lock: %s", self.path, exc)
+        try:
+            yield
+        finally:
+            if lock is not None:
+                lock.close()  # closing the file releases the flock
 
     def _read(self) -> dict:
         try:

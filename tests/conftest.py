@@ -48,13 +48,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _own_memos(tmp_path, monkeypatch):
+def _own_memos(tmp_path_factory, monkeypatch):
     """Each test probes and compiles afresh: the memos `pipeline.build` keeps (batch sizes, shapes
-    compiled) go to the test's own folder, each in its own file, not the session's shared cache."""
+    compiled) go to a folder of the test's own, each in its own file, not the session's shared
+    cache (nor the test's tmp_path, whose files tests count)."""
     from hw.memory import ProbeMemo
     from pipeline import build
 
-    monkeypatch.setattr(build, "ProbeMemo", lambda path: ProbeMemo(tmp_path / Path(path).name))
+    memos = tmp_path_factory.mktemp("memos")
+    monkeypatch.setattr(build, "ProbeMemo", lambda path: ProbeMemo(memos / Path(path).name))
 
 
 @pytest.fixture(autouse=True)
