@@ -11,14 +11,25 @@ failed, 2 bad input, 128 + the signal number when stopped by a signal (130 SIGIN
 
 from __future__ import annotations
 
+import signal
 import time
 
 _PROCESS_STARTED = time.perf_counter()  # time to first frame is measured from here (imports included)
+_EARLY_STOPS: list[int] = []  # stop signals that came before main() installed its handler
+
+
+def _early_stop(number: int, frame) -> None:
+    _EARLY_STOPS.append(number)
+
+
+if __name__ == "__main__":  # from the first line: a stop during the imports below is one line too, not a traceback
+    for _name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, _name):
+            signal.signal(getattr(signal, _name), _early_stop)
 
 import argparse
 import json
 import logging
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -422,10 +433,20 @@ class _StopSignal:
             # Installed even where the parent started us with the signal ignored (nohup, some CI
             # shells): a stop must reach the runner, which finalizes the output.
             signal.signal(number, self._handle)
+        previous = sys.unraisablehook
+
+        def quiet_stop(unraisable) -> None:
+            """A stop raised while Python ran a callback (a weakref's, an import lock's) is not
+            printed as "Exception ignored" with a traceback: core.stopping kept it, and the run
+            acts on it before its first stage starts."""
+            if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+                previous(unraisable)
+
+        sys.unraisablehook = quiet_stop
 
     def _handle(self, number: int, frame) -> None:
         from core.errors import RunInterrupted
-        from core.stopping import defer, deferring
+        from core.stopping import defer, deferring, raised
 
         name = signal.Signals(number).name
         self.received.append(name)
@@ -438,6 +459,7 @@ class _StopSignal:
             raise stop  # an earlier stop was never picked up: the loop is stuck; stop here
         if len(self.received) > 1:
             return  # already stopping: the runner is finalizing the output; let it finish
+        raised(stop)  # kept until main() catches it: library code may swallow the exception
         raise stop
 
 
@@ -470,7 +492,12 @@ def main(argv: list[str] | None = None) -> int:
     say = _SafeConsole(console)
     stopper = _StopSignal()
     stopper.install()
+    from core.errors import RunInterrupted
+    from core.stopping import acted, raise_kept
+
     try:
+        for number in _EARLY_STOPS[:1]:  # came before the handler was installed: nothing was started
+            raise RunInterrupted(signal_name=signal.Signals(number).name, signal_number=number)
         # Inside the try: the model list, the process settings and the pipeline's imports load
         # torch (seconds), and a stop may come then (a signal raises RunInterrupted, a
         # KeyboardInterrupt).
@@ -478,10 +505,12 @@ def main(argv: list[str] | None = None) -> int:
             out = Console()
             return _list_models(out if out.is_terminal else Console(width=200))  # piped: no truncated names
         _process_settings()
-        from core.errors import FramepipeError, RunInterrupted
+        from core.errors import FramepipeError
         from pipeline import run
+        raise_kept()  # a stop the imports swallowed (torch's own import catches every Exception)
         imports_done = time.perf_counter()
     except KeyboardInterrupt as exc:
+        acted()
         name = getattr(exc, "signal_name", "")
         say.print(f"[yellow]{f'stopped by {name}' if name and name != 'SIGINT' else 'interrupted'}[/] before the "
                   f"{'list was complete' if args.list_models else 'run started'}")
@@ -501,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             stats.notes["first_frame_seconds_from_command"] = round(min(first) - _PROCESS_STARTED, 3)
             stats.notes["imports_seconds"] = round(imports_done - _PROCESS_STARTED, 3)
     except RunInterrupted as exc:
+        acted()
         stopper.finished()
         _stop_display(display)
         what = f"stopped by {exc.signal_name}" if exc.signal_name and exc.signal_name != "SIGINT" else "interrupted"
@@ -516,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             _write_stats(args, display.stats, status="failed", error=str(exc), say=say)
         return exc.exit_code
     except KeyboardInterrupt as exc:
+        acted()
         _stop_display(display)
         say.print("[yellow]interrupted[/] before the run started")
         return 128 + getattr(exc, "signal_number", 2)

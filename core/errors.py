@@ -114,10 +114,15 @@ class StageError(FramepipeError, RuntimeError):
         self.stage = stage
 
 
-class RunInterrupted(FramepipeError, KeyboardInterrupt):
+class RunInterrupted(KeyboardInterrupt):
     """The run was stopped by a signal (SIGINT/Ctrl-C, SIGTERM, SIGHUP) or a stop request.
 
-    `signal_name` names the signal ("SIGTERM"), or is "" for Ctrl-C and library stops."""
+    `signal_name` names the signal ("SIGTERM"), or is "" for Ctrl-C and library stops.
+
+    A KeyboardInterrupt and not an Exception (nor a FramepipeError): main.py's signal handler
+    raises it in the main thread between any two bytecodes, and an `except Exception` there (in
+    torch's own import, in a library's fallback) would otherwise catch the stop, and the run went
+    on to finish with exit 0."""
 
     def __init__(self, message: str = "", *, signal_name: str = "", signal_number: int = 2) -> None:
         super().__init__(message)
@@ -125,7 +130,7 @@ class RunInterrupted(FramepipeError, KeyboardInterrupt):
         self.signal_number = signal_number
 
     @property
-    def exit_code(self) -> int:  # type: ignore[override]
+    def exit_code(self) -> int:
         return 128 + self.signal_number  # the shell's convention: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
 
 

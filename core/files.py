@@ -25,6 +25,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,6 +38,8 @@ __all__ = [
     "ffmpeg_path",
     "file_sha256",
     "same_file",
+    "file_key",
+    "file_identity",
     "check_output_paths",
     "OutputFile",
     "OutputFolder",
@@ -78,6 +81,27 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     except OSError:
         pass
     return _canonical(a) == _canonical(b)
+
+
+def file_key(path: str | os.PathLike) -> tuple:
+    """What `same_file` compares, as a key for sets: the inode where the file exists (through
+    symlinks; hard links share it), else its resolved path. Many paths against many (thousands of
+    pictures in and out) at one stat each."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("path", _canonical(Path(path)))
+    return ("inode", st.st_dev, st.st_ino)
+
+
+def file_identity(path: str | os.PathLike) -> dict[str, int] | None:
+    """Size, modification time and inode of `path` (a rename keeps them): noted, they say later
+    whether it is still the same, unchanged file. None where it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
 
 
 def describe_file_kind(mode: int) -> str:
@@ -140,15 +164,19 @@ def check_output_paths(
     Raises `OutputExists`, `OutputNotWritable` or `UnsafeOutput` with one line.
     """
     owned_set = {_canonical(Path(p)) for p in owned}
+    read = {}
+    for in_flag, in_path in inputs:  # one stat per input: a picture sequence may have thousands
+        read.setdefault(file_key(in_path), (in_flag, in_path))
     for flag, path in outputs:
         path = Path(path)
-        for in_flag, in_path in inputs:
-            if same_file(path, in_path):
-                raise UnsafeOutput(
-                    f"{flag} {str(path)!r} is the same file as {in_flag} {str(in_path)!r}"
-                    f"{_alias_kind(path, Path(in_path))}: framepipe never writes its input, with or without "
-                    "--overwrite. Choose another name."
-                )
+        hit = read.get(file_key(path))
+        if hit is not None:
+            in_flag, in_path = hit
+            raise UnsafeOutput(
+                f"{flag} {str(path)!r} is the same file as {in_flag} {str(in_path)!r}"
+                f"{_alias_kind(path, Path(in_path))}: framepipe never writes its input, with or without "
+                "--overwrite. Choose another name."
+            )
     for i, (flag_a, path_a) in enumerate(outputs):
         for flag_b, path_b in outputs[i + 1 :]:
             if same_file(path_a, path_b):
@@ -249,9 +277,16 @@ class OutputFile:
     stopped or failed run's finalized partial file — goes to the output name when there
     was no file there, else beside it as `<stem>.partial<suffix>`, so a previous output
     is never replaced by a partial one.
+
+    `earlier_partial`: the partial output an earlier, stopped run of the same job left (the output
+    name itself, or a `<stem>.partial<suffix>` beside it; a resumed segmented run knows it from its
+    work folder). This run's partial output replaces it, and its complete output removes it, so
+    stopping and resuming a job again and again leaves one partial file at one name. Only if it is
+    unchanged since `begin()`.
     """
 
-    def __init__(self, path: str | os.PathLike, *, overwrite: bool, flag: str = "--output") -> None:
+    def __init__(self, path: str | os.PathLike, *, overwrite: bool, flag: str = "--output",
+                 earlier_partial: Path | None = None) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
         self.flag = flag
@@ -259,6 +294,7 @@ class OutputFile:
         self._lock = _OutputLock(self.path)
         self._existed = False
         self._mode: int | None = None
+        self._earlier = (Path(earlier_partial), None) if earlier_partial is not None else None
 
     def begin(self) -> Path:
         """Lock the output name and create the temporary file; returns its path."""
@@ -272,7 +308,10 @@ class OutputFile:
             _refuse_special(self.flag, self.path)
             if self._existed and os.path.isfile(self.path):
                 self._mode = stat.S_IMODE(os.stat(self.path).st_mode)
+            if self._earlier is not None:
+                self._earlier = (self._earlier[0], file_identity(self._earlier[0]))
             parent = self.path.parent if str(self.path.parent) else Path(".")
+            self._remove_stale_temporaries(parent)
             try:
                 self.temp = create_exclusive(parent, prefix=self.path.stem, suffix=f".part{self.path.suffix}")
             except OSError as exc:
@@ -281,6 +320,29 @@ class OutputFile:
             self._lock.release()
             raise
         return self.temp
+
+    def _remove_stale_temporaries(self, parent: Path) -> None:
+        """Hidden temporary files of this output name that a killed run left (`kill -9`, a power
+        cut: it never renamed them). Under the output's lock no other run writes them: they go.
+        Only framepipe's exact temporary names (`.<stem>.<8 hex digits>.part<suffix>`)."""
+        pattern = re.compile(rf"\.{re.escape(self.path.stem)}\.[0-9a-f]{{8}}\.part{re.escape(self.path.suffix)}")
+        try:
+            names = [entry.name for entry in os.scandir(parent) if pattern.fullmatch(entry.name)]
+        except OSError:
+            return
+        for name in names:
+            stale = parent / name
+            if stale.is_file() and not stale.is_symlink():
+                try:
+                    stale.unlink()
+                    log.info("removed %s, the temporary file of a run of %s that was killed", stale, self.path)
+                except OSError:
+                    pass
+
+    def _earlier_if_unchanged(self) -> Path | None:
+        if self._earlier is None or self._earlier[1] is None or os.path.islink(self._earlier[0]):
+            return None
+        return self._earlier[0] if file_identity(self._earlier[0]) == self._earlier[1] else None
 
     def commit(self, *, complete: bool) -> Path:
         """Move the finished temporary file into place; returns where the result is."""
@@ -293,12 +355,17 @@ class OutputFile:
                     os.chmod(temp, self._mode)
                 except OSError:
                     pass
+            earlier = self._earlier_if_unchanged()
+            if not complete and earlier is not None:  # a newer partial output of the same job
+                os.replace(temp, earlier)
+                return earlier
             if self._existed and self.overwrite and complete:
                 os.replace(temp, self.path)
-                return self.path
-            if not self._existed and _link_exclusive(temp, self.path):
-                return self.path
-            return self._keep_as_partial(temp)
+            elif self._existed or not _link_exclusive(temp, self.path):
+                return self._keep_as_partial(temp)
+            if complete and earlier is not None and earlier != self.path:
+                earlier.unlink(missing_ok=True)  # the job is done: its stopped run's partial output goes
+            return self.path
         finally:
             self._lock.release()
 

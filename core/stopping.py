@@ -22,7 +22,10 @@ raises it where no lock is held. Three exceptions:
   was written such a stop completes the job (one line says so); `settling()` then lets a long
   segment join (`interruptible()`) stop at once on a new one.
 
-Outside that span (planning, loading the model: nothing else runs) the handler raises at once.
+Outside that span (planning, loading the model: nothing else runs) the handler raises at once,
+and keeps the stop (`raised`) until the command acts on it (`acted`): library code may swallow
+the exception (a bare `except:`, a weakref callback, where Python prints "Exception ignored"),
+so the next run's span raises a stop still kept (`raise_kept`) before any stage starts.
 State is module-wide on purpose: a signal stops the process, so every run the process holds sees
 it; it is cleared when the last run leaves the span.
 """
@@ -33,8 +36,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["STUCK_SECONDS", "defer", "deferring", "finishing", "interruptible", "requested", "settling",
-           "signals_deferred"]
+__all__ = ["STUCK_SECONDS", "acted", "defer", "deferring", "finishing", "interruptible", "raise_kept", "raised",
+           "requested", "settling", "signals_deferred"]
 
 STUCK_SECONDS = 1.0  # a stop unseen this long: the loop does not poll; the next signal raises
 
@@ -48,11 +51,31 @@ class _State:
     since = 0.0  # when it was recorded (time.monotonic)
     seen = False  # a run acted on it
     closing = False  # a run is joining its threads and finalizing
+    kept: KeyboardInterrupt | None = None  # raised outside a run's span, not yet acted on
+
+
+def raised(stop: KeyboardInterrupt) -> None:
+    """For a signal handler that raises `stop` outside a run's span: kept until `acted()`."""
+    _State.kept = stop
+
+
+def acted() -> None:
+    """The command caught the stop it was raised: nothing is kept."""
+    _State.kept = None
+
+
+def raise_kept() -> None:
+    """Raise a stop raised earlier that nothing acted on (library code swallowed it)."""
+    stop, _State.kept = _State.kept, None
+    if stop is not None:
+        raise stop
 
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """The span where stage threads exist: stop signals are recorded, the caller raises them."""
+    """The span where stage threads exist: stop signals are recorded, the caller raises them.
+    A stop raised before it and swallowed (`raised`) is raised here, before any stage starts."""
+    raise_kept()
     _State.active += 1
     try:
         yield

@@ -24,7 +24,7 @@ import torch
 from core.choices import DEEP_COLOR_CODECS, DEFAULT_CPU_PRESET, DEFAULT_NVENC_PRESET, DEFAULT_SEGMENT_SECONDS, MAX_AUTO_ENCODERS, NVENC_PRESETS
 from core.cut import Cut
 from core.errors import HardwareUnavailable, InvalidOption, OutputExists, OutputNotWritable, UnsafeOutput
-from core.files import check_output_paths
+from core.files import check_output_paths, file_key
 from hw.av_source import SourceInfo, probe_audio, probe_source
 from hw.color import ColorInfo
 from hw.encode_speed import ENCODER_SPEEDS_FILE, EncoderSpeed, known_encoder_speed, remembered_encoder_speed, speed_key
@@ -40,7 +40,7 @@ from pipeline.decoders import DecodePlan, choose_decoders, plan_decoders
 from pipeline.encoder_choice import (ENCODER_FACTORS_FILE, EncoderChoice, choose_encoders, compiled_as_run,
                                      encoder_threads, model_rate_key, model_rate_timed_alone, model_rates_memo, pool_fps,
                                      remembered_content_factor, remembered_model_rate)
-from pipeline.segments import PartsFolder, SegmentLayout, recorded_taper
+from pipeline.segments import PICTURE_MANIFEST, PartsFolder, SegmentLayout, recorded_taper
 
 __all__ = ["RunPlan", "plan_run", "plan_devices", "DevicePlan", "cores_for", "model_rate_key_as_run"]
 
@@ -98,6 +98,7 @@ class RunPlan:
     cut: Cut | None = None  # --start/--end (None: the whole video)
     interpolator: LoadedModel | None = None  # --interpolate: the temporal model after `model` (RIFE)
     split: "SplitChoice | None" = None  # --split-gpu: which model is split, over which two devices
+    earlier_partial_output: Path | None = None  # --resume: the partial output the stopped run left
     decoding: DecodePlan | None = None  # several decoders on consecutive parts of the video (None: one)
 
     @property
@@ -168,10 +169,9 @@ def plan_run(config: RunConfig) -> RunPlan:
     own_partial = config.resume and config.output is not None and PartsFolder.holds_partial_output_of(config.output)
     if config.output is not None and picture_target(config.output, picture_format=config.picture_format,
                                                      bit_depth=8) is None:
-        _check_paths(config, config.output, overwrite=overwrite, own_partial=own_partial)  # cheap checks first
+        _check_paths(config, config.output, pictures, overwrite=overwrite, own_partial=own_partial)  # cheap checks first
     if config.output_mode == "none" and config.stats_json is not None:  # the one file such a run writes
-        pictures_read = [("--source", p) for p in pictures.paths] if pictures is not None else []
-        check_output_paths([("--stats-json", config.stats_json)], inputs=_read_paths(config) + pictures_read,
+        check_output_paths([("--stats-json", config.stats_json)], inputs=_read_paths(config, pictures),
                            overwrite=overwrite)
     model = load_model(config.model, scale=config.scale, kind="spatial")
     interpolator = _plan_interpolation(config, source, model, notes)
@@ -190,9 +190,12 @@ def plan_run(config: RunConfig) -> RunPlan:
                                        identity=interpolator is not None and model.arch == "bicubic" and model.scale == 1)
             output = (config.output_dir / name.name) if config.output_dir is not None else name
     target = picture_target(output, picture_format=config.picture_format, bit_depth=_picture_depth(config, source))
-    own_partial = own_partial or (config.resume and PartsFolder.holds_partial_output_of(Path(output)))
+    # A stopped run's partial output (at the output name, or beside an earlier output): this run's
+    # replaces it, or removes it once the job is done (core.files.OutputFile).
+    earlier_partial = PartsFolder.partial_output_of(Path(output)) if config.resume else None
+    own_partial = own_partial or earlier_partial == Path(output)
     if target is None:
-        _check_paths(config, output, overwrite=overwrite, own_partial=own_partial)
+        _check_paths(config, output, pictures, overwrite=overwrite, own_partial=own_partial)
         _check_frame_spacing(Path(output), source, config.interpolate if interpolator is not None else 1,
                              video=Path(config.source) if pictures is None else None)
     else:
@@ -259,6 +262,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         devices=tuple(devices), dtypes=dtypes, compiled=compiled, output_width=out_w, output_height=out_h,
         use_nvdec=use_nvdec, use_nvenc=use_nvenc, preset=preset, notes=tuple(notes),
         segments=segments, num_encoders=encoders.num_encoders, encoder_line=encoder_line, model_rate_key=rate_key,
+        earlier_partial_output=earlier_partial if segments is not None else None,
         encoder_speed_key=encoders.speed_key, encoders_fps=encoders.capacity_fps,
         encoder_threads=threads, cut=config.cut, output_bit_depth=bit_depth,
         pictures=pictures, interpolator=interpolator, split=split, decoding=decoding,
@@ -525,25 +529,28 @@ def _check_picture_output(config: RunConfig, target: PictureTarget, pictures: Pi
     cut = config.cut
     first = cut.start.frame_estimate(float(source.average_rate or 25)) if cut is not None and cut.start else 0
     names = [target.name(first + k, pictures, config.source.stem) for k in range(out_count or 0)]
-    inputs = list(pictures.paths) if pictures is not None else [config.source]
-    if config.audio is not None:
-        inputs.append(config.audio)
+    inputs = _read_paths(config, pictures)
     if folder.is_dir():
         existing = {p.name for p in folder.iterdir()}
-        by_name = {p.name: p for p in inputs if p.parent.resolve() == folder.resolve()}
+        # Compared as files, not names: a source picture reached through a symlink or a hard link
+        # (a folder of links into this one) is the same picture.
+        read = {file_key(path): path for _flag, path in inputs}
         for name in names:
-            if name in by_name:
-                raise UnsafeOutput(f"--output {str(folder / name)!r} is the source picture {str(by_name[name])!r}: framepipe "
-                                   "never writes its input. Choose another folder, pattern or --picture-format.")
+            if name in existing and (hit := read.get(file_key(folder / name))) is not None:
+                raise UnsafeOutput(f"--output {str(folder / name)!r} is the source picture {str(hit)!r}"
+                                   f"{'' if Path(hit).parent.resolve() == folder.resolve() else ' (through a link)'}: "
+                                   "framepipe never writes its input. Choose another folder, pattern or --picture-format.")
         taken = [n for n in names if n in existing]
         if taken and not (overwrite or config.resume):
             raise OutputExists(f"--output folder {str(folder)!r} already holds {len(taken)} of the pictures this run writes "
                                f"(e.g. {taken[0]}). Pass --resume to keep them and write the rest, or --overwrite to "
                                "replace them.")
     if config.stats_json is not None:
-        check_output_paths([("--stats-json", config.stats_json)],
-                           inputs=[("--audio" if p == config.audio else "--source", p) for p in inputs],
-                           overwrite=overwrite)
+        written = {file_key(folder / name) for name in [*names, PICTURE_MANIFEST]}
+        if file_key(config.stats_json) in written:
+            raise UnsafeOutput(f"--stats-json {str(config.stats_json)!r} is one of the files this run writes in "
+                               f"--output {str(folder)!r}. Choose another name.")
+        check_output_paths([("--stats-json", config.stats_json)], inputs=inputs, overwrite=overwrite)
 
 
 def _hdr_notes(source: SourceInfo) -> list[str]:
@@ -786,19 +793,23 @@ def _nvenc_limits(config: RunConfig, source: SourceInfo, output: Path) -> list[s
     return notes
 
 
-def _check_paths(config: RunConfig, output: Path, *, overwrite: bool, own_partial: bool = False) -> None:
+def _check_paths(config: RunConfig, output: Path, pictures: PictureSequence | None, *, overwrite: bool,
+                 own_partial: bool = False) -> None:
     """Every file the run writes against every file it reads (core.files has the rules).
     `own_partial`: the output is the partial output of the run being resumed (replaced)."""
     config.check_output_name(output)
     outputs = [("--output", output)]
     if config.stats_json is not None:
         outputs.append(("--stats-json", config.stats_json))
-    check_output_paths(outputs, inputs=_read_paths(config), overwrite=overwrite, owned=[output] if own_partial else [])
+    check_output_paths(outputs, inputs=_read_paths(config, pictures), overwrite=overwrite,
+                       owned=[output] if own_partial else [])
 
 
-def _read_paths(config: RunConfig) -> list[tuple[str, Path]]:
-    """(flag, path) of every file the run reads: none of them is ever written, under any name."""
-    inputs = [("--source", config.source)]
+def _read_paths(config: RunConfig, pictures: PictureSequence | None) -> list[tuple[str, Path]]:
+    """(flag, path) of every file the run reads: none of them is ever written, under any name.
+    A picture sequence's every picture, not only its folder or pattern."""
+    inputs = [("--source", p) for p in pictures.paths] if pictures is not None else []
+    inputs.append(("--source", config.source))
     if config.audio is not None:
         inputs.append(("--audio", config.audio))
     if Path(config.model).suffix and Path(config.model).exists():

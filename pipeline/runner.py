@@ -115,7 +115,7 @@ def _run(config: RunConfig, *, on_progress: ProgressFn | None, on_start: Callabl
     elif plan.picture_target is not None:
         output = OutputFolder(plan.output, keep=(PICTURE_MANIFEST,))
     else:
-        output = OutputFile(plan.output, overwrite=plan.overwrite_output)
+        output = OutputFile(plan.output, overwrite=plan.overwrite_output, earlier_partial=plan.earlier_partial_output)
     temp = output.begin()
     parts = None
     try:

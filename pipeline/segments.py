@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import glob
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InvalidOption, OutputExists, OutputNotWritable, UnsafeOutput
-from core.files import file_sha256, write_file_atomically
+from core.files import file_identity, file_sha256, write_file_atomically
 
 __all__ = ["SegmentLayout", "Manifest", "PartsFolder", "recorded_taper", "source_fingerprint", "check_picture_manifest", "PICTURE_MANIFEST",
            "MANIFEST_VERSION"]
@@ -432,23 +433,33 @@ class PartsFolder:
         even after a stop between the rename and this folder's removal. None: forget it (a finished
         job whose parts are kept: its output is replaced only with --overwrite)."""
         assert self.manifest is not None
-        st = os.stat(path) if path is not None else None
+        identity = file_identity(path) if path is not None else None
         with self._lock:
-            self.manifest.partial_output = (None if st is None else
-                                            {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino})
+            self.manifest.partial_output = identity
             self.save()
 
     @staticmethod
-    def holds_partial_output_of(output: Path) -> bool:
-        """Whether `output` is exactly the partial output a stopped run of it left (its work
-        folder's manifest says so, and the file is unchanged since)."""
+    def partial_output_of(output: Path) -> Path | None:
+        """Where the partial output a stopped run of `output` left is, unchanged since (its work
+        folder's manifest notes it): at the output name, or beside it as `<stem>.partial<suffix>`
+        (`<stem>.partial-N<suffix>`) where an earlier output was kept. None: there is none."""
         manifest_path = output.with_name(output.name + ".parts") / "manifest.json"
         try:
             recorded = Manifest.from_json(manifest_path.read_bytes()).partial_output
-            st = os.stat(output)
         except (OSError, ValueError, KeyError, TypeError):
-            return False
-        return bool(recorded) and recorded == {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+            return None
+        if not recorded:
+            return None
+        beside = sorted(output.parent.glob(f"{glob.escape(output.stem)}.partial*{glob.escape(output.suffix)}"))
+        for path in [output, *beside]:
+            if not path.is_symlink() and file_identity(path) == recorded:
+                return path
+        return None
+
+    @staticmethod
+    def holds_partial_output_of(output: Path) -> bool:
+        """Whether `output` is exactly the partial output a stopped run of it left."""
+        return PartsFolder.partial_output_of(output) == output
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

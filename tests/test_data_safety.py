@@ -291,6 +291,45 @@ def test_lock_left_by_a_killed_run_does_not_block(tmp_path):
     assert not (tmp_path / ".o.mp4.framepipe-lock").exists()
 
 
+def test_the_temporary_file_of_a_killed_run_goes_with_the_next_run_of_that_output(tmp_path):
+    """`kill -9` (or a power cut) leaves the hidden temporary output it never renamed: the next run
+    of the same output name removes it under the output's lock. Only framepipe's exact names of
+    that output: another output's temporary, or a name that is not one, is left alone."""
+    stale = tmp_path / ".o.0123abcd.part.mp4"
+    others = [tmp_path / ".o.notahex1.part.mp4", tmp_path / ".other.0123abcd.part.mp4", tmp_path / ".o.0123abcd.part.mkv"]
+    for path in [stale, *others]:
+        path.write_bytes(b"ftyp")
+    f = OutputFile(tmp_path / "o.mp4", overwrite=False)
+    f.begin().write_bytes(b"x")
+    assert not stale.exists() and all(p.read_bytes() == b"ftyp" for p in others)
+    f.commit(complete=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["o.mp4", *(p.name for p in others)])
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_a_resumed_jobs_output_replaces_or_removes_its_earlier_partial_output(tmp_path, complete):
+    """The partial output an earlier stopped run of the job left beside an earlier output: a newer
+    partial output replaces it (one partial file, at one name), the complete output removes it;
+    the earlier output is replaced only when complete (--overwrite). A partial file changed since
+    the run began is not the run's to replace: it is kept, and the new partial goes beside it."""
+    out, earlier = tmp_path / "o.mp4", tmp_path / "o.partial.mp4"
+    out.write_bytes(b"yesterday's output")
+    earlier.write_bytes(b"the first stop's frames")
+    f = OutputFile(out, overwrite=True, earlier_partial=earlier)
+    f.begin().write_bytes(b"more frames")
+    final = f.commit(complete=complete)
+    if complete:
+        assert final == out and out.read_bytes() == b"more frames" and not earlier.exists()
+    else:
+        assert final == earlier and earlier.read_bytes() == b"more frames" and out.read_bytes() == b"yesterday's output"
+    earlier.write_bytes(b"the first stop's frames")
+    f = OutputFile(out, overwrite=True, earlier_partial=earlier)
+    f.begin().write_bytes(b"newer")
+    earlier.write_bytes(b"edited by hand meanwhile")
+    assert f.commit(complete=False) == tmp_path / "o.partial-1.mp4"
+    assert earlier.read_bytes() == b"edited by hand meanwhile"
+
+
 def test_atomic_write_refuses_existing_without_overwrite(tmp_path):
     p = tmp_path / "r.json"
     p.write_text("keep")

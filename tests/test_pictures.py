@@ -200,6 +200,64 @@ def test_pictures_are_never_written_over_the_source(tmp_path):
     assert (tmp_path / "in" / "p_1.tif").is_file()
 
 
+def _hashes(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+@pytest.mark.parametrize("output", ["folder", "pattern"])
+def test_source_pictures_reached_through_links_are_never_written(tmp_path, link, output):
+    """A source folder of links into the output folder: the output's names are the pictures the
+    links lead to. Compared as files, not names: refused with --overwrite too, every picture left
+    as it was (before, the upscales replaced the originals)."""
+    real = tmp_path / "real"
+    for i in range(3):
+        _save(real / f"src_{i:06d}.png", _noise(seed=i))
+    links = tmp_path / "links"
+    links.mkdir()
+    for i in range(3):
+        make = os.symlink if link == "symlink" else os.link
+        make(real / f"src_{i:06d}.png", links / f"src_{i:06d}.png")
+    before = _hashes(real)
+    target = real if output == "folder" else real / "src_%06d.png"
+    with pytest.raises(UnsafeOutput, match="is the source picture .*through a link"):
+        run(_cfg(links, target, overwrite=True))
+    assert _hashes(real) == before
+
+
+@pytest.mark.parametrize("target", ["video", "pictures", "none"])
+def test_stats_json_never_names_a_source_picture(tmp_path, capsys, target):
+    """--stats-json naming one of the source pictures, with --overwrite: refused before any work,
+    whatever the output (before, with a video output, the picture was replaced by the JSON)."""
+    for i in range(3):
+        _save(tmp_path / "in" / f"p_{i}.png", _noise(seed=i))
+    before = _hashes(tmp_path / "in")
+    out = {"video": ["--output", str(tmp_path / "v.mp4")], "pictures": ["--output", str(tmp_path / "up")],
+           "none": ["--output-mode", "none"]}[target]
+    code = cli.main(["--source", str(tmp_path / "in"), *out, "--model", "bicubic", "--scale", "1", "-q",
+                     "--overwrite", "--stats-json", str(tmp_path / "in" / "p_1.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is the same file as --source" in err and "never writes its input" in err, err
+    assert _hashes(tmp_path / "in") == before
+    assert not (tmp_path / "v.mp4").exists() and not (tmp_path / "up").exists()
+
+
+@pytest.mark.parametrize("name", ["{stem}_000001.png", ".framepipe-run.json"])
+def test_stats_json_never_names_a_file_the_run_writes_among_its_pictures(clips, tmp_path, capsys, name):
+    """--stats-json naming one of the pictures the run writes (or its resume manifest): refused
+    before any work, as --stats-json equal to a video --output is (before, the picture was
+    replaced by the JSON and a later --resume kept it as finished)."""
+    src = clips("plain.mp4", num_frames=4)
+    (tmp_path / "outd").mkdir()
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "outd"), "--model", "bicubic", "--scale", "1",
+                     "-q", "--overwrite", "--stats-json", str(tmp_path / "outd" / name.format(stem=src.stem))])
+    err = capsys.readouterr().err
+    assert code == 2 and "is one of the files this run writes" in err, err
+    assert list((tmp_path / "outd").iterdir()) == []
+
+
 def test_resume_keeps_finished_pictures_and_refuses_other_settings(tmp_path):
     for n in range(6):
         _save(tmp_path / "in" / f"p_{n}.png", _noise(seed=n))

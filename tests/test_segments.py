@@ -194,6 +194,52 @@ def test_ctrl_c_keeps_a_playable_partial_output_and_the_parts(clips, tmp_path):
     assert probe.packet_times(out, "audio") == probe.packet_times(src, "audio")
 
 
+def _stop_once_segment_is_finished(args: list, parts: Path, segment: int, signum: int) -> tuple[int, str]:
+    """Start the CLI (`args`), wait for `segment` to be finished in `parts`, send `signum`."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.perf_counter() + 90
+    while not (parts / f"segment-{segment:06d}.mp4").exists() and proc.poll() is None and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("earlier_output", [False, True])
+def test_stop_resume_stop_resume_leaves_one_partial_output_then_the_whole_one(clips, tmp_path, earlier_output):
+    """A job stopped, resumed, stopped again (the second stop's partial output has more frames)
+    and resumed: each stop's partial output replaces the one before it at the same name, the
+    command each stop advises works, and the finished job leaves no partial file behind. Before,
+    the second stop kept its partial output beside the first as out.partial.mp4 and the advised
+    `--resume` was refused ("already exists"). With an earlier output and --overwrite, that output
+    stays untouched until the job is complete."""
+    from tests.cli_runs import SLOW_WORKER, slow_cli
+
+    src = clips("seg-long.mp4", num_frames=120, audio=True)
+    out, parts = tmp_path / "out.mp4", tmp_path / "out.mp4.parts"
+    if earlier_output:
+        out.write_bytes(b"yesterday's finished output")
+    flags = ["--source", src, "--output", out, "--model", "bicubic", "--scale", "2", "--parallel", "--segment-frames",
+             "12", "--encoders", "2", "--quality", "0", "--preset", "ultrafast", *(["--overwrite"] if earlier_output else [])]
+    partial = tmp_path / "out.partial.mp4" if earlier_output else out
+    rc, err = _stop_once_segment_is_finished(slow_cli(SLOW_WORKER, *flags), parts, 1, signal.SIGINT)
+    assert rc == 130 and "--resume" in err, err
+    first = len(probe.indices(partial))
+    kept = json.loads((parts / "manifest.json").read_text())["segments"]
+    rc, err = _stop_once_segment_is_finished(slow_cli(SLOW_WORKER, *flags, "--resume"), parts,
+                                             max(map(int, kept)) + 2, signal.SIGHUP)
+    assert rc == 129 and "--resume" in err, err
+    got = probe.indices(partial)
+    assert len(got) > first and got == list(range(len(got)))  # the newer partial output, at the same name
+    assert sorted(p.name for p in tmp_path.glob("out*.mp4")) == sorted({"out.mp4", partial.name})
+    if earlier_output:
+        assert out.read_bytes() == b"yesterday's finished output"
+    code = cli.main([*map(str, flags), "--resume", "-q"])  # the command the stop advised
+    assert code == 0
+    assert probe.indices(out) == list(range(120))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4"]  # no partial output, no work folder
+
+
 def test_resume_replaces_only_the_partial_output_as_it_was_left(clips, tmp_path):
     src = clips("seg-long.mp4", num_frames=120, audio=True)
     out = tmp_path / "out.mp4"
