@@ -16,6 +16,7 @@ import time
 
 _PROCESS_STARTED = time.perf_counter()  # time to first frame is measured from here (imports included)
 _EARLY_STOPS: list[int] = []  # stop signals that came before main() installed its handler
+_HANDLERS_BEFORE: dict[int, object] = {}  # what the early handler replaced (the service gets them back)
 
 
 def _early_stop(number: int, frame) -> None:
@@ -25,7 +26,7 @@ def _early_stop(number: int, frame) -> None:
 if __name__ == "__main__":  # from the first line: a stop during the imports below is one line too, not a traceback
     for _name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, _name):
-            signal.signal(getattr(signal, _name), _early_stop)
+            _HANDLERS_BEFORE[getattr(signal, _name)] = signal.signal(getattr(signal, _name), _early_stop)
 
 import argparse
 import json
@@ -480,7 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["serve"]:  # the shared service (service/server.py)
+    if argv[:1] == ["serve"]:  # the shared service (service/server.py): its server handles signals its own way
+        for number, handler in _HANDLERS_BEFORE.items():
+            signal.signal(number, handler)
+        if _EARLY_STOPS:
+            return 128 + _EARLY_STOPS[0]  # stopped before the service started: nothing to say or undo
         from service.server import serve_main
 
         return serve_main(argv[1:], process_settings=_process_settings)
