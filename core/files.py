@@ -28,7 +28,7 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -523,28 +523,27 @@ class FreeSpaceGuard:
         if free < need:
             raise DiskFull(
                 f"Disk almost full: {free / 2**20:.1f} MiB left on the file system of {str(self.folder)!r}, and "
-                f"finishing the output safely needs about {need / 2**20:.1f} MiB; stopped after "
-                f"{frames_written} frame(s). Free some space and run again"
+                f"finishing the output safely needs about {need / 2**20:.1f} MiB; stopped there. Free some space "
+                "and run again"  # how many frames the output holds: the run's own line says (a segment counts its own)
             )
 
 
-def disk_full_error(exc: OSError, path: Path, *, frames_written: int) -> DiskFull | None:
+def disk_full_error(exc: OSError, path: Path) -> DiskFull | None:
     """A `DiskFull` for a write that failed because the disk or a size limit is full, else None."""
     if getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         return None
     reason = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "the file is too large for this file "
               "system or a size limit", errno.EDQUOT: "the disk quota is used up"}[exc.errno]
-    return DiskFull(f"Writing the output in {str(Path(path).parent)!r} failed after {frames_written} frame(s): "
-                    f"{reason}. Free some space and run again")
+    return DiskFull(f"Writing the output in {str(Path(path).parent)!r} failed: {reason}. Free some space and run again")
 
 
 @contextmanager
-def disk_errors(path: Path, *, frames_written: Callable[[], int]) -> Iterator[None]:
+def disk_errors(path: Path) -> Iterator[None]:
     """Turn a write the file system refuses (no space, a size limit, a quota) into `DiskFull`."""
     try:
         yield
     except OSError as exc:
-        full = disk_full_error(exc, path, frames_written=frames_written())
+        full = disk_full_error(exc, path)
         if full is not None:
             raise full from exc
         raise

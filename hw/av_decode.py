@@ -26,7 +26,7 @@ import numpy as np
 
 from core.errors import NoVideoStream
 from core.frame import Frame
-from hw.av_source import PLANAR_YUV, format_bit_depth, fraction, open_input
+from hw.av_source import PLANAR_YUV, format_bit_depth, fraction, main_video_stream, open_input
 from hw.keyframes import DecodeSpan, span_packets
 
 __all__ = ["PyAVDecoder", "PtsFiller", "TimestampRepair", "end_warnings"]
@@ -157,7 +157,7 @@ class PyAVDecoder:
         if not self._container.streams.video:
             self._container.close()
             raise NoVideoStream(f"Source {str(self.path)!r} has no video stream.")
-        self._stream = self._container.streams.video[0]
+        self._stream = main_video_stream(self._container)
         self._stream.thread_type = "AUTO"
         if threads:
             self._stream.codec_context.thread_count = threads

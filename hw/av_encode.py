@@ -263,7 +263,7 @@ class PyAVWriter:
         self.num_frames_written += 1
 
     def _disk_errors(self):
-        return disk_errors(self.path, frames_written=lambda: self.num_frames_written)
+        return disk_errors(self.path)
 
     def _mux_video(self, packets) -> None:
         for packet in packets:

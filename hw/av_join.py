@@ -11,12 +11,20 @@ The header's parameter sets come from the first segment; every segment's must be
 SPS/PPS or sequence header). That is checked, segment by segment, before a packet is
 copied: a segment whose parameter sets differ would decode wrongly after the join, so it is
 an error, never a silent join.
+
+Each packet's duration: MP4 segments carry decode-time deltas (the MP4 sample table has no
+other), while Matroska stores how long each frame is shown. Copied as they were, a variable
+frame rate video's pause landed on the wrong frame, and the track's end moved by it (a
+10.2 s video with a 9.8 s pause was written as 19.9 s long). Into Matroska each packet gets
+its presentation duration: the next timestamp in presentation order minus its own
+(`PresentationDurations`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,7 +34,7 @@ from core.files import disk_errors, ffmpeg_path
 from hw.av_encode import open_output
 from hw.av_streams import StreamCopier
 
-__all__ = ["join_segments", "segment_parameters"]
+__all__ = ["PresentationDurations", "join_segments", "segment_parameters"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,39 @@ def segment_parameters(path: Path) -> tuple[str, int, int, bytes]:
     with av.open(ffmpeg_path(path)) as container:
         cc = container.streams.video[0].codec_context
         return cc.name, cc.width, cc.height, bytes(cc.extradata or b"")
+
+
+class PresentationDurations:
+    """Video packets in decode order in, the same packets out in the same order, each with its
+    presentation duration: the next timestamp in presentation order minus its own. A packet's
+    successor in presentation order comes at most an encoder's reordering reach later in decode
+    order, so `reach` packets are held (B-frames and pyramids reorder by a few; x264 and x265
+    at most 16 B-frames). The last frame in presentation order keeps the duration it had."""
+
+    def __init__(self, reach: int = 48) -> None:
+        self.reach = reach
+        self._held: deque = deque()
+        self._seen: deque = deque(maxlen=2 * reach)  # timestamps of the packets around: before and after
+
+    def push(self, packet) -> Iterator:
+        """`packet` held; the packets now settled, in order."""
+        self._held.append(packet)
+        if packet.pts is not None:
+            self._seen.append(packet.pts)
+        while len(self._held) > self.reach:
+            yield self._settled(self._held.popleft())
+
+    def flush(self) -> Iterator:
+        """Every packet still held, settled, in order (the end of the stream)."""
+        while self._held:
+            yield self._settled(self._held.popleft())
+
+    def _settled(self, packet):
+        if packet.pts is not None:
+            later = [pts for pts in self._seen if pts > packet.pts]
+            if later:
+                packet.duration = min(later) - packet.pts
+        return packet
 
 
 def join_segments(
@@ -82,9 +123,23 @@ def join_segments(
             if tag_hvc1 and template.codec_context.name == "hevc" and out.format.name.split(",")[0] in ("mp4", "mov"):
                 video.codec_context.codec_tag = "hvc1"  # Apple players refuse hev1
         copier = StreamCopier(out, source_path, warn=warn, shift=audio_shift) if source_path is not None else None
+        # Matroska: how long each frame shows (the segments' MP4 durations are decode-time deltas)
+        durations = PresentationDurations() if out.format.name.split(",")[0] in ("matroska", "webm") else None
         last_end = 0.0
         last_dts: Fraction | None = None  # seconds
-        with disk_errors(path, frames_written=lambda: num_packets):
+
+        def put(packet) -> None:
+            nonlocal num_packets, last_end
+            seconds = float(packet.pts * packet.time_base) if packet.pts is not None else last_end
+            duration = float((packet.duration or 0) * packet.time_base)
+            if copier is not None:
+                copier.mux_until(seconds)
+                copier.last_video_seconds = max(copier.last_video_seconds, seconds + duration)
+            out.mux(packet)
+            num_packets += 1
+            last_end = max(last_end, seconds + duration)
+
+        with disk_errors(path):
             for segment, offset in segments:
                 with av.open(ffmpeg_path(segment)) as container:
                     stream = container.streams.video[0]
@@ -101,20 +156,16 @@ def join_segments(
                         if packet.dts is not None:
                             packet.dts += shift
                             last_dts = _after(packet, last_dts)
-                        seconds = float(packet.pts * packet.time_base) if packet.pts is not None else last_end
-                        duration = float((packet.duration or 0) * packet.time_base)
-                        if copier is not None:
-                            copier.mux_until(seconds)
-                            copier.last_video_seconds = max(copier.last_video_seconds, seconds + duration)
                         packet.stream = video
-                        out.mux(packet)
-                        num_packets += 1
-                        last_end = max(last_end, seconds + duration)
+                        for ready in (durations.push(packet) if durations is not None else (packet,)):
+                            put(ready)
+            for ready in (durations.flush() if durations is not None else ()):
+                put(ready)
             if copier is not None:
                 copier.finish(complete=complete)
     finally:
         try:
-            with disk_errors(path, frames_written=lambda: num_packets):
+            with disk_errors(path):
                 out.close()
         finally:
             if copier is not None:

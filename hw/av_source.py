@@ -73,6 +73,7 @@ class SourceInfo:
     interlaced: bool = False  # the first frame is flagged interlaced
     hdr: HdrMetadata | None = None  # static HDR10 metadata of the first frame (hw.hdr)
     has_alpha: bool = False  # an alpha channel: pictures (hw.pictures), or a video's pixel format (not read)
+    other_video_streams: str = ""  # one line naming the video streams left out (more than one in the file)
 
     def __repr__(self) -> str:
         return (
@@ -171,8 +172,43 @@ def probe_audio(path: str | os.PathLike) -> int:
     return count
 
 
+def main_video_stream(container):
+    """The video stream framepipe processes, as FFmpeg's own command line picks one (the largest
+    picture, a stream flagged default before others of about its size, the first of equals), and
+    never a cover picture (`attached_pic`: one still image, e.g. an MP4's cover art, which may come
+    first) where the file has another. None where it has no video stream."""
+    import av.stream
+
+    videos = list(container.streams.video)
+    moving = [s for s in videos if not int(s.disposition) & int(av.stream.Disposition.attached_pic)] or videos
+
+    def score(stream) -> int:
+        cc = stream.codec_context
+        area = cc.width * cc.height if cc is not None else 0
+        return area + 5_000_000 * bool(int(stream.disposition) & int(av.stream.Disposition.default))
+
+    return max(moving, key=lambda s: (score(s), -s.index)) if moving else None
+
+
+def _other_video_streams_note(container, chosen) -> str:
+    """One line naming the video streams left out, where the file has more than the one processed."""
+    import av.stream
+
+    others = [s for s in container.streams.video if s.index != chosen.index]
+    if not others:
+        return ""
+
+    def text(stream) -> str:
+        cc = stream.codec_context
+        what = f"#{stream.index} {cc.name} {cc.width}x{cc.height}" if cc is not None else f"#{stream.index}"
+        return what + (", a cover picture" if int(stream.disposition) & int(av.stream.Disposition.attached_pic) else "")
+
+    return (f"the source has {len(others) + 1} video streams: framepipe processes {text(chosen)} and leaves out "
+            f"{'; '.join(text(s) for s in others)}.")
+
+
 def probe_source(path: str | os.PathLike) -> SourceInfo:
-    """Open `path`, describe its first video stream, and close it again."""
+    """Open `path`, describe its video stream (`main_video_stream`), and close it again."""
     path = Path(path)
     container = open_input(path)
     try:
@@ -181,7 +217,7 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
             raise NoVideoStream(
                 f"Source {str(path)!r} has no video stream (it holds {', '.join(kinds)}). framepipe needs a video."
             )
-        stream = container.streams.video[0]
+        stream = main_video_stream(container)
         cc = stream.codec_context
         if cc is None:  # PyAV gives no codec context where FFmpeg has no decoder for the codec
             raise InvalidSource(f"Source {str(path)!r}: its video is in a codec this FFmpeg build cannot decode. "
@@ -225,6 +261,7 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
             rotation=int(getattr(first, "rotation", 0) or 0) if first is not None else 0,
             interlaced=bool(getattr(first, "interlaced_frame", False)) if first is not None else False,
             hdr=hdr_metadata(first) if first is not None else None,
+            other_video_streams=_other_video_streams_note(container, stream),
         )
     finally:
         container.close()

@@ -39,7 +39,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from hw.annexb import PARAMETER_SET_TYPES, config_parameter_sets, nal_type, split_annexb
-from hw.av_source import fraction, open_input
+from hw.av_source import fraction, main_video_stream, open_input
 
 __all__ = ["DecodeSpan", "PacketScan", "scan_packets", "cut_spans", "span_packets", "SPLITTABLE_FORMATS"]
 
@@ -165,12 +165,12 @@ def _jump_back(pts: list[int]) -> int | None:
 
 
 def scan_packets(path: str | os.PathLike) -> PacketScan:
-    """Demux (never decode, but the first frames) the first video stream of `path`."""
+    """Demux (never decode, but the first frames) the video stream of `path` (`main_video_stream`)."""
     import av
 
     container = open_input(Path(path))
     try:
-        stream = container.streams.video[0]
+        stream = main_video_stream(container)
         first_shape = None
         pts: list[int | None] = []
         keyframes: list[int] = []

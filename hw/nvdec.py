@@ -63,7 +63,7 @@ from core.errors import HardwareUnavailable
 from core.frame import Frame
 from hw import nv_runtime as rt
 from hw.av_decode import PtsFiller
-from hw.av_source import fraction, open_input
+from hw.av_source import fraction, main_video_stream, open_input
 from hw.keyframes import DecodeSpan, span_packets
 from hw.nv_probe import CHROMA_TEXT, NVDEC_CODECS, probe_nvdec
 
@@ -200,7 +200,7 @@ class NvDecoder:
             if not videos:
                 raise HardwareUnavailable(f"NVDEC: {path!r} has no video stream to decode.")
             if stream_index is None:
-                stream = videos[0]
+                stream = main_video_stream(container)
             else:
                 matches = [s for s in videos if s.index == stream_index]
                 if not matches:

@@ -231,7 +231,7 @@ class NvencFileWriter:
         tensor, ready = (plane.tensor, plane.ready) if isinstance(plane, CudaFrame) else (plane, None)
         if tensor.is_cuda and tensor.device.index != self.gpu:  # made by a worker on another GPU
             tensor, ready = self._to_encoder_gpu(tensor, ready)
-        with disk_errors(self.path, frames_written=lambda: self.num_frames_written):
+        with disk_errors(self.path):
             if self._copier is not None and self._header_ready:
                 self._copier.mux_until(seconds)
                 self._copier.last_video_seconds = seconds + self._frame_seconds  # the end of this frame
@@ -243,7 +243,7 @@ class NvencFileWriter:
             return
         self._closed = True
         try:
-            with disk_errors(self.path, frames_written=lambda: self.num_frames_written):
+            with disk_errors(self.path):
                 self._mux_units(self._encoder.flush())
                 if self._pending_pts:
                     log.warning("NVENC returned %d access unit(s) fewer than frames given", len(self._pending_pts))
@@ -252,7 +252,7 @@ class NvencFileWriter:
         finally:
             self._encoder.close()
             try:
-                with disk_errors(self.path, frames_written=lambda: self.num_frames_written):
+                with disk_errors(self.path):
                     self._out.close()
             finally:
                 if self._copier is not None:

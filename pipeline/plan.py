@@ -164,6 +164,8 @@ def plan_run(config: RunConfig) -> RunPlan:
     notes: list[str] = [note] if (note := quota_note()) else []
     pictures = find_pictures(config.source)
     source = probe_source(config.source) if pictures is None else _picture_source(config, pictures, notes)
+    if source.other_video_streams:
+        notes.append(source.other_video_streams)
     overwrite = config.overwrite or config.replace_default_output
     # The partial output the run being resumed left at the output name: finishing it replaces it.
     own_partial = config.resume and config.output is not None and PartsFolder.holds_partial_output_of(config.output)
@@ -321,10 +323,10 @@ def _check_frame_spacing(output: Path, source: SourceInfo, factor: int, *, video
 def _smallest_frame_interval(video: Path, packets: int = 240) -> Fraction | None:
     """The smallest gap (seconds) between the timestamps of the first `packets` video packets, in
     presentation order; None where they do not tell (no two timestamps)."""
-    from hw.av_source import open_input
+    from hw.av_source import main_video_stream, open_input
 
     with open_input(video) as container:
-        stream = container.streams.video[0]
+        stream = main_video_stream(container)
         pts = sorted({p.pts for p, _ in zip(container.demux(stream), range(packets)) if p.pts is not None})
     gaps = [b - a for a, b in zip(pts, pts[1:])]
     return min(gaps) * Fraction(stream.time_base) if gaps else None

@@ -32,7 +32,7 @@ def test_guard_reserve_grows_with_frame_size_and_encoder_delay():
     big = guard.reserve_bytes(bytes_written=100 << 20, frames_written=100, frames_pending=40)
     assert big == base + 2 * (1 << 20) * 42 + 64 * 100
     guard.check(bytes_written=0, frames_written=0, frames_pending=0)
-    with pytest.raises(DiskFull, match=r"Disk almost full: 10\.0 MiB left .* stopped after 100 frame"):
+    with pytest.raises(DiskFull, match=r"Disk almost full: 10\.0 MiB left .* stopped there"):
         guard.check(bytes_written=100 << 20, frames_written=100, frames_pending=40)
     FreeSpaceGuard(Path("o.mp4"), free_bytes=lambda: None).check(bytes_written=1 << 40, frames_written=1,
                                                                  frames_pending=1)
@@ -49,7 +49,7 @@ def test_run_stops_while_the_output_can_still_be_finalized(clips, tmp_path, monk
         return room - used
 
     monkeypatch.setattr(core.files, "_free_bytes", free)
-    with pytest.raises(DiskFull, match=r"Disk almost full.*stopped after \d+ frame\(s\).*\(finalized, playable\)"):
+    with pytest.raises(DiskFull, match=r"Disk almost full.*stopped there.* (\d+) frame\(s\) written .*\(finalized, playable\)"):
         run(RunConfig(source=src, output=out, model="bicubic", scale=2, parallel=True, crf=0, preset="ultrafast"))
     got = probe.indices(out)
     assert 0 < len(got) < 120 and got == list(range(len(got)))

@@ -363,3 +363,71 @@ def test_encoder_refusing_the_size_names_the_encoder(capsys, clips, tmp_path):
     (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert "libx265 encoder refused to start for 8x8" in line and ".mkv" not in line
     assert not (tmp_path / "o.mp4").exists()
+
+
+def _two_video_streams(path: Path, *, still_first: bool) -> Path:
+    """A Matroska file with a one-frame 32x32 MJPEG still and a 24-frame 64x48 H.264 video (the
+    still first or second), as files with a thumbnail or a second camera angle are."""
+    with av.open(str(path), "w") as out:
+        def still():
+            s = out.add_stream("mjpeg", rate=24)
+            s.width, s.height, s.pix_fmt = 32, 32, "yuvj420p"
+            return s
+
+        first = still() if still_first else None
+        video = out.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        second = None if still_first else still()
+        picture = first or second
+        frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24").reformat(format="yuvj420p")
+        frame.pts = 0
+        out.mux(picture.encode(frame))
+        out.mux(picture.encode(None))
+        for i in range(24):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 10, np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("still_first", [True, False])
+@pytest.mark.parametrize("parallel", [True, False])
+def test_of_several_video_streams_the_video_is_processed_and_the_others_are_named(capsys, tmp_path, still_first, parallel):
+    """A file with a one-frame still and a video, in either order: the video's 24 frames are
+    processed (before, a still first gave a 1-frame output, without a word), and one line names
+    the stream left out."""
+    src = _two_video_streams(tmp_path / "two.mkv", still_first=still_first)
+    out = tmp_path / "out.mkv"
+    code = cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2",
+                     *(["--parallel"] if parallel else [])])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    with av.open(str(out)) as c:
+        assert [s.codec_context.width for s in c.streams.video] == [128]
+        assert sum(1 for _ in c.decode(video=0)) == 24
+    words = " ".join(err.split())
+    assert "the source has 2 video streams: framepipe processes" in words and "mjpeg 32x32" in words, err
+
+
+def test_a_cover_picture_is_never_the_video_even_where_it_is_larger_and_first():
+    """The choice itself (`main_video_stream`): a cover picture (attached_pic) is passed over even
+    when it is the first and the largest; otherwise the largest, a default-flagged stream first,
+    the first of equals."""
+    from types import SimpleNamespace
+
+    from hw.av_source import main_video_stream
+
+    def stream(index, w, h, disposition=0):
+        return SimpleNamespace(index=index, disposition=disposition, codec_context=SimpleNamespace(width=w, height=h))
+
+    def pick(*streams):
+        return main_video_stream(SimpleNamespace(streams=SimpleNamespace(video=list(streams)))).index
+
+    cover, default = int(av.stream.Disposition.attached_pic), int(av.stream.Disposition.default)
+    assert pick(stream(0, 1200, 1200, cover), stream(1, 640, 360)) == 1
+    assert pick(stream(0, 1200, 1200, cover)) == 0  # only a picture: that is the video
+    assert pick(stream(0, 640, 360), stream(1, 1920, 1080)) == 1
+    assert pick(stream(0, 1920, 1080), stream(1, 1920, 1080, default)) == 1
+    assert pick(stream(0, 640, 360), stream(1, 640, 360)) == 0

@@ -194,6 +194,43 @@ def test_ctrl_c_keeps_a_playable_partial_output_and_the_parts(clips, tmp_path):
     assert probe.packet_times(out, "audio") == probe.packet_times(src, "audio")
 
 
+@pytest.mark.parametrize("pause", [False, True])
+def test_joined_matroska_frames_last_as_long_as_they_are_shown(clips, tmp_path, pause):
+    """Segments (MP4: their durations are decode-time deltas) joined into Matroska, which stores
+    how long each frame shows: each frame lasts until the next one in presentation order, across
+    B-frames and segment cuts, a variable frame rate and a long pause included, and the video
+    ends where the source's does (before, the pause landed on another frame and a 10 s video with
+    a 9.8 s pause was written 19.9 s long)."""
+    if pause:  # 5 frames at 24 fps, 9.8 s of nothing, 5 more (a camera's pause)
+        src = tmp_path / "pause.mkv"
+        with av.open(str(src), "w") as out:
+            stream = out.add_stream("libx264", rate=24, options={"bf": "3"})
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            stream.time_base = stream.codec_context.time_base = Fraction(1, 2400)
+            for i, pts in enumerate([0, 100, 200, 300, 400, 24000, 24100, 24200, 24300, 24400]):
+                frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 20, np.uint8), format="rgb24")
+                frame = frame.reformat(format="yuv420p")
+                frame.pts, frame.time_base = pts, Fraction(1, 2400)
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+        segment_frames = 8
+    else:
+        src = clips("vfr-bframes.mkv", num_frames=60, vfr=True, codec_options={"bf": "3"})
+        segment_frames = 12
+    out = tmp_path / "out.mkv"
+    run(_cfg(src, out, segment_frames=segment_frames, encoders=2, preset="medium", crf=23))  # B-frames
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        packets = sorted((p.pts, p.duration) for p in c.demux(stream) if p.size)
+        tb = stream.time_base
+    with av.open(str(src)) as c:
+        source_pts = [float(f.pts * f.time_base) for f in c.decode(video=0)]
+    assert [round(float(pts * tb), 3) for pts, _ in packets] == [round(t, 3) for t in source_pts]
+    assert [d for _, d in packets[:-1]] == [b - a for (a, _), (b, _) in zip(packets, packets[1:])]
+    end = float((packets[-1][0] + packets[-1][1]) * tb)
+    assert source_pts[-1] < end < source_pts[-1] + 0.1
+
+
 def _stop_once_segment_is_finished(args: list, parts: Path, segment: int, signum: int) -> tuple[int, str]:
     """Start the CLI (`args`), wait for `segment` to be finished in `parts`, send `signum`."""
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
