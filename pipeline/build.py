@@ -361,6 +361,6 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
     else:
         writer = wrap("writer", Writer(encoder, stats=stats))
     reader = wrap("reader", Reader(source, stats=stats, max_frames=cfg.max_frames, skip=skip, window=temporal_window(plan),
-                                   pad_ends=plan.interpolator is None))
+                                   pad_ends=plan.interpolator is None, time_base=plan.source.time_base))
     return Stages(reader=reader, workers=workers, writer=writer, source=source, encoder=encoder, skip=skip,
                   audio_shift=shift, back=back)

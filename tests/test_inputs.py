@@ -431,3 +431,78 @@ def test_a_cover_picture_is_never_the_video_even_where_it_is_larger_and_first():
     assert pick(stream(0, 640, 360), stream(1, 1920, 1080)) == 1
     assert pick(stream(0, 1920, 1080), stream(1, 1920, 1080, default)) == 1
     assert pick(stream(0, 640, 360), stream(1, 640, 360)) == 0
+
+
+def test_frame_gaps_are_found_only_in_a_constant_frame_rate():
+    from pipeline.reader import FrameGaps
+
+    def gaps(pts):
+        found = FrameGaps()
+        for t in pts:
+            found.add(t)
+        return found.gaps()
+
+    cfr = list(range(0, 100))
+    assert gaps(cfr) == []
+    assert gaps(cfr[:40] + cfr[60:]) == [(39, 60, 20)]
+    mkv = [round(k * 1000 / 24) for k in range(100)]  # 24 fps in milliseconds: 41 and 42 ms steps
+    assert gaps(mkv) == [] and gaps(mkv[:50] + mkv[53:]) == [(mkv[49], mkv[53], 3)]
+    vfr = [sum((1, 2)[k % 2] for k in range(n)) for n in range(100)]  # 1 and 2 ticks alternating: its own rhythm
+    assert gaps(vfr) == [] and gaps(vfr[:40] + vfr[60:]) == []
+    assert gaps(cfr[:10] + cfr[15:20]) == []  # too few frames to tell a rate
+
+
+def _cfr_clip_with_a_hole(path: Path, *, damage: bool) -> Path:
+    """60 frames at 24 fps (ticks of 1/2400) and 2.5 s of AAC: frames 25-44 never written (a
+    recorder's drop), or all written and 400 bytes in the middle of the file overwritten (a damaged
+    part: FFmpeg's Matroska demuxer skips it without an error a decoder sees)."""
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.time_base = video.codec_context.time_base = Fraction(1, 2400)
+        audio = out.add_stream("aac", rate=48000)
+        audio.codec_context.layout = "stereo"
+        for i in range(60):
+            if not damage and 25 <= i < 45:
+                continue
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 4, np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = i * 100, Fraction(1, 2400)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(120000) / 48000)).astype(np.float32)
+        for start in range(0, len(tone), 1024):
+            chunk = np.ascontiguousarray(np.stack([tone[start:start + 1024]] * 2))
+            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 48000, start
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode(None))
+    if damage:
+        data = bytearray(path.read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + 400] = b"\xaa" * 400
+        path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("damage", [False, True])
+def test_frames_missing_from_a_constant_frame_rate_video_are_said(capsys, tmp_path, damage):
+    """A constant-frame-rate video whose timestamps skip frames (a damaged part of a Matroska
+    file, skipped by FFmpeg's demuxer without an error; frames a recorder dropped): one warning
+    line says how many and where (before, a damaged file lost 20 of 60 frames without a word);
+    every frame the file has is written with its timestamp."""
+    src = _cfr_clip_with_a_hole(tmp_path / "hole.mkv", damage=damage)
+    out = tmp_path / "out.mkv"
+    code = cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 0, err
+    with av.open(str(src)) as c:
+        source_pts = [f.pts * f.time_base for f in c.decode(video=0)]
+    with av.open(str(out)) as c:
+        assert [f.pts * f.time_base for f in c.decode(video=0)] == source_pts
+    assert len(source_pts) < 60
+    assert err.count("warning:") == 1, err
+    if damage:  # where the damage lands decides what the demuxer makes of it: never a silent loss
+        assert "its timestamps skip" in err or "source damaged" in err, err
+    else:
+        assert "skip 20 frame(s) in 1 place(s) (first from 1.000 s to 1.875 s)" in err, err
