@@ -555,6 +555,13 @@ def main(argv: list[str] | None = None) -> int:
         _stop_display(display)
         say.print("[yellow]interrupted[/] before the run started")
         return 128 + getattr(exc, "signal_number", 2)
+    except OSError as exc:  # a path the file system refuses where no check named it: one line, never a traceback
+        stopper.finished()
+        _stop_display(display)
+        where = f" ({str(exc.filename)[:80]!r})" if exc.filename else ""
+        say.print(f"[red]error:[/] {escape(exc.strerror or str(exc))}{escape(where)}.", highlight=False, soft_wrap=True)
+        _write_stats(args, display.stats, status="failed", error=str(exc), say=say)
+        return EXIT_FAILED if display.stats is not None and display.stats.num_frames_written else EXIT_BAD_INPUT
     _stop_display(display)
     if not args.quiet:
         try:

@@ -29,6 +29,9 @@ __all__ = [
     "DEFAULT_SEGMENT_SECONDS",
     "MAX_AUTO_ENCODERS",
     "MAX_CPU_WORKERS",
+    "MAX_ENCODERS",
+    "MAX_DECODERS",
+    "MAX_SEGMENT_SECONDS",
     "BIT_DEPTHS",
     "DEEP_COLOR_CODECS",
     "OUTPUT_PIX_FMT",
@@ -83,6 +86,12 @@ MAX_AUTO_ENCODERS = 6
 # --cpu-workers: each is a thread with its own copy of the model; beyond this a number is a typo
 # (1e20 workers exhausted memory building their list before anything was said).
 MAX_CPU_WORKERS = 256
+# --encoders / --decoders given: each is an FFmpeg instance with threads of its own; beyond these a
+# number is a typo, or a request meant to exhaust a shared service (1e9 encoders grew its memory by
+# 100 MB/s, and neither a cancel nor SIGTERM stopped it).
+MAX_ENCODERS = 64
+MAX_DECODERS = 64
+MAX_SEGMENT_SECONDS = 86400.0  # a day: a segment longer than any video (1e308 overflowed)
 
 # Tiles (--tile-size, --tile-overlap; models/tiling.py says why): smaller tiles are mostly
 # overlap and padding; 48 pixels of overlap leave 18 of context at each cut, the receptive-field

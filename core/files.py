@@ -133,8 +133,27 @@ def _refuse_special(flag: str, path: Path) -> None:
         )
 
 
+# The longest name framepipe puts beside an output, past the output's own: its lock,
+# `.<name>.framepipe-lock` (the temporary `.<stem>.<8 hex digits>.part<suffix>` takes 15).
+_SIDE_NAME_BYTES = 17
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder if str(folder) else ".", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
 def _check_one(flag: str, path: Path, *, overwrite: bool) -> None:
     shown = str(path)
+    limit = _name_max(path.parent) - _SIDE_NAME_BYTES
+    if len(os.fsencode(path.name)) > limit:
+        raise OutputNotWritable(
+            f"{flag} {shown[:60]!r}...: its name is {len(os.fsencode(path.name))} bytes long; framepipe writes a lock "
+            f"and a temporary file beside it whose names are up to {_SIDE_NAME_BYTES} bytes longer, and the file "
+            f"system takes {limit + _SIDE_NAME_BYTES}. Give a name of at most {limit} bytes."
+        )
     if os.path.isdir(path):
         raise OutputNotWritable(f"{flag} {shown!r} is a directory. Give a file name, e.g. {flag} {path / 'out'}.")
     if os.path.lexists(path):

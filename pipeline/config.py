@@ -7,11 +7,12 @@ line that says what was given, what is allowed, and the likely fix.
 
 from __future__ import annotations
 
-import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.choices import (DEFAULT_INTERPOLATION_MODEL, DEFAULT_SCENE_THRESHOLD, MAX_CPU_WORKERS, MAX_INTERPOLATE, SPLIT_TRANSPORTS, BIT_DEPTHS, CODECS, COMPILE_CHOICES, OUTPUT_MODES, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
+from core.choices import (DEFAULT_INTERPOLATION_MODEL, DEFAULT_SCENE_THRESHOLD, MAX_CPU_WORKERS, MAX_DECODERS, MAX_ENCODERS,
+                          MAX_INTERPOLATE, MAX_SEGMENT_SECONDS, SPLIT_TRANSPORTS, BIT_DEPTHS, CODECS, COMPILE_CHOICES, OUTPUT_MODES, CONTAINER_SUFFIXES, CPU_PRESETS, CRF_RANGE, DEFAULT_CPU_PRESET, DEFAULT_CRF,
                           DEFAULT_MODEL, DEFAULT_TILE_OVERLAP, MIN_TILE_SIZE, NVENC_PRESETS, PICTURE_FORMATS, PRECISIONS,
                           Codec, Precision)
 from core.cut import Cut
@@ -116,14 +117,15 @@ class RunConfig:
         if self.picture_format is not None and self.picture_format not in PICTURE_FORMATS:
             raise InvalidOption(f"Invalid --picture-format ({self.picture_format!r}): allowed are "
                                 f"{', '.join(PICTURE_FORMATS)}.")
-        if self.audio is not None and not self.audio.is_file():
-            what = describe_file_kind(self.audio.stat().st_mode) if self.audio.exists() else "no such file"
+        if self.audio is not None and not os.path.isfile(self.audio):
+            what = describe_file_kind(self.audio.stat().st_mode) if os.path.exists(self.audio) else "no such file"
             raise InvalidOption(f"Invalid --audio ({str(self.audio)!r}): {what}. Give a video or audio file.")
-        if self.decoders < 0:
+        if not 0 <= self.decoders <= MAX_DECODERS:
             raise InvalidOption(f"Invalid --decoders ({self.decoders}): use 0 to choose by the decoder and the cores, "
-                                "or a positive number, e.g. --decoders 4.")
-        if self.encoders < 0:
-            raise InvalidOption(f"Invalid --encoders ({self.encoders}): use 0 to choose by cores and memory, or a positive number.")
+                                f"or 1 to {MAX_DECODERS}, e.g. --decoders 4.")
+        if not 0 <= self.encoders <= MAX_ENCODERS:
+            raise InvalidOption(f"Invalid --encoders ({self.encoders}): use 0 to choose by cores and memory, or 1 to "
+                                f"{MAX_ENCODERS}.")
         if self.cores is not None and self.cores < 1:
             raise InvalidOption(f"Invalid --cores ({self.cores}): give at least 1, or leave it out for every core the "
                                 "process may use.")
@@ -131,8 +133,9 @@ class RunConfig:
             raise InvalidOption("--segment-frames and --segment-seconds were both given. Drop one of them.")
         if self.segment_frames is not None and self.segment_frames < 1:
             raise InvalidOption(f"Invalid --segment-frames ({self.segment_frames}): it must be at least 1.")
-        if self.segment_seconds is not None and not 0 < self.segment_seconds < math.inf:
-            raise InvalidOption(f"Invalid --segment-seconds ({self.segment_seconds}): give a number of seconds above 0, e.g. 6.")
+        if self.segment_seconds is not None and not 0 < self.segment_seconds <= MAX_SEGMENT_SECONDS:
+            raise InvalidOption(f"Invalid --segment-seconds ({self.segment_seconds}): give a number of seconds above 0 "
+                                f"and at most {MAX_SEGMENT_SECONDS:.0f}, e.g. 6.")
         if self.scale is not None and self.scale < 1:
             raise InvalidOption(f"Invalid --scale ({self.scale}): it must be a positive whole number, e.g. --scale 2.")
         if self.codec not in CODECS:
@@ -183,10 +186,10 @@ class RunConfig:
             self.check_output_name(self.output)
         if self.stats_json is not None:
             folder = self.stats_json.parent if str(self.stats_json.parent) else Path(".")
-            if self.stats_json.is_dir() or not folder.is_dir():
+            if os.path.isdir(self.stats_json) or not os.path.isdir(folder):
                 raise InvalidOption(
                     f"Invalid --stats-json ({str(self.stats_json)!r}): "
-                    + ("it is a directory." if self.stats_json.is_dir() else f"folder {str(folder)!r} does not exist.")
+                    + ("it is a directory." if os.path.isdir(self.stats_json) else f"folder {str(folder)!r} does not exist.")
                     + " Give a file path, e.g. --stats-json run.json."
                 )
         return self

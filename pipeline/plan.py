@@ -253,7 +253,7 @@ def plan_run(config: RunConfig) -> RunPlan:
                                         bytes_per_sample=2 if bit_depth > 8 else 1, preset=preset, model_rate_key=rate_key)
     if segments is not None:
         inputs = [("--source", Path(config.source)), ("--audio", config.audio),
-                  ("--model", Path(config.model) if Path(config.model).is_file() else None)]
+                  ("--model", Path(config.model) if os.path.isfile(config.model) else None)]
         parts = PartsFolder(Path(output))
         parts.check(resume=config.resume, overwrite=overwrite, inputs=[(flag, path) for flag, path in inputs if path is not None])
         segments = _tapered(segments, config, source, 1 if use_nvenc else encoders.num_encoders, parts)
@@ -814,7 +814,7 @@ def _read_paths(config: RunConfig, pictures: PictureSequence | None) -> list[tup
     inputs.append(("--source", config.source))
     if config.audio is not None:
         inputs.append(("--audio", config.audio))
-    if Path(config.model).suffix and Path(config.model).exists():
+    if Path(config.model).suffix and os.path.exists(config.model):
         inputs.append(("--model", Path(config.model)))
     return inputs
 

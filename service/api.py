@@ -60,7 +60,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.errors import FramepipeError, OutputExists, one_line
 from service.jobs import VIDEO_SUFFIXES, JobRequest, job_request
 from service.paths import PathRefused
-from service.service import Service
+from service.service import JobEnded, Service
 
 __all__ = ["create_app", "MAX_BODY_BYTES"]
 
@@ -126,6 +126,10 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
 
     @app.exception_handler(OutputExists)
     async def exists(request: Request, exc: OutputExists):
+        return _error(409, one_line(exc))
+
+    @app.exception_handler(JobEnded)
+    async def ended(request: Request, exc: JobEnded):
         return _error(409, one_line(exc))
 
     @app.exception_handler(FramepipeError)
@@ -237,8 +241,8 @@ class _BodyTooLarge(StarletteHTTPException):
     """Raised from `receive` when a body passes its limit: FastAPI lets an HTTPException through
     its body parsing, so the route answers 413; `_Guard` answers it for a mounted app."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(status_code=413, detail=_too_large(limit))
+    def __init__(self, shown: int) -> None:  # the limit a client is told (an upload's: on its file)
+        super().__init__(status_code=413, detail=_too_large(shown))
 
 
 class _Guard:
@@ -255,8 +259,11 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        limit = self.service.max_upload_bytes + (1 << 20) if scope["path"] == UPLOAD_PATH else MAX_BODY_BYTES
-        refusal = self._refusal(scope, headers, limit)
+        # an upload's body is its file and the multipart form around it (1 MiB allowed for that);
+        # a refusal names the server's limit on the file itself
+        shown = self.service.max_upload_bytes if scope["path"] == UPLOAD_PATH else MAX_BODY_BYTES
+        limit = shown + (1 << 20) if scope["path"] == UPLOAD_PATH else shown
+        refusal = self._refusal(scope, headers, limit, shown=shown)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -268,7 +275,7 @@ class _Guard:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge(limit)
+                    raise _BodyTooLarge(shown)
             return message
 
         started = False
@@ -285,7 +292,7 @@ class _Guard:
                 raise
             await _error(413, exc.detail)(scope, receive, send)
 
-    def _refusal(self, scope, headers: Headers, limit: int) -> JSONResponse | None:
+    def _refusal(self, scope, headers: Headers, limit: int, *, shown: int) -> JSONResponse | None:
         method, path = scope["method"], scope["path"]
         host = headers.get("host", "")
         if self.allowed_hosts is not None and _hostname(host) not in self.allowed_hosts:
@@ -309,7 +316,7 @@ class _Guard:
         if path == UPLOAD_PATH and method == "POST" and length is None:
             return _error(411, "an upload needs a Content-Length header (chunked uploads are not accepted).")
         if length is not None and int(length) > limit:
-            return _error(413, _too_large(limit))
+            return _error(413, _too_large(shown))
         return None
 
 

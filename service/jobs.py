@@ -32,7 +32,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.choices import (COMPILE_CHOICES, DEFAULT_MODEL, DEFAULT_SCENE_THRESHOLD, INTERPOLATE_ONLY_MODEL,
-                          MAX_INTERPOLATE, MODEL_FILE_SUFFIXES, PICTURE_FORMATS, Codec, Precision)
+                          MAX_ENCODERS, MAX_INTERPOLATE, MAX_SEGMENT_SECONDS, MODEL_FILE_SUFFIXES, PICTURE_FORMATS, Codec, Precision)
 from core.errors import (FramepipeError, HardwareUnavailable, InvalidOption, ModelError, OutputExists,
                          OutputNotWritable, RunInterrupted, one_line)
 from hw.scheduling import usable_cores
@@ -76,9 +76,9 @@ class JobSettings(BaseModel):
     tile_overlap: int | None = Field(None, ge=0)
     compile: Literal[COMPILE_CHOICES] = "auto"  # type: ignore[valid-type]
     batch_size: int = Field(0, ge=0)
-    encoders: int = Field(0, ge=0)
+    encoders: int = Field(0, ge=0, le=MAX_ENCODERS)
     segment_frames: int | None = Field(None, ge=1)
-    segment_seconds: float | None = Field(None, gt=0)
+    segment_seconds: float | None = Field(None, gt=0, le=MAX_SEGMENT_SECONDS)
     picture_format: Literal[tuple(PICTURE_FORMATS)] | None = None  # type: ignore[valid-type]
     fps: str | None = None
     nvdec: bool = False
@@ -529,17 +529,33 @@ def _refuse_shared_outputs(pairs: list[tuple[Path, Path | None]]) -> None:
         seen[out] = src
 
 
+def _writes_at(output: Path, path: Path) -> bool:
+    """A run writing `output` also writes (or removes) `path`: the output itself, anything in its
+    work folder `<output>.parts/`, its hidden temporary file, its partial output (its lock's name
+    is no output's)."""
+    parts = output.with_name(output.name + ".parts")
+    if path == output or path == parts or parts in path.parents:
+        return True
+    if path.parent != output.parent:
+        return False
+    side = re.compile(rf"\.{re.escape(output.stem)}\.[0-9a-f]{{8}}\.part{re.escape(output.suffix)}|"
+                      rf"{re.escape(output.stem)}\.partial(-\d+)?{re.escape(output.suffix)}")
+    return bool(side.fullmatch(path.name))
+
+
 def _refuse_busy(pairs: list[tuple[Path, Path | None]], busy: dict[Path, tuple[str, Job]]) -> None:
-    """No job writes what a queued or running job reads or writes, nor reads what one writes."""
+    """No job writes what a queued or running job reads or writes, nor reads what one writes: a
+    run's work folder and the files beside its output count as what it writes (a second job's
+    output inside a running job's `.parts/` made that job fail)."""
     for src, out in pairs:
-        if out is not None and out in busy:
-            role, job = busy[out]
-            raise OutputExists(f"output {str(out)!r} is the {role} of job {job.id} ({job.state}): wait for that job "
-                               "to end, or cancel it.")
-        if busy.get(src, ("",))[0] == "output":
-            job = busy[src][1]
-            raise OutputExists(f"source {str(src)!r} is the output job {job.id} ({job.state}) is writing: wait for "
-                               "that job to end.")
+        for path, (role, job) in busy.items():
+            if out is not None and (_writes_at(out, path) or (role == "output" and _writes_at(path, out))):
+                what = f"the {role}" if out == path else f"in the way of the {role} ({str(path)!r})"
+                raise OutputExists(f"output {str(out)!r} is {what} of job {job.id} ({job.state}): wait for that job "
+                                   "to end, or cancel it.")
+            if role == "output" and _writes_at(path, src):
+                raise OutputExists(f"source {str(src)!r} is {'the output' if src == path else 'among the files'} job "
+                                   f"{job.id} ({job.state}) is writing: wait for that job to end.")
 
 
 def _faulted_devices(exc: BaseException, stats, devices: list[str]) -> list[str]:

@@ -66,7 +66,7 @@ def make_mcp(service: Service):
     @mcp.tool()
     def cancel_job(job_id: str) -> dict[str, Any]:
         """Cancel a queued or running job; a running job's partial output stays finalized and resumable."""
-        job = service.cancel(job_id)
+        job = _answer(lambda: service.cancel(job_id))
         return job if job is not None else {"error": f"no job {job_id!r}"}
 
     return mcp

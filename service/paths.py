@@ -51,14 +51,17 @@ class Roots:
         path = Path(text)
         if not path.is_absolute():
             path = self.folders[0] / path
-        real = self._confine(path, text=text, what=what)
-        if must_exist:
-            if not real.exists():
-                raise PathRefused(f"{what} {text!r} does not exist.")
-            if not (real.is_file() or real.is_dir()):
-                raise PathRefused(f"{what} {text!r} is not a file or a folder.")
-        elif real.exists() and not (real.is_file() or real.is_dir()):
-            raise PathRefused(f"{what} {text!r} is not a regular file.")
+        try:
+            real = self._confine(path, text=text, what=what)
+            if must_exist:
+                if not real.exists():
+                    raise PathRefused(f"{what} {text!r} does not exist.")
+                if not (real.is_file() or real.is_dir()):
+                    raise PathRefused(f"{what} {text!r} is not a file or a folder.")
+            elif real.exists() and not (real.is_file() or real.is_dir()):
+                raise PathRefused(f"{what} {text!r} is not a regular file.")
+        except OSError as exc:  # a name too long for the file system, a folder it may not enter ...
+            raise PathRefused(f"{what} {text[:80]!r}{'...' if len(text) > 80 else ''}: {exc.strerror or exc}.") from None
         return real
 
     def confined(self, path: Path, *, what: str) -> Path:

@@ -10,15 +10,20 @@ import logging
 import math
 from pathlib import Path
 
+from core.errors import FramepipeError
 from service.devices import Devices
 from service.jobs import JobRequest, Scheduler, is_upload_name
 from service.models import ModelManager
 from service.paths import Roots
 from service.store import JobStore
 
-__all__ = ["Service"]
+__all__ = ["JobEnded", "Service"]
 
 log = logging.getLogger("service")
+
+
+class JobEnded(FramepipeError):
+    """A cancel of a job that has ended (done or failed): nothing to cancel (409)."""
 
 
 class Service:
@@ -46,9 +51,15 @@ class Service:
     def _sweep_uploads(self) -> None:
         """Uploads no unfinished job uses (left by a server that died between an upload and its
         job, or before uploads were deleted with their jobs): deleted. An upload lives as long as
-        a queued or running job uses it; the scheduler deletes it when the last one ends."""
+        a queued or running job uses it; the scheduler deletes it when the last one ends. A job's
+        output is never an upload, though it bears the upload's name beside it (an upload's
+        default output `<upload>.<model>-x<scale>.mp4`, or its partial output): it stays."""
         used = {j.source for j in self.store.unfinished()}
+        outputs = self.store.outputs()
+        made = {str(path.with_name(f"{path.stem}.partial{path.suffix}")) for path in map(Path, outputs)}
         for path in self.uploads.iterdir():
+            if str(path) in outputs or str(path) in made:
+                continue
             if is_upload_name(path.name) and path.is_file() and not path.is_symlink() and str(path) not in used:
                 log.info("deleting the upload %s: no job uses it", path.name)
                 path.unlink(missing_ok=True)
@@ -70,7 +81,11 @@ class Service:
         return self._describe(job) if job is not None else None
 
     def cancel(self, job_id: str) -> dict | None:
+        """A queued or running job cancelled; one cancelled already: the same answer again.
+        JobEnded for a job that is done or failed."""
         job = self.scheduler.cancel(job_id)
+        if job is not None and job.state in ("done", "failed"):
+            raise JobEnded(f"job {job_id} has ended ({job.state}): there is nothing to cancel.")
         return self._describe(job) if job is not None else None
 
     def _describe(self, job) -> dict:

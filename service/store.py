@@ -137,6 +137,12 @@ class JobStore:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
         return [_job(r) for r in rows]
 
+    def outputs(self) -> set[str]:
+        """Every output a job of this store writes or wrote, finished jobs' included."""
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT output FROM jobs WHERE output != ''").fetchall()
+        return {r[0] for r in rows}
+
     def unfinished(self) -> list[Job]:
         """Queued or running jobs (oldest first): what a restarted server takes up again."""
         with self._lock:

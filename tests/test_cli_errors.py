@@ -263,6 +263,9 @@ def test_existing_output_needs_overwrite(capsys, clips, tmp_path):
         (["--gpus", "9"], "Invalid --gpus"),
         (["--segment-seconds", "inf"], "Invalid --segment-seconds (inf)"),  # was an OverflowError traceback
         (["--cpu-workers", "99999999999999999999"], "Invalid --cpu-workers"),  # was memory exhausted, no line
+        (["--encoders", "1000000000"], "Invalid --encoders (1000000000): use 0"),  # grew memory 100 MB/s
+        (["--decoders", "1000000000"], "Invalid --decoders (1000000000): use 0"),
+        (["--segment-seconds", "1e308"], "Invalid --segment-seconds (1e+308)"),  # an OverflowError in a job
     ],
 )
 def test_invalid_values(capsys, clips, tmp_path, args, message):
@@ -323,3 +326,20 @@ def test_paths_are_printed_as_they_are(capsys, clips, tmp_path):
     assert code == 2 and str(out) in _error_line(err)
     code, err = _cli(capsys, "--source", tmp_path / "missing [red]x[/red].mp4", "--output", tmp_path / "o.mp4")
     assert code == 2 and "missing [red]x[/red].mp4" in _error_line(err) and "not found" in _error_line(err)
+
+
+@pytest.mark.parametrize("flag", ["--output", "--stats-json", "--model", "--audio", "--source"])
+def test_a_name_longer_than_the_file_system_takes_is_one_line(capsys, clips, tmp_path, flag):
+    """A 300-byte file name (ENAMETOOLONG from the first stat of it): one line, never a traceback;
+    an output name that leaves no room for framepipe's lock beside it says how long it may be."""
+    src = clips("plain.mp4", num_frames=10)
+    long = str(tmp_path / ("a" * 300 + (".pth" if flag == "--model" else ".json" if flag == "--stats-json" else ".mp4")))
+    args = {"--source": ["--source", long, "--output", tmp_path / "o.mp4"]}.get(
+        flag, ["--source", src, "--output", tmp_path / "o.mp4", flag, long])
+    code, err = _cli(capsys, *args)
+    assert code == 2 and "Traceback" not in err
+    line = _error_line(err)
+    assert "too long" in line or "bytes long" in line or (flag == "--audio" and "no such file" in line), err
+    assert not (tmp_path / "o.mp4").exists()
+    code, err = _cli(capsys, "--source", src, "--output", tmp_path / ("b" * 245 + ".mp4"))
+    assert code == 2 and "Give a name of at most 238 bytes" in _error_line(err), err

@@ -692,7 +692,7 @@ def test_the_mcp_tools_are_the_api_operations(clip_root):
             assert (await call("update_gpu_timeout", {"seconds": 9}))["idle_timeout_seconds"] == 9
             assert (await call("offload_gpu"))["offloaded"] == []
             assert (await call("release_gpu"))["released"] == ["bicubic x2 on cpu"]
-            assert (await call("cancel_job", {"job_id": job["id"]}))["state"] == "done"
+            assert "has ended (done)" in (await call("cancel_job", {"job_id": job["id"]}))["error"]
             assert "no job" in (await call("job_status", {"job_id": "zzz"}))["error"]
 
     try:
@@ -1105,3 +1105,65 @@ def test_an_interpolation_job_doubles_the_frames_and_is_named_like_the_cli(clip_
         assert client.post("/jobs", json={"source": "in.mp4", "interpolate": 99}).status_code == 422
     finally:
         service.close()
+
+
+def test_review_a_queued_jobs_work_folder_and_side_files_are_its_output_too(clip_root):
+    """No second job writes inside a queued or running job's `.parts/` work folder, over its
+    hidden temporary file or partial output, nor reads from them (a second job's output in
+    a running job's work folder made that job fail); and no job's work folder is where another
+    job's files are."""
+    service = _service(clip_root)
+    client = _client(service)
+    first = client.post("/jobs", json={"source": "in.mp4", "output": "a.mp4", **LOSSLESS}).json()["jobs"][0]
+    (clip_root / "a.mp4.parts").mkdir()  # as the job makes it when it runs
+    for output in ("a.mp4.parts/segment-000000.mp4", ".a.0123abcd.part.mp4", "a.partial.mp4", "a.partial-2.mp4"):
+        r = client.post("/jobs", json={"source": "in.mp4", "output": output, "overwrite": True, **LOSSLESS})
+        assert r.status_code == 409 and f"of job {first['id']} (queued)" in r.json()["error"], (output, r.text)
+    (clip_root / "a.mp4.parts" / "x.mp4").write_bytes((clip_root / "in.mp4").read_bytes())
+    r = client.post("/jobs", json={"source": "a.mp4.parts/x.mp4", "output": "b.mp4", **LOSSLESS})
+    assert r.status_code == 409 and "among the files job" in r.json()["error"], r.text
+    r = client.post("/jobs", json={"source": "in.mp4", "output": "c.mp4", **LOSSLESS})  # an unrelated name: fine
+    assert r.status_code == 201, r.text
+    service.store.close()
+
+
+def test_review_bad_numbers_names_and_cancels_get_one_clear_4xx(clip_root):
+    """An encoder count meant to exhaust the server, a segment length that overflows, a name
+    longer than the file system takes (a 500 with a traceback before), a cancel of a job that has
+    ended; the upload limit named as the server was given it."""
+    service = _service(clip_root, max_upload_bytes=1 << 20)
+    client = _client(service)
+    for settings, status, words in (({"encoders": 10**9}, 422, "encoders"), ({"segment_seconds": 1e308}, 422,
+                                    "segment_seconds"), ({"decoders": 10**9}, 422, "decoders")):
+        r = client.post("/jobs", json={"source": "in.mp4", "output": "o.mp4", **LOSSLESS, **settings})
+        assert r.status_code == status and words in r.text and "\n" not in r.json()["error"], r.text
+    for field in ("source", "output", "model"):
+        body = {"source": "in.mp4", "output": "o.mp4", **LOSSLESS, field: "a" * 300 + (".pth" if field == "model" else ".mp4")}
+        r = client.post("/jobs", json=body)
+        assert r.status_code in (403, 422) and "too long" in r.json()["error"], (field, r.text)
+    r = client.post("/jobs/upload", files={"file": ("v.mp4", b"x" * (3 << 20), "video/mp4")})
+    assert r.status_code == 413 and "(1 MiB)" in r.json()["error"], r.text
+    service.start()
+    job = client.post("/jobs", json={"source": "in.mp4", "output": "o.mp4", **LOSSLESS}).json()["jobs"][0]
+    assert _wait(client, job["id"])["state"] == "done"
+    r = client.delete(f"/jobs/{job['id']}")
+    assert r.status_code == 409 and "has ended (done)" in r.json()["error"], r.text
+    service.close()
+
+
+def test_review_an_uploads_output_beside_it_survives_a_restart(clip_root):
+    """An upload's default output goes beside it in the uploads folder, named after the upload:
+    the sweep of uploads no job uses at the next start kept only uploads, and deleted it."""
+    service = _service(clip_root)
+    service.start()
+    client = _client(service)
+    r = client.post("/jobs/upload", files={"file": ("clip.mp4", (clip_root / "in.mp4").read_bytes(), "video/mp4")},
+                    data={"settings": json.dumps(LOSSLESS)})
+    assert r.status_code == 201, r.text
+    job = _wait(client, r.json()["jobs"][0]["id"])
+    assert job["state"] == "done" and Path(job["output"]).parent == service.uploads
+    service.close()
+    again = _service(clip_root)
+    again.start()
+    again.close()
+    assert Path(job["output"]).is_file() and len(probe.indices(Path(job["output"]))) == 30
