@@ -371,13 +371,14 @@ def test_a_second_signal_while_the_interpreter_exits_changes_nothing(clips, tmp_
     assert probe.indices(out) == list(range(24))
 
 
+@pytest.mark.timeout(240)  # two whole runs of 400 frames: past a minute on a loaded 2-core machine
 def test_a_signal_while_joining_keeps_the_segments_for_resume(clips, tmp_path):
     """SIGTERM while the finished segments of a complete run are joined: one line that says so
     and that --resume finishes the job (before, the line said "before the run started" and gave
     no hint); --resume then writes every frame."""
     src = clips("long-signal.mp4", num_frames=400, audio=True)
     out = tmp_path / "out.mp4"
-    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--parallel"]
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2", "--parallel"]
     proc = _kill_at("hw.av_join", "", "join_segments", after=False, args=args)
     assert proc.returncode == 143, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("stopped by SIGTERM")]
@@ -412,6 +413,7 @@ def test_a_sequential_stop_does_not_wait_for_a_long_batch(clips, tmp_path):
     assert seconds < 3.5, f"took {seconds:.1f} s to stop"
 
 
+@pytest.mark.timeout(180)  # a whole run of 400 frames: near a minute on a loaded 2-core machine
 @pytest.mark.parametrize("where", [("pipeline.runner", "", "remember_model_rate"),
                                    ("pipeline.segments", "PartsFolder", "remove")])
 def test_a_signal_after_the_output_is_in_place_completes_the_job(clips, tmp_path, where):
@@ -422,7 +424,8 @@ def test_a_signal_after_the_output_is_in_place_completes_the_job(clips, tmp_path
     out = tmp_path / "out.mp4"
     module, cls, name = where
     proc = _kill_at(module, cls, name, after=False,
-                    args=["--source", str(src), "--output", str(out), "--model", "bicubic", "--parallel"])
+                    args=["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2",
+                          "--parallel"])
     assert proc.returncode == 0, proc.stderr
     assert "SIGTERM came after the last frame was written; the output was completed" in proc.stderr
     assert probe.indices(out) == list(range(400))
