@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", default=None,
                        help="built-in model name (see --list-models) or a .pth/.safetensors (spandrel) or .pt/.ts "
                        f"(TorchScript) file; default {DEFAULT_MODEL}")
+    model.add_argument("--trust-model", action="store_true",
+                       help="run a TorchScript model file (.ts/.pt): it is a program that runs with your rights; pass "
+                       "this only for a file whose author you trust (weights files need no trust)")
     model.add_argument("--scale", type=int, help="output scale (default: the model's own; realesr-animevideov3: 2, 3 or 4)")
     model.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto = fp16 on compute capability 7.0+, fp32 on Pascal (sm_61) and the CPU")
@@ -209,6 +212,10 @@ def _sample_output_dir() -> Path:
 def _config_from_args(args, *, sample: bool):
     from pipeline import RunConfig
 
+    from core.errors import InvalidOption
+
+    if args.model is not None and not args.model.strip():  # an unset $MODEL: never the default in its place
+        raise InvalidOption("--model is empty: give a built-in model name (see --list-models) or a model file.")
     # --interpolate alone: frames are only interpolated (the identity model, scale 1, no upscaling)
     model = args.model or (INTERPOLATE_ONLY_MODEL if args.interpolate > 1 and args.scale in (None, 1) else DEFAULT_MODEL)
     source = args.source
@@ -255,6 +262,7 @@ def _config_from_args(args, *, sample: bool):
         segment_seconds=args.segment_seconds,
         resume=args.resume,
         keep_parts=args.keep_parts,
+        trust_model=args.trust_model,
         stats_json=args.stats_json,
         copy_audio=not args.no_audio,
         audio=args.audio,

@@ -134,7 +134,7 @@ class RunInterrupted(KeyboardInterrupt):
         return 128 + self.signal_number  # the shell's convention: 130 SIGINT, 143 SIGTERM, 129 SIGHUP
 
 
-_ERROR_LINE = re.compile(r"^\s*[A-Za-z_.]*(Error|Exception|Interrupt)\b:?\s*(?P<text>.+)$")
+_ERROR_LINE = re.compile(r"^\s*[A-Za-z_.]*(Error|Exception|Interrupt):\s*(?P<text>.+)$")
 
 
 def one_line(exc: BaseException, *, limit: int = 300) -> str:
@@ -151,4 +151,6 @@ def one_line(exc: BaseException, *, limit: int = 300) -> str:
             match = _ERROR_LINE.match(line)
             if match:
                 return match.group("text")[:limit]
+    if lines[0].endswith(":") and len(lines) > 1:  # "Error(s) in loading state_dict for X:" and what erred
+        return f"{lines[0]} {lines[1]}"[:limit]
     return lines[0][:limit]

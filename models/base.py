@@ -155,7 +155,7 @@ def check_model_output(name: str, x: torch.Tensor, y: object, *, scale: int, che
             "scale (--scale) and that it maps every input frame to one output frame"
         )
     if check_values and y.numel() and not bool(all_finite(y)):
-        raise not_finite_error(name)
+        raise not_finite_error(name, y.dtype)
     return y
 
 
@@ -169,8 +169,13 @@ def all_finite(y: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(torch.stack(torch.aminmax(y))).all()
 
 
-def not_finite_error(name: str) -> ModelOutputError:
-    return ModelOutputError(
-        f"model {name} produced NaN or infinite values: in fp16 this is usually an overflow; try "
-        "--precision fp32 (or bf16)"
-    )
+def not_finite_error(name: str, dtype: torch.dtype) -> ModelOutputError:
+    """The line for a model that made NaN or infinite values, with the hint that fits the precision
+    it ran in (an fp16 overflow; in fp32 the model itself)."""
+    if dtype == torch.float16:
+        hint = "in fp16 this is usually an overflow; try --precision fp32 (or bf16)"
+    elif dtype == torch.bfloat16:
+        hint = "in bf16 this may be the lost precision; try --precision fp32"
+    else:
+        hint = f"it ran in {str(dtype).removeprefix('torch.')}, so not for want of precision: check the model's weights"
+    return ModelOutputError(f"model {name} produced NaN or infinite values: {hint}")

@@ -549,7 +549,7 @@ def _check_kind(spec: str, builtin: _Builtin | None, kind: ModelKind | None) -> 
 
 def load_model(
     spec: str = DEFAULT_MODEL, *, scale: int | None = None, cache_dir: Path | None = None,
-    kind: ModelKind | None = None,
+    kind: ModelKind | None = None, trust_code: bool = False,
 ) -> LoadedModel:
     """Load a built-in model by name, or a user model file by path.
 
@@ -559,7 +559,7 @@ def load_model(
     Raises `ModelError` (one line: what was given, what is allowed, the fix) for an unknown
     name, a model of another kind, a missing, corrupt or truncated file, an unknown
     architecture or an impossible scale; `UnsafeModelFile` for a file that would need
-    unpickling arbitrary objects.
+    unpickling arbitrary objects, or for TorchScript (a program) unless `trust_code`.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     builtin = _BUILTINS.get(spec)
@@ -569,7 +569,7 @@ def load_model(
     elif _looks_like_path(spec):
         from .user import load_user_model
 
-        model = load_user_model(Path(spec), scale=scale)
+        model = load_user_model(Path(spec), scale=scale, trust_code=trust_code)
     else:
         names = _names(kind)
         close = _suggest(spec, names)

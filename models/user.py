@@ -6,9 +6,12 @@ safetensors; `.pth/.ckpt` (and a `.pt` that is not TorchScript) by
 other pickled object is refused with `UnsafeModelFile`. The state dict then goes to
 spandrel, which recognises the architecture and reads the scale from it.
 
-TorchScript (`.ts`, or a `.pt` zip with a `code/` folder) is loaded by `torch.jit.load`,
-whose restricted unpickler only rebuilds TorchScript classes; its scale and dtype support
-are found by running it once on a small CPU tensor at load time.
+TorchScript (`.ts`, or a `.pt` zip with a `code/` folder) is a program, not only weights: its
+`forward` runs with the user's rights and can read and write files (`torch.from_file`, seen
+overwriting a file as the model was probed). It is loaded only where the caller says the file
+is trusted (`--trust-model`; never by the service), by `torch.jit.load`, whose restricted
+unpickler only rebuilds TorchScript classes; its scale and dtype support are found by running
+it once on a small CPU tensor at load time.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ logger = logging.getLogger(__name__)
 _PROBE_SIZE = 32  # side of the CPU probe tensor for TorchScript models
 
 
-def load_user_model(path: Path, *, scale: int | None = None) -> LoadedModel:
-    """Load a user model file; raise `ModelError`/`UnsafeModelFile` with one clear line."""
+def load_user_model(path: Path, *, scale: int | None = None, trust_code: bool = False) -> LoadedModel:
+    """Load a user model file; raise `ModelError`/`UnsafeModelFile` with one clear line.
+    `trust_code`: run a TorchScript model (a program) too; without it such a file is refused."""
     path = Path(path).expanduser()
     if not path.exists():
         raise ModelError(
@@ -59,6 +63,12 @@ def load_user_model(path: Path, *, scale: int | None = None) -> LoadedModel:
             f"are {', '.join(MODEL_FILE_SUFFIXES)}. Convert it to .safetensors or TorchScript."
         )
     if suffix == ".ts" or (suffix == ".pt" and _is_torchscript(path)):
+        if not trust_code:
+            raise UnsafeModelFile(
+                f"Model file {path.name!r} is TorchScript: a program, not only weights, and it runs with your rights "
+                "(it can read and write your files). Pass --trust-model to run it, only for a file whose author you "
+                "trust; weights (.safetensors, .pth) need no trust."
+            )
         return _load_torchscript(path, scale=scale)
     if suffix == ".safetensors":
         state = _load_safetensors(path)

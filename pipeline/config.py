@@ -84,6 +84,7 @@ class RunConfig:
     segment_seconds: float | None = None
     resume: bool = False
     keep_parts: bool = False
+    trust_model: bool = False  # --trust-model: a TorchScript model file (a program) may run
     # Temporal models (models/rife.py): --interpolate N makes N-1 frames between each two (a
     # chain after --model when one is given); a pair less alike than --scene-threshold (SSIM of
     # 32x32 thumbnails) is a scene cut: the frame is repeated instead of blending two shots.

@@ -175,7 +175,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     if config.output_mode == "none" and config.stats_json is not None:  # the one file such a run writes
         check_output_paths([("--stats-json", config.stats_json)], inputs=_read_paths(config, pictures),
                            overwrite=overwrite)
-    model = load_model(config.model, scale=config.scale, kind="spatial")
+    model = load_model(config.model, scale=config.scale, kind="spatial", trust_code=config.trust_model)
     interpolator = _plan_interpolation(config, source, model, notes)
     split = _plan_split(config, model, interpolator, notes)
     output = config.output

@@ -535,7 +535,7 @@ class Worker:
             if out_stream is None:
                 out = check_model_output(self.model_name, rgb, self._model(rgb), scale=self.scale)
                 return _Launched(frames, self._queue_output(out), None, None, self.output_format, self.name,
-                                 self.model_name)
+                                 self.model_name, out.dtype)
             compute = torch.cuda.current_stream(self.device)
             _hand_over(staged.ready, compute, rgb)
             out = check_model_output(self.model_name, rgb, self._model(rgb), scale=self.scale, check_values=False)
@@ -547,7 +547,7 @@ class Worker:
                 finite_on_host = torch.empty((), dtype=torch.bool, pin_memory=True)
                 finite_on_host.copy_(finite, non_blocking=True)
                 done = _event(out_stream)
-        return _Launched(frames, host, finite_on_host, done, self.output_format, self.name, self.model_name)
+        return _Launched(frames, host, finite_on_host, done, self.output_format, self.name, self.model_name, out.dtype)
 
     def _queue_output(self, out: torch.Tensor) -> HostYuv420 | None:
         """The conversion out of the overlapped path, queued on the current stream (host planes)."""
@@ -710,6 +710,7 @@ class _Launched:
     fmt: OutputFormat
     worker: str
     model_name: str
+    dtype: torch.dtype  # the model's output: what the NaN hint names
 
     @property
     def num_frames(self) -> int:
@@ -721,7 +722,7 @@ class _Launched:
 
     def results(self) -> list[ResultItem]:
         if self.finite is not None and not bool(self.finite):
-            raise not_finite_error(self.model_name)
+            raise not_finite_error(self.model_name, self.dtype)
         planes = self.host.frames() if self.host is not None else [() for _ in self.frames]
         return [ResultItem(index=f.index, pts=f.pts, fmt=self.fmt, planes=p, worker=self.worker)
                 for f, p in zip(self.frames, planes)]

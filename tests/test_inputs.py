@@ -256,7 +256,7 @@ class M(torch.nn.Module):
 
 
 @pytest.mark.parametrize("name, body, message", [
-    ("nan", "return x * float('nan')", "NaN or infinite values.*--precision fp32"),
+    ("nan", "return x * float('nan')", "NaN or infinite values: it ran in float32, so not for want of precision"),
     ("integer", "return (x * 255).to(torch.uint8)", "returned uint8 values"),
     ("fewer", "return x[:1]", r"returned 1 frame\(s\) for a batch of 4"),
     ("squashed", "return F.interpolate(x, size=(x.shape[2] * 2, x.shape[2] * 2))", r"returned shape \(4, 3, 96, 96\)"),
@@ -264,7 +264,7 @@ class M(torch.nn.Module):
 def test_bad_model_output_fails_with_one_line(capsys, clips, tmp_path, name, body, message):
     src = clips("plain.mp4", num_frames=12)
     model = _script(tmp_path, name, body)
-    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", str(model),
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", str(model), "--trust-model",
                      "--batch-size", "4", "--parallel"])
     err = capsys.readouterr().err
     assert code == 1
@@ -281,7 +281,7 @@ def test_model_error_message_is_one_line(capsys, clips, tmp_path):
     """A TorchScript failure inside a run: one line, the real error (not the interpreter's trace)."""
     src = clips("plain.mp4", num_frames=6)
     model = _script(tmp_path, "raises", "if x.shape[2] > 40:\n            raise RuntimeError('tile too big')\n        return x")
-    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", str(model)])
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", str(model), "--trust-model"])
     err = capsys.readouterr().err
     assert code == 1
     assert [ln for ln in err.splitlines() if ln.strip()][-1].startswith("error:")

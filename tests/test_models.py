@@ -38,6 +38,7 @@ from models import (
 from models import ncnn_convert, registry
 from models.ncnn_convert import parse_param, read_weights, rrdb_state_dict, srvgg_state_dict
 from core.errors import InvalidOption, ModelError, UnsafeModelFile
+import main as cli
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:FutureWarning"),
@@ -725,7 +726,7 @@ def test_torchscript_loads_with_probed_scale(tmp_path, suffix):
     original = _TinyUpscaler().eval()
     path = tmp_path / f"tiny{suffix}"
     torch.jit.script(original).save(str(path))
-    model = load_model(str(path))
+    model = load_model(str(path), trust_code=True)
     assert (model.arch, model.scale, model.name) == ("TorchScript", 2, f"tiny{suffix}")
     assert model.supports_dtype(torch.bfloat16)
     module = model.build(CPU, torch.float32)
@@ -738,7 +739,7 @@ def test_torchscript_loads_with_probed_scale(tmp_path, suffix):
 def test_torchscript_fp32_only_refuses_other_dtypes(tmp_path):
     path = tmp_path / "fp32.ts"
     torch.jit.script(_Fp32Only()).save(str(path))
-    model = load_model(str(path))
+    model = load_model(str(path), trust_code=True)
     assert model.scale == 1 and not model.supports_dtype(torch.float16)
     with pytest.raises(ModelError, match="cannot run in fp16: it supports fp32. Use --precision fp32"):
         model.build(CPU, torch.float16)
@@ -748,22 +749,22 @@ def test_torchscript_with_a_bad_output_or_failure(tmp_path):
     shrinks = tmp_path / "shrinks.ts"
     torch.jit.script(_Shrinks()).save(str(shrinks))
     with pytest.raises(ModelError, match=r"maps a 1x3x32x32 tensor to \(1, 3, 16, 16\)"):
-        load_model(str(shrinks))
+        load_model(str(shrinks), trust_code=True)
     fails = tmp_path / "fails.ts"
     torch.jit.script(_Fails()).save(str(fails))
     with pytest.raises(ModelError, match="fails on a 1x3x32x32 RGB float tensor"):
-        load_model(str(fails))
+        load_model(str(fails), trust_code=True)
     scaled = tmp_path / "x2.ts"
     torch.jit.script(_TinyUpscaler()).save(str(scaled))
     with pytest.raises(ModelError, match=r"Invalid --scale \(3\) for 'x2.ts'.*scale 2 only"):
-        load_model(str(scaled), scale=3)
+        load_model(str(scaled), scale=3, trust_code=True)
 
 
 def test_ts_that_is_not_torchscript(tmp_path):
     path = tmp_path / "weights.ts"
     torch.save(_TinyUpscaler().state_dict(), path)
     with pytest.raises(ModelError, match="is not a TorchScript archive"):
-        load_model(str(path))
+        load_model(str(path), trust_code=True)
 
 
 def test_corrupt_torchscript(tmp_path):
@@ -772,7 +773,41 @@ def test_corrupt_torchscript(tmp_path):
         archive.writestr("broken/code/__torch__.py", "garbage")
         archive.writestr("broken/constants.pkl", b"garbage")
     with pytest.raises(ModelError, match="'broken.ts' cannot be loaded .*corrupt"):
-        load_model(str(path))
+        load_model(str(path), trust_code=True)
+
+
+def test_torchscript_is_refused_unless_trusted_for_it_runs_as_a_program(tmp_path, capsys, clips):
+    """A TorchScript model is code: its forward ran at load (the scale probe) and overwrote a file
+    of the user's through torch.from_file. Refused in one line unless --trust-model, as a .ts or a
+    .pt; the file it aims at stays as it was."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("original content here")
+    source = tmp_path / "writes.py"
+    source.write_text(f"""
+import torch
+class M(torch.nn.Module):
+    def forward(self, x):
+        t = torch.from_file({str(victim)!r}, shared=True, size=8, dtype=torch.uint8)
+        t.fill_(65)
+        return x + t[0].float() * 0.0
+""")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("writes", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for suffix in (".ts", ".pt"):
+        path = tmp_path / f"writes{suffix}"
+        torch.jit.script(module.M()).save(str(path))
+        with pytest.raises(UnsafeModelFile, match=r"is TorchScript: a program.*--trust-model"):
+            load_model(str(path))
+        code = cli.main(["--source", str(clips("plain.mp4", num_frames=4)), "--output", str(tmp_path / "o.mp4"),
+                         "--model", str(path)])
+        err = capsys.readouterr().err
+        assert code == 2 and [ln for ln in err.splitlines() if ln.startswith("error:")] and "Traceback" not in err
+        assert victim.read_text() == "original content here"
+    load_model(str(tmp_path / "writes.ts"), trust_code=True)  # trusted: it runs, and does what it does
+    assert victim.read_text() == "AAAAAAAA content here"
 
 
 # --- precision ------------------------------------------------------------------------

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:Future
 
 def _run(source: Path, out: Path, **kw):
     cfg = RunConfig(source=source, output=out, model=kw.pop("model", "bicubic"), scale=kw.pop("scale", 2),
-                    parallel=kw.pop("parallel", True), **kw)
+                    parallel=kw.pop("parallel", True), trust_model=True, **kw)  # the roll model: our own TorchScript
     return run(cfg)
 
 

@@ -113,3 +113,32 @@ def test_every_line_of_a_bad_model_run_is_one_line(capsys, clips, tmp_path):
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: Model file 'm.pth' cannot be read"), err
+
+
+def test_one_line_keeps_what_a_heading_line_introduces():
+    """torch's "Error(s) in loading state_dict for X:" and the line that says what did not fit
+    (before: "(s) in loading state_dict for X:", the detail dropped)."""
+    exc = RuntimeError("Error(s) in loading state_dict for SRVGGNetCompact:\n\tsize mismatch for body.6.weight: "
+                       "copying a param with shape torch.Size([48, 64, 3, 3]), the shape in current model is "
+                       "torch.Size([64, 64, 3, 3]).")
+    line = one_line(exc)
+    assert line.startswith("Error(s) in loading state_dict for SRVGGNetCompact: size mismatch for body.6.weight"), line
+
+
+def test_the_nan_hint_fits_the_precision_the_model_ran_in():
+    import torch
+
+    from models.base import not_finite_error
+
+    assert "in fp16 this is usually an overflow; try --precision fp32" in str(not_finite_error("m", torch.float16))
+    assert "try --precision fp32" in str(not_finite_error("m", torch.bfloat16))
+    fp32 = str(not_finite_error("m", torch.float32))
+    assert "not for want of precision" in fp32 and "fp16" not in fp32
+
+
+def test_an_empty_model_name_is_one_line_not_the_default(capsys, clips, tmp_path):
+    """`--model ""` (an unset $MODEL in a script) ran the default model before."""
+    code = cli.main(["--source", str(clips("plain.mp4", num_frames=4)), "--output", str(tmp_path / "o.mp4"),
+                     "--model", ""])
+    err = capsys.readouterr().err
+    assert code == 2 and "--model is empty" in err and not (tmp_path / "o.mp4").exists()
