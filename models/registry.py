@@ -517,7 +517,9 @@ def _suggest(spec: str, names: tuple[str, ...] = BUILTIN_NAMES) -> list[str]:
 
 
 def _names(kind: ModelKind | None) -> tuple[str, ...]:
-    return BUILTIN_NAMES if kind is None else tuple(n for n, b in _BUILTINS.items() if b.kind == kind)
+    """The built-ins an option takes: --model ("spatial") takes the restoration models too."""
+    kinds = {kind, "restore"} if kind == "spatial" else {kind}
+    return BUILTIN_NAMES if kind is None else tuple(n for n, b in _BUILTINS.items() if b.kind in kinds)
 
 
 def _check_kind(spec: str, builtin: _Builtin | None, kind: ModelKind | None) -> None:

@@ -967,3 +967,10 @@ def test_planning_a_run_of_a_builtin_model_does_not_import_spandrel(tmp_path):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "[]", name
+
+
+def test_a_typo_of_a_restoration_models_name_is_suggested_and_listed():
+    """--model takes the restoration built-ins too (temporal-median): a typo of one gets the
+    suggestion, and the list of built-ins names it (before, neither)."""
+    with pytest.raises(ModelError, match=r"did you mean temporal-median\?.*bicubic, temporal-median"):
+        load_model("temporal-medain", kind="spatial")
