@@ -23,6 +23,7 @@ __all__ = [
     "InvalidOption",
     "ModelError",
     "UnsafeModelFile",
+    "CodeModelRefused",
     "HardwareUnavailable",
     "ModelOutputError",
     "StageError",
@@ -89,6 +90,10 @@ class ModelError(FramepipeError, ValueError):
 
 class UnsafeModelFile(ModelError):
     """A model file that could only be loaded by executing untrusted code (a pickle)."""
+
+
+class CodeModelRefused(UnsafeModelFile):
+    """A model file that is a program (TorchScript), not trusted to run (`--trust-model`)."""
 
 
 class HardwareUnavailable(FramepipeError, RuntimeError):

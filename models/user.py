@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.choices import MODEL_FILE_SUFFIXES
-from core.errors import ModelError, UnsafeModelFile, one_line
+from core.errors import CodeModelRefused, ModelError, UnsafeModelFile, one_line
 from core.files import describe_file_kind
 
 from .base import LoadedModel
@@ -64,7 +64,7 @@ def load_user_model(path: Path, *, scale: int | None = None, trust_code: bool = 
         )
     if suffix == ".ts" or (suffix == ".pt" and _is_torchscript(path)):
         if not trust_code:
-            raise UnsafeModelFile(
+            raise CodeModelRefused(
                 f"Model file {path.name!r} is TorchScript: a program, not only weights, and it runs with your rights "
                 "(it can read and write your files). Pass --trust-model to run it, only for a file whose author you "
                 "trust; weights (.safetensors, .pth) need no trust."

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.choices import (COMPILE_CHOICES, DEFAULT_MODEL, DEFAULT_SCENE_THRESHOLD, INTERPOLATE_ONLY_MODEL,
                           MAX_ENCODERS, MAX_INTERPOLATE, MAX_SEGMENT_SECONDS, MODEL_FILE_SUFFIXES, PICTURE_FORMATS, Codec, Precision)
-from core.errors import (FramepipeError, HardwareUnavailable, InvalidOption, ModelError, OutputExists,
+from core.errors import (CodeModelRefused, FramepipeError, HardwareUnavailable, InvalidOption, ModelError, OutputExists,
                          OutputNotWritable, RunInterrupted, one_line)
 from hw.scheduling import usable_cores
 from service.devices import Devices
@@ -390,7 +390,11 @@ class Scheduler:
         """The command line's model check (the name or file, the scale it can produce); the scale."""
         from models import load_model
 
-        return load_model(model, scale=scale).scale
+        try:
+            return load_model(model, scale=scale).scale
+        except CodeModelRefused:  # the command line's way round it is no client's to take here
+            raise CodeModelRefused(f"model {Path(model).name!r} is TorchScript: a program, which would run with the "
+                                   "server's rights; the service runs weights files only (.safetensors, .pth).") from None
 
     def _videos_in(self, folder: Path, *, output: Path | None, busy: dict[Path, tuple[str, Job]]) -> list[Path]:
         """The videos of a folder source, each the real path of an entry: a link leading out of
