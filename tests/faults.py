@@ -147,3 +147,24 @@ def inject(*, reader_fails_at: int | None = None, writer_fails_at: int | None = 
         return stage
 
     return wrap
+
+
+def file_writing_torchscript(path, victim) -> None:
+    """Save at `path` a TorchScript model whose forward overwrites the first 8 bytes of `victim`
+    with "A"s (`torch.from_file(shared=True)`): what an untrusted model file can do when run."""
+    import importlib.util
+    from pathlib import Path
+
+    source = Path(path).with_suffix(".py")
+    source.write_text(f"""
+import torch
+class M(torch.nn.Module):
+    def forward(self, x):
+        t = torch.from_file({str(victim)!r}, shared=True, size=8, dtype=torch.uint8)
+        t.fill_(65)
+        return x + t[0].float() * 0.0
+""")
+    spec = importlib.util.spec_from_file_location(f"writes_{source.stem}", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.jit.script(module.M()).save(str(path))

@@ -780,25 +780,13 @@ def test_torchscript_is_refused_unless_trusted_for_it_runs_as_a_program(tmp_path
     """A TorchScript model is code: its forward ran at load (the scale probe) and overwrote a file
     of the user's through torch.from_file. Refused in one line unless --trust-model, as a .ts or a
     .pt; the file it aims at stays as it was."""
+    from tests.faults import file_writing_torchscript
+
     victim = tmp_path / "victim.txt"
     victim.write_text("original content here")
-    source = tmp_path / "writes.py"
-    source.write_text(f"""
-import torch
-class M(torch.nn.Module):
-    def forward(self, x):
-        t = torch.from_file({str(victim)!r}, shared=True, size=8, dtype=torch.uint8)
-        t.fill_(65)
-        return x + t[0].float() * 0.0
-""")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("writes", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     for suffix in (".ts", ".pt"):
         path = tmp_path / f"writes{suffix}"
-        torch.jit.script(module.M()).save(str(path))
+        file_writing_torchscript(path, victim)
         with pytest.raises(UnsafeModelFile, match=r"is TorchScript: a program.*--trust-model"):
             load_model(str(path))
         code = cli.main(["--source", str(clips("plain.mp4", num_frames=4)), "--output", str(tmp_path / "o.mp4"),

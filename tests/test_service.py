@@ -1173,23 +1173,11 @@ def test_review_the_service_never_runs_a_torchscript_model(clip_root):
     """A TorchScript file in a root named as a job's model (as .pt, where weights are expected):
     refused at submit, and its code never ran (it overwrote a file outside the root as the
     submission was checked, before)."""
+    from tests.faults import file_writing_torchscript
+
     victim = clip_root.parent / "victim.txt"
     victim.write_text("original content here")
-    source = clip_root.parent / "writes.py"
-    source.write_text(f"""
-import torch
-class M(torch.nn.Module):
-    def forward(self, x):
-        t = torch.from_file({str(victim)!r}, shared=True, size=8, dtype=torch.uint8)
-        t.fill_(65)
-        return x + t[0].float() * 0.0
-""")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("writes_svc", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    torch.jit.script(module.M()).save(str(clip_root / "weights.pt"))
+    file_writing_torchscript(clip_root / "weights.pt", victim)
     service = _service(clip_root)
     client = _client(service)
     r = client.post("/jobs", json={"source": "in.mp4", "output": "o.mp4", "model": "weights.pt"})
