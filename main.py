@@ -423,6 +423,17 @@ def _stop_signal_numbers() -> list[int]:
     return [getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)]
 
 
+def _quiet_stop(unraisable) -> None:
+    """A stop raised while Python ran a callback (a weakref's, an import lock's) is not printed as
+    "Exception ignored" with a traceback: core.stopping kept it, and the run acts on it before its
+    first stage starts. Anything else goes to the hook there was before."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _quiet_stop.previous(unraisable)
+
+
+_quiet_stop.previous = sys.__unraisablehook__
+
+
 class _StopSignal:
     """Turns SIGTERM/SIGHUP (and SIGINT) into `RunInterrupted` raised in the main thread, the
     same path Ctrl-C takes: every thread joined, the output finalized, one line, exit 128+N."""
@@ -442,16 +453,9 @@ class _StopSignal:
             # Installed even where the parent started us with the signal ignored (nohup, some CI
             # shells): a stop must reach the runner, which finalizes the output.
             signal.signal(number, self._handle)
-        previous = sys.unraisablehook
-
-        def quiet_stop(unraisable) -> None:
-            """A stop raised while Python ran a callback (a weakref's, an import lock's) is not
-            printed as "Exception ignored" with a traceback: core.stopping kept it, and the run
-            acts on it before its first stage starts."""
-            if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-                previous(unraisable)
-
-        sys.unraisablehook = quiet_stop
+        if sys.unraisablehook is not _quiet_stop:  # once per process (main() may run many times in one)
+            _quiet_stop.previous = sys.unraisablehook
+            sys.unraisablehook = _quiet_stop
 
     def _handle(self, number: int, frame) -> None:
         from core.errors import RunInterrupted
