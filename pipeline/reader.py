@@ -137,9 +137,10 @@ class Reader:
         if reason:
             self.stats.warn(f"source damaged, {reason}: kept the {count} frame(s) decoded before it")
         gaps = self._gaps.gaps()
-        if gaps and self.time_base is not None:
+        missing = sum(n for _, _, n in gaps)
+        # corrupt packets skipped (said already, one line) explain as many missing frames
+        if gaps and self.time_base is not None and missing > self.stats.num_corrupt_packets:
             before, after, _ = gaps[0]
-            missing = sum(n for _, _, n in gaps)
             self.stats.warn(
                 f"source: the video runs at a constant frame rate but its timestamps skip {missing} frame(s) in "
                 f"{len(gaps)} place(s) (first from {float(before * self.time_base):.3f} s to "
