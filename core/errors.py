@@ -24,6 +24,7 @@ __all__ = [
     "ModelError",
     "UnsafeModelFile",
     "CodeModelRefused",
+    "JobEnded",
     "HardwareUnavailable",
     "ModelOutputError",
     "StageError",
@@ -94,6 +95,10 @@ class UnsafeModelFile(ModelError):
 
 class CodeModelRefused(UnsafeModelFile):
     """A model file that is a program (TorchScript), not trusted to run (`--trust-model`)."""
+
+
+class JobEnded(FramepipeError):
+    """The service: a cancel of a job that has ended (done or failed): nothing to cancel (409)."""
 
 
 class HardwareUnavailable(FramepipeError, RuntimeError):

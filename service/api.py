@@ -57,10 +57,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import FramepipeError, OutputExists, one_line
+from core.errors import FramepipeError, JobEnded, OutputExists, one_line
 from service.jobs import VIDEO_SUFFIXES, JobRequest, job_request
 from service.paths import PathRefused
-from service.service import JobEnded, Service
+from service.service import Service
 
 __all__ = ["create_app", "MAX_BODY_BYTES"]
 

@@ -10,20 +10,16 @@ import logging
 import math
 from pathlib import Path
 
-from core.errors import FramepipeError
+from core.errors import JobEnded
 from service.devices import Devices
 from service.jobs import JobRequest, Scheduler, is_upload_name
 from service.models import ModelManager
 from service.paths import Roots
 from service.store import JobStore
 
-__all__ = ["JobEnded", "Service"]
+__all__ = ["Service"]
 
 log = logging.getLogger("service")
-
-
-class JobEnded(FramepipeError):
-    """A cancel of a job that has ended (done or failed): nothing to cancel (409)."""
 
 
 class Service:
