@@ -8,6 +8,7 @@ and says where that is in one sentence; `raise_for` raises the run's one error, 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -100,7 +101,16 @@ def raise_for(outcome: Outcome, where: str, stats: RunStats) -> None:
         raise exc
     if isinstance(exc, FramepipeError):
         raise type(exc)(f"{one_line(exc).rstrip('.')}. {where}") from exc
-    raise StageError(outcome.failure.stage, f"{type(exc).__name__}: {one_line(exc)}. {where}") from exc
+    line = one_line(exc)
+    hint = " (a model that cannot run in this precision: try --precision fp32)" if _DTYPE_CLASH.search(line) else ""
+    raise StageError(outcome.failure.stage, f"{type(exc).__name__}: {line}{hint}. {where}") from exc
+
+
+# torch's words where a model's layers meet a tensor of another dtype (a model run in bf16/fp16 that
+# keeps fp32 parts of its own, e.g. SwinIR's attention masks): "expected m1 and m2 to have the same
+# dtype", "Input type (c10::BFloat16) and bias type (float) should be the same"
+_DTYPE_CLASH = re.compile(r"same dtype|type \(\S+\) and \w+ type \(\S+\) should be the same|"
+                          r"expected scalar type \w+ but found \w+", re.IGNORECASE)
 
 
 def describe(plan: RunPlan, stats: RunStats) -> None:

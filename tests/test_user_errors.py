@@ -142,3 +142,21 @@ def test_an_empty_model_name_is_one_line_not_the_default(capsys, clips, tmp_path
                      "--model", ""])
     err = capsys.readouterr().err
     assert code == 2 and "--model is empty" in err and not (tmp_path / "o.mp4").exists()
+
+
+@pytest.mark.parametrize("text, hinted", [
+    ("expected m1 and m2 to have the same dtype, but got: float != c10::BFloat16", True),
+    ("Input type (c10::BFloat16) and bias type (float) should be the same", True),
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", False),
+])
+def test_a_model_that_cannot_run_in_the_precision_gets_the_hint(text, hinted):
+    """A model loaded fine but failing at its first batch because parts of it stay fp32 (a SwinIR
+    run with --precision bf16): torch's one line, and the way out (before, torch's words alone)."""
+    from pipeline.messages import StageFailed
+    from pipeline.report import Outcome, raise_for
+    from pipeline.stats import RunStats
+
+    with pytest.raises(StageError) as info:
+        raise_for(Outcome(failure=StageFailed("worker-cuda0", RuntimeError(text))), "No frame was written.", RunStats())
+    assert text in str(info.value)
+    assert ("try --precision fp32" in str(info.value)) == hinted
