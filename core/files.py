@@ -40,6 +40,8 @@ __all__ = [
     "same_file",
     "file_key",
     "file_identity",
+    "temporary_names",
+    "partial_names",
     "check_output_paths",
     "OutputFile",
     "OutputFolder",
@@ -74,13 +76,7 @@ def _canonical(path: Path) -> str:
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """True when `a` and `b` are one file: same inode where both exist (hard links,
     symlinks), else the same resolved path (two spellings of a file yet to be made)."""
-    a, b = Path(a), Path(b)
-    try:
-        if os.path.exists(a) and os.path.exists(b):
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return _canonical(a) == _canonical(b)
+    return file_key(a) == file_key(b)
 
 
 def file_key(path: str | os.PathLike) -> tuple:
@@ -102,6 +98,21 @@ def file_identity(path: str | os.PathLike) -> dict[str, int] | None:
     except OSError:
         return None
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+_TEMP_HEX = 8  # hex digits of the random part of a temporary file's name (`create_exclusive`)
+
+
+def temporary_names(output: Path) -> re.Pattern:
+    """The names of `output`'s hidden temporary files, `.<stem>.<8 hex digits>.part<suffix>`
+    (`OutputFile.begin`, through `create_exclusive`)."""
+    return re.compile(rf"\.{re.escape(output.stem)}\.[0-9a-f]{{{_TEMP_HEX}}}\.part{re.escape(output.suffix)}")
+
+
+def partial_names(output: Path) -> re.Pattern:
+    """The names of `output`'s partial outputs kept beside an earlier output, `<stem>.partial<suffix>`
+    or `<stem>.partial-N<suffix>` (`OutputFile._keep_as_partial`)."""
+    return re.compile(rf"{re.escape(output.stem)}\.partial(-\d+)?{re.escape(output.suffix)}")
 
 
 def describe_file_kind(mode: int) -> str:
@@ -221,7 +232,7 @@ def _alias_kind(path: Path, other: Path) -> str:
 def create_exclusive(folder: Path, *, prefix: str, suffix: str, mode: int = 0o666) -> Path:
     """Create a new empty file in `folder` under a fresh hidden name; never an existing one."""
     for _ in range(100):
-        path = folder / f".{prefix}.{secrets.token_hex(4)}{suffix}"
+        path = folder / f".{prefix}.{secrets.token_hex(_TEMP_HEX // 2)}{suffix}"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         except FileExistsError:
@@ -313,7 +324,8 @@ class OutputFile:
         self._lock = _OutputLock(self.path)
         self._existed = False
         self._mode: int | None = None
-        self._earlier = (Path(earlier_partial), None) if earlier_partial is not None else None
+        self._earlier = Path(earlier_partial) if earlier_partial is not None else None
+        self._earlier_identity: dict[str, int] | None = None  # noted in begin(): replaced only if unchanged since
 
     def begin(self) -> Path:
         """Lock the output name and create the temporary file; returns its path."""
@@ -328,7 +340,7 @@ class OutputFile:
             if self._existed and os.path.isfile(self.path):
                 self._mode = stat.S_IMODE(os.stat(self.path).st_mode)
             if self._earlier is not None:
-                self._earlier = (self._earlier[0], file_identity(self._earlier[0]))
+                self._earlier_identity = file_identity(self._earlier)
             parent = self.path.parent if str(self.path.parent) else Path(".")
             self._remove_stale_temporaries(parent)
             try:
@@ -344,7 +356,7 @@ class OutputFile:
         """Hidden temporary files of this output name that a killed run left (`kill -9`, a power
         cut: it never renamed them). Under the output's lock no other run writes them: they go.
         Only framepipe's exact temporary names (`.<stem>.<8 hex digits>.part<suffix>`)."""
-        pattern = re.compile(rf"\.{re.escape(self.path.stem)}\.[0-9a-f]{{8}}\.part{re.escape(self.path.suffix)}")
+        pattern = temporary_names(self.path)
         try:
             names = [entry.name for entry in os.scandir(parent) if pattern.fullmatch(entry.name)]
         except OSError:
@@ -359,9 +371,9 @@ class OutputFile:
                     pass
 
     def _earlier_if_unchanged(self) -> Path | None:
-        if self._earlier is None or self._earlier[1] is None or os.path.islink(self._earlier[0]):
+        if self._earlier is None or self._earlier_identity is None or os.path.islink(self._earlier):
             return None
-        return self._earlier[0] if file_identity(self._earlier[0]) == self._earlier[1] else None
+        return self._earlier if file_identity(self._earlier) == self._earlier_identity else None
 
     def commit(self, *, complete: bool) -> Path:
         """Move the finished temporary file into place; returns where the result is."""

@@ -180,7 +180,7 @@ def main_video_stream(container):
     import av.stream
 
     videos = list(container.streams.video)
-    moving = [s for s in videos if not int(s.disposition) & int(av.stream.Disposition.attached_pic)] or videos
+    moving = [s for s in videos if not _is_cover(s)] or videos
 
     def score(stream) -> int:
         cc = stream.codec_context
@@ -190,10 +190,15 @@ def main_video_stream(container):
     return max(moving, key=lambda s: (score(s), -s.index)) if moving else None
 
 
-def _other_video_streams_note(container, chosen) -> str:
-    """One line naming the video streams left out, where the file has more than the one processed."""
+def _is_cover(stream) -> bool:
+    """A cover picture (`attached_pic`): one still image shown for the file, not its video."""
     import av.stream
 
+    return bool(int(stream.disposition) & int(av.stream.Disposition.attached_pic))
+
+
+def _other_video_streams_note(container, chosen) -> str:
+    """One line naming the video streams left out, where the file has more than the one processed."""
     others = [s for s in container.streams.video if s.index != chosen.index]
     if not others:
         return ""
@@ -201,7 +206,7 @@ def _other_video_streams_note(container, chosen) -> str:
     def text(stream) -> str:
         cc = stream.codec_context
         what = f"#{stream.index} {cc.name} {cc.width}x{cc.height}" if cc is not None else f"#{stream.index}"
-        return what + (", a cover picture" if int(stream.disposition) & int(av.stream.Disposition.attached_pic) else "")
+        return what + (", a cover picture" if _is_cover(stream) else "")
 
     return (f"the source has {len(others) + 1} video streams: framepipe processes {text(chosen)} and leaves out "
             f"{'; '.join(text(s) for s in others)}.")

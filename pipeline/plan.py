@@ -167,8 +167,11 @@ def plan_run(config: RunConfig) -> RunPlan:
     if source.other_video_streams:
         notes.append(source.other_video_streams)
     overwrite = config.overwrite or config.replace_default_output
-    # The partial output the run being resumed left at the output name: finishing it replaces it.
-    own_partial = config.resume and config.output is not None and PartsFolder.holds_partial_output_of(config.output)
+    # A stopped run's partial output (at the output name, or beside an earlier output): this run's
+    # replaces it, or removes it once the job is done (core.files.OutputFile); at the output name,
+    # finishing the job replaces it without --overwrite.
+    earlier_partial = PartsFolder.partial_output_of(config.output) if config.resume and config.output is not None else None
+    own_partial = earlier_partial is not None and earlier_partial == config.output
     if config.output is not None and picture_target(config.output, picture_format=config.picture_format,
                                                      bit_depth=8) is None:
         _check_paths(config, config.output, pictures, overwrite=overwrite, own_partial=own_partial)  # cheap checks first
@@ -192,10 +195,9 @@ def plan_run(config: RunConfig) -> RunPlan:
                                        identity=interpolator is not None and model.arch == "bicubic" and model.scale == 1)
             output = (config.output_dir / name.name) if config.output_dir is not None else name
     target = picture_target(output, picture_format=config.picture_format, bit_depth=_picture_depth(config, source))
-    # A stopped run's partial output (at the output name, or beside an earlier output): this run's
-    # replaces it, or removes it once the job is done (core.files.OutputFile).
-    earlier_partial = PartsFolder.partial_output_of(Path(output)) if config.resume else None
-    own_partial = own_partial or earlier_partial == Path(output)
+    if config.resume and config.output is None:  # the output's name is known only now
+        earlier_partial = PartsFolder.partial_output_of(Path(output))
+        own_partial = earlier_partial == Path(output)
     if target is None:
         _check_paths(config, output, pictures, overwrite=overwrite, own_partial=own_partial)
         _check_frame_spacing(Path(output), source, config.interpolate if interpolator is not None else 1,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import glob
 import hashlib
 import json
 import logging
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InvalidOption, OutputExists, OutputNotWritable, UnsafeOutput
-from core.files import file_identity, file_sha256, write_file_atomically
+from core.files import file_identity, file_sha256, partial_names, write_file_atomically
 
 __all__ = ["SegmentLayout", "Manifest", "PartsFolder", "recorded_taper", "source_fingerprint", "check_picture_manifest", "PICTURE_MANIFEST",
            "MANIFEST_VERSION"]
@@ -450,7 +449,11 @@ class PartsFolder:
             return None
         if not recorded:
             return None
-        beside = sorted(output.parent.glob(f"{glob.escape(output.stem)}.partial*{glob.escape(output.suffix)}"))
+        names = partial_names(output)
+        try:
+            beside = sorted(p for p in output.parent.iterdir() if names.fullmatch(p.name))
+        except OSError:
+            beside = []
         for path in [output, *beside]:
             if not path.is_symlink() and file_identity(path) == recorded:
                 return path

@@ -35,6 +35,7 @@ from core.choices import (COMPILE_CHOICES, DEFAULT_MODEL, DEFAULT_SCENE_THRESHOL
                           MAX_ENCODERS, MAX_INTERPOLATE, MAX_SEGMENT_SECONDS, MODEL_FILE_SUFFIXES, PICTURE_FORMATS, Codec, Precision)
 from core.errors import (CodeModelRefused, FramepipeError, HardwareUnavailable, InvalidOption, ModelError, OutputExists,
                          OutputNotWritable, RunInterrupted, one_line)
+from core.files import partial_names, temporary_names
 from hw.scheduling import usable_cores
 from service.devices import Devices
 from service.models import ModelManager
@@ -542,9 +543,7 @@ def _writes_at(output: Path, path: Path) -> bool:
         return True
     if path.parent != output.parent:
         return False
-    side = re.compile(rf"\.{re.escape(output.stem)}\.[0-9a-f]{{8}}\.part{re.escape(output.suffix)}|"
-                      rf"{re.escape(output.stem)}\.partial(-\d+)?{re.escape(output.suffix)}")
-    return bool(side.fullmatch(path.name))
+    return bool(temporary_names(output).fullmatch(path.name) or partial_names(output).fullmatch(path.name))
 
 
 def _refuse_busy(pairs: list[tuple[Path, Path | None]], busy: dict[Path, tuple[str, Job]]) -> None:

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from core.errors import JobEnded
+from core.files import partial_names
 from service.devices import Devices
 from service.jobs import JobRequest, Scheduler, is_upload_name
 from service.models import ModelManager
@@ -51,10 +52,10 @@ class Service:
         output is never an upload, though it bears the upload's name beside it (an upload's
         default output `<upload>.<model>-x<scale>.mp4`, or its partial output): it stays."""
         used = {j.source for j in self.store.unfinished()}
-        outputs = self.store.outputs()
-        made = {str(path.with_name(f"{path.stem}.partial{path.suffix}")) for path in map(Path, outputs)}
+        outputs = {Path(p) for p in self.store.outputs()}
+        partials = [partial_names(out) for out in outputs if out.parent == self.uploads]
         for path in self.uploads.iterdir():
-            if str(path) in outputs or str(path) in made:
+            if path in outputs or any(names.fullmatch(path.name) for names in partials):
                 continue
             if is_upload_name(path.name) and path.is_file() and not path.is_symlink() and str(path) not in used:
                 log.info("deleting the upload %s: no job uses it", path.name)

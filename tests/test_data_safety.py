@@ -444,3 +444,13 @@ def test_concurrent_runs_in_threads_refuse_each_other(source, tmp_path):
 def test_output_folder_not_writable_message(tmp_path):
     with pytest.raises(OutputNotWritable, match="does not exist"):
         check_output_paths([("--output", tmp_path / "nope" / "o.mp4")], overwrite=False)
+
+
+def test_a_source_named_as_the_outputs_temporary_is_refused_not_removed(capsys, source, tmp_path):
+    """A run removes the hidden temporary files a killed run of its output left (`.o.<8 hex>.part.mp4`):
+    a source that happens to bear such a name beside the output is refused, never removed."""
+    odd = tmp_path / ".o.0123abcd.part.mp4"
+    odd.write_bytes(Path(source).read_bytes())
+    code, err = _cli(capsys, "--source", odd, "--output", tmp_path / "o.mp4")
+    assert code == 2 and "is named as the hidden temporary file of --output" in err, err
+    assert odd.read_bytes() == Path(source).read_bytes()
