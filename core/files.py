@@ -207,6 +207,14 @@ def check_output_paths(
                 f"{_alias_kind(path, Path(in_path))}: framepipe never writes its input, with or without "
                 "--overwrite. Choose another name."
             )
+    for flag, path in outputs:  # a run removes what a killed run of its output left under these names
+        temporaries, folder = temporary_names(Path(path)), _canonical(Path(path).parent)
+        for in_flag, in_path in inputs:
+            if temporaries.fullmatch(Path(in_path).name) and _canonical(Path(in_path).parent) == folder:
+                raise UnsafeOutput(
+                    f"{in_flag} {str(in_path)!r} is named as the hidden temporary file of {flag} {str(path)!r}, which "
+                    "a run removes as a killed run's leftover: rename it, or choose another output name."
+                )
     for i, (flag_a, path_a) in enumerate(outputs):
         for flag_b, path_b in outputs[i + 1 :]:
             if same_file(path_a, path_b):
