@@ -548,9 +548,9 @@ def test_a_slow_segment_does_not_hold_up_the_next_ones(tmp_path, dispatch):
                        stats=stats, dispatch=dispatch)
     writer = SegmentWriter(layout, pool, stats=stats, is_finished=lambda k: False)
     for index in range(50):  # frames as a model makes them, one every 20 ms
-        if index == 20 and dispatch != "round-robin":  # segment 1's easy encoder is free again by now, even
-            deadline = time.monotonic() + 30  # on a loaded machine (CI once dispatched before it was: a tie)
-            while 1 not in parts.finished() and time.monotonic() < deadline:
+        if index >= 20 and index % 10 == 0 and dispatch != "round-robin":  # the easy encoder has finished the
+            deadline = time.monotonic() + 30  # segment before this one, even on a loaded machine (CI twice
+            while index // 10 - 1 not in parts.finished() and time.monotonic() < deadline:  # dispatched on a tie)
                 time.sleep(0.01)
         writer.process(ResultItem(index, index, "none", ()))  # no pixels: the stand-in encoder needs none
         time.sleep(0.02)
