@@ -24,9 +24,8 @@ import json
 import logging
 import os
 import re
-import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -316,10 +315,12 @@ class PartsFolder:
                 f"Work folder {str(self.path)!r} exists (parts of an earlier run of this output). Pass --resume to "
                 "finish that run, or --overwrite to start again."
             )
-        foreign = [p.name for p in self.path.iterdir() if not _FRAMEPIPE_NAME.fullmatch(p.name)]
-        if resume and foreign and not self.manifest_path.is_file():
-            raise OutputExists(f"Cannot resume: {str(self.path)!r} has no manifest.json (it was not made by framepipe, or "
-                               "by a version that did not record how). Pass --overwrite to replace it.")
+        foreign = sorted(p.name for p in self.path.iterdir() if not self._is_own(p))
+        if foreign:  # framepipe removes only what it made: a file of the user's in there is never lost
+            shown = ", ".join(repr(name) for name in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise OutputExists(f"Work folder {str(self.path)!r} holds {len(foreign)} file(s) framepipe did not make "
+                               f"({shown}), and a run empties that folder. Move them out of it, or choose another "
+                               "--output.")
 
     def open(self, *, resume: bool, overwrite: bool, source: dict[str, object], settings: dict[str, object],
              temp_output: Path | None = None) -> Manifest:
@@ -331,7 +332,7 @@ class PartsFolder:
             self.check(resume=resume, overwrite=overwrite)
         if os.path.lexists(self.path) and not resume:
             self._remove_temp_output(self._recorded_temp_output(), temp_output)
-            shutil.rmtree(self.path)
+            self._empty()
         manifest = None
         if resume and self.manifest_path.is_file():
             try:
@@ -361,15 +362,23 @@ class PartsFolder:
         manifest.segments = kept
         manifest.partials = {}  # a new run makes its own partial segments
         manifest.temp_output = temp_output.name if temp_output is not None else None
-        for leftover in self.path.iterdir():  # a killed run's unfinished segment, an old temporary
-            if leftover.name != "manifest.json" and leftover.name not in {v["file"] for v in kept.values()}:
-                if leftover.is_dir() and not leftover.is_symlink():
-                    shutil.rmtree(leftover)
-                else:
-                    leftover.unlink()
+        self._empty(keep={"manifest.json", *(v["file"] for v in kept.values())})  # a killed run's unfinished parts
         self.manifest = manifest
         self.save()
         return manifest
+
+    @staticmethod
+    def _is_own(path: Path) -> bool:
+        """A name framepipe gives what it writes in a work folder (files only: it makes no folders)."""
+        return ((path.name == "manifest.json" or bool(_FRAMEPIPE_NAME.fullmatch(path.name)))
+                and (path.is_symlink() or not path.is_dir()))
+
+    def _empty(self, keep: Collection[str] = ()) -> None:
+        """Removes what framepipe made in the folder (but `keep`); anything else stays (`check`
+        refused a folder holding it; one that appeared during the run is the user's)."""
+        for entry in self.path.iterdir():
+            if entry.name not in keep and self._is_own(entry):
+                entry.unlink(missing_ok=True)
 
     def _intact(self, segment: int, entry: dict[str, object], layout: SegmentLayout) -> bool:
         """The entry is this segment's (its own file, a range inside the segment) and its file
@@ -465,7 +474,16 @@ class PartsFolder:
         return PartsFolder.partial_output_of(output) == output
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """The job is done (or left nothing to resume): framepipe's files go, and the folder with
+        them unless something else was put in it during the run (then it stays, with a warning)."""
+        try:
+            self._empty()
+            self.path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # ENOTEMPTY: someone put a file in it
+            log.warning("The work folder %s was left in place (%s); framepipe removed only its own files from it",
+                        self.path, exc.strerror or exc)
 
     def remove_if_empty(self) -> None:
         """A run that ends with no finished segment leaves no work folder behind (nothing in

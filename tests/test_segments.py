@@ -8,6 +8,7 @@ build does not give the same bytes twice for the same frames (benchmarks/RESULTS
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from dataclasses import replace
 from fractions import Fraction
@@ -322,12 +323,54 @@ def test_overwrite_starts_the_work_folder_again(clips, tmp_path):
     src = clips("seg-audio.mp4", num_frames=45, audio=True)
     out = tmp_path / "out.mp4"
     run(_cfg(src, out, segment_frames=10, keep_parts=True))
-    (tmp_path / "out.mp4.parts" / "stray.txt").write_text("x")
+    (tmp_path / "out.mp4.parts" / ".segment-000003.part.mp4").write_text("a killed run's temporary")
     out.unlink()
     with pytest.raises(OutputExists, match="--resume"):
         run(_cfg(src, out, segment_frames=10, overwrite=False))
     run(_cfg(src, out, segment_frames=10, overwrite=True))
     assert probe.indices(out) == list(range(45)) and not (tmp_path / "out.mp4.parts").exists()
+
+
+@pytest.mark.parametrize("how", ["overwrite", "resume"])
+def test_files_framepipe_did_not_make_in_the_work_folder_are_never_removed(capsys, clips, tmp_path, how):
+    """`--overwrite` names the output, not what a user put in `<output>.parts/`: a run that finds
+    a file (or folder) there that it did not make stops in one line before any work, and the file
+    stays; so does a resume, which removes a killed run's leftovers."""
+    src = clips("seg-audio.mp4", num_frames=45, audio=True)
+    out = tmp_path / "out.mp4"
+    run(_cfg(src, out, segment_frames=10, keep_parts=True))
+    out.unlink()
+    parts = tmp_path / "out.mp4.parts"
+    (parts / "notes.txt").write_text("mine")
+    (parts / "segment-000009.mp4").mkdir()  # a framepipe name, but framepipe makes no folders
+    before = sorted(p.name for p in parts.iterdir())
+    code = cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2",
+                     "--segment-frames", "10", f"--{how}"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert "2 file(s) framepipe did not make ('notes.txt', 'segment-000009.mp4')" in line and "Move them" in line
+    assert "Traceback" not in err
+    assert sorted(p.name for p in parts.iterdir()) == before and (parts / "notes.txt").read_text() == "mine"
+
+
+def test_a_file_put_in_the_work_folder_during_the_run_stays_with_it(caplog, clips, tmp_path, monkeypatch):
+    """The finished job removes its own parts, and leaves the folder (with a warning) where a
+    user's file appeared in it meanwhile."""
+    src = clips("seg-audio.mp4", num_frames=45, audio=True)
+    out = tmp_path / "out.mp4"
+    record = PartsFolder.record
+
+    def record_and_drop(self, segment, **kwargs):
+        record(self, segment, **kwargs)
+        (self.path / "dropped-in.txt").write_text("mine")
+
+    monkeypatch.setattr(PartsFolder, "record", record_and_drop)
+    with caplog.at_level(logging.WARNING):
+        run(_cfg(src, out, segment_frames=10))
+    assert probe.indices(out) == list(range(45))
+    assert [p.name for p in (tmp_path / "out.mp4.parts").iterdir()] == ["dropped-in.txt"]
+    assert any("was left in place" in r.getMessage() for r in caplog.records)
 
 
 def test_a_damaged_finished_segment_is_made_again(clips, tmp_path):

@@ -111,10 +111,12 @@ def test_entries_that_are_not_their_segments_are_made_again(clips, tmp_path):
         m["segments"]["9"] = m["segments"]["3"]
 
     _edit(parts, change)
-    (parts / "leftover-folder").mkdir()
+    (parts / ".segment-000004.part.mp4").write_bytes(b"a killed run's temporary")
+    (parts / "partial-000003.mp4").write_bytes(b"a stopped run's partial segment")
     run(_cfg(src, out, segment_frames=10, resume=True))
     got = probe.frames_yuv(out)
     assert len(got) == 45 and all((a == b).all() for a, b in zip(got, reference))
+    assert not parts.exists()
 
 
 def test_a_join_the_disk_refuses_says_how_to_finish(clips, tmp_path, monkeypatch):
@@ -186,6 +188,8 @@ def test_resume_refuses_a_folder_framepipe_did_not_make(clips, tmp_path):
     mine = tmp_path / "out.mp4.parts" / "notes.txt"
     mine.parent.mkdir()
     mine.write_text("mine")
-    with pytest.raises(OutputExists, match=r"^Cannot resume: .* has no manifest\.json.*--overwrite"):
-        run(_cfg(clips("seg-audio.mp4", num_frames=45, audio=True), tmp_path / "out.mp4", segment_frames=10, resume=True))
-    assert mine.read_text() == "mine"
+    for flag in ("resume", "overwrite"):
+        with pytest.raises(OutputExists, match=r"^Work folder .* holds 1 file\(s\) framepipe did not make \('notes.txt'\)"):
+            run(_cfg(clips("seg-audio.mp4", num_frames=45, audio=True), tmp_path / "out.mp4", segment_frames=10,
+                     **{flag: True}))
+        assert mine.read_text() == "mine"
