@@ -31,6 +31,7 @@ class Outcome:
     failure: StageFailed | None = None
     writer_closed_cleanly: bool = False
     num_dropped_at_stop: int = 0
+    late_stop: KeyboardInterrupt | None = None  # a stop that came when every frame was in: the job completed
 
     @property
     def complete(self) -> bool:
@@ -189,6 +190,25 @@ def pixel_settings(plan: RunPlan) -> dict[str, object]:
     }
 
 
+def excuse_late_stop(outcome: Outcome, plan: RunPlan, parts, stats: RunStats) -> None:
+    """A stop the run's loop saw after the encoders had finished the last segment of the whole
+    source (before the loop saw that the stages had ended): nothing is left to stop, the job
+    completes (the segments are joined as for an uninterrupted run; a line says the signal came
+    late). A stop that found any frame unwritten stays a stop."""
+    if (outcome.interrupted is None or outcome.failure is not None or parts is None or not outcome.writer_closed_cleanly
+            or not stats.source_exhausted or not stats.num_frames_decoded or outcome.num_dropped_at_stop):
+        return
+    if _every_segment_finished(plan, parts, stats):
+        outcome.late_stop, outcome.interrupted = outcome.interrupted, None
+
+
+def _every_segment_finished(plan: RunPlan, parts, stats: RunStats) -> bool:
+    """Every segment up to the one holding the last decoded frame is finished."""
+    finished = parts.finished()
+    last = plan.segments.segment_of(stats.num_frames_decoded - 1) if stats.num_frames_decoded else -1
+    return all(k in finished for k in range(last + 1))
+
+
 def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats: RunStats, outcome: Outcome, *,
                     audio_shift=None) -> str:
     """Segmented output: join the finished segments into the output; one sentence says where it is.
@@ -200,10 +220,8 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
     """
     from hw.av_join import join_segments
 
-    layout = plan.segments
     finished = parts.finished()
-    last = layout.segment_of(stats.num_frames_decoded - 1) if stats.num_frames_decoded else -1
-    complete = outcome.complete and outcome.writer_closed_cleanly and all(k in finished for k in range(last + 1))
+    complete = outcome.complete and outcome.writer_closed_cleanly and _every_segment_finished(plan, parts, stats)
     time_base = plan.output_time_base  # the segments' timestamps: the source's, or finer with --interpolate
     chain: list[tuple[Path, Fraction]] = []  # (segment file, seconds to add to its timestamps)
     k = 0

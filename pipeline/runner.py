@@ -37,7 +37,8 @@ from pipeline.encoder_choice import ENCODER_FACTORS_FILE, learn_content_factor, 
 from pipeline.messages import ErrorChannel, StageFailed
 from pipeline.plan import RunPlan, cores_for, model_rate_key_as_run, plan_run
 from pipeline.queues import FifoInbox, FifoOutbox, WorkQueue
-from pipeline.report import Outcome, describe, pixel_settings, raise_for, settle_output, settle_pictures, settle_segments
+from pipeline.report import (Outcome, describe, excuse_late_stop, pixel_settings, raise_for, settle_output,
+                             settle_pictures, settle_segments)
 from pipeline.segments import PICTURE_MANIFEST, PartsFolder, check_picture_manifest, source_fingerprint
 from pipeline.sampler import DeviceSampler
 from pipeline.stage import Retire, Retry, StageRunner, take_size
@@ -156,6 +157,7 @@ def _run(config: RunConfig, *, on_progress: ProgressFn | None, on_start: Callabl
         # job (said in one line); only a segment join, which can take long, stops at once, its
         # segments kept for --resume (pipeline/report.py). While a stopped run finalizes its
         # partial output, further signals are only recorded.
+        excuse_late_stop(outcome, plan, parts, stats)
         _note_late_stop(stats, outcome)
         settling(stopping=outcome.interrupted is not None)
         if plan.output is None:
@@ -190,10 +192,11 @@ def _run(config: RunConfig, *, on_progress: ProgressFn | None, on_start: Callabl
 
 
 def _note_late_stop(stats: RunStats, outcome: Outcome) -> None:
-    """A stop signal that came after the last frame was written: the job completes; say so."""
-    late = requested()
+    """A stop signal (or `run(stop=...)`) that came after the last frame was written: the job
+    completes; say so (once)."""
+    late, outcome.late_stop = outcome.late_stop or requested(), None
     if late is not None and outcome.interrupted is None:
-        name = getattr(late, "signal_name", "") or "SIGINT"
+        name = getattr(late, "signal_name", "") or ("SIGINT" if not isinstance(late, _Stopped) else "The stop request")
         stats.warn(f"{name} came after the last frame was written; the output was completed")
 
 
@@ -293,7 +296,8 @@ def _run_parallel(plan: RunPlan, stages: Stages, stats: RunStats, errors: ErrorC
             if on_progress is not None:
                 _report_progress(on_progress, stats)
             _raise_if_stopped(stop)
-        _raise_if_stopped(stop)  # one that came with the last tick
+        # The writer ended with every frame written: a stop that came with the last tick is late
+        # (the job completes, one line says so).
     except KeyboardInterrupt as exc:
         outcome.interrupted = exc
     finally:
@@ -405,8 +409,7 @@ def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: Erro
                 _raise_if_stopped(stop)
         if batch:
             flush(batch)
-        writer.finish()
-        _raise_if_stopped(stop)
+        writer.finish()  # every frame written: a stop from here is late (the job completes)
         reached_end = True
     except KeyboardInterrupt as exc:
         outcome.interrupted = exc

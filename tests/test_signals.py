@@ -321,21 +321,32 @@ def _kill_at(module, cls, name, *, after, args, timeout=120):
 
 @pytest.mark.parametrize("mode", ["--parallel", "sequential"])
 def test_a_signal_as_the_writer_finishes_is_not_lost(clips, tmp_path, mode):
-    """SIGTERM at the very end (the writer closing its last segment): never lost. Either the run
-    saw it before the last frame was written (143, a playable partial output), or every frame was
-    written and the job completes, one line saying the signal came after the last frame (0)."""
+    """SIGTERM at the very end (the writer has closed its last segment, every frame is written):
+    never lost, and nothing is left to stop: the job completes (0), one line saying the signal
+    came after the last frame. Before, a signal the run's loop saw before it saw the writer end
+    (the parallel run's 0.1 s tick) reported a stop (143) and kept the work folder for a
+    --resume that had nothing to do but join."""
     src = clips("long-signal.mp4", num_frames=400, audio=True)
     out = tmp_path / "out.mp4"
     args = ["--source", str(src), "--output", str(out), "--model", "bicubic"] + ([mode] if mode != "sequential" else [])
     proc = _kill_at("pipeline.segment_writer", "SegmentWriter", "close", after=True, args=args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("SIGTERM came after the last frame was written; the output was completed") == 1
+    assert probe.indices(out) == list(range(400))
+    assert not (tmp_path / "out.mp4.parts").exists()
+
+
+def test_a_signal_before_the_last_segment_is_finished_still_stops(clips, tmp_path):
+    """The other side of the line: SIGTERM while the last segment's encoder is still at work is a
+    stop (143), a playable partial output, the work folder kept for --resume."""
+    src = clips("long-signal.mp4", num_frames=400, audio=True)
+    out = tmp_path / "out.mp4"
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--parallel", "--segment-frames", "100"]
+    proc = _kill_at("pipeline.segments", "PartsFolder", "record", after=False, args=args)
+    assert proc.returncode == 143, proc.stderr
     got = probe.indices(out)
-    assert got == list(range(len(got))) and got
-    if proc.returncode == 143:
-        assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("stopped by SIGTERM")]) == 1, proc.stderr
-    else:
-        assert proc.returncode == 0, proc.stderr
-        assert "SIGTERM came after the last frame was written; the output was completed" in proc.stderr
-        assert len(got) == 400
+    assert got and got == list(range(len(got))) and len(got) < 400
+    assert (tmp_path / "out.mp4.parts" / "manifest.json").is_file()
 
 
 def test_a_second_signal_while_the_interpreter_exits_changes_nothing(clips, tmp_path):
