@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections import deque
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -28,9 +30,50 @@ from hw.color import ColorInfo
 from hw.hdr import HdrMetadata, encoder_hdr_options
 from hw.scheduling import restore_scheduling
 
-__all__ = ["PyAVWriter", "add_video_stream", "encoder_options", "open_output"]
+__all__ = ["PresentationDurations", "PyAVWriter", "add_video_stream", "encoder_options", "open_output",
+           "presentation_durations"]
 
 log = logging.getLogger(__name__)
+
+
+class PresentationDurations:
+    """Video packets in decode order in, the same packets out in the same order, each with its
+    presentation duration: the next timestamp in presentation order minus its own. A packet's
+    successor in presentation order comes at most an encoder's reordering reach later in decode
+    order, so `reach` packets are held (B-frames and pyramids reorder by a few; x264 and x265
+    at most 16 B-frames). The last frame in presentation order keeps the duration it had."""
+
+    def __init__(self, reach: int = 48) -> None:
+        self.reach = reach
+        self._held: deque = deque()
+        self._seen: deque = deque(maxlen=2 * reach)  # timestamps of the packets around: before and after
+
+    def push(self, packet) -> Iterator:
+        """`packet` held; the packets now settled, in order."""
+        self._held.append(packet)
+        if packet.pts is not None:
+            self._seen.append(packet.pts)
+        while len(self._held) > self.reach:
+            yield self._settled(self._held.popleft())
+
+    def flush(self) -> Iterator:
+        """Every packet still held, settled, in order (the end of the stream)."""
+        while self._held:
+            yield self._settled(self._held.popleft())
+
+    def _settled(self, packet):
+        if packet.pts is not None:
+            later = [pts for pts in self._seen if pts > packet.pts]
+            if later:
+                packet.duration = min(later) - packet.pts
+        return packet
+
+
+def presentation_durations(out) -> PresentationDurations | None:
+    """For a Matroska/WebM output (which stores how long each frame shows), the packets'
+    presentation durations; None for MP4/MOV (their durations are decode-time deltas, which the
+    muxer takes from the DTS)."""
+    return PresentationDurations() if out.format.name.split(",")[0] in ("matroska", "webm") else None
 
 
 def add_video_stream(out, codec: str, *, width: int, height: int, time_base: Fraction, frame_rate: Fraction | None,
@@ -178,6 +221,7 @@ class PyAVWriter:
         self.num_bytes_written = 0
         self.num_packets_written = 0
         self._out = open_output(self.path)
+        self._durations = presentation_durations(self._out)  # Matroska: how long each frame shows
         try:
             self._video = self._add_video(
                 codec, width, height, time_base, frame_rate, color, crf, preset, threads,
@@ -265,12 +309,20 @@ class PyAVWriter:
     def _disk_errors(self):
         return disk_errors(self.path)
 
-    def _mux_video(self, packets) -> None:
+    def _mux_video(self, packets, *, end: bool = False) -> None:
+        """Mux the encoder's packets (`end`: the last of them, with those held for their durations)."""
         for packet in packets:
             self._repair_dts(packet)
-            self.num_bytes_written += packet.size
-            self.num_packets_written += 1
-            self._out.mux(packet)
+            for ready in (self._durations.push(packet) if self._durations is not None else (packet,)):
+                self._mux_packet(ready)
+        if end and self._durations is not None:
+            for ready in self._durations.flush():
+                self._mux_packet(ready)
+
+    def _mux_packet(self, packet) -> None:
+        self.num_bytes_written += packet.size
+        self.num_packets_written += 1
+        self._out.mux(packet)
 
     def _repair_dts(self, packet) -> None:
         """x265 (3.x/4.x through FFmpeg's libx265) gives the packets of a stream of one or two
@@ -297,7 +349,7 @@ class PyAVWriter:
         self._closed = True
         try:
             with self._disk_errors():
-                self._mux_video(self._video.encode(None))
+                self._mux_video(self._video.encode(None), end=True)
                 if self._copier is not None:
                     self._copier.finish(complete=complete)
         finally:

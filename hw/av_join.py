@@ -17,24 +17,23 @@ other), while Matroska stores how long each frame is shown. Copied as they were,
 frame rate video's pause landed on the wrong frame, and the track's end moved by it (a
 10.2 s video with a 9.8 s pause was written as 19.9 s long). Into Matroska each packet gets
 its presentation duration: the next timestamp in presentation order minus its own
-(`PresentationDurations`).
+(`hw.av_encode.PresentationDurations`, as a Matroska file written directly gets them).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
 from core.cut import TimeShift
 from core.errors import InvalidOption
 from core.files import disk_errors, ffmpeg_path
-from hw.av_encode import open_output
+from hw.av_encode import open_output, presentation_durations
 from hw.av_streams import StreamCopier
 
-__all__ = ["PresentationDurations", "join_segments", "segment_parameters"]
+__all__ = ["join_segments", "segment_parameters"]
 
 log = logging.getLogger(__name__)
 
@@ -46,39 +45,6 @@ def segment_parameters(path: Path) -> tuple[str, int, int, bytes]:
     with av.open(ffmpeg_path(path)) as container:
         cc = container.streams.video[0].codec_context
         return cc.name, cc.width, cc.height, bytes(cc.extradata or b"")
-
-
-class PresentationDurations:
-    """Video packets in decode order in, the same packets out in the same order, each with its
-    presentation duration: the next timestamp in presentation order minus its own. A packet's
-    successor in presentation order comes at most an encoder's reordering reach later in decode
-    order, so `reach` packets are held (B-frames and pyramids reorder by a few; x264 and x265
-    at most 16 B-frames). The last frame in presentation order keeps the duration it had."""
-
-    def __init__(self, reach: int = 48) -> None:
-        self.reach = reach
-        self._held: deque = deque()
-        self._seen: deque = deque(maxlen=2 * reach)  # timestamps of the packets around: before and after
-
-    def push(self, packet) -> Iterator:
-        """`packet` held; the packets now settled, in order."""
-        self._held.append(packet)
-        if packet.pts is not None:
-            self._seen.append(packet.pts)
-        while len(self._held) > self.reach:
-            yield self._settled(self._held.popleft())
-
-    def flush(self) -> Iterator:
-        """Every packet still held, settled, in order (the end of the stream)."""
-        while self._held:
-            yield self._settled(self._held.popleft())
-
-    def _settled(self, packet):
-        if packet.pts is not None:
-            later = [pts for pts in self._seen if pts > packet.pts]
-            if later:
-                packet.duration = min(later) - packet.pts
-        return packet
 
 
 def join_segments(
@@ -124,7 +90,7 @@ def join_segments(
                 video.codec_context.codec_tag = "hvc1"  # Apple players refuse hev1
         copier = StreamCopier(out, source_path, warn=warn, shift=audio_shift) if source_path is not None else None
         # Matroska: how long each frame shows (the segments' MP4 durations are decode-time deltas)
-        durations = PresentationDurations() if out.format.name.split(",")[0] in ("matroska", "webm") else None
+        durations = presentation_durations(out)
         last_end = 0.0
         last_dts: Fraction | None = None  # seconds
 

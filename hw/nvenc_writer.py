@@ -25,7 +25,7 @@ from typing import Callable, Literal
 from core.choices import DEFAULT_NVENC_PRESET
 from core.cut import TimeShift
 from core.files import disk_errors
-from hw.av_encode import open_output
+from hw.av_encode import open_output, presentation_durations
 from hw.av_streams import StreamCopier
 from hw.color import ColorInfo
 from hw.hdr import HdrMetadata
@@ -133,6 +133,8 @@ class NvencFileWriter:
         except BaseException:
             self._encoder.close()
             raise
+        self._durations = presentation_durations(self._out)  # Matroska: how long each frame shows
+        self._frame_ticks = max(1, round(self._frame_seconds / float(time_base)))  # the last frame's
         try:
             self._stream = self._out.add_mux_stream(codec, rate=frame_rate or Fraction(25), width=width,
                                                     height=height)
@@ -188,7 +190,9 @@ class NvencFileWriter:
                 packet.time_base = self._time_base
                 packet.stream = self._stream
                 packet.is_keyframe = key
-                self._out.mux(packet)
+                packet.duration = self._frame_ticks  # until the next frame's timestamp is known (Matroska)
+                for ready in (self._durations.push(packet) if self._durations is not None else (packet,)):
+                    self._out.mux(ready)
             self._header_ready = True
             self.num_frames_written += 1
 
@@ -245,6 +249,8 @@ class NvencFileWriter:
         try:
             with disk_errors(self.path):
                 self._mux_units(self._encoder.flush())
+                for ready in (self._durations.flush() if self._durations is not None else ()):
+                    self._out.mux(ready)
                 if self._pending_pts:
                     log.warning("NVENC returned %d access unit(s) fewer than frames given", len(self._pending_pts))
                 if self._copier is not None:

@@ -62,6 +62,25 @@ def test_nvenc_writer_muxes_timestamps_audio_and_tags(clips, tmp_path):
     assert warnings == []
 
 
+def test_nvenc_writer_gives_matroska_frames_their_shown_durations(clips, tmp_path):
+    """Matroska stores how long each frame shows: NVENC's access units come without a duration,
+    so a variable frame rate's long frame was stored as the nominal 1/fps (or none); each now
+    lasts until the next frame's timestamp, and the last one 1/fps."""
+    src = clips("nvenc-vfr.mkv", num_frames=30, vfr=True, width=128, height=96)
+    out = tmp_path / "out.mkv"
+    writer, _ = _write(src, out, audio=False)
+    writer.close(complete=True)
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        packets = sorted((p.pts, p.duration) for p in c.demux(stream) if p.size)
+        tb, rate = stream.time_base, stream.average_rate
+    shown = [b - a for (a, _), (b, _) in zip(packets, packets[1:])]
+    assert len(set(shown)) > 1  # the clip's frame rate varies (1 and 2 frame times)
+    assert all(abs(d - want) <= 1 for (_, d), want in zip(packets, shown)), (packets, shown)  # 41.67 ms reads as 41
+    assert abs(packets[-1][1] * tb - 1 / rate) <= tb
+    np.testing.assert_allclose(probe.pts_seconds(out), probe.pts_seconds(src), atol=1e-3)
+
+
 def test_nvenc_writer_partial_close_is_playable(clips, tmp_path):
     src = clips("nvenc-src2.mp4", num_frames=30, audio=True, width=128, height=96)
     out = tmp_path / "out.mkv"

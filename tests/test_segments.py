@@ -195,13 +195,15 @@ def test_ctrl_c_keeps_a_playable_partial_output_and_the_parts(clips, tmp_path):
     assert probe.packet_times(out, "audio") == probe.packet_times(src, "audio")
 
 
+@pytest.mark.parametrize("written", ["joined", "direct"])
 @pytest.mark.parametrize("pause", [False, True])
-def test_joined_matroska_frames_last_as_long_as_they_are_shown(clips, tmp_path, pause):
+def test_matroska_frames_last_as_long_as_they_are_shown(clips, tmp_path, monkeypatch, pause, written):
     """Segments (MP4: their durations are decode-time deltas) joined into Matroska, which stores
     how long each frame shows: each frame lasts until the next one in presentation order, across
     B-frames and segment cuts, a variable frame rate and a long pause included, and the video
     ends where the source's does (before, the pause landed on another frame and a 10 s video with
-    a 9.8 s pause was written 19.9 s long)."""
+    a 9.8 s pause was written 19.9 s long). The same for a Matroska file the encoder writes
+    directly (one segment, sequential): it kept the encoder's nominal 1/fps durations."""
     if pause:  # 5 frames at 24 fps, 9.8 s of nothing, 5 more (a camera's pause)
         src = tmp_path / "pause.mkv"
         with av.open(str(src), "w") as out:
@@ -219,7 +221,13 @@ def test_joined_matroska_frames_last_as_long_as_they_are_shown(clips, tmp_path, 
         src = clips("vfr-bframes.mkv", num_frames=60, vfr=True, codec_options={"bf": "3"})
         segment_frames = 12
     out = tmp_path / "out.mkv"
-    run(_cfg(src, out, segment_frames=segment_frames, encoders=2, preset="medium", crf=23))  # B-frames
+    if written == "joined":
+        stats = run(_cfg(src, out, segment_frames=segment_frames, encoders=2, preset="medium", crf=23))  # B-frames
+        assert "segments" in stats.notes
+    else:
+        monkeypatch.setattr("pipeline.plan.DEFAULT_SEGMENT_SECONDS", 3600)  # the pause is longer than 6 s
+        stats = run(_cfg(src, out, parallel=False, preset="medium", crf=23))  # shorter than a segment: direct
+        assert "segments" not in stats.notes
     with av.open(str(out)) as c:
         stream = c.streams.video[0]
         packets = sorted((p.pts, p.duration) for p in c.demux(stream) if p.size)
@@ -227,7 +235,11 @@ def test_joined_matroska_frames_last_as_long_as_they_are_shown(clips, tmp_path, 
     with av.open(str(src)) as c:
         source_pts = [float(f.pts * f.time_base) for f in c.decode(video=0)]
     assert [round(float(pts * tb), 3) for pts, _ in packets] == [round(t, 3) for t in source_pts]
-    assert [d for _, d in packets[:-1]] == [b - a for (a, _), (b, _) in zip(packets, packets[1:])]
+    shown = [b - a for (a, _), (b, _) in zip(packets, packets[1:])]
+    if written == "joined":
+        assert [d for _, d in packets[:-1]] == shown
+    else:  # a frame lasting the stream's nominal 1/24 s is stored without a duration, read back as 41 ms
+        assert all(abs(d - want) <= 1 for (_, d), want in zip(packets, shown)), (packets, shown)
     end = float((packets[-1][0] + packets[-1][1]) * tb)
     assert source_pts[-1] < end < source_pts[-1] + 0.1
 
