@@ -7,14 +7,20 @@ end is not: `--start 10 --end 20` keeps the frames at times 10 <= t < 20, `--sta
 
 `CutSource` wraps any frame source (PyAV or NVDEC). Frames before the start are decoded
 and dropped (a frame number is exact only that way); the kept frames are numbered from 0
-and moved back in time so that the first one has the source's first timestamp. What the
-cut did is recorded in a `TimeShift`, which the audio copier reads: audio packets that
+and moved back in time so that the first one has the source's first timestamp (or 0, where
+that is negative). What the cut did is recorded in a `TimeShift`, which the audio copier reads: audio packets that
 start before the first kept frame or at/after the first frame past the end are left out,
 and the rest are moved back by the same amount as the video. Stream-copied audio cannot
 be cut inside a packet, so the audio starts at the first packet at or after the first
 kept frame (at most one packet later: about 21 ms for 48 kHz AAC). The packets move by the
 shift exactly, in the output's time base where the source's ticks are too coarse to say it
 (AVI counts AAC/MP3 time in whole packets: `hw.av_streams._move_back`).
+
+A video whose first frame is before 0 (an MPEG-TS whose 33-bit clock wrapped, unwrapped by
+FFmpeg to negative times; an edited MP4) goes through `CutSource` with an empty `Cut()`: nothing
+is cut, every frame and every audio packet moves forward together so that the first frame is at
+0. MP4 and MOV keep negative times as an edit list that starts at 0, and players then skipped
+every frame before it (a 3 s TS that began at -0.82 s played 2.18 s of its 75 frames).
 
 A temporal model sees each frame with its neighbours (`core.frame.Window`). `context=(before,
 after)` has `CutSource` also yield up to `before` frames just before the start and `after` from
@@ -196,14 +202,15 @@ class CutSource:
                 if before:
                     held.append(frame)
                 continue
-            if moved_by is None:
-                moved_by = frame.pts - first_pts
+            if moved_by is None:  # the first kept frame lands on the source's first timestamp, or 0 if before it
+                moved_by = frame.pts - max(first_pts, 0)
                 self.shift.shift = moved_by * self.time_base
-                self.shift.first = float(frame.pts * self.time_base)
+                if self.cut.start is not None or self.cut.end is not None:  # Cut(): only moved, nothing cut
+                    self.shift.first = float(frame.pts * self.time_base)
                 for k, earlier in enumerate(held):
                     yield replace(earlier, index=k - len(held), pts=earlier.pts - moved_by, neighbour=True)
                 held.clear()
-            yield replace(frame, index=kept, pts=frame.pts - moved_by)
+            yield frame if moved_by == 0 and frame.index == kept else replace(frame, index=kept, pts=frame.pts - moved_by)
             kept += 1
         if kept == 0 and self.cut.start is not None:
             length = f"{self.num_frames_before_start} frames, {float(seconds):.2f} s from the first to the last"

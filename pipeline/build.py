@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from core.cut import CutSource, TimeShift
+from core.cut import Cut, CutSource, TimeShift
 from hw.encoding import Encoder
 from pipeline.encoder_choice import model_rates_memo, remember_helper_rate
 from pipeline.messages import ErrorChannel
@@ -98,10 +98,11 @@ def open_source(plan: RunPlan, warn: Callable[[str], None], shift: TimeShift | N
         from hw.av_decode import PyAVDecoder
 
         source = PyAVDecoder(plan.config.source, warn=warn)
-    if plan.cut is None:
+    if plan.cut is None and plan.pictures is not None:
         return source
-    return CutSource(source, plan.cut, shift if shift is not None else TimeShift(), time_base=plan.source.time_base,
-                     context=temporal_window(plan) or (0, 0))
+    # A video without --start/--end goes through an empty cut too: frames before 0 move to 0 (core/cut.py)
+    return CutSource(source, plan.cut or Cut(), shift if shift is not None else TimeShift(),
+                     time_base=plan.source.time_base, context=temporal_window(plan) or (0, 0))
 
 
 class _SpanOpener:
@@ -273,7 +274,7 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
     through the stages (`Reader.close`, `Writer.close` / `SegmentWriter.close`)."""
     wrap = wrap or (lambda name, stage: stage)
     cfg = plan.config
-    shift = TimeShift() if plan.cut is not None else None
+    shift = TimeShift() if plan.cut is not None or plan.pictures is None else None  # a video's: see open_source
     if plan.pictures is not None and plan.audio_source is not None:  # a soundtrack ends with the pictures
         shift = shift or TimeShift()
         shift.end = float(len(plan.pictures.paths) * plan.source.time_base)

@@ -260,3 +260,40 @@ def test_cut_source_lends_a_temporal_model_the_frames_around_the_cut(context):
     got = list(CutSource(src, Cut.from_flags("3f", "6f"), TimeShift(), time_base=Fraction(1, 100), context=context))
     want = [(i, 100 + 10 * i, i < 0 or i > 2) for i in range(-min(before, 3), 3 + after)]
     assert [(f.index, f.pts, f.neighbour) for f in got] == want
+
+
+def _starting_before_zero(src: Path, dst: Path) -> Path:
+    """`src` remuxed to MPEG-TS with its clock just short of the 33-bit wrap: FFmpeg unwraps it,
+    and the video starts at -2.2 s (the audio ~10 ms before it), as recorders' files do."""
+    with av.open(str(src)) as i, av.open(str(dst), "w", format="mpegts",
+                                         container_options={"output_ts_offset": "95441.5"}) as o:
+        chosen = [s for s in i.streams if s.type in ("video", "audio")]
+        streams = {s.index: o.add_stream_from_template(s) for s in chosen}
+        for packet in i.demux(*chosen):
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                o.mux(packet)
+    return dst
+
+
+@pytest.mark.parametrize("suffix,segmented", [(".mp4", False), (".mov", False), (".mp4", True), (".mkv", False)])
+def test_a_video_starting_before_zero_keeps_every_frame_and_its_sync(clips, tmp_path, suffix, segmented):
+    """MP4/MOV keep negative times as an edit list starting at 0, so players skipped every frame
+    before it: a TS whose clock wrapped (-0.82 s) played 54 of its 75 frames, 22 ms off the audio.
+    The first frame now lands on 0, every stream moved with it."""
+    src = _starting_before_zero(clips("wrap.mp4", num_frames=50, audio=True, codec_options={"bf": "2"}),
+                                tmp_path / "wrap.ts")
+    assert probe.video_start(src) < -2
+    out = tmp_path / f"out{suffix}"
+    run(_cfg(src, out, **(dict(parallel=True, segment_frames=12, encoders=2) if segmented else {})))
+    assert probe.indices(out) == list(range(50))
+    # Matroska cannot start the audio before 0 either: every stream moves later by the audio's lead
+    lead = probe.video_start(src) - probe.packet_times(src, "audio")[0][0]
+    assert abs(probe.video_start(out) - (0 if suffix != ".mkv" else lead)) <= Fraction(1, 1000)  # Matroska: in ms
+
+    def audio_lead(path):  # how far the audio starts before the video
+        return probe.video_start(path) - probe.packet_times(path, "audio")[0][0]
+
+    assert abs(audio_lead(out) - audio_lead(src)) <= Fraction(1, 1000)
+    got, want = probe.pts_exact(out), probe.pts_exact(src)
+    assert all(abs((g - got[0]) - (w - want[0])) <= Fraction(1, 1000) for g, w in zip(got, want))
