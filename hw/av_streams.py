@@ -32,6 +32,7 @@ class _CopiedStream:
     next_pts: int | None = None  # re-encoded audio: the next sample's timestamp (1/rate), from the source's timing
 
 
+_EDIT_LIST_FORMATS = frozenset({"mov", "mp4", "m4a", "3gp", "3g2", "ipod", "ismv", "psp", "f4v"})
 _DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 
 
@@ -131,6 +132,13 @@ class StreamCopier:
         self._copied: dict[int, _CopiedStream] = {}
         self._pending = None  # next source packet not yet muxed
         self._packets = None
+        # Packets the source's edit list hides (FFmpeg flags them "discard": an MP4 cut with `-c copy`
+        # holds up to a keyframe interval of them before its start). MP4/MOV hide them again with an
+        # edit list of their own; other containers cannot, and played them: Matroska moved every
+        # stream 1 s later for a second of audio nobody was meant to hear. There only the last one
+        # before a kept packet is kept (the decoder's pre-roll, as AAC's priming).
+        self._edit_lists = out.format.name.split(",")[0] in _EDIT_LIST_FORMATS
+        self._preroll: dict[int, object] = {}
         self.last_video_seconds = 0.0
         try:
             self._src = av.open(ffmpeg_path(source), "r")
@@ -242,10 +250,15 @@ class StreamCopier:
             return
         if packet.size == 0:
             return
-        if moved_by:
-            _move_back(packet, moved_by, copied.out_stream.time_base)
-        packet.stream = copied.out_stream
-        self._out.mux(packet)
+        if packet.is_discard and not self._edit_lists:
+            self._preroll[packet.stream.index] = packet  # replaces an earlier one: never played
+            return
+        held = self._preroll.pop(packet.stream.index, None)
+        for ready in (held, packet) if held is not None else (packet,):
+            if moved_by:
+                _move_back(ready, moved_by, copied.out_stream.time_base)
+            ready.stream = copied.out_stream
+            self._out.mux(ready)
 
     def _trim_subtitle(self, packet) -> None:
         """A subtitle on screen across the cut's first frame starts at that frame instead, and

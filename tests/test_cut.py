@@ -297,3 +297,43 @@ def test_a_video_starting_before_zero_keeps_every_frame_and_its_sync(clips, tmp_
     assert abs(audio_lead(out) - audio_lead(src)) <= Fraction(1, 1000)
     got, want = probe.pts_exact(out), probe.pts_exact(src)
     assert all(abs((g - got[0]) - (w - want[0])) <= Fraction(1, 1000) for g, w in zip(got, want))
+
+
+def _audio_cut_before_zero(src: Path, dst: Path, seconds: Fraction) -> Path:
+    """`src` with its audio moved `seconds` earlier, into MP4: an edit list then hides the audio
+    before 0, and FFmpeg's demuxer flags those packets "discard" (as in an MP4 cut with `-c copy`,
+    which keeps up to a keyframe interval of audio before the cut)."""
+    with av.open(str(src)) as i, av.open(str(dst), "w") as o:
+        chosen = [s for s in i.streams if s.type in ("video", "audio")]
+        streams = {s.index: o.add_stream_from_template(s) for s in chosen}
+        for packet in i.demux(*chosen):
+            if packet.dts is None:
+                continue
+            if packet.stream.type == "audio":
+                ticks = round(seconds / packet.time_base)
+                packet.pts, packet.dts = packet.pts - ticks, packet.dts - ticks
+            packet.stream = streams[packet.stream.index]
+            o.mux(packet)
+    return dst
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_audio_an_edit_list_hides_is_not_played(clips, tmp_path, suffix):
+    """Matroska cannot hide packets as MP4's edit list does: the half second of audio before 0
+    was written as audio to play, and every stream moved half a second later. Only the last
+    hidden packet stays (the decoder's pre-roll, as AAC's priming); MP4 keeps them all, hidden."""
+    src = _audio_cut_before_zero(clips("edl.mp4", num_frames=48, audio=True), tmp_path / "edl.mp4", Fraction(1, 2))
+    with av.open(str(src)) as c:
+        flags = [p.is_discard for p in c.demux(audio=0) if p.size]
+    assert sum(flags) > 20 and not any(flags[sum(flags):])
+    out = tmp_path / f"out{suffix}"
+    run(_cfg(src, out, parallel=False))
+    assert probe.indices(out) == list(range(48))
+    audio = probe.packet_times(out, "audio")
+    assert len(audio) == len(flags) - (sum(flags) - 1 if suffix == ".mkv" else 0)
+    assert [a[3] for a in audio[-10:]] == [a[3] for a in probe.packet_times(src, "audio")[-10:]]
+    def lead(path):  # how far the audio starts before the video
+        return probe.video_start(path) - probe.packet_times(path, "audio")[0][0]
+
+    assert lead(src) > Fraction(1, 2)
+    assert lead(out) <= Fraction(2048, 48000) if suffix == ".mkv" else lead(out) == lead(src)
