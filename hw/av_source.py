@@ -234,8 +234,12 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
         chroma = ""
         if pix_fmt in PLANAR_YUV:
             chroma = "444" if "444" in pix_fmt else "422" if "422" in pix_fmt else "420"
-        sar = cc.sample_aspect_ratio
-        sar = Fraction(sar) if sar and sar.numerator > 0 and Fraction(sar) != 1 else None
+        # The container's pixel aspect ratio first, then the bitstream's, as FFmpeg chooses
+        # (av_guess_sample_aspect_ratio): a remux with `-aspect 16:9`, an MP4 `pasp` box, ProRes and
+        # FFV1 in MOV/MKV hold it in the container only, and their outputs played 5:4 for 16:9
+        sar = next((Fraction(r) for r in (getattr(stream, "sample_aspect_ratio", None), cc.sample_aspect_ratio)
+                    if r and r.numerator > 0 and r.denominator > 0), None)
+        sar = sar if sar is not None and sar != 1 else None
         first = _first_frame(container, stream)
         matrix = display_matrix(first) if first is not None else None
         return SourceInfo(

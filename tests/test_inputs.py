@@ -203,6 +203,28 @@ def test_sample_aspect_ratio_is_carried(tmp_path, sar):
         assert b.streams.video[0].display_aspect_ratio == a.streams.video[0].display_aspect_ratio
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_a_pixel_aspect_ratio_only_the_container_holds_is_carried(tmp_path, suffix):
+    """A remux with `ffmpeg -aspect`, an MP4 `pasp` box, ProRes or FFV1 in MOV: the container holds
+    the pixel aspect ratio, the bitstream none; the output had none (a 16:9 DVD played 5:4)."""
+    plain = _write(tmp_path / "square.mp4", _frames(12, 72, 48))
+    src = tmp_path / f"anamorphic{suffix}"
+    with av.open(str(plain)) as i, av.open(str(src), "w") as o:
+        stream = o.add_stream_from_template(i.streams.video[0])
+        stream.codec_context.sample_aspect_ratio = Fraction(64, 45)  # stored as the container's
+        for packet in i.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                o.mux(packet)
+    with av.open(str(src)) as c:
+        assert not c.streams.video[0].codec_context.sample_aspect_ratio
+        assert Fraction(c.streams.video[0].sample_aspect_ratio) == Fraction(64, 45)
+    out = tmp_path / "out.mkv"
+    run(_cfg(src, out))
+    with av.open(str(out)) as c:
+        assert Fraction(c.streams.video[0].sample_aspect_ratio) == Fraction(64, 45)
+
+
 # -- size changes mid-stream ------------------------------------------------------------------
 
 
