@@ -145,6 +145,7 @@ class TimeShift:
         self.first: float | None = None  # the first kept frame's time
         self.end: float | None = None  # the first frame past the cut's end; None: the source's end
         self.planned_end: float | None = None  # a time --end on the source's clock, known from the first frame
+        self.cuts_start = False  # --start: the first frame written is not the source's first
 
     def keeps(self, seconds: float) -> bool:
         """Whether an audio/subtitle packet starting at `seconds` lies inside the cut."""

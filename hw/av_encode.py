@@ -194,6 +194,7 @@ class PyAVWriter:
         preset: str | None = None,
         source_path: str | os.PathLike | None = None,
         audio_shift: TimeShift | None = None,
+        extras_path: str | os.PathLike | None = None,
         bit_depth: int = 8,
         hdr: HdrMetadata | None = None,
         threads: int = 0,
@@ -227,7 +228,9 @@ class PyAVWriter:
                 codec, width, height, time_base, frame_rate, color, crf, preset, threads,
                 sample_aspect_ratio, display_matrix,
             )
-            self._copier = StreamCopier(self._out, Path(source_path), warn=self._warn, shift=audio_shift) if source_path else None
+            self._copier = (StreamCopier(self._out, Path(source_path) if source_path else None, warn=self._warn,
+                                         shift=audio_shift, extras=Path(extras_path) if extras_path else None)
+                            if source_path or extras_path else None)
             self._start()
         except BaseException:
             self._out.close()

@@ -56,6 +56,7 @@ def join_segments(
     warn: Callable[[str], None],
     tag_hvc1: bool = True,
     audio_shift: TimeShift | None = None,
+    extras_path: Path | None = None,
 ) -> int:
     """Join `segments` ((file, seconds to add to its timestamps), in order) into `path`;
     returns the number of video packets written.
@@ -86,9 +87,13 @@ def join_segments(
             # opaque: a stream for remuxing, with no encoder looked up (AV1 reads as "libdav1d",
             # which no encoder is called).
             video = out.add_stream_from_template(template, opaque=True)
-            if tag_hvc1 and template.codec_context.name == "hevc" and out.format.name.split(",")[0] in ("mp4", "mov"):
-                video.codec_context.codec_tag = "hvc1"  # Apple players refuse hev1
-        copier = StreamCopier(out, source_path, warn=warn, shift=audio_shift) if source_path is not None else None
+            if out.format.name.split(",")[0] in ("mp4", "mov"):
+                if tag_hvc1 and template.codec_context.name == "hevc":
+                    video.codec_context.codec_tag = "hvc1"  # Apple players refuse hev1
+                if template.average_rate:  # a timecode (tmcd) track needs the rate: EINVAL at the header without it
+                    video.codec_context.framerate = template.average_rate
+        copier = (StreamCopier(out, source_path, warn=warn, shift=audio_shift, extras=extras_path)
+                  if source_path is not None or extras_path is not None else None)
         # Matroska: how long each frame shows (the segments' MP4 durations are decode-time deltas)
         durations = presentation_durations(out)
         last_end = 0.0

@@ -3,6 +3,14 @@
 `StreamCopier` adds a source's audio and subtitle streams to an output container and muxes
 their packets by time as the video is written. `copy_problem` finds out, by trying, whether
 a stream can be copied into a container format at all.
+
+What else the video source holds goes with it, as `ffmpeg -map 0 -c copy` keeps it: the file's
+tags (title, artist, date, location ...), its chapters (moved and cut with the video), its
+attachments (Matroska's subtitle fonts), and each stream's language, title and default/forced
+flags, the video's included (its timecode too, unless --start moved the first frame). Tags
+that describe the old file's bytes (encoder, durations, bit rates, frame counts, MP4 brands)
+are not copied: the new file's muxer writes its own. What a container cannot hold (attachments
+outside Matroska) and data streams (camera telemetry) are left out with one line each.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +39,24 @@ class _CopiedStream:
     reencode: bool = False
     resampler: object = None
     next_pts: int | None = None  # re-encoded audio: the next sample's timestamp (1/rate), from the source's timing
+
+
+# Tags about the source file's own bytes, stale in another file (Matroska's statistics tags
+# from mkvmerge, MP4's brands, the muxer's and encoder's names); a display matrix is carried as such
+_STALE_TAG = re.compile(r"encoder|duration|bps|number_of_frames|number_of_bytes|_statistics_.*|major_brand|"
+                        r"minor_version|compatible_brands|rotate", re.IGNORECASE)
+
+
+def _copy_tags(source_stream, out_stream, *, drop: tuple[str, ...] = ()) -> None:
+    """The stream's tags (language, title, handler ...) and flags (default, forced, hearing
+    impaired ...), as `ffmpeg -map 0 -c copy` keeps them."""
+    import av.stream
+
+    for key, value in source_stream.metadata.items():
+        if not _STALE_TAG.fullmatch(key) and key.lower() not in drop:
+            out_stream.metadata[key] = value
+    flags = source_stream.disposition & ~(av.stream.Disposition.attached_pic | av.stream.Disposition.still_image)
+    out_stream.disposition = av.stream.Disposition(flags)
 
 
 _EDIT_LIST_FORMATS = frozenset({"mov", "mp4", "m4a", "3gp", "3g2", "ipod", "ismv", "psp", "f4v"})
@@ -122,7 +149,11 @@ class StreamCopier:
     output's.
     """
 
-    def __init__(self, out, source: Path, *, warn: Callable[[str], None], shift: TimeShift | None = None) -> None:
+    def __init__(self, out, source: Path | None, *, warn: Callable[[str], None], shift: TimeShift | None = None,
+                 extras: Path | None = None) -> None:
+        """`source`: where the audio and subtitles come from (None: none); `extras`: the video
+        source, whose tags, chapters and attachments the output takes (see the module's
+        docstring). Call before the output's header is written."""
         import av
 
         self._out = out
@@ -132,6 +163,12 @@ class StreamCopier:
         self._copied: dict[int, _CopiedStream] = {}
         self._pending = None  # next source packet not yet muxed
         self._packets = None
+        self._chapters: list[dict] = []  # the video source's, set on the output at the end (moved, cut)
+        self.last_video_seconds = 0.0
+        if extras is not None:
+            self._take_extras(Path(extras))
+        if source is None:
+            return
         # Packets the source's edit list hides (FFmpeg flags them "discard": an MP4 cut with `-c copy`
         # holds up to a keyframe interval of them before its start). MP4/MOV hide them again with an
         # edit list of their own; other containers cannot, and played them: Matroska moved every
@@ -139,7 +176,6 @@ class StreamCopier:
         # before a kept packet is kept (the decoder's pre-roll, as AAC's priming).
         self._edit_lists = out.format.name.split(",")[0] in _EDIT_LIST_FORMATS
         self._preroll: dict[int, object] = {}
-        self.last_video_seconds = 0.0
         try:
             self._src = av.open(ffmpeg_path(source), "r")
         except av.error.FFmpegError as exc:
@@ -163,9 +199,80 @@ class StreamCopier:
             else:
                 warn(f"subtitle stream {stream.index} ({name}) cannot be stored in {suffix}: not copied")
                 continue
+            _copy_tags(stream, self._copied[stream.index].out_stream)
             chosen.append(stream)
         if chosen:
             self._packets = self._src.demux(*chosen)
+
+    def _take_extras(self, path: Path) -> None:
+        """The video source's tags, video stream tags, attachments and chapters (module docstring)."""
+        import av
+
+        from hw.av_source import main_video_stream
+
+        out = self._out
+        fmt, suffix = out.format.name.split(",")[0], Path(out.name).suffix
+        try:
+            src = av.open(ffmpeg_path(path), "r")
+        except av.error.FFmpegError:
+            return  # the run reads it as its source: that says what is wrong
+        with src:
+            for key, value in src.metadata.items():
+                if not _STALE_TAG.fullmatch(key):
+                    out.metadata[key] = value
+            video = main_video_stream(src)
+            timecode, timecode_said = None, False
+            if video is not None and out.streams.video:
+                timecode = next((v for k, v in video.metadata.items() if k.lower() == "timecode"), None)
+                if timecode is not None and self._shift is not None and self._shift.cuts_start:
+                    self._warn(f"the source's timecode ({timecode}) is not carried: it names the source's first frame, "
+                               "and --start begins at another")
+                    timecode, timecode_said = None, True
+                _copy_tags(video, out.streams.video[0], drop=() if timecode is not None else ("timecode",))
+            attachments = list(src.streams.attachments)
+            if attachments and fmt == "matroska":
+                for k, stream in enumerate(attachments):
+                    name = stream.metadata.get("filename") or f"attachment-{k}"
+                    mimetype = stream.mimetype or stream.metadata.get("mimetype") or "application/octet-stream"
+                    out.add_attachment(name, mimetype, bytes(stream.data))
+            elif attachments:
+                names = ", ".join(s.metadata.get("filename") or f"#{s.index}" for s in attachments[:3])
+                self._warn(f"{len(attachments)} attachment(s) ({names}{', ...' if len(attachments) > 3 else ''}) cannot "
+                           f"be stored in {suffix}: left out (a .mkv output keeps them)")
+            try:
+                self._chapters = list(src.chapters())
+            except (av.error.FFmpegError, AttributeError):
+                self._chapters = []
+            mov = src.format.name.split(",")[0] == "mov"  # FFmpeg's demuxer for MP4, MOV, M4V, 3GP
+            for stream in src.streams.data:
+                tags = {key.lower(): value for key, value in stream.metadata.items()}
+                if "timecode" in tags and (timecode is not None or timecode_said):
+                    continue  # a timecode track (MOV tmcd): written again from the video's timecode tag
+                if mov and self._chapters and stream.codec_context is None and "handler_name" in tags:
+                    continue  # an MP4's chapter titles (a text track): written again from the chapters
+                kind = getattr(stream, "name", None) or tags.get("handler_name") or "no codec FFmpeg knows"
+                self._warn(f"data stream {stream.index} ({kind}) left out: framepipe copies audio and subtitles")
+
+    def _write_chapters(self, *, complete: bool) -> None:
+        """The source's chapters on the output's clock: moved with the video (--start, a start
+        before 0), cut at its end (--end, a stopped run's last frame), those outside left out."""
+        if not self._chapters:
+            return
+        shift = self._shift.shift if self._shift is not None else Fraction(0)
+        end = None
+        if not complete:
+            end = Fraction(self.last_video_seconds)
+        elif self._shift is not None and self._shift.end is not None:
+            end = Fraction(self._shift.end) - shift
+        chapters = []
+        for chapter in self._chapters:
+            time_base = Fraction(chapter["time_base"])
+            start, stop = chapter["start"] * time_base - shift, chapter["end"] * time_base - shift
+            start, stop = max(start, Fraction(0)), stop if end is None else min(stop, end)
+            if stop > start:
+                chapters.append({"id": len(chapters) + 1, "start": round(start / time_base), "end": round(stop / time_base),
+                                 "time_base": time_base, "metadata": dict(chapter["metadata"])})
+        self._out.set_chapters(chapters)
 
     def _reencoder(self, stream, *, why: str) -> _CopiedStream:
         import av
@@ -279,7 +386,9 @@ class StreamCopier:
                 packet.pts = packet.dts = first_ticks
 
     def finish(self, *, complete: bool) -> None:
-        """Copy what is left (all of it when complete, else up to the last video time)."""
+        """Copy what is left (all of it when complete, else up to the last video time), and
+        write the chapters."""
+        self._write_chapters(complete=complete)
         self.mux_until(float("inf") if complete else self.last_video_seconds)
         for copied in self._copied.values():
             if copied.reencode:

@@ -105,6 +105,7 @@ class NvencFileWriter:
         source_path: str | os.PathLike | None,
         warn: Callable[[str], None],
         audio_shift: TimeShift | None = None,
+        extras_path: str | os.PathLike | None = None,
         qp: int | None = None,
         preset: str = DEFAULT_NVENC_PRESET,
         sample_aspect_ratio: Fraction | None = None,
@@ -139,7 +140,9 @@ class NvencFileWriter:
             self._stream = self._out.add_mux_stream(codec, rate=frame_rate or Fraction(25), width=width,
                                                     height=height)
             self._stream.time_base = time_base
-            self._copier = StreamCopier(self._out, Path(source_path), warn=warn, shift=audio_shift) if source_path else None
+            self._copier = (StreamCopier(self._out, Path(source_path) if source_path else None, warn=warn,
+                                         shift=audio_shift, extras=Path(extras_path) if extras_path else None)
+                            if source_path or extras_path else None)
         except BaseException:
             self._out.close()
             self._encoder.close()

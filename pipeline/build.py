@@ -142,7 +142,8 @@ def open_encoder(plan: RunPlan, path: Path, warn: Callable[[str], None], *, with
     common = dict(width=plan.output_width, height=plan.output_height, time_base=plan.output_time_base,
                   frame_rate=plan.output_frame_rate, color=src.color, warn=warn,
                   sample_aspect_ratio=src.sample_aspect_ratio, display_matrix=src.display_matrix,
-                  source_path=plan.audio_source if with_audio else None, audio_shift=audio_shift)
+                  source_path=plan.audio_source if with_audio else None, audio_shift=audio_shift,
+                  extras_path=plan.extras_source if with_audio else None)
     if plan.use_nvenc:
         from hw.nvenc_writer import NvencFileWriter
 
@@ -275,6 +276,8 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
     wrap = wrap or (lambda name, stage: stage)
     cfg = plan.config
     shift = TimeShift() if plan.cut is not None or plan.pictures is None else None  # a video's: see open_source
+    if shift is not None:
+        shift.cuts_start = plan.cut is not None and plan.cut.start is not None
     if plan.pictures is not None and plan.audio_source is not None:  # a soundtrack ends with the pictures
         shift = shift or TimeShift()
         shift.end = float(len(plan.pictures.paths) * plan.source.time_base)

@@ -131,6 +131,11 @@ class RunPlan:
             return self.config.audio
         return self.config.source if self.pictures is None else None
 
+    @property
+    def extras_source(self) -> Path | None:
+        """The video source whose tags, chapters and attachments the output takes (hw.av_streams)."""
+        return self.config.source if self.pictures is None else None
+
     def picture_name(self, index: int) -> str:
         """The file name of output picture `index` (picture output only)."""
         return self.picture_target.name(index, self.pictures, self.config.source.stem)

@@ -242,7 +242,7 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
     try:
         with interruptible():  # a long join stops at once; the segments stay for --resume
             written = join_segments(chain, temp, source_path=source, complete=complete and stats.source_exhausted,
-                                    warn=stats.warn, audio_shift=audio_shift,
+                                    warn=stats.warn, audio_shift=audio_shift, extras_path=plan.extras_source,
                                     tag_hvc1=not plan.use_nvenc)  # NVENC repeats its parameter sets in-band: hev1
     except KeyboardInterrupt as exc:  # a stop while joining (main thread only: nothing else runs)
         output.discard()
@@ -253,8 +253,10 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
         output.discard()
         if complete and isinstance(exc, DiskFull):  # every segment is finished: --resume only joins them
             raise DiskFull(f"{one_line(exc).rstrip('.')}.{resume_hint}") from exc
-        if complete:
+        if complete and isinstance(exc, FramepipeError):
             raise
+        if complete:  # one line, never a traceback (an FFmpeg error the muxer gave)
+            raise StageError("join", f"{type(exc).__name__}: {one_line(exc).rstrip('.')}.{resume_hint}") from exc
         return f"Joining the finished segments failed ({one_line(exc)}).{resume_hint}"
     # `written` counts output frames: with --interpolate N, N per source frame (the last one, 1)
     stats.num_frames_written = -(-written // plan.interpolate)
