@@ -26,7 +26,7 @@ import numpy as np
 
 from core.errors import NoVideoStream
 from core.frame import Frame
-from hw.av_source import PLANAR_YUV, format_bit_depth, fraction, main_video_stream, open_input
+from hw.av_source import GRAY_DEPTH, PLANAR_YUV, format_bit_depth, fraction, main_video_stream, open_input
 from hw.keyframes import DecodeSpan, span_packets
 
 __all__ = ["PyAVDecoder", "PtsFiller", "TimestampRepair", "end_warnings"]
@@ -169,6 +169,8 @@ class PyAVDecoder:
         self.num_frames_from_header = int(self._stream.frames or 0)
         self.stopped_early_reason: str | None = None
         self._shape: tuple[int, int, str] | None = first_shape  # (width, height, pix_fmt) of the first frame
+        self._gray_as_yuv: bool | None = None  # monochrome tagged limited range: read as YUV (_planes)
+        self._chroma: tuple[tuple, np.ndarray] | None = None  # its neutral chroma plane
         self._last_pts: int | None = None
         rate = fraction(self._stream.average_rate) or fraction(self._stream.guessed_rate)
         filler = PtsFiller(rate, fraction(self._stream.time_base))
@@ -331,9 +333,29 @@ class PyAVDecoder:
         if depth is not None:
             dtype = np.uint8 if depth == 8 else np.uint16
             return "yuv", tuple(_plane_array(frame.planes[i], dtype) for i in range(3)), depth
+        gray = GRAY_DEPTH.get(frame.format.name)
+        if gray is not None and self._gray_as_yuv is None:  # decided once: a batch holds one format
+            self._gray_as_yuv = frame.color_range == 1  # tagged limited range (MPEG)
+        if gray is not None and self._gray_as_yuv:
+            # Limited-range monochrome (HEVC/AV1 4:0:0, FFV1 gray tagged tv): the luma plane as YUV
+            # with neutral chroma, so the range tag is honoured. FFmpeg's conversion to RGB takes
+            # gray as full range whatever the tag: black 16 came out 30, white 235 came out 218.
+            # Untagged gray stays full range, as FFmpeg reads it.
+            luma = _plane_array(frame.planes[0], np.uint8 if gray == 8 else np.uint16)
+            return "yuv", (luma, *self._neutral_chroma(luma.shape, gray, luma.dtype)), gray
         if format_bit_depth(frame.format.name) > 8:  # gbrp10, gray12, rgb48...: not rounded to 8 bits
             return "rgb48", (frame.to_ndarray(format="rgb48le"),), 16
         return "rgb24", (frame.to_ndarray(format="rgb24"),), 8
+
+    def _neutral_chroma(self, shape: tuple[int, int], depth: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """Cb and Cr planes of no colour (4:2:0, the code 2^(depth-1)) for a gray plane of `shape`:
+        one array, made once, read by every frame's conversion."""
+        key = (shape, depth)
+        if self._chroma is None or self._chroma[0] != key:
+            plane = np.full(((shape[0] + 1) // 2, (shape[1] + 1) // 2), 1 << (depth - 1), dtype)
+            plane.flags.writeable = False
+            self._chroma = (key, plane)
+        return self._chroma[1], self._chroma[1]
 
     def _numbered(self, data: tuple[str, tuple, int], pts: int) -> Frame:
         fmt, planes, depth = data

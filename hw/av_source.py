@@ -20,7 +20,8 @@ from core.files import describe_file_kind, ffmpeg_path
 from hw.color import ColorInfo, color_info_from_tags
 from hw.hdr import HdrMetadata, hdr_metadata, side_data
 
-__all__ = ["SourceInfo", "probe_source", "probe_audio", "open_input", "PLANAR_YUV", "display_matrix", "format_bit_depth"]
+__all__ = ["GRAY_DEPTH", "SourceInfo", "probe_source", "probe_audio", "open_input", "PLANAR_YUV", "display_matrix",
+           "format_bit_depth"]
 
 # Planar YUV formats passed through as integer planes: name -> bit depth. With alpha too (ProRes
 # 4444 decodes to yuva444p12le): its Y, U and V planes are read, the alpha plane left out.
@@ -30,6 +31,10 @@ PLANAR_YUV: dict[str, int] = {
     **{f"{kind}{chroma}p{depth}le": depth for kind in ("yuv", "yuva") for chroma in ("420", "422", "444")
        for depth in (10, 12, 16)},
 }
+
+# Monochrome formats (HEVC/AV1 4:0:0, FFV1, raw gray): name -> bit depth (hw.av_decode reads those
+# tagged limited range as YUV with neutral chroma)
+GRAY_DEPTH: dict[str, int] = {"gray": 8, "gray9le": 9, "gray10le": 10, "gray12le": 12, "gray14le": 14, "gray16le": 16}
 
 
 def format_bit_depth(pix_fmt: str) -> int:

@@ -521,3 +521,41 @@ def test_rgb_to_p010_on_the_gpu_equals_the_cpu():
     (frame,) = rgb_to_nv12_frames(rgb.cuda(), info, bit_depth=10)
     frame.ready.synchronize()
     assert frame.tensor.is_contiguous() and torch.equal(frame.tensor.view(torch.int16).cpu(), cpu[0].view(torch.int16))
+
+
+@pytest.mark.parametrize("pix_fmt,depth", [("gray", 8), ("gray10le", 10)])
+@pytest.mark.parametrize("color_range", [1, 2])
+def test_monochrome_keeps_its_range(tmp_path, pix_fmt, depth, color_range):
+    """Gray video (HEVC/AV1 4:0:0, FFV1) tagged limited range: its codes come out as they went in
+    (black 16, white 235), as `ffmpeg -pix_fmt yuv420p` gives. FFmpeg's conversion to RGB takes
+    gray as full range whatever the tag, and black 16 came out 30, white 235 came out 218. Full
+    range gray stays exact too."""
+    from fractions import Fraction
+
+    from pipeline import RunConfig, run
+
+    top = (1 << depth) - 1
+    codes = np.linspace(16 << (depth - 8), 235 << (depth - 8), 64).round().astype(np.uint16 if depth > 8 else np.uint8)
+    if color_range == 2:
+        codes = np.linspace(0, top, 64).round().astype(codes.dtype)
+    src = tmp_path / "gray.mkv"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("ffv1", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, pix_fmt
+        stream.codec_context.color_range = color_range
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(np.tile(codes, (32, 1)), format=pix_fmt)
+            frame.pts, frame.time_base, frame.color_range = i, Fraction(1, 24), color_range
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    out_path = tmp_path / "out.mkv"
+    run(RunConfig(source=src, output=out_path, model="bicubic", scale=1, crf=0, preset="ultrafast", codec="hevc",
+                  bit_depth=depth))
+    with av.open(str(out_path)) as c:
+        frame = next(c.decode(video=0))
+        assert frame.color_range == color_range
+        dtype = np.dtype(np.uint16 if depth > 8 else np.uint8)
+        luma, chroma = (np.frombuffer(plane, dtype).reshape(plane.height, plane.line_size // dtype.itemsize)[:, :plane.width]
+                        for plane in frame.planes[:2])
+    assert np.abs(luma[5].astype(int) - codes.astype(int)).max() <= 1
+    assert np.abs(chroma.astype(int) - (1 << (depth - 1))).max() <= 1  # no colour
