@@ -628,6 +628,34 @@ for src, extra in (("/tmp/two.mkv", []), ("/tmp/vfr.mkv", ["--segment-frames", "
               [d for _, d in pk[:-1]] == [b - a for (a, _), (b, _) in zip(pk, pk[1:])])
 PY
       ;;
+    review2)  # NVDEC on what the 2026-12-07 review found: a TS whose clock wrapped (negative times) into MP4,
+              # direct and segmented; a tagged Matroska (chapters, attachment, stream tags) joined from segments
+      python3 - <<'PY' 2>&1 | tee "$OUT/review2.txt"
+import subprocess, sys, av
+from fractions import Fraction
+from hw.clips import make_clip
+sys.path.insert(0, "tests")
+from test_cut import _starting_before_zero
+from test_source_extras import _tagged, _chapters
+from tests import probe
+ts = _starting_before_zero(make_clip("/tmp/wrap.mp4", width=320, height=240, num_frames=50, audio=True,
+                                     codec_options={"bf": "2"}), __import__("pathlib").Path("/tmp/wrap.ts"))
+tagged = _tagged(make_clip("/tmp/x.mkv", width=320, height=240, num_frames=48, audio=True, subtitles=["a", "b"]),
+                 __import__("pathlib").Path("/tmp/tagged.mkv"))
+print("ts video starts at", float(probe.video_start(ts)))
+for src, out, extra in ((ts, "/tmp/wrap-out.mp4", []), (ts, "/tmp/wrap-seg.mp4", ["--segment-frames", "12", "--encoders", "2"]),
+                        (tagged, "/tmp/tagged-out.mkv", ["--segment-frames", "12", "--encoders", "2"])):
+    p = subprocess.run([sys.executable, "main.py", "--source", str(src), "--output", out, "--overwrite", "--nvdec",
+                        "--parallel", "--model", "bicubic", "--scale", "2", *extra], capture_output=True, text=True)
+    print(src.name, "->", out, "rc", p.returncode, [ln for ln in p.stderr.splitlines() if "warning" in ln or "error" in ln or "NVDEC" in ln][:4])
+    print("  frames", probe.indices(out) == list(range(len(probe.indices(out)))), len(probe.indices(out)),
+          "video start", float(probe.video_start(out)))
+    if "tagged" in out:
+        with av.open(out) as c:
+            print("  chapters", _chapters(out), "attachments", [s.metadata.get("filename") for s in c.streams.attachments],
+                  "audio tags", dict(c.streams.audio[0].metadata), c.streams.audio[0].disposition)
+PY
+      ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done
