@@ -110,7 +110,7 @@ def open_input(path: Path):
     if not os.access(path, os.R_OK):
         raise InvalidSource(f"Source {str(path)!r} cannot be read: permission denied.")
     try:
-        return av.open(ffmpeg_path(path), "r")
+        return av.open(ffmpeg_path(path), "r", metadata_errors="replace")
     except av.error.FFmpegError as exc:
         raise InvalidSource(
             f"Source {str(path)!r} is not a video FFmpeg can read ({exc.strerror or type(exc).__name__}). Is it a video file?"

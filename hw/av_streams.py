@@ -19,6 +19,7 @@ import io
 import logging
 import math
 import re
+from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -43,8 +44,8 @@ class _CopiedStream:
 
 # Tags about the source file's own bytes, stale in another file (Matroska's statistics tags
 # from mkvmerge, MP4's brands, the muxer's and encoder's names); a display matrix is carried as such
-_STALE_TAG = re.compile(r"encoder|duration|bps|number_of_frames|number_of_bytes|_statistics_.*|major_brand|"
-                        r"minor_version|compatible_brands|rotate", re.IGNORECASE)
+_STALE_TAG = re.compile(r"(encoder|duration|bps|number_of_frames|number_of_bytes|_statistics_.*|major_brand|"
+                        r"minor_version|compatible_brands|rotate)(-[a-z]{3})?", re.IGNORECASE)  # FFmpeg's KEY-lng
 
 
 def _copy_tags(source_stream, out_stream, *, drop: tuple[str, ...] = ()) -> None:
@@ -73,7 +74,7 @@ def copy_problem(fmt: str, source: Path, stream_index: int, *, num_packets: int 
     import av
 
     try:
-        with av.open(ffmpeg_path(source)) as src:
+        with av.open(ffmpeg_path(source), metadata_errors="replace") as src:
             stream = src.streams[stream_index]
             test = av.open(io.BytesIO(), "w", format=fmt)
             try:
@@ -133,6 +134,19 @@ def _move_back(packet, seconds: Fraction, out_time_base: Fraction | None) -> Non
         packet.duration = round(duration * time_base / fine)
 
 
+def _preroll(hidden: deque, first) -> list:
+    """Of the packets an edit list hides just before `first` (the first one played), those its
+    decoder needs first: none for PCM (each sample stands alone), Opus's 80 ms (its seek pre-roll),
+    the last one for the rest (AAC's, MP3's and AC-3's frames overlap the one before)."""
+    name = first.stream.codec_context.name if first.stream.codec_context is not None else ""
+    if name.startswith("pcm_"):
+        return []
+    if name != "opus" or first.pts is None or first.time_base is None:
+        return [hidden[-1]]
+    since = first.pts - round(Fraction(80, 1000) / first.time_base)
+    return [p for p in hidden if p.pts is not None and p.pts + (p.duration or 0) > since] or [hidden[-1]]
+
+
 class StreamCopier:
     """Copies a source's audio and subtitle streams into an output container.
 
@@ -172,12 +186,13 @@ class StreamCopier:
         # Packets the source's edit list hides (FFmpeg flags them "discard": an MP4 cut with `-c copy`
         # holds up to a keyframe interval of them before its start). MP4/MOV hide them again with an
         # edit list of their own; other containers cannot, and played them: Matroska moved every
-        # stream 1 s later for a second of audio nobody was meant to hear. There only the last one
-        # before a kept packet is kept (the decoder's pre-roll, as AAC's priming).
+        # stream 1 s later for a second of audio nobody was meant to hear. There only what the
+        # decoder needs before a kept packet is kept (`_preroll`: AAC's priming packet, Opus's 80 ms,
+        # nothing of PCM).
         self._edit_lists = out.format.name.split(",")[0] in _EDIT_LIST_FORMATS
-        self._preroll: dict[int, object] = {}
+        self._preroll: dict[int, deque] = {}
         try:
-            self._src = av.open(ffmpeg_path(source), "r")
+            self._src = av.open(ffmpeg_path(source), "r", metadata_errors="replace")
         except av.error.FFmpegError as exc:
             warn(f"audio not copied: cannot reopen source ({exc})")
             return
@@ -213,7 +228,7 @@ class StreamCopier:
         out = self._out
         fmt, suffix = out.format.name.split(",")[0], Path(out.name).suffix
         try:
-            src = av.open(ffmpeg_path(path), "r")
+            src = av.open(ffmpeg_path(path), "r", metadata_errors="replace")
         except av.error.FFmpegError:
             return  # the run reads it as its source: that says what is wrong
         with src:
@@ -227,6 +242,12 @@ class StreamCopier:
                 if timecode is not None and self._shift is not None and self._shift.cuts_start:
                     self._warn(f"the source's timecode ({timecode}) is not carried: it names the source's first frame, "
                                "and --start begins at another")
+                    timecode, timecode_said = None, True
+                rate = out.streams.video[0].codec_context.framerate or out.streams.video[0].average_rate
+                if timecode is not None and fmt in _EDIT_LIST_FORMATS and rate and rate > 255:
+                    # MP4/MOV's timecode track counts frames in one byte: the muxer refuses the file
+                    self._warn(f"the source's timecode ({timecode}) is not carried: a {suffix} timecode track holds "
+                               f"at most 255 frames a second, and the output has {float(rate):.0f}")
                     timecode, timecode_said = None, True
                 _copy_tags(video, out.streams.video[0], drop=() if timecode is not None else ("timecode",))
             attachments = list(src.streams.attachments)
@@ -248,7 +269,8 @@ class StreamCopier:
                 tags = {key.lower(): value for key, value in stream.metadata.items()}
                 if "timecode" in tags and (timecode is not None or timecode_said):
                     continue  # a timecode track (MOV tmcd): written again from the video's timecode tag
-                if mov and self._chapters and stream.codec_context is None and "handler_name" in tags:
+                if (mov and self._chapters and stream.codec_context is None
+                        and re.search(r"subtitle|chapter|text", tags.get("handler_name", ""), re.IGNORECASE)):
                     continue  # an MP4's chapter titles (a text track): written again from the chapters
                 kind = getattr(stream, "name", None) or tags.get("handler_name") or "no codec FFmpeg knows"
                 self._warn(f"data stream {stream.index} ({kind}) left out: framepipe copies audio and subtitles")
@@ -357,11 +379,11 @@ class StreamCopier:
             return
         if packet.size == 0:
             return
-        if packet.is_discard and not self._edit_lists:
-            self._preroll[packet.stream.index] = packet  # replaces an earlier one: never played
+        if packet.is_discard and not self._edit_lists:  # held: the last few may be the next one's pre-roll
+            self._preroll.setdefault(packet.stream.index, deque(maxlen=16)).append(packet)
             return
         held = self._preroll.pop(packet.stream.index, None)
-        for ready in (held, packet) if held is not None else (packet,):
+        for ready in (*_preroll(held, packet), packet) if held else (packet,):
             if moved_by:
                 _move_back(ready, moved_by, copied.out_stream.time_base)
             ready.stream = copied.out_stream

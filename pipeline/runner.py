@@ -420,22 +420,30 @@ def _run_sequential(plan: RunPlan, stages: Stages, stats: RunStats, errors: Erro
     finishing()
     for name, stage, complete in (("reader", reader, reached_end), (worker.name, worker, reached_end),
                                   ("writer", writer, reached_end and outcome.complete)):
-        if _close_quietly(stage, complete=complete) and name == "writer":
+        error = _close_quietly(stage, complete=complete)
+        if error is None and name == "writer":
             outcome.writer_closed_cleanly = getattr(stage, "closed_cleanly", True)
+        elif error is not None and name == "writer" and outcome.complete:
+            # Every frame went in, and the file could not be finalized (a muxer refusing its
+            # trailer): the run's error, as in a parallel run. Before, the run counted as
+            # complete, its unplayable file was removed, and it exited 0 naming an output that
+            # did not exist.
+            outcome.failure = StageFailed("writer", error)
+        elif error is not None:  # a second error: logged, never raised over the first
+            log.warning("while stopping: %s", error)
     return outcome
 
 
-def _close_quietly(stage, *, complete: bool) -> bool:
-    """Close a stage; a second error is logged, never raised over the first. True when closed."""
+def _close_quietly(stage, *, complete: bool) -> Exception | None:
+    """Close a stage; the error it raised (for the caller to report or log), None when closed."""
     while True:
         try:
             stage.close(complete=complete)
-            return True
+            return None
         except KeyboardInterrupt:
             log.warning("still finalizing the output file; please wait")
         except Exception as exc:  # noqa: BLE001
-            log.warning("while stopping: %s", exc)
-            return False
+            return exc
 
 
 def _report_progress(on_progress: ProgressFn, stats: RunStats) -> None:

@@ -35,7 +35,8 @@ def _tagged(src: Path, dst: Path) -> Path:
         streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
         video, audio, subs = (streams[i.streams.video[0].index], streams[i.streams.audio[0].index],
                               streams[i.streams.subtitles[0].index])
-        video.metadata.update({"title": "Main video", "BPS": "12345", "NUMBER_OF_FRAMES": "9"})
+        video.metadata.update({"title": "Main video", "BPS": "12345", "NUMBER_OF_FRAMES": "9", "DURATION-eng": "01:00:00",
+                               "NUMBER_OF_BYTES-eng": "1"})
         audio.metadata.update({"language": "fra", "title": "Commentaire"})
         audio.disposition = Disposition.default | Disposition.comment
         video.disposition = Disposition(0)
@@ -72,7 +73,8 @@ def test_tags_flags_attachments_and_chapters_go_with_the_video(tagged, tmp_path,
         assert tags.get("encoder") != "an old muxer"  # the new file's muxer names itself
         video, audio, subs = c.streams.video[0], c.streams.audio[0], c.streams.subtitles[0]
         assert video.metadata.get("title") == "Main video"
-        assert not {"BPS", "NUMBER_OF_FRAMES"} & set(video.metadata)  # the old file's statistics
+        # the old file's statistics, with FFmpeg's language suffix too (mkvmerge's "DURATION-eng")
+        assert not {"BPS", "NUMBER_OF_FRAMES", "DURATION-eng", "NUMBER_OF_BYTES-eng"} & set(video.metadata)
         assert (audio.metadata.get("language"), audio.metadata.get("title")) == ("fra", "Commentaire")
         assert audio.disposition == Disposition.default | Disposition.comment
         assert subs.metadata.get("language") == "eng" and subs.disposition == Disposition.forced
@@ -115,6 +117,28 @@ def test_no_audio_still_keeps_the_files_tags_and_chapters(tagged, tmp_path):
         assert not c.streams.audio and not c.streams.subtitles
         assert {k.lower(): v for k, v in c.metadata.items()}["title"] == "A film"
     assert _chapters(out) == [("Intro", 0.0, 1.0), ("Main", 1.0, 2.0)]
+
+
+def test_tags_that_are_not_utf8_are_read_not_fatal(clips, tmp_path, capsys):
+    """A tag written in Latin-1 (an old muxer): PyAV's strict decoding raised UnicodeDecodeError,
+    a traceback before any frame; the tag is read with the bad bytes replaced."""
+    import main as cli
+
+    src = tmp_path / "latin1.mkv"
+    with av.open(str(clips("latin.mp4", num_frames=12))) as i, av.open(str(src), "w", metadata_encoding="latin-1") as o:
+        o.metadata["title"] = "Café à l'opéra"
+        stream = o.add_stream_from_template(i.streams.video[0])
+        for packet in i.demux(video=0):
+            if packet.size:
+                packet.stream = stream
+                o.mux(packet)
+    with pytest.raises(UnicodeDecodeError):
+        av.open(str(src)).close()
+    out = tmp_path / "out.mkv"
+    assert cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "-q"]) == 0, capsys.readouterr().err
+    assert probe.indices(out) == list(range(12))
+    with av.open(str(out)) as c:
+        assert c.metadata["title"].startswith("Caf\ufffd")
 
 
 def _with_timecode(src: Path, dst: Path) -> Path:
@@ -167,3 +191,33 @@ def test_a_join_the_muxer_refuses_is_one_line_that_says_how_to_finish(clips, tmp
     assert code == 1 and "Traceback" not in err
     (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert "join: ArgumentError" in line and "Invalid argument" in line and "--resume" in line
+
+
+def test_a_timecode_past_what_mov_counts_is_left_out_in_one_line(clips, tmp_path):
+    """A timecode track counts frames in one byte: at 300 fps the muxer refused the output's
+    header after every frame was encoded, and the sequential run exited 0 with no file."""
+    src = _with_timecode(clips("tc300.mp4", num_frames=30, fps=300), tmp_path / "tc300.mkv")  # MOV refuses it too
+    out = tmp_path / "out.mov"
+    stats = run(_cfg(src, out, scale=1))
+    (line,) = [w for w in stats.warnings if "timecode" in w]
+    assert "at most 255 frames a second" in line and "300" in line
+    assert probe.indices(out) == list(range(30))
+
+
+def test_a_file_that_cannot_be_finalized_fails_the_sequential_run(clips, tmp_path, monkeypatch, capsys):
+    """Every frame encoded, then the muxer refuses the trailer: exit 1 and one line naming the
+    writer. Before, a sequential run counted as complete, its unplayable file was removed and it
+    exited 0, naming an output that did not exist (a parallel run already failed)."""
+    import hw.av_encode
+    import main as cli
+
+    def refuse(self, *, complete=True):
+        raise av.error.ArgumentError(22, "Invalid argument")  # as the MOV muxer refusing a timecode track
+
+    monkeypatch.setattr(hw.av_encode.PyAVWriter, "close", refuse)
+    out = tmp_path / "out.mp4"
+    code = cli.main(["--source", str(clips("trailer.mp4", num_frames=12)), "--output", str(out), "--model", "bicubic"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert "writer" in line and "Invalid argument" in line
