@@ -26,8 +26,7 @@ import numpy as np
 
 from core.errors import NoVideoStream
 from core.frame import Frame
-from hw.av_source import (GRAY_DEPTH, PLANAR_YUV, format_bit_depth, fraction, main_video_stream, open_input,
-                          stream_rate)
+from hw.av_source import GRAY_DEPTH, PLANAR_YUV, format_bit_depth, fraction, main_video_stream, open_input
 from hw.keyframes import DecodeSpan, span_packets
 
 __all__ = ["PyAVDecoder", "PtsFiller", "TimestampRepair", "end_warnings"]
@@ -173,7 +172,7 @@ class PyAVDecoder:
         self._gray_as_yuv: bool | None = None  # monochrome tagged limited range: read as YUV (_planes)
         self._chroma: tuple[tuple, np.ndarray] | None = None  # its neutral chroma plane
         self._last_pts: int | None = None
-        rate = stream_rate(self._stream)
+        rate = fraction(self._stream.average_rate) or fraction(self._stream.guessed_rate)
         filler = PtsFiller(rate, fraction(self._stream.time_base))
         self._repair = TimestampRepair(step=filler._step)
 

@@ -147,21 +147,10 @@ def _first_frame(container, stream):
     return None
 
 
-def stream_rate(stream) -> Fraction | None:
-    """The video's frame rate: the average FFmpeg reports, unless it is past 200 fps where the
-    frames' own spacing (FFmpeg's guess) says less than half of it, as FFmpeg's command line chooses
-    too (av_guess_frame_rate). A Matroska file remuxed with a wrong default duration said 2400 fps
-    for a 24 fps video: segments of 14,400 frames, and a 'truncated' warning for a whole file."""
-    average, guessed = fraction(stream.average_rate), fraction(stream.guessed_rate)
-    if average and guessed and average > 200 and guessed < average / 2:
-        return guessed
-    return average or guessed
-
-
 def _estimate_frames(stream, container) -> int:
     if stream.frames:
         return int(stream.frames)
-    rate = stream_rate(stream)
+    rate = stream.average_rate or stream.guessed_rate
     if stream.duration and stream.time_base and rate:
         return int(round(float(stream.duration * stream.time_base * rate)))
     if container.duration and rate:
@@ -267,7 +256,7 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
             bit_depth=bit_depth,
             chroma_format=chroma,
             time_base=fraction(stream.time_base) or Fraction(1, 90000),
-            average_rate=stream_rate(stream),
+            average_rate=fraction(stream.average_rate) or fraction(stream.guessed_rate),
             num_frames_from_header=int(stream.frames or 0),
             num_frames_estimate=_estimate_frames(stream, container),
             has_alpha=_has_alpha(pix_fmt),

@@ -63,7 +63,7 @@ from core.errors import HardwareUnavailable
 from core.frame import Frame
 from hw import nv_runtime as rt
 from hw.av_decode import PtsFiller
-from hw.av_source import fraction, main_video_stream, open_input, stream_rate
+from hw.av_source import fraction, main_video_stream, open_input
 from hw.keyframes import DecodeSpan, span_packets
 from hw.nv_probe import CHROMA_TEXT, NVDEC_CODECS, probe_nvdec
 
@@ -215,7 +215,7 @@ class NvDecoder:
             self.height: int = int(cc.height)
             self.bit_depth, self.chroma_format = _stream_format(stream)
             self.time_base: Fraction | None = fraction(stream.time_base)
-            self.average_rate: Fraction | None = stream_rate(stream)
+            self.average_rate: Fraction | None = fraction(stream.average_rate)
             self.num_frames_from_header: int = int(stream.frames or 0)
             ok, reason = probe_nvdec(codec=self.codec, bit_depth=self.bit_depth,
                                      chroma_format=self.chroma_format, width=self.width,

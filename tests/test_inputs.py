@@ -225,32 +225,6 @@ def test_a_pixel_aspect_ratio_only_the_container_holds_is_carried(tmp_path, suff
         assert Fraction(c.streams.video[0].sample_aspect_ratio) == Fraction(64, 45)
 
 
-def test_a_container_rate_far_above_the_frames_spacing_is_not_believed(clips, tmp_path, caplog):
-    """A Matroska remux whose default duration is one tick of the old time base (FFmpeg reports
-    2400 fps for a 24 fps video): the frames' spacing is believed, as FFmpeg's command line does.
-    Before, segments were 14,400 frames long, the output said 2400 fps, and a whole file was
-    reported truncated."""
-    from hw.av_source import probe_source
-
-    plain = clips("rate.mp4", num_frames=48, audio=True)
-    src = tmp_path / "remux.mkv"
-    with av.open(str(plain)) as i, av.open(str(src), "w") as o:
-        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
-        for packet in i.demux():
-            if packet.size:
-                packet.stream = streams[packet.stream.index]
-                o.mux(packet)
-    with av.open(str(src)) as c:
-        assert c.streams.video[0].average_rate > 200
-    assert probe_source(src).average_rate == 24
-    out = tmp_path / "out.mkv"
-    stats = run(_cfg(src, out))
-    assert not [w for w in stats.warnings if "truncated" in w], stats.warnings
-    assert probe.indices(out) == list(range(48))
-    with av.open(str(out)) as c:
-        assert c.streams.video[0].average_rate == 24
-
-
 # -- size changes mid-stream ------------------------------------------------------------------
 
 
