@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+from collections import deque
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
@@ -172,6 +173,7 @@ class PyAVDecoder:
         self._gray_as_yuv: bool | None = None  # monochrome tagged limited range: read as YUV (_planes)
         self._chroma: tuple[tuple, np.ndarray] | None = None  # its neutral chroma plane
         self._last_pts: int | None = None
+        self._spacing: deque[int] = deque(maxlen=32)  # the last frames' timestamp steps
         rate = fraction(self._stream.average_rate) or fraction(self._stream.guessed_rate)
         filler = PtsFiller(rate, fraction(self._stream.time_base))
         self._repair = TimestampRepair(step=filler._step)
@@ -290,8 +292,11 @@ class PyAVDecoder:
                     "header announces (the file is likely truncated)")
         if self._last_pts is None or not self._stream.time_base:
             return None
-        step = self._repair.step * self._stream.time_base
-        end = float((self._last_pts + self._repair.step) * self._stream.time_base)
+        # One frame's time: the last frames' own spacing where known, not the container's frame rate,
+        # which may be wrong (a Matroska remux said 2400 fps for 24: a whole file reported truncated)
+        ticks = sorted(self._spacing)[len(self._spacing) // 2] if self._spacing else self._repair.step
+        step = ticks * self._stream.time_base
+        end = float((self._last_pts + ticks) * self._stream.time_base)
         start = float((self._stream.start_time or 0) * self._stream.time_base)
         tagged = _duration_tag(self._stream.metadata.get("DURATION"))  # Matroska's per-track length
         # The tag first: Matroska has no per-stream duration, so FFmpeg fills a video stream's in
@@ -361,6 +366,8 @@ class PyAVDecoder:
         fmt, planes, depth = data
         index = self.num_frames_decoded
         self.num_frames_decoded += 1
+        if self._last_pts is not None and pts > self._last_pts:
+            self._spacing.append(pts - self._last_pts)
         self._last_pts = pts
         return Frame(index=index, pts=pts, fmt=fmt, planes=planes, bit_depth=depth)
 

@@ -225,6 +225,27 @@ def test_a_pixel_aspect_ratio_only_the_container_holds_is_carried(tmp_path, suff
         assert Fraction(c.streams.video[0].sample_aspect_ratio) == Fraction(64, 45)
 
 
+def test_a_wrong_container_frame_rate_does_not_make_a_whole_file_truncated(clips, tmp_path):
+    """A Matroska remux whose default duration is one tick of the old time base: FFmpeg reports
+    2400 fps for a 24 fps video. The end-of-file check measured one frame by that rate and
+    reported the whole file truncated; it takes the frames' own spacing now. (The rate itself is
+    believed, as `ffmpeg -c copy` carries it: a high-rate variable-frame-rate video may start slow.)"""
+    plain = clips("rate.mp4", num_frames=48, audio=True)
+    src = tmp_path / "remux.mkv"
+    with av.open(str(plain)) as i, av.open(str(src), "w") as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        for packet in i.demux():
+            if packet.size:
+                packet.stream = streams[packet.stream.index]
+                o.mux(packet)
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].average_rate > 200
+    out = tmp_path / "out.mkv"
+    stats = run(_cfg(src, out))
+    assert not [w for w in stats.warnings if "truncated" in w], stats.warnings
+    assert probe.indices(out) == list(range(48))
+
+
 # -- size changes mid-stream ------------------------------------------------------------------
 
 
