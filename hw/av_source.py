@@ -20,8 +20,8 @@ from core.files import describe_file_kind, ffmpeg_path
 from hw.color import ColorInfo, color_info_from_tags
 from hw.hdr import HdrMetadata, hdr_metadata, side_data
 
-__all__ = ["GRAY_DEPTH", "SourceInfo", "probe_source", "probe_audio", "open_input", "PLANAR_YUV", "display_matrix",
-           "format_bit_depth"]
+__all__ = ["GRAY_DEPTH", "PLANAR_YUV", "SourceInfo", "display_matrix", "format_bit_depth", "open_for_reading", "open_input",
+           "probe_audio", "probe_source"]
 
 # Planar YUV formats passed through as integer planes: name -> bit depth. With alpha too (ProRes
 # 4444 decodes to yuva444p12le): its Y, U and V planes are read, the alpha plane left out.
@@ -90,6 +90,18 @@ class SourceInfo:
 
 
 
+def open_for_reading(path: Path):
+    """`av.open` of a user's file for reading: tags that are not UTF-8 (an old muxer's Latin-1) are
+    read with the bad bytes replaced; PyAV 18 decodes them strictly by default (UnicodeDecodeError,
+    a traceback before any frame). PyAV 19 has no such option: it is opened as it reads them."""
+    import av
+
+    try:
+        return av.open(ffmpeg_path(path), "r", metadata_errors="replace")
+    except TypeError:  # PyAV 19: "unexpected keyword argument 'metadata_errors'"
+        return av.open(ffmpeg_path(path), "r")
+
+
 def open_input(path: Path):
     """Open a source for reading: a regular file, never a pipe, device or FFmpeg URL."""
     import av
@@ -110,7 +122,7 @@ def open_input(path: Path):
     if not os.access(path, os.R_OK):
         raise InvalidSource(f"Source {str(path)!r} cannot be read: permission denied.")
     try:
-        return av.open(ffmpeg_path(path), "r", metadata_errors="replace")
+        return open_for_reading(path)
     except av.error.FFmpegError as exc:
         raise InvalidSource(
             f"Source {str(path)!r} is not a video FFmpeg can read ({exc.strerror or type(exc).__name__}). Is it a video file?"

@@ -27,7 +27,7 @@ from typing import Callable
 
 from core.cut import TimeShift
 from core.errors import one_line
-from core.files import ffmpeg_path
+from hw.av_source import open_for_reading
 
 __all__ = ["StreamCopier", "copy_problem"]
 
@@ -74,7 +74,7 @@ def copy_problem(fmt: str, source: Path, stream_index: int, *, num_packets: int 
     import av
 
     try:
-        with av.open(ffmpeg_path(source), metadata_errors="replace") as src:
+        with open_for_reading(source) as src:
             stream = src.streams[stream_index]
             test = av.open(io.BytesIO(), "w", format=fmt)
             try:
@@ -192,7 +192,7 @@ class StreamCopier:
         self._edit_lists = out.format.name.split(",")[0] in _EDIT_LIST_FORMATS
         self._preroll: dict[int, deque] = {}
         try:
-            self._src = av.open(ffmpeg_path(source), "r", metadata_errors="replace")
+            self._src = open_for_reading(source)
         except av.error.FFmpegError as exc:
             warn(f"audio not copied: cannot reopen source ({exc})")
             return
@@ -228,7 +228,7 @@ class StreamCopier:
         out = self._out
         fmt, suffix = out.format.name.split(",")[0], Path(out.name).suffix
         try:
-            src = av.open(ffmpeg_path(path), "r", metadata_errors="replace")
+            src = open_for_reading(path)
         except av.error.FFmpegError:
             return  # the run reads it as its source: that says what is wrong
         with src:

@@ -83,7 +83,7 @@ def _count_decodable_frames(path: Path) -> int:
     import av
 
     try:
-        with av.open(ffmpeg_path(path), metadata_errors="replace") as container:
+        with av.open(ffmpeg_path(path)) as container:
             return sum(1 for _ in container.decode(video=0))
     except (av.error.FFmpegError, OSError, ValueError, IndexError):
         return 0
