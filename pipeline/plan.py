@@ -334,9 +334,10 @@ def _smallest_frame_interval(video: Path, packets: int = 240) -> Fraction | None
 
     with open_input(video) as container:
         stream = main_video_stream(container)
+        time_base = Fraction(stream.time_base)  # read while open: PyAV 19 refuses a closed container's streams
         pts = sorted({p.pts for p, _ in zip(container.demux(stream), range(packets)) if p.pts is not None})
     gaps = [b - a for a, b in zip(pts, pts[1:])]
-    return min(gaps) * Fraction(stream.time_base) if gaps else None
+    return min(gaps) * time_base if gaps else None
 
 
 def _plan_split(config: RunConfig, model: LoadedModel, interpolator: LoadedModel | None,
