@@ -25,7 +25,7 @@ from core.choices import CPU_ENCODERS, OUTPUT_PIX_FMT, Codec
 from core.cut import TimeShift
 from core.errors import InvalidOption, OutputNotWritable, one_line
 from core.files import FreeSpaceGuard, disk_errors, ffmpeg_path
-from hw.av_streams import StreamCopier
+from hw.av_streams import stream_copier
 from hw.color import ColorInfo
 from hw.hdr import HdrMetadata, encoder_hdr_options
 from hw.scheduling import restore_scheduling
@@ -69,11 +69,12 @@ class PresentationDurations:
         return packet
 
 
-def presentation_durations(out) -> PresentationDurations | None:
+def presentation_durations(out) -> PresentationDurations:
     """For a Matroska/WebM output (which stores how long each frame shows), the packets'
-    presentation durations; None for MP4/MOV (their durations are decode-time deltas, which the
-    muxer takes from the DTS)."""
-    return PresentationDurations() if out.format.name.split(",")[0] in ("matroska", "webm") else None
+    presentation durations; for MP4/MOV (their durations are decode-time deltas, which the muxer
+    takes from the DTS), a pass-through: holding none (`reach` 0), it gives each packet back as
+    it came."""
+    return PresentationDurations(reach=48 if out.format.name.split(",")[0] in ("matroska", "webm") else 0)
 
 
 def add_video_stream(out, codec: str, *, width: int, height: int, time_base: Fraction, frame_rate: Fraction | None,
@@ -228,9 +229,7 @@ class PyAVWriter:
                 codec, width, height, time_base, frame_rate, color, crf, preset, threads,
                 sample_aspect_ratio, display_matrix,
             )
-            self._copier = (StreamCopier(self._out, Path(source_path) if source_path else None, warn=self._warn,
-                                         shift=audio_shift, extras=Path(extras_path) if extras_path else None)
-                            if source_path or extras_path else None)
+            self._copier = stream_copier(self._out, source_path, extras_path, warn=self._warn, shift=audio_shift)
             self._start()
         except BaseException:
             self._out.close()
@@ -316,9 +315,9 @@ class PyAVWriter:
         """Mux the encoder's packets (`end`: the last of them, with those held for their durations)."""
         for packet in packets:
             self._repair_dts(packet)
-            for ready in (self._durations.push(packet) if self._durations is not None else (packet,)):
+            for ready in self._durations.push(packet):
                 self._mux_packet(ready)
-        if end and self._durations is not None:
+        if end:
             for ready in self._durations.flush():
                 self._mux_packet(ready)
 

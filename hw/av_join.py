@@ -31,7 +31,7 @@ from core.cut import TimeShift
 from core.errors import InvalidOption
 from core.files import disk_errors, ffmpeg_path
 from hw.av_encode import open_output, presentation_durations
-from hw.av_streams import StreamCopier
+from hw.av_streams import stream_copier
 
 __all__ = ["join_segments", "segment_parameters"]
 
@@ -92,8 +92,7 @@ def join_segments(
                     video.codec_context.codec_tag = "hvc1"  # Apple players refuse hev1
                 if template.average_rate:  # a timecode (tmcd) track needs the rate: EINVAL at the header without it
                     video.codec_context.framerate = template.average_rate
-        copier = (StreamCopier(out, source_path, warn=warn, shift=audio_shift, extras=extras_path)
-                  if source_path is not None or extras_path is not None else None)
+        copier = stream_copier(out, source_path, extras_path, warn=warn, shift=audio_shift)
         # Matroska: how long each frame shows (the segments' MP4 durations are decode-time deltas)
         durations = presentation_durations(out)
         last_end = 0.0
@@ -128,9 +127,9 @@ def join_segments(
                             packet.dts += shift
                             last_dts = _after(packet, last_dts)
                         packet.stream = video
-                        for ready in (durations.push(packet) if durations is not None else (packet,)):
+                        for ready in durations.push(packet):
                             put(ready)
-            for ready in (durations.flush() if durations is not None else ()):
+            for ready in durations.flush():
                 put(ready)
             if copier is not None:
                 copier.finish(complete=complete)

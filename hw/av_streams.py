@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from core.cut import TimeShift
 from core.errors import one_line
 from hw.av_source import open_for_reading
 
-__all__ = ["StreamCopier", "copy_problem"]
+__all__ = ["StreamCopier", "copy_problem", "stream_copier"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,16 @@ def _preroll(hidden: deque, first) -> list:
         return [hidden[-1]]
     since = first.pts - round(Fraction(80, 1000) / first.time_base)
     return [p for p in hidden if p.pts is not None and p.pts + (p.duration or 0) > since] or [hidden[-1]]
+
+
+def stream_copier(out, source: str | os.PathLike | None, extras: str | os.PathLike | None, *,
+                  warn: Callable[[str], None], shift: TimeShift | None = None) -> "StreamCopier | None":
+    """What a writer copies beside its video: the audio and subtitles of `source`, the tags,
+    chapters and attachments of `extras` (`StreamCopier`); None where it has neither."""
+    if source is None and extras is None:
+        return None
+    return StreamCopier(out, Path(source) if source is not None else None, warn=warn, shift=shift,
+                        extras=Path(extras) if extras is not None else None)
 
 
 class StreamCopier:

@@ -26,7 +26,7 @@ from core.choices import DEFAULT_NVENC_PRESET
 from core.cut import TimeShift
 from core.files import disk_errors
 from hw.av_encode import open_output, presentation_durations
-from hw.av_streams import StreamCopier
+from hw.av_streams import stream_copier
 from hw.color import ColorInfo
 from hw.hdr import HdrMetadata
 
@@ -140,9 +140,7 @@ class NvencFileWriter:
             self._stream = self._out.add_mux_stream(codec, rate=frame_rate or Fraction(25), width=width,
                                                     height=height)
             self._stream.time_base = time_base
-            self._copier = (StreamCopier(self._out, Path(source_path) if source_path else None, warn=warn,
-                                         shift=audio_shift, extras=Path(extras_path) if extras_path else None)
-                            if source_path or extras_path else None)
+            self._copier = stream_copier(self._out, source_path, extras_path, warn=warn, shift=audio_shift)
         except BaseException:
             self._out.close()
             self._encoder.close()
@@ -194,7 +192,7 @@ class NvencFileWriter:
                 packet.stream = self._stream
                 packet.is_keyframe = key
                 packet.duration = self._frame_ticks  # until the next frame's timestamp is known (Matroska)
-                for ready in (self._durations.push(packet) if self._durations is not None else (packet,)):
+                for ready in self._durations.push(packet):
                     self._out.mux(ready)
             self._header_ready = True
             self.num_frames_written += 1
@@ -252,7 +250,7 @@ class NvencFileWriter:
         try:
             with disk_errors(self.path):
                 self._mux_units(self._encoder.flush())
-                for ready in (self._durations.flush() if self._durations is not None else ()):
+                for ready in self._durations.flush():
                     self._out.mux(ready)
                 if self._pending_pts:
                     log.warning("NVENC returned %d access unit(s) fewer than frames given", len(self._pending_pts))

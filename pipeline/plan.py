@@ -129,11 +129,12 @@ class RunPlan:
             return None
         if self.config.audio is not None:
             return self.config.audio
-        return self.config.source if self.pictures is None else None
+        return self.extras_source
 
     @property
     def extras_source(self) -> Path | None:
-        """The video source whose tags, chapters and attachments the output takes (hw.av_streams)."""
+        """The video source whose tags, chapters and attachments the output takes (hw.av_streams);
+        None for pictures."""
         return self.config.source if self.pictures is None else None
 
     def picture_name(self, index: int) -> str:
