@@ -41,6 +41,7 @@ class _CopiedStream:
     reencode: bool = False
     resampler: object = None
     next_pts: int | None = None  # re-encoded audio: the next sample's timestamp (1/rate), from the source's timing
+    end: int | None = None  # copied MP4/MOV audio: where its edit list ends the track (source ticks), see `_track_end`
 
 
 # Tags about the source file's own bytes, stale in another file (Matroska's statistics tags
@@ -135,6 +136,18 @@ def _move_back(packet, seconds: Fraction, out_time_base: Fraction | None) -> Non
         packet.duration = round(duration * time_base / fine)
 
 
+def _track_end(container, stream) -> int | None:
+    """Where an MP4/MOV source's edit list ends `stream` (its ticks), or None elsewhere.
+
+    The edit list trims the encoder's padding off the last packet (MP3's up to 1,151 samples), but
+    FFmpeg's MP3 parser gives that packet its whole frame's duration again: copied as read, the
+    track played ~20 ms of padding longer than the source's. The track's duration there is the edit
+    list's; other containers' durations are estimates (MPEG-TS: from the bit rate), not trims."""
+    if container.format.name.split(",")[0] not in _EDIT_LIST_FORMATS or not stream.duration:
+        return None
+    return (stream.start_time or 0) + stream.duration
+
+
 def _preroll(hidden: deque, first) -> list:
     """Of the packets an edit list hides just before `first` (the first one played), those its
     decoder needs first: none for PCM (each sample stands alone), Opus's 80 ms (its seek pre-roll),
@@ -214,7 +227,8 @@ class StreamCopier:
             name = stream.codec_context.name
             problem = copy_problem(fmt, Path(source), stream.index)
             if problem is None:
-                self._copied[stream.index] = _CopiedStream(out.add_stream_from_template(stream))
+                self._copied[stream.index] = _CopiedStream(out.add_stream_from_template(stream),
+                                                           end=_track_end(self._src, stream) if stream.type == "audio" else None)
             elif stream.type == "audio":
                 try:
                     self._copied[stream.index] = self._reencoder(stream, why=problem)
@@ -393,6 +407,8 @@ class StreamCopier:
         if packet.is_discard and not self._edit_lists:  # held: the last few may be the next one's pre-roll
             self._preroll.setdefault(packet.stream.index, deque(maxlen=16)).append(packet)
             return
+        if copied.end is not None and packet.pts is not None and packet.duration and packet.pts < copied.end < packet.pts + packet.duration:
+            packet.duration = copied.end - packet.pts  # the source's end trim (`_track_end`)
         held = self._preroll.pop(packet.stream.index, None)
         for ready in (*_preroll(held, packet), packet) if held else (packet,):
             if moved_by:

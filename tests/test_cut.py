@@ -341,3 +341,23 @@ def test_audio_an_edit_list_hides_is_not_played(clips, tmp_path, suffix, codec):
 
     assert lead(src) >= Fraction(1, 2)
     assert lead(out) <= Fraction(2048, 48000) if suffix == ".mkv" else lead(out) == lead(src)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_mp3s_end_trim_in_mp4_is_kept(clips, tmp_path, suffix):
+    """An MP4's edit list trims the encoder's padding off MP3's last frame, but FFmpeg's MP3
+    parser gives that packet its whole frame's duration again: the copy played up to 1,151
+    samples (~24 ms) of padding longer than the source (a reviewer's comparison with ffmpeg -c
+    copy). The copied track ends where the source's edit list ends it."""
+    src = clips("mp3.mp4", num_frames=25, audio=True, audio_codec="libmp3lame")
+    with av.open(str(src)) as c:
+        stream = c.streams.audio[0]
+        end = stream.start_time + stream.duration
+        last = [p for p in c.demux(stream) if p.size][-1]
+        assert last.pts + last.duration > end  # the padding the parser gives back
+    out = tmp_path / f"out{suffix}"
+    run(_cfg(src, out, parallel=False))
+    with av.open(str(out)) as c:
+        stream = c.streams.audio[0]
+        assert stream.start_time + stream.duration == end
+        assert [p.pts for p in c.demux(stream) if p.size][-1] == last.pts
