@@ -45,6 +45,18 @@ def format_bit_depth(pix_fmt: str) -> int:
 
 
 
+def _decoded_as_rgb(pix_fmt: str | None) -> bool:
+    """Whether this format's colours are RGB (RGB and palette formats): decoded as such by
+    hw.av_decode, with no YUV matrix or range of their own. Gray keeps its tagged range
+    (GRAY_DEPTH)."""
+    import av
+
+    try:
+        return bool(pix_fmt) and (pix_fmt == "pal8" or av.VideoFormat(pix_fmt).is_rgb)
+    except ValueError:  # a format this PyAV cannot describe
+        return False
+
+
 def _has_alpha(pix_fmt: str | None) -> bool:
     import av
 
@@ -279,6 +291,7 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
                 color_trc=cc.color_trc,
                 height=cc.height,
                 pix_fmt=pix_fmt,
+                rgb=_decoded_as_rgb(pix_fmt),
             ),
             num_audio_streams=len(container.streams.audio),
             num_subtitle_streams=len(container.streams.subtitles),

@@ -101,8 +101,17 @@ def color_info_from_tags(
     color_trc: int | None,
     height: int,
     pix_fmt: str = "",
+    rgb: bool = False,
 ) -> ColorInfo:
-    """Build a ColorInfo from FFmpeg's enum codes (as PyAV's codec context reports them)."""
+    """Build a ColorInfo from FFmpeg's enum codes (as PyAV's codec context reports them).
+
+    `rgb`: the source's colours are RGB (an RGB or palette format), so the
+    matrix and range are only the output's: BT.709 in limited range, as for pictures. Such a
+    source's range tag (RGB is always "pc") made every output full-range yuvj420p, which a player
+    or editor that ignores the range flag shows washed out, and its height chose BT.601."""
+    if rgb:
+        return ColorInfo(matrix="bt709", primaries_tag=int(color_primaries or 2), transfer_tag=int(color_trc or 2),
+                         matrix_tag=1, range_tag=1)
     colorspace = int(colorspace or 2)
     matrix = _AVCOL_SPC_TO_MATRIX.get(colorspace)
     guessed = matrix is None

@@ -559,3 +559,35 @@ def test_monochrome_keeps_its_range(tmp_path, pix_fmt, depth, color_range):
                         for plane in frame.planes[:2])
     assert np.abs(luma[5].astype(int) - codes.astype(int)).max() <= 1
     assert np.abs(chroma.astype(int) - (1 << (depth - 1))).max() <= 1  # no colour
+
+
+@pytest.mark.parametrize("pix_fmt,codec", [("bgr0", "ffv1"), ("gbrp10le", "ffv1"), ("rgb24", "libx264rgb"), ("rgb24", "png")])
+def test_an_rgb_video_comes_out_limited_range_bt709_as_pictures_do(tmp_path, pix_fmt, codec):
+    """An RGB video (FFV1 or x264 RGB from an editor, PNG in MOV, a screen recording) has no YUV
+    matrix or range of its own: its output is BT.709 limited range, as for pictures. Its "pc" tag
+    made it full-range yuvj420p, which a player that ignores the flag shows washed out, and its
+    height (under 720) chose BT.601."""
+    from fractions import Fraction
+
+    from pipeline import RunConfig, run
+
+    colours = np.array([[0, 0, 0], [255, 255, 255], [128, 128, 128], [255, 0, 0]], np.uint8)
+    picture = np.repeat(np.repeat(colours[None], 32, axis=0), 16, axis=1)  # four 16 px bars, 32 high
+    src = tmp_path / ("rgb.mov" if codec == "png" else "rgb.mkv")
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream(codec, rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, pix_fmt
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format=pix_fmt)
+            frame.pts, frame.time_base = i, Fraction(1, 24)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    out_path = tmp_path / "out.mp4"
+    run(RunConfig(source=src, output=out_path, model="bicubic", scale=1, crf=0, preset="ultrafast"))
+    with av.open(str(out_path)) as c:
+        frame = next(c.decode(video=0))
+        assert (frame.format.name, frame.color_range, frame.colorspace) == ("yuv420p", 1, 1)
+        luma = frame.to_ndarray()[:32]
+    bars = [int(np.median(luma[:, k * 16 + 4:k * 16 + 12])) for k in range(4)]
+    # BT.709 limited: black 16, white 235, grey 128 -> 126, red 63 (BT.601 would give 81)
+    assert np.abs(np.array(bars) - [16, 235, 126, 63]).max() <= 1, bars
