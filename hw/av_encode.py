@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -41,12 +42,24 @@ class PresentationDurations:
     presentation duration: the next timestamp in presentation order minus its own. A packet's
     successor in presentation order comes at most an encoder's reordering reach later in decode
     order, so `reach` packets are held (B-frames and pyramids reorder by a few; x264 and x265
-    at most 16 B-frames). The last frame in presentation order keeps the duration it had."""
+    at most 16 B-frames). The last frame in presentation order keeps the duration it had.
 
-    def __init__(self, reach: int = 48) -> None:
+    `tick` (Matroska: 1 ms, the unit it stores): the packets come out in that time base, each
+    timestamp rounded as FFmpeg would round it and each duration the difference of the rounded
+    timestamps (rounded apart, they disagreed by 1 ms: a frame seemed to last past the next one's
+    start). Frames less than a tick apart would share one timestamp (a broken file): such a frame
+    is moved to the tick after the one before it, with one warning. The plan refuses a video
+    whose first frames are that close (pipeline.plan._check_frame_spacing); this keeps later ones
+    apart."""
+
+    def __init__(self, reach: int = 48, *, tick: Fraction | None = None) -> None:
         self.reach = reach
+        self.tick = tick
         self._held: deque = deque()
         self._seen: deque = deque(maxlen=2 * reach)  # timestamps of the packets around: before and after
+        self._ticks: dict[int, int] = {}  # tick mode: a held packet's timestamp -> its timestamp in ticks
+        self._top: tuple[int, int] | None = None  # tick mode: the latest timestamp given ticks, and its ticks
+        self.moved = 0  # tick mode: frames moved off a tick the one before had
 
     def push(self, packet) -> Iterator:
         """`packet` held; the packets now settled, in order."""
@@ -62,19 +75,60 @@ class PresentationDurations:
             yield self._settled(self._held.popleft())
 
     def _settled(self, packet):
-        if packet.pts is not None:
-            later = [pts for pts in self._seen if pts > packet.pts]
+        if packet.pts is None:
+            return packet
+        later = [pts for pts in self._seen if pts > packet.pts]
+        if self.tick is None or packet.time_base is None:
             if later:
                 packet.duration = min(later) - packet.pts
+            return packet
+        time_base = Fraction(packet.time_base)
+        pts = self._in_ticks(packet.pts, time_base)
+        if later:
+            following = min(later)
+            duration = self._ticks.get(following, max(_round_ticks(following * time_base / self.tick), pts + 1)) - pts
+        else:
+            duration = _round_ticks((packet.duration or 0) * time_base / self.tick)
+        dts = _round_ticks(packet.dts * time_base / self.tick) if packet.dts is not None else None
+        self._ticks.pop(packet.pts, None)
+        packet.time_base = self.tick
+        packet.pts, packet.dts = pts, min(dts, pts) if dts is not None else None
+        packet.duration = duration
         return packet
+
+    def _in_ticks(self, pts: int, time_base: Fraction) -> int:
+        """`pts` in ticks; the timestamps up to it are given theirs first, in presentation order,
+        each at least a tick after the one before."""
+        if pts in self._ticks:
+            return self._ticks[pts]
+        top = self._top
+        for earlier in sorted(t for t in set(self._seen) if t <= pts and (top is None or t > top[0])):
+            ticks = _round_ticks(earlier * time_base / self.tick)
+            if top is not None and ticks <= top[1]:
+                if not self.moved:
+                    log.warning("frames less than %g ms apart at %.3f s: the output stores whole milliseconds, so each "
+                                "such frame is moved to the millisecond after the one before (.mp4/.mov keep exact "
+                                "times)", float(self.tick * 1000), float(earlier * time_base))
+                self.moved += 1
+                ticks = top[1] + 1
+            self._ticks[earlier] = ticks
+            top = self._top = (earlier, ticks)
+        return self._ticks.get(pts, _round_ticks(pts * time_base / self.tick))
+
+
+def _round_ticks(value: Fraction) -> int:
+    """`value` rounded to the nearest whole number, halves away from zero (FFmpeg's av_rescale_q)."""
+    return math.floor(value + Fraction(1, 2)) if value >= 0 else -math.floor(-value + Fraction(1, 2))
 
 
 def presentation_durations(out) -> PresentationDurations:
-    """For a Matroska/WebM output (which stores how long each frame shows), the packets'
-    presentation durations; for MP4/MOV (their durations are decode-time deltas, which the muxer
-    takes from the DTS), a pass-through: holding none (`reach` 0), it gives each packet back as
-    it came."""
-    return PresentationDurations(reach=48 if out.format.name.split(",")[0] in ("matroska", "webm") else 0)
+    """For a Matroska/WebM output (which stores how long each frame shows, in whole milliseconds),
+    the packets' presentation durations, in milliseconds; for MP4/MOV (their durations are
+    decode-time deltas, which the muxer takes from the DTS), a pass-through: holding none (`reach`
+    0), it gives each packet back as it came."""
+    if out.format.name.split(",")[0] in ("matroska", "webm"):
+        return PresentationDurations(reach=48, tick=Fraction(1, 1000))
+    return PresentationDurations(reach=0)
 
 
 def add_video_stream(out, codec: str, *, width: int, height: int, time_base: Fraction, frame_rate: Fraction | None,

@@ -309,19 +309,24 @@ def _plan_interpolation(config: RunConfig, source: SourceInfo, model: LoadedMode
 
 def _check_frame_spacing(output: Path, source: SourceInfo, factor: int, *, video: Path | None) -> None:
     """Matroska stores timestamps in whole milliseconds: frames less than 1 ms apart would share
-    one (a broken file), so such a run is refused before it starts. The figure is the source's
-    frame rate; a video's own frame intervals confirm it (a remuxed file's average rate can be
-    far off), so a rate misreported high refuses nothing."""
-    rate = source.average_rate
-    if output.suffix.lower() != ".mkv" or not rate or rate * factor <= 1000:
+    one (a broken file), so such a run is refused before it starts. A video's own frame intervals
+    tell (its first packets': a variable frame rate's average says nothing of its shortest gap, and
+    a remuxed file's average rate can be far off); pictures are timed at their rate. Gaps that come
+    later in a video are kept apart by the writer (hw.av_encode.PresentationDurations)."""
+    if output.suffix.lower() != ".mkv":
         return
     interval = _smallest_frame_interval(video) if video is not None else None
-    if interval is not None:
-        if interval / factor >= Fraction(1, 1000):
+    if interval is None:
+        rate = source.average_rate
+        if not rate or rate * factor <= 1000:
             return
-        rate = 1 / interval  # the fastest the video goes
-    what = (f"--interpolate {factor} of {float(rate):.3f} fps makes {float(rate * factor):.0f} fps" if factor > 1 else
-            f"the source's {float(rate):.3f} fps")
+        interval = 1 / rate
+    elif interval / factor >= Fraction(1, 1000):
+        return
+    rate = 1 / interval
+    fastest = " at its fastest" if source.average_rate and abs(rate - source.average_rate) > rate / 100 else ""
+    what = (f"--interpolate {factor} of {float(rate):.3f} fps{fastest} makes {float(rate * factor):.0f} fps" if factor > 1
+            else f"the source's {float(rate):.3f} fps{fastest}")
     smaller = f", or use --interpolate {1000 // rate} or less" if factor > 1 and 1000 // rate >= 2 else ""
     raise InvalidOption(f"{what}: frames under 1 ms apart, which .mkv (timestamps in whole milliseconds) cannot tell "
                         f"apart. Write .mp4 or .mov (--output {output.with_suffix('.mp4').name}), whose timestamps "

@@ -199,6 +199,34 @@ def test_a_rate_misreported_high_does_not_refuse_matroska(clips, tmp_path):
         _check_frame_spacing(tmp_path / "o.mkv", misreported, 1, video=None)
 
 
+def test_a_variable_rate_burst_under_a_millisecond_is_refused_for_matroska(tmp_path, capsys):
+    """A variable frame rate whose average is low (8 fps) but whose first frames are 1 ms apart:
+    --interpolate 3 put made frames on the same millisecond in .mkv (a broken file, exit 0). The
+    video's own intervals are read whatever its average rate says."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    src = tmp_path / "burst.mp4"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {"bf": "0"}
+        for k, ms in enumerate([0, 1, 42, 125, 250, 500, 750, 1000]):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * k, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = ms, Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    args = ["--source", str(src), "--interpolate", "3", "--interpolation-model", "blend"]
+    assert cli.main([*args, "--output", str(tmp_path / "o.mkv")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: --interpolate 3 of 1000.000 fps at its fastest makes 3000 fps"), err
+    assert not (tmp_path / "o.mkv").exists()
+    assert cli.main([*args, "--output", str(tmp_path / "o.mkv"), "--interpolate", "1"]) == 0  # 1 ms apart: fine
+
+
 def test_av1_in_mov_is_bad_input(clips, tmp_path, capsys):
     src = clips("cli.mp4", num_frames=20, audio=True)
     code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mov"), "--model", "bicubic", "--codec", "av1"])

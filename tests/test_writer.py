@@ -184,3 +184,68 @@ def test_a_run_whose_picture_fails_reports_one_error(tmp_path, monkeypatch, caps
     for p in pictures:
         assert p.suffix == ".png" and _read(p, "rgb24").shape == (20, 28, 3)
     assert _pool_threads() == []
+
+
+def _packets(pts_in_decode_order, time_base):
+    packets = []
+    for dts, pts in enumerate(pts_in_decode_order):
+        packet = av.Packet(b"\0")
+        packet.time_base, packet.pts, packet.dts, packet.duration = time_base, pts, dts - 2, 1
+        packets.append(packet)
+    return packets
+
+
+def _settled(durations, packets):
+    return [p for packet in packets for p in durations.push(packet)] + list(durations.flush())
+
+
+def test_matroska_timestamps_are_whole_milliseconds_and_durations_their_differences():
+    """Matroska stores milliseconds: the timestamps are rounded as FFmpeg rounds them, and each
+    frame lasts until the next one's rounded start. Rounded apart (pts 2515.4 -> 2515, duration
+    13.4 -> 13, next 2528.8 -> 2529), a frame lasted 1 ms short or past the next one's start
+    (the temporal reviewer, 2026-12-07). B-frame order (decode order differs) is kept."""
+    from fractions import Fraction
+
+    from hw.av_encode import PresentationDurations
+
+    time_base = Fraction(1, 3000)
+    decode = [0, 81, 40, 160, 121, 241, 205]  # 1/3000 s: shown 0, 13.3, 27, 40.3, 53.3, 68.3, 80.3 ms
+    out = _settled(PresentationDurations(reach=4, tick=Fraction(1, 1000)), _packets(decode, time_base))
+    assert [p.pts for p in out] == [round(Fraction(t, 3)) for t in decode]  # same order, ms
+    assert all(p.time_base == Fraction(1, 1000) for p in out)
+    by_pts = sorted(out, key=lambda p: p.pts)
+    assert [a.pts + a.duration for a in by_pts[:-1]] == [b.pts for b in by_pts[1:]]
+    assert all(p.dts <= p.pts for p in out)
+
+
+def test_matroska_frames_under_a_millisecond_apart_are_kept_apart(caplog):
+    """Frames less than 1 ms apart past the first packets the plan looks at (a variable frame
+    rate's burst, interpolated) shared a millisecond: a broken file, silently. Each such frame
+    moves to the millisecond after the one before, with one warning, and the frames after it
+    stay where they were."""
+    from fractions import Fraction
+
+    from hw.av_encode import PresentationDurations
+
+    time_base = Fraction(1, 90000)
+    shown = [0, 3000, 3030, 3060, 3090, 6000, 9000]  # 0, 33.3, 33.7, 34, 34.3, 66.7, 100 ms
+    durations = PresentationDurations(reach=3, tick=Fraction(1, 1000))
+    with caplog.at_level("WARNING"):
+        out = _settled(durations, _packets(shown, time_base))
+    assert [p.pts for p in out] == [0, 33, 34, 35, 36, 67, 100]
+    assert [p.duration for p in out[:-1]] == [33, 1, 1, 1, 31, 33]
+    assert durations.moved == 2
+    assert len([r for r in caplog.records if "less than 1 ms apart" in r.getMessage()]) == 1
+
+
+def test_mp4_packets_pass_through_untouched(tmp_path):
+    from fractions import Fraction
+
+    from hw.av_encode import presentation_durations
+
+    with av.open(str(tmp_path / "x.mp4"), "w") as out:
+        durations = presentation_durations(out)
+        packets = _packets([0, 2, 1], Fraction(1, 90000))
+        assert [p for packet in packets for p in durations.push(packet)] == packets
+        assert [(p.pts, p.duration, p.time_base) for p in packets] == [(0, 1, Fraction(1, 90000)), (2, 1, Fraction(1, 90000)),
+                                                                      (1, 1, Fraction(1, 90000))]
