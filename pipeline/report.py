@@ -39,8 +39,10 @@ class Outcome:
 
 
 def settle_output(output: OutputFile, temp: Path, stats: RunStats, outcome: Outcome) -> str:
-    """Put the temporary file where it belongs; returns one sentence saying where that is."""
-    written = stats.num_frames_written
+    """Put the temporary file where it belongs; returns one sentence saying where that is. The
+    counts are the output's frames: with --interpolate, the made ones too (as segmented and
+    picture outputs count them)."""
+    written = stats.num_frames_written + stats.num_frames_made
     if written == 0:
         output.discard()
         return "No frame was written, and no output file was left behind."

@@ -40,6 +40,23 @@ def test_signal_finalizes_a_playable_partial_output(clips, tmp_path, signum, cod
     assert not any(tmp_path.glob(".*")), list(tmp_path.iterdir())  # no temporary file, no lock left
 
 
+def test_a_stopped_interpolated_run_counts_the_frames_in_its_file(clips, tmp_path):
+    """With --interpolate, the stop line counted source frames: "21 frame(s) written" of a file
+    holding 63 (the temporal reviewer, 2026-12-07). It counts the file's frames, made ones
+    included, as segmented and picture outputs do."""
+    import re
+
+    src = clips("short-signal.mp4", num_frames=130, audio=True)  # under one segment: a single file
+    out = tmp_path / "out.mp4"
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2", "--interpolate", "3",
+            "--interpolation-model", "blend"]
+    rc, err, _ = signal_mid_run(slow_cli(SLOW_WORKER, *args), out, signal.SIGTERM, settle_seconds=1.0)
+    assert rc == 143, err
+    said = re.search(r"(\d+) frame\(s\) written to", err)
+    assert said and ".parts" not in err, err
+    assert int(said.group(1)) == len(probe.pts_exact(out)) > 3
+
+
 def test_sigterm_with_overwrite_keeps_the_previous_output(clips, tmp_path):
     src = clips("long-signal.mp4", num_frames=400, audio=True)
     out = tmp_path / "out.mp4"
