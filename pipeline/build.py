@@ -331,13 +331,10 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         per = plan.interpolate  # pictures per source frame
 
         def picture_name(index: int) -> str:
-            """A picture keeps its source frame's number: --start renumbers the frames from 0,
-            and the frames it dropped come back here. With --interpolate N, source frame i and
-            the frames made after it are numbered i*N .. i*N+N-1."""
+            """A picture keeps its source frame's number (RunPlan.picture_name): --start
+            renumbers the frames from 0, and the frames it dropped come back here."""
             skipped = source.num_frames_before_start if isinstance(source, CutSource) else 0
-            if per > 1:  # numbered afresh: the source's own names/numbers do not count made frames
-                return target.name(index + skipped * per, None, cfg.source.stem)
-            return plan.picture_name(index + skipped)
+            return plan.picture_name(index + skipped * per)
 
         def picture_exists(index: int) -> bool:  # the source frame's pictures are all there
             return all(picture_name(index * per + k) in done for k in range(per))

@@ -138,8 +138,8 @@ class RunPlan:
         return self.config.source if self.pictures is None else None
 
     def picture_name(self, index: int) -> str:
-        """The file name of output picture `index` (picture output only)."""
-        return self.picture_target.name(index, self.pictures, self.config.source.stem)
+        """The file name of output picture `index` (picture output only; `_picture_name`)."""
+        return _picture_name(self.picture_target, self.pictures, self.config.source, self.interpolate, index)
 
     @property
     def first_gpu(self) -> int:
@@ -224,7 +224,7 @@ def plan_run(config: RunConfig) -> RunPlan:
         if orientation(source.display_matrix)[0]:  # a rotated video's pictures are written upright
             out_w, out_h = out_h, out_w
         _check_picture_output(config, target, pictures, source, out_count=_frames_estimate(config, source),
-                              overwrite=overwrite)
+                              overwrite=overwrite, per=config.interpolate if interpolator is not None else 1)
         if config.nvenc:
             notes.append("--nvenc: the output is pictures, written on the CPU (PNG/TIFF).")
         use_nvdec = False
@@ -528,8 +528,21 @@ def _picture_depth(config: RunConfig, source: SourceInfo) -> int:
     return config.bit_depth
 
 
+def _picture_name(target: PictureTarget, pictures: PictureSequence | None, source: Path, per: int, index: int) -> str:
+    """The file name of output picture `index`, counted from the source's first frame. With
+    --interpolate N (`per`), source picture (or frame) m and the frames made after it are numbered
+    m*N .. m*N+N-1, m the picture's own number where it has one: a sequence from 1001 comes out
+    from 1001*N, not renumbered from 0."""
+    stem = _sequence_name(pictures) if pictures is not None else source.stem
+    if per <= 1:
+        return target.name(index, pictures, stem)
+    frame, k = divmod(index, per)
+    known = pictures is not None and frame < len(pictures.paths) and pictures.numbers[frame] is not None
+    return target.name((pictures.numbers[frame] if known else frame) * per + k, None, stem)
+
+
 def _check_picture_output(config: RunConfig, target: PictureTarget, pictures: PictureSequence | None,
-                          source: SourceInfo, *, out_count: int, overwrite: bool) -> None:
+                          source: SourceInfo, *, out_count: int, overwrite: bool, per: int) -> None:
     """Picture output: the folder, the depth, and every picture name against the source's
     pictures (never written through any alias) and against existing files."""
     if target.bit_depth not in (8, 16):
@@ -544,7 +557,8 @@ def _check_picture_output(config: RunConfig, target: PictureTarget, pictures: Pi
         raise OutputNotWritable(f"Cannot write pictures to {str(folder)!r}: folder {str(parent)!r} is not writable.")
     cut = config.cut
     first = cut.start.frame_estimate(float(source.average_rate or 25)) if cut is not None and cut.start else 0
-    names = [target.name(first + k, pictures, config.source.stem) for k in range(out_count or 0)]
+    made = (out_count - 1) * per + 1 if out_count else 0  # with --interpolate N: N-1 made after each but the last
+    names = [_picture_name(target, pictures, config.source, per, first * per + k) for k in range(made)]
     inputs = _read_paths(config, pictures)
     if folder.is_dir():
         existing = {p.name for p in folder.iterdir()}

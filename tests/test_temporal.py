@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from core.frame import Frame
-from core.errors import InvalidOption
+from core.errors import InvalidOption, UnsafeOutput
 from pipeline import RunConfig
 from pipeline.reader import windows
 from pipeline.runner import run
@@ -354,3 +354,28 @@ def test_restoration_parts_see_the_frames_around_them(tmp_path, batch):
         assert len(got) == len(want), name
         for j, (a, b) in enumerate(zip(got, want)):
             np.testing.assert_array_equal(a, b, err_msg=f"{name} {j}")
+
+
+def test_interpolated_pictures_are_numbered_from_their_sources_numbers(tmp_path):
+    """Source picture m and the frames made after it are m*N .. m*N+N-1, m its own number: a
+    sequence from 1 with 4 missing came out renumbered from 0 (s_001 -> o_0000, s_005 ->
+    o_0006; the temporal reviewer, 2026-12-07). --start keeps the numbers; an output pattern
+    whose names would be source pictures is refused, --overwrite or not."""
+    rng = np.random.default_rng(5)
+    src = tmp_path / "seq"
+    src.mkdir()
+    for m in (1, 2, 3, 5, 6):
+        cv2.imwrite(str(src / f"s_{m:03d}.png"), rng.integers(0, 256, (16, 24, 3), dtype=np.uint8))
+    common = dict(model="bicubic", scale=1, interpolate=2, interpolation_model="blend", scene_threshold=0, fps="24")
+    _run(src / "s_%03d.png", tmp_path / "o_%04d.png", **common)
+    assert [p.name for p in _listed(tmp_path) if p.name.startswith("o_")] == [
+        f"o_{n:04d}.png" for n in (2, 3, 4, 5, 6, 7, 10, 11, 12)]
+    _run(src, tmp_path / "folder", **common)
+    assert [p.name for p in _listed(tmp_path / "folder")][:3] == ["seq_000002.png", "seq_000003.png", "seq_000004.png"]
+    (tmp_path / "cut").mkdir()
+    _run(src / "s_%03d.png", tmp_path / "cut" / "c_%04d.png", start="3f", **common)  # from s_005
+    assert [p.name for p in _listed(tmp_path / "cut")] == ["c_0010.png", "c_0011.png", "c_0012.png"]
+    before = {p.name: p.read_bytes() for p in _listed(src)}
+    with pytest.raises(UnsafeOutput):  # s_002.png, s_003.png ... are the source's
+        _run(src / "s_%03d.png", src / "s_%03d.png", **common)
+    assert {p.name: p.read_bytes() for p in _listed(src)} == before
