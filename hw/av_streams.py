@@ -42,6 +42,7 @@ class _CopiedStream:
     resampler: object = None
     next_pts: int | None = None  # re-encoded audio: the next sample's timestamp (1/rate), from the source's timing
     end: int | None = None  # copied MP4/MOV audio: where its edit list ends the track (source ticks), see `_track_end`
+    muxed: int = 0  # packets written
 
 
 # Tags about the source file's own bytes, stale in another file (Matroska's statistics tags
@@ -415,6 +416,7 @@ class StreamCopier:
                 _move_back(ready, moved_by, copied.out_stream.time_base)
             ready.stream = copied.out_stream
             self._out.mux(ready)
+            copied.muxed += 1
 
     def _trim_subtitle(self, packet) -> None:
         """A subtitle on screen across the cut's first frame starts at that frame instead, and
@@ -439,12 +441,18 @@ class StreamCopier:
         write the chapters."""
         self._write_chapters(complete=complete)
         self.mux_until(float("inf") if complete else self.last_video_seconds)
-        for copied in self._copied.values():
+        for index, copied in self._copied.items():
             if copied.reencode:
                 if complete:
                     self._encode_audio(copied, None)
                 for p in copied.out_stream.encode(None):
                     self._out.mux(p)
+                    copied.muxed += 1
+            stream = self._src.streams[index]
+            if not copied.muxed and stream.type == "audio":  # the muxer leaves an empty track out (a subtitle
+                # track with no cue inside the frames written is common, and needs no word)
+                self._warn(f"audio stream {index} ({stream.codec_context.name}) has nothing within the frames written, "
+                           "so the output has none")
 
     def _encode_audio(self, copied: _CopiedStream, frame) -> None:
         """Resample and encode (None: flush the resampler), the samples timed one after another
@@ -457,6 +465,7 @@ class StreamCopier:
             copied.next_pts = rf.pts + rf.samples
             for p in copied.out_stream.encode(rf):
                 self._out.mux(p)
+                copied.muxed += 1
 
     def close(self) -> None:
         if self._src is not None:

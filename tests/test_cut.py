@@ -361,3 +361,23 @@ def test_mp3s_end_trim_in_mp4_is_kept(clips, tmp_path, suffix):
         stream = c.streams.audio[0]
         assert stream.start_time + stream.duration == end
         assert [p.pts for p in c.demux(stream) if p.size][-1] == last.pts
+
+
+def test_audio_with_nothing_inside_the_part_is_named_not_lost_silently(clips, tmp_path, capsys):
+    """A part of the video past the end of its audio: the muxer leaves the empty track out, and
+    the output had no audio without a word (the temporal reviewer, 2026-12-07). One line says so."""
+    whole = clips("short-audio.mp4", num_frames=24, audio=True)
+    src = tmp_path / "audio-ends-early.mp4"
+    with av.open(str(whole)) as i, av.open(str(src), "w") as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in (i.streams.video[0], i.streams.audio[0])}
+        for packet in i.demux(i.streams.video[0], i.streams.audio[0]):
+            if packet.dts is None or (packet.stream.type == "audio" and packet.pts * packet.time_base > Fraction(1, 2)):
+                continue
+            packet.stream = streams[packet.stream.index]
+            o.mux(packet)
+    out = tmp_path / "out.mp4"
+    assert cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2", "--start", "20f"]) == 0
+    with av.open(str(out)) as c:
+        assert not c.streams.audio and c.streams.video[0].frames == 4
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "audio stream" in ln]
+    assert said == ["warning: audio stream 1 (aac) has nothing within the frames written, so the output has none"]
