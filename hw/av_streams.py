@@ -149,6 +149,19 @@ def _track_end(container, stream) -> int | None:
     return (stream.start_time or 0) + stream.duration
 
 
+def _timecode_at(timecode: str, factor: Fraction) -> str:
+    """`timecode` (HH:MM:SS:FF, or ;FF drop-frame) of the first frame, at a frame rate `factor`
+    times the source's: --interpolate N counts N frames where the source counted one, so frame 10
+    at 24 fps is frame 20 at 48 (kept, the first frame's time moved 0.208 s earlier). Unchanged
+    where the factor is not a whole number or the text not a timecode."""
+    match = re.fullmatch(r"(\d+[:;.]\d+[:;.]\d+[:;.])(\d+)", timecode.strip())
+    n = round(factor)
+    if match is None or n <= 1 or abs(factor - n) > Fraction(1, 100):
+        return timecode
+    digits = len(match.group(2))
+    return f"{match.group(1)}{int(match.group(2)) * n:0{digits}d}"
+
+
 def _preroll(hidden: deque, first) -> list:
     """Of the packets an edit list hides just before `first` (the first one played), those its
     decoder needs first: none for PCM (each sample stands alone), Opus's 80 ms (its seek pre-roll),
@@ -276,6 +289,12 @@ class StreamCopier:
                                f"at most 255 frames a second, and the output has {float(rate):.0f}")
                     timecode, timecode_said = None, True
                 _copy_tags(video, out.streams.video[0], drop=() if timecode is not None else ("timecode",))
+                source_rate = video.average_rate or video.guessed_rate
+                if timecode is not None and rate and source_rate:
+                    scaled = _timecode_at(timecode, Fraction(rate) / Fraction(source_rate))
+                    for tags in (out.streams.video[0].metadata, out.metadata):
+                        for key in [k for k, v in tags.items() if k.lower() == "timecode" and v == timecode]:
+                            tags[key] = scaled
             attachments = list(src.streams.attachments)
             if attachments and fmt == "matroska":
                 for k, stream in enumerate(attachments):

@@ -143,11 +143,11 @@ def test_tags_that_are_not_utf8_are_read_not_fatal(clips, tmp_path, capsys):
         assert c.metadata["title"].startswith("Caf")
 
 
-def _with_timecode(src: Path, dst: Path) -> Path:
+def _with_timecode(src: Path, dst: Path, timecode: str = "01:00:00:00") -> Path:
     with av.open(str(src)) as i, av.open(str(dst), "w") as o:
         streams = {s.index: o.add_stream_from_template(s) for s in i.streams if s.type in ("video", "audio")}
         video = streams[i.streams.video[0].index]
-        video.metadata["timecode"] = "01:00:00:00"  # MOV writes a tmcd track for it ...
+        video.metadata["timecode"] = timecode  # MOV writes a tmcd track for it ...
         video.codec_context.framerate = i.streams.video[0].average_rate  # ... which needs the rate
         for packet in i.demux(*[s for s in i.streams if s.index in streams]):
             if packet.size:  # not the demuxer's flush packets
@@ -174,6 +174,23 @@ def test_a_timecode_is_carried_unless_start_moves_the_first_frame(clips, tmp_pat
     assert "timecode (01:00:00:00) is not carried" in line and "--start" in line
     with av.open(str(tmp_path / "cut.mov")) as c:
         assert "timecode" not in c.streams.video[0].metadata and not c.streams.data
+
+
+def test_an_interpolated_timecode_counts_the_new_frames(clips, tmp_path):
+    """--interpolate 2 counts two frames where the source counted one: the first frame's
+    timecode 01:00:00:10 at 24 fps is 01:00:00:20 at 48. Carried as it was (as ffmpeg's framerate
+    filter does), it named a time 0.208 s earlier (the temporal reviewer, 2026-12-07)."""
+    from hw.av_streams import _timecode_at
+
+    src = _with_timecode(clips("tc.mp4", num_frames=24, audio=True), tmp_path / "tc.mov", "01:00:00:10")
+    out = tmp_path / "out.mov"
+    run(_cfg(src, out, scale=1, interpolate=2, interpolation_model="blend"))
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].metadata.get("timecode") == "01:00:00:20" and c.streams.data
+    assert _timecode_at("00:59:59;29", Fraction(60000, 30000)) == "00:59:59;58"  # drop-frame 29.97 -> 59.94
+    assert _timecode_at("01:00:00:10", Fraction(1)) == "01:00:00:10"
+    assert _timecode_at("01:00:00:10", Fraction(5, 2)) == "01:00:00:10"  # not whole: left as it was
+    assert _timecode_at("take 3", Fraction(2)) == "take 3"
 
 
 def test_a_join_the_muxer_refuses_is_one_line_that_says_how_to_finish(clips, tmp_path, monkeypatch, capsys):
