@@ -143,7 +143,9 @@ def _track_end(container, stream) -> int | None:
     The edit list trims the encoder's padding off the last packet (MP3's up to 1,151 samples), but
     FFmpeg's MP3 parser gives that packet its whole frame's duration again: copied as read, the
     track played ~20 ms of padding longer than the source's. The track's duration there is the edit
-    list's; other containers' durations are estimates (MPEG-TS: from the bit rate), not trims."""
+    list's, in the movie's time scale (FFmpeg writes milliseconds): a packet that ends less than
+    1 ms past it is left whole (AAC's exact last duration would lose up to 1 ms). Other containers'
+    durations are estimates (MPEG-TS: from the bit rate), not trims."""
     if container.format.name.split(",")[0] not in _EDIT_LIST_FORMATS or not stream.duration:
         return None
     return (stream.start_time or 0) + stream.duration
@@ -427,7 +429,9 @@ class StreamCopier:
         if packet.is_discard and not self._edit_lists:  # held: the last few may be the next one's pre-roll
             self._preroll.setdefault(packet.stream.index, deque(maxlen=16)).append(packet)
             return
-        if copied.end is not None and packet.pts is not None and packet.duration and packet.pts < copied.end < packet.pts + packet.duration:
+        if (copied.end is not None and packet.pts is not None and packet.duration and packet.time_base is not None
+                and packet.pts < copied.end < packet.pts + packet.duration
+                and (packet.pts + packet.duration - copied.end) * packet.time_base > Fraction(1, 1000)):
             packet.duration = copied.end - packet.pts  # the source's end trim (`_track_end`)
         held = self._preroll.pop(packet.stream.index, None)
         for ready in (*_preroll(held, packet), packet) if held else (packet,):
