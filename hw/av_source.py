@@ -8,6 +8,7 @@ unreadable, not a video, no video). `open_input` is the one way framepipe opens 
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import struct
@@ -150,12 +151,55 @@ def fraction(value) -> Fraction | None:
     return Fraction(value.numerator, value.denominator) if value else None
 
 
-def display_matrix(frame) -> tuple[int, ...] | None:
-    """The frame's display matrix side data (9 ints), or None."""
+# Decoders whose frames' side data can carry metadata (PNG's iCCP: the profile's name). PyAV 18's
+# SideData takes that metadata for its own and frees it, then the frame frees it again: any use of
+# `frame.side_data` on such a frame crashed the process at the next garbage collection (exit 139,
+# no message; every PNG from a Mac screenshot, GIMP or Photoshop). Such frames are read through
+# `frame.rotation` (FFmpeg reads the matrix in C) instead: see `png_has_profile`.
+SIDE_DATA_UNSAFE_CODECS = frozenset({"png", "apng"})
+
+
+def display_matrix(frame, *, safe: bool = True) -> tuple[int, ...] | None:
+    """The frame's display matrix side data (9 ints), or None. `safe=False` (a frame whose side
+    data PyAV cannot read without crashing, SIDE_DATA_UNSAFE_CODECS): the matrix is made from the
+    frame's rotation, so a mirrored orientation reads as unmirrored."""
+    if not safe:
+        rotation = int(getattr(frame, "rotation", 0) or 0)
+        return _rotation_matrix(rotation) if rotation % 360 else None
     for name, data in side_data(frame):
         if name == "DISPLAYMATRIX" and data.buffer_size == 36:
             return struct.unpack("<9i", bytes(data))
     return None
+
+
+def png_has_profile(path: str | os.PathLike) -> bool:
+    """Whether a PNG file holds an ICC profile (an iCCP chunk before its pixels), whose frame side
+    data PyAV 18 cannot read without crashing (SIDE_DATA_UNSAFE_CODECS). Reads chunk headers only."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            while header := f.read(8):
+                if len(header) < 8:
+                    return False
+                length, kind = struct.unpack(">I4s", header)
+                if kind == b"iCCP":
+                    return True
+                if kind in (b"IDAT", b"IEND"):
+                    return False
+                f.seek(length + 4, os.SEEK_CUR)  # the chunk's data and CRC
+    except OSError:
+        return True  # unknown: the careful way
+    return False
+
+
+def _rotation_matrix(degrees: int) -> tuple[int, ...]:
+    """The display matrix whose rotation FFmpeg reads as `degrees` (PyAV's `frame.rotation`,
+    av_display_rotation_get), as av_display_rotation_set(-degrees) writes it."""
+    radians = math.radians(degrees)
+    c, s = round(math.cos(radians), 12), round(math.sin(radians), 12)
+    fixed = lambda x: int(x * (1 << 16))  # noqa: E731 (16.16 fixed point)
+    return (fixed(c), fixed(-s), 0, fixed(s), fixed(c), 0, 0, 0, 1 << 30)
 
 
 def _first_frame(container, stream):
@@ -270,7 +314,7 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
                     if r and r.numerator > 0 and r.denominator > 0), None)
         sar = sar if sar is not None and sar != 1 else None
         first = _first_frame(container, stream)
-        matrix = display_matrix(first) if first is not None else None
+        matrix = display_matrix(first, safe=cc.name not in SIDE_DATA_UNSAFE_CODECS) if first is not None else None
         return SourceInfo(
             path=path,
             width=cc.width,
@@ -299,7 +343,7 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
             display_matrix=matrix,
             rotation=int(getattr(first, "rotation", 0) or 0) if first is not None else 0,
             interlaced=bool(getattr(first, "interlaced_frame", False)) if first is not None else False,
-            hdr=hdr_metadata(first) if first is not None else None,
+            hdr=hdr_metadata(first) if first is not None and cc.name not in SIDE_DATA_UNSAFE_CODECS else None,
             other_video_streams=_other_video_streams_note(container, stream),
         )
     finally:

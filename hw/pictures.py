@@ -52,7 +52,7 @@ from core.choices import CONTAINER_SUFFIXES, PICTURE_FORMATS
 from core.errors import InvalidOption, InvalidSource
 from core.files import ffmpeg_path
 from core.frame import Frame
-from hw.av_source import display_matrix
+from hw.av_source import SIDE_DATA_UNSAFE_CODECS, display_matrix, png_has_profile
 
 __all__ = ["PICTURE_SUFFIXES", "PictureSequence", "PictureSource", "PictureTarget", "encode_picture",
            "find_pictures", "orientation", "picture_target", "parse_fps", "upright"]
@@ -300,11 +300,17 @@ def upright(array: np.ndarray, turn: tuple[bool, bool, bool]) -> np.ndarray:
     return array
 
 
+def _matrix(frame, codec: str, path: Path) -> tuple[int, ...] | None:
+    """The picture's orientation as a display matrix; for a PNG with an ICC profile, from its
+    rotation only (hw.av_source.SIDE_DATA_UNSAFE_CODECS: PyAV 18 crashes reading its side data)."""
+    return display_matrix(frame, safe=codec not in SIDE_DATA_UNSAFE_CODECS or not png_has_profile(path))
+
+
 def probe_pictures(seq: PictureSequence) -> PictureInfo:
     """What the first picture is; its size as it is shown (turned by its orientation)."""
     frame, codec = _decode_one(seq.paths[0])
     depth, alpha = _picture_kind(frame, codec)
-    width, height = (frame.height, frame.width) if orientation(display_matrix(frame))[0] else (frame.width, frame.height)
+    width, height = (frame.height, frame.width) if orientation(_matrix(frame, codec, seq.paths[0]))[0] else (frame.width, frame.height)
     return PictureInfo(width=width, height=height, codec=codec, pix_fmt=frame.format.name, bit_depth=depth,
                        has_alpha=alpha)
 
@@ -331,7 +337,7 @@ class PictureSource:
             (info.bit_depth, info.has_alpha)]
         for index, path in enumerate(self.seq.paths):
             frame, codec = _decode_one(path)
-            turn = orientation(display_matrix(frame))
+            turn = orientation(_matrix(frame, codec, path))
             width, height = (info.height, info.width) if turn[0] else (info.width, info.height)
             if (frame.width, frame.height) != (width, height):
                 self.num_resized += 1

@@ -465,3 +465,35 @@ def test_a_rotated_video_is_written_as_upright_pictures(tmp_path):
     run(_cfg(src, tmp_path / "pics"))
     got = _read(tmp_path / "pics" / "phone_000000.png", "rgb24")
     assert got.shape == (32, 16, 3) and got[-4:, :4].min() > 200 and got[:4, :4].max() < 50
+
+
+@pytest.mark.parametrize("output", ["folder", "video.mp4"])
+def test_a_png_with_a_colour_profile_does_not_crash_the_process(tmp_path, output):
+    """PNGs from a Mac screenshot, GIMP or Photoshop carry an ICC profile (iCCP), whose name FFmpeg
+    puts in the frame's side data as metadata; PyAV 18 frees that metadata twice, and reading the
+    side data (the orientation) killed the process at the next garbage collection: exit 139, no
+    message (the models reviewer, 2026-12-07). Run in a child process: a crash must fail this
+    test, not end the suite. The orientation (EXIF 6: turned a quarter) is still honoured."""
+    import subprocess
+    import sys
+
+    from PIL import Image, ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = tmp_path / "shots"
+    src.mkdir()
+    for k in range(3):
+        picture = Image.fromarray(np.random.default_rng(k).integers(0, 256, (24, 32, 3), dtype=np.uint8))
+        exif = picture.getexif()
+        exif[0x0112] = 6
+        picture.save(src / f"shot_{k}.png", icc_profile=icc, exif=exif)
+    out = tmp_path / output
+    done = subprocess.run([sys.executable, str(Path(cli.__file__)), "--source", str(src), "--output", str(out),
+                           "--model", "bicubic", "--scale", "2", "-q"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    if output == "folder":
+        with av.open(str(out / "shot_0.png")) as c:
+            frame = next(c.decode(video=0))
+            assert (frame.width, frame.height) == (48, 64)  # upright: 24 x 32 turned, then x2
+    else:
+        assert len(probe.pts_exact(out)) == 3
