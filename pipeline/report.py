@@ -233,13 +233,17 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
     partial = parts.partial_path(k)
     if not complete and partial.is_file() and k in parts.manifest.partials:
         chain.append((partial, parts.manifest.partials[k] * time_base))
-    resume_hint = f" The finished segments are kept in {parts.path}: the same command with --resume finishes the job."
+    resume_hint = (f" The finished segments are kept in {parts.path}: the same command with --resume finishes the job."
+                   if finished else " No segment was finished: the same command with --resume starts again and replaces "
+                   "it.")
     if not chain:
         output.discard()
         parts.remove_if_empty()
-        kept = resume_hint if finished else ""
         stats.num_frames_written = 0
-        return "No frame was written, and no output file was left behind." + kept
+        if parts.resumable and not finished:  # a --resume that stopped before its first segment
+            return (f"No frame was written; the earlier run's work folder {parts.path} is kept: the same command with "
+                    "--resume finishes the job.")
+        return "No frame was written, and no output file was left behind." + (resume_hint if finished else "")
     source = plan.audio_source
     try:
         with interruptible():  # a long join stops at once; the segments stay for --resume

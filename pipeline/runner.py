@@ -146,7 +146,10 @@ def _run(config: RunConfig, *, on_progress: ProgressFn | None, on_start: Callabl
         if parts is not None:
             parts.remove_if_empty()
         if isinstance(exc, KeyboardInterrupt):
-            raise RunInterrupted("before the first frame; no output file was left behind.",
+            kept = (f"before the first frame; the earlier run's work folder {parts.path} is kept: the same command with "
+                    "--resume finishes the job." if parts is not None and parts.resumable else
+                    "before the first frame; no output file was left behind.")
+            raise RunInterrupted(kept,
                                  signal_name=getattr(exc, "signal_name", ""),
                                  signal_number=getattr(exc, "signal_number", 2)) from exc
         raise

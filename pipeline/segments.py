@@ -278,6 +278,7 @@ class PartsFolder:
         self.path = self.output.with_name(self.output.name + ".parts")
         self.manifest_path = self.path / "manifest.json"
         self.manifest: Manifest | None = None
+        self.taken_over = False  # opened with --resume from an earlier run's manifest
         self._lock = threading.Lock()  # encoders finish segments from several threads
 
     def segment_path(self, segment: int) -> Path:
@@ -350,6 +351,7 @@ class PartsFolder:
             self.path.mkdir(exist_ok=True)
         except OSError as exc:
             raise OutputNotWritable(f"Cannot create the work folder {str(self.path)!r}: {exc.strerror or exc}.") from None
+        self.taken_over = manifest is not None
         if manifest is None:
             manifest = Manifest(source=source, settings=settings)
         else:
@@ -487,6 +489,14 @@ class PartsFolder:
 
     def remove_if_empty(self) -> None:
         """A run that ends with no finished segment leaves no work folder behind (nothing in
-        it to resume from)."""
-        if self.manifest is not None and not self.finished():
+        it to resume from), unless it resumed an earlier run: that run's folder records the
+        partial output it left, which the next --resume replaces (removed, a --resume stopped
+        before its first frame left the job impossible to finish: "already exists")."""
+        if self.manifest is not None and not self.finished() and not self.taken_over:
             self.remove()
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the folder stays for a --resume: it holds finished segments, or an earlier
+        run's record (`remove_if_empty`)."""
+        return self.manifest is not None and (bool(self.finished()) or self.taken_over)

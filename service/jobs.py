@@ -345,7 +345,7 @@ class Scheduler:
                 if len(self._excluded[job_id]) >= len(self.devices.devices):
                     self._excluded[job_id] = set()  # every device faulted once: they are retried after their pause
                 self._queue.insert(0, job_id)
-            fields = dict(state=state, error=error)
+            fields = dict(state=state, error=_for_service(error))
             if state in FINISHED_STATES:
                 fields["finished"] = time.time()
                 self._excluded.pop(job_id, None)
@@ -580,3 +580,11 @@ def _faulted_devices(exc: BaseException, stats, devices: list[str]) -> list[str]
             return list(devices)
         exc = exc.__cause__ or exc.__context__
     return []
+
+
+def _for_service(error: str | None) -> str | None:
+    """A run's line as a service job's: its hints name the command line, and a service job has no
+    command; the same job submitted again resumes from its segments (README, Service)."""
+    if not error:
+        return error
+    return error.replace("the same command with --resume", "the same job submitted again")

@@ -193,3 +193,44 @@ def test_resume_refuses_a_folder_framepipe_did_not_make(clips, tmp_path):
             run(_cfg(clips("seg-audio.mp4", num_frames=45, audio=True), tmp_path / "out.mp4", segment_frames=10,
                      **{flag: True}))
         assert mine.read_text() == "mine"
+
+
+@pytest.mark.parametrize("where", ["while building", "after a few frames"])
+def test_a_resume_stopped_early_keeps_the_job_resumable(clips, tmp_path, monkeypatch, where):
+    """A run stopped before its first segment was finished leaves its partial output and its work
+    folder; a --resume of it stopped before a frame was written removed that folder (no finished
+    segment in it), and the job could never be finished: the next --resume said "already exists"
+    of the earlier partial (the new-user reviewer, 2026-12-07; the service's restarts hit it too).
+    The folder stays, the line says so, and the next --resume finishes the job."""
+    import threading
+
+    from core.errors import RunInterrupted
+    from pipeline import runner
+    from tests.cli_runs import SLOW_WORKER, signal_mid_run, slow_cli
+
+    src = clips("resume-early.mp4", num_frames=96, audio=True)
+    out = tmp_path / "out.mp4"
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2", "--segment-frames", "90",
+            "--quality", "0", "--preset", "ultrafast", "--queue-size", "8"]
+    rc, err, _ = signal_mid_run(slow_cli(SLOW_WORKER, *args), out, signal.SIGTERM, settle_seconds=1.0)
+    assert rc == 143 and "No segment was finished: the same command with --resume starts again" in err, err
+    parts = tmp_path / "out.mp4.parts"
+    assert out.is_file() and (parts / "manifest.json").is_file()
+    partial = out.read_bytes()
+
+    if where == "while building":
+        def stopped(*_a, **_k):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(runner, "build", stopped)
+        with pytest.raises(RunInterrupted, match="work folder .* is kept: the same command with --resume"):
+            run(_cfg(src, out, resume=True, segment_frames=90, parallel=False))
+    else:
+        stop = threading.Event()
+        stop.set()  # the run stops at its first look, a few frames in
+        with pytest.raises(RunInterrupted, match="No segment was finished: the same command with --resume starts again"):
+            run(_cfg(src, out, resume=True, segment_frames=90, parallel=True), stop=stop)
+        partial = out.read_bytes()
+    assert (parts / "manifest.json").is_file() and out.read_bytes() == partial
+    monkeypatch.undo()
+    run(_cfg(src, out, resume=True, segment_frames=90))
+    assert probe.indices(out) == list(range(96)) and not parts.exists()

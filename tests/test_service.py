@@ -420,6 +420,8 @@ def test_cancel_leaves_a_finalized_partial_output_that_a_new_job_resumes(clip_ro
         partial = probe.indices(out)
         assert partial == list(range(len(partial))) and 10 <= len(partial) < 30  # playable, in order
         assert (clip_root / "c.mp4.parts" / "manifest.json").is_file()
+        error = _wait(client, job["id"], states=("cancelled",))["error"]
+        assert "the same job submitted again" in error and "command" not in error, error  # a job has no command
         monkeypatch.setattr(Worker, "process", original)
         # The same job submitted again finishes from the kept segments (the partial output is its own).
         r = client.post("/jobs", json=body)
