@@ -218,18 +218,22 @@ def _ordered(spec: str, paths: list[Path]) -> PictureSequence:
     if not any(re.search(r"\d", name) for name in names):  # no numbers at all: by name
         return _sequence(spec, [(None, p.name, p) for p in paths], "(by name)")
     numbering = _numbering(names)
-    if numbering is None:
-        templates = sorted({re.sub(r"\d+(?!.*\d)", "#", n) for n in names})
-        shown = ", ".join(templates[:4])
-        raise InvalidSource(f"Source {spec!r} mixes pictures named in {len(templates)} ways ({shown}): give a "
-                            "pattern such as scan_%06d.png, or a folder holding one sequence.")
+    if numbering is None:  # no one run of digits numbers them all (IMG_20230101_101500.jpg, DSC_0001.JPG and
+        # DSC_0002.jpg): a camera's or phone's folder, taken in natural name order, its names kept
+        return _sequence(spec, [(None, p.name, p) for p in paths], "(by name)")
     k, template = numbering
     keyed = [(int(list(re.finditer(r"\d+", p.name))[-1 - k].group()), p.name, p) for p in paths]
     return _sequence(spec, keyed, template)
 
 
+def _natural(name: str) -> tuple:
+    """A sort key that orders the numbers in a name by value (shot_9 before shot_10), letters
+    without regard to case."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.casefold()) for part in re.split(r"(\d+)", name))
+
+
 def _sequence(spec: str, keyed: list[tuple[int | None, str, Path]], template: str) -> PictureSequence:
-    keyed.sort(key=lambda item: (item[0] if item[0] is not None else -1, item[1]))
+    keyed.sort(key=lambda item: (item[0] if item[0] is not None else -1, _natural(item[1])))
     numbers = [n for n, _, _ in keyed]
     twice = sorted({n for n in numbers if n is not None and numbers.count(n) > 1})
     if twice:

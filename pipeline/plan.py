@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -509,6 +510,9 @@ def _picture_source(config: RunConfig, seq: PictureSequence, notes: list[str]) -
     if fps is None:
         fps = Fraction(24)
         notes.append(f"{len(seq.paths)} picture(s), timed at 24 fps (--fps sets the rate).")
+    if seq.template == "(by name)" and any(re.search(r"\d", p.name) for p in seq.paths) and len(seq.paths) > 1:
+        notes.append(f"source: the picture names follow no one numbering ({seq.paths[0].name} ... "
+                     f"{seq.paths[-1].name}): taken in name order, numbers by value.")
     if seq.gaps:
         notes.append(f"source: the picture numbers have gaps ({seq.describe_gaps()}); the pictures are shown one after "
                      "another, the gaps closed.")

@@ -75,8 +75,28 @@ def test_folder_glob_and_pattern_find_the_same_sequence_in_number_order(tmp_path
     assert one.paths == (tmp_path / "shots" / "shot_9.png",) and one.numbers == (9,)
 
 
+def test_a_camera_folder_named_in_several_ways_is_taken_in_natural_name_order(tmp_path):
+    """A phone's or camera's folder (IMG_20230101_101500.jpg; DSC_0001.JPG beside DSC_0002.jpg)
+    follows no one numbering template: it was refused, with advice (a pattern) no pattern could
+    follow (the models reviewer, 2026-12-07). Such names are taken in natural order (numbers by
+    value, letters without case), their names kept, and the plan says so in one line."""
+    names = ["IMG_20230105_093012.jpg", "IMG_20230101_184233.jpg", "IMG_20230101_101500.jpg", "DSC_10.JPG",
+             "dsc_9.jpg"]
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    for k, name in enumerate(names):
+        _save(folder / name, _noise(seed=k))
+    seq = find_pictures(folder)
+    assert [p.name for p in seq.paths] == ["dsc_9.jpg", "DSC_10.JPG", "IMG_20230101_101500.jpg",
+                                           "IMG_20230101_184233.jpg", "IMG_20230105_093012.jpg"]
+    assert seq.numbers == (None,) * 5 and seq.template == "(by name)"
+    stats = run(_cfg(folder, tmp_path / "up", parallel=False))
+    assert sorted(p.name for p in (tmp_path / "up").iterdir() if not p.name.startswith(".")) == sorted(
+        Path(n).with_suffix(".png").name for n in names)
+    assert any("taken in name order" in w for w in stats.notes["fallbacks"]), stats.notes
+
+
 @pytest.mark.parametrize("names, message", [
-    (["a_001.png", "b_001.png"], "mixes pictures named in 2 ways"),
     (["f_1.png", "f_001.png"], r"have the same number \(1\)"),
     ([], "holds no pictures"),
     (["x_1.exr"], "OpenEXR holds scene-linear light"),
