@@ -53,6 +53,16 @@ def _frames_done(d: dict) -> str:
     return f"{d['frames_written']} source frame(s) -> {d['frames_out']} frame(s) out"
 
 
+def _source_argument(text: str) -> Path:
+    """--source as a path; a URL is refused by name (as a Path, 'https://host/v.mp4' became
+    'https:/host/v.mp4', "not found")."""
+    import re
+
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a URL; framepipe reads local files: download it first")
+    return Path(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="framepipe",
@@ -66,12 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     io = p.add_argument_group("input / output")
-    io.add_argument("--source", type=Path,
-                    help="input video file, or pictures: a folder, a glob ('shots/*.png') or a pattern (scan_%%06d.png) "
+    io.add_argument("--source", type=_source_argument,
+                    help="input video file; pictures: a folder, a glob ('shots/*.png') or a pattern (scan_%%06d.png); "
+                         "or many videos, one after another: a folder of videos or a glob ('clips/*.mp4') "
                          "(default: the built-in sample clip)")
     io.add_argument("--output", type=Path,
-                    help="output file .mp4/.mkv/.mov, or pictures: a folder or a pattern (up_%%06d.png) "
-                         "(default: <source>.<model>-x<scale>.mp4 beside the source; a folder for pictures)")
+                    help="output file .mp4/.mkv/.mov, or pictures: a folder or a pattern (up_%%06d.png); for many "
+                         "videos, the folder for their outputs (default: <source>.<model>-x<scale>.mp4 beside the "
+                         "source, .mkv/.mov for such a source; a folder for pictures)")
     io.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     io.add_argument("--max-frames", type=int, metavar="N", help="process only the first N frames (after --start)")
     io.add_argument("--start", metavar="T",
@@ -446,6 +458,10 @@ class _StopSignal:
         """The run has ended: later signals are only recorded (nothing is left to stop)."""
         self._done = True
 
+    def rearm(self) -> None:
+        """The next run of a batch starts: a signal stops it again."""
+        self._done = False
+
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
@@ -533,6 +549,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'list was complete' if args.list_models else 'run started'}")
         return 128 + getattr(exc, "signal_number", 2)
     sample = args.source is None
+    if not sample:
+        try:
+            batch = _batch(args)
+        except FramepipeError as exc:
+            say.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            return exc.exit_code
+        if batch is not None:
+            return _run_batch(args, *batch, console=console, say=say, stopper=stopper, run=run)
     display = RunDisplay(console, enabled=console.is_terminal and not args.quiet, quiet=args.quiet)
     stats = None
     try:
@@ -586,6 +610,138 @@ def main(argv: list[str] | None = None) -> int:
                   soft_wrap=True)
     _finish_compile_helpers(say, stopper, quiet=args.quiet)
     return EXIT_OK
+
+
+def _batch(args) -> tuple[list[Path], Path | None] | None:
+    """--source naming a folder of videos (and no pictures) or a glob of videos ('clips/*.mp4'):
+    the videos in natural name order, framepipe's own outputs left out, and the folder their
+    outputs go to (--output, made if missing; None: beside each video). None for one video or
+    pictures. Flags that name one file for one run are refused here."""
+    import glob as globbing
+    import os
+
+    from core.errors import InvalidOption, InvalidSource, OutputNotWritable
+    from core.paths import VIDEO_SUFFIXES, is_own_output_name
+    from hw.pictures import PICTURE_SUFFIXES, natural_key
+
+    text = os.fspath(args.source)
+    if os.path.isdir(text):
+        with os.scandir(text) as listing:
+            names = [Path(e.path) for e in listing if not e.name.startswith(".")]
+        if any(p.suffix.lower() in PICTURE_SUFFIXES for p in names):
+            return None  # pictures: a sequence (hw.pictures)
+        found = [p for p in names if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
+        if not found:
+            return None  # the sequence's own message says what the folder lacks
+    elif globbing.has_magic(text) and not os.path.exists(text) and Path(text).suffix.lower() not in PICTURE_SUFFIXES:
+        found = [Path(p) for p in globbing.glob(text) if Path(p).suffix.lower() in VIDEO_SUFFIXES and os.path.isfile(p)]
+        if not found:
+            return None  # a missing file whose name has brackets in it, or a glob of nothing: "not found"
+    else:
+        return None
+    videos = sorted((p for p in found if not is_own_output_name(p)), key=lambda p: natural_key(p.name))
+    if not videos:
+        raise InvalidSource(f"Source {text!r} holds only framepipe's own outputs (<name>.<model>-x<scale>.mp4): "
+                            "nothing to do.")
+    for flag, value in (("--stats-json", args.stats_json), ("--audio", args.audio)):
+        if value is not None:
+            raise InvalidOption(f"{flag} names one file for one run; --source {text!r} is {len(videos)} videos. "
+                                f"Run them one by one to use {flag}.")
+    folder = None
+    if args.output is not None:
+        folder = Path(args.output)
+        if not folder.is_dir():
+            if folder.suffix:
+                raise InvalidOption(f"--output {str(args.output)!r}: a folder of videos gets one output each; give a folder "
+                                    "for them (it is made if missing).")
+            try:
+                folder.mkdir()
+            except OSError as exc:
+                raise OutputNotWritable(f"Cannot make the --output folder {str(args.output)!r}: {exc.strerror or exc}.") from None
+    return videos, folder
+
+
+def _run_batch(args, videos: list[Path], folder: Path | None, *, console, say, stopper, run) -> int:
+    """One run per video, one after the other, each as a run of its own (its notes, progress,
+    summary and output line). A video whose output exists is skipped (say so; --overwrite
+    replaces it); one that fails is named and the next one goes on; a stop ends the batch after
+    finalizing the video it stopped (the same command resumes it and skips the done ones: every
+    video of a batch is written in segments, as --resume asks). Exit 0 when none failed, 1 when any did, 128+N when stopped."""
+    import argparse
+
+    from core.errors import FramepipeError, OutputExists, RunInterrupted
+
+    done: list[Path] = []
+    skipped: list[Path] = []
+    failed: list[Path] = []
+
+    def summary() -> str:
+        parts = [f"{len(done)} of {len(videos)} video(s) done"]
+        if skipped:
+            parts.append(f"{len(skipped)} skipped (output exists)")
+        if failed:
+            parts.append(f"{len(failed)} failed ({', '.join(p.name for p in failed[:3])}{', ...' if len(failed) > 3 else ''})")
+        return "; ".join(parts)
+
+    for k, video in enumerate(videos, 1):
+        if not args.quiet:
+            say.print(f"[bold]{k}/{len(videos)}[/] {escape(str(video))}", highlight=False, soft_wrap=True)
+        one = argparse.Namespace(**vars(args))
+        one.source, one.output = str(video), None
+        display = RunDisplay(console, enabled=console.is_terminal and not args.quiet, quiet=args.quiet)
+        stopper.rearm()
+        signals = len(stopper.received)
+        try:
+            config = _config_from_args(one, sample=False)
+            config.output_dir = folder
+            # Always in segments, as --resume asks: a stopped video's work folder records its partial
+            # output, so the next batch resumes it; written directly, the partial took the output's
+            # name unrecorded, and the next batch skipped it as done
+            config.resume = True
+            stats = run(config, on_progress=display.update, on_start=display.start)
+            stopper.finished()
+        except RunInterrupted as exc:
+            stopper.finished()
+            _stop_display(display)
+            what = f"stopped by {exc.signal_name}" if exc.signal_name and exc.signal_name != "SIGINT" else "interrupted"
+            say.print(f"[yellow]{what}:[/] {escape(video.name)}: {escape(str(exc) or 'before the run started.')} "
+                      f"{escape(summary())}; the same command finishes the batch (done videos are skipped, this one resumed).",
+                      highlight=False, soft_wrap=True)
+            return exc.exit_code
+        except OutputExists as exc:
+            stopper.finished()
+            _stop_display(display)
+            skipped.append(video)
+            say.print(f"[yellow]skipped:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            continue
+        except (FramepipeError, OSError) as exc:
+            stopper.finished()
+            _stop_display(display)
+            failed.append(video)
+            text = str(exc) if isinstance(exc, FramepipeError) else f"{exc.strerror or exc}"
+            say.print(f"[red]error:[/] {escape(video.name)}: {escape(text)}", highlight=False, soft_wrap=True)
+            continue
+        except KeyboardInterrupt as exc:
+            _stop_display(display)
+            say.print(f"[yellow]interrupted[/] before {escape(video.name)} started. {escape(summary())}.")
+            return 128 + getattr(exc, "signal_number", 2)
+        _stop_display(display)
+        done.append(video)
+        if not args.quiet:
+            try:
+                render_summary(console, stats)
+            except (OSError, ValueError):
+                pass
+            say.print(f"Output: [bold]{escape(str(stats.notes.get('output', config.output)))}[/]", highlight=False,
+                      soft_wrap=True)
+        if len(stopper.received) > signals:  # came as the output was put in place: this video is done
+            name = stopper.received[-1]
+            say.print(f"[yellow]stopped by {name}:[/] after {escape(video.name)}. {escape(summary())}; the same "
+                      "command finishes the batch (done videos are skipped).", highlight=False, soft_wrap=True)
+            return 128 + int(getattr(signal.Signals, name, signal.SIGINT))
+    say.print(f"{'[red]' if failed else ''}{escape(summary())}.{'[/]' if failed else ''}", highlight=False, soft_wrap=True)
+    _finish_compile_helpers(say, stopper, quiet=args.quiet)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _finish_compile_helpers(say, stopper, *, quiet: bool, poll_seconds: float = 0.2) -> None:

@@ -146,7 +146,8 @@ def find_pictures(spec: str | os.PathLike) -> PictureSequence | None:
         refused = [p for p, _ in entries if p.suffix.lower() in _REFUSED]
         if not candidates:
             why = f" ({_REFUSED[refused[0].suffix.lower()]})" if refused else ""
-            raise InvalidSource(f"Source folder {text!r} holds no pictures ({', '.join(s[1:] for s in PICTURE_SUFFIXES)}){why}.")
+            raise InvalidSource(f"Source folder {text!r} holds no pictures ({', '.join(s[1:] for s in PICTURE_SUFFIXES)}){why} "
+                                "and no videos.")
         return _ordered(text, candidates)
     if suffix in _REFUSED and (_is_pattern(text) or glob.has_magic(text)):
         raise InvalidSource(f"Source {text!r}: {_REFUSED[suffix]}.")
@@ -226,14 +227,14 @@ def _ordered(spec: str, paths: list[Path]) -> PictureSequence:
     return _sequence(spec, keyed, template)
 
 
-def _natural(name: str) -> tuple:
+def natural_key(name: str) -> tuple:
     """A sort key that orders the numbers in a name by value (shot_9 before shot_10), letters
     without regard to case."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.casefold()) for part in re.split(r"(\d+)", name))
 
 
 def _sequence(spec: str, keyed: list[tuple[int | None, str, Path]], template: str) -> PictureSequence:
-    keyed.sort(key=lambda item: (item[0] if item[0] is not None else -1, _natural(item[1])))
+    keyed.sort(key=lambda item: (item[0] if item[0] is not None else -1, natural_key(item[1])))
     numbers = [n for n, _, _ in keyed]
     twice = sorted({n for n in numbers if n is not None and numbers.count(n) > 1})
     if twice:

@@ -36,6 +36,7 @@ from core.choices import (COMPILE_CHOICES, DEFAULT_MODEL, DEFAULT_SCENE_THRESHOL
 from core.errors import (CodeModelRefused, FramepipeError, HardwareUnavailable, InvalidOption, ModelError, OutputExists,
                          OutputNotWritable, RunInterrupted, one_line)
 from core.files import partial_names, temporary_names
+from core.paths import VIDEO_SUFFIXES, is_own_output_name
 from hw.scheduling import usable_cores
 from service.devices import Devices
 from service.models import ModelManager
@@ -47,12 +48,7 @@ __all__ = ["JobSettings", "JobRequest", "Scheduler", "VIDEO_SUFFIXES", "MAX_ATTE
 
 log = logging.getLogger("service")
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mts", ".m2ts", ".flv", ".wmv",
-                            ".mpg", ".mpeg", ".3gp", ".ogv"})
 MAX_ATTEMPTS = 3  # a job whose devices keep faulting is given up after this many tries
-# framepipe's own output names (`pipeline.default_output_path`: `<stem>.<model>-x<scale><suffix>`,
-# and a stopped run's `<stem>.partial<suffix>`): a folder source never takes them as inputs.
-_OUTPUT_STEM = re.compile(r"(\.[A-Za-z0-9_.-]+-x\d+|\.fps\d+x)(\.partial)?$")
 # An upload's name in the uploads folder: a uuid4's hex (8 digits in older servers), a dash, the client's name.
 _UPLOAD_NAME = re.compile(r"^[0-9a-f]{8}(?:[0-9a-f]{24})?-")
 
@@ -407,7 +403,7 @@ class Scheduler:
         found = []
         for entry in entries:
             name = Path(entry.name)
-            if entry.name.startswith(".") or name.suffix.lower() not in VIDEO_SUFFIXES or _OUTPUT_STEM.search(name.stem):
+            if entry.name.startswith(".") or name.suffix.lower() not in VIDEO_SUFFIXES or is_own_output_name(name):
                 continue
             real = self.roots.confined(Path(entry.path), what="video of the source folder")
             if not real.is_file():

@@ -242,3 +242,18 @@ def test_default_output_is_named_after_the_models_scale(clips, tmp_path, capsys)
     shutil.copy(clips("cli.mp4", num_frames=20, audio=True), src)
     assert cli.main(["--source", str(src), "--model", "bicubic", "--scale", "3", "-q"]) == 0
     assert (tmp_path / "clip.bicubic-x3.mp4").exists()
+
+
+def test_fps_is_checked_with_a_video_and_said_to_do_nothing(clips, tmp_path, capsys):
+    """--fps times a picture sequence; with a video, 0 and -5 ran silently (the new-user reviewer,
+    2026-12-07). A bad value is one line and exit 2; a good one is said to be ignored."""
+    src = clips("fps.mp4", num_frames=3)
+    args = ["--source", str(src), "--model", "bicubic", "--scale", "1"]
+    for bad in ("0", "-5"):
+        assert cli.main([*args, "--output", str(tmp_path / "bad.mp4"), "--fps", bad]) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert err == [f"error: Invalid --fps ('{bad}'): give frames per second, e.g. 24, 23.976 or 24000/1001."]
+    assert not (tmp_path / "bad.mp4").exists()
+    assert cli.main([*args, "--output", str(tmp_path / "o.mp4"), "--fps", "30"]) == 0
+    assert ("warning: --fps 30 sets the rate of a picture sequence; a video keeps its own timestamps: ignored."
+            in capsys.readouterr().err.splitlines())
