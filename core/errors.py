@@ -14,6 +14,7 @@ __all__ = [
     "PathRefused",
     "SourceNotFound",
     "InvalidSource",
+    "DamagedPicture",
     "NoVideoStream",
     "OutputExists",
     "OutputNotWritable",
@@ -48,6 +49,13 @@ class SourceNotFound(FramepipeError, FileNotFoundError):
 
 class InvalidSource(FramepipeError, ValueError):
     """The --source exists but cannot be read as a video (directory, text, corrupt header)."""
+
+
+class DamagedPicture(InvalidSource):
+    """A picture of a sequence, after the first, cannot be read: the run stops there (exit 1, as
+    a run that started), the pictures before it written."""
+
+    exit_code = 1
 
 
 class NoVideoStream(InvalidSource):

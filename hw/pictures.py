@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from core.choices import CONTAINER_SUFFIXES, PICTURE_FORMATS
-from core.errors import InvalidOption, InvalidSource
+from core.errors import DamagedPicture, InvalidOption, InvalidSource
 from core.files import ffmpeg_path
 from core.frame import Frame
 from hw.av_source import SIDE_DATA_UNSAFE_CODECS, display_matrix, png_has_profile
@@ -266,6 +266,18 @@ def _decode_one(path: Path):
     raise InvalidSource(f"Picture {str(path)!r} holds no picture FFmpeg can decode.")
 
 
+def _truncated_jpeg(path: Path) -> bool:
+    """Whether a JPEG file lacks its end marker (FF D9) in its last bytes: cut short (a copy that
+    stopped, a disk that filled), which FFmpeg decodes without an error, the rest of the picture
+    made up (PIL refuses it: "image file is truncated")."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            return b"\xff\xd9" not in f.read()
+    except OSError:
+        return False
+
+
 def _picture_kind(frame, codec: str) -> tuple[int, bool]:
     """(bit depth 8/16, has alpha) of a decoded picture. 16 bits for any component deeper than
     8 (10/12/14/16-bit, half and single float; a 16-bit Bayer format says 4/8/4 bits: its name
@@ -341,7 +353,15 @@ class PictureSource:
         target = {(8, False): "rgb24", (8, True): "rgba", (16, False): "rgb48le", (16, True): "rgba64le"}[
             (info.bit_depth, info.has_alpha)]
         for index, path in enumerate(self.seq.paths):
-            frame, codec = _decode_one(path)
+            try:
+                frame, codec = _decode_one(path)
+            except InvalidSource as exc:  # the first was read by the plan: a later one, after pictures were made
+                if index == 0:
+                    raise
+                raise DamagedPicture(f"{str(exc).rstrip('.')}: move or repair it first.") from None
+            if codec == "mjpeg" and _truncated_jpeg(path):
+                self.warn(f"source: picture {path.name} is truncated (no JPEG end marker): decoded as far as it goes, "
+                          "the rest grey")
             turn = orientation(_matrix(frame, codec, path))
             width, height = (info.height, info.width) if turn[0] else (info.width, info.height)
             if (frame.width, frame.height) != (width, height):

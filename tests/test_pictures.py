@@ -517,3 +517,28 @@ def test_a_png_with_a_colour_profile_does_not_crash_the_process(tmp_path, output
             assert (frame.width, frame.height) == (48, 64)  # upright: 24 x 32 turned, then x2
     else:
         assert len(probe.pts_exact(out)) == 3
+
+
+def test_a_damaged_picture_mid_sequence_stops_with_exit_1_and_a_truncated_jpeg_is_said(tmp_path, capsys):
+    """A picture after the first that cannot be read: exit 2 ("bad input, nothing processed")
+    though pictures were written, and a hint (--resume) that met the same picture again; now exit
+    1 and "move or repair it first". A JPEG cut short decoded without a word, its lower part made
+    up (PIL refuses it); now one line names it (the models reviewer, 2026-12-07)."""
+    from PIL import Image
+
+    src = tmp_path / "seq"
+    src.mkdir()
+    for k in range(1, 5):
+        Image.fromarray(_noise(24, 32, seed=k)).save(src / f"p_{k}.jpg", quality=95)
+    whole = (src / "p_2.jpg").read_bytes()
+    (src / "p_2.jpg").write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "out"
+    assert cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: source: picture p_2.jpg is truncated (no JPEG end marker)" in err, err
+    (src / "p_3.jpg").write_bytes(whole[:60])
+    assert cli.main(["--source", str(src), "--output", str(tmp_path / "again"), "--model", "bicubic", "--scale", "1",
+                     "-q"]) == 1
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert f"Picture {str(src / 'p_3.jpg')!r} cannot be read" in line and "move or repair it first" in line, line
+    assert sorted(p.name for p in (tmp_path / "again").iterdir() if not p.name.startswith(".")) == ["p_1.png", "p_2.png"]
