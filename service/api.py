@@ -83,11 +83,12 @@ class Timeout(BaseModel):
 
 
 def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_hosts: Iterable[str] = (),
-               on_stop=None) -> FastAPI:
+               on_stop=None, stopping=None) -> FastAPI:
     """The API over `service`; with `mcp` (service.mcp_tools.make_mcp), its tools at /mcp.
     `host`: the address the server listens on; `allowed_hosts`: further Host names it answers
     (`--allow-host`, "*" for any). `on_stop()` runs when the server shuts down (before uvicorn
-    re-raises a SIGTERM/SIGINT)."""
+    re-raises a SIGTERM/SIGINT). `stopping()`: whether the server is shutting down, when the
+    event streams end (an open one held the shutdown until uvicorn cancelled it, with a traceback)."""
     mcp_app = None
     if mcp is not None:
         from mcp.server.transport_security import TransportSecuritySettings
@@ -210,6 +211,9 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
                     yield f"event: end\ndata: {text}\n\n"
                     return
                 if await request.is_disconnected():
+                    return
+                if stopping is not None and stopping():  # the client reconnects after the restart
+                    yield "event: server-stopping\ndata: {}\n\n"
                     return
                 await asyncio.sleep(service.event_seconds)
 

@@ -123,7 +123,9 @@ def serve_main(argv: list[str], *, process_settings=None) -> int:
         log.info("stopping: running jobs are finalized and stay queued for the next start")
         service.close()
 
-    app = create_app(service, mcp=make_mcp(service), host=args.host, allowed_hosts=args.allow_host, on_stop=stop)
+    servers: list = []  # the uvicorn server, made after the app: its should_exit says it is shutting down
+    app = create_app(service, mcp=make_mcp(service), host=args.host, allowed_hosts=args.allow_host, on_stop=stop,
+                     stopping=lambda: bool(servers) and servers[0].should_exit)
     taken = service.start()
     if taken:
         log.info("taken up again from the database: %d unfinished job(s)", len(taken))
@@ -131,9 +133,17 @@ def serve_main(argv: list[str], *, process_settings=None) -> int:
              ", ".join(str(r) for r in service.roots), ", ".join(d.name for d in service.devices.devices))
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            timeout_graceful_shutdown=5))
+    servers.append(server)
     # uvicorn stops on SIGINT/SIGTERM: the app's shutdown (stop() above) finalizes the running
-    # jobs, then uvicorn re-raises the signal, so the exit status says which one stopped it.
-    server.run()
+    # jobs, then uvicorn re-raises the signal, so the exit status says which one stopped it
+    # (SIGINT's comes back as KeyboardInterrupt: 130, one line, not a traceback).
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        service.close()  # done already by the app's shutdown, unless the signal came before it
+        print("interrupted: the service stopped; running jobs were finalized and resume at the next start",
+              file=sys.stderr)
+        return 130
     if not server.started:
         service.close()
         return 1

@@ -155,6 +155,45 @@ def test_sigterm_stops_the_server_and_the_job_resumes_at_the_next_start(clips, t
 
 
 @pytest.mark.slow
+def test_ctrl_c_with_a_client_watching_events_stops_in_one_line(clips, tmp_path):
+    """Ctrl-C on `serve` while `curl -N .../events` watched a job: uvicorn waited 5 s for the
+    stream, cancelled it with "Exception in ASGI application" and a traceback, and SIGINT itself
+    came back as a KeyboardInterrupt traceback from main.py (the new-user reviewer, 2026-12-07).
+    The stream ends ("server-stopping"), the server exits 130 with one line."""
+    import threading
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "in.mp4").write_bytes(clips("svc-long.mp4", num_frames=120, audio=True).read_bytes())
+    server = Server(root, slow=0.05)
+    events: list[str] = []
+    try:
+        job_id = server.post("/jobs", {"source": "in.mp4", "output": "e.mp4", **SLOW, "segment_frames": 12})\
+            .json()["jobs"][0]["id"]
+        server.wait(job_id, states=("running",))
+
+        def watch() -> None:
+            with httpx.stream("GET", f"{server.url}/jobs/{job_id}/events", headers=AUTH, timeout=60) as r:
+                events.extend(line for line in r.iter_lines() if line.startswith("event:"))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        deadline = time.monotonic() + 30
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert server.stop(signal.SIGINT) == 130
+        watcher.join(30)
+        assert time.monotonic() - started < 4.5, "the stream held the shutdown"
+    finally:
+        server.stop(signal.SIGKILL)
+    log = server.log.read_text()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+    assert log.rstrip().splitlines()[-1].startswith("interrupted: the service stopped"), log[-500:]
+    assert events[0] == "event: progress" and events[-1] == "event: server-stopping", events
+
+
+@pytest.mark.slow
 def test_load_50_jobs_from_several_clients_complete_frame_exact_memory_flat_models_released(clips, tmp_path):
     """Bounded: 50 jobs of 12 small frames each, 5 clients submitting at once, 4 jobs at a time."""
     root = tmp_path / "root"
