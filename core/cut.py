@@ -176,6 +176,10 @@ class CutSource:
     def stopped_early_reason(self) -> str | None:
         return getattr(self.source, "stopped_early_reason", None)
 
+    @property
+    def failure(self) -> Exception | None:
+        return getattr(self.source, "failure", None)
+
     def __iter__(self) -> Iterator[Frame]:
         first_pts = None
         moved_by: int | None = None

@@ -338,6 +338,7 @@ class PictureSource:
 
     num_corrupt_packets = 0
     stopped_early_reason: str | None = None
+    failure: Exception | None = None  # a picture after the first that could not be read: the sequence ended there
 
     def __init__(self, seq: PictureSequence, info: PictureInfo, *, warn: Callable[[str], None]) -> None:
         self.seq = seq
@@ -358,7 +359,10 @@ class PictureSource:
             except InvalidSource as exc:  # the first was read by the plan: a later one, after pictures were made
                 if index == 0:
                     raise
-                raise DamagedPicture(f"{str(exc).rstrip('.')}: move or repair it first.") from None
+                # The sequence ends here; the pictures before it go through the pipeline (raised, the
+                # failure dropped those in flight: on a GPU, a whole batch), then the run fails with it
+                self.failure = DamagedPicture(f"{str(exc).rstrip('.')}: move or repair it first.")
+                return
             if codec == "mjpeg" and _truncated_jpeg(path):
                 self.warn(f"source: picture {path.name} is truncated (no JPEG end marker): decoded as far as it goes, "
                           "the rest grey")

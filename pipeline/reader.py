@@ -117,7 +117,10 @@ class Reader:
             try:
                 frame = next(iterator)
             except StopIteration:
-                self.stats.source_exhausted = True  # every frame of the source was read
+                # every frame of the source was read, unless it ended at a picture it could not read
+                # (hw.pictures.PictureSource.failure: the frames before it go through first)
+                self.stats.source_failure = getattr(self.source, "failure", None)
+                self.stats.source_exhausted = self.stats.source_failure is None
                 self._report(count)
                 return
             if not frame.neighbour:

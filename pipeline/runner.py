@@ -160,6 +160,8 @@ def _run(config: RunConfig, *, on_progress: ProgressFn | None, on_start: Callabl
         # job (said in one line); only a segment join, which can take long, stops at once, its
         # segments kept for --resume (pipeline/report.py). While a stopped run finalizes its
         # partial output, further signals are only recorded.
+        if outcome.complete and stats.source_failure is not None:  # every frame before it written: now the error
+            outcome.failure = StageFailed("reader", stats.source_failure)
         excuse_late_stop(outcome, plan, parts, stats)
         _note_late_stop(stats, outcome)
         settling(stopping=outcome.interrupted is not None)

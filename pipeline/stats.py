@@ -170,6 +170,7 @@ class RunStats:
     num_frames_encoded: int = 0  # segmented output: frames the encoders have encoded (written: handed to them)
     num_corrupt_packets: int = 0
     source_exhausted: bool = False  # the reader reached the end of the source (not a stop or --max-frames)
+    source_failure: BaseException | None = None  # why the source ended early, after the frames before it went through
     # A compile helper process (models/compile_helper.py) ran during the run, its own or another's in
     # this process (the service): torch.compile's workers on every core, so the encoders' times say
     # nothing of the machine's (not learnt from; pipeline/runner.py).

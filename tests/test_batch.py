@@ -73,7 +73,8 @@ def test_a_stopped_batch_is_finished_by_resume(clips, tmp_path):
     (each video of a batch is written in segments, so a stopped one's partial is its own)."""
     src = _pile(clips, tmp_path / "in", names=("a", "b", "c"), num_frames=60)
     out = tmp_path / "out"
-    args = ["--source", str(src), "--output", str(out), "--parallel", *COMMON]
+    args = ["--source", str(src), "--output", str(out), "--parallel", "--device", "cpu", "--batch-size", "1", *COMMON]
+    # (the CPU, a frame a batch: the slowed worker paces the run on a GPU host too)
 
     proc = subprocess.Popen(slow_cli(SLOW_WORKER, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.perf_counter() + 120

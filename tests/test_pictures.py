@@ -522,7 +522,8 @@ def test_a_png_with_a_colour_profile_does_not_crash_the_process(tmp_path, output
 def test_a_damaged_picture_mid_sequence_stops_with_exit_1_and_a_truncated_jpeg_is_said(tmp_path, capsys):
     """A picture after the first that cannot be read: exit 2 ("bad input, nothing processed")
     though pictures were written, and a hint (--resume) that met the same picture again; now exit
-    1 and "move or repair it first". A JPEG cut short decoded without a word, its lower part made
+    1 and "move or repair it first"; the pictures before it, in flight in a batch (on a GPU), are
+    written (they were dropped with the failure). A JPEG cut short decoded without a word, its lower part made
     up (PIL refuses it); now one line names it (the models reviewer, 2026-12-07)."""
     from PIL import Image
 
@@ -537,8 +538,16 @@ def test_a_damaged_picture_mid_sequence_stops_with_exit_1_and_a_truncated_jpeg_i
     err = capsys.readouterr().err
     assert "warning: source: picture p_2.jpg is truncated (no JPEG end marker)" in err, err
     (src / "p_3.jpg").write_bytes(whole[:60])
-    assert cli.main(["--source", str(src), "--output", str(tmp_path / "again"), "--model", "bicubic", "--scale", "1",
-                     "-q"]) == 1
-    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    import subprocess
+
+    from tests.cli_runs import slow_cli
+
+    # The worker slowed (as a GPU's batch is), so that the reader meets the damaged picture while the
+    # pictures before it are in flight
+    done = subprocess.run(slow_cli(("pipeline.worker", "Worker", "process", 0.3), "--source", str(src), "--output",
+                                   str(tmp_path / "again"), "--model", "bicubic", "--scale", "1", "--parallel", "-q"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
     assert f"Picture {str(src / 'p_3.jpg')!r} cannot be read" in line and "move or repair it first" in line, line
     assert sorted(p.name for p in (tmp_path / "again").iterdir() if not p.name.startswith(".")) == ["p_1.png", "p_2.png"]

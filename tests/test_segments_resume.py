@@ -211,7 +211,7 @@ def test_a_resume_stopped_early_keeps_the_job_resumable(clips, tmp_path, monkeyp
     src = clips("resume-early.mp4", num_frames=96, audio=True)
     out = tmp_path / "out.mp4"
     args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2", "--segment-frames", "90",
-            "--quality", "0", "--preset", "ultrafast", "--queue-size", "8"]
+            "--quality", "0", "--preset", "ultrafast", "--queue-size", "8", "--device", "cpu", "--batch-size", "1"]
     rc, err, _ = signal_mid_run(slow_cli(SLOW_WORKER, *args), out, signal.SIGTERM, settle_seconds=1.0)
     assert rc == 143 and "No segment was finished: the same command with --resume starts again" in err, err
     parts = tmp_path / "out.mp4.parts"
@@ -223,14 +223,14 @@ def test_a_resume_stopped_early_keeps_the_job_resumable(clips, tmp_path, monkeyp
             raise KeyboardInterrupt
         monkeypatch.setattr(runner, "build", stopped)
         with pytest.raises(RunInterrupted, match="work folder .* is kept: the same command with --resume"):
-            run(_cfg(src, out, resume=True, segment_frames=90, parallel=False))
+            run(_cfg(src, out, resume=True, segment_frames=90, parallel=False, device="cpu", batch_size=1))
     else:
         stop = threading.Event()
         stop.set()  # the run stops at its first look, a few frames in
         with pytest.raises(RunInterrupted, match="No segment was finished: the same command with --resume starts again"):
-            run(_cfg(src, out, resume=True, segment_frames=90, parallel=True), stop=stop)
+            run(_cfg(src, out, resume=True, segment_frames=90, parallel=True, device="cpu", batch_size=1), stop=stop)
         partial = out.read_bytes()
     assert (parts / "manifest.json").is_file() and out.read_bytes() == partial
     monkeypatch.undo()
-    run(_cfg(src, out, resume=True, segment_frames=90))
+    run(_cfg(src, out, resume=True, segment_frames=90, device="cpu", batch_size=1))
     assert probe.indices(out) == list(range(96)) and not parts.exists()
