@@ -365,7 +365,7 @@ class PictureSource:
                 return
             if codec == "mjpeg" and _truncated_jpeg(path):
                 self.warn(f"source: picture {path.name} is truncated (no JPEG end marker): decoded as far as it goes, "
-                          "the rest grey")
+                          "the rest made up")
             turn = orientation(_matrix(frame, codec, path))
             width, height = (info.height, info.width) if turn[0] else (info.width, info.height)
             if (frame.width, frame.height) != (width, height):
