@@ -219,7 +219,8 @@ def test_a_variable_rate_burst_under_a_millisecond_is_refused_for_matroska(tmp_p
             frame.pts, frame.time_base = ms, Fraction(1, 1000)
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
-    args = ["--source", str(src), "--interpolate", "3", "--interpolation-model", "blend"]
+    args = ["--source", str(src), "--interpolate", "3", "--interpolation-model", "blend", "--model", "bicubic",
+            "--scale", "1"]
     assert cli.main([*args, "--output", str(tmp_path / "o.mkv")]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and err[0].startswith("error: --interpolate 3 of 1000.000 fps at its fastest makes 3000 fps"), err

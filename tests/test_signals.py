@@ -49,7 +49,7 @@ def test_a_stopped_interpolated_run_counts_the_frames_in_its_file(clips, tmp_pat
     src = clips("short-signal.mp4", num_frames=130, audio=True)  # under one segment: a single file
     out = tmp_path / "out.mp4"
     args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2", "--interpolate", "3",
-            "--interpolation-model", "blend"]
+            "--interpolation-model", "blend", "--device", "cpu", "--batch-size", "1"]  # paced on a GPU host too
     rc, err, _ = signal_mid_run(slow_cli(SLOW_WORKER, *args), out, signal.SIGTERM, settle_seconds=1.0)
     assert rc == 143, err
     said = re.search(r"(\d+) frame\(s\) written to", err)
