@@ -492,7 +492,7 @@ class PartsFolder:
         it to resume from), unless it resumed an earlier run: that run's folder records the
         partial output it left, which the next --resume replaces (removed, a --resume stopped
         before its first frame left the job impossible to finish: "already exists")."""
-        if self.manifest is not None and not self.finished() and not self.taken_over:
+        if self.manifest is not None and not self.resumable:
             self.remove()
 
     @property
