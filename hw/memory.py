@@ -9,6 +9,7 @@ cost memory and latency. `cuda_measure(...)` builds the `measure` for one device
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -45,10 +46,21 @@ class DeviceFault(RuntimeError):
     """A device stopped working (CUDA error, lost device). Raised by fault injection too."""
 
 
+# torch's CPU allocator, when the host refuses an allocation: "[enforce fail at alloc_cpu.cpp:127]
+# ... DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes. Error code 12".
+_CPU_OOM_MARKERS = ("defaultcpuallocator: can't allocate memory", "cannot allocate memory")
+
+
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower() and "cuda" in str(exc).lower()
-    )
+    """Out of memory: on a GPU (torch's OutOfMemoryError, or CUDA's message in a RuntimeError) or
+    on the CPU (torch's CPU allocator refused, or Python's MemoryError from a numpy buffer), so a
+    CPU worker halves its batch and then takes tiles as a GPU worker does."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()
+    return ("out of memory" in text and "cuda" in text) or any(m in text for m in _CPU_OOM_MARKERS)
 
 
 _FAULT_MARKERS = ("cuda error", "device-side assert", "illegal memory access", "ecc error", "device lost", "launch failure", "cudaerror", "nvml")
@@ -71,10 +83,8 @@ def free_cached_memory(device: torch.device, exc: BaseException | None = None) -
     while exc is not None:
         exc.__traceback__ = None
         exc = exc.__cause__ or exc.__context__
+    gc.collect()  # the CPU too: the failed attempt's tensors go back to the host's allocator
     if device.type == "cuda":
-        import gc
-
-        gc.collect()
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
 

@@ -582,7 +582,8 @@ class Worker:
             tiles = f" in tiles of {self.tiling.size}x{self.tiling.size}" if self.tiling is not None else ""
             # Tiles bound the model's memory, not the output frame's, which is whole on the device.
             out_bytes = height * width * self.scale**2 * 3 * torch.finfo(self.dtype).bits // 8
-            big = (f"; the x{self.scale} output frame alone takes {out_bytes / 2**30:.1f} GiB of device memory: "
+            where = "device " if self.device.type == "cuda" else ""
+            big = (f"; the x{self.scale} output frame alone takes {out_bytes / 2**30:.1f} GiB of {where}memory: "
                    "use a smaller --scale") if out_bytes >= 2**30 else ""
             raise DeviceFault(f"{self.name}: out of memory even at batch 1{tiles}{big} ({exc})") from exc
         self.log.info("out of memory at batch 1 (%dx%d): retrying the same frames in tiles of %d", width, height,

@@ -38,6 +38,7 @@ class WorkerFaults:
     device_fault_permanent: bool = False  # ... and on every call after it
     seconds_per_batch: float = 0.0  # sleep before each model call (a slow device)
     oom_when_model_pixels_over: int | None = None  # the module: OOM on inputs of more N*H*W than this
+    host_oom: bool = False  # the module's OOM as torch's CPU allocator raises it (a RuntimeError), not CUDA's
 
 
 class _FailingReader:
@@ -80,13 +81,17 @@ class _FailingWriter:
 class _OomAbove(nn.Module):
     """A model that runs out of memory on inputs of more than `max_pixels` (N*H*W)."""
 
-    def __init__(self, inner: nn.Module, max_pixels: int) -> None:
+    def __init__(self, inner: nn.Module, max_pixels: int, host: bool) -> None:
         super().__init__()
-        self.inner, self.max_pixels = inner, max_pixels
+        self.inner, self.max_pixels, self.host = inner, max_pixels, host
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, height, width = x.shape
         if n * height * width > self.max_pixels:
+            if self.host:  # torch 2.x's own words, word for word
+                raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                                   f"memory: you tried to allocate {n * height * width * 4096} bytes. Error code 12 "
+                                   "(Cannot allocate memory)")
             raise torch.OutOfMemoryError(f"injected OOM: {n}x{width}x{height} > {self.max_pixels} pixels")
         return self.inner(x)
 
@@ -96,7 +101,7 @@ def _faulty_worker(worker: Any, faults: WorkerFaults) -> Any:
     told, and its model built inside `_OomAbove` where asked."""
     if faults.oom_when_model_pixels_over is not None:
         build, limit = worker.build_model, faults.oom_when_model_pixels_over
-        worker.build_model = lambda device, dtype: _OomAbove(build(device, dtype), limit)
+        worker.build_model = lambda device, dtype: _OomAbove(build(device, dtype), limit, faults.host_oom)
     calls = [0]
 
     def misbehave(frames):

@@ -138,6 +138,9 @@ def test_zero_seconds_measurement_does_not_divide_by_zero():
         torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
         RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 7.79 GiB total capacity)"),
         RuntimeError("cuda OUT OF MEMORY"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                     "tried to allocate 10000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+        MemoryError("Unable to allocate 7.28 TiB for an array with shape (2000000, 4000000) and data type uint8"),
     ],
 )
 def test_is_oom_true(exc):
@@ -151,10 +154,18 @@ def test_is_oom_true(exc):
         RuntimeError("shape mismatch"),
         RuntimeError("CUDA error: an illegal memory access was encountered"),
         DeviceFault("worker-gpu0: injected fault"),
+        OSError(12, "Cannot allocate memory"),  # a file or a process, not a tensor: nothing to halve
     ],
 )
 def test_is_oom_false(exc):
     assert not is_oom(exc)
+
+
+def test_the_cpu_allocators_own_refusal_is_out_of_memory():
+    """Not a message copied by hand: what this torch raises when the host refuses an allocation."""
+    with pytest.raises(RuntimeError) as caught:
+        torch.empty(1 << 60, dtype=torch.uint8)
+    assert is_oom(caught.value), caught.value
 
 
 def _accelerator_error():

@@ -321,6 +321,19 @@ def test_a_run_switches_to_tiles_by_itself_and_says_so_once(clips, tmp_path, no_
     assert _largest_difference(tmp_path / "auto.mp4", tmp_path / "asked.mp4") == 0  # lossless: the same pixels
 
 
+def test_the_cpu_running_out_of_memory_halves_the_batch_then_takes_tiles(clips, tmp_path, no_stage_threads_left):
+    """The host's allocator refusing (a RuntimeError, not torch's OutOfMemoryError) is out of
+    memory too: the CPU worker halves its batch, then takes tiles, as a GPU worker does."""
+    src = clips("tiles.mp4", num_frames=8, width=96, height=64)
+    stats = run(RunConfig(source=src, output=tmp_path / "o.mp4", model="bicubic", scale=2, parallel=True,
+                          batch_size=4, crf=0, preset="ultrafast", tile_overlap=8),
+                wrap=inject(workers={"worker-cpu0": WorkerFaults(oom_when_model_pixels_over=3000, host_oom=True)}))
+    assert probe.indices(tmp_path / "o.mp4") == list(range(8))
+    worker = stats.workers["worker-cpu0"]
+    assert worker.num_oom >= 3 and worker.tile_size == 16  # 4 -> 2 -> 1 frames, then tiles
+    assert sum("did not fit in memory" in w for w in stats.warnings) == 1
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
