@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = p.add_argument_group("reporting")
     out.add_argument("--stats-json", type=Path, metavar="PATH", help="write the run's figures as JSON")
+    out.add_argument("--progress-every", type=float, default=30.0, metavar="S",
+                     help="when the output is not a terminal (nohup, a log file, a service): a progress line every "
+                     "S seconds (default 30; 0 = none)")
     out.add_argument("-q", "--quiet", action="store_true", help="errors only")
     out.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv for debug)")
     return p
@@ -289,21 +292,29 @@ def _config_from_args(args, *, sample: bool):
 
 
 class RunDisplay:
-    """Live progress bar and per-device panel while a run goes; nothing when not a terminal.
+    """Live progress bar and per-device panel while a run goes, on a terminal; elsewhere (nohup,
+    a log file) a plain progress line every `every` seconds (0: none).
 
     `start` prints the plan's notes (fallbacks, precision) as plain lines first, so they
     stay in the scroll-back and in logs whether or not the live display is on.
     """
 
-    def __init__(self, console, *, enabled: bool, quiet: bool = False) -> None:
+    def __init__(self, console, *, enabled: bool, quiet: bool = False, every: float = 0.0) -> None:
         self.console = console
         self.enabled = enabled
         self.quiet = quiet
+        self.every = every if not enabled and not quiet else 0.0
         self.stats = None
         self._live = None
         self._progress = None
         self._task = None
         self._last_panel = 0.0
+        self._started = self._last_line = None
+
+    @classmethod
+    def for_args(cls, console, args) -> "RunDisplay":
+        live = console.is_terminal and not args.quiet
+        return cls(console, enabled=live, quiet=args.quiet, every=args.progress_every)
 
     def start(self, plan, stats) -> None:
         import time
@@ -318,6 +329,7 @@ class RunDisplay:
                 self.console.print(escape(plan.encoder_line), highlight=False, soft_wrap=True)
             if getattr(plan, "decoding", None) is not None:  # several decoders: how many, and why
                 self.console.print(escape(plan.decoding.line), highlight=False, soft_wrap=True)
+        self._started = self._last_line = time.perf_counter()
         if not self.enabled:
             return
         from rich.live import Live
@@ -337,6 +349,9 @@ class RunDisplay:
         import time
 
         self.stats = stats
+        if self.every > 0 and self._last_line is not None and time.perf_counter() - self._last_line >= self.every:
+            self._last_line = time.perf_counter()
+            self.console.print(progress_line(stats, self._last_line - self._started), highlight=False, soft_wrap=True)
         if self._live is None:
             return
         total = max(stats.num_frames_expected, stats.num_frames_decoded) or None
@@ -361,6 +376,20 @@ class RunDisplay:
             finally:
                 self._live.stop()
                 self._live = None
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def progress_line(stats, elapsed: float) -> str:
+    """'progress: 1200/14400 frames (8.3%), 41.2 fps, 0:00:30 elapsed, ETA 0:05:20' (a log's line)."""
+    done, total, fps = stats.num_frames_written, max(stats.num_frames_expected, stats.num_frames_decoded), stats.fps
+    if not total:
+        return f"progress: {done} frames, {fps:.1f} fps, {_clock(elapsed)} elapsed"
+    eta = f", ETA {_clock((total - done) / fps)}" if fps > 0 and done < total else ""
+    return f"progress: {done}/{total} frames ({100 * done / total:.1f}%), {fps:.1f} fps, {_clock(elapsed)} elapsed{eta}"
 
 
 def _bar(fraction: float, width: int = 12) -> str:
@@ -557,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         if batch is not None:
             return _run_batch(args, *batch, console=console, say=say, stopper=stopper, run=run)
-    display = RunDisplay(console, enabled=console.is_terminal and not args.quiet, quiet=args.quiet)
+    display = RunDisplay.for_args(console, args)
     stats = None
     try:
         config = _config_from_args(args, sample=sample)
@@ -688,7 +717,7 @@ def _run_batch(args, videos: list[Path], folder: Path | None, *, console, say, s
             say.print(f"[bold]{k}/{len(videos)}[/] {escape(str(video))}", highlight=False, soft_wrap=True)
         one = argparse.Namespace(**vars(args))
         one.source, one.output = str(video), None
-        display = RunDisplay(console, enabled=console.is_terminal and not args.quiet, quiet=args.quiet)
+        display = RunDisplay.for_args(console, args)
         stopper.rearm()
         signals = len(stopper.received)
         try:

@@ -117,6 +117,35 @@ def test_hardware_flags_fall_back_with_one_line_each(clips, tmp_path, capsys):
     assert probe.indices(out) == list(range(20))
 
 
+def test_a_log_gets_a_progress_line_every_few_seconds(clips, tmp_path, capsys):
+    """Not a terminal (nohup, a log file): plain lines, counting up, none after -q or by default
+    in a run shorter than the interval."""
+    import re
+
+    src = clips("cli.mp4", num_frames=20)
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", "bicubic",
+                     "--batch-size", "1", "--progress-every", "0.001"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("progress:")]
+    counts = [int(re.match(r"progress: (\d+)/20 frames \(\d+\.\d%\), \d+\.\d fps, 0:00:\d\d elapsed", ln).group(1))
+              for ln in lines]
+    assert counts and counts == sorted(counts) and counts[-1] <= 20, lines
+    for args in (["--progress-every", "0.001", "-q"], []):  # -q; the default (30 s) in a run of a second
+        cli.main(["--source", str(src), "--output", str(tmp_path / f"o{len(args)}.mp4"), "--model", "bicubic", *args])
+        assert "progress:" not in capsys.readouterr().err
+
+
+def test_the_progress_line_gives_the_rate_and_what_is_left():
+    stats = RunStats(num_frames_expected=14400, num_frames_decoded=1300, num_frames_written=1200)
+    stats.started_at, stats.finished_at = 100.0, 130.0
+    assert cli.progress_line(stats, 30.4) == ("progress: 1200/14400 frames (8.3%), 40.0 fps, 0:00:30 elapsed, "
+                                              "ETA 0:05:30")
+    unknown = RunStats(num_frames_written=50)
+    unknown.started_at, unknown.finished_at = 100.0, 102.0
+    assert cli.progress_line(unknown, 3725) == "progress: 50 frames, 25.0 fps, 1:02:05 elapsed"
+
+
 def test_quiet_prints_nothing_on_success(clips, tmp_path, capsys):
     src = clips("cli.mp4", num_frames=20, audio=True)
     code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", "bicubic", "-q"])
