@@ -24,6 +24,8 @@ pictures in 0..1; clipping it would silently lose highlights.
 - Alpha: the colour channels go through the model; the alpha channel is upscaled with
   bicubic (a model trained on colour would invent edges in a matte) and written to RGBA
   pictures. Video output has no alpha: it is dropped, with a note.
+- Gray: gray pictures (and a gray video's frames) go through the model as RGB and are written
+  gray (`is_gray`), as Real-ESRGAN's script does; video output is always colour.
 - Sizes: a picture of another size than the first is scaled to the first's (bicubic), with
   one warning, as a video whose size changes is.
 - Orientation: a picture is read as it is shown: its EXIF/TIFF orientation (FFmpeg's display
@@ -252,6 +254,7 @@ class PictureInfo:
     pix_fmt: str
     bit_depth: int  # 8 or 16: what the pictures are decoded to
     has_alpha: bool
+    gray: bool = False  # gray without alpha: written gray (`is_gray`)
 
 
 def _decode_one(path: Path):
@@ -278,17 +281,26 @@ def _truncated_jpeg(path: Path) -> bool:
         return False
 
 
-def _picture_kind(frame, codec: str) -> tuple[int, bool]:
-    """(bit depth 8/16, has alpha) of a decoded picture. 16 bits for any component deeper than
-    8 (10/12/14/16-bit, half and single float; a 16-bit Bayer format says 4/8/4 bits: its name
-    tells). A palette picture has alpha when one of its pixels is not opaque (PNG's tRNS); a
-    JPEG never has (FFmpeg decodes a CMYK JPEG to RGB with an opaque fourth plane)."""
+def is_gray(pix_fmt: str) -> bool:
+    """A gray picture format without alpha (gray, gray16le, gray10le, grayf32le, monob...): such
+    pictures are written gray, as Real-ESRGAN's script writes a gray input (a scanned page, a
+    manga): the model sees RGB, its output is turned back to one channel (ITU-R BT.601 weights,
+    OpenCV's). Gray with alpha (ya8, ya16) is written RGBA: OpenCV writes no gray+alpha."""
+    return pix_fmt.startswith(("gray", "mono"))
+
+
+def _picture_kind(frame, codec: str) -> tuple[int, bool, bool]:
+    """(bit depth 8/16, has alpha, gray) of a decoded picture. 16 bits for any component deeper
+    than 8 (10/12/14/16-bit, half and single float; a 16-bit Bayer format says 4/8/4 bits: its
+    name tells). A palette picture has alpha when one of its pixels is not opaque (PNG's tRNS),
+    and so has a WebP (FFmpeg decodes every lossless WebP to ARGB, transparent or not); a JPEG
+    never has (FFmpeg decodes a CMYK JPEG to RGB with an opaque fourth plane)."""
     fmt = frame.format
     deep = max(c.bits for c in fmt.components) > 8 or (fmt.is_bayer and "16" in fmt.name)
     alpha = fmt.name.startswith(_ALPHA_FORMATS) and codec != "mjpeg"
-    if fmt.name == "pal8":
+    if fmt.name == "pal8" or (alpha and codec == "webp"):
         alpha = bool((frame.reformat(format="rgba").to_ndarray()[..., 3] < 255).any())
-    return (16 if deep else 8), alpha
+    return (16 if deep else 8), alpha, is_gray(fmt.name)
 
 
 def orientation(matrix: tuple[int, ...] | None) -> tuple[bool, bool, bool]:
@@ -326,10 +338,10 @@ def _matrix(frame, codec: str, path: Path) -> tuple[int, ...] | None:
 def probe_pictures(seq: PictureSequence) -> PictureInfo:
     """What the first picture is; its size as it is shown (turned by its orientation)."""
     frame, codec = _decode_one(seq.paths[0])
-    depth, alpha = _picture_kind(frame, codec)
+    depth, alpha, gray = _picture_kind(frame, codec)
     width, height = (frame.height, frame.width) if orientation(_matrix(frame, codec, seq.paths[0]))[0] else (frame.width, frame.height)
     return PictureInfo(width=width, height=height, codec=codec, pix_fmt=frame.format.name, bit_depth=depth,
-                       has_alpha=alpha)
+                       has_alpha=alpha, gray=gray)
 
 
 class PictureSource:
@@ -347,6 +359,7 @@ class PictureSource:
         self.num_resized = 0
         self.alpha_dropped: list[str] = []  # pictures with transparency in a sequence read without alpha
         self.depth_reduced: list[str] = []  # 16-bit pictures in a sequence read at 8 bits
+        self.colour_dropped: list[str] = []  # colour pictures in a sequence written gray (its first is gray)
 
     def __iter__(self) -> Iterator[Frame]:
         info = self.info
@@ -370,9 +383,11 @@ class PictureSource:
             width, height = (info.height, info.width) if turn[0] else (info.width, info.height)
             if (frame.width, frame.height) != (width, height):
                 self.num_resized += 1
-            depth, alpha = _picture_kind(frame, codec)
+            depth, alpha, gray = _picture_kind(frame, codec)
             if alpha and not info.has_alpha:
                 self.alpha_dropped.append(path.name)
+            if info.gray and not gray:
+                self.colour_dropped.append(path.name)
             if depth > info.bit_depth:
                 self.depth_reduced.append(path.name)
             # Alpha from a picture without it is opaque; one with alpha in a sequence without is flattened.
@@ -387,6 +402,10 @@ class PictureSource:
             self.warn(f"source: {len(self.alpha_dropped)} picture(s) have transparency the first picture has not "
                       f"(e.g. {self.alpha_dropped[0]}); the sequence is read as the first one is, so their alpha was "
                       "dropped. Process them apart to keep it")
+        if self.colour_dropped:
+            self.warn(f"source: {len(self.colour_dropped)} picture(s) are in colour in a sequence whose first picture is "
+                      f"gray (e.g. {self.colour_dropped[0]}); the sequence is written as the first one is, so they were "
+                      "written gray. Process them apart to keep their colour")
         if self.depth_reduced:
             self.warn(f"source: {len(self.depth_reduced)} picture(s) are 16-bit in a sequence whose first picture is 8-bit "
                       f"(e.g. {self.depth_reduced[0]}); they were read at 8 bits")
@@ -447,9 +466,10 @@ def picture_target(output: Path, *, picture_format: str | None, bit_depth: int) 
     return None
 
 
-def encode_picture(rgb: np.ndarray, alpha: np.ndarray | None, suffix: str) -> bytes:
+def encode_picture(rgb: np.ndarray, alpha: np.ndarray | None, suffix: str, *, gray: bool = False) -> bytes:
     """One picture file's bytes: PNG or TIFF (`suffix`), 8-bit (uint8 planes) or 16-bit (uint16),
-    RGB or RGBA, through OpenCV's encoders, which release the GIL while compressing.
+    RGB or RGBA, or with `gray` (and no alpha) one gray channel (`is_gray`), through OpenCV's
+    encoders, which release the GIL while compressing.
 
     PNG at zlib level 6 and TIFF with Adobe Deflate: the sizes FFmpeg's encoders wrote before
     (within 0.2 %, 2048x2048 8/16-bit photographs), at the same single-thread speed."""
@@ -457,7 +477,9 @@ def encode_picture(rgb: np.ndarray, alpha: np.ndarray | None, suffix: str) -> by
 
     if rgb.dtype not in (np.uint8, np.uint16) or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise TypeError(f"encode_picture takes (H, W, 3) uint8 or uint16 RGB, got {rgb.dtype} {rgb.shape}")
-    if alpha is None:
+    if alpha is None and gray:
+        bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    elif alpha is None:
         bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
     else:
         bgr = cv2.cvtColor(np.ascontiguousarray(np.concatenate([rgb, alpha[..., None]], axis=2)), cv2.COLOR_RGBA2BGRA)

@@ -28,7 +28,7 @@ from pipeline.segment_writer import EncoderPool, SegmentWriter
 from pipeline.segments import PartsFolder
 from pipeline.stats import RunStats
 from hw.memory import ProbeMemo
-from hw.pictures import orientation
+from hw.pictures import is_gray, orientation
 from models import LoadedModel
 from models.compile_helper import CacheWarmer, artefacts_folder
 from models.registry import default_cache_dir
@@ -342,7 +342,8 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         skip = picture_exists if done else None
         writer = wrap("writer", PictureWriter(target.folder, picture_name, target.suffix,
                                               overwrite=plan.overwrite_output, stats=stats, frames_per_item=per,
-                                              kept=done, orientation=orientation(plan.source.display_matrix)))
+                                              kept=done, orientation=orientation(plan.source.display_matrix),
+                                              gray=is_gray(plan.source.pix_fmt or "")))
     elif plan.output is None:
         writer = wrap("writer", DiscardWriter(stats=stats))
     elif parts is not None:

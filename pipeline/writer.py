@@ -132,14 +132,15 @@ class PictureWriter:
     written again nor counted (a resumed run counts what it wrote): with --interpolate a source
     frame is redone when any of its pictures is missing (and the last one, which has no frames
     made after it, always is). `orientation`: how a rotated video's frames are turned upright
-    (hw.pictures.orientation), since a picture file carries no rotation."""
+    (hw.pictures.orientation), since a picture file carries no rotation. `gray`: written gray."""
 
     def __init__(self, folder: Path, name: Callable[[int], str], suffix: str, *, overwrite: bool,
                  stats: RunStats, frames_per_item: int = 1, kept: Collection[str] = (),
                  num_threads: int | None = None, max_bytes_in_flight: int = PICTURE_BYTES_IN_FLIGHT,
-                 orientation: tuple[bool, bool, bool] = (False, False, False)) -> None:
+                 orientation: tuple[bool, bool, bool] = (False, False, False), gray: bool = False) -> None:
         self.folder = folder
         self.orientation = orientation
+        self.gray = gray  # a gray source: pictures without alpha are written gray (hw.pictures.is_gray)
         # --interpolate N: item i and the frames made after it are pictures i*N .. i*N+N-1
         self.frames_per_item = frames_per_item
         self.kept = kept
@@ -154,7 +155,7 @@ class PictureWriter:
         """On a pool thread: compress, then write through a temporary file and a rename. A failure
         names its picture (framepipe's own errors name it already)."""
         try:
-            write_file_atomically(path, encode_picture(rgb, alpha, self.suffix), overwrite=self.overwrite,
+            write_file_atomically(path, encode_picture(rgb, alpha, self.suffix, gray=self.gray), overwrite=self.overwrite,
                                   flag="--output")
         except FramepipeError:
             raise

@@ -52,7 +52,7 @@ def _read(path: Path, fmt: str) -> np.ndarray:
 
 def _cfg(src, out, **kw) -> RunConfig:
     base = dict(source=Path(src), output=Path(out) if out is not None else None, model="bicubic", scale=1,
-                parallel=True, queue_size=8)
+                parallel=True, queue_size=8, precision="fp32")  # fp32 on a GPU too: fp16 holds 11 bits of 16
     base.update(kw)
     return RunConfig(**base)
 
@@ -151,12 +151,18 @@ def test_rgba_keeps_alpha_upscaled_with_bicubic(tmp_path):
     assert ramp[0] < 10 and ramp[-1] > 245 and (np.diff(ramp) >= -1).all()
 
 
+def _pix_fmt(path: Path) -> str:
+    with av.open(str(path)) as c:
+        return c.streams.video[0].codec_context.pix_fmt
+
+
 def test_gray_16bit_and_jpeg_pictures_are_read(tmp_path):
     gray = (np.arange(24 * 32, dtype=np.uint32).reshape(24, 32) * 80).astype(np.uint16)
     _save(tmp_path / "gray" / "g_1.png", gray)
     run(_cfg(tmp_path / "gray", tmp_path / "gray_out"))
-    got = _read(tmp_path / "gray_out" / "g_1.png", "rgb48le")  # 16-bit gray in: 16-bit RGB out
-    assert all(np.array_equal(got[..., c], gray) for c in range(3))
+    out = tmp_path / "gray_out" / "g_1.png"
+    assert _pix_fmt(out) == "gray16be"  # 16-bit gray in: 16-bit gray out, every value kept
+    assert np.array_equal(_read(out, "gray16le"), gray)
     jpg = tmp_path / "jpg" / "photo_01.jpg"
     jpg.parent.mkdir()
     with av.open(str(jpg), "w", format="image2") as out:
@@ -401,6 +407,67 @@ def test_palette_transparency_is_kept_and_late_alpha_is_said(tmp_path):
     _save(tmp_path / "mix" / "m_1.png", _noise(channels=4))
     stats = run(_cfg(tmp_path / "mix", tmp_path / "mix_out"))
     assert sum("have transparency the first picture has not (e.g. m_1.png)" in w for w in stats.warnings) == 1
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_gray_pictures_come_out_gray_and_colour_among_them_is_said(tmp_path, suffix):
+    """As Real-ESRGAN's script does: a gray scan is upscaled as RGB and written gray (one channel,
+    a third of the file), not as an RGB picture whose three channels are equal."""
+    page = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (30, 1))
+    _save(tmp_path / "in" / f"page_1{suffix}", page)
+    _save(tmp_path / "in" / f"page_2{suffix}", _noise(30, 40, seed=5))  # a colour page among the gray ones
+    stats = run(_cfg(tmp_path / "in", tmp_path / "out", scale=2, picture_format=suffix[1:].replace("tif", "tiff")))
+    first = tmp_path / "out" / f"page_1{suffix}"
+    assert _pix_fmt(first) == "gray"
+    up = _read(first, "gray")
+    assert up.shape == (60, 80) and abs(int(up[:, 0].mean()) - 0) <= 2 and abs(int(up[:, -1].mean()) - 255) <= 2
+    assert _pix_fmt(tmp_path / "out" / f"page_2{suffix}") == "gray"
+    said = [w for w in stats.warnings if "in colour in a sequence whose first picture is gray" in w]
+    assert len(said) == 1 and "page_2" in said[0], stats.warnings
+
+
+def test_gray_with_alpha_and_a_gray_video_as_pictures(tmp_path):
+    """Gray with alpha is written RGBA (no gray+alpha writer); a gray video's frames are written gray."""
+    la = np.zeros((16, 20, 2), np.uint8)
+    la[..., 0], la[..., 1] = 120, np.linspace(0, 255, 20).astype(np.uint8)[None, :]
+    (tmp_path / "la").mkdir()
+    from PIL import Image
+    Image.fromarray(la, mode="LA").save(tmp_path / "la" / "a_1.png")
+    run(_cfg(tmp_path / "la", tmp_path / "la_out"))
+    got = _read(tmp_path / "la_out" / "a_1.png", "rgba")
+    assert _pix_fmt(tmp_path / "la_out" / "a_1.png") == "rgba"
+    assert np.array_equal(got[..., 3], la[..., 1]) and (got[..., :3] == 120).all()
+    video = tmp_path / "gray.mkv"
+    with av.open(str(video), "w") as out:
+        s = out.add_stream("ffv1", rate=24)
+        s.width, s.height, s.pix_fmt = 32, 24, "gray"
+        for k in range(3):
+            frame = av.VideoFrame.from_ndarray(np.full((24, 32), 40 * k, np.uint8), format="gray")
+            for pkt in s.encode(frame):
+                out.mux(pkt)
+        for pkt in s.encode(None):
+            out.mux(pkt)
+    run(_cfg(video, tmp_path / "frames", picture_format="png"))
+    written = sorted((tmp_path / "frames").glob("*.png"))
+    assert len(written) == 3 and all(_pix_fmt(p) == "gray" for p in written)
+    assert [int(_read(p, "gray").mean()) for p in written] == [0, 40, 80]
+
+
+def test_a_lossless_webp_without_transparency_is_read_without_alpha(tmp_path):
+    """FFmpeg decodes every lossless WebP to ARGB: opaque ones come out RGB, transparent ones RGBA."""
+    from PIL import Image
+
+    (tmp_path / "opaque").mkdir()
+    (tmp_path / "clear").mkdir()
+    Image.fromarray(_noise(24, 32, seed=2)).save(tmp_path / "opaque" / "w_1.webp", lossless=True)
+    rgba = _noise(24, 32, channels=4, seed=3)
+    rgba[..., 3] = 128
+    Image.fromarray(rgba).save(tmp_path / "clear" / "w_1.webp", lossless=True)
+    run(_cfg(tmp_path / "opaque", tmp_path / "opaque_out"))
+    run(_cfg(tmp_path / "clear", tmp_path / "clear_out"))
+    assert _pix_fmt(tmp_path / "opaque_out" / "w_1.png") == "rgb24"
+    assert _pix_fmt(tmp_path / "clear_out" / "w_1.png") == "rgba"
+    assert (_read(tmp_path / "clear_out" / "w_1.png", "rgba")[..., 3] == 128).all()
 
 
 @pytest.mark.parametrize("fps", ["0.0001", "1/100000"])
