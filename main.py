@@ -420,6 +420,7 @@ def device_table(stats):
 
 def render_summary(console, stats) -> None:
     """End-of-run summary: totals, each stage busy vs waiting, each device's share."""
+    from rich import box
     from rich.table import Table
 
     d = stats.to_dict()
@@ -442,19 +443,28 @@ def render_summary(console, stats) -> None:
     for w in d["workers"]:
         table.add_row(w["name"], f"{w['busy_seconds']:.2f}", f"{w['wait_seconds']:.2f}")
     console.print(table)
-    table = Table(title="devices", title_justify="left")
-    for col in ("worker", "device", "frames", "batches", "batch sizes", "tiles", "OOM retries", "faults", "health", "probe",
-                "model"):
-        table.add_column(col)
+    # Under 140 columns (an 80-column terminal) the probe's and the model's notes, the long ones,
+    # go on a line of their own below the table, which loses its column rules: names stay whole
+    narrow = console.width < 140
+    table = (Table(title="devices", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+             if narrow else Table(title="devices", title_justify="left"))
+    for col in ("worker", "device", "frames", "batches", "sizes" if narrow else "batch sizes", "tiles",
+                "OOM" if narrow else "OOM retries", "faults", "health", *(() if narrow else ("probe", "model"))):
+        table.add_column(col, no_wrap=narrow)
+    notes = []
     for w in d["workers"]:
         sizes = ", ".join(f"{k}x{v}" for k, v in w["batch_sizes"].items()) or "-"
         probe = f"{w['probe_seconds']:.1f} s: {w['probe_note']}" if w["probe_seconds"] else w["probe_note"] or "-"
         tiles = f"{w['tile_size']}x{w['tile_size']}" if w["tile_size"] else "-"
         compiled = w["compile"] or {}
         model = compiled.get("note") or compiled.get("status") or "-"
-        table.add_row(w["name"], w["device"], str(w["frames"]), str(w["batches"]), sizes, tiles, str(w["oom_retries"]),
-                      str(w["failures"]), w["health"], probe, escape(model))
+        row = [w["name"], w["device"], str(w["frames"]), str(w["batches"]), sizes, tiles, str(w["oom_retries"]),
+               str(w["failures"]), w["health"]]
+        table.add_row(*row, *(() if narrow else (probe, escape(model))))
+        notes.append(f"{w['name']}: probe {probe}; model {model}")
     console.print(table)
+    for note in notes if narrow else ():
+        console.print(escape(note), highlight=False, soft_wrap=True)
     for warning in d["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 

@@ -287,3 +287,20 @@ def test_fps_is_checked_with_a_video_and_said_to_do_nothing(clips, tmp_path, cap
     assert cli.main([*args, "--output", str(tmp_path / "o.mp4"), "--fps", "30"]) == 0
     assert ("warning: --fps 30 sets the rate of a picture sequence; a video keeps its own timestamps: ignored."
             in capsys.readouterr().err.splitlines())
+
+
+def test_the_summary_keeps_names_and_counts_whole_on_an_80_column_terminal():
+    """The wide table cut "worker-gpu0" to "wor…" at 80 columns: there the notes go below it."""
+    stats = _stats()
+    stats.started_at, stats.finished_at = 0.0, 10.0
+    w = stats.workers["worker-gpu0"]
+    w.probe_seconds, w.probe_note = 1.2, "batch 8 of 1, 2, 4, 8 (within 5% of the fastest)"
+    for width in (80, 160):
+        console = Console(record=True, width=width)
+        cli.render_summary(console, stats)
+        text = console.export_text()
+        table = [line for line in text.splitlines() if not line.startswith(("worker-gpu0:", "worker-gpu1:"))]
+        assert "…" not in text and max(len(line) for line in table) <= width, text  # the notes soft-wrap
+        row = next(line for line in text.splitlines() if line.lstrip("│ ").startswith("worker-gpu0") and "cuda:0" in line)
+        assert " 8x1 " in row and "failed" in text
+        assert "1.2 s: batch 8 of 1, 2, 4, 8" in text  # whole (at 160 columns, wrapped in its cell)
