@@ -21,6 +21,11 @@ FFmpeg to negative times; an edited MP4) goes through `CutSource` with an empty 
 is cut, every frame and every audio packet moves forward together so that the first frame is at
 0. MP4 and MOV keep negative times as an edit list that starts at 0, and players then skipped
 every frame before it (a 3 s TS that began at -0.82 s played 2.18 s of its 75 frames).
+A file whose every stream starts late (`origin`: the earliest of the video's first frame and the
+other streams' starts, > 0) moves back by that much, as ffmpeg moves it: an MPEG-TS starts at
+1.4 s (ffmpeg's own muxer) or hours in (a broadcast's clock), and MP4 and MKV kept that start as
+an empty edit or a gap, a 2 s clip from a TS at 3600 s written as a 3603 s file of one blank hour.
+The streams keep their offsets to each other; a cut's first frame lands where it would have.
 
 A temporal model sees each frame with its neighbours (`core.frame.Window`). `context=(before,
 after)` has `CutSource` also yield up to `before` frames just before the start and `after` from
@@ -146,6 +151,9 @@ class TimeShift:
         self.end: float | None = None  # the first frame past the cut's end; None: the source's end
         self.planned_end: float | None = None  # a time --end on the source's clock, known from the first frame
         self.cuts_start = False  # --start: the first frame written is not the source's first
+        # The video's first frame (seconds on its clock): another file's soundtrack (--audio) starts
+        # there, its time 0 is this time on the video's clock (hw.av_streams.StreamCopier)
+        self.video_start = Fraction(0)
 
     def keeps(self, seconds: float) -> bool:
         """Whether an audio/subtitle packet starting at `seconds` lies inside the cut."""
@@ -160,12 +168,18 @@ class CutSource:
     `shift` records what it did."""
 
     def __init__(self, source, cut: Cut, shift: TimeShift, *, time_base: Fraction,
-                 context: tuple[int, int] = (0, 0)) -> None:
+                 context: tuple[int, int] = (0, 0), others_start: float | None = None,
+                 rebase: bool = False) -> None:
+        """`others_start`: the earliest start (seconds) of the streams written beside the video
+        (None: only the video counts, as beside another file's soundtrack); `rebase`: a file that
+        starts late moves to 0 (False: pictures, which start at 0)."""
         self.source = source
         self.cut = cut
         self.shift = shift
         self.time_base = Fraction(time_base)
         self.context = context
+        self.others_start = others_start
+        self.rebase = rebase
         self.num_frames_before_start = 0
 
     @property
@@ -191,6 +205,7 @@ class CutSource:
         for frame in frames:
             if first_pts is None:
                 first_pts = frame.pts
+                self.shift.video_start = first_pts * self.time_base
                 if self.cut.end is not None and self.cut.end.seconds is not None:
                     self.shift.planned_end = float(first_pts * self.time_base + self.cut.end.seconds)
             seconds = (frame.pts - first_pts) * self.time_base
@@ -208,7 +223,7 @@ class CutSource:
                     held.append(frame)
                 continue
             if moved_by is None:  # the first kept frame lands on the source's first timestamp, or 0 if before it
-                moved_by = frame.pts - max(first_pts, 0)
+                moved_by = frame.pts - max(first_pts, 0) + self._late_start(first_pts)
                 self.shift.shift = moved_by * self.time_base
                 if self.cut.start is not None or self.cut.end is not None:  # Cut(): only moved, nothing cut
                     self.shift.first = float(frame.pts * self.time_base)
@@ -220,6 +235,13 @@ class CutSource:
         if kept == 0 and self.cut.start is not None:
             length = f"{self.num_frames_before_start} frames, {float(seconds):.2f} s from the first to the last"
             raise InvalidOption(f"--start {self.cut.start} is past the end of the video ({length}). Nothing to process.")
+
+    def _late_start(self, first_pts: int) -> int:
+        """Ticks every stream moves back for a file that starts late (0: it starts at 0 or before)."""
+        if not self.rebase or first_pts <= 0:
+            return 0
+        ticks = first_pts if self.others_start is None else min(first_pts, round(Fraction(self.others_start) / self.time_base))
+        return max(ticks, 0)
 
     def close(self) -> None:
         self.source.close()

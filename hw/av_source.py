@@ -92,6 +92,9 @@ class SourceInfo:
     hdr: HdrMetadata | None = None  # static HDR10 metadata of the first frame (hw.hdr)
     has_alpha: bool = False  # an alpha channel: pictures (hw.pictures), or a video's pixel format (not read)
     other_video_streams: str = ""  # one line naming the video streams left out (more than one in the file)
+    # The earliest start (seconds) of the audio and subtitle streams; None: none, or not known.
+    # With the video's first frame it says where the file starts (core.cut: a late start moves to 0)
+    other_streams_start: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -345,8 +348,16 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
             interlaced=bool(getattr(first, "interlaced_frame", False)) if first is not None else False,
             hdr=hdr_metadata(first) if first is not None and cc.name not in SIDE_DATA_UNSAFE_CODECS else None,
             other_video_streams=_other_video_streams_note(container, stream),
+            other_streams_start=_other_streams_start(container),
         )
     finally:
         container.close()
+
+
+def _other_streams_start(container) -> float | None:
+    """The earliest start_time of the audio and subtitle streams, in seconds (None: none known)."""
+    starts = [float(s.start_time * s.time_base) for s in (*container.streams.audio, *container.streams.subtitles)
+              if s.start_time is not None and s.time_base]
+    return min(starts) if starts else None
 
 

@@ -213,6 +213,9 @@ class StreamCopier:
         self._out = out
         self._warn = warn
         self._shift = shift
+        # Another file's soundtrack (--audio beside a video) starts with the video's first frame: its
+        # time t is t + shift.video_start on the video's clock, where the cut's times are
+        self._soundtrack = source is not None and extras is not None and Path(source) != Path(extras)
         self._src = None
         self._copied: dict[int, _CopiedStream] = {}
         self._pending = None  # next source packet not yet muxed
@@ -380,12 +383,16 @@ class StreamCopier:
             return packet
         return None
 
-    @staticmethod
-    def _packet_seconds(packet) -> float:
+    def _offset(self) -> Fraction:
+        """Where the copied streams' time 0 is on the video's clock (`_soundtrack`)."""
+        return self._shift.video_start if self._soundtrack and self._shift is not None else Fraction(0)
+
+    def _packet_seconds(self, packet) -> float:
+        """When the packet starts, on the video's clock."""
         ts = packet.dts if packet.dts is not None else packet.pts
         if ts is None or packet.time_base is None:
             return float("inf")  # flush packets sort last
-        return float(ts * packet.time_base)
+        return float(ts * packet.time_base + self._offset())
 
     def mux_until(self, seconds: float) -> None:
         """Mux every source packet up to `seconds` (interleaving with the video)."""
@@ -410,7 +417,7 @@ class StreamCopier:
                 self._trim_subtitle(packet)  # one on screen at --start is kept, from the start on
             if not self._shift.keeps(self._packet_seconds(packet)):
                 return  # outside --start/--end
-            moved_by = self._shift.shift
+            moved_by = self._shift.shift - self._offset()
         if copied.reencode:
             try:
                 frames = packet.decode()
@@ -447,6 +454,8 @@ class StreamCopier:
         first, end = self._shift.first, self._shift.end or self._shift.planned_end
         if packet.pts is None or not packet.duration or packet.time_base is None:
             return
+        offset = float(self._offset())  # on the packets' own clock
+        first, end = (first - offset if first is not None else None), (end - offset if end is not None else None)
         end_ticks = packet.pts + packet.duration
         if end is not None:
             cut_ticks = math.floor(Fraction(end) / packet.time_base + Fraction(1, 1000))

@@ -101,8 +101,12 @@ def open_source(plan: RunPlan, warn: Callable[[str], None], shift: TimeShift | N
     if plan.cut is None and plan.pictures is not None:
         return source
     # A video without --start/--end goes through an empty cut too: frames before 0 move to 0 (core/cut.py)
+    # A late start moves to 0: the file's, where its own streams go beside the video; the video's,
+    # beside another file's soundtrack (--audio), which starts with the first frame
+    own = plan.audio_source is None or plan.audio_source == plan.config.source
     return CutSource(source, plan.cut or Cut(), shift if shift is not None else TimeShift(),
-                     time_base=plan.source.time_base, context=temporal_window(plan) or (0, 0))
+                     time_base=plan.source.time_base, context=temporal_window(plan) or (0, 0),
+                     others_start=plan.source.other_streams_start if own else None, rebase=plan.pictures is None)
 
 
 class _SpanOpener:

@@ -262,11 +262,12 @@ def test_cut_source_lends_a_temporal_model_the_frames_around_the_cut(context):
     assert [(f.index, f.pts, f.neighbour) for f in got] == want
 
 
-def _starting_before_zero(src: Path, dst: Path) -> Path:
+def _starting_before_zero(src: Path, dst: Path, offset: str = "95441.5") -> Path:
     """`src` remuxed to MPEG-TS with its clock just short of the 33-bit wrap: FFmpeg unwraps it,
-    and the video starts at -2.2 s (the audio ~10 ms before it), as recorders' files do."""
+    and the video starts at -2.2 s (the audio ~10 ms before it), as recorders' files do. Another
+    `offset` (seconds) gives a TS whose clock starts there (a broadcast's, an hour in)."""
     with av.open(str(src)) as i, av.open(str(dst), "w", format="mpegts",
-                                         container_options={"output_ts_offset": "95441.5"}) as o:
+                                         container_options={"output_ts_offset": offset}) as o:
         chosen = [s for s in i.streams if s.type in ("video", "audio")]
         streams = {s.index: o.add_stream_from_template(s) for s in chosen}
         for packet in i.demux(*chosen):
@@ -297,6 +298,52 @@ def test_a_video_starting_before_zero_keeps_every_frame_and_its_sync(clips, tmp_
     assert abs(audio_lead(out) - audio_lead(src)) <= Fraction(1, 1000)
     got, want = probe.pts_exact(out), probe.pts_exact(src)
     assert all(abs((g - got[0]) - (w - want[0])) <= Fraction(1, 1000) for g, w in zip(got, want))
+
+
+def _audio_lead(path: Path) -> Fraction:
+    """How far the audio starts before the video."""
+    return probe.video_start(path) - probe.packet_times(path, "audio")[0][0]
+
+
+@pytest.mark.parametrize("suffix,segmented", [(".mp4", False), (".mkv", False), (".mp4", True)])
+def test_a_file_that_starts_late_starts_at_zero_with_its_sync(clips, tmp_path, suffix, segmented):
+    """A TS an hour into a broadcast's clock: MP4 and MKV kept its start, a 2 s clip written as a
+    file of an hour of nothing and then the clip. Every stream now moves back together, as ffmpeg
+    moves them: the earliest starts at 0, the audio keeps its lead, no frame is lost."""
+    src = _starting_before_zero(clips("late.mp4", num_frames=40, audio=True, codec_options={"bf": "2"}),
+                                tmp_path / "late.ts", offset="3600")
+    assert probe.video_start(src) >= 3600
+    out = tmp_path / f"out{suffix}"
+    run(_cfg(src, out, **(dict(parallel=True, segment_frames=12, encoders=2) if segmented else {})))
+    assert probe.indices(out) == list(range(40))
+    first_audio = probe.packet_times(out, "audio")[0][0]
+    assert min(first_audio, probe.video_start(out)) >= 0 and max(first_audio, probe.video_start(out)) < Fraction(1, 10)
+    assert abs(_audio_lead(out) - _audio_lead(src)) <= Fraction(1, 1000)
+    got, want = probe.pts_exact(out), probe.pts_exact(src)
+    assert all(abs((g - got[0]) - (w - want[0])) <= Fraction(1, 1000) for g, w in zip(got, want))
+    with av.open(str(out)) as c:
+        assert c.duration / 1e6 < 2.1  # 40 frames at 24 fps, not an hour and 2 s
+
+
+def test_another_files_soundtrack_starts_with_the_first_frame_of_a_late_or_early_video(clips, tmp_path):
+    """--audio beside a TS that starts an hour in (or before 0): the soundtrack's 0 is the first
+    frame, and a cut takes the soundtrack from the same time as the video."""
+    song = clips("song.mp4", num_frames=96, audio=True)  # 4 s of tone: its audio is the soundtrack
+    for offset in ("3600", "95441.5"):
+        src = _starting_before_zero(clips("late.mp4", num_frames=40, audio=True), tmp_path / f"v{offset}.ts",
+                                    offset=offset)
+        out = tmp_path / f"with{offset}.mp4"
+        run(_cfg(src, out, audio=song))
+        assert probe.indices(out) == list(range(40))
+        song_start = probe.packet_times(song, "audio")[0][0]  # AAC's priming: -1024 samples, as in the song
+        assert probe.video_start(out) == 0 and abs(probe.packet_times(out, "audio")[0][0] - song_start) <= Fraction(1, 1000)
+        cut = tmp_path / f"cut{offset}.mp4"
+        run(_cfg(src, cut, audio=song, start="1"))
+        assert probe.indices(cut) == list(range(24, 40))  # from 1 s at 24 fps
+        # the soundtrack's packets from 1 s on, moved to start with the cut's first frame
+        want = [t for t, *_ in probe.packet_times(song, "audio") if t is not None and t >= 1]
+        got = [t for t, *_ in probe.packet_times(cut, "audio")]
+        assert got and abs(got[0] - (want[0] - 1)) <= Fraction(1, 1000), (got[:3], want[:3])
 
 
 def _audio_cut_before_zero(src: Path, dst: Path, seconds: Fraction) -> Path:
