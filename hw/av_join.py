@@ -87,11 +87,12 @@ def join_segments(
             # opaque: a stream for remuxing, with no encoder looked up (AV1 reads as "libdav1d",
             # which no encoder is called).
             video = out.add_stream_from_template(template, opaque=True)
-            if out.format.name.split(",")[0] in ("mp4", "mov"):
-                if tag_hvc1 and template.codec_context.name == "hevc":
-                    video.codec_context.codec_tag = "hvc1"  # Apple players refuse hev1
-                if template.average_rate:  # a timecode (tmcd) track needs the rate: EINVAL at the header without it
-                    video.codec_context.framerate = template.average_rate
+            if out.format.name.split(",")[0] in ("mp4", "mov") and tag_hvc1 and template.codec_context.name == "hevc":
+                video.codec_context.codec_tag = "hvc1"  # Apple players refuse hev1
+            # MP4/MOV: a timecode (tmcd) track needs the rate (EINVAL at the header without it). Matroska:
+            # its DefaultDuration, one tick of the time base without it (1 ms: "1000 fps" to ffprobe)
+            if template.average_rate:
+                video.codec_context.framerate = template.average_rate
         copier = stream_copier(out, source_path, extras_path, warn=warn, shift=audio_shift)
         # Matroska: how long each frame shows (the segments' MP4 durations are decode-time deltas)
         durations = presentation_durations(out)

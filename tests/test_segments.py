@@ -105,6 +105,8 @@ def test_the_joined_stream_decodes_without_a_warning(clips, tmp_path, codec, suf
     if codec == "hevc" and suffix == ".mp4":
         with av.open(str(out)) as c:
             assert c.streams.video[0].codec_context.codec_tag == "hvc1"
+    with av.open(str(out)) as c:  # Matroska's DefaultDuration too: it said 1 ms ("1000 fps") after a join
+        assert c.streams.video[0].average_rate == 24, c.streams.video[0].average_rate
 
 
 def test_variable_frame_rate_survives_segments(clips, tmp_path):
