@@ -43,6 +43,7 @@ class _CopiedStream:
     next_pts: int | None = None  # re-encoded audio: the next sample's timestamp (1/rate), from the source's timing
     end: int | None = None  # copied MP4/MOV audio: where its edit list ends the track (source ticks), see `_track_end`
     muxed: int = 0  # packets written
+    text_from: str | None = None  # a text subtitle converted (`subtitle_text`): the source's codec
 
 
 # Tags about the source file's own bytes, stale in another file (Matroska's statistics tags
@@ -65,6 +66,41 @@ def _copy_tags(source_stream, out_stream, *, drop: tuple[str, ...] = ()) -> None
 
 _EDIT_LIST_FORMATS = frozenset({"mov", "mp4", "m4a", "3gp", "3g2", "ipod", "ismv", "psp", "f4v"})
 _DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
+# Text subtitles: what each container holds (ffmpeg's defaults: MP4/MOV mov_text, Matroska SubRip)
+# when the source's kind cannot be copied (SubRip/ASS into MP4, mov_text into Matroska)
+_TEXT_SUBTITLES = ("subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text")
+_TEXT_TARGET = {"mp4": "mov_text", "mov": "mov_text", "matroska": "subrip"}
+# The ASS header FFmpeg's text encoders open with (its own default: Arial 16, white, bottom centre)
+_ASS_HEADER = (b"[Script Info]\nScriptType: v4.00+\nPlayResX: 384\nPlayResY: 288\n\n[V4+ Styles]\nFormat: Name, "
+               b"Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, "
+               b"Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, "
+               b"MarginL, MarginR, MarginV, Encoding\nStyle: Default,Arial,16,&Hffffff,&Hffffff,&H0,&H0,0,0,0,0,100,"
+               b"100,0,0,1,1,0,2,10,10,10,0\n\n[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, "
+               b"MarginV, Effect, Text\n")
+_ASS_OVERRIDE = re.compile(r"\{[^}]*\}")
+_MARKUP = re.compile(r"</?(i|b|u|s|font)\b[^>]*>", re.IGNORECASE)
+
+
+def subtitle_text(data: bytes, codec: str) -> str:
+    """The plain text of one text-subtitle packet: SubRip's and WebVTT's markup (<i>, <font ...>)
+    and ASS's override codes ({\\i1}) dropped, ASS's line breaks (\\N) kept as lines; "" where
+    it shows nothing (mov_text's empty samples between subtitles)."""
+    if codec == "mov_text":
+        size = int.from_bytes(data[:2], "big") if len(data) >= 2 else 0
+        return data[2:2 + size].decode("utf-8", "replace")
+    text = data.decode("utf-8", "replace")
+    if codec in ("ass", "ssa"):  # Matroska's ASS: ReadOrder,Layer,Style,Name,MarginL,MarginR,MarginV,Effect,Text
+        parts = text.split(",", 8)
+        text = parts[8] if len(parts) == 9 else text
+        text = _ASS_OVERRIDE.sub("", text).replace("\\N", "\n").replace("\\n", "\n").replace("\\h", " ")
+    return _MARKUP.sub("", text).replace("\r\n", "\n").strip("\n")
+
+
+def _text_payload(text: str, target: str) -> bytes:
+    body = text.encode("utf-8")
+    return (len(body).to_bytes(2, "big") + body) if target == "mov_text" else body
 
 
 def copy_problem(fmt: str, source: Path, stream_index: int, *, num_packets: int = 8) -> str | None:
@@ -255,6 +291,16 @@ class StreamCopier:
                     warn(f"audio stream {stream.index} ({name}) can neither be copied into {suffix} ({problem}) nor "
                          f"re-encoded ({one_line(exc, limit=160)}): left out. Try --output with .mkv")
                     continue
+            elif name in _TEXT_SUBTITLES and _TEXT_TARGET.get(fmt):
+                target = _TEXT_TARGET[fmt]
+                try:
+                    self._copied[stream.index] = self._text_converter(stream, target)
+                except (av.error.FFmpegError, ValueError) as exc:
+                    warn(f"subtitle stream {stream.index} ({name}) cannot be stored in {suffix} nor converted to "
+                         f"{target} ({one_line(exc, limit=160)}): not copied")
+                    continue
+                warn(f"subtitle stream {stream.index} ({name}) cannot be stored in {suffix}: converted to {target} "
+                     "(its text and timing kept, its styling dropped)")
             else:
                 warn(f"subtitle stream {stream.index} ({name}) cannot be stored in {suffix}: not copied")
                 continue
@@ -346,6 +392,14 @@ class StreamCopier:
                                  "time_base": time_base, "metadata": dict(chapter["metadata"])})
         self._out.set_chapters(chapters)
 
+    def _text_converter(self, stream, target: str) -> _CopiedStream:
+        """A `target` text subtitle stream for a text subtitle the container cannot hold: its
+        packets are written as plain text (`subtitle_text`), timed in milliseconds."""
+        out = self._out.add_stream(target)
+        out.codec_context.subtitle_header = _ASS_HEADER  # the encoder writes the stream's header from it
+        out.time_base = Fraction(1, 1000)
+        return _CopiedStream(out, text_from=stream.codec_context.name)
+
     def _reencoder(self, stream, *, why: str) -> _CopiedStream:
         import av
 
@@ -433,6 +487,15 @@ class StreamCopier:
             return
         if packet.size == 0:
             return
+        if copied.text_from is not None:
+            converted = self._as_text(packet, copied)
+            if converted is not None:
+                if moved_by:
+                    _move_back(converted, moved_by, copied.out_stream.time_base)
+                converted.stream = copied.out_stream
+                self._out.mux(converted)
+                copied.muxed += 1
+            return
         if packet.is_discard and not self._edit_lists:  # held: the last few may be the next one's pre-roll
             self._preroll.setdefault(packet.stream.index, deque(maxlen=16)).append(packet)
             return
@@ -447,6 +510,19 @@ class StreamCopier:
             ready.stream = copied.out_stream
             self._out.mux(ready)
             copied.muxed += 1
+
+    @staticmethod
+    def _as_text(packet, copied: _CopiedStream):
+        """A converted text subtitle's packet: its text in the target's form, the source's timing."""
+        import av
+
+        text = subtitle_text(bytes(packet), copied.text_from)
+        if not text:
+            return None  # an empty sample: the gap it marked is the output muxer's to mark
+        out = av.Packet(_text_payload(text, copied.out_stream.codec_context.name))
+        out.time_base = packet.time_base
+        out.pts, out.dts, out.duration = packet.pts, packet.dts if packet.dts is not None else packet.pts, packet.duration
+        return out
 
     def _trim_subtitle(self, packet) -> None:
         """A subtitle on screen across the cut's first frame starts at that frame instead, and

@@ -214,9 +214,43 @@ def test_subtitles_copied_where_possible(clips, tmp_path):
     assert len(src_subs) == 1 and src_subs[0] in probe.streams(tmp_path / "out.mkv")
     assert probe.packets(tmp_path / "out.mkv", "subtitle") == probe.packets(src, "subtitle")
     assert probe.packet_times(tmp_path / "out.mkv", "subtitle") == probe.packet_times(src, "subtitle")
-    stats = _run(src, tmp_path / "out.mp4")  # MP4 cannot hold SubRip: said, not silent
-    assert [k for k, _ in probe.streams(tmp_path / "out.mp4")] == ["video"]
-    assert any("subtitle" in w and "not copied" in w for w in stats.warnings)
+    # MP4 cannot hold SubRip: converted to mov_text, as ffmpeg does (before: left out), and said
+    stats = _run(src, tmp_path / "out.mp4")
+    assert [k for k, _ in probe.streams(tmp_path / "out.mp4")] == ["video", "subtitle"]
+    assert sum("converted to mov_text" in w for w in stats.warnings) == 1
+    cues = _subtitle_cues(src)
+    assert [text for *_, text in cues] == ["hello", "world"] and _subtitle_cues(tmp_path / "out.mp4") == cues
+    _run(tmp_path / "out.mp4", tmp_path / "back.mkv")  # and back: mov_text into Matroska as SubRip
+    assert _subtitle_cues(tmp_path / "back.mkv") == _subtitle_cues(src)
+
+
+def _subtitle_cues(path) -> list[tuple[Fraction, Fraction, str]]:
+    """(start, end, text) of each cue that shows text, as FFmpeg's decoder reads it."""
+    import av
+
+    cues = []
+    with av.open(str(path)) as c:
+        stream = c.streams.subtitles[0]
+        for packet in c.demux(stream):
+            if not packet.size or packet.pts is None:
+                continue
+            text = "".join(sub.dialogue.decode() for sub in packet.decode())  # AssSubtitle: the text shown
+            if text:
+                start = packet.pts * packet.time_base
+                cues.append((start, start + packet.duration * packet.time_base, text))
+    return cues
+
+
+@pytest.mark.parametrize("data, codec, text", [
+    (b"Hello <i>world</i>\r\n<font color=\"red\">red</font>", "subrip", "Hello world\nred"),
+    (b"3,0,Default,,0,0,0,,{\\i1}Tilted{\\i0}\\Nnext\\hline", "ass", "Tilted\nnext line"),
+    (b"\x00\x0bHello world\x00\x00\x00\x16styl", "mov_text", "Hello world"),
+    (b"\x00\x00", "mov_text", ""),
+])
+def test_text_subtitles_are_read_as_plain_text(data, codec, text):
+    from hw.av_streams import subtitle_text
+
+    assert subtitle_text(data, codec) == text
 
 
 @pytest.mark.parametrize(
