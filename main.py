@@ -31,6 +31,7 @@ if __name__ == "__main__":  # from the first line: a stop during the imports bel
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -651,16 +652,17 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _batch(args) -> tuple[list[Path], Path | None] | None:
+def _batch(args) -> tuple[list[Path], Path | None, list[Path]] | None:
     """--source naming a folder of videos (and no pictures) or a glob of videos ('clips/*.mp4'):
-    the videos in natural name order, framepipe's own outputs left out, and the folder their
-    outputs go to (--output, made if missing; None: beside each video). None for one video or
-    pictures. Flags that name one file for one run are refused here."""
+    the videos in natural name order, the folder their outputs go to (--output, made if missing;
+    None: beside each video), and the files left out as framepipe's own outputs (by their names,
+    said in one line). None for one video or pictures. Flags that name one file for one run are
+    refused here."""
     import glob as globbing
     import os
 
     from core.errors import InvalidOption, InvalidSource, OutputNotWritable
-    from core.paths import VIDEO_SUFFIXES, is_own_output_name
+    from core.paths import VIDEO_SUFFIXES, is_own_output_name, refuse_shared_outputs
     from hw.pictures import PICTURE_SUFFIXES, natural_key
 
     text = os.fspath(args.source)
@@ -679,6 +681,7 @@ def _batch(args) -> tuple[list[Path], Path | None] | None:
     else:
         return None
     videos = sorted((p for p in found if not is_own_output_name(p)), key=lambda p: natural_key(p.name))
+    left_out = sorted((p for p in found if is_own_output_name(p)), key=lambda p: natural_key(p.name))
     if not videos:
         raise InvalidSource(f"Source {text!r} holds only framepipe's own outputs (<name>.<model>-x<scale>.mp4): "
                             "nothing to do.")
@@ -686,6 +689,13 @@ def _batch(args) -> tuple[list[Path], Path | None] | None:
         if value is not None:
             raise InvalidOption(f"{flag} names one file for one run; --source {text!r} is {len(videos)} videos. "
                                 f"Run them one by one to use {flag}.")
+    # Two videos never write one file (a.avi and a.mp4): refused before any runs, as the service refuses them
+    from pipeline.config import default_output_path
+
+    # (the model and its scale, the same for every video, are known only once a run plans)
+    named = [(v, (Path(args.output) if args.output is not None else v.parent).absolute()
+              / f"{v.stem}.<model>-x<scale>{default_output_path(v, model_name='m', scale=1).suffix}") for v in videos]
+    refuse_shared_outputs(named, apart="run them one at a time with an --output each")
     folder = None
     if args.output is not None:
         folder = Path(args.output)
@@ -697,10 +707,60 @@ def _batch(args) -> tuple[list[Path], Path | None] | None:
                 folder.mkdir()
             except OSError as exc:
                 raise OutputNotWritable(f"Cannot make the --output folder {str(args.output)!r}: {exc.strerror or exc}.") from None
-    return videos, folder
+    return videos, folder, left_out
 
 
-def _run_batch(args, videos: list[Path], folder: Path | None, *, console, say, stopper, run) -> int:
+class _BatchLedger:
+    """The videos a batch with --overwrite finished before a stop, so that the same command
+    skips them (without --overwrite their outputs exist and are skipped anyway): before, it
+    replaced them all again. Kept in framepipe's cache under the command's settings; an entry
+    counts while its output is the file the batch wrote (size and time unchanged); removed when
+    the batch gets through every video."""
+
+    _IGNORED = ("quiet", "verbose", "progress_every")
+
+    def __init__(self, args) -> None:
+        import hashlib
+
+        from core.paths import default_cache_dir
+
+        settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in self._IGNORED}
+        settings["cwd"] = os.getcwd()  # relative paths mean another batch elsewhere
+        key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = default_cache_dir() / "batches" / f"{key}.json"
+        try:
+            self.done = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (OSError, ValueError):
+            self.done = {}
+
+    def finished_before(self, video: Path) -> str | None:
+        """The output this batch wrote for `video` before a stop, if it is still that file."""
+        entry = self.done.get(str(video.absolute()))
+        if not entry:
+            return None
+        try:
+            st = os.stat(entry[0])
+        except OSError:
+            return None
+        return entry[0] if [st.st_size, st.st_mtime_ns] == entry[1:] else None
+
+    def record(self, video: Path, output: str) -> None:
+        try:
+            st = os.stat(output)
+            self.done[str(video.absolute())] = [output, st.st_size, st.st_mtime_ns]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            temp.write_text(json.dumps(self.done))
+            os.replace(temp, self.path)
+        except OSError as exc:  # the cache is a convenience: the batch goes on
+            logging.getLogger("framepipe").debug("batch ledger not written: %s", exc)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _run_batch(args, videos: list[Path], folder: Path | None, left_out: list[Path], *, console, say, stopper,
+               run) -> int:
     """One run per video, one after the other, each as a run of its own (its notes, progress,
     summary and output line). A video whose output exists is skipped (say so; --overwrite
     replaces it); one that fails is named and the next one goes on; a stop ends the batch after
@@ -714,17 +774,31 @@ def _run_batch(args, videos: list[Path], folder: Path | None, *, console, say, s
     skipped: list[Path] = []
     failed: list[Path] = []
 
+    if left_out and not args.quiet:  # a camera's `clip.sony-x3.mp4` is named like one: said, never silent
+        names = ", ".join(p.name for p in left_out[:3]) + (", ..." if len(left_out) > 3 else "")
+        say.print(f"left out {len(left_out)} file(s) named as framepipe names its outputs "
+                  f"(<name>.<model>-x<scale>.mp4): {escape(names)}. Rename one to process it.",
+                  highlight=False, soft_wrap=True)
+
     def summary() -> str:
         parts = [f"{len(done)} of {len(videos)} video(s) done"]
         if skipped:
-            parts.append(f"{len(skipped)} skipped (output exists)")
+            parts.append(f"{len(skipped)} skipped (output exists)" if ledger is None else
+                         f"{len(skipped)} skipped (done before the stop)")
         if failed:
             parts.append(f"{len(failed)} failed ({', '.join(p.name for p in failed[:3])}{', ...' if len(failed) > 3 else ''})")
         return "; ".join(parts)
 
+    ledger = _BatchLedger(args) if args.overwrite else None
     for k, video in enumerate(videos, 1):
         if not args.quiet:
             say.print(f"[bold]{k}/{len(videos)}[/] {escape(str(video))}", highlight=False, soft_wrap=True)
+        earlier = ledger.finished_before(video) if ledger is not None else None
+        if earlier is not None:  # --overwrite: replaced once, by this batch before it stopped
+            skipped.append(video)
+            say.print(f"[yellow]skipped:[/] {escape(earlier)} was written by this batch before it stopped.",
+                      highlight=False, soft_wrap=True)
+            continue
         one = argparse.Namespace(**vars(args))
         one.source, one.output = str(video), None
         display = RunDisplay.for_args(console, args)
@@ -766,6 +840,8 @@ def _run_batch(args, videos: list[Path], folder: Path | None, *, console, say, s
             return 128 + getattr(exc, "signal_number", 2)
         _stop_display(display)
         done.append(video)
+        if ledger is not None:
+            ledger.record(video, str(stats.notes.get("output", config.output)))
         if not args.quiet:
             try:
                 render_summary(console, stats)
@@ -778,6 +854,8 @@ def _run_batch(args, videos: list[Path], folder: Path | None, *, console, say, s
             say.print(f"[yellow]stopped by {name}:[/] after {escape(video.name)}. {escape(summary())}; the same "
                       "command finishes the batch (done videos are skipped).", highlight=False, soft_wrap=True)
             return 128 + int(getattr(signal.Signals, name, signal.SIGINT))
+    if ledger is not None:
+        ledger.clear()  # through every video: the next batch replaces them all again, as asked
     say.print(f"{'[red]' if failed else ''}{escape(summary())}.{'[/]' if failed else ''}", highlight=False, soft_wrap=True)
     _finish_compile_helpers(say, stopper, quiet=args.quiet)
     return EXIT_FAILED if failed else EXIT_OK

@@ -36,7 +36,7 @@ from core.choices import (COMPILE_CHOICES, DEFAULT_MODEL, DEFAULT_SCENE_THRESHOL
 from core.errors import (CodeModelRefused, FramepipeError, HardwareUnavailable, InvalidOption, ModelError, OutputExists,
                          OutputNotWritable, RunInterrupted, one_line)
 from core.files import partial_names, temporary_names
-from core.paths import VIDEO_SUFFIXES, is_own_output_name
+from core.paths import VIDEO_SUFFIXES, is_own_output_name, refuse_shared_outputs
 from hw.scheduling import usable_cores
 from service.devices import Devices
 from service.models import ModelManager
@@ -207,7 +207,7 @@ class Scheduler:
             self._config(src, out, settings, model=model).validate()
             if out is not None:
                 self._check_output(src, out, model, settings)
-        _refuse_shared_outputs(pairs)
+        refuse_shared_outputs(pairs, apart="submit them one at a time with an output each")
         with self._lock:  # the look at the running jobs and the store, as one step
             _refuse_busy(pairs, self._busy())
             jobs = self.store.add_many([(str(src), str(out) if out else "", settings) for src, out in pairs])
@@ -515,19 +515,6 @@ def _default_output(source: Path, folder: Path, model: str, scale: int, settings
     identity = n > 1 and Path(model).stem == INTERPOLATE_ONLY_MODEL and scale == 1
     return folder / default_output_path(source, model_name=Path(model).stem, scale=scale, interpolate=n,
                                         identity=identity).name
-
-
-def _refuse_shared_outputs(pairs: list[tuple[Path, Path | None]]) -> None:
-    """Two jobs of one request never write one file (`a.avi` and `a.ts` both name `a.<model>-xN.mp4`):
-    the request is refused rather than one output silently replacing the other."""
-    seen: dict[Path, Path] = {}
-    for src, out in pairs:
-        if out is None:
-            continue
-        if out in seen:
-            raise OutputExists(f"{seen[out].name!r} and {src.name!r} would both be written to {str(out)!r}: "
-                               "rename one of them, or submit them one at a time with an output each.")
-        seen[out] = src
 
 
 def _writes_at(output: Path, path: Path) -> bool:

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 import main as cli
 from tests import probe
 from tests.cli_runs import SLOW_WORKER, is_writing, slow_cli
@@ -67,14 +69,21 @@ def test_a_batch_refuses_flags_for_one_file_in_one_line(clips, tmp_path, capsys)
     assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "s.json").exists()
 
 
-def test_a_stopped_batch_is_finished_by_resume(clips, tmp_path):
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_stopped_batch_is_finished_by_resume(clips, tmp_path, overwrite):
     """SIGTERM in the second video: the first is complete, the second finalized as a partial, the
     third not started; the same command finishes the second and the third and skips the first
-    (each video of a batch is written in segments, so a stopped one's partial is its own)."""
+    (each video of a batch is written in segments, so a stopped one's partial is its own). With
+    --overwrite too, where every output existed before: the first is not replaced again."""
     src = _pile(clips, tmp_path / "in", names=("a", "b", "c"), num_frames=60)
     out = tmp_path / "out"
     args = ["--source", str(src), "--output", str(out), "--parallel", "--device", "cpu", "--batch-size", "1", *COMMON]
     # (the CPU, a frame a batch: the slowed worker paces the run on a GPU host too)
+    if overwrite:
+        out.mkdir()
+        for name in "abc":
+            (out / f"{name}.bicubic-x2.mp4").write_bytes(b"an earlier output")
+        args.append("--overwrite")
 
     proc = subprocess.Popen(slow_cli(SLOW_WORKER, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.perf_counter() + 120
@@ -88,10 +97,41 @@ def test_a_stopped_batch_is_finished_by_resume(clips, tmp_path):
     assert rc == 143, err
     assert "the same command finishes the batch (done videos are skipped, this one resumed)" in err, err
     assert probe.indices(out / "a.bicubic-x2.mp4") == list(range(60))
-    assert not (out / "c.bicubic-x2.mp4").exists()
+    first = (out / "a.bicubic-x2.mp4").stat().st_mtime_ns
+    assert not (out / "c.bicubic-x2.mp4").exists() or overwrite
     assert cli.main([*args, "-q"]) == 0
     for name in "abc":
         assert probe.indices(out / f"{name}.bicubic-x2.mp4") == list(range(60))
+    assert (out / "a.bicubic-x2.mp4").stat().st_mtime_ns == first  # done before the stop: not done again
+    if overwrite:  # through every video: the same command again replaces them all, as --overwrite asks
+        assert cli.main([*args, "-q"]) == 0
+        assert (out / "a.bicubic-x2.mp4").stat().st_mtime_ns != first
+
+
+def test_two_videos_with_one_output_name_are_refused_before_any_runs(clips, tmp_path, capsys):
+    """a.m4v and a.mp4 both name a.<model>-x<scale>.mp4: the second was skipped as done (or with
+    --overwrite replaced the first one's output, the summary saying both were done)."""
+    src = _pile(clips, tmp_path / "in", names=("a", "b"))
+    shutil.copy(src / "a.mp4", src / "a.m4v")  # an MP4 by another suffix: its output is a.<model>-x2.mp4 too
+    for extra in ([], ["--overwrite"]):
+        assert cli.main(["--source", str(src), "--output", str(tmp_path / "out"), *extra, *COMMON]) == 2
+        lines = _lines(capsys)
+        assert len(lines) == 1 and "'a.m4v' and 'a.mp4' would both be written to" in lines[0], lines
+        assert not (tmp_path / "out").exists()
+
+
+def test_outputs_partials_and_look_alike_names_are_left_out_and_said(clips, tmp_path, capsys):
+    """A stopped run's `.partial-1.mp4` is framepipe's too (it was taken as a new video); a
+    camera's `clip.sony-x3.mp4` looks like an output: left out, but named in one line."""
+    src = _pile(clips, tmp_path / "in", names=("ok",))
+    for name in ("ok.bicubic-x2.partial-1.mp4", "ok.bicubic-x2.partial.mp4", "camera.sony-x3.mp4"):
+        shutil.copy(src / "ok.mp4", src / name)
+    assert cli.main(["--source", str(src), "--output", str(tmp_path / "out"), *COMMON]) == 0
+    lines = _lines(capsys)
+    said = [ln for ln in lines if ln.startswith("left out 3 file(s) named as framepipe names its outputs")]
+    assert len(said) == 1 and "camera.sony-x3.mp4" in said[0], lines
+    assert lines[-1] == "1 of 1 video(s) done."
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok.bicubic-x2.mp4"]
 
 
 def test_a_url_or_a_folder_of_nothing_is_named_for_what_it_is(tmp_path, capsys):
