@@ -266,7 +266,8 @@ def plan_run(config: RunConfig) -> RunPlan:
                                         bytes_per_sample=2 if bit_depth > 8 else 1, preset=preset, model_rate_key=rate_key)
     if segments is not None:
         inputs = [("--source", Path(config.source)), ("--audio", config.audio),
-                  ("--model", Path(config.model) if os.path.isfile(config.model) else None)]
+                  ("--model", Path(config.model) if os.path.isfile(config.model) else None),
+                  ("--stats-json", config.stats_json)]
         parts = PartsFolder(Path(output))
         parts.check(resume=config.resume, overwrite=overwrite, inputs=[(flag, path) for flag, path in inputs if path is not None])
         segments = _tapered(segments, config, source, 1 if use_nvenc else encoders.num_encoders, parts)

@@ -198,7 +198,8 @@ class Manifest:
         damaged or hand-edited one is refused in one line, never half-trusted."""
         raw = json.loads(data)
         if not isinstance(raw, dict) or not all(isinstance(raw.get(key, {}), dict)
-                                                for key in ("source", "settings", "segments", "partials")):
+                                                for key in ("source", "settings", "segments", "partials")) \
+                or not all(key in raw for key in ("source", "settings")):  # written into every manifest
             raise ValueError("not a framepipe manifest")
         segments = {int(k): v for k, v in raw.get("segments", {}).items()}
         for k, entry in segments.items():
@@ -300,17 +301,18 @@ class PartsFolder:
 
     def check(self, *, resume: bool, overwrite: bool, inputs: Sequence[tuple[str, Path]] = ()) -> None:
         """Before any work: refuse a folder the run may not use (one line naming the choices).
-        `inputs` ((flag, path)): files the run reads, which must not lie inside the folder (a run
-        empties it)."""
-        if not os.path.lexists(self.path):
-            return
-        if not self.path.is_dir() or self.path.is_symlink():
-            raise OutputNotWritable(f"{str(self.path)!r} is in the way of the work folder (not a folder). Move it.")
+        `inputs` ((flag, path)): files the run reads or writes beside the output (--stats-json),
+        which must not lie inside the folder (a run empties it; a --stats-json named manifest.json
+        replaced the manifest, and the stopped run could not be resumed), whether it exists yet or not."""
         for flag, path in inputs:
             resolved = Path(path).resolve()
             if resolved == self.path.resolve() or self.path.resolve() in resolved.parents:
                 raise UnsafeOutput(f"{flag} {str(path)!r} is inside the work folder {str(self.path)!r}, which the run "
                                    "empties. Move it, or choose another --output.")
+        if not os.path.lexists(self.path):
+            return
+        if not self.path.is_dir() or self.path.is_symlink():
+            raise OutputNotWritable(f"{str(self.path)!r} is in the way of the work folder (not a folder). Move it.")
         if not resume and not overwrite:
             raise OutputExists(
                 f"Work folder {str(self.path)!r} exists (parts of an earlier run of this output). Pass --resume to "
@@ -322,6 +324,13 @@ class PartsFolder:
             raise OutputExists(f"Work folder {str(self.path)!r} holds {len(foreign)} file(s) framepipe did not make "
                                f"({shown}), and a run empties that folder. Move them out of it, or choose another "
                                "--output.")
+        if self.manifest_path.is_file():  # names alone do not make a folder framepipe's: its manifest does
+            try:
+                Manifest.from_json(self.manifest_path.read_bytes())
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                raise OutputExists(f"Work folder {str(self.path)!r} holds a manifest.json framepipe cannot read ({exc}): "
+                                   "the folder may not be framepipe's, and a run empties it. Move it away, or choose "
+                                   "another --output.") from None
 
     def open(self, *, resume: bool, overwrite: bool, source: dict[str, object], settings: dict[str, object],
              temp_output: Path | None = None) -> Manifest:
@@ -339,8 +348,8 @@ class PartsFolder:
             try:
                 manifest = Manifest.from_json(self.manifest_path.read_bytes())
             except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidOption(f"Cannot resume: {str(self.manifest_path)!r} is damaged ({exc}). Pass --overwrite "
-                                    "to start again.") from None
+                raise InvalidOption(f"Cannot resume: {str(self.manifest_path)!r} is damaged ({exc}). Move the work "
+                                    "folder away to start again.") from None
             differs = manifest.differences(source=source, settings=settings)
             if differs:
                 raise InvalidOption(

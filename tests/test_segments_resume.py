@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import DiskFull, InvalidOption
+from core.errors import DiskFull, InvalidOption, OutputExists
 from pipeline import run
 from pipeline.segments import PartsFolder, source_fingerprint
 from tests import probe
@@ -90,8 +90,42 @@ def test_a_damaged_manifest_is_refused_in_one_line(tmp_path, change):
         parts.segment_path(k).write_bytes(b"segment %d" % k)
         parts.record(k, first=10 * k, stop=10 * k + 10, path=parts.segment_path(k), pts_offset=1000 * k)
     _edit(parts.path, change)
-    with pytest.raises(InvalidOption, match=r"^Cannot resume: .*manifest\.json' is damaged \(.*--overwrite"):
-        PartsFolder(out).open(resume=True, overwrite=False, source={}, settings=settings)
+    for flags in (dict(resume=True, overwrite=False), dict(resume=False, overwrite=True)):
+        # not trusted, nor removed: a folder with framepipe's file names may be someone else's
+        with pytest.raises(OutputExists, match=r"^Work folder .* holds a manifest\.json framepipe cannot read \(.*"
+                                               r"Move it away"):
+            PartsFolder(out).open(source={}, settings=settings, **flags)
+        assert parts.segment_path(1).read_bytes() == b"segment 1"
+
+
+def test_a_folder_of_framepipes_names_with_a_manifest_of_someone_elses_is_never_emptied(clips, tmp_path):
+    """Names alone do not make a folder framepipe's: --overwrite removed a user's `out.mp4.parts/`
+    holding `manifest.json` ({"mine": 1}) and `segment-000000.mp4`."""
+    folder = tmp_path / "out.mp4.parts"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"mine": 1}')
+    (folder / "segment-000000.mp4").write_bytes(b"mine too")
+    for flag in ("overwrite", "resume"):
+        with pytest.raises(OutputExists, match=r"holds a manifest\.json framepipe cannot read"):
+            run(_cfg(clips("seg-audio.mp4", num_frames=45, audio=True), tmp_path / "out.mp4", segment_frames=10,
+                     **{flag: True}))
+    assert (folder / "segment-000000.mp4").read_bytes() == b"mine too"
+
+
+def test_stats_json_inside_the_work_folder_is_refused(clips, tmp_path):
+    """--resume --overwrite --stats-json out.mp4.parts/manifest.json replaced the manifest, and the
+    stopped run could no longer be resumed; another name in the folder was lost with it."""
+    from core.errors import UnsafeOutput
+
+    src = clips("seg-audio.mp4", num_frames=45, audio=True)
+    run(_cfg(src, tmp_path / "out.mp4", segment_frames=10, keep_parts=True, max_frames=20))
+    (tmp_path / "out.mp4").unlink()
+    manifest = (tmp_path / "out.mp4.parts" / "manifest.json").read_bytes()
+    for name, flags in (("manifest.json", dict(overwrite=True)), ("s.json", {})):
+        with pytest.raises(UnsafeOutput, match=r"^--stats-json .* is inside the work folder"):
+            run(_cfg(src, tmp_path / "out.mp4", segment_frames=10, max_frames=20, resume=True,
+                     stats_json=tmp_path / "out.mp4.parts" / name, **flags))
+    assert (tmp_path / "out.mp4.parts" / "manifest.json").read_bytes() == manifest
 
 
 def test_entries_that_are_not_their_segments_are_made_again(clips, tmp_path):
