@@ -25,7 +25,7 @@ from pipeline.messages import ErrorChannel
 from pipeline.plan import RunPlan
 from pipeline.reader import FrameSource, Reader
 from pipeline.segment_writer import EncoderPool, SegmentWriter
-from pipeline.segments import PartsFolder
+from pipeline.segments import PartsFolder, pictures_done
 from pipeline.stats import RunStats
 from hw.memory import ProbeMemo
 from hw.pictures import is_gray, orientation
@@ -330,7 +330,7 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
     skip = None
     if plan.picture_target is not None:  # --resume: pictures already on disk are kept, not made again
         target = plan.picture_target
-        done = {p.name for p in target.folder.iterdir()} if cfg.resume and target.folder.is_dir() else set()
+        done = pictures_done(target.folder) if cfg.resume else set()
 
         per = plan.interpolate  # pictures per source frame
 
@@ -344,8 +344,10 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
             return all(picture_name(index * per + k) in done for k in range(per))
 
         skip = picture_exists if done else None
+        # --resume writes only pictures not done: one there by that name is older than the manifest's
+        # run, which --overwrite let replace it (pipeline.segments.pictures_done)
         writer = wrap("writer", PictureWriter(target.folder, picture_name, target.suffix,
-                                              overwrite=plan.overwrite_output, stats=stats, frames_per_item=per,
+                                              overwrite=plan.overwrite_output or cfg.resume, stats=stats, frames_per_item=per,
                                               kept=done, orientation=orientation(plan.source.display_matrix),
                                               gray=is_gray(plan.source.pix_fmt or "")))
     elif plan.output is None:

@@ -123,8 +123,8 @@ def _run(config: RunConfig, *, on_progress: ProgressFn | None, on_start: Callabl
         if on_start is not None:
             on_start(plan, stats)
         if plan.picture_target is not None:  # under the folder's lock
-            check_picture_manifest(plan.output, resume=config.resume, source=_fingerprint(plan),
-                                   settings=pixel_settings(plan))
+            check_picture_manifest(plan.output, resume=config.resume, overwrite=config.overwrite,
+                                   source=_fingerprint(plan), settings=pixel_settings(plan))
         if plan.segments is not None:  # under the output's lock: one run per work folder too
             parts = PartsFolder(plan.output)
             parts.open(resume=config.resume, overwrite=plan.overwrite_output,

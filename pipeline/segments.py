@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from pathlib import Path
 from core.errors import InvalidOption, OutputExists, OutputNotWritable, UnsafeOutput
 from core.files import file_identity, file_sha256, partial_names, write_file_atomically
 
-__all__ = ["SegmentLayout", "Manifest", "PartsFolder", "recorded_taper", "source_fingerprint", "check_picture_manifest", "PICTURE_MANIFEST",
+__all__ = ["SegmentLayout", "Manifest", "PartsFolder", "recorded_taper", "source_fingerprint", "check_picture_manifest", "pictures_done", "PICTURE_MANIFEST",
            "MANIFEST_VERSION"]
 
 log = logging.getLogger(__name__)
@@ -184,12 +185,15 @@ class Manifest:
     partial_output: dict[str, int] | None = None  # the joined output a stopped run left at the output name
     temp_output: str | None = None  # the hidden temporary output of the run using the folder (a kill -9 leaves it)
     version: int = MANIFEST_VERSION
+    written_since: float | None = None  # pictures: when the run that wrote the manifest started (`pictures_done`)
 
     def to_json(self) -> bytes:
         data = {"version": self.version, "source": self.source, "settings": self.settings,
                 "segments": {str(k): v for k, v in sorted(self.segments.items())},
                 "partials": {str(k): v for k, v in sorted(self.partials.items())},
                 "partial_output": self.partial_output, "temp_output": self.temp_output}
+        if self.written_since is not None:
+            data["written_since"] = self.written_since
         return json.dumps(data, indent=2, sort_keys=True).encode()
 
     @classmethod
@@ -210,10 +214,12 @@ class Manifest:
         if partial_output is not None and not isinstance(partial_output, dict):
             raise ValueError("partial_output is not a table")
         temp_output = raw.get("temp_output")
+        since = raw.get("written_since")
         return cls(source=raw["source"], settings=raw["settings"], segments=segments,
                    partials={int(k): int(v) for k, v in raw.get("partials", {}).items()},
                    partial_output=partial_output, temp_output=temp_output if isinstance(temp_output, str) else None,
-                   version=int(raw["version"]))
+                   version=int(raw["version"]),
+                   written_since=float(since) if isinstance(since, (int, float)) and not isinstance(since, bool) else None)
 
     def differences(self, *, source: dict[str, object], settings: dict[str, object]) -> list[str]:
         """What differs between this manifest and a new run's source and settings (names only)."""
@@ -250,25 +256,54 @@ _FRAMEPIPE_NAME = re.compile(r"(segment|partial)-\d{6}\.mp4|\.(segment|partial)-
                              r"\.probe\.mp4")
 
 
-def check_picture_manifest(folder: Path, *, resume: bool, source: dict[str, object], settings: dict[str, object]) -> None:
+def check_picture_manifest(folder: Path, *, resume: bool, overwrite: bool = False, source: dict[str, object],
+                           settings: dict[str, object]) -> None:
     """Picture output: with --resume, the folder's manifest must name this source and these
-    settings (one line naming what differs); otherwise it is written for a later --resume."""
+    settings (one line naming what differs; with --overwrite too, the run starts again instead);
+    otherwise it is written for a later --resume, with the time this run started
+    (`written_since`): a --resume counts as done only the pictures written since then
+    (`pictures_done`), never those an --overwrite run had not replaced yet when it stopped."""
     path = folder / PICTURE_MANIFEST
     if resume and path.is_file():
         try:
             manifest = Manifest.from_json(path.read_bytes())
         except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidOption(f"Cannot resume: {str(path)!r} is damaged ({exc}). Pass --overwrite to start again.") from None
-        differs = manifest.differences(source=source, settings=settings)
-        if differs:
-            raise InvalidOption(f"Cannot resume: the pictures in {str(folder)!r} do not match this run "
-                                f"({'; '.join(differs)}). Run with the same source and settings, or pass --overwrite "
-                                "to replace them.")
-        return
-    if resume and any(p.name != PICTURE_MANIFEST for p in folder.iterdir()):
+            if not overwrite:
+                raise InvalidOption(f"Cannot resume: {str(path)!r} is damaged ({exc}). Pass --overwrite to start "
+                                    "again.") from None
+        else:
+            differs = manifest.differences(source=source, settings=settings)
+            if not differs:
+                return
+            if not overwrite:
+                raise InvalidOption(f"Cannot resume: the pictures in {str(folder)!r} do not match this run "
+                                    f"({'; '.join(differs)}). Run with the same source and settings, or pass "
+                                    "--overwrite to replace them.")
+    elif resume and not overwrite and any(p.name != PICTURE_MANIFEST for p in folder.iterdir()):
         raise InvalidOption(f"Cannot resume: {str(folder)!r} has no {PICTURE_MANIFEST} (its pictures were not made by "
                             "framepipe, or by a version that did not record how). Pass --overwrite to replace them.")
-    write_file_atomically(path, Manifest(source=source, settings=settings).to_json(), overwrite=True, flag="manifest")
+    write_file_atomically(path, Manifest(source=source, settings=settings, written_since=time.time()).to_json(),
+                          overwrite=True, flag="manifest")
+
+
+def pictures_done(folder: Path) -> set[str]:
+    """The names of the pictures in `folder` a --resume keeps: those written since the run that
+    wrote its manifest started (all of them where the manifest does not say when)."""
+    if not folder.is_dir():
+        return set()
+    try:
+        since = Manifest.from_json((folder / PICTURE_MANIFEST).read_bytes()).written_since
+    except (OSError, ValueError, KeyError, TypeError):
+        since = None
+    done = set()
+    with os.scandir(folder) as listing:
+        for entry in listing:
+            try:
+                if since is None or entry.stat().st_mtime >= since:
+                    done.add(entry.name)
+            except OSError:
+                continue
+    return done
 
 
 class PartsFolder:
@@ -340,9 +375,6 @@ class PartsFolder:
         `temp_output`: this run's, recorded for the next one."""
         if os.path.lexists(self.path):  # checked before, but the folder may have appeared or changed since
             self.check(resume=resume, overwrite=overwrite)
-        if os.path.lexists(self.path) and not resume:
-            self._remove_temp_output(self._recorded_temp_output(), temp_output)
-            self._empty()
         manifest = None
         if resume and self.manifest_path.is_file():
             try:
@@ -351,11 +383,18 @@ class PartsFolder:
                 raise InvalidOption(f"Cannot resume: {str(self.manifest_path)!r} is damaged ({exc}). Move the work "
                                     "folder away to start again.") from None
             differs = manifest.differences(source=source, settings=settings)
-            if differs:
+            if differs and overwrite:  # --resume --overwrite: resume what matches, else start again
+                log.warning("the parts in %s do not match this run (%s): starting again (--overwrite)", self.path,
+                            "; ".join(differs))
+                manifest = None
+            elif differs:
                 raise InvalidOption(
                     f"Cannot resume: the parts in {str(self.path)!r} do not match this run ({'; '.join(differs)}). "
                     "Run with the same source and settings, or pass --overwrite to start again."
                 )
+        if os.path.lexists(self.path) and manifest is None:
+            self._remove_temp_output(self._recorded_temp_output(), temp_output)
+            self._empty()
         try:
             self.path.mkdir(exist_ok=True)
         except OSError as exc:

@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import json
 import logging
+import sqlite3
 import uuid
 from collections.abc import Iterable
 from importlib import resources
@@ -136,6 +138,16 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
     @app.exception_handler(FramepipeError)
     async def invalid(request: Request, exc: FramepipeError):
         return _error(422, one_line(exc))
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.Error)
+    async def server_side(request: Request, exc: Exception):
+        """The server's disk or database failing (full, read-only, gone): one JSON line, 507 where
+        the disk is full, else 503; never a text/plain 500 with a traceback in the log."""
+        full = errno.ENOSPC == getattr(exc, "errno", None) or "full" in str(exc).lower()
+        log.warning("%s %s: %s", request.method, request.url.path, one_line(exc))
+        what = "the server's disk is full" if full else "the server cannot store it now"
+        return _error(507 if full else 503, f"{what} ({one_line(exc)}): try again later, or ask its admin.")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -237,8 +249,31 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
         return service.set_idle_timeout(body.seconds)
 
     if mcp_app is not None:  # last: every path above is matched first; the MCP app serves /mcp only
-        app.mount("/", mcp_app)
+        app.mount("/", _McpOnly(mcp_app, app))
     return app
+
+
+class _McpOnly:
+    """The MCP app, mounted at / (its session manager serves /mcp itself), answering only /mcp:
+    any other path reaching it is one the API lacks (404), or has with other methods (405), in
+    the API's JSON shape; the MCP app answered them "Not Found" in plain text."""
+
+    def __init__(self, mcp_app, api) -> None:
+        self.mcp_app, self.api = mcp_app, api
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope.get("path", "").rstrip("/") == "/mcp":
+            await self.mcp_app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        allowed = sorted({m for route in self.api.routes if getattr(route, "methods", None)
+                          and route.path_regex.match(path) for m in route.methods})
+        if allowed:
+            answer = _error(405, f"{scope['method']} is not allowed on {path}: use {', '.join(allowed)}.",
+                            headers={"Allow": ", ".join(allowed)})
+        else:
+            answer = _error(404, f"no such path: {path} (the API's paths: /docs, or the README).")
+        await answer(scope, receive, send)
 
 
 class _BodyTooLarge(StarletteHTTPException):

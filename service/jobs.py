@@ -360,14 +360,25 @@ class Scheduler:
     def _drop_upload(self, job: Job) -> None:
         """An uploaded source is deleted when the last unfinished job on it ends (called under the lock)."""
         source = Path(job.source)
-        if self.uploads is None or source.parent != self.uploads or not is_upload_name(source.name):
-            return
-        if any(other.source == job.source for other in self.store.unfinished()):
+        if not self.upload_unused(source):
             return
         try:
             source.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("could not delete the upload %s: %s", source, exc)
+
+    def upload_unused(self, path: Path) -> bool:
+        """`path` is an upload (a file the upload endpoint saved, by its name, in the uploads folder)
+        that no unfinished job uses, and no job's output: an upload's default output
+        `<upload>.<model>-x<scale>.mp4`, or its partial output, bears the upload's name, and was
+        deleted as one when a second job that read it ended."""
+        if self.uploads is None or path.parent != self.uploads or not is_upload_name(path.name):
+            return False
+        if not path.is_file() or path.is_symlink() or any(j.source == str(path) for j in self.store.unfinished()):
+            return False
+        outputs = {Path(p) for p in self.store.outputs()}
+        return path not in outputs and not any(partial_names(out).fullmatch(path.name)
+                                               for out in outputs if out.parent == self.uploads)
 
     # -- checks ----------------------------------------------------------------------------------
     def _model(self, model: str) -> str:

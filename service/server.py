@@ -84,7 +84,10 @@ def make_service(args: argparse.Namespace, *, devices=None):
     roots = Roots(args.root)
     db = args.db or roots.folders[0] / ".framepipe" / "service.db"
     db.parent.mkdir(parents=True, exist_ok=True)
-    own_files = [db.parent] if args.db is None else [db, Path(f"{db}-wal"), Path(f"{db}-shm"), lock_path(db)]
+    # The root's .framepipe/ (the uploads' lock, the database by default) and the database's files
+    own_files = [roots.folders[0] / ".framepipe"]
+    if args.db is not None:
+        own_files += [db, Path(f"{db}-wal"), Path(f"{db}-shm"), lock_path(db)]
     roots = Roots(args.root, private=own_files)
     devices = devices or Devices.detect(args.gpus)
     store = JobStore(db)  # OutputBusy when another server has it open

@@ -11,9 +11,8 @@ import math
 from pathlib import Path
 
 from core.errors import JobEnded
-from core.files import partial_names
 from service.devices import Devices
-from service.jobs import JobRequest, Scheduler, is_upload_name
+from service.jobs import JobRequest, Scheduler
 from service.models import ModelManager
 from service.paths import Roots
 from service.store import JobStore
@@ -35,29 +34,30 @@ class Service:
         self.max_upload_bytes = max_upload_bytes
         self.event_seconds = event_seconds
         self.uploads = roots.folders[0] / "uploads"
+        self._uploads_lock = None  # held from start() to close()
         self.scheduler = Scheduler(store, devices, models, roots, jobs_per_device=jobs_per_device, spread=spread,
                                    run=run, uploads=self.uploads)
 
     def start(self) -> list[str]:
-        """Start the scheduler and the model monitor; returns the ids of jobs taken up again."""
+        """Start the scheduler and the model monitor; returns the ids of jobs taken up again.
+        The uploads folder is this server's alone (locked): a second server on the root with a
+        database of its own deleted the first one's uploads and results as "no job uses it"."""
+        from service.store import lock_exclusively
+
         self.uploads.mkdir(exist_ok=True)
+        own = self.uploads.parent / ".framepipe"  # the service's own folder in the root (service.server)
+        own.mkdir(exist_ok=True)
+        self._uploads_lock = lock_exclusively(own / "uploads.lock", what=f"the uploads folder {str(self.uploads)!r}",
+                                              instead="another first --root")
         self._sweep_uploads()
         self.models.start_monitor()
         return [j.id for j in self.scheduler.start()]
 
     def _sweep_uploads(self) -> None:
         """Uploads no unfinished job uses (left by a server that died between an upload and its
-        job, or before uploads were deleted with their jobs): deleted. An upload lives as long as
-        a queued or running job uses it; the scheduler deletes it when the last one ends. A job's
-        output is never an upload, though it bears the upload's name beside it (an upload's
-        default output `<upload>.<model>-x<scale>.mp4`, or its partial output): it stays."""
-        used = {j.source for j in self.store.unfinished()}
-        outputs = {Path(p) for p in self.store.outputs()}
-        partials = [partial_names(out) for out in outputs if out.parent == self.uploads]
+        job, or before uploads were deleted with their jobs): deleted (`Scheduler.upload_unused`)."""
         for path in self.uploads.iterdir():
-            if path in outputs or any(names.fullmatch(path.name) for names in partials):
-                continue
-            if is_upload_name(path.name) and path.is_file() and not path.is_symlink() and str(path) not in used:
+            if self.scheduler.upload_unused(path):
                 log.info("deleting the upload %s: no job uses it", path.name)
                 path.unlink(missing_ok=True)
 
@@ -65,6 +65,9 @@ class Service:
         self.scheduler.close()
         self.models.close()
         self.store.close()
+        if self._uploads_lock is not None:
+            self._uploads_lock.close()
+            self._uploads_lock = None
 
     # -- jobs ------------------------------------------------------------------------------------
     def submit(self, request: JobRequest) -> list:

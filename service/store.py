@@ -6,6 +6,11 @@ under a lock, so the HTTP threads, the scheduler and the job threads share one c
 safely. After a restart `unfinished()` lists the jobs that were queued or running: the
 scheduler queues them again, and their segmented output resumes from its manifest.
 
+A write the database refuses (its disk full, "database or disk is full") never loses a job's
+end or takes its thread down (a job stayed "running" for good, and could not be cancelled nor
+submitted again): the change is kept in memory, read back from there, and written with the next
+write the database takes (`update`).
+
 One server per database: the store holds an exclusive lock (`flock`) on `<db>.lock` while it
 is open, so a second server on the same root (or `--db`) stops at once with one line instead
 of taking up the same jobs as the first.
@@ -19,13 +24,16 @@ import os
 import sqlite3
 import threading
 import time
+import logging
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.errors import OutputBusy
 
-__all__ = ["Job", "JobStore", "STATES", "FINISHED_STATES", "lock_path"]
+log = logging.getLogger("service")
+
+__all__ = ["Job", "JobStore", "STATES", "FINISHED_STATES", "lock_exclusively", "lock_path"]
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED_STATES = frozenset({"done", "failed", "cancelled"})
@@ -96,6 +104,8 @@ class JobStore:
             self._lock_file.close()
             raise
         self._db.row_factory = sqlite3.Row
+        self._pending: dict[str, dict] = {}  # job id -> column values the database refused, newest last
+        self._refusing = False  # the last write was refused: warned once
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
@@ -103,6 +113,8 @@ class JobStore:
     def close(self) -> None:
         """Safe to call twice; releases the database for another server."""
         with self._lock:
+            if self._pending:
+                self._flush()
             self._db.close()
             if not self._lock_file.closed:
                 self._lock_file.close()  # closing the file releases the flock
@@ -130,12 +142,12 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row is not None else None
+            return self._job(row) if row is not None else None
 
     def list(self, *, limit: int = 500) -> list[Job]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
-        return [_job(r) for r in rows]
+            return [self._job(r) for r in rows]
 
     def outputs(self) -> set[str]:
         """Every output a job of this store writes or wrote, finished jobs' included."""
@@ -147,17 +159,42 @@ class JobStore:
         """Queued or running jobs (oldest first): what a restarted server takes up again."""
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created, rowid").fetchall()
-        return [_job(r) for r in rows]
+            jobs = [self._job(r) for r in rows]
+        return [j for j in jobs if j.state in ("queued", "running")]  # a refused write may have ended one
 
     def update(self, job_id: str, **fields) -> None:
+        """Set a job's fields. Where the database refuses the write (sqlite3.OperationalError: its
+        disk full), the change is kept in memory (reads give it) and written with the next write
+        it takes; one warning per refusal streak."""
         for key in ("devices", "warnings", "settings"):
             if key in fields:
                 fields[key] = json.dumps(fields[key])
         if "state" in fields and fields["state"] not in STATES:
             raise ValueError(f"unknown job state {fields['state']!r}")
-        names = ", ".join(f"{k} = ?" for k in fields)
         with self._lock:
-            self._db.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*fields.values(), job_id))
+            self._pending.setdefault(job_id, {}).update(fields)
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write every change kept in memory (under the lock)."""
+        for job_id in list(self._pending):
+            fields = self._pending[job_id]
+            names = ", ".join(f"{k} = ?" for k in fields)
+            try:
+                self._db.execute(f"UPDATE jobs SET {names} WHERE id = ?", (*fields.values(), job_id))
+            except sqlite3.OperationalError as exc:
+                if not self._refusing:
+                    log.warning("the job database refused a write (%s): kept in memory until it takes one", exc)
+                self._refusing = True
+                return
+            del self._pending[job_id]
+        self._refusing = False
+
+    def _job(self, row: sqlite3.Row) -> Job:
+        """A job from its row, with the changes the database has not taken yet."""
+        d = dict(row)
+        d.update(self._pending.get(d["id"], {}))
+        return _job(d)
 
 
 def lock_path(db: Path) -> Path:
@@ -167,13 +204,20 @@ def lock_path(db: Path) -> Path:
 
 def _lock_exclusively(lock_path: Path, db: Path):
     """The open lock file, flock-ed; OutputBusy (one line) when another process holds it."""
+    return lock_exclusively(lock_path, what=f"the job database {str(db)!r}", instead="another --root or --db")
+
+
+def lock_exclusively(lock_path: Path, *, what: str, instead: str):
+    """The open lock file, flock-ed, holding this process's id; OutputBusy (one line) naming
+    `what` another server is using, and what to give this one `instead`, when another process
+    holds it. Closing the file releases the lock (so does the process's end, however it ends)."""
     f = open(lock_path, "a+")
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise OutputBusy(f"another framepipe server is using the job database {str(db)!r} (locked: {str(lock_path)!r}). "
-                         "Stop that server first, or give this one another --root or --db.") from None
+        raise OutputBusy(f"another framepipe server is using {what} (locked: {str(lock_path)!r}). "
+                         f"Stop that server first, or give this one {instead}.") from None
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")  # for a person looking: which process holds it
@@ -181,7 +225,7 @@ def _lock_exclusively(lock_path: Path, db: Path):
     return f
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row) -> Job:
     d = dict(row)
     for key in ("settings", "devices", "warnings"):
         d[key] = json.loads(d[key])

@@ -304,6 +304,26 @@ def test_resume_keeps_finished_pictures_and_refuses_other_settings(tmp_path):
         assert np.array_equal(_read(out / f"p_{n}.png", "rgb24"), _noise(seed=n))
 
 
+def test_resume_after_a_stopped_overwrite_redoes_the_pictures_it_had_not_replaced(tmp_path):
+    """A scale-2 folder, then --overwrite at scale 3 stopped after 2 pictures, then --resume: the
+    resume kept the 4 scale-2 pictures as if done (a folder of two sizes, exit 0). Only pictures
+    written since the manifest's run started count as done. --resume --overwrite with other
+    settings starts again instead of refusing."""
+    for n in range(6):
+        _save(tmp_path / "in" / f"p_{n}.png", _noise(seed=n))
+    out = tmp_path / "out"
+    run(_cfg(tmp_path / "in", out, scale=2))
+    run(_cfg(tmp_path / "in", out, scale=3, overwrite=True, max_frames=2))  # as far as the stopped run got
+    stats = run(_cfg(tmp_path / "in", out, scale=3, resume=True))
+    assert stats.num_frames_written == 4
+    assert {_read(out / f"p_{n}.png", "rgb24").shape for n in range(6)} == {(72, 96, 3)}
+    with pytest.raises(InvalidOption, match=r"Cannot resume: .*scale"):
+        run(_cfg(tmp_path / "in", out, scale=1, resume=True))
+    stats = run(_cfg(tmp_path / "in", out, scale=1, resume=True, overwrite=True))
+    assert stats.num_frames_written == 6
+    assert all(np.array_equal(_read(out / f"p_{n}.png", "rgb24"), _noise(seed=n)) for n in range(6))
+
+
 def test_resume_with_interpolate_counts_the_pictures_it_writes(tmp_path):
     """--resume counts what the run writes, as without --interpolate (only the missing ones): the
     pictures an earlier run left are neither written nor counted, made ones included."""

@@ -112,6 +112,19 @@ def test_a_folder_of_framepipes_names_with_a_manifest_of_someone_elses_is_never_
     assert (folder / "segment-000000.mp4").read_bytes() == b"mine too"
 
 
+def test_resume_with_overwrite_starts_again_where_the_parts_do_not_match(clips, tmp_path):
+    """--resume --overwrite: resume what matches, else start again (the service runs every job so,
+    and a job asked to overwrite an output whose work folder another run left failed)."""
+    src = clips("seg-audio.mp4", num_frames=45, audio=True)
+    run(_cfg(src, tmp_path / "out.mp4", segment_frames=10, keep_parts=True, max_frames=20, scale=1))
+    (tmp_path / "out.mp4").unlink()  # as a stopped run leaves it: the parts, and no output
+    with pytest.raises(InvalidOption, match=r"^Cannot resume: the parts .* do not match"):
+        run(_cfg(src, tmp_path / "out.mp4", segment_frames=10, resume=True))
+    run(_cfg(src, tmp_path / "out.mp4", segment_frames=10, resume=True, overwrite=True))
+    assert probe.indices(tmp_path / "out.mp4") == list(range(45))
+    assert not (tmp_path / "out.mp4.parts").exists()
+
+
 def test_stats_json_inside_the_work_folder_is_refused(clips, tmp_path):
     """--resume --overwrite --stats-json out.mp4.parts/manifest.json replaced the manifest, and the
     stopped run could no longer be resumed; another name in the folder was lost with it."""

@@ -1186,3 +1186,153 @@ def test_review_the_service_never_runs_a_torchscript_model(clip_root):
     assert r.status_code == 422 and "the service runs weights files only" in r.json()["error"], r.text
     assert victim.read_text() == "original content here"
     service.store.close()
+
+
+def test_an_uploads_finished_output_is_never_deleted_as_an_upload(clip_root):
+    """An upload's default output (`uploads/<id>-v.bicubic-x2.mp4`) bears an upload's name: a
+    second job that read it deleted it when it ended, as if it were that job's upload."""
+    service = _service(clip_root)
+    service.start()
+    try:
+        client = _client(service)
+        data = (clip_root / "in.mp4").read_bytes()
+        r = client.post("/jobs/upload", files={"file": ("v.mp4", data, "video/mp4")},
+                        data={"settings": json.dumps(LOSSLESS)})
+        assert _wait(client, r.json()["jobs"][0]["id"])["state"] == "done"
+        (result,) = list(service.uploads.iterdir())  # the upload went with its job; its output stays
+        second = client.post("/jobs", json={**LOSSLESS, "source": f"uploads/{result.name}", "output": "again.mp4"})
+        assert second.status_code == 201, second.text
+        assert _wait(client, second.json()["jobs"][0]["id"])["state"] == "done"
+        assert result.is_file() and probe.indices(result) == list(range(30))
+    finally:
+        service.close()
+    restarted = _service(clip_root)
+    restarted.start()  # nor at the next start's sweep
+    restarted.close()
+    assert result.is_file()
+
+
+def test_a_second_server_on_the_root_with_a_database_of_its_own_is_refused(clip_root, tmp_path):
+    """Its start swept the first server's uploads and results as "no job uses it" (its own
+    database knew none of them)."""
+    from core.errors import OutputBusy
+
+    first = _service(clip_root)
+    first.start()
+    upload = first.uploads / f"{'cd' * 16}-running.mp4"
+    upload.write_bytes(b"the first server's")
+    first.store.add(source=str(upload), output=str(clip_root / "o.mp4"), settings={})
+    second = Service(roots=Roots([clip_root]), store=JobStore(tmp_path / "other.db"), devices=Devices(None),
+                     models=ModelManager(idle_timeout=60))
+    try:
+        with pytest.raises(OutputBusy, match="another framepipe server is using the uploads folder"):
+            second.start()
+        assert upload.read_bytes() == b"the first server's"
+    finally:
+        second.close()
+        first.close()
+
+
+def test_a_write_the_database_refuses_is_kept_and_never_leaves_a_job_running(tmp_path):
+    """The database's disk full: the job thread's last write raised, the thread died, and the job
+    stayed "running" for good (no cancel, no resubmit). Now the change is read back from memory
+    and written once the database takes writes again."""
+    import sqlite3
+
+    store = JobStore(tmp_path / "j.db")
+    job = store.add(source="s", output="o", settings={})
+    store.update(job.id, state="running")
+
+    class Full:
+        def __init__(self, db):
+            self.db, self.full = db, True
+
+        def execute(self, sql, *args):
+            if self.full and sql.startswith("UPDATE"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+    store._db = full = Full(store._db)
+    store.update(job.id, state="failed", error="no space", frames_done=7)  # never raises
+    assert (store.get(job.id).state, store.get(job.id).frames_done) == ("failed", 7)
+    assert store.unfinished() == [] and store.list()[0].state == "failed"
+    full.full = False
+    other = store.add(source="s2", output="o2", settings={})
+    store.update(other.id, fps=1.0)  # the next write the database takes carries the kept one
+    store.close()
+    again = JobStore(tmp_path / "j.db")
+    assert (again.get(job.id).state, again.get(job.id).error) == ("failed", "no space")
+    again.close()
+
+
+def test_overwrite_replaces_an_output_whose_work_folder_another_run_left(clip_root):
+    """Jobs run as --resume (a restart finishes them): with "overwrite" a job whose output's work
+    folder holds another run's parts failed ("Cannot resume ... pass --overwrite"); it starts again."""
+    service = _service(clip_root)
+    service.start()
+    try:
+        client = _client(service)
+        first = client.post("/jobs", json={**LOSSLESS, "source": "in.mp4", "output": "o.mp4", "segment_frames": 10,
+                                           "keep_parts": True, "max_frames": 20})
+        assert _wait(client, first.json()["jobs"][0]["id"])["state"] == "done"
+        (clip_root / "o.mp4").unlink()  # as a stopped job leaves it: the parts, and no output
+        again = client.post("/jobs", json={**LOSSLESS, "source": "in.mp4", "output": "o.mp4", "scale": 1,
+                                           "segment_frames": 10, "overwrite": True})
+        job = _wait(client, again.json()["jobs"][0]["id"])
+        assert job["state"] == "done", job
+        assert probe.indices(clip_root / "o.mp4") == list(range(30))
+    finally:
+        service.close()
+
+
+def test_a_full_disk_at_submit_or_upload_is_one_json_line_not_a_500(clip_root, monkeypatch):
+    """The database's disk full at submit (sqlite3), the upload's at its write (OSError): plain
+    text "Internal Server Error" (500) with a traceback in the log, before."""
+    import errno
+    import sqlite3
+
+    service = _service(clip_root)
+    client = _client(service)
+
+    def full(*a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(service.store, "add_many", full)
+    r = client.post("/jobs", json={**LOSSLESS, "source": "in.mp4", "output": "o.mp4"})
+    assert r.status_code == 507 and "disk is full" in r.json()["error"] and "\n" not in r.json()["error"], r.text
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(service, "submit", no_space)
+    r = client.post("/jobs", json={**LOSSLESS, "source": "in.mp4", "output": "o.mp4"})
+    assert r.status_code == 507 and r.headers["content-type"] == "application/json", r.text
+    monkeypatch.setattr(service, "submit", lambda request: (_ for _ in ()).throw(PermissionError(13, "Read-only")))
+    r = client.post("/jobs", json={**LOSSLESS, "source": "in.mp4", "output": "o.mp4"})
+    assert r.status_code == 503 and "cannot store it now" in r.json()["error"], r.text
+    monkeypatch.undo()
+    service.store.close()
+
+
+def test_paths_and_methods_the_api_lacks_are_json_404_and_405_and_mcp_still_answers(clip_root):
+    """The MCP app mounted at / answered every path the API lacks "Not Found" in plain text,
+    wrong methods included (POST /jobs/abc, GET /gpu/offload)."""
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+    from service.mcp_tools import make_mcp
+
+    service = _service(clip_root)
+    with TestClient(create_app(service, mcp=make_mcp(service)), base_url="http://127.0.0.1:7860") as client:
+        for method, path, status, allow in (("GET", "/gpu/offload", 405, "POST"), ("POST", "/jobs/abc", 405, "DELETE, GET"),
+                                            ("DELETE", "/jobs", 405, "GET, POST"), ("GET", "/nothing", 404, None)):
+            r = client.request(method, path)
+            assert (r.status_code, r.headers.get("allow")) == (status, allow), (method, path, r.text)
+            assert r.headers["content-type"] == "application/json" and "\n" not in r.json()["error"]
+        r = client.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                        headers={"accept": "application/json, text/event-stream"})
+        assert r.status_code == 200 and r.json()["result"]["tools"]
+    service.store.close()
