@@ -446,6 +446,9 @@ def picture_target(output: Path, *, picture_format: str | None, bit_depth: int) 
     suffix = Path(text).suffix.lower()
     if suffix in CONTAINER_SUFFIXES and not os.path.isdir(text):
         return None  # a video file, whatever its name holds ("take 100%d.mp4")
+    if not suffix and os.path.exists(text) and not os.path.isdir(text):  # /dev/null, a FIFO, a file named "out"
+        raise InvalidOption(f"Invalid --output ({text!r}): it is neither a folder for pictures nor a video file "
+                            "(.mp4, .mkv, .mov). To run the model and keep nothing, use --output-mode none.")
     if _is_pattern(text):
         if suffix not in (".png", ".tif", ".tiff"):
             raise InvalidOption(f"Invalid --output ({text!r}): a picture pattern must end in .png, .tif or .tiff.")

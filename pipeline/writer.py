@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from core.errors import FramepipeError, one_line
-from core.files import write_file_atomically
+from core.files import disk_errors, write_file_atomically
 from hw.encoding import Encoder
 from hw.pictures import encode_picture, upright
 from hw.scheduling import usable_cores
@@ -155,8 +155,9 @@ class PictureWriter:
         """On a pool thread: compress, then write through a temporary file and a rename. A failure
         names its picture (framepipe's own errors name it already)."""
         try:
-            write_file_atomically(path, encode_picture(rgb, alpha, self.suffix, gray=self.gray), overwrite=self.overwrite,
-                                  flag="--output")
+            with disk_errors(path):  # a full disk: DiskFull, whose line the run's report completes
+                write_file_atomically(path, encode_picture(rgb, alpha, self.suffix, gray=self.gray),
+                                      overwrite=self.overwrite, flag="--output")
         except FramepipeError:
             raise
         except Exception as exc:

@@ -117,3 +117,20 @@ def test_real_full_file_system(clips, tmp_path):
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
         shutil.rmtree(disk, ignore_errors=True)
+
+
+def test_pictures_on_a_full_disk_stop_with_one_line_and_resume_writes_the_rest(clips, tmp_path):
+    """Picture output past the file size limit (EFBIG, as a full disk's ENOSPC): one line saying
+    so, not "sequential: RuntimeError: picture ... was not written: [Errno 27]"; the pictures
+    written are whole, and --resume writes the rest."""
+    src = clips("diskfull-pics.mp4", num_frames=24, width=128, height=96)
+    out = tmp_path / "pics"
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "2"]
+    # (a limit per file: above the run's manifest, below a picture)
+    proc = subprocess.run([sys.executable, "-c", _LIMITED.format(root=str(ROOT), limit=4_000), *args],
+                          capture_output=True, text=True, timeout=120)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the file is too large" in errors[0] and "RuntimeError" not in errors[0], errors[0]
+    assert subprocess.run([sys.executable, str(ROOT / "main.py"), *args, "--resume", "-q"]).returncode == 0
+    assert len(list(out.glob("*.png"))) == 24

@@ -377,6 +377,7 @@ def test_a_damaged_picture_stops_with_one_line_and_keeps_the_pictures_before_it(
     (["--output", "{tmp}/x.png"], "for pictures give a folder"),
     (["--output", "{tmp}/v.mp4", "--bit-depth", "16"], "--bit-depth 16 is for pictures"),
     (["--audio", "{tmp}/none.wav"], "Invalid --audio"),
+    (["--output", "/dev/null"], "neither a folder for pictures nor a video file"),  # was "pictures need a folder"
 ])
 def test_picture_flags_give_one_line(tmp_path, capsys, args, words):
     _save(tmp_path / "in" / "p_1.png", _noise())
