@@ -250,6 +250,25 @@ def create_exclusive(folder: Path, *, prefix: str, suffix: str, mode: int = 0o66
     raise OutputNotWritable(f"Cannot create a temporary file in {str(folder)!r}: too many name collisions.")
 
 
+def refuse_if_busy(target: Path) -> None:
+    """OutputBusy when another framepipe run holds `target`'s lock now (its lock file is never
+    made here): checked first where an earlier run's leftovers would otherwise be named."""
+    if fcntl is None:  # pragma: no cover
+        return
+    lock = _OutputLock(Path(target))
+    try:
+        fd = os.open(lock.path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise OutputBusy(lock.busy_message()) from None
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+
+
 class _OutputLock:
     """An exclusive `flock` on `.<name>.framepipe-lock` beside the output.
 
@@ -274,10 +293,7 @@ class _OutputLock:
             except OSError as exc:
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise OutputBusy(
-                        f"{str(self.target)!r} is being written by another framepipe run right now (lock "
-                        f"{self.path.name}). Wait for it to finish, or choose another --output."
-                    ) from None
+                    raise OutputBusy(self.busy_message()) from None
                 raise
             try:  # the file we locked must still be the one at that name (a releasing run unlinks it)
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
@@ -287,6 +303,10 @@ class _OutputLock:
                 pass
             os.close(fd)
         raise OutputBusy(f"Could not lock {str(self.target)!r}: its lock file keeps changing. Is another run starting?")
+
+    def busy_message(self) -> str:
+        return (f"{str(self.target)!r} is being written by another framepipe run right now (lock {self.path.name}). "
+                "Wait for it to finish, or choose another --output.")
 
     def release(self) -> None:
         if self._fd is None:

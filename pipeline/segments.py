@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InvalidOption, OutputExists, OutputNotWritable, UnsafeOutput
-from core.files import file_identity, file_sha256, partial_names, write_file_atomically
+from core.files import file_identity, file_sha256, partial_names, refuse_if_busy, write_file_atomically
 
 __all__ = ["SegmentLayout", "Manifest", "PartsFolder", "recorded_taper", "source_fingerprint", "check_picture_manifest", "pictures_done", "PICTURE_MANIFEST",
            "MANIFEST_VERSION"]
@@ -349,6 +349,7 @@ class PartsFolder:
         if not self.path.is_dir() or self.path.is_symlink():
             raise OutputNotWritable(f"{str(self.path)!r} is in the way of the work folder (not a folder). Move it.")
         if not resume and not overwrite:
+            refuse_if_busy(self.output)  # not an earlier run's: one writing now
             raise OutputExists(
                 f"Work folder {str(self.path)!r} exists (parts of an earlier run of this output). Pass --resume to "
                 "finish that run, or --overwrite to start again."

@@ -273,6 +273,21 @@ def test_second_run_on_the_same_output_is_refused(capsys, source, tmp_path):
     assert code == 0, err
 
 
+def test_a_second_run_without_flags_names_the_run_writing_now_not_an_earlier_ones_parts(capsys, source, tmp_path):
+    """Its work folder exists while the first run writes: the second said "parts of an earlier
+    run ... Pass --resume", as if the first had died."""
+    out = tmp_path / "seg.mp4"
+    (tmp_path / "seg.mp4.parts").mkdir()  # the first run's, in flight
+    holder = OutputFile(out, overwrite=False)
+    holder.begin()
+    try:
+        code, err = _cli(capsys, "--source", source, "--output", out, "--segment-frames", "4")
+        assert code == 2 and "being written by another framepipe run" in _one_error(err), err
+    finally:
+        holder.discard()
+    assert not any(p.name.endswith(".framepipe-lock") for p in tmp_path.iterdir())  # none made by the check
+
+
 def test_lock_is_per_output_and_released_by_the_kernel(tmp_path):
     a, b = OutputFile(tmp_path / "a.mp4", overwrite=False), OutputFile(tmp_path / "b.mp4", overwrite=False)
     a.begin(), b.begin()
