@@ -347,7 +347,8 @@ class PartsFolder:
         if not os.path.lexists(self.path):
             return
         if not self.path.is_dir() or self.path.is_symlink():
-            raise OutputNotWritable(f"{str(self.path)!r} is in the way of the work folder (not a folder). Move it.")
+            what = "a link: the work folder is never one" if self.path.is_symlink() else "not a folder"
+            raise OutputNotWritable(f"{str(self.path)!r} is in the way of the work folder ({what}). Move it.")
         if not resume and not overwrite:
             refuse_if_busy(self.output)  # not an earlier run's: one writing now
             raise OutputExists(

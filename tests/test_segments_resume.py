@@ -281,3 +281,13 @@ def test_a_resume_stopped_early_keeps_the_job_resumable(clips, tmp_path, monkeyp
     monkeypatch.undo()
     run(_cfg(src, out, resume=True, segment_frames=90, device="cpu", batch_size=1))
     assert probe.indices(out) == list(range(96)) and not parts.exists()
+
+
+def test_a_link_in_the_work_folders_place_is_named_as_a_link(tmp_path):
+    from core.errors import OutputNotWritable
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out.mp4.parts").symlink_to(tmp_path / "elsewhere")
+    for flags in (dict(resume=True, overwrite=False), dict(resume=False, overwrite=True)):
+        with pytest.raises(OutputNotWritable, match=r"in the way of the work folder \(a link: the work folder is never one\)"):
+            PartsFolder(tmp_path / "out.mp4").check(**flags)
