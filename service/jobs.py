@@ -56,7 +56,8 @@ _UPLOAD_NAME = re.compile(r"^[0-9a-f]{8}(?:[0-9a-f]{24})?-")
 class JobSettings(BaseModel):
     """The command line's settings that make sense for a job (the same names, without `--`)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+    # strict: `"scale": true` was scale 1, `"nvdec": 1` on, `"quality": "20"` a number (JSON says what it means)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False, strict=True)
 
     model: str = DEFAULT_MODEL
     scale: int | None = Field(None, ge=1)

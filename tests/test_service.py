@@ -1336,3 +1336,12 @@ def test_paths_and_methods_the_api_lacks_are_json_404_and_405_and_mcp_still_answ
                         headers={"accept": "application/json, text/event-stream"})
         assert r.status_code == 200 and r.json()["result"]["tools"]
     service.store.close()
+
+
+@pytest.mark.parametrize("bad", [{"scale": True}, {"scale": "2"}, {"nvdec": 1}, {"quality": 20.5}])
+def test_settings_take_json_types_as_they_are(clip_root, bad):
+    """`"scale": true` ran at scale 1: a setting of the wrong JSON type is a 422 naming it."""
+    service = _service(clip_root)
+    r = _client(service).post("/jobs", json={"source": "in.mp4", **bad})
+    assert r.status_code == 422 and next(iter(bad)) in r.json()["error"], r.text
+    service.store.close()
