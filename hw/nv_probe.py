@@ -261,6 +261,9 @@ def probe_nvenc(*, codec: str, gpu: int, width: int | None = None,
         return _nvenc_cache[key]
     if codec not in NVENC_CODECS:
         return False, f"NVENC cannot encode {codec} (it encodes {', '.join(NVENC_CODECS)})"
+    too_old = rt.nvenc_binding_too_old()
+    if too_old:
+        return False, too_old
     try:
         nvc = rt.nvcodec_import()
     except HardwareUnavailable as exc:

@@ -4,14 +4,18 @@ PyNvVideoCodec is imported on first use only. On a machine without the NVIDIA dr
 `import PyNvVideoCodec` raises RuntimeError (its __init__ asks the driver for the NVENC
 version), so every failure to import is reported as `HardwareUnavailable`.
 
-PyNvVideoCodec given `cudacontext=0` makes a CUDA context of its own current on the calling
-thread; `torch_context` and `keep_current_context` keep every call in torch's context.
+PyNvVideoCodec's caps queries (GetEncoderCaps/GetDecoderCaps, and the encoder constructor's own
+query) create a CUDA context of their own (`cuCtxCreate`, always on GPU 0 in the 2.x sources),
+which a query that throws leaves current on the calling thread; `torch_context` and
+`keep_current_context` keep every call in torch's context, and the plan probes in a thread of
+its own (pipeline.plan._probe).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import re
 from types import ModuleType
 from typing import Any
 
@@ -54,6 +58,26 @@ def nvcodec_version() -> str | None:
 
     return dist_version("PyNvVideoCodec", "pynvvideocodec")
 
+
+
+# Before 2.2 the binding's Encode/EndEncode join every access unit it has ready (NVENC holds 3
+# with B-frames off) into one bytes object: one packet, one timestamp, for several frames
+# (PyNvEncoder.cpp of 2.0.x); 2.2 returns one dict per unit.
+NVENC_MIN_VERSION = (2, 2)
+
+
+def nvenc_binding_too_old(version: str | None = None) -> str | None:
+    """Why the installed PyNvVideoCodec cannot feed framepipe's NVENC writer, or None (also
+    when its version is not known: not installed is said where it is imported)."""
+    version = version if version is not None else nvcodec_version()
+    if not version:
+        return None
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    if numbers >= NVENC_MIN_VERSION:
+        return None
+    need = ".".join(map(str, NVENC_MIN_VERSION))
+    return (f"PyNvVideoCodec {version} hands several encoded frames over as one (before {need}); framepipe's NVENC "
+            f"writer needs {need} or newer (pip install -U 'PyNvVideoCodec>={need}')")
 
 
 def gpu_label(gpu: int) -> str:
@@ -112,9 +136,10 @@ def _current_context() -> int:
 def torch_context(gpu: int) -> int:
     """The CUDA context torch works in on `gpu` (the device's primary context), 0 if unknown.
 
-    PyNvVideoCodec given `cudacontext=0` creates a context of its own (`cuCtxCreate`, in the
-    strings of PyNvVideoCodec_130.so) and leaves it current on the calling thread; torch's
-    streams do not exist in that context, so the next torch call on that thread fails with
+    PyNvVideoCodec's caps queries create a context of their own (`cuCtxCreate`, in the strings
+    of PyNvVideoCodec_130.so; the decoder and encoder themselves retain the primary context),
+    and one left current on the calling thread breaks torch: its streams do not exist in that
+    context, so the next torch call on that thread fails with
     "invalid resource handle" (seen on an H100: a test after the NVDEC tests, and earlier the
     --nvdec --nvenc run). Given torch's context, the decoder and encoder work in it, as
     NVIDIA's decode_with_cuda_control.py sample does with the primary context."""

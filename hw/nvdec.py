@@ -409,19 +409,12 @@ class NvDecoder:
         return out
 
     def _wait_for_producer(self, frame: Any, torch: Any) -> None:
-        """Make our copy stream wait for the stream the frame says it was written on."""
-        try:
-            handle = frame.cuda()[0].__cuda_array_interface__.get("stream")
-        except Exception:
-            return
-        if not handle or int(handle) == int(self._copy_stream.cuda_stream):
-            return
-        try:
-            producer = torch.cuda.ExternalStream(int(handle), device=self.gpu)
-            self._copy_stream.wait_stream(producer)
-        except Exception:
-            logger.debug("cannot wait on decoder stream %r; synchronizing the device", handle)
-            torch.cuda.synchronize(self.gpu)
+        """The decoder wrote on a stream of its own (it refused ours): wait for the whole device.
+        The frame's __cuda_array_interface__ cannot say which stream: PyNvVideoCodec's binding
+        sets its "stream" to 0 or 2 (PyNvDecoder.cpp: `self->stream == 0 ? 0 : 2`), never the
+        decoder's, and waiting on that ordered nothing (the 16-bit copy reads raw pointers)."""
+        del frame
+        torch.cuda.synchronize(self.gpu)
 
     def _source_view(self, frame: Any, torch: Any, dtype: Any, shape: tuple[int, int]) -> Any:
         if dtype == torch.uint8:

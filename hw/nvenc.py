@@ -29,8 +29,8 @@ Programming Guide"): `GetDecoderCaps(gpuid=, codec=, chromaformat=, bitdepth=)` 
 `PyNvEncoder`; with no stream it makes a non-blocking one of its own) with string options
 listed at `nvenc_fps_option`; `encoder.Encode(frame)` (frame.cuda() -> planes; the input
 is copied on the encoder's stream) / `EndEncode()` -> list of dicts
-`{'data': bytes, 'timestamp': int, 'picture_type': int}` (1.x returned bytes; both are
-accepted); `encoder.GetSequenceParams() -> bytes`; `GetEncoderCaps(gpuid=, codec=)` -> dict
+`{'data': bytes, 'timestamp': int, 'picture_type': int}` (before 2.2 it returned bytes,
+joining the units it had ready: refused, `nv_runtime.nvenc_binding_too_old`); `encoder.GetSequenceParams() -> bytes`; `GetEncoderCaps(gpuid=, codec=)` -> dict
 of NV_ENC_CAPS values (`width_max`, `height_max`, `mb_num_max`, `support_10bit_encode`, ...).
 
 10-bit and HDR (issue 13)
@@ -133,12 +133,15 @@ class EncodedUnit:
 
 
 def _encoded_units(result: Any) -> list[EncodedUnit]:
-    """Normalize Encode/EndEncode output (list of dicts in 2.x, bytes-like in 1.x)."""
+    """Encode/EndEncode output as units: a list of dicts (2.2 and newer). Bytes (older bindings)
+    may join several units, which no packet can carry: refused (`nvenc_binding_too_old`, which
+    the plan's probe asks first)."""
     if result is None:
         return []
     if isinstance(result, (bytes, bytearray, memoryview)):
-        data = bytes(result)
-        return [EncodedUnit(data)] if data else []
+        if not bytes(result):
+            return []
+        raise HardwareUnavailable(rt.nvenc_binding_too_old("2.0") or "PyNvVideoCodec returned bytes, not units")
     out = []
     for item in result:
         if isinstance(item, dict):
@@ -356,7 +359,7 @@ def nvenc_options(*, codec: str, gpu: int, width: int, height: int, frame_rate: 
     if len(given) > 1:
         raise ValueError(f"NVENC quality: give one of qp, cq, bitrate, not "
                             f"{' and '.join(given)}.")
-    qp_max = 255 if codec == "av1" else 51
+    qp_max = 63 if codec == "av1" else 51  # AV1: the 0-63 scale of --quality (SVT-AV1's), see av1_qindex
     for name, value in (("qp", qp), ("cq", cq)):
         if value is not None and not 0 <= value <= qp_max:
             raise ValueError(f"Invalid NVENC {name} ({value}) for {codec}: allowed are "
@@ -384,19 +387,27 @@ def nvenc_options(*, codec: str, gpu: int, width: int, height: int, frame_rate: 
         # SetupH264Config/SetupHEVCConfig: "repeatspspps" -> config.repeatSPSPPS).
         options["repeatspspps"] = "1"
     if qp is not None:
-        options.update(rc="constqp", constqp=str(qp))
+        options.update(rc="constqp", constqp=str(av1_qindex(qp) if codec == "av1" else qp))
     elif cq is not None:
         options.update(rc="vbr", cq=str(cq), bitrate="0")
     elif bitrate is not None:
         options.update(rc="vbr", bitrate=str(bitrate), maxbitrate=str(bitrate * 2))
     else:
         # The binding's default, explicit: constant QP P 28, B 31, I 25 ("qp_P,qp_B,qp_I").
-        options.update(rc="constqp", constqp=NVENC_DEFAULT_CONSTQP)
+        options.update(rc="constqp", constqp=NVENC_DEFAULT_CONSTQP if codec != "av1" else
+                       ",".join(str(av1_qindex(int(q))) for q in NVENC_DEFAULT_CONSTQP.split(",")))
     if codec == "av1":
         options["use_ivf_container"] = "0"  # raw OBUs (the default wraps them in IVF)
     return options
 
 
 NVENC_DEFAULT_CONSTQP = "28,31,25"
+
+
+def av1_qindex(quality: int) -> int:
+    """NVENC's AV1 constant QP is a quantizer index 0-255 (NV_ENC_QP; FFmpeg's av1_nvenc -qp
+    takes up to 255), where --quality for AV1 is 0-63 (SVT-AV1's CRF scale): 63 is 255, 28 is
+    113, as OBS maps it. Passed through, --quality 28 was index 28: near lossless, a huge file."""
+    return min(255, round(quality * 255 / 63))
 
 

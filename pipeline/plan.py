@@ -903,6 +903,15 @@ def _plan_codecs(config: RunConfig, source: SourceInfo, devices: tuple[torch.dev
     if config.nvdec:
         if first.type != "cuda":
             notes.append("--nvdec: no NVIDIA GPU in use; decoding on the CPU with PyAV instead.")
+        elif (source.chroma_format or "420") != "420":  # NVDEC may decode it; framepipe's copy takes NV12/P016
+            from hw.nv_probe import CHROMA_TEXT
+
+            notes.append(f"--nvdec: framepipe's NVDEC path takes 4:2:0 video, and this one is "
+                         f"{CHROMA_TEXT.get(source.chroma_format, source.chroma_format)}; decoding on the CPU with PyAV "
+                         "instead.")
+        elif source.width % 2 or source.height % 2:  # NVDEC pads a 4:2:0 frame to even sizes
+            notes.append(f"--nvdec: the frame size {source.width}x{source.height} is odd, which NVDEC pads to an even "
+                         "one; decoding on the CPU with PyAV instead.")
         else:
             ok, why = _probe("probe_nvdec", codec=source.codec, bit_depth=source.bit_depth,
                              chroma_format=source.chroma_format or "420", width=source.width,

@@ -12,8 +12,10 @@ does when a muxer opens it:
 - a profile/configuration libx264/libx265 would not choose for a muxer's stream
   (H.264 Constrained Baseline with CAVLC; HEVC with 32x32 CTUs), so parameter sets from
   the software encoder (High/CABAC, 64x64 CTUs) do not decode these slices;
-- no B-frames, IDR every 6 frames, access units returned one call late (NVENC's output
-  lags its input), Annex-B.
+- no B-frames, IDR every 6 frames, Annex-B; access units come out 3 frames late (NVENC's
+  output delay with B-frames off and no look-ahead: NvEncoder_130.cpp, m_nOutputDelay =
+  m_nEncoderBuffer - 1 with frameIntervalP 1, lookahead 0 and 3 extra), and `flush()`
+  (EndEncode) gives the last 3 at once.
 
 10-bit and HDR (issue 13), as PyNvVideoCodec 2.2.4 and NVENC do them:
 - the input format is the production one (`hw.nvenc.NVENC_INPUT_FORMATS`: NV12 or P010);
@@ -45,6 +47,7 @@ from hw.annexb import annexb_is_keyframe, annexb_parameter_sets, split_annexb
 from hw.nvenc import NVENC_INPUT_FORMATS, nvenc_input_planes, nvenc_options, nvenc_sei_messages
 
 GOP = 6
+OUTPUT_DELAY = 3  # access units NVENC holds before the first comes out (module docstring)
 _PARAMETER_SET_TYPES = {"h264": {7, 8}, "hevc": {32, 33, 34}}
 # Codecs whose NVENC caps have support_10bit_encode = 1 on the GPUs framepipe's users have
 # (Pascal to Ada): HEVC. H.264 10-bit needs Blackwell and NVENC API 13.
@@ -191,7 +194,7 @@ class NvencLikeEncoder:
         self.num_frames_in += 1
         self.held.append((nv12, ready, hold))
         self._lagging += self._shape(self.ctx.encode(frame))
-        out, self._lagging = self._lagging[:-1], self._lagging[-1:]  # one call late
+        out, self._lagging = self._lagging[:-OUTPUT_DELAY], self._lagging[-OUTPUT_DELAY:]
         return out
 
     def flush(self):

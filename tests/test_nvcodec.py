@@ -404,6 +404,18 @@ def test_nvenc_options_default_quality_is_explicit_constant_qp():
     assert (options["rc"], options["constqp"]) == ("constqp", "28,31,25")
 
 
+def test_nvenc_av1_quality_is_the_0_63_scale_on_nvencs_0_255_quantizer_index():
+    """NVENC's AV1 constant QP is an index 0-255: --quality 28 (AV1's 0-63 scale) went through as
+    index 28, near lossless, and so did the default 28,31,25."""
+    av1 = dict(codec="av1", gpu=0, width=64, height=64, frame_rate=Fraction(25))
+    assert nvenc_options(**av1, qp=63)["constqp"] == "255" and nvenc_options(**av1, qp=0)["constqp"] == "0"
+    assert nvenc_options(**av1, qp=28)["constqp"] == "113"
+    assert nvenc_options(**av1)["constqp"] == "113,125,101"
+    assert nvenc_options(**{**av1, "codec": "hevc"}, qp=28)["constqp"] == "28"  # H.264/HEVC: 0-51 as it is
+    with pytest.raises(ValueError, match=r"Invalid NVENC qp \(64\) for av1: allowed are 0-63"):
+        nvenc_options(**av1, qp=64)
+
+
 @pytest.mark.parametrize("rate, text", [(Fraction(30000, 1001), "29.97"), (Fraction(24000, 1001), "23.98"),
                                         (Fraction(60000, 1001), "59.94"), (Fraction(25), "25"),
                                         (Fraction(50, 2), "25"), (Fraction(12, 5), "2.4")])
@@ -591,11 +603,22 @@ def test_encoder_inserts_hdr10_sei_with_every_picture(monkeypatch, fake_cuda):
     assert [kind["sei_type"] for kind, _ in av1.sei] == [2, 1]  # AV1 metadata_type HDR_MDCV, HDR_CLL
 
 
-def test_encoded_units_accept_1x_bytes():
-    assert nvenc._encoded_units(bytearray(b"ab")) == [nvenc.EncodedUnit(b"ab")]
+def test_encoded_units_are_dicts_and_older_bindings_joined_bytes_are_refused(monkeypatch):
+    """Before 2.2 the binding joined the units it had ready (NVENC holds 3) into one bytes: one
+    packet, one timestamp, for 3 frames at the end of every file. The plan's probe refuses such
+    a binding (a fallback line); the writer never takes its bytes as one unit."""
+    from hw import nv_probe
+
     assert nvenc._encoded_units(None) == [] and nvenc._encoded_units(b"") == []
     assert nvenc._encoded_units([{"data": b"x", "picture_type": 3}, {"data": b""}]) == [
         nvenc.EncodedUnit(b"x", 3)]
+    with pytest.raises(HardwareUnavailable, match=r"needs 2\.2 or newer"):
+        nvenc._encoded_units(bytearray(b"ab"))
+    assert nv_runtime.nvenc_binding_too_old("2.2.4") is None and nv_runtime.nvenc_binding_too_old("3.0") is None
+    monkeypatch.setattr(nv_runtime, "nvcodec_version", lambda: "2.0.2")
+    nv_probe._nvenc_cache.clear()
+    ok, why = probe_nvenc(codec="hevc", gpu=0)
+    assert not ok and why.startswith("PyNvVideoCodec 2.0.2 hands several encoded frames over as one")
 
 
 # ----------------------------------------------------------------------------- Annex-B
@@ -1060,3 +1083,35 @@ def _pts(item):
 
 def _tensor(item):
     return item.planes[0] if hasattr(item, "planes") else item[0]
+
+
+@pytest.mark.parametrize("width, height, pix_fmt, words", [
+    (853, 480, "yuv420p", "the frame size 853x480 is odd"),
+    (64, 47, "yuv420p", "the frame size 64x47 is odd"),
+    (64, 48, "yuv444p", "takes 4:2:0 video, and this one is 4:4:4"),
+])
+def test_nvdec_is_not_planned_where_its_frames_would_not_fit_framepipes_copy(tmp_path, monkeypatch, width, height,
+                                                                           pix_fmt, words):
+    """NVDEC pads a 4:2:0 frame to an even width (NvDecoder.h: `(m_nWidth + 1) & ~1`) and gives
+    ceil(H/2) chroma rows, and framepipe's copy takes NV12/P016 of the stream's own size: an odd
+    853x480 failed mid-run after the plan said NVDEC was fine. NVDEC on Turing+ decodes 4:4:4, which
+    NvDecoder refused mid-run too. The plan decodes them on the CPU, with one line."""
+    from hw.av_source import probe_source
+    from pipeline import RunConfig
+    from pipeline import plan as planning
+
+    odd = width % 2 or height % 2  # (x264 takes no odd 4:2:0 size: FFV1 does, in Matroska)
+    clip = make_clip(tmp_path / ("c.mkv" if odd else "c.mp4"), w=width, h=height, fmt=pix_fmt, n=2,
+                     codec="ffv1" if odd else "libx264")
+    asked = []
+    monkeypatch.setattr(planning, "_probe", lambda name, **kw: asked.append(name) or (True, ""))
+    notes: list[str] = []
+    source = probe_source(clip)
+    use_nvdec, _ = planning._plan_codecs(RunConfig(source=clip, nvdec=True), source, (torch.device("cuda", 0),),
+                                          notes, output_size=(width * 4, height * 4), encode=False)
+    assert not use_nvdec and asked == [] and len(notes) == 1 and words in notes[0], notes
+    assert notes[0].endswith("decoding on the CPU with PyAV instead.")
+    notes.clear()
+    even = probe_source(make_clip(tmp_path / "e.mp4", n=2))
+    assert planning._plan_codecs(RunConfig(source=clip, nvdec=True), even, (torch.device("cuda", 0),), notes,
+                                 output_size=(256, 192), encode=False)[0] and notes == []
