@@ -103,3 +103,21 @@ def assert_same_video(a: Path, b: Path) -> None:
     for k, (x, y) in enumerate(zip(fa, fb)):
         assert np.array_equal(x, y), f"frame {k} differs"
     assert pts_exact(a) == pts_exact(b)
+
+
+def skip_only_where_the_gpu_refuses(exc: Exception, path: Path, gpu: int = 0) -> None:
+    """A GPU test's NvDecoder raised HardwareUnavailable: skip where the GPU's own caps (or a
+    missing PyNvVideoCodec) refuse the stream, as the plan would fall back; fail where they
+    accept it. Skipping on any refusal let a bug that made NVDEC wrongly "unavailable" pass as
+    a skip on a GPU host."""
+    import pytest
+
+    from hw.av_source import probe_source
+    from hw.nv_probe import probe_nvdec
+
+    info = probe_source(path)
+    ok, why = probe_nvdec(codec=info.codec, bit_depth=info.bit_depth, chroma_format=info.chroma_format or "420",
+                          width=info.width, height=info.height, gpu=gpu)
+    if not ok:
+        pytest.skip(why)
+    pytest.fail(f"NVDEC's caps accept {path.name}, but NvDecoder refused it: {exc}")

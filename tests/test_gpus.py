@@ -162,3 +162,30 @@ def test_list_gpus_real():
     found = list_gpus()
     assert found and all(g.total_memory_bytes > 0 for g in found)
     assert len(peer_access_matrix([g.index for g in found])) == len(found)
+
+
+@pytest.mark.parametrize("count, flags, devices, note", [
+    (4, dict(multi_gpu=True), ["cuda:0", "cuda:1", "cuda:2", "cuda:3"], ""),
+    (4, dict(gpus="2,0"), ["cuda:2", "cuda:0"], ""),
+    (4, dict(), ["cuda:0"], ""),
+    (4, dict(device="cuda:3"), ["cuda:3"], ""),
+    (2, dict(multi_gpu=True, device="cuda"), ["cuda:0", "cuda:1"], ""),
+    (1, dict(multi_gpu=True), ["cuda:0"], "--multi-gpu: only 1 GPU is visible; running single-GPU."),
+    (0, dict(multi_gpu=True), ["cpu"], "--multi-gpu: no CUDA GPU is visible; running on the CPU."),
+    (4, dict(device="cpu", cpu_workers=2), ["cpu", "cpu"], ""),
+])
+def test_the_plan_gives_one_worker_per_visible_or_listed_gpu(monkeypatch, count, flags, devices, note):
+    """--multi-gpu / --gpus / --device as the README says, with 0-4 GPUs faked (the GPU tests that
+    cover them need 2 GPUs, and skip elsewhere): one worker per visible GPU, or per listed one in
+    the order listed; one GPU visible: single-GPU, said."""
+    from pathlib import Path
+
+    from pipeline.config import RunConfig
+    from pipeline.plan import plan_devices
+
+    monkeypatch.setattr(gpus, "list_gpus", lambda: [GpuInfo(index=i, name=f"GPU {i}", total_memory_bytes=1 << 34,
+                                                            compute_capability=(8, 0), fast_fp16=True, multiprocessors=108)
+                                                    for i in range(count)])
+    plan = plan_devices(RunConfig(source=Path("x.mp4"), **flags))
+    assert [str(d) for d in plan.devices] == devices
+    assert plan.note == note

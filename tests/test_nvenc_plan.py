@@ -115,6 +115,7 @@ def test_hevc_at_the_same_size_stays_on_nvenc(p40):
 
 def test_h264_within_the_limit_stays_on_nvenc(p40):
     assert plan("h264", (3840, 2160)) == (True, [])
+    assert ("h264", 3840, 2160) in p40.created  # probed at the real size, not 256x256
 
 
 def test_av1_on_pascal_says_the_codec_is_missing_not_the_engine(p40):
