@@ -71,7 +71,7 @@ def _tracking(monkeypatch, *, delay=0.02, fail_on=None):
     state = {"now": 0, "most": 0, "lock": threading.Lock(), "calls": []}
     real = writing.encode_picture
 
-    def encode(rgb, alpha, suffix):
+    def encode(rgb, alpha, suffix, **kw):
         with state["lock"]:
             state["now"] += 1
             state["most"] = max(state["most"], state["now"])
@@ -80,7 +80,7 @@ def _tracking(monkeypatch, *, delay=0.02, fail_on=None):
             time.sleep(delay)
             if fail_on is not None and int(rgb[0, 0, 0]) == fail_on:
                 raise RuntimeError(f"OpenCV could not encode picture {fail_on}")
-            return real(rgb, alpha, suffix)
+            return real(rgb, alpha, suffix, **kw)
         finally:
             with state["lock"]:
                 state["now"] -= 1
@@ -167,10 +167,10 @@ def test_a_run_whose_picture_fails_reports_one_error(tmp_path, monkeypatch, caps
     calls = itertools.count(1)
     real = writing.encode_picture
 
-    def encode(rgb, alpha, suffix):
+    def encode(rgb, alpha, suffix, **kw):
         if next(calls) == 3:  # with --interpolate 3: about the first frame's last picture
             raise RuntimeError("OpenCV could not encode this picture")
-        return real(rgb, alpha, suffix)
+        return real(rgb, alpha, suffix, **kw)
     monkeypatch.setattr(writing, "encode_picture", encode)
     out = tmp_path / "out"
     rc = cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "1", *more])
