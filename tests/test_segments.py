@@ -478,7 +478,7 @@ def test_join_refuses_segments_with_other_parameter_sets(clips, tmp_path):
 def test_nvenc_segments_from_separate_sessions_join_into_one_stream(clips, tmp_path, codec):
     """NVENC's segment structure, on the CPU with the stand-in (tests/nvenc_standin.py: NVENC's
     parameter sets known only after the first picture, a profile libx264 would not pick, output
-    one call late): a session per segment from a pool of three, joined by stream copy into one
+    3 frames late): a session per segment from a pool of three, joined by stream copy into one
     stream that decodes without a warning, every keyframe enterable, audio and timestamps kept."""
     import threading
 
