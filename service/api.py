@@ -60,6 +60,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import FramepipeError, JobEnded, OutputExists, one_line
+from hw.av_source import probe_source
 from service.jobs import VIDEO_SUFFIXES, JobRequest, job_request
 from service.paths import PathRefused
 from service.service import Service
@@ -189,6 +190,8 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
                     if size > service.max_upload_bytes:
                         raise HTTPException(status_code=413, detail=_too_large(service.max_upload_bytes))
                     f.write(chunk)
+            # A file nothing can read (empty, garbage): refused now (422), not a job that fails later
+            await asyncio.to_thread(probe_source, target)
             jobs = await asyncio.to_thread(service.submit, job.model_copy(update={"source": str(target)}))
         except BaseException:
             target.unlink(missing_ok=True)  # refused: nothing of the upload is kept

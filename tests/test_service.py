@@ -1345,3 +1345,16 @@ def test_settings_take_json_types_as_they_are(clip_root, bad):
     r = _client(service).post("/jobs", json={"source": "in.mp4", **bad})
     assert r.status_code == 422 and next(iter(bad)) in r.json()["error"], r.text
     service.store.close()
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00garbage" * 100])
+def test_an_upload_nothing_can_read_is_refused_at_once_and_not_kept(clip_root, data):
+    """An empty or garbage upload was accepted (201) and its job failed later; it is a 422 now,
+    and the upload goes with the refusal."""
+    service = _service(clip_root)
+    service.uploads.mkdir()
+    client = _client(service)
+    r = client.post("/jobs/upload", files={"file": ("v.mp4", data, "video/mp4")})
+    assert r.status_code == 422 and "\n" not in r.json()["error"], r.text
+    assert list(service.uploads.iterdir()) == [] and service.store.list() == []
+    service.store.close()
