@@ -61,7 +61,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import FramepipeError, JobEnded, OutputExists, one_line
 from hw.av_source import probe_source
-from service.jobs import VIDEO_SUFFIXES, JobRequest, job_request
+from service.jobs import VIDEO_SUFFIXES, JobRequest, for_service, job_request
 from service.paths import PathRefused
 from service.service import Service
 
@@ -126,19 +126,19 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
 
     @app.exception_handler(PathRefused)
     async def refused(request: Request, exc: PathRefused):
-        return _error(403, one_line(exc))
+        return _error(403, for_service(one_line(exc)))
 
     @app.exception_handler(OutputExists)
     async def exists(request: Request, exc: OutputExists):
-        return _error(409, one_line(exc))
+        return _error(409, for_service(one_line(exc)))
 
     @app.exception_handler(JobEnded)
     async def ended(request: Request, exc: JobEnded):
-        return _error(409, one_line(exc))
+        return _error(409, for_service(one_line(exc)))
 
     @app.exception_handler(FramepipeError)
     async def invalid(request: Request, exc: FramepipeError):
-        return _error(422, one_line(exc))
+        return _error(422, for_service(one_line(exc)))
 
     @app.exception_handler(OSError)
     @app.exception_handler(sqlite3.Error)

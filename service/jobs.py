@@ -44,7 +44,7 @@ from service.paths import Roots
 from service.store import FINISHED_STATES, Job, JobStore
 
 __all__ = ["JobSettings", "JobRequest", "Scheduler", "VIDEO_SUFFIXES", "MAX_ATTEMPTS", "job_request",
-           "is_upload_name"]
+           "is_upload_name", "for_service"]
 
 log = logging.getLogger("service")
 
@@ -342,7 +342,7 @@ class Scheduler:
                 if len(self._excluded[job_id]) >= len(self.devices.devices):
                     self._excluded[job_id] = set()  # every device faulted once: they are retried after their pause
                 self._queue.insert(0, job_id)
-            fields = dict(state=state, error=_for_service(error))
+            fields = dict(state=state, error=for_service(error))
             if state in FINISHED_STATES:
                 fields["finished"] = time.time()
                 self._excluded.pop(job_id, None)
@@ -577,9 +577,21 @@ def _faulted_devices(exc: BaseException, stats, devices: list[str]) -> list[str]
     return []
 
 
-def _for_service(error: str | None) -> str | None:
-    """A run's line as a service job's: its hints name the command line, and a service job has no
-    command; the same job submitted again resumes from its segments (README, Service)."""
+_FLAG = re.compile(r"--([a-z][a-z0-9-]*)")
+
+
+def for_service(error: str | None) -> str | None:
+    """A run's line as the service's: its hints name the command line, and a service job has no
+    command: the same job submitted again resumes from its segments (README, Service), and a
+    flag that is a job setting is named as the setting (`--scale` -> "scale", `Pass --overwrite`
+    -> `Pass "overwrite": true`); other flags stay as they are."""
     if not error:
         return error
-    return error.replace("the same command with --resume", "the same job submitted again")
+    error = error.replace("the same command with --resume", "the same job submitted again")
+    error = re.sub(r"[Pp]ass --overwrite", 'pass "overwrite": true', error)
+
+    def setting(match: re.Match) -> str:
+        name = match.group(1).replace("-", "_")
+        return f'"{name}"' if name in JobSettings.model_fields else match.group(0)
+
+    return _FLAG.sub(setting, error)

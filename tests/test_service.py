@@ -305,7 +305,7 @@ def test_bad_requests_get_422_403_404_409_with_one_clear_line(clip_root):
         ({"source": "in.mp4", "precision": "fp8"}, 422, "precision"),
         ({"output": "x.mp4"}, 422, "source"),
         ({"source": "in.mp4", "output": "out.avi"}, 422, "must end in"),
-        ({"source": "in.mp4", "tile_size": 8}, 422, "--tile-size"),
+        ({"source": "in.mp4", "tile_size": 8}, 422, "Invalid \"tile_size\" (8)"),
         ({"source": "in.mp4", "scene_threshold": 0.3}, 422, "scene_threshold does nothing without interpolate"),
         ({"source": "in.mp4", "model": "no-such-model"}, 422, None),
         ({"source": "../in.mp4"}, 403, "outside"),
@@ -1025,7 +1025,7 @@ def test_issue10_checks_at_submit_one_error_shape_case_free_bearer_no_docs_one_s
     # What the command line refuses before a run is refused at submit, not when the job runs.
     (clip_root / "model.txt").write_bytes(b"x")
     cases = [({"output": "missing/out.mp4"}, 422, "does not exist"),
-             ({"scale": 9}, 422, "Invalid --scale (9) for model bicubic"),
+             ({"scale": 9}, 422, 'Invalid "scale" (9) for model bicubic'),  # the setting, not the flag
              ({"output": "in.mp4", "overwrite": True}, 422, "same file"),
              ({"model": "main.py"}, 422, "Unknown model 'main.py'"),  # a file in the server's cwd: not looked at
              ({"model": "model.txt"}, 422, "Unknown model 'model.txt'"),
@@ -1358,3 +1358,15 @@ def test_an_upload_nothing_can_read_is_refused_at_once_and_not_kept(clip_root, d
     assert r.status_code == 422 and "\n" not in r.json()["error"], r.text
     assert list(service.uploads.iterdir()) == [] and service.store.list() == []
     service.store.close()
+
+
+def test_errors_name_the_jobs_settings_not_the_command_lines_flags():
+    from service.jobs import for_service
+
+    assert for_service("Invalid --scale (99) for model bicubic: allowed are 2, 4.") == \
+        'Invalid "scale" (99) for model bicubic: allowed are 2, 4.'
+    assert for_service("--start 100s is past the end of the video. Pass --overwrite to replace it.") == \
+        '"start" 100s is past the end of the video. pass "overwrite": true to replace it.'
+    assert for_service("Run without --nvdec; the same command with --resume finishes it.") == \
+        'Run without "nvdec"; the same job submitted again finishes it.'
+    assert for_service("use --multi-gpu or --cpu-workers") == "use --multi-gpu or --cpu-workers"  # not settings
