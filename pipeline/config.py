@@ -97,6 +97,10 @@ class RunConfig:
     split_transport: str = "p2p"
 
     def validate(self) -> "RunConfig":
+        if self.fps is not None:  # a bad value is bad input whatever the source (--fps 0 ran, silently)
+            from hw.pictures import parse_fps
+
+            parse_fps(self.fps)
         if self.batch_size < 0:
             raise InvalidOption(
                 f"Invalid --batch-size ({self.batch_size}): use 0 to probe the best size, or a positive number."

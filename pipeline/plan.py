@@ -171,8 +171,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     notes: list[str] = [note] if (note := quota_note()) else []
     pictures = find_pictures(config.source)
     source = probe_source(config.source) if pictures is None else _picture_source(config, pictures, notes)
-    if pictures is None and config.fps is not None:
-        parse_fps(config.fps)  # a bad value is bad input whatever the source (--fps 0 ran, silently)
+    if pictures is None and config.fps is not None:  # (its value checked by validate)
         notes.append(f"--fps {config.fps} sets the rate of a picture sequence; a video keeps its own timestamps: "
                      "ignored.")
     if source.other_video_streams:

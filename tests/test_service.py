@@ -1370,3 +1370,12 @@ def test_errors_name_the_jobs_settings_not_the_command_lines_flags():
     assert for_service("Run without --nvdec; the same command with --resume finishes it.") == \
         'Run without "nvdec"; the same job submitted again finishes it.'
     assert for_service("use --multi-gpu or --cpu-workers") == "use --multi-gpu or --cpu-workers"  # not settings
+
+
+def test_a_bad_fps_is_refused_at_submit_for_a_video_too(clip_root):
+    """"fps": "-5" with a video was accepted (201) and the job failed when it ran."""
+    service = _service(clip_root)
+    r = _client(service).post("/jobs", json={"source": "in.mp4", "output": "o.mp4", "model": "bicubic", "fps": "-5"})
+    assert r.status_code == 422 and 'Invalid "fps"' in r.json()["error"], r.text
+    assert service.store.list() == []
+    service.store.close()
