@@ -26,8 +26,10 @@ pictures in 0..1; clipping it would silently lose highlights.
   pictures. Video output has no alpha: it is dropped, with a note.
 - Gray: gray pictures (and a gray video's frames) go through the model as RGB and are written
   gray (`is_gray`), as Real-ESRGAN's script does; video output is always colour.
-- Sizes: a picture of another size than the first is scaled to the first's (bicubic), with
-  one warning, as a video whose size changes is.
+- Sizes: written as pictures, each picture keeps its own size (as Real-ESRGAN's script does:
+  the workers batch pictures of one size, pipeline.worker); into a video, or through a
+  temporal model, a picture of another size than the first is scaled to the first's (bicubic),
+  with one warning, as a video whose size changes is.
 - Orientation: a picture is read as it is shown: its EXIF/TIFF orientation (FFmpeg's display
   matrix) turns its pixels, since the pictures written carry none; so do a rotated video's
   frames written as pictures (PictureWriter).
@@ -352,10 +354,14 @@ class PictureSource:
     stopped_early_reason: str | None = None
     failure: Exception | None = None  # a picture after the first that could not be read: the sequence ended there
 
-    def __init__(self, seq: PictureSequence, info: PictureInfo, *, warn: Callable[[str], None]) -> None:
+    def __init__(self, seq: PictureSequence, info: PictureInfo, *, warn: Callable[[str], None],
+                 keep_sizes: bool = False) -> None:
+        """`keep_sizes`: each picture at its own size (pictures out, each model call on pictures of
+        one size: pipeline.worker); else each scaled to the first's (video out, a temporal model)."""
         self.seq = seq
         self.info = info
         self.warn = warn
+        self.keep_sizes = keep_sizes
         self.num_resized = 0
         self.alpha_dropped: list[str] = []  # pictures with transparency in a sequence read without alpha
         self.depth_reduced: list[str] = []  # 16-bit pictures in a sequence read at 8 bits
@@ -381,7 +387,9 @@ class PictureSource:
                           "the rest made up")
             turn = orientation(_matrix(frame, codec, path))
             width, height = (info.height, info.width) if turn[0] else (info.width, info.height)
-            if (frame.width, frame.height) != (width, height):
+            if self.keep_sizes:
+                width, height = frame.width, frame.height
+            elif (frame.width, frame.height) != (width, height):
                 self.num_resized += 1
             depth, alpha, gray = _picture_kind(frame, codec)
             if alpha and not info.has_alpha:

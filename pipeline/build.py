@@ -81,7 +81,10 @@ def open_source(plan: RunPlan, warn: Callable[[str], None], shift: TimeShift | N
     if plan.pictures is not None:
         from hw.pictures import PictureSource, probe_pictures
 
-        source = PictureSource(plan.pictures, probe_pictures(plan.pictures), warn=warn)
+        # Pictures out keep each picture's size; a video, a temporal model or a split model takes one size
+        own_sizes = (plan.picture_target is not None and temporal_window(plan) is None and plan.interpolator is None
+                     and plan.split is None)
+        source = PictureSource(plan.pictures, probe_pictures(plan.pictures), warn=warn, keep_sizes=own_sizes)
     elif plan.decoding is not None:
         from pipeline.decoders import SplitSource
 

@@ -290,8 +290,10 @@ class Worker:
             return int(known["batch_size"])
         self.ws.health = "probing"
 
+        alike = [f for f in frames if _shape(f) == _shape(frames[0])]  # pictures of several sizes: the first's
+
         def run(b: int) -> None:
-            self.infer([frames[i % len(frames)] for i in range(b)], eager=True)
+            self.infer([alike[i % len(alike)] for i in range(b)], eager=True)
 
         with torch.cuda.stream(self._stream):
             # Cheap on purpose: one timed batch per size after a warm-up, stop at the first
@@ -464,7 +466,7 @@ class Worker:
         chunk_sizes: list[int] = []
         pos = 0
         while pos < len(frames):
-            chunk = frames[pos : pos + self.batch_size]
+            chunk = self._chunk(frames, pos)
             try:
                 done.extend(self.infer(chunk))
             except BaseException as exc:
@@ -487,7 +489,7 @@ class Worker:
         staged: _Staged | None = None
         pos = 0
         while pos < len(frames):
-            chunk = frames[pos : pos + self.batch_size]
+            chunk = self._chunk(frames, pos)
             try:
                 if staged is None or staged.num_frames != len(chunk):
                     staged = self._stage(chunk)
@@ -504,7 +506,7 @@ class Worker:
             self._chunk_done(chunk)
             pos += len(chunk)
             if pos < len(frames):  # the next chunk in, while the model runs this one
-                after = frames[pos : pos + self.batch_size]
+                after = self._chunk(frames, pos)
                 try:
                     staged = self._stage(after)
                 except BaseException as exc:
@@ -554,6 +556,13 @@ class Worker:
         if self.output_format == "none":
             return None
         return queue_host_yuv420(out, self.color, bit_depth=10 if self.output_format == "yuv420p10" else 8)
+
+    def _chunk(self, frames: Sequence, pos: int) -> Sequence:
+        """The next model call's frames from `pos`: up to the batch size, all of one size (a
+        folder of pictures of several sizes comes at each picture's own, hw.pictures)."""
+        chunk = frames[pos : pos + self.batch_size]
+        first = _shape(chunk[0])
+        return next((chunk[:k] for k in range(1, len(chunk)) if _shape(chunk[k]) != first), chunk)
 
     def _chunk_done(self, chunk: Sequence[Frame]) -> None:
         if self._tiles_to_announce is not None:
@@ -685,6 +694,13 @@ def _hand_over(event, stream, *tensors: torch.Tensor) -> None:
     stream.wait_event(event)
     for t in tensors:
         t.record_stream(stream)
+
+
+def _shape(item) -> tuple | None:
+    """A frame's picture size (its first plane's shape); None for a temporal model's window,
+    whose frames are all of the video's one size."""
+    planes = getattr(item, "planes", None)
+    return tuple(planes[0].shape) if planes else None
 
 
 @dataclass(frozen=True, eq=False)

@@ -176,11 +176,40 @@ def test_gray_16bit_and_jpeg_pictures_are_read(tmp_path):
     assert _read(tmp_path / "jpg_out" / "photo_01.png", "rgb24").shape == (48, 64, 3)
 
 
-def test_a_picture_of_another_size_is_scaled_with_one_warning(tmp_path):
+@pytest.mark.parametrize("batch_size, parallel", [(0, True), (4, True), (3, False)])
+def test_pictures_of_several_sizes_each_keep_their_own(tmp_path, batch_size, parallel):
+    """A folder of photos, landscape and portrait: each written at its own size x scale, as
+    Real-ESRGAN's script writes them (they were all scaled to the first's, the portraits
+    squashed); the model calls take pictures of one size, in order, none lost."""
+    sizes = [(24, 32), (32, 24), (32, 24), (24, 32), (10, 14), (24, 32), (24, 32), (24, 32)]
+    pictures = {n: _noise(h, w, seed=n) for n, (h, w) in enumerate(sizes)}
+    for n, a in pictures.items():
+        _save(tmp_path / "in" / f"p_{n}.png", a)
+    stats = run(_cfg(tmp_path / "in", tmp_path / "out", batch_size=batch_size, parallel=parallel))
+    assert stats.num_frames_written == len(sizes) and not any("differ in size" in w for w in stats.warnings)
+    for n, a in pictures.items():  # bicubic x1: the identity, every value
+        assert np.array_equal(_read(tmp_path / "out" / f"p_{n}.png", "rgb24"), a), n
+    run(_cfg(tmp_path / "in", tmp_path / "up", scale=2, batch_size=batch_size, parallel=parallel))
+    assert [_read(tmp_path / "up" / f"p_{n}.png", "rgb24").shape[:2] for n in range(len(sizes))] == \
+        [(2 * h, 2 * w) for h, w in sizes]
+
+
+def test_transparent_pictures_of_several_sizes_keep_their_alpha(tmp_path):
+    pictures = {n: _noise(h, w, seed=n, channels=4) for n, (h, w) in enumerate([(16, 20), (20, 16), (16, 20)])}
+    for n, a in pictures.items():
+        _save(tmp_path / "in" / f"a_{n}.png", a)
+    run(_cfg(tmp_path / "in", tmp_path / "out", batch_size=3))
+    for n, a in pictures.items():
+        assert np.array_equal(_read(tmp_path / "out" / f"a_{n}.png", "rgba"), a), n
+
+
+def test_pictures_of_another_size_into_a_video_are_scaled_with_one_warning(tmp_path):
     _save(tmp_path / "in" / "p_1.png", _noise(24, 32))
     _save(tmp_path / "in" / "p_2.png", _noise(12, 16))
-    stats = run(_cfg(tmp_path / "in", tmp_path / "out"))
-    assert _read(tmp_path / "out" / "p_2.png", "rgb24").shape == (24, 32, 3)
+    stats = run(_cfg(tmp_path / "in", tmp_path / "out.mp4"))
+    assert probe.indices(tmp_path / "out.mp4") is not None
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (32, 24)
     assert sum("differ in size from the first (32x24)" in w for w in stats.warnings) == 1
 
 
