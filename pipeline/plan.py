@@ -241,6 +241,8 @@ def plan_run(config: RunConfig) -> RunPlan:
             use_nvdec=use_nvdec, use_nvenc=False, preset="", notes=tuple(notes), cut=config.cut, output_bit_depth=target.bit_depth,
             pictures=pictures, picture_target=target, interpolator=interpolator, split=split, decoding=decoding,
         )
+    if pictures is not None and config.fps is None:  # pictures into a video: their timing is chosen here
+        notes.append(f"{len(pictures.paths)} picture(s), timed at 24 fps (--fps sets the rate).")
     if pictures is not None and config.nvdec:
         notes.append("--nvdec: pictures are decoded on the CPU.")
     if pictures is not None and source.has_alpha:
@@ -510,10 +512,7 @@ def _sequence_name(seq: PictureSequence) -> str:
 def _picture_source(config: RunConfig, seq: PictureSequence, notes: list[str]) -> SourceInfo:
     """A picture sequence described as a source: picture k at k/fps, sRGB."""
     info = probe_pictures(seq)
-    fps = parse_fps(config.fps)
-    if fps is None:
-        fps = Fraction(24)
-        notes.append(f"{len(seq.paths)} picture(s), timed at 24 fps (--fps sets the rate).")
+    fps = parse_fps(config.fps) or Fraction(24)  # (said where it matters: pictures into a video)
     if seq.template == "(by name)" and any(re.search(r"\d", p.name) for p in seq.paths) and len(seq.paths) > 1:
         notes.append(f"source: the picture names follow no one numbering ({seq.paths[0].name} ... "
                      f"{seq.paths[-1].name}): taken in name order, numbers by value.")

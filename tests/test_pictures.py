@@ -668,3 +668,14 @@ def test_a_damaged_picture_mid_sequence_stops_with_exit_1_and_a_truncated_jpeg_i
     (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
     assert f"Picture {str(src / 'p_3.jpg')!r} cannot be read" in line and "move or repair it first" in line, line
     assert sorted(p.name for p in (tmp_path / "again").iterdir() if not p.name.startswith(".")) == ["p_1.png", "p_2.png"]
+
+
+def test_the_24_fps_line_comes_only_where_pictures_become_a_video(tmp_path, capsys):
+    """Pictures into pictures have no rate to choose: the "timed at 24 fps" line was noise there."""
+    _save(tmp_path / "in" / "p_1.png", _noise())
+    _save(tmp_path / "in" / "p_2.png", _noise(seed=1))
+    for out, lines in ((tmp_path / "out", 0), (tmp_path / "out.mp4", 1)):
+        assert cli.main(["--source", str(tmp_path / "in"), "--output", str(out), "--model", "bicubic",
+                         "--scale", "1"]) == 0
+        err = capsys.readouterr().err
+        assert err.count("warning: 2 picture(s), timed at 24 fps (--fps sets the rate).") == lines, err
