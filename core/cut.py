@@ -21,8 +21,8 @@ FFmpeg to negative times; an edited MP4) goes through `CutSource` with an empty 
 is cut, every frame and every audio packet moves forward together so that the first frame is at
 0. MP4 and MOV keep negative times as an edit list that starts at 0, and players then skipped
 every frame before it (a 3 s TS that began at -0.82 s played 2.18 s of its 75 frames).
-A file whose every stream starts late (`origin`: the earliest of the video's first frame and the
-other streams' starts, > 0) moves back by that much, as ffmpeg moves it: an MPEG-TS starts at
+A file whose every stream starts late (the earliest of the video's first frame and the other
+streams' starts is > 0: `CutSource._late_start`) moves back by that much, as ffmpeg moves it: an MPEG-TS starts at
 1.4 s (ffmpeg's own muxer) or hours in (a broadcast's clock), and MP4 and MKV kept that start as
 an empty edit or a gap, a 2 s clip from a TS at 3600 s written as a 3603 s file of one blank hour.
 The streams keep their offsets to each other; a cut's first frame lands where it would have.
