@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     stopper = _StopSignal()
     stopper.install()
     from core.errors import RunInterrupted
-    from core.stopping import acted, raise_kept
+    from core.stopping import acted, held, raise_kept
 
     try:
         for number in _EARLY_STOPS[:1]:  # came before the handler was installed: nothing was started
@@ -574,12 +574,13 @@ def main(argv: list[str] | None = None) -> int:
         # Inside the try: the model list, the process settings and the pipeline's imports load
         # torch (seconds), and a stop may come then (a signal raises RunInterrupted, a
         # KeyboardInterrupt).
-        if args.list_models:
-            out = Console()
-            return _list_models(out if out.is_terminal else Console(width=200))  # piped: no truncated names
-        _process_settings()
-        from core.errors import FramepipeError
-        from pipeline import run
+        with held():  # torch's import: a stop raised inside it aborts the process (core/stopping.py)
+            if args.list_models:
+                out = Console()
+                return _list_models(out if out.is_terminal else Console(width=200))  # piped: no truncated names
+            _process_settings()
+            from core.errors import FramepipeError
+            from pipeline import run
         raise_kept()  # a stop the imports swallowed (torch's own import catches every Exception)
         imports_done = time.perf_counter()
     except KeyboardInterrupt as exc:

@@ -36,7 +36,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-__all__ = ["STUCK_SECONDS", "acted", "defer", "deferring", "finishing", "interruptible", "raise_kept", "raised",
+__all__ = ["STUCK_SECONDS", "acted", "defer", "deferring", "finishing", "held", "interruptible", "raise_kept", "raised",
            "requested", "settling", "signals_deferred"]
 
 STUCK_SECONDS = 1.0  # a stop unseen this long: the loop does not poll; the next signal raises
@@ -51,6 +51,7 @@ class _State:
     since = 0.0  # when it was recorded (time.monotonic)
     seen = False  # a run acted on it
     closing = False  # a run is joining its threads and finalizing
+    holding = 0  # inside held(): a signal is recorded, never raised
     kept: KeyboardInterrupt | None = None  # raised outside a run's span, not yet acted on
 
 
@@ -97,8 +98,26 @@ def interruptible() -> Iterator[None]:
 
 
 def deferring() -> bool:
-    """A run's stage threads exist: a signal handler should `defer()` its stop."""
-    return _State.active > 0
+    """A run's stage threads exist, or `held()` code runs: a signal handler should `defer()` its stop."""
+    return _State.active > 0 or _State.holding > 0
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Code no Python exception may cross: torch's import, whose C++ (pybind11) calls run Python
+    module code. A stop raised there aborted the process ("terminate called after throwing an
+    instance of 'pybind11::error_already_set'", exit -6, a C++ trace; seen with SIGINT 0.6 s into
+    `python main.py`). A stop signal is only recorded here, and raised when the block ends."""
+    _State.holding += 1
+    try:
+        yield
+    finally:
+        _State.holding -= 1
+        stop = _State.signal if _State.holding == 0 and _State.active == 0 else None
+        if stop is not None:
+            _State.signal, _State.seen = None, False
+            raised(stop)  # kept until the command acts on it, as a stop raised outside a run
+            raise stop
 
 
 def defer(stop: KeyboardInterrupt) -> bool:
@@ -106,11 +125,11 @@ def defer(stop: KeyboardInterrupt) -> bool:
     stopping or finalizing already): the handler returns. False: the handler raises `stop` (in
     `interruptible()` code, or an earlier stop unseen for `STUCK_SECONDS`: a stuck loop)."""
     if _State.signal is None:
-        if _State.immediate and not _State.closing:
+        if _State.immediate and not _State.closing and not _State.holding:
             return False
         _State.signal, _State.since = stop, time.monotonic()
         return True
-    if _State.seen or _State.closing:
+    if _State.seen or _State.closing or _State.holding:
         return True
     return time.monotonic() - _State.since < STUCK_SECONDS
 

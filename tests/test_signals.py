@@ -527,3 +527,23 @@ def test_a_stop_while_building_does_not_wait_for_the_workers_start(clips, tmp_pa
     assert proc.returncode == 143, proc.stderr
     times = {ln.split()[0]: float(ln.split()[1]) for ln in proc.stderr.splitlines() if ln.startswith(("signalled", "ended"))}
     assert times["ended"] - times["signalled"] < 2.0, proc.stderr
+
+
+def test_a_stop_during_held_code_is_recorded_and_raised_when_it_ends():
+    """torch's import runs Python module code from C++ (pybind11): a stop raised inside it aborted
+    the process ("terminate called after throwing an instance of 'pybind11::error_already_set'",
+    exit -6). Inside `held()` the handler records the stop, twice over too, and the block's end
+    raises it, kept for the command to act on."""
+    from core import stopping
+    from core.errors import RunInterrupted
+
+    first, second = RunInterrupted("", signal_name="SIGINT", signal_number=2), RunInterrupted("")
+    with pytest.raises(RunInterrupted) as caught:
+        with stopping.held():
+            assert stopping.deferring()
+            assert stopping.defer(first) and stopping.defer(second)
+            time.sleep(stopping.STUCK_SECONDS + 0.1)
+            assert stopping.defer(second)  # never raised inside, however long it holds
+    assert caught.value is first
+    assert not stopping.deferring() and stopping.requested() is None
+    stopping.acted()  # acted on: nothing kept for the next test
