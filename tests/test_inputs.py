@@ -335,16 +335,20 @@ def test_model_error_message_is_one_line(capsys, clips, tmp_path):
 # -- damaged and interlaced sources -----------------------------------------------------------
 
 
-def test_truncated_mp4_says_so_in_stats_json(capsys, tmp_path):
-    """Regression (issue 8): a truncated MP4 gave 60 of 120 frames with `status ok, warnings []`."""
-    full = tmp_path / "full.mp4"
-    with av.open(str(_write(tmp_path / "a.mkv", _frames(120)))) as inp, \
-            av.open(str(full), "w", options={"movflags": "faststart"}) as out:
+def _faststart_mp4(src: Path, dst: Path) -> Path:
+    """`src`'s video remuxed into an MP4 whose index comes first: a copy cut short still opens."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options={"movflags": "faststart"}) as out:
         ost = out.add_stream_from_template(inp.streams.video[0])
         for packet in inp.demux(inp.streams.video[0]):
             if packet.size:
                 packet.stream = ost
                 out.mux(packet)
+    return dst
+
+
+def test_truncated_mp4_says_so_in_stats_json(capsys, tmp_path):
+    """Regression (issue 8): a truncated MP4 gave 60 of 120 frames with `status ok, warnings []`."""
+    full = _faststart_mp4(_write(tmp_path / "a.mkv", _frames(120)), tmp_path / "full.mp4")
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.5)])
     stats_path = tmp_path / "run.json"
@@ -366,14 +370,8 @@ def test_a_file_cut_short_keeps_every_frame_a_decoder_of_one_thread_gets(tmp_pat
     gets comes out, pixel for pixel."""
     from hw.av_decode import PyAVDecoder
 
-    full = tmp_path / "full.mp4"
-    with av.open(str(_write(tmp_path / "a.mkv", _frames(120, 160, 96), options={"bf": "2", "g": "48"}))) as inp, \
-            av.open(str(full), "w", options={"movflags": "faststart"}) as out:
-        ost = out.add_stream_from_template(inp.streams.video[0])
-        for packet in inp.demux(inp.streams.video[0]):
-            if packet.size:
-                packet.stream = ost
-                out.mux(packet)
+    full = _faststart_mp4(_write(tmp_path / "a.mkv", _frames(120, 160, 96), options={"bf": "2", "g": "48"}),
+                          tmp_path / "full.mp4")
     cut = tmp_path / "cut.mp4"
     data = full.read_bytes()
     with av.open(str(full)) as c:  # cut inside a packet near the end: its last bytes missing
