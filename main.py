@@ -714,9 +714,10 @@ def _batch(args) -> tuple[list[Path], Path | None, list[Path]] | None:
 class _BatchLedger:
     """The videos a batch with --overwrite finished before a stop, so that the same command
     skips them (without --overwrite their outputs exist and are skipped anyway): before, it
-    replaced them all again. Kept in framepipe's cache under the command's settings; an entry
-    counts while its output is the file the batch wrote (size and time unchanged); removed when
-    the batch gets through every video."""
+    replaced them all again. A `ProbeMemo` file of framepipe's cache named after the command's
+    settings (written atomically under its lock; one it cannot read or write is only work done
+    again); an entry counts while its output is the file the batch wrote (size and time
+    unchanged); removed when the batch gets through every video."""
 
     _IGNORED = ("quiet", "verbose", "progress_every")
 
@@ -724,40 +725,31 @@ class _BatchLedger:
         import hashlib
 
         from core.paths import default_cache_dir
+        from hw.memory import ProbeMemo
 
         settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in self._IGNORED}
         settings["cwd"] = os.getcwd()  # relative paths mean another batch elsewhere
         key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-        self.path = default_cache_dir() / "batches" / f"{key}.json"
-        try:
-            self.done = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        except (OSError, ValueError):
-            self.done = {}
+        self.memo = ProbeMemo(default_cache_dir() / "batches" / f"{key}.json")
 
     def finished_before(self, video: Path) -> str | None:
         """The output this batch wrote for `video` before a stop, if it is still that file."""
-        entry = self.done.get(str(video.absolute()))
-        if not entry:
-            return None
+        entry = self.memo.get(str(video.absolute()))
         try:
-            st = os.stat(entry[0])
-        except OSError:
+            st = os.stat(entry["output"])
+            return entry["output"] if (st.st_size, st.st_mtime_ns) == (entry["size"], entry["mtime_ns"]) else None
+        except (OSError, KeyError, TypeError):
             return None
-        return entry[0] if [st.st_size, st.st_mtime_ns] == entry[1:] else None
 
     def record(self, video: Path, output: str) -> None:
         try:
             st = os.stat(output)
-            self.done[str(video.absolute())] = [output, st.st_size, st.st_mtime_ns]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-            temp.write_text(json.dumps(self.done))
-            os.replace(temp, self.path)
-        except OSError as exc:  # the cache is a convenience: the batch goes on
-            logging.getLogger("framepipe").debug("batch ledger not written: %s", exc)
+        except OSError:
+            return
+        self.memo.put(str(video.absolute()), {"output": output, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        self.memo.path.unlink(missing_ok=True)
 
 
 def _run_batch(args, videos: list[Path], folder: Path | None, left_out: list[Path], *, console, say, stopper,
