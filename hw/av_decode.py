@@ -208,7 +208,6 @@ class PyAVDecoder:
         may_replay = span is not None and span.preroll_packet is not None
         replaying = False
         counted = -1  # span: the last position counted
-        handed_pts = None  # the largest timestamp handed on
         demuxed = handed = 0  # the whole stream's packets and frames (no span): one frame a packet
         while True:
             try:
@@ -217,7 +216,7 @@ class PyAVDecoder:
                 if span is not None:
                     yield from self._flush(count=span.end_packet == span.owned_end)
                 elif handed < demuxed:  # frames lost at the end (a damaged last packet): decoded again
-                    yield from self._tail_again(handed_pts)
+                    yield from self._tail_again(self._handed_pts)
                 return
             except av.error.FFmpegError as exc:
                 # A broken container: stop here, keep what was decoded.
@@ -243,11 +242,11 @@ class PyAVDecoder:
                 if may_replay and getattr(frame, "is_corrupt", False) and span.keeps(frame.pts):
                     damaged = True
                     break
+                handed_pts = self._handed_pts
                 if replaying and frame.pts is not None and handed_pts is not None and frame.pts <= handed_pts:
                     continue
                 if frame.pts is not None:
-                    handed_pts = frame.pts if handed_pts is None else max(handed_pts, frame.pts)
-                    self._handed_pts = handed_pts
+                    self._handed_pts = frame.pts if handed_pts is None else max(handed_pts, frame.pts)
                 handed += 1
                 yield frame
             if damaged and may_replay:

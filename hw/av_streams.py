@@ -490,11 +490,7 @@ class StreamCopier:
         if copied.text_from is not None:
             converted = self._as_text(packet, copied)
             if converted is not None:
-                if moved_by:
-                    _move_back(converted, moved_by, copied.out_stream.time_base)
-                converted.stream = copied.out_stream
-                self._out.mux(converted)
-                copied.muxed += 1
+                self._put(converted, copied, moved_by)
             return
         if packet.is_discard and not self._edit_lists:  # held: the last few may be the next one's pre-roll
             self._preroll.setdefault(packet.stream.index, deque(maxlen=16)).append(packet)
@@ -505,11 +501,15 @@ class StreamCopier:
             packet.duration = copied.end - packet.pts  # the source's end trim (`_track_end`)
         held = self._preroll.pop(packet.stream.index, None)
         for ready in (*_preroll(held, packet), packet) if held else (packet,):
-            if moved_by:
-                _move_back(ready, moved_by, copied.out_stream.time_base)
-            ready.stream = copied.out_stream
-            self._out.mux(ready)
-            copied.muxed += 1
+            self._put(ready, copied, moved_by)
+
+    def _put(self, packet, copied: _CopiedStream, moved_by: Fraction) -> None:
+        """Mux `packet` into `copied`'s output stream, moved back by `moved_by` seconds."""
+        if moved_by:
+            _move_back(packet, moved_by, copied.out_stream.time_base)
+        packet.stream = copied.out_stream
+        self._out.mux(packet)
+        copied.muxed += 1
 
     @staticmethod
     def _as_text(packet, copied: _CopiedStream):
