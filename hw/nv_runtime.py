@@ -66,18 +66,17 @@ def nvcodec_version() -> str | None:
 NVENC_MIN_VERSION = (2, 2)
 
 
-def nvenc_binding_too_old(version: str | None = None) -> str | None:
+def nvenc_binding_too_old(version: str | None = None, *, seen_joining: bool = False) -> str | None:
     """Why the installed PyNvVideoCodec cannot feed framepipe's NVENC writer, or None (also
-    when its version is not known: not installed is said where it is imported)."""
+    when its version is not known: not installed is said where it is imported).
+    `seen_joining`: the binding was seen handing over bytes: too old, whatever its version says."""
     version = version if version is not None else nvcodec_version()
-    if not version:
-        return None
-    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
-    if numbers >= NVENC_MIN_VERSION:
-        return None
+    if not seen_joining:
+        if not version or tuple(int(n) for n in re.findall(r"\d+", version)[:2]) >= NVENC_MIN_VERSION:
+            return None
     need = ".".join(map(str, NVENC_MIN_VERSION))
-    return (f"PyNvVideoCodec {version} hands several encoded frames over as one (before {need}); framepipe's NVENC "
-            f"writer needs {need} or newer (pip install -U 'PyNvVideoCodec>={need}')")
+    return (f"PyNvVideoCodec {version or '(version unknown)'} hands several encoded frames over as one (before "
+            f"{need}); framepipe's NVENC writer needs {need} or newer (pip install -U 'PyNvVideoCodec>={need}')")
 
 
 def gpu_label(gpu: int) -> str:

@@ -402,18 +402,17 @@ class NvDecoder:
         dtype = torch.uint8 if self.bit_depth == 8 else torch.uint16
         shape = (self.height * 3 // 2, self.width)
         if not self._on_copy_stream:  # the decoder writes on a stream of its own
-            self._wait_for_producer(frame, torch)
+            self._wait_for_producer(torch)
         src = self._source_view(frame, torch, dtype, shape)
         out = torch.empty(shape, dtype=dtype, device=f"cuda:{self.gpu}")
         out.copy_(src)
         return out
 
-    def _wait_for_producer(self, frame: Any, torch: Any) -> None:
+    def _wait_for_producer(self, torch: Any) -> None:
         """The decoder wrote on a stream of its own (it refused ours): wait for the whole device.
-        The frame's __cuda_array_interface__ cannot say which stream: PyNvVideoCodec's binding
+        A frame's __cuda_array_interface__ cannot say which stream: PyNvVideoCodec's binding
         sets its "stream" to 0 or 2 (PyNvDecoder.cpp: `self->stream == 0 ? 0 : 2`), never the
         decoder's, and waiting on that ordered nothing (the 16-bit copy reads raw pointers)."""
-        del frame
         torch.cuda.synchronize(self.gpu)
 
     def _source_view(self, frame: Any, torch: Any, dtype: Any, shape: tuple[int, int]) -> Any:

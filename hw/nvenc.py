@@ -141,7 +141,7 @@ def _encoded_units(result: Any) -> list[EncodedUnit]:
     if isinstance(result, (bytes, bytearray, memoryview)):
         if not bytes(result):
             return []
-        raise HardwareUnavailable(rt.nvenc_binding_too_old("2.0") or "PyNvVideoCodec returned bytes, not units")
+        raise HardwareUnavailable(rt.nvenc_binding_too_old(seen_joining=True))
     out = []
     for item in result:
         if isinstance(item, dict):
