@@ -360,26 +360,26 @@ class Scheduler:
 
     def _drop_upload(self, job: Job) -> None:
         """An uploaded source is deleted when the last unfinished job on it ends (called under the lock)."""
-        source = Path(job.source)
-        if not self.upload_unused(source):
-            return
-        try:
-            source.unlink(missing_ok=True)
-        except OSError as exc:
-            log.warning("could not delete the upload %s: %s", source, exc)
+        for source in self.unused_uploads([Path(job.source)]):
+            try:
+                source.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("could not delete the upload %s: %s", source, exc)
 
-    def upload_unused(self, path: Path) -> bool:
-        """`path` is an upload (a file the upload endpoint saved, by its name, in the uploads folder)
-        that no unfinished job uses, and no job's output: an upload's default output
-        `<upload>.<model>-x<scale>.mp4`, or its partial output, bears the upload's name, and was
-        deleted as one when a second job that read it ended."""
-        if self.uploads is None or path.parent != self.uploads or not is_upload_name(path.name):
-            return False
-        if not path.is_file() or path.is_symlink() or any(j.source == str(path) for j in self.store.unfinished()):
-            return False
+    def unused_uploads(self, paths) -> list[Path]:
+        """Those of `paths` that are uploads (files the upload endpoint saved, by their names, in
+        the uploads folder) no unfinished job uses, and no job's output: an upload's default
+        output `<upload>.<model>-x<scale>.mp4`, or its partial output, bears the upload's name, and
+        was deleted as one when a second job that read it ended. The store is asked once."""
+        candidates = [p for p in paths if self.uploads is not None and p.parent == self.uploads
+                      and is_upload_name(p.name) and p.is_file() and not p.is_symlink()]
+        if not candidates:
+            return []
+        used = {j.source for j in self.store.unfinished()}
         outputs = {Path(p) for p in self.store.outputs()}
-        return path not in outputs and not any(partial_names(out).fullmatch(path.name)
-                                               for out in outputs if out.parent == self.uploads)
+        partials = [partial_names(out) for out in outputs if out.parent == self.uploads]
+        return [p for p in candidates if str(p) not in used and p not in outputs
+                and not any(names.fullmatch(p.name) for names in partials)]
 
     # -- checks ----------------------------------------------------------------------------------
     def _model(self, model: str) -> str:

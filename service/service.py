@@ -55,11 +55,10 @@ class Service:
 
     def _sweep_uploads(self) -> None:
         """Uploads no unfinished job uses (left by a server that died between an upload and its
-        job, or before uploads were deleted with their jobs): deleted (`Scheduler.upload_unused`)."""
-        for path in self.uploads.iterdir():
-            if self.scheduler.upload_unused(path):
-                log.info("deleting the upload %s: no job uses it", path.name)
-                path.unlink(missing_ok=True)
+        job, or before uploads were deleted with their jobs): deleted (`Scheduler.unused_uploads`)."""
+        for path in self.scheduler.unused_uploads(self.uploads.iterdir()):
+            log.info("deleting the upload %s: no job uses it", path.name)
+            path.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.scheduler.close()
