@@ -26,6 +26,7 @@ __all__ = [
     "UnsafeModelFile",
     "CodeModelRefused",
     "JobEnded",
+    "NoJobOutput",
     "HardwareUnavailable",
     "ModelOutputError",
     "StageError",
@@ -106,7 +107,12 @@ class CodeModelRefused(UnsafeModelFile):
 
 
 class JobEnded(FramepipeError):
-    """The service: a cancel of a job that has ended (done or failed): nothing to cancel (409)."""
+    """The service: an operation the job's state does not allow (409): a cancel of a job that has
+    ended, a retry of one that has not failed, the output of one still running."""
+
+
+class NoJobOutput(FramepipeError, LookupError):
+    """The service: a job has no output file to download (404): none written, or gone or replaced since."""
 
 
 class HardwareUnavailable(FramepipeError, RuntimeError):

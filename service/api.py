@@ -4,9 +4,13 @@
     GET  /health              {"ok": true}
     POST /jobs                a job (JSON: source, output, settings); a folder of videos: one job each
     POST /jobs/upload         a video uploaded (multipart: file, settings as JSON), then a job on it
-    GET  /jobs                every job, newest first
-    GET  /jobs/{id}           state, frames done/total, fps, ETA, devices, warnings, error
+    GET  /jobs                a page of the jobs, newest first (?limit=100&offset=0&state=done,failed), with the total
+    GET  /jobs/{id}           state, frames done/total, fps, ETA, devices, warnings, error, output_url
     DELETE /jobs/{id}         cancel (the partial output stays finalized and resumable)
+    GET  /jobs/{id}/output    the output file of an ended job (HTTP ranges: resumable downloads, seeking
+                              players); a cancelled or failed job's playable partial output
+    POST /jobs/{id}/retry     a failed or cancelled job queued again; it resumes from its segments
+    POST /jobs/{id}/forget    an ended job left out of the lists; no file is touched
     GET  /jobs/{id}/events    progress as server-sent events, about once a second, until it ends
     GET  /gpu/status          per device: memory, utilisation, queue, score, health; each model's location
     POST /gpu/offload         {"device": "cuda:0" | null}: idle models to host memory now
@@ -35,6 +39,10 @@ token set, /docs and /openapi.json are not served.
 
 An upload is a job's source: deleted when the job is refused, and when the last job on it
 ends (done, failed or cancelled: a cancelled upload's job is not resumed by a new one).
+
+A download serves the job's own output and nothing else: the file the job recorded (its identity
+noted when it ended; a stopped job's partial output as its work folder's manifest notes it), inside
+the roots, opened without following a link and checked after opening to be that very file.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import errno
 import hmac
 import json
 import logging
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterable
@@ -54,16 +63,16 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import FramepipeError, JobEnded, OutputExists, one_line
+from core.errors import FramepipeError, JobEnded, NoJobOutput, OutputExists, one_line
 from hw.av_source import probe_source
 from service.jobs import VIDEO_SUFFIXES, JobRequest, for_service, job_request
 from service.paths import PathRefused
-from service.service import Service
+from service.service import DEFAULT_PAGE, JobOutput, Service
 
 __all__ = ["create_app", "MAX_BODY_BYTES"]
 
@@ -73,6 +82,8 @@ MAX_BODY_BYTES = 1 << 20  # a JSON request or an MCP call; uploads have the serv
 UPLOAD_PATH = "/jobs/upload"
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# An output's content type by its container (core.choices.CONTAINER_SUFFIXES); Python's table lacks .mkv
+_MEDIA_TYPES = {".mp4": "video/mp4", ".mkv": "video/x-matroska", ".mov": "video/quicktime"}
 
 
 class DeviceChoice(BaseModel):
@@ -135,6 +146,10 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
     @app.exception_handler(JobEnded)
     async def ended(request: Request, exc: JobEnded):
         return _error(409, for_service(one_line(exc)))
+
+    @app.exception_handler(NoJobOutput)
+    async def no_output(request: Request, exc: NoJobOutput):
+        return _error(404, for_service(one_line(exc)))
 
     @app.exception_handler(FramepipeError)
     async def invalid(request: Request, exc: FramepipeError):
@@ -199,8 +214,10 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
         return {"jobs": [j.to_dict() for j in jobs], "uploaded": str(target)}
 
     @app.get("/jobs")
-    def jobs() -> dict:
-        return {"jobs": service.jobs()}
+    def jobs(limit: int = DEFAULT_PAGE, offset: int = 0, state: str | None = None) -> dict:
+        """`state`: one state or several, comma-separated (`done,failed`)."""
+        states = [s.strip() for s in state.split(",") if s.strip()] if state is not None else None
+        return service.jobs(limit=limit, offset=offset, states=states)
 
     @app.get("/jobs/{job_id}")
     def job(job_id: str) -> dict:
@@ -209,6 +226,21 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
     @app.delete("/jobs/{job_id}")
     def cancel(job_id: str) -> dict:
         return _found(service.cancel(job_id), job_id)
+
+    @app.post("/jobs/{job_id}/retry")
+    def retry(job_id: str) -> dict:
+        return _found(service.retry(job_id), job_id)
+
+    @app.post("/jobs/{job_id}/forget")
+    def forget(job_id: str) -> dict:
+        return _found(service.forget(job_id), job_id)
+
+    @app.api_route("/jobs/{job_id}/output", methods=["GET", "HEAD"])
+    def output(job_id: str) -> Response:
+        opened = service.open_output(job_id)
+        if opened is None:
+            raise HTTPException(status_code=404, detail=f"no job {job_id!r}")
+        return _OpenedFile(opened)
 
     @app.get("/jobs/{job_id}/events")
     async def events(job_id: str, request: Request) -> StreamingResponse:
@@ -277,6 +309,26 @@ class _McpOnly:
         else:
             answer = _error(404, f"no such path: {path} (the API's paths: /docs, or the README).")
         await answer(scope, receive, send)
+
+
+class _OpenedFile(FileResponse):
+    """A job's output, opened and checked by `Service.open_output`, served with Starlette's
+    FileResponse (HTTP ranges, If-Range, HEAD, ETag): through the open file itself (Linux's
+    /proc/self/fd/N opens the file that descriptor holds, whatever is at its path now). The
+    descriptor is closed when the answer ends, however it ends."""
+
+    def __init__(self, opened: JobOutput) -> None:
+        self.opened = opened
+        own = f"/proc/self/fd/{opened.fd}"
+        super().__init__(own if os.path.exists(own) else opened.path, stat_result=opened.stat,
+                         media_type=_MEDIA_TYPES.get(opened.path.suffix.lower()), filename=opened.filename,
+                         headers={"X-Framepipe-Output": "whole" if opened.whole else "partial"})
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(self.opened.fd)
 
 
 class _BodyTooLarge(StarletteHTTPException):
@@ -417,7 +469,7 @@ def _validation_line(errors) -> str:
     if not errors:
         return "invalid request"
     e = errors[0]
-    where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+    where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query")) or "body"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     if e.get("type") == "extra_forbidden":
         return f"unknown setting {where!r}{more}"

@@ -33,9 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.choices import (COMPILE_CHOICES, DEFAULT_MODEL, DEFAULT_SCENE_THRESHOLD, INTERPOLATE_ONLY_MODEL,
                           MAX_ENCODERS, MAX_INTERPOLATE, MAX_SEGMENT_SECONDS, MODEL_FILE_SUFFIXES, PICTURE_FORMATS, Codec, Precision)
-from core.errors import (CodeModelRefused, FramepipeError, HardwareUnavailable, InvalidOption, ModelError, OutputExists,
-                         OutputNotWritable, RunInterrupted, one_line)
-from core.files import partial_names, temporary_names
+from core.errors import (CodeModelRefused, FramepipeError, HardwareUnavailable, InvalidOption, JobEnded, ModelError,
+                         OutputExists, OutputNotWritable, RunInterrupted, one_line)
+from core.files import file_identity, partial_names, temporary_names
 from core.paths import VIDEO_SUFFIXES, is_own_output_name, refuse_shared_outputs
 from hw.scheduling import usable_cores
 from service.devices import Devices
@@ -205,9 +205,7 @@ class Scheduler:
             pairs = [(source, output if output is not None else
                       None if source.is_dir() else _default_output(source, source.parent, model, scale, settings))]
         for src, out in pairs:
-            self._config(src, out, settings, model=model).validate()
-            if out is not None:
-                self._check_output(src, out, model, settings)
+            self._check_job(src, out, settings, model=model)
         refuse_shared_outputs(pairs, apart="submit them one at a time with an output each")
         with self._lock:  # the look at the running jobs and the store, as one step
             _refuse_busy(pairs, self._busy())
@@ -215,6 +213,43 @@ class Scheduler:
             self._queue.extend(j.id for j in jobs)
             self._lock.notify_all()
         return jobs
+
+    def retry(self, job_id: str) -> Job | None:
+        """A failed or cancelled job queued again, under its id, with its settings: checked as a new
+        job is (the roots as they are now, its output, the jobs queued and running), and run as
+        every job is, from the segments its last run finished (its partial output is its own).
+        JobEnded for a job that has not failed nor been cancelled, or whose source is gone."""
+        job = self.store.get(job_id)
+        if job is None:
+            return None
+        if job.state not in ("failed", "cancelled"):
+            raise JobEnded(f"job {job_id} is {job.state}: only a failed or cancelled job can be retried.")
+        source = self.roots.resolve(job.source, what="source", must_exist=False)
+        if not source.exists():
+            upload = " (an upload is deleted when its job ends: upload it again)" if self._is_upload(source) else ""
+            raise JobEnded(f"job {job_id} cannot be retried: its source {self.roots.relative(source)!r} is gone{upload}.")
+        source, output, _, model = self._paths_now(job)
+        self._check_scale(model, job.settings["scale"])
+        settings = {**JobSettings().model_dump(), **job.settings}  # a job stored by an earlier server: today's defaults
+        self._check_job(source, output, settings, model=model)
+        with self._lock:
+            _refuse_busy([(source, output)], self._busy())
+            self.store.update(job_id, state="queued", error=None, started=None, finished=None, attempts=0,
+                              frames_done=0, fps=0.0, output_identity=None)
+            self._queue.append(job_id)
+            self._lock.notify_all()
+        return self.store.get(job_id)
+
+    def forget(self, job_id: str) -> Job | None:
+        """An ended job left out of the lists (`JobStore.forget`); no file is touched: its output,
+        partial output and work folder stay where they are. JobEnded for a queued or running job."""
+        job = self.store.get(job_id)
+        if job is None:
+            return None
+        if job.state not in FINISHED_STATES:
+            raise JobEnded(f"job {job_id} is {job.state}: cancel it first (DELETE /jobs/{job_id}), then forget it.")
+        self.store.forget(job_id)
+        return job
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a queued or running job: a running one stops the way Ctrl-C stops the command
@@ -346,6 +381,8 @@ class Scheduler:
             if state in FINISHED_STATES:
                 fields["finished"] = time.time()
                 self._excluded.pop(job_id, None)
+            if state == "done" and job.output:  # the file its result is (Service.output)
+                fields["output_identity"] = file_identity(job.output)
             if warnings:
                 fields["warnings"] = warnings
             self.store.update(job_id, **fields)
@@ -357,6 +394,9 @@ class Scheduler:
         total = max(stats.num_frames_expected, stats.num_frames_decoded)
         self.store.update(job_id, frames_done=stats.num_frames_written, frames_total=total, fps=round(stats.fps, 2),
                           warnings=list(stats.warnings))
+
+    def _is_upload(self, path: Path) -> bool:
+        return self.uploads is not None and path.parent == self.uploads and is_upload_name(path.name)
 
     def _drop_upload(self, job: Job) -> None:
         """An uploaded source is deleted when the last unfinished job on it ends (called under the lock)."""
@@ -435,6 +475,13 @@ class Scheduler:
         sequence = find_pictures(str(folder))
         for picture in sequence.paths if sequence is not None else ():
             self.roots.confined(picture, what="picture of the source folder")
+
+    def _check_job(self, source: Path, output: Path | None, settings: dict, *, model: str) -> None:
+        """The checks of one job before it is queued (a new one, or one retried): its settings as
+        the command line checks them, and its output."""
+        self._config(source, output, settings, model=model).validate()
+        if output is not None:
+            self._check_output(source, output, model, settings)
 
     def _check_output(self, source: Path, output: Path, model: str, settings: dict) -> None:
         """The command line's output checks (core.files): an existing file without overwrite, the

@@ -2,7 +2,8 @@
 
 The tools are the HTTP API's operations, calling the same `Service` methods:
 get_gpu_status, offload_gpu, release_gpu, update_gpu_timeout, submit_job, job_status,
-cancel_job. Served over streamable HTTP at `/mcp` by the same uvicorn server (and behind the
+cancel_job, retry_job, forget_job. A job's answer carries `output_url`, the path of its download
+on the HTTP API, once there is an output to download. Served over streamable HTTP at `/mcp` by the same uvicorn server (and behind the
 same bearer token, Host and Origin checks) as the API. A refused call is an answer with
 `error` (one line), never a protocol failure.
 """
@@ -13,11 +14,12 @@ from typing import Any
 
 from core.errors import FramepipeError, one_line
 from service.jobs import job_request
-from service.service import Service
+from service.service import DEFAULT_PAGE, Service
 
 __all__ = ["make_mcp", "TOOLS"]
 
-TOOLS = ("get_gpu_status", "offload_gpu", "release_gpu", "update_gpu_timeout", "submit_job", "job_status", "cancel_job")
+TOOLS = ("get_gpu_status", "offload_gpu", "release_gpu", "update_gpu_timeout", "submit_job", "job_status", "cancel_job",
+         "retry_job", "forget_job")
 
 
 def make_mcp(service: Service):
@@ -56,10 +58,13 @@ def make_mcp(service: Service):
         return _answer(lambda: {"jobs": [j.to_dict() for j in service.submit(job_request(source, output, settings))]})
 
     @mcp.tool()
-    def job_status(job_id: str | None = None) -> dict[str, Any]:
-        """One job's state, frames done/total, fps, ETA, devices, warnings and error; every job when left out."""
+    def job_status(job_id: str | None = None, state: list[str] | None = None, limit: int = DEFAULT_PAGE,
+                   offset: int = 0) -> dict[str, Any]:
+        """One job's state, frames done/total, fps, ETA, devices, warnings, error and output_url (its download
+        over HTTP, once it has one). Without `job_id`: a page of the jobs, newest first (`limit` from `offset`,
+        in the `state`s given: queued, running, done, failed, cancelled), with `total` and `next_offset`."""
         if job_id is None:
-            return {"jobs": service.jobs()}
+            return _answer(lambda: service.jobs(limit=limit, offset=offset, states=state))
         job = service.job(job_id)
         return job if job is not None else {"error": f"no job {job_id!r}"}
 
@@ -68,6 +73,18 @@ def make_mcp(service: Service):
         """Cancel a queued or running job; a running job's partial output stays finalized and resumable."""
         job = _answer(lambda: service.cancel(job_id))
         return job if job is not None else {"error": f"no job {job_id!r}"}
+
+    @mcp.tool()
+    def retry_job(job_id: str) -> dict[str, Any]:
+        """Queue a failed or cancelled job again, under its id; it resumes from the segments its last run finished."""
+        job = _answer(lambda: service.retry(job_id))
+        return job if job is not None else {"error": f"no job {job_id!r}"}
+
+    @mcp.tool()
+    def forget_job(job_id: str) -> dict[str, Any]:
+        """Leave an ended job out of the lists; its output and work folder stay on disk (listed in `files_kept`)."""
+        answer = _answer(lambda: service.forget(job_id))
+        return answer if answer is not None else {"error": f"no job {job_id!r}"}
 
     return mcp
 

@@ -6,6 +6,11 @@ under a lock, so the HTTP threads, the scheduler and the job threads share one c
 safely. After a restart `unfinished()` lists the jobs that were queued or running: the
 scheduler queues them again, and their segmented output resumes from its manifest.
 
+A finished job's output is noted by its identity (size, modification time, inode: `output_identity`)
+when the job ends done, so the file served as its result is the one it wrote, not one put at its
+name since. A job a client forgets (`forget`) leaves the lists but keeps its row: what the store
+knows of outputs (`outputs()`, which keeps an upload's output from the uploads' sweep) stays whole.
+
 A write the database refuses (its disk full, "database or disk is full") never loses a job's
 end or takes its thread down (a job stayed "running" for good, and could not be cancelled nor
 submitted again): the change is kept in memory, read back from there, and written with the next
@@ -26,6 +31,7 @@ import threading
 import time
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -55,10 +61,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     warnings TEXT NOT NULL DEFAULT '[]',
     error TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    resumed INTEGER NOT NULL DEFAULT 0
+    resumed INTEGER NOT NULL DEFAULT 0,
+    output_identity TEXT,
+    forgotten INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
+# Columns later servers added: (name, its declaration) for ALTER TABLE on an older database.
+_ADDED_COLUMNS = (("output_identity", "TEXT"), ("forgotten", "INTEGER NOT NULL DEFAULT 0"))
 
 
 @dataclass
@@ -79,6 +89,8 @@ class Job:
     error: str | None = None
     attempts: int = 0
     resumed: int = 0  # times the job was taken up again after a server restart or a GPU fault
+    output_identity: dict | None = None  # the output's file_identity when the job ended done (None: unknown)
+    forgotten: bool = False  # left out of the lists (`JobStore.forget`); the row stays
 
     @property
     def eta_seconds(self) -> float | None:
@@ -88,6 +100,7 @@ class Job:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        del d["output_identity"], d["forgotten"]  # the store's own bookkeeping
         d["eta_seconds"] = None if self.eta_seconds is None else round(self.eta_seconds, 1)
         d["progress"] = round(self.frames_done / self.frames_total, 4) if self.frames_total else None
         return d
@@ -109,6 +122,10 @@ class JobStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}
+            for name, declaration in _ADDED_COLUMNS:  # a database an earlier server made
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         """Safe to call twice; releases the database for another server."""
@@ -140,14 +157,39 @@ class JobStore:
         return jobs
 
     def get(self, job_id: str) -> Job | None:
+        """The job, None for one that does not exist or was forgotten."""
         with self._lock:
             row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return self._job(row) if row is not None else None
+            job = self._job(row) if row is not None else None
+        return job if job is not None and not job.forgotten else None
 
-    def list(self, *, limit: int = 500) -> list[Job]:
+    def list(self, *, limit: int = 500, offset: int = 0, states: Iterable[str] | None = None) -> list[Job]:
+        """Jobs not forgotten, newest first: `limit` of them from `offset`, in `states` (None: any)."""
+        where, args = self._where(states)
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+            rows = self._db.execute(f"SELECT * FROM jobs WHERE {where} ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
+                                    (*args, limit, offset)).fetchall()
             return [self._job(r) for r in rows]
+
+    def count(self, *, states: Iterable[str] | None = None) -> int:
+        """How many jobs `list` has to give, over every page."""
+        where, args = self._where(states)
+        with self._lock:
+            return self._db.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", args).fetchone()[0]
+
+    @staticmethod
+    def _where(states) -> tuple[str, tuple]:
+        if states is None:
+            return "forgotten = 0", ()
+        states = tuple(states)
+        unknown = sorted(set(states) - set(STATES))
+        if unknown:
+            raise ValueError(f"unknown job state(s) {unknown}")
+        return f"forgotten = 0 AND state IN ({', '.join('?' * len(states)) or 'NULL'})", states
+
+    def forget(self, job_id: str) -> None:
+        """Leave a job out of the lists and of `get` (its row stays: see the module's docstring)."""
+        self.update(job_id, forgotten=1)
 
     def outputs(self) -> set[str]:
         """Every output a job of this store writes or wrote, finished jobs' included."""
@@ -166,7 +208,7 @@ class JobStore:
         """Set a job's fields. Where the database refuses the write (sqlite3.OperationalError: its
         disk full), the change is kept in memory (reads give it) and written with the next write
         it takes; one warning per refusal streak."""
-        for key in ("devices", "warnings", "settings"):
+        for key in ("devices", "warnings", "settings", "output_identity"):
             if key in fields:
                 fields[key] = json.dumps(fields[key])
         if "state" in fields and fields["state"] not in STATES:
@@ -229,4 +271,6 @@ def _job(row) -> Job:
     d = dict(row)
     for key in ("settings", "devices", "warnings"):
         d[key] = json.loads(d[key])
+    d["output_identity"] = json.loads(d["output_identity"]) if d.get("output_identity") else None
+    d["forgotten"] = bool(d.get("forgotten"))
     return Job(**d)

@@ -345,7 +345,8 @@ def test_a_token_is_required_on_every_call_but_the_page(clip_root):
     service = _service(clip_root, token="s3cret")
     client = _client(service)
     for method, path in (("get", "/jobs"), ("get", "/gpu/status"), ("get", "/health"), ("post", "/gpu/offload"),
-                         ("delete", "/jobs/x"), ("get", "/jobs/x/events")):
+                         ("delete", "/jobs/x"), ("get", "/jobs/x/events"), ("get", "/jobs/x/output"),
+                         ("post", "/jobs/x/retry"), ("post", "/jobs/x/forget")):
         assert getattr(client, method)(path).status_code == 401, path
         assert getattr(client, method)(path, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
     assert client.get("/health", headers={"Authorization": "Bearer s3cret"}).json() == {"ok": True}
@@ -696,6 +697,13 @@ def test_the_mcp_tools_are_the_api_operations(clip_root):
             assert (await call("release_gpu"))["released"] == ["bicubic x2 on cpu"]
             assert "has ended (done)" in (await call("cancel_job", {"job_id": job["id"]}))["error"]
             assert "no job" in (await call("job_status", {"job_id": "zzz"}))["error"]
+            assert state["output_url"] == f"/jobs/{job['id']}/output"
+            page = await call("job_status", {"state": ["done"], "limit": 1})
+            assert [j["id"] for j in page["jobs"]] == [job["id"]] and page["total"] == 1 and page["next_offset"] is None
+            assert "Invalid state 'over'" in (await call("job_status", {"state": ["over"]}))["error"]
+            assert "only a failed or cancelled job" in (await call("retry_job", {"job_id": job["id"]}))["error"]
+            assert (await call("forget_job", {"job_id": job["id"]}))["forgotten"] == job["id"]
+            assert (await call("job_status"))["total"] == 0
 
     try:
         asyncio.run(session())
@@ -719,6 +727,32 @@ def test_the_store_keeps_jobs_across_a_restart(tmp_path):
         again.update(a.id, state="exploded")
     assert os.path.getsize(tmp_path / "j.db") > 0
     again.close()
+
+
+def test_a_database_an_earlier_server_made_is_taken_with_its_jobs(tmp_path):
+    """The store's later columns (output_identity, forgotten) are added to an older database."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.executescript("CREATE TABLE jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, source TEXT NOT NULL, output TEXT NOT "
+                     "NULL, settings TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL, frames_done "
+                     "INTEGER NOT NULL DEFAULT 0, frames_total INTEGER NOT NULL DEFAULT 0, fps REAL NOT NULL DEFAULT 0, "
+                     "devices TEXT NOT NULL DEFAULT '[]', warnings TEXT NOT NULL DEFAULT '[]', error TEXT, attempts "
+                     "INTEGER NOT NULL DEFAULT 0, resumed INTEGER NOT NULL DEFAULT 0);"
+                     "INSERT INTO jobs (id, state, source, output, settings, created) VALUES ('old', 'done', 's', 'o', "
+                     "'{}', 1.0);")
+    db.commit()
+    db.close()
+    store = JobStore(tmp_path / "old.db")
+    try:
+        job = store.get("old")
+        assert (job.state, job.output_identity, job.forgotten) == ("done", None, False)
+        store.update("old", output_identity={"size": 1, "mtime_ns": 2, "inode": 3})
+        assert store.get("old").output_identity == {"size": 1, "mtime_ns": 2, "inode": 3}
+        store.forget("old")
+        assert store.get("old") is None and store.list() == [] and store.count() == 0
+    finally:
+        store.close()
 
 
 def test_invalid_roots_are_one_line(tmp_path):
@@ -1378,4 +1412,206 @@ def test_a_bad_fps_is_refused_at_submit_for_a_video_too(clip_root):
     r = _client(service).post("/jobs", json={"source": "in.mp4", "output": "o.mp4", "model": "bicubic", "fps": "-5"})
     assert r.status_code == 422 and 'Invalid "fps"' in r.json()["error"], r.text
     assert service.store.list() == []
+    service.store.close()
+
+
+# -- results: download, retry, forget, pages ---------------------------------------------------------
+def test_an_ended_jobs_output_downloads_whole_or_in_ranges_and_a_queued_ones_is_409(clip_root):
+    """GET /jobs/{id}/output had no route: a result could be uploaded but not fetched back over HTTP."""
+    service = _service(clip_root)
+    client = _client(service)
+    (job,) = client.post("/jobs", json={"source": "in.mp4", "output": "o.mkv", **LOSSLESS}).json()["jobs"]
+    r = client.get(f"/jobs/{job['id']}/output")  # not started yet: the server's dispatcher is off
+    assert r.status_code == 409 and r.json() == {"error": f"job {job['id']} is queued: its output can be downloaded "
+                                                          "once it has ended."}
+    assert client.get(f"/jobs/{job['id']}").json()["output_url"] is None
+    service.store.close()
+    service = _service(clip_root)  # a server that starts, and takes the queued job up
+    service.start()
+    try:
+        client = _client(service)
+        done = _wait(client, job["id"])
+        assert done["state"] == "done" and done["output_url"] == f"/jobs/{job['id']}/output", done["error"]
+        data = (clip_root / "o.mkv").read_bytes()
+        r = client.get(done["output_url"])
+        assert r.status_code == 200 and r.content == data
+        assert r.headers["content-type"] == "video/x-matroska" and r.headers["x-framepipe-output"] == "whole"
+        assert r.headers["content-disposition"] == 'attachment; filename="o.mkv"'
+        assert r.headers["accept-ranges"] == "bytes" and int(r.headers["content-length"]) == len(data)
+        r = client.get(done["output_url"], headers={"Range": "bytes=1000-"})  # curl -C 1000, a player's seek
+        assert r.status_code == 206 and r.content == data[1000:]
+        assert r.headers["content-range"] == f"bytes 1000-{len(data) - 1}/{len(data)}"
+        r = client.head(done["output_url"])
+        assert r.status_code == 200 and r.content == b"" and int(r.headers["content-length"]) == len(data)
+        assert client.get("/jobs/nope/output").json() == {"error": "no job 'nope'"}
+    finally:
+        service.close()
+
+
+def test_a_download_is_the_jobs_own_file_and_nothing_else(clip_root, tmp_path):
+    """The file served is the one the job wrote: not one put at its name since, not one reached
+    through a folder swapped for a link out of the roots (the same file, hard-linked outside)."""
+    (clip_root / "sub").mkdir()
+    service = _service(clip_root)
+    service.start()
+    try:
+        client = _client(service)
+        (job,) = client.post("/jobs", json={"source": "in.mp4", "output": "sub/o.mp4", **LOSSLESS}).json()["jobs"]
+        url = _wait(client, job["id"])["output_url"]
+        assert client.get(url).status_code == 200
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        os.link(clip_root / "sub" / "o.mp4", outside / "o.mp4")  # the same file: size, time, inode
+        (clip_root / "sub").rename(clip_root / "sub.old")
+        (clip_root / "sub").symlink_to(outside)
+        r = client.get(url)
+        assert r.status_code == 403 and "outside the folders" in r.json()["error"], r.text
+        (clip_root / "sub").unlink()
+        (clip_root / "sub.old").rename(clip_root / "sub")
+        assert client.get(url).status_code == 200
+        (clip_root / "sub" / "o.mp4").write_bytes(b"someone else's file")
+        r = client.get(url)
+        assert r.status_code == 404 and r.json() == {"error": f"job {job['id']}: its output 'sub/o.mp4' was changed or "
+                                                              "replaced since the job ended."}
+        (clip_root / "sub" / "o.mp4").unlink()
+        (clip_root / "sub" / "o.mp4").symlink_to(outside / "o.mp4")
+        assert client.get(url).status_code == 404 and client.get(f"/jobs/{job['id']}").json()["output_url"] is None
+        (clip_root / "sub" / "o.mp4").unlink()
+        r = client.get(url)
+        assert r.status_code == 404 and r.json()["error"] == f"job {job['id']}: its output 'sub/o.mp4' is gone."
+    finally:
+        service.close()
+
+
+def test_a_failed_job_without_output_has_none_to_download(clip_root):
+    def run(config, **kw):
+        raise InvalidOption("a bad setting found late")
+
+    service = _service(clip_root, run=run)
+    service.start()
+    try:
+        client = _client(service)
+        (job,) = client.post("/jobs", json={"source": "in.mp4", "output": "f.mp4"}).json()["jobs"]
+        assert _wait(client, job["id"])["output_url"] is None
+        r = client.get(f"/jobs/{job['id']}/output")
+        assert r.status_code == 404 and r.json() == {"error": f"job {job['id']} (failed) left no playable output "
+                                                              "(a bad setting found late)."}
+    finally:
+        service.close()
+
+
+def test_a_cancelled_jobs_partial_output_downloads_and_a_retry_finishes_it_under_its_id(clip_root, monkeypatch):
+    """A cancelled job could only be submitted again as a new job; POST /jobs/{id}/retry queues it
+    again, and it resumes from its segments. Its partial output downloads meanwhile."""
+    from pipeline.worker import Worker
+
+    original = Worker.process
+
+    def slow(self, batch):
+        time.sleep(0.05)
+        return original(self, batch)
+
+    monkeypatch.setattr(Worker, "process", slow)
+    service = _service(clip_root)
+    service.start()
+    try:
+        client = _client(service)
+        body = {"source": "in.mp4", "output": "c.mp4", **LOSSLESS, "segment_frames": 5, "encoders": 1}
+        (job,) = client.post("/jobs", json=body).json()["jobs"]
+        r = client.post(f"/jobs/{job['id']}/retry")
+        assert r.status_code == 409 and "only a failed or cancelled job can be retried" in r.json()["error"]
+        _wait(client, job["id"], states=("running",))
+        deadline = time.monotonic() + 30
+        while client.get(f"/jobs/{job['id']}").json()["frames_done"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cancelled = client.delete(f"/jobs/{job['id']}").json()
+        assert cancelled["state"] == "cancelled" and cancelled["output_url"] == f"/jobs/{job['id']}/output"
+        r = client.get(cancelled["output_url"])
+        assert r.status_code == 200 and r.headers["x-framepipe-output"] == "partial"
+        assert r.headers["content-disposition"] == 'attachment; filename="c.partial.mp4"'
+        (clip_root.parent / "got.mp4").write_bytes(r.content)
+        partial = probe.indices(clip_root.parent / "got.mp4")
+        assert partial == list(range(len(partial))) and 10 <= len(partial) < 30  # playable, in order
+        monkeypatch.setattr(Worker, "process", original)
+        r = client.post(f"/jobs/{job['id']}/retry")
+        assert r.status_code == 200 and r.json()["id"] == job["id"] and r.json()["error"] is None, r.text
+        done = _wait(client, job["id"])
+        assert done["state"] == "done" and done["frames_done"] == 30 and probe.indices(clip_root / "c.mp4") == list(range(30))
+        assert not (clip_root / "c.mp4.parts").exists()
+        assert client.get(done["output_url"]).content == (clip_root / "c.mp4").read_bytes()
+        assert [j["id"] for j in client.get("/jobs").json()["jobs"]] == [job["id"]]  # the same job, not a second
+        assert client.post("/jobs/nope/retry").status_code == 404
+    finally:
+        service.close()
+
+
+def test_a_retry_is_refused_in_one_line_when_its_source_is_gone_or_its_output_taken(clip_root):
+    def run(config, **kw):
+        raise InvalidOption("failed")
+
+    service = _service(clip_root, run=run)
+    service.start()
+    try:
+        client = _client(service)
+        (clip_root / "gone.mp4").write_bytes((clip_root / "in.mp4").read_bytes())
+        (job,) = client.post("/jobs", json={"source": "gone.mp4", "output": "g.mp4"}).json()["jobs"]
+        _wait(client, job["id"])
+        (clip_root / "gone.mp4").unlink()
+        r = client.post(f"/jobs/{job['id']}/retry")
+        assert r.status_code == 409 and r.json() == {"error": f"job {job['id']} cannot be retried: its source "
+                                                              "'gone.mp4' is gone."}
+        (clip_root / "gone.mp4").write_bytes((clip_root / "in.mp4").read_bytes())
+        (clip_root / "g.mp4").write_bytes(b"a file of the user's since")
+        r = client.post(f"/jobs/{job['id']}/retry")
+        assert r.status_code == 409 and "exists" in r.json()["error"] and "\n" not in r.json()["error"], r.text
+        assert client.get(f"/jobs/{job['id']}").json()["state"] == "failed"
+    finally:
+        service.close()
+
+
+def test_forget_leaves_an_ended_job_out_of_the_lists_and_touches_no_file(clip_root):
+    service = _service(clip_root)
+    client = _client(service)
+    (queued,) = client.post("/jobs", json={"source": "in.mp4", "output": "q.mp4", **LOSSLESS}).json()["jobs"]
+    r = client.post(f"/jobs/{queued['id']}/forget")
+    assert r.status_code == 409 and r.json()["error"] == (f"job {queued['id']} is queued: cancel it first "
+                                                          f"(DELETE /jobs/{queued['id']}), then forget it.")
+    service.store.close()
+    service = _service(clip_root)  # a server that starts, and takes the queued job up
+    service.start()
+    try:
+        client = _client(service)
+        assert _wait(client, queued["id"])["state"] == "done"
+        r = client.post(f"/jobs/{queued['id']}/forget")
+        assert r.status_code == 200 and r.json() == {"forgotten": queued["id"], "files_kept": [str(clip_root / "q.mp4")]}
+        assert (clip_root / "q.mp4").is_file()
+        assert client.get(f"/jobs/{queued['id']}").status_code == 404
+        assert client.get("/jobs").json()["jobs"] == [] and client.get("/jobs").json()["total"] == 0
+        assert client.post(f"/jobs/{queued['id']}/forget").status_code == 404
+        assert service.store.outputs() == {str(clip_root / "q.mp4")}  # still known: the uploads' sweep spares it
+    finally:
+        service.close()
+
+
+def test_jobs_come_in_pages_with_a_state_filter_and_the_total(clip_root):
+    """GET /jobs gave up to 500 jobs at once, with no way to the rest, nor to one state's."""
+    service = _service(clip_root)
+    client = _client(service)
+    ids = [service.store.add(source="s", output=f"o{i}", settings={}).id for i in range(5)]
+    for job_id in ids[:2]:
+        service.store.update(job_id, state="failed")
+    page = client.get("/jobs?limit=2").json()
+    assert [j["id"] for j in page["jobs"]] == ids[::-1][:2]  # newest first
+    assert (page["total"], page["limit"], page["offset"], page["next_offset"]) == (5, 2, 0, 2)
+    last = client.get("/jobs?limit=2&offset=4").json()
+    assert [j["id"] for j in last["jobs"]] == [ids[0]] and last["next_offset"] is None
+    failed = client.get("/jobs?state=failed").json()
+    assert sorted(j["id"] for j in failed["jobs"]) == sorted(ids[:2]) and failed["total"] == 2
+    assert client.get("/jobs?state=failed,queued").json()["total"] == 5
+    assert client.get("/jobs").json()["limit"] == 100
+    for query, words in (("limit=0", "Invalid limit (0): give 1 to 500"), ("limit=501", "Invalid limit (501)"),
+                         ("offset=-1", "Invalid offset (-1)"), ("state=finished", "Invalid state 'finished': allowed"),
+                         ("limit=x", "limit: Input should be a valid integer")):
+        r = client.get(f"/jobs?{query}")
+        assert r.status_code == 422 and r.json()["error"].startswith(words) and "\n" not in r.json()["error"], (query, r.text)
     service.store.close()
