@@ -22,7 +22,7 @@ from hw.color import ColorInfo, color_info_from_tags
 from hw.hdr import HdrMetadata, hdr_metadata, side_data
 
 __all__ = ["GRAY_DEPTH", "PLANAR_YUV", "SourceInfo", "display_matrix", "format_bit_depth", "open_for_reading", "open_input",
-           "probe_audio", "probe_source"]
+           "probe_audio", "probe_source", "VideoExtent", "video_extent"]
 
 # Planar YUV formats passed through as integer planes: name -> bit depth. With alpha too (ProRes
 # 4444 decodes to yuva444p12le): its Y, U and V planes are read, the alpha plane left out.
@@ -350,6 +350,44 @@ def probe_source(path: str | os.PathLike) -> SourceInfo:
             other_video_streams=_other_video_streams_note(container, stream),
             other_streams_start=_other_streams_start(container),
         )
+    finally:
+        container.close()
+
+
+@dataclass(frozen=True)
+class VideoExtent:
+    """How far a video reaches, from its container, without decoding: `num_frames_from_header`
+    (0: the container does not say) and `last_frame_seconds`, the last video packet's time from the
+    stream's start (None: not known). Frames a decoder drops only make the video shorter than this."""
+
+    num_frames_from_header: int
+    last_frame_seconds: Fraction | None
+
+
+def video_extent(path: str | os.PathLike) -> VideoExtent:
+    """The extent of `path`'s video (`main_video_stream`): the packets from the last keyframe on
+    are read (a seek near the end), none decoded."""
+    import av
+
+    container = open_input(Path(path))
+    try:
+        stream = main_video_stream(container)
+        if stream is None:
+            raise NoVideoStream(f"Source {str(path)!r} has no video stream. framepipe needs a video.")
+        frames, last = int(stream.frames or 0), None
+        tb = fraction(stream.time_base)
+        end = None
+        if stream.start_time is not None and tb:  # (no end known: not the whole file read to find it)
+            end = (stream.start_time + stream.duration if stream.duration
+                   else round(container.duration / 1_000_000 / tb) if container.duration else None)
+        if end is not None:
+            try:
+                container.seek(end, stream=stream, backward=True)
+                pts = [p.pts for p in container.demux(stream) if p.pts is not None]
+            except av.error.FFmpegError:
+                pts = []
+            last = (max(pts) - stream.start_time) * tb if pts else None
+        return VideoExtent(num_frames_from_header=frames, last_frame_seconds=last)
     finally:
         container.close()
 

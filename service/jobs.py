@@ -478,10 +478,18 @@ class Scheduler:
 
     def _check_job(self, source: Path, output: Path | None, settings: dict, *, model: str) -> None:
         """The checks of one job before it is queued (a new one, or one retried): its settings as
-        the command line checks them, and its output."""
-        self._config(source, output, settings, model=model).validate()
+        the command line checks them, and its output; a start past the video's end (it would fail
+        when run), and a bit depth for pictures given a video (likewise)."""
+        from hw.pictures import picture_target
+
+        config = self._config(source, output, settings, model=model).validate()
         if output is not None:
             self._check_output(source, output, model, settings)
+        if settings["bit_depth"] == 16 and output is not None and not output.is_dir() and \
+                picture_target(output, picture_format=settings["picture_format"], bit_depth=16) is None:
+            raise InvalidOption('"bit_depth" 16 is for pictures (PNG/TIFF output); video is written with 8 or 10 bits.')
+        if config.cut is not None and config.cut.start is not None and source.is_file():
+            _refuse_start_past_the_end(source, config.cut.start)
 
     def _check_output(self, source: Path, output: Path, model: str, settings: dict) -> None:
         """The command line's output checks (core.files): an existing file without overwrite, the
@@ -545,6 +553,20 @@ class Scheduler:
             device="cpu" if devices == ["cpu"] else gpus[0] if len(gpus) == 1 else "auto",
             gpus=",".join(d.split(":")[1] for d in gpus) if len(gpus) > 1 else None,
         )
+
+
+def _refuse_start_past_the_end(source: Path, start) -> None:
+    """A `start` past the video's last frame would fail when the job ran ("Nothing to process"):
+    refused now, from the container's frame count and its last packet's time (`hw.av_source.
+    video_extent`; what it cannot tell is left to the run, which says it then)."""
+    from hw.av_source import video_extent
+
+    extent = video_extent(source)
+    frames, last = extent.num_frames_from_header, extent.last_frame_seconds
+    if start.frames is not None and frames and start.frames >= frames:
+        raise InvalidOption(f'"start" {start} is past the end of the video: it has {frames} frames (0f to {frames - 1}f).')
+    if start.seconds is not None and last is not None and start.seconds > last:
+        raise InvalidOption(f'"start" {start} is past the end of the video: its last frame is at {float(last):.3f} s.')
 
 
 def _refuse_unused_interpolation(request: JobRequest) -> None:

@@ -1615,3 +1615,24 @@ def test_jobs_come_in_pages_with_a_state_filter_and_the_total(clip_root):
         r = client.get(f"/jobs?{query}")
         assert r.status_code == 422 and r.json()["error"].startswith(words) and "\n" not in r.json()["error"], (query, r.text)
     service.store.close()
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"start": "100"}, '"start" 100s is past the end of the video: its last frame is at 1.208 s.'),
+    ({"start": "1.25"}, '"start" 1.25s is past the end of the video: its last frame is at 1.208 s.'),
+    ({"start": "30f"}, '"start" 30f is past the end of the video: it has 30 frames (0f to 29f).'),
+    ({"start": "500f", "end": "600f"}, '"start" 500f is past the end of the video: it has 30 frames (0f to 29f).'),
+    ({"bit_depth": 16}, '"bit_depth" 16 is for pictures (PNG/TIFF output); video is written with 8 or 10 bits.'),
+])
+def test_a_start_past_the_end_or_a_pictures_depth_for_a_video_is_refused_at_submit(clip_root, settings, words):
+    """Accepted (201) and failed when the job ran ("Nothing to process"); a 422 now. The 30-frame
+    clip's last frame is frame 29, at 29/24 s: a start there is taken."""
+    service = _service(clip_root)
+    client = _client(service)
+    r = client.post("/jobs", json={"source": "in.mp4", "output": "o.mp4", "model": "bicubic", **settings})
+    assert r.status_code == 422 and r.json() == {"error": words}, r.text
+    for i, fine in enumerate(({"start": "29f"}, {"start": "1.2"}, {"start": "1.2083"}, {"bit_depth": 16, "output": "pics/"})):
+        body = {"source": "in.mp4", "output": f"fine{i}.mp4", "model": "bicubic", **fine}
+        assert client.post("/jobs", json=body).status_code == 201, fine
+    assert service.store.count() == 4
+    service.store.close()
