@@ -5,7 +5,9 @@ get_gpu_status, offload_gpu, release_gpu, update_gpu_timeout, submit_job, job_st
 cancel_job, retry_job, forget_job. A job's answer carries `output_url`, the path of its download
 on the HTTP API, once there is an output to download. Served over streamable HTTP at `/mcp` by the same uvicorn server (and behind the
 same bearer token, Host and Origin checks) as the API. A refused call is an answer with
-`error` (one line), never a protocol failure.
+`error` (one line), never a protocol failure. Arguments of the wrong type (`"seconds": "abc"`),
+which the SDK checks before a tool runs, are a tool error of one line naming the tool and the
+argument, not pydantic's report of several lines with its documentation's address.
 """
 
 from __future__ import annotations
@@ -24,8 +26,20 @@ TOOLS = ("get_gpu_status", "offload_gpu", "release_gpu", "update_gpu_timeout", "
 
 def make_mcp(service: Service):
     from mcp.server.mcpserver import MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+    from pydantic import ValidationError
 
-    mcp = MCPServer("framepipe", instructions="framepipe runs a video model (upscaling, restoration) over every frame "
+    class _Server(MCPServer):
+        async def call_tool(self, name, arguments, context=None):
+            try:
+                return await super().call_tool(name, arguments, context)
+            except ToolError as exc:
+                cause = exc.__cause__
+                if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                    raise
+                raise ToolError(f"{name}: {_first_problem(cause)}") from cause  # the SDK logs the fields
+
+    mcp = _Server("framepipe", instructions="framepipe runs a video model (upscaling, restoration) over every frame "
                     "of videos on the server's GPUs. Submit jobs with paths inside the server's roots; follow them with "
                     "job_status; manage GPU memory with offload_gpu / release_gpu / update_gpu_timeout.")
 
@@ -97,7 +111,16 @@ def _answer(call) -> dict[str, Any]:
         return call()
     except (FramepipeError, ValueError) as exc:
         if isinstance(exc, ValidationError):
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ()))
-            return {"error": f"{where}: {first.get('msg')}"}
+            return {"error": _first_problem(exc)}
         return {"error": one_line(exc)}
+
+
+def _first_problem(exc) -> str:
+    """A pydantic ValidationError as one line: the first problem's field and message, and how many more."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid arguments"
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "arguments"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg')}{more}"

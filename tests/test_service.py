@@ -1636,3 +1636,31 @@ def test_a_start_past_the_end_or_a_pictures_depth_for_a_video_is_refused_at_subm
         assert client.post("/jobs", json=body).status_code == 201, fine
     assert service.store.count() == 4
     service.store.close()
+
+
+def test_mcp_arguments_of_the_wrong_type_are_one_line_naming_the_tool_and_the_argument(clip_root):
+    """The SDK's own check of a tool's arguments answered pydantic's report: several lines, the
+    input echoed, and "For further information visit https://errors.pydantic.dev/..."."""
+    from mcp import Client
+
+    from service.mcp_tools import make_mcp
+
+    service = _service(clip_root)
+
+    async def session():
+        async with Client(make_mcp(service)) as client:
+            texts = []
+            for name, args in (("update_gpu_timeout", {"seconds": "abc"}), ("submit_job", {"source": 5, "output": 6}),
+                               ("job_status", {"limit": "many"})):
+                result = await client.call_tool(name, args)
+                assert result.is_error, result
+                texts.append(result.content[0].text)
+            return texts
+
+    try:
+        assert asyncio.run(session()) == [
+            "update_gpu_timeout: seconds: Input should be a valid number, unable to parse string as a number",
+            "submit_job: source: Input should be a valid string (and 1 more)",
+            "job_status: limit: Input should be a valid integer, unable to parse string as an integer"]
+    finally:
+        service.store.close()

@@ -194,6 +194,38 @@ def test_ctrl_c_with_a_client_watching_events_stops_in_one_line(clips, tmp_path)
 
 
 @pytest.mark.slow
+def test_an_open_mcp_event_stream_does_not_hold_the_shutdown(tmp_path):
+    """Reported: `GET /mcp` (the MCP streamable-HTTP SSE stream) never closed when the server
+    stopped, so shutdown waited for the client. Not reproduced with mcp 2.3.0 and uvicorn 0.55
+    (the stream ends within 0.1 s of SIGTERM); guarded here against an SDK that keeps it open."""
+    import threading
+
+    root = tmp_path / "root"
+    root.mkdir()
+    server = Server(root)
+    opened, closed = threading.Event(), threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{server.url}/mcp", headers={**AUTH, "accept": "text/event-stream"}, timeout=60) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            opened.set()
+            for _ in r.iter_lines():
+                pass
+        closed.set()
+
+    listener = threading.Thread(target=listen, daemon=True)
+    try:
+        listener.start()
+        assert opened.wait(30), server.log.read_text()
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM) == -signal.SIGTERM
+        assert closed.wait(10) and time.monotonic() - started < 4.5, "the MCP stream held the shutdown"
+    finally:
+        server.stop(signal.SIGKILL)
+    assert "Traceback" not in server.log.read_text()
+
+
+@pytest.mark.slow
 def test_load_50_jobs_from_several_clients_complete_frame_exact_memory_flat_models_released(clips, tmp_path):
     """Bounded: 50 jobs of 12 small frames each, 5 clients submitting at once, 4 jobs at a time."""
     root = tmp_path / "root"
