@@ -9,6 +9,8 @@
     DELETE /jobs/{id}         cancel (the partial output stays finalized and resumable)
     GET  /jobs/{id}/output    the output file of an ended job (HTTP ranges: resumable downloads, seeking
                               players); a cancelled or failed job's playable partial output
+    POST /jobs/{id}/output/link  that download as a link a browser can follow without the token
+                              (signed with it, valid for an hour, for that job's output only)
     POST /jobs/{id}/retry     a failed or cancelled job queued again; it resumes from its segments
     POST /jobs/{id}/forget    an ended job left out of the lists; no file is touched
     GET  /jobs/{id}/events    progress as server-sent events, about once a second, until it ends
@@ -27,7 +29,10 @@ Every request passes `_Guard` first, before any route reads a byte of its body:
   requests carry its own name;
 - a bearer token, when set, is required on every call but the page itself (which holds no
   data: it reads the token from its URL fragment, `/#token=...`); the scheme is matched
-  without regard to case (RFC 7235), the token in constant time;
+  without regard to case (RFC 7235), the token in constant time. A download link (`POST
+  /jobs/{id}/output/link`, made with the token) stands in for it on that one GET or HEAD: a
+  link cannot carry a header, and a browser given one streams the file to disk, resumes and
+  seeks by itself, where a script fetching it with the header would hold the whole file;
 - a request that changes something (POST, DELETE) is refused when its Origin (sent by every
   browser) is another site: a cross-site form or script cannot submit, cancel or upload. The
   page is same-origin; MCP clients send no Origin;
@@ -50,16 +55,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import hmac
 import json
 import logging
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -80,6 +87,7 @@ log = logging.getLogger("service")
 
 MAX_BODY_BYTES = 1 << 20  # a JSON request or an MCP call; uploads have the server's own limit
 UPLOAD_PATH = "/jobs/upload"
+LINK_SECONDS = 3600  # how long a download link (POST /jobs/{id}/output/link) stays valid
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # An output's content type by its container (core.choices.CONTAINER_SUFFIXES); Python's table lacks .mkv
@@ -242,6 +250,18 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
             raise HTTPException(status_code=404, detail=f"no job {job_id!r}")
         return _OpenedFile(opened)
 
+    @app.post("/jobs/{job_id}/output/link")
+    def output_link(job_id: str) -> dict:
+        opened = service.open_output(job_id)  # refused as the download itself would be
+        if opened is None:
+            raise HTTPException(status_code=404, detail=f"no job {job_id!r}")
+        os.close(opened.fd)
+        expires = int(time.time()) + LINK_SECONDS
+        url = f"/jobs/{job_id}/output"
+        if service.token is not None:
+            url += f"?expires={expires}&key={_link_key(service.token, url, expires)}"
+        return {"url": url, "expires": expires if service.token is not None else None}
+
     @app.get("/jobs/{job_id}/events")
     async def events(job_id: str, request: Request) -> StreamingResponse:
         _found(service.job(job_id), job_id)
@@ -393,7 +413,8 @@ class _Guard:
             return _error(421, f"this server does not answer to the host {host!r}: it answers to "
                                f"{', '.join(sorted(self.allowed_hosts))}. Start it with --allow-host NAME to add one.")
         token = self.service.token
-        if token is not None and not (path == "/" and method in ("GET", "HEAD")):
+        if token is not None and not (path == "/" and method in ("GET", "HEAD")) \
+                and not (method in ("GET", "HEAD") and _linked(token, path, scope.get("query_string", b""))):
             if not hmac.compare_digest(_bearer(headers).encode(), token.encode()):
                 return _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                               headers={"WWW-Authenticate": "Bearer"})
@@ -435,6 +456,24 @@ def _hostname(host: str) -> str:
     if host.startswith("["):
         return host[1:host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _link_key(token: str, path: str, expires: int) -> str:
+    """The signature of a download link: HMAC-SHA256 of its path and expiry under the token."""
+    return hmac.new(token.encode(), f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def _linked(token: str, path: str, query: bytes) -> bool:
+    """Whether a request's query is a valid, unexpired download link (`output_link`) for its path."""
+    if not (path.startswith("/jobs/") and path.endswith("/output")):
+        return False
+    args = parse_qs(query.decode("latin-1"))
+    try:
+        expires = int(args["expires"][0])
+        key = args["key"][0]
+    except (KeyError, IndexError, ValueError):
+        return False
+    return expires >= time.time() and hmac.compare_digest(key.encode(), _link_key(token, path, expires).encode())
 
 
 def _bearer(headers: Headers) -> str:

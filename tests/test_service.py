@@ -1483,6 +1483,63 @@ def test_a_download_is_the_jobs_own_file_and_nothing_else(clip_root, tmp_path):
         service.close()
 
 
+def test_a_signed_link_downloads_one_jobs_output_without_the_token_until_it_expires(clip_root, monkeypatch):
+    """With a token, the page could only fetch a download with its header and hand the browser the
+    whole file from memory (a 10 GB output: 10 GB in the tab). A link the server signs for one
+    job's output stands in for the token on that GET/HEAD alone, and only until it expires."""
+    import service.api as api
+
+    auth = {"Authorization": "Bearer s3cret"}
+    service = _service(clip_root, token="s3cret")
+    service.start()
+    try:
+        client = _client(service)
+        ids = [client.post("/jobs", json={"source": "in.mp4", "output": name, **LOSSLESS}, headers=auth).json()["jobs"][0]["id"]
+               for name in ("a.mp4", "b.mp4")]
+        for job_id in ids:
+            assert _wait(client, job_id, headers=auth)["state"] == "done"
+        a, b = ids
+        assert client.get(f"/jobs/{a}/output").status_code == 401
+        assert client.post(f"/jobs/{a}/output/link").status_code == 401  # a link is made with the token only
+        link = client.post(f"/jobs/{a}/output/link", headers=auth).json()
+        assert link["url"].startswith(f"/jobs/{a}/output?expires=") and link["expires"] > time.time() + 3000
+        r = client.get(link["url"])  # no header: the link alone
+        assert r.status_code == 200 and r.content == (clip_root / "a.mp4").read_bytes()
+        assert client.get(link["url"], headers={"Range": "bytes=100-"}).status_code == 206
+        assert client.head(link["url"]).status_code == 200
+        query = link["url"].split("?", 1)[1]
+        assert client.get(f"/jobs/{b}/output?{query}").status_code == 401  # another job's output
+        assert client.get(f"/jobs/{a}?{query}").status_code == 401  # another route
+        assert client.delete(f"/jobs/{a}/output?{query}").status_code == 401  # only GET/HEAD
+        later = query.replace(f"expires={link['expires']}", f"expires={link['expires'] + 3600}")
+        assert client.get(f"/jobs/{a}/output?{later}").status_code == 401  # its time changed: the key no longer fits
+        monkeypatch.setattr(api.time, "time", lambda: link["expires"] + 1)
+        assert client.get(link["url"]).status_code == 401  # expired
+        monkeypatch.undo()
+        r = client.post("/jobs/nope/output/link", headers=auth)
+        assert r.status_code == 404 and r.json() == {"error": "no job 'nope'"}
+    finally:
+        service.close()
+
+
+def test_a_link_is_refused_as_the_download_is_and_needs_no_signature_without_a_token(clip_root):
+    service = _service(clip_root)
+    client = _client(service)
+    (job,) = client.post("/jobs", json={"source": "in.mp4", "output": "o.mp4", **LOSSLESS}).json()["jobs"]
+    r = client.post(f"/jobs/{job['id']}/output/link")  # queued: the server's dispatcher is off
+    assert r.status_code == 409 and "can be downloaded once it has ended" in r.json()["error"]
+    service.store.close()
+    service = _service(clip_root)
+    service.start()
+    try:
+        client = _client(service)
+        _wait(client, job["id"])
+        assert client.post(f"/jobs/{job['id']}/output/link").json() == {"url": f"/jobs/{job['id']}/output",
+                                                                         "expires": None}
+    finally:
+        service.close()
+
+
 def test_a_failed_job_without_output_has_none_to_download(clip_root):
     def run(config, **kw):
         raise InvalidOption("a bad setting found late")

@@ -334,6 +334,8 @@ def test_the_live_page_in_a_headless_browser_shows_the_devices_models_and_a_runn
     (root / "in.mp4").write_bytes(clips("svc-long.mp4", num_frames=120, audio=True).read_bytes())
     server = Server(root, slow=0.15)
     try:
+        done_id = server.post("/jobs", {"source": "in.mp4", "output": "d.mp4", **SLOW, "max_frames": 2}).json()["jobs"][0]["id"]
+        assert server.wait(done_id)["state"] == "done"
         job_id = server.post("/jobs", {"source": "in.mp4", "output": "p.mp4", **SLOW}).json()["jobs"][0]["id"]
         server.wait(job_id, states=("running",))
         deadline = time.monotonic() + 30
@@ -361,6 +363,10 @@ def test_the_live_page_in_a_headless_browser_shows_the_devices_models_and_a_runn
     assert 'class="queue">1<' in device.group(2)
     where = "cpu" if device.group(1) == "cpu" else "gpu"  # on a GPU the model is on it while the job runs
     assert f"bicubic x2: {where} (1 job)" in device.group(2)
+    done = re.search(rf'<tr data-job="{done_id}" data-state="done">(.*?)</tr>', dom, re.S)
+    assert done is not None, dom[-3000:]  # a finished job: its download link, no cancel button
+    assert f'<a href="/jobs/{done_id}/output" download="" class="download">download</a>' in done.group(1)
+    assert ">cancel<" not in done.group(1) and ">cancel<" in row.group(2)
     assert '<span id="message"></span>' in dom  # no error shown (e.g. "cannot reach the server")
     assert re.search(r'<span id="updated">[^<]*\d:\d\d[^<]*</span>', dom)  # refreshed at least once
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
