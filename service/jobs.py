@@ -156,11 +156,13 @@ class Scheduler:
     def start(self) -> list[Job]:
         """Take up the jobs a previous server left queued or running, then start dispatching."""
         taken = self.store.unfinished()
-        for job in taken:
-            if job.started is not None:  # it had begun (killed mid-run, or stopped with the server)
-                self.store.update(job.id, state="queued", resumed=job.resumed + 1)
-                log.info("job %s had begun when the server stopped: it resumes from its segments", job.id)
-            self._queue.append(job.id)
+        with self._lock:
+            for job in taken:
+                if job.started is not None:  # it had begun (killed mid-run, or stopped with the server)
+                    self.store.update(job.id, state="queued", resumed=job.resumed + 1)
+                    log.info("job %s had begun when the server stopped: it resumes from its segments", job.id)
+                if job.id not in self._queue:  # one submitted before the start is queued already
+                    self._queue.append(job.id)
         self._dispatcher.start()
         return taken
 

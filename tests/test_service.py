@@ -1540,6 +1540,29 @@ def test_a_link_is_refused_as_the_download_is_and_needs_no_signature_without_a_t
         service.close()
 
 
+def test_a_job_submitted_before_the_start_runs_once(clip_root):
+    """start() queued every unfinished job again, one submitted to this service before it started
+    included: it stood twice in the queue and two runs of it raced for its output."""
+    runs = []
+
+    def run(config, **kw):
+        runs.append(config.output)
+        time.sleep(0.3)  # long enough for a second dispatch of it to begin
+        raise InvalidOption("stop here")
+
+    service = _service(clip_root, run=run)
+    client = _client(service)
+    (job,) = client.post("/jobs", json={"source": "in.mp4", "output": "o.mp4", **LOSSLESS}).json()["jobs"]
+    assert service.scheduler.queue_position(job["id"]) == 0
+    service.start()
+    try:
+        assert _wait(client, job["id"])["state"] == "failed"
+        time.sleep(0.5)
+        assert runs == [clip_root / "o.mp4"]
+    finally:
+        service.close()
+
+
 def test_a_failed_job_without_output_has_none_to_download(clip_root):
     def run(config, **kw):
         raise InvalidOption("a bad setting found late")
