@@ -546,6 +546,8 @@ class Scheduler:
             precision=s["precision"], codec=s["codec"], bit_depth=s["bit_depth"], crf=s["quality"], preset=s["preset"],
             start=s["start"], end=s["end"], max_frames=s["max_frames"], copy_audio=not s["no_audio"],
             tile_size=s["tile_size"], tile_overlap=s["tile_overlap"], compile=s["compile"], batch_size=s["batch_size"],
+            # a job has no "max_batch_size" (the probe's ceiling): a fixed batch above its default is meant
+            max_batch_size=max(RunConfig.max_batch_size, s["batch_size"]),
             encoders=s["encoders"], segment_frames=s["segment_frames"], segment_seconds=s["segment_seconds"],
             picture_format=s["picture_format"], fps=s["fps"], nvdec=s["nvdec"], nvenc=s["nvenc"],
             overwrite=s["overwrite"], keep_parts=s["keep_parts"], parallel=True,

@@ -1563,6 +1563,15 @@ def test_a_job_submitted_before_the_start_runs_once(clip_root):
         service.close()
 
 
+def test_a_fixed_batch_above_the_probes_ceiling_is_taken(clip_root):
+    """"batch_size": 300 was refused with "Raise --max-batch-size", a flag no job has."""
+    service = _service(clip_root)
+    r = _client(service).post("/jobs", json={"source": "in.mp4", "output": "o.mp4", **LOSSLESS, "batch_size": 300})
+    assert r.status_code == 201, r.text
+    assert r.json()["jobs"][0]["settings"]["batch_size"] == 300
+    service.store.close()
+
+
 def test_a_failed_job_without_output_has_none_to_download(clip_root):
     def run(config, **kw):
         raise InvalidOption("a bad setting found late")
