@@ -43,6 +43,7 @@ class _CopiedStream:
     next_pts: int | None = None  # re-encoded audio: the next sample's timestamp (1/rate), from the source's timing
     end: int | None = None  # copied MP4/MOV audio: where its edit list ends the track (source ticks), see `_track_end`
     muxed: int = 0  # packets written
+    frame_ticks: int = 0  # copied audio: the longest packet duration seen (source ticks), one whole frame (`_end_padding`)
     text_from: str | None = None  # a text subtitle converted (`subtitle_text`): the source's codec
 
 
@@ -185,6 +186,45 @@ def _track_end(container, stream) -> int | None:
     if container.format.name.split(",")[0] not in _EDIT_LIST_FORMATS or not stream.duration:
         return None
     return (stream.start_time or 0) + stream.duration
+
+
+def _end_padding(packet) -> int:
+    """The samples the packet's decoder is told to drop off its end (the `discard_padding` of
+    FFmpeg's skip-samples side data: Opus's and Vorbis's end trim in Matroska/WebM), 0 if none."""
+    if not packet.has_sidedata("skip_samples"):
+        return 0
+    data = bytes(packet.get_sidedata("skip_samples"))
+    return int.from_bytes(data[4:8], "little") if len(data) >= 8 else 0
+
+
+def _trim_end_padding(packet, copied: _CopiedStream, out_time_base: Fraction | None) -> None:
+    """End the packet where its audio ends: its whole frame less the samples its `discard_padding`
+    drops. Matroska/WebM carry that trim beside the packet and keep it on a copy; an MP4/MOV track
+    ends where its packets' durations end it (its edit list), and the copy played the padding: a
+    WebM's Opus came out 168 samples (3.5 ms) longer than the source's. Where the source's muxer
+    also shortened the packet (a block duration), the frame is the longest packet seen before, so
+    it is not trimmed twice. The packet is moved into the output's time base (MP4: the sample rate)
+    first, so the trim is exact, not rounded to the source's milliseconds."""
+    if not packet.duration or packet.time_base is None:
+        return
+    copied.frame_ticks = max(copied.frame_ticks, packet.duration)
+    padding = _end_padding(packet)
+    rate = packet.stream.codec_context.sample_rate if packet.stream.codec_context is not None else 0
+    if not padding or not rate:
+        return
+    time_base = Fraction(packet.time_base)
+    fine = out_time_base if out_time_base else time_base
+    duration = copied.frame_ticks * time_base - Fraction(padding, rate)
+    if duration <= 0 or duration >= packet.duration * time_base:
+        return
+    if fine != time_base:
+        pts, dts = packet.pts, packet.dts
+        packet.time_base = fine
+        if pts is not None:
+            packet.pts = round(pts * time_base / fine)
+        if dts is not None:
+            packet.dts = round(dts * time_base / fine)
+    packet.duration = max(1, round(duration / fine))
 
 
 def _timecode_at(timecode: str, factor: Fraction) -> str:
@@ -499,9 +539,16 @@ class StreamCopier:
                 and packet.pts < copied.end < packet.pts + packet.duration
                 and (packet.pts + packet.duration - copied.end) * packet.time_base > Fraction(1, 1000)):
             packet.duration = copied.end - packet.pts  # the source's end trim (`_track_end`)
+        if self._edit_lists and packet.stream.type == "audio":
+            _trim_end_padding(packet, copied, self._out_time_base(copied))
         held = self._preroll.pop(packet.stream.index, None)
         for ready in (*_preroll(held, packet), packet) if held else (packet,):
             self._put(ready, copied, moved_by)
+
+    @staticmethod
+    def _out_time_base(copied: _CopiedStream) -> Fraction | None:
+        time_base = copied.out_stream.time_base
+        return Fraction(time_base) if time_base else None
 
     def _put(self, packet, copied: _CopiedStream, moved_by: Fraction) -> None:
         """Mux `packet` into `copied`'s output stream, moved back by `moved_by` seconds."""

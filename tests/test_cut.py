@@ -410,6 +410,49 @@ def test_mp3s_end_trim_in_mp4_is_kept(clips, tmp_path, suffix):
         assert [p.pts for p in c.demux(stream) if p.size][-1] == last.pts
 
 
+def _opus_padding_left_to_the_side_data(src: Path, dst: Path) -> Path:
+    """`src` remuxed with the last Opus packet lasting a whole frame, its end trim said only by its
+    `discard_padding` side data, as ffmpeg's Matroska/WebM muxer writes it (no block duration)."""
+    with av.open(str(src)) as i, av.open(str(dst), "w") as o:
+        streams = {s.index: o.add_stream_from_template(s) for s in i.streams}
+        frame = 0
+        for packet in i.demux():
+            if not packet.size:
+                continue
+            if packet.stream.type == "audio":
+                if packet.has_sidedata("skip_samples") and bytes(packet.get_sidedata("skip_samples"))[4:8] != bytes(4):
+                    packet.duration = frame
+                frame = packet.duration
+            packet.stream = streams[packet.stream.index]
+            o.mux(packet)
+    return dst
+
+
+def test_opus_end_padding_from_matroska_is_kept_in_mp4(clips, tmp_path):
+    """Matroska/WebM trims Opus's last frame with side data beside the packet (`discard_padding`),
+    which MP4/MOV cannot carry: copied as read, the track ran to the frame's end, 568 samples
+    (11.8 ms) past the source's audio here (168 for a WebM from ffmpeg, the reviewer's). The
+    copied track ends where the source's audio does: its last packet to the sample, its edit list
+    to the millisecond it counts in. (MOV cannot copy Opus: re-encoded, the decoder trims it.)"""
+    src = _opus_padding_left_to_the_side_data(
+        clips("opus.mkv", num_frames=25, audio=True, audio_codec="libopus"), tmp_path / "opus-padded.mkv")
+    with av.open(str(src)) as c:
+        packets = [p for p in c.demux(c.streams.audio[0]) if p.size]
+    padding = int.from_bytes(bytes(packets[-1].get_sidedata("skip_samples"))[4:8], "little")
+    assert padding > 0 and packets[-1].duration == packets[-2].duration
+    audio_end = packets[-1].pts * packets[-1].time_base + Fraction(960 - padding, 48000)
+    out = tmp_path / "out.mp4"
+    run(_cfg(src, out, parallel=False))
+    with av.open(str(out)) as c:
+        stream = c.streams.audio[0]
+        last = [p for p in c.demux(stream) if p.size][-1]
+        assert stream.codec_context.name == "opus" and stream.time_base == Fraction(1, 48000)
+        assert last.duration == 960 - padding
+        # the track's end, as its edit list states it (whole milliseconds), is the source audio's end
+        end = (stream.start_time + stream.duration) * stream.time_base
+        assert abs(end - audio_end) <= MP4_EDIT_LIST_SECONDS
+
+
 def test_audio_with_nothing_inside_the_part_is_named_not_lost_silently(clips, tmp_path, capsys):
     """A part of the video past the end of its audio: the muxer leaves the empty track out, and
     the output had no audio without a word (the temporal reviewer, 2026-12-07). One line says so."""
