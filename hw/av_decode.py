@@ -178,6 +178,11 @@ class PyAVDecoder:
         rate = fraction(self._stream.average_rate) or fraction(self._stream.guessed_rate)
         filler = PtsFiller(rate, fraction(self._stream.time_base))
         self._repair = TimestampRepair(step=filler._step)
+        # AVI stores when each frame is decoded, not when it is shown: FFmpeg makes up a PTS (the
+        # DTS plus its guess of the reordering delay, one frame), so with B-frames the first frame
+        # came out one frame late (0.04 s at 25 fps), after the audio and ffmpeg's first frame at 0.
+        # There the frames, in presentation order, take the decode timestamps in order.
+        self._decode_times: list[int] | None = [] if self._container.format.name.split(",")[0] == "avi" else None
 
     def __iter__(self) -> Iterator[Frame]:
         # Planes are copied out of each FFmpeg frame at once, so the timestamp window holds our
@@ -188,7 +193,8 @@ class PyAVDecoder:
                 continue  # another span's frame (a leading picture next to a cut): decoded there too
             if getattr(frame, "is_corrupt", False):
                 self.num_damaged_frames += 1
-            for ready, pts in self._repair.push(self._planes(frame), frame.pts):
+            pts = heapq.heappop(self._decode_times) if self._decode_times else frame.pts
+            for ready, pts in self._repair.push(self._planes(frame), pts):
                 yield self._numbered(ready, pts)
         for ready, pts in self._repair.flush():
             yield self._numbered(ready, pts)
@@ -238,6 +244,8 @@ class PyAVDecoder:
             if packet.size and owned and not damaged:
                 self.num_packets += 1
             demuxed += bool(packet.size)
+            if self._decode_times is not None and packet.size and packet.dts is not None and not damaged:
+                heapq.heappush(self._decode_times, packet.dts)
             for frame in frames:
                 if may_replay and getattr(frame, "is_corrupt", False) and span.keeps(frame.pts):
                     damaged = True

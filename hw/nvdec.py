@@ -195,6 +195,9 @@ class NvDecoder:
         self._nvc = nvc
         container = open_input(Path(path))
         self._container = container
+        # AVI stores decode times only (FFmpeg's PTS there is the DTS plus a guessed frame): the
+        # frames take the decode times in display order, as on the CPU (hw.av_decode.PyAVDecoder)
+        self._decode_times_only = container.format.name.split(",")[0] == "avi"
         try:
             videos = list(container.streams.video)
             if not videos:
@@ -329,7 +332,7 @@ class NvDecoder:
             if packet.size == 0 and packet.dts is None:
                 continue  # PyAV's end-of-stream marker
             # Read these before filtering: the filter takes the packet's contents.
-            pts, discard = packet.pts, bool(packet.is_discard)
+            pts, discard = packet.dts if self._decode_times_only else packet.pts, bool(packet.is_discard)
             outs = self._bsf.filter(packet) if self._bsf is not None else [packet]
             for out in outs:
                 if out.size == 0:

@@ -104,7 +104,8 @@ def test_avi_cut_moves_the_audio_exactly_with_the_video(clips, tmp_path, suffix,
         raw = [f.pts for f in c.decode(video=0)]
         assert c.streams.audio[0].time_base == Fraction(1024, 48000)  # whole packets
     assert raw != sorted(raw)  # decode-order timestamps: B-frames in AVI
-    times = sorted(probe.pts_exact(src))  # as the decoder puts them back in order
+    with av.open(str(src)) as c:  # the frames take the decode times in order (AVI stores no other)
+        times = sorted(p.dts * c.streams.video[0].time_base for p in c.demux(video=0) if p.size)
     out = tmp_path / f"cut{suffix}"
     run(_cfg(src, out, start="1.5", end="3", segment_frames=segment_frames))
     assert probe.indices(out) == list(range(36, 72))

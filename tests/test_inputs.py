@@ -163,6 +163,25 @@ def test_decode_order_timestamps_are_put_back_in_order(tmp_path):
     assert sum("out of order or repeated" in w for w in stats.warnings) == 1
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_avi_with_b_frames_starts_at_its_first_frame_not_one_later(clips, tmp_path, parallel):
+    """AVI stores decode times only; FFmpeg makes each PTS up as the DTS plus one frame, so an AVI
+    with B-frames came out starting one frame late (0.04 s at 25 fps: after the audio and after
+    ffmpeg's first frame at 0). The frames, in presentation order, take the decode times in order:
+    the first at the first packet's time, each 1/fps after the one before, none moved."""
+    src = clips("bframes-start.avi", num_frames=30, fps=25, audio=True, codec_options={"bf": "2"})
+    with av.open(str(src)) as c:
+        stream = c.streams.video[0]
+        decode_times = sorted(p.dts * stream.time_base for p in c.demux(stream) if p.size)
+    with av.open(str(src)) as c:
+        assert next(c.decode(video=0)).pts * c.streams.video[0].time_base > decode_times[0]  # FFmpeg's made-up PTS
+    out = tmp_path / "out.mp4"
+    stats = run(_cfg(src, out, parallel=parallel))
+    assert probe.indices(out) == list(range(30))
+    assert decode_times[0] == 0 and probe.pts_exact(out) == decode_times
+    assert not [w for w in stats.warnings if "timestamp" in w]  # nothing was wrong with the source
+
+
 def test_repeated_timestamps_are_made_ascending(tmp_path):
     src = _write(tmp_path / "dups.mkv", _frames(20), packet_pts=lambda k, p: (k // 2) * 2)
     stats = run(_cfg(src, tmp_path / "out.mkv", parallel=False))

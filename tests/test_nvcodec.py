@@ -731,6 +731,24 @@ def test_decoder_matches_pyav_count_and_pts(tmp_path, monkeypatch, fake_gpu, suf
     assert m.calls[0][0] == "caps"
 
 
+def test_decoder_gives_an_avis_frames_its_decode_times_as_the_cpu_decoder_does(tmp_path, monkeypatch, fake_gpu):
+    """AVI stores decode times only; FFmpeg's PTS there is the DTS plus one frame, so an AVI with
+    B-frames started one frame late. NVDEC's frames take the decode times in display order, the
+    same timestamps as the CPU decoder's (hw.av_decode)."""
+    from hw.av_decode import PyAVDecoder
+
+    clip = make_clip(tmp_path / "b.avi", options={"bf": "2"})
+    with av.open(str(clip)) as c:
+        decode_times = sorted(p.dts for p in c.demux(video=0) if p.size)
+    fake = FakeNvdec(decode_order_pts(clip))
+    use(monkeypatch, fake_module(caps=CAPS_OK, decoder_factory=lambda **kw: fake))
+    with NvDecoder(clip, gpu=0) as dec:
+        got = [f.pts for f in dec]
+    with PyAVDecoder(clip) as cpu:
+        assert got == [f.pts for f in cpu] == decode_times
+    assert decode_times[0] == 0
+
+
 class RecordingNvdec(FakeNvdec):
     """FakeNvdec that keeps the whole first payload fed (a span's: parameter sets first?)."""
 
