@@ -181,6 +181,16 @@ class CutSource:
         self.others_start = others_start
         self.rebase = rebase
         self.num_frames_before_start = 0
+        self._last_kept_pts: int | None = None
+        self._cut_at_pts: int | None = None  # --end: the first frame left out
+
+    @property
+    def last_frame_seconds(self) -> Fraction | None:
+        """How long the last frame yielded lasts: until the first frame --end leaves out, else as
+        long as the source's last frame (its decoder's word; None where it has none)."""
+        if self._cut_at_pts is not None and self._last_kept_pts is not None:
+            return (self._cut_at_pts - self._last_kept_pts) * self.time_base
+        return getattr(self.source, "last_frame_seconds", None)
 
     @property
     def num_corrupt_packets(self) -> int:
@@ -211,6 +221,7 @@ class CutSource:
             seconds = (frame.pts - first_pts) * self.time_base
             if self.cut.end is not None and self.cut.end.reached(frame.index, seconds):
                 self.shift.end = float(frame.pts * self.time_base)
+                self._cut_at_pts = frame.pts
                 if kept == 0:
                     raise InvalidOption(f"--end {self.cut.end} comes before --start {self.cut.start}: the video "
                                         f"reaches the end at frame {frame.index} ({float(seconds):.3f} s). Nothing to process.")
@@ -230,6 +241,7 @@ class CutSource:
                 for k, earlier in enumerate(held):
                     yield replace(earlier, index=k - len(held), pts=earlier.pts - moved_by, neighbour=True)
                 held.clear()
+            self._last_kept_pts = frame.pts
             yield frame if moved_by == 0 and frame.index == kept else replace(frame, index=kept, pts=frame.pts - moved_by)
             kept += 1
         if kept == 0 and self.cut.start is not None:

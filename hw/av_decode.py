@@ -91,6 +91,10 @@ class TimestampRepair:
             out.append(self._pop())
         return out
 
+    @property
+    def num_held(self) -> int:
+        return len(self._held)
+
     def flush(self) -> list[tuple[object, int]]:
         out = []
         while self._held:
@@ -173,6 +177,13 @@ class PyAVDecoder:
         self._gray_as_yuv: bool | None = None  # monochrome tagged limited range: read as YUV (_planes)
         self._chroma: tuple[tuple, np.ndarray] | None = None  # its neutral chroma plane
         self._last_pts: int | None = None
+        # How long the last frame handed on lasts (its packet's duration, as ffmpeg takes it), in seconds.
+        # MP4/MOV store decode-time deltas: with B-frames the last frame shown is not the last decoded,
+        # and its delta is another frame's (0.32 s for a 0.04 s frame); there the sample table's last
+        # entry, the last packet's, is the one its muxer gave the last frame.
+        self.last_frame_seconds: Fraction | None = None
+        self._deltas_only = self._container.format.name.split(",")[0] == "mov"
+        self._last_packet_duration: int | None = None
         self._handed_pts: int | None = None  # the largest decoded timestamp handed on (`_tail_again`)
         self._spacing: deque[int] = deque(maxlen=32)  # the last frames' timestamp steps
         rate = fraction(self._stream.average_rate) or fraction(self._stream.guessed_rate)
@@ -194,9 +205,11 @@ class PyAVDecoder:
             if getattr(frame, "is_corrupt", False):
                 self.num_damaged_frames += 1
             pts = heapq.heappop(self._decode_times) if self._decode_times else frame.pts
-            for ready, pts in self._repair.push(self._planes(frame), pts):
+            for ready, pts in self._repair.push((*self._planes(frame), frame.duration), pts):
                 yield self._numbered(ready, pts)
         for ready, pts in self._repair.flush():
+            if self._deltas_only and not self._repair.num_held:  # the last frame (see __init__)
+                ready = (*ready[:3], self._last_packet_duration or ready[3])
             yield self._numbered(ready, pts)
         self._report_end()
 
@@ -244,6 +257,8 @@ class PyAVDecoder:
             if packet.size and owned and not damaged:
                 self.num_packets += 1
             demuxed += bool(packet.size)
+            if packet.size and owned:
+                self._last_packet_duration = packet.duration
             if self._decode_times is not None and packet.size and packet.dts is not None and not damaged:
                 heapq.heappush(self._decode_times, packet.dts)
             for frame in frames:
@@ -404,8 +419,10 @@ class PyAVDecoder:
             self._chroma = (key, plane)
         return self._chroma[1], self._chroma[1]
 
-    def _numbered(self, data: tuple[str, tuple, int], pts: int) -> Frame:
-        fmt, planes, depth = data
+    def _numbered(self, data: tuple[str, tuple, int, int | None], pts: int) -> Frame:
+        fmt, planes, depth, duration = data
+        time_base = self._stream.time_base
+        self.last_frame_seconds = duration * Fraction(time_base) if duration and duration > 0 and time_base else None
         index = self.num_frames_decoded
         self.num_frames_decoded += 1
         if self._last_pts is not None and pts > self._last_pts:

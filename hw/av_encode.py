@@ -42,7 +42,9 @@ class PresentationDurations:
     presentation duration: the next timestamp in presentation order minus its own. A packet's
     successor in presentation order comes at most an encoder's reordering reach later in decode
     order, so `reach` packets are held (B-frames and pyramids reorder by a few; x264 and x265
-    at most 16 B-frames). The last frame in presentation order keeps the duration it had.
+    at most 16 B-frames). The last frame in presentation order lasts `flush(last_seconds=)` where
+    given (the source's last frame), else keeps the duration it had (the encoder's: one frame at
+    the stream's frame rate, the average one for a variable frame rate).
 
     `tick` (Matroska: 1 ms, the unit it stores): the packets come out in that time base, each
     timestamp rounded as FFmpeg would round it and each duration the difference of the rounded
@@ -69,8 +71,14 @@ class PresentationDurations:
         while len(self._held) > self.reach:
             yield self._settled(self._held.popleft())
 
-    def flush(self) -> Iterator:
-        """Every packet still held, settled, in order (the end of the stream)."""
+    def flush(self, *, last_seconds: Fraction | None = None) -> Iterator:
+        """Every packet still held, settled, in order (the end of the stream); the last frame in
+        presentation order lasts `last_seconds` where given."""
+        if last_seconds is not None and last_seconds > 0:
+            timed = [p for p in self._held if p.pts is not None and p.time_base is not None]
+            if timed:
+                last = max(timed, key=lambda p: p.pts)
+                last.duration = max(1, round(Fraction(last_seconds) / Fraction(last.time_base)))
         while self._held:
             yield self._settled(self._held.popleft())
 
@@ -123,12 +131,15 @@ def _round_ticks(value: Fraction) -> int:
 
 def presentation_durations(out) -> PresentationDurations:
     """For a Matroska/WebM output (which stores how long each frame shows, in whole milliseconds),
-    the packets' presentation durations, in milliseconds; for MP4/MOV (their durations are
-    decode-time deltas, which the muxer takes from the DTS), a pass-through: holding none (`reach`
-    0), it gives each packet back as it came."""
+    the packets' presentation durations, in milliseconds; for MP4/MOV, in the stream's time base:
+    their sample durations are decode-time deltas, which the muxer takes from the DTS, but the
+    track's length (its edit list, the file's duration) is where a frame ends last, timestamp plus
+    duration. With the encoder's durations (one frame at the average rate) a variable frame rate's
+    last frame lasted the average frame (0.048 s for a 0.04 s frame, 0.109 s for another source),
+    and a frame before a short one could end past it."""
     if out.format.name.split(",")[0] in ("matroska", "webm"):
         return PresentationDurations(reach=48, tick=Fraction(1, 1000))
-    return PresentationDurations(reach=0)
+    return PresentationDurations(reach=48)
 
 
 def add_video_stream(out, codec: str, *, width: int, height: int, time_base: Fraction, frame_rate: Fraction | None,
@@ -365,14 +376,15 @@ class PyAVWriter:
     def _disk_errors(self):
         return disk_errors(self.path)
 
-    def _mux_video(self, packets, *, end: bool = False) -> None:
-        """Mux the encoder's packets (`end`: the last of them, with those held for their durations)."""
+    def _mux_video(self, packets, *, end: bool = False, last_seconds: Fraction | None = None) -> None:
+        """Mux the encoder's packets (`end`: the last of them, with those held for their durations,
+        the last frame lasting `last_seconds` where given)."""
         for packet in packets:
             self._repair_dts(packet)
             for ready in self._durations.push(packet):
                 self._mux_packet(ready)
         if end:
-            for ready in self._durations.flush():
+            for ready in self._durations.flush(last_seconds=last_seconds):
                 self._mux_packet(ready)
 
     def _mux_packet(self, packet) -> None:
@@ -398,14 +410,15 @@ class PyAVWriter:
         self._last_dts = packet.dts
 
     # -- end ---------------------------------------------------------------------
-    def close(self, *, complete: bool = True) -> None:
-        """Flush the encoder, copy the remaining audio, and finalize the file. Idempotent."""
+    def close(self, *, complete: bool = True, last_frame_seconds: Fraction | None = None) -> None:
+        """Flush the encoder, copy the remaining audio, and finalize the file (the last frame lasting
+        `last_frame_seconds` where given: `hw.encoding.Encoder.close`). Idempotent."""
         if self._closed:
             return
         self._closed = True
         try:
             with self._disk_errors():
-                self._mux_video(self._video.encode(None), end=True)
+                self._mux_video(self._video.encode(None), end=True, last_seconds=last_frame_seconds)
                 if self._copier is not None:
                     self._copier.finish(complete=complete)
         finally:

@@ -243,14 +243,14 @@ class NvencFileWriter:
             self._pending_pts.append(pts)
             self._mux_units(self._encoder.encode(tensor, ready=ready, hold=(plane,)))
 
-    def close(self, *, complete: bool) -> None:
+    def close(self, *, complete: bool, last_frame_seconds: Fraction | None = None) -> None:
         if self._closed:
             return
         self._closed = True
         try:
             with disk_errors(self.path):
                 self._mux_units(self._encoder.flush())
-                for ready in self._durations.flush():
+                for ready in self._durations.flush(last_seconds=last_frame_seconds):
                     self._out.mux(ready)
                 if self._pending_pts:
                     log.warning("NVENC returned %d access unit(s) fewer than frames given", len(self._pending_pts))

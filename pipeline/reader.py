@@ -121,6 +121,7 @@ class Reader:
                 # (hw.pictures.PictureSource.failure: the frames before it go through first)
                 self.stats.source_failure = getattr(self.source, "failure", None)
                 self.stats.source_exhausted = self.stats.source_failure is None
+                self.stats.last_frame_seconds = getattr(self.source, "last_frame_seconds", None)
                 self._report(count)
                 return
             if not frame.neighbour:

@@ -171,6 +171,9 @@ class RunStats:
     num_corrupt_packets: int = 0
     source_exhausted: bool = False  # the reader reached the end of the source (not a stop or --max-frames)
     source_failure: BaseException | None = None  # why the source ended early, after the frames before it went through
+    # How long the source's last frame lasts (its decoder's word, as ffmpeg takes it; None: unknown), the
+    # output's last frame's duration when every frame went through (Writer.close)
+    last_frame_seconds: Any = None
     # A compile helper process (models/compile_helper.py) ran during the run, its own or another's in
     # this process (the service): torch.compile's workers on every core, so the encoders' times say
     # nothing of the machine's (not learnt from; pipeline/runner.py).

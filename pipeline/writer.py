@@ -63,7 +63,9 @@ class Writer:
         --max-frames) and every decoded frame was written."""
         stats = self.stats
         whole = complete and stats.source_exhausted and stats.num_frames_written == stats.num_frames_decoded
-        self.encoder.close(complete=whole)
+        # the last frame lasts as long as the source's does (a variable frame rate's last frame is not
+        # the average one), where the source says and the frame is the source's last
+        self.encoder.close(complete=whole, last_frame_seconds=stats.last_frame_seconds if whole else None)
 
 
 class _PicturePool:

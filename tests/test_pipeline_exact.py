@@ -130,6 +130,26 @@ def test_variable_frame_rate_timestamps_kept(clips, tmp_path):
     assert set(steps.tolist()) == {round(1 / 24, 4), round(2 / 24, 4)}  # still VFR
 
 
+@pytest.mark.parametrize("suffix, parallel", [(".mp4", False), (".mp4", True), (".mkv", True), (".mov", False)])
+def test_variable_frame_rate_last_frame_lasts_as_the_sources(clips, tmp_path, suffix, parallel):
+    """A variable frame rate's last frame lasted the average frame (the encoder's duration at the
+    stream's rate), not the source's: the file ran 8 ms to 70 ms longer or shorter than the source and
+    ffmpeg's re-encode (a phone clip's 0.04 s last frame came out 0.048 s). It lasts as the source's
+    does, and the file ends where the source's video ends."""
+    src = clips("vfr-end.mp4", num_frames=21, vfr=True)
+    with av.open(str(src)) as c:
+        end = Fraction(c.duration, 1_000_000)  # no audio: the video's end (its edit list)
+        rate = c.streams.video[0].average_rate
+    last = probe.pts_exact(src)[-1]
+    assert abs((end - last) - 1 / Fraction(rate)) > Fraction(1, 100)  # the last frame is not the average one
+    out = tmp_path / f"out{suffix}"
+    _run(src, out, parallel=parallel)
+    assert probe.pts_exact(out)[-1] - probe.video_start(out) == last - probe.video_start(src)
+    with av.open(str(out)) as c:
+        # whole milliseconds: an MP4's edit list; Matroska's timestamp and duration, rounded apart
+        assert abs(Fraction(c.duration, 1_000_000) - probe.video_start(out) - end) <= Fraction(2 if suffix == ".mkv" else 1, 1000)
+
+
 def test_duration_within_one_frame(clips, tmp_path):
     src = clips("audio.mp4", num_frames=48, audio=True)
     _run(src, tmp_path / "out.mp4")

@@ -238,14 +238,19 @@ def test_matroska_frames_under_a_millisecond_apart_are_kept_apart(caplog):
     assert len([r for r in caplog.records if "less than 1 ms apart" in r.getMessage()]) == 1
 
 
-def test_mp4_packets_pass_through_untouched(tmp_path):
+def test_mp4_packets_keep_their_times_and_get_presentation_durations(tmp_path):
+    """MP4: timestamps and order untouched, each packet lasting until the next frame shown, and the
+    last frame shown as long as the source's last frame (a VFR clip's last frame lasted the average
+    one, which also set the file's length)."""
     from fractions import Fraction
 
     from hw.av_encode import presentation_durations
 
     with av.open(str(tmp_path / "x.mp4"), "w") as out:
         durations = presentation_durations(out)
-        packets = _packets([0, 2, 1], Fraction(1, 90000))
-        assert [p for packet in packets for p in durations.push(packet)] == packets
-        assert [(p.pts, p.duration, p.time_base) for p in packets] == [(0, 1, Fraction(1, 90000)), (2, 1, Fraction(1, 90000)),
-                                                                      (1, 1, Fraction(1, 90000))]
+        packets = _packets([0, 3, 1], Fraction(1, 90000))
+        got = [p for packet in packets for p in durations.push(packet)]
+        got += list(durations.flush(last_seconds=Fraction(5, 90000)))
+        assert got == packets
+        assert [(p.pts, p.duration, p.time_base) for p in packets] == [(0, 1, Fraction(1, 90000)), (3, 5, Fraction(1, 90000)),
+                                                                      (1, 2, Fraction(1, 90000))]
