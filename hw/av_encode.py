@@ -62,25 +62,46 @@ class PresentationDurations:
         self._ticks: dict[int, int] = {}  # tick mode: a held packet's timestamp -> its timestamp in ticks
         self._top: tuple[int, int] | None = None  # tick mode: the latest timestamp given ticks, and its ticks
         self.moved = 0  # tick mode: frames moved off a tick the one before had
+        self._first_dts: int | None = None  # decode-time mode: the stream's first decode time
+        self._min_pts: int | None = None  # and its earliest presentation time
 
     def push(self, packet) -> Iterator:
         """`packet` held; the packets now settled, in order."""
         self._held.append(packet)
+        if self._first_dts is None and packet.dts is not None:
+            self._first_dts = packet.dts
         if packet.pts is not None:
             self._seen.append(packet.pts)
+            self._min_pts = packet.pts if self._min_pts is None else min(self._min_pts, packet.pts)
         while len(self._held) > self.reach:
             yield self._settled(self._held.popleft())
 
     def flush(self, *, last_seconds: Fraction | None = None) -> Iterator:
         """Every packet still held, settled, in order (the end of the stream); the last frame in
         presentation order lasts `last_seconds` where given."""
-        if last_seconds is not None and last_seconds > 0:
-            timed = [p for p in self._held if p.pts is not None and p.time_base is not None]
-            if timed:
-                last = max(timed, key=lambda p: p.pts)
-                last.duration = max(1, round(Fraction(last_seconds) / Fraction(last.time_base)))
+        timed = [p for p in self._held if p.pts is not None and p.time_base is not None]
+        shown_last = max(timed, key=lambda p: p.pts) if timed else None
+        if shown_last is not None and last_seconds is not None and last_seconds > 0:
+            shown_last.duration = max(1, round(Fraction(last_seconds) / Fraction(shown_last.time_base)))
         while self._held:
-            yield self._settled(self._held.popleft())
+            packet = self._settled(self._held.popleft())
+            if not self._held and shown_last is not None and packet is not shown_last:
+                self._end_with(packet, shown_last)
+            yield packet
+
+    def _end_with(self, decoded_last, shown_last) -> None:
+        """Decode-time mode (MP4/MOV): the track's sample durations add up to its time from the
+        first decode time to the last one's end, and a player (and ffprobe) takes that for the
+        video's length. Where the last packet decoded is not the last frame shown (an encoder that
+        ends on a B-frame), its duration is what makes that sum end where the last frame shown
+        ends: with its own presentation duration, an --interpolate 2 output of a 2 s video was
+        1.98 s long, its last frame a frame short."""
+        if self.tick is not None or None in (self._first_dts, self._min_pts, decoded_last.dts, shown_last.duration):
+            return
+        end = shown_last.pts + shown_last.duration - self._min_pts  # the presentation's length
+        duration = end - (decoded_last.dts - self._first_dts)
+        if duration > 0:
+            decoded_last.duration = duration
 
     def _settled(self, packet):
         if packet.pts is None:

@@ -57,13 +57,16 @@ def join_segments(
     tag_hvc1: bool = True,
     audio_shift: TimeShift | None = None,
     extras_path: Path | None = None,
+    last_frame_seconds: Fraction | None = None,
 ) -> int:
     """Join `segments` ((file, seconds to add to its timestamps), in order) into `path`;
     returns the number of video packets written.
 
     `complete`: every frame of the source is in the segments, so the audio is copied to its
     end; else it is cut at the last video frame (a partial output). `audio_shift`: what
-    --start/--end did to the video's timestamps (core.cut)."""
+    --start/--end did to the video's timestamps (core.cut). `last_frame_seconds`: how long the
+    last frame shows (the source's last frame's, `hw.av_encode.PresentationDurations.flush`);
+    None: as long as its segment gave it."""
     import av
 
     if not segments:
@@ -130,7 +133,7 @@ def join_segments(
                         packet.stream = video
                         for ready in durations.push(packet):
                             put(ready)
-            for ready in durations.flush():
+            for ready in durations.flush(last_seconds=last_frame_seconds):
                 put(ready)
             if copier is not None:
                 copier.finish(complete=complete)

@@ -198,6 +198,12 @@ class NvDecoder:
         # AVI stores decode times only (FFmpeg's PTS there is the DTS plus a guessed frame): the
         # frames take the decode times in display order, as on the CPU (hw.av_decode.PyAVDecoder)
         self._decode_times_only = container.format.name.split(",")[0] == "avi"
+        # How long the last frame lasts, in seconds, once decoded to the end (as the CPU decoder says
+        # it): its packet's duration, the packet of the largest timestamp; MP4/MOV store decode-time
+        # deltas, where the last packet decoded holds the duration the muxer gave the last frame
+        self.last_frame_seconds: Fraction | None = None
+        self._deltas_only = container.format.name.split(",")[0] == "mov"
+        self._last_packet: tuple[int, int] | None = None  # (timestamp, duration) of that packet
         try:
             videos = list(container.streams.video)
             if not videos:
@@ -333,6 +339,9 @@ class NvDecoder:
                 continue  # PyAV's end-of-stream marker
             # Read these before filtering: the filter takes the packet's contents.
             pts, discard = packet.dts if self._decode_times_only else packet.pts, bool(packet.is_discard)
+            if packet.duration and packet.duration > 0 and pts is not None and (
+                    self._deltas_only or self._last_packet is None or pts >= self._last_packet[0]):
+                self._last_packet = (pts, packet.duration)
             outs = self._bsf.filter(packet) if self._bsf is not None else [packet]
             for out in outs:
                 if out.size == 0:
@@ -362,6 +371,8 @@ class NvDecoder:
             del keep_alive
             yield from self._emit(frames)
         yield from self._emit(self._decoder.Decode(self._end_of_stream_packet()))
+        if self._last_packet is not None and self._stream.time_base:
+            self.last_frame_seconds = self._last_packet[1] * Fraction(self._stream.time_base)
         # Clean only when every packet fed gave its picture: one still held would come out of the
         # next span's first Decode, paired with that span's timestamps.
         self._flushed = not len(self._book)

@@ -30,6 +30,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Any
 
 from core.frame import Frame
@@ -151,6 +152,7 @@ class _Part:
     error: BaseException | None = None
     stopped_early_reason: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
+    last_frame_seconds: Fraction | None = None  # how long its last frame lasts (its decoder's word)
 
 
 # What each span's decoder counted; added up at the end (a decoder without a count has 0).
@@ -203,6 +205,12 @@ class SplitSource:
         return self._num_corrupt_read + (part.counts.get("num_corrupt_packets", 0) if part.done else 0)
 
     @property
+    def last_frame_seconds(self) -> Fraction | None:
+        """How long the video's last frame lasts, as the last span's decoder says once it is done."""
+        last = self._parts[-1]
+        return last.last_frame_seconds if last.done and last.error is None else None
+
+    @property
     def num_spans(self) -> int:
         return len(self._parts)
 
@@ -242,6 +250,7 @@ class SplitSource:
             if decoder is not None:
                 part.counts = {name: int(getattr(decoder, name, 0) or 0) for name in _COUNTS}
                 part.stopped_early_reason = getattr(decoder, "stopped_early_reason", None)
+                part.last_frame_seconds = getattr(decoder, "last_frame_seconds", None)
                 if self._first_shape is None and j == 0:
                     self._first_shape = getattr(decoder, "first_shape", None)
                 try:

@@ -247,7 +247,9 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
     source = plan.audio_source
     try:
         with interruptible():  # a long join stops at once; the segments stay for --resume
-            written = join_segments(chain, temp, source_path=source, complete=complete and stats.source_exhausted,
+            whole = complete and stats.source_exhausted
+            written = join_segments(chain, temp, source_path=source, complete=whole,
+                                    last_frame_seconds=stats.last_frame_seconds if whole else None,
                                     warn=stats.warn, audio_shift=audio_shift, extras_path=plan.extras_source,
                                     tag_hvc1=not plan.use_nvenc)  # NVENC repeats its parameter sets in-band: hev1
     except KeyboardInterrupt as exc:  # a stop while joining (main thread only: nothing else runs)

@@ -95,6 +95,24 @@ def test_interpolate_keeps_audio_and_output_rate(clips, tmp_path):
         assert c.streams.video[0].average_rate == 48  # CFR doubled exactly
 
 
+@pytest.mark.parametrize("segmented", [False, True])
+def test_an_interpolated_video_lasts_as_long_as_its_source(clips, tmp_path, segmented):
+    """The last source frame has no frame made after it, so it must last its own source duration
+    (N output frames): an --interpolate 2 MP4 of a 1 s video was 0.979 s long (its sample table
+    ended a frame early), whole or joined from segments."""
+    import av
+
+    src = clips("audio.mp4", num_frames=24, audio=True)
+    out = tmp_path / "out.mp4"
+    _run(src, out, model="bicubic", scale=1, interpolate=2, interpolation_model="blend", scene_threshold=0,
+         **({"segment_frames": 8, "encoders": 2} if segmented else {}))
+    with av.open(str(src)) as c:
+        want = c.streams.video[0].duration * c.streams.video[0].time_base
+    with av.open(str(out)) as c:
+        video = c.streams.video[0]
+        assert video.frames == 47 and video.duration * video.time_base == want == 1
+
+
 def test_chain_equals_two_passes(clips, tmp_path):
     """--model bicubic --scale 2 --interpolate 2 in one pass == bicubic x2 to 16-bit pictures, then
     --interpolate 2 over those pictures (within one code: the 16-bit pictures between the passes)."""

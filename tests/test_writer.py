@@ -252,5 +252,9 @@ def test_mp4_packets_keep_their_times_and_get_presentation_durations(tmp_path):
         got = [p for packet in packets for p in durations.push(packet)]
         got += list(durations.flush(last_seconds=Fraction(5, 90000)))
         assert got == packets
+        # the last packet decoded (pts 1, a B-frame) is the sample table's last entry: it lasts what
+        # makes the table (decode-time deltas 1, 1, then its own) end where the last frame shown
+        # ends, 3 + 5 = 8 (with its presentation duration, 2, the track was 4 ticks short)
         assert [(p.pts, p.duration, p.time_base) for p in packets] == [(0, 1, Fraction(1, 90000)), (3, 5, Fraction(1, 90000)),
-                                                                      (1, 2, Fraction(1, 90000))]
+                                                                      (1, 6, Fraction(1, 90000))]
+        assert packets[-1].dts - packets[0].dts + packets[-1].duration == 3 + 5
