@@ -377,11 +377,6 @@ class PyAVDecoder:
         shape = (frame.width, frame.height, frame.format.name)
         if self._shape is None:
             self._shape = shape
-            if getattr(frame, "interlaced_frame", False):
-                self._warn(
-                    "source: the video is interlaced; frames are processed as progressive pictures (fields stay "
-                    "woven). For best results deinterlace first, e.g. ffmpeg -i in -vf bwdif out"
-                )
         if shape == self._shape:
             return frame
         self.num_frames_resized += 1

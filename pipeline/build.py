@@ -103,6 +103,9 @@ def open_source(plan: RunPlan, warn: Callable[[str], None], shift: TimeShift | N
         source = PyAVDecoder(plan.config.source, warn=warn)
     if plan.cut is None and plan.pictures is not None:
         return source
+    if plan.source.interlaced:  # said once, whichever decoders read it (NVDEC said nothing)
+        warn("source: the video is interlaced; frames are processed as progressive pictures (fields stay woven). "
+             "For best results deinterlace first, e.g. ffmpeg -i in -vf bwdif out")
     # A video without --start/--end goes through an empty cut too: frames before 0 move to 0 (core/cut.py)
     # A late start moves to 0: the file's, where its own streams go beside the video; the video's,
     # beside another file's soundtrack (--audio), which starts with the first frame

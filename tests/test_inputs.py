@@ -410,14 +410,16 @@ def test_a_file_cut_short_keeps_every_frame_a_decoder_of_one_thread_gets(tmp_pat
                for g, w in zip(got, want))
 
 
-def test_interlaced_source_is_warned_about(tmp_path):
+@pytest.mark.parametrize("decoders", [1, 2])
+def test_interlaced_source_is_warned_about(tmp_path, decoders):
+    """Once, whichever decoders read it (it was the CPU decoder's line: NVDEC said nothing)."""
     def setup(stream):
         stream.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
 
     src = _write(tmp_path / "tv.mkv", _frames(12, 64, 48), options={"x264-params": "tff=1"}, stream_setup=setup)
     with av.open(str(src)) as c:
         assert next(c.decode(video=0)).interlaced_frame
-    stats = run(_cfg(src, tmp_path / "out.mkv"))
+    stats = run(_cfg(src, tmp_path / "out.mkv", decoders=decoders))
     assert sum("interlaced" in w for w in stats.warnings) == 1
     assert probe.indices(tmp_path / "out.mkv") == list(range(12))
 

@@ -749,6 +749,64 @@ def test_decoder_gives_an_avis_frames_its_decode_times_as_the_cpu_decoder_does(t
     assert decode_times[0] == 0
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_decoder_says_how_long_the_last_frame_lasts_as_the_cpu_decoder_does(tmp_path, monkeypatch, fake_gpu, suffix):
+    """A variable frame rate's last frame is not the average one: NVDEC's decoder says its
+    duration as the CPU decoder does (an MP4's last sample, a Matroska block's), so the output's
+    last frame lasts as long (NVDEC said nothing: the average one)."""
+    from hw.av_decode import PyAVDecoder
+    from hw.clips import make_clip as make_vfr_clip
+
+    clip = make_vfr_clip(tmp_path / f"vfr{suffix}", num_frames=20, vfr=True)
+    fake = FakeNvdec(decode_order_pts(clip))
+    use(monkeypatch, fake_module(caps=CAPS_OK, decoder_factory=lambda **kw: fake))
+    with NvDecoder(clip, gpu=0) as dec:
+        assert dec.last_frame_seconds is None  # known once decoded to the end
+        list(dec)
+    with PyAVDecoder(clip) as cpu:
+        pts = [f.pts for f in cpu]
+        average = (pts[-1] - pts[0]) * Fraction(cpu._stream.time_base) / 19
+    assert dec.last_frame_seconds == cpu.last_frame_seconds is not None
+    assert abs(dec.last_frame_seconds - average) > Fraction(1, 1000)
+
+
+@pytest.mark.needs_cuda
+def test_real_nvdec_run_keeps_the_last_frames_duration_and_says_interlaced_once(tmp_path, monkeypatch):
+    """End to end on NVDEC: a VFR clip's output lasts as long as the source; an interlaced source
+    is said once (it was the CPU decoder's line)."""
+    from hw.clips import make_clip as make_vfr_clip
+    from pipeline import RunConfig
+    from pipeline.runner import run
+
+    clip = make_vfr_clip(tmp_path / "vfr.mp4", num_frames=30, width=128, height=96, vfr=True)
+    out = tmp_path / "out.mp4"
+    decoded = []
+    original = NvDecoder._emit
+    monkeypatch.setattr(NvDecoder, "_emit", lambda self, frames: (decoded.append(f) or f for f in original(self, frames)))
+    try:
+        stats = run(RunConfig(source=clip, output=out, model="bicubic", scale=2, nvdec=True, parallel=True))
+    except HardwareUnavailable as exc:
+        probe.skip_only_where_the_gpu_refuses(exc, clip)
+    assert len(decoded) == 30 and probe.indices(out) == list(range(30))  # NVDEC decoded them
+    with av.open(str(clip)) as a, av.open(str(out)) as b:
+        src, got = a.streams.video[0], b.streams.video[0]
+        assert got.duration * got.time_base == src.duration * src.time_base
+    tv = tmp_path / "tv.mkv"
+    with av.open(str(tv), "w") as o:
+        s = o.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 128, 96, "yuv420p"
+        s.codec_context.flags |= av.codec.context.Flags.interlaced_dct | av.codec.context.Flags.interlaced_me
+        s.options = {"x264-params": "tff=1"}
+        for i in range(12):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((96, 128, 3), i * 20, np.uint8), format="rgb24")):
+                o.mux(p)
+        for p in s.encode():
+            o.mux(p)
+    stats = run(RunConfig(source=tv, output=tmp_path / "tv-out.mkv", model="bicubic", scale=2, nvdec=True,
+                          parallel=True))
+    assert sum("interlaced" in w for w in stats.warnings) == 1 and len(decoded) == 30 + 12
+
+
 class RecordingNvdec(FakeNvdec):
     """FakeNvdec that keeps the whole first payload fed (a span's: parameter sets first?)."""
 
