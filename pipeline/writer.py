@@ -13,13 +13,14 @@ pool of its own (`_PicturePool`), joined before it closes.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from core.errors import FramepipeError, one_line
-from core.files import disk_errors, write_file_atomically
+from core.files import FreeSpaceGuard, disk_errors, write_file_atomically
 from hw.encoding import Encoder
 from hw.pictures import encode_picture, upright
 from hw.scheduling import usable_cores
@@ -102,6 +103,11 @@ class _PicturePool:
         if done is not None:
             done()
 
+    @property
+    def num_in_flight(self) -> int:
+        """Jobs handed in and not yet taken (read from the pool's threads too: `len` of a deque)."""
+        return len(self._in_flight)
+
     def drain(self) -> None:
         while self._in_flight:
             self._take_oldest()
@@ -134,12 +140,17 @@ class PictureWriter:
     written again nor counted (a resumed run counts what it wrote): with --interpolate a source
     frame is redone when any of its pictures is missing (and the last one, which has no frames
     made after it, always is). `orientation`: how a rotated video's frames are turned upright
-    (hw.pictures.orientation), since a picture file carries no rotation. `gray`: written gray."""
+    (hw.pictures.orientation), since a picture file carries no rotation. `gray`: written gray.
+    `free_space`: the guard a video's writer uses too (core.files.FreeSpaceGuard): a picture is
+    written only while the folder's file system keeps room for it, the pictures still in flight
+    and a reserve; short of that the run stops with `DiskFull` (a filled disk failed the writes of
+    other programs, and of the run's own manifest)."""
 
     def __init__(self, folder: Path, name: Callable[[int], str], suffix: str, *, overwrite: bool,
                  stats: RunStats, frames_per_item: int = 1, kept: Collection[str] = (),
                  num_threads: int | None = None, max_bytes_in_flight: int = PICTURE_BYTES_IN_FLIGHT,
-                 orientation: tuple[bool, bool, bool] = (False, False, False), gray: bool = False) -> None:
+                 orientation: tuple[bool, bool, bool] = (False, False, False), gray: bool = False,
+                 free_space: FreeSpaceGuard | None = None) -> None:
         self.folder = folder
         self.orientation = orientation
         self.gray = gray  # a gray source: pictures without alpha are written gray (hw.pictures.is_gray)
@@ -152,14 +163,29 @@ class PictureWriter:
         self.stats = stats
         self.closed_cleanly = False
         self._pool = _PicturePool(num_threads=num_threads or PICTURE_THREADS, max_bytes=max_bytes_in_flight)
+        self._space = free_space if free_space is not None else FreeSpaceGuard(folder / "picture")
+        self._space_lock = threading.Lock()  # the guard and its counts are shared by the pool's threads
+        self._num_bytes_written = 0
+        self._num_pictures_written = 0
+
+    def _make_room(self, num_bytes: int) -> None:
+        """Before a picture of `num_bytes` is written: DiskFull unless the file system keeps room
+        for it and for the other pictures in flight (the guard counts each at twice the average)."""
+        with self._space_lock:
+            self._space.check(bytes_written=self._num_bytes_written + num_bytes,
+                              frames_written=self._num_pictures_written + 1,
+                              frames_pending=max(0, self._pool.num_in_flight - 1))
+            self._num_bytes_written += num_bytes
+            self._num_pictures_written += 1
 
     def _write_picture(self, path: Path, rgb, alpha) -> None:
         """On a pool thread: compress, then write through a temporary file and a rename. A failure
         names its picture (framepipe's own errors name it already)."""
         try:
+            data = encode_picture(rgb, alpha, self.suffix, gray=self.gray)
+            self._make_room(len(data))
             with disk_errors(path):  # a full disk: DiskFull, whose line the run's report completes
-                write_file_atomically(path, encode_picture(rgb, alpha, self.suffix, gray=self.gray),
-                                      overwrite=self.overwrite, flag="--output")
+                write_file_atomically(path, data, overwrite=self.overwrite, flag="--output")
         except FramepipeError:
             raise
         except Exception as exc:

@@ -134,3 +134,30 @@ def test_pictures_on_a_full_disk_stop_with_one_line_and_resume_writes_the_rest(c
     assert "the file is too large" in errors[0] and "RuntimeError" not in errors[0], errors[0]
     assert subprocess.run([sys.executable, str(ROOT / "main.py"), *args, "--resume", "-q"]).returncode == 0
     assert len(list(out.glob("*.png"))) == 24
+
+
+def test_pictures_stop_while_the_disk_still_has_room(clips, tmp_path, monkeypatch):
+    """Picture output had no free-space guard (a video's writer has one): the pictures filled the
+    disk to the last byte before a write failed, other programs' writes and the run's manifest
+    with it. Now the writer stops while the reserve is still free, the pictures written are whole,
+    and --resume writes the rest once there is room."""
+    src = clips("diskfull-guard.mp4", num_frames=40, width=128, height=96)
+    out = tmp_path / "pics"
+    room = FreeSpaceGuard.MIN_RESERVE_BYTES + 2_500_000  # room for some of the 512x384 pictures above the reserve
+
+    def free(folder: Path) -> int:
+        return room - sum(p.stat().st_size for p in Path(folder).glob("*.png"))
+
+    monkeypatch.setattr(core.files, "_free_bytes", free)
+    config = RunConfig(source=src, output=out, model="bicubic", scale=4, parallel=True)
+    with pytest.raises(DiskFull, match=r"Disk almost full.*stopped there.* (\d+) picture\(s\) written to .*--resume"):
+        run(config)
+    written = sorted(out.glob("*.png"))
+    assert 0 < len(written) < 40
+    # the reserve was kept (the guard asks the file system once per MiB written, as for a video)
+    assert free(out) >= FreeSpaceGuard.MIN_RESERVE_BYTES - FreeSpaceGuard.CHECK_EVERY_BYTES
+    for path in written:
+        assert probe.video_size(path) == (512, 384)  # whole pictures only
+    monkeypatch.setattr(core.files, "_free_bytes", lambda folder: 1 << 40)
+    run(RunConfig(source=src, output=out, model="bicubic", scale=4, parallel=True, resume=True))
+    assert len(list(out.glob("*.png"))) == 40
