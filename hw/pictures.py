@@ -45,6 +45,7 @@ import hashlib
 import logging
 import os
 import re
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -498,4 +499,46 @@ def encode_picture(rgb: np.ndarray, alpha: np.ndarray | None, suffix: str, *, gr
     ok, data = cv2.imencode(".png" if suffix == ".png" else ".tif", bgr, params)
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {rgb.shape[1]}x{rgb.shape[0]} {rgb.dtype} picture as {suffix}")
-    return data.tobytes()
+    data = data.tobytes()
+    if suffix != ".png" and alpha is not None:
+        # OpenCV's TIFF has 4 samples and no ExtraSamples tag: libtiff then warns and calls the
+        # fourth "unspecified", and programs that go by the tag (Photoshop, GIMP, ImageMagick)
+        # drop or premultiply it. Say what it is: unassociated (straight) alpha, as made here.
+        data = _tiff_with_tags(data, {_TIFF_EXTRA_SAMPLES: (_TIFF_SHORT, (_UNASSOCIATED_ALPHA,))})
+    return data
+
+
+_TIFF_SHORT, _TIFF_UNDEFINED = 3, 7  # TIFF 6.0 field types
+_TIFF_EXTRA_SAMPLES = 338
+_UNASSOCIATED_ALPHA = 2  # ExtraSamples value: straight alpha (1 would be premultiplied)
+
+
+def _tiff_with_tags(data: bytes, tags: dict[int, tuple[int, tuple[int, ...] | bytes]]) -> bytes:
+    """A classic TIFF's bytes with `tags` (tag -> (field type, SHORT values or UNDEFINED bytes)) set
+    in its first IFD: a new IFD, the old entries and these sorted by tag as TIFF requires, is
+    appended with the values that do not fit in an entry, and the header points at it; the old
+    IFD stays behind unreferenced (a few dozen bytes), and every offset in the file still holds."""
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or struct.unpack(order + "H", data[2:4])[0] != 42:
+        raise RuntimeError("OpenCV wrote a TIFF this writer cannot tag (not a classic TIFF)")
+    (ifd,) = struct.unpack(order + "I", data[4:8])
+    (num_entries,) = struct.unpack(order + "H", data[ifd:ifd + 2])
+    entries = {struct.unpack(order + "H", data[at:at + 2])[0]: data[at:at + 12]
+               for at in range(ifd + 2, ifd + 2 + 12 * num_entries, 12)}
+    next_ifd = data[ifd + 2 + 12 * num_entries:ifd + 6 + 12 * num_entries]
+    out = bytearray(data)
+    for tag, (kind, values) in tags.items():
+        value = struct.pack(order + "H" * len(values), *values) if kind == _TIFF_SHORT else bytes(values)
+        count = len(values)
+        if len(value) <= 4:
+            field = value.ljust(4, b"\0")
+        else:
+            out += b"\0" * (len(out) % 2)  # values start on a word boundary
+            field = struct.pack(order + "I", len(out))
+            out += value
+        entries[tag] = struct.pack(order + "HHI", tag, kind, count) + field
+    out += b"\0" * (len(out) % 2)
+    new_ifd = len(out)
+    out += struct.pack(order + "H", len(entries)) + b"".join(entries[tag] for tag in sorted(entries)) + next_ifd
+    out[4:8] = struct.pack(order + "I", new_ifd)
+    return bytes(out)

@@ -679,3 +679,25 @@ def test_the_24_fps_line_comes_only_where_pictures_become_a_video(tmp_path, caps
                          "--scale", "1"]) == 0
         err = capsys.readouterr().err
         assert err.count("warning: 2 picture(s), timed at 24 fps (--fps sets the rate).") == lines, err
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_rgba_tiff_says_its_alpha_is_unassociated(depth):
+    """An RGBA TIFF was written without ExtraSamples (OpenCV's): libtiff warns and calls the fourth
+    sample unspecified, and programs that go by the tag drop the alpha or take it as premultiplied.
+    It carries ExtraSamples = 2 (unassociated alpha) now; its pixels are unchanged, and an RGB TIFF
+    gets no such tag."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    rgba = _noise(depth=depth, channels=4, seed=3)
+    data = encode_picture(np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), ".tif")
+    with Image.open(BytesIO(data)) as picture:
+        assert picture.tag_v2.get(338) == (2,) and picture.mode == "RGBA"
+        assert picture.tag_v2[277] == 4 and picture.tag_v2[258] == (depth,) * 4
+    with av.open(BytesIO(data)) as c:  # FFmpeg (framepipe's reader) gets the same pixels back
+        got = next(c.decode(video=0)).reformat(format="rgba" if depth == 8 else "rgba64le").to_ndarray()
+    assert np.array_equal(got, rgba)
+    with Image.open(BytesIO(encode_picture(np.ascontiguousarray(rgba[..., :3]), None, ".tif"))) as picture:
+        assert 338 not in picture.tag_v2
