@@ -60,7 +60,7 @@ from core.frame import Frame
 from hw.av_source import SIDE_DATA_UNSAFE_CODECS, display_matrix, png_has_profile
 
 __all__ = ["PICTURE_SUFFIXES", "PictureSequence", "PictureSource", "PictureTarget", "encode_picture",
-           "find_pictures", "orientation", "picture_target", "parse_fps", "upright"]
+           "find_pictures", "icc_profile", "profile_fits", "orientation", "picture_target", "parse_fps", "upright"]
 
 log = logging.getLogger(__name__)
 
@@ -478,10 +478,13 @@ def picture_target(output: Path, *, picture_format: str | None, bit_depth: int) 
     return None
 
 
-def encode_picture(rgb: np.ndarray, alpha: np.ndarray | None, suffix: str, *, gray: bool = False) -> bytes:
+def encode_picture(rgb: np.ndarray, alpha: np.ndarray | None, suffix: str, *, gray: bool = False,
+                   icc: bytes | None = None) -> bytes:
     """One picture file's bytes: PNG or TIFF (`suffix`), 8-bit (uint8 planes) or 16-bit (uint16),
     RGB or RGBA, or with `gray` (and no alpha) one gray channel (`is_gray`), through OpenCV's
-    encoders, which release the GIL while compressing.
+    encoders, which release the GIL while compressing. `icc`: an ICC profile to embed (one that
+    `profile_fits` the picture), as PNG's iCCP chunk or TIFF's InterColorProfile tag: OpenCV
+    writes none, so it is put into the bytes OpenCV made.
 
     PNG at zlib level 6 and TIFF with Adobe Deflate: the sizes FFmpeg's encoders wrote before
     (within 0.2 %, 2048x2048 8/16-bit photographs), at the same single-thread speed."""
@@ -500,16 +503,115 @@ def encode_picture(rgb: np.ndarray, alpha: np.ndarray | None, suffix: str, *, gr
     if not ok:
         raise RuntimeError(f"OpenCV could not encode a {rgb.shape[1]}x{rgb.shape[0]} {rgb.dtype} picture as {suffix}")
     data = data.tobytes()
-    if suffix != ".png" and alpha is not None:
+    if suffix == ".png":
+        return _png_with_profile(data, icc) if icc else data
+    tags: dict[int, tuple[int, tuple[int, ...] | bytes]] = {}
+    if alpha is not None:
         # OpenCV's TIFF has 4 samples and no ExtraSamples tag: libtiff then warns and calls the
         # fourth "unspecified", and programs that go by the tag (Photoshop, GIMP, ImageMagick)
         # drop or premultiply it. Say what it is: unassociated (straight) alpha, as made here.
-        data = _tiff_with_tags(data, {_TIFF_EXTRA_SAMPLES: (_TIFF_SHORT, (_UNASSOCIATED_ALPHA,))})
-    return data
+        tags[_TIFF_EXTRA_SAMPLES] = (_TIFF_SHORT, (_UNASSOCIATED_ALPHA,))
+    if icc:
+        tags[_TIFF_ICC_PROFILE] = (_TIFF_UNDEFINED, icc)
+    return _tiff_with_tags(data, tags) if tags else data
+
+
+def profile_fits(icc: bytes, *, gray: bool) -> bool:
+    """Whether an ICC profile describes the pictures written: its data colour space (header bytes
+    16-19) is RGB for RGB(A) pictures, GRAY for gray ones. A CMYK JPEG's profile does not describe
+    the RGB FFmpeg decodes it to, nor an RGB profile a picture written gray."""
+    return len(icc) >= 128 and icc[16:20] == (b"GRAY" if gray else b"RGB ")
+
+
+def _png_with_profile(data: bytes, icc: bytes) -> bytes:
+    """PNG bytes with an iCCP chunk (the profile deflated) right after IHDR, where PNG wants it:
+    before the pixels. OpenCV writes no sRGB or gAMA chunk that it would contradict."""
+    import zlib
+
+    body = b"ICC Profile\0\0" + zlib.compress(icc)
+    chunk = struct.pack(">I", len(body)) + b"iCCP" + body + struct.pack(">I", zlib.crc32(b"iCCP" + body))
+    end_of_ihdr = 8 + 8 + struct.unpack(">I", data[8:12])[0] + 4  # signature, then IHDR's length, type, data, CRC
+    return data[:end_of_ihdr] + chunk + data[end_of_ihdr:]
+
+
+def icc_profile(path: Path) -> bytes | None:
+    """The ICC colour profile a PNG (iCCP), JPEG (APP2 ICC_PROFILE segments), TIFF (tag 34675) or
+    WebP (ICCP chunk) file carries, read from its own bytes (PyAV 18 crashes reading a PNG's, see
+    hw.av_source.png_has_profile); None where it has none or it cannot be read. A profile is
+    small (a few kB, rarely over a MB), and only the headers before it are read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            f.seek(0)
+            if head.startswith(b"\x89PNG\r\n\x1a\n"):
+                return _png_profile(f)
+            if head.startswith(b"\xff\xd8"):
+                return _jpeg_profile(f)
+            if head[:4] in (b"II*\0", b"MM\0*"):
+                return _tiff_profile(f.read())
+            if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                return _webp_profile(f)
+    except (OSError, ValueError, struct.error, IndexError) as exc:
+        log.debug("no colour profile read from %s: %s", path, exc)
+    return None
+
+
+def _png_profile(f) -> bytes | None:
+    import zlib
+
+    f.seek(8)
+    while len(header := f.read(8)) == 8:
+        length, kind = struct.unpack(">I4s", header)
+        if kind == b"iCCP":
+            body = f.read(length)
+            compressed = body[body.index(b"\0") + 2:]  # name, its NUL, the compression method (0: deflate)
+            return zlib.decompress(compressed)
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        f.seek(length + 4, os.SEEK_CUR)
+    return None
+
+
+def _jpeg_profile(f) -> bytes | None:
+    """The APP2 "ICC_PROFILE" segments, joined in their sequence numbers' order."""
+    f.seek(2)
+    parts: dict[int, bytes] = {}
+    while len(marker := f.read(4)) == 4 and marker[0] == 0xFF:
+        kind, length = marker[1], struct.unpack(">H", marker[2:])[0]
+        if kind in (0xDA, 0xD9):  # start of scan, end of picture: no header follows
+            break
+        body = f.read(length - 2)
+        if kind == 0xE2 and body.startswith(b"ICC_PROFILE\0"):
+            parts[body[12]] = body[14:]
+    return b"".join(parts[k] for k in sorted(parts)) or None
+
+
+def _tiff_profile(data: bytes) -> bytes | None:
+    order = "<" if data[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", data[4:8])
+    (num_entries,) = struct.unpack(order + "H", data[ifd:ifd + 2])
+    for at in range(ifd + 2, ifd + 2 + 12 * num_entries, 12):
+        tag, _, count, offset = struct.unpack(order + "HHII", data[at:at + 12])
+        if tag == _TIFF_ICC_PROFILE:
+            return data[offset:offset + count] if count > 4 else data[at + 8:at + 8 + count]
+    return None
+
+
+def _webp_profile(f) -> bytes | None:
+    f.seek(12)
+    while len(header := f.read(8)) == 8:
+        kind, length = struct.unpack("<4sI", header)
+        if kind == b"ICCP":
+            return f.read(length)
+        if kind in (b"VP8 ", b"VP8L", b"ANMF"):  # the pixels: a profile comes before them
+            return None
+        f.seek(length + (length & 1), os.SEEK_CUR)
+    return None
 
 
 _TIFF_SHORT, _TIFF_UNDEFINED = 3, 7  # TIFF 6.0 field types
 _TIFF_EXTRA_SAMPLES = 338
+_TIFF_ICC_PROFILE = 34675  # InterColorProfile
 _UNASSOCIATED_ALPHA = 2  # ExtraSamples value: straight alpha (1 would be premultiplied)
 
 

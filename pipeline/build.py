@@ -28,7 +28,7 @@ from pipeline.segment_writer import EncoderPool, SegmentWriter
 from pipeline.segments import PartsFolder, pictures_done
 from pipeline.stats import RunStats
 from hw.memory import ProbeMemo
-from hw.pictures import is_gray, orientation
+from hw.pictures import icc_profile, is_gray, orientation
 from models import LoadedModel
 from models.compile_helper import CacheWarmer, artefacts_folder
 from models.registry import default_cache_dir
@@ -349,13 +349,19 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         def picture_exists(index: int) -> bool:  # the source frame's pictures are all there
             return all(picture_name(index * per + k) in done for k in range(per))
 
+        def picture_profile(index: int) -> bytes | None:  # the source picture's ICC profile (a video: none)
+            skipped = source.num_frames_before_start if isinstance(source, CutSource) else 0
+            frame = index // per + skipped
+            paths = plan.pictures.paths if plan.pictures is not None else ()
+            return icc_profile(paths[frame]) if frame < len(paths) else None
+
         skip = picture_exists if done else None
         # --resume writes only pictures not done: one there by that name is older than the manifest's
         # run, which --overwrite let replace it (pipeline.segments.pictures_done)
         writer = wrap("writer", PictureWriter(target.folder, picture_name, target.suffix,
                                               overwrite=plan.overwrite_output or cfg.resume, stats=stats, frames_per_item=per,
                                               kept=done, orientation=orientation(plan.source.display_matrix),
-                                              gray=is_gray(plan.source.pix_fmt or "")))
+                                              gray=is_gray(plan.source.pix_fmt or ""), profile=picture_profile))
     elif plan.output is None:
         writer = wrap("writer", DiscardWriter(stats=stats))
     elif parts is not None:

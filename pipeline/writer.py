@@ -22,7 +22,7 @@ from pathlib import Path
 from core.errors import FramepipeError, one_line
 from core.files import FreeSpaceGuard, disk_errors, write_file_atomically
 from hw.encoding import Encoder
-from hw.pictures import encode_picture, upright
+from hw.pictures import encode_picture, profile_fits, upright
 from hw.scheduling import usable_cores
 from pipeline.messages import ResultItem
 from pipeline.stats import RunStats
@@ -144,14 +144,19 @@ class PictureWriter:
     `free_space`: the guard a video's writer uses too (core.files.FreeSpaceGuard): a picture is
     written only while the folder's file system keeps room for it, the pictures still in flight
     and a reserve; short of that the run stops with `DiskFull` (a filled disk failed the writes of
-    other programs, and of the run's own manifest)."""
+    other programs, and of the run's own manifest). `profile(i)`: the ICC colour profile of
+    picture `i`'s source picture (None: none), embedded where it describes the picture written;
+    one that does not (a CMYK JPEG's, an RGB one for a picture written gray) is left out, said in
+    one line at the end."""
 
     def __init__(self, folder: Path, name: Callable[[int], str], suffix: str, *, overwrite: bool,
                  stats: RunStats, frames_per_item: int = 1, kept: Collection[str] = (),
                  num_threads: int | None = None, max_bytes_in_flight: int = PICTURE_BYTES_IN_FLIGHT,
                  orientation: tuple[bool, bool, bool] = (False, False, False), gray: bool = False,
-                 free_space: FreeSpaceGuard | None = None) -> None:
+                 free_space: FreeSpaceGuard | None = None, profile: Callable[[int], bytes | None] | None = None) -> None:
         self.folder = folder
+        self.profile = profile
+        self.profiles_dropped: list[tuple[str, str]] = []  # (picture, the profile's colour space)
         self.orientation = orientation
         self.gray = gray  # a gray source: pictures without alpha are written gray (hw.pictures.is_gray)
         # --interpolate N: item i and the frames made after it are pictures i*N .. i*N+N-1
@@ -178,11 +183,21 @@ class PictureWriter:
             self._num_bytes_written += num_bytes
             self._num_pictures_written += 1
 
-    def _write_picture(self, path: Path, rgb, alpha) -> None:
+    def _profile_for(self, index: int, name: str, *, gray: bool) -> bytes | None:
+        icc = self.profile(index) if self.profile is not None else None
+        if icc and not profile_fits(icc, gray=gray):
+            with self._space_lock:
+                self.profiles_dropped.append((name, icc[16:20].decode("latin-1").strip() or "unknown"))
+            return None
+        return icc
+
+    def _write_picture(self, path: Path, rgb, alpha, index: int) -> None:
         """On a pool thread: compress, then write through a temporary file and a rename. A failure
         names its picture (framepipe's own errors name it already)."""
         try:
-            data = encode_picture(rgb, alpha, self.suffix, gray=self.gray)
+            gray = self.gray and alpha is None
+            icc = self._profile_for(index, path.name, gray=gray)
+            data = encode_picture(rgb, alpha, self.suffix, gray=gray, icc=icc)
             self._make_room(len(data))
             with disk_errors(path):  # a full disk: DiskFull, whose line the run's report completes
                 write_file_atomically(path, data, overwrite=self.overwrite, flag="--output")
@@ -199,12 +214,13 @@ class PictureWriter:
 
     def process(self, item: ResultItem) -> list:
         for k, (_, planes) in enumerate(item.frames()):
-            path = self.folder / self.name(item.index * self.frames_per_item + k)
+            index = item.index * self.frames_per_item + k
+            path = self.folder / self.name(index)
             if path.name in self.kept:
                 continue
             rgb = upright(planes[0], self.orientation)
             alpha = upright(planes[1], self.orientation) if len(planes) > 1 else None
-            self._pool.submit(lambda p=path, c=rgb, a=alpha: self._write_picture(p, c, a),
+            self._pool.submit(lambda p=path, c=rgb, a=alpha, i=index: self._write_picture(p, c, a, i),
                               num_bytes=rgb.nbytes + (alpha.nbytes if alpha is not None else 0),
                               done=lambda made=k > 0: self._count(made))
         return []
@@ -215,6 +231,10 @@ class PictureWriter:
 
     def close(self, *, complete: bool) -> None:
         self._pool.close()
+        if self.profiles_dropped:
+            name, space = min(self.profiles_dropped)
+            self.stats.warn(f"output: {len(self.profiles_dropped)} picture(s) carry a colour profile that does not describe "
+                            f"the pictures written (e.g. {name}, whose profile is for {space}); they were written without one")
         self.closed_cleanly = True
 
 

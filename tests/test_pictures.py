@@ -701,3 +701,48 @@ def test_rgba_tiff_says_its_alpha_is_unassociated(depth):
     assert np.array_equal(got, rgba)
     with Image.open(BytesIO(encode_picture(np.ascontiguousarray(rgba[..., :3]), None, ".tif"))) as picture:
         assert 338 not in picture.tag_v2
+
+
+def _srgb_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+@pytest.mark.parametrize("source_suffix, picture_format", [(".png", "tiff"), (".jpg", "png"), (".tif", "png"),
+                                                           (".webp", "tiff")])
+def test_colour_profile_of_a_picture_is_kept(tmp_path, source_suffix, picture_format):
+    """The ICC profile of an input picture was dropped on output (OpenCV writes none): a photo in
+    Adobe RGB or Display P3 came out to be shown as sRGB, its colours off. Each picture now keeps
+    its own profile (PNG iCCP, TIFF InterColorProfile), read from PNG, JPEG, TIFF and WebP."""
+    from PIL import Image
+
+    icc = _srgb_profile()
+    (tmp_path / "in").mkdir()
+    for i in (1, 2):
+        Image.fromarray(_noise(seed=i)).save(tmp_path / "in" / f"p_{i}{source_suffix}", icc_profile=icc, lossless=True)
+    Image.fromarray(_noise(seed=3)).save(tmp_path / "in" / f"p_3{source_suffix}", lossless=True)  # none: none written
+    stats = run(_cfg(tmp_path / "in", tmp_path / "out", scale=2, picture_format=picture_format))
+    suffix = ".png" if picture_format == "png" else ".tif"
+    for i, want in ((1, icc), (2, icc), (3, None)):
+        with Image.open(tmp_path / "out" / f"p_{i}{suffix}") as picture:
+            assert picture.info.get("icc_profile") == want and picture.size == (64, 48)
+    assert np.array_equal(_read(tmp_path / "out" / f"p_1{suffix}", "rgb24").shape, (48, 64, 3))
+    assert not [w for w in stats.warnings if "profile" in w]
+
+
+def test_colour_profile_that_does_not_fit_is_left_out_with_one_line(tmp_path):
+    """An RGB profile cannot describe a picture written gray (nor a CMYK one the RGB a CMYK JPEG is
+    decoded to): such a profile is left out, said in one line, the picture written."""
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    for i in (1, 2):
+        Image.fromarray(_noise(seed=i)[..., 0]).save(tmp_path / "in" / f"g_{i}.png", icc_profile=_srgb_profile())
+    stats = run(_cfg(tmp_path / "in", tmp_path / "out"))
+    for i in (1, 2):
+        with Image.open(tmp_path / "out" / f"g_{i}.png") as picture:
+            assert picture.mode == "L" and "icc_profile" not in picture.info
+    lines = [w for w in stats.warnings if "colour profile" in w]
+    assert lines == ["output: 2 picture(s) carry a colour profile that does not describe the pictures written "
+                     "(e.g. g_1.png, whose profile is for RGB); they were written without one"]
