@@ -110,9 +110,14 @@ class PictureSequence:
         more = f" and {len(gaps) - limit} more gap(s)" if len(gaps) > limit else ""
         return f"{missing} number(s) missing: {shown}{more}"
 
-    def fingerprint(self) -> dict[str, object]:
+    def fingerprint(self, *, by_name: bool = False) -> dict[str, object]:
         """Enough to tell this sequence from another for --resume: count, names, and a hash of
-        the first and last pictures' bytes."""
+        the first and last pictures' bytes. `by_name`: output pictures are named after their own
+        source pictures, so only the first picture (name and hash) and the numbering count:
+        pictures may have been taken out (a damaged one) or put in since."""
+        if by_name:
+            return {"first": self.paths[0].name, "template": self.template,
+                    "sha256_first": hashlib.sha256(self.paths[0].read_bytes()).hexdigest()}
         digest = hashlib.sha256()
         for path in (self.paths[0], self.paths[-1]):
             digest.update(path.name.encode())

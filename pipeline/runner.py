@@ -218,8 +218,17 @@ def _advise_on_split(stats: RunStats) -> None:
 
 
 def _fingerprint(plan: RunPlan) -> dict[str, object]:
-    """What the source is, for --resume: a picture sequence's, or a video file's."""
-    return plan.pictures.fingerprint() if plan.pictures is not None else source_fingerprint(plan.config.source)
+    """What the source is, for --resume: a picture sequence's, or a video file's. Pictures written
+    under their own source picture's name or number are matched by it, so the sequence may have
+    lost or gained pictures since: a damaged picture moved away, as the run's error line asks
+    (that refused the --resume the same line offered), or new ones put in. Where output names
+    count positions (a pattern over unnumbered pictures) or frames do (a video), it must be the
+    same sequence."""
+    if plan.pictures is None:
+        return source_fingerprint(plan.config.source)
+    target = plan.picture_target
+    by_name = target is not None and (target.pattern is None or None not in plan.pictures.numbers)
+    return plan.pictures.fingerprint(by_name=by_name)
 
 
 # -- the two ways to run the stages ---------------------------------------------------

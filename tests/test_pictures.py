@@ -746,3 +746,36 @@ def test_colour_profile_that_does_not_fit_is_left_out_with_one_line(tmp_path):
     lines = [w for w in stats.warnings if "colour profile" in w]
     assert lines == ["output: 2 picture(s) carry a colour profile that does not describe the pictures written "
                      "(e.g. g_1.png, whose profile is for RGB); they were written without one"]
+
+
+def test_resume_after_moving_a_damaged_picture_away_writes_the_rest(tmp_path, capsys):
+    """The error line for a damaged picture says "move or repair it first ... the same command with
+    --resume writes the rest"; moved away, --resume was refused ("do not match this run (the source
+    file)": the count of pictures had changed), and only --overwrite, redoing every picture, went
+    on. The pictures are matched by their names now; a pattern over unnumbered pictures, whose
+    numbers are positions, still needs the same sequence."""
+    src = tmp_path / "in"
+    for n in range(5):
+        _save(src / f"p_{n}.png", _noise(seed=n))
+    (src / "p_2.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = tmp_path / "out"
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "1", "-q"]
+    assert cli.main(args) == 1
+    assert "move or repair it first" in capsys.readouterr().err
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    assert sorted(before) == ["p_0.png", "p_1.png"]
+    (src / "p_2.png").rename(tmp_path / "p_2.png")
+    assert cli.main([*args, "--resume"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == ["p_0.png", "p_1.png", "p_3.png", "p_4.png"]
+    assert {n: (out / n).stat().st_mtime_ns for n in before} == before  # kept, not written again
+    assert np.array_equal(_read(out / "p_4.png", "rgb24"), _noise(seed=4))
+    # positions count: a changed sequence is refused
+    named = tmp_path / "named"
+    for n, word in enumerate(["apple", "banana", "cherry"]):
+        _save(named / f"{word}.png", _noise(seed=n))
+    pattern = str(tmp_path / "seq" / "f_%03d.png")
+    assert cli.main(["--source", str(named), "--output", pattern, "--model", "bicubic", "--scale", "1", "-q"]) == 0
+    (named / "banana.png").rename(tmp_path / "banana.png")  # cherry would take f_001.png, banana's
+    assert cli.main(["--source", str(named), "--output", pattern, "--model", "bicubic", "--scale", "1", "-q",
+                     "--resume"]) == 2
+    assert "Cannot resume" in capsys.readouterr().err
