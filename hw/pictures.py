@@ -478,8 +478,12 @@ def picture_target(output: Path, *, picture_format: str | None, bit_depth: int) 
         return PictureTarget(folder=Path(text), pattern=None, suffix=PICTURE_FORMATS[picture_format or "png"],
                              bit_depth=bit_depth)
     if suffix in PICTURE_SUFFIXES:
+        # The pattern suggested must be one this function takes: a .jpg/.webp one is refused above
+        # (the line suggested "x_%06d.jpg", which the next run refused)
+        written = suffix if suffix in (".png", ".tif", ".tiff") else ".png"
+        why = "" if written == suffix else f"; pictures are written as PNG or TIFF, not {suffix[1:].upper()}"
         raise InvalidOption(f"Invalid --output ({text!r}): for pictures give a folder (e.g. {Path(text).stem}/) or a "
-                            f"pattern (e.g. {Path(text).stem}_%06d{suffix}).")
+                            f"pattern (e.g. {Path(text).stem}_%06d{written}){why}.")
     return None
 
 

@@ -779,3 +779,19 @@ def test_resume_after_moving_a_damaged_picture_away_writes_the_rest(tmp_path, ca
     assert cli.main(["--source", str(named), "--output", pattern, "--model", "bicubic", "--scale", "1", "-q",
                      "--resume"]) == 2
     assert "Cannot resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["x.jpg", "x.webp", "x.jpeg"])
+def test_output_in_a_format_not_written_suggests_a_pattern_that_works(tmp_path, capsys, name):
+    """--output x.jpg was answered "give a folder (e.g. x/) or a pattern (e.g. x_%06d.jpg)", and the
+    pattern it suggested was then refused ("a picture pattern must end in .png, .tif or .tiff").
+    The line now says pictures are written as PNG or TIFF and suggests a pattern that runs."""
+    _save(tmp_path / "in" / "p_1.png", _noise())
+    rc = cli.main(["--source", str(tmp_path / "in"), "--model", "bicubic", "--output", str(tmp_path / name)])
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert rc == 2 and len(errors) == 1, errors
+    assert "x_%06d.png" in errors[0] and "written as PNG or TIFF" in errors[0], errors[0]
+    suggested = errors[0].split("e.g. ")[2].split(")")[0]
+    assert cli.main(["--source", str(tmp_path / "in"), "--model", "bicubic", "-q", "--output",
+                     str(tmp_path / suggested)]) == 0
+    assert (tmp_path / "x_000001.png").is_file()
