@@ -64,6 +64,19 @@ def _source_argument(text: str) -> Path:
     return Path(text)
 
 
+def _seconds_argument(text: str) -> float:
+    """--progress-every: seconds, 0 or more (a negative or NaN value silently meant "none")."""
+    import math
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (0 <= seconds < math.inf):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give seconds, 0 or more (0 = no progress lines)")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="framepipe",
@@ -175,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = p.add_argument_group("reporting")
     out.add_argument("--stats-json", type=Path, metavar="PATH", help="write the run's figures as JSON")
-    out.add_argument("--progress-every", type=float, default=30.0, metavar="S",
+    out.add_argument("--progress-every", type=_seconds_argument, default=30.0, metavar="S",
                      help="when the output is not a terminal (nohup, a log file, a service): a progress line every "
                      "S seconds (default 30; 0 = none)")
     out.add_argument("-q", "--quiet", action="store_true", help="errors only")

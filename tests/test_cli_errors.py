@@ -343,3 +343,15 @@ def test_a_name_longer_than_the_file_system_takes_is_one_line(capsys, clips, tmp
     assert not (tmp_path / "o.mp4").exists()
     code, err = _cli(capsys, "--source", src, "--output", tmp_path / ("b" * 245 + ".mp4"))
     assert code == 2 and "Give a name of at most 238 bytes" in _error_line(err), err
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "inf", "soon"])
+def test_progress_every_refuses_what_is_not_seconds(capsys, clips, tmp_path, value):
+    """--progress-every -5 (or nan) was taken and ran the job without a progress line, as 0 does."""
+    src = clips("plain.mp4", num_frames=10)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", "bicubic",
+                  "--progress-every", value])
+    assert stopped.value.code == 2
+    assert "argument --progress-every: invalid value" in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
