@@ -223,11 +223,14 @@ def _fingerprint(plan: RunPlan) -> dict[str, object]:
     lost or gained pictures since: a damaged picture moved away, as the run's error line asks
     (that refused the --resume the same line offered), or new ones put in. Where output names
     count positions (a pattern over unnumbered pictures) or frames do (a video), it must be the
-    same sequence."""
+    same sequence, and so where an output picture is made from its neighbours too (--interpolate's
+    in-between pictures, a restoration model's window): one kept was made with the neighbours of
+    then (and with --interpolate a folder output numbers unnumbered pictures by position too)."""
     if plan.pictures is None:
         return source_fingerprint(plan.config.source)
     target = plan.picture_target
-    by_name = target is not None and (target.pattern is None or None not in plan.pictures.numbers)
+    alone = plan.interpolate <= 1 and not plan.model.radius  # each picture made from its own source picture
+    by_name = alone and target is not None and (target.pattern is None or None not in plan.pictures.numbers)
     return plan.pictures.fingerprint(by_name=by_name)
 
 

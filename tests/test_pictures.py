@@ -795,3 +795,23 @@ def test_output_in_a_format_not_written_suggests_a_pattern_that_works(tmp_path, 
     assert cli.main(["--source", str(tmp_path / "in"), "--model", "bicubic", "-q", "--output",
                      str(tmp_path / suggested)]) == 0
     assert (tmp_path / "x_000001.png").is_file()
+
+
+def test_resume_with_interpolate_needs_the_same_sequence(tmp_path):
+    """Matched by name, a --resume with --interpolate took a picture put in since as done: with
+    unnumbered pictures a folder output numbers them by position, so banana.png, put in between,
+    kept cherry's pictures (in_000002.png was cherry), and an in-between picture kept is made
+    toward a neighbour that is no longer the next one. With the pictures made from their
+    neighbours, the sequence must be the same, as with a pattern over unnumbered pictures."""
+    src = tmp_path / "in"
+    for n, word in enumerate(["apple", "cherry", "date"]):
+        _save(src / f"{word}.png", _noise(seed=n))
+    out = tmp_path / "out"
+    common = dict(interpolate=2, interpolation_model="blend", scene_threshold=0, fps="24")
+    run(_cfg(src, out, **common))
+    _save(src / "banana.png", _noise(seed=7))
+    with pytest.raises(InvalidOption, match="Cannot resume"):
+        run(_cfg(src, out, resume=True, **common))
+    stats = run(_cfg(src, out, overwrite=True, **common))
+    assert stats.num_frames_written == 4
+    assert np.array_equal(_read(out / "in_000002.png", "rgb24"), _noise(seed=7))
