@@ -224,7 +224,7 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
     @app.get("/jobs")
     def jobs(limit: int = DEFAULT_PAGE, offset: int = 0, state: str | None = None) -> dict:
         """`state`: one state or several, comma-separated (`done,failed`)."""
-        states = [s.strip() for s in state.split(",") if s.strip()] if state is not None else None
+        states = [s.strip() for s in (state or "").split(",") if s.strip()] or None  # `state=`: any
         return service.jobs(limit=limit, offset=offset, states=states)
 
     @app.get("/jobs/{job_id}")

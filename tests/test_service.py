@@ -1572,6 +1572,50 @@ def test_a_fixed_batch_above_the_probes_ceiling_is_taken(clip_root):
     service.store.close()
 
 
+@pytest.mark.parametrize("swap", ["another file", "a link"])
+def test_a_download_refuses_a_file_swapped_in_between_its_check_and_its_open(clip_root, tmp_path, monkeypatch, swap):
+    """The checks before the open see the job's file; what is opened must be it too: a file renamed
+    over it, or a link put at its name, in between is refused (404), never served."""
+    import service.service as svc
+
+    service = _service(clip_root)
+    service.start()
+    try:
+        client = _client(service)
+        (job,) = client.post("/jobs", json={"source": "in.mp4", "output": "o.mp4", **LOSSLESS}).json()["jobs"]
+        url = _wait(client, job["id"])["output_url"]
+        out = clip_root / "o.mp4"
+        secret = tmp_path / "secret.mp4"
+        secret.write_bytes(b"not the job's output" * 100)
+        real_open = os.open
+
+        def racing_open(path, flags, *args):
+            if Path(path) == out:
+                out.unlink()
+                if swap == "a link":
+                    out.symlink_to(secret)
+                else:
+                    (clip_root / "other.mp4").write_bytes(secret.read_bytes())
+                    (clip_root / "other.mp4").rename(out)
+            return real_open(path, flags, *args)
+
+        monkeypatch.setattr(svc.os, "open", racing_open)
+        r = client.get(url)
+        assert r.status_code == 404 and b"not the job's output" not in r.content, r.text
+        assert f"job {job['id']}: its output 'o.mp4'" in r.json()["error"]
+    finally:
+        monkeypatch.undo()
+        service.close()
+
+
+def test_an_empty_state_filter_lists_every_job(clip_root):
+    service = _service(clip_root)
+    client = _client(service)
+    client.post("/jobs", json={"source": "in.mp4", "output": "o.mp4", **LOSSLESS})
+    assert client.get("/jobs?state=").json()["total"] == client.get("/jobs").json()["total"] == 1
+    service.store.close()
+
+
 def test_a_failed_job_without_output_has_none_to_download(clip_root):
     def run(config, **kw):
         raise InvalidOption("a bad setting found late")
