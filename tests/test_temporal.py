@@ -95,22 +95,29 @@ def test_interpolate_keeps_audio_and_output_rate(clips, tmp_path):
         assert c.streams.video[0].base_rate == 48  # CFR doubled exactly (the average counts the last frame once)
 
 
+@pytest.mark.parametrize("vfr", [False, True])
 @pytest.mark.parametrize("segmented", [False, True])
-def test_an_interpolated_video_lasts_as_long_as_its_source(clips, tmp_path, segmented):
+def test_an_interpolated_video_lasts_as_long_as_its_source(clips, tmp_path, segmented, vfr):
     """The last source frame has no frame made after it, so it must last its own source duration
     (N output frames): an --interpolate 2 MP4 of a 1 s video was 0.979 s long (its sample table
-    ended a frame early), whole or joined from segments."""
+    ended a frame early), whole or joined from segments; a VFR one of 1.292 s was 1.250 s (its
+    last frame decoded further behind its timestamp than the first)."""
     import av
 
-    src = clips("audio.mp4", num_frames=24, audio=True)
+    src = clips("vfr21.mp4", num_frames=21, vfr=True) if vfr else clips("audio.mp4", num_frames=24, audio=True)
     out = tmp_path / "out.mp4"
     _run(src, out, model="bicubic", scale=1, interpolate=2, interpolation_model="blend", scene_threshold=0,
+         preset="medium", crf=23,  # B-frames: the last frames decoded are reordered
          **({"segment_frames": 8, "encoders": 2} if segmented else {}))
     with av.open(str(src)) as c:
         want = c.streams.video[0].duration * c.streams.video[0].time_base
+        frames = c.streams.video[0].frames
     with av.open(str(out)) as c:
         video = c.streams.video[0]
-        assert video.frames == 47 and video.duration * video.time_base == want == 1
+        assert video.frames == 2 * frames - 1
+        # (the VFR clip's edit list trims its last frame by 0.7 ms: its sample table says 1/24 s)
+        assert abs(video.duration * video.time_base - want) < Fraction(1, 1000), float(video.duration * video.time_base)
+        assert abs(Fraction(c.duration, 1_000_000) - want) < Fraction(1, 1000)  # the edit list ends it there too
 
 
 def test_chain_equals_two_passes(clips, tmp_path):
