@@ -206,7 +206,13 @@ def encoder_options(encoder: str, *, crf: int | None, preset: str | None, hdr: H
         options["crf"] = str(crf)
     if preset is not None:
         options["preset"] = str(preset)
-    params = {"libx265": {"log-level": "error"}}.get(encoder, {})
+    params = {"libx265": {"log-level": "error"}, "libx264": {"force-cfr": "1"}}.get(encoder, {})
+    # x264 writes the encoder's time base into the SPS as its clock (VUI time_scale 2/time base):
+    # in the source's time base (1/12800 for 25 fps) that said 12800 frames a second, where
+    # ffmpeg's re-encode (time base 1/frame rate) says 25, and FFmpeg 5.1 gave no MP4/MOV video
+    # packet a duration (ffprobe: duration=N/A; it takes them from that rate where the file has
+    # composition offsets). force-cfr makes x264 write the frame rate instead (as x265 always
+    # does); the timestamps and decode times it puts out are still the ones given, VFR included.
     if encoder == "libx265" and crf == 0:
         params["lossless"] = "1"  # --quality 0 is lossless, as with x264 (x265's CRF 0 is not)
     params.update(encoder_hdr_options(encoder, hdr))  # HDR10 metadata into the bitstream (hw.hdr)

@@ -150,6 +150,24 @@ def test_variable_frame_rate_last_frame_lasts_as_the_sources(clips, tmp_path, su
         assert abs(Fraction(c.duration, 1_000_000) - probe.video_start(out) - end) <= Fraction(2 if suffix == ".mkv" else 1, 1000)
 
 
+@pytest.mark.parametrize("vfr", [False, True], ids=["cfr", "vfr"])
+def test_h264_says_the_frame_rate_not_the_time_base(clips, tmp_path, vfr):
+    """ffprobe 5.1 showed duration=N/A on every video packet of an H.264 MP4 output (512 on
+    ffmpeg's re-encode): x264 wrote the time base into the SPS as the frame rate (12288 fps for a
+    24 fps clip in 1/12288), and FFmpeg 5.1 takes an MP4 packet's duration from that rate. The
+    stream now says the source's frame rate; the timestamps are still the source's."""
+    src = clips("vfr.mp4" if vfr else "cfr.mp4", num_frames=21, vfr=vfr)
+    out = tmp_path / "out.mp4"
+    _run(src, out, scale=1)
+    with av.open(str(src)) as c:
+        rate = c.streams.video[0].average_rate
+    with av.open(str(out)) as c:
+        stream = c.streams.video[0]
+        next(c.decode(stream))
+        assert stream.codec_context.framerate == rate
+    assert probe.pts_exact(out) == probe.pts_exact(src)
+
+
 def test_duration_within_one_frame(clips, tmp_path):
     src = clips("audio.mp4", num_frames=48, audio=True)
     _run(src, tmp_path / "out.mp4")
