@@ -83,33 +83,40 @@ class PresentationDurations:
         shown_last = max(timed, key=lambda p: p.pts) if timed else None
         if shown_last is not None and last_seconds is not None and last_seconds > 0:
             shown_last.duration = max(1, round(Fraction(last_seconds) / Fraction(shown_last.time_base)))
+        # Where the last frame shown ends, read now: a packet yielded is muxed before the next one is
+        # settled, and muxing moves it into the stream's time base in place (an MP4 of a WebM's
+        # 1/1000 counts 1/16000), so read after, a 1.48 s cut of a WebM came out 23.7 s long.
+        shown_end = (shown_last.pts + shown_last.duration
+                     if shown_last is not None and shown_last.duration is not None else None)
         previous_dts = None
         while self._held:
             packet = self._settled(self._held.popleft())
-            if not self._held and shown_last is not None:
-                self._end_with(packet, shown_last, previous_dts)
+            if not self._held and shown_end is not None:
+                self._end_with(packet, packet is shown_last, shown_end, previous_dts)
             previous_dts = packet.dts
             yield packet
 
-    def _end_with(self, decoded_last, shown_last, previous_dts: int | None) -> None:
+    def _end_with(self, decoded_last, shown: bool, shown_end: int, previous_dts: int | None) -> None:
         """Decode-time mode (MP4/MOV): the track's sample durations add up to its time from the
         first decode time to the last one's end, and a player (and ffprobe) takes that for the
-        video's length, while the edit list ends it where the last frame shown ends. The last
-        packet decoded is the table's last entry; it is made to end the table there too:
-        - not the last frame shown (an encoder that ends on a B-frame): its duration does it (with
-          its own presentation duration, an --interpolate 2 output of a 2 s video was 1.98 s long);
+        video's length, while the edit list ends it where the last frame shown ends (`shown_end`,
+        in the packets' time base). The last packet decoded is the table's last entry; it is made
+        to end the table there too:
+        - not the last frame shown (`shown`: an encoder that ends on a B-frame): its duration does
+          it (with its own presentation duration, an --interpolate 2 output of a 2 s video was
+          1.98 s long);
         - the last frame shown, decoded further behind its timestamp than the first frame (a
           variable frame rate's reordering): its decode time moves up to the first frame's distance
           behind, where its own duration ends the table at its end (the table ended a source frame
           early, 1.250 s for a 1.292 s video), if that keeps the decode times rising."""
-        if self.tick is not None or None in (self._first_dts, self._min_pts, decoded_last.dts, shown_last.duration):
+        if self.tick is not None or None in (self._first_dts, self._min_pts, decoded_last.dts):
             return
-        if decoded_last is shown_last:
+        if shown:
             dts = decoded_last.pts - (self._min_pts - self._first_dts)
             if dts != decoded_last.dts and dts <= decoded_last.pts and (previous_dts is None or dts > previous_dts):
                 decoded_last.dts = dts
             return
-        end = shown_last.pts + shown_last.duration - self._min_pts  # the presentation's length
+        end = shown_end - self._min_pts  # the presentation's length
         duration = end - (decoded_last.dts - self._first_dts)
         if duration > 0:
             decoded_last.duration = duration

@@ -116,6 +116,24 @@ def test_avi_cut_moves_the_audio_exactly_with_the_video(clips, tmp_path, suffix,
     _same_audio(got, _audio_in(src, first, end))
 
 
+@pytest.mark.parametrize("source", ["cut.mkv"])
+@pytest.mark.parametrize("part", [dict(start="1.5")], ids=["start"])
+def test_a_cut_into_mp4_lasts_its_frames_whatever_the_sources_time_base(clips, tmp_path, source, part):
+    """A 1.48 s cut of a WebM (VP9, time base 1/1000) into MP4 was a 23.7 s video track (its last
+    sample lasted 22.3 s), --max-frames 20 of it 12.2 s: the end of the last frame shown was read
+    after that packet was muxed, which moves it into the MP4's time base (1/16000) in place, and the
+    last packet decoded (a B-frame) was given the difference. Sources whose time base the MP4 keeps
+    (an MP4's) were right."""
+    src = clips(source, num_frames=60)
+    out = tmp_path / "cut.mp4"
+    run(_cfg(src, out, scale=1, crf=30, preset="medium", **part))  # medium: B-frames, the last decoded not the last shown
+    kept = probe.indices(out)
+    assert kept == (list(range(36, 60)) if "start" in part else list(range(20)))
+    with av.open(str(out)) as c:
+        video = c.streams.video[0]
+        assert abs(video.duration * video.time_base - Fraction(len(kept), 24)) <= MP4_EDIT_LIST_SECONDS
+
+
 def test_frame_number_cut_and_max_frames_after_it(clips, tmp_path):
     src = clips("cut.mp4", num_frames=120, audio=True)
     out = tmp_path / "frames.mp4"
