@@ -325,6 +325,7 @@ class PyAVWriter:
         self._hdr = hdr
         self._time_base = time_base
         self._frame_seconds = float(1 / frame_rate) if frame_rate else 0.04
+        self._frame_ticks = max(1, round(self._frame_seconds / float(time_base)))  # one frame, the last frame's
         self._last_dts: int | None = None
         self._closed = False
         self._space = free_space if free_space is not None else FreeSpaceGuard(self.path)
@@ -426,6 +427,12 @@ class PyAVWriter:
         the last frame lasting `last_seconds` where given)."""
         for packet in packets:
             self._repair_dts(packet)
+            if not packet.duration:
+                # FFmpeg's encoders give a packet the duration of its frame, and PyAV's frames have
+                # none: without the source's word on the last frame (--max-frames, a stopped run)
+                # it lasted nothing, and the video ended a frame early (19 frames' time for 20).
+                # One frame at the stream's rate until the next frame's timestamp is known, as NVENC's.
+                packet.duration = self._frame_ticks
             for ready in self._durations.push(packet):
                 self._mux_packet(ready)
         if end:

@@ -117,7 +117,7 @@ def test_avi_cut_moves_the_audio_exactly_with_the_video(clips, tmp_path, suffix,
 
 
 @pytest.mark.parametrize("source", ["cut.mkv"])
-@pytest.mark.parametrize("part", [dict(start="1.5")], ids=["start"])
+@pytest.mark.parametrize("part", [dict(start="1.5"), dict(max_frames=20)], ids=["start", "max-frames"])
 def test_a_cut_into_mp4_lasts_its_frames_whatever_the_sources_time_base(clips, tmp_path, source, part):
     """A 1.48 s cut of a WebM (VP9, time base 1/1000) into MP4 was a 23.7 s video track (its last
     sample lasted 22.3 s), --max-frames 20 of it 12.2 s: the end of the last frame shown was read
