@@ -16,6 +16,7 @@ counts only the span's own packets, and leaves the end-of-stream warnings to its
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import os
 from collections import deque
@@ -33,6 +34,8 @@ from hw.keyframes import DecodeSpan, span_packets
 __all__ = ["PyAVDecoder", "PtsFiller", "TimestampRepair", "end_warnings"]
 
 log = logging.getLogger(__name__)
+
+_TAIL_REACH = 64  # frames: more than a frame-threaded decoder holds with its reordering (`_tail_again`)
 
 
 def _plane_array(plane, dtype: np.dtype) -> np.ndarray:
@@ -185,6 +188,10 @@ class PyAVDecoder:
         self._deltas_only = self._container.format.name.split(",")[0] == "mov"
         self._last_packet_duration: int | None = None
         self._handed_pts: int | None = None  # the largest decoded timestamp handed on (`_tail_again`)
+        # The last frames' decoded timestamps and the last decode times taken (AVI), for `_tail_again`:
+        # an AVI's made-up timestamps do not ascend in presentation order
+        self._recent_pts: deque[int] = deque(maxlen=2 * _TAIL_REACH)
+        self._recent_dts: deque[int] = deque(maxlen=_TAIL_REACH)
         self._spacing: deque[int] = deque(maxlen=32)  # the last frames' timestamp steps
         rate = fraction(self._stream.average_rate) or fraction(self._stream.guessed_rate)
         filler = PtsFiller(rate, fraction(self._stream.time_base))
@@ -261,6 +268,7 @@ class PyAVDecoder:
                 self._last_packet_duration = packet.duration
             if self._decode_times is not None and packet.size and packet.dts is not None and not damaged:
                 heapq.heappush(self._decode_times, packet.dts)
+                self._recent_dts.append(packet.dts)
             for frame in frames:
                 if may_replay and getattr(frame, "is_corrupt", False) and span.keeps(frame.pts):
                     damaged = True
@@ -270,6 +278,7 @@ class PyAVDecoder:
                     continue
                 if frame.pts is not None:
                     self._handed_pts = frame.pts if handed_pts is None else max(handed_pts, frame.pts)
+                    self._recent_pts.append(frame.pts)
                 handed += 1
                 yield frame
             if damaged and may_replay:
@@ -291,28 +300,42 @@ class PyAVDecoder:
         yield from frames
 
     def _tail_again(self, after: int | None) -> Iterator:
-        """The frames after `after` (the last timestamp handed on), decoded again by a decoder of
-        one thread from the keyframe before it. A frame-threaded decoder meeting a damaged last
-        packet (a file cut short: a download that stopped) drops the frames it still held, raising
-        at the flush or, with more threads, without a word; FFmpeg's own command line keeps them (a
-        480-frame clip cut at 250 kB: 224 frames from ffmpeg, 222 here before). Asked where fewer
-        frames came out than packets went in, or where the flush raised; a stream whose packets
-        are all frames loses nothing to it but one keyframe interval decoded again."""
+        """The frames not handed on yet (`after`: the last timestamp handed on), decoded again by a
+        decoder of one thread from the keyframe before them. A frame-threaded decoder meeting a
+        damaged last packet (a file cut short: a download that stopped) drops the frames it still
+        held, raising at the flush or, with more threads, without a word; FFmpeg's own command line
+        keeps them (a 480-frame clip cut at 250 kB: 224 frames from ffmpeg, 222 here before). Asked
+        where fewer frames came out than packets went in, or where the flush raised; a stream whose
+        packets are all frames loses nothing to it but one keyframe interval decoded again.
+
+        A frame was not handed on if its timestamp is not among the last ones handed on, and above
+        the least of them: an AVI's timestamps are FFmpeg's made-up ones, which do not ascend in
+        presentation order with B-frames (..., 119, 120, 118), so a frame lost at 118 after 119 went
+        out was left out. An AVI's frames take the decode times in order (`__init__`): a packet this
+        decoder gets a frame from that the first one could not decode gives its decode time too, or
+        the last frame kept its made-up time, one frame late."""
         import av
 
         if after is None:
             return
+        handed = set(self._recent_pts)  # the last 2 x _TAIL_REACH; the least of the last _TAIL_REACH
+        floor = min(itertools.islice(reversed(self._recent_pts), _TAIL_REACH), default=after)
+        taken_dts = set(self._recent_dts)
         try:
             with open_input(self.path) as container:
                 stream = container.streams.video[self._stream.index]
                 stream.thread_type = "SLICE"
-                container.seek(after, stream=stream, backward=True)
+                container.seek(floor, stream=stream, backward=True)
                 for packet in container.demux(stream):
                     try:
                         frames = packet.decode()
                     except av.error.FFmpegError:
                         continue
-                    yield from (f for f in frames if f.pts is not None and f.pts > after)
+                    if (self._decode_times is not None and packet.size and packet.dts is not None
+                            and packet.dts not in taken_dts and packet.dts > min(taken_dts, default=-(1 << 62))):
+                        heapq.heappush(self._decode_times, packet.dts)
+                        taken_dts.add(packet.dts)
+                    yield from (f for f in frames if f.pts is not None and f.pts > floor and f.pts not in handed)
         except (av.error.FFmpegError, OSError) as exc:
             log.debug("source %s: decoding the end again failed: %s", self.path.name, exc)
 

@@ -410,6 +410,45 @@ def test_a_file_cut_short_keeps_every_frame_a_decoder_of_one_thread_gets(tmp_pat
                for g, w in zip(got, want))
 
 
+def test_an_avis_damaged_end_decoded_again_keeps_every_frame_and_the_decode_times(tmp_path):
+    """An AVI's frames decoded again after its damaged last packet (`_tail_again`) were chosen by
+    FFmpeg's made-up timestamps, which do not ascend in presentation order with B-frames (..., 119,
+    120, 118): the frame at 118 was left out, 119 of the 120 frames a one-thread decoder gets. Every
+    frame comes out, each at the decode times in order, as the rest of the AVI's frames. (The clip is
+    ffmpeg's own: the same settings through PyAV end without the B-frame pyramid that shows it.)"""
+    import shutil
+    import subprocess
+
+    from hw.av_decode import PyAVDecoder
+
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("needs the ffmpeg command")
+    full = tmp_path / "full.avi"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x96:rate=25", "-frames:v", "120",
+                    "-c:v", "libx264", "-bf", "3", "-b_strategy", "0", "-g", "48", "-preset", "veryfast", str(full)],
+                   check=True)
+    data = bytearray(full.read_bytes())
+    with av.open(str(full)) as c:
+        pos, size = [(p.pos, p.size) for p in c.demux(video=0) if p.size][-1]
+    data[pos + 8 + size // 2: pos + 8 + size] = bytes(size - size // 2)  # the last packet's second half lost
+    damaged = tmp_path / "damaged.avi"
+    damaged.write_bytes(bytes(data))
+    with av.open(str(damaged)) as c:
+        c.streams.video[0].thread_type = "SLICE"
+        decode_times, made_up = [], []
+        for packet in c.demux(video=0):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                continue
+            decode_times += [packet.dts] if packet.size and packet.dts is not None else []
+            made_up += [f.pts for f in frames]
+    assert made_up != sorted(made_up) and len(made_up) == 120  # the made-up times do not ascend
+    got = list(PyAVDecoder(damaged, threads=4))
+    assert [f.pts for f in got] == sorted(decode_times)[:120] == list(range(120))
+
+
 @pytest.mark.parametrize("decoders", [1, 2])
 def test_interlaced_source_is_warned_about(tmp_path, decoders):
     """Once, whichever decoders read it (it was the CPU decoder's line: NVDEC said nothing)."""
