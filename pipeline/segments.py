@@ -227,11 +227,30 @@ class Manifest:
         if self.version != MANIFEST_VERSION:
             out.append(f"manifest version {self.version} (this framepipe writes {MANIFEST_VERSION})")
         if self.source != source:
-            out.append("the source file")
+            out.append(_source_difference(self.source, source))
         for key in sorted(set(self.settings) | set(settings)):
             if self.settings.get(key) != settings.get(key):
                 out.append(f"{key} ({self.settings.get(key)!r} then, {settings.get(key)!r} now)")
         return out
+
+
+def _source_difference(then: dict[str, object], now: dict[str, object]) -> str:
+    """What differs between two sources' fingerprints (`source_fingerprint` of a video file, or
+    `hw.pictures.PictureSequence.fingerprint` of pictures: they hold "first"), named as what they are:
+    a picture folder or pattern was called "the source file"."""
+    pictures_then, pictures_now = "first" in then, "first" in now
+    if not pictures_then and not pictures_now:
+        return "the source file"
+    if pictures_then != pictures_now:
+        return f"the source ({'pictures' if pictures_then else 'a video file'} then, " \
+               f"{'pictures' if pictures_now else 'a video file'} now)"
+    if then.keys() != now.keys():  # recorded for another kind of output (by name, or by position)
+        return "the source pictures"
+    for key, what in (("pictures", "the number of source pictures"), ("first", "the first source picture"),
+                      ("last", "the last source picture"), ("template", "the source pictures' numbering")):
+        if then.get(key) != now.get(key):
+            return f"{what} ({then.get(key)!r} then, {now.get(key)!r} now)"
+    return f"the source pictures (the content of the first{'' if 'sha256_first' in now else ' or last'} picture)"
 
 
 def recorded_taper(settings: dict[str, object]) -> int | None:

@@ -815,3 +815,26 @@ def test_resume_with_interpolate_needs_the_same_sequence(tmp_path):
     stats = run(_cfg(src, out, overwrite=True, **common))
     assert stats.num_frames_written == 4
     assert np.array_equal(_read(out / "in_000002.png", "rgb24"), _noise(seed=7))
+
+
+def test_resume_over_other_pictures_names_the_pictures_not_a_source_file(tmp_path, capsys):
+    """A --resume whose picture folder changed said "do not match this run (the source file)":
+    the source is a folder of pictures; the line now says what of them differs (walkthrough defect 6)."""
+    for n in range(3):
+        _save(tmp_path / "in" / f"p_{n}.png", _noise(seed=n))
+    out = tmp_path / "out"
+    args = ["--source", str(tmp_path / "in"), "--output", str(out), "--model", "bicubic", "--scale", "1", "-q"]
+    assert cli.main([*args, "--max-frames", "1"]) == 0
+    _save(tmp_path / "in" / "p_0.png", _noise(seed=7))  # the first picture replaced by another
+    assert cli.main([*args, "--resume"]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert "source file" not in line and "the source pictures (the content of the first picture)" in line, line
+    for word in ("apple", "banana"):  # unnumbered pictures into a pattern: counted by position
+        _save(tmp_path / "named" / f"{word}.png", _noise())
+    common = ["--source", str(tmp_path / "named"), "--output", str(tmp_path / "seq" / "f_%03d.png"), "--model",
+              "bicubic", "--scale", "1", "-q"]
+    assert cli.main([*common, "--max-frames", "1"]) == 0
+    _save(tmp_path / "named" / "cherry.png", _noise())
+    assert cli.main([*common, "--resume"]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert "the number of source pictures (2 then, 3 now)" in line, line
