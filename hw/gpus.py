@@ -31,6 +31,7 @@ __all__ = [
     "Nvml",
     "versions",
     "parse_gpu_list",
+    "why_no_gpu",
 ]
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,32 @@ def list_gpus() -> list[GpuInfo]:
             pci_bus_id=_pci_bus_id(props),
         ))
     return gpus
+
+
+def why_no_gpu() -> str:
+    """Why torch sees no CUDA GPU, as a clause for an error line: a CPU-only torch build, or a
+    CUDA build with GPUs hidden by CUDA_VISIBLE_DEVICES, or no driver or GPU (torch's own reason,
+    e.g. "Found no NVIDIA driver on your system"). Only meant for when `list_gpus()` is []."""
+    import os
+
+    try:
+        import torch
+    except Exception as exc:  # noqa: BLE001 - a broken install: say what it said
+        return f"torch cannot be imported ({type(exc).__name__}: {exc})"
+    cuda = getattr(torch.version, "cuda", None)
+    if not cuda:
+        return (f"torch {torch.__version__} is a CPU-only build; install a CUDA build of torch to use a GPU "
+                "(make setup picks one for this machine's GPUs)")
+    build = f"torch {torch.__version__} is a CUDA {cuda} build, but it sees no GPU"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return f"{build}: CUDA_VISIBLE_DEVICES={visible!r} hides every GPU (unset it to use them)"
+    try:
+        torch.cuda.init()  # raises with the driver's reason where there is one
+    except Exception as exc:  # noqa: BLE001 - its message is the reason
+        reason = str(exc).split(". ")[0].strip().rstrip(".")
+        return f"{build} ({reason}); check the NVIDIA driver with nvidia-smi"
+    return f"{build}; check the NVIDIA driver and GPU with nvidia-smi"
 
 
 def peer_access_matrix(indices: list[int]) -> list[list[bool]]:

@@ -856,7 +856,7 @@ def _read_paths(config: RunConfig, pictures: PictureSequence | None) -> list[tup
 
 def plan_devices(config: RunConfig) -> DevicePlan:
     """Turn --device / --multi-gpu / --gpus / --cpu-workers into worker devices."""
-    from hw.gpus import list_gpus, parse_gpu_list
+    from hw.gpus import list_gpus, parse_gpu_list, why_no_gpu
 
     gpus = list_gpus()
     num_gpus = len(gpus)
@@ -866,6 +866,9 @@ def plan_devices(config: RunConfig) -> DevicePlan:
     if config.gpus is not None:
         if device == "cpu":
             raise InvalidOption("--gpus was given with --device cpu. Drop one of them.")
+        if num_gpus == 0:
+            raise InvalidOption(f"Invalid --gpus ({config.gpus!r}): no CUDA GPU is visible: {why_no_gpu()}. "
+                                "Drop --gpus to run on the CPU.")
         indices = parse_gpu_list(config.gpus, num_gpus)
         return DevicePlan(tuple(torch.device("cuda", i) for i in indices))
     if device == "cpu" or (device == "auto" and num_gpus == 0):
@@ -874,16 +877,14 @@ def plan_devices(config: RunConfig) -> DevicePlan:
             note = "--multi-gpu: no CUDA GPU is visible; running on the CPU."
         return DevicePlan(tuple(torch.device("cpu") for _ in range(config.cpu_workers)), note)
     if num_gpus == 0:
-        raise InvalidOption(
-            f"--device {config.device}: no CUDA GPU is visible to torch {torch.__version__}"
-            f" ({'CUDA build' if torch.version.cuda else 'CPU-only build'}). Use --device cpu, or install a CUDA build of torch."
-        )
+        raise InvalidOption(f"--device {config.device}: no CUDA GPU is visible: {why_no_gpu()}. Use --device cpu to "
+                            "run on the CPU.")
     if device.startswith("cuda:"):
         index = int(device[5:])
         if index >= num_gpus:
-            raise InvalidOption(
-                f"Invalid --device ({config.device}): this machine has GPUs 0-{num_gpus - 1}. Use e.g. --device cuda:0."
-            )
+            have = "1 GPU, cuda:0" if num_gpus == 1 else f"{num_gpus} GPUs, cuda:0 to cuda:{num_gpus - 1}"
+            raise InvalidOption(f"Invalid --device ({config.device}): this machine has {have} (counted from 0, as torch "
+                                f"sees them). Use e.g. --device cuda:{num_gpus - 1}.")
         if not config.multi_gpu:
             return DevicePlan((torch.device("cuda", index),))
     if config.multi_gpu:

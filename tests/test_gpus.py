@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from hw import gpus
 from hw.gpus import GpuInfo, Nvml, fast_fp16, list_gpus, parse_gpu_list, peer_access_matrix
@@ -189,3 +191,62 @@ def test_the_plan_gives_one_worker_per_visible_or_listed_gpu(monkeypatch, count,
     plan = plan_devices(RunConfig(source=Path("x.mp4"), **flags))
     assert [str(d) for d in plan.devices] == devices
     assert plan.note == note
+
+
+def _fake_gpus(monkeypatch, count):
+    monkeypatch.setattr(gpus, "list_gpus", lambda: [GpuInfo(index=i, name=f"GPU {i}", total_memory_bytes=1 << 34,
+                                                            compute_capability=(8, 0), fast_fp16=True, multiprocessors=108)
+                                                    for i in range(count)])
+
+
+@pytest.mark.parametrize("cuda, visible, init_error, says, never", [
+    (None, None, None, "is a CPU-only build; install a CUDA build of torch", "sees no GPU"),
+    ("13.0", None, "Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU",
+     "is a CUDA 13.0 build, but it sees no GPU (Found no NVIDIA driver on your system); check the NVIDIA driver",
+     "install a CUDA build"),
+    ("13.0", "", None, "is a CUDA 13.0 build, but it sees no GPU: CUDA_VISIBLE_DEVICES='' hides every GPU",
+     "install a CUDA build"),
+])
+def test_no_gpu_says_why_for_each_build(monkeypatch, cuda, visible, init_error, says, never):
+    """--device cuda:3 on a machine without a GPU said "install a CUDA build of torch" while the
+    installed torch was a CUDA build (walkthrough defect 5): the line now says which case it is."""
+    from pathlib import Path
+
+    from pipeline.config import RunConfig
+    from pipeline.plan import plan_devices
+
+    _fake_gpus(monkeypatch, 0)
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+
+    def init():
+        if init_error is not None:
+            raise RuntimeError(init_error)
+
+    monkeypatch.setattr(torch.cuda, "init", init)
+    for flags, start in ((dict(device="cuda:3"), "--device cuda:3: no CUDA GPU is visible: "),
+                         (dict(device="cuda"), "--device cuda: no CUDA GPU is visible: "),
+                         (dict(gpus="0,1"), "Invalid --gpus ('0,1'): no CUDA GPU is visible: ")):
+        with pytest.raises(InvalidOption) as caught:
+            plan_devices(RunConfig(source=Path("x.mp4"), **flags))
+        line = str(caught.value)
+        assert line.startswith(start) and says in line and never not in line and "\n" not in line, line
+
+
+@pytest.mark.parametrize("count, says", [
+    (1, "Invalid --device (cuda:3): this machine has 1 GPU, cuda:0 (counted from 0, as torch sees them). "
+        "Use e.g. --device cuda:0."),
+    (2, "Invalid --device (cuda:3): this machine has 2 GPUs, cuda:0 to cuda:1"),
+])
+def test_a_gpu_index_out_of_range_says_how_many_there_are(monkeypatch, count, says):
+    from pathlib import Path
+
+    from pipeline.config import RunConfig
+    from pipeline.plan import plan_devices
+
+    _fake_gpus(monkeypatch, count)
+    with pytest.raises(InvalidOption, match=re.escape(says)):
+        plan_devices(RunConfig(source=Path("x.mp4"), device="cuda:3"))
