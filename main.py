@@ -369,7 +369,7 @@ class RunDisplay:
         if self._live is None:
             return
         total = max(stats.num_frames_expected, stats.num_frames_decoded) or None
-        self._progress.update(self._task, completed=stats.num_frames_written, total=total, fps=stats.fps)
+        self._progress.update(self._task, completed=stats.num_frames_done, total=total, fps=stats.fps)
         now = time.perf_counter()
         if now - self._last_panel >= 1.0:
             self._last_panel = now
@@ -399,7 +399,7 @@ def _clock(seconds: float) -> str:
 
 def progress_line(stats, elapsed: float) -> str:
     """'progress: 1200/14400 frames (8.3%), 41.2 fps, 0:00:30 elapsed, ETA 0:05:20' (a log's line)."""
-    done, total, fps = stats.num_frames_written, max(stats.num_frames_expected, stats.num_frames_decoded), stats.fps
+    done, total, fps = stats.num_frames_done, max(stats.num_frames_expected, stats.num_frames_decoded), stats.fps
     if not total:
         return f"progress: {done} frames, {fps:.1f} fps, {_clock(elapsed)} elapsed"
     eta = f", ETA {_clock((total - done) / fps)}" if fps > 0 and done < total else ""

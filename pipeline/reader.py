@@ -106,7 +106,10 @@ class Reader:
         frames = self._frames()
         items = frames if self.window is None else windows(frames, *self.window, pad_ends=self.pad_ends)
         for item in items:
-            if (self.window is not None and item.frame.neighbour) or (self.skip is not None and self.skip(item.index)):
+            if self.window is not None and item.frame.neighbour:
+                continue
+            if self.skip is not None and self.skip(item.index):
+                self.stats.num_frames_kept += 1
                 continue
             yield item
 

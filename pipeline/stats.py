@@ -167,6 +167,9 @@ class RunStats:
     num_frames_decoded: int = 0
     num_frames_written: int = 0  # source frames whose output was written
     num_frames_made: int = 0  # frames a temporal model made besides them (--interpolate)
+    # --resume: source frames an earlier run finished (pictures on disk, finished segments): decoded
+    # and passed over, neither processed nor written again, nor counted in num_frames_written
+    num_frames_kept: int = 0
     num_frames_encoded: int = 0  # segmented output: frames the encoders have encoded (written: handed to them)
     num_corrupt_packets: int = 0
     source_exhausted: bool = False  # the reader reached the end of the source (not a stop or --max-frames)
@@ -317,12 +320,20 @@ class RunStats:
                 out[name] = 0
         return out
 
+    @property
+    def num_frames_done(self) -> int:
+        """Source frames of the job that are done: written by this run, or kept from an earlier
+        one (--resume). Progress counts these against the whole job's frames: counting only this
+        run's against the whole job read 28/40 while a resumed run had 35 of 40 done."""
+        return self.num_frames_written + self.num_frames_kept
+
     def to_dict(self) -> dict:
         return {
             "frames_expected": self.num_frames_expected,
             "frames_decoded": self.num_frames_decoded,
             "frames_written": self.num_frames_written,
             "frames_made": self.num_frames_made,
+            "frames_kept": self.num_frames_kept,
             "frames_out": self.num_frames_written + self.num_frames_made,
             "corrupt_packets": self.num_corrupt_packets,
             "compile_helper_ran": self.compile_helper_ran,

@@ -838,3 +838,21 @@ def test_resume_over_other_pictures_names_the_pictures_not_a_source_file(tmp_pat
     assert cli.main([*common, "--resume"]) == 2
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
     assert "the number of source pictures (2 then, 3 now)" in line, line
+
+
+def test_progress_of_a_resumed_picture_run_counts_the_pictures_kept(tmp_path):
+    """A resumed picture run's progress counted only what it wrote against every picture of the
+    job: "28/40 frames" while 35 of 40 were done, and it never reached 40/40 (walkthrough
+    defect 4). The pictures an earlier run left count as done; the rate stays this run's."""
+    for n in range(8):
+        _save(tmp_path / "in" / f"p_{n}.png", _noise(seed=n))
+    out = tmp_path / "out"
+    run(_cfg(tmp_path / "in", out, max_frames=3))
+    (out / "p_1.png").unlink()  # p_0 and p_2 are kept
+    lines = []
+    stats = run(_cfg(tmp_path / "in", out, resume=True),
+                on_progress=lambda s: lines.append(cli.progress_line(s, 1.0)))
+    assert (stats.num_frames_written, stats.num_frames_kept) == (6, 2)
+    assert stats.to_dict()["frames_kept"] == 2
+    assert lines[-1].startswith("progress: 8/8 frames (100.0%)"), lines
+    assert all(int(line.split()[1].split("/")[0]) <= 8 for line in lines), lines
