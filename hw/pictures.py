@@ -47,7 +47,7 @@ import os
 import re
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp", ".dpx")
 _REFUSED = {".exr": "OpenEXR holds scene-linear light above 1.0, which these models (trained on display-referred "
                     "pictures) would clip; convert it to 16-bit TIFF or PNG with your colour pipeline first"}
+_SYSTEM_FILES = ("thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r")  # Windows' and macOS's own, never shown
 _PATTERN = re.compile(r"%(0?\d*)d")
 _ALPHA_FORMATS = ("rgba", "bgra", "argb", "abgr", "ya8", "ya16", "rgba64", "bgra64", "gbrap", "yuva")
 
@@ -96,6 +97,9 @@ class PictureSequence:
     paths: tuple[Path, ...]
     numbers: tuple[int | None, ...]
     template: str  # e.g. "scan_#.png"
+    # Files of a folder source that are not pictures read here (notes.txt, anim.gif, a video, an
+    # OpenEXR), in name order; hidden files (.DS_Store) and a file manager's own (Thumbs.db) are not named
+    left_out: tuple[str, ...] = ()
 
     @property
     def gaps(self) -> list[tuple[int, int]]:
@@ -109,6 +113,13 @@ class PictureSequence:
         shown = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in gaps[:limit])
         more = f" and {len(gaps) - limit} more gap(s)" if len(gaps) > limit else ""
         return f"{missing} number(s) missing: {shown}{more}"
+
+    def describe_left_out(self, limit: int = 3) -> str:
+        """'2 file(s) in the folder are not pictures and were left out: anim.gif, notes.txt'."""
+        shown = ", ".join(self.left_out[:limit])
+        more = f" and {len(self.left_out) - limit} more" if len(self.left_out) > limit else ""
+        return (f"{len(self.left_out)} file(s) in the folder are not pictures framepipe reads "
+                f"({', '.join(s[1:] for s in PICTURE_SUFFIXES)}) and were left out: {shown}{more}")
 
     def fingerprint(self, *, by_name: bool = False) -> dict[str, object]:
         """Enough to tell this sequence from another for --resume: count, names, and a hash of
@@ -158,7 +169,11 @@ def find_pictures(spec: str | os.PathLike) -> PictureSequence | None:
             why = f" ({_REFUSED[refused[0].suffix.lower()]})" if refused else ""
             raise InvalidSource(f"Source folder {text!r} holds no pictures ({', '.join(s[1:] for s in PICTURE_SUFFIXES)}){why} "
                                 "and no videos.")
-        return _ordered(text, candidates)
+        # The other files are named, once, by the plan (they were left out without a word): hidden
+        # ones and a file manager's own are not, as `ls` and a file browser do not show them
+        others = sorted((p.name for p, regular in entries if regular and p.suffix.lower() not in PICTURE_SUFFIXES
+                         and not p.name.startswith(".") and p.name.casefold() not in _SYSTEM_FILES), key=natural_key)
+        return replace(_ordered(text, candidates), left_out=tuple(others))
     if suffix in _REFUSED and (_is_pattern(text) or glob.has_magic(text)):
         raise InvalidSource(f"Source {text!r}: {_REFUSED[suffix]}.")
     if suffix not in PICTURE_SUFFIXES:

@@ -516,6 +516,8 @@ def _picture_source(config: RunConfig, seq: PictureSequence, notes: list[str]) -
     if seq.template == "(by name)" and any(re.search(r"\d", p.name) for p in seq.paths) and len(seq.paths) > 1:
         notes.append(f"source: the picture names follow no one numbering ({seq.paths[0].name} ... "
                      f"{seq.paths[-1].name}): taken in name order, numbers by value.")
+    if seq.left_out:
+        notes.append(f"source: {seq.describe_left_out()}.")
     if seq.gaps:
         notes.append(f"source: the picture numbers have gaps ({seq.describe_gaps()}); the pictures are shown one after "
                      "another, the gaps closed.")

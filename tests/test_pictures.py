@@ -856,3 +856,25 @@ def test_progress_of_a_resumed_picture_run_counts_the_pictures_kept(tmp_path):
     assert stats.to_dict()["frames_kept"] == 2
     assert lines[-1].startswith("progress: 8/8 frames (100.0%)"), lines
     assert all(int(line.split()[1].split("/")[0]) <= 8 for line in lines), lines
+
+
+def test_files_in_a_picture_folder_that_are_not_pictures_are_named_once(tmp_path, capsys):
+    """anim.gif, notes.txt beside the pictures were left out without a word (walkthrough defect 1):
+    one line now counts them and names a few; hidden files and a file manager's own are not named."""
+    src = tmp_path / "in"
+    for n in range(2):
+        _save(src / f"p_{n}.png", _noise(seed=n))
+    for name in ("notes.txt", "anim.gif", "clip.mp4", "e.exr", ".DS_Store", "Thumbs.db", ".hidden_3.png"):
+        (src / name).write_bytes(b"x")
+    (src / "sub").mkdir()
+    assert find_pictures(src).left_out == ("anim.gif", "clip.mp4", "e.exr", "notes.txt")
+    assert cli.main(["--source", str(src), "--output", str(tmp_path / "out"), "--model", "bicubic", "--scale", "1"]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "left out" in ln]
+    assert len(lines) == 1 and "4 file(s) in the folder are not pictures" in lines[0], err
+    assert "anim.gif, clip.mp4, e.exr and 1 more" in lines[0] and "DS_Store" not in err and "Thumbs" not in err, lines
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["p_0.png", "p_1.png"]
+    for name in ("notes.txt", "anim.gif", "clip.mp4", "e.exr"):
+        (src / name).unlink()
+    assert cli.main(["--source", str(src), "--output", str(tmp_path / "again"), "--model", "bicubic", "--scale", "1"]) == 0
+    assert "left out" not in capsys.readouterr().err  # only hidden files left: nothing said
