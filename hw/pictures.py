@@ -33,7 +33,10 @@ pictures in 0..1; clipping it would silently lose highlights.
 - Orientation: a picture is read as it is shown: its EXIF/TIFF orientation (FFmpeg's display
   matrix) turns its pixels, since the pictures written carry none; so do a rotated video's
   frames written as pictures (PictureWriter).
-- One picture: `--source photo.jpg` is a sequence of one (an animated PNG is a video).
+- One picture: `--source photo.jpg` is a sequence of one (an animated PNG or GIF is a video).
+- Animated pictures among pictures (an animated WebP, an APNG or a GIF named as a picture) are not
+  taken, said as such (`AnimatedPicture`): FFmpeg's WebP decoder takes no animation ("Invalid
+  data"), and an APNG or GIF gave its first picture alone.
 - Writing: each picture through a temporary file and a rename (`core.files`), so a picture
   on disk is always whole; `--resume` leaves every existing picture and processes the rest.
 """
@@ -280,12 +283,48 @@ class PictureInfo:
     gray: bool = False  # gray without alpha: written gray (`is_gray`)
 
 
+class AnimatedPicture(InvalidSource):
+    """A picture file that holds several pictures (an animated WebP, PNG or GIF among pictures):
+    not damaged, and not taken."""
+
+
+def _animated_message(path: Path, kind: str) -> str:
+    if kind == "WebP":  # FFmpeg's WebP decoder takes no animation: it answers "Invalid data"
+        how = f"FFmpeg cannot decode animated WebP; ImageMagick can: magick {path.name} -coalesce {path.stem}_%03d.png"
+    else:
+        how = f"alone, --source {path.name} reads it as a video"
+    return (f"Picture {str(path)!r} is an animated {kind}: animated pictures are not taken. Convert it to single "
+            f"pictures or a video first ({how}).")
+
+
+def _animated_webp(path: Path) -> bool:
+    """Whether a WebP file says it is animated: the VP8X chunk's animation flag, or an ANIM chunk
+    (the WebP container specification)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(21)
+            if head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+                return False
+            return head[12:16] == b"VP8X" and len(head) == 21 and bool(head[20] & 0x02) or head[12:16] == b"ANIM"
+    except OSError:
+        return False
+
+
 def _decode_one(path: Path):
+    """The first picture of `path` and its codec's name. InvalidSource, one line, where it cannot
+    be read; AnimatedPicture where it holds several (FFmpeg reads an APNG or a GIF as a video and
+    gave its first picture alone; an animated WebP it failed as "Invalid data")."""
     import av
 
+    if _animated_webp(path):
+        raise AnimatedPicture(_animated_message(path, "WebP"))
     try:
         with av.open(ffmpeg_path(path)) as container:
-            for frame in container.decode(video=0):
+            animated = {"apng": "PNG (APNG)", "gif": "GIF"}.get(container.format.name)
+            frames = container.decode(video=0)
+            for frame in frames:
+                if animated is not None and next(frames, None) is not None:
+                    raise AnimatedPicture(_animated_message(path, animated))
                 return frame, container.streams.video[0].codec_context.name
     except (av.error.FFmpegError, OSError, IndexError) as exc:
         raise InvalidSource(f"Picture {str(path)!r} cannot be read: {getattr(exc, 'strerror', None) or exc}.") from None
@@ -400,8 +439,10 @@ class PictureSource:
                 if index == 0:
                     raise
                 # The sequence ends here; the pictures before it go through the pipeline (raised, the
-                # failure dropped those in flight: on a GPU, a whole batch), then the run fails with it
-                self.failure = DamagedPicture(f"{str(exc).rstrip('.')}: move or repair it first.")
+                # failure dropped those in flight: on a GPU, a whole batch), then the run fails with it.
+                # An animated picture is not damaged: its line says what to do instead.
+                self.failure = DamagedPicture(str(exc) if isinstance(exc, AnimatedPicture) else
+                                              f"{str(exc).rstrip('.')}: move or repair it first.")
                 return
             if codec == "mjpeg" and _truncated_jpeg(path):
                 self.warn(f"source: picture {path.name} is truncated (no JPEG end marker): decoded as far as it goes, "

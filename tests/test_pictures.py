@@ -7,6 +7,7 @@ own encoder (hw.pictures.encode_picture, OpenCV), FFmpeg's (gray) or, for JPEG, 
 from __future__ import annotations
 
 import os
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -878,3 +879,43 @@ def test_files_in_a_picture_folder_that_are_not_pictures_are_named_once(tmp_path
         (src / name).unlink()
     assert cli.main(["--source", str(src), "--output", str(tmp_path / "again"), "--model", "bicubic", "--scale", "1"]) == 0
     assert "left out" not in capsys.readouterr().err  # only hidden files left: nothing said
+
+
+def _animation(path: Path, fmt: str | None = None) -> Path:
+    """Three pictures in one file (Pillow: an animated WebP, APNG or GIF by `fmt`/suffix)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = [Image.fromarray(_noise(seed=k)) for k in range(3)]
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:])
+    return path
+
+
+def test_an_animated_picture_is_said_to_be_animated_not_damaged(tmp_path, capsys):
+    """An animated WebP among pictures was "cannot be read: Invalid data ... move or repair it first":
+    it is not damaged, FFmpeg's WebP decoder takes no animation. An APNG (or a GIF named .png) gave its
+    first picture alone, without a word. Each is now said to be animated and not taken, with what to
+    do instead (walkthrough defect 2)."""
+    from hw.pictures import PictureSource, probe_pictures
+
+    src = tmp_path / "in"
+    for n in range(2):
+        _save(src / f"p_{n}.png", _noise(seed=n))
+    _animation(src / "p_2.webp")
+    rc = cli.main(["--source", str(src), "--output", str(tmp_path / "out"), "--model", "bicubic", "--scale", "1"])
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert rc != 0 and "p_2.webp' is an animated WebP: animated pictures are not taken" in line, line
+    assert "Invalid data" not in line and "repair" not in line and "magick p_2.webp -coalesce p_2_%03d.png" in line, line
+    alone = _animation(tmp_path / "alone.webp")
+    assert cli.main(["--source", str(alone), "--output", str(tmp_path / "o2"), "--model", "bicubic"]) == 2
+    assert "is an animated WebP" in capsys.readouterr().err
+    for name, fmt, kind in (("p_2.png", "PNG", "PNG (APNG)"), ("p_3.png", "GIF", "GIF")):
+        (src / "p_2.webp").unlink(missing_ok=True)
+        (src / "p_2.png").unlink(missing_ok=True)
+        _animation(src / name, fmt)
+        seq = find_pictures(src)
+        source = PictureSource(seq, probe_pictures(seq), warn=lambda line: None)
+        assert len(list(source)) == 2  # the sequence ends before it, and the run fails with it
+        assert re.search(rf"{name}' is an animated {re.escape(kind)}: .*--source {name} reads it as a video",
+                         str(source.failure)) and "repair" not in str(source.failure), source.failure
+        assert find_pictures(src / name) is None  # as the line says: alone, it is a video
