@@ -62,8 +62,9 @@ from core.files import ffmpeg_path
 from core.frame import Frame
 from hw.av_source import SIDE_DATA_UNSAFE_CODECS, display_matrix, png_has_profile
 
-__all__ = ["PICTURE_SUFFIXES", "PictureSequence", "PictureSource", "PictureTarget", "encode_picture",
-           "find_pictures", "icc_profile", "profile_fits", "orientation", "picture_target", "parse_fps", "upright"]
+__all__ = ["PICTURE_SUFFIXES", "AnimatedPicture", "PictureSequence", "PictureSource", "PictureTarget", "encode_picture",
+           "find_pictures", "icc_profile", "profile_fits", "orientation", "picture_target", "parse_fps", "upright",
+           "unusable_pictures", "describe_unusable"]
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +286,11 @@ class PictureInfo:
 
 class AnimatedPicture(InvalidSource):
     """A picture file that holds several pictures (an animated WebP, PNG or GIF among pictures):
-    not damaged, and not taken."""
+    not damaged, and not taken. `kind`: "WebP", "PNG (APNG)", "GIF"."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(_animated_message(path, kind))
+        self.kind = kind
 
 
 def _animated_message(path: Path, kind: str) -> str:
@@ -317,18 +322,138 @@ def _decode_one(path: Path):
     import av
 
     if _animated_webp(path):
-        raise AnimatedPicture(_animated_message(path, "WebP"))
+        raise AnimatedPicture(path, "WebP")
     try:
         with av.open(ffmpeg_path(path)) as container:
             animated = {"apng": "PNG (APNG)", "gif": "GIF"}.get(container.format.name)
             frames = container.decode(video=0)
             for frame in frames:
                 if animated is not None and next(frames, None) is not None:
-                    raise AnimatedPicture(_animated_message(path, animated))
+                    raise AnimatedPicture(path, animated)
                 return frame, container.streams.video[0].codec_context.name
     except (av.error.FFmpegError, OSError, IndexError) as exc:
         raise InvalidSource(f"Picture {str(path)!r} cannot be read: {getattr(exc, 'strerror', None) or exc}.") from None
     raise InvalidSource(f"Picture {str(path)!r} holds no picture FFmpeg can decode.")
+
+
+def unusable_pictures(seq: PictureSequence) -> list[tuple[Path, str]]:
+    """The pictures of `seq` found unusable without decoding them all, each with why ("is empty (0
+    bytes)", "is an animated WebP", "is cut short ..."): their headers are read (a few small reads
+    each), and only a suspect is decoded, so a picture FFmpeg reads is never refused. Found one per
+    run before, as the reader met each (walkthrough defect 3)."""
+    found = []
+    for path in seq.paths:
+        why = _header_problem(path)
+        if why is None or why.startswith("is empty"):
+            if why is not None:
+                found.append((path, why))
+            continue
+        try:
+            _decode_one(path)
+        except AnimatedPicture as exc:
+            found.append((path, f"is an animated {exc.kind}"))
+        except InvalidSource:
+            found.append((path, why))
+    return found
+
+
+def describe_unusable(spec: str, found: list[tuple[Path, str]], num_pictures: int, limit: int = 5) -> str:
+    """One line for `unusable_pictures`' findings."""
+    if len(found) == 1 and found[0][1].startswith("is an animated"):
+        path, why = found[0]
+        return _animated_message(path, why.removeprefix("is an animated "))
+    shown = "; ".join(f"{path.name} {why}" for path, why in found[:limit])
+    more = f"; and {len(found) - limit} more" if len(found) > limit else ""
+    animated = " (animated pictures are not taken: convert them to single pictures or a video)" if any(
+        why.startswith("is an animated") for _, why in found) else ""
+    return (f"Source {spec!r}: {len(found)} of {num_pictures} picture(s) cannot be used: {shown}{more}. Move or "
+            f"repair them first{animated}; nothing was processed.")
+
+
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\0": "TIFF", b"MM\0*": "TIFF",
+               b"II+\0": "TIFF", b"MM\0+": "TIFF", b"BM": "BMP", b"SDPX": "DPX", b"XPDS": "DPX", b"GIF87a": "GIF",
+               b"GIF89a": "GIF"}
+
+
+def _header_problem(path: Path) -> str | None:
+    """Why `path` looks unusable from its size and headers alone (None: it looks whole). Suspects
+    only: `unusable_pictures` decodes each before it is named."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "is empty (0 bytes)"
+        with open(path, "rb") as f:
+            head = f.read(64)
+            kind = next((k for sig, k in _SIGNATURES.items() if head.startswith(sig)), None)
+            if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                kind = "WebP"
+            if kind is None:
+                return "is no picture (its first bytes are no PNG, JPEG, TIFF, BMP, WebP or DPX header)"
+            if kind == "PNG":
+                return _png_problem(f, size)
+            if kind == "JPEG":
+                return _jpeg_problem(f)
+            if kind == "TIFF" and head[2:4] in (b"*\0", b"\0*"):
+                order = "<" if head[:2] == b"II" else ">"
+                if len(head) < 8 or struct.unpack(order + "I", head[4:8])[0] + 2 > size:
+                    return "is cut short (its TIFF directory is past its end)"
+            if kind == "BMP" and (len(head) < 14 or struct.unpack("<I", head[10:14])[0] > size):
+                return "is cut short (its BMP pixels start past its end)"
+            if kind == "DPX" and (len(head) < 8 or struct.unpack("<I" if head[:4] == b"XPDS" else ">I", head[4:8])[0] > size):
+                return "is cut short (its DPX pixels start past its end)"
+            if kind == "WebP" and _animated_webp(path):
+                return "is an animated WebP"
+            if kind == "GIF":
+                return "is a GIF that cannot be read"  # (named as a picture: animated or not, a decode tells)
+    except (OSError, struct.error) as exc:
+        return f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    return None
+
+
+def _png_problem(f, size: int) -> str | None:
+    """A PNG's chunks walked by their lengths (8 bytes read per chunk): IHDR first, every chunk
+    within the file, an acTL of more than one frame (an APNG)."""
+    at = 8
+    first = True
+    while at + 8 <= size:
+        f.seek(at)
+        length, kind = struct.unpack(">I4s", f.read(8))
+        if first and kind != b"IHDR":
+            return "is damaged (no PNG header, IHDR)"
+        first = False
+        if at + 12 + length > size:
+            return f"is cut short (its PNG {kind.decode('latin-1')} data runs past its end)"
+        if kind == b"acTL" and length >= 4 and struct.unpack(">I", f.read(4))[0] > 1:
+            return "is an animated PNG (APNG)"
+        if kind == b"IEND":
+            return None
+        at += 12 + length
+    return "is damaged (no PNG header, IHDR)" if first else "is cut short (no PNG end, IEND)"
+
+
+def _jpeg_problem(f) -> str | None:
+    """A JPEG's marker segments walked to its first scan (4 bytes read per segment): a frame header
+    (SOF) before it, the file not ending before it."""
+    f.seek(2)
+    seen_frame = False
+    for _ in range(10000):
+        marker = f.read(4)
+        if len(marker) < 4:
+            return "is cut short (it ends before its JPEG picture data)"
+        if marker[0] != 0xFF:
+            return "is damaged (its JPEG headers are broken)"
+        kind = marker[1]
+        if kind == 0xFF:  # fill bytes
+            f.seek(-3, os.SEEK_CUR)
+            continue
+        if 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):
+            seen_frame = True
+        if kind == 0xDA:
+            return None if seen_frame else "is damaged (no JPEG frame header before its data)"
+        if kind == 0xD9:
+            return "is damaged (it ends before its JPEG picture data)"
+        f.seek(struct.unpack(">H", marker[2:])[0] - 2, os.SEEK_CUR)
+    return None
 
 
 def _truncated_jpeg(path: Path) -> bool:

@@ -24,14 +24,14 @@ import torch
 
 from core.choices import DEEP_COLOR_CODECS, DEFAULT_CPU_PRESET, DEFAULT_NVENC_PRESET, DEFAULT_SEGMENT_SECONDS, MAX_AUTO_ENCODERS, NVENC_PRESETS
 from core.cut import Cut
-from core.errors import HardwareUnavailable, InvalidOption, OutputExists, OutputNotWritable, UnsafeOutput
+from core.errors import HardwareUnavailable, InvalidOption, InvalidSource, OutputExists, OutputNotWritable, UnsafeOutput
 from core.files import check_output_paths, file_key
 from hw.av_source import SourceInfo, probe_audio, probe_source
 from hw.color import ColorInfo
 from hw.encode_speed import ENCODER_SPEEDS_FILE, EncoderSpeed, known_encoder_speed, remembered_encoder_speed, speed_key
 from hw.memory import ProbeMemo
-from hw.pictures import (PictureSequence, PictureTarget, find_pictures, orientation, parse_fps, picture_target,
-                         probe_pictures)
+from hw.pictures import (PictureSequence, PictureTarget, describe_unusable, find_pictures, orientation, parse_fps,
+                         picture_target, probe_pictures, unusable_pictures)
 from hw.scheduling import quota_note, usable_cores
 from models import LoadedModel
 from models.compiled import compile_choice
@@ -510,7 +510,11 @@ def _sequence_name(seq: PictureSequence) -> str:
 
 
 def _picture_source(config: RunConfig, seq: PictureSequence, notes: list[str]) -> SourceInfo:
-    """A picture sequence described as a source: picture k at k/fps, sRGB."""
+    """A picture sequence described as a source: picture k at k/fps, sRGB. Pictures found unusable
+    from their headers (empty, cut short, animated) are refused together, before anything runs."""
+    unusable = unusable_pictures(seq)
+    if unusable:
+        raise InvalidSource(describe_unusable(seq.spec, unusable, len(seq.paths)))
     info = probe_pictures(seq)
     fps = parse_fps(config.fps) or Fraction(24)  # (said where it matters: pictures into a video)
     if seq.template == "(by name)" and any(re.search(r"\d", p.name) for p in seq.paths) and len(seq.paths) > 1:

@@ -51,6 +51,18 @@ def _read(path: Path, fmt: str) -> np.ndarray:
         return next(c.decode(video=0)).reformat(format=fmt).to_ndarray()
 
 
+def _undecodable_png() -> bytes:
+    """A PNG whose headers and chunks are whole (so that listing the folder finds nothing wrong with
+    it) and whose pixel data FFmpeg cannot decode: damage only reading the picture finds."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return encode_picture(_noise(), None, ".png")[:33] + chunk(b"IDAT", b"garbage!" * 4) + chunk(b"IEND", b"")
+
+
 def _cfg(src, out, **kw) -> RunConfig:
     base = dict(source=Path(src), output=Path(out) if out is not None else None, model="bicubic", scale=1,
                 parallel=True, queue_size=8, precision="fp32")  # fp32 on a GPU too: fp16 holds 11 bits of 16
@@ -392,7 +404,7 @@ def test_closing_the_picture_pool_runs_the_jobs_not_started_yet():
 def test_a_damaged_picture_stops_with_one_line_and_keeps_the_pictures_before_it(tmp_path, capsys):
     for n in range(4):
         _save(tmp_path / "in" / f"p_{n}.png", _noise(seed=n))
-    (tmp_path / "in" / "p_2.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    (tmp_path / "in" / "p_2.png").write_bytes(_undecodable_png())
     out = tmp_path / "out"
     rc = cli.main(["--source", str(tmp_path / "in"), "--output", str(out), "--model", "bicubic", "--scale", "1"])
     err = capsys.readouterr().err
@@ -655,7 +667,9 @@ def test_a_damaged_picture_mid_sequence_stops_with_exit_1_and_a_truncated_jpeg_i
     assert cli.main(["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "1"]) == 0
     err = capsys.readouterr().err
     assert "warning: source: picture p_2.jpg is truncated (no JPEG end marker)" in err, err
-    (src / "p_3.jpg").write_bytes(whole[:60])
+    damaged = bytearray(whole)  # headers whole (listing the folder finds nothing), no components: damage
+    damaged[damaged.index(b"\xff\xc0") + 9] = 0  # only reading the picture finds
+    (src / "p_3.jpg").write_bytes(bytes(damaged))
     import subprocess
 
     from tests.cli_runs import slow_cli
@@ -758,7 +772,7 @@ def test_resume_after_moving_a_damaged_picture_away_writes_the_rest(tmp_path, ca
     src = tmp_path / "in"
     for n in range(5):
         _save(src / f"p_{n}.png", _noise(seed=n))
-    (src / "p_2.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    (src / "p_2.png").write_bytes(_undecodable_png())
     out = tmp_path / "out"
     args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "1", "-q"]
     assert cli.main(args) == 1
@@ -919,3 +933,35 @@ def test_an_animated_picture_is_said_to_be_animated_not_damaged(tmp_path, capsys
         assert re.search(rf"{name}' is an animated {re.escape(kind)}: .*--source {name} reads it as a video",
                          str(source.failure)) and "repair" not in str(source.failure), source.failure
         assert find_pictures(src / name) is None  # as the line says: alone, it is a video
+
+
+def test_pictures_unusable_from_their_headers_are_all_named_before_the_run(tmp_path, capsys):
+    """A folder with a corrupt PNG and a zero-byte JPEG needed one run per bad file: each was found
+    when the reader met it, after the pictures before it were made (walkthrough defect 3). Those
+    the headers tell (empty, cut short, not a picture, animated) are now named together, before
+    anything runs; a picture whose headers look odd but that FFmpeg reads (a still GIF named .png)
+    is taken."""
+    from PIL import Image
+
+    src = tmp_path / "in"
+    for n in range(3):
+        _save(src / f"p_{n}.png", _noise(seed=n))
+    Image.fromarray(_noise(seed=3)).save(src / "p_3.png", format="GIF")  # a still GIF under a PNG name: read
+    (src / "p_4.jpg").write_bytes(b"")
+    whole = (src / "p_1.png").read_bytes()
+    (src / "p_5.png").write_bytes(whole[: len(whole) // 2])  # a copy that stopped
+    (src / "p_6.png").write_text("not a picture")
+    _animation(src / "p_7.webp")
+    out = tmp_path / "out"
+    args = ["--source", str(src), "--output", str(out), "--model", "bicubic", "--scale", "1"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error")]
+    for part in ("4 of 8 picture(s) cannot be used", "p_4.jpg is empty (0 bytes)", "p_5.png is cut short",
+                 "p_6.png is no picture", "p_7.webp is an animated WebP", "nothing was processed"):
+        assert part in line, line
+    assert "p_3.png" not in line and not out.exists(), line
+    for name in ("p_4.jpg", "p_5.png", "p_6.png", "p_7.webp"):
+        (src / name).unlink()
+    assert cli.main([*args, "-q"]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == [f"p_{n}.png" for n in range(4)]
