@@ -46,6 +46,7 @@ __all__ = [
     "OutputFile",
     "OutputFolder",
     "NoOutput",
+    "OnePicture",
     "write_file_atomically",
     "create_exclusive",
     "describe_file_kind",
@@ -482,6 +483,24 @@ class OutputFolder:
             pass
         finally:
             self._lock.release()
+
+
+class OnePicture:
+    """The output of a run that writes one named picture file (--source photo.jpg --output
+    photo4x.png): its writer writes it by `write_file_atomically` (its own lock, a temporary file,
+    a rename, --overwrite's rule), so there is nothing to lock, make or remove here."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def begin(self) -> Path:
+        return self.path
+
+    def commit(self, *, complete: bool) -> Path:
+        return self.path
+
+    def discard(self) -> None:
+        pass
 
 
 class NoOutput:

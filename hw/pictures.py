@@ -33,7 +33,8 @@ pictures in 0..1; clipping it would silently lose highlights.
 - Orientation: a picture is read as it is shown: its EXIF/TIFF orientation (FFmpeg's display
   matrix) turns its pixels, since the pictures written carry none; so do a rotated video's
   frames written as pictures (PictureWriter).
-- One picture: `--source photo.jpg` is a sequence of one (an animated PNG or GIF is a video).
+- One picture: `--source photo.jpg` is a sequence of one (an animated PNG or GIF is a video); it may
+  go to one named .png/.tif/.tiff file (`PictureTarget.file_name`).
 - Animated pictures among pictures (an animated WebP, an APNG or a GIF named as a picture) are not
   taken, said as such (`AnimatedPicture`): FFmpeg's WebP decoder takes no animation ("Invalid
   data"), and an APNG or GIF gave its first picture alone.
@@ -620,9 +621,12 @@ class PictureTarget:
     pattern: str | None  # "frame_%06d.png" (numbers from the source), or None: the source's names
     suffix: str  # ".png" / ".tif"
     bit_depth: int  # 8 or 16
+    file_name: str | None = None  # one picture to one named file (--source photo.jpg --output photo4x.png)
 
     def name(self, index: int, seq: PictureSequence | None, video_stem: str) -> str:
         """The file name of output frame `index` (the source's k-th picture or video frame)."""
+        if self.file_name is not None:
+            return self.file_name
         number = index
         known = seq is not None and index < len(seq.paths)  # (a caller may ask past the end: no such picture)
         if known and seq.numbers[index] is not None:
@@ -634,9 +638,10 @@ class PictureTarget:
         return f"{video_stem}_{number:06d}{self.suffix}"
 
 
-def picture_target(output: Path, *, picture_format: str | None, bit_depth: int) -> PictureTarget | None:
+def picture_target(output: Path, *, picture_format: str | None, bit_depth: int,
+                   one_picture: bool = False) -> PictureTarget | None:
     """The picture output `output` names (a folder: existing, or a name without a suffix; or a
-    printf pattern), or None for a video file."""
+    printf pattern; or, for `one_picture` in, one .png/.tif/.tiff file), or None for a video file."""
     text = os.fspath(output)
     suffix = Path(text).suffix.lower()
     if suffix in CONTAINER_SUFFIXES and not os.path.isdir(text):
@@ -659,12 +664,21 @@ def picture_target(output: Path, *, picture_format: str | None, bit_depth: int) 
         return PictureTarget(folder=Path(text), pattern=None, suffix=PICTURE_FORMATS[picture_format or "png"],
                              bit_depth=bit_depth)
     if suffix in PICTURE_SUFFIXES:
-        # The pattern suggested must be one this function takes: a .jpg/.webp one is refused above
-        # (the line suggested "x_%06d.jpg", which the next run refused)
         written = suffix if suffix in (".png", ".tif", ".tiff") else ".png"
         why = "" if written == suffix else f"; pictures are written as PNG or TIFF, not {suffix[1:].upper()}"
+        if one_picture:  # one picture in, one named picture out
+            if written != suffix:
+                raise InvalidOption(f"Invalid --output ({text!r}): pictures are written as PNG or TIFF, not "
+                                    f"{suffix[1:].upper()}. Use e.g. --output {Path(text).with_suffix('.png')}.")
+            if picture_format is not None and PICTURE_FORMATS[picture_format] != (".tif" if suffix == ".tiff" else suffix):
+                raise InvalidOption(f"--picture-format {picture_format} does not match --output {text!r}. Drop one of them.")
+            return PictureTarget(folder=Path(os.path.dirname(text) or "."), pattern=None, suffix=suffix,
+                                 bit_depth=bit_depth, file_name=os.path.basename(text))
+        # The pattern suggested must be one this function takes: a .jpg/.webp one is refused above
+        # (the line suggested "x_%06d.jpg", which the next run refused)
         raise InvalidOption(f"Invalid --output ({text!r}): for pictures give a folder (e.g. {Path(text).stem}/) or a "
-                            f"pattern (e.g. {Path(text).stem}_%06d{written}){why}.")
+                            f"pattern (e.g. {Path(text).stem}_%06d{written}){why}; a named picture file takes one "
+                            "picture file in.")
     return None
 
 

@@ -336,7 +336,8 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
     skip = None
     if plan.picture_target is not None:  # --resume: pictures already on disk are kept, not made again
         target = plan.picture_target
-        done = pictures_done(target.folder) if cfg.resume else set()
+        # (one named picture file: no manifest, nothing to resume; it is written whole or not at all)
+        done = pictures_done(target.folder) if cfg.resume and target.file_name is None else set()
 
         per = plan.interpolate  # pictures per source frame
 
@@ -359,7 +360,8 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         # --resume writes only pictures not done: one there by that name is older than the manifest's
         # run, which --overwrite let replace it (pipeline.segments.pictures_done)
         writer = wrap("writer", PictureWriter(target.folder, picture_name, target.suffix,
-                                              overwrite=plan.overwrite_output or cfg.resume, stats=stats, frames_per_item=per,
+                                              overwrite=plan.overwrite_output or (cfg.resume and target.file_name is None),
+                                              stats=stats, frames_per_item=per,
                                               kept=done, orientation=orientation(plan.source.display_matrix),
                                               gray=is_gray(plan.source.pix_fmt or ""), profile=picture_profile))
     elif plan.output is None:

@@ -202,9 +202,11 @@ class RunConfig:
     def check_output_name(self, output: Path) -> None:
         """The output's container: one framepipe writes, and one that holds the codec (or a
         picture folder or pattern: hw.pictures)."""
-        from hw.pictures import picture_target
+        from hw.pictures import PICTURE_SUFFIXES, picture_target
 
-        if picture_target(output, picture_format=self.picture_format, bit_depth=8) is not None:
+        # one picture file in (a still one, which the plan checks): one named picture file may come out
+        one = os.path.isfile(self.source) and Path(self.source).suffix.lower() in PICTURE_SUFFIXES
+        if picture_target(output, picture_format=self.picture_format, bit_depth=8, one_picture=one) is not None:
             return
         if output.suffix.lower() not in CONTAINER_SUFFIXES:
             raise InvalidOption(

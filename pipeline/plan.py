@@ -95,7 +95,7 @@ class RunPlan:
     encoder_speed_key: str = ""  # where the run remembers how its real frames encoded (CPU encoders)
     output_bit_depth: int = 8  # 8 (yuv420p) or 10 (yuv420p10le); pictures: 8 or 16
     pictures: PictureSequence | None = None  # the source is a picture sequence (hw.pictures)
-    picture_target: PictureTarget | None = None  # the output is pictures (`output` is their folder)
+    picture_target: PictureTarget | None = None  # the output is pictures (`output` is their folder, or the one file)
     cut: Cut | None = None  # --start/--end (None: the whole video)
     interpolator: LoadedModel | None = None  # --interpolate: the temporal model after `model` (RIFE)
     split: "SplitChoice | None" = None  # --split-gpu: which model is split, over which two devices
@@ -182,8 +182,10 @@ def plan_run(config: RunConfig) -> RunPlan:
     # finishing the job replaces it without --overwrite.
     earlier_partial = PartsFolder.partial_output_of(config.output) if config.resume and config.output is not None else None
     own_partial = earlier_partial is not None and earlier_partial == config.output
+    # One picture file (not a folder or a pattern, which may hold more later) may go to one named picture file
+    one_picture = pictures is not None and len(pictures.paths) == 1 and os.path.isfile(config.source)
     if config.output is not None and picture_target(config.output, picture_format=config.picture_format,
-                                                     bit_depth=8) is None:
+                                                     bit_depth=8, one_picture=one_picture) is None:
         _check_paths(config, config.output, pictures, overwrite=overwrite, own_partial=own_partial)  # cheap checks first
     if config.output_mode == "none" and config.stats_json is not None:  # the one file such a run writes
         check_output_paths([("--stats-json", config.stats_json)], inputs=_read_paths(config, pictures),
@@ -204,7 +206,8 @@ def plan_run(config: RunConfig) -> RunPlan:
                                        interpolate=config.interpolate if interpolator is not None else 1,
                                        identity=interpolator is not None and model.arch == "bicubic" and model.scale == 1)
             output = (config.output_dir / name.name) if config.output_dir is not None else name
-    target = picture_target(output, picture_format=config.picture_format, bit_depth=_picture_depth(config, source))
+    target = picture_target(output, picture_format=config.picture_format, bit_depth=_picture_depth(config, source),
+                            one_picture=one_picture)
     if config.resume and config.output is None:  # the output's name is known only now
         earlier_partial = PartsFolder.partial_output_of(Path(output))
         own_partial = earlier_partial == Path(output)
@@ -212,8 +215,8 @@ def plan_run(config: RunConfig) -> RunPlan:
         _check_paths(config, output, pictures, overwrite=overwrite, own_partial=own_partial)
         _check_frame_spacing(Path(output), source, config.interpolate if interpolator is not None else 1,
                              video=Path(config.source) if pictures is None else None)
-    else:
-        output = target.folder
+    else:  # a folder of pictures; or one picture file (RunPlan.output: that file)
+        output = target.folder / target.file_name if target.file_name is not None else target.folder
     devices, dtypes, compiled = _plan_workers(config, model, source, notes)
     if pictures is None and source.has_alpha:
         notes.append(f"the video has an alpha channel ({source.pix_fmt}); framepipe reads video without it, so "
@@ -582,8 +585,13 @@ def _check_picture_output(config: RunConfig, target: PictureTarget, pictures: Pi
             if name in existing and (hit := read.get(file_key(folder / name))) is not None:
                 raise UnsafeOutput(f"--output {str(folder / name)!r} is the source picture {str(hit)!r}"
                                    f"{'' if Path(hit).parent.resolve() == folder.resolve() else ' (through a link)'}: "
-                                   "framepipe never writes its input. Choose another folder, pattern or --picture-format.")
+                                   "framepipe never writes its input. "
+                                   + ("Choose another name." if target.file_name is not None else
+                                      "Choose another folder, pattern or --picture-format."))
         taken = [n for n in names if n in existing]
+        if taken and target.file_name is not None and not overwrite:  # one picture: written whole or not at all
+            raise OutputExists(f"--output {str(folder / taken[0])!r} already exists. Pass --overwrite to replace it, or "
+                               "choose another name.")
         if taken and not (overwrite or config.resume):
             raise OutputExists(f"--output folder {str(folder)!r} already holds {len(taken)} of the pictures this run writes "
                                f"(e.g. {taken[0]}). Pass --resume to keep them and write the rest, or --overwrite to "

@@ -155,6 +155,8 @@ def describe(plan: RunPlan, stats: RunStats) -> None:
 def _describe_encoder(plan: RunPlan) -> str:
     if plan.output is None:
         return "none (output discarded)"
+    if plan.picture_target is not None and plan.picture_target.file_name is not None:
+        return f"{plan.picture_target.suffix[1:].upper()} picture (CPU) {plan.output}"
     if plan.picture_target is not None:
         return f"{plan.picture_target.suffix[1:].upper()} pictures (CPU) in {plan.output}"
     if plan.use_nvenc:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 
 from core.errors import HardwareUnavailable, NoVideoStream, RunInterrupted
-from core.files import NoOutput, OutputFile, OutputFolder
+from core.files import NoOutput, OnePicture, OutputFile, OutputFolder
 from core.stopping import finishing, interruptible, requested, settling, signals_deferred
 from hw.encode_speed import ENCODER_SPEEDS_FILE
 from hw.memory import ProbeMemo
@@ -113,6 +113,8 @@ def _run(config: RunConfig, *, on_progress: ProgressFn | None, on_start: Callabl
     describe(plan, stats)
     if plan.output is None:  # --output-mode none
         output = NoOutput()
+    elif plan.picture_target is not None and plan.picture_target.file_name is not None:
+        output = OnePicture(plan.output)  # its writer writes it atomically, under its own lock
     elif plan.picture_target is not None:
         output = OutputFolder(plan.output, keep=(PICTURE_MANIFEST,))
     else:
@@ -122,7 +124,7 @@ def _run(config: RunConfig, *, on_progress: ProgressFn | None, on_start: Callabl
     try:
         if on_start is not None:
             on_start(plan, stats)
-        if plan.picture_target is not None:  # under the folder's lock
+        if plan.picture_target is not None and plan.picture_target.file_name is None:  # under the folder's lock
             check_picture_manifest(plan.output, resume=config.resume, overwrite=config.overwrite,
                                    source=_fingerprint(plan), settings=pixel_settings(plan))
         if plan.segments is not None:  # under the output's lock: one run per work folder too

@@ -965,3 +965,41 @@ def test_pictures_unusable_from_their_headers_are_all_named_before_the_run(tmp_p
         (src / name).unlink()
     assert cli.main([*args, "-q"]) == 0
     assert sorted(p.name for p in out.glob("*.png")) == [f"p_{n}.png" for n in range(4)]
+
+
+def test_one_picture_to_one_named_picture_file(tmp_path, capsys):
+    """--source photo.jpg --output photo4x.png was refused ("give a folder or a pattern"); a user
+    upscaling one photo expects it to work (walkthrough defect 7). It is written atomically, as
+    every picture is, nothing else is made beside it (no manifest, no lock left), an existing file
+    is replaced only with --overwrite (--resume has nothing to resume), and never the source,
+    through a link either."""
+    from PIL import Image
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(_noise(seed=1)).save(photo, quality=95)
+    out = tmp_path / "photo4x.png"
+    common = ["--source", str(photo), "--model", "bicubic", "--scale", "2", "-q"]
+    assert cli.main([*common, "--output", str(out)]) == 0, capsys.readouterr().err
+    assert _read(out, "rgb24").shape == (48, 64, 3)
+    assert sorted(os.listdir(tmp_path)) == ["photo.jpg", "photo4x.png"]
+    before = out.stat().st_mtime_ns
+    for extra in ([], ["--resume"]):
+        assert cli.main([*common, "--output", str(out), *extra]) == 2
+        (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+        assert "already exists. Pass --overwrite to replace it" in line, line
+    assert out.stat().st_mtime_ns == before
+    assert cli.main([*common, "--scale", "1", "--output", str(out), "--overwrite"]) == 0
+    assert _read(out, "rgb24").shape == (24, 32, 3)
+    assert cli.main([*common, "--output", str(tmp_path / "photo4x.tiff")]) == 0
+    assert _read(tmp_path / "photo4x.tiff", "rgb24").shape == (48, 64, 3)
+    shot = _save(tmp_path / "shot.png", _noise(seed=2))
+    source_bytes = shot.read_bytes()
+    (tmp_path / "link.png").symlink_to(shot)
+    for name in ("shot.png", "link.png"):  # the source, by its name and through a link
+        assert cli.main([*common, "--source", str(shot), "--output", str(tmp_path / name), "--overwrite"]) == 2
+        assert "framepipe never writes its input. Choose another name." in capsys.readouterr().err
+    assert shot.read_bytes() == source_bytes and (tmp_path / "link.png").is_symlink()
+    assert cli.main([*common, "--output", str(tmp_path / "photo4x.jpg")]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert "written as PNG or TIFF" in line and f"--output {tmp_path / 'photo4x.png'}" in line, line
+    assert sorted(os.listdir(tmp_path)) == ["link.png", "photo.jpg", "photo4x.png", "photo4x.tiff", "shot.png"]
