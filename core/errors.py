@@ -15,6 +15,7 @@ __all__ = [
     "SourceNotFound",
     "InvalidSource",
     "DamagedPicture",
+    "AnimatedPicture",
     "NoVideoStream",
     "OutputExists",
     "OutputNotWritable",
@@ -50,6 +51,15 @@ class SourceNotFound(FramepipeError, FileNotFoundError):
 
 class InvalidSource(FramepipeError, ValueError):
     """The --source exists but cannot be read as a video (directory, text, corrupt header)."""
+
+
+class AnimatedPicture(InvalidSource):
+    """A picture file among pictures that holds several (an animated WebP, an APNG, a GIF named as
+    a picture): not damaged, and not taken. `kind`: "WebP", "PNG (APNG)", "GIF"."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class DamagedPicture(InvalidSource):

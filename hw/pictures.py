@@ -58,12 +58,12 @@ from pathlib import Path
 import numpy as np
 
 from core.choices import CONTAINER_SUFFIXES, PICTURE_FORMATS
-from core.errors import DamagedPicture, InvalidOption, InvalidSource
+from core.errors import AnimatedPicture, DamagedPicture, InvalidOption, InvalidSource
 from core.files import ffmpeg_path
 from core.frame import Frame
 from hw.av_source import SIDE_DATA_UNSAFE_CODECS, display_matrix, png_has_profile
 
-__all__ = ["PICTURE_SUFFIXES", "AnimatedPicture", "PictureSequence", "PictureSource", "PictureTarget", "encode_picture",
+__all__ = ["PICTURE_SUFFIXES", "PictureSequence", "PictureSource", "PictureTarget", "encode_picture",
            "find_pictures", "icc_profile", "profile_fits", "orientation", "picture_target", "parse_fps", "upright",
            "unusable_pictures", "describe_unusable"]
 
@@ -285,15 +285,6 @@ class PictureInfo:
     gray: bool = False  # gray without alpha: written gray (`is_gray`)
 
 
-class AnimatedPicture(InvalidSource):
-    """A picture file that holds several pictures (an animated WebP, PNG or GIF among pictures):
-    not damaged, and not taken. `kind`: "WebP", "PNG (APNG)", "GIF"."""
-
-    def __init__(self, path: Path, kind: str) -> None:
-        super().__init__(_animated_message(path, kind))
-        self.kind = kind
-
-
 def _animated_message(path: Path, kind: str) -> str:
     if kind == "WebP":  # FFmpeg's WebP decoder takes no animation: it answers "Invalid data"
         how = f"FFmpeg cannot decode animated WebP; ImageMagick can: magick {path.name} -coalesce {path.stem}_%03d.png"
@@ -323,14 +314,14 @@ def _decode_one(path: Path):
     import av
 
     if _animated_webp(path):
-        raise AnimatedPicture(path, "WebP")
+        raise AnimatedPicture(_animated_message(path, "WebP"), "WebP")
     try:
         with av.open(ffmpeg_path(path)) as container:
             animated = {"apng": "PNG (APNG)", "gif": "GIF"}.get(container.format.name)
             frames = container.decode(video=0)
             for frame in frames:
                 if animated is not None and next(frames, None) is not None:
-                    raise AnimatedPicture(path, animated)
+                    raise AnimatedPicture(_animated_message(path, animated), animated)
                 return frame, container.streams.video[0].codec_context.name
     except (av.error.FFmpegError, OSError, IndexError) as exc:
         raise InvalidSource(f"Picture {str(path)!r} cannot be read: {getattr(exc, 'strerror', None) or exc}.") from None
