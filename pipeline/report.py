@@ -270,6 +270,7 @@ def settle_segments(output: OutputFile, temp: Path, plan: RunPlan, parts, stats:
         return f"Joining the finished segments failed ({one_line(exc)}).{resume_hint}"
     # `written` counts output frames: with --interpolate N, N per source frame (the last one, 1)
     stats.num_frames_written = -(-written // plan.interpolate)
+    stats.written_is_output = True  # the joined output's count: the frames an earlier run finished too
     stats.num_frames_made = written - stats.num_frames_written
     parts.record_partial_output(temp)  # before the rename: the --resume that finishes the job may replace it
     final = output.commit(complete=complete)

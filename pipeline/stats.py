@@ -170,6 +170,8 @@ class RunStats:
     # --resume: source frames an earlier run finished (pictures on disk, finished segments): decoded
     # and passed over, neither processed nor written again, nor counted in num_frames_written
     num_frames_kept: int = 0
+    # num_frames_written is the joined output's count (pipeline/report.py), the kept frames among them
+    written_is_output: bool = False
     num_frames_encoded: int = 0  # segmented output: frames the encoders have encoded (written: handed to them)
     num_corrupt_packets: int = 0
     source_exhausted: bool = False  # the reader reached the end of the source (not a stop or --max-frames)
@@ -325,7 +327,7 @@ class RunStats:
         """Source frames of the job that are done: written by this run, or kept from an earlier
         one (--resume). Progress counts these against the whole job's frames: counting only this
         run's against the whole job read 28/40 while a resumed run had 35 of 40 done."""
-        return self.num_frames_written + self.num_frames_kept
+        return self.num_frames_written + (0 if self.written_is_output else self.num_frames_kept)
 
     def to_dict(self) -> dict:
         return {

@@ -394,7 +394,7 @@ class Scheduler:
 
     def _record(self, job_id: str, stats) -> None:
         total = max(stats.num_frames_expected, stats.num_frames_decoded)
-        self.store.update(job_id, frames_done=stats.num_frames_written, frames_total=total, fps=round(stats.fps, 2),
+        self.store.update(job_id, frames_done=stats.num_frames_done, frames_total=total, fps=round(stats.fps, 2),
                           warnings=list(stats.warnings))
 
     def _is_upload(self, path: Path) -> bool:

@@ -165,6 +165,8 @@ def test_kill_9_then_resume_is_frame_exact(clips, tmp_path):
     assert 2 <= len(done_before) < 10
     stats = run(_cfg(src, out, segment_frames=12, encoders=2, resume=True))
     assert stats.notes["segments"].endswith(f"{len(done_before)} finished segment(s) taken over from an earlier run")
+    assert stats.num_frames_done == stats.num_frames_written == 120  # the kept frames counted once
+    assert stats.num_frames_kept == 12 * len(done_before)
     probe.assert_same_video(whole, out)
     assert probe.packet_times(out, "audio") == probe.packet_times(whole, "audio")
     assert not (tmp_path / "out.mp4.parts").exists()

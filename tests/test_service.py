@@ -429,6 +429,7 @@ def test_cancel_leaves_a_finalized_partial_output_that_a_new_job_resumes(clip_ro
         assert r.status_code == 201, r.text
         done = _wait(client, r.json()["jobs"][0]["id"])
         assert done["state"] == "done" and probe.indices(out) == list(range(30))
+        assert done["frames_done"] == done["frames_total"] == 30  # the kept segments' frames are done too
         assert not (clip_root / "c.mp4.parts").exists()
     finally:
         service.close()
