@@ -374,7 +374,7 @@ class PyAVDecoder:
             return None
         # One frame's time: the last frames' own spacing where known, not the container's frame rate,
         # which may be wrong (a Matroska remux said 2400 fps for 24: a whole file reported truncated)
-        ticks = sorted(self._spacing)[len(self._spacing) // 2] if self._spacing else self._repair.step
+        ticks = self._step_ticks()
         step = ticks * self._stream.time_base
         end = float((self._last_pts + ticks) * self._stream.time_base)
         start = float((self._stream.start_time or 0) * self._stream.time_base)
@@ -437,15 +437,22 @@ class PyAVDecoder:
             self._chroma = (key, plane)
         return self._chroma[1], self._chroma[1]
 
+    def _step_ticks(self) -> int:
+        """One frame's time, in ticks: the last frames' own spacing (the median step) where known,
+        else the step the container's frame rate gives."""
+        return sorted(self._spacing)[len(self._spacing) // 2] if self._spacing else self._repair.step
+
     def _numbered(self, data: tuple[str, tuple, int, int | None], pts: int) -> Frame:
         fmt, planes, depth, duration = data
-        time_base = self._stream.time_base
-        self.last_frame_seconds = duration * Fraction(time_base) if duration and duration > 0 and time_base else None
         index = self.num_frames_decoded
         self.num_frames_decoded += 1
         if self._last_pts is not None and pts > self._last_pts:
             self._spacing.append(pts - self._last_pts)
         self._last_pts = pts
+        if self._decode_times is not None:  # AVI: a packet lasts one tick of its index (1/600 s for a 1/24 s frame)
+            duration = self._step_ticks()
+        time_base = self._stream.time_base
+        self.last_frame_seconds = duration * Fraction(time_base) if duration and duration > 0 and time_base else None
         return Frame(index=index, pts=pts, fmt=fmt, planes=planes, bit_depth=depth)
 
     def close(self) -> None:

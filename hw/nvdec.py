@@ -339,9 +339,14 @@ class NvDecoder:
                 continue  # PyAV's end-of-stream marker
             # Read these before filtering: the filter takes the packet's contents.
             pts, discard = packet.dts if self._decode_times_only else packet.pts, bool(packet.is_discard)
-            if packet.duration and packet.duration > 0 and pts is not None and (
+            duration = packet.duration
+            if self._decode_times_only:  # AVI: a packet lasts one tick of its index; a frame, the step to the next
+                duration = pts - self._last_packet[0] if self._last_packet and pts is not None else None
+            if duration and duration > 0 and pts is not None and (
                     self._deltas_only or self._last_packet is None or pts >= self._last_packet[0]):
-                self._last_packet = (pts, packet.duration)
+                self._last_packet = (pts, duration)
+            elif self._decode_times_only and pts is not None and self._last_packet is None:
+                self._last_packet = (pts, 0)  # the first: its step is known with the next one
             outs = self._bsf.filter(packet) if self._bsf is not None else [packet]
             for out in outs:
                 if out.size == 0:
@@ -371,7 +376,7 @@ class NvDecoder:
             del keep_alive
             yield from self._emit(frames)
         yield from self._emit(self._decoder.Decode(self._end_of_stream_packet()))
-        if self._last_packet is not None and self._stream.time_base:
+        if self._last_packet is not None and self._last_packet[1] and self._stream.time_base:
             self.last_frame_seconds = self._last_packet[1] * Fraction(self._stream.time_base)
         # Clean only when every packet fed gave its picture: one still held would come out of the
         # next span's first Decode, paired with that span's timestamps.

@@ -642,3 +642,36 @@ def test_frames_missing_from_a_constant_frame_rate_video_are_said(capsys, tmp_pa
         assert "its timestamps skip" in err or "source damaged" in err, err
     else:
         assert "skip 20 frame(s) in 1 place(s) (first from 1.000 s to 1.875 s)" in err, err
+
+
+def _avi_in_600ths(path: Path, num_frames: int = 24) -> Path:
+    """An AVI of 24 fps in a 1/600 time base (an index tick per packet: every packet "lasts" 1/600 s)."""
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt, s.options = 64, 48, "yuv420p", {"bf": "2"}
+        s.time_base = s.codec_context.time_base = Fraction(1, 600)
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 9, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i * 25, Fraction(1, 600)
+            for packet in s.encode(frame):
+                out.mux(packet)
+        for packet in s.encode():
+            out.mux(packet)
+    return path
+
+
+def test_an_avis_last_frame_lasts_a_frame_not_an_index_tick(tmp_path):
+    """An AVI's packets each last one tick of its index: 1/600 s for a 1/24 s frame here, taken for
+    the last frame's duration, so a 1 s AVI came out 0.960 s long (ffmpeg's: 1.000 s)."""
+    from hw.av_decode import PyAVDecoder
+
+    src = _avi_in_600ths(tmp_path / "a.avi")
+    with PyAVDecoder(src) as dec:
+        assert [f.pts for f in dec][-1] == 23 * 25
+        assert dec.last_frame_seconds == Fraction(1, 24)
+    out = tmp_path / "out.mp4"
+    run(_cfg(src, out, scale=1))
+    with av.open(str(out)) as c:
+        video = c.streams.video[0]
+        assert video.frames == 24 and video.duration * video.time_base == 1
+

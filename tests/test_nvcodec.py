@@ -770,6 +770,22 @@ def test_decoder_says_how_long_the_last_frame_lasts_as_the_cpu_decoder_does(tmp_
     assert abs(dec.last_frame_seconds - average) > Fraction(1, 1000)
 
 
+def test_decoder_gives_an_avis_last_frame_a_frames_time_as_the_cpu_decoder_does(tmp_path, monkeypatch, fake_gpu):
+    """An AVI's packets last one tick of its index (1/600 s for a 1/24 s frame): the last frame lasts
+    the step between frames, on NVDEC as on the CPU."""
+    from hw.av_decode import PyAVDecoder
+    from tests.test_inputs import _avi_in_600ths
+
+    clip = _avi_in_600ths(tmp_path / "a.avi")
+    fake = FakeNvdec(decode_order_pts(clip))
+    use(monkeypatch, fake_module(caps=CAPS_OK, decoder_factory=lambda **kw: fake))
+    with NvDecoder(clip, gpu=0) as dec:
+        list(dec)
+    with PyAVDecoder(clip) as cpu:
+        list(cpu)
+    assert dec.last_frame_seconds == cpu.last_frame_seconds == Fraction(1, 24)
+
+
 @pytest.mark.needs_cuda
 def test_real_nvdec_run_keeps_the_last_frames_duration_and_says_interlaced_once(tmp_path, monkeypatch):
     """End to end on NVDEC: a VFR clip's output lasts as long as the source; an interlaced source
