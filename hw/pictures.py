@@ -402,49 +402,78 @@ def _header_problem(path: Path) -> str | None:
     return None
 
 
-def _png_problem(f, size: int) -> str | None:
-    """A PNG's chunks walked by their lengths (8 bytes read per chunk): IHDR first, every chunk
-    within the file, an acTL of more than one frame (an APNG)."""
+def _png_chunks(f) -> Iterator[tuple[bytes, int, int]]:
+    """A PNG's chunks walked by their lengths (8 bytes read per chunk): (type, its data's length,
+    where its data starts), in order, until the file ends; `f` is at the data when each is given."""
     at = 8
+    while len(header := _read_at(f, at, 8)) == 8:
+        length, kind = struct.unpack(">I4s", header)
+        yield kind, length, at + 8
+        at += 12 + length
+
+
+def _read_at(f, at: int, size: int) -> bytes:
+    f.seek(at)
+    return f.read(size)
+
+
+def _png_problem(f, size: int) -> str | None:
+    """A PNG's chunks: IHDR first, every chunk within the file, an acTL of more than one frame (an APNG)."""
     first = True
-    while at + 8 <= size:
-        f.seek(at)
-        length, kind = struct.unpack(">I4s", f.read(8))
+    for kind, length, data_at in _png_chunks(f):
         if first and kind != b"IHDR":
             return "is damaged (no PNG header, IHDR)"
         first = False
-        if at + 12 + length > size:
+        if data_at + length + 4 > size:
             return f"is cut short (its PNG {kind.decode('latin-1')} data runs past its end)"
         if kind == b"acTL" and length >= 4 and struct.unpack(">I", f.read(4))[0] > 1:
             return "is an animated PNG (APNG)"
         if kind == b"IEND":
             return None
-        at += 12 + length
     return "is damaged (no PNG header, IHDR)" if first else "is cut short (no PNG end, IEND)"
 
 
-def _jpeg_problem(f) -> str | None:
-    """A JPEG's marker segments walked to its first scan (4 bytes read per segment): a frame header
-    (SOF) before it, the file not ending before it."""
-    f.seek(2)
-    seen_frame = False
+_JPEG_ENDED, _JPEG_BROKEN = -1, -2  # `_jpeg_segments`: the file ended, a marker is broken
+
+
+def _jpeg_segments(f) -> Iterator[tuple[int, int]]:
+    """A JPEG's marker segments up to its first scan (4 bytes read per segment), fill bytes passed
+    over: (marker, its body's length), `f` at the body when each is given; the last is the scan
+    (0xDA) or the end (0xD9) where the headers are whole, else _JPEG_ENDED or _JPEG_BROKEN."""
+    at = 2
     for _ in range(10000):
-        marker = f.read(4)
+        marker = _read_at(f, at, 4)
         if len(marker) < 4:
-            return "is cut short (it ends before its JPEG picture data)"
+            yield _JPEG_ENDED, 0
+            return
         if marker[0] != 0xFF:
-            return "is damaged (its JPEG headers are broken)"
-        kind = marker[1]
-        if kind == 0xFF:  # fill bytes
-            f.seek(-3, os.SEEK_CUR)
+            yield _JPEG_BROKEN, 0
+            return
+        if marker[1] == 0xFF:  # a fill byte
+            at += 1
             continue
+        length = struct.unpack(">H", marker[2:])[0]
+        yield marker[1], length - 2
+        if marker[1] in (0xDA, 0xD9):
+            return
+        at += 2 + length
+
+
+def _jpeg_problem(f) -> str | None:
+    """A JPEG's headers (`_jpeg_segments`): a frame header (SOF) before its first scan, the file not
+    ending before it."""
+    seen_frame = False
+    for kind, _ in _jpeg_segments(f):
+        if kind == _JPEG_ENDED:
+            return "is cut short (it ends before its JPEG picture data)"
+        if kind == _JPEG_BROKEN:
+            return "is damaged (its JPEG headers are broken)"
         if 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):
             seen_frame = True
         if kind == 0xDA:
             return None if seen_frame else "is damaged (no JPEG frame header before its data)"
         if kind == 0xD9:
             return "is damaged (it ends before its JPEG picture data)"
-        f.seek(struct.unpack(">H", marker[2:])[0] - 2, os.SEEK_CUR)
     return None
 
 
@@ -754,30 +783,24 @@ def icc_profile(path: Path) -> bytes | None:
 def _png_profile(f) -> bytes | None:
     import zlib
 
-    f.seek(8)
-    while len(header := f.read(8)) == 8:
-        length, kind = struct.unpack(">I4s", header)
+    for kind, length, _ in _png_chunks(f):
         if kind == b"iCCP":
             body = f.read(length)
             compressed = body[body.index(b"\0") + 2:]  # name, its NUL, the compression method (0: deflate)
             return zlib.decompress(compressed)
         if kind in (b"IDAT", b"IEND"):
             return None
-        f.seek(length + 4, os.SEEK_CUR)
     return None
 
 
 def _jpeg_profile(f) -> bytes | None:
     """The APP2 "ICC_PROFILE" segments, joined in their sequence numbers' order."""
-    f.seek(2)
     parts: dict[int, bytes] = {}
-    while len(marker := f.read(4)) == 4 and marker[0] == 0xFF:
-        kind, length = marker[1], struct.unpack(">H", marker[2:])[0]
-        if kind in (0xDA, 0xD9):  # start of scan, end of picture: no header follows
-            break
-        body = f.read(length - 2)
-        if kind == 0xE2 and body.startswith(b"ICC_PROFILE\0"):
-            parts[body[12]] = body[14:]
+    for kind, length in _jpeg_segments(f):
+        if kind == 0xE2:
+            body = f.read(length)
+            if body.startswith(b"ICC_PROFILE\0"):
+                parts[body[12]] = body[14:]
     return b"".join(parts[k] for k in sorted(parts)) or None
 
 
