@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -395,7 +396,8 @@ def test_events_stream_progress_until_the_job_ends(clip_root):
         service.close()
 
 
-def test_cancel_leaves_a_finalized_partial_output_that_a_new_job_resumes(clip_root, monkeypatch):
+def _slow_workers(monkeypatch) -> Callable[[], None]:
+    """Every batch 0.05 s slower, so a job can be cancelled mid-run; returns what undoes it."""
     from pipeline.worker import Worker
 
     original = Worker.process
@@ -405,17 +407,27 @@ def test_cancel_leaves_a_finalized_partial_output_that_a_new_job_resumes(clip_ro
         return original(self, batch)
 
     monkeypatch.setattr(Worker, "process", slow)
+    return lambda: monkeypatch.setattr(Worker, "process", original)
+
+
+def _cancel_after(client, job_id: str, frames: int = 10) -> dict:
+    """Cancel a job once it has done `frames` frames; its state after the cancel."""
+    _wait(client, job_id, states=("running",))
+    deadline = time.monotonic() + 30
+    while client.get(f"/jobs/{job_id}").json()["frames_done"] < frames and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return client.delete(f"/jobs/{job_id}").json()
+
+
+def test_cancel_leaves_a_finalized_partial_output_that_a_new_job_resumes(clip_root, monkeypatch):
+    full_speed = _slow_workers(monkeypatch)
     service = _service(clip_root)
     service.start()
     try:
         client = _client(service)
         body = {"source": "in.mp4", "output": "c.mp4", **LOSSLESS, "segment_frames": 5, "encoders": 1}
         (job,) = client.post("/jobs", json=body).json()["jobs"]
-        _wait(client, job["id"], states=("running",))
-        deadline = time.monotonic() + 30
-        while client.get(f"/jobs/{job['id']}").json()["frames_done"] < 10 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        cancelled = client.delete(f"/jobs/{job['id']}").json()
+        cancelled = _cancel_after(client, job["id"])
         assert cancelled["state"] == "cancelled" and cancelled["frames_done"] < 30
         out = clip_root / "c.mp4"
         partial = probe.indices(out)
@@ -423,7 +435,7 @@ def test_cancel_leaves_a_finalized_partial_output_that_a_new_job_resumes(clip_ro
         assert (clip_root / "c.mp4.parts" / "manifest.json").is_file()
         error = _wait(client, job["id"], states=("cancelled",))["error"]
         assert "the same job submitted again" in error and "command" not in error, error  # a job has no command
-        monkeypatch.setattr(Worker, "process", original)
+        full_speed()
         # The same job submitted again finishes from the kept segments (the partial output is its own).
         r = client.post("/jobs", json=body)
         assert r.status_code == 201, r.text
@@ -1637,15 +1649,7 @@ def test_a_failed_job_without_output_has_none_to_download(clip_root):
 def test_a_cancelled_jobs_partial_output_downloads_and_a_retry_finishes_it_under_its_id(clip_root, monkeypatch):
     """A cancelled job could only be submitted again as a new job; POST /jobs/{id}/retry queues it
     again, and it resumes from its segments. Its partial output downloads meanwhile."""
-    from pipeline.worker import Worker
-
-    original = Worker.process
-
-    def slow(self, batch):
-        time.sleep(0.05)
-        return original(self, batch)
-
-    monkeypatch.setattr(Worker, "process", slow)
+    full_speed = _slow_workers(monkeypatch)
     service = _service(clip_root)
     service.start()
     try:
@@ -1654,11 +1658,7 @@ def test_a_cancelled_jobs_partial_output_downloads_and_a_retry_finishes_it_under
         (job,) = client.post("/jobs", json=body).json()["jobs"]
         r = client.post(f"/jobs/{job['id']}/retry")
         assert r.status_code == 409 and "only a failed or cancelled job can be retried" in r.json()["error"]
-        _wait(client, job["id"], states=("running",))
-        deadline = time.monotonic() + 30
-        while client.get(f"/jobs/{job['id']}").json()["frames_done"] < 10 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        cancelled = client.delete(f"/jobs/{job['id']}").json()
+        cancelled = _cancel_after(client, job["id"])
         assert cancelled["state"] == "cancelled" and cancelled["output_url"] == f"/jobs/{job['id']}/output"
         r = client.get(cancelled["output_url"])
         assert r.status_code == 200 and r.headers["x-framepipe-output"] == "partial"
@@ -1666,7 +1666,7 @@ def test_a_cancelled_jobs_partial_output_downloads_and_a_retry_finishes_it_under
         (clip_root.parent / "got.mp4").write_bytes(r.content)
         partial = probe.indices(clip_root.parent / "got.mp4")
         assert partial == list(range(len(partial))) and 10 <= len(partial) < 30  # playable, in order
-        monkeypatch.setattr(Worker, "process", original)
+        full_speed()
         r = client.post(f"/jobs/{job['id']}/retry")
         assert r.status_code == 200 and r.json()["id"] == job["id"] and r.json()["error"] is None, r.text
         done = _wait(client, job["id"])
