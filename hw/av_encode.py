@@ -333,6 +333,8 @@ class PyAVWriter:
         self._frames_per_cluster = (int(float(frame_rate or 25)) + 1) if self.path.suffix.lower() == ".mkv" else 0
         self.num_bytes_written = 0
         self.num_packets_written = 0
+        self._bytes_encoded = 0  # packets out of the encoder, written or held for their durations
+        self._packets_encoded = 0
         self._out = open_output(self.path)
         self._durations = presentation_durations(self._out)  # Matroska: how long each frame shows
         try:
@@ -405,9 +407,11 @@ class PyAVWriter:
         cc = self._video.codec_context
         frame.colorspace = cc.colorspace
         frame.color_range = cc.color_range
-        num_frames = self.num_frames_written
-        self._space.check(bytes_written=self.num_bytes_written, frames_written=num_frames,
-                          frames_pending=num_frames - self.num_packets_written,
+        # Asked as the encoder puts packets out, each frame not in the file yet pending (in the encoder,
+        # or held for its duration: up to 48 packets): asked as packets reached the file, a disk that
+        # filled while 48 lossless frames waited was not seen coming
+        self._space.check(bytes_written=self._bytes_encoded, frames_written=self._packets_encoded,
+                          frames_pending=self.num_frames_written - self.num_packets_written,
                           frames_buffered=self._frames_per_cluster)
         seconds = float(pts * self._time_base)
         with self._disk_errors():
@@ -426,6 +430,8 @@ class PyAVWriter:
         """Mux the encoder's packets (`end`: the last of them, with those held for their durations,
         the last frame lasting `last_seconds` where given)."""
         for packet in packets:
+            self._bytes_encoded += packet.size
+            self._packets_encoded += 1
             self._repair_dts(packet)
             if not packet.duration:
                 # FFmpeg's encoders give a packet the duration of its frame, and PyAV's frames have

@@ -454,7 +454,7 @@ def test_a_job_that_raises_leaves_the_server_serving(clip_root):
         calls.append(config.source)
         if len(calls) == 1:
             raise RuntimeError("a bug in a model\nwith a second line")
-        return SimpleNamespace(num_frames_expected=3, num_frames_decoded=3, num_frames_written=3, fps=1.0, warnings=[])
+        return _stats(frames=3)
 
     service = _service(clip_root, run=run)
     service.start()
@@ -499,7 +499,7 @@ def test_a_gpu_fault_marks_the_device_unhealthy_and_requeues_the_job_on_another(
 def _stats(*, frames=1, workers=None):
     """What a fake run reports (the fields the scheduler reads of pipeline.RunStats)."""
     return SimpleNamespace(num_frames_expected=frames, num_frames_decoded=frames, num_frames_written=frames, fps=1.0,
-                           warnings=[], workers=workers or {})
+                           num_frames_done=frames, warnings=[], workers=workers or {})
 
 
 def test_jobs_side_by_side_share_the_cores_a_job_alone_takes_them_all(clip_root, monkeypatch):
@@ -549,7 +549,7 @@ def test_jobs_wait_when_every_device_is_full_and_run_in_submission_order(clip_ro
     def run(config, **kw):
         order.append(config.output.name)
         release.wait(10)
-        return SimpleNamespace(num_frames_expected=1, num_frames_decoded=1, num_frames_written=1, fps=1.0, warnings=[])
+        return _stats(frames=1)
 
     service = _service(clip_root, run=run, jobs_per_device=1)
     service.start()
@@ -579,7 +579,7 @@ def test_jobs_queued_together_get_a_gpu_each_and_a_lone_job_spreads_over_the_idl
     def run(config, **kw):
         seen[config.output.name if config.output else config.source.name] = (config.device, config.gpus)
         release.wait(10)
-        return SimpleNamespace(num_frames_expected=1, num_frames_decoded=1, num_frames_written=1, fps=1.0, warnings=[])
+        return _stats(frames=1)
 
     folder = clip_root / "two"
     folder.mkdir()

@@ -230,7 +230,7 @@ def test_a_file_that_cannot_be_finalized_fails_the_sequential_run(clips, tmp_pat
     import hw.av_encode
     import main as cli
 
-    def refuse(self, *, complete=True):
+    def refuse(self, *, complete=True, **kw):
         raise av.error.ArgumentError(22, "Invalid argument")  # as the MOV muxer refusing a timecode track
 
     monkeypatch.setattr(hw.av_encode.PyAVWriter, "close", refuse)
