@@ -286,9 +286,9 @@ class PictureInfo:
 
 
 def _animated_message(path: Path, kind: str) -> str:
-    if kind == "WebP":  # FFmpeg's WebP decoder takes no animation: it answers "Invalid data"
+    if kind == "WebP" and _is_still_picture(path):  # FFmpeg before 8 takes no WebP animation: "Invalid data"
         how = f"FFmpeg cannot decode animated WebP; ImageMagick can: magick {path.name} -coalesce {path.stem}_%03d.png"
-    else:
+    else:  # an APNG or GIF, or a WebP FFmpeg 8 (PyAV 19) reads as a video
         how = f"alone, --source {path.name} reads it as a video"
     return (f"Picture {str(path)!r} is an animated {kind}: animated pictures are not taken. Convert it to single "
             f"pictures or a video first ({how}).")
