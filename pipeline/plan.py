@@ -566,6 +566,9 @@ def _check_picture_output(config: RunConfig, target: PictureTarget, pictures: Pi
     folder = target.folder
     if os.path.lexists(folder) and not folder.is_dir():
         raise OutputNotWritable(f"--output {str(folder)!r} is not a folder: pictures need a folder (or a pattern).")
+    if target.file_name is not None and not folder.is_dir():  # one named picture file: its folder is not made
+        raise OutputNotWritable(f"Cannot write --output {str(folder / target.file_name)!r}: folder {str(folder)!r} "
+                                "does not exist.")
     parent = folder if folder.is_dir() else folder.parent
     if not parent.is_dir():
         raise OutputNotWritable(f"Cannot write pictures to {str(folder)!r}: folder {str(parent)!r} does not exist.")

@@ -1011,3 +1011,16 @@ def test_one_picture_to_one_named_picture_file(tmp_path, capsys):
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
     assert "written as PNG or TIFF" in line and f"--output {tmp_path / 'photo4x.png'}" in line, line
     assert sorted(os.listdir(tmp_path)) == ["link.png", "photo.jpg", "photo4x.png", "photo4x.tiff", "shot.png"]
+
+
+def test_one_picture_into_a_folder_that_does_not_exist_is_refused_before_the_run(tmp_path, capsys):
+    """--source photo.png --output missing/photo4x.png started the run and failed after the model
+    ran (exit 1, "sequential: RuntimeError: picture photo4x.png was not written: [Errno 2] No such
+    file or directory: 'missing/.photo4x.png.framepipe-lock'"), where a video output into a folder
+    that does not exist is refused in one line before anything runs (exit 2)."""
+    photo = _save(tmp_path / "photo.png", _noise(seed=3))
+    out = tmp_path / "missing" / "photo4x.png"
+    assert cli.main(["--source", str(photo), "--model", "bicubic", "--scale", "2", "-q", "--output", str(out)]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert f"Cannot write --output {str(out)!r}: folder {str(out.parent)!r} does not exist." in line, line
+    assert sorted(os.listdir(tmp_path)) == ["photo.png"]
