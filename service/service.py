@@ -27,6 +27,7 @@ log = logging.getLogger("service")
 
 DEFAULT_PAGE = 100  # jobs a page of GET /jobs holds unless asked
 MAX_PAGE = 500
+MAX_OFFSET = 2**63 - 1  # SQLite's largest integer: a larger OFFSET is an OverflowError, not an empty page
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ class Service:
         the count over every page (`total`) and where the next page starts (None: this is the last)."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidOption(f"Invalid limit ({limit}): give 1 to {MAX_PAGE} jobs a page.")
-        if offset < 0:
-            raise InvalidOption(f"Invalid offset ({offset}): give 0 or more.")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise InvalidOption(f"Invalid offset ({offset}): give 0 to {MAX_OFFSET}.")
         unknown = sorted(set(states or ()) - set(STATES))
         if unknown:
             raise InvalidOption(f"Invalid state {unknown[0]!r}: allowed are {', '.join(STATES)}.")

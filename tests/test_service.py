@@ -1744,10 +1744,25 @@ def test_jobs_come_in_pages_with_a_state_filter_and_the_total(clip_root):
     assert client.get("/jobs?state=failed,queued").json()["total"] == 5
     assert client.get("/jobs").json()["limit"] == 100
     for query, words in (("limit=0", "Invalid limit (0): give 1 to 500"), ("limit=501", "Invalid limit (501)"),
-                         ("offset=-1", "Invalid offset (-1)"), ("state=finished", "Invalid state 'finished': allowed"),
+                         ("offset=-1", "Invalid offset (-1): give 0 to "), ("state=finished", "Invalid state 'finished': allowed"),
                          ("limit=x", "limit: Input should be a valid integer")):
         r = client.get(f"/jobs?{query}")
         assert r.status_code == 422 and r.json()["error"].startswith(words) and "\n" not in r.json()["error"], (query, r.text)
+    service.store.close()
+
+
+def test_a_page_offset_past_what_sqlite_holds_is_a_422_not_a_500(root):
+    """GET /jobs?offset=9223372036854775808 (and MCP's job_status with such an offset) answered a
+    plain-text 500 with an OverflowError traceback in the server's log: SQLite's integers are 64-bit."""
+    service = _service(root)
+    client = _client(service)
+    service.store.add(source="s", output="o", settings={})
+    assert client.get(f"/jobs?offset={2**63 - 1}").json()["jobs"] == []  # the largest SQLite takes: an empty page
+    for offset in (2**63, 10**30):
+        r = client.get(f"/jobs?offset={offset}")
+        assert r.status_code == 422 and r.json()["error"].startswith(f"Invalid offset ({offset}): give 0 to "), r.text
+    with pytest.raises(InvalidOption, match=r"Invalid offset \(1180591620717411303424\)"):
+        service.jobs(offset=2**70)  # what MCP's job_status calls
     service.store.close()
 
 
