@@ -49,8 +49,9 @@ __all__ = ["JobSettings", "JobRequest", "Scheduler", "VIDEO_SUFFIXES", "MAX_ATTE
 log = logging.getLogger("service")
 
 MAX_ATTEMPTS = 3  # a job whose devices keep faulting is given up after this many tries
-# An upload's name in the uploads folder: a uuid4's hex (8 digits in older servers), a dash, the client's name.
-_UPLOAD_NAME = re.compile(r"^[0-9a-f]{8}(?:[0-9a-f]{24})?-")
+# An upload's name in the uploads folder: a uuid4's hex (32 digits), a dash, the client's video name.
+# Not 8 digits (older servers'): a user's `20261208-trip.mp4` is that too, and was deleted as one.
+_UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}-")
 
 
 class JobSettings(BaseModel):
@@ -120,8 +121,9 @@ def job_request(source: str, output: str | None, settings: object) -> JobRequest
 
 
 def is_upload_name(name: str) -> bool:
-    """`name` is one the upload endpoint gives a file in the uploads folder."""
-    return bool(_UPLOAD_NAME.match(name))
+    """`name` is one the upload endpoint gives a file in the uploads folder (a video's: a job's
+    pictures written there, `deadbeef-0001.png`, are not)."""
+    return bool(_UPLOAD_NAME.match(name)) and Path(name).suffix.lower() in VIDEO_SUFFIXES
 
 
 class Scheduler:

@@ -1259,6 +1259,32 @@ def test_an_uploads_finished_output_is_never_deleted_as_an_upload(clip_root):
     assert result.is_file()
 
 
+def test_a_jobs_pictures_and_a_users_own_file_in_the_uploads_folder_are_never_deleted_as_uploads(clip_root):
+    """Uploads were told by their names' start alone (8 or 32 hex digits and a dash): a done job's
+    pictures written there (output `uploads/deadbeef-%04d.png`) were deleted at the next start as
+    "no job uses it", and so was a user's `20261208-trip.mp4` (a date is 8 hex digits), at the
+    start or when a job that read it ended. An upload is 32 hex digits, a dash and a video's name."""
+    service = _service(clip_root)
+    service.uploads.mkdir()
+    pictures = [service.uploads / f"deadbeef-{i:04d}.png" for i in range(3)]
+    for picture in pictures:
+        picture.write_bytes(b"a picture")
+    job = service.store.add(source=str(clip_root / "in.mp4"), output=str(service.uploads / "deadbeef-%04d.png"),
+                            settings={})
+    service.store.update(job.id, state="done")
+    dated = service.uploads / "20261208-trip.mp4"
+    dated.write_bytes(b"the user's own video")
+    reader = service.store.add(source=str(dated), output=str(clip_root / "trip.mp4"), settings={})
+    service.store.update(reader.id, state="done")
+    service.scheduler._drop_upload(service.store.get(reader.id))  # the job that read it ended
+    assert dated.read_bytes() == b"the user's own video"
+    orphan = service.uploads / f"{'ab' * 16}-left.mkv"  # an upload no job uses: still swept
+    orphan.write_bytes(b"x")
+    service.start()
+    service.close()
+    assert all(p.read_bytes() == b"a picture" for p in pictures) and dated.is_file() and not orphan.exists()
+
+
 def test_a_second_server_on_the_root_with_a_database_of_its_own_is_refused(clip_root, tmp_path):
     """Its start swept the first server's uploads and results as "no job uses it" (its own
     database knew none of them)."""
