@@ -496,7 +496,11 @@ def _found(job: dict | None, job_id: str) -> dict:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-120:]
+    """The client's file name as an upload's: letters, digits and `-_.` kept, its last 120 bytes
+    (UTF-8: not characters, of up to 4 bytes each: with the upload's 33 and what a job adds beside
+    it, `<name>.<model>-x<scale>.mp4` and its lock, the names stay under the file system's 255)."""
+    kept = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return kept.encode()[-120:].decode(errors="ignore")  # a character cut in two is left out
 
 
 def _plain(errors) -> list[dict]:

@@ -1037,6 +1037,23 @@ def test_issue8_an_upload_is_deleted_when_its_job_is_refused_or_ends(clip_root):
     assert sorted(p.name for p in service.uploads.iterdir()) == ["mine.mp4"]
 
 
+@pytest.mark.parametrize("name", ["\u00e9" * 200 + ".mp4", "\u6620" * 150 + ".mkv"])
+def test_an_uploads_long_non_ascii_name_is_shortened_in_bytes_not_a_503(clip_root, name):
+    """The client's name was cut to 120 characters: 120 two- or three-byte characters and the
+    upload's 33 made a name past the file system's 255 bytes, answered 503 "the server cannot store
+    it now ... try again later" (no retry could help). The name is cut to its last 120 bytes."""
+    service = _service(clip_root)
+    service.uploads.mkdir()
+    data = (clip_root / "in.mp4").read_bytes()
+    r = _client(service).post("/jobs/upload", files={"file": (name, data, "video/mp4")},
+                              data={"settings": json.dumps(LOSSLESS)})
+    assert r.status_code == 201, r.text
+    uploaded = Path(r.json()["uploaded"])
+    assert uploaded.suffix == Path(name).suffix and len(uploaded.name.encode()) <= 33 + 120
+    assert uploaded.name[33:-4] == name[-len(uploaded.name) + 33:-4]  # the end of the client's name
+    service.store.close()
+
+
 def test_issue9_an_upload_name_clash_never_deletes_the_other_upload(clip_root, monkeypatch):
     import uuid
 
