@@ -370,3 +370,32 @@ def test_the_live_page_in_a_headless_browser_shows_the_devices_models_and_a_runn
     assert '<span id="message"></span>' in dom  # no error shown (e.g. "cannot reach the server")
     assert re.search(r'<span id="updated">[^<]*\d:\d\d[^<]*</span>', dom)  # refreshed at least once
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_the_readmes_curl_resume_of_a_cut_download_works_as_written(clips, tmp_path):
+    """README said `curl -C - -OJ` resumes a cut download: curl refuses that pair ("--continue-at
+    and --remote-header-name cannot be combined", exit 2). The command README gives is run as
+    written (with the token's header) on a download cut in the middle."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (resume,) = re.findall(r"\((curl -C - [^)]*)\)", readme)  # "(curl -C - -o NAME URL resumes ...)"
+    command = resume.split(" resumes")[0]
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "in.mp4").write_bytes(clips("svc-small.mp4", num_frames=12, width=32, height=32).read_bytes())
+    server = Server(root)
+    try:
+        job_id = server.post("/jobs", {"source": "in.mp4", "output": "o.mp4", **LOSSLESS}).json()["jobs"][0]["id"]
+        assert server.wait(job_id)["state"] == "done"
+        whole = (root / "o.mp4").read_bytes()
+        args = command.replace("localhost:7860", server.url).replace("<id>", job_id).split()
+        name = args[args.index("-o") + 1] if "-o" in args else "o.mp4"
+        folder = tmp_path / "downloads"
+        folder.mkdir()
+        (folder / name).write_bytes(whole[:len(whole) // 2])  # a download cut in the middle
+        done = subprocess.run([*args, "-s", "-S", "-f", "-H", f"Authorization: Bearer {TOKEN}"], cwd=folder,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (command, done.stderr)
+        assert (folder / name).read_bytes() == whole
+    finally:
+        server.stop()
