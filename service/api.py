@@ -270,6 +270,10 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
             last = None
             while True:
                 state = service.job(job_id)
+                if state is None:  # it ended and was forgotten between two looks
+                    gone = json.dumps({"error": f"no job {job_id!r}: it was forgotten while it was watched"})
+                    yield f"event: end\ndata: {gone}\n\n"
+                    return
                 text = json.dumps(state)
                 if text != last:
                     last = text

@@ -396,6 +396,27 @@ def test_events_stream_progress_until_the_job_ends(clip_root):
         service.close()
 
 
+def test_an_event_stream_whose_job_is_forgotten_meanwhile_ends_in_one_line(clip_root):
+    """A job that ended and was forgotten between two of its stream's looks (POST .../forget at
+    once): the stream sent `data: null`, then broke off with a TypeError traceback in the server's
+    log (curl: exit 18). It ends with an `end` event saying the job is gone."""
+    service = _service(clip_root)
+    client = _client(service)
+    job = service.store.add(source=str(clip_root / "in.mp4"), output=str(clip_root / "o.mp4"), settings={})
+    events = []
+    with client.stream("GET", f"/jobs/{job.id}/events") as r:
+        kind = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[6:])))
+                service.store.forget(job.id)  # between this look and the next
+    assert [k for k, _ in events] == ["progress", "end"], events
+    assert events[-1][1] == {"error": f"no job {job.id!r}: it was forgotten while it was watched"}
+    service.store.close()
+
+
 def _slow_workers(monkeypatch) -> Callable[[], None]:
     """Every batch 0.05 s slower, so a job can be cancelled mid-run; returns what undoes it."""
     from pipeline.worker import Worker
