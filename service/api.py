@@ -455,11 +455,15 @@ def _allowed_hosts(host: str, extra) -> frozenset[str] | None:
 
 
 def _hostname(host: str) -> str:
-    """`127.0.0.1:7860` -> `127.0.0.1`, `[::1]:7860` -> `::1`."""
+    """`127.0.0.1:7860` -> `127.0.0.1`, `[::1]:7860` -> `::1`; a port that is not a number keeps the
+    whole (`127.0.0.1:7860@evil.com` is no allowed name: it passed as `127.0.0.1`)."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        end = host.find("]")
+        rest = host[end + 1:] if end > 0 else None
+        return host[1:end] if rest == "" or (rest and rest[0] == ":" and rest[1:].isdigit()) else host
+    name, colon, port = host.rpartition(":")
+    return name if colon and host.count(":") == 1 and port.isdigit() else host
 
 
 def _link_key(token: str, path: str, expires: int) -> str:

@@ -875,6 +875,9 @@ def test_issue2_other_sites_and_other_host_names_are_refused_the_page_and_mcp_st
     for path in ("/jobs", "/", "/gpu/status"):
         r = rebound.get(path)
         assert r.status_code == 421 and "--allow-host" in r.json()["error"], path
+    for host in ("127.0.0.1:7860@evil.example", "[::1]:80@evil.example"):  # a "port" that is no number
+        assert client.get("/jobs", headers={"Host": host}).status_code == 421, host
+    assert client.get("/jobs", headers={"Host": "[::1]:7860"}).status_code == 200
     assert TestClient(create_app(service, allowed_hosts=["gpubox.lan"]),
                       base_url="http://gpubox.lan:7860").get("/jobs").status_code == 200
     # The page (same origin: its Origin is the Host) and a client that sends no Origin submit.
