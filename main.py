@@ -354,7 +354,7 @@ class RunDisplay:
             TextColumn("{task.fields[fps]:>7.1f} fps"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=self.console, auto_refresh=False,
         )
-        self._task = self._progress.add_task("run", total=stats.num_frames_expected or None, fps=0.0)
+        self._task = self._progress.add_task("run", total=stats.num_frames_total or None, fps=0.0)
         self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
         self._live.start()
         self._last_panel = time.perf_counter()
@@ -368,7 +368,7 @@ class RunDisplay:
             self.console.print(progress_line(stats, self._last_line - self._started), highlight=False, soft_wrap=True)
         if self._live is None:
             return
-        total = max(stats.num_frames_expected, stats.num_frames_decoded) or None
+        total = stats.num_frames_total or None
         self._progress.update(self._task, completed=stats.num_frames_done, total=total, fps=stats.fps)
         now = time.perf_counter()
         if now - self._last_panel >= 1.0:
@@ -399,7 +399,7 @@ def _clock(seconds: float) -> str:
 
 def progress_line(stats, elapsed: float) -> str:
     """'progress: 1200/14400 frames (8.3%), 41.2 fps, 0:00:30 elapsed, ETA 0:05:20' (a log's line)."""
-    done, total, fps = stats.num_frames_done, max(stats.num_frames_expected, stats.num_frames_decoded), stats.fps
+    done, total, fps = stats.num_frames_done, stats.num_frames_total, stats.fps
     if not total:
         return f"progress: {done} frames, {fps:.1f} fps, {_clock(elapsed)} elapsed"
     eta = f", ETA {_clock((total - done) / fps)}" if fps > 0 and done < total else ""

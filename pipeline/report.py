@@ -150,6 +150,7 @@ def describe(plan: RunPlan, stats: RunStats) -> None:
     if cfg.max_frames is not None:
         expected = min(expected, cfg.max_frames) if expected else cfg.max_frames
     stats.num_frames_expected = expected
+    stats.num_frames_estimate = plan.num_frames_estimate
 
 
 def _describe_encoder(plan: RunPlan) -> str:

@@ -164,6 +164,7 @@ class RunStats:
     """Figures of one run, filled in by the stages as they go."""
 
     num_frames_expected: int = 0  # from the header (or --max-frames); 0 = unknown
+    num_frames_estimate: int = 0  # before decoding: the header's count, else duration x frame rate; 0 = unknown
     num_frames_decoded: int = 0
     num_frames_written: int = 0  # source frames whose output was written
     num_frames_made: int = 0  # frames a temporal model made besides them (--interpolate)
@@ -328,6 +329,16 @@ class RunStats:
         one (--resume). Progress counts these against the whole job's frames: counting only this
         run's against the whole job read 28/40 while a resumed run had 35 of 40 done."""
         return self.num_frames_written + (0 if self.written_is_output else self.num_frames_kept)
+
+    @property
+    def num_frames_total(self) -> int:
+        """The job's source frames, for progress (0: unknown): every frame decoded once the source
+        has ended, before that the header's count or else the estimate from the duration, never
+        fewer than decoded so far. The decoded count alone ran a queue ahead of the frames done
+        (a Matroska source, which has no count, read 2/54, 4/56, ... 72/72)."""
+        if self.source_exhausted:
+            return self.num_frames_decoded
+        return max(self.num_frames_expected or self.num_frames_estimate, self.num_frames_decoded)
 
     def to_dict(self) -> dict:
         return {

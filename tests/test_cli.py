@@ -136,6 +136,32 @@ def test_a_log_gets_a_progress_line_every_few_seconds(clips, tmp_path, capsys):
         assert "progress:" not in capsys.readouterr().err
 
 
+def test_a_matroska_source_has_a_fixed_progress_total(clips, tmp_path, capsys):
+    """Regression (user report: an MKV's progress lines read 2/54, 4/56, ... 72/72): Matroska and
+    WebM carry no frame count, and the total was the frames decoded so far, which runs a queue
+    ahead of the frames done; the duration x the frame rate estimates it, and the decoded count
+    replaces the estimate once the source has ended."""
+    import re
+
+    src = clips("cli.mkv", num_frames=20)
+    code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mkv"), "--model", "bicubic", "--parallel",
+                     "--batch-size", "1", "--queue-size", "2", "--progress-every", "0.001"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    totals = {int(m.group(1)) for ln in err.splitlines() if (m := re.match(r"progress: \d+/(\d+) frames", ln))}
+    assert totals == {20}, err
+
+
+def test_the_progress_total_is_the_estimate_until_the_source_ends():
+    stats = RunStats(num_frames_estimate=72, num_frames_decoded=54, num_frames_written=2)
+    stats.started_at, stats.finished_at = 100.0, 101.0
+    assert cli.progress_line(stats, 1).startswith("progress: 2/72 frames (2.8%)")
+    stats.num_frames_decoded, stats.num_frames_written, stats.source_exhausted = 70, 70, True
+    assert cli.progress_line(stats, 1).startswith("progress: 70/70 frames (100.0%)")
+    stats.num_frames_expected = 75  # a header's count the source fell short of
+    assert cli.progress_line(stats, 1).startswith("progress: 70/70 frames (100.0%)")
+
+
 def test_the_progress_line_gives_the_rate_and_what_is_left():
     stats = RunStats(num_frames_expected=14400, num_frames_decoded=1300, num_frames_written=1200)
     stats.started_at, stats.finished_at = 100.0, 130.0
