@@ -48,10 +48,13 @@ STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 def _frames_done(d: dict) -> str:
-    """'300 frame(s)', or with --interpolate '300 source frame(s) -> 598 frame(s) out'."""
+    """'300 frame(s)', or with --interpolate '300 source frame(s) -> 598 frame(s) out'; after
+    --resume, with how many of them an earlier run finished (the rate that follows is this run's)."""
+    done = d.get("frames_done", d["frames_written"])
+    kept = f", {d['frames_kept']} of them finished by an earlier run," if d.get("frames_kept") else ""
     if not d.get("frames_made"):
-        return f"{d['frames_written']} frame(s)"
-    return f"{d['frames_written']} source frame(s) -> {d['frames_out']} frame(s) out"
+        return f"{done} frame(s){kept}"
+    return f"{done} source frame(s){kept} -> {d['frames_out']} frame(s) out"
 
 
 def _source_argument(text: str) -> Path:

@@ -271,7 +271,7 @@ class RunStats:
         where less than a second or fewer than MIN_RATE_FRAMES frames came after it."""
         if self.settled is None:
             return None
-        return _rate(self.num_frames_written - self.settled[1], self._end - self.settled[0])
+        return _rate(self.num_frames_processed - self.settled[1], self._end - self.settled[0])
 
     @property
     def flow_fps(self) -> float | None:
@@ -290,7 +290,8 @@ class RunStats:
         seconds = self.after_first_frame_seconds
         if seconds is None:
             return None
-        return (self.num_frames_written - 1) / seconds if seconds > 0 and self.num_frames_written > 1 else None
+        processed = self.num_frames_processed
+        return (processed - 1) / seconds if seconds > 0 and processed > 1 else None
 
     @property
     def after_first_frame_seconds(self) -> float | None:
@@ -312,7 +313,7 @@ class RunStats:
 
     @property
     def fps(self) -> float:
-        return self.num_frames_written / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        return self.num_frames_processed / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     def depths(self) -> dict[str, int]:
         out = {}
@@ -331,6 +332,12 @@ class RunStats:
         return self.num_frames_written + (0 if self.written_is_output else self.num_frames_kept)
 
     @property
+    def num_frames_processed(self) -> int:
+        """Source frames this run wrote, the rates' count: the joined output's count less the frames
+        an earlier run finished (--resume), which gave a resumed run of 24 frames 72 frames' rate."""
+        return self.num_frames_written - (self.num_frames_kept if self.written_is_output else 0)
+
+    @property
     def num_frames_total(self) -> int:
         """The job's source frames, for progress (0: unknown): every frame decoded once the source
         has ended, before that the header's count or else the estimate from the duration, never
@@ -347,6 +354,7 @@ class RunStats:
             "frames_written": self.num_frames_written,
             "frames_made": self.num_frames_made,
             "frames_kept": self.num_frames_kept,
+            "frames_done": self.num_frames_done,
             "frames_out": self.num_frames_written + self.num_frames_made,
             "corrupt_packets": self.num_corrupt_packets,
             "compile_helper_ran": self.compile_helper_ran,

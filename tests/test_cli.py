@@ -172,6 +172,23 @@ def test_the_progress_line_gives_the_rate_and_what_is_left():
     assert cli.progress_line(unknown, 3725) == "progress: 50 frames, 25.0 fps, 1:02:05 elapsed"
 
 
+def test_a_resumed_run_gives_its_own_rate():
+    """Regression (user report): a resumed segmented run said 'done: 72 frame(s) in 6.17 s = 11.67 fps'
+    having made 24 of them; the joined output's count held the 48 an earlier run finished. The
+    rate is this run's, and the line says how many frames came from the earlier run."""
+    stats = RunStats(num_frames_decoded=72, num_frames_written=72, num_frames_kept=48, written_is_output=True)
+    stats.started_at, stats.finished_at = 100.0, 106.0
+    assert stats.fps == 4.0 and stats.to_dict()["fps"] == 4.0
+    console = Console(record=True, width=140)
+    cli.render_summary(console, stats)
+    assert "done: 72 frame(s), 48 of them finished by an earlier run, in 6.00 s = 4.00 fps" in console.export_text()
+    pictures = RunStats(num_frames_decoded=8, num_frames_written=6, num_frames_kept=2)  # this run's count
+    pictures.started_at, pictures.finished_at = 100.0, 103.0
+    assert pictures.fps == 2.0
+    cli.render_summary(console, pictures)
+    assert "done: 8 frame(s), 2 of them finished by an earlier run, in 3.00 s = 2.00 fps" in console.export_text()
+
+
 def test_quiet_prints_nothing_on_success(clips, tmp_path, capsys):
     src = clips("cli.mp4", num_frames=20, audio=True)
     code = cli.main(["--source", str(src), "--output", str(tmp_path / "o.mp4"), "--model", "bicubic", "-q"])
