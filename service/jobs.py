@@ -395,7 +395,7 @@ class Scheduler:
             self._lock.notify_all()
 
     def _record(self, job_id: str, stats) -> None:
-        total = max(stats.num_frames_expected, stats.num_frames_decoded)
+        total = stats.num_frames_total  # the header's count or the duration's estimate until the source ends
         self.store.update(job_id, frames_done=stats.num_frames_done, frames_total=total, fps=round(stats.fps, 2),
                           warnings=list(stats.warnings))
 

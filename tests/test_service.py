@@ -520,7 +520,7 @@ def test_a_gpu_fault_marks_the_device_unhealthy_and_requeues_the_job_on_another(
 def _stats(*, frames=1, workers=None):
     """What a fake run reports (the fields the scheduler reads of pipeline.RunStats)."""
     return SimpleNamespace(num_frames_expected=frames, num_frames_decoded=frames, num_frames_written=frames, fps=1.0,
-                           num_frames_done=frames, warnings=[], workers=workers or {})
+                           num_frames_done=frames, num_frames_total=frames, warnings=[], workers=workers or {})
 
 
 def test_jobs_side_by_side_share_the_cores_a_job_alone_takes_them_all(clip_root, monkeypatch):
@@ -1694,6 +1694,27 @@ def test_an_empty_state_filter_lists_every_job(clip_root):
     client.post("/jobs", json={"source": "in.mp4", "output": "o.mp4", **LOSSLESS})
     assert client.get("/jobs?state=").json()["total"] == client.get("/jobs").json()["total"] == 1
     service.store.close()
+
+
+def test_a_matroska_jobs_total_is_fixed_while_it_runs(clip_root, clips, monkeypatch):
+    """A Matroska file stores no frame count: a job's total was the frames decoded so far, which ran
+    a queue ahead (53, 61, ... 120); it is the duration's estimate until the source ends."""
+    (clip_root / "in.mkv").write_bytes(clips("svc-long.mkv", num_frames=120).read_bytes())
+    _slow_workers(monkeypatch)
+    service = _service(clip_root)
+    service.start()
+    try:
+        client = _client(service)
+        (job,) = client.post("/jobs", json={"source": "in.mkv", "output": "o.mkv", **LOSSLESS}).json()["jobs"]
+        totals = set()
+        while (state := client.get(f"/jobs/{job['id']}").json())["state"] in ("queued", "running"):
+            if state["frames_done"]:
+                totals.add(state["frames_total"])
+            time.sleep(0.02)
+        assert state["state"] == "done" and state["frames_done"] == 120
+        assert totals == {120}, totals
+    finally:
+        service.close()
 
 
 def test_a_failed_job_without_output_has_none_to_download(clip_root):
