@@ -186,7 +186,15 @@ def plan_run(config: RunConfig) -> RunPlan:
     one_picture = pictures is not None and len(pictures.paths) == 1 and os.path.isfile(config.source)
     if config.output is not None and picture_target(config.output, picture_format=config.picture_format,
                                                      bit_depth=8, one_picture=one_picture) is None:
-        _check_paths(config, config.output, pictures, overwrite=overwrite, own_partial=own_partial)  # cheap checks first
+        try:
+            _check_paths(config, config.output, pictures, overwrite=overwrite, own_partial=own_partial)  # cheap checks first
+        except OutputExists:
+            if config.resume or not PartsFolder.holds_partial_output_of(config.output):
+                raise
+            # the stopped run's own line named --resume; the next run's only --overwrite (redo it all)
+            raise OutputExists(f"--output {str(config.output)!r} is the partial output a stopped run left: the same "
+                               "command with --resume takes it up (from its finished segments, if any); --overwrite "
+                               "starts again.") from None
     if config.output_mode == "none" and config.stats_json is not None:  # the one file such a run writes
         check_output_paths([("--stats-json", config.stats_json)], inputs=_read_paths(config, pictures),
                            overwrite=overwrite)

@@ -192,6 +192,11 @@ def test_ctrl_c_keeps_a_playable_partial_output_and_the_parts(clips, tmp_path):
     got = probe.indices(out)
     assert got == list(range(len(got))) and 12 <= len(got) < 120
     assert (parts / "manifest.json").is_file()
+    # The same command again without --resume says what --resume does (it said only --overwrite)
+    with pytest.raises(OutputExists, match=r"is the partial output a stopped run left: the same command with "
+                                           r"--resume takes it up \(from its finished segments, if any\); "
+                                           r"--overwrite starts again"):
+        run(_cfg(src, out, segment_frames=12, encoders=2))
     # The command the stop suggests works as said: --resume replaces the partial output this
     # run left (and only that file, unchanged since: see the next test).
     run(_cfg(src, out, segment_frames=12, encoders=2, resume=True))
