@@ -77,7 +77,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import FramepipeError, JobEnded, NoJobOutput, OutputExists, one_line
 from hw.av_source import probe_source
-from service.jobs import VIDEO_SUFFIXES, JobRequest, for_service, job_request
+from service.jobs import VIDEO_SUFFIXES, JobRequest, for_service, job_request, validation_line
 from service.paths import PathRefused
 from service.service import DEFAULT_PAGE, JobOutput, Service
 
@@ -141,7 +141,7 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
-        return JSONResponse(status_code=422, content={"error": _validation_line(exc.errors()), "detail": _plain(exc.errors())})
+        return JSONResponse(status_code=422, content={"error": validation_line(exc.errors()), "detail": _plain(exc.errors())})
 
     @app.exception_handler(PathRefused)
     async def refused(request: Request, exc: PathRefused):
@@ -192,7 +192,7 @@ def create_app(service: Service, *, mcp=None, host: str = "127.0.0.1", allowed_h
         except json.JSONDecodeError as exc:
             raise HTTPException(status_code=422, detail=f"settings is not JSON: {exc}") from None
         except ValidationError as exc:
-            return JSONResponse(status_code=422, content={"error": _validation_line(exc.errors()), "detail": _plain(exc.errors())})
+            return JSONResponse(status_code=422, content={"error": validation_line(exc.errors()), "detail": _plain(exc.errors())})
         name = Path(file.filename or "upload.mp4").name
         if Path(name).suffix.lower() not in VIDEO_SUFFIXES:
             raise HTTPException(status_code=422, detail=f"upload {name!r}: not a video file name "
@@ -513,17 +513,3 @@ def _safe(name: str) -> str:
 
 def _plain(errors) -> list[dict]:
     return [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")} for e in errors]
-
-
-def _validation_line(errors) -> str:
-    """One line for the first problem: which field, what is wrong."""
-    if not errors:
-        return "invalid request"
-    e = errors[0]
-    where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query")) or "body"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    if e.get("type") == "extra_forbidden":
-        return f"unknown setting {where!r}{more}"
-    if e.get("type") == "json_invalid":
-        return f"the body is not valid JSON: {e.get('ctx', {}).get('error', e.get('msg'))}"
-    return f"{where}: {e.get('msg')}{more}"

@@ -44,7 +44,7 @@ from service.paths import Roots
 from service.store import FINISHED_STATES, Job, JobStore
 
 __all__ = ["JobSettings", "JobRequest", "Scheduler", "VIDEO_SUFFIXES", "MAX_ATTEMPTS", "job_request",
-           "is_upload_name", "for_service"]
+           "is_upload_name", "for_service", "validation_line"]
 
 log = logging.getLogger("service")
 
@@ -124,6 +124,22 @@ def is_upload_name(name: str) -> bool:
     """`name` is one the upload endpoint gives a file in the uploads folder (a video's: a job's
     pictures written there, `deadbeef-0001.png`, are not)."""
     return bool(_UPLOAD_NAME.match(name)) and Path(name).suffix.lower() in VIDEO_SUFFIXES
+
+
+def validation_line(errors, *, nothing: str = "invalid request", whole: str = "body") -> str:
+    """A pydantic ValidationError's `errors()` as one line: the first problem's field and what is
+    wrong, and how many more (`nothing`: the line for none; `whole`: the field named when the
+    problem is the request itself). The HTTP API's 422s and the MCP tools' errors alike."""
+    if not errors:
+        return nothing
+    e = errors[0]
+    where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query")) or whole
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    if e.get("type") == "extra_forbidden":
+        return f"unknown setting {where!r}{more}"
+    if e.get("type") == "json_invalid":
+        return f"the body is not valid JSON: {e.get('ctx', {}).get('error', e.get('msg'))}"
+    return f"{where}: {e.get('msg')}{more}"
 
 
 class Scheduler:

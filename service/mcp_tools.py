@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import FramepipeError, one_line
-from service.jobs import job_request
+from service.jobs import job_request, validation_line
 from service.service import DEFAULT_PAGE, Service
 
 __all__ = ["make_mcp", "TOOLS"]
@@ -37,7 +37,7 @@ def make_mcp(service: Service):
                 cause = exc.__cause__
                 if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
                     raise
-                raise ToolError(f"{name}: {_first_problem(cause)}") from cause  # the SDK logs the fields
+                raise ToolError(f"{name}: {_arguments_line(cause)}") from cause  # the SDK logs the fields
 
     mcp = _Server("framepipe", instructions="framepipe runs a video model (upscaling, restoration) over every frame "
                     "of videos on the server's GPUs. Submit jobs with paths inside the server's roots; follow them with "
@@ -111,16 +111,10 @@ def _answer(call) -> dict[str, Any]:
         return call()
     except (FramepipeError, ValueError) as exc:
         if isinstance(exc, ValidationError):
-            return {"error": _first_problem(exc)}
+            return {"error": _arguments_line(exc)}
         return {"error": one_line(exc)}
 
 
-def _first_problem(exc) -> str:
-    """A pydantic ValidationError as one line: the first problem's field and message, and how many more."""
-    errors = exc.errors()
-    if not errors:
-        return "invalid arguments"
-    first = errors[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or "arguments"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {first.get('msg')}{more}"
+def _arguments_line(exc) -> str:
+    """A pydantic ValidationError of a tool's arguments as one line (`validation_line`)."""
+    return validation_line(exc.errors(), nothing="invalid arguments", whole="arguments")
