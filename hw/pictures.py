@@ -772,7 +772,7 @@ def icc_profile(path: Path) -> bytes | None:
             if head.startswith(b"\xff\xd8"):
                 return _jpeg_profile(f)
             if head[:4] in (b"II*\0", b"MM\0*"):
-                return _tiff_profile(f.read())
+                return _tiff_profile(f)
             if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
                 return _webp_profile(f)
     except (OSError, ValueError, struct.error, IndexError) as exc:
@@ -804,14 +804,18 @@ def _jpeg_profile(f) -> bytes | None:
     return b"".join(parts[k] for k in sorted(parts)) or None
 
 
-def _tiff_profile(data: bytes) -> bytes | None:
-    order = "<" if data[:2] == b"II" else ">"
-    (ifd,) = struct.unpack(order + "I", data[4:8])
-    (num_entries,) = struct.unpack(order + "H", data[ifd:ifd + 2])
-    for at in range(ifd + 2, ifd + 2 + 12 * num_entries, 12):
-        tag, _, count, offset = struct.unpack(order + "HHII", data[at:at + 12])
+def _tiff_profile(f) -> bytes | None:
+    """The first IFD's InterColorProfile: the header, the IFD's entries and the profile are read
+    (the whole file was read before, a 16-bit scan's hundreds of MB for a profile of a few kB)."""
+    head = _read_at(f, 0, 8)
+    order = "<" if head[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(order + "I", head[4:8])
+    (num_entries,) = struct.unpack(order + "H", _read_at(f, ifd, 2))
+    entries = _read_at(f, ifd + 2, 12 * num_entries)
+    for at in range(0, 12 * num_entries, 12):
+        tag, _, count, offset = struct.unpack(order + "HHII", entries[at:at + 12])
         if tag == _TIFF_ICC_PROFILE:
-            return data[offset:offset + count] if count > 4 else data[at + 8:at + 8 + count]
+            return _read_at(f, offset, count) if count > 4 else entries[at + 8:at + 8 + count]
     return None
 
 
