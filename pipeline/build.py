@@ -8,6 +8,7 @@ runner decides how they run (threads or one loop). `wrap(name, stage)` lets a ca
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from models import LoadedModel
 from models.compile_helper import CacheWarmer, artefacts_folder
 from models.registry import default_cache_dir
 from pipeline.worker import Temporal, Worker
-from pipeline.writer import DiscardWriter, PictureWriter, Writer
+from pipeline.writer import PICTURE_THREADS, DiscardWriter, PictureWriter, Writer
 
 __all__ = ["Stages", "build", "open_source", "open_encoder", "worker_names", "Wrap", "ModelSource"]
 
@@ -350,11 +351,14 @@ def build(plan: RunPlan, stats: RunStats, output_path: Path, *, errors: ErrorCha
         def picture_exists(index: int) -> bool:  # the source frame's pictures are all there
             return all(picture_name(index * per + k) in done for k in range(per))
 
-        def picture_profile(index: int) -> bytes | None:  # the source picture's ICC profile (a video: none)
-            skipped = source.num_frames_before_start if isinstance(source, CutSource) else 0
-            frame = index // per + skipped
+        @functools.lru_cache(maxsize=2 * PICTURE_THREADS)  # read once for a source picture's N (--interpolate N)
+        def source_profile(frame: int) -> bytes | None:
             paths = plan.pictures.paths if plan.pictures is not None else ()
             return icc_profile(paths[frame]) if frame < len(paths) else None
+
+        def picture_profile(index: int) -> bytes | None:  # the source picture's ICC profile (a video: none)
+            skipped = source.num_frames_before_start if isinstance(source, CutSource) else 0
+            return source_profile(index // per + skipped)
 
         skip = picture_exists if done else None
         # --resume writes only pictures not done: one there by that name is older than the manifest's
