@@ -42,6 +42,7 @@ __all__ = [
     "file_identity",
     "temporary_names",
     "partial_names",
+    "work_folder",
     "check_output_paths",
     "OutputFile",
     "OutputFolder",
@@ -114,6 +115,12 @@ def partial_names(output: Path) -> re.Pattern:
     """The names of `output`'s partial outputs kept beside an earlier output, `<stem>.partial<suffix>`
     or `<stem>.partial-N<suffix>` (`OutputFile._keep_as_partial`)."""
     return re.compile(rf"{re.escape(output.stem)}\.partial(-\d+)?{re.escape(output.suffix)}")
+
+
+def work_folder(output: Path) -> Path:
+    """`<output>.parts/`: the work folder a segmented run of `output` keeps its segments and
+    manifest in (`pipeline.segments.PartsFolder`)."""
+    return output.with_name(output.name + ".parts")
 
 
 def describe_file_kind(mode: int) -> str:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import InvalidOption, OutputExists, OutputNotWritable, UnsafeOutput
-from core.files import file_identity, file_sha256, partial_names, refuse_if_busy, write_file_atomically
+from core.files import file_identity, file_sha256, partial_names, refuse_if_busy, work_folder, write_file_atomically
 
 __all__ = ["SegmentLayout", "Manifest", "PartsFolder", "recorded_taper", "source_fingerprint", "check_picture_manifest", "pictures_done", "PICTURE_MANIFEST",
            "MANIFEST_VERSION"]
@@ -330,7 +330,7 @@ class PartsFolder:
 
     def __init__(self, output: Path) -> None:
         self.output = Path(output)
-        self.path = self.output.with_name(self.output.name + ".parts")
+        self.path = work_folder(self.output)
         self.manifest_path = self.path / "manifest.json"
         self.manifest: Manifest | None = None
         self.taken_over = False  # opened with --resume from an earlier run's manifest
@@ -522,7 +522,7 @@ class PartsFolder:
         """Where the partial output a stopped run of `output` left is, unchanged since (its work
         folder's manifest notes it): at the output name, or beside it as `<stem>.partial<suffix>`
         (`<stem>.partial-N<suffix>`) where an earlier output was kept. None: there is none."""
-        manifest_path = output.with_name(output.name + ".parts") / "manifest.json"
+        manifest_path = work_folder(output) / "manifest.json"
         try:
             recorded = Manifest.from_json(manifest_path.read_bytes()).partial_output
         except (OSError, ValueError, KeyError, TypeError):

@@ -35,7 +35,7 @@ from core.choices import (COMPILE_CHOICES, DEFAULT_MODEL, DEFAULT_SCENE_THRESHOL
                           MAX_ENCODERS, MAX_INTERPOLATE, MAX_SEGMENT_SECONDS, MODEL_FILE_SUFFIXES, PICTURE_FORMATS, Codec, Precision)
 from core.errors import (CodeModelRefused, FramepipeError, HardwareUnavailable, InvalidOption, JobEnded, ModelError,
                          OutputExists, OutputNotWritable, RunInterrupted, one_line)
-from core.files import file_identity, partial_names, temporary_names
+from core.files import file_identity, partial_names, temporary_names, work_folder
 from core.paths import VIDEO_SUFFIXES, is_own_output_name, refuse_shared_outputs
 from hw.scheduling import usable_cores
 from service.devices import Devices
@@ -624,7 +624,7 @@ def _writes_at(output: Path, path: Path) -> bool:
     """A run writing `output` also writes (or removes) `path`: the output itself, anything in its
     work folder `<output>.parts/`, its hidden temporary file, its partial output (its lock's name
     is no output's)."""
-    parts = output.with_name(output.name + ".parts")
+    parts = work_folder(output)
     if path == output or path == parts or parts in path.parents:
         return True
     if path.parent != output.parent:

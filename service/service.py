@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import FramepipeError, InvalidOption, JobEnded, NoJobOutput
-from core.files import file_identity
+from core.files import file_identity, work_folder
 from service.devices import Devices
 from service.jobs import JobRequest, Scheduler
 from service.models import ModelManager
@@ -196,12 +196,12 @@ class Service:
         if not job.output:
             return []
         output = Path(job.output)
-        return [str(p) for p in (output, output.with_name(output.name + ".parts"))]
+        return [str(p) for p in (output, work_folder(output))]
 
     def _describe(self, job) -> dict:
         d = job.to_dict()
         d["queue_position"] = self.scheduler.queue_position(job.id)
-        d["parts"] = str(Path(job.output).with_name(Path(job.output).name + ".parts")) if job.output else None
+        d["parts"] = str(work_folder(Path(job.output))) if job.output else None
         try:
             self._output_of(job)
             d["output_url"] = f"/jobs/{job.id}/output"
